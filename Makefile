@@ -1,0 +1,30 @@
+# securechat: `make certs && make run` serves; `make test` tests. Needs python3 (3.11+).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: certs run test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+certs: $(STAMP)
+	$(BIN)/securechat certs --dir certs --host localhost --host 127.0.0.1
+
+run: certs
+	$(BIN)/securechat server --host 127.0.0.1 --port 7443 --cert certs/server.pem --key certs/server.key
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check securechat tests
+	$(BIN)/mypy --strict securechat
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

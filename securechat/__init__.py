@@ -1,0 +1,9 @@
+"""securechat: a multi-user chat over TLS with end-to-end encrypted whispers."""
+
+from __future__ import annotations
+
+from .client import Client, ConnectError, Disconnected, LoginRejected
+
+__all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected", "__version__"]
+
+__version__ = "0.1.0"

@@ -1,0 +1,72 @@
+"""Parsing what a person types on the input line. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+__all__ = ["COMMANDS", "Command", "Input", "Text", "Unknown", "help_lines", "parse_input"]
+
+#: Command name -> (usage, one-line help). The order is the order /help lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "who": ("/who", "list who is in the room"),
+    "names": ("/names", "same as /who"),
+    "help": ("/help [command]", "list commands, or explain one"),
+    "quit": ("/quit [message]", "leave the chat"),
+}
+
+
+@dataclass(frozen=True)
+class Text:
+    """Plain text to say in the room."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Command:
+    """A known slash command and the rest of the line."""
+
+    name: str
+    arg: str
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A slash command we do not know, with the closest known one if any."""
+
+    name: str
+    suggestion: str | None
+
+
+Input = Text | Command | Unknown | None
+
+
+def parse_input(line: str) -> Input:
+    """Classify one input line. Blank lines are None; '//x' says the text '/x'."""
+    if not line.strip():
+        return None
+    if line.startswith("//"):
+        return Text(line[1:])
+    if not line.startswith("/"):
+        return Text(line)
+    name, _, arg = line[1:].partition(" ")
+    name = name.lower()
+    if name in COMMANDS:
+        return Command(name, arg.strip())
+    close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    return Unknown(name, close[0] if close else None)
+
+
+def help_lines(topic: str = "") -> list[str]:
+    """The /help text: all commands, or one."""
+    topic = topic.lstrip("/").lower()
+    if topic:
+        if topic not in COMMANDS:
+            return [f"no command /{topic}; /help lists them"]
+        usage, text = COMMANDS[topic]
+        return [f"{usage}: {text}"]
+    width = max(len(usage) for usage, _ in COMMANDS.values())
+    return [f"{usage:<{width}}  {text}" for usage, text in COMMANDS.values()] + [
+        "anything else is said to the room; start with // to say a line beginning with /"
+    ]

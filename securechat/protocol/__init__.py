@@ -1,0 +1,69 @@
+"""The securechat wire protocol, sans-I/O: JSON Lines frames <-> events.
+
+No sockets, threads, clocks or files live in this package (the h11 rule), so the
+server, the client and the fuzz tests all drive the same code.
+"""
+
+from __future__ import annotations
+
+from .codec import decode_line, encode
+from .connection import CLOSED, NEED_DATA, Closed, Connection, NeedData, State
+from .errors import Code, LocalProtocolError, ProtocolError, RemoteProtocolError
+from .events import (
+    EVENT_TYPES,
+    Bye,
+    Error,
+    Event,
+    Hello,
+    Joined,
+    Left,
+    Message,
+    Names,
+    Ping,
+    Pong,
+    Quit,
+    Role,
+    Say,
+    Welcome,
+    Who,
+    fold_nick,
+    is_valid_nick,
+)
+from .limits import DEFAULT_ROOM, MAX_LINE_BYTES, MAX_TEXT_BYTES, PROTOCOL_VERSION
+
+__all__ = [
+    "CLOSED",
+    "DEFAULT_ROOM",
+    "EVENT_TYPES",
+    "MAX_LINE_BYTES",
+    "MAX_TEXT_BYTES",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "Bye",
+    "Closed",
+    "Code",
+    "Connection",
+    "Error",
+    "Event",
+    "Hello",
+    "Joined",
+    "Left",
+    "LocalProtocolError",
+    "Message",
+    "Names",
+    "NeedData",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Quit",
+    "RemoteProtocolError",
+    "Role",
+    "Say",
+    "State",
+    "Welcome",
+    "Who",
+    "decode_line",
+    "encode",
+    "fold_nick",
+    "is_valid_nick",
+]

@@ -1,0 +1,115 @@
+"""Events to JSON lines and back, with strict field types.
+
+`encode` never fails for a valid event. `decode_line` raises `RemoteProtocolError`
+for anything that is not a well-formed frame of a known type; it never raises
+anything else, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import MISSING, fields
+
+from .errors import Code, RemoteProtocolError
+from .events import EVENT_TYPES, Event
+
+__all__ = ["decode_line", "encode"]
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode(event: Event) -> bytes:
+    """The frame for `event`: one JSON object in UTF-8, terminated by `\\n`."""
+    return (_ENCODER.encode(event.to_dict()) + "\n").encode("utf-8")
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_line(line: bytes) -> Event:
+    """Parse one line (without its newline) into an event.
+
+    Raises `RemoteProtocolError`: fatal for bytes that are not UTF-8 JSON objects
+    (the peer is not speaking this protocol), non-fatal for an unknown type or a bad
+    field in an otherwise well-formed frame (the stream is still in sync).
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(Code.BAD_UTF8, "frame is not valid UTF-8", fatal=True) from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        # RecursionError: deeply nested arrays; ValueError also covers integers
+        # beyond Python's digit limit.
+        raise RemoteProtocolError(Code.BAD_JSON, "frame is not valid JSON", fatal=True) from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(Code.BAD_FRAME, "frame is not a JSON object", fatal=True)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise RemoteProtocolError(Code.BAD_FRAME, "frame has no string 'type'", fatal=True)
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        raise RemoteProtocolError(Code.UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", fatal=False)
+    return _build(cls, obj)
+
+
+def _build(cls: type[Event], obj: dict[str, object]) -> Event:
+    kwargs: dict[str, object] = {}
+    for name, hint, required in _SCHEMAS[cls]:
+        if name not in obj:
+            if required:
+                raise _invalid(cls, f"missing field {name!r}")
+            continue
+        value = _coerce(hint, obj[name])
+        if value is _BAD:
+            raise _invalid(cls, f"field {name!r} has the wrong type")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the event's own validation
+        raise _invalid(cls, str(exc)) from None
+
+
+def _invalid(cls: type[Event], reason: str) -> RemoteProtocolError:
+    return RemoteProtocolError(Code.INVALID, f"{cls.TYPE}: {reason}", fatal=False)
+
+
+_BAD = object()
+
+
+def _coerce(hint: object, value: object) -> object:
+    # bool is a subclass of int in Python; JSON true is never a number here.
+    if hint is str:
+        return value if isinstance(value, str) else _BAD
+    if hint is bool:
+        return value if isinstance(value, bool) else _BAD
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _BAD
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except OverflowError:
+                return _BAD
+        return _BAD
+    if typing.get_origin(hint) is tuple:
+        (item, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, list):
+            return _BAD
+        items = [_coerce(item, v) for v in value]
+        return _BAD if any(i is _BAD for i in items) else tuple(items)
+    raise TypeError(f"no decoder for field type {hint!r}")  # our bug: a new field type
+
+
+def _schema(cls: type[Event]) -> tuple[tuple[str, object, bool], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (f.name, hints[f.name], f.default is MISSING and f.default_factory is MISSING) for f in fields(cls)
+    )
+
+
+#: (field name, type, required) per event class, worked out once at import.
+_SCHEMAS = {cls: _schema(cls) for cls in EVENT_TYPES.values()}

@@ -1,0 +1,57 @@
+"""Protocol errors: one base class, split by whose fault the error is.
+
+`RemoteProtocolError` means the peer sent something we cannot accept; its `code` is
+what goes into the error frame we answer with, and `fatal` says whether the stream
+can continue (a bad field in a well-formed line) or must be closed (broken framing).
+`LocalProtocolError` means our own code tried to send something the protocol does
+not allow in the current state; it is a bug on our side, never the peer's.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Code", "LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+
+
+class Code:
+    """Error codes used on the wire (the `code` field of an `error` frame)."""
+
+    BAD_UTF8 = "bad-utf8"
+    BAD_JSON = "bad-json"
+    BAD_FRAME = "bad-frame"
+    TOO_LONG = "too-long"
+    UNKNOWN_TYPE = "unknown-type"
+    UNEXPECTED = "unexpected"
+    INVALID = "invalid"
+    HELLO_REQUIRED = "hello-required"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    NICK_TAKEN = "nick-taken"
+    NO_SUCH_ROOM = "no-such-room"
+    TIMEOUT = "timeout"
+    SEND_QUEUE_FULL = "send-queue-full"
+    SERVER_FULL = "server-full"
+    SHUTDOWN = "shutdown"
+
+
+class ProtocolError(Exception):
+    """Base of every protocol error; carries a wire `code` and a human `reason`."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send an event the protocol does not allow now (our bug)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes or an event we reject.
+
+    `fatal` is True when the byte stream can no longer be trusted (framing,
+    encoding, state); the connection must then be closed after an error frame.
+    """
+
+    def __init__(self, code: str, reason: str, *, fatal: bool) -> None:
+        super().__init__(code, reason)
+        self.fatal = fatal

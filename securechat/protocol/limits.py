@@ -1,0 +1,31 @@
+"""Protocol constants. Each value carries the reason it has that value."""
+
+from __future__ import annotations
+
+#: Bumped on any incompatible change to frames; the hello carries it.
+PROTOCOL_VERSION = 1
+
+#: One JSON line may not exceed this many bytes (newline excluded). Large enough for a
+#: key bundle with 100 one-time prekeys in base64 (~10 KiB), small enough that a
+#: hostile peer cannot make us buffer without bound.
+MAX_LINE_BYTES = 64 * 1024
+
+#: Message text, in UTF-8 bytes. Eight times IRC's 512-byte line; enough for a paste.
+MAX_TEXT_BYTES = 4096
+
+#: Nicks: ASCII only, so that look-alike letters from other scripts cannot
+#: impersonate someone (a Cyrillic "a" in "alice"). 24 fits every terminal layout.
+MAX_NICK_CHARS = 24
+
+#: Room names after the leading '#'.
+MAX_ROOM_CHARS = 32
+
+#: Free-text fields other than messages: reasons, client names, tokens.
+MAX_SHORT_TEXT_CHARS = 256
+
+#: A user list longer than this is not something a v1 server sends.
+MAX_USERS_LISTED = 100_000
+
+#: The only room in protocol version 1; every chat event names it so rooms can come
+#: later without a breaking change.
+DEFAULT_ROOM = "#lobby"

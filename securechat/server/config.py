@@ -1,0 +1,28 @@
+"""Server settings with their defaults and the reasons for them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Everything a `Server` can be told. All durations in seconds."""
+
+    host: str = "127.0.0.1"
+    port: int = 7443
+    #: TLS handshake plus hello must finish within this, in the session's own thread
+    #: (ssh-chat allows 20 s; a person's client needs well under one).
+    handshake_timeout: float = 10.0
+    #: Bytes queued for one client before it counts as not reading and is dropped.
+    #: ngIRCd uses 32 KiB, InspIRCd 1 MiB; a paste burst to a busy room fits in 1 MiB.
+    send_queue_bytes: int = 1024 * 1024
+    #: After we decide to close, how long the peer gets to read our last frame and
+    #: hang up before we cut the connection.
+    linger: float = 2.0
+    #: Listen backlog; a burst of new clients waits in the kernel, not refused.
+    backlog: int = 128
+    #: What the welcome frame calls this server.
+    server_name: str = "securechat"

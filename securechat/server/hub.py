@@ -1,0 +1,105 @@
+"""The hub: who is in the room, and fan-out of events to them.
+
+All shared mutable server state lives here behind one lock. Delivery means putting
+already-encoded bytes into each member's outbox, which never blocks and never touches
+a socket, so holding the lock while fanning out is cheap and keeps one global order:
+every member sees the room's events in the same sequence.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from ..protocol import DEFAULT_ROOM, Joined, Left, Message, Names, encode, fold_nick
+
+__all__ = ["Hub", "Member", "NickTaken", "NoSuchRoom"]
+
+
+class NickTaken(Exception):
+    """Another connected user already holds this nick (compared case-insensitively)."""
+
+
+class NoSuchRoom(Exception):
+    """The event named a room this server does not have."""
+
+
+class Member(Protocol):
+    """What the hub needs from a session."""
+
+    def deliver(self, frame: bytes) -> None:
+        """Queue one encoded frame for this member without blocking."""
+
+
+class Hub:
+    """The registry of joined members and the room's fan-out.
+
+    Contract: every method is thread-safe and returns without socket I/O.
+    `join`'s `on_joined` callback runs under the hub lock, before anyone else can
+    see the new member, so a welcome frame it queues precedes every room event.
+    """
+
+    def __init__(self, *, room: str = DEFAULT_ROOM, clock: Callable[[], float] = time.time) -> None:
+        self.room = room
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._members: dict[str, tuple[str, Member]] = {}  # folded nick -> (nick, member)
+
+    def join(self, member: Member, nick: str, on_joined: Callable[[tuple[str, ...]], None]) -> None:
+        """Add `member` as `nick`, call `on_joined(users)`, then announce it to the others.
+
+        Raises `NickTaken` if the nick is in use.
+        """
+        key = fold_nick(nick)
+        with self._lock:
+            if key in self._members:
+                raise NickTaken(nick)
+            self._members[key] = (nick, member)
+            on_joined(self._names_locked())
+            self._fan_out_locked(encode(Joined(room=self.room, nick=nick)), skip=member)
+
+    def leave(self, member: Member, nick: str, reason: str = "") -> None:
+        """Remove `member` if it holds `nick`, and announce it. A no-op otherwise."""
+        key = fold_nick(nick)
+        with self._lock:
+            entry = self._members.get(key)
+            if entry is None or entry[1] is not member:
+                return
+            del self._members[key]
+            self._fan_out_locked(encode(Left(room=self.room, nick=nick, reason=reason)))
+
+    def say(self, nick: str, room: str, text: str) -> None:
+        """Broadcast a public message from `nick` to everyone in `room`, sender included.
+
+        Raises `NoSuchRoom` for an unknown room. The sender gets its own message back
+        so that its screen shows the order everyone else sees.
+        """
+        self._check_room(room)
+        frame = encode(Message(room=room, nick=nick, text=text, ts=self._clock()))
+        with self._lock:
+            self._fan_out_locked(frame)
+
+    def names(self, room: str) -> Names:
+        """The `names` event for `room`. Raises `NoSuchRoom`."""
+        self._check_room(room)
+        with self._lock:
+            return Names(room=room, users=self._names_locked())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._members)
+
+    def _check_room(self, room: str) -> None:
+        if room != self.room:
+            raise NoSuchRoom(room)
+
+    def _names_locked(self) -> tuple[str, ...]:
+        return tuple(sorted((nick for nick, _ in self._members.values()), key=fold_nick))
+
+    def _fan_out_locked(self, frame: bytes, skip: Member | None = None) -> None:
+        # One encoded frame, the same bytes object queued to every recipient.
+        for _, member in self._members.values():
+            if member is not skip:
+                member.deliver(frame)

@@ -1,0 +1,181 @@
+"""The server: a listening socket, one thread that only accepts, and the sessions."""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from ..protocol import Bye
+from .config import ServerConfig
+from .deadlines import Watchdog
+from .hub import Hub
+from .session import Session
+
+__all__ = ["Server"]
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """A TLS chat server.
+
+    `start()` binds and returns at once; the listener, the watchdog and every session
+    run in their own threads. `stop()` says goodbye to every client, waits for all of
+    those threads to end and closes the listening socket; afterwards no thread the
+    server started is alive. Usable as a context manager.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        context: ssl.SSLContext,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._context = context
+        self.hub = Hub(clock=clock)
+        self._watchdog = Watchdog()
+        self._listen: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._listener: threading.Thread | None = None
+        self._lock = threading.Condition()
+        self._sessions: dict[Session, threading.Thread] = {}
+        self._finished: list[threading.Thread] = []
+        self._stopping = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually bound; useful with port 0."""
+        if self._listen is None:
+            raise RuntimeError("server not started")
+        host, port = self._listen.getsockname()[:2]
+        return host, port
+
+    def start(self) -> None:
+        """Bind, listen and start accepting. Raises `OSError` if the address is unusable."""
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        listen = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listen.bind((self.config.host, self.config.port))
+            listen.listen(self.config.backlog)
+            listen.setblocking(False)
+        except OSError:
+            listen.close()
+            raise
+        self._listen = listen
+        self._watchdog.start()
+        self._listener = threading.Thread(target=self._accept_loop, name="securechat-listener", daemon=True)
+        self._listener.start()
+        log.info("listening on %s:%d (TLS)", *self.address)
+
+    def _accept_loop(self) -> None:
+        assert self._listen is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listen, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in selector.select():
+                    if key.fileobj is self._listen:
+                        self._accept_ready()
+
+    def _accept_ready(self) -> None:
+        assert self._listen is not None
+        while True:
+            try:
+                sock, addr = self._listen.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: keep serving the clients we have
+                log.warning("accept failed: %s", exc)
+                return
+            sock.setblocking(True)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = f"{addr[0]}:{addr[1]}"
+            session = Session(
+                sock, peer, context=self._context, hub=self.hub, watchdog=self._watchdog, config=self.config
+            )
+            thread = threading.Thread(
+                target=self._run_session, args=(session,), name=f"securechat-session-{peer}", daemon=True
+            )
+            with self._lock:
+                if self._stopping:
+                    sock.close()
+                    return
+                self._sessions[session] = thread
+            thread.start()
+
+    def _run_session(self, session: Session) -> None:
+        try:
+            session.run()
+        finally:
+            with self._lock:
+                thread = self._sessions.pop(session)
+                # Keep only threads that may still be exiting, so a long-running
+                # server does not accumulate one Thread object per past session.
+                self._finished = [t for t in self._finished if t.is_alive()]
+                self._finished.append(thread)
+                self._lock.notify_all()
+
+    def session_count(self) -> int:
+        """Connections currently open (handshaking or logged in)."""
+        with self._lock:
+            return len(self._sessions)
+
+    def wait_sessions(self, at_most: int, timeout: float) -> bool:
+        """Wait until at most `at_most` sessions remain and the ended ones' threads are joined.
+
+        Returns False if that did not happen within `timeout` seconds.
+        """
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self._sessions) <= at_most, timeout):
+                return False
+            finished, self._finished = self._finished, []
+        for thread in finished:
+            thread.join()
+        return True
+
+    def stop(self, reason: str = "server shutting down", timeout: float = 10.0) -> None:
+        """Tell every client, close every session, and join every thread.
+
+        Raises `TimeoutError` if some session thread is still alive after `timeout`.
+        """
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            sessions = list(self._sessions)
+        self._wake_w.send(b"x")
+        if self._listener is not None:
+            self._listener.join()
+        if self._listen is not None:
+            self._listen.close()
+        log.info("stopping: closing %d sessions", len(sessions))
+        for session in sessions:
+            session.close(Bye(reason=reason), reason=reason)
+        ended = self.wait_sessions(0, timeout)
+        self._watchdog.stop()
+        self._wake_r.close()
+        self._wake_w.close()
+        if not ended:
+            raise TimeoutError("some sessions did not end in time")
+        log.info("stopped")
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,282 @@
+"""One client connection: TLS handshake, a reader thread, and a writer thread.
+
+The reader (the thread the listener started) runs the handshake, reads frames and
+acts on them. The writer drains this session's outbox into the socket. Nobody else
+writes to this client's socket; other sessions only put bytes in its outbox.
+
+Closing is a lingering close: queue a last frame (bye or error), let the writer send
+it and half-close, keep reading until the peer hangs up, and cut the connection
+when `linger` runs out. Cutting at once could make the kernel reset the connection
+and destroy the last frame before the peer reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+
+from ..protocol import (
+    CLOSED,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Bye,
+    Code,
+    Connection,
+    Error,
+    Event,
+    Hello,
+    Ping,
+    Pong,
+    Quit,
+    RemoteProtocolError,
+    Role,
+    Say,
+    Welcome,
+    Who,
+    encode,
+)
+from ..transport import TlsChannel
+from .config import ServerConfig
+from .deadlines import Deadline, Watchdog
+from .hub import Hub, NickTaken, NoSuchRoom
+from .outbox import Outbox
+
+__all__ = ["Session"]
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """A client's session. `run` is the reader thread's body; `close` may come from anywhere."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: str,
+        *,
+        context: ssl.SSLContext,
+        hub: Hub,
+        watchdog: Watchdog,
+        config: ServerConfig,
+    ) -> None:
+        self.peer = peer
+        self.nick: str | None = None
+        self._channel = TlsChannel(sock, context, server_side=True)
+        self._conn = Connection(Role.SERVER)
+        self._hub = hub
+        self._watchdog = watchdog
+        self._config = config
+        self._outbox = Outbox(config.send_queue_bytes)
+        self._lock = threading.Lock()
+        self._closing = False
+        self._overflow_reported = False
+        self._writer: threading.Thread | None = None
+        self._leave_reason = "connection closed"
+        self._login_deadline: Deadline | None = None
+        self._linger_deadline: Deadline | None = None
+
+    # -- called from other threads -------------------------------------------------
+
+    def deliver(self, frame: bytes) -> None:
+        """Queue a frame for this client (the hub calls this). Never blocks.
+
+        On the first overflow the connection is cut from the watchdog thread: the
+        writer may be blocked in a send to this very client and cannot notice by
+        itself, and the broadcaster calling us must not do socket work.
+        """
+        if not self._outbox.put(frame) and self._outbox.overflowed:
+            with self._lock:
+                first = not self._overflow_reported
+                self._overflow_reported = True
+            if first:
+                self.close(reason=_NOT_READING)
+                self._watchdog.after(0.0, self._channel.shutdown)
+
+    def close(self, final: Event | None = None, reason: str = "") -> None:
+        """Begin closing: queue `final` as the last frame, stop output, cut after `linger`.
+
+        Thread-safe and idempotent; the first call's reason is the one announced.
+        """
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            if reason:
+                self._leave_reason = reason
+            writer_running = self._writer is not None
+        if not writer_running:  # still in the TLS handshake: nothing can be said
+            self._channel.shutdown()
+            return
+        if final is not None:
+            self._outbox.put(encode(final))
+        self._outbox.close()
+        self._linger_deadline = self._watchdog.after(self._config.linger, self._channel.shutdown)
+
+    # -- the reader thread ----------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve the connection until it ends. Never raises."""
+        try:
+            if self._handshake():
+                self._read_loop()
+                self._finish()
+        except Exception:
+            log.exception("session %s failed", self.peer)
+            self._channel.shutdown()
+        finally:
+            self._cancel_deadlines()
+            if self._writer is not None:
+                self._writer.join()
+            self._channel.close()
+
+    def _handshake(self) -> bool:
+        self._login_deadline = self._watchdog.after(self._config.handshake_timeout, self._login_timed_out)
+        try:
+            self._channel.handshake()
+        except (ssl.SSLError, OSError) as exc:
+            # Plaintext clients, scanners, wrong-CA clients: routine, not alarming.
+            log.info("TLS handshake with %s failed: %s", self.peer, _describe(exc))
+            return False
+        with self._lock:
+            if self._closing:
+                return False
+            self._writer = threading.Thread(
+                target=self._write_loop, name=f"securechat-writer-{self.peer}", daemon=True
+            )
+            self._writer.start()
+        log.info("TLS session from %s (%s)", self.peer, self._channel.version())
+        return True
+
+    def _login_timed_out(self) -> None:
+        self.close(Error(code=Code.TIMEOUT, reason="no hello in time", fatal=True), reason="login timeout")
+
+    def _read_loop(self) -> None:
+        while not self._closing:
+            try:
+                data = self._channel.recv()
+            except (ssl.SSLError, OSError) as exc:
+                log.info("connection from %s broke: %s", self.peer, _describe(exc))
+                data = b""
+            self._conn.receive_data(data)
+            if not self._process_events():
+                return
+
+    def _process_events(self) -> bool:
+        """Act on every complete event; False once the connection is over."""
+        while not self._closing:
+            try:
+                event = self._conn.next_event()
+            except RemoteProtocolError as exc:
+                log.info("bad frame from %s: %s", self.peer, exc.code)
+                if exc.fatal:
+                    self.close(Error(code=exc.code, reason=exc.reason, fatal=True), reason="protocol error")
+                    return False
+                self._reply(Error(code=exc.code, reason=exc.reason, fatal=False))
+                continue
+            if event is NEED_DATA:
+                return True
+            if event is CLOSED:
+                self.close()
+                return False
+            assert isinstance(event, Event)
+            self._handle(event)
+        return False
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, Hello):
+            self._login(event)
+        elif isinstance(event, Say):
+            assert self.nick is not None  # the connection only passes Say after the welcome
+            try:
+                self._hub.say(self.nick, event.room, event.text)
+            except NoSuchRoom:
+                self._reply(Error(code=Code.NO_SUCH_ROOM, reason=f"no room {event.room}"))
+        elif isinstance(event, Who):
+            try:
+                self._reply(self._hub.names(event.room))
+            except NoSuchRoom:
+                self._reply(Error(code=Code.NO_SUCH_ROOM, reason=f"no room {event.room}"))
+        elif isinstance(event, Ping):
+            self._reply(Pong(token=event.token))
+        elif isinstance(event, Quit):
+            self.close(Bye(reason="goodbye"), reason=event.reason or "quit")
+        elif isinstance(event, Pong):
+            pass  # answers to our keepalive pings carry nothing to act on
+
+    def _login(self, hello: Hello) -> None:
+        def welcome(users: tuple[str, ...]) -> None:
+            # Runs under the hub lock, before anyone can send us a room event.
+            self.nick = hello.nick
+            self._reply(
+                Welcome(
+                    version=PROTOCOL_VERSION,
+                    nick=hello.nick,
+                    room=self._hub.room,
+                    users=users,
+                    server=self._config.server_name,
+                )
+            )
+
+        try:
+            self._hub.join(self, hello.nick, welcome)
+        except NickTaken:
+            self.close(
+                Error(code=Code.NICK_TAKEN, reason=f"{hello.nick} is already in use", fatal=True),
+                reason="nick taken",
+            )
+            return
+        if self._login_deadline is not None:
+            self._login_deadline.cancel()
+        log.info("%s logged in as %s", self.peer, hello.nick)
+
+    def _reply(self, event: Event) -> None:
+        self._outbox.put(self._conn.send(event))
+
+    def _finish(self) -> None:
+        self.close()
+        if self.nick is not None:
+            self._hub.leave(self, self.nick, self._leave_reason)
+            log.info("%s (%s) left: %s", self.nick, self.peer, self._leave_reason)
+        # Read and discard until the peer hangs up or the linger deadline cuts it,
+        # so our last frame is not destroyed by a reset.
+        try:
+            while self._channel.recv():
+                pass
+        except (ssl.SSLError, OSError):
+            pass
+
+    def _cancel_deadlines(self) -> None:
+        for deadline in (self._login_deadline, self._linger_deadline):
+            if deadline is not None:
+                deadline.cancel()
+
+    # -- the writer thread ----------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        broke: BaseException | None = None
+        try:
+            while (data := self._outbox.take()) is not None:
+                self._channel.send(data)
+        except (ssl.SSLError, OSError) as exc:
+            broke = exc
+        if self._outbox.overflowed:
+            log.warning("dropping %s (%s): it stopped reading", self.nick or "?", self.peer)
+            self.close(reason=_NOT_READING)
+            self._channel.shutdown()
+        elif broke is not None:
+            log.info("sending to %s failed: %s", self.peer, _describe(broke))
+            self.close(reason="connection broke")
+            self._channel.shutdown()
+        else:
+            self._channel.finish_sending()
+
+
+_NOT_READING = "not reading (send queue full)"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,168 @@
+"""Full-duplex TLS over a blocking socket, for one reader thread and any writers.
+
+OpenSSL forbids calling SSL_read and SSL_write on the same `SSL` object from two
+threads at once (openssl/openssl#20446), yet a thread-per-session server wants a
+reader blocked in recv while a writer sends. So the TLS state lives in an
+`ssl.SSLObject` over memory BIOs, guarded by a lock that is never held during
+socket I/O; the kernel socket itself is safe to recv and send concurrently.
+Encrypted bytes leave in the order they were produced because every drain of the
+outgoing BIO happens under `_send_lock`, which is held through the `sendall`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+
+__all__ = ["TlsChannel"]
+
+_RECV_CHUNK = 256 * 1024
+
+
+class TlsChannel:
+    """A TLS session on a connected socket.
+
+    Contract: `handshake` first, from one thread; then `recv` from exactly one
+    reader thread, and `send` from any number of threads (sends are serialised).
+    `shutdown` may be called from any thread at any time and wakes a blocked
+    `recv` or `send`. Socket errors surface as `OSError`; TLS errors as `ssl.SSLError`.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+    ) -> None:
+        self._sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+        self._tls_lock = threading.Lock()  # guards _tls and both BIOs
+        self._send_lock = threading.Lock()  # orders drains of _outgoing with their sendall
+        self._closed = False
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    def version(self) -> str | None:
+        """The negotiated TLS version, e.g. 'TLSv1.3' (None before the handshake)."""
+        with self._tls_lock:
+            return self._tls.version()
+
+    def handshake(self) -> None:
+        """Run the TLS handshake to completion.
+
+        Raises `ssl.SSLError` (including `ssl.SSLCertVerificationError`) when the peer
+        is refused, `ConnectionError` when it closes first, `OSError` on socket errors.
+        On failure nothing more is sent: a peer that is not speaking TLS gets only a
+        closed connection.
+        """
+        while True:
+            with self._tls_lock:
+                try:
+                    self._tls.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                pending = self._outgoing.read()
+            if pending:
+                self._sock.sendall(pending)
+            if done:
+                return
+            data = self._sock.recv(_RECV_CHUNK)
+            if not data:
+                raise ConnectionError("peer closed the connection during the TLS handshake")
+            with self._tls_lock:
+                self._incoming.write(data)
+
+    def recv(self) -> bytes:
+        """Block until plaintext arrives and return all that is available; b"" at end.
+
+        End of stream is a close_notify or the peer closing the socket (a TLS
+        "ragged EOF" is treated as a close: the protocol above has its own framing).
+        """
+        while True:
+            with self._tls_lock:
+                chunks: list[bytes] = []
+                eof = False
+                while True:
+                    try:
+                        chunk = self._tls.read(_RECV_CHUNK)
+                    except ssl.SSLWantReadError:
+                        break
+                    except ssl.SSLZeroReturnError:
+                        eof = True
+                        break
+                    if not chunk:
+                        eof = True
+                        break
+                    chunks.append(chunk)
+                reply_pending = self._outgoing.pending > 0
+            if chunks:
+                return b"".join(chunks)
+            if eof:
+                return b""
+            if reply_pending:  # e.g. a TLS 1.3 KeyUpdate answer produced by the read
+                self._flush()
+            try:
+                data = self._sock.recv(_RECV_CHUNK)
+            except OSError:
+                if self._closed:
+                    return b""
+                raise
+            if not data:
+                return b""
+            with self._tls_lock:
+                self._incoming.write(data)
+
+    def send(self, data: bytes) -> None:
+        """Encrypt and send all of `data`. Thread-safe; blocks while the peer is slow."""
+        with self._send_lock:
+            with self._tls_lock:
+                self._tls.write(data)
+                pending = self._outgoing.read()
+            self._sock.sendall(pending)
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            with self._tls_lock:
+                pending = self._outgoing.read()
+            if pending:
+                self._sock.sendall(pending)
+
+    def finish_sending(self) -> None:
+        """Send TLS close_notify and half-close the socket; `recv` keeps working.
+
+        Errors are ignored: the peer may already be gone, which is what we wanted.
+        """
+        with self._send_lock:
+            with self._tls_lock:
+                # WantRead: the peer's close_notify has not come; we don't wait for it.
+                with contextlib.suppress(ssl.SSLError):
+                    self._tls.unwrap()
+                pending = self._outgoing.read()
+            try:
+                if pending:
+                    self._sock.sendall(pending)
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def shutdown(self) -> None:
+        """Stop both directions now: wakes blocked `recv`/`send` calls. Idempotent."""
+        self._closed = True
+        with contextlib.suppress(OSError):  # already disconnected
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Shut down and release the socket. Idempotent."""
+        self.shutdown()
+        self._sock.close()

@@ -1,0 +1,166 @@
+"""`securechat` entry points, called as `main(argv)` and as a real process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from chat import TIMEOUT, next_matching
+
+from securechat import Client
+from securechat.cli import main
+from securechat.protocol import Bye, Message
+from securechat.server import Server, ServerConfig
+from securechat.transport import client_context, server_context
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "server" in capsys.readouterr().out
+
+
+def test_certs_are_written_private_and_usable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "certs"
+    assert main(["certs", "--dir", str(d), "--host", "localhost", "--host", "127.0.0.1"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert (d / "server.key").stat().st_mode & 0o777 == 0o600
+    assert not any("KEY" in p.read_text() for p in (d / "ca.pem", d / "server.pem"))
+    # What `make certs` writes is what a server and a client load, and they agree.
+    with Server(ServerConfig(port=0), server_context(d / "server.pem", d / "server.key")) as server:
+        for host in ("localhost", "127.0.0.1"):
+            with Client(
+                "alice", context=client_context(d / "ca.pem"), port=server.address[1], server_hostname=host
+            ) as client:
+                assert client.welcome is not None
+
+
+def test_certs_are_idempotent_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certs", "--dir", str(tmp_path)]) == 0
+    first = (tmp_path / "ca.pem").read_bytes()
+    assert main(["certs", "--dir", str(tmp_path)]) == 0
+    assert "already" in capsys.readouterr().out
+    assert (tmp_path / "ca.pem").read_bytes() == first
+    assert main(["certs", "--dir", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "ca.pem").read_bytes() != first
+
+
+def test_certs_into_an_unwritable_place_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["certs", "--dir", str(blocker / "certs")]) == 2
+    assert "cannot write certificates" in capsys.readouterr().err
+
+
+def test_server_without_certificates_says_to_make_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["server", "--cert", str(tmp_path / "none.pem"), "--key", str(tmp_path / "none.key")]) == 2
+    assert "make certs" in capsys.readouterr().err
+
+
+def test_server_with_a_mismatched_key_is_a_clear_error(
+    tmp_path: Path, cert_files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import trustme
+
+    other = tmp_path / "other.key"
+    trustme.CA().issue_cert("x").private_key_pem.write_to_path(str(other))
+    assert main(["server", "--port", "0", "--cert", cert_files["cert"], "--key", str(other)]) == 2
+    assert "cannot load" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["client", "--nick", "bad nick"], "not a valid nick"),
+        (["client", "--nick", ""], "pass --nick"),
+        (["client", "--nick", "alice", "--port", "70000"], "out of range"),
+        (["client", "--nick", "alice", "--cafile", "/nonexistent/ca.pem"], "not found"),
+    ],
+)
+def test_client_command_line_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_client_reports_an_unreachable_server(
+    cert_files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        assert main(["client", "--nick", "alice", "--port", str(port), "--cafile", cert_files["ca"]]) == 1
+    assert "cannot connect" in capsys.readouterr().err
+
+
+def test_client_refuses_an_untrusted_server(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import trustme
+
+    wrong_ca = tmp_path / "wrong-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(wrong_ca))
+    argv = ["client", "--nick", "alice", "--port", str(server.address[1]), "--cafile", str(wrong_ca)]
+    assert main(argv) == 1
+    assert "cannot be trusted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_server_process_stops_cleanly_on_signals(sig: signal.Signals, cert_files: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "securechat",
+            "server",
+            "--port",
+            "0",
+            "--cert",
+            cert_files["cert"],
+            "--key",
+            cert_files["key"],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        match = re.search(r"on 127\.0\.0\.1:(\d+) \(TLS\)", banner)
+        assert match, banner
+        ctx = client_context(cert_files["ca"])
+        with Client("alice", context=ctx, port=int(match.group(1))) as alice:
+            alice.say("anyone?")
+            next_matching(alice, Message)
+            proc.send_signal(sig)
+            assert next_matching(alice, Bye) == Bye(reason="server shutting down")
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped" in out
+    assert "anyone?" not in err  # message texts never reach the log
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "securechat", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    ).stdout
+    assert "client" in out and "certs" in out

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from securechat.client.display import format_event, sanitize
+from securechat.protocol import Bye, Error, Joined, Left, Message, Names, Ping, Welcome
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("plain text \u00e9\u2603", "plain text \u00e9\u2603"),
+        ("\x1b]0;pwned\x07", "\\x1b]0;pwned\\x07"),  # window-title escape
+        ("\x1b[2J\x1b[H", "\\x1b[2J\\x1b[H"),  # clear screen
+        ("C1 \x9b31m csi", "C1 \\x9b31m csi"),
+        ("admin\u202e\u2066txt.exe", "admin\\u202e\\u2066txt.exe"),  # bidi override and isolate
+        ("tab\there\r", "tab\\x09here\\x0d"),
+        ("del\x7f", "del\\x7f"),
+    ],
+)
+def test_sanitize_makes_controls_visible_and_inert(raw: str, shown: str) -> None:
+    assert sanitize(raw) == shown
+
+
+def test_no_control_character_survives_sanitize() -> None:
+    everything = (
+        "".join(chr(c) for c in range(0x00, 0x300)) + "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    )
+    out = sanitize(everything)
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in out)
+    assert not any(c in out for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def test_messages_show_time_nick_and_text() -> None:
+    (line,) = format_event(Message(nick="bob", text="hi", ts=0.0))
+    assert line.endswith(" <bob> hi") and line[2] == ":"
+
+
+def test_multiline_messages_are_indented_and_each_line_sanitised() -> None:
+    lines = format_event(Message(nick="bob", text="one\n\x1b[31mtwo", ts=0.0))
+    assert len(lines) == 2
+    assert lines[1].strip() == "\\x1b[31mtwo" and lines[1].startswith(" " * 8)
+
+
+def test_notices() -> None:
+    assert format_event(Joined(nick="bob"), now=0)[0].endswith("* bob joined #lobby")
+    assert format_event(Left(nick="bob", reason="quit"), now=0)[0].endswith("* bob left #lobby (quit)")
+    assert format_event(Names(users=("a", "b")), now=0)[0].endswith("* in #lobby: a, b")
+    assert "connected as a" in format_event(Welcome(version=1, nick="a", users=("a",)), now=0)[0]
+    assert format_event(Error(code="x", reason="nope"), now=0)[0].endswith("! nope")
+    assert format_event(Bye(reason="restarting"), now=0)[0].endswith("* server: restarting")
+    assert format_event(Ping(), now=0) == []

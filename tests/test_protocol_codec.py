@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from securechat.protocol import (
+    EVENT_TYPES,
+    Bye,
+    Code,
+    Error,
+    Event,
+    Hello,
+    Joined,
+    Left,
+    Message,
+    Names,
+    Ping,
+    Pong,
+    ProtocolError,
+    Quit,
+    RemoteProtocolError,
+    Say,
+    Welcome,
+    Who,
+    decode_line,
+    encode,
+)
+
+nicks = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,23}", fullmatch=True)
+rooms = st.from_regex(r"#[A-Za-z0-9_.\-]{1,32}", fullmatch=True)
+texts = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=300)
+short = st.text(st.characters(blacklist_categories=("Cs",)), max_size=64)
+
+events: st.SearchStrategy[Event] = st.one_of(
+    st.builds(Hello, version=st.integers(1, 2**31), nick=nicks, client=short),
+    st.builds(
+        Welcome,
+        version=st.integers(1, 9),
+        nick=nicks,
+        room=rooms,
+        users=st.lists(nicks, max_size=5).map(tuple),
+        server=short,
+    ),
+    st.builds(Say, room=rooms, text=texts),
+    st.builds(
+        Message, room=rooms, nick=nicks, text=texts, ts=st.floats(allow_nan=False, allow_infinity=False)
+    ),
+    st.builds(Who, room=rooms),
+    st.builds(Names, room=rooms, users=st.lists(nicks, max_size=5).map(tuple)),
+    st.builds(Joined, room=rooms, nick=nicks),
+    st.builds(Left, room=rooms, nick=nicks, reason=short),
+    st.builds(Ping, token=short),
+    st.builds(Pong, token=short),
+    st.builds(Quit, reason=short),
+    st.builds(Bye, reason=short),
+    st.builds(
+        Error,
+        code=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20),
+        reason=short,
+        fatal=st.booleans(),
+    ),
+)
+
+
+def test_every_event_type_is_covered_by_the_strategy() -> None:
+    assert set(EVENT_TYPES) == {
+        "hello",
+        "welcome",
+        "say",
+        "message",
+        "who",
+        "names",
+        "joined",
+        "left",
+        "ping",
+        "pong",
+        "quit",
+        "bye",
+        "error",
+    }
+
+
+@given(events)
+def test_encode_then_decode_is_identity(event: Event) -> None:
+    frame = encode(event)
+    assert frame.endswith(b"\n") and frame.count(b"\n") == 1
+    assert decode_line(frame[:-1]) == event
+
+
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode_line(data)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["type", "text", "nick", "room", "version", "users", "ts", "x"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(),
+            st.text(max_size=5),
+            st.lists(st.text(max_size=3), max_size=3),
+        ),
+        max_size=6,
+    ),
+    st.sampled_from(sorted(EVENT_TYPES)),
+)
+def test_arbitrary_objects_of_known_types_raise_only_protocol_errors(
+    obj: dict[str, object], kind: str
+) -> None:
+    obj["type"] = kind
+    with contextlib.suppress(ProtocolError):
+        decode_line(json.dumps(obj).encode())
+
+
+def test_example_frames_from_the_spec() -> None:
+    assert decode_line(b'{"type":"hello","version":1,"nick":"alice"}') == Hello(version=1, nick="alice")
+    assert decode_line(b'{"type":"say","room":"#lobby","text":"hi"}') == Say(text="hi")
+    assert encode(Joined(nick="bob")) == b'{"type":"joined","room":"#lobby","nick":"bob"}\n'
+
+
+def test_unicode_is_sent_as_utf8_not_escaped() -> None:
+    assert "h\u00e9llo \u2603".encode() in encode(Say(text="h\u00e9llo \u2603"))
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    assert decode_line(b'{"type":"ping","token":"t","future":1}') == Ping(token="t")
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "fatal"),
+    [
+        (b"\xff\xfe", Code.BAD_UTF8, True),
+        (b"not json", Code.BAD_JSON, True),
+        (b'{"type":"say","text":NaN}', Code.BAD_JSON, True),
+        (b"[" * 100_000 + b"]" * 100_000, Code.BAD_JSON, True),
+        (b'{"type":"say","text":' + b"9" * 5000 + b"}", Code.BAD_JSON, True),
+        (b"[1,2]", Code.BAD_FRAME, True),
+        (b'{"text":"hi"}', Code.BAD_FRAME, True),
+        (b'{"type":7}', Code.BAD_FRAME, True),
+        (b'{"type":"teleport"}', Code.UNKNOWN_TYPE, False),
+        (b'{"type":"say"}', Code.INVALID, False),
+        (b'{"type":"say","text":5}', Code.INVALID, False),
+        (b'{"type":"hello","version":true,"nick":"a"}', Code.INVALID, False),
+        (b'{"type":"hello","version":1,"nick":"bad nick"}', Code.INVALID, False),
+        (b'{"type":"names","users":["a",1]}', Code.INVALID, False),
+        (b'{"type":"message","nick":"a","text":"t","ts":1e400}', Code.INVALID, False),
+        (b'{"type":"say","text":"\\ud800"}', Code.INVALID, False),
+    ],
+)
+def test_bad_frames(line: bytes, code: str, fatal: bool) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_line(line)
+    assert (info.value.code, info.value.fatal) == (code, fatal)

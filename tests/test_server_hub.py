@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from securechat.server.hub import Hub, NickTaken, NoSuchRoom
+
+
+class FakeMember:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def deliver(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def seen(self) -> list[dict[str, object]]:
+        return [json.loads(f) for f in self.frames]
+
+
+def join(hub: Hub, nick: str) -> tuple[FakeMember, list[tuple[str, ...]]]:
+    member = FakeMember()
+    welcomed: list[tuple[str, ...]] = []
+    hub.join(member, nick, welcomed.append)
+    return member, welcomed
+
+
+def test_join_welcomes_then_announces_to_others_only() -> None:
+    hub = Hub(clock=lambda: 42.0)
+    alice, welcomed_a = join(hub, "alice")
+    bob, welcomed_b = join(hub, "Bob")
+    assert welcomed_a == [("alice",)] and welcomed_b == [("alice", "Bob")]
+    assert alice.seen() == [{"type": "joined", "room": "#lobby", "nick": "Bob"}]
+    assert bob.seen() == []
+
+
+def test_nicks_are_unique_case_insensitively() -> None:
+    hub = Hub()
+    join(hub, "alice")
+    with pytest.raises(NickTaken):
+        join(hub, "ALICE")
+    assert len(hub) == 1
+
+
+def test_say_reaches_everyone_with_the_same_bytes_object() -> None:
+    hub = Hub(clock=lambda: 42.0)
+    alice, _ = join(hub, "alice")
+    bob, _ = join(hub, "bob")
+    alice.frames.clear()
+    hub.say("alice", "#lobby", "hi")
+    assert alice.frames[0] is bob.frames[0]  # encoded once
+    assert bob.seen() == [{"type": "message", "room": "#lobby", "nick": "alice", "text": "hi", "ts": 42.0}]
+
+
+def test_unknown_room_is_refused() -> None:
+    hub = Hub()
+    join(hub, "alice")
+    with pytest.raises(NoSuchRoom):
+        hub.say("alice", "#elsewhere", "hi")
+    with pytest.raises(NoSuchRoom):
+        hub.names("#elsewhere")
+
+
+def test_leave_announces_and_frees_the_nick() -> None:
+    hub = Hub()
+    alice, _ = join(hub, "alice")
+    bob, _ = join(hub, "bob")
+    hub.leave(bob, "bob", "quit")
+    assert alice.seen()[-1] == {"type": "left", "room": "#lobby", "nick": "bob", "reason": "quit"}
+    assert hub.names("#lobby").users == ("alice",)
+    join(hub, "bob")
+
+
+def test_leave_by_a_member_that_does_not_hold_the_nick_is_ignored() -> None:
+    hub = Hub()
+    _alice, _ = join(hub, "alice")
+    impostor = FakeMember()
+    hub.leave(impostor, "alice")
+    assert hub.names("#lobby").users == ("alice",)
+
+
+def test_names_are_sorted_case_insensitively() -> None:
+    hub = Hub()
+    for nick in ("carol", "Bob", "alice"):
+        join(hub, nick)
+    assert hub.names("#lobby").users == ("alice", "Bob", "carol")
