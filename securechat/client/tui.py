@@ -32,7 +32,9 @@ def run_tui(
 
     Returns a process exit status: 0 after a clean quit, 1 if the connection was lost.
     """
-    session: PromptSession[str] = PromptSession(input=pt_input, output=pt_output)
+    # erase_when_done: the server echoes what we said, in the order everyone sees it;
+    # leaving the typed line too would show every line twice.
+    session: PromptSession[str] = PromptSession(input=pt_input, output=pt_output, erase_when_done=True)
     lost = threading.Event()
     outcome: list[str] = []
 
