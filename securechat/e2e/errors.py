@@ -1,0 +1,46 @@
+"""Errors of the end-to-end layer."""
+
+from __future__ import annotations
+
+__all__ = ["BundleError", "DecryptionError", "E2EError", "IdentityChanged", "KeystoreError", "NotTrusted"]
+
+
+class E2EError(Exception):
+    """Base of every end-to-end error."""
+
+
+class DecryptionError(E2EError):
+    """A whisper could not be authenticated and decrypted.
+
+    Deliberately opaque (like Fernet's InvalidToken): tampering, replay, a wrong key,
+    a wrong session or a malformed header all look the same to the caller, so the
+    error reveals nothing an attacker could probe.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("whisper could not be decrypted")
+
+
+class BundleError(E2EError):
+    """A key bundle from the directory is not acceptable (bad signature, stale, rolled back)."""
+
+
+class IdentityChanged(E2EError):
+    """A peer presented an identity key different from the one pinned for them.
+
+    Nothing is sent to, or accepted from, that peer until the user trusts the new key.
+    """
+
+    def __init__(self, peer: str, pinned_fingerprint: str, new_fingerprint: str) -> None:
+        super().__init__(f"{peer}'s safety number changed")
+        self.peer = peer
+        self.pinned_fingerprint = pinned_fingerprint
+        self.new_fingerprint = new_fingerprint
+
+
+class NotTrusted(E2EError):
+    """An operation needs a peer's key we have not seen or accepted."""
+
+
+class KeystoreError(E2EError):
+    """The keystore cannot be opened: wrong passphrase, tampering, or a bad format."""

@@ -1,0 +1,387 @@
+"""The double ratchet (Signal's specification) with this protocol's KDFs and header.
+
+    KDF_RK(rk, dh) = HKDF(salt = rk, IKM = dh, info = V " ratchet", 64) -> rk', ck
+    KDF_CK(ck)     = mk = HMAC(ck, 0x01); ck' = HMAC(ck, 0x02)
+    key || nonce   = HKDF(salt = 0^32, IKM = mk, info = V " msg", 44)
+    AAD            = LP(V, "msg", sid, sender, recipient, AD0, header)
+
+Header: version (1) | flags (1) | sid (16) | DHs (32) | PN (u32) | N (u32), then, when
+flag bit 0 is set, the setup: IK_sig (32) | IK_dh (32) | binding sig (64) | EK (32) |
+spk_id (u64) | opk_id (u64). The header is authenticated as part of the AAD.
+
+Decryption works on a copy of the state and returns the new state only on success, so
+a forged, replayed or corrupted message leaves the session exactly as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol import fold_nick
+from .errors import DecryptionError
+from .identity import PublicIdentity
+from .primitives import (
+    VERSION_LABEL,
+    DhKeyPair,
+    Random,
+    aead_decrypt,
+    aead_encrypt,
+    hkdf_sha256,
+    hmac_sha256,
+    lp,
+    x25519,
+)
+from .x3dh import Setup
+
+__all__ = [
+    "MAX_SKIP",
+    "MAX_SKIPPED_STORED",
+    "SKIPPED_KEY_LIFETIME",
+    "Header",
+    "RatchetState",
+    "decrypt",
+    "encrypt",
+    "parse_header",
+]
+
+HEADER_VERSION = 1
+_FLAG_SETUP = 0x01
+_BASE = struct.Struct(">BB16s32sII")
+_SETUP = struct.Struct(">32s32s64s32sQQ")
+HEADER_LEN = _BASE.size
+SETUP_LEN = _SETUP.size
+
+#: At most this many message keys are derived ahead within one chain: a header claiming
+#: N = 10**6 is refused before any work, instead of costing a million HMACs.
+MAX_SKIP = 1000
+#: Skipped keys kept per session in all; the oldest are dropped first.
+MAX_SKIPPED_STORED = 2000
+#: A skipped key not used within this time is deleted (its message is presumed lost).
+SKIPPED_KEY_LIFETIME = 7 * 86_400
+#: Earlier ratchet keys of the peer remembered, to refuse replays from old chains cheaply.
+_OLD_DH_REMEMBERED = 32
+
+
+@dataclass(frozen=True)
+class Header:
+    sid: bytes
+    dh: bytes
+    pn: int
+    n: int
+    setup: Setup | None = None
+
+    def encode(self) -> bytes:
+        flags = _FLAG_SETUP if self.setup is not None else 0
+        out = _BASE.pack(HEADER_VERSION, flags, self.sid, self.dh, self.pn, self.n)
+        if self.setup is not None:
+            ident = self.setup.identity
+            out += _SETUP.pack(
+                ident.sig_key,
+                ident.dh_key,
+                ident.dh_sig,
+                self.setup.ephemeral,
+                self.setup.spk_id,
+                self.setup.opk_id,
+            )
+        return out
+
+
+def parse_header(data: bytes, sender: str) -> Header:
+    """Parse a header; `sender` is who the relay says sent it (verified later by the AAD).
+
+    Raises `DecryptionError` for anything malformed.
+    """
+    if len(data) not in (HEADER_LEN, HEADER_LEN + SETUP_LEN):
+        raise DecryptionError
+    version, flags, sid, dh, pn, n = _BASE.unpack_from(data)
+    has_setup = bool(flags & _FLAG_SETUP)
+    if version != HEADER_VERSION or flags & ~_FLAG_SETUP or has_setup != (len(data) > HEADER_LEN):
+        raise DecryptionError
+    setup = None
+    if has_setup:
+        sig_key, dh_key, dh_sig, ephemeral, spk_id, opk_id = _SETUP.unpack_from(data, HEADER_LEN)
+        setup = Setup(PublicIdentity(sender, sig_key, dh_key, dh_sig), ephemeral, spk_id, opk_id)
+    return Header(sid, dh, pn, n, setup)
+
+
+def _kdf_rk(rk: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
+    out = hkdf_sha256(salt=rk, ikm=dh_out, info=VERSION_LABEL + b" ratchet", length=64)
+    return out[:32], out[32:]
+
+
+def _kdf_ck(ck: bytes) -> tuple[bytes, bytes]:
+    """(next chain key, message key)."""
+    return hmac_sha256(ck, b"\x02"), hmac_sha256(ck, b"\x01")
+
+
+def _message_cipher(mk: bytes) -> tuple[bytes, bytes]:
+    out = hkdf_sha256(salt=bytes(32), ikm=mk, info=VERSION_LABEL + b" msg", length=44)
+    return out[:32], out[32:]
+
+
+@dataclass
+class RatchetState:
+    """One session with one peer, from our side."""
+
+    sid: bytes
+    ad0: bytes
+    me: str
+    peer: str
+    peer_key: bytes  # the peer's IK, which this session is bound to
+    rk: bytes
+    dhs: DhKeyPair
+    dhr: bytes | None
+    cks: bytes | None
+    ckr: bytes | None
+    ns: int = 0
+    nr: int = 0
+    pn: int = 0
+    setup: Setup | None = None  # sent with every message until the peer's first reply
+    skipped: dict[tuple[bytes, int], tuple[bytes, float]] = field(default_factory=dict)
+    old_dhr: list[bytes] = field(default_factory=list)
+    opk_to_delete: int | None = None  # the responder's OPK, deleted once a message decrypts
+
+    @classmethod
+    def for_initiator(
+        cls,
+        *,
+        sid: bytes,
+        ad0: bytes,
+        sk: bytes,
+        me: str,
+        peer: str,
+        peer_key: bytes,
+        their_spk: bytes,
+        setup: Setup,
+        random: Random = os.urandom,
+    ) -> RatchetState:
+        dhs = DhKeyPair.generate(random)
+        try:
+            rk, cks = _kdf_rk(sk, x25519(dhs.private, their_spk))
+        except ValueError:
+            raise DecryptionError from None
+        return cls(
+            sid=sid,
+            ad0=ad0,
+            me=me,
+            peer=peer,
+            peer_key=peer_key,
+            rk=rk,
+            dhs=dhs,
+            dhr=their_spk,
+            cks=cks,
+            ckr=None,
+            setup=setup,
+        )
+
+    @classmethod
+    def for_responder(
+        cls,
+        *,
+        sid: bytes,
+        ad0: bytes,
+        sk: bytes,
+        me: str,
+        peer: str,
+        peer_key: bytes,
+        spk: DhKeyPair,
+        opk_id: int | None,
+    ) -> RatchetState:
+        return cls(
+            sid=sid,
+            ad0=ad0,
+            me=me,
+            peer=peer,
+            peer_key=peer_key,
+            rk=sk,
+            dhs=spk,
+            dhr=None,
+            cks=None,
+            ckr=None,
+            opk_to_delete=opk_id,
+        )
+
+    def _aad(self, sender: str, recipient: str, header: bytes) -> bytes:
+        return lp(VERSION_LABEL, b"msg", self.sid, fold_nick(sender), fold_nick(recipient), self.ad0, header)
+
+    # -- persistence ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        def b(x: bytes | None) -> str | None:
+            return None if x is None else base64.b64encode(x).decode()
+
+        setup = None
+        if self.setup is not None:
+            ident = self.setup.identity
+            setup = {
+                "user": ident.user,
+                "sig_key": b(ident.sig_key),
+                "dh_key": b(ident.dh_key),
+                "dh_sig": b(ident.dh_sig),
+                "ephemeral": b(self.setup.ephemeral),
+                "spk_id": self.setup.spk_id,
+                "opk_id": self.setup.opk_id,
+            }
+        return {
+            "sid": b(self.sid),
+            "ad0": b(self.ad0),
+            "me": self.me,
+            "peer": self.peer,
+            "peer_key": b(self.peer_key),
+            "rk": b(self.rk),
+            "dhs": b(self.dhs.private),
+            "dhr": b(self.dhr),
+            "cks": b(self.cks),
+            "ckr": b(self.ckr),
+            "ns": self.ns,
+            "nr": self.nr,
+            "pn": self.pn,
+            "setup": setup,
+            "skipped": [[b(dh), n, b(mk), t] for (dh, n), (mk, t) in self.skipped.items()],
+            "old_dhr": [b(x) for x in self.old_dhr],
+            "opk_to_delete": self.opk_to_delete,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RatchetState:
+        """Raises `KeyError`, `TypeError` or `ValueError` on a malformed record."""
+
+        def b(x: str | None) -> bytes | None:
+            return None if x is None else base64.b64decode(x, validate=True)
+
+        def bb(x: str) -> bytes:
+            return base64.b64decode(x, validate=True)
+
+        setup = None
+        if d["setup"] is not None:
+            s = d["setup"]
+            setup = Setup(
+                PublicIdentity(s["user"], bb(s["sig_key"]), bb(s["dh_key"]), bb(s["dh_sig"])),
+                bb(s["ephemeral"]),
+                int(s["spk_id"]),
+                int(s["opk_id"]),
+            )
+        return cls(
+            sid=bb(d["sid"]),
+            ad0=bb(d["ad0"]),
+            me=d["me"],
+            peer=d["peer"],
+            peer_key=bb(d["peer_key"]),
+            rk=bb(d["rk"]),
+            dhs=DhKeyPair(bb(d["dhs"])),
+            dhr=b(d["dhr"]),
+            cks=b(d["cks"]),
+            ckr=b(d["ckr"]),
+            ns=int(d["ns"]),
+            nr=int(d["nr"]),
+            pn=int(d["pn"]),
+            setup=setup,
+            skipped={(bb(dh), int(n)): (bb(mk), float(t)) for dh, n, mk, t in d["skipped"]},
+            old_dhr=[bb(x) for x in d["old_dhr"]],
+            opk_to_delete=d["opk_to_delete"],
+        )
+
+
+def encrypt(state: RatchetState, plaintext: bytes) -> tuple[bytes, bytes]:
+    """Encrypt the next message; returns (header, ciphertext) and advances `state`.
+
+    The caller must persist the advanced state before sending the ciphertext: reusing
+    a chain position after a crash would reuse a key and nonce.
+    """
+    if state.cks is None:
+        raise ValueError("this session cannot send yet: no message from the initiator has arrived")
+    state.cks, mk = _kdf_ck(state.cks)
+    header = Header(state.sid, state.dhs.public, state.pn, state.ns, state.setup).encode()
+    state.ns += 1
+    key, nonce = _message_cipher(mk)
+    return header, aead_encrypt(key, nonce, plaintext, state._aad(state.me, state.peer, header))
+
+
+def decrypt(
+    state: RatchetState,
+    header_bytes: bytes,
+    header: Header,
+    ciphertext: bytes,
+    *,
+    now: float,
+    random: Random = os.urandom,
+) -> tuple[RatchetState, bytes]:
+    """Authenticate and decrypt; returns (new state, plaintext). `state` is not modified.
+
+    Raises `DecryptionError` for anything that does not verify: tampering, replay, a
+    message for another session or direction, too many skipped messages, bad keys.
+    """
+    if header.sid != state.sid:
+        raise DecryptionError
+    aad = state._aad(state.peer, state.me, header_bytes)
+    found = state.skipped.get((header.dh, header.n))
+    if found is not None:
+        plaintext = _open(found[0], ciphertext, aad)
+        new = copy.deepcopy(state)
+        del new.skipped[(header.dh, header.n)]
+        _after_success(new, now)
+        return new, plaintext
+    if header.dh == state.dhr and header.n < state.nr:
+        raise DecryptionError  # a duplicate: its key was used and deleted
+    if header.dh in state.old_dhr:
+        raise DecryptionError  # a replay from a finished chain
+    new = copy.deepcopy(state)
+    try:
+        if header.dh != new.dhr:
+            _skip(new, header.pn, now)
+            _dh_ratchet(new, header.dh, random)
+        _skip(new, header.n, now)
+        assert new.ckr is not None
+        new.ckr, mk = _kdf_ck(new.ckr)
+        new.nr += 1
+    except ValueError:  # a low-order ratchet key from the peer
+        raise DecryptionError from None
+    plaintext = _open(mk, ciphertext, aad)
+    _after_success(new, now)
+    return new, plaintext
+
+
+def _open(mk: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    key, nonce = _message_cipher(mk)
+    plaintext = aead_decrypt(key, nonce, ciphertext, aad)
+    if plaintext is None:
+        raise DecryptionError
+    return plaintext
+
+
+def _after_success(state: RatchetState, now: float) -> None:
+    state.setup = None if state.ckr is not None else state.setup  # the peer has replied
+    cutoff = now - SKIPPED_KEY_LIFETIME
+    for key in [k for k, (_, stored) in state.skipped.items() if stored < cutoff]:
+        del state.skipped[key]
+
+
+def _skip(state: RatchetState, until: int, now: float) -> None:
+    if state.ckr is None:
+        return
+    if until - state.nr > MAX_SKIP:
+        raise DecryptionError
+    assert state.dhr is not None
+    while state.nr < until:
+        state.ckr, mk = _kdf_ck(state.ckr)
+        state.skipped[(state.dhr, state.nr)] = (mk, now)
+        state.nr += 1
+    while len(state.skipped) > MAX_SKIPPED_STORED:
+        del state.skipped[next(iter(state.skipped))]  # dicts keep insertion order: oldest first
+
+
+def _dh_ratchet(state: RatchetState, their_dh: bytes, random: Random) -> None:
+    if state.dhr is not None:
+        state.old_dhr = [*state.old_dhr, state.dhr][-_OLD_DH_REMEMBERED:]
+    state.pn = state.ns
+    state.ns = 0
+    state.nr = 0
+    state.dhr = their_dh
+    state.rk, state.ckr = _kdf_rk(state.rk, x25519(state.dhs.private, their_dh))
+    state.dhs = DhKeyPair.generate(random)
+    state.rk, state.cks = _kdf_rk(state.rk, x25519(state.dhs.private, their_dh))
