@@ -9,6 +9,19 @@ from hypothesis import strategies as st
 
 from securechat.protocol import (
     EVENT_TYPES,
+    Ack,
+    Auth,
+    Challenge,
+    Delivery,
+    FetchKeys,
+    KeyIdentity,
+    Keys,
+    OneTimePrekeyRecord,
+    PrekeyCount,
+    PublishKeys,
+    SignedPrekeyRecord,
+    Whisper,
+    WhisperStatus,
     Bye,
     Code,
     Error,
@@ -35,8 +48,23 @@ rooms = st.from_regex(r"#[A-Za-z0-9_.\-]{1,32}", fullmatch=True)
 texts = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=300)
 short = st.text(st.characters(blacklist_categories=("Cs",)), max_size=64)
 
+b32 = st.binary(min_size=32, max_size=32)
+b64 = st.binary(min_size=64, max_size=64)
+blobs = st.binary(min_size=1, max_size=300)
+ids = st.from_regex(r"[A-Za-z0-9_\-]{1,64}", fullmatch=True)
+key_ids = st.integers(1, 2**63 - 1)
+identities = st.builds(KeyIdentity, sig_key=b32, dh_key=b32, dh_sig=b64)
+spks = st.builds(SignedPrekeyRecord, id=key_ids, created=st.integers(0, 2**40), public=b32, signature=b64)
+opks = st.builds(OneTimePrekeyRecord, id=key_ids, public=b32, signature=b64)
+
 events: st.SearchStrategy[Event] = st.one_of(
-    st.builds(Hello, version=st.integers(1, 2**31), nick=nicks, client=short),
+    st.builds(
+        Hello,
+        version=st.integers(1, 2**31),
+        nick=nicks,
+        client=short,
+        identity=st.one_of(st.just(b""), st.binary(min_size=32, max_size=32)),
+    ),
     st.builds(
         Welcome,
         version=st.integers(1, 9),
@@ -63,7 +91,56 @@ events: st.SearchStrategy[Event] = st.one_of(
         reason=short,
         fatal=st.booleans(),
     ),
+    st.builds(Challenge, nonce=b32),
+    st.builds(Auth, signature=b64),
+    st.builds(PublishKeys, identity=identities, spk=spks, opks=st.lists(opks, max_size=3).map(tuple)),
+    st.builds(
+        PrekeyCount,
+        count=st.integers(0, 500),
+        spk_id=st.integers(0, 2**40),
+        spk_created=st.integers(0, 2**40),
+    ),
+    st.builds(FetchKeys, nick=nicks),
+    st.builds(Keys, nick=nicks, identity=identities, spk=spks, opks=st.lists(opks, max_size=1).map(tuple)),
+    st.builds(Whisper, to=nicks, id=ids, header=blobs, ciphertext=blobs),
+    st.builds(WhisperStatus, id=ids, to=nicks, status=st.sampled_from(["stored", "delivered"])),
+    st.builds(
+        Delivery,
+        id=ids,
+        msg_id=ids,
+        sender=nicks,
+        header=blobs,
+        ciphertext=blobs,
+        ts=st.floats(allow_nan=False, allow_infinity=False),
+    ),
+    st.builds(Ack, id=ids),
 )
+
+STRATEGY_CLASSES = [
+    Hello,
+    Welcome,
+    Say,
+    Message,
+    Who,
+    Names,
+    Joined,
+    Left,
+    Ping,
+    Pong,
+    Quit,
+    Bye,
+    Error,
+    Challenge,
+    Auth,
+    PublishKeys,
+    PrekeyCount,
+    FetchKeys,
+    Keys,
+    Whisper,
+    WhisperStatus,
+    Delivery,
+    Ack,
+]
 
 
 def test_every_event_type_is_covered_by_the_strategy() -> None:
@@ -81,7 +158,18 @@ def test_every_event_type_is_covered_by_the_strategy() -> None:
         "quit",
         "bye",
         "error",
+        "challenge",
+        "auth",
+        "publish_keys",
+        "prekey_count",
+        "fetch_keys",
+        "keys",
+        "whisper",
+        "whisper_status",
+        "delivery",
+        "ack",
     }
+    assert set(EVENT_TYPES) == {cls.TYPE for cls in STRATEGY_CLASSES}
 
 
 @given(events)
@@ -153,6 +241,14 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
         (b'{"type":"names","users":["a",1]}', Code.INVALID, False),
         (b'{"type":"message","nick":"a","text":"t","ts":1e400}', Code.INVALID, False),
         (b'{"type":"say","text":"\\ud800"}', Code.INVALID, False),
+        (b'{"type":"challenge","nonce":"not base64!"}', Code.INVALID, False),
+        (b'{"type":"challenge","nonce":"AAAA"}', Code.INVALID, False),
+        (b'{"type":"publish_keys","identity":"x","spk":{}}', Code.INVALID, False),
+        (
+            b'{"type":"whisper","to":"bob","id":"a b","header":"AA==","ciphertext":"AA=="}',
+            Code.INVALID,
+            False,
+        ),
     ],
 )
 def test_bad_frames(line: bytes, code: str, fatal: bool) -> None:

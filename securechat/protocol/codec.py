@@ -7,12 +7,15 @@ anything else, whatever the bytes.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import typing
 from dataclasses import MISSING, fields
 
 from .errors import Code, RemoteProtocolError
-from .events import EVENT_TYPES, Event
+from .events import Event, Record
+from .registry import EVENT_TYPES
 
 __all__ = ["decode_line", "encode"]
 
@@ -57,24 +60,27 @@ def decode_line(line: bytes) -> Event:
 
 
 def _build(cls: type[Event], obj: dict[str, object]) -> Event:
+    try:
+        event = _record(cls, obj)
+    except ValueError as exc:
+        raise RemoteProtocolError(Code.INVALID, f"{cls.TYPE}: {exc}", fatal=False) from None
+    assert isinstance(event, cls)
+    return event
+
+
+def _record(cls: type[Record], obj: dict[str, object]) -> Record:
+    """Build `cls` from a JSON object; raises `ValueError` saying what is wrong."""
     kwargs: dict[str, object] = {}
-    for name, hint, required in _SCHEMAS[cls]:
+    for name, hint, required in _schema(cls):
         if name not in obj:
             if required:
-                raise _invalid(cls, f"missing field {name!r}")
+                raise ValueError(f"missing field {name!r}")
             continue
         value = _coerce(hint, obj[name])
         if value is _BAD:
-            raise _invalid(cls, f"field {name!r} has the wrong type")
+            raise ValueError(f"field {name!r} has the wrong type")
         kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:  # the event's own validation
-        raise _invalid(cls, str(exc)) from None
-
-
-def _invalid(cls: type[Event], reason: str) -> RemoteProtocolError:
-    return RemoteProtocolError(Code.INVALID, f"{cls.TYPE}: {reason}", fatal=False)
+    return cls(**kwargs)  # the record's own validation raises ValueError
 
 
 _BAD = object()
@@ -95,6 +101,20 @@ def _coerce(hint: object, value: object) -> object:
             except OverflowError:
                 return _BAD
         return _BAD
+    if hint is bytes:
+        if not isinstance(value, str):
+            return _BAD
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return _BAD
+    if isinstance(hint, type) and issubclass(hint, Record):
+        if not isinstance(value, dict):
+            return _BAD
+        try:
+            return _record(hint, value)
+        except ValueError:
+            return _BAD
     if typing.get_origin(hint) is tuple:
         (item, _ellipsis) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -104,12 +124,17 @@ def _coerce(hint: object, value: object) -> object:
     raise TypeError(f"no decoder for field type {hint!r}")  # our bug: a new field type
 
 
-def _schema(cls: type[Event]) -> tuple[tuple[str, object, bool], ...]:
-    hints = typing.get_type_hints(cls)
-    return tuple(
-        (f.name, hints[f.name], f.default is MISSING and f.default_factory is MISSING) for f in fields(cls)
-    )
+_SCHEMAS: dict[type[Record], tuple[tuple[str, object, bool], ...]] = {}
 
 
-#: (field name, type, required) per event class, worked out once at import.
-_SCHEMAS = {cls: _schema(cls) for cls in EVENT_TYPES.values()}
+def _schema(cls: type[Record]) -> tuple[tuple[str, object, bool], ...]:
+    """(field name, type, required) for `cls`, worked out once per class."""
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        hints = typing.get_type_hints(cls)
+        schema = tuple(
+            (f.name, hints[f.name], f.default is MISSING and f.default_factory is MISSING)
+            for f in fields(cls)
+        )
+        _SCHEMAS[cls] = schema
+    return schema

@@ -12,6 +12,7 @@ from enum import Enum
 from .codec import decode_line, encode
 from .errors import Code, LocalProtocolError, RemoteProtocolError
 from .events import Bye, Error, Event, Hello, Ping, Pong, Quit, Role, Welcome
+from .keys import Auth, Challenge
 from .framing import LineBuffer
 from .limits import MAX_LINE_BYTES, PROTOCOL_VERSION
 
@@ -45,6 +46,8 @@ CLOSED = Closed()
 
 # Frames either side may exchange before the welcome.
 _ANYTIME: frozenset[type[Event]] = frozenset({Ping, Pong, Error, Bye, Quit})
+# The identity proof, which happens only between the hello and the welcome.
+_LOGIN_ONLY: frozenset[type[Event]] = frozenset({Challenge, Auth})
 
 
 class Connection:
@@ -109,7 +112,7 @@ class Connection:
             )
         if self._state is State.HANDSHAKE:
             self._check_handshake_incoming(event)
-        elif isinstance(event, Hello):
+        elif isinstance(event, Hello) or type(event) in _LOGIN_ONLY:
             raise RemoteProtocolError(Code.UNEXPECTED, "already logged in", fatal=False)
 
     def _check_handshake_incoming(self, event: Event) -> None:
@@ -124,11 +127,14 @@ class Connection:
                         fatal=True,
                     )
                 self._hello_seen = True
+            elif isinstance(event, Auth):
+                if not self._hello_seen:
+                    raise RemoteProtocolError(Code.HELLO_REQUIRED, "auth before hello", fatal=True)
             elif type(event) not in _ANYTIME:
                 raise RemoteProtocolError(Code.HELLO_REQUIRED, f"{event.TYPE!r} before hello", fatal=True)
         elif isinstance(event, Welcome):
             self._state = State.READY
-        elif type(event) not in _ANYTIME:
+        elif type(event) not in _ANYTIME and type(event) not in _LOGIN_ONLY:
             raise RemoteProtocolError(Code.UNEXPECTED, f"{event.TYPE!r} before welcome", fatal=True)
 
     def send(self, event: Event) -> bytes:
@@ -147,10 +153,10 @@ class Connection:
                 if self._hello_seen:
                     raise LocalProtocolError(Code.UNEXPECTED, "hello already sent")
                 self._hello_seen = True
-            elif type(event) not in _ANYTIME:
+            elif type(event) not in _ANYTIME and type(event) not in _LOGIN_ONLY:
                 raise LocalProtocolError(Code.UNEXPECTED, f"{event.TYPE!r} before the welcome")
-        elif isinstance(event, Hello):
-            raise LocalProtocolError(Code.UNEXPECTED, "hello after the welcome")
+        elif isinstance(event, Hello) or type(event) in _LOGIN_ONLY:
+            raise LocalProtocolError(Code.UNEXPECTED, f"{event.TYPE!r} after the welcome")
         data = encode(event)
         if isinstance(event, Bye) or (isinstance(event, Error) and event.fatal):
             self._state = State.CLOSED

@@ -7,6 +7,7 @@ which side may send it (`SENDERS`) and its wire name (`TYPE`).
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from dataclasses import dataclass, fields
@@ -23,7 +24,6 @@ from .limits import (
 )
 
 __all__ = [
-    "EVENT_TYPES",
     "Bye",
     "Error",
     "Event",
@@ -35,10 +35,13 @@ __all__ = [
     "Ping",
     "Pong",
     "Quit",
+    "Record",
     "Role",
     "Say",
     "Welcome",
     "Who",
+    "check_nick",
+    "check_str",
     "fold_nick",
     "is_valid_nick",
 ]
@@ -65,7 +68,7 @@ def fold_nick(nick: str) -> str:
     return nick.lower()
 
 
-def _check_nick(name: str, value: object) -> None:
+def check_nick(name: str, value: object) -> None:
     if not is_valid_nick(value):
         raise ValueError(
             f"{name}: a nick is 1-{MAX_NICK_CHARS} characters of A-Z a-z 0-9 _ - . "
@@ -73,12 +76,12 @@ def _check_nick(name: str, value: object) -> None:
         )
 
 
-def _check_room(value: str) -> None:
+def check_room(value: str) -> None:
     if _ROOM_RE.fullmatch(value) is None:
         raise ValueError(f"room: expected '#' and 1-{MAX_ROOM_CHARS} of A-Z a-z 0-9 _ - .")
 
 
-def _check_str(name: str, value: str, *, max_chars: int = MAX_SHORT_TEXT_CHARS) -> None:
+def check_str(name: str, value: str, *, max_chars: int = MAX_SHORT_TEXT_CHARS) -> None:
     if len(value) > max_chars:
         raise ValueError(f"{name}: longer than {max_chars} characters")
     _check_encodable(name, value)
@@ -100,25 +103,41 @@ def _check_text(value: str) -> None:
         raise ValueError(f"text: longer than {MAX_TEXT_BYTES} bytes")
 
 
+def _to_json(value: object) -> object:
+    # bytes travel as standard base64 with padding; nested records as objects.
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_to_json(item) for item in value]
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
-class Event:
-    """Base class. Subclasses set `TYPE` and `SENDERS` and validate in `__post_init__`."""
+class Record:
+    """A structured value on the wire: a frame, or an object nested inside one."""
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON object for this record."""
+        return {f.name: _to_json(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event(Record):
+    """Base class of frames. Subclasses set `TYPE` and `SENDERS` and validate in `__post_init__`."""
 
     TYPE: ClassVar[str] = ""
     SENDERS: ClassVar[frozenset[Role]] = frozenset()
 
     def to_dict(self) -> dict[str, object]:
         """The JSON object for this event, `type` first."""
-        out: dict[str, object] = {"type": self.TYPE}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return {"type": self.TYPE, **super().to_dict()}
 
 
-_BOTH = frozenset({Role.CLIENT, Role.SERVER})
-_FROM_CLIENT = frozenset({Role.CLIENT})
-_FROM_SERVER = frozenset({Role.SERVER})
+BOTH = frozenset({Role.CLIENT, Role.SERVER})
+FROM_CLIENT = frozenset({Role.CLIENT})
+FROM_SERVER = frozenset({Role.SERVER})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,16 +145,21 @@ class Hello(Event):
     """First frame from a client: protocol version and the nick it wants."""
 
     TYPE = "hello"
-    SENDERS = _FROM_CLIENT
+    SENDERS = FROM_CLIENT
     version: int
     nick: str
     client: str = ""
+    #: The user's Ed25519 identity key; empty for a guest, who may chat in public
+    #: under a nick nobody has registered, but cannot whisper.
+    identity: bytes = b""
 
     def __post_init__(self) -> None:
         if self.version < 1:
             raise ValueError("version: must be a positive integer")
-        _check_nick("nick", self.nick)
-        _check_str("client", self.client)
+        check_nick("nick", self.nick)
+        check_str("client", self.client)
+        if self.identity and len(self.identity) != 32:
+            raise ValueError("identity: an Ed25519 public key is 32 bytes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,7 +167,7 @@ class Welcome(Event):
     """The server's answer to an accepted hello; after it both sides are ready."""
 
     TYPE = "welcome"
-    SENDERS = _FROM_SERVER
+    SENDERS = FROM_SERVER
     version: int
     nick: str
     room: str = DEFAULT_ROOM
@@ -153,17 +177,17 @@ class Welcome(Event):
     def __post_init__(self) -> None:
         if self.version < 1:
             raise ValueError("version: must be a positive integer")
-        _check_nick("nick", self.nick)
-        _check_room(self.room)
+        check_nick("nick", self.nick)
+        check_room(self.room)
         _check_users(self.users)
-        _check_str("server", self.server)
+        check_str("server", self.server)
 
 
 def _check_users(users: tuple[str, ...]) -> None:
     if len(users) > MAX_USERS_LISTED:
         raise ValueError("users: too many")
     for nick in users:
-        _check_nick("users", nick)
+        check_nick("users", nick)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,12 +195,12 @@ class Say(Event):
     """A client's public message to a room."""
 
     TYPE = "say"
-    SENDERS = _FROM_CLIENT
+    SENDERS = FROM_CLIENT
     room: str = DEFAULT_ROOM
     text: str
 
     def __post_init__(self) -> None:
-        _check_room(self.room)
+        check_room(self.room)
         _check_text(self.text)
 
 
@@ -185,15 +209,15 @@ class Message(Event):
     """A public message as the server relays it: who said it and when (Unix seconds)."""
 
     TYPE = "message"
-    SENDERS = _FROM_SERVER
+    SENDERS = FROM_SERVER
     room: str = DEFAULT_ROOM
     nick: str
     text: str
     ts: float
 
     def __post_init__(self) -> None:
-        _check_room(self.room)
-        _check_nick("nick", self.nick)
+        check_room(self.room)
+        check_nick("nick", self.nick)
         _check_text(self.text)
         if not math.isfinite(self.ts):
             raise ValueError("ts: must be a finite number")
@@ -204,11 +228,11 @@ class Who(Event):
     """A client asks who is in a room."""
 
     TYPE = "who"
-    SENDERS = _FROM_CLIENT
+    SENDERS = FROM_CLIENT
     room: str = DEFAULT_ROOM
 
     def __post_init__(self) -> None:
-        _check_room(self.room)
+        check_room(self.room)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,12 +240,12 @@ class Names(Event):
     """The server's answer to `who`: the nicks in the room, sorted case-insensitively."""
 
     TYPE = "names"
-    SENDERS = _FROM_SERVER
+    SENDERS = FROM_SERVER
     room: str = DEFAULT_ROOM
     users: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_room(self.room)
+        check_room(self.room)
         _check_users(self.users)
 
 
@@ -230,13 +254,13 @@ class Joined(Event):
     """Someone entered the room."""
 
     TYPE = "joined"
-    SENDERS = _FROM_SERVER
+    SENDERS = FROM_SERVER
     room: str = DEFAULT_ROOM
     nick: str
 
     def __post_init__(self) -> None:
-        _check_room(self.room)
-        _check_nick("nick", self.nick)
+        check_room(self.room)
+        check_nick("nick", self.nick)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,15 +268,15 @@ class Left(Event):
     """Someone left the room (quit, disconnect, or dropped by the server)."""
 
     TYPE = "left"
-    SENDERS = _FROM_SERVER
+    SENDERS = FROM_SERVER
     room: str = DEFAULT_ROOM
     nick: str
     reason: str = ""
 
     def __post_init__(self) -> None:
-        _check_room(self.room)
-        _check_nick("nick", self.nick)
-        _check_str("reason", self.reason)
+        check_room(self.room)
+        check_nick("nick", self.nick)
+        check_str("reason", self.reason)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,11 +284,11 @@ class Ping(Event):
     """Liveness probe; the other side answers with a `pong` carrying the same token."""
 
     TYPE = "ping"
-    SENDERS = _BOTH
+    SENDERS = BOTH
     token: str = ""
 
     def __post_init__(self) -> None:
-        _check_str("token", self.token, max_chars=64)
+        check_str("token", self.token, max_chars=64)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,11 +296,11 @@ class Pong(Event):
     """Answer to `ping`."""
 
     TYPE = "pong"
-    SENDERS = _BOTH
+    SENDERS = BOTH
     token: str = ""
 
     def __post_init__(self) -> None:
-        _check_str("token", self.token, max_chars=64)
+        check_str("token", self.token, max_chars=64)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,11 +308,11 @@ class Quit(Event):
     """A client leaves; the server answers `bye` and closes."""
 
     TYPE = "quit"
-    SENDERS = _FROM_CLIENT
+    SENDERS = FROM_CLIENT
     reason: str = ""
 
     def __post_init__(self) -> None:
-        _check_str("reason", self.reason)
+        check_str("reason", self.reason)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -296,11 +320,11 @@ class Bye(Event):
     """The server's last frame on a connection it is about to close cleanly."""
 
     TYPE = "bye"
-    SENDERS = _FROM_SERVER
+    SENDERS = FROM_SERVER
     reason: str = ""
 
     def __post_init__(self) -> None:
-        _check_str("reason", self.reason)
+        check_str("reason", self.reason)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -308,7 +332,7 @@ class Error(Event):
     """Something the client sent was refused. When `fatal`, the server closes next."""
 
     TYPE = "error"
-    SENDERS = _FROM_SERVER
+    SENDERS = FROM_SERVER
     code: str
     reason: str = ""
     fatal: bool = False
@@ -316,12 +340,5 @@ class Error(Event):
     def __post_init__(self) -> None:
         if not self.code:
             raise ValueError("code: empty")
-        _check_str("code", self.code, max_chars=64)
-        _check_str("reason", self.reason)
-
-
-#: Wire name -> class, for decoding.
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls
-    for cls in (Hello, Welcome, Say, Message, Who, Names, Joined, Left, Ping, Pong, Quit, Bye, Error)
-}
+        check_str("code", self.code, max_chars=64)
+        check_str("reason", self.reason)

@@ -1,0 +1,258 @@
+"""Frames for identity login, the key directory, and end-to-end whispers.
+
+The server only ever sees public keys, signatures and ciphertext here; what they
+mean is the e2e layer's business. Sizes are checked so a peer cannot make anyone
+store or relay arbitrary amounts of data.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .events import FROM_CLIENT, FROM_SERVER, Event, Record, check_nick
+
+__all__ = [
+    "MAX_CIPHERTEXT_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_OPKS_PER_PUBLISH",
+    "Ack",
+    "Auth",
+    "Challenge",
+    "Delivery",
+    "FetchKeys",
+    "KeyIdentity",
+    "Keys",
+    "OneTimePrekeyRecord",
+    "PrekeyCount",
+    "PublishKeys",
+    "SignedPrekeyRecord",
+    "Whisper",
+    "WhisperStatus",
+]
+
+
+#: A ratchet header with the session-setup prefix is 234 bytes; leave room to grow.
+MAX_HEADER_BYTES = 512
+#: 4 KiB of text plus its JSON envelope and the 16-byte tag, with room to spare.
+MAX_CIPHERTEXT_BYTES = 8192
+#: One publish carries at most this many one-time prekeys (clients keep about 100).
+MAX_OPKS_PER_PUBLISH = 200
+
+_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_STATUSES = frozenset({"stored", "delivered"})
+
+
+def _check_len(name: str, value: bytes, size: int) -> None:
+    if len(value) != size:
+        raise ValueError(f"{name}: must be {size} bytes")
+
+
+def _check_id(name: str, value: str) -> None:
+    if _ID_RE.fullmatch(value) is None:
+        raise ValueError(f"{name}: 1-64 of A-Z a-z 0-9 _ -")
+
+
+def _check_key_id(name: str, value: int) -> None:
+    if not 1 <= value < 2**63:
+        raise ValueError(f"{name}: must be a positive 63-bit integer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyIdentity(Record):
+    """A user's public identity: Ed25519 key, X25519 key, and the binding signature."""
+
+    sig_key: bytes
+    dh_key: bytes
+    dh_sig: bytes
+
+    def __post_init__(self) -> None:
+        _check_len("sig_key", self.sig_key, 32)
+        _check_len("dh_key", self.dh_key, 32)
+        _check_len("dh_sig", self.dh_sig, 64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedPrekeyRecord(Record):
+    id: int
+    created: int
+    public: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_key_id("id", self.id)
+        if not 0 <= self.created < 2**63:
+            raise ValueError("created: must be a non-negative Unix time")
+        _check_len("public", self.public, 32)
+        _check_len("signature", self.signature, 64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OneTimePrekeyRecord(Record):
+    id: int
+    public: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_key_id("id", self.id)
+        _check_len("public", self.public, 32)
+        _check_len("signature", self.signature, 64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Challenge(Event):
+    """The server asks a client that claimed an identity to prove it holds the key."""
+
+    TYPE = "challenge"
+    SENDERS = FROM_SERVER
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        _check_len("nonce", self.nonce, 32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Auth(Event):
+    """The client's Ed25519 signature over the login message (see docs/protocol.md)."""
+
+    TYPE = "auth"
+    SENDERS = FROM_CLIENT
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_len("signature", self.signature, 64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublishKeys(Event):
+    """Publish (or re-publish) the identity and current signed prekey; `opks` are added."""
+
+    TYPE = "publish_keys"
+    SENDERS = FROM_CLIENT
+    identity: KeyIdentity
+    spk: SignedPrekeyRecord
+    opks: tuple[OneTimePrekeyRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.opks) > MAX_OPKS_PER_PUBLISH:
+            raise ValueError(f"opks: at most {MAX_OPKS_PER_PUBLISH} per publish")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrekeyCount(Event):
+    """How many of your one-time prekeys the server holds, and your signed prekey's id (0: none)."""
+
+    TYPE = "prekey_count"
+    SENDERS = FROM_SERVER
+    count: int
+    spk_id: int = 0
+    spk_created: int = 0
+
+    def __post_init__(self) -> None:
+        if self.count < 0 or self.spk_id < 0 or self.spk_created < 0:
+            raise ValueError("prekey_count: negative numbers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchKeys(Event):
+    """Ask for a user's bundle, to start a session with them."""
+
+    TYPE = "fetch_keys"
+    SENDERS = FROM_CLIENT
+    nick: str
+
+    def __post_init__(self) -> None:
+        check_nick("nick", self.nick)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Keys(Event):
+    """A user's bundle, with at most one one-time prekey (removed from the directory)."""
+
+    TYPE = "keys"
+    SENDERS = FROM_SERVER
+    nick: str
+    identity: KeyIdentity
+    spk: SignedPrekeyRecord
+    opks: tuple[OneTimePrekeyRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_nick("nick", self.nick)
+        if len(self.opks) > 1:
+            raise ValueError("opks: a fetched bundle carries at most one")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Whisper(Event):
+    """An end-to-end encrypted message for `to`. `id` is chosen by the sender, unique per sender."""
+
+    TYPE = "whisper"
+    SENDERS = FROM_CLIENT
+    to: str
+    id: str
+    header: bytes
+    ciphertext: bytes
+
+    def __post_init__(self) -> None:
+        check_nick("to", self.to)
+        _check_id("id", self.id)
+        _check_blob("header", self.header, MAX_HEADER_BYTES)
+        _check_blob("ciphertext", self.ciphertext, MAX_CIPHERTEXT_BYTES)
+
+
+def _check_blob(name: str, value: bytes, limit: int) -> None:
+    if not value or len(value) > limit:
+        raise ValueError(f"{name}: 1 to {limit} bytes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhisperStatus(Event):
+    """What became of a whisper you sent: `stored` (durably queued) or `delivered`."""
+
+    TYPE = "whisper_status"
+    SENDERS = FROM_SERVER
+    id: str
+    to: str
+    status: str
+
+    def __post_init__(self) -> None:
+        _check_id("id", self.id)
+        check_nick("to", self.to)
+        if self.status not in _STATUSES:
+            raise ValueError(f"status: one of {sorted(_STATUSES)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery(Event):
+    """A whisper for you. `id` is the server's, for `ack`; `msg_id` is the sender's.
+
+    `sender` is what the server says; only decryption proves it (the AAD binds it).
+    """
+
+    TYPE = "delivery"
+    SENDERS = FROM_SERVER
+    id: str
+    msg_id: str
+    sender: str
+    header: bytes
+    ciphertext: bytes
+    ts: float
+
+    def __post_init__(self) -> None:
+        _check_id("id", self.id)
+        _check_id("msg_id", self.msg_id)
+        check_nick("sender", self.sender)
+        _check_blob("header", self.header, MAX_HEADER_BYTES)
+        _check_blob("ciphertext", self.ciphertext, MAX_CIPHERTEXT_BYTES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack(Event):
+    """The client has the delivery `id` safely; the server may forget it."""
+
+    TYPE = "ack"
+    SENDERS = FROM_CLIENT
+    id: str
+
+    def __post_init__(self) -> None:
+        _check_id("id", self.id)
