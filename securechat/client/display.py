@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 import unicodedata
 
-from ..protocol import Bye, Error, Event, Joined, Left, Message, Names, Welcome
+from ..protocol import Bye, Error, Event, Joined, Left, Message, Names, Welcome, WhisperStatus
+from .events import KeyChanged, WhisperFailed, WhisperReceived
 
 __all__ = ["format_event", "sanitize"]
 
@@ -36,14 +37,37 @@ def _clock(ts: float) -> str:
     return time.strftime("%H:%M", time.localtime(ts))
 
 
-def format_event(event: Event, *, now: float | None = None) -> list[str]:
+def _block(head: str, text: str) -> list[str]:
+    """`text` after `head`, continuation lines indented under it, every line sanitised."""
+    lines = text.split("\n")
+    pad = " " * len(head)
+    return [head + sanitize(lines[0])] + [pad + sanitize(line) for line in lines[1:]]
+
+
+def format_event(
+    event: Event | WhisperReceived | WhisperFailed | KeyChanged, *, now: float | None = None
+) -> list[str]:
     """The display lines for `event` (none for events that show nothing)."""
     if isinstance(event, Message):
-        head = f"{_clock(event.ts)} <{sanitize(event.nick)}> "
-        lines = event.text.split("\n")
-        pad = " " * len(head)
-        return [head + sanitize(lines[0])] + [pad + sanitize(line) for line in lines[1:]]
+        return _block(f"{_clock(event.ts)} <{sanitize(event.nick)}> ", event.text)
+    if isinstance(event, WhisperReceived):
+        return _block(
+            f"{_clock(event.ts)} [whisper from {sanitize(event.sender)}, e2e {event.trust}] ", event.text
+        )
     stamp = _clock(time.time() if now is None else now)
+    if isinstance(event, WhisperFailed):
+        return [
+            f"{stamp} ! a whisper claiming to be from {sanitize(event.sender)} {event.reason}; it was dropped"
+        ]
+    if isinstance(event, KeyChanged):
+        who = sanitize(event.peer)
+        return [
+            f"{stamp} !!! {who}'s safety number changed. Nothing is sent to {who} and their whispers",
+            f"{stamp} !!! are held ({event.held} so far) until you decide: /verify {who} shows the new",
+            f"{stamp} !!! number to compare with {who}; /trust {who} accepts the new key.",
+        ]
+    if isinstance(event, WhisperStatus):
+        return [f"{stamp} * whisper to {sanitize(event.to)}: {event.status}"]
     if isinstance(event, Joined):
         return [f"{stamp} * {sanitize(event.nick)} joined {sanitize(event.room)}"]
     if isinstance(event, Left):

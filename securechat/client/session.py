@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import socket
 import ssl
 import threading
@@ -15,18 +16,27 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
+from ..e2e.errors import BundleError, NotTrusted
 from ..protocol import (
     CLOSED,
     DEFAULT_ROOM,
     NEED_DATA,
     PROTOCOL_VERSION,
+    Ack,
+    Auth,
     Bye,
+    Challenge,
+    Code,
     Connection,
+    Delivery,
     Error,
     Event,
+    FetchKeys,
     Hello,
+    Keys,
     Ping,
     Pong,
+    PrekeyCount,
     ProtocolError,
     Quit,
     RemoteProtocolError,
@@ -34,9 +44,13 @@ from ..protocol import (
     Say,
     State,
     Welcome,
+    Whisper,
     Who,
+    fold_nick,
 )
 from ..transport import TlsChannel
+from .events import KeyChanged, WhisperFailed, WhisperReceived
+from .whispers import Incoming, WhisperKeys
 
 __all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected"]
 
@@ -65,6 +79,15 @@ class Disconnected:
     reason: str
 
 
+ClientEvent = Event | Disconnected | WhisperReceived | WhisperFailed | KeyChanged
+
+#: Error codes that answer a `fetch_keys` (routed to the waiting `whisper` call).
+_FETCH_ERRORS = frozenset({Code.NO_SUCH_USER, Code.NO_KEYS, Code.RATE_LIMITED, Code.NOT_REGISTERED})
+#: Delivery ids remembered to drop a whisper delivered twice (pushed while it was also
+#: being read from the queue at login).
+_SEEN_DELIVERIES = 4096
+
+
 class Client:
     """One user's connection.
 
@@ -81,8 +104,10 @@ class Client:
         port: int = 7443,
         server_hostname: str | None = None,
         timeout: float = 10.0,
+        keys: WhisperKeys | None = None,
     ) -> None:
         self.nick = nick
+        self.keys = keys
         self.host = host
         self.port = port
         self._context = context
@@ -91,7 +116,12 @@ class Client:
         self._conn = Connection(Role.CLIENT)
         self._conn_lock = threading.Lock()
         self._channel: TlsChannel | None = None
-        self._events: queue.Queue[Event | Disconnected] = queue.Queue()
+        self._events: queue.Queue[ClientEvent] = queue.Queue()
+        self._whisper_lock = threading.Lock()  # one whisper (and its key fetch) at a time
+        self._fetch_pending = False
+        self._fetch_replies: queue.Queue[Keys | Error] = queue.Queue()
+        self._seen_deliveries: dict[str, None] = {}
+        self.last_whisperer: tuple[str, str] | None = None  # (nick, fingerprint) for /r
         self._reader: threading.Thread | None = None
         self._done = False
         self.welcome: Welcome | None = None
@@ -136,7 +166,9 @@ class Client:
         return welcome
 
     def _login(self, channel: TlsChannel) -> Welcome:
-        channel.send(self._conn.send(Hello(version=PROTOCOL_VERSION, nick=self.nick, client=CLIENT_NAME)))
+        identity = self.keys.identity.sig_key if self.keys is not None else b""
+        hello = Hello(version=PROTOCOL_VERSION, nick=self.nick, client=CLIENT_NAME, identity=identity)
+        channel.send(self._conn.send(hello))
         while True:
             data = channel.recv()
             self._conn.receive_data(data)
@@ -151,6 +183,9 @@ class Client:
                     raise LoginRejected("bye", event.reason)
                 if isinstance(event, Ping):
                     channel.send(self._conn.send(Pong(token=event.token)))
+                if isinstance(event, Challenge) and self.keys is not None:
+                    proof = self.keys.login_proof(self.nick, event.nonce)
+                    channel.send(self._conn.send(Auth(signature=proof)))
 
     # -- sending --------------------------------------------------------------------
 
@@ -174,13 +209,82 @@ class Client:
         """Ask who is in the room; the answer arrives as a `Names` event."""
         self.send(Who(room=room))
 
+    def whisper(self, nick: str, text: str, timeout: float = 10.0) -> str:
+        """Encrypt `text` for `nick` and send it; returns the message id (for its status).
+
+        Fetches and verifies `nick`'s keys first if there is no session yet. Raises
+        `IdentityChanged` (their key changed: nothing was sent), `BundleError` (the keys
+        the server gave are not acceptable), `LookupError` (no such user, or no keys),
+        `TimeoutError`, `ConnectionError`, and `ValueError` (empty or too long text).
+        Must not be called from the thread that reads events.
+        """
+        keys = self._require_keys()
+        if not text:
+            raise ValueError("text: empty")
+        with self._whisper_lock:
+            if not keys.has_session(nick):
+                keys.start_session(self._fetch(nick, timeout))
+            header, ciphertext = keys.encrypt(nick, text)
+            msg_id = secrets.token_hex(8)
+            self.send(Whisper(to=nick, id=msg_id, header=header, ciphertext=ciphertext))
+        return msg_id
+
+    def reply(self, text: str, timeout: float = 10.0) -> tuple[str, str]:
+        """Whisper the last person who whispered us, if their key is still the one that did.
+
+        Returns (nick, message id). Raises `LookupError` if nobody has whispered us or the
+        nick now belongs to another key, plus what `whisper` raises.
+        """
+        keys = self._require_keys()
+        if self.last_whisperer is None:
+            raise LookupError("nobody has whispered you yet")
+        nick, fingerprint = self.last_whisperer
+        info = keys.peer_info(nick)
+        if info is None or info[0].fingerprint() != fingerprint or info[2] is not None:
+            raise LookupError(
+                f"{nick}'s key has changed since they whispered you; use /msg {nick} to be sure"
+            )
+        return nick, self.whisper(nick, text, timeout)
+
+    def trust(self, nick: str) -> None:
+        """Accept `nick`'s changed key and show whispers held meanwhile. Raises `NotTrusted`."""
+        self._deliver(self._require_keys().trust(nick))
+
+    def verify(self, nick: str, number: str) -> bool:
+        """Mark `nick` verified if `number` is your safety number with them."""
+        ok, incoming = self._require_keys().verify(nick, number)
+        self._deliver(incoming)
+        return ok
+
+    def _require_keys(self) -> WhisperKeys:
+        if self.keys is None:
+            raise NotTrusted("this client has no identity keys (guest): it cannot whisper")
+        return self.keys
+
+    def _fetch(self, nick: str, timeout: float) -> Keys:
+        while not self._fetch_replies.empty():  # stale answers from a fetch that timed out
+            self._fetch_replies.get_nowait()
+        self._fetch_pending = True
+        try:
+            self.send(FetchKeys(nick=nick))
+            reply = self._fetch_replies.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no keys for {nick} from the server within {timeout} s") from None
+        finally:
+            self._fetch_pending = False
+        if isinstance(reply, Error):
+            raise LookupError(reply.reason or reply.code)
+        if fold_nick(reply.nick) != fold_nick(nick):
+            raise BundleError(f"asked for {nick}'s keys, got {reply.nick}'s")
+        return reply
+
     def quit(self, reason: str = "") -> None:
         """Leave; the server answers `Bye` and the event stream ends."""
         self.send(Quit(reason=reason))
 
     # -- receiving ------------------------------------------------------------------
 
-    def next_event(self, timeout: float | None = None) -> Event | Disconnected:
+    def next_event(self, timeout: float | None = None) -> ClientEvent:
         """The next event. Raises `TimeoutError` if none came within `timeout` seconds.
 
         After the `Disconnected` item, every call returns it again at once.
@@ -196,7 +300,7 @@ class Client:
     def __iter__(self) -> Client:
         return self
 
-    def __next__(self) -> Event:
+    def __next__(self) -> Event | WhisperReceived | WhisperFailed | KeyChanged:
         item = self.next_event()
         if isinstance(item, Disconnected):
             raise StopIteration
@@ -204,6 +308,12 @@ class Client:
 
     def wait_for(self, kind: type[Event], timeout: float) -> Event:
         """Skip events until one of type `kind`; raise `TimeoutError` or `ConnectionError`."""
+        item = self.wait_for_any(kind, timeout)
+        assert isinstance(item, Event)
+        return item
+
+    def wait_for_any(self, kind: type[object], timeout: float) -> ClientEvent:
+        """Like `wait_for`, for client-made events too (e.g. `WhisperReceived`)."""
         deadline = time.monotonic() + timeout
         while True:
             item = self.next_event(timeout=max(0.0, deadline - time.monotonic()))
@@ -222,9 +332,8 @@ class Client:
                 with self._conn_lock:
                     events = self._drain()
                 for event in events:
-                    if isinstance(event, Ping):
-                        self.send(Pong(token=event.token))
-                    self._events.put(event)
+                    if not self._dispatch(event):
+                        continue
                     if isinstance(event, Bye):
                         reason = event.reason or "server said goodbye"
                     elif isinstance(event, Error) and event.fatal:
@@ -241,6 +350,37 @@ class Client:
         self._done = True
         self._channel.close()
         self._events.put(Disconnected(reason=reason))
+
+    def _dispatch(self, event: Event) -> bool:
+        """Handle frames the client answers itself; True if `event` is also for the user."""
+        if isinstance(event, Ping):
+            self.send(Pong(token=event.token))
+        elif isinstance(event, PrekeyCount):
+            # Also passed on: it tells a program when its keys are published.
+            if self.keys is not None and (publish := self.keys.publication(event)) is not None:
+                self.send(publish)
+        elif isinstance(event, Keys) or (
+            isinstance(event, Error) and self._fetch_pending and event.code in _FETCH_ERRORS
+        ):
+            self._fetch_replies.put(event)
+            return False
+        elif isinstance(event, Delivery):
+            if self.keys is not None and event.id not in self._seen_deliveries:
+                self._seen_deliveries[event.id] = None
+                if len(self._seen_deliveries) > _SEEN_DELIVERIES:
+                    del self._seen_deliveries[next(iter(self._seen_deliveries))]
+                self._deliver(self.keys.receive(event))
+            return False
+        self._events.put(event)
+        return True
+
+    def _deliver(self, incoming: Incoming) -> None:
+        for item in incoming.events:
+            if isinstance(item, WhisperReceived):
+                self.last_whisperer = (item.sender, item.fingerprint)
+            self._events.put(item)
+        for delivery_id in incoming.acks:
+            self.send(Ack(id=delivery_id))
 
     def _drain(self) -> list[Event]:
         events: list[Event] = []

@@ -12,8 +12,8 @@ from enum import Enum
 from .codec import decode_line, encode
 from .errors import Code, LocalProtocolError, RemoteProtocolError
 from .events import Bye, Error, Event, Hello, Ping, Pong, Quit, Role, Welcome
-from .keys import Auth, Challenge
 from .framing import LineBuffer
+from .keys import Auth, Challenge
 from .limits import MAX_LINE_BYTES, PROTOCOL_VERSION
 
 __all__ = ["CLOSED", "NEED_DATA", "Closed", "Connection", "NeedData", "State"]
@@ -47,7 +47,7 @@ CLOSED = Closed()
 # Frames either side may exchange before the welcome.
 _ANYTIME: frozenset[type[Event]] = frozenset({Ping, Pong, Error, Bye, Quit})
 # The identity proof, which happens only between the hello and the welcome.
-_LOGIN_ONLY: frozenset[type[Event]] = frozenset({Challenge, Auth})
+_LOGIN_ONLY: frozenset[type[Event]] = frozenset[type[Event]]((Challenge, Auth))
 
 
 class Connection:

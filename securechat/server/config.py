@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["ServerConfig"]
 
@@ -26,3 +27,9 @@ class ServerConfig:
     backlog: int = 128
     #: What the welcome frame calls this server.
     server_name: str = "securechat"
+    #: Where the SQLite database lives; None keeps everything in memory (lost at exit).
+    data_dir: Path | None = None
+    #: Key-bundle fetches per second, and the burst, per session. Each fetch uses up
+    #: one of the owner's one-time prekeys, so an unlimited fetcher could drain them.
+    fetch_rate: float = 1.0
+    fetch_burst: float = 20.0

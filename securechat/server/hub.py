@@ -87,6 +87,18 @@ class Hub:
         with self._lock:
             return Names(room=room, users=self._names_locked())
 
+    def member(self, nick: str) -> Member | None:
+        """The member holding `nick` (case-insensitively), or None."""
+        with self._lock:
+            entry = self._members.get(fold_nick(nick))
+        return None if entry is None else entry[1]
+
+    def display_nick(self, nick: str) -> str | None:
+        """`nick` as its holder spelled it when joining, or None if not here."""
+        with self._lock:
+            entry = self._members.get(fold_nick(nick))
+        return None if entry is None else entry[0]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._members)

@@ -15,9 +15,14 @@ from ..protocol import Bye
 from .config import ServerConfig
 from .deadlines import Watchdog
 from .hub import Hub
+from .relay import Relay
 from .session import Session
+from .store import SqliteStore, Store
 
-__all__ = ["Server"]
+__all__ = ["DB_NAME", "Server"]
+
+#: The database file inside the data directory.
+DB_NAME = "securechat.db"
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +42,17 @@ class Server:
         context: ssl.SSLContext,
         *,
         clock: Callable[[], float] = time.time,
+        store: Store | None = None,
     ) -> None:
         self.config = config
         self._context = context
         self.hub = Hub(clock=clock)
+        self.store: Store = (
+            store
+            if store is not None
+            else SqliteStore(None if config.data_dir is None else config.data_dir / DB_NAME)
+        )
+        self._relay = Relay(self.store, self.hub, clock)
         self._watchdog = Watchdog()
         self._listen: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -100,7 +112,13 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = f"{addr[0]}:{addr[1]}"
             session = Session(
-                sock, peer, context=self._context, hub=self.hub, watchdog=self._watchdog, config=self.config
+                sock,
+                peer,
+                context=self._context,
+                hub=self.hub,
+                relay=self._relay,
+                watchdog=self._watchdog,
+                config=self.config,
             )
             thread = threading.Thread(
                 target=self._run_session, args=(session,), name=f"securechat-session-{peer}", daemon=True
@@ -164,6 +182,7 @@ class Server:
         self._watchdog.stop()
         self._wake_r.close()
         self._wake_w.close()
+        self.store.close()
         if not ended:
             raise TimeoutError("some sessions did not end in time")
         log.info("stopped")

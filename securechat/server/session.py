@@ -13,6 +13,7 @@ and destroy the last frame before the peer reads it.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -21,19 +22,25 @@ from ..protocol import (
     CLOSED,
     NEED_DATA,
     PROTOCOL_VERSION,
+    Ack,
+    Auth,
     Bye,
+    Challenge,
     Code,
     Connection,
     Error,
     Event,
+    FetchKeys,
     Hello,
     Ping,
     Pong,
+    PublishKeys,
     Quit,
     RemoteProtocolError,
     Role,
     Say,
     Welcome,
+    Whisper,
     Who,
     encode,
 )
@@ -42,6 +49,8 @@ from .config import ServerConfig
 from .deadlines import Deadline, Watchdog
 from .hub import Hub, NickTaken, NoSuchRoom
 from .outbox import Outbox
+from .ratelimit import TokenBucket
+from .relay import Relay, RelayError
 
 __all__ = ["Session"]
 
@@ -58,11 +67,17 @@ class Session:
         *,
         context: ssl.SSLContext,
         hub: Hub,
+        relay: Relay,
         watchdog: Watchdog,
         config: ServerConfig,
     ) -> None:
         self.peer = peer
         self.nick: str | None = None
+        self.sig_key = b""  # the identity key this session proved it holds; b"" for a guest
+        self._relay = relay
+        self._claim: Hello | None = None  # a hello with an identity, awaiting its proof
+        self._nonce = b""
+        self._fetches = TokenBucket(config.fetch_rate, config.fetch_burst)
         self._channel = TlsChannel(sock, context, server_side=True)
         self._conn = Connection(Role.SERVER)
         self._hub = hub
@@ -186,7 +201,9 @@ class Session:
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, Hello):
-            self._login(event)
+            self._hello(event)
+        elif isinstance(event, Auth):
+            self._auth(event)
         elif isinstance(event, Say):
             assert self.nick is not None  # the connection only passes Say after the welcome
             try:
@@ -204,8 +221,73 @@ class Session:
             self.close(Bye(reason="goodbye"), reason=event.reason or "quit")
         elif isinstance(event, Pong):
             pass  # answers to our keepalive pings carry nothing to act on
+        elif isinstance(event, (PublishKeys, FetchKeys, Whisper, Ack)):
+            self._e2e(event)
 
-    def _login(self, hello: Hello) -> None:
+    def _e2e(self, event: Event) -> None:
+        assert self.nick is not None
+        if not self.sig_key:
+            self._reply(
+                Error(code=Code.NOT_REGISTERED, reason="guests cannot whisper: log in with an identity")
+            )
+            return
+        try:
+            if isinstance(event, PublishKeys):
+                self._reply(self._relay.publish(self.nick, self.sig_key, event))
+            elif isinstance(event, FetchKeys):
+                if not self._fetches.allow():
+                    raise RelayError(Code.RATE_LIMITED, "fetching keys too fast; try again in a moment")
+                self._reply(self._relay.fetch(event.nick))
+            elif isinstance(event, Whisper):
+                self._reply(self._relay.whisper(self.nick, event))
+            elif isinstance(event, Ack):
+                self._relay.ack(self.nick, event.id)
+        except RelayError as exc:
+            self._reply(Error(code=exc.code, reason=exc.reason))
+
+    def _hello(self, hello: Hello) -> None:
+        if not self._relay.may_claim(hello.nick, hello.identity):
+            self.close(
+                Error(
+                    code=Code.NICK_REGISTERED, reason=f"{hello.nick} is registered to another key", fatal=True
+                ),
+                reason="nick registered to another key",
+            )
+        elif hello.identity:
+            self._claim = hello
+            self._nonce = os.urandom(32)
+            self._reply(Challenge(nonce=self._nonce))
+        else:
+            self._login(hello)
+
+    def _auth(self, auth: Auth) -> None:
+        claim = self._claim
+        if claim is None:
+            self._reply(Error(code=Code.UNEXPECTED, reason="auth without a hello that claims an identity"))
+            return
+        if not self._relay.proof_valid(claim.nick, self._nonce, claim.identity, auth.signature):
+            self.close(
+                Error(code=Code.AUTH_FAILED, reason="identity proof failed", fatal=True), reason="auth failed"
+            )
+            return
+        if not self._relay.register(claim.nick, claim.identity):
+            self.close(
+                Error(
+                    code=Code.NICK_REGISTERED, reason=f"{claim.nick} is registered to another key", fatal=True
+                ),
+                reason="nick registered to another key",
+            )
+            return
+        self.sig_key = claim.identity
+        self._claim = None
+        if self._login(claim):
+            self._reply(self._relay.prekey_count(claim.nick))
+            for delivery in self._relay.pending(claim.nick):
+                self._reply(delivery)
+
+    def _login(self, hello: Hello) -> bool:
+        """Join the room under `hello.nick`; False (and the session closing) if it is taken."""
+
         def welcome(users: tuple[str, ...]) -> None:
             # Runs under the hub lock, before anyone can send us a room event.
             self.nick = hello.nick
@@ -226,10 +308,11 @@ class Session:
                 Error(code=Code.NICK_TAKEN, reason=f"{hello.nick} is already in use", fatal=True),
                 reason="nick taken",
             )
-            return
+            return False
         if self._login_deadline is not None:
             self._login_deadline.cancel()
-        log.info("%s logged in as %s", self.peer, hello.nick)
+        log.info("%s logged in as %s (%s)", self.peer, hello.nick, "identity" if self.sig_key else "guest")
+        return True
 
     def _reply(self, event: Event) -> None:
         self._outbox.put(self._conn.send(event))

@@ -1,0 +1,70 @@
+"""Whispers between real clients through the real server over TLS."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from chat import TIMEOUT
+from conftest import StartServer
+from whisper_helpers import disk_keys, login, memory_keys
+
+from securechat.client.events import WhisperReceived
+from securechat.protocol import WhisperStatus
+from securechat.server import Server
+
+
+def test_alice_whispers_bob_online(server: Server, client_ctx: ssl.SSLContext) -> None:
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    msg_id = alice.whisper("bob", "hello bob, only you can read this")
+    got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+    assert isinstance(got, WhisperReceived)
+    assert (got.sender, got.text, got.trust, got.msg_id) == (
+        "alice",
+        "hello bob, only you can read this",
+        "unverified",
+        msg_id,
+    )
+    assert alice.wait_for(WhisperStatus, TIMEOUT) == WhisperStatus(id=msg_id, to="bob", status="stored")
+    assert alice.wait_for(WhisperStatus, TIMEOUT) == WhisperStatus(id=msg_id, to="bob", status="delivered")
+    reply_to, _ = bob.reply("hi alice")
+    assert reply_to == "alice"
+    back = alice.wait_for_any(WhisperReceived, TIMEOUT)
+    assert isinstance(back, WhisperReceived) and back.text == "hi alice"
+    alice.close()
+    bob.close()
+
+
+def test_offline_recipient_reads_it_at_next_login(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    server = start_server(data_dir=tmp_path / "server")
+    bob_keys = disk_keys(tmp_path / "bob", "bob")
+    bob = login(server, client_ctx, "bob", bob_keys)
+    bob.close()
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    sent = [alice.whisper("bob", f"while you were out {i}") for i in range(3)]
+    for msg_id in sent:
+        assert alice.wait_for(WhisperStatus, TIMEOUT) == WhisperStatus(id=msg_id, to="bob", status="stored")
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"), wait_published=False)
+    texts = []
+    for _ in sent:
+        got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+        assert isinstance(got, WhisperReceived)
+        texts.append(got.text)
+    assert texts == [f"while you were out {i}" for i in range(3)]
+    for msg_id in sent:
+        assert alice.wait_for(WhisperStatus, TIMEOUT) == WhisperStatus(
+            id=msg_id, to="bob", status="delivered"
+        )
+    alice.close()
+    bob.close()
+
+
+def test_whisper_to_unknown_user_is_a_clear_error(server: Server, client_ctx: ssl.SSLContext) -> None:
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    with pytest.raises(LookupError, match="nobody"):
+        alice.whisper("nobody", "hello?")
+    alice.close()

@@ -1,0 +1,48 @@
+"""Clients with identities for whisper tests."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from chat import TIMEOUT
+
+from securechat import Client
+from securechat.client.keystore import Keystore
+from securechat.client.whispers import WhisperKeys
+from securechat.e2e.conversations import Conversations
+from securechat.e2e.identity import Identity
+from securechat.e2e.keystore import KdfParams
+from securechat.protocol import PrekeyCount
+from securechat.server import Server
+
+#: Cheap scrypt for tests that are not about the KDF (2**17 costs ~0.5 s per open).
+FAST_KDF = KdfParams(n=2**10)
+
+
+def memory_keys(nick: str) -> WhisperKeys:
+    saved: dict[str, bytes | None] = {}
+    return WhisperKeys(Conversations(Identity.generate(nick)), saved.update)
+
+
+def disk_keys(directory: Path, nick: str, passphrase: str | None = None) -> WhisperKeys:
+    if Keystore.exists(directory):
+        store = Keystore.open(directory, passphrase)
+    else:
+        store = Keystore.create(directory, passphrase, FAST_KDF)
+    return WhisperKeys.in_keystore(store, nick)
+
+
+def login(
+    server: Server, ctx: ssl.SSLContext, nick: str, keys: WhisperKeys, *, wait_published: bool = True
+) -> Client:
+    """Connect with an identity; by default wait until the server holds our prekeys."""
+    client = Client(nick, context=ctx, port=server.address[1], timeout=TIMEOUT, keys=keys)
+    client.connect()
+    if wait_published:
+        while True:
+            status = client.wait_for(PrekeyCount, TIMEOUT)
+            assert isinstance(status, PrekeyCount)
+            if status.count > 0 and status.spk_id > 0:
+                break
+    return client
