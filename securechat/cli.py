@@ -7,16 +7,22 @@ Exit status 2 means the command line or a file it names is wrong.
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import signal
+import sqlite3
 import ssl
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from .protocol import is_valid_nick
+
+if TYPE_CHECKING:
+    from .client.whispers import WhisperKeys
 
 __all__ = ["main"]
 
@@ -65,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         help="server private key, PEM (default: %(default)s)",
     )
     server.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the database lives (default: $XDG_DATA_HOME/securechat/server)",
+    )
+    server.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -91,7 +103,29 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="name the server certificate must carry (default: the --host value)",
     )
+    client.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        help="keystore directory (default: $XDG_DATA_HOME/securechat/HOST_PORT/NICK)",
+    )
+    client.add_argument(
+        "--passphrase",
+        default=None,
+        help="passphrase for the keystore (visible to other local users in `ps`: prefer "
+        "SECURECHAT_PASSPHRASE or the prompt)",
+    )
+    client.add_argument(
+        "--guest", action="store_true", help="no identity: chat in public only, under an unregistered nick"
+    )
     client.set_defaults(run=_run_client)
+
+    release = sub.add_parser(
+        "release-nick", help="operator: unbind a nick from its key (its owner lost the key)"
+    )
+    release.add_argument("nick")
+    release.add_argument("--data-dir", type=Path, default=None, help="the server's data directory")
+    release.set_defaults(run=_run_release)
 
     certs = sub.add_parser("certs", help="make a local CA and a server certificate (for trying it out)")
     certs.add_argument(
@@ -132,7 +166,11 @@ def _run_server(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    server = Server(ServerConfig(host=args.host, port=args.port), context)
+    data_dir = args.data_dir or _default_data_dir() / "server"
+    try:
+        server = Server(ServerConfig(host=args.host, port=args.port, data_dir=data_dir), context)
+    except (OSError, ValueError, sqlite3.DatabaseError) as exc:
+        raise UsageError(f"cannot open the database in {data_dir}: {exc}") from None
     try:
         server.start()
     except OSError as exc:
@@ -160,7 +198,9 @@ def _run_server(args: argparse.Namespace) -> int:
 
 def _run_client(args: argparse.Namespace) -> int:
     from .client import Client, ConnectError, LoginRejected
+    from .client.keystore import default_keystore_dir
     from .client.tui import run_tui
+    from .e2e.errors import KeystoreError
     from .transport import client_context
 
     _check_port(args.port)
@@ -179,8 +219,20 @@ def _run_client(args: argparse.Namespace) -> int:
         context = client_context(cafile)
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"cannot load CA file {cafile}: {exc}") from None
+    keys = None
+    if not args.guest:
+        directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+        try:
+            keys = _open_keys(directory, args.nick, args.passphrase)
+        except (KeystoreError, ValueError, OSError) as exc:
+            raise UsageError(f"cannot open your keys in {directory}: {exc}") from None
     client = Client(
-        args.nick, context=context, host=args.host, port=args.port, server_hostname=args.server_name
+        args.nick,
+        context=context,
+        host=args.host,
+        port=args.port,
+        server_hostname=args.server_name,
+        keys=keys,
     )
     try:
         client.connect()
@@ -191,6 +243,65 @@ def _run_client(args: argparse.Namespace) -> int:
         print(f"securechat: the server refused the login: {exc}", file=sys.stderr)
         return 1
     return run_tui(client)
+
+
+def _open_keys(directory: Path, nick: str, passphrase: str | None) -> WhisperKeys:
+    """Open (or create, on first use) the keystore; asks for a passphrase on a terminal."""
+    from .client.keystore import Keystore
+    from .client.whispers import WhisperKeys
+
+    if passphrase is None:
+        passphrase = os.environ.get("SECURECHAT_PASSPHRASE")
+    interactive = sys.stdin.isatty()
+    if Keystore.exists(directory):
+        if passphrase is None and Keystore.needs_passphrase(directory) and interactive:
+            passphrase = getpass.getpass(f"Passphrase for {directory}: ")
+        store = Keystore.open(directory, passphrase)
+    else:
+        if passphrase is None and interactive:
+            print(f"Creating your identity keys in {directory}.")
+            passphrase = getpass.getpass("Passphrase to protect them (Enter for none): ")
+            if passphrase and getpass.getpass("Again: ") != passphrase:
+                raise ValueError("the passphrases did not match")
+        store = Keystore.create(directory, passphrase or None)
+    if not store.protected:
+        print(
+            f"securechat: note: your keys in {directory} are unprotected (no passphrase); "
+            "anyone who can read that directory can read your whispers.",
+            file=sys.stderr,
+        )
+    return WhisperKeys.in_keystore(store, nick)
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "securechat"
+
+
+# -- release-nick -------------------------------------------------------------------
+
+
+def _run_release(args: argparse.Namespace) -> int:
+    from .server.listener import DB_NAME
+    from .server.store import SqliteStore
+
+    if not is_valid_nick(args.nick):
+        raise UsageError(f"{args.nick!r} is not a valid nick")
+    db = (args.data_dir or _default_data_dir() / "server") / DB_NAME
+    if not db.is_file():
+        raise UsageError(f"no server database at {db} (pass --data-dir)")
+    try:
+        store = SqliteStore(db)
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        raise UsageError(f"cannot open {db}: {exc}") from None
+    try:
+        released = store.release(args.nick)
+    finally:
+        store.close()
+    if not released:
+        print(f"{args.nick} was not registered")
+        return 1
+    print(f"released {args.nick}: the next client to log in with that nick registers its own key")
+    return 0
 
 
 # -- certs --------------------------------------------------------------------------

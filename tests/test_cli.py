@@ -117,7 +117,9 @@ def test_client_refuses_an_untrusted_server(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_server_process_stops_cleanly_on_signals(sig: signal.Signals, cert_files: dict[str, str]) -> None:
+def test_server_process_stops_cleanly_on_signals(
+    sig: signal.Signals, cert_files: dict[str, str], tmp_path: Path
+) -> None:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -130,6 +132,8 @@ def test_server_process_stops_cleanly_on_signals(sig: signal.Signals, cert_files
             cert_files["cert"],
             "--key",
             cert_files["key"],
+            "--data-dir",
+            str(tmp_path),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

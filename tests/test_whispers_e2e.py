@@ -68,3 +68,31 @@ def test_whisper_to_unknown_user_is_a_clear_error(server: Server, client_ctx: ss
     with pytest.raises(LookupError, match="nobody"):
         alice.whisper("nobody", "hello?")
     alice.close()
+
+
+def test_another_key_cannot_take_a_registered_nick_and_the_owner_can_after_restarts(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    from securechat import LoginRejected
+    from securechat.client import Client
+
+    data = tmp_path / "server"
+    server = start_server(data_dir=data)
+    login(server, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice")).close()
+    assert server.wait_sessions(0, TIMEOUT)
+
+    impostor = Client("Alice", context=client_ctx, port=server.address[1], keys=memory_keys("Alice"))
+    with pytest.raises(LoginRejected) as info:
+        impostor.connect()
+    assert info.value.code == "nick-registered" and "registered to another key" in str(info.value)
+    guest = Client("alice", context=client_ctx, port=server.address[1])
+    with pytest.raises(LoginRejected, match="registered to another key"):
+        guest.connect()
+
+    server.stop()
+    restarted = start_server(data_dir=data)  # same database, a fresh process state
+    owner = login(restarted, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"), wait_published=False)
+    assert owner.welcome is not None and owner.welcome.nick == "alice"
+    owner.close()
+    with pytest.raises(LoginRejected, match="registered to another key"):
+        Client("alice", context=client_ctx, port=restarted.address[1], keys=memory_keys("alice")).connect()

@@ -9,6 +9,12 @@ __all__ = ["COMMANDS", "Command", "Input", "Text", "Unknown", "help_lines", "par
 
 #: Command name -> (usage, one-line help). The order is the order /help lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "msg": ("/msg NICK TEXT", "whisper NICK, end-to-end encrypted (the server cannot read it)"),
+    "w": ("/w NICK TEXT", "same as /msg"),
+    "r": ("/r TEXT", "whisper back to whoever whispered you last (the same key, not just the nick)"),
+    "verify": ("/verify NICK [NUMBER]", "show your safety number with NICK; with NUMBER, mark them verified"),
+    "trust": ("/trust NICK", "accept NICK's new key after a safety-number change"),
+    "whois": ("/whois NICK", "NICK's key fingerprint and whether you verified it"),
     "who": ("/who", "list who is in the room"),
     "names": ("/names", "same as /who"),
     "help": ("/help [command]", "list commands, or explain one"),

@@ -7,6 +7,7 @@ The input line is a prompt_toolkit prompt; incoming events print above it throug
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from prompt_toolkit import PromptSession
@@ -14,8 +15,10 @@ from prompt_toolkit.input import Input as PtInput
 from prompt_toolkit.output import Output as PtOutput
 from prompt_toolkit.patch_stdout import patch_stdout
 
+from ..e2e.errors import BundleError, IdentityChanged, NotTrusted
 from .commands import Command, Text, Unknown, help_lines, parse_input
 from .display import format_event, sanitize
+from .events import KeyChanged
 from .session import Client, Disconnected
 
 __all__ = ["run_tui"]
@@ -88,7 +91,9 @@ def _act(client: Client, line: str, write: Callable[[str], None]) -> bool:
         if isinstance(parsed, Text):
             client.say(parsed.text)
         elif isinstance(parsed, Command):
-            if parsed.name in ("who", "names"):
+            if parsed.name in _WHISPER_COMMANDS:
+                _whisper_command(client, parsed, write)
+            elif parsed.name in ("who", "names"):
                 client.who()
             elif parsed.name == "help":
                 for text in help_lines(parsed.arg):
@@ -104,3 +109,87 @@ def _act(client: Client, line: str, write: Callable[[str], None]) -> bool:
     except ConnectionError as exc:
         write(f"! not sent: {exc}")
     return False
+
+
+_WHISPER_COMMANDS = frozenset({"msg", "w", "r", "verify", "trust", "whois"})
+
+
+def _stamp() -> str:
+    return time.strftime("%H:%M")
+
+
+def _whisper_command(client: Client, cmd: Command, write: Callable[[str], None]) -> None:
+    nick, _, rest = cmd.arg.partition(" ")
+    rest = rest.strip()
+    try:
+        if cmd.name in ("msg", "w"):
+            if not nick or not rest:
+                write(f"! usage: /{cmd.name} NICK TEXT")
+                return
+            client.whisper(nick, rest)
+            _echo(write, nick, rest)
+        elif cmd.name == "r":
+            if not cmd.arg:
+                write("! usage: /r TEXT")
+                return
+            to, _ = client.reply(cmd.arg)
+            _echo(write, to, cmd.arg)
+        elif not nick:
+            write(f"! usage: {help_lines(cmd.name)[0].split(':')[0]}")
+        elif cmd.name == "verify":
+            _verify(client, nick, rest, write)
+        elif cmd.name == "trust":
+            client.trust(nick)
+            who = sanitize(nick)
+            write(f"* accepted {who}'s new key (unverified: compare numbers with /verify {who})")
+        elif cmd.name == "whois":
+            _whois(client, nick, write)
+    except IdentityChanged as exc:
+        for line in format_event(
+            KeyChanged(
+                peer=exc.peer,
+                old_fingerprint=exc.pinned_fingerprint,
+                new_fingerprint=exc.new_fingerprint,
+                held=0,
+            )
+        ):
+            write(line)
+    except BundleError as exc:
+        write(
+            f"! not sent: the server gave keys for {sanitize(nick)} that fail checks ({sanitize(str(exc))})"
+        )
+    except (LookupError, NotTrusted, TimeoutError) as exc:
+        write(f"! {sanitize(str(exc))}")
+
+
+def _echo(write: Callable[[str], None], to: str, text: str) -> None:
+    head = f"{_stamp()} [whisper to {sanitize(to)}, e2e] "
+    lines = text.split("\n")
+    write(head + sanitize(lines[0]))
+    for line in lines[1:]:
+        write(" " * len(head) + sanitize(line))
+
+
+def _verify(client: Client, nick: str, number: str, write: Callable[[str], None]) -> None:
+    who = sanitize(nick)
+    if not number:
+        if client.keys is None:
+            raise NotTrusted("guests have no keys to verify")
+        write(f"* safety number with {who}: {client.keys.safety_number(nick)}")
+        write(f"* compare it with {who} in person or by voice; if it matches, /verify {who} NUMBER")
+    elif client.verify(nick, number):
+        write(f"* {who} is verified: the number matches")
+    else:
+        write(f"! that is not your safety number with {who}: their key is NOT verified")
+
+
+def _whois(client: Client, nick: str, write: Callable[[str], None]) -> None:
+    who = sanitize(nick)
+    info = client.keys.peer_info(nick) if client.keys is not None else None
+    if info is None:
+        write(f"* no key seen for {who} yet (whisper them, or wait for their whisper)")
+        return
+    identity, trust, pending = info
+    write(f"* {who}: key {identity.fingerprint()}, {trust.value}")
+    if pending is not None:
+        write(f"! {who} now presents another key {pending.fingerprint()}: /verify {who} or /trust {who}")
