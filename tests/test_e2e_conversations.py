@@ -340,3 +340,20 @@ def test_a_conversation_of_1000_whispers_with_random_interleaving() -> None:
             assert conv.decrypt(peer, *frame).plaintext.decode() == text
             delivered += 1
     assert delivered == 1000
+
+
+def test_an_unauthenticated_setup_never_touches_the_pins() -> None:
+    alice, bob = started()
+    h, c = send(alice, bob, "hi")
+    with pytest.raises(DecryptionError):
+        bob.decrypt("alice", h, c[:-1] + bytes([c[-1] ^ 1]))
+    assert bob.pin("alice") is None  # a forged first message cannot plant a TOFU pin
+    bob.decrypt("alice", h, c)
+    pinned = bob.pin("alice")
+    assert pinned is not None and pinned.trust is Trust.UNVERIFIED
+    mallory = party("alice", 555)
+    mallory.start_session("bob", fetched_bundle(bob))
+    mh, mc = send(mallory, bob, "x")
+    with pytest.raises(DecryptionError):
+        bob.decrypt("alice", mh, mc[:-1] + bytes([mc[-1] ^ 1]))
+    assert bob.pin("alice").trust is Trust.UNVERIFIED  # type: ignore[union-attr]  # no false alarm

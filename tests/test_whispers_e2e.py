@@ -91,7 +91,9 @@ def test_another_key_cannot_take_a_registered_nick_and_the_owner_can_after_resta
 
     server.stop()
     restarted = start_server(data_dir=data)  # same database, a fresh process state
-    owner = login(restarted, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"), wait_published=False)
+    owner = login(
+        restarted, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"), wait_published=False
+    )
     assert owner.welcome is not None and owner.welcome.nick == "alice"
     owner.close()
     with pytest.raises(LoginRejected, match="registered to another key"):

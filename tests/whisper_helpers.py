@@ -34,10 +34,12 @@ def disk_keys(directory: Path, nick: str, passphrase: str | None = None) -> Whis
 
 
 def login(
-    server: Server, ctx: ssl.SSLContext, nick: str, keys: WhisperKeys, *, wait_published: bool = True
+    server: Server | int, ctx: ssl.SSLContext, nick: str, keys: WhisperKeys, *, wait_published: bool = True
 ) -> Client:
-    """Connect with an identity; by default wait until the server holds our prekeys."""
-    client = Client(nick, context=ctx, port=server.address[1], timeout=TIMEOUT, keys=keys)
+    """Connect with an identity (to a server, or a port such as a relay's); by default wait
+    until the server holds our prekeys."""
+    port = server if isinstance(server, int) else server.address[1]
+    client = Client(nick, context=ctx, port=port, timeout=TIMEOUT, keys=keys)
     client.connect()
     if wait_published:
         while True:

@@ -246,6 +246,10 @@ class Client:
             )
         return nick, self.whisper(nick, text, timeout)
 
+    def reset_session(self, nick: str) -> None:
+        """Start over with `nick`: the next whisper fetches their keys again (their pin is kept)."""
+        self._require_keys().forget_sessions(nick)
+
     def trust(self, nick: str) -> None:
         """Accept `nick`'s changed key and show whispers held meanwhile. Raises `NotTrusted`."""
         self._deliver(self._require_keys().trust(nick))

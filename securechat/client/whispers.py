@@ -138,6 +138,11 @@ class WhisperKeys:
             finally:
                 self._save()  # a pending key change is recorded even when refused
 
+    def forget_sessions(self, peer: str) -> None:
+        with self._lock:
+            self._conv.forget_sessions(peer)
+            self._save()
+
     def encrypt(self, peer: str, text: str) -> tuple[bytes, bytes]:
         """(header, ciphertext), with the advanced session already on disk.
 

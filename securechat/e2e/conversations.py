@@ -22,7 +22,7 @@ from .bundle import Bundle, PrekeySecrets, StoredSpk, verify_bundle
 from .errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
 from .identity import Identity, PublicIdentity
 from .primitives import DhKeyPair, Random
-from .ratchet import RatchetState, decrypt, encrypt, parse_header
+from .ratchet import Header, RatchetState, decrypt, encrypt, parse_header
 from .safety import parse_safety_number, same_number
 from .x3dh import NO_OPK, initiate, respond
 
@@ -231,6 +231,16 @@ class Conversations:
             self.dirty.add("pins")
         self._remember(state)
 
+    def forget_sessions(self, peer: str) -> None:
+        """End every session with `peer`; the next message starts a new one from fresh keys.
+
+        The pin stays: a different key from the directory still raises `IdentityChanged`.
+        """
+        for sid in self._active.pop(fold_nick(peer), []):
+            self._sessions.pop(sid, None)
+            self.dirty.add(f"session:{sid.hex()}")
+        self.dirty.add("index")
+
     def encrypt(self, peer: str, plaintext: bytes) -> tuple[bytes, bytes]:
         """(header, ciphertext) for `peer` in the current session.
 
@@ -260,26 +270,9 @@ class Conversations:
         header = parse_header(header_bytes, sender)
         state = self._sessions.get(header.sid)
         now = self._clock()
+        new_session = state is None
         if state is None:
-            if header.setup is None or header.sid in self._seen_setups:
-                raise DecryptionError
-            setup = header.setup
-            if not setup.identity.binding_valid():
-                raise DecryptionError
-            pin = self._check_pin(setup.identity)  # may raise IdentityChanged
-            keys, spk = respond(self.identity, self.secrets, setup)
-            if keys.sid != header.sid:
-                raise DecryptionError
-            state = RatchetState.for_responder(
-                sid=keys.sid,
-                ad0=keys.ad0,
-                sk=keys.sk,
-                me=self.identity.user,
-                peer=setup.identity.user,
-                peer_key=setup.identity.key,
-                spk=spk,
-                opk_id=setup.opk_id if setup.opk_id != NO_OPK else None,
-            )
+            state = self._responder_state(header)
         elif fold_nick(state.peer) != fold_nick(sender):
             raise DecryptionError  # the AAD would fail too; refuse before any work
         else:
@@ -287,6 +280,15 @@ class Conversations:
             if pin.trust is Trust.CHANGED or pin.identity.key != state.peer_key:
                 raise DecryptionError  # a session with a key we no longer accept
         new, plaintext = decrypt(state, header_bytes, header, ciphertext, now=now, random=self._random)
+        # Only now, with the message authenticated under the key it names, may that key
+        # touch our pins: a forged setup must not plant a pin or raise a false alarm.
+        # A mismatch raises before anything is committed, so after /trust the same
+        # message decrypts again from the untouched prekeys.
+        pin = (
+            self._check_pin(header.setup.identity)
+            if new_session and header.setup
+            else self.pins[fold_nick(new.peer)]
+        )
         if new.opk_to_delete is not None:
             self.secrets.opks.pop(new.opk_to_delete, None)  # first message decrypted: burn the OPK
             new.opk_to_delete = None
@@ -298,6 +300,27 @@ class Conversations:
             self.dirty.add("seen")
         self._remember(new)
         return Whisper(pin.identity, plaintext, pin.trust)
+
+    def _responder_state(self, header: Header) -> RatchetState:
+        """A fresh session from the setup in `header`; raises `DecryptionError`."""
+        if header.setup is None or header.sid in self._seen_setups:
+            raise DecryptionError
+        setup = header.setup
+        if not setup.identity.binding_valid():
+            raise DecryptionError
+        keys, spk = respond(self.identity, self.secrets, setup)
+        if keys.sid != header.sid:
+            raise DecryptionError
+        return RatchetState.for_responder(
+            sid=keys.sid,
+            ad0=keys.ad0,
+            sk=keys.sk,
+            me=self.identity.user,
+            peer=setup.identity.user,
+            peer_key=setup.identity.key,
+            spk=spk,
+            opk_id=setup.opk_id if setup.opk_id != NO_OPK else None,
+        )
 
     def _remember(self, state: RatchetState) -> None:
         peer = fold_nick(state.peer)

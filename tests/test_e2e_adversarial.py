@@ -1,0 +1,479 @@
+"""E2E.md's adversarial cases, driven through a malicious relay over real TLS.
+
+The relay is the server as far as the clients know; it forwards to a real server and
+rewrites, replays, reorders or injects frames. Each test proves the attack is rejected
+and, where it applies, that the genuine conversation continues afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chat import TIMEOUT
+from conftest import RawTls, StartServer
+from malicious_relay import Frame, Leg, MaliciousRelay
+from whisper_helpers import login, memory_keys
+
+from securechat import Client
+from securechat.client.events import WhisperFailed, WhisperReceived
+from securechat.client.whispers import WhisperKeys
+from securechat.e2e.conversations import Conversations
+from securechat.e2e.errors import BundleError, IdentityChanged
+from securechat.e2e.identity import Identity
+from securechat.e2e.primitives import ed25519_sign
+from securechat.protocol import KeyIdentity, Keys, OneTimePrekeyRecord, SignedPrekeyRecord, WhisperStatus
+from securechat.server import Server
+
+
+@pytest.fixture
+def relay(server: Server, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Iterator[MaliciousRelay]:
+    r = MaliciousRelay(server.address, server_ctx, client_ctx)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    made: list[Client] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def join(
+    relay: MaliciousRelay,
+    ctx: ssl.SSLContext,
+    clients: list[Client],
+    nick: str,
+    keys: WhisperKeys | None = None,
+) -> Client:
+    client = login(relay.address[1], ctx, nick, keys or memory_keys(nick))
+    clients.append(client)
+    return client
+
+
+def received(client: Client) -> WhisperReceived:
+    got = client.wait_for_any(WhisperReceived, TIMEOUT)
+    assert isinstance(got, WhisperReceived)
+    return got
+
+
+def failed(client: Client) -> WhisperFailed:
+    got = client.wait_for_any(WhisperFailed, TIMEOUT)
+    assert isinstance(got, WhisperFailed)
+    return got
+
+
+def keys_frame(owner: Conversations, nick: str) -> Frame:
+    """A directory answer carrying `owner`'s keys under `nick` (a substitution)."""
+    bundle = owner.secrets.bundle(owner.identity, [min(owner.secrets.opks)])
+    ident = bundle.identity
+    return Keys(
+        nick=nick,
+        identity=KeyIdentity(sig_key=ident.sig_key, dh_key=ident.dh_key, dh_sig=ident.dh_sig),
+        spk=SignedPrekeyRecord(
+            id=bundle.spk.id,
+            created=bundle.spk.created,
+            public=bundle.spk.public,
+            signature=bundle.spk.signature,
+        ),
+        opks=tuple(OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature) for o in bundle.opks),
+    ).to_dict()
+
+
+def impostor(nick: str) -> Conversations:
+    conv = Conversations(Identity.generate(nick))
+    conv.bundle_to_publish()
+    return conv
+
+
+def flip(b64: object, index: int) -> str:
+    data = bytearray(base64.b64decode(str(b64)))
+    data[index] ^= 0x01
+    return base64.b64encode(bytes(data)).decode()
+
+
+def patch(b64: object, offset: int, replacement: bytes) -> str:
+    data = bytearray(base64.b64decode(str(b64)))
+    data[offset : offset + len(replacement)] = replacement
+    return base64.b64encode(bytes(data)).decode()
+
+
+class Once:
+    """A down-hook that rewrites the first matching frame and passes everything else."""
+
+    def __init__(self, nick: str, kind: str, rewrite: object) -> None:
+        self.nick, self.kind, self.rewrite = nick, kind, rewrite
+        self.done = threading.Event()
+
+    def __call__(self, leg: Leg, frame: Frame) -> list[Frame]:
+        if not self.done.is_set() and leg.nick == self.nick and frame["type"] == self.kind:
+            self.done.set()
+            out = self.rewrite(dict(frame))  # type: ignore[operator]
+            return out if isinstance(out, list) else [out]
+        return [frame]
+
+
+def whispers_sent_by(relay: MaliciousRelay) -> int:
+    return sum(1 for d, data in relay.wire if d == "up" and json.loads(data)["type"] == "whisper")
+
+
+# 1 -------------------------------------------------------------------------------------
+
+
+def test_identity_key_swapped_for_a_pinned_contact(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    alice, bob = join(relay, client_ctx, clients, "alice"), join(relay, client_ctx, clients, "bob")
+    alice.whisper("bob", "first contact")
+    received(bob)
+    alice.reset_session("bob")  # the next whisper fetches bob's keys again
+    relay.down_hook = Once("alice", "keys", lambda f: keys_frame(impostor("bob"), "bob"))
+    before = whispers_sent_by(relay)
+    with pytest.raises(IdentityChanged):
+        alice.whisper("bob", "this must not be sent")
+    assert whispers_sent_by(relay) == before  # nothing left alice's client
+    assert alice.keys is not None
+    pinned, trust, pending = alice.keys.peer_info("bob")  # type: ignore[misc]
+    assert trust.value == "changed" and pending is not None and pending.key != pinned.key
+    with pytest.raises(IdentityChanged):
+        alice.whisper("bob", "still refused until /trust")
+
+
+# 2 -------------------------------------------------------------------------------------
+
+
+def test_swapped_stale_and_rolled_back_signed_prekeys(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    day = 86_400
+    bob_conv = Conversations(Identity.generate("bob"), clock=lambda: time.time() - 8 * day)
+    saved: dict[str, bytes | None] = {}
+    bob = join(
+        relay,
+        client_ctx,
+        clients,
+        "bob",
+        WhisperKeys(bob_conv, saved.update, clock=lambda: time.time() - 8 * day),
+    )
+    alice = join(relay, client_ctx, clients, "alice")
+    recorded: list[Frame] = []
+
+    def record(leg: Leg, frame: Frame) -> list[Frame]:
+        if frame["type"] == "keys":
+            recorded.append(dict(frame))
+        return [frame]
+
+    relay.down_hook = record
+    alice.whisper("bob", "hello")  # bob's first signed prekey, made 8 days ago
+    received(bob)
+    bob.close()
+    bob_conv._clock = time.time
+    bob = join(relay, client_ctx, clients, "bob", WhisperKeys(bob_conv, saved.update))  # rotates: SPK 2
+    alice.reset_session("bob")
+    alice.whisper("bob", "now with the new signed prekey")
+    received(bob)
+    old = recorded[0]
+    assert json.loads(json.dumps(old["spk"]))["id"] < json.loads(json.dumps(recorded[-1]["spk"]))["id"]
+
+    alice.reset_session("bob")
+    relay.down_hook = Once("alice", "keys", lambda f: old)  # roll back to the old SPK
+    with pytest.raises(BundleError, match="rolled back"):
+        alice.whisper("bob", "x")
+
+    alice.reset_session("bob")
+
+    def swap_spk(f: Frame) -> Frame:
+        spk = dict(f["spk"])  # type: ignore[call-overload]
+        spk["public"] = base64.b64encode(impostor("bob").secrets.spks[-1].pair.public).decode()
+        return {**f, "spk": spk}
+
+    relay.down_hook = Once("alice", "keys", swap_spk)
+    with pytest.raises(BundleError, match="signed prekey has an invalid signature"):
+        alice.whisper("bob", "x")
+
+    # Stale: an old bundle served to someone whose clock says it is a month later.
+    late_conv = Conversations(Identity.generate("carol"), clock=lambda: time.time() + 30 * day)
+    carol = join(relay, client_ctx, clients, "carol", WhisperKeys(late_conv, saved.update))
+    relay.down_hook = Once("carol", "keys", lambda f: old)
+    with pytest.raises(BundleError, match="stale"):
+        carol.whisper("bob", "x")
+
+
+# 2b ------------------------------------------------------------------------------------
+
+
+def test_forged_one_time_prekey_is_refused(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    join(relay, client_ctx, clients, "bob")
+    alice = join(relay, client_ctx, clients, "alice")
+
+    def forge(f: Frame) -> Frame:
+        opk = dict(f["opks"][0])  # type: ignore[index]
+        opk["public"] = flip(opk["public"], 0)
+        return {**f, "opks": [opk]}
+
+    relay.down_hook = Once("alice", "keys", forge)
+    with pytest.raises(BundleError, match="one-time prekey"):
+        alice.whisper("bob", "x")
+
+
+def test_reused_one_time_prekey_is_refused_by_the_recipient(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    bob = join(relay, client_ctx, clients, "bob")
+    alice, carol = join(relay, client_ctx, clients, "alice"), join(relay, client_ctx, clients, "carol")
+    handed: list[Frame] = []
+
+    def reuse(leg: Leg, frame: Frame) -> list[Frame]:
+        if frame["type"] == "keys":
+            if not handed:
+                handed.append(frame)
+            elif leg.nick == "carol":
+                return [handed[0]]  # the same one-time prekey a second time
+        return [frame]
+
+    relay.down_hook = reuse
+    alice.whisper("bob", "first use")
+    assert received(bob).text == "first use"
+    carol.whisper("bob", "second use of the same OPK")
+    assert failed(bob).sender == "carol"
+
+
+# 3 -------------------------------------------------------------------------------------
+
+
+def test_first_contact_mitm_shows_in_the_safety_numbers(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    bob, alice = join(relay, client_ctx, clients, "bob"), join(relay, client_ctx, clients, "alice")
+    fake_bob, fake_alice = impostor("bob"), impostor("alice")
+
+    def mitm(leg: Leg, frame: Frame) -> list[Frame]:
+        if frame["type"] == "keys":
+            return [keys_frame(fake_bob if leg.nick == "alice" else fake_alice, str(frame["nick"]))]
+        return [frame]
+
+    relay.down_hook = mitm
+    alice.whisper("bob", "to the wrong key")
+    assert failed(bob).sender == "alice"  # encrypted to mallory: bob cannot read it
+    bob.whisper("alice", "also to the wrong key")
+    assert failed(alice).sender == "bob"
+    assert alice.keys is not None and bob.keys is not None
+    assert alice.keys.safety_number("bob") != bob.keys.safety_number("alice")
+
+
+# 4 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "index"),
+    [("ciphertext", 0), ("ciphertext", -1), ("header", 20), ("header", 60), ("header", 200)],
+)
+def test_a_flipped_bit_is_rejected_and_the_next_genuine_whisper_decrypts(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client], field: str, index: int
+) -> None:
+    bob, alice = join(relay, client_ctx, clients, "bob"), join(relay, client_ctx, clients, "alice")
+    relay.down_hook = Once("bob", "delivery", lambda f: {**f, field: flip(f[field], index)})
+    alice.whisper("bob", "tampered")
+    assert failed(bob).sender == "alice"
+    alice.whisper("bob", "genuine")
+    assert received(bob).text == "genuine"
+
+
+# 5 -------------------------------------------------------------------------------------
+
+
+def test_relabelled_redirected_and_reflected_whispers_are_rejected(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    bob, alice = join(relay, client_ctx, clients, "bob"), join(relay, client_ctx, clients, "alice")
+    carol = join(relay, client_ctx, clients, "carol")
+    alice.whisper("bob", "hello")
+    received(bob)
+    bob.whisper("alice", "reply")
+    received(alice)
+    captured: list[Frame] = []
+
+    def capture(leg: Leg, frame: Frame) -> list[Frame]:
+        if frame["type"] == "delivery":
+            captured.append(frame)
+        return [frame]
+
+    relay.down_hook = capture
+    alice.whisper("bob", "relabel me")
+    assert received(bob).text == "relabel me"
+    bob.whisper("alice", "reflect me")
+    assert received(alice).text == "reflect me"
+    to_bob, to_alice = captured
+    relay.legs["bob"].to_client({**to_bob, "id": "9001", "sender": "carol"})  # wrong sender
+    assert failed(bob).sender == "carol"
+    relay.legs["carol"].to_client({**to_bob, "id": "9002"})  # redirected to someone else
+    assert failed(carol).sender == "alice"
+    relay.legs["bob"].to_client({**to_alice, "id": "9003", "sender": "alice"})  # reflected to its sender
+    assert failed(bob).sender == "alice"
+    alice.whisper("bob", "still fine")
+    assert received(bob).text == "still fine"
+
+
+# 6 -------------------------------------------------------------------------------------
+
+
+def test_replays_before_and_after_a_ratchet_step_are_rejected(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    bob, alice = join(relay, client_ctx, clients, "bob"), join(relay, client_ctx, clients, "alice")
+    captured: list[Frame] = []
+
+    def capture(leg: Leg, frame: Frame) -> list[Frame]:
+        if frame["type"] == "delivery" and leg.nick == "bob":
+            captured.append(frame)
+        return [frame]
+
+    relay.down_hook = capture
+    alice.whisper("bob", "one")
+    alice.whisper("bob", "two")
+    assert [received(bob).text for _ in range(2)] == ["one", "two"]
+    for n, old in enumerate(captured):
+        relay.legs["bob"].to_client({**old, "id": f"7{n}"})
+        assert failed(bob).sender == "alice"
+    bob.whisper("alice", "ratchet step")
+    received(alice)
+    alice.whisper("bob", "three")
+    assert received(bob).text == "three"
+    for n, old in enumerate(captured):
+        relay.legs["bob"].to_client({**old, "id": f"8{n}"})
+        assert failed(bob).sender == "alice"
+
+
+# 7 -------------------------------------------------------------------------------------
+
+
+def test_shuffled_and_late_delivery_decrypts_every_whisper_exactly_once(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    bob, alice = join(relay, client_ctx, clients, "bob"), join(relay, client_ctx, clients, "alice")
+    alice.whisper("bob", "open")
+    received(bob)
+    bob.whisper("alice", "opened")
+    received(alice)
+    held: list[Frame] = []
+    all_held = threading.Event()
+    total = 15
+
+    def hold(leg: Leg, frame: Frame) -> list[Frame]:
+        if frame["type"] == "delivery" and leg.nick == "bob":
+            held.append(frame)
+            if len(held) == total:
+                all_held.set()
+            return []
+        return [frame]
+
+    relay.down_hook = hold
+    for step in range(3):  # three of alice's chains, with bob's replies ratcheting between
+        for i in range(5):
+            alice.whisper("bob", f"{step}.{i}")
+        bob.whisper("alice", f"reply {step}")
+        received(alice)
+    assert all_held.wait(TIMEOUT)
+    random.Random(3).shuffle(held)
+    for frame in held:
+        relay.legs["bob"].to_client(frame)
+    got = sorted(received(bob).text for _ in range(total))
+    assert got == sorted(f"{s}.{i}" for s in range(3) for i in range(5))
+    for n, frame in enumerate(held[:3]):
+        relay.legs["bob"].to_client({**frame, "id": f"99{n}"})
+        failed(bob)
+
+
+# 8 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("offset", "value"), [(54, (10**6).to_bytes(4, "big")), (18, bytes(32))])
+def test_huge_counter_and_low_order_ratchet_key_are_refused(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client], offset: int, value: bytes
+) -> None:
+    bob, alice = join(relay, client_ctx, clients, "bob"), join(relay, client_ctx, clients, "alice")
+    alice.whisper("bob", "warm up")
+    received(bob)
+    relay.down_hook = Once("bob", "delivery", lambda f: {**f, "header": patch(f["header"], offset, value)})
+    start = time.monotonic()
+    alice.whisper("bob", "poisoned header")
+    assert failed(bob).sender == "alice"
+    assert time.monotonic() - start < TIMEOUT
+    alice.whisper("bob", "genuine")
+    assert received(bob).text == "genuine"
+
+
+# 11 ------------------------------------------------------------------------------------
+
+
+def test_a_canary_never_reaches_server_logs_store_or_relayed_frames(
+    start_server: StartServer,
+    server_ctx: ssl.SSLContext,
+    client_ctx: ssl.SSLContext,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = start_server(data_dir=tmp_path / "data")
+    relay = MaliciousRelay(server.address, server_ctx, client_ctx)
+    clients: list[Client] = []
+    try:
+        bob, alice = join(relay, client_ctx, clients, "bob"), join(relay, client_ctx, clients, "alice")
+        canary = "CANARY-7f3a9-do-not-leak"
+        alice.whisper("bob", canary)
+        assert received(bob).text == canary
+        bob.close()
+        alice.whisper("bob", canary + " offline")  # sits in the server's queue
+        assert alice.wait_for(WhisperStatus, TIMEOUT).status in ("stored", "delivered")  # type: ignore[attr-defined]
+        needle = canary.encode()
+        assert all(needle not in data for _, data in relay.wire)
+        assert canary not in caplog.text
+        for path in (tmp_path / "data").iterdir():
+            assert needle not in path.read_bytes(), path
+    finally:
+        for c in clients:
+            c.close()
+        relay.close()
+
+
+# login ---------------------------------------------------------------------------------
+
+
+def test_a_login_proof_signed_by_another_key_is_refused(server: Server, client_ctx: ssl.SSLContext) -> None:
+    claimed, actual = Identity.generate("alice"), Identity.generate("alice")
+    raw = RawTls(server.address, client_ctx)
+    raw.send_line(
+        json.dumps(
+            {
+                "type": "hello",
+                "version": 1,
+                "nick": "alice",
+                "identity": base64.b64encode(claimed.sig_key).decode(),
+            }
+        )
+    )
+    challenge = raw.read_json()
+    assert challenge["type"] == "challenge"
+    from securechat.e2e.login import login_message
+
+    nonce = base64.b64decode(str(challenge["nonce"]))
+    forged = ed25519_sign(actual.sig_private, login_message("alice", nonce, claimed.sig_key))
+    raw.send_line(json.dumps({"type": "auth", "signature": base64.b64encode(forged).decode()}))
+    err = json.loads(raw.read_until_closed()[-1])
+    assert (err["code"], err["fatal"]) == ("auth-failed", True)
+    raw.close()
+    # and nothing was registered: the rightful owner can still claim the nick
+    owner = login(server, client_ctx, "alice", memory_keys("alice"), wait_published=False)
+    owner.close()
