@@ -8,6 +8,7 @@ a test rewrite each frame with hooks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -119,10 +120,8 @@ class MaliciousRelay:
 
     def close(self) -> None:
         # close() alone does not wake a thread blocked in accept() on Linux; shutdown does.
-        try:
+        with contextlib.suppress(OSError):
             self._listen.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listen.close()
         self._accepting.join(10)
         for channel in self._channels:

@@ -168,3 +168,67 @@ def test_python_dash_m_runs_the_cli() -> None:
         check=True,
     ).stdout
     assert "client" in out and "certs" in out
+
+
+def test_release_nick_frees_a_registered_nick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from securechat.server.listener import DB_NAME
+    from securechat.server.store import SqliteStore
+
+    store = SqliteStore(tmp_path / DB_NAME)
+    store.register("alice", b"k" * 32, 1.0)
+    store.close()
+    assert main(["release-nick", "alice", "--data-dir", str(tmp_path)]) == 0
+    assert "released alice" in capsys.readouterr().out
+    assert main(["release-nick", "alice", "--data-dir", str(tmp_path)]) == 1
+    assert main(["release-nick", "bad nick", "--data-dir", str(tmp_path)]) == 2
+    assert main(["release-nick", "alice", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "no server database" in capsys.readouterr().err
+
+
+def test_client_creates_protected_keys_from_the_environment(
+    server: Server,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from securechat.client.keystore import Keystore
+
+    monkeypatch.setenv("SECURECHAT_PASSPHRASE", "from the env")
+    argv = [
+        "client",
+        "--nick",
+        "alice",
+        "--port",
+        "1",
+        "--cafile",
+        cert_files["ca"],
+        "--keys",
+        str(tmp_path / "k"),
+    ]
+    assert main(argv) == 1  # port 1: nothing listens, but the keys are made first
+    assert Keystore.needs_passphrase(tmp_path / "k")
+    assert "unprotected" not in capsys.readouterr().err
+    monkeypatch.setenv("SECURECHAT_PASSPHRASE", "wrong")
+    assert main(argv) == 2
+    assert "wrong passphrase" in capsys.readouterr().err
+
+
+def test_client_without_a_passphrase_says_the_keys_are_unprotected(
+    cert_files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "client",
+        "--nick",
+        "bob",
+        "--port",
+        "1",
+        "--cafile",
+        cert_files["ca"],
+        "--keys",
+        str(tmp_path / "k"),
+    ]
+    assert main(argv) == 1
+    assert "unprotected" in capsys.readouterr().err
+    assert main([*argv[:-2], "--guest"]) == 1
+    assert "unprotected" not in capsys.readouterr().err  # a guest has no keys at all

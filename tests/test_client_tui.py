@@ -77,3 +77,48 @@ def test_text_that_is_too_long_is_reported_not_sent(connect: Connect) -> None:
         pipe.send_text("x" * 5000 + "\r/quit\r")
         ui.join(TIMEOUT)
     assert any(line.startswith("! not sent: text: longer than 4096 bytes") for line in shown)
+
+
+def test_whisper_commands_in_the_terminal_ui(server: object, client_ctx: object) -> None:
+    from whisper_helpers import login, memory_keys
+
+    from securechat.client.events import WhisperReceived
+
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))  # type: ignore[arg-type]
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))  # type: ignore[arg-type]
+    shown: list[str] = []
+    seen = threading.Event()
+
+    def write(line: str) -> None:
+        shown.append(line)
+        if "whisper to bob: delivered" in line or line.startswith("* bob: key"):
+            seen.set()
+
+    try:
+        with create_pipe_input() as pipe:
+            ui = threading.Thread(
+                target=run_tui,
+                args=(alice,),
+                kwargs={"pt_input": pipe, "pt_output": DummyOutput(), "write": write},
+            )
+            ui.start()
+            pipe.send_text("/msg bob psst\r")
+            got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+            assert isinstance(got, WhisperReceived) and got.text == "psst"
+            assert seen.wait(TIMEOUT)
+            seen.clear()
+            pipe.send_text("/verify bob\r/whois bob\r")
+            assert seen.wait(TIMEOUT)
+            number = next(line for line in shown if "safety number with bob:" in line).split(": ", 1)[1]
+            assert bob.keys is not None and number == bob.keys.safety_number("alice")
+            pipe.send_text(f"/verify bob {number}\r/msg\r/r\r/r anyone?\r/trust bob\r/msg nobody hi\r/quit\r")
+            ui.join(TIMEOUT)
+    finally:
+        bob.close()
+    assert any(line.endswith("[whisper to bob, e2e] psst") for line in shown)
+    assert "* bob is verified: the number matches" in shown
+    assert "! usage: /msg NICK TEXT" in shown
+    assert "! usage: /r TEXT" in shown
+    assert "! nobody has whispered you yet" in shown
+    assert "! no changed key to accept for bob" in shown
+    assert any("nobody" in line and line.startswith("!") for line in shown)

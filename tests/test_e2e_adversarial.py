@@ -30,7 +30,14 @@ from securechat.e2e.conversations import Conversations
 from securechat.e2e.errors import BundleError, IdentityChanged
 from securechat.e2e.identity import Identity
 from securechat.e2e.primitives import ed25519_sign
-from securechat.protocol import KeyIdentity, Keys, OneTimePrekeyRecord, SignedPrekeyRecord, WhisperStatus
+from securechat.protocol import (
+    KeyIdentity,
+    Keys,
+    OneTimePrekeyRecord,
+    PrekeyCount,
+    SignedPrekeyRecord,
+    WhisperStatus,
+)
 from securechat.server import Server
 
 
@@ -178,7 +185,14 @@ def test_swapped_stale_and_rolled_back_signed_prekeys(
     received(bob)
     bob.close()
     bob_conv._clock = time.time
-    bob = join(relay, client_ctx, clients, "bob", WhisperKeys(bob_conv, saved.update))  # rotates: SPK 2
+    bob = login(
+        relay.address[1], client_ctx, "bob", WhisperKeys(bob_conv, saved.update), wait_published=False
+    )
+    clients.append(bob)
+    while True:  # the server confirms each publish; wait for the rotated signed prekey
+        status = bob.wait_for(PrekeyCount, TIMEOUT)
+        if status.spk_id >= 2:  # type: ignore[attr-defined]
+            break
     alice.reset_session("bob")
     alice.whisper("bob", "now with the new signed prekey")
     received(bob)

@@ -98,3 +98,41 @@ def test_another_key_cannot_take_a_registered_nick_and_the_owner_can_after_resta
     owner.close()
     with pytest.raises(LoginRejected, match="registered to another key"):
         Client("alice", context=client_ctx, port=restarted.address[1], keys=memory_keys("alice")).connect()
+
+
+def test_a_thousand_whispers_both_ways_with_random_interleaving(
+    server: Server, client_ctx: ssl.SSLContext
+) -> None:
+    import random
+    import threading
+
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    rng = random.Random(42)
+    plan = [("alice", i) if rng.random() < 0.5 else ("bob", i) for i in range(1000)]
+    by_nick = {"alice": alice, "bob": bob}
+    # Two senders at once, each in its own order, so the ratchets step while frames cross.
+    threads = [
+        threading.Thread(
+            target=lambda who=who: [
+                by_nick[who].whisper("bob" if who == "alice" else "alice", f"{who} {i}")
+                for w, i in plan
+                if w == who
+            ]
+        )
+        for who in ("alice", "bob")
+    ]
+    for t in threads:
+        t.start()
+    expected = {who: [f"{who} {i}" for w, i in plan if w == who] for who in ("alice", "bob")}
+    for receiver, sender in ((bob, "alice"), (alice, "bob")):
+        got = []
+        while len(got) < len(expected[sender]):
+            item = receiver.wait_for_any(WhisperReceived, TIMEOUT)
+            assert isinstance(item, WhisperReceived)
+            got.append(item.text)
+        assert got == expected[sender]  # every one decrypted, in each sender's order
+    for t in threads:
+        t.join(TIMEOUT)
+    alice.close()
+    bob.close()

@@ -1,0 +1,98 @@
+"""The client's whisper engine: prekey publication policy, persistence order, held whispers."""
+
+from __future__ import annotations
+
+import time
+
+from e2e_helpers import fetched_bundle, party
+
+from securechat.client.events import KeyChanged, WhisperFailed, WhisperReceived
+from securechat.client.whispers import WhisperKeys
+from securechat.e2e.bundle import OPK_REFILL_BELOW, OPK_TARGET
+from securechat.e2e.conversations import Conversations
+from securechat.e2e.identity import Identity
+from securechat.protocol import Delivery, PrekeyCount
+
+
+def engine(nick: str, clock: float | None = None) -> tuple[WhisperKeys, list[dict[str, bytes | None]]]:
+    writes: list[dict[str, bytes | None]] = []
+    now = (lambda: clock) if clock is not None else time.time
+    return WhisperKeys(Conversations(Identity.generate(nick), clock=now), writes.append, clock=now), writes
+
+
+def test_first_publication_sends_everything_and_persists_first() -> None:
+    keys, writes = engine("bob")
+    pub = keys.publication(PrekeyCount(count=0, spk_id=0))
+    assert pub is not None and len(pub.opks) == OPK_TARGET
+    assert writes and "prekeys" in writes[-1]  # private halves on disk before the public ones leave
+
+
+def test_nothing_is_published_when_all_is_well() -> None:
+    keys, _ = engine("bob")
+    first = keys.publication(PrekeyCount(count=0, spk_id=0))
+    assert first is not None
+    assert keys.publication(PrekeyCount(count=OPK_TARGET, spk_id=first.spk.id)) is None
+
+
+def test_refill_sends_only_new_prekeys() -> None:
+    keys, _ = engine("bob")
+    first = keys.publication(PrekeyCount(count=0, spk_id=0))
+    assert first is not None
+    refill = keys.publication(PrekeyCount(count=OPK_REFILL_BELOW - 1, spk_id=first.spk.id))
+    assert refill is not None
+    assert len(refill.opks) == OPK_TARGET - (OPK_REFILL_BELOW - 1)
+    assert not {o.id for o in refill.opks} & {o.id for o in first.opks}  # never re-sent
+
+
+def test_a_week_old_signed_prekey_is_rotated() -> None:
+    now = [time.time()]
+    writes: list[dict[str, bytes | None]] = []
+    keys = WhisperKeys(Conversations(Identity.generate("bob")), writes.append, clock=lambda: now[0])
+    first = keys.publication(PrekeyCount(count=0, spk_id=0))
+    assert first is not None
+    now[0] += 8 * 86_400
+    rotated = keys.publication(PrekeyCount(count=OPK_TARGET, spk_id=first.spk.id))
+    assert rotated is not None and rotated.spk.id == first.spk.id + 1 and rotated.opks == ()
+
+
+def deliver(keys: WhisperKeys, sender: str, frame: tuple[bytes, bytes], n: int) -> list[object]:
+    incoming = keys.receive(
+        Delivery(id=str(n), msg_id=f"m{n}", sender=sender, header=frame[0], ciphertext=frame[1], ts=1.0)
+    )
+    return [*incoming.events, *(("ack", a) for a in incoming.acks)]
+
+
+def test_whisper_from_a_changed_key_is_held_unacked_until_trusted() -> None:
+    bob, _ = engine("bob")
+    bob.publication(PrekeyCount(count=0, spk_id=0))
+    bob_conv = bob._conv  # the in-memory owner of the prekeys the directory would serve
+    alice = party("alice", 1)
+    alice._clock = time.time
+    alice.start_session("bob", fetched_bundle(bob_conv))
+    got = deliver(bob, "alice", alice.encrypt("bob", b'{"text":"hi"}'), 1)
+    assert isinstance(got[0], WhisperReceived) and got[1] == ("ack", "1")
+
+    new_alice = party("alice", 2)
+    new_alice._clock = time.time
+    new_alice.start_session("bob", fetched_bundle(bob_conv))
+    held = deliver(bob, "alice", new_alice.encrypt("bob", b'{"text":"new key"}'), 2)
+    assert len(held) == 1 and isinstance(held[0], KeyChanged) and held[0].held == 1  # no ack
+    released = bob.trust("alice")
+    assert [e.text for e in released.events if isinstance(e, WhisperReceived)] == ["new key"]
+    assert released.acks == ["2"]
+
+
+def test_garbage_is_acked_and_reported_not_shown() -> None:
+    bob, _ = engine("bob")
+    got = deliver(bob, "alice", (b"\x01" * 58, b"\x02" * 40), 3)
+    assert isinstance(got[0], WhisperFailed) and got[1] == ("ack", "3")
+
+
+def test_authenticated_but_malformed_content_is_not_shown_as_text() -> None:
+    bob, _ = engine("bob")
+    bob.publication(PrekeyCount(count=0, spk_id=0))
+    alice = party("alice", 1)
+    alice._clock = time.time
+    alice.start_session("bob", fetched_bundle(bob._conv))
+    got = deliver(bob, "alice", alice.encrypt("bob", b"not json"), 4)
+    assert isinstance(got[0], WhisperFailed) and "malformed" in got[0].reason

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from securechat.protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord
+from securechat.server.store import SCHEMA_VERSION, SqliteStore
+
+IDENT = KeyIdentity(sig_key=b"s" * 32, dh_key=b"d" * 32, dh_sig=b"g" * 64)
+SPK = SignedPrekeyRecord(id=1, created=100, public=b"p" * 32, signature=b"x" * 64)
+
+
+def opks(*ids: int) -> tuple[OneTimePrekeyRecord, ...]:
+    return tuple(OneTimePrekeyRecord(id=i, public=bytes([i]) * 32, signature=b"o" * 64) for i in ids)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    return SqliteStore(tmp_path / "data" / "db.sqlite")
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "data" / "db.sqlite").close()
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "data" / "db.sqlite").stat().st_mode & 0o777 == 0o600
+
+
+def test_registration_binds_a_nick_to_one_key_case_insensitively(store: SqliteStore) -> None:
+    assert store.register("Alice", b"k" * 32, 1.0)
+    assert store.register("alice", b"k" * 32, 2.0)  # the same key again is fine
+    assert not store.register("ALICE", b"z" * 32, 3.0)
+    assert store.registered_key("aLiCe") == b"k" * 32
+    assert store.release("alice") and store.registered_key("alice") is None
+    assert not store.release("alice")
+
+
+def test_each_one_time_prekey_is_handed_out_once(store: SqliteStore) -> None:
+    store.publish("bob", IDENT, SPK, opks(1, 2))
+    first, second, third = (store.take_bundle("bob") for _ in range(3))
+    assert first and second and third
+    assert [b.opk.id if b.opk else None for b in (first, second, third)] == [1, 2, None]
+    assert third.spk == SPK and third.identity == IDENT
+    assert store.take_bundle("nobody") is None
+
+
+def test_concurrent_fetches_never_share_a_prekey(store: SqliteStore) -> None:
+    store.publish("bob", IDENT, SPK, opks(*range(1, 101)))
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def fetch() -> None:
+        for _ in range(25):
+            bundle = store.take_bundle("bob")
+            assert bundle is not None and bundle.opk is not None
+            with lock:
+                got.append(bundle.opk.id)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(got) == list(range(1, 101))
+
+
+def test_publish_adds_prekeys_and_a_new_identity_clears_old_ones(store: SqliteStore) -> None:
+    store.publish("bob", IDENT, SPK, opks(1))
+    store.publish("bob", IDENT, SPK, opks(2, 3))
+    assert store.prekey_status("bob") == (3, 1, 100)
+    other = KeyIdentity(sig_key=b"s" * 32, dh_key=b"e" * 32, dh_sig=b"g" * 64)
+    store.publish("bob", other, SPK, opks(9))
+    assert store.prekey_status("bob")[0] == 1
+    assert store.prekey_status("nobody") == (0, 0, 0)
+
+
+def test_queue_is_idempotent_per_sender_message_and_acked_only_by_its_recipient(store: SqliteStore) -> None:
+    a = store.enqueue("bob", "m1", "alice", b"h", b"c", 1.0)
+    assert store.enqueue("Bob", "m1", "ALICE", b"h", b"c", 2.0) == a  # a resend
+    b = store.enqueue("bob", "m2", "alice", b"h2", b"c2", 3.0)
+    assert [q.id for q in store.pending("bob")] == [a, b]
+    assert store.ack("carol", a) is None  # not carol's
+    done = store.ack("bob", a)
+    assert done is not None and done.msg_id == "m1" and done.sender == "alice"
+    assert store.ack("bob", a) is None
+    assert [q.msg_id for q in store.pending("bob")] == ["m2"]
+
+
+def test_everything_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    s = SqliteStore(path)
+    s.register("alice", b"k" * 32, 1.0)
+    s.publish("alice", IDENT, SPK, opks(1))
+    s.enqueue("alice", "m", "bob", b"h", b"c", 1.0)
+    s.close()
+    s = SqliteStore(path)
+    assert s.registered_key("alice") == b"k" * 32
+    assert s.prekey_status("alice") == (1, 1, 100)
+    assert len(s.pending("alice")) == 1
+
+
+def test_a_newer_schema_or_a_foreign_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(ValueError, match="newer"):
+        SqliteStore(path)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(sqlite3.DatabaseError):
+        SqliteStore(junk)
