@@ -491,3 +491,76 @@ def test_a_login_proof_signed_by_another_key_is_refused(server: Server, client_c
     # and nothing was registered: the rightful owner can still claim the nick
     owner = login(server, client_ctx, "alice", memory_keys("alice"), wait_published=False)
     owner.close()
+
+
+# 9 and 10 ------------------------------------------------------------------------------
+
+
+def _capture_deliveries(relay: MaliciousRelay, nick: str) -> list[Frame]:
+    captured: list[Frame] = []
+
+    def capture(leg: Leg, frame: Frame) -> list[Frame]:
+        if frame["type"] == "delivery" and leg.nick == nick:
+            captured.append(frame)
+        return [frame]
+
+    relay.down_hook = capture
+    return captured
+
+
+def _stolen(client: Client) -> Conversations:
+    """What a thief copying the client's keystore right now would hold."""
+    assert client.keys is not None
+    records = client.keys._conv.records()
+    return Conversations.from_records({k: v for k, v in records.items() if v is not None})
+
+
+def _opens(thief: Conversations, frame: Frame) -> bool:
+    from securechat.e2e.errors import DecryptionError
+
+    try:
+        thief.decrypt(
+            str(frame["sender"]),
+            base64.b64decode(str(frame["header"])),
+            base64.b64decode(str(frame["ciphertext"])),
+        )
+    except DecryptionError:
+        return False
+    return True
+
+
+def test_forward_secrecy_a_stolen_keystore_cannot_read_earlier_whispers(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    bob, alice = join(relay, client_ctx, clients, "bob"), join(relay, client_ctx, clients, "alice")
+    captured = _capture_deliveries(relay, "bob")  # the server keeps every ciphertext it relayed
+    for i in range(3):
+        alice.whisper("bob", f"before the theft {i}")
+        received(bob)
+    bob.whisper("alice", "a reply, so the ratchet turns")
+    received(alice)
+    alice.whisper("bob", "after the reply")
+    received(bob)
+    thief = _stolen(bob)
+    assert len(captured) == 4
+    assert not any(_opens(thief, frame) for frame in captured)
+
+
+def test_post_compromise_a_stolen_state_stops_working_after_one_round_trip(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    bob, alice = join(relay, client_ctx, clients, "bob"), join(relay, client_ctx, clients, "alice")
+    alice.whisper("bob", "hello")
+    received(bob)
+    bob.whisper("alice", "hi")
+    received(alice)
+    thief = _stolen(bob)
+    captured = _capture_deliveries(relay, "bob")
+    alice.whisper("bob", "the thief can read this one")
+    received(bob)
+    assert _opens(thief, captured[-1])  # honest: right after a theft, the thief keeps up
+    bob.whisper("alice", "round trip")  # bob's fresh DH key, which the thief does not have
+    received(alice)
+    alice.whisper("bob", "private again")
+    assert received(bob).text == "private again"
+    assert not _opens(thief, captured[-1])
