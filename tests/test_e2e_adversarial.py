@@ -130,6 +130,19 @@ class Once:
         return [frame]
 
 
+def _capture_deliveries(relay: MaliciousRelay, nick: str | None) -> list[Frame]:
+    """Pass everything on, keeping a copy of each delivery to `nick` (None: to anyone)."""
+    captured: list[Frame] = []
+
+    def capture(leg: Leg, frame: Frame) -> list[Frame]:
+        if frame["type"] == "delivery" and nick in (None, leg.nick):
+            captured.append(frame)
+        return [frame]
+
+    relay.down_hook = capture
+    return captured
+
+
 def whispers_sent_by(relay: MaliciousRelay) -> int:
     return sum(1 for d, data in relay.wire if d == "up" and json.loads(data)["type"] == "whisper")
 
@@ -317,14 +330,7 @@ def test_relabelled_redirected_and_reflected_whispers_are_rejected(
     received(bob)
     bob.whisper("alice", "reply")
     received(alice)
-    captured: list[Frame] = []
-
-    def capture(leg: Leg, frame: Frame) -> list[Frame]:
-        if frame["type"] == "delivery":
-            captured.append(frame)
-        return [frame]
-
-    relay.down_hook = capture
+    captured = _capture_deliveries(relay, None)
     alice.whisper("bob", "relabel me")
     assert received(bob).text == "relabel me"
     bob.whisper("alice", "reflect me")
@@ -347,14 +353,7 @@ def test_replays_before_and_after_a_ratchet_step_are_rejected(
     relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
 ) -> None:
     bob, alice = join(relay, client_ctx, clients, "bob"), join(relay, client_ctx, clients, "alice")
-    captured: list[Frame] = []
-
-    def capture(leg: Leg, frame: Frame) -> list[Frame]:
-        if frame["type"] == "delivery" and leg.nick == "bob":
-            captured.append(frame)
-        return [frame]
-
-    relay.down_hook = capture
+    captured = _capture_deliveries(relay, "bob")
     alice.whisper("bob", "one")
     alice.whisper("bob", "two")
     assert [received(bob).text for _ in range(2)] == ["one", "two"]
@@ -494,18 +493,6 @@ def test_a_login_proof_signed_by_another_key_is_refused(server: Server, client_c
 
 
 # 9 and 10 ------------------------------------------------------------------------------
-
-
-def _capture_deliveries(relay: MaliciousRelay, nick: str) -> list[Frame]:
-    captured: list[Frame] = []
-
-    def capture(leg: Leg, frame: Frame) -> list[Frame]:
-        if frame["type"] == "delivery" and leg.nick == nick:
-            captured.append(frame)
-        return [frame]
-
-    relay.down_hook = capture
-    return captured
 
 
 def _stolen(client: Client) -> Conversations:

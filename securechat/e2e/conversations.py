@@ -160,10 +160,8 @@ class Conversations:
         peer = fold_nick(pin.identity.user)
         pin.identity, pin.pending, pin.trust, pin.max_spk_id = pin.pending, None, trust, 0
         pin.was_verified = trust is Trust.VERIFIED
-        for sid in self._active.pop(peer, []):  # sessions with the old key are dead
-            self._sessions.pop(sid, None)
-            self.dirty.add(f"session:{sid.hex()}")
-        self.dirty.update({"pins", "index"})
+        self.forget_sessions(peer)  # sessions with the old key are dead
+        self.dirty.add("pins")
 
     def safety_number(self, peer: str) -> str:
         """The 60 digits for the key we would use with `peer` (the pending one after a change).
