@@ -62,7 +62,9 @@ def start_server(server_ctx: ssl.SSLContext) -> Iterator[StartServer]:
     servers: list[Server] = []
 
     def start(**overrides: object) -> Server:
-        config = replace(ServerConfig(host="127.0.0.1", port=0, linger=1.0), **overrides)  # type: ignore[arg-type]
+        # Most tests send as fast as they can on purpose; the rate limit has its own tests.
+        base = ServerConfig(host="127.0.0.1", port=0, linger=1.0, message_rate=0)
+        config = replace(base, **overrides)  # type: ignore[arg-type]
         server = Server(config, server_ctx)
         server.start()
         servers.append(server)

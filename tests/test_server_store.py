@@ -114,3 +114,11 @@ def test_a_newer_schema_or_a_foreign_file_is_refused(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(sqlite3.DatabaseError):
         SqliteStore(junk)
+
+
+def test_expire_deletes_only_old_undelivered_whispers(store: SqliteStore) -> None:
+    store.enqueue("bob", "old", "alice", b"h", b"c", 100.0)
+    store.enqueue("bob", "new", "alice", b"h", b"c", 200.0)
+    assert store.expire(150.0) == 1
+    assert [q.msg_id for q in store.pending("bob")] == ["new"]
+    assert store.expire(150.0) == 0

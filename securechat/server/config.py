@@ -33,3 +33,21 @@ class ServerConfig:
     #: one of the owner's one-time prekeys, so an unlimited fetcher could drain them.
     fetch_rate: float = 1.0
     fetch_burst: float = 20.0
+    #: Room messages, whispers and other requests per second per session, and the burst:
+    #: a pasted 20-line snippet goes through at once; a flood is slowed to the rate
+    #: (ssh-chat allows 3 lines per 3 s, InspIRCd 1/s; we are more generous for pastes).
+    #: 0 turns the limit off (the benchmark does so, and says so).
+    message_rate: float = 5.0
+    message_burst: float = 20.0
+    #: Frames refused for rate in a row before the session is dropped as abusive.
+    max_strikes: int = 50
+    #: Open connections in all, and from one IP address. A class behind one NAT shares
+    #: an address, so the per-IP cap is well above ngIRCd's 5 or InspIRCd's 3.
+    max_sessions: int = 10_000
+    max_per_ip: int = 64
+    #: A session silent this long gets a ping; silent `ping_timeout` longer, it is dropped
+    #: (ngIRCd: ping after 120 s, drop 20 s later).
+    ping_interval: float = 120.0
+    ping_timeout: float = 30.0
+    #: Queued whispers nobody collected are deleted after this long (30 days).
+    queue_ttl: float = 30 * 86_400.0

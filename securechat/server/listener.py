@@ -8,6 +8,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
 
@@ -23,6 +24,8 @@ __all__ = ["DB_NAME", "Server"]
 
 #: The database file inside the data directory.
 DB_NAME = "securechat.db"
+#: How often undelivered whispers past their time-to-live are deleted.
+_EXPIRE_EVERY = 3600.0
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class Server:
         self._lock = threading.Condition()
         self._sessions: dict[Session, threading.Thread] = {}
         self._finished: list[threading.Thread] = []
+        self._per_ip: Counter[str] = Counter()
         self._stopping = False
 
     @property
@@ -86,7 +90,42 @@ class Server:
         self._watchdog.start()
         self._listener = threading.Thread(target=self._accept_loop, name="securechat-listener", daemon=True)
         self._listener.start()
+        self._watchdog.after(self._sweep_every(), self._sweep)
+        self._watchdog.after(_EXPIRE_EVERY, self._expire)
         log.info("listening on %s:%d (TLS)", *self.address)
+
+    def _sweep_every(self) -> float:
+        # Often enough that a ping or a drop is at most a quarter-interval late.
+        return max(0.05, min(self.config.ping_interval, self.config.ping_timeout) / 4)
+
+    def _sweep(self) -> None:
+        """Keepalive for every session (runs in the watchdog thread, then reschedules)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._stopping:
+                return
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.check_alive(now)
+        self._watchdog.after(self._sweep_every(), self._sweep)
+
+    def _expire(self) -> None:
+        """Delete queued whispers older than `queue_ttl` (then reschedules)."""
+        with self._lock:
+            if self._stopping:
+                return
+        try:
+            removed = self.store.expire(time.time() - self.config.queue_ttl)
+        except Exception:  # a full disk must not stop the watchdog
+            log.exception("expiring old whispers failed")
+        else:
+            if removed:
+                log.info(
+                    "expired %d undelivered whispers older than %.0f days",
+                    removed,
+                    self.config.queue_ttl / 86400,
+                )
+        self._watchdog.after(_EXPIRE_EVERY, self._expire)
 
     def _accept_loop(self) -> None:
         assert self._listen is not None
@@ -108,6 +147,15 @@ class Server:
             except OSError as exc:  # e.g. EMFILE: keep serving the clients we have
                 log.warning("accept failed: %s", exc)
                 return
+            ip = addr[0]
+            with self._lock:
+                full = len(self._sessions) >= self.config.max_sessions
+                crowded = self._per_ip[ip] >= self.config.max_per_ip
+            if full or crowded:
+                # Before TLS there is no way to say why; a closed connection it is.
+                log.warning("refusing %s: %s", ip, "server full" if full else "too many connections from it")
+                sock.close()
+                continue
             sock.setblocking(True)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = f"{addr[0]}:{addr[1]}"
@@ -128,6 +176,8 @@ class Server:
                     sock.close()
                     return
                 self._sessions[session] = thread
+                self._per_ip[ip] += 1
+                self._lock.notify_all()
             thread.start()
 
     def _run_session(self, session: Session) -> None:
@@ -136,6 +186,10 @@ class Server:
         finally:
             with self._lock:
                 thread = self._sessions.pop(session)
+                ip = session.peer.rsplit(":", 1)[0]
+                self._per_ip[ip] -= 1
+                if self._per_ip[ip] <= 0:
+                    del self._per_ip[ip]
                 # Keep only threads that may still be exiting, so a long-running
                 # server does not accumulate one Thread object per past session.
                 self._finished = [t for t in self._finished if t.is_alive()]
@@ -159,6 +213,11 @@ class Server:
         for thread in finished:
             thread.join()
         return True
+
+    def wait_sessions_at_least(self, count: int, timeout: float) -> bool:
+        """Wait until at least `count` connections are open; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self._sessions) >= count, timeout)
 
     def stop(self, reason: str = "server shutting down", timeout: float = 10.0) -> None:
         """Tell every client, close every session, and join every thread.

@@ -17,6 +17,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 
 from ..protocol import (
     CLOSED,
@@ -78,6 +79,12 @@ class Session:
         self._claim: Hello | None = None  # a hello with an identity, awaiting its proof
         self._nonce = b""
         self._fetches = TokenBucket(config.fetch_rate, config.fetch_burst)
+        self._requests = (
+            TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
+        )
+        self._strikes = 0
+        self.last_heard = time.monotonic()  # for keepalive: when the peer last sent anything
+        self._pinged = False
         self._channel = TlsChannel(sock, context, server_side=True)
         self._conn = Connection(Role.SERVER)
         self._hub = hub
@@ -174,6 +181,8 @@ class Session:
             except (ssl.SSLError, OSError) as exc:
                 log.info("connection from %s broke: %s", self.peer, _describe(exc))
                 data = b""
+            self.last_heard = time.monotonic()
+            self._pinged = False
             self._conn.receive_data(data)
             if not self._process_events():
                 return
@@ -200,6 +209,8 @@ class Session:
         return False
 
     def _handle(self, event: Event) -> None:
+        if isinstance(event, _RATE_LIMITED) and not self._within_rate():
+            return
         if isinstance(event, Hello):
             self._hello(event)
         elif isinstance(event, Auth):
@@ -223,6 +234,34 @@ class Session:
             pass  # answers to our keepalive pings carry nothing to act on
         elif isinstance(event, (PublishKeys, FetchKeys, Whisper, Ack)):
             self._e2e(event)
+
+    def _within_rate(self) -> bool:
+        """Take a token for a request; on refusal say so, and drop a session that keeps on."""
+        if self._requests is None or self._requests.allow():
+            self._strikes = 0
+            return True
+        self._strikes += 1
+        if self._strikes > self._config.max_strikes:
+            self.close(
+                Error(code=Code.RATE_LIMITED, reason="flooding: disconnected", fatal=True), reason="flooding"
+            )
+        elif self._strikes == 1 or self._strikes % 10 == 0:  # do not answer a flood with a flood
+            self._reply(Error(code=Code.RATE_LIMITED, reason="slow down: too many messages"))
+        return False
+
+    def check_alive(self, now: float) -> None:
+        """Keepalive, called periodically: ping a quiet peer, drop one that stays silent."""
+        with self._lock:
+            if self._closing or self._writer is None:
+                return  # handshaking sessions have their own deadline
+        quiet = now - self.last_heard
+        if quiet > self._config.ping_interval + self._config.ping_timeout:
+            self.close(
+                Error(code=Code.TIMEOUT, reason="no answer to ping", fatal=True), reason="ping timeout"
+            )
+        elif quiet > self._config.ping_interval and not self._pinged:
+            self._pinged = True
+            self.deliver(encode(Ping(token=f"{now:.0f}")))
 
     def _e2e(self, event: Event) -> None:
         assert self.nick is not None
@@ -357,6 +396,10 @@ class Session:
 
 
 _NOT_READING = "not reading (send queue full)"
+
+#: Requests that cost a token of the session's message bucket. Answers (pong, ack) do
+#: not: refusing them would punish a client for keeping up.
+_RATE_LIMITED = (Say, Who, Whisper, PublishKeys, Ping)
 
 
 def _describe(exc: BaseException) -> str:

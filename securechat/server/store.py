@@ -76,6 +76,9 @@ class Store(Protocol):
     def ack(self, recipient: str, whisper_id: int) -> QueuedWhisper | None:
         """Delete a delivered whisper (only `recipient` may); the deleted row, or None."""
 
+    def expire(self, before: float) -> int:
+        """Delete queued whispers stored before `before` (Unix time); how many went."""
+
     def close(self) -> None: ...
 
 
@@ -262,6 +265,10 @@ class SqliteStore:
                 return None
             db.execute("DELETE FROM queue WHERE id=?", (whisper_id,))
         return QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6])
+
+    def expire(self, before: float) -> int:
+        with self._tx() as db:
+            return int(db.execute("DELETE FROM queue WHERE ts < ?", (before,)).rowcount)
 
     def close(self) -> None:
         with self._lock:
