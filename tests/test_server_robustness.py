@@ -1,0 +1,169 @@
+"""The live server under hostile load: slowloris and a frame fuzzer, while a pair chats."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import selectors
+import socket
+import ssl
+import threading
+import time
+
+from chat import TIMEOUT, Chatter
+from conftest import RawTls, StartServer
+
+from securechat import Client
+
+
+def test_hundreds_of_stalled_handshakes_neither_block_a_new_client_nor_outlive_the_deadline(
+    start_server: StartServer, client_ctx: ssl.SSLContext
+) -> None:
+    server = start_server(handshake_timeout=2.0, max_per_ip=1000)
+    stalled = []
+    for i in range(300):
+        s = socket.create_connection(server.address)
+        if i % 2:
+            s.sendall(b"\x16\x03\x01\x02")  # the start of a ClientHello, then nothing
+        stalled.append(s)
+    assert server.wait_sessions_at_least(300, TIMEOUT)
+    newcomer = Client("newcomer", context=client_ctx, port=server.address[1], timeout=1.0)
+    newcomer.connect()  # within its 1 s timeout, despite 300 stalled peers
+    # Every stalled connection is closed by the server at its deadline.
+    with selectors.DefaultSelector() as sel:
+        for s in stalled:
+            sel.register(s, selectors.EVENT_READ)
+        deadline = time.monotonic() + 2.0 + TIMEOUT
+        open_ = set(stalled)
+        while open_ and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                assert sock.recv(100) == b""
+                sel.unregister(sock)
+                open_.discard(sock)
+        assert not open_, f"{len(open_)} stalled connections outlived the deadline"
+    assert server.wait_sessions(1, TIMEOUT)
+    newcomer.say("still fine")
+    newcomer.close()
+    for s in stalled:
+        s.close()
+
+
+# -- fuzzing ----------------------------------------------------------------------------
+
+B64_32 = base64.b64encode(bytes(32)).decode()
+B64_64 = base64.b64encode(bytes(64)).decode()
+TEMPLATES: list[dict[str, object]] = [
+    {"type": "hello", "version": 1, "nick": "fuzz"},
+    {"type": "hello", "version": 1, "nick": "fuzz", "identity": B64_32},
+    {"type": "say", "room": "#lobby", "text": "fuzz"},
+    {"type": "who", "room": "#lobby"},
+    {"type": "ping", "token": "t"},
+    {"type": "pong", "token": "t"},
+    {"type": "auth", "signature": B64_64},
+    {"type": "fetch_keys", "nick": "alice"},
+    {"type": "whisper", "to": "alice", "id": "m1", "header": B64_32, "ciphertext": B64_32},
+    {"type": "ack", "id": "1"},
+    {
+        "type": "publish_keys",
+        "identity": {"sig_key": B64_32, "dh_key": B64_32, "dh_sig": B64_64},
+        "spk": {"id": 1, "created": 1, "public": B64_32, "signature": B64_64},
+        "opks": [],
+    },
+    {"type": "message", "room": "#lobby", "nick": "x", "text": "forged", "ts": 1},
+]
+ODD_VALUES: list[object] = [
+    None,
+    True,
+    -1,
+    2**70,
+    1e308,
+    "",
+    "\u202e\x1b[2J",
+    "\ud800",
+    [],
+    {},
+    [[[]]],
+    "A" * 5000,
+]
+
+
+def mutate(rng: random.Random) -> bytes:
+    """One line: a valid frame, a structurally mutated one, or corrupted bytes."""
+    frame = json.loads(json.dumps(rng.choice(TEMPLATES)))
+    choice = rng.random()
+    if choice < 0.35:
+        key = rng.choice(list(frame))
+        frame[key] = rng.choice(ODD_VALUES)
+    elif choice < 0.45:
+        frame[rng.choice(["extra", "type", "nick", "text"])] = rng.choice(ODD_VALUES)
+    elif choice < 0.5:
+        frame = rng.choice(ODD_VALUES)
+    line = json.dumps(frame).encode()
+    if rng.random() < 0.25:
+        data = bytearray(line)
+        for _ in range(rng.randint(1, 4)):
+            if data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        line = bytes(data).replace(b"\n", b" ")
+    elif rng.random() < 0.03:
+        line = bytes(rng.randrange(256) for _ in range(rng.randint(0, 300))).replace(b"\n", b"")
+    return line + b"\n"
+
+
+def fuzz_worker(
+    address: tuple[str, int], ctx: ssl.SSLContext, seed: int, frames: int, sent: list[int]
+) -> None:
+    rng = random.Random(seed)
+    count = 0
+    conn: RawTls | None = None
+    while count < frames:
+        if conn is None:
+            conn = RawTls(address, ctx)
+        batch = [mutate(rng) for _ in range(min(50, frames - count))]
+        token = f"sync{count}"
+        try:
+            conn.sock.sendall(b"".join(batch) + json.dumps({"type": "ping", "token": token}).encode() + b"\n")
+            count += len(batch)
+            # Read until our ping is answered or the server closes us (a fatal frame).
+            while True:
+                line = conn.read_line()
+                if b'"pong"' in line and token.encode() in line:
+                    break
+        except (EOFError, OSError, ssl.SSLError):
+            conn.close()
+            conn = None
+    if conn is not None:
+        conn.close()
+    sent.append(count)
+
+
+def test_ten_thousand_fuzzed_frames_from_several_connections(
+    start_server: StartServer, client_ctx: ssl.SSLContext
+) -> None:
+    server = start_server()
+    alice = Client("alice", context=client_ctx, port=server.address[1])
+    bob = Client("bob", context=client_ctx, port=server.address[1])
+    alice.connect()
+    bob.connect()
+    baseline = threading.active_count()
+    sent: list[int] = []
+    with Chatter(alice, bob) as chatter:
+        workers = [
+            threading.Thread(target=fuzz_worker, args=(server.address, client_ctx, seed, 2500, sent))
+            for seed in range(4)
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+        assert not any(w.is_alive() for w in workers)
+        rounds_during = chatter.rounds
+    assert sum(sent) == 10_000
+    assert rounds_during > 0  # the pair kept talking throughout (Chatter raises if disturbed)
+    assert server.wait_sessions(2, TIMEOUT)  # only alice and bob remain
+    assert threading.active_count() == baseline  # every fuzz session's threads ended
+    alice.close()
+    bob.close()
