@@ -20,6 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from .protocol import is_valid_nick
+from .server.config import ServerConfig
 
 if TYPE_CHECKING:
     from .client.whispers import WhisperKeys
@@ -75,6 +76,18 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="where the database lives (default: $XDG_DATA_HOME/securechat/server)",
+    )
+    server.add_argument(
+        "--message-rate",
+        type=float,
+        default=ServerConfig.message_rate,
+        help="requests per second per client, sustained (default: %(default)s; 0 turns the limit off)",
+    )
+    server.add_argument(
+        "--message-burst",
+        type=float,
+        default=ServerConfig.message_burst,
+        help="requests a client may send at once before the rate applies (default: %(default)s)",
     )
     server.add_argument(
         "--log-level",
@@ -151,7 +164,7 @@ def _check_port(port: int, *, allow_zero: bool = False) -> None:
 
 
 def _run_server(args: argparse.Namespace) -> int:
-    from .server import Server, ServerConfig
+    from .server import Server
     from .transport import server_context
 
     _check_port(args.port, allow_zero=True)
@@ -168,13 +181,26 @@ def _run_server(args: argparse.Namespace) -> int:
     )
     data_dir = args.data_dir or _default_data_dir() / "server"
     try:
-        server = Server(ServerConfig(host=args.host, port=args.port, data_dir=data_dir), context)
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            data_dir=data_dir,
+            message_rate=args.message_rate,
+            message_burst=args.message_burst,
+        )
+        server = Server(config, context)
     except (OSError, ValueError, sqlite3.DatabaseError) as exc:
         raise UsageError(f"cannot open the database in {data_dir}: {exc}") from None
     try:
         server.start()
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    defaults = ServerConfig()
+    if (config.message_rate, config.message_burst) != (defaults.message_rate, defaults.message_burst):
+        logging.getLogger("securechat.server").warning(
+            "rate limit changed from the default: %s",
+            "off" if config.message_rate <= 0 else f"{config.message_rate}/s, burst {config.message_burst}",
+        )
     host, port = server.address
     print(f"securechat server on {host}:{port} (TLS). Ctrl-C stops it.", flush=True)
     stop = threading.Event()
@@ -233,6 +259,7 @@ def _run_client(args: argparse.Namespace) -> int:
         port=args.port,
         server_hostname=args.server_name,
         keys=keys,
+        reconnect=True,
     )
     try:
         client.connect()

@@ -55,9 +55,13 @@ def test_a_week_old_signed_prekey_is_rotated() -> None:
     assert rotated is not None and rotated.spk.id == first.spk.id + 1 and rotated.opks == ()
 
 
-def deliver(keys: WhisperKeys, sender: str, frame: tuple[bytes, bytes], n: int) -> list[object]:
+def deliver(
+    keys: WhisperKeys, sender: str, frame: tuple[bytes, bytes], n: int, msg_id: str | None = None
+) -> list[object]:
     incoming = keys.receive(
-        Delivery(id=str(n), msg_id=f"m{n}", sender=sender, header=frame[0], ciphertext=frame[1], ts=1.0)
+        Delivery(
+            id=str(n), msg_id=msg_id or f"m{n}", sender=sender, header=frame[0], ciphertext=frame[1], ts=1.0
+        )
     )
     return [*incoming.events, *(("ack", a) for a in incoming.acks)]
 
@@ -96,3 +100,24 @@ def test_authenticated_but_malformed_content_is_not_shown_as_text() -> None:
     alice.start_session("bob", fetched_bundle(bob._conv))
     got = deliver(bob, "alice", alice.encrypt("bob", b"not json"), 4)
     assert isinstance(got[0], WhisperFailed) and "malformed" in got[0].reason
+
+
+def test_a_whisper_delivered_again_is_acked_silently_even_after_a_restart(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from whisper_helpers import disk_keys
+
+    d = Path(str(tmp_path)) / "bob"
+    bob = disk_keys(d, "bob")
+    bob.publication(PrekeyCount(count=0, spk_id=0))
+    alice = party("alice", 1)
+    alice._clock = time.time
+    alice.start_session("bob", fetched_bundle(bob._conv))
+    frame = alice.encrypt("bob", b'{"text":"once"}')
+    first = deliver(bob, "alice", frame, 10, "once")
+    assert isinstance(first[0], WhisperReceived)
+    again = deliver(bob, "alice", frame, 11, "once")  # the same message, a new delivery id
+    assert again == [("ack", "11")]
+    restarted = disk_keys(d, "bob")  # the memory of it survives a restart
+    assert deliver(restarted, "alice", frame, 12, "once") == [("ack", "12")]
+    assert isinstance(deliver(restarted, "alice", frame, 13, "other")[0], WhisperFailed)  # id differs: replay

@@ -357,16 +357,30 @@ def test_replays_before_and_after_a_ratchet_step_are_rejected(
     alice.whisper("bob", "one")
     alice.whisper("bob", "two")
     assert [received(bob).text for _ in range(2)] == ["one", "two"]
-    for n, old in enumerate(captured):
-        relay.legs["bob"].to_client({**old, "id": f"7{n}"})
-        assert failed(bob).sender == "alice"
+
+    def replay_all(tag: str) -> None:
+        for n, old in enumerate(captured):
+            # Same message id: dropped as already shown, never displayed twice...
+            relay.legs["bob"].to_client({**old, "id": f"{tag}{n}0"})
+            # ...and with the id rewritten to dodge that, the ratchet refuses it.
+            relay.legs["bob"].to_client({**old, "id": f"{tag}{n}1", "msg_id": f"forged{tag}{n}"})
+            assert failed(bob).sender == "alice"
+
+    replay_all("7")
     bob.whisper("alice", "ratchet step")
     received(alice)
     alice.whisper("bob", "three")
     assert received(bob).text == "three"
-    for n, old in enumerate(captured):
-        relay.legs["bob"].to_client({**old, "id": f"8{n}"})
-        assert failed(bob).sender == "alice"
+    replay_all("8")
+    alice.whisper("bob", "four")
+    shown = []
+    while True:  # nothing replayed was shown in between
+        item = bob.wait_for_any(WhisperReceived, TIMEOUT)
+        assert isinstance(item, WhisperReceived)
+        shown.append(item.text)
+        if item.text == "four":
+            break
+    assert shown == ["four"]
 
 
 # 7 -------------------------------------------------------------------------------------
@@ -404,8 +418,8 @@ def test_shuffled_and_late_delivery_decrypts_every_whisper_exactly_once(
         relay.legs["bob"].to_client(frame)
     got = sorted(received(bob).text for _ in range(total))
     assert got == sorted(f"{s}.{i}" for s in range(3) for i in range(5))
-    for n, frame in enumerate(held[:3]):
-        relay.legs["bob"].to_client({**frame, "id": f"99{n}"})
+    for n, frame in enumerate(held[:3]):  # replays, with ids rewritten to reach the ratchet
+        relay.legs["bob"].to_client({**frame, "id": f"99{n}", "msg_id": f"again{n}"})
         failed(bob)
 
 

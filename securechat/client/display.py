@@ -12,7 +12,7 @@ import time
 import unicodedata
 
 from ..protocol import Bye, Error, Event, Joined, Left, Message, Names, Welcome, WhisperStatus
-from .events import KeyChanged, WhisperFailed, WhisperReceived
+from .events import KeyChanged, Reconnected, Reconnecting, WhisperFailed, WhisperReceived
 
 __all__ = ["format_event", "sanitize"]
 
@@ -45,7 +45,9 @@ def _block(head: str, text: str) -> list[str]:
 
 
 def format_event(
-    event: Event | WhisperReceived | WhisperFailed | KeyChanged, *, now: float | None = None
+    event: Event | WhisperReceived | WhisperFailed | KeyChanged | Reconnecting | Reconnected,
+    *,
+    now: float | None = None,
 ) -> list[str]:
     """The display lines for `event` (none for events that show nothing)."""
     if isinstance(event, Message):
@@ -66,6 +68,11 @@ def format_event(
             f"{stamp} !!! are held ({event.held} so far) until you decide: /verify {who} shows the new",
             f"{stamp} !!! number to compare with {who}; /trust {who} accepts the new key.",
         ]
+    if isinstance(event, Reconnecting):
+        why = sanitize(event.reason)
+        return [f"{stamp} * {why}; reconnecting in {event.delay:.1f} s (attempt {event.attempt})..."]
+    if isinstance(event, Reconnected):
+        return [f"{stamp} * reconnected; here: {', '.join(sanitize(n) for n in event.users)}"]
     if isinstance(event, WhisperStatus):
         return [f"{stamp} * whisper to {sanitize(event.to)}: {event.status}"]
     if isinstance(event, Joined):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["KeyChanged", "WhisperFailed", "WhisperReceived"]
+__all__ = ["KeyChanged", "Reconnected", "Reconnecting", "WhisperFailed", "WhisperReceived"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,3 +36,19 @@ class KeyChanged:
     old_fingerprint: str
     new_fingerprint: str
     held: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reconnecting:
+    """The connection was lost; the client tries again after `delay` seconds."""
+
+    attempt: int
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reconnected:
+    """The client is back: logged in again, queued whispers on their way."""
+
+    users: tuple[str, ...]

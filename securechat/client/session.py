@@ -45,11 +45,13 @@ from ..protocol import (
     State,
     Welcome,
     Whisper,
+    WhisperStatus,
     Who,
     fold_nick,
 )
 from ..transport import TlsChannel
-from .events import KeyChanged, WhisperFailed, WhisperReceived
+from .backoff import Backoff
+from .events import KeyChanged, Reconnected, Reconnecting, WhisperFailed, WhisperReceived
 from .whispers import Incoming, WhisperKeys
 
 __all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected"]
@@ -79,7 +81,13 @@ class Disconnected:
     reason: str
 
 
-ClientEvent = Event | Disconnected | WhisperReceived | WhisperFailed | KeyChanged
+ClientEvent = Event | Disconnected | WhisperReceived | WhisperFailed | KeyChanged | Reconnecting | Reconnected
+
+#: A fatal error with one of these codes ends the client for good: trying again would
+#: only repeat it. Anything else (a restart, a timeout, a lost network) is retried.
+_FINAL_CODES = frozenset(
+    {Code.NICK_REGISTERED, Code.AUTH_FAILED, Code.RATE_LIMITED, Code.UNSUPPORTED_VERSION, Code.NICK_TAKEN}
+)
 
 #: Error codes that answer a `fetch_keys` (routed to the waiting `whisper` call).
 _FETCH_ERRORS = frozenset({Code.NO_SUCH_USER, Code.NO_KEYS, Code.RATE_LIMITED, Code.NOT_REGISTERED})
@@ -105,6 +113,8 @@ class Client:
         server_hostname: str | None = None,
         timeout: float = 10.0,
         keys: WhisperKeys | None = None,
+        reconnect: bool = False,
+        backoff: Backoff | None = None,
     ) -> None:
         self.nick = nick
         self.keys = keys
@@ -113,8 +123,14 @@ class Client:
         self._context = context
         self._server_hostname = server_hostname or host
         self._timeout = timeout
+        self._reconnect = reconnect
+        self._backoff = backoff or Backoff()
         self._conn = Connection(Role.CLIENT)
         self._conn_lock = threading.Lock()
+        self._online = False
+        self._quitting = False
+        self._closing = threading.Event()
+        self._unconfirmed: dict[str, Whisper] = {}  # sent, not yet reported stored
         self._channel: TlsChannel | None = None
         self._events: queue.Queue[ClientEvent] = queue.Queue()
         self._whisper_lock = threading.Lock()  # one whisper (and its key fetch) at a time
@@ -133,7 +149,16 @@ class Client:
 
         Raises `ConnectError` (unreachable, certificate not trusted, host name
         mismatch, no answer) or `LoginRejected` (the server refused the nick).
+        With `reconnect`, later losses of the connection are retried by themselves.
         """
+        channel, conn, welcome = self._establish()
+        with self._conn_lock:
+            self._channel, self._conn, self.welcome, self._online = channel, conn, welcome, True
+        self._reader = threading.Thread(target=self._run, name=f"securechat-client-{self.nick}", daemon=True)
+        self._reader.start()
+        return welcome
+
+    def _establish(self) -> tuple[TlsChannel, Connection, Welcome]:
         where = f"{self.host}:{self.port}"
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
@@ -141,9 +166,10 @@ class Client:
             raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel = TlsChannel(sock, self._context, server_side=False, server_hostname=self._server_hostname)
+        conn = Connection(Role.CLIENT)
         try:
             channel.handshake()
-            welcome = self._login(channel)
+            welcome = self._login(channel, conn)
         except ssl.SSLCertVerificationError as exc:
             channel.close()
             raise ConnectError(
@@ -157,22 +183,16 @@ class Client:
             channel.close()
             raise
         sock.settimeout(None)
-        self._channel = channel
-        self.welcome = welcome
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"securechat-client-{self.nick}", daemon=True
-        )
-        self._reader.start()
-        return welcome
+        return channel, conn, welcome
 
-    def _login(self, channel: TlsChannel) -> Welcome:
+    def _login(self, channel: TlsChannel, conn: Connection) -> Welcome:
         identity = self.keys.identity.sig_key if self.keys is not None else b""
         hello = Hello(version=PROTOCOL_VERSION, nick=self.nick, client=CLIENT_NAME, identity=identity)
-        channel.send(self._conn.send(hello))
+        channel.send(conn.send(hello))
         while True:
             data = channel.recv()
-            self._conn.receive_data(data)
-            while (event := self._conn.next_event()) is not NEED_DATA:
+            conn.receive_data(data)
+            while (event := conn.next_event()) is not NEED_DATA:
                 if event is CLOSED:
                     raise ConnectError("the server closed the connection during login")
                 if isinstance(event, Welcome):
@@ -182,19 +202,21 @@ class Client:
                 if isinstance(event, Bye):
                     raise LoginRejected("bye", event.reason)
                 if isinstance(event, Ping):
-                    channel.send(self._conn.send(Pong(token=event.token)))
+                    channel.send(conn.send(Pong(token=event.token)))
                 if isinstance(event, Challenge) and self.keys is not None:
                     proof = self.keys.login_proof(self.nick, event.nonce)
-                    channel.send(self._conn.send(Auth(signature=proof)))
+                    channel.send(conn.send(Auth(signature=proof)))
 
     # -- sending --------------------------------------------------------------------
 
     def send(self, event: Event) -> None:
-        """Send any client event. Raises `ConnectionError` once the connection is gone."""
-        channel = self._channel
-        if channel is None or self._done:
-            raise ConnectionError("not connected")
+        """Send any client event. Raises `ConnectionError` while not connected."""
         with self._conn_lock:
+            channel = self._channel
+            if channel is None or not self._online:
+                raise ConnectionError(
+                    "reconnecting" if self._reconnect and not self._done else "not connected"
+                )
             data = self._conn.send(event)
         try:
             channel.send(data)
@@ -212,7 +234,9 @@ class Client:
     def whisper(self, nick: str, text: str, timeout: float = 10.0) -> str:
         """Encrypt `text` for `nick` and send it; returns the message id (for its status).
 
-        Fetches and verifies `nick`'s keys first if there is no session yet. Raises
+        Fetches and verifies `nick`'s keys first if there is no session yet. With
+        `reconnect`, a whisper whose connection drops before the server confirms it is
+        sent again after reconnecting (watch for its `WhisperStatus`). Raises
         `IdentityChanged` (their key changed: nothing was sent), `BundleError` (the keys
         the server gave are not acceptable), `LookupError` (no such user, or no keys),
         `TimeoutError`, `ConnectionError`, and `ValueError` (empty or too long text).
@@ -222,11 +246,26 @@ class Client:
         if not text:
             raise ValueError("text: empty")
         with self._whisper_lock:
+            if not self._online:  # refuse before the ratchet moves: nothing half-sent
+                raise ConnectionError(
+                    "reconnecting" if self._reconnect and not self._done else "not connected"
+                )
             if not keys.has_session(nick):
                 keys.start_session(self._fetch(nick, timeout))
             header, ciphertext = keys.encrypt(nick, text)
             msg_id = secrets.token_hex(8)
-            self.send(Whisper(to=nick, id=msg_id, header=header, ciphertext=ciphertext))
+            frame = Whisper(to=nick, id=msg_id, header=header, ciphertext=ciphertext)
+            # Kept until the server says "stored", and sent again after a reconnect: the
+            # ratchet has already moved on, so these exact bytes are the only way to get
+            # this text to the peer (the server drops a repeat of the same id).
+            self._unconfirmed[msg_id] = frame
+            try:
+                self.send(frame)
+            except ConnectionError:
+                if not self._reconnect:
+                    del self._unconfirmed[msg_id]
+                    raise
+                # Lost mid-send: it goes out again as soon as the client is back.
         return msg_id
 
     def reply(self, text: str, timeout: float = 10.0) -> tuple[str, str]:
@@ -283,7 +322,8 @@ class Client:
         return reply
 
     def quit(self, reason: str = "") -> None:
-        """Leave; the server answers `Bye` and the event stream ends."""
+        """Leave; the server answers `Bye` and the event stream ends (no reconnect)."""
+        self._quitting = True
         self.send(Quit(reason=reason))
 
     # -- receiving ------------------------------------------------------------------
@@ -304,7 +344,7 @@ class Client:
     def __iter__(self) -> Client:
         return self
 
-    def __next__(self) -> Event | WhisperReceived | WhisperFailed | KeyChanged:
+    def __next__(self) -> Event | WhisperReceived | WhisperFailed | KeyChanged | Reconnecting | Reconnected:
         item = self.next_event()
         if isinstance(item, Disconnected):
             raise StopIteration
@@ -326,9 +366,20 @@ class Client:
             if isinstance(item, kind):
                 return item
 
-    def _read_loop(self) -> None:
-        assert self._channel is not None
-        reason = "connection closed by the server"
+    def _run(self) -> None:
+        """The reader thread: read until the connection ends, reconnect if asked to."""
+        while True:
+            reason, final = self._read_until_closed()
+            if final or not self._reconnect or self._closing.is_set() or not self._reconnect_loop(reason):
+                break
+        self._done = True
+        self._events.put(Disconnected(reason=reason))
+
+    def _read_until_closed(self) -> tuple[str, bool]:
+        """(why the connection ended, whether that ends the client for good)."""
+        channel = self._channel
+        assert channel is not None
+        reason, final = "connection closed by the server", False
         try:
             while True:
                 # Drain first: frames that came in the same read as the welcome are
@@ -341,22 +392,59 @@ class Client:
                     if isinstance(event, Bye):
                         reason = event.reason or "server said goodbye"
                     elif isinstance(event, Error) and event.fatal:
-                        reason = event.reason or event.code
+                        reason, final = event.reason or event.code, event.code in _FINAL_CODES
                 if self._conn.state is State.CLOSED:
                     break
-                data = self._channel.recv()
+                data = channel.recv()
                 with self._conn_lock:
                     self._conn.receive_data(data)
         except RemoteProtocolError as exc:
-            reason = f"the server broke the protocol: {exc}"
+            reason, final = f"the server broke the protocol: {exc}", True
         except (OSError, ssl.SSLError, ConnectionError) as exc:
-            reason = "connection closed" if self._done else f"connection lost: {exc}"
-        self._done = True
-        self._channel.close()
-        self._events.put(Disconnected(reason=reason))
+            reason = "connection closed" if self._closing.is_set() else f"connection lost: {exc}"
+        with self._conn_lock:
+            self._online = False
+        channel.close()
+        return reason, final or self._quitting or self._closing.is_set()
+
+    def _reconnect_loop(self, reason: str) -> bool:
+        """Try to log in again with growing delays; False if closed meanwhile or refused for good."""
+        attempt = 0
+        while True:
+            delay = self._backoff.delay(attempt)
+            attempt += 1
+            self._events.put(Reconnecting(attempt=attempt, delay=delay, reason=reason))
+            if self._closing.wait(delay):
+                return False
+            try:
+                channel, conn, welcome = self._establish()
+            except LoginRejected as exc:
+                if exc.code in _FINAL_CODES - {Code.NICK_TAKEN}:  # our old session may linger: retry
+                    return False
+                reason = str(exc)
+                continue
+            except ConnectError as exc:
+                reason = str(exc)
+                continue
+            with self._conn_lock:
+                self._channel, self._conn, self.welcome, self._online = channel, conn, welcome, True
+            if self._closing.is_set():
+                channel.shutdown()
+            # Unconfirmed whispers go out again first, under the whisper lock, so that no
+            # new whisper overtakes an older one.
+            with self._whisper_lock:
+                for frame in list(self._unconfirmed.values()):
+                    try:
+                        self.send(frame)
+                    except ConnectionError:
+                        break  # lost again; the read loop notices and we come back here
+            self._events.put(Reconnected(users=welcome.users))
+            return True
 
     def _dispatch(self, event: Event) -> bool:
         """Handle frames the client answers itself; True if `event` is also for the user."""
+        if isinstance(event, WhisperStatus):
+            self._unconfirmed.pop(event.id, None)
         if isinstance(event, Ping):
             self.send(Pong(token=event.token))
         elif isinstance(event, PrekeyCount):
@@ -405,10 +493,12 @@ class Client:
     # -- closing --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Drop the connection (without a quit) and wait for the reader to end."""
-        self._done = True
-        if self._channel is not None:
-            self._channel.shutdown()
+        """Drop the connection (without a quit), stop reconnecting, and wait for the reader."""
+        self._closing.set()
+        with self._conn_lock:
+            channel = self._channel
+        if channel is not None:
+            channel.shutdown()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join()
 

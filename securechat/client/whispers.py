@@ -35,6 +35,10 @@ __all__ = ["Incoming", "WhisperKeys"]
 
 Persist = Callable[[dict[str, bytes | None]], None]
 
+#: Whispers remembered as shown, by sender and message id, so one delivered again (the
+#: server crashed before our ack was stored, or we did) is acknowledged, not shown twice.
+_RECEIVED_REMEMBERED = 10_000
+
 
 @dataclass
 class Incoming:
@@ -48,13 +52,19 @@ class WhisperKeys:
     """One user's keys and sessions, safe to call from the reader and the sending thread."""
 
     def __init__(
-        self, conversations: Conversations, persist: Persist, clock: Callable[[], float] = time.time
+        self,
+        conversations: Conversations,
+        persist: Persist,
+        clock: Callable[[], float] = time.time,
+        received: list[str] | None = None,
     ) -> None:
         self._conv = conversations
         self._persist = persist
         self._clock = clock
         self._lock = threading.RLock()
         self._held: dict[str, list[Delivery]] = {}
+        self._received: dict[str, None] = dict.fromkeys(received or [])
+        self._received_dirty = False
 
     @classmethod
     def in_keystore(cls, keystore: Keystore, nick: str) -> WhisperKeys:
@@ -65,7 +75,10 @@ class WhisperKeys:
         else:
             conv = Conversations(Identity.generate(nick))
             keystore.save(conv.records())
-        return cls(conv, keystore.save)
+        received = json.loads(records["received"]) if "received" in records else []
+        if not isinstance(received, list) or not all(isinstance(x, str) for x in received):
+            raise ValueError("malformed keystore record: received")
+        return cls(conv, keystore.save, received=received)
 
     @property
     def identity(self) -> Identity:
@@ -73,6 +86,9 @@ class WhisperKeys:
 
     def _save(self) -> None:
         changed = self._conv.take_dirty()
+        if self._received_dirty:
+            changed["received"] = json.dumps(list(self._received)).encode()
+            self._received_dirty = False
         if changed:
             self._persist(changed)
 
@@ -165,6 +181,10 @@ class WhisperKeys:
         return out
 
     def _receive_locked(self, delivery: Delivery, out: Incoming) -> None:
+        seen_key = f"{fold_nick(delivery.sender)}/{delivery.msg_id}"
+        if seen_key in self._received:
+            out.acks.append(delivery.id)  # shown before: the server just did not hear our ack
+            return
         try:
             whisper = self._conv.decrypt(delivery.sender, delivery.header, delivery.ciphertext)
         except IdentityChanged as exc:
@@ -185,7 +205,11 @@ class WhisperKeys:
             out.events.append(WhisperFailed(sender=delivery.sender, reason="could not be authenticated"))
             out.acks.append(delivery.id)
             return
-        self._save()
+        self._received[seen_key] = None
+        while len(self._received) > _RECEIVED_REMEMBERED:
+            del self._received[next(iter(self._received))]
+        self._received_dirty = True
+        self._save()  # the session step and the "seen" mark, before the server may forget it
         out.acks.append(delivery.id)
         text = _text_of(whisper.plaintext)
         if text is None:

@@ -1,0 +1,99 @@
+"""Clients that come back by themselves after the server goes away."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from pathlib import Path
+
+from chat import TIMEOUT, next_matching
+from conftest import StartServer
+from whisper_helpers import login, memory_keys
+
+from securechat import Client, Disconnected
+from securechat.client.backoff import Backoff
+from securechat.client.events import Reconnected, Reconnecting, WhisperReceived
+from securechat.protocol import Bye, Message
+
+FAST = Backoff(base=0.05, cap=0.4)
+
+
+def client(nick: str, ctx: ssl.SSLContext, port: int) -> Client:
+    c = Client(nick, context=ctx, port=port, reconnect=True, backoff=FAST, keys=memory_keys(nick))
+    c.connect()
+    return c
+
+
+def test_clients_reconnect_after_a_server_restart_and_keep_chatting(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    server = start_server(data_dir=tmp_path / "data")
+    port = server.address[1]
+    alice, bob = client("alice", client_ctx, port), client("bob", client_ctx, port)
+    alice.say("before")
+    assert next_matching(bob, Message, nick="alice").text == "before"  # type: ignore[attr-defined]
+    server.stop()
+    for c in (alice, bob):
+        assert next_matching(c, Bye) == Bye(reason="server shutting down")
+        assert isinstance(c.wait_for_any(Reconnecting, TIMEOUT), Reconnecting)
+    start_server(data_dir=tmp_path / "data", port=port)  # the same address and database
+    for c in (alice, bob):
+        back = c.wait_for_any(Reconnected, TIMEOUT)
+        assert isinstance(back, Reconnected)
+    alice.say("after")
+    assert next_matching(bob, Message, nick="alice").text == "after"  # type: ignore[attr-defined]
+    alice.whisper("bob", "and whispers still work")
+    got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+    assert isinstance(got, WhisperReceived) and got.text == "and whispers still work"
+    alice.close()
+    bob.close()
+
+
+def test_close_interrupts_the_backoff_at_once(start_server: StartServer, client_ctx: ssl.SSLContext) -> None:
+    baseline = threading.active_count()
+    server = start_server()
+    slow = Client(
+        "alice", context=client_ctx, port=server.address[1], reconnect=True, backoff=Backoff(base=60, cap=60)
+    )
+    slow.connect()
+    server.stop()
+    waiting = slow.wait_for_any(Reconnecting, TIMEOUT)
+    assert isinstance(waiting, Reconnecting) and waiting.delay >= 30
+    started = time.monotonic()
+    slow.close()
+    assert time.monotonic() - started < TIMEOUT  # not the 30+ s delay
+    assert isinstance(slow.next_event(timeout=TIMEOUT), Disconnected)
+    assert threading.active_count() <= baseline
+
+
+def test_quit_is_final_even_with_reconnect_on(start_server: StartServer, client_ctx: ssl.SSLContext) -> None:
+    server = start_server()
+    c = client("alice", client_ctx, server.address[1])
+    c.quit("bye")
+    events = []
+    while not isinstance(item := c.next_event(timeout=TIMEOUT), Disconnected):
+        events.append(item)
+    assert not any(isinstance(e, Reconnecting) for e in events)
+    c.close()
+
+
+def test_a_whisper_sent_while_the_server_is_gone_is_refused_clearly(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    server = start_server(data_dir=tmp_path / "d")
+    port = server.address[1]
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    alice = client("alice", client_ctx, port)
+    alice.whisper("bob", "first")
+    bob.wait_for_any(WhisperReceived, TIMEOUT)
+    server.stop()
+    alice.wait_for_any(Reconnecting, TIMEOUT)
+    try:
+        alice.whisper("bob", "nobody there")
+    except ConnectionError as exc:
+        assert "reconnecting" in str(exc)
+    else:
+        raise AssertionError("a whisper was accepted with no server")
+    alice.close()
+    bob.close()
