@@ -8,6 +8,7 @@ import ssl
 import struct
 import threading
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from chat import TIMEOUT, Chatter, next_matching
@@ -309,3 +310,32 @@ def test_stop_says_goodbye_to_everyone_and_leaves_no_threads(
         c.close()
     half_open.close()
     assert threading.active_count() == baseline
+
+
+def test_a_newcomer_sees_recent_history_and_it_survives_a_restart(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    server = start_server(data_dir=data, history_lines=3)
+    alice = Client("alice", context=client_ctx, port=server.address[1])
+    alice.connect()
+    for i in range(5):
+        alice.say(f"line {i}")
+    next_matching(alice, Message, text="line 4")
+    bob = Client("bob", context=client_ctx, port=server.address[1])
+    bob.connect()
+    early = [next_matching(bob, Message) for _ in range(3)]
+    assert [(m.text, m.history) for m in early] == [(f"line {i}", True) for i in (2, 3, 4)]  # type: ignore[attr-defined]
+    alice.say("live")
+    live = next_matching(bob, Message)
+    assert (live.text, live.history) == ("live", False)  # type: ignore[attr-defined]
+    alice.close()
+    bob.close()
+    server.stop()
+    restarted = start_server(data_dir=data, history_lines=3)
+    carol = Client("carol", context=client_ctx, port=restarted.address[1])
+    carol.connect()
+    replayed = [next_matching(carol, Message) for _ in range(3)]
+    assert [m.text for m in replayed] == ["line 3", "line 4", "live"]  # type: ignore[attr-defined]
+    assert all(m.history for m in replayed)  # type: ignore[attr-defined]
+    carol.close()

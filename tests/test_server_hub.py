@@ -49,7 +49,9 @@ def test_say_reaches_everyone_with_the_same_bytes_object() -> None:
     alice.frames.clear()
     hub.say("alice", "#lobby", "hi")
     assert alice.frames[0] is bob.frames[0]  # encoded once
-    assert bob.seen() == [{"type": "message", "room": "#lobby", "nick": "alice", "text": "hi", "ts": 42.0}]
+    assert bob.seen() == [
+        {"type": "message", "room": "#lobby", "nick": "alice", "text": "hi", "ts": 42.0, "history": False}
+    ]
 
 
 def test_unknown_room_is_refused() -> None:
@@ -84,3 +86,23 @@ def test_names_are_sorted_case_insensitively() -> None:
     for nick in ("carol", "Bob", "alice"):
         join(hub, nick)
     assert hub.names("#lobby").users == ("alice", "Bob", "carol")
+
+
+def test_newcomers_get_recent_lines_marked_as_history_before_anything_live() -> None:
+    hub = Hub(clock=lambda: 7.0, history=2)
+    join(hub, "alice")
+    for text in ("one", "two", "three"):
+        hub.say("alice", "#lobby", text)
+    bob, welcomed = join(hub, "bob")
+    assert welcomed == [("alice", "bob")]
+    assert [(m["text"], m["history"]) for m in bob.seen()] == [("two", True), ("three", True)]
+    assert [m.text for m in hub.take_unsaved()] == ["one", "two", "three"]
+    assert hub.take_unsaved() == []
+
+
+def test_no_history_kept_when_disabled() -> None:
+    hub = Hub(history=0)
+    join(hub, "alice")
+    hub.say("alice", "#lobby", "gone")
+    bob, _ = join(hub, "bob")
+    assert bob.seen() == [] and hub.take_unsaved() == []

@@ -122,3 +122,30 @@ def test_expire_deletes_only_old_undelivered_whispers(store: SqliteStore) -> Non
     assert store.expire(150.0) == 1
     assert [q.msg_id for q in store.pending("bob")] == ["new"]
     assert store.expire(150.0) == 0
+
+
+def test_history_keeps_the_newest_lines_per_room(store: SqliteStore) -> None:
+    store.append_history([("#lobby", "a", f"l{i}", float(i)) for i in range(5)], keep=3)
+    store.append_history([("#other", "b", "x", 9.0)], keep=3)
+    assert store.recent_history("#lobby", 10) == [("a", "l2", 2.0), ("a", "l3", 3.0), ("a", "l4", 4.0)]
+    assert store.recent_history("#lobby", 2) == [("a", "l3", 3.0), ("a", "l4", 4.0)]
+    assert store.recent_history("#other", 10) == [("b", "x", 9.0)]
+    store.append_history([], keep=3)
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    from securechat.server.store import _MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(_MIGRATIONS[1])
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO users VALUES ('alice', 'alice', ?, 1.0)", (b"k" * 32,))
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    assert store.registered_key("alice") == b"k" * 32  # old data kept
+    store.append_history([("#lobby", "alice", "hi", 1.0)], keep=5)  # the new table exists
+    store.close()
+    version = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)

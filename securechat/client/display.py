@@ -51,7 +51,8 @@ def format_event(
 ) -> list[str]:
     """The display lines for `event` (none for events that show nothing)."""
     if isinstance(event, Message):
-        return _block(f"{_clock(event.ts)} <{sanitize(event.nick)}> ", event.text)
+        earlier = "(earlier) " if event.history else ""
+        return _block(f"{_clock(event.ts)} {earlier}<{sanitize(event.nick)}> ", event.text)
     if isinstance(event, WhisperReceived):
         return _block(
             f"{_clock(event.ts)} [whisper from {sanitize(event.sender)}, e2e {event.trust}] ", event.text

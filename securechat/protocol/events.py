@@ -214,6 +214,8 @@ class Message(Event):
     nick: str
     text: str
     ts: float
+    #: True for lines replayed to a user who just joined, from before they were here.
+    history: bool = False
 
     def __post_init__(self) -> None:
         check_room(self.room)

@@ -51,5 +51,7 @@ class ServerConfig:
     #: (ngIRCd: ping after 120 s, drop 20 s later).
     ping_interval: float = 120.0
     ping_timeout: float = 30.0
+    #: Room lines a newcomer is shown on joining (InspIRCd's chanhistory: 50). 0: none.
+    history_lines: int = 50
     #: Queued whispers nobody collected are deleted after this long (30 days).
     queue_ttl: float = 30 * 86_400.0

@@ -8,9 +8,11 @@ every member sees the room's events in the same sequence.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..protocol import DEFAULT_ROOM, Joined, Left, Message, Names, encode, fold_nick
@@ -41,11 +43,15 @@ class Hub:
     see the new member, so a welcome frame it queues precedes every room event.
     """
 
-    def __init__(self, *, room: str = DEFAULT_ROOM, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, room: str = DEFAULT_ROOM, clock: Callable[[], float] = time.time, history: int = 0
+    ) -> None:
         self.room = room
         self._clock = clock
         self._lock = threading.Lock()
         self._members: dict[str, tuple[str, Member]] = {}  # folded nick -> (nick, member)
+        self._history: deque[Message] = deque(maxlen=history)
+        self._unsaved: list[Message] = []  # said since the last `take_unsaved`
 
     def join(self, member: Member, nick: str, on_joined: Callable[[tuple[str, ...]], None]) -> None:
         """Add `member` as `nick`, call `on_joined(users)`, then announce it to the others.
@@ -58,6 +64,8 @@ class Hub:
                 raise NickTaken(nick)
             self._members[key] = (nick, member)
             on_joined(self._names_locked())
+            for line in self._history:  # before any live event can reach the newcomer
+                member.deliver(encode(dataclasses.replace(line, history=True)))
             self._fan_out_locked(encode(Joined(room=self.room, nick=nick)), skip=member)
 
     def leave(self, member: Member, nick: str, reason: str = "") -> None:
@@ -77,15 +85,30 @@ class Hub:
         so that its screen shows the order everyone else sees.
         """
         self._check_room(room)
-        frame = encode(Message(room=room, nick=nick, text=text, ts=self._clock()))
+        message = Message(room=room, nick=nick, text=text, ts=self._clock())
+        frame = encode(message)
         with self._lock:
             self._fan_out_locked(frame)
+            if self._history.maxlen:
+                self._history.append(message)
+                self._unsaved.append(message)
 
     def names(self, room: str) -> Names:
         """The `names` event for `room`. Raises `NoSuchRoom`."""
         self._check_room(room)
         with self._lock:
             return Names(room=room, users=self._names_locked())
+
+    def load_history(self, lines: Iterable[Message]) -> None:
+        """Seed the history (at start, from the store)."""
+        with self._lock:
+            self._history.extend(lines)
+
+    def take_unsaved(self) -> list[Message]:
+        """Room lines said since the last call, for the store; the hub forgets them as unsaved."""
+        with self._lock:
+            unsaved, self._unsaved = self._unsaved, []
+        return unsaved
 
     def member(self, nick: str) -> Member | None:
         """The member holding `nick` (case-insensitively), or None."""

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
 
-from ..protocol import Bye
+from ..protocol import Bye, Message
 from .config import ServerConfig
 from .deadlines import Watchdog
 from .hub import Hub
@@ -26,6 +26,9 @@ __all__ = ["DB_NAME", "Server"]
 DB_NAME = "securechat.db"
 #: How often undelivered whispers past their time-to-live are deleted.
 _EXPIRE_EVERY = 3600.0
+#: Room history is written in batches this often, not once per line: a commit per public
+#: line would put an fsync on every message's path. A crash loses at most this much history.
+_HISTORY_FLUSH_EVERY = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,17 @@ class Server:
     ) -> None:
         self.config = config
         self._context = context
-        self.hub = Hub(clock=clock)
+        self.hub = Hub(clock=clock, history=config.history_lines)
         self.store: Store = (
             store
             if store is not None
             else SqliteStore(None if config.data_dir is None else config.data_dir / DB_NAME)
         )
+        if config.history_lines:
+            self.hub.load_history(
+                Message(room=self.hub.room, nick=nick, text=text, ts=ts)
+                for nick, text, ts in self.store.recent_history(self.hub.room, config.history_lines)
+            )
         self._relay = Relay(self.store, self.hub, clock)
         self._watchdog = Watchdog()
         self._listen: socket.socket | None = None
@@ -92,7 +100,23 @@ class Server:
         self._listener.start()
         self._watchdog.after(self._sweep_every(), self._sweep)
         self._watchdog.after(_EXPIRE_EVERY, self._expire)
+        self._watchdog.after(_HISTORY_FLUSH_EVERY, self._flush_history)
         log.info("listening on %s:%d (TLS)", *self.address)
+
+    def _save_history(self) -> None:
+        lines = [(m.room, m.nick, m.text, m.ts) for m in self.hub.take_unsaved()]
+        self.store.append_history(lines, keep=max(1, self.config.history_lines))
+
+    def _flush_history(self) -> None:
+        """Write room lines said since the last flush, in one transaction (then reschedules)."""
+        with self._lock:
+            if self._stopping:
+                return
+        try:
+            self._save_history()
+        except Exception:  # a full disk must not stop the watchdog; the lines stay in memory
+            log.exception("saving room history failed")
+        self._watchdog.after(_HISTORY_FLUSH_EVERY, self._flush_history)
 
     def _sweep_every(self) -> float:
         # Often enough that a ping or a drop is at most a quarter-interval late.
@@ -241,7 +265,10 @@ class Server:
         self._watchdog.stop()
         self._wake_r.close()
         self._wake_w.close()
-        self.store.close()
+        try:
+            self._save_history()
+        finally:
+            self.store.close()
         if not ended:
             raise TimeoutError("some sessions did not end in time")
         log.info("stopped")

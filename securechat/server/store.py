@@ -20,7 +20,7 @@ from ..protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord, fol
 
 __all__ = ["SCHEMA_VERSION", "QueuedWhisper", "SqliteStore", "Store", "StoredBundle"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,12 @@ class Store(Protocol):
     def expire(self, before: float) -> int:
         """Delete queued whispers stored before `before` (Unix time); how many went."""
 
+    def append_history(self, lines: list[tuple[str, str, str, float]], keep: int) -> None:
+        """Add (room, nick, text, ts) lines; keep only the newest `keep` per room."""
+
+    def recent_history(self, room: str, count: int) -> list[tuple[str, str, float]]:
+        """The newest `count` (nick, text, ts) lines of `room`, oldest first."""
+
     def close(self) -> None: ...
 
 
@@ -98,6 +104,18 @@ CREATE TABLE IF NOT EXISTS queue (
     UNIQUE (sender, msg_id, recipient));
 CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue (recipient, id);
 """
+
+# Each migration takes the schema from version N-1 to N; they run in order, in one
+# transaction, so a database is never left half-migrated.
+_MIGRATIONS: dict[int, str] = {
+    1: _SCHEMA,
+    2: """
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, room TEXT NOT NULL, nick TEXT NOT NULL, text TEXT NOT NULL,
+    ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS history_by_room ON history (room, id);
+""",
+}
 
 
 class SqliteStore:
@@ -133,11 +151,11 @@ class SqliteStore:
                 version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
                 raise ValueError(f"database schema {version} is newer than this server ({SCHEMA_VERSION})")
-            if version < 1:
-                for statement in _SCHEMA.split(";"):
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step].split(";"):
                     if statement.strip():
                         db.execute(statement)
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(step),))
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -269,6 +287,25 @@ class SqliteStore:
     def expire(self, before: float) -> int:
         with self._tx() as db:
             return int(db.execute("DELETE FROM queue WHERE ts < ?", (before,)).rowcount)
+
+    def append_history(self, lines: list[tuple[str, str, str, float]], keep: int) -> None:
+        if not lines:
+            return
+        with self._tx() as db:
+            db.executemany("INSERT INTO history (room, nick, text, ts) VALUES (?, ?, ?, ?)", lines)
+            for room in {line[0] for line in lines}:
+                db.execute(
+                    "DELETE FROM history WHERE room=? AND id <= "
+                    "(SELECT id FROM history WHERE room=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (room, room, keep),
+                )
+
+    def recent_history(self, room: str, count: int) -> list[tuple[str, str, float]]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT nick, text, ts FROM history WHERE room=? ORDER BY id DESC LIMIT ?", (room, count)
+            ).fetchall()
+        return [(r[0], r[1], r[2]) for r in reversed(rows)]
 
     def close(self) -> None:
         with self._lock:
