@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: certs run test lint clean
+.PHONY: certs run test soak lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: certs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The full soak: 200 clients with churn for 60 s (the test suite runs a short one).
+soak: $(STAMP)
+	SECURECHAT_SOAK_CLIENTS=200 SECURECHAT_SOAK_SECONDS=60 $(BIN)/python -m pytest -q -s tests/test_soak.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check securechat tests

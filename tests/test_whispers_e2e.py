@@ -10,6 +10,7 @@ from chat import TIMEOUT
 from conftest import StartServer
 from whisper_helpers import disk_keys, login, memory_keys
 
+from securechat import LoginRejected
 from securechat.client.events import WhisperReceived
 from securechat.protocol import WhisperStatus
 from securechat.server import Server
@@ -136,3 +137,43 @@ def test_a_thousand_whispers_both_ways_with_random_interleaving(
         t.join(TIMEOUT)
     alice.close()
     bob.close()
+
+
+def test_a_second_login_with_the_same_key_takes_over_without_a_reconnect_fight(
+    server: Server, client_ctx: ssl.SSLContext, connect: object
+) -> None:
+    from chat import next_matching
+
+    from securechat import Disconnected
+    from securechat.client import Client
+    from securechat.client.backoff import Backoff
+    from securechat.protocol import Error, Joined, Left, Message
+
+    observer = connect("carol")  # type: ignore[operator]
+    keys = memory_keys("alice")
+    first = Client(
+        "alice",
+        context=client_ctx,
+        port=server.address[1],
+        keys=keys,
+        reconnect=True,
+        backoff=Backoff(base=0.05, cap=0.1),
+    )
+    first.connect()
+    next_matching(observer, Joined, nick="alice")
+    second = login(server, client_ctx, "alice", keys, wait_published=False)  # e.g. after a network drop
+    err = first.wait_for(Error, TIMEOUT)
+    assert err == Error(code="replaced", reason="you logged in from another connection", fatal=True)
+    assert isinstance(first.next_event(TIMEOUT), Disconnected)  # and it does not reconnect
+    second.say("the new connection works")
+    # Carol sees no leave or join for alice before that line (the hub orders all events).
+    between = []
+    while not isinstance(item := observer.next_event(TIMEOUT), Message):
+        between.append(item)
+    assert item.nick == "alice" and item.text == "the new connection works"
+    assert not [e for e in between if isinstance(e, (Left, Joined))]
+    guest = Client("carol", context=client_ctx, port=server.address[1])
+    with pytest.raises(LoginRejected, match="already in use"):
+        guest.connect()  # without a key, nobody takes over anything
+    first.close()
+    second.close()

@@ -86,7 +86,14 @@ ClientEvent = Event | Disconnected | WhisperReceived | WhisperFailed | KeyChange
 #: A fatal error with one of these codes ends the client for good: trying again would
 #: only repeat it. Anything else (a restart, a timeout, a lost network) is retried.
 _FINAL_CODES = frozenset(
-    {Code.NICK_REGISTERED, Code.AUTH_FAILED, Code.RATE_LIMITED, Code.UNSUPPORTED_VERSION, Code.NICK_TAKEN}
+    {
+        Code.NICK_REGISTERED,
+        Code.AUTH_FAILED,
+        Code.RATE_LIMITED,
+        Code.UNSUPPORTED_VERSION,
+        Code.NICK_TAKEN,
+        Code.REPLACED,  # reconnecting would displace the newer login in turn
+    }
 )
 
 #: Error codes that answer a `fetch_keys` (routed to the waiting `whisper` call).

@@ -32,6 +32,7 @@ class Code:
     NO_KEYS = "no-keys"
     NOT_REGISTERED = "not-registered"
     RATE_LIMITED = "rate-limited"
+    REPLACED = "replaced"
     TIMEOUT = "timeout"
     SEND_QUEUE_FULL = "send-queue-full"
     SERVER_FULL = "server-full"

@@ -53,20 +53,32 @@ class Hub:
         self._history: deque[Message] = deque(maxlen=history)
         self._unsaved: list[Message] = []  # said since the last `take_unsaved`
 
-    def join(self, member: Member, nick: str, on_joined: Callable[[tuple[str, ...]], None]) -> None:
+    def join(
+        self,
+        member: Member,
+        nick: str,
+        on_joined: Callable[[tuple[str, ...]], None],
+        *,
+        may_replace: Callable[[Member], bool] | None = None,
+    ) -> Member | None:
         """Add `member` as `nick`, call `on_joined(users)`, then announce it to the others.
 
-        Raises `NickTaken` if the nick is in use.
+        If the nick is held and `may_replace(holder)` says so (the same user proved the
+        same key again), the holder is displaced silently and returned: the caller must
+        close it. Raises `NickTaken` otherwise.
         """
         key = fold_nick(nick)
         with self._lock:
-            if key in self._members:
+            holder = self._members.get(key)
+            if holder is not None and (may_replace is None or not may_replace(holder[1])):
                 raise NickTaken(nick)
             self._members[key] = (nick, member)
             on_joined(self._names_locked())
             for line in self._history:  # before any live event can reach the newcomer
                 member.deliver(encode(dataclasses.replace(line, history=True)))
-            self._fan_out_locked(encode(Joined(room=self.room, nick=nick)), skip=member)
+            if holder is None:
+                self._fan_out_locked(encode(Joined(room=self.room, nick=nick)), skip=member)
+        return None if holder is None else holder[1]
 
     def leave(self, member: Member, nick: str, reason: str = "") -> None:
         """Remove `member` if it holds `nick`, and announce it. A no-op otherwise."""

@@ -340,14 +340,24 @@ class Session:
                 )
             )
 
+        def same_user(holder: object) -> bool:
+            # A login proven with the nick's own key takes over a stale session of that
+            # key (a reconnect before the server noticed the old connection died).
+            return bool(self.sig_key) and isinstance(holder, Session) and holder.sig_key == self.sig_key
+
         try:
-            self._hub.join(self, hello.nick, welcome)
+            displaced = self._hub.join(self, hello.nick, welcome, may_replace=same_user)
         except NickTaken:
             self.close(
                 Error(code=Code.NICK_TAKEN, reason=f"{hello.nick} is already in use", fatal=True),
                 reason="nick taken",
             )
             return False
+        if isinstance(displaced, Session):
+            displaced.close(
+                Error(code=Code.REPLACED, reason="you logged in from another connection", fatal=True),
+                reason="replaced by a new login",
+            )
         if self._login_deadline is not None:
             self._login_deadline.cancel()
         log.info("%s logged in as %s (%s)", self.peer, hello.nick, "identity" if self.sig_key else "guest")
