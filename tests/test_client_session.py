@@ -155,3 +155,21 @@ def test_invalid_text_is_refused_before_sending(fake: Callable[..., Client]) -> 
         client.say("x" * 5000)
     with pytest.raises(ValueError, match="empty"):
         client.say("")
+
+
+def test_a_nick_with_control_characters_from_a_hostile_server_never_reaches_the_user(
+    fake: Callable[..., Client],
+) -> None:
+    def hostile(tls: ssl.SSLSocket, _: FakeServer) -> None:
+        tls.sendall(
+            WELCOME
+            + b'{"type":"message","room":"#lobby","nick":"\\u001b[2Jevil","text":"x","ts":1}\n'
+            + b'{"type":"joined","room":"#lobby","nick":"bad\\u202enick"}\n'
+            + b'{"type":"message","room":"#lobby","nick":"bob","text":"fine","ts":2}\n'
+        )
+        FakeServer.read_line(tls)
+
+    client = fake(hostile)
+    client.connect()
+    # The two frames with hostile nicks fail validation and are skipped; the good one comes.
+    assert client.next_event(timeout=TIMEOUT) == Message(nick="bob", text="fine", ts=2.0)

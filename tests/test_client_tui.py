@@ -122,3 +122,34 @@ def test_whisper_commands_in_the_terminal_ui(server: object, client_ctx: object)
     assert "! nobody has whispered you yet" in shown
     assert "! no changed key to accept for bob" in shown
     assert any("nobody" in line and line.startswith("!") for line in shown)
+
+
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m admin\u202etxt.exe \u2066x\u2069 \x1b[1A"
+FORBIDDEN = ["\x1b", "\x07", "\x9b", "\u202e", "\u2066", "\u2069"]
+
+
+def test_hostile_text_from_another_user_is_shown_inert(connect: Connect) -> None:
+    mallory = connect("mallory")
+    alice = connect("alice")
+    shown: list[str] = []
+    arrived = threading.Event()
+
+    def write(line: str) -> None:
+        shown.append(line)
+        if "owned" in line:
+            arrived.set()
+
+    with create_pipe_input() as pipe:
+        ui = threading.Thread(
+            target=run_tui,
+            args=(alice,),
+            kwargs={"pt_input": pipe, "pt_output": DummyOutput(), "write": write},
+        )
+        ui.start()
+        mallory.say(HOSTILE + "\nsecond line \x1b[31m")
+        assert arrived.wait(TIMEOUT)
+        pipe.send_text("/quit\r")
+        ui.join(TIMEOUT)
+    text = "\n".join(shown)
+    assert not any(ch in text for ch in FORBIDDEN)
+    assert "\\x1b]0;owned\\x07" in text and "\\u202e" in text  # visible, not executed
