@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         help="requests a client may send at once before the rate applies (default: %(default)s)",
     )
     server.add_argument(
+        "--max-per-ip",
+        type=int,
+        default=ServerConfig.max_per_ip,
+        help="open connections allowed from one IP address (default: %(default)s)",
+    )
+    server.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -187,6 +193,7 @@ def _run_server(args: argparse.Namespace) -> int:
             data_dir=data_dir,
             message_rate=args.message_rate,
             message_burst=args.message_burst,
+            max_per_ip=args.max_per_ip,
         )
         server = Server(config, context)
     except (OSError, ValueError, sqlite3.DatabaseError) as exc:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import re
-import socket
 import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from chat import TIMEOUT
+from server_process import ServerProcess, free_port
 from whisper_helpers import disk_keys, login
 
 from securechat import Client
@@ -21,54 +17,8 @@ from securechat.client.backoff import Backoff
 from securechat.client.events import Reconnected, WhisperReceived
 from securechat.protocol import WhisperStatus
 
-
-class ServerProcess:
-    def __init__(self, port: int, data: Path, cert_files: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "securechat",
-                "server",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data),
-                "--cert",
-                cert_files["cert"],
-                "--key",
-                cert_files["key"],
-                "--log-level",
-                "warning",
-                "--message-rate",
-                "0",  # this test is a burst on purpose
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert self.proc.stdout is not None
-        banner = self.proc.stdout.readline()
-        assert re.search(rf":{port} \(TLS\)", banner), banner + (
-            self.proc.stderr.read() if self.proc.stderr else ""
-        )
-
-    def kill9(self) -> None:
-        self.proc.kill()  # SIGKILL: no shutdown code runs at all
-        self.proc.wait(TIMEOUT)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(TIMEOUT)
-
-
-@pytest.fixture
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: This test is a burst on purpose: lift the rate limit (the server logs that it did).
+BURST = ("--message-rate", "0")
 
 
 @pytest.fixture
@@ -80,22 +30,20 @@ def processes() -> Iterator[list[ServerProcess]]:
 
 
 def test_every_whisper_acknowledged_as_stored_survives_kill_9_exactly_once_in_order(
-    free_port: int,
     processes: list[ServerProcess],
     cert_files: dict[str, str],
     client_ctx: ssl.SSLContext,
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "server"
-    processes.append(ServerProcess(free_port, data, cert_files))
-    login(
-        free_port, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob")
-    ).close()  # bob registers, goes offline
+    port = free_port()
+    processes.append(ServerProcess(port, data, cert_files, *BURST))
+    login(port, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob")).close()  # bob registers, goes offline
 
     alice = Client(
         "alice",
         context=client_ctx,
-        port=free_port,
+        port=port,
         reconnect=True,
         keys=disk_keys(tmp_path / "alice", "alice"),
         backoff=Backoff(base=0.05, cap=0.5),
@@ -124,7 +72,7 @@ def test_every_whisper_acknowledged_as_stored_survives_kill_9_exactly_once_in_or
     sender.join(TIMEOUT)
     stop.set()
 
-    processes.append(ServerProcess(free_port, data, cert_files))
+    processes.append(ServerProcess(port, data, cert_files, *BURST))
     # Alice reconnects by herself and sends again what the server never confirmed.
     while True:
         item = alice.wait_for_any(object, TIMEOUT)
@@ -141,7 +89,7 @@ def test_every_whisper_acknowledged_as_stored_survives_kill_9_exactly_once_in_or
         stored.append(status.id)
     assert len(set(stored)) >= 100
 
-    bob = login(free_port, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"), wait_published=False)
+    bob = login(port, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"), wait_published=False)
     got: list[WhisperReceived] = []
     while not got or got[-1].msg_id != marker:
         item = bob.wait_for_any(WhisperReceived, TIMEOUT)
