@@ -34,6 +34,7 @@ from ..protocol import (
     FetchKeys,
     Hello,
     Keys,
+    Message,
     Ping,
     Pong,
     PrekeyCount,
@@ -138,6 +139,7 @@ class Client:
         self._quitting = False
         self._closing = threading.Event()
         self._unconfirmed: dict[str, Whisper] = {}  # sent, not yet reported stored
+        self._newest_line = float("-inf")  # server time of the newest room line seen
         self._channel: TlsChannel | None = None
         self._events: queue.Queue[ClientEvent] = queue.Queue()
         self._whisper_lock = threading.Lock()  # one whisper (and its key fetch) at a time
@@ -452,6 +454,10 @@ class Client:
         """Handle frames the client answers itself; True if `event` is also for the user."""
         if isinstance(event, WhisperStatus):
             self._unconfirmed.pop(event.id, None)
+        if isinstance(event, Message):
+            if event.history and event.ts <= self._newest_line:
+                return False  # replayed after a reconnect: this client showed it already
+            self._newest_line = max(self._newest_line, event.ts)
         if isinstance(event, Ping):
             self.send(Pong(token=event.token))
         elif isinstance(event, PrekeyCount):
