@@ -100,8 +100,9 @@ class Relay:
         """
         stored = self._store.take_bundle(nick)
         if stored is None:
-            code = Code.NO_KEYS if self._store.registered_key(nick) else Code.NO_SUCH_USER
-            raise RelayError(code, f"{nick} has no keys to whisper with")
+            if self._store.registered_key(nick) is None:
+                raise RelayError(Code.NO_SUCH_USER, f"nobody is registered as {nick}")
+            raise RelayError(Code.NO_KEYS, f"{nick} has not published keys yet (they need to log in once)")
         owner = self._hub.member(nick)
         if owner is not None:
             status = self.prekey_count(nick)

@@ -1,0 +1,225 @@
+"""`securechat client` (terminal or `--json`) and `securechat send`."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import ssl
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..protocol import is_valid_nick
+from .common import DEFAULT_CERT_DIR, DEFAULT_PORT, UsageError, check_port
+
+if TYPE_CHECKING:
+    from ..client import Client
+    from ..client.whispers import WhisperKeys
+
+__all__ = ["EXIT_DELIVERED", "EXIT_FAILED", "EXIT_STORED", "add_parsers"]
+
+#: `securechat send` exit statuses (2 is a usage error, as everywhere).
+EXIT_DELIVERED = 0
+EXIT_FAILED = 1
+EXIT_STORED = 3
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    client = sub.add_parser("client", help="join a chat server in this terminal")
+    _connection_args(client)
+    client.add_argument(
+        "--json",
+        action="store_true",
+        help="for programs: one JSON object per event on stdout, one JSON command per line on stdin",
+    )
+    client.set_defaults(run=run_client)
+
+    send = sub.add_parser(
+        "send",
+        help="send one whisper (or one room message) and exit",
+        description="Exit status: 0 delivered (or, for --room, relayed), 3 stored for an offline "
+        "recipient, 1 failed, 2 usage error.",
+    )
+    _connection_args(send)
+    target = send.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="NICK", help="whisper NICK, end-to-end encrypted")
+    target.add_argument("--room", action="store_true", help="say it in the room instead (not encrypted)")
+    send.add_argument("text", nargs="?", default=None, help="what to send (default: read standard input)")
+    send.add_argument(
+        "--wait",
+        type=float,
+        default=5.0,
+        help="seconds to wait for a whisper's delivery before settling for stored (default: %(default)s)",
+    )
+    send.set_defaults(run=run_send)
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nick",
+        default=os.environ.get("USER", ""),
+        help="your nick: 1-24 of A-Z a-z 0-9 _ - . (default: $USER)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)")
+    parser.add_argument(
+        "--cafile",
+        type=Path,
+        default=None,
+        help="CA certificate to trust, PEM (default: certs/ca.pem if present, else the system's CAs)",
+    )
+    parser.add_argument(
+        "--server-name",
+        default=None,
+        help="name the server certificate must carry (default: the --host value)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        help="keystore directory (default: $XDG_DATA_HOME/securechat/HOST_PORT/NICK)",
+    )
+    parser.add_argument(
+        "--passphrase",
+        default=None,
+        help="passphrase for the keystore (visible to other local users in `ps`: prefer "
+        "SECURECHAT_PASSPHRASE or the prompt)",
+    )
+    parser.add_argument(
+        "--guest", action="store_true", help="no identity: chat in public only, under an unregistered nick"
+    )
+
+
+def _client(args: argparse.Namespace, *, reconnect: bool) -> Client:
+    """A connected client for the connection options. Raises `UsageError`; prints and
+    returns nothing on a connection failure, which it signals with `SystemExit(1)`."""
+    from ..client import Client, ConnectError, LoginRejected
+    from ..client.keystore import default_keystore_dir
+    from ..e2e.errors import KeystoreError
+    from ..transport import client_context
+
+    check_port(args.port)
+    if not is_valid_nick(args.nick):
+        raise UsageError(
+            f"{args.nick!r} is not a valid nick: use 1-24 of A-Z a-z 0-9 _ - . (pass --nick)"
+            if args.nick
+            else "no nick: pass --nick NAME"
+        )
+    cafile = args.cafile
+    if cafile is None and (DEFAULT_CERT_DIR / "ca.pem").is_file():
+        cafile = DEFAULT_CERT_DIR / "ca.pem"
+    if cafile is not None and not cafile.is_file():
+        raise UsageError(f"CA file {cafile} not found")
+    try:
+        context = client_context(cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load CA file {cafile}: {exc}") from None
+    keys = None
+    if not args.guest:
+        directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+        try:
+            keys = _open_keys(directory, args.nick, args.passphrase)
+        except (KeystoreError, ValueError, OSError) as exc:
+            raise UsageError(f"cannot open your keys in {directory}: {exc}") from None
+    client = Client(
+        args.nick,
+        context=context,
+        host=args.host,
+        port=args.port,
+        server_hostname=args.server_name,
+        keys=keys,
+        reconnect=reconnect,
+    )
+    try:
+        client.connect()
+    except ConnectError as exc:
+        print(f"securechat: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+    except LoginRejected as exc:
+        print(f"securechat: the server refused the login: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+    return client
+
+
+def _open_keys(directory: Path, nick: str, passphrase: str | None) -> WhisperKeys:
+    """Open (or create, on first use) the keystore; asks for a passphrase on a terminal."""
+    from ..client.keystore import Keystore
+    from ..client.whispers import WhisperKeys
+
+    if passphrase is None:
+        passphrase = os.environ.get("SECURECHAT_PASSPHRASE")
+    interactive = sys.stdin.isatty()
+    if Keystore.exists(directory):
+        if passphrase is None and Keystore.needs_passphrase(directory) and interactive:
+            passphrase = getpass.getpass(f"Passphrase for {directory}: ")
+        store = Keystore.open(directory, passphrase)
+    else:
+        if passphrase is None and interactive:
+            print(f"Creating your identity keys in {directory}.", file=sys.stderr)
+            passphrase = getpass.getpass("Passphrase to protect them (Enter for none): ")
+            if passphrase and getpass.getpass("Again: ") != passphrase:
+                raise ValueError("the passphrases did not match")
+        store = Keystore.create(directory, passphrase or None)
+    if not store.protected:
+        print(
+            f"securechat: note: your keys in {directory} are unprotected (no passphrase); "
+            "anyone who can read that directory can read your whispers.",
+            file=sys.stderr,
+        )
+    return WhisperKeys.in_keystore(store, nick)
+
+
+def run_client(args: argparse.Namespace) -> int:
+    try:
+        client = _client(args, reconnect=True)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.json:
+        from ..client.jsonmode import run_json
+
+        return run_json(client, sys.stdin, sys.stdout)
+    from ..client.tui import run_tui
+
+    return run_tui(client)
+
+
+def run_send(args: argparse.Namespace) -> int:
+    from ..e2e.errors import BundleError, IdentityChanged, NotTrusted
+    from ..protocol import Message, WhisperStatus
+
+    text = args.text if args.text is not None else sys.stdin.read().rstrip("\n")
+    if not text:
+        raise UsageError("nothing to send: give TEXT or pipe it in")
+    try:
+        client = _client(args, reconnect=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        if args.room:
+            client.say(text)
+            client.wait_for_any(Message, args.wait or 5.0)  # the server's echo: it was relayed
+            print("relayed to the room", file=sys.stderr)
+            return EXIT_DELIVERED
+        msg_id = client.whisper(args.to, text)
+        status = "sent"
+        try:
+            while status != "delivered":
+                item = client.wait_for_any(WhisperStatus, args.wait)
+                if isinstance(item, WhisperStatus) and item.id == msg_id:
+                    status = item.status
+        except TimeoutError:
+            pass
+        if status == "sent":
+            print("not confirmed by the server in time", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"whisper to {args.to}: {status}", file=sys.stderr)
+        return EXIT_DELIVERED if status == "delivered" else EXIT_STORED
+    except IdentityChanged as exc:
+        print(f"securechat: not sent: {exc}; check with `securechat client` and /verify", file=sys.stderr)
+        return EXIT_FAILED
+    except (BundleError, LookupError, NotTrusted, ConnectionError, TimeoutError, ValueError) as exc:
+        print(f"securechat: not sent: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        client.close()

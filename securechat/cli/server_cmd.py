@@ -1,0 +1,155 @@
+"""`securechat server` and `securechat release-nick`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sqlite3
+import ssl
+import threading
+from pathlib import Path
+from types import FrameType
+
+from ..protocol import is_valid_nick
+from ..server.config import ServerConfig
+from .common import DEFAULT_CERT_DIR, DEFAULT_PORT, UsageError, check_port, default_data_dir
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    server = sub.add_parser("server", help="run the chat server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    server.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
+    server.add_argument(
+        "--cert",
+        type=Path,
+        default=DEFAULT_CERT_DIR / "server.pem",
+        help="server certificate chain, PEM (default: %(default)s)",
+    )
+    server.add_argument(
+        "--key",
+        type=Path,
+        default=DEFAULT_CERT_DIR / "server.key",
+        help="server private key, PEM (default: %(default)s)",
+    )
+    server.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the database lives (default: $XDG_DATA_HOME/securechat/server)",
+    )
+    server.add_argument(
+        "--message-rate",
+        type=float,
+        default=ServerConfig.message_rate,
+        help="requests per second per client, sustained (default: %(default)s; 0 turns the limit off)",
+    )
+    server.add_argument(
+        "--message-burst",
+        type=float,
+        default=ServerConfig.message_burst,
+        help="requests a client may send at once before the rate applies (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-per-ip",
+        type=int,
+        default=ServerConfig.max_per_ip,
+        help="open connections allowed from one IP address (default: %(default)s)",
+    )
+    server.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (default: %(default)s); message texts are never logged",
+    )
+    server.set_defaults(run=run_server)
+
+    release = sub.add_parser(
+        "release-nick", help="operator: unbind a nick from its key (its owner lost the key)"
+    )
+    release.add_argument("nick")
+    release.add_argument("--data-dir", type=Path, default=None, help="the server's data directory")
+    release.set_defaults(run=run_release)
+
+
+def run_server(args: argparse.Namespace) -> int:
+    from ..server import Server
+    from ..transport import server_context
+
+    check_port(args.port, allow_zero=True)
+    for path, what in ((args.cert, "certificate"), (args.key, "private key")):
+        if not path.is_file():
+            raise UsageError(f"server {what} {path} not found; run `make certs` (or pass --cert/--key)")
+    try:
+        context = server_context(args.cert, args.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load {args.cert} / {args.key}: {exc}") from None
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    data_dir = args.data_dir or default_data_dir() / "server"
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            data_dir=data_dir,
+            message_rate=args.message_rate,
+            message_burst=args.message_burst,
+            max_per_ip=args.max_per_ip,
+        )
+        server = Server(config, context)
+    except (OSError, ValueError, sqlite3.DatabaseError) as exc:
+        raise UsageError(f"cannot open the database in {data_dir}: {exc}") from None
+    try:
+        server.start()
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    defaults = ServerConfig()
+    if (config.message_rate, config.message_burst) != (defaults.message_rate, defaults.message_burst):
+        logging.getLogger("securechat.server").warning(
+            "rate limit changed from the default: %s",
+            "off" if config.message_rate <= 0 else f"{config.message_rate}/s, burst {config.message_burst}",
+        )
+    host, port = server.address
+    print(f"securechat server on {host}:{port} (TLS). Ctrl-C stops it.", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()
+    print("securechat server stopped.", flush=True)
+    return 0
+
+
+def run_release(args: argparse.Namespace) -> int:
+    from ..server.listener import DB_NAME
+    from ..server.store import SqliteStore
+
+    if not is_valid_nick(args.nick):
+        raise UsageError(f"{args.nick!r} is not a valid nick")
+    db = (args.data_dir or default_data_dir() / "server") / DB_NAME
+    if not db.is_file():
+        raise UsageError(f"no server database at {db} (pass --data-dir)")
+    try:
+        store = SqliteStore(db)
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        raise UsageError(f"cannot open {db}: {exc}") from None
+    try:
+        released = store.release(args.nick)
+    finally:
+        store.close()
+    if not released:
+        print(f"{args.nick} was not registered")
+        return 1
+    print(f"released {args.nick}: the next client to log in with that nick registers its own key")
+    return 0

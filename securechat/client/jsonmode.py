@@ -1,0 +1,127 @@
+"""`securechat client --json`: the client for programs, one JSON object per line each way.
+
+Out (stdout): every event, as the frame's own JSON (`message`, `joined`, `whisper_status`,
+...) or, for what the client makes itself, `whisper` (a decrypted whisper),
+`whisper_failed`, `key_changed`, `reconnecting`, `reconnected`, and last `disconnected`.
+Answers to commands: `whisper_sent`, `safety_number`, `verified`, `command_error`.
+
+In (stdin): `{"type": "say", "text": ...}`, `{"type": "whisper", "to": ..., "text": ...}`,
+`{"type": "reply", "text": ...}`, `{"type": "who"}`, `{"type": "safety_number", "nick": ...}`,
+`{"type": "verify", "nick": ..., "number": ...}`, `{"type": "trust", "nick": ...}`,
+`{"type": "quit", "reason": ...}`. End of input quits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import threading
+from typing import Any, TextIO
+
+from ..e2e.errors import E2EError
+from ..protocol import Event
+from .events import KeyChanged, Reconnected, Reconnecting, WhisperFailed, WhisperReceived
+from .session import Client, Disconnected
+
+__all__ = ["run_json"]
+
+_CLIENT_EVENT_TYPES: dict[type, str] = {
+    WhisperReceived: "whisper",
+    WhisperFailed: "whisper_failed",
+    KeyChanged: "key_changed",
+    Reconnecting: "reconnecting",
+    Reconnected: "reconnected",
+    Disconnected: "disconnected",
+}
+
+
+def _as_json(item: object) -> dict[str, Any]:
+    if isinstance(item, Event):
+        return item.to_dict()
+    kind = _CLIENT_EVENT_TYPES[type(item)]
+    body = dataclasses.asdict(item)  # type: ignore[call-overload]
+    return {"type": kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in body.items()}}
+
+
+def run_json(client: Client, stdin: TextIO, stdout: TextIO) -> int:
+    """Serve one connected client over JSON lines until quit, end of input or disconnection.
+
+    Returns 0 after a requested quit, 1 if the connection ended otherwise.
+    """
+    lock = threading.Lock()
+
+    def emit(obj: dict[str, Any]) -> None:
+        with lock:
+            stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            stdout.flush()
+
+    ended = threading.Event()
+    lost: list[bool] = []
+
+    def pump() -> None:
+        while True:
+            item = client.next_event()
+            emit(_as_json(item))
+            if isinstance(item, Disconnected):
+                lost.append(not quitting.is_set())
+                ended.set()
+                return
+
+    quitting = threading.Event()
+    if client.welcome is not None:
+        emit(client.welcome.to_dict())
+    reader = threading.Thread(target=pump, name="securechat-json-pump", daemon=True)
+    reader.start()
+    for line in stdin:
+        if ended.is_set():
+            break
+        if not line.strip():
+            continue
+        try:
+            command = json.loads(line)
+            if not isinstance(command, dict):
+                raise ValueError("a command is a JSON object")
+            _run(client, command, emit, quitting)
+        except (ValueError, KeyError, TypeError, LookupError, E2EError, ConnectionError, TimeoutError) as exc:
+            emit({"type": "command_error", "reason": str(exc), "command": line.strip()[:200]})
+        if quitting.is_set():
+            break
+    if not ended.is_set() and not quitting.is_set():
+        quitting.set()
+        with contextlib.suppress(ConnectionError):
+            client.quit("end of input")
+    ended.wait(15.0)
+    client.close()
+    reader.join(5.0)
+    return 1 if lost and lost[0] else 0
+
+
+def _run(client: Client, command: dict[str, Any], emit: Any, quitting: threading.Event) -> None:
+    kind = command.get("type")
+    if kind == "say":
+        client.say(str(command["text"]))
+    elif kind == "whisper":
+        to = str(command["to"])
+        emit({"type": "whisper_sent", "to": to, "id": client.whisper(to, str(command["text"]))})
+    elif kind == "reply":
+        to, msg_id = client.reply(str(command["text"]))
+        emit({"type": "whisper_sent", "to": to, "id": msg_id})
+    elif kind == "who":
+        client.who()
+    elif kind == "safety_number":
+        keys = client.keys
+        if keys is None:
+            raise LookupError("a guest has no keys")
+        nick = str(command["nick"])
+        emit({"type": "safety_number", "nick": nick, "number": keys.safety_number(nick)})
+    elif kind == "verify":
+        nick = str(command["nick"])
+        emit({"type": "verified", "nick": nick, "ok": client.verify(nick, str(command["number"]))})
+    elif kind == "trust":
+        client.trust(str(command["nick"]))
+    elif kind == "quit":
+        quitting.set()
+        client.quit(str(command.get("reason", "")))
+    else:
+        raise ValueError(f"unknown command type {kind!r}")

@@ -1,0 +1,177 @@
+"""The non-interactive client: `client --json`, `send`, and the example bot, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chat import TIMEOUT
+from whisper_helpers import login, memory_keys
+
+from securechat.cli import main
+from securechat.client.events import WhisperReceived
+from securechat.server import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path / "xdg"),
+        "PYTHONUNBUFFERED": "1",
+        "SECURECHAT_PASSPHRASE": "",
+    }
+
+
+class JsonClient:
+    """`securechat client --json` as a subprocess."""
+
+    def __init__(self, nick: str, server: Server, ca: str, tmp_path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "securechat",
+                "client",
+                "--json",
+                "--nick",
+                nick,
+                "--port",
+                str(server.address[1]),
+                "--cafile",
+                ca,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(tmp_path),
+        )
+
+    def send(self, **command: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+
+    def until(self, kind: str) -> dict[str, object]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # ends if the process dies: then the assert below fails
+            event = json.loads(line)
+            if event["type"] == kind:
+                return event
+        raise AssertionError(
+            f"no {kind!r} before the end; stderr: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        )
+
+
+@pytest.fixture
+def bot(server: Server, cert_files: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "docs" / "examples" / "echo_bot.py"),
+            "--port",
+            str(server.address[1]),
+            "--cafile",
+            cert_files["ca"],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(tmp_path),
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "echobot is listening"
+    yield proc
+    proc.terminate()
+    proc.wait(TIMEOUT)
+
+
+def test_a_json_script_whispers_the_example_bot_and_gets_its_answer(
+    server: Server, cert_files: dict[str, str], tmp_path: Path, bot: subprocess.Popen[str]
+) -> None:
+    script = JsonClient("script", server, cert_files["ca"], tmp_path)
+    assert script.until("welcome")["nick"] == "script"
+    script.send(type="whisper", to="echobot", text="ping over e2e")
+    sent = script.until("whisper_sent")
+    assert script.until("whisper_status") == {
+        "type": "whisper_status",
+        "id": sent["id"],
+        "to": "echobot",
+        "status": "stored",
+    }
+    answer = script.until("whisper")
+    assert (answer["sender"], answer["text"], answer["trust"]) == (
+        "echobot",
+        "echo: ping over e2e",
+        "unverified",
+    )
+    script.send(type="safety_number", nick="echobot")
+    assert len(str(script.until("safety_number")["number"]).split()) == 12
+    script.send(type="teleport")
+    assert "unknown command" in str(script.until("command_error")["reason"])
+    script.send(type="say", text="hello room")
+    assert script.until("message")["text"] == "hello room"
+    script.send(type="quit", reason="done")
+    assert script.until("disconnected")["type"] == "disconnected"
+    assert script.proc.wait(TIMEOUT) == 0
+
+
+def test_send_exit_codes_say_delivered_stored_or_failed(
+    server: Server,
+    client_ctx: ssl.SSLContext,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bot: subprocess.Popen[str],
+) -> None:
+    monkeypatch.setenv("SECURECHAT_PASSPHRASE", "")
+    base = ["send", "--nick", "alice", "--port", str(server.address[1]), "--cafile", cert_files["ca"]]
+    assert main([*base, "--to", "echobot", "are you there?"]) == 0  # online: delivered
+    login(server, client_ctx, "sleeper", memory_keys("sleeper")).close()  # registered, then offline
+    assert main([*base, "--to", "sleeper", "read this later", "--wait", "0.5"]) == 3  # stored
+    assert main([*base, "--to", "nobody", "hello?"]) == 1  # no such user
+    assert main([*base, "--room", "hi all"]) == 0
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main([*base, "--to", "echobot"]) == 2  # no text, and nothing piped in
+
+
+def test_send_reads_the_text_from_standard_input(
+    server: Server, client_ctx: ssl.SSLContext, cert_files: dict[str, str], tmp_path: Path
+) -> None:
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "securechat",
+            "send",
+            "--nick",
+            "alice",
+            "--to",
+            "bob",
+            "--port",
+            str(server.address[1]),
+            "--cafile",
+            cert_files["ca"],
+        ],
+        input="line one\nline two\n",
+        capture_output=True,
+        text=True,
+        env=cli_env(tmp_path),
+        timeout=TIMEOUT * 3,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "delivered" in result.stderr
+    got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+    assert isinstance(got, WhisperReceived) and got.text == "line one\nline two"
+    bob.close()
