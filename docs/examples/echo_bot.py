@@ -18,6 +18,7 @@ from securechat import Client
 from securechat.client.events import WhisperReceived
 from securechat.client.keystore import Keystore, default_keystore_dir
 from securechat.client.whispers import WhisperKeys
+from securechat.protocol import PrekeyCount
 from securechat.transport import client_context
 
 
@@ -39,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     keys = open_keys(default_keystore_dir(args.host, args.port, args.nick), args.nick)
+    ready = False
     bot = Client(
         args.nick,
         context=client_context(args.cafile),
@@ -48,9 +50,12 @@ def main() -> None:
         reconnect=True,
     )
     with bot:  # connects; closes on the way out
-        print(f"{args.nick} is listening", flush=True)
         for event in bot:  # stops when the connection is over for good
-            if isinstance(event, WhisperReceived):
+            if isinstance(event, PrekeyCount) and event.spk_id and not ready:
+                # The server holds our keys now: others can start sessions with us.
+                print(f"{args.nick} is listening", flush=True)
+                ready = True
+            elif isinstance(event, WhisperReceived):
                 bot.whisper(event.sender, f"echo: {event.text}")
 
 

@@ -232,9 +232,9 @@ class Client:
         except OSError as exc:
             raise ConnectionError(f"connection lost: {exc}") from None
 
-    def say(self, text: str, room: str = DEFAULT_ROOM) -> None:
-        """Post `text` to a room. Raises `ValueError` if empty or over 4 KiB."""
-        self.send(Say(room=room, text=text))
+    def say(self, text: str, room: str = DEFAULT_ROOM, *, action: bool = False) -> None:
+        """Post `text` to a room (as an action: "/me"). Raises `ValueError` if empty or over 4 KiB."""
+        self.send(Say(room=room, text=text, action=action))
 
     def who(self, room: str = DEFAULT_ROOM) -> None:
         """Ask who is in the room; the answer arrives as a `Names` event."""

@@ -198,6 +198,8 @@ class Say(Event):
     SENDERS = FROM_CLIENT
     room: str = DEFAULT_ROOM
     text: str
+    #: An action ("/me waves"): shown as "* alice waves".
+    action: bool = False
 
     def __post_init__(self) -> None:
         check_room(self.room)
@@ -216,6 +218,8 @@ class Message(Event):
     ts: float
     #: True for lines replayed to a user who just joined, from before they were here.
     history: bool = False
+    #: An action ("/me waves"), as sent.
+    action: bool = False
 
     def __post_init__(self) -> None:
         check_room(self.room)

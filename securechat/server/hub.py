@@ -90,14 +90,14 @@ class Hub:
             del self._members[key]
             self._fan_out_locked(encode(Left(room=self.room, nick=nick, reason=reason)))
 
-    def say(self, nick: str, room: str, text: str) -> None:
+    def say(self, nick: str, room: str, text: str, *, action: bool = False) -> None:
         """Broadcast a public message from `nick` to everyone in `room`, sender included.
 
         Raises `NoSuchRoom` for an unknown room. The sender gets its own message back
         so that its screen shows the order everyone else sees.
         """
         self._check_room(room)
-        message = Message(room=room, nick=nick, text=text, ts=self._clock())
+        message = Message(room=room, nick=nick, text=text, ts=self._clock(), action=action)
         frame = encode(message)
         with self._lock:
             self._fan_out_locked(frame)

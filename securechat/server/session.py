@@ -218,7 +218,7 @@ class Session:
         elif isinstance(event, Say):
             assert self.nick is not None  # the connection only passes Say after the welcome
             try:
-                self._hub.say(self.nick, event.room, event.text)
+                self._hub.say(self.nick, event.room, event.text, action=event.action)
             except NoSuchRoom:
                 self._reply(Error(code=Code.NO_SUCH_ROOM, reason=f"no room {event.room}"))
         elif isinstance(event, Who):
