@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 from chat import TIMEOUT, next_matching
@@ -153,3 +154,101 @@ def test_hostile_text_from_another_user_is_shown_inert(connect: Connect) -> None
     text = "\n".join(shown)
     assert not any(ch in text for ch in FORBIDDEN)
     assert "\\x1b]0;owned\\x07" in text and "\\u202e" in text  # visible, not executed
+
+
+class RecordingOutput(DummyOutput):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bells = 0
+
+    def bell(self) -> None:
+        self.bells += 1
+
+
+def test_mentions_and_whispers_stand_out_and_ring_and_me_and_ignore_work(
+    server: object, client_ctx: object, connect: Connect
+) -> None:
+    from whisper_helpers import login, memory_keys
+
+    from securechat.client.display import Theme
+
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))  # type: ignore[arg-type]
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))  # type: ignore[arg-type]
+    carol = connect("carol")
+    shown: list[str] = []
+    marks = {
+        "mention": threading.Event(),
+        "whisper": threading.Event(),
+        "action": threading.Event(),
+        "ignoring": threading.Event(),
+        "after": threading.Event(),
+    }
+
+    def write(line: str) -> None:
+        shown.append(line)
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # match on what a person reads
+        if "hey alice" in line:
+            marks["mention"].set()
+        if "psst" in line:
+            marks["whisper"].set()
+        if "* carol waves" in line:
+            marks["action"].set()
+        if "after ignore" in line:
+            marks["after"].set()
+        if line.startswith("* ignoring carol"):
+            marks["ignoring"].set()
+
+    output = RecordingOutput()
+    try:
+        with create_pipe_input() as pipe:
+            ui = threading.Thread(
+                target=run_tui,
+                args=(alice,),
+                kwargs={"pt_input": pipe, "pt_output": output, "write": write, "theme": Theme(color=True)},
+            )
+            ui.start()
+            carol.say("hey alice, look")
+            assert marks["mention"].wait(TIMEOUT)
+            bob.whisper("alice", "psst")
+            assert marks["whisper"].wait(TIMEOUT)
+            carol.say("waves", action=True)
+            assert marks["action"].wait(TIMEOUT)
+            pipe.send_text("/ignore carol\r")
+            assert marks["ignoring"].wait(TIMEOUT)
+            carol.say("you should not see this")
+            bob.say("after ignore")
+            assert marks["after"].wait(TIMEOUT)
+            pipe.send_text("/me waves back\r")
+            assert next_matching(bob, Message, nick="alice").text == "waves back"  # type: ignore[attr-defined]
+            pipe.send_text("/quit\r")
+            ui.join(TIMEOUT)
+    finally:
+        bob.close()
+    mention = next(line for line in shown if "hey alice" in line)
+    whisper = next(line for line in shown if "psst" in line)
+    assert mention.startswith("\x1b[1;33m") and whisper.startswith("\x1b[1;35m")
+    assert output.bells == 2  # the mention and the whisper, nothing else
+    assert not any("you should not see this" in line for line in shown)
+    plain_carol = next(line for line in shown if "waves" in line and "carol" in line)
+    assert "\x1b[38;5;" in plain_carol  # carol's nick has its colour
+
+
+def test_tab_completes_commands_and_nicks() -> None:
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+
+    from securechat.client.completion import ChatCompleter
+
+    completer = ChatCompleter(lambda: ["Bob", "bobby", "carol"])
+
+    def complete(text: str) -> list[str]:
+        return [
+            c.text
+            for c in completer.get_completions(Document(text), CompleteEvent(completion_requested=True))
+        ]
+
+    assert complete("/ve") == ["/verify "]
+    assert sorted(complete("/w")) == ["/w ", "/who ", "/whois "]
+    assert complete("bo") == ["Bob: ", "bobby: "]
+    assert complete("/msg ca") == ["carol "]
+    assert complete("hello ") == []

@@ -50,7 +50,15 @@ def test_say_reaches_everyone_with_the_same_bytes_object() -> None:
     hub.say("alice", "#lobby", "hi")
     assert alice.frames[0] is bob.frames[0]  # encoded once
     assert bob.seen() == [
-        {"type": "message", "room": "#lobby", "nick": "alice", "text": "hi", "ts": 42.0, "history": False}
+        {
+            "type": "message",
+            "room": "#lobby",
+            "nick": "alice",
+            "text": "hi",
+            "ts": 42.0,
+            "history": False,
+            "action": False,
+        }
     ]
 
 

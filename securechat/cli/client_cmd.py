@@ -28,6 +28,8 @@ EXIT_STORED = 3
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     client = sub.add_parser("client", help="join a chat server in this terminal")
     _connection_args(client)
+    client.add_argument("--no-color", action="store_true", help="no colours (also: the NO_COLOR variable)")
+    client.add_argument("--no-bell", action="store_true", help="no terminal bell on whispers and mentions")
     client.add_argument(
         "--json",
         action="store_true",
@@ -179,9 +181,15 @@ def run_client(args: argparse.Namespace) -> int:
         from ..client.jsonmode import run_json
 
         return run_json(client, sys.stdin, sys.stdout)
+    from ..client.display import Theme
     from ..client.tui import run_tui
 
-    return run_tui(client)
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    theme = Theme(
+        color=not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty(),
+        ascii_only=encoding not in ("utf8", "utf_8"),
+    )
+    return run_tui(client, theme=theme, bell=not args.no_bell)
 
 
 def run_send(args: argparse.Namespace) -> int:

@@ -8,13 +8,16 @@ and isolates (Trojan Source, CVE-2021-42574) are replaced by visible escapes.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 import unicodedata
+from dataclasses import dataclass
 
 from ..protocol import Bye, Error, Event, Joined, Left, Message, Names, Welcome, WhisperStatus
 from .events import KeyChanged, Reconnected, Reconnecting, WhisperFailed, WhisperReceived
 
-__all__ = ["format_event", "sanitize"]
+__all__ = ["PLAIN", "Theme", "format_event", "sanitize"]
 
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -33,14 +36,49 @@ def sanitize(text: str) -> str:
     return "".join(out)
 
 
+@dataclass(frozen=True)
+class Theme:
+    """How lines are decorated. `color` False: plain text only (NO_COLOR, --no-color);
+    `ascii_only`: for terminals that cannot show UTF-8, non-ASCII is escaped too."""
+
+    color: bool = False
+    ascii_only: bool = False
+
+    def nick(self, nick: str) -> str:
+        """The nick in its own stable colour (the same in every session and terminal)."""
+        shown = sanitize(nick)
+        if not self.color:
+            return shown
+        index = hashlib.sha256(nick.lower().encode()).digest()[0] % len(_NICK_COLOURS)
+        return f"\x1b[38;5;{_NICK_COLOURS[index]}m{shown}\x1b[0m"
+
+    def emphasis(self, line: str, kind: str) -> str:
+        """A whole line marked as a "mention", "whisper" or "alarm"."""
+        if not self.color:
+            return line
+        return f"\x1b[{_EMPHASIS[kind]}m{line}\x1b[0m"
+
+    def finish(self, line: str) -> str:
+        return line.encode("ascii", "backslashreplace").decode() if self.ascii_only else line
+
+
+#: 256-colour palette entries that read well on dark and on light backgrounds.
+_NICK_COLOURS = (33, 37, 40, 70, 130, 133, 136, 166, 169, 172, 31, 61, 97, 124, 142, 176)
+_EMPHASIS = {"mention": "1;33", "whisper": "1;35", "alarm": "1;37;41"}
+PLAIN = Theme()
+
+
 def _clock(ts: float) -> str:
     return time.strftime("%H:%M", time.localtime(ts))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _block(head: str, text: str) -> list[str]:
     """`text` after `head`, continuation lines indented under it, every line sanitised."""
     lines = text.split("\n")
-    pad = " " * len(head)
+    pad = " " * len(_ANSI.sub("", head))  # colour codes take no room on screen
     return [head + sanitize(lines[0])] + [pad + sanitize(line) for line in lines[1:]]
 
 
@@ -48,15 +86,26 @@ def format_event(
     event: Event | WhisperReceived | WhisperFailed | KeyChanged | Reconnecting | Reconnected,
     *,
     now: float | None = None,
+    theme: Theme = PLAIN,
 ) -> list[str]:
     """The display lines for `event` (none for events that show nothing)."""
+    return [theme.finish(line) for line in _lines(event, now, theme)]
+
+
+def _lines(
+    event: Event | WhisperReceived | WhisperFailed | KeyChanged | Reconnecting | Reconnected,
+    now: float | None,
+    theme: Theme,
+) -> list[str]:
     if isinstance(event, Message):
         earlier = "(earlier) " if event.history else ""
-        return _block(f"{_clock(event.ts)} {earlier}<{sanitize(event.nick)}> ", event.text)
+        if event.action:
+            return _block(f"{_clock(event.ts)} {earlier}* {theme.nick(event.nick)} ", event.text)
+        return _block(f"{_clock(event.ts)} {earlier}<{theme.nick(event.nick)}> ", event.text)
     if isinstance(event, WhisperReceived):
-        return _block(
-            f"{_clock(event.ts)} [whisper from {sanitize(event.sender)}, e2e {event.trust}] ", event.text
-        )
+        lock = "e2e" if theme.ascii_only else "\U0001f512"
+        head = f"{_clock(event.ts)} [{lock} whisper from {theme.nick(event.sender)}, {event.trust}] "
+        return _block(head, event.text)
     stamp = _clock(time.time() if now is None else now)
     if isinstance(event, WhisperFailed):
         return [

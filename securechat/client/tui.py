@@ -6,6 +6,7 @@ The input line is a prompt_toolkit prompt; incoming events print above it throug
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -16,10 +17,13 @@ from prompt_toolkit.output import Output as PtOutput
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from ..e2e.errors import BundleError, IdentityChanged, NotTrusted
+from ..protocol import Message
 from .commands import Command, Text, Unknown, help_lines, parse_input
-from .display import format_event, sanitize
-from .events import KeyChanged
+from .completion import ChatCompleter
+from .display import PLAIN, Theme, format_event, sanitize
+from .events import KeyChanged, WhisperReceived
 from .session import Client, Disconnected
+from .state import ChatState
 
 __all__ = ["run_tui"]
 
@@ -30,21 +34,57 @@ def run_tui(
     pt_input: PtInput | None = None,
     pt_output: PtOutput | None = None,
     write: Callable[[str], None] = print,
+    theme: Theme = PLAIN,
+    bell: bool = True,
 ) -> int:
     """Chat interactively on a connected `client` until /quit, EOF or disconnection.
 
     Returns a process exit status: 0 after a clean quit, 1 if the connection was lost.
     """
+    state = ChatState(nick=client.nick, server=f"{client.host}:{client.port}")
+    if client.welcome is not None:
+        state.apply(client.welcome)
     # erase_when_done: the server echoes what we said, in the order everyone sees it;
     # leaving the typed line too would show every line twice.
-    session: PromptSession[str] = PromptSession(input=pt_input, output=pt_output, erase_when_done=True)
+    session: PromptSession[str] = PromptSession(
+        input=pt_input,
+        output=pt_output,
+        erase_when_done=True,
+        completer=ChatCompleter(lambda: state.users.values()),
+        complete_while_typing=False,  # Tab completes; typing is never interrupted
+        bottom_toolbar=state.status_line,
+    )
     lost = threading.Event()
     outcome: list[str] = []
+
+    def show(item: object) -> None:
+        if state.hides(item):
+            return
+        lines = format_event(item, theme=theme)  # type: ignore[arg-type]
+        kind = None
+        if isinstance(item, WhisperReceived):
+            kind = "whisper"
+        elif isinstance(item, KeyChanged):
+            kind = "alarm"
+        elif isinstance(item, Message) and not item.history and item.nick.lower() != client.nick.lower():
+            kind = "mention" if state.mentions_me(item.text) else None
+        for line in lines:
+            write(theme.emphasis(line, kind) if kind else line)
+        if kind and bell:
+            session.app.output.bell()
+        app = session.app
+        if app.is_running and app.loop is not None:
+            # Redraw the status bar, in the prompt's own loop; it may just have closed.
+            with contextlib.suppress(RuntimeError):
+                app.loop.call_soon_threadsafe(app.invalidate)
 
     def stop_prompt() -> None:
         app = session.app
         if app.is_running and app.loop is not None:
-            app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()) if app.is_running else None)
+            with contextlib.suppress(RuntimeError):  # the loop may just have closed
+                app.loop.call_soon_threadsafe(
+                    lambda: app.exit(exception=EOFError()) if app.is_running else None
+                )
 
     def pump() -> None:
         while True:
@@ -55,8 +95,8 @@ def run_tui(
                 lost.set()
                 stop_prompt()
                 return
-            for line in format_event(item):
-                write(line)
+            state.apply(item)
+            show(item)
 
     def check_lost() -> None:
         if lost.is_set():
@@ -65,7 +105,7 @@ def run_tui(
     quitting = False
     with patch_stdout(raw=True):
         if client.welcome is not None:
-            for line in format_event(client.welcome):
+            for line in format_event(client.welcome, theme=theme):
                 write(line)
         reader = threading.Thread(target=pump, name="securechat-tui-pump", daemon=True)
         reader.start()
@@ -76,7 +116,8 @@ def run_tui(
                 line = "/quit"
             if lost.is_set():
                 break
-            quitting = _act(client, line, write) or quitting
+            state.unread_whispers = 0  # the user is here and typing: they have seen them
+            quitting = _act(client, line, write, state) or quitting
             if quitting:
                 break
         reader.join(timeout=10.0)
@@ -84,7 +125,7 @@ def run_tui(
     return 0 if quitting or not outcome else 1
 
 
-def _act(client: Client, line: str, write: Callable[[str], None]) -> bool:
+def _act(client: Client, line: str, write: Callable[[str], None], state: ChatState) -> bool:
     """Carry out one input line; True when it was a quit."""
     parsed = parse_input(line)
     try:
@@ -93,6 +134,13 @@ def _act(client: Client, line: str, write: Callable[[str], None]) -> bool:
         elif isinstance(parsed, Command):
             if parsed.name in _WHISPER_COMMANDS:
                 _whisper_command(client, parsed, write)
+            elif parsed.name == "me":
+                if parsed.arg:
+                    client.say(parsed.arg, action=True)
+                else:
+                    write("! usage: /me ACTION")
+            elif parsed.name in ("ignore", "unignore"):
+                _ignore(parsed, write, state)
             elif parsed.name in ("who", "names"):
                 client.who()
             elif parsed.name == "help":
@@ -109,6 +157,21 @@ def _act(client: Client, line: str, write: Callable[[str], None]) -> bool:
     except ConnectionError as exc:
         write(f"! not sent: {exc}")
     return False
+
+
+def _ignore(cmd: Command, write: Callable[[str], None], state: ChatState) -> None:
+    nick = cmd.arg.split(" ")[0]
+    if not nick:
+        ignored = ", ".join(sorted(state.ignored)) or "nobody"
+        write(f"* usage: /{cmd.name} NICK (ignoring: {sanitize(ignored)})")
+    elif cmd.name == "ignore":
+        state.ignored.add(nick.lower())
+        write(
+            f"* ignoring {sanitize(nick)}: their lines and whispers are hidden (/unignore {sanitize(nick)})"
+        )
+    else:
+        state.ignored.discard(nick.lower())
+        write(f"* no longer ignoring {sanitize(nick)}")
 
 
 _WHISPER_COMMANDS = frozenset({"msg", "w", "r", "verify", "trust", "whois"})
