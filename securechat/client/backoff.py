@@ -4,7 +4,7 @@ not hit by every client in the same instant."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Backoff"]
 
@@ -16,7 +16,9 @@ class Backoff:
 
     base: float = 0.5
     cap: float = 30.0
+    # Its own generator: the jitter must not consume, or depend on, the global one.
+    _rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         ceiling = float(min(self.cap, self.base * 2.0 ** min(attempt, 32)))
-        return ceiling / 2 + (rng or random).uniform(0.0, ceiling / 2)
+        return ceiling / 2 + (rng or self._rng).uniform(0.0, ceiling / 2)
