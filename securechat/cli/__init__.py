@@ -11,14 +11,21 @@ import sys
 
 from . import certs_cmd, client_cmd, server_cmd
 from .common import UsageError
+from .config import apply_config, default_config_path, find_config_arg
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]) and return the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    parser, commands = _parser()
+    try:
+        config, rest = find_config_arg(sys.argv[1:] if argv is None else argv)
+        apply_config(config, commands)
+    except UsageError as exc:
+        print(f"securechat: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(rest)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -30,12 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
-        prog="securechat", description="A multi-user chat over TLS with end-to-end encrypted whispers."
+        prog="securechat",
+        description="A multi-user chat over TLS with end-to-end encrypted whispers.",
+        epilog=f"Defaults can be set in {default_config_path()} ([client] and [server] sections), "
+        "or in the file given with --config PATH; flags override it.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     server_cmd.add_parsers(sub)
     client_cmd.add_parsers(sub)
     certs_cmd.add_parsers(sub)
-    return parser
+    return parser, dict(sub.choices)
