@@ -106,6 +106,7 @@ def test_a_json_script_whispers_the_example_bot_and_gets_its_answer(
         "id": sent["id"],
         "to": "echobot",
         "status": "stored",
+        "away": "",
     }
     answer = script.until("whisper")
     assert (answer["sender"], answer["text"], answer["trust"]) == (

@@ -116,7 +116,7 @@ def test_whisper_commands_in_the_terminal_ui(server: object, client_ctx: object)
             ui.join(TIMEOUT)
     finally:
         bob.close()
-    assert any(line.endswith("[whisper to bob, e2e] psst") for line in shown)
+    assert any(line.endswith("[\U0001f512 whisper to bob] psst") for line in shown)
     assert "* bob is verified: the number matches" in shown
     assert "! usage: /msg NICK TEXT" in shown
     assert "! usage: /r TEXT" in shown

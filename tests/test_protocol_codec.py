@@ -11,6 +11,7 @@ from securechat.protocol import (
     EVENT_TYPES,
     Ack,
     Auth,
+    Away,
     Bye,
     Challenge,
     Code,
@@ -103,7 +104,7 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(FetchKeys, nick=nicks),
     st.builds(Keys, nick=nicks, identity=identities, spk=spks, opks=st.lists(opks, max_size=1).map(tuple)),
     st.builds(Whisper, to=nicks, id=ids, header=blobs, ciphertext=blobs),
-    st.builds(WhisperStatus, id=ids, to=nicks, status=st.sampled_from(["stored", "delivered"])),
+    st.builds(WhisperStatus, id=ids, to=nicks, status=st.sampled_from(["stored", "delivered"]), away=short),
     st.builds(
         Delivery,
         id=ids,
@@ -114,6 +115,7 @@ events: st.SearchStrategy[Event] = st.one_of(
         ts=st.floats(allow_nan=False, allow_infinity=False),
     ),
     st.builds(Ack, id=ids),
+    st.builds(Away, message=short),
 )
 
 STRATEGY_CLASSES = [
@@ -140,6 +142,7 @@ STRATEGY_CLASSES = [
     WhisperStatus,
     Delivery,
     Ack,
+    Away,
 ]
 
 
@@ -168,6 +171,7 @@ def test_every_event_type_is_covered_by_the_strategy() -> None:
         "whisper_status",
         "delivery",
         "ack",
+        "away",
     }
     assert set(EVENT_TYPES) == {cls.TYPE for cls in STRATEGY_CLASSES}
 

@@ -10,6 +10,7 @@ from securechat.server.hub import Hub, NickTaken, NoSuchRoom
 class FakeMember:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.away = ""
 
     def deliver(self, frame: bytes) -> None:
         self.frames.append(frame)

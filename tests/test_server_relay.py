@@ -117,8 +117,18 @@ def test_whisper_is_stored_pushed_and_acked_into_delivered(setup: tuple[Relay, H
     relay.ack("bob", pushed["id"])  # a repeated ack is harmless
     relay.ack("bob", "not-a-number")
     assert [json.loads(f) for f in alice.frames if b"whisper_status" in f] == [
-        {"type": "whisper_status", "id": "m2", "to": "bob", "status": "delivered"}
+        {"type": "whisper_status", "id": "m2", "to": "bob", "status": "delivered", "away": ""}
     ]
     with pytest.raises(RelayError) as info:
         relay.whisper("alice", Whisper(to="ghost", id="m3", header=b"h", ciphertext=b"c"))
     assert info.value.code == Code.NO_SUCH_USER
+
+
+def test_whisperers_are_told_when_the_recipient_is_away(setup: tuple[Relay, Hub, Conversations]) -> None:
+    relay, hub, _ = setup
+    relay.register("alice", b"a" * 32)
+    bob = FakeMember()
+    bob.away = "at lunch"
+    hub.join(bob, "bob", lambda users: None)
+    status = relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"))
+    assert (status.status, status.away) == ("stored", "at lunch")

@@ -177,3 +177,26 @@ def test_a_second_login_with_the_same_key_takes_over_without_a_reconnect_fight(
         guest.connect()  # without a key, nobody takes over anything
     first.close()
     second.close()
+
+
+def test_away_is_shown_to_whisperers_and_back_clears_it(server: Server, client_ctx: ssl.SSLContext) -> None:
+    from securechat.protocol import Names
+
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    bob.set_away("at lunch")
+    bob.who()
+    bob.wait_for(Names, TIMEOUT)  # the server handles bob's frames in order: away is set
+    first = alice.whisper("bob", "you there?")
+    assert alice.wait_for(WhisperStatus, TIMEOUT) == WhisperStatus(
+        id=first, to="bob", status="stored", away="at lunch"
+    )
+    bob.set_away("")
+    bob.who()
+    bob.wait_for(Names, TIMEOUT)
+    second = alice.whisper("bob", "now?")
+    while (status := alice.wait_for(WhisperStatus, TIMEOUT)).id != second:  # type: ignore[attr-defined]
+        pass
+    assert status == WhisperStatus(id=second, to="bob", status="stored")
+    alice.close()
+    bob.close()

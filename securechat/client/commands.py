@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "me": ("/me ACTION", "say what you do: /me waves -> * alice waves"),
     "ignore": ("/ignore NICK", "hide NICK's lines and whispers (only on your screen)"),
     "unignore": ("/unignore NICK", "stop hiding NICK"),
+    "away": ("/away [MESSAGE]", "tell whisperers you are away (default: away)"),
+    "back": ("/back", "you are back"),
     "who": ("/who", "list who is in the room"),
     "names": ("/names", "same as /who"),
     "help": ("/help [command]", "list commands, or explain one"),

@@ -124,7 +124,8 @@ def _lines(
     if isinstance(event, Reconnected):
         return [f"{stamp} * reconnected; here: {', '.join(sanitize(n) for n in event.users)}"]
     if isinstance(event, WhisperStatus):
-        return [f"{stamp} * whisper to {sanitize(event.to)}: {event.status}"]
+        away = f" ({sanitize(event.to)} is away: {sanitize(event.away)})" if event.away else ""
+        return [f"{stamp} * whisper to {sanitize(event.to)}: {event.status}{away}"]
     if isinstance(event, Joined):
         return [f"{stamp} * {sanitize(event.nick)} joined {sanitize(event.room)}"]
     if isinstance(event, Left):

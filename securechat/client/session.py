@@ -24,6 +24,7 @@ from ..protocol import (
     PROTOCOL_VERSION,
     Ack,
     Auth,
+    Away,
     Bye,
     Challenge,
     Code,
@@ -235,6 +236,10 @@ class Client:
     def say(self, text: str, room: str = DEFAULT_ROOM, *, action: bool = False) -> None:
         """Post `text` to a room (as an action: "/me"). Raises `ValueError` if empty or over 4 KiB."""
         self.send(Say(room=room, text=text, action=action))
+
+    def set_away(self, message: str) -> None:
+        """Mark yourself away (whisperers are told `message`); "" means you are back."""
+        self.send(Away(message=message))
 
     def who(self, room: str = DEFAULT_ROOM) -> None:
         """Ask who is in the room; the answer arrives as a `Names` event."""

@@ -117,7 +117,7 @@ def run_tui(
             if lost.is_set():
                 break
             state.unread_whispers = 0  # the user is here and typing: they have seen them
-            quitting = _act(client, line, write, state) or quitting
+            quitting = _act(client, line, write, state, theme) or quitting
             if quitting:
                 break
         reader.join(timeout=10.0)
@@ -125,7 +125,7 @@ def run_tui(
     return 0 if quitting or not outcome else 1
 
 
-def _act(client: Client, line: str, write: Callable[[str], None], state: ChatState) -> bool:
+def _act(client: Client, line: str, write: Callable[[str], None], state: ChatState, theme: Theme) -> bool:
     """Carry out one input line; True when it was a quit."""
     parsed = parse_input(line)
     try:
@@ -133,12 +133,18 @@ def _act(client: Client, line: str, write: Callable[[str], None], state: ChatSta
             client.say(parsed.text)
         elif isinstance(parsed, Command):
             if parsed.name in _WHISPER_COMMANDS:
-                _whisper_command(client, parsed, write)
+                _whisper_command(client, parsed, write, theme)
             elif parsed.name == "me":
                 if parsed.arg:
                     client.say(parsed.arg, action=True)
                 else:
                     write("! usage: /me ACTION")
+            elif parsed.name == "away":
+                client.set_away(parsed.arg or "away")
+                write(f"* you are away ({sanitize(parsed.arg or 'away')}); /back when you return")
+            elif parsed.name == "back":
+                client.set_away("")
+                write("* welcome back")
             elif parsed.name in ("ignore", "unignore"):
                 _ignore(parsed, write, state)
             elif parsed.name in ("who", "names"):
@@ -181,7 +187,7 @@ def _stamp() -> str:
     return time.strftime("%H:%M")
 
 
-def _whisper_command(client: Client, cmd: Command, write: Callable[[str], None]) -> None:
+def _whisper_command(client: Client, cmd: Command, write: Callable[[str], None], theme: Theme) -> None:
     nick, _, rest = cmd.arg.partition(" ")
     rest = rest.strip()
     try:
@@ -190,13 +196,13 @@ def _whisper_command(client: Client, cmd: Command, write: Callable[[str], None])
                 write(f"! usage: /{cmd.name} NICK TEXT")
                 return
             client.whisper(nick, rest)
-            _echo(write, nick, rest)
+            _echo(write, nick, rest, theme)
         elif cmd.name == "r":
             if not cmd.arg:
                 write("! usage: /r TEXT")
                 return
             to, _ = client.reply(cmd.arg)
-            _echo(write, to, cmd.arg)
+            _echo(write, to, cmd.arg, theme)
         elif not nick:
             write(f"! usage: {help_lines(cmd.name)[0].split(':')[0]}")
         elif cmd.name == "verify":
@@ -225,8 +231,9 @@ def _whisper_command(client: Client, cmd: Command, write: Callable[[str], None])
         write(f"! {sanitize(str(exc))}")
 
 
-def _echo(write: Callable[[str], None], to: str, text: str) -> None:
-    head = f"{_stamp()} [whisper to {sanitize(to)}, e2e] "
+def _echo(write: Callable[[str], None], to: str, text: str, theme: Theme) -> None:
+    lock = "e2e" if theme.ascii_only else "\U0001f512"
+    head = f"{_stamp()} [{lock} whisper to {theme.nick(to)}] "
     lines = text.split("\n")
     write(head + sanitize(lines[0]))
     for line in lines[1:]:

@@ -10,6 +10,7 @@ from .codec import decode_line, encode
 from .connection import CLOSED, NEED_DATA, Closed, Connection, NeedData, State
 from .errors import Code, LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import (
+    Away,
     Bye,
     Error,
     Event,
@@ -56,6 +57,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "Auth",
+    "Away",
     "Bye",
     "Challenge",
     "Closed",

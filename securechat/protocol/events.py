@@ -24,6 +24,7 @@ from .limits import (
 )
 
 __all__ = [
+    "Away",
     "Bye",
     "Error",
     "Event",
@@ -319,6 +320,18 @@ class Quit(Event):
 
     def __post_init__(self) -> None:
         check_str("reason", self.reason)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Away(Event):
+    """Set (or, with an empty message, clear) your away message; whisperers are told it."""
+
+    TYPE = "away"
+    SENDERS = FROM_CLIENT
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        check_str("message", self.message)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -214,6 +214,8 @@ class WhisperStatus(Event):
     id: str
     to: str
     status: str
+    #: The recipient's away message, if they set one ("" otherwise).
+    away: str = ""
 
     def __post_init__(self) -> None:
         _check_id("id", self.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .events import (
+    Away,
     Bye,
     Error,
     Event,
@@ -60,5 +61,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         WhisperStatus,
         Delivery,
         Ack,
+        Away,
     )
 }

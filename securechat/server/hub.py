@@ -31,6 +31,9 @@ class NoSuchRoom(Exception):
 class Member(Protocol):
     """What the hub needs from a session."""
 
+    #: The away message the member set ("" when here).
+    away: str
+
     def deliver(self, frame: bytes) -> None:
         """Queue one encoded frame for this member without blocking."""
 

@@ -127,6 +127,7 @@ class Relay:
         ts = self._clock()
         whisper_id = self._store.enqueue(event.to, event.id, sender, event.header, event.ciphertext, ts)
         recipient = self._hub.member(event.to)
+        away = recipient.away if recipient is not None else ""
         if recipient is not None:
             recipient.deliver(
                 encode(
@@ -143,7 +144,7 @@ class Relay:
                     )
                 )
             )
-        return WhisperStatus(id=event.id, to=event.to, status="stored")
+        return WhisperStatus(id=event.id, to=event.to, status="stored", away=away)
 
     def _delivery(self, q: QueuedWhisper) -> Delivery:
         return Delivery(

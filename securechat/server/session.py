@@ -25,6 +25,7 @@ from ..protocol import (
     PROTOCOL_VERSION,
     Ack,
     Auth,
+    Away,
     Bye,
     Challenge,
     Code,
@@ -75,6 +76,7 @@ class Session:
         self.peer = peer
         self.nick: str | None = None
         self.sig_key = b""  # the identity key this session proved it holds; b"" for a guest
+        self.away = ""
         self._relay = relay
         self._claim: Hello | None = None  # a hello with an identity, awaiting its proof
         self._nonce = b""
@@ -228,6 +230,8 @@ class Session:
                 self._reply(Error(code=Code.NO_SUCH_ROOM, reason=f"no room {event.room}"))
         elif isinstance(event, Ping):
             self._reply(Pong(token=event.token))
+        elif isinstance(event, Away):
+            self.away = event.message
         elif isinstance(event, Quit):
             self.close(Bye(reason="goodbye"), reason=event.reason or "quit")
         elif isinstance(event, Pong):
