@@ -248,7 +248,7 @@ def _verify(client: Client, nick: str, number: str, write: Callable[[str], None]
         # On a line of its own: 71 characters fit an 80-column terminal unwrapped.
         write(f"* safety number with {who}:")
         write(f"  {client.keys.safety_number(nick)}")
-        write(f"* compare it with {who} in person or by voice; if it matches, /verify {who} NUMBER")
+        write(f"* compare with {who} (voice, in person), then: /verify {who} NUMBER")
     elif client.verify(nick, number):
         write(f"* {who} is verified: the number matches")
     else:
