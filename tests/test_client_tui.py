@@ -10,6 +10,7 @@ from conftest import Connect
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
+from securechat import Client
 from securechat.client.tui import run_tui
 from securechat.protocol import Left, Message
 
@@ -252,3 +253,52 @@ def test_tab_completes_commands_and_nicks() -> None:
     assert complete("bo") == ["Bob: ", "bobby: "]
     assert complete("/msg ca") == ["carol "]
     assert complete("hello ") == []
+
+
+def test_nick_switches_identity_and_the_room_sees_it(
+    server: object, client_ctx: object, connect: Connect
+) -> None:
+    from whisper_helpers import login, memory_keys
+
+    from securechat import LoginRejected
+    from securechat.protocol import Joined
+
+    observer = connect("carol")
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))  # type: ignore[arg-type]
+    shown: list[str] = []
+    switched = threading.Event()
+    refused = threading.Event()
+
+    def switch_to(nick: str) -> Client:
+        if nick == "carol":
+            raise LoginRejected("nick-taken", "carol is already in use")
+        return login(server, client_ctx, nick, memory_keys(nick), wait_published=False)  # type: ignore[arg-type]
+
+    def write(line: str) -> None:
+        shown.append(line)
+        if line == "* you are now alice2":
+            switched.set()
+        if line.startswith("! still alice: cannot become carol"):
+            refused.set()
+
+    with create_pipe_input() as pipe:
+        ui = threading.Thread(
+            target=run_tui,
+            args=(alice,),
+            kwargs={"pt_input": pipe, "pt_output": DummyOutput(), "write": write, "switch_to": switch_to},
+        )
+        ui.start()
+        pipe.send_text("/nick carol\r")  # taken: alice stays alice
+        assert refused.wait(TIMEOUT)
+        pipe.send_text("/nick bad nick!\r/nick alice2\r")
+        assert switched.wait(TIMEOUT)
+        assert next_matching(observer, Joined, nick="alice2") == Joined(nick="alice2")
+        assert next_matching(observer, Left, nick="alice") == Left(nick="alice", reason="now known as alice2")
+        pipe.send_text("still me\r")
+        assert next_matching(observer, Message, nick="alice2").text == "still me"  # type: ignore[attr-defined]
+        pipe.send_text("/quit\r")
+        ui.join(TIMEOUT)
+    assert not ui.is_alive()
+    assert any(line.startswith("! usage: /nick NEW") for line in shown)
+    switch_lines = shown[: shown.index("* you are now alice2")]
+    assert not any("server: goodbye" in line for line in switch_lines)  # the old connection leaves quietly

@@ -93,10 +93,13 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _client(args: argparse.Namespace, *, reconnect: bool) -> Client:
-    """A connected client for the connection options. Raises `UsageError`; prints and
-    returns nothing on a connection failure, which it signals with `SystemExit(1)`."""
-    from ..client import Client, ConnectError, LoginRejected
+def _client(args: argparse.Namespace, *, reconnect: bool, interactive: bool = True) -> Client:
+    """A connected client for the connection options.
+
+    Raises `UsageError` (bad options, keystore problems), `ConnectError` and `LoginRejected`.
+    `interactive` False never prompts for a passphrase (e.g. while the chat screen is up).
+    """
+    from ..client import Client
     from ..client.keystore import default_keystore_dir
     from ..e2e.errors import KeystoreError
     from ..transport import client_context
@@ -121,7 +124,7 @@ def _client(args: argparse.Namespace, *, reconnect: bool) -> Client:
     if not args.guest:
         directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
         try:
-            keys = _open_keys(directory, args.nick, args.passphrase)
+            keys = _open_keys(directory, args.nick, args.passphrase, interactive=interactive)
         except (KeystoreError, ValueError, OSError) as exc:
             raise UsageError(f"cannot open your keys in {directory}: {exc}") from None
     client = Client(
@@ -133,37 +136,45 @@ def _client(args: argparse.Namespace, *, reconnect: bool) -> Client:
         keys=keys,
         reconnect=reconnect,
     )
-    try:
-        client.connect()
-    except ConnectError as exc:
-        print(f"securechat: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILED) from None
-    except LoginRejected as exc:
-        print(f"securechat: the server refused the login: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILED) from None
+    client.connect()
     return client
 
 
-def _open_keys(directory: Path, nick: str, passphrase: str | None) -> WhisperKeys:
+def _connected(args: argparse.Namespace, *, reconnect: bool) -> Client | None:
+    """`_client`, with connection failures told to the user (None then)."""
+    from ..client import ConnectError, LoginRejected
+
+    try:
+        return _client(args, reconnect=reconnect)
+    except ConnectError as exc:
+        print(f"securechat: {exc}", file=sys.stderr)
+    except LoginRejected as exc:
+        print(f"securechat: the server refused the login: {exc}", file=sys.stderr)
+    return None
+
+
+def _open_keys(
+    directory: Path, nick: str, passphrase: str | None, *, interactive: bool = True
+) -> WhisperKeys:
     """Open (or create, on first use) the keystore; asks for a passphrase on a terminal."""
     from ..client.keystore import Keystore
     from ..client.whispers import WhisperKeys
 
     if passphrase is None:
         passphrase = os.environ.get("SECURECHAT_PASSPHRASE")
-    interactive = sys.stdin.isatty()
+    may_prompt = interactive and sys.stdin.isatty()
     if Keystore.exists(directory):
-        if passphrase is None and Keystore.needs_passphrase(directory) and interactive:
+        if passphrase is None and Keystore.needs_passphrase(directory) and may_prompt:
             passphrase = getpass.getpass(f"Passphrase for {directory}: ")
         store = Keystore.open(directory, passphrase)
     else:
-        if passphrase is None and interactive:
+        if passphrase is None and may_prompt:
             print(f"Creating your identity keys in {directory}.", file=sys.stderr)
             passphrase = getpass.getpass("Passphrase to protect them (Enter for none): ")
             if passphrase and getpass.getpass("Again: ") != passphrase:
                 raise ValueError("the passphrases did not match")
         store = Keystore.create(directory, passphrase or None)
-    if not store.protected:
+    if not store.protected and interactive:
         print(
             f"securechat: note: your keys in {directory} are unprotected (no passphrase); "
             "anyone who can read that directory can read your whispers.",
@@ -173,10 +184,9 @@ def _open_keys(directory: Path, nick: str, passphrase: str | None) -> WhisperKey
 
 
 def run_client(args: argparse.Namespace) -> int:
-    try:
-        client = _client(args, reconnect=True)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    client = _connected(args, reconnect=True)
+    if client is None:
+        return EXIT_FAILED
     if args.json:
         from ..client.jsonmode import run_json
 
@@ -189,7 +199,19 @@ def run_client(args: argparse.Namespace) -> int:
         color=not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty(),
         ascii_only=encoding not in ("utf8", "utf_8"),
     )
-    return run_tui(client, theme=theme, bell=not args.no_bell)
+
+    def switch_to(nick: str) -> Client:
+        # The keys of the nick being left stay where they are; the new nick uses its own.
+        try:
+            return _client(
+                argparse.Namespace(**{**vars(args), "nick": nick, "keys": None}),
+                reconnect=True,
+                interactive=False,
+            )
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    return run_tui(client, theme=theme, bell=not args.no_bell, switch_to=switch_to)
 
 
 def run_send(args: argparse.Namespace) -> int:
@@ -199,10 +221,9 @@ def run_send(args: argparse.Namespace) -> int:
     text = args.text if args.text is not None else sys.stdin.read().rstrip("\n")
     if not text:
         raise UsageError("nothing to send: give TEXT or pipe it in")
-    try:
-        client = _client(args, reconnect=False)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    client = _connected(args, reconnect=False)
+    if client is None:
+        return EXIT_FAILED
     try:
         if args.room:
             client.say(text)

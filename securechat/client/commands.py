@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trust": ("/trust NICK", "accept NICK's new key after a safety-number change"),
     "whois": ("/whois NICK", "NICK's key fingerprint and whether you verified it"),
     "me": ("/me ACTION", "say what you do: /me waves -> * alice waves"),
+    "nick": (
+        "/nick NEW",
+        "become NEW: a nick is an identity here, so this logs in as NEW (keys made on first use)",
+    ),
     "ignore": ("/ignore NICK", "hide NICK's lines and whispers (only on your screen)"),
     "unignore": ("/unignore NICK", "stop hiding NICK"),
     "away": ("/away [MESSAGE]", "tell whisperers you are away (default: away)"),

@@ -17,7 +17,7 @@ from prompt_toolkit.output import Output as PtOutput
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from ..e2e.errors import BundleError, IdentityChanged, NotTrusted
-from ..protocol import Message
+from ..protocol import Bye, Message, is_valid_nick
 from .commands import Command, Text, Unknown, help_lines, parse_input
 from .completion import ChatCompleter
 from .display import PLAIN, Theme, format_event, sanitize
@@ -36,11 +36,14 @@ def run_tui(
     write: Callable[[str], None] = print,
     theme: Theme = PLAIN,
     bell: bool = True,
+    switch_to: Callable[[str], Client] | None = None,
 ) -> int:
     """Chat interactively on a connected `client` until /quit, EOF or disconnection.
 
+    `switch_to(nick)` returns a client connected as another nick, for /nick.
     Returns a process exit status: 0 after a clean quit, 1 if the connection was lost.
     """
+    current = [client]  # /nick swaps in another connected client
     state = ChatState(nick=client.nick, server=f"{client.host}:{client.port}")
     if client.welcome is not None:
         state.apply(client.welcome)
@@ -66,7 +69,7 @@ def run_tui(
             kind = "whisper"
         elif isinstance(item, KeyChanged):
             kind = "alarm"
-        elif isinstance(item, Message) and not item.history and item.nick.lower() != client.nick.lower():
+        elif isinstance(item, Message) and not item.history and item.nick.lower() != current[0].nick.lower():
             kind = "mention" if state.mentions_me(item.text) else None
         for line in lines:
             write(theme.emphasis(line, kind) if kind else line)
@@ -86,9 +89,13 @@ def run_tui(
                     lambda: app.exit(exception=EOFError()) if app.is_running else None
                 )
 
-    def pump() -> None:
+    def pump(source: Client) -> None:
         while True:
-            item = client.next_event()
+            item = source.next_event()
+            if source is not current[0] and isinstance(item, (Bye, Disconnected)):
+                if isinstance(item, Disconnected):
+                    return  # the nick we just left: its end is not ours
+                continue
             if isinstance(item, Disconnected):
                 outcome.append(item.reason)
                 write(f"* disconnected: {sanitize(item.reason)}")
@@ -107,21 +114,61 @@ def run_tui(
         if client.welcome is not None:
             for line in format_event(client.welcome, theme=theme):
                 write(line)
-        reader = threading.Thread(target=pump, name="securechat-tui-pump", daemon=True)
-        reader.start()
+        readers = {
+            client: threading.Thread(target=pump, args=(client,), name="securechat-tui-pump", daemon=True)
+        }
+        readers[client].start()
+
+        def switch(new_nick: str) -> None:
+            if switch_to is None:
+                write("! /nick is not available here")
+                return
+            old = current[0]
+            try:
+                new_client = switch_to(new_nick)
+            except Exception as exc:  # connection, login or keystore: say why, stay who we are
+                write(
+                    f"! still {sanitize(old.nick)}: cannot become {sanitize(new_nick)}: {sanitize(str(exc))}"
+                )
+                return
+            current[0] = new_client
+            state.nick = new_client.nick
+            if new_client.welcome is not None:
+                state.apply(new_client.welcome)
+            readers[new_client] = threading.Thread(
+                target=pump, args=(new_client,), name="securechat-tui-pump", daemon=True
+            )
+            readers[new_client].start()
+            with contextlib.suppress(ConnectionError):
+                old.quit(f"now known as {new_client.nick}")
+            # Let the server answer the quit before closing: closing with its answer
+            # unread would reset the connection and could lose the quit itself.
+            readers.pop(old).join(timeout=10.0)
+            old.close()
+            write(f"* you are now {sanitize(new_client.nick)}")
+
         while not lost.is_set():
             try:
-                line = session.prompt(f"{client.nick}> ", pre_run=check_lost)
+                line = session.prompt(f"{current[0].nick}> ", pre_run=check_lost)
             except (EOFError, KeyboardInterrupt):
                 line = "/quit"
             if lost.is_set():
                 break
             state.unread_whispers = 0  # the user is here and typing: they have seen them
-            quitting = _act(client, line, write, state, theme) or quitting
+            parsed = parse_input(line)
+            if isinstance(parsed, Command) and parsed.name == "nick":
+                new_nick = parsed.arg.strip()
+                if is_valid_nick(new_nick):
+                    switch(new_nick)
+                else:
+                    write("! usage: /nick NEW (1-24 of A-Z a-z 0-9 _ - .)")
+                continue
+            quitting = _act(current[0], line, write, state, theme) or quitting
             if quitting:
                 break
-        reader.join(timeout=10.0)
-    client.close()
+        for reader in readers.values():
+            reader.join(timeout=10.0)
+    current[0].close()
     return 0 if quitting or not outcome else 1
 
 
