@@ -50,3 +50,35 @@ def test_notices() -> None:
     assert format_event(Error(code="x", reason="nope"), now=0)[0].endswith("! nope")
     assert format_event(Bye(reason="restarting"), now=0)[0].endswith("* server: restarting")
     assert format_event(Ping(), now=0) == []
+
+
+def test_a_terminal_without_utf8_gets_escapes_instead_of_mojibake() -> None:
+    from securechat.client.display import Theme
+    from securechat.client.events import WhisperReceived
+
+    ascii_theme = Theme(ascii_only=True)
+    (line,) = format_event(Message(nick="bob", text="caf\u00e9 \u2603", ts=0.0), theme=ascii_theme)
+    assert line.isascii() and "caf\\xe9 \\u2603" in line
+    whisper = WhisperReceived(sender="bob", text="hi", trust="verified", fingerprint="f", msg_id="m", ts=0.0)
+    assert "[e2e whisper from bob, verified]" in format_event(whisper, theme=ascii_theme)[0]
+    assert "\U0001f512" in format_event(whisper)[0]  # a UTF-8 terminal gets the lock
+
+
+def test_colours_are_stable_per_nick_and_absent_without_colour() -> None:
+    import re
+
+    from securechat.client.display import Theme
+
+    colour = Theme(color=True)
+
+    def code(nick: str) -> str:
+        found = re.match(r"\x1b\[38;5;(\d+)m", colour.nick(nick))
+        assert found is not None
+        return found.group(1)
+
+    assert code("alice") == code("Alice") == code("ALICE")  # case-insensitive, like nicks
+    assert len({code(n) for n in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")}) >= 4
+    assert colour.nick("alice").endswith("alice\x1b[0m")
+    assert Theme().nick("alice") == "alice"
+    lines = format_event(Message(nick="bob", text="a\nb", ts=0.0), theme=colour)
+    assert lines[1] == " " * len("00:00 <bob> ") + "b"  # the indent ignores the colour codes

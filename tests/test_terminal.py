@@ -122,6 +122,11 @@ def test_a_person_chats_whispers_verifies_and_quits_in_a_real_terminal(
     pane.keys("Enter")
     assert next_matching(bob, Message, nick="alice").text == "half a thought, finished"  # type: ignore[attr-defined]
 
+    # Up recalls the line sent before.
+    pane.keys("Up")
+    pane.wait_for(r"^alice> half a thought, finished\s*$")
+    pane.keys("C-u")
+
     # Tab completion of a command and of a nick.
     pane.type("/verif")
     pane.keys("Tab")
