@@ -1,0 +1,36 @@
+"""Latency summaries for the benchmark."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["LatencySummary", "percentile", "summarize"]
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """The nearest-rank `p`th percentile (0 < p <= 100) of already sorted values.
+
+    Nearest rank reports a value that was actually observed, which for tail latency is
+    the honest choice. Raises `ValueError` for no values or p out of range.
+    """
+    if not sorted_values:
+        raise ValueError("no values")
+    if not 0 < p <= 100:
+        raise ValueError("p must be in (0, 100]")
+    rank = math.ceil(p / 100 * len(sorted_values))
+    return sorted_values[rank - 1]
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    count: int
+    p50: float
+    p99: float
+    max: float
+
+
+def summarize(values: Sequence[float]) -> LatencySummary:
+    ordered = sorted(values)
+    return LatencySummary(len(ordered), percentile(ordered, 50), percentile(ordered, 99), ordered[-1])

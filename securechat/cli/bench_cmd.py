@@ -1,0 +1,123 @@
+"""`securechat bench`: load a server and report deliveries/s, latency, CPU and memory."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .common import UsageError, check_port
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark a server (one it starts itself, or --port)",
+        description="Scenarios: burst (senders x messages as fast as possible), steady (every client "
+        "at --rate for --seconds), connect (a storm of new TLS logins), idle (memory per session). "
+        "Without --port it starts its own server with the rate limit off (and says so).",
+    )
+    bench.add_argument("scenario", choices=["burst", "steady", "connect", "idle"])
+    bench.add_argument("--clients", type=int, default=200, help="connected clients (default: %(default)s)")
+    bench.add_argument(
+        "--senders", type=int, default=20, help="burst: how many of them send (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--messages", type=int, default=200, help="burst: lines per sender (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--rate", type=float, default=0.5, help="steady: lines/s per client (default: %(default)s)"
+    )
+    bench.add_argument("--seconds", type=float, default=10.0, help="steady: duration (default: %(default)s)")
+    bench.add_argument(
+        "--sessions", type=int, default=1000, help="connect/idle: sessions (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--port", type=int, default=None, help="benchmark a running server on this port instead"
+    )
+    bench.add_argument("--host", default="127.0.0.1", help="with --port: its address (default: %(default)s)")
+    bench.add_argument("--cafile", type=Path, default=None, help="with --port: the CA to trust")
+    bench.add_argument(
+        "--server-pid", type=int, default=None, help="with --port: its pid, for CPU and memory"
+    )
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from ..bench import scenarios
+    from ..bench.server import BenchServer
+    from ..transport import client_context
+
+    for name in ("clients", "senders", "messages", "sessions"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be at least 1")
+    if args.scenario == "burst" and args.senders > args.clients:
+        raise UsageError("--senders cannot exceed --clients")
+    with tempfile.TemporaryDirectory(prefix="securechat-bench-") as work:
+        server = None
+        if args.port is None:
+            server = BenchServer(Path(work))
+            host, port, cafile, pid = "127.0.0.1", server.port, server.cafile, server.pid
+            print(f"started a server on 127.0.0.1:{port} (pid {pid}) with the rate limit off")
+        else:
+            check_port(args.port)
+            host, port, cafile, pid = args.host, args.port, args.cafile, args.server_pid
+        try:
+            ctx = client_context(cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load CA file {cafile}: {exc}") from None
+        try:
+            result: Any
+            if args.scenario == "burst":
+                result = scenarios.burst(
+                    host,
+                    port,
+                    ctx,
+                    clients=args.clients,
+                    senders=args.senders,
+                    messages=args.messages,
+                    server_pid=pid,
+                )
+            elif args.scenario == "steady":
+                result = scenarios.steady(
+                    host,
+                    port,
+                    ctx,
+                    clients=args.clients,
+                    rate=args.rate,
+                    seconds=args.seconds,
+                    server_pid=pid,
+                )
+            elif args.scenario == "connect":
+                result = scenarios.connect_storm(host, port, ctx, sessions=args.sessions)
+            else:
+                if pid is None:
+                    raise UsageError("idle needs the server's pid (--server-pid) to read its memory")
+                result = scenarios.idle(host, port, ctx, sessions=args.sessions, server_pid=pid)
+        finally:
+            if server is not None:
+                server.stop()
+    data = dataclasses.asdict(result)
+    if args.json:
+        print(json.dumps({"scenario": args.scenario, **data}))
+    else:
+        for key, value in data.items():
+            if isinstance(value, dict):
+                value = ", ".join(
+                    f"{k} {v * 1000:.2f} ms" if k != "count" else f"{k} {v}" for k, v in value.items()
+                )
+            elif isinstance(value, float):
+                value = f"{value:,.2f}"
+            print(f"{key:>20}: {value}")
+    lost = data.get("expected", 0) - data.get("deliveries", 0)
+    if lost or data.get("out_of_order"):
+        print(f"FAILED: {lost} deliveries missing, {data.get('out_of_order')} out of order")
+        return 1
+    return 0

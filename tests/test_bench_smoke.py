@@ -1,0 +1,48 @@
+"""A short run of every benchmark scenario against a server the bench starts itself.
+
+Timing targets are not tested here (they live in docs/performance.md); this checks that
+the tool works and that every message is delivered, in order per sender.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from securechat.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["burst", "--clients", "10", "--senders", "3", "--messages", "40"],
+        ["steady", "--clients", "10", "--rate", "5", "--seconds", "1"],
+        ["connect", "--sessions", "30"],
+    ],
+)
+def test_bench_scenarios_deliver_everything(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *argv, "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("started a server on 127.0.0.1:") and "rate limit off" in out[0]
+    result = json.loads(out[-1])
+    assert result["scenario"] == argv[0]
+    if "expected" in result:
+        assert result["deliveries"] == result["expected"] > 0
+        assert result["out_of_order"] == 0
+        assert result["latency"]["count"] == result["deliveries"]
+        assert result["cpu_us_per_delivery"] > 0
+    else:
+        assert result["sessions"] == 30 and result["per_second"] > 0
+
+
+def test_bench_idle_reports_memory_per_session(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "idle", "--sessions", "40", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["sessions"] == 40 and result["rss_kib_per_session"] > 0
+    assert 1.5 <= result["threads_per_session"] <= 2.5  # a reader and a writer each
+
+
+def test_bench_refuses_nonsense() -> None:
+    assert main(["bench", "burst", "--senders", "5", "--clients", "2"]) == 2
+    assert main(["bench", "burst", "--clients", "0"]) == 2
