@@ -91,6 +91,13 @@ def _cpu(pid: int | None) -> float | None:
     return sample(pid).cpu_seconds if pid is not None else None
 
 
+def _us_per_delivery(cpu_before: float | None, cpu_after: float | None, deliveries: int) -> float | None:
+    """Server CPU microseconds per delivered line, when the server's pid is known."""
+    if cpu_before is None or cpu_after is None:
+        return None
+    return (cpu_after - cpu_before) / max(1, deliveries) * 1e6
+
+
 def burst(
     host: str,
     port: int,
@@ -129,9 +136,7 @@ def burst(
         deliveries / seconds,
         summarize(tally.latencies or [0.0]),
         sum(c.out_of_order for c in cs),
-        None
-        if cpu_before is None or cpu_after is None
-        else (cpu_after - cpu_before) / max(1, deliveries) * 1e6,
+        _us_per_delivery(cpu_before, cpu_after, deliveries),
     )
 
 
@@ -184,9 +189,7 @@ def steady(
         sum(seq.values()) * clients,
         summarize(tally.latencies or [0.0]),
         sum(c.out_of_order for c in cs),
-        None
-        if cpu_before is None or cpu_after is None
-        else (cpu_after - cpu_before) / max(1, deliveries) * 1e6,
+        _us_per_delivery(cpu_before, cpu_after, deliveries),
     )
 
 
