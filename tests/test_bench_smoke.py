@@ -31,7 +31,9 @@ def test_bench_scenarios_deliver_everything(argv: list[str], capsys: pytest.Capt
         assert result["deliveries"] == result["expected"] > 0
         assert result["out_of_order"] == 0
         assert result["latency"]["count"] == result["deliveries"]
-        assert result["cpu_us_per_delivery"] > 0
+        # Measured (the server's pid was known); it may round to 0 in a run this short,
+        # since the kernel counts CPU time in 10 ms ticks.
+        assert isinstance(result["cpu_us_per_delivery"], float) and result["cpu_us_per_delivery"] >= 0
     else:
         assert result["sessions"] == 30 and result["per_second"] > 0
 
