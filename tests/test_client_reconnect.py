@@ -9,12 +9,12 @@ from pathlib import Path
 
 from chat import TIMEOUT, next_matching
 from conftest import StartServer
-from whisper_helpers import login, memory_keys
+from whisper_helpers import login, memory_keys, wait_published_keys
 
 from securechat import Client, Disconnected
 from securechat.client.backoff import Backoff
 from securechat.client.events import Reconnected, Reconnecting, WhisperReceived
-from securechat.protocol import Bye, Message, PrekeyCount
+from securechat.protocol import Bye, Message
 
 FAST = Backoff(base=0.05, cap=0.4)
 
@@ -23,9 +23,7 @@ def client(nick: str, ctx: ssl.SSLContext, port: int) -> Client:
     """A reconnecting client with keys, returned once the server holds its prekeys."""
     c = Client(nick, context=ctx, port=port, reconnect=True, backoff=FAST, keys=memory_keys(nick))
     c.connect()
-    while not (status := c.wait_for(PrekeyCount, TIMEOUT)).spk_id:  # type: ignore[attr-defined]
-        pass
-    assert isinstance(status, PrekeyCount)
+    wait_published_keys(c)
     return c
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from chat import TIMEOUT
 from server_process import ServerProcess, free_port
-from whisper_helpers import memory_keys
+from whisper_helpers import memory_keys, wait_published_keys
 
 from securechat import Client, Disconnected
 from securechat.client.events import WhisperReceived
 from securechat.client.whispers import WhisperKeys
-from securechat.protocol import Message, PrekeyCount
+from securechat.protocol import Message
 
 CLIENTS = int(os.environ.get("SECURECHAT_SOAK_CLIENTS", "40"))
 SECONDS = float(os.environ.get("SECURECHAT_SOAK_SECONDS", "4"))
@@ -93,8 +93,7 @@ def soak(server: ServerProcess, port: int, client_ctx: ssl.SSLContext) -> None:
         c = Client(nick, context=client_ctx, port=port, keys=keys, timeout=TIMEOUT * PACE)
         c.connect()
         if keys is not None:  # wait until our keys are published before anyone fetches them
-            while not isinstance(s := c.wait_for(PrekeyCount, TIMEOUT * PACE), PrekeyCount) or not s.spk_id:
-                pass
+            wait_published_keys(c, TIMEOUT * PACE)
         return c
 
     observers = [Observer(connect(f"obs{i}", memory_keys(f"obs{i}"))) for i in range(OBSERVERS)]

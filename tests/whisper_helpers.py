@@ -42,9 +42,14 @@ def login(
     client = Client(nick, context=ctx, port=port, timeout=TIMEOUT, keys=keys)
     client.connect()
     if wait_published:
-        while True:
-            status = client.wait_for(PrekeyCount, TIMEOUT)
-            assert isinstance(status, PrekeyCount)
-            if status.count > 0 and status.spk_id > 0:
-                break
+        wait_published_keys(client)
     return client
+
+
+def wait_published_keys(client: Client, timeout: float = TIMEOUT) -> None:
+    """Wait until the server reports holding our signed and one-time prekeys."""
+    while True:
+        status = client.wait_for(PrekeyCount, timeout)
+        assert isinstance(status, PrekeyCount)
+        if status.count > 0 and status.spk_id > 0:
+            return

@@ -224,14 +224,15 @@ class Client:
         with self._conn_lock:
             channel = self._channel
             if channel is None or not self._online:
-                raise ConnectionError(
-                    "reconnecting" if self._reconnect and not self._done else "not connected"
-                )
+                raise self._offline()
             data = self._conn.send(event)
         try:
             channel.send(data)
         except OSError as exc:
             raise ConnectionError(f"connection lost: {exc}") from None
+
+    def _offline(self) -> ConnectionError:
+        return ConnectionError("reconnecting" if self._reconnect and not self._done else "not connected")
 
     def say(self, text: str, room: str = DEFAULT_ROOM, *, action: bool = False) -> None:
         """Post `text` to a room (as an action: "/me"). Raises `ValueError` if empty or over 4 KiB."""
@@ -261,9 +262,7 @@ class Client:
             raise ValueError("text: empty")
         with self._whisper_lock:
             if not self._online:  # refuse before the ratchet moves: nothing half-sent
-                raise ConnectionError(
-                    "reconnecting" if self._reconnect and not self._done else "not connected"
-                )
+                raise self._offline()
             if not keys.has_session(nick):
                 keys.start_session(self._fetch(nick, timeout))
             header, ciphertext = keys.encrypt(nick, text)

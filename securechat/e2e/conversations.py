@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Any
 
 from ..protocol import fold_nick
-from .bundle import Bundle, PrekeySecrets, StoredSpk, verify_bundle
+from .bundle import OPK_TARGET, Bundle, PrekeySecrets, StoredSpk, verify_bundle
 from .errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
 from .identity import Identity, PublicIdentity
 from .primitives import DhKeyPair, Random
@@ -110,7 +110,7 @@ class Conversations:
         now = self._clock()
         if self.secrets.needs_rotation(now):
             self.secrets.rotate_spk(now, self._random)
-        missing = 100 - len(self.secrets.opks)
+        missing = OPK_TARGET - len(self.secrets.opks)
         if missing > 0:
             self.secrets.new_opks(missing, self._random)
         self.dirty.add("prekeys")

@@ -34,9 +34,6 @@ class Code:
     RATE_LIMITED = "rate-limited"
     REPLACED = "replaced"
     TIMEOUT = "timeout"
-    SEND_QUEUE_FULL = "send-queue-full"
-    SERVER_FULL = "server-full"
-    SHUTDOWN = "shutdown"
 
 
 class ProtocolError(Exception):
