@@ -217,17 +217,8 @@ class Session:
             self._hello(event)
         elif isinstance(event, Auth):
             self._auth(event)
-        elif isinstance(event, Say):
-            assert self.nick is not None  # the connection only passes Say after the welcome
-            try:
-                self._hub.say(self.nick, event.room, event.text, action=event.action)
-            except NoSuchRoom:
-                self._reply(Error(code=Code.NO_SUCH_ROOM, reason=f"no room {event.room}"))
-        elif isinstance(event, Who):
-            try:
-                self._reply(self._hub.names(event.room))
-            except NoSuchRoom:
-                self._reply(Error(code=Code.NO_SUCH_ROOM, reason=f"no room {event.room}"))
+        elif isinstance(event, (Say, Who)):
+            self._room(event)
         elif isinstance(event, Ping):
             self._reply(Pong(token=event.token))
         elif isinstance(event, Away):
@@ -238,6 +229,16 @@ class Session:
             pass  # answers to our keepalive pings carry nothing to act on
         elif isinstance(event, (PublishKeys, FetchKeys, Whisper, Ack)):
             self._e2e(event)
+
+    def _room(self, event: Say | Who) -> None:
+        assert self.nick is not None  # the connection passes these only after the welcome
+        try:
+            if isinstance(event, Say):
+                self._hub.say(self.nick, event.room, event.text, action=event.action)
+            else:
+                self._reply(self._hub.names(event.room))
+        except NoSuchRoom:
+            self._reply(Error(code=Code.NO_SUCH_ROOM, reason=f"no room {event.room}"))
 
     def _within_rate(self) -> bool:
         """Take a token for a request; on refusal say so, and drop a session that keeps on."""
@@ -290,18 +291,19 @@ class Session:
 
     def _hello(self, hello: Hello) -> None:
         if not self._relay.may_claim(hello.nick, hello.identity):
-            self.close(
-                Error(
-                    code=Code.NICK_REGISTERED, reason=f"{hello.nick} is registered to another key", fatal=True
-                ),
-                reason="nick registered to another key",
-            )
+            self._refuse_registered(hello.nick)
         elif hello.identity:
             self._claim = hello
             self._nonce = os.urandom(32)
             self._reply(Challenge(nonce=self._nonce))
         else:
             self._login(hello)
+
+    def _refuse_registered(self, nick: str) -> None:
+        self.close(
+            Error(code=Code.NICK_REGISTERED, reason=f"{nick} is registered to another key", fatal=True),
+            reason="nick registered to another key",
+        )
 
     def _auth(self, auth: Auth) -> None:
         claim = self._claim
@@ -314,12 +316,7 @@ class Session:
             )
             return
         if not self._relay.register(claim.nick, claim.identity):
-            self.close(
-                Error(
-                    code=Code.NICK_REGISTERED, reason=f"{claim.nick} is registered to another key", fatal=True
-                ),
-                reason="nick registered to another key",
-            )
+            self._refuse_registered(claim.nick)
             return
         self.sig_key = claim.identity
         self._claim = None
