@@ -121,3 +121,20 @@ def test_a_whisper_delivered_again_is_acked_silently_even_after_a_restart(tmp_pa
     restarted = disk_keys(d, "bob")  # the memory of it survives a restart
     assert deliver(restarted, "alice", frame, 12, "once") == [("ack", "12")]
     assert isinstance(deliver(restarted, "alice", frame, 13, "other")[0], WhisperFailed)  # id differs: replay
+
+
+def test_a_held_whisper_delivered_again_raises_no_second_alarm() -> None:
+    bob, _ = engine("bob")
+    bob.publication(PrekeyCount(count=0, spk_id=0))
+    alice = party("alice", 1)
+    alice._clock = time.time
+    alice.start_session("bob", fetched_bundle(bob._conv))
+    deliver(bob, "alice", alice.encrypt("bob", b'{"text":"hi"}'), 1)
+    new_alice = party("alice", 2)
+    new_alice._clock = time.time
+    new_alice.start_session("bob", fetched_bundle(bob._conv))
+    frame = new_alice.encrypt("bob", b'{"text":"held"}')
+    assert isinstance(deliver(bob, "alice", frame, 2, "h1")[0], KeyChanged)
+    assert deliver(bob, "alice", frame, 3, "h1") == []  # the same message again: quiet, not acked
+    released = bob.trust("alice")
+    assert [e.text for e in released.events if isinstance(e, WhisperReceived)] == ["held"]

@@ -100,9 +100,6 @@ _FINAL_CODES = frozenset(
 
 #: Error codes that answer a `fetch_keys` (routed to the waiting `whisper` call).
 _FETCH_ERRORS = frozenset({Code.NO_SUCH_USER, Code.NO_KEYS, Code.RATE_LIMITED, Code.NOT_REGISTERED})
-#: Delivery ids remembered to drop a whisper delivered twice (pushed while it was also
-#: being read from the queue at login).
-_SEEN_DELIVERIES = 4096
 
 
 class Client:
@@ -146,7 +143,6 @@ class Client:
         self._whisper_lock = threading.Lock()  # one whisper (and its key fetch) at a time
         self._fetch_pending = False
         self._fetch_replies: queue.Queue[Keys | Error] = queue.Queue()
-        self._seen_deliveries: dict[str, None] = {}
         self.last_whisperer: tuple[str, str] | None = None  # (nick, fingerprint) for /r
         self._reader: threading.Thread | None = None
         self._done = False
@@ -474,10 +470,9 @@ class Client:
             self._fetch_replies.put(event)
             return False
         elif isinstance(event, Delivery):
-            if self.keys is not None and event.id not in self._seen_deliveries:
-                self._seen_deliveries[event.id] = None
-                if len(self._seen_deliveries) > _SEEN_DELIVERIES:
-                    del self._seen_deliveries[next(iter(self._seen_deliveries))]
+            # A whisper delivered twice (pushed live while also queued at login, or after a
+            # crash) is recognised by its message id inside WhisperKeys and only acked.
+            if self.keys is not None:
                 self._deliver(self.keys.receive(event))
             return False
         self._events.put(event)

@@ -190,8 +190,9 @@ class WhisperKeys:
         except IdentityChanged as exc:
             self._save()
             held = self._held.setdefault(fold_nick(delivery.sender), [])
-            if all(d.id != delivery.id for d in held):
-                held.append(delivery)
+            if any(d.msg_id == delivery.msg_id for d in held):
+                return  # held already, and the user was told: no second alarm
+            held.append(delivery)
             out.events.append(
                 KeyChanged(
                     peer=delivery.sender,
