@@ -87,6 +87,34 @@ def test_hand_written_json_from_the_protocol_doc_can_log_in_and_chat(
     raw.close()
 
 
+def test_lines_sent_in_one_write_keep_their_place_around_other_requests(
+    connect: Connect, server: Server, client_ctx: ssl.SSLContext
+) -> None:
+    # The server broadcasts the room lines of one read as a batch; a request between
+    # them (who, ping, a line for an unknown room) must still be answered in its place.
+    alice = connect("alice")
+    raw = RawTls(server.address, client_ctx)
+    raw.send_line('{"type":"hello","version":1,"nick":"rawbot","client":"handmade/1"}')
+    assert raw.read_json()["type"] == "welcome"
+    raw.send_line(
+        '{"type":"say","text":"one"}\n{"type":"say","text":"two"}\n{"type":"who"}\n'
+        '{"type":"say","text":"three"}\n{"type":"say","room":"#nowhere","text":"x"}\n'
+        '{"type":"ping","token":"t"}\n{"type":"say","text":"four"}'
+    )
+    seen = [raw.read_json() for _ in range(7)]
+    assert [(f["type"], f.get("text") or f.get("code") or f.get("token")) for f in seen] == [
+        ("message", "one"),
+        ("message", "two"),
+        ("names", None),
+        ("message", "three"),
+        ("error", "no-such-room"),
+        ("pong", "t"),
+        ("message", "four"),
+    ]
+    assert [next_matching(alice, Message).text for _ in range(4)] == ["one", "two", "three", "four"]  # type: ignore[attr-defined]
+    raw.close()
+
+
 def test_client_refuses_a_server_certificate_from_another_ca(server: Server) -> None:
     import trustme
 

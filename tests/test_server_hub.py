@@ -115,3 +115,29 @@ def test_no_history_kept_when_disabled() -> None:
     hub.say("alice", "#lobby", "gone")
     bob, _ = join(hub, "bob")
     assert bob.seen() == [] and hub.take_unsaved() == []
+
+
+def test_lines_said_together_go_out_as_one_frame_with_increasing_timestamps() -> None:
+    from securechat.protocol import Say
+
+    hub = Hub(clock=lambda: 42.0, history=10)  # a clock that does not move
+    alice, _ = join(hub, "alice")
+    bob, _ = join(hub, "bob")
+    alice.frames.clear()
+    hub.say_many("alice", [Say(text="one"), Say(text="two", action=True)])
+    assert len(bob.frames) == 1 and bob.frames[0] is alice.frames[0]
+    lines = [json.loads(line) for line in bob.frames[0].splitlines()]
+    assert [(m["text"], m["action"]) for m in lines] == [("one", False), ("two", True)]
+    assert lines[0]["ts"] == 42.0 < lines[1]["ts"]  # clients skip history by ts: never equal
+    carol, _ = join(hub, "carol")
+    assert [json.loads(f)["text"] for f in carol.frames] == ["one", "two"]
+
+
+def test_a_batch_naming_an_unknown_room_sends_nothing() -> None:
+    from securechat.protocol import Say
+
+    hub = Hub()
+    alice, _ = join(hub, "alice")
+    with pytest.raises(NoSuchRoom):
+        hub.say_many("alice", [Say(text="fine"), Say(room="#elsewhere", text="no")])
+    assert alice.frames == []

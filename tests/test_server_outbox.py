@@ -47,3 +47,54 @@ def test_limit_is_about_queued_bytes_not_total() -> None:
         assert box.put(b"123456")
         assert box.take() == b"123456"
     assert not box.overflowed
+
+
+class FakeSink:
+    """Takes frames immediately until told the socket is full."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.full = False  # send_now refuses (another send in progress, or a backlog)
+        self.backlogged = False
+
+    def send_now(self, data: bytes) -> bool:
+        if self.full:
+            return False
+        self.sent.append(data)
+        return True
+
+
+def test_an_idle_outbox_sends_directly_without_waking_the_writer() -> None:
+    box = Outbox(1000)
+    sink = FakeSink()
+    box.attach(sink)
+    assert box.put(b"a\n") and box.put(b"b\n")
+    assert sink.sent == [b"a\n", b"b\n"]
+    box.close()
+    assert box.take() is None  # nothing was left for the writer
+
+
+def test_frames_queue_behind_a_refusal_and_the_writer_gets_them_in_order() -> None:
+    box = Outbox(1000)
+    sink = FakeSink()
+    box.attach(sink)
+    sink.full = True
+    assert box.put(b"a\n")
+    sink.full = False
+    assert box.put(b"b\n")  # must not overtake "a", still queued
+    assert sink.sent == []
+    assert box.take() == b"a\nb\n"
+    assert box.put(b"c\n")  # the writer is mid-send: queued, not sent directly
+    assert sink.sent == []
+    assert box.take() == b"c\n"
+
+
+def test_a_backlog_left_by_the_fast_path_wakes_the_writer() -> None:
+    box = Outbox(1000)
+    sink = FakeSink()
+    box.attach(sink)
+    sink.backlogged = True  # the kernel took only part of it
+    assert box.put(b"a\n")
+    assert box.take() == b""  # nothing queued, but the writer must push the backlog
+    box.close()
+    assert box.take() is None

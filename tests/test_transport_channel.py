@@ -200,3 +200,36 @@ def test_client_context_always_verifies() -> None:
     ctx = client_context(None)
     assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname
     assert ctx.minimum_version is ssl.TLSVersion.TLSv1_2
+
+
+def test_send_now_keeps_order_when_the_socket_fills_up(pair: tuple[TlsChannel, TlsChannel]) -> None:
+    # The peer reads nothing at first, so the socket buffers fill: send_now must keep
+    # the part the kernel refused as a backlog, refuse further sends while it waits,
+    # and a blocking send must push the backlog out first. The peer then sees every
+    # byte in order (a reordered TLS record would fail its authentication).
+    server, client = pair
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    chunk = os.urandom(32 * 1024)
+    sent_now = []
+    while True:
+        accepted = server.send_now(chunk)
+        if not accepted:
+            break
+        sent_now.append(chunk)
+        assert len(sent_now) < 10_000, "the socket never filled"
+    assert server.backlogged and sent_now
+    assert not server.send_now(b"refused while backlogged")
+    expected = b"".join(sent_now) + b"tail"
+    reader, got = in_thread(lambda: recv_exactly(client, len(expected)))
+    server.send(b"tail")  # blocks until the peer reads; sends the backlog first
+    assert not server.backlogged
+    reader.join(WAIT)
+    assert got and hashlib.sha256(got[0]).digest() == hashlib.sha256(expected).digest()  # type: ignore[arg-type]
+
+
+def test_send_now_steps_aside_while_another_thread_sends(pair: tuple[TlsChannel, TlsChannel]) -> None:
+    server, client = pair
+    with server._send_lock:  # as if a writer were inside a blocking send
+        assert not server.send_now(b"x")
+    assert server.send_now(b"y\n") and not server.backlogged
+    assert recv_exactly(client, 2) == b"y\n"

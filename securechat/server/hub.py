@@ -12,10 +12,10 @@ import dataclasses
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from ..protocol import DEFAULT_ROOM, Joined, Left, Message, Names, encode, fold_nick
+from ..protocol import DEFAULT_ROOM, Joined, Left, Message, Names, Say, encode, fold_nick
 
 __all__ = ["Hub", "Member", "NickTaken", "NoSuchRoom"]
 
@@ -55,6 +55,7 @@ class Hub:
         self._members: dict[str, tuple[str, Member]] = {}  # folded nick -> (nick, member)
         self._history: deque[Message] = deque(maxlen=history)
         self._unsaved: list[Message] = []  # said since the last `take_unsaved`
+        self._last_ts = 0.0
 
     def join(
         self,
@@ -99,14 +100,36 @@ class Hub:
         Raises `NoSuchRoom` for an unknown room. The sender gets its own message back
         so that its screen shows the order everyone else sees.
         """
-        self._check_room(room)
-        message = Message(room=room, nick=nick, text=text, ts=self._clock(), action=action)
-        frame = encode(message)
+        self.say_many(nick, [Say(room=room, text=text, action=action)])
+
+    def say_many(self, nick: str, says: Sequence[Say]) -> None:
+        """Broadcast `says` from `nick`, in order, as one write per member.
+
+        Lines a client sent together go out together: one fan-out instead of one per
+        line. Raises `NoSuchRoom`, before anything is sent, if one names an unknown room.
+        """
+        for say in says:
+            self._check_room(say.room)
         with self._lock:
+            messages = [
+                Message(room=s.room, nick=nick, text=s.text, ts=self._next_ts_locked(), action=s.action)
+                for s in says
+            ]
+            frame = b"".join(encode(m) for m in messages)
             self._fan_out_locked(frame)
             if self._history.maxlen:
-                self._history.append(message)
-                self._unsaved.append(message)
+                self._history.extend(messages)
+                self._unsaved.extend(messages)
+
+    def has_room(self, room: str) -> bool:
+        return room == self.room
+
+    def _next_ts_locked(self) -> float:
+        # Strictly increasing: clients skip history lines whose ts is not newer than the
+        # last line they saw, so two lines must never share one (a float at today's
+        # epoch resolves only ~0.24 us, and lines of one batch are stamped together).
+        self._last_ts = max(self._clock(), self._last_ts + 1e-6)
+        return self._last_ts
 
     def names(self, room: str) -> Names:
         """The `names` event for `room`. Raises `NoSuchRoom`."""
@@ -116,8 +139,10 @@ class Hub:
 
     def load_history(self, lines: Iterable[Message]) -> None:
         """Seed the history (at start, from the store)."""
+        seeded = list(lines)
         with self._lock:
-            self._history.extend(lines)
+            self._history.extend(seeded)
+            self._last_ts = max([self._last_ts, *(line.ts for line in seeded)])
 
     def take_unsaved(self) -> list[Message]:
         """Room lines said since the last call, for the store; the hub forgets them as unsaved."""
@@ -142,7 +167,7 @@ class Hub:
             return len(self._members)
 
     def _check_room(self, room: str) -> None:
-        if room != self.room:
+        if not self.has_room(room):
             raise NoSuchRoom(room)
 
     def _names_locked(self) -> tuple[str, ...]:

@@ -85,6 +85,8 @@ class Session:
             TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
         )
         self._strikes = 0
+        self._says: list[Say] = []  # room lines read in this chunk, not yet broadcast
+        self._said_bytes = 0  # their text's length
         self.last_heard = time.monotonic()  # for keepalive: when the peer last sent anything
         self._pinged = False
         self._channel = TlsChannel(sock, context, server_side=True)
@@ -170,6 +172,7 @@ class Session:
                 target=self._write_loop, name=f"securechat-writer-{self.peer}", daemon=True
             )
             self._writer.start()
+        self._outbox.attach(self._channel)
         log.info("TLS session from %s (%s)", self.peer, self._channel.version())
         return True
 
@@ -195,6 +198,7 @@ class Session:
             try:
                 event = self._conn.next_event()
             except RemoteProtocolError as exc:
+                self._flush_says()
                 log.info("bad frame from %s: %s", self.peer, exc.code)
                 if exc.fatal:
                     self.close(Error(code=exc.code, reason=exc.reason, fatal=True), reason="protocol error")
@@ -202,8 +206,10 @@ class Session:
                 self._reply(Error(code=exc.code, reason=exc.reason, fatal=False))
                 continue
             if event is NEED_DATA:
+                self._flush_says()
                 return True
             if event is CLOSED:
+                self._flush_says()
                 self.close()
                 return False
             assert isinstance(event, Event)
@@ -213,6 +219,14 @@ class Session:
     def _handle(self, event: Event) -> None:
         if isinstance(event, _RATE_LIMITED) and not self._within_rate():
             return
+        if isinstance(event, Say) and self._hub.has_room(event.room):
+            # Lines that arrived together are broadcast together (see `_flush_says`).
+            self._says.append(event)
+            self._said_bytes += len(event.text)
+            if len(self._says) >= _MAX_BATCH or self._said_bytes >= _MAX_BATCH_BYTES:
+                self._flush_says()
+            return
+        self._flush_says()  # everything else keeps its place after the lines before it
         if isinstance(event, Hello):
             self._hello(event)
         elif isinstance(event, Auth):
@@ -239,6 +253,13 @@ class Session:
                 self._reply(self._hub.names(event.room))
         except NoSuchRoom:
             self._reply(Error(code=Code.NO_SUCH_ROOM, reason=f"no room {event.room}"))
+
+    def _flush_says(self) -> None:
+        """Broadcast the batched room lines: one fan-out (one write per member) for all."""
+        if self._says:
+            assert self.nick is not None  # the connection passes Say only after the welcome
+            says, self._says, self._said_bytes = self._says, [], 0
+            self._hub.say_many(self.nick, says)
 
     def _within_rate(self) -> bool:
         """Take a token for a request; on refusal say so, and drop a session that keeps on."""
@@ -365,6 +386,7 @@ class Session:
         return True
 
     def _reply(self, event: Event) -> None:
+        self._flush_says()  # a reply follows the echo of the lines read before it
         self._outbox.put(self._conn.send(event))
 
     def _finish(self) -> None:
@@ -407,6 +429,11 @@ class Session:
 
 
 _NOT_READING = "not reading (send queue full)"
+
+#: A batch of room lines is broadcast once it holds this many lines or this much text
+#: (bounds the hub lock's hold and the size of one write).
+_MAX_BATCH = 256
+_MAX_BATCH_BYTES = 64 * 1024
 
 #: Requests that cost a token of the session's message bucket. Answers (pong, ack) do
 #: not: refusing them would punish a client for keeping up.

@@ -7,6 +7,11 @@ reader blocked in recv while a writer sends. So the TLS state lives in an
 socket I/O; the kernel socket itself is safe to recv and send concurrently.
 Encrypted bytes leave in the order they were produced because every drain of the
 outgoing BIO happens under `_send_lock`, which is held through the `sendall`.
+
+`send_now` is the cheap path for a server fanning a line out to many sessions: it
+encrypts and offers the bytes to the kernel without blocking, from the caller's thread,
+so an idle writer thread need not be woken for every line. Whatever the kernel does not
+take stays in `_backlog`, and every later send starts with it.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class TlsChannel:
         )
         self._tls_lock = threading.Lock()  # guards _tls and both BIOs
         self._send_lock = threading.Lock()  # orders drains of _outgoing with their sendall
+        self._backlog = b""  # ciphertext send_now could not hand over; guarded by _send_lock
         self._closed = False
 
     @property
@@ -124,17 +130,54 @@ class TlsChannel:
                 self._incoming.write(data)
 
     def send(self, data: bytes) -> None:
-        """Encrypt and send all of `data`. Thread-safe; blocks while the peer is slow."""
+        """Encrypt and send all of `data` (after any backlog). Thread-safe; blocks while the
+        peer is slow. `data` may be empty, to push out the backlog."""
         with self._send_lock:
+            with self._tls_lock:
+                if data:
+                    self._tls.write(data)
+                pending = self._take_backlog() + self._outgoing.read()
+            if pending:
+                self._sock.sendall(pending)
+
+    def send_now(self, data: bytes) -> bool:
+        """Encrypt `data` and give the socket as much as it takes without blocking.
+
+        Returns False, having done nothing, when another thread is sending or earlier
+        ciphertext is still waiting: the caller must then queue `data` for `send`.
+        After True, `backlogged` says whether part of it still waits for a `send`.
+        A socket error leaves the bytes in the backlog, for `send` to raise it.
+        """
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._backlog:
+                return False
             with self._tls_lock:
                 self._tls.write(data)
                 pending = self._outgoing.read()
-            self._sock.sendall(pending)
+            try:
+                sent = self._sock.send(pending, socket.MSG_DONTWAIT)
+            except OSError:  # EAGAIN, or broken: either way the writer deals with it
+                sent = 0
+            self._backlog = pending[sent:]
+            return True
+        finally:
+            self._send_lock.release()
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether ciphertext from `send_now` waits for the next `send`."""
+        return bool(self._backlog)
+
+    def _take_backlog(self) -> bytes:
+        backlog, self._backlog = self._backlog, b""
+        return backlog
 
     def _flush(self) -> None:
         with self._send_lock:
             with self._tls_lock:
-                pending = self._outgoing.read()
+                pending = self._take_backlog() + self._outgoing.read()
             if pending:
                 self._sock.sendall(pending)
 
@@ -146,9 +189,10 @@ class TlsChannel:
         with self._send_lock:
             with self._tls_lock:
                 # WantRead: the peer's close_notify has not come; we don't wait for it.
+                backlog = self._take_backlog()
                 with contextlib.suppress(ssl.SSLError):
                     self._tls.unwrap()
-                pending = self._outgoing.read()
+                pending = backlog + self._outgoing.read()
             try:
                 if pending:
                     self._sock.sendall(pending)
