@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: certs run test soak lint clean
+.PHONY: certs run test soak bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,17 @@ test: $(STAMP)
 soak: $(STAMP)
 	SECURECHAT_SOAK_CLIENTS=200 SECURECHAT_SOAK_SECONDS=60 $(BIN)/python -m pytest -q -s tests/test_soak.py
 
+# securechat, ngIRCd over TLS and a classroom relay side by side; rewrites the table and
+# plot in docs/performance.md. Installs ngircd with apt-get if it can (root), else skips it.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@command -v ngircd >/dev/null || test -x /usr/sbin/ngircd || \
+		( [ "$$(id -u)" = 0 ] && apt-get install -y -qq ngircd >/dev/null ) || \
+		echo "ngircd not installed (apt-get install ngircd): the comparison will skip it"
+	$(BIN)/python benchmarks/compare.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check securechat tests
+	$(BIN)/ruff check securechat tests benchmarks
 	$(BIN)/mypy --strict securechat
 
 clean:

@@ -1,15 +1,20 @@
-"""Many TLS chat clients in one thread, driven by a selector.
+"""Many chat clients in one thread, driven by a selector.
 
 A thread per simulated client would make the generator, not the server, the thing
 measured. Clients log in one after another with blocking sockets, then switch to
-non-blocking mode; from then on one loop reads and writes for all of them. Every room
-line carries its sender's sequence number and the moment it was queued, so each
-receiver checks per-sender order and measures latency.
+non-blocking mode; from then on one loop reads and writes for all of them.
+
+Every benchmark line carries a marker `~RUN~SENDER~SEQ~MICROSECONDS~`: the run's id,
+the sender's index, its sequence number and the moment it was queued. A receiver finds
+the markers in complete lines with one regular expression, without decoding frames, so
+the generator's cost per delivery stays small; it checks per-sender order and measures
+latency. Lines from a previous run (history, with `--port`) carry another run id.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import re
 import selectors
 import socket
 import ssl
@@ -17,63 +22,88 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..protocol import PROTOCOL_VERSION, Hello, Say, encode
-from ..protocol.framing import LineBuffer
-from ..protocol.limits import MAX_LINE_BYTES
+from .dialects import Dialect, connect_socket
 
-__all__ = ["BenchClient", "Loop", "connect"]
+__all__ = ["BenchClient", "Loop", "Marker", "connect"]
+
+_CHUNK = 256 * 1024
+#: At most this much is written per send (one TLS record each). ngIRCd 26.1 (GnuTLS)
+#: stalls a client that pipelines a full 16 KiB record of commands: it processed about
+#: a fifth of a burst and then nothing for seconds. With 4 KiB writes it keeps up, and
+#: every server gets the same client behaviour.
+_WRITE = 4096
+
+
+class Marker:
+    """Writes and finds the benchmark markers of one run."""
+
+    def __init__(self, run: int | None = None) -> None:
+        self.run = run if run is not None else int.from_bytes(os.urandom(4), "big")
+        self._pattern = re.compile(rb"~%d~(\d+)~(\d+)~(\d+)~" % self.run)
+
+    def text(self, sender: int, seq: int) -> str:
+        """A line for `sender`'s `seq`th message, stamped now."""
+        return f"~{self.run}~{sender}~{seq}~{time.perf_counter_ns() // 1000}~"
+
+    def find(self, data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        """(sender, seq, stamp) of every marker in `data`, in order."""
+        return self._pattern.findall(data)
 
 
 @dataclass(eq=False)
 class BenchClient:
-    nick: str
-    sock: ssl.SSLSocket
+    index: int
+    sock: socket.socket
+    dialect: Dialect
     out: bytearray = field(default_factory=bytearray)
-    lines: LineBuffer = field(default_factory=lambda: LineBuffer(MAX_LINE_BYTES))
-    received: int = 0
-    last_seq: dict[str, int] = field(default_factory=dict)
+    tail: bytes = b""  # an incomplete last line
+    received: int = 0  # benchmark lines from others
+    last_seq: dict[int, int] = field(default_factory=dict)
     out_of_order: int = 0
     sent: int = 0
     closed: bool = False
 
-    def queue_say(self, text: str) -> None:
-        self.out += encode(Say(text=text))
+    def queue(self, text: str) -> None:
+        self.out += self.dialect.say(text)
         self.sent += 1
 
 
-def connect(host: str, port: int, context: ssl.SSLContext, nick: str, timeout: float = 30.0) -> BenchClient:
-    """A logged-in guest client, switched to non-blocking. Raises `OSError` or `ssl.SSLError`."""
-    raw = socket.create_connection((host, port), timeout=timeout)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock = context.wrap_socket(raw, server_hostname=host)
-    sock.sendall(encode(Hello(version=PROTOCOL_VERSION, nick=nick, client="securechat-bench")))
-    client = BenchClient(nick, sock)
-    while True:  # until the welcome
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"{nick}: closed during login")
-        client.lines.feed(data)
-        line = client.lines.next_line()
-        if line is not None:
-            frame = json.loads(line)
-            if frame.get("type") != "welcome":
-                raise ConnectionError(f"{nick}: login refused: {frame}")
-            break
+def connect(
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    dialect: Dialect,
+    index: int,
+    nick: str,
+    timeout: float = 30.0,
+) -> BenchClient:
+    """A logged-in client, switched to non-blocking. Raises `OSError`, `ssl.SSLError`."""
+    sock = connect_socket(host, port, context, timeout)
+    try:
+        dialect.login(sock, nick)
+    except BaseException:
+        sock.close()
+        raise
     sock.setblocking(False)
-    return client
+    return BenchClient(index, sock, dialect)
 
 
 class Loop:
     """Reads and writes for many clients until a condition holds or time runs out."""
 
-    def __init__(
-        self, clients: list[BenchClient], on_message: Callable[[BenchClient, dict[str, object]], None]
-    ):
+    def __init__(self, clients: list[BenchClient], marker: Marker) -> None:
         self.clients = clients
-        self._on_message = on_message
+        self.marker = marker
+        self.latencies_us: list[int] = []
+        self.last_delivery = time.monotonic()  # when a benchmark line last arrived
         self._sel = selectors.DefaultSelector()
+        self._writing: set[BenchClient] = set()
         for c in clients:
             self._sel.register(c.sock, selectors.EVENT_READ, c)
+
+    @property
+    def deliveries(self) -> int:
+        return sum(c.received for c in self.clients)
 
     def close(self) -> None:
         self._sel.close()
@@ -81,48 +111,96 @@ class Loop:
             c.sock.close()
 
     def run(
-        self, done: Callable[[], bool], deadline: float, tick: Callable[[float], float] | None = None
+        self,
+        done: Callable[[], bool],
+        deadline: float,
+        tick: Callable[[float], float] | None = None,
+        progress: Callable[[], None] | None = None,
     ) -> bool:
-        """Serve I/O until `done()` (True) or `deadline` (False). `tick(now)` may queue sends
-        and returns how long the loop may wait before calling it again."""
+        """Serve I/O until `done()` (True) or `deadline` (False).
+
+        `tick(now)` may queue sends and returns how long the loop may wait before calling
+        it again; `progress()` is called about twice a second.
+        """
+        next_progress = time.monotonic()
         while not done():
             now = time.monotonic()
             if now >= deadline:
                 return False
-            wait = min(deadline - now, tick(now) if tick is not None else 0.5)
+            if progress is not None and now >= next_progress:
+                progress()
+                next_progress = now + 0.5
+            wait = min(deadline - now, tick(now) if tick is not None else 0.25, 0.25)
             for c in self.clients:
-                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if c.out else 0)
-                if not c.closed and self._sel.get_key(c.sock).events != events:
-                    self._sel.modify(c.sock, events, c)
+                if c.out and c not in self._writing and not c.closed:
+                    self._writing.add(c)
+                    self._sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
             for key, mask in self._sel.select(timeout=max(0.0, wait)):
                 client: BenchClient = key.data
                 if mask & selectors.EVENT_WRITE:
                     self._write(client)
                 if mask & selectors.EVENT_READ:
                     self._read(client)
+        if progress is not None:
+            progress()
         return True
 
     def _write(self, c: BenchClient) -> None:
         try:
-            sent = c.sock.send(c.out[:262144])
+            sent = c.sock.send(c.out[:_WRITE])
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
             return
+        except OSError:
+            self._drop(c)
+            return
         del c.out[:sent]
+        if not c.out:
+            self._writing.discard(c)
+            self._sel.modify(c.sock, selectors.EVENT_READ, c)
 
     def _read(self, c: BenchClient) -> None:
+        chunks = [c.tail]
         while True:
             try:
-                data = c.sock.recv(262144)
+                data = c.sock.recv(_CHUNK)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                 break
+            except OSError:
+                data = b""
             if not data:
-                c.closed = True
-                self._sel.unregister(c.sock)
-                return
-            c.lines.feed(data)
-            if not c.sock.pending():
+                self._drop(c)
                 break
-        while (line := c.lines.next_line()) is not None:
-            frame = json.loads(line)
-            if frame.get("type") == "message":
-                self._on_message(c, frame)
+            chunks.append(data)
+        buf = b"".join(chunks)
+        end = buf.rfind(b"\n") + 1
+        c.tail = buf[end:]
+        if not end:
+            return
+        lines = buf[:end]
+        answers = c.dialect.keepalive_answers(lines)
+        if answers:
+            c.out += answers
+        found = self.marker.find(lines)
+        if not found:
+            return
+        now = time.perf_counter_ns() // 1000
+        self.last_delivery = time.monotonic()
+        me = c.index
+        last = c.last_seq
+        lat = self.latencies_us
+        for sender_b, seq_b, stamp in found:
+            sender = int(sender_b)
+            if sender == me:
+                continue  # securechat echoes a line to its sender; IRC and the relay do not
+            seq = int(seq_b)
+            if seq != last.get(sender, -1) + 1:
+                c.out_of_order += 1
+            last[sender] = seq
+            c.received += 1
+            lat.append(now - int(stamp))
+
+    def _drop(self, c: BenchClient) -> None:
+        if not c.closed:
+            c.closed = True
+            self._writing.discard(c)
+            self._sel.unregister(c.sock)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 import ssl
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .loadgen import BenchClient, Loop, connect
+from .dialects import Dialect, SecureChat
+from .loadgen import BenchClient, Loop, Marker, connect
 from .procfs import sample
 from .stats import LatencySummary, summarize
 
@@ -26,6 +28,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BurstResult:
+    dialect: str
     clients: int
     senders: int
     messages: int
@@ -40,6 +43,7 @@ class BurstResult:
 
 @dataclass(frozen=True)
 class SteadyResult:
+    dialect: str
     clients: int
     rate: float
     seconds: float
@@ -64,27 +68,21 @@ class IdleResult:
     threads_per_session: float
 
 
-class _Tally:
-    """Counts room lines per receiver, checks per-sender order, collects latencies."""
-
-    def __init__(self) -> None:
-        self.latencies: list[float] = []
-
-    def __call__(self, client: BenchClient, frame: dict[str, object]) -> None:
-        if frame.get("history"):
-            return  # lines from before this run
-        seq_text, _, stamp = str(frame["text"]).partition(" ")
-        nick = str(frame["nick"])
-        seq = int(seq_text)
-        if seq != client.last_seq.get(nick, -1) + 1:
-            client.out_of_order += 1
-        client.last_seq[nick] = seq
-        client.received += 1
-        self.latencies.append(time.perf_counter() - float(stamp))
+Progress = Callable[[float, float], None]  # (done, total)
 
 
-def _clients(host: str, port: int, ctx: ssl.SSLContext, count: int, prefix: str) -> list[BenchClient]:
-    return [connect(host, port, ctx, f"{prefix}{i}") for i in range(count)]
+def _clients(
+    host: str, port: int, ctx: ssl.SSLContext | None, dialect: Dialect, count: int, prefix: str
+) -> list[BenchClient]:
+    clients: list[BenchClient] = []
+    try:
+        for i in range(count):
+            clients.append(connect(host, port, ctx, dialect, i, f"{prefix}{i}"))
+    except BaseException:
+        for c in clients:
+            c.sock.close()
+        raise
+    return clients
 
 
 def _cpu(pid: int | None) -> float | None:
@@ -98,43 +96,62 @@ def _us_per_delivery(cpu_before: float | None, cpu_after: float | None, deliveri
     return (cpu_after - cpu_before) / max(1, deliveries) * 1e6
 
 
+def _latency(loop: Loop) -> LatencySummary:
+    return summarize([us / 1e6 for us in loop.latencies_us] or [0.0])
+
+
 def burst(
     host: str,
     port: int,
-    ctx: ssl.SSLContext,
+    ctx: ssl.SSLContext | None,
     *,
     clients: int,
     senders: int,
     messages: int,
+    dialect: Dialect | None = None,
     server_pid: int | None = None,
     timeout: float = 300.0,
+    settle: float = 5.0,
+    progress: Progress | None = None,
 ) -> BurstResult:
-    """`senders` of `clients` each send `messages` lines as fast as the server takes them."""
-    cs = _clients(host, port, ctx, clients, "burst")
-    tally = _Tally()
-    loop = Loop(cs, tally)
+    """`senders` of `clients` each send `messages` lines as fast as the server takes them.
+
+    Each line counts once per receiver other than its sender. The run ends when every
+    line has arrived everywhere, or when nothing arrived for `settle` seconds (a server
+    that loses lines), or after `timeout`. The rate is deliveries over the time from the
+    first send to the last delivery.
+    """
+    dialect = dialect or SecureChat()
+    cs = _clients(host, port, ctx, dialect, clients, "burst")
+    marker = Marker()
+    loop = Loop(cs, marker)
+    expected = senders * messages * (clients - 1)
     try:
-        expected_each = senders * messages
         cpu_before = _cpu(server_pid)
-        start = time.perf_counter()
+        start = time.monotonic()
         for sender in cs[:senders]:
             for i in range(messages):
-                sender.queue_say(f"{i} {time.perf_counter():.6f}")
-        loop.run(lambda: all(c.received >= expected_each for c in cs), time.monotonic() + timeout)
-        seconds = time.perf_counter() - start
+                sender.queue(marker.text(sender.index, i))
+        loop.run(
+            lambda: loop.deliveries >= expected or time.monotonic() - loop.last_delivery > settle,
+            start + timeout,
+            progress=None if progress is None else lambda: progress(loop.deliveries, expected),
+        )
+        seconds = max(1e-9, loop.last_delivery - start)
         cpu_after = _cpu(server_pid)
     finally:
         loop.close()
-    deliveries = sum(c.received for c in cs)
+    deliveries = loop.deliveries
     return BurstResult(
+        dialect.name,
         clients,
         senders,
         messages,
         deliveries,
-        expected_each * clients,
+        expected,
         seconds,
         deliveries / seconds,
-        summarize(tally.latencies or [0.0]),
+        _latency(loop),
         sum(c.out_of_order for c in cs),
         _us_per_delivery(cpu_before, cpu_after, deliveries),
     )
@@ -143,17 +160,21 @@ def burst(
 def steady(
     host: str,
     port: int,
-    ctx: ssl.SSLContext,
+    ctx: ssl.SSLContext | None,
     *,
     clients: int,
     rate: float,
     seconds: float,
+    dialect: Dialect | None = None,
     server_pid: int | None = None,
+    settle: float = 10.0,
+    progress: Progress | None = None,
 ) -> SteadyResult:
     """Every client sends `rate` lines per second for `seconds`, at evenly spread moments."""
-    cs = _clients(host, port, ctx, clients, "steady")
-    tally = _Tally()
-    loop = Loop(cs, tally)
+    dialect = dialect or SecureChat()
+    cs = _clients(host, port, ctx, dialect, clients, "steady")
+    marker = Marker()
+    loop = Loop(cs, marker)
     rng = random.Random(1)  # noqa: S311 -- spreads send times; nothing secret
     interval = 1.0 / rate
     start = time.monotonic()
@@ -164,42 +185,53 @@ def steady(
     def tick(now: float) -> float:
         for c, when in due.items():
             if when <= now and when < end:
-                c.queue_say(f"{seq[c]} {time.perf_counter():.6f}")
+                c.queue(marker.text(c.index, seq[c]))
                 seq[c] += 1
                 due[c] = when + interval
         upcoming = [w for w in due.values() if w < end]
-        return max(0.0, min(upcoming) - now) if upcoming else 0.5
+        return max(0.0, min(upcoming) - now) if upcoming else 0.25
+
+    def expected() -> int:
+        return sum(seq.values()) * (clients - 1)
+
+    def finished() -> bool:
+        now = time.monotonic()
+        return now >= end and (loop.deliveries >= expected() or now - loop.last_delivery > settle)
 
     try:
         cpu_before = _cpu(server_pid)
         loop.run(
-            lambda: time.monotonic() >= end and all(c.received >= sum(seq.values()) for c in cs),
-            end + 60.0,
+            finished,
+            end + 120.0,
             tick,
+            progress=None
+            if progress is None
+            else lambda: progress(min(seconds, time.monotonic() - start), seconds),
         )
         cpu_after = _cpu(server_pid)
     finally:
         loop.close()
-    deliveries = sum(c.received for c in cs)
+    deliveries = loop.deliveries
     return SteadyResult(
+        dialect.name,
         clients,
         rate,
         seconds,
         deliveries,
-        sum(seq.values()) * clients,
-        summarize(tally.latencies or [0.0]),
+        expected(),
+        _latency(loop),
         sum(c.out_of_order for c in cs),
         _us_per_delivery(cpu_before, cpu_after, deliveries),
     )
 
 
 def connect_storm(
-    host: str, port: int, ctx: ssl.SSLContext, *, sessions: int, concurrency: int = 8
+    host: str, port: int, ctx: ssl.SSLContext | None, *, sessions: int, concurrency: int = 8
 ) -> ConnectResult:
     """`sessions` complete logins (TCP, TLS, hello, welcome), `concurrency` at a time."""
 
     def one(i: int) -> None:
-        connect(host, port, ctx, f"storm{i}").sock.close()
+        connect(host, port, ctx, SecureChat(), i, f"storm{i}").sock.close()
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -208,10 +240,10 @@ def connect_storm(
     return ConnectResult(sessions, seconds, sessions / seconds)
 
 
-def idle(host: str, port: int, ctx: ssl.SSLContext, *, sessions: int, server_pid: int) -> IdleResult:
+def idle(host: str, port: int, ctx: ssl.SSLContext | None, *, sessions: int, server_pid: int) -> IdleResult:
     """The server's resident memory and threads per connected, idle session."""
     before = sample(server_pid)
-    cs = _clients(host, port, ctx, sessions, "idle")
+    cs = _clients(host, port, ctx, SecureChat(), sessions, "idle")
     try:
         after = sample(server_pid)
     finally:

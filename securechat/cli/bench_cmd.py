@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import ssl
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,29 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     bench.add_argument(
         "--server-pid", type=int, default=None, help="with --port: its pid, for CPU and memory"
     )
+    bench.add_argument(
+        "--dialect",
+        choices=["securechat", "irc", "plain"],
+        default="securechat",
+        help="with --port, burst/steady: what the server speaks (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--no-tls", action="store_true", help="with --port: connect without TLS (for a plaintext relay)"
+    )
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
     bench.set_defaults(run=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from ..bench import scenarios
+    from ..bench.dialects import DIALECTS
+    from ..bench.progress import ProgressBar
     from ..bench.server import BenchServer
     from ..transport import client_context
 
@@ -60,6 +78,16 @@ def run_bench(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name} must be at least 1")
     if args.scenario == "burst" and args.senders > args.clients:
         raise UsageError("--senders cannot exceed --clients")
+    if args.port is None and (args.dialect != "securechat" or args.no_tls):
+        raise UsageError("--dialect and --no-tls need --port (the bench starts only securechat itself)")
+    if args.dialect != "securechat" and args.scenario not in ("burst", "steady"):
+        raise UsageError(f"{args.scenario} measures securechat only")
+    dialect = DIALECTS[args.dialect]()
+    show = (
+        ProgressBar(sys.stderr)
+        if (args.progress or (args.progress is None and sys.stderr.isatty()))
+        else None
+    )
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as work:
         server = None
         if args.port is None:
@@ -70,7 +98,7 @@ def run_bench(args: argparse.Namespace) -> int:
             check_port(args.port)
             host, port, cafile, pid = args.host, args.port, args.cafile, args.server_pid
         try:
-            ctx = client_context(cafile)
+            ctx = None if args.no_tls else client_context(cafile)
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(f"cannot load CA file {cafile}: {exc}") from None
         try:
@@ -83,7 +111,9 @@ def run_bench(args: argparse.Namespace) -> int:
                     clients=args.clients,
                     senders=args.senders,
                     messages=args.messages,
+                    dialect=dialect,
                     server_pid=pid,
+                    progress=show,
                 )
             elif args.scenario == "steady":
                 result = scenarios.steady(
@@ -93,7 +123,9 @@ def run_bench(args: argparse.Namespace) -> int:
                     clients=args.clients,
                     rate=args.rate,
                     seconds=args.seconds,
+                    dialect=dialect,
                     server_pid=pid,
+                    progress=show,
                 )
             elif args.scenario == "connect":
                 result = scenarios.connect_storm(host, port, ctx, sessions=args.sessions)
@@ -102,6 +134,8 @@ def run_bench(args: argparse.Namespace) -> int:
                     raise UsageError("idle needs the server's pid (--server-pid) to read its memory")
                 result = scenarios.idle(host, port, ctx, sessions=args.sessions, server_pid=pid)
         finally:
+            if show is not None:
+                show.finish()
             if server is not None:
                 server.stop()
     data = dataclasses.asdict(result)
