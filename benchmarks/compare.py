@@ -175,6 +175,7 @@ def run_target(
         seconds=args.seconds,
         dialect=target.dialect,
         server_pid=target.pid,
+        settle=args.settle,
         progress=bar,
     )
     if bar is not None:
@@ -191,6 +192,7 @@ def run_target(
         messages=args.messages,
         dialect=target.dialect,
         server_pid=target.pid,
+        settle=args.settle,
         progress=bar,
     )
     if bar is not None:
@@ -304,6 +306,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="steady: duration")
     parser.add_argument("--senders", type=int, default=20, help="burst: senders")
     parser.add_argument("--messages", type=int, default=200, help="burst: lines per sender")
+    parser.add_argument(
+        "--settle", type=float, default=5.0, help="a run ends after this long without a delivery"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args()
     show = sys.stderr.isatty()
