@@ -32,17 +32,23 @@ def test_rfc7748_section_6_1_diffie_hellman() -> None:
     assert bob.public == h("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
     shared = h("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
     assert x25519(alice.private, bob.public) == x25519(bob.private, alice.public) == shared
+    assert alice.exchange(bob.public) == bob.exchange(alice.public) == shared  # the cached-key path
 
 
 @pytest.mark.parametrize("low_order", [bytes(32), b"\x01" + bytes(31)])
 def test_x25519_refuses_low_order_points(low_order: bytes) -> None:
+    pair = DhKeyPair(bytes(range(32)))
     with pytest.raises(ValueError):
-        x25519(DhKeyPair(bytes(range(32))).private, low_order)
+        x25519(pair.private, low_order)
+    with pytest.raises(ValueError):
+        pair.exchange(low_order)
 
 
 def test_x25519_refuses_wrong_lengths() -> None:
     with pytest.raises(ValueError):
         x25519(bytes(32), bytes(31))
+    with pytest.raises(ValueError):
+        DhKeyPair(bytes(32)).exchange(bytes(31))
     with pytest.raises(ValueError):
         DhKeyPair(bytes(31))
 

@@ -92,16 +92,30 @@ def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> byt
 
 
 class DhKeyPair:
-    """An X25519 key pair, kept as raw bytes so it serialises without ceremony."""
+    """An X25519 key pair, kept as raw bytes so it serialises without ceremony.
 
-    __slots__ = ("private", "public")
+    Immutable. It keeps the loaded key object too: loading a private key costs about
+    as much as an exchange, and the ratchet exchanges with the same pair repeatedly.
+    """
+
+    __slots__ = ("_key", "private", "public")
 
     def __init__(self, private: bytes) -> None:
         if len(private) != KEY_BYTES:
             raise ValueError("an X25519 private key is 32 bytes")
-        key = X25519PrivateKey.from_private_bytes(private)
+        self._key = X25519PrivateKey.from_private_bytes(private)
         self.private = private
-        self.public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        """The X25519 shared secret with `peer_public`; raises `ValueError` as `x25519` does."""
+        return _exchange(self._key, peer_public)
+
+    def __copy__(self) -> DhKeyPair:
+        return self
+
+    def __deepcopy__(self, memo: object) -> DhKeyPair:
+        return self
 
     @classmethod
     def generate(cls, random: Random = os.urandom) -> DhKeyPair:
@@ -123,11 +137,13 @@ def x25519(private: bytes, peer_public: bytes) -> bytes:
     Raises `ValueError` for a malformed or low-order peer key (an all-zero result):
     the caller turns that into its own protocol error.
     """
+    return _exchange(X25519PrivateKey.from_private_bytes(private), peer_public)
+
+
+def _exchange(key: X25519PrivateKey, peer_public: bytes) -> bytes:
     if len(peer_public) != KEY_BYTES:
         raise ValueError("an X25519 public key is 32 bytes")
-    return X25519PrivateKey.from_private_bytes(private).exchange(
-        X25519PublicKey.from_public_bytes(peer_public)
-    )
+    return key.exchange(X25519PublicKey.from_public_bytes(peer_public))
 
 
 def ed25519_public(private: bytes) -> bytes:

@@ -16,7 +16,7 @@ a forged, replayed or corrupted message leaves the session exactly as it was.
 from __future__ import annotations
 
 import base64
-import copy
+import dataclasses
 import os
 import struct
 from dataclasses import dataclass, field
@@ -34,7 +34,6 @@ from .primitives import (
     hkdf_sha256,
     hmac_sha256,
     lp,
-    x25519,
 )
 from .x3dh import Setup
 
@@ -162,7 +161,7 @@ class RatchetState:
     ) -> RatchetState:
         dhs = DhKeyPair.generate(random)
         try:
-            rk, cks = _kdf_rk(sk, x25519(dhs.private, their_spk))
+            rk, cks = _kdf_rk(sk, dhs.exchange(their_spk))
         except ValueError:
             raise DecryptionError from None
         return cls(
@@ -210,6 +209,14 @@ class RatchetState:
         return lp(VERSION_LABEL, b"msg", self.sid, fold_nick(sender), fold_nick(recipient), self.ad0, header)
 
     # -- persistence ------------------------------------------------------------------
+
+    def copy(self) -> RatchetState:
+        """An independent copy (decryption works on one and keeps it only on success).
+
+        Every field is immutable (bytes, ints, str, the frozen `Setup`, `DhKeyPair`)
+        except the two containers, which are copied; far cheaper than `deepcopy`.
+        """
+        return dataclasses.replace(self, skipped=dict(self.skipped), old_dhr=list(self.old_dhr))
 
     def to_dict(self) -> dict[str, Any]:
         def b(x: bytes | None) -> str | None:
@@ -322,7 +329,7 @@ def decrypt(
     found = state.skipped.get((header.dh, header.n))
     if found is not None:
         plaintext = _open(found[0], ciphertext, aad)
-        new = copy.deepcopy(state)
+        new = state.copy()
         del new.skipped[(header.dh, header.n)]
         _after_success(new, now)
         return new, plaintext
@@ -330,7 +337,7 @@ def decrypt(
         raise DecryptionError  # a duplicate: its key was used and deleted
     if header.dh in state.old_dhr:
         raise DecryptionError  # a replay from a finished chain
-    new = copy.deepcopy(state)
+    new = state.copy()
     try:
         if header.dh != new.dhr:
             _skip(new, header.pn, now)
@@ -382,6 +389,6 @@ def _dh_ratchet(state: RatchetState, their_dh: bytes, random: Random) -> None:
     state.ns = 0
     state.nr = 0
     state.dhr = their_dh
-    state.rk, state.ckr = _kdf_rk(state.rk, x25519(state.dhs.private, their_dh))
+    state.rk, state.ckr = _kdf_rk(state.rk, state.dhs.exchange(their_dh))
     state.dhs = DhKeyPair.generate(random)
-    state.rk, state.cks = _kdf_rk(state.rk, x25519(state.dhs.private, their_dh))
+    state.rk, state.cks = _kdf_rk(state.rk, state.dhs.exchange(their_dh))

@@ -15,7 +15,7 @@ from ..protocol import fold_nick
 from .bundle import Bundle, PrekeySecrets
 from .errors import DecryptionError
 from .identity import Identity, PublicIdentity
-from .primitives import VERSION_LABEL, DhKeyPair, Random, hkdf_sha256, lp, sha256, x25519
+from .primitives import VERSION_LABEL, DhKeyPair, Random, hkdf_sha256, lp, sha256
 
 __all__ = ["NO_OPK", "SessionKeys", "Setup", "initiate", "respond"]
 
@@ -64,12 +64,12 @@ def initiate(me: Identity, bundle: Bundle, random: Random = os.urandom) -> tuple
     ephemeral = DhKeyPair.generate(random)
     opk = bundle.opks[0] if bundle.opks else None
     dhs = [
-        x25519(me.dh.private, bundle.spk.public),
-        x25519(ephemeral.private, bundle.identity.dh_key),
-        x25519(ephemeral.private, bundle.spk.public),
+        me.dh.exchange(bundle.spk.public),
+        ephemeral.exchange(bundle.identity.dh_key),
+        ephemeral.exchange(bundle.spk.public),
     ]
     if opk is not None:
-        dhs.append(x25519(ephemeral.private, opk.public))
+        dhs.append(ephemeral.exchange(opk.public))
     setup = Setup(me.public(), ephemeral.public, bundle.spk.id, opk.id if opk else NO_OPK)
     return _derive(dhs, setup.identity, bundle.identity, setup), setup
 
@@ -87,12 +87,12 @@ def respond(me: Identity, secrets: PrekeySecrets, setup: Setup) -> tuple[Session
         raise DecryptionError
     try:
         dhs = [
-            x25519(spk.private, setup.identity.dh_key),
-            x25519(me.dh.private, setup.ephemeral),
-            x25519(spk.private, setup.ephemeral),
+            spk.exchange(setup.identity.dh_key),
+            me.dh.exchange(setup.ephemeral),
+            spk.exchange(setup.ephemeral),
         ]
         if opk is not None:
-            dhs.append(x25519(opk.private, setup.ephemeral))
+            dhs.append(opk.exchange(setup.ephemeral))
     except ValueError:
         raise DecryptionError from None
     return _derive(dhs, setup.identity, me.public(), setup), spk
