@@ -48,3 +48,14 @@ def test_bench_idle_reports_memory_per_session(capsys: pytest.CaptureFixture[str
 def test_bench_refuses_nonsense() -> None:
     assert main(["bench", "burst", "--senders", "5", "--clients", "2"]) == 2
     assert main(["bench", "burst", "--clients", "0"]) == 2
+
+
+def test_bench_whisper_compares_plain_and_encrypted_round_trips(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "whisper", "--rounds", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["plain_rtt"]["count"] == result["whisper_rtt"]["count"] == 5
+    assert result["whisper_rtt"]["p50"] > 0 and result["plain_rtt"]["p50"] > 0
+    crypto = result["crypto"]
+    # The e2e layer necessarily costs at least the primitives it is made of.
+    assert crypto["us_per_whisper"] > 0 and crypto["x25519_us"] > 0
+    assert crypto["ratio"] == pytest.approx(crypto["us_per_whisper"] / crypto["primitives_us"])

@@ -21,10 +21,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "bench",
         help="benchmark a server (one it starts itself, or --port)",
         description="Scenarios: burst (senders x messages as fast as possible), steady (every client "
-        "at --rate for --seconds), connect (a storm of new TLS logins), idle (memory per session). "
+        "at --rate for --seconds), whisper (plain vs encrypted round trips, and the crypto's cost), "
+        "connect (a storm of new TLS logins), idle (memory per session). "
         "Without --port it starts its own server with the rate limit off (and says so).",
     )
-    bench.add_argument("scenario", choices=["burst", "steady", "connect", "idle"])
+    bench.add_argument("scenario", choices=["burst", "steady", "whisper", "connect", "idle"])
     bench.add_argument("--clients", type=int, default=200, help="connected clients (default: %(default)s)")
     bench.add_argument(
         "--senders", type=int, default=20, help="burst: how many of them send (default: %(default)s)"
@@ -36,6 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--rate", type=float, default=0.5, help="steady: lines/s per client (default: %(default)s)"
     )
     bench.add_argument("--seconds", type=float, default=10.0, help="steady: duration (default: %(default)s)")
+    bench.add_argument(
+        "--rounds", type=int, default=300, help="whisper: round trips of each kind (default: %(default)s)"
+    )
     bench.add_argument(
         "--sessions", type=int, default=1000, help="connect/idle: sessions (default: %(default)s)"
     )
@@ -67,13 +71,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from ..bench import scenarios
+    from ..bench import scenarios, whisper
     from ..bench.dialects import DIALECTS
     from ..bench.progress import ProgressBar
     from ..bench.server import BenchServer
     from ..transport import client_context
 
-    for name in ("clients", "senders", "messages", "sessions"):
+    for name in ("clients", "senders", "messages", "sessions", "rounds"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
     if args.scenario == "burst" and args.senders > args.clients:
@@ -127,6 +131,12 @@ def run_bench(args: argparse.Namespace) -> int:
                     server_pid=pid,
                     progress=show,
                 )
+            elif args.scenario == "whisper":
+                if ctx is None:
+                    raise UsageError("whisper needs TLS")
+                result = whisper.whisper(
+                    host, port, None if cafile is None else str(cafile), rounds=args.rounds
+                )
             elif args.scenario == "connect":
                 result = scenarios.connect_storm(host, port, ctx, sessions=args.sessions)
             else:
@@ -143,9 +153,13 @@ def run_bench(args: argparse.Namespace) -> int:
         print(json.dumps({"scenario": args.scenario, **data}))
     else:
         for key, value in data.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and "p50" in value:  # a latency summary, in seconds
                 value = ", ".join(
                     f"{k} {v * 1000:.2f} ms" if k != "count" else f"{k} {v}" for k, v in value.items()
+                )
+            elif isinstance(value, dict):
+                value = ", ".join(
+                    f"{k} {v:,.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
                 )
             elif isinstance(value, float):
                 value = f"{value:,.2f}"

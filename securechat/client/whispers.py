@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..e2e.bundle import OPK_REFILL_BELOW, OPK_TARGET, Bundle, OneTimePrekey, SignedPrekey
@@ -30,6 +30,7 @@ from ..protocol import (
 )
 from .events import KeyChanged, WhisperFailed, WhisperReceived
 from .keystore import Keystore
+from .received import ReceivedLog
 
 __all__ = ["Incoming", "WhisperKeys"]
 
@@ -56,15 +57,14 @@ class WhisperKeys:
         conversations: Conversations,
         persist: Persist,
         clock: Callable[[], float] = time.time,
-        received: list[str] | None = None,
+        received: Mapping[str, bytes] | None = None,
     ) -> None:
         self._conv = conversations
         self._persist = persist
         self._clock = clock
         self._lock = threading.RLock()
         self._held: dict[str, list[Delivery]] = {}
-        self._received: dict[str, None] = dict.fromkeys(received or [])
-        self._received_dirty = False
+        self._received = ReceivedLog(received, limit=_RECEIVED_REMEMBERED)
 
     @classmethod
     def in_keystore(cls, keystore: Keystore, nick: str) -> WhisperKeys:
@@ -75,10 +75,7 @@ class WhisperKeys:
         else:
             conv = Conversations(Identity.generate(nick))
             keystore.save(conv.records())
-        received = json.loads(records["received"]) if "received" in records else []
-        if not isinstance(received, list) or not all(isinstance(x, str) for x in received):
-            raise ValueError("malformed keystore record: received")
-        return cls(conv, keystore.save, received=received)
+        return cls(conv, keystore.save, received=records)
 
     @property
     def identity(self) -> Identity:
@@ -86,9 +83,7 @@ class WhisperKeys:
 
     def _save(self) -> None:
         changed = self._conv.take_dirty()
-        if self._received_dirty:
-            changed["received"] = json.dumps(list(self._received)).encode()
-            self._received_dirty = False
+        changed.update(self._received.take_dirty())
         if changed:
             self._persist(changed)
 
@@ -206,10 +201,7 @@ class WhisperKeys:
             out.events.append(WhisperFailed(sender=delivery.sender, reason="could not be authenticated"))
             out.acks.append(delivery.id)
             return
-        self._received[seen_key] = None
-        while len(self._received) > _RECEIVED_REMEMBERED:
-            del self._received[next(iter(self._received))]
-        self._received_dirty = True
+        self._received.add(seen_key)
         self._save()  # the session step and the "seen" mark, before the server may forget it
         out.acks.append(delivery.id)
         text = _text_of(whisper.plaintext)

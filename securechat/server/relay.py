@@ -125,25 +125,29 @@ class Relay:
         if self._store.registered_key(event.to) is None:
             raise RelayError(Code.NO_SUCH_USER, f"{event.to} is not a registered user")
         ts = self._clock()
-        whisper_id = self._store.enqueue(event.to, event.id, sender, event.header, event.ciphertext, ts)
         recipient = self._hub.member(event.to)
         away = recipient.away if recipient is not None else ""
-        if recipient is not None:
-            recipient.deliver(
-                encode(
-                    self._delivery(
-                        QueuedWhisper(
-                            whisper_id,
-                            fold_nick(event.to),
-                            event.id,
-                            sender,
-                            event.header,
-                            event.ciphertext,
-                            ts,
-                        )
-                    )
-                )
+
+        def push(whisper_id: int) -> None:
+            # Before the commit reaches the disk, so that the flush and the recipient's
+            # decryption overlap. Safe: the sender hears "stored" only after the commit,
+            # and if the server dies first it sends the same bytes again after
+            # reconnecting, which the recipient drops by message id.
+            assert recipient is not None
+            queued = QueuedWhisper(
+                whisper_id, fold_nick(event.to), event.id, sender, event.header, event.ciphertext, ts
             )
+            recipient.deliver(encode(self._delivery(queued)))
+
+        self._store.enqueue(
+            event.to,
+            event.id,
+            sender,
+            event.header,
+            event.ciphertext,
+            ts,
+            before_commit=push if recipient is not None else None,
+        )
         return WhisperStatus(id=event.id, to=event.to, status="stored", away=away)
 
     def _delivery(self, q: QueuedWhisper) -> Delivery:

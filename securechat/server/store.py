@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,16 +65,32 @@ class Store(Protocol):
         """(one-time prekeys held, signed prekey id or 0, its creation time or 0)."""
 
     def enqueue(
-        self, recipient: str, msg_id: str, sender: str, header: bytes, ciphertext: bytes, ts: float
+        self,
+        recipient: str,
+        msg_id: str,
+        sender: str,
+        header: bytes,
+        ciphertext: bytes,
+        ts: float,
+        *,
+        before_commit: Callable[[int], None] | None = None,
     ) -> int:
-        """Queue a whisper; returns its id. Queuing the same (sender, msg_id, recipient) again
-        returns the first id and stores nothing new."""
+        """Queue a whisper durably; returns its id. Queuing the same (sender, msg_id,
+        recipient) again returns the first id and stores nothing new.
+
+        `before_commit(id)` runs once the id is known, before the commit waits for the
+        disk: pushing to an online recipient then overlaps with the flush.
+        """
 
     def pending(self, recipient: str) -> list[QueuedWhisper]:
         """Everything queued for `recipient`, oldest first."""
 
     def ack(self, recipient: str, whisper_id: int) -> QueuedWhisper | None:
-        """Delete a delivered whisper (only `recipient` may); the deleted row, or None."""
+        """Delete a delivered whisper (only `recipient` may); the deleted row, or None.
+
+        Not flushed to disk at once: if power fails, the whisper is delivered again,
+        and the recipient's client drops it by its message id.
+        """
 
     def expire(self, before: float) -> int:
         """Delete queued whispers stored before `before` (Unix time); how many went."""
@@ -158,15 +174,24 @@ class SqliteStore:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(step),))
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction. `durable=False` commits without waiting for the disk (in WAL
+        mode the commit survives a crash of this process, not a power loss, until the next
+        durable commit flushes it too)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def registered_key(self, nick: str) -> bytes | None:
         with self._tx() as db:
@@ -249,7 +274,15 @@ class SqliteStore:
         return (int(count), *(row if row else (0, 0)))
 
     def enqueue(
-        self, recipient: str, msg_id: str, sender: str, header: bytes, ciphertext: bytes, ts: float
+        self,
+        recipient: str,
+        msg_id: str,
+        sender: str,
+        header: bytes,
+        ciphertext: bytes,
+        ts: float,
+        *,
+        before_commit: Callable[[int], None] | None = None,
     ) -> int:
         args = (fold_nick(recipient), msg_id, fold_nick(sender))
         with self._tx() as db:
@@ -261,6 +294,8 @@ class SqliteStore:
             (whisper_id,) = db.execute(
                 "SELECT id FROM queue WHERE recipient=? AND msg_id=? AND sender=?", args
             ).fetchone()
+            if before_commit is not None:
+                before_commit(int(whisper_id))
         return int(whisper_id)
 
     def pending(self, recipient: str) -> list[QueuedWhisper]:
@@ -273,7 +308,7 @@ class SqliteStore:
         return [QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6]) for r in rows]
 
     def ack(self, recipient: str, whisper_id: int) -> QueuedWhisper | None:
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             r = db.execute(
                 "SELECT id, recipient, msg_id, sender, header, ciphertext, ts FROM queue "
                 "WHERE id=? AND recipient=?",
