@@ -42,7 +42,7 @@ def test_bench_idle_reports_memory_per_session(capsys: pytest.CaptureFixture[str
     assert main(["bench", "idle", "--sessions", "40", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert result["sessions"] == 40 and result["rss_kib_per_session"] > 0
-    assert 1.5 <= result["threads_per_session"] <= 2.5  # a reader and a writer each
+    assert 0.9 <= result["threads_per_session"] <= 1.5  # a reader each; writers come and go
 
 
 def test_bench_refuses_nonsense() -> None:

@@ -16,7 +16,7 @@ class FakeMember:
         self.frames.append(frame)
 
     def seen(self) -> list[dict[str, object]]:
-        return [json.loads(f) for f in self.frames]
+        return [json.loads(line) for f in self.frames for line in f.splitlines()]
 
 
 def join(hub: Hub, nick: str) -> tuple[FakeMember, list[tuple[str, ...]]]:
@@ -31,6 +31,8 @@ def test_join_welcomes_then_announces_to_others_only() -> None:
     alice, welcomed_a = join(hub, "alice")
     bob, welcomed_b = join(hub, "Bob")
     assert welcomed_a == [("alice",)] and welcomed_b == [("alice", "Bob")]
+    assert alice.seen() == []  # notices wait for the next flush
+    hub.flush_presence()
     assert alice.seen() == [{"type": "joined", "room": "#lobby", "nick": "Bob"}]
     assert bob.seen() == []
 
@@ -47,6 +49,7 @@ def test_say_reaches_everyone_with_the_same_bytes_object() -> None:
     hub = Hub(clock=lambda: 42.0)
     alice, _ = join(hub, "alice")
     bob, _ = join(hub, "bob")
+    hub.flush_presence()
     alice.frames.clear()
     hub.say("alice", "#lobby", "hi")
     assert alice.frames[0] is bob.frames[0]  # encoded once
@@ -77,6 +80,7 @@ def test_leave_announces_and_frees_the_nick() -> None:
     alice, _ = join(hub, "alice")
     bob, _ = join(hub, "bob")
     hub.leave(bob, "bob", "quit")
+    hub.flush_presence()
     assert alice.seen()[-1] == {"type": "left", "room": "#lobby", "nick": "bob", "reason": "quit"}
     assert hub.names("#lobby").users == ("alice",)
     join(hub, "bob")
@@ -123,6 +127,7 @@ def test_lines_said_together_go_out_as_one_frame_with_increasing_timestamps() ->
     hub = Hub(clock=lambda: 42.0, history=10)  # a clock that does not move
     alice, _ = join(hub, "alice")
     bob, _ = join(hub, "bob")
+    hub.flush_presence()
     alice.frames.clear()
     hub.say_many("alice", [Say(text="one"), Say(text="two", action=True)])
     assert len(bob.frames) == 1 and bob.frames[0] is alice.frames[0]
@@ -141,3 +146,43 @@ def test_a_batch_naming_an_unknown_room_sends_nothing() -> None:
     with pytest.raises(NoSuchRoom):
         hub.say_many("alice", [Say(text="fine"), Say(room="#elsewhere", text="no")])
     assert alice.frames == []
+
+
+def test_a_login_storm_costs_one_write_per_member_per_flush() -> None:
+    hub = Hub()
+    alice, _ = join(hub, "alice")
+    others = [join(hub, f"user{i}")[0] for i in range(50)]
+    assert alice.frames == []
+    hub.flush_presence()
+    assert len(alice.frames) == 1  # fifty notices, one write
+    assert [m["nick"] for m in alice.seen()] == [f"user{i}" for i in range(50)]
+    # A newcomer gets only the notices after its own: its welcome listed the rest.
+    assert [m["nick"] for m in others[10].seen()] == [f"user{i}" for i in range(11, 50)]
+    assert others[49].frames == []  # nothing after its own notice: no empty write
+    hub.flush_presence()
+    assert len(alice.frames) == 1  # nothing pending, nothing sent
+
+
+def test_notices_go_out_before_the_next_line_and_before_a_member_list() -> None:
+    hub = Hub()
+    alice, _ = join(hub, "alice")
+    bob, _ = join(hub, "bob")
+    hub.say("bob", "#lobby", "hi")
+    assert [m["type"] for m in alice.seen()] == ["joined", "message"]
+    carol, _ = join(hub, "carol")
+    hub.leave(carol, "carol", "bye")
+    assert hub.names("#lobby").users == ("alice", "bob")
+    assert [m["type"] for m in bob.seen()][-2:] == ["joined", "left"]
+
+
+def test_a_replaced_session_is_not_announced_and_its_successor_gets_only_later_notices() -> None:
+    hub = Hub()
+    alice, _ = join(hub, "alice")
+    old = FakeMember()
+    hub.join(old, "bob", lambda users: None)
+    new = FakeMember()
+    assert hub.join(new, "bob", lambda users: None, may_replace=lambda holder: holder is old) is old
+    join(hub, "carol")
+    hub.flush_presence()
+    assert [m["nick"] for m in alice.seen()] == ["bob", "carol"]  # bob joined once
+    assert [m["nick"] for m in new.seen()] == ["carol"]  # only what its welcome did not cover

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 
-from securechat.server.outbox import Outbox
+from securechat.server.outbox import IDLE, Outbox
 
 
 def test_take_coalesces_everything_queued_into_one_write() -> None:
@@ -97,4 +97,39 @@ def test_a_backlog_left_by_the_fast_path_wakes_the_writer() -> None:
     assert box.put(b"a\n")
     assert box.take() == b""  # nothing queued, but the writer must push the backlog
     box.close()
+    assert box.take() is None
+
+
+def test_the_last_frame_is_last_even_on_the_fast_path() -> None:
+    box = Outbox(1000)
+    sink = FakeSink()
+    box.attach(sink)
+    box.close(b"bye\n")
+    assert not box.put(b"late\n")
+    assert sink.sent == [b"bye\n"]
+
+
+def test_a_writer_is_started_only_when_work_appears_and_leaves_when_idle() -> None:
+    started: list[int] = []
+    box = Outbox(1000, start_writer=lambda: started.append(1), idle_exit=0.01)
+    sink = FakeSink()
+    box.attach(sink)
+    assert box.put(b"a\n") and started == []  # the fast path needs no thread
+    sink.full = True
+    assert box.put(b"b\n") and box.put(b"c\n")
+    assert started == [1]  # one writer for both, started by the first queued frame
+    assert box.take() == b"b\nc\n"
+    assert box.take() is IDLE  # nothing more within idle_exit: the writer may go
+    assert box.put(b"d\n") and started == [1, 1]  # work again: a new writer
+    assert box.take() == b"d\n"
+    box.close()
+    assert box.take() is None
+
+
+def test_closing_an_idle_outbox_starts_a_writer_to_finish_the_connection() -> None:
+    started: list[int] = []
+    box = Outbox(1000, start_writer=lambda: started.append(1))
+    box.attach(FakeSink())
+    box.close(b"bye\n")  # sent by the fast path; a writer must still close the connection
+    assert started == [1]
     assert box.take() is None

@@ -101,6 +101,20 @@ class Loop:
         for c in clients:
             self._sel.register(c.sock, selectors.EVENT_READ, c)
 
+    def add(self, client: BenchClient) -> None:
+        """Serve one more client."""
+        self.clients.append(client)
+        self._sel.register(client.sock, selectors.EVENT_READ, client)
+
+    def pump(self, timeout: float = 0.0) -> None:
+        """Handle what is ready now (waiting at most `timeout`): read, answer keepalives."""
+        for key, mask in self._sel.select(timeout=timeout):
+            client: BenchClient = key.data
+            if mask & selectors.EVENT_WRITE:
+                self._write(client)
+            if mask & selectors.EVENT_READ:
+                self._read(client)
+
     @property
     def deliveries(self) -> int:
         return sum(c.received for c in self.clients)
@@ -135,12 +149,7 @@ class Loop:
                 if c.out and c not in self._writing and not c.closed:
                     self._writing.add(c)
                     self._sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
-            for key, mask in self._sel.select(timeout=max(0.0, wait)):
-                client: BenchClient = key.data
-                if mask & selectors.EVENT_WRITE:
-                    self._write(client)
-                if mask & selectors.EVENT_READ:
-                    self._read(client)
+            self.pump(max(0.0, wait))
         if progress is not None:
             progress()
         return True

@@ -240,15 +240,34 @@ def connect_storm(
     return ConnectResult(sessions, seconds, sessions / seconds)
 
 
-def idle(host: str, port: int, ctx: ssl.SSLContext | None, *, sessions: int, server_pid: int) -> IdleResult:
-    """The server's resident memory and threads per connected, idle session."""
+def idle(
+    host: str,
+    port: int,
+    ctx: ssl.SSLContext | None,
+    *,
+    sessions: int,
+    server_pid: int,
+    progress: Progress | None = None,
+) -> IdleResult:
+    """The server's resident memory and threads per connected, idle session.
+
+    Idle means not chatting: like a real client, each one keeps reading what the
+    server sends (the other sessions' join notices), so nothing piles up in buffers.
+    """
     before = sample(server_pid)
-    cs = _clients(host, port, ctx, SecureChat(), sessions, "idle")
+    loop = Loop([], Marker())
     try:
+        for i in range(sessions):
+            loop.add(connect(host, port, ctx, SecureChat(), i, f"idle{i}"))
+            loop.pump()
+            if progress is not None and (i % 100 == 99 or i == sessions - 1):
+                progress(i + 1, sessions)
+        settle = time.monotonic() + 1.0  # the last join notices
+        while time.monotonic() < settle:
+            loop.pump(0.1)
         after = sample(server_pid)
     finally:
-        for c in cs:
-            c.sock.close()
+        loop.close()
     return IdleResult(
         sessions, (after.rss_kib - before.rss_kib) / sessions, (after.threads - before.threads) / sessions
     )

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .common import UsageError, check_port
+from .common import UsageError, check_port, raise_open_files_limit
 
 __all__ = ["add_parsers"]
 
@@ -92,6 +92,7 @@ def run_bench(args: argparse.Namespace) -> int:
         if (args.progress or (args.progress is None and sys.stderr.isatty()))
         else None
     )
+    raise_open_files_limit()  # one socket per simulated client
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as work:
         server = None
         if args.port is None:
@@ -142,7 +143,9 @@ def run_bench(args: argparse.Namespace) -> int:
             else:
                 if pid is None:
                     raise UsageError("idle needs the server's pid (--server-pid) to read its memory")
-                result = scenarios.idle(host, port, ctx, sessions=args.sessions, server_pid=pid)
+                result = scenarios.idle(
+                    host, port, ctx, sessions=args.sessions, server_pid=pid, progress=show
+                )
         finally:
             if show is not None:
                 show.finish()

@@ -13,7 +13,14 @@ from types import FrameType
 
 from ..protocol import is_valid_nick
 from ..server.config import ServerConfig
-from .common import DEFAULT_CERT_DIR, DEFAULT_PORT, UsageError, check_port, default_data_dir
+from .common import (
+    DEFAULT_CERT_DIR,
+    DEFAULT_PORT,
+    UsageError,
+    check_port,
+    default_data_dir,
+    raise_open_files_limit,
+)
 
 __all__ = ["add_parsers"]
 
@@ -74,6 +81,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     release.set_defaults(run=run_release)
 
 
+#: Stack size for session threads (see run_server).
+SESSION_THREAD_STACK = 512 * 1024
+
+
 def run_server(args: argparse.Namespace) -> int:
     from ..server import Server
     from ..transport import server_context
@@ -103,6 +114,17 @@ def run_server(args: argparse.Namespace) -> int:
         server = Server(config, context)
     except (OSError, ValueError, sqlite3.DatabaseError) as exc:
         raise UsageError(f"cannot open the database in {data_dir}: {exc}") from None
+    # Two threads per session: their stacks are sized deliberately (the default is 8 MiB
+    # of address space each; frames are parsed iteratively and JSON nesting is bounded,
+    # so 512 KiB leaves a wide margin), and every session needs a file descriptor.
+    threading.stack_size(SESSION_THREAD_STACK)
+    files = raise_open_files_limit()
+    if files < config.max_sessions + 64:
+        logging.getLogger("securechat.server").warning(
+            "the open-file limit (%d) allows fewer sessions than max_sessions (%d)",
+            files,
+            config.max_sessions,
+        )
     try:
         server.start()
     except OSError as exc:

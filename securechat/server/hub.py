@@ -1,14 +1,21 @@
 """The hub: who is in the room, and fan-out of events to them.
 
-All shared mutable server state lives here behind one lock. Delivery means putting
-already-encoded bytes into each member's outbox, which never blocks and never touches
-a socket, so holding the lock while fanning out is cheap and keeps one global order:
-every member sees the room's events in the same sequence.
+All shared mutable server state lives here behind one lock. Delivery means handing
+already-encoded bytes to each member, which never blocks, so holding the lock while
+fanning out keeps one global order: every member sees the room's events in the same
+sequence.
+
+Join and leave notices are coalesced: they wait in `_presence` and go out together,
+one write per member, at the next `flush_presence` (the server calls it a few times a
+second) or before the next room line or member list, whichever comes first. A storm of
+N logins would otherwise cost N x N separate writes; this way it costs a few writes per
+member per flush, and the order users see is unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from collections import deque
@@ -55,6 +62,10 @@ class Hub:
         self._members: dict[str, tuple[str, Member]] = {}  # folded nick -> (nick, member)
         self._history: deque[Message] = deque(maxlen=history)
         self._unsaved: list[Message] = []  # said since the last `take_unsaved`
+        self._presence: list[bytes] = []  # join/leave notices not yet sent
+        # Members who joined while notices were pending: id(member) -> index of the first
+        # notice they get (their welcome already covered the earlier ones and their own).
+        self._newcomers: dict[int, int] = {}
         self._last_ts = 0.0
 
     def join(
@@ -81,7 +92,10 @@ class Hub:
             for line in self._history:  # before any live event can reach the newcomer
                 member.deliver(encode(dataclasses.replace(line, history=True)))
             if holder is None:
-                self._fan_out_locked(encode(Joined(room=self.room, nick=nick)), skip=member)
+                self._presence.append(encode(Joined(room=self.room, nick=nick)))
+            else:  # the same user again: nothing to announce
+                self._newcomers.pop(id(holder[1]), None)
+            self._newcomers[id(member)] = len(self._presence)
         return None if holder is None else holder[1]
 
     def leave(self, member: Member, nick: str, reason: str = "") -> None:
@@ -92,7 +106,8 @@ class Hub:
             if entry is None or entry[1] is not member:
                 return
             del self._members[key]
-            self._fan_out_locked(encode(Left(room=self.room, nick=nick, reason=reason)))
+            self._newcomers.pop(id(member), None)
+            self._presence.append(encode(Left(room=self.room, nick=nick, reason=reason)))
 
     def say(self, nick: str, room: str, text: str, *, action: bool = False) -> None:
         """Broadcast a public message from `nick` to everyone in `room`, sender included.
@@ -116,6 +131,7 @@ class Hub:
                 for s in says
             ]
             frame = b"".join(encode(m) for m in messages)
+            self._flush_presence_locked()
             self._fan_out_locked(frame)
             if self._history.maxlen:
                 self._history.extend(messages)
@@ -135,7 +151,13 @@ class Hub:
         """The `names` event for `room`. Raises `NoSuchRoom`."""
         self._check_room(room)
         with self._lock:
+            self._flush_presence_locked()  # so no notice arrives after the list it is part of
             return Names(room=room, users=self._names_locked())
+
+    def flush_presence(self) -> None:
+        """Send the pending join/leave notices (one write per member)."""
+        with self._lock:
+            self._flush_presence_locked()
 
     def load_history(self, lines: Iterable[Message]) -> None:
         """Seed the history (at start, from the store)."""
@@ -171,10 +193,25 @@ class Hub:
             raise NoSuchRoom(room)
 
     def _names_locked(self) -> tuple[str, ...]:
-        return tuple(sorted((nick for nick, _ in self._members.values()), key=fold_nick))
+        # Sorted by the folded nick, which is already the key: no Python call per member
+        # (this runs at every login, so it must stay cheap with thousands present).
+        return tuple(nick for _, (nick, _) in sorted(self._members.items()))
 
-    def _fan_out_locked(self, frame: bytes, skip: Member | None = None) -> None:
+    def _fan_out_locked(self, frame: bytes) -> None:
         # One encoded frame, the same bytes object queued to every recipient.
         for _, member in self._members.values():
-            if member is not skip:
-                member.deliver(frame)
+            member.deliver(frame)
+
+    def _flush_presence_locked(self) -> None:
+        if not self._presence:
+            return
+        notices, self._presence = self._presence, []
+        newcomers, self._newcomers = self._newcomers, {}
+        blob = b"".join(notices)
+        starts = [0, *itertools.accumulate(len(n) for n in notices)]  # byte offset of each notice
+        for _, member in self._members.values():
+            first = newcomers.get(id(member))
+            if first is None:
+                member.deliver(blob)
+            elif starts[first] < len(blob):
+                member.deliver(blob[starts[first] :])

@@ -29,6 +29,10 @@ _EXPIRE_EVERY = 3600.0
 #: Room history is written in batches this often, not once per line: a commit per public
 #: line would put an fsync on every message's path. A crash loses at most this much history.
 _HISTORY_FLUSH_EVERY = 0.5
+#: Join/leave notices are sent in batches this often (or before the next room line).
+#: Each flush costs one write per member, so with thousands present it must not be
+#: much more frequent; a quarter second is not noticeable in a chat.
+_PRESENCE_FLUSH_EVERY = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,7 @@ class Server:
         self._watchdog.after(self._sweep_every(), self._sweep)
         self._watchdog.after(_EXPIRE_EVERY, self._expire)
         self._watchdog.after(_HISTORY_FLUSH_EVERY, self._flush_history)
+        self._watchdog.after(_PRESENCE_FLUSH_EVERY, self._flush_presence)
         log.info("listening on %s:%d (TLS)", *self.address)
 
     def _save_history(self) -> None:
@@ -117,6 +122,14 @@ class Server:
         except Exception:  # a full disk must not stop the watchdog; the lines stay in memory
             log.exception("saving room history failed")
         self._watchdog.after(_HISTORY_FLUSH_EVERY, self._flush_history)
+
+    def _flush_presence(self) -> None:
+        """Send pending join/leave notices (runs in the watchdog thread, then reschedules)."""
+        with self._lock:
+            if self._stopping:
+                return
+        self.hub.flush_presence()
+        self._watchdog.after(_PRESENCE_FLUSH_EVERY, self._flush_presence)
 
     def _sweep_every(self) -> float:
         # Often enough that a ping or a drop is at most a quarter-interval late.

@@ -50,7 +50,7 @@ from ..transport import TlsChannel
 from .config import ServerConfig
 from .deadlines import Deadline, Watchdog
 from .hub import Hub, NickTaken, NoSuchRoom
-from .outbox import Outbox
+from .outbox import Idle, Outbox
 from .ratelimit import TokenBucket
 from .relay import Relay, RelayError
 
@@ -94,11 +94,12 @@ class Session:
         self._hub = hub
         self._watchdog = watchdog
         self._config = config
-        self._outbox = Outbox(config.send_queue_bytes)
+        self._outbox = Outbox(config.send_queue_bytes, start_writer=self._start_writer)
         self._lock = threading.Lock()
         self._closing = False
         self._overflow_reported = False
-        self._writer: threading.Thread | None = None
+        self._established = False  # the TLS handshake is done: frames can be sent
+        self._writers: list[threading.Thread] = []  # started on demand (see Outbox)
         self._leave_reason = "connection closed"
         self._login_deadline: Deadline | None = None
         self._linger_deadline: Deadline | None = None
@@ -131,13 +132,11 @@ class Session:
             self._closing = True
             if reason:
                 self._leave_reason = reason
-            writer_running = self._writer is not None
-        if not writer_running:  # still in the TLS handshake: nothing can be said
+            established = self._established
+        if not established:  # still in the TLS handshake: nothing can be said
             self._channel.shutdown()
             return
-        if final is not None:
-            self._outbox.put(encode(final))
-        self._outbox.close()
+        self._outbox.close(None if final is None else encode(final))
         self._linger_deadline = self._watchdog.after(self._config.linger, self._channel.shutdown)
 
     # -- the reader thread ----------------------------------------------------------
@@ -153,8 +152,8 @@ class Session:
             self._channel.shutdown()
         finally:
             self._cancel_deadlines()
-            if self._writer is not None:
-                self._writer.join()
+            for writer in self._writers_so_far():
+                writer.join()
             self._channel.close()
 
     def _handshake(self) -> bool:
@@ -168,10 +167,7 @@ class Session:
         with self._lock:
             if self._closing:
                 return False
-            self._writer = threading.Thread(
-                target=self._write_loop, name=f"securechat-writer-{self.peer}", daemon=True
-            )
-            self._writer.start()
+            self._established = True
         self._outbox.attach(self._channel)
         log.info("TLS session from %s (%s)", self.peer, self._channel.version())
         return True
@@ -278,7 +274,7 @@ class Session:
     def check_alive(self, now: float) -> None:
         """Keepalive, called periodically: ping a quiet peer, drop one that stays silent."""
         with self._lock:
-            if self._closing or self._writer is None:
+            if self._closing or not self._established:
                 return  # handshaking sessions have their own deadline
         quiet = now - self.last_heard
         if quiet > self._config.ping_interval + self._config.ping_timeout:
@@ -409,10 +405,24 @@ class Session:
 
     # -- the writer thread ----------------------------------------------------------
 
+    def _start_writer(self) -> None:
+        """Start a writer thread (the outbox calls this, under its lock, when one is needed)."""
+        writer = threading.Thread(target=self._write_loop, name=f"securechat-writer-{self.peer}", daemon=True)
+        with self._lock:
+            self._writers = [w for w in self._writers if w.is_alive()]
+            self._writers.append(writer)
+        writer.start()
+
+    def _writers_so_far(self) -> list[threading.Thread]:
+        with self._lock:
+            return list(self._writers)
+
     def _write_loop(self) -> None:
         broke: BaseException | None = None
         try:
             while (data := self._outbox.take()) is not None:
+                if isinstance(data, Idle):
+                    return  # nothing to send for a while; the outbox starts another when needed
                 self._channel.send(data)
         except (ssl.SSLError, OSError) as exc:
             broke = exc

@@ -17,6 +17,7 @@ take stays in `_backlog`, and every later send starts with it.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import threading
@@ -24,6 +25,10 @@ import threading
 __all__ = ["TlsChannel"]
 
 _RECV_CHUNK = 256 * 1024
+#: Plaintext is handed to OpenSSL at most this much at a time (one TLS record's worth).
+#: A memory BIO never gives back the room it once needed, so writing a 50 KiB frame
+#: at once would leave every session holding 50 KiB of empty buffer afterwards.
+_WRITE_SLICE = 16 * 1024
 
 
 class TlsChannel:
@@ -53,6 +58,7 @@ class TlsChannel:
         self._send_lock = threading.Lock()  # orders drains of _outgoing with their sendall
         self._backlog = b""  # ciphertext send_now could not hand over; guarded by _send_lock
         self._closed = False
+        self._poll: select.poll | None = None  # created by the first blocking read
 
     @property
     def socket(self) -> socket.socket:
@@ -119,7 +125,7 @@ class TlsChannel:
             if reply_pending:  # e.g. a TLS 1.3 KeyUpdate answer produced by the read
                 self._flush()
             try:
-                data = self._sock.recv(_RECV_CHUNK)
+                data = self._recv_raw()
             except OSError:
                 if self._closed:
                     return b""
@@ -129,14 +135,30 @@ class TlsChannel:
             with self._tls_lock:
                 self._incoming.write(data)
 
+    def _recv_raw(self) -> bytes:
+        """The next bytes from the socket, blocking until there are some.
+
+        `recv(n)` allocates its n-byte buffer before it blocks, so thousands of idle
+        sessions would each hold one for as long as they are idle. Ask without waiting
+        first (the common case under load), and otherwise wait for data with no buffer
+        allocated.
+        """
+        try:
+            return self._sock.recv(_RECV_CHUNK, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            pass
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self._sock, select.POLLIN)
+        self._poll.poll()  # woken by data, by the peer closing, or by `shutdown`
+        return self._sock.recv(_RECV_CHUNK)
+
     def send(self, data: bytes) -> None:
         """Encrypt and send all of `data` (after any backlog). Thread-safe; blocks while the
         peer is slow. `data` may be empty, to push out the backlog."""
         with self._send_lock:
             with self._tls_lock:
-                if data:
-                    self._tls.write(data)
-                pending = self._take_backlog() + self._outgoing.read()
+                pending = self._take_backlog() + self._encrypt(data)
             if pending:
                 self._sock.sendall(pending)
 
@@ -154,8 +176,7 @@ class TlsChannel:
             if self._backlog:
                 return False
             with self._tls_lock:
-                self._tls.write(data)
-                pending = self._outgoing.read()
+                pending = self._encrypt(data)
             try:
                 sent = self._sock.send(pending, socket.MSG_DONTWAIT)
             except OSError:  # EAGAIN, or broken: either way the writer deals with it
@@ -164,6 +185,19 @@ class TlsChannel:
             return True
         finally:
             self._send_lock.release()
+
+    def _encrypt(self, data: bytes) -> bytes:
+        """Everything waiting in the outgoing BIO plus `data` encrypted. Hold `_tls_lock`."""
+        if len(data) <= _WRITE_SLICE:
+            if data:
+                self._tls.write(data)
+            return self._outgoing.read()
+        parts = [self._outgoing.read()]
+        view = memoryview(data)
+        for start in range(0, len(data), _WRITE_SLICE):
+            self._tls.write(view[start : start + _WRITE_SLICE])
+            parts.append(self._outgoing.read())
+        return b"".join(parts)
 
     @property
     def backlogged(self) -> bool:
