@@ -193,8 +193,18 @@ class SqliteStore:
                 if not durable:
                     self._db.execute("PRAGMA synchronous=FULL")
 
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read-only transaction: one consistent snapshot, without taking the write lock."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+
     def registered_key(self, nick: str) -> bytes | None:
-        with self._tx() as db:
+        with self._read() as db:
             row = db.execute("SELECT sig_key FROM users WHERE nick_key=?", (fold_nick(nick),)).fetchone()
         return None if row is None else bytes(row[0])
 
@@ -268,7 +278,7 @@ class SqliteStore:
 
     def prekey_status(self, nick: str) -> tuple[int, int, int]:
         key = fold_nick(nick)
-        with self._tx() as db:
+        with self._read() as db:
             (count,) = db.execute("SELECT COUNT(*) FROM opks WHERE nick_key=?", (key,)).fetchone()
             row = db.execute("SELECT spk_id, spk_created FROM bundles WHERE nick_key=?", (key,)).fetchone()
         return (int(count), *(row if row else (0, 0)))
@@ -299,7 +309,7 @@ class SqliteStore:
         return int(whisper_id)
 
     def pending(self, recipient: str) -> list[QueuedWhisper]:
-        with self._tx() as db:
+        with self._read() as db:
             rows = db.execute(
                 "SELECT id, recipient, msg_id, sender, header, ciphertext, ts FROM queue WHERE recipient=? "
                 "ORDER BY id",
@@ -336,7 +346,7 @@ class SqliteStore:
                 )
 
     def recent_history(self, room: str, count: int) -> list[tuple[str, str, float]]:
-        with self._tx() as db:
+        with self._read() as db:
             rows = db.execute(
                 "SELECT nick, text, ts FROM history WHERE room=? ORDER BY id DESC LIMIT ?", (room, count)
             ).fetchall()
