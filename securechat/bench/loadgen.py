@@ -180,6 +180,10 @@ class Loop:
                 self._drop(c)
                 break
             chunks.append(data)
+            # What TLS already decrypted is taken now; more in the socket makes the
+            # selector report this client again (cheaper than a failing recv).
+            if not isinstance(c.sock, ssl.SSLSocket) or not c.sock.pending():
+                break
         buf = b"".join(chunks)
         end = buf.rfind(b"\n") + 1
         c.tail = buf[end:]
