@@ -63,9 +63,15 @@ class BenchClient:
     sent: int = 0
     closed: bool = False
 
+    #: Clients with new output, shared with the Loop serving this client (so the loop
+    #: need not scan every client for output on every turn).
+    has_output: set[BenchClient] | None = None
+
     def queue(self, text: str) -> None:
         self.out += self.dialect.say(text)
         self.sent += 1
+        if self.has_output is not None:
+            self.has_output.add(self)
 
 
 def connect(
@@ -98,13 +104,16 @@ class Loop:
         self.last_delivery = time.monotonic()  # when a benchmark line last arrived
         self._sel = selectors.DefaultSelector()
         self._writing: set[BenchClient] = set()
+        self._has_output: set[BenchClient] = set()
         for c in clients:
             self._sel.register(c.sock, selectors.EVENT_READ, c)
+            c.has_output = self._has_output
 
     def add(self, client: BenchClient) -> None:
         """Serve one more client."""
         self.clients.append(client)
         self._sel.register(client.sock, selectors.EVENT_READ, client)
+        client.has_output = self._has_output
 
     def pump(self, timeout: float = 0.0) -> None:
         """Handle what is ready now (waiting at most `timeout`): read, answer keepalives."""
@@ -145,10 +154,11 @@ class Loop:
                 progress()
                 next_progress = now + 0.5
             wait = min(deadline - now, tick(now) if tick is not None else 0.25, 0.25)
-            for c in self.clients:
+            for c in self._has_output:
                 if c.out and c not in self._writing and not c.closed:
                     self._writing.add(c)
                     self._sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+            self._has_output.clear()
             self.pump(max(0.0, wait))
         if progress is not None:
             progress()
@@ -193,6 +203,7 @@ class Loop:
         answers = c.dialect.keepalive_answers(lines)
         if answers:
             c.out += answers
+            self._has_output.add(c)
         found = self.marker.find(lines)
         if not found:
             return

@@ -408,10 +408,10 @@ class Session:
     def _start_writer(self) -> None:
         """Start a writer thread (the outbox calls this, under its lock, when one is needed)."""
         writer = threading.Thread(target=self._write_loop, name=f"securechat-writer-{self.peer}", daemon=True)
-        with self._lock:
+        with self._lock:  # started and listed at once: `run` joins only started threads
             self._writers = [w for w in self._writers if w.is_alive()]
+            writer.start()
             self._writers.append(writer)
-        writer.start()
 
     def _writers_so_far(self) -> list[threading.Thread]:
         with self._lock:
