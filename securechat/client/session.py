@@ -479,12 +479,14 @@ class Client:
         return True
 
     def _deliver(self, incoming: Incoming) -> None:
+        # Acks first: the server can forget the whisper sooner, and the ack is not
+        # slowed by an application thread that wakes up for the event and answers it.
+        for delivery_id in incoming.acks:
+            self.send(Ack(id=delivery_id))
         for item in incoming.events:
             if isinstance(item, WhisperReceived):
                 self.last_whisperer = (item.sender, item.fingerprint)
             self._events.put(item)
-        for delivery_id in incoming.acks:
-            self.send(Ack(id=delivery_id))
 
     def _drain(self) -> list[Event]:
         events: list[Event] = []
