@@ -9,9 +9,12 @@ import sqlite3
 import ssl
 import threading
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING
 
 from ..protocol import is_valid_nick
+
+if TYPE_CHECKING:
+    from ..server import Server
 from ..server.config import ServerConfig
 from .common import (
     DEFAULT_CERT_DIR,
@@ -125,10 +128,23 @@ def run_server(args: argparse.Namespace) -> int:
             files,
             config.max_sessions,
         )
+    # Ctrl-C and SIGTERM are taken with sigwait by this thread. Blocked first, so every
+    # server thread inherits the block: a handler would only run once the main thread
+    # executes Python again, and a signal the kernel hands to another thread would never
+    # wake a main thread asleep in a lock (seen: a SIGTERM ignored until SIGKILL).
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        return _serve(server, config, stop_signals)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _serve(server: Server, config: ServerConfig, stop_signals: set[signal.Signals]) -> int:
     try:
         server.start()
     except OSError as exc:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     defaults = ServerConfig()
     if (config.message_rate, config.message_burst) != (defaults.message_rate, defaults.message_burst):
         logging.getLogger("securechat.server").warning(
@@ -137,17 +153,9 @@ def run_server(args: argparse.Namespace) -> int:
         )
     host, port = server.address
     print(f"securechat server on {host}:{port} (TLS). Ctrl-C stops it.", flush=True)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        stop.wait()
+        signal.sigwait(stop_signals)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         server.stop()
     print("securechat server stopped.", flush=True)
     return 0
