@@ -56,6 +56,12 @@ class FakeSink:
         self.sent: list[bytes] = []
         self.full = False  # send_now refuses (another send in progress, or a backlog)
         self.backlogged = False
+        self.can_finish = True  # finish_now succeeds
+        self.finished = False
+
+    def finish_now(self) -> bool:
+        self.finished = self.can_finish
+        return self.can_finish
 
     def send_now(self, data: bytes) -> bool:
         if self.full:
@@ -126,10 +132,22 @@ def test_a_writer_is_started_only_when_work_appears_and_leaves_when_idle() -> No
     assert box.take() is None
 
 
-def test_closing_an_idle_outbox_starts_a_writer_to_finish_the_connection() -> None:
+def test_closing_an_idle_outbox_ends_the_connection_without_a_writer_when_it_can() -> None:
     started: list[int] = []
     box = Outbox(1000, start_writer=lambda: started.append(1))
-    box.attach(FakeSink())
-    box.close(b"bye\n")  # sent by the fast path; a writer must still close the connection
+    sink = FakeSink()
+    box.attach(sink)
+    box.close(b"bye\n")
+    assert sink.sent == [b"bye\n"] and sink.finished and started == []
+    assert not box.put(b"late\n")
+
+
+def test_closing_starts_a_writer_when_the_connection_cannot_end_at_once() -> None:
+    started: list[int] = []
+    box = Outbox(1000, start_writer=lambda: started.append(1))
+    sink = FakeSink()
+    sink.can_finish = False  # e.g. the socket is full
+    box.attach(sink)
+    box.close(b"bye\n")  # sent by the fast path; a writer must still end the connection
     assert started == [1]
-    assert box.take() is None
+    assert box.take() is None  # the writer then calls finish_sending

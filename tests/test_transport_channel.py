@@ -233,3 +233,15 @@ def test_send_now_steps_aside_while_another_thread_sends(pair: tuple[TlsChannel,
         assert not server.send_now(b"x")
     assert server.send_now(b"y\n") and not server.backlogged
     assert recv_exactly(client, 2) == b"y\n"
+
+
+def test_finish_now_ends_the_stream_cleanly_or_leaves_it_to_finish_sending(
+    pair: tuple[TlsChannel, TlsChannel],
+) -> None:
+    server, client = pair
+    assert server.send_now(b"last words\n")
+    with server._send_lock:  # another sender busy: finish_now must not wait
+        assert not server.finish_now()
+    assert server.finish_now()
+    assert recv_exactly(client, 11) == b"last words\n"
+    assert client.recv() == b""  # close_notify, then the half-close

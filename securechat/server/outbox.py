@@ -34,6 +34,8 @@ class Sink(Protocol):
 
     def send_now(self, data: bytes) -> bool: ...
 
+    def finish_now(self) -> bool: ...
+
     @property
     def backlogged(self) -> bool: ...
 
@@ -107,13 +109,17 @@ class Outbox:
         """Refuse new frames after `last` (if given); `take` returns what is queued, then None.
 
         Putting `last` and closing happen at once, so nothing another thread puts can
-        follow the last frame. A writer is started if none runs: it finishes the
-        connection.
+        follow the last frame. If everything went out and the sink could end the
+        connection at once (`finish_now`), that is all; otherwise a writer is started
+        (if none runs) and it finishes the connection.
         """
         with self._cond:
             if last is not None:
                 self._put_locked(last)
             self._closed = True
+            idle = not (self._writer or self._frames or self._flush or self._overflowed)
+            if idle and self._sink is not None and self._sink.finish_now():
+                return  # ended in this thread: no writer needed
             self._wake_writer_locked()
 
     @property

@@ -215,6 +215,34 @@ class TlsChannel:
             if pending:
                 self._sock.sendall(pending)
 
+    def finish_now(self) -> bool:
+        """Like `finish_sending`, if it can be done without blocking; False if not done.
+
+        On False nothing is lost: what the socket did not take waits in the backlog,
+        and a later `finish_sending` sends it and completes the half-close.
+        """
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._backlog:
+                return False
+            with self._tls_lock:
+                with contextlib.suppress(ssl.SSLError):  # see finish_sending
+                    self._tls.unwrap()
+                pending = self._outgoing.read()
+            try:
+                sent = self._sock.send(pending, socket.MSG_DONTWAIT) if pending else 0
+            except OSError:
+                sent = 0
+            if sent < len(pending):
+                self._backlog = pending[sent:]
+                return False
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+            return True
+        finally:
+            self._send_lock.release()
+
     def finish_sending(self) -> None:
         """Send TLS close_notify and half-close the socket; `recv` keeps working.
 

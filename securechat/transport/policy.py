@@ -27,6 +27,9 @@ def server_context(certfile: str | Path, keyfile: str | Path) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    # No TLS 1.3 session tickets: securechat clients never resume a session, so minting
+    # two tickets per connection (OpenSSL's default) was work and bytes for nothing.
+    ctx.num_tickets = 0
     ctx.load_cert_chain(str(certfile), str(keyfile))
     return ctx
 
