@@ -51,7 +51,8 @@ class CryptoCost:
     #: Median microseconds of one X25519 exchange, measured in the same run.
     x25519_us: float
     #: The least a ping-pong whisper needs: 3 X25519 operations (the receiver's two
-    #: exchanges and its new key pair), 3 HKDF, 4 HMAC, one AEAD seal and one open.
+    #: exchanges and its new key pair), 4 HKDF (two root-key steps, and a message key
+    #: on each side), 4 HMAC (chain steps), one AEAD seal and one open.
     primitives_us: float
     ratio: float
 
@@ -112,7 +113,7 @@ def crypto_cost(whispers: int = 400) -> CryptoCost:
     sealed = ChaCha20Poly1305(secret).encrypt(nonce, _TEXT.encode(), b"aad")
     seal = _median_us(lambda: ChaCha20Poly1305(secret).encrypt(nonce, _TEXT.encode(), b"aad"), 500)
     opened = _median_us(lambda: ChaCha20Poly1305(secret).decrypt(nonce, sealed, b"aad"), 500)
-    primitives = 2 * x25519 + keygen + 3 * hkdf + 4 * hmac_us + seal + opened
+    primitives = 2 * x25519 + keygen + 4 * hkdf + 4 * hmac_us + seal + opened
     return CryptoCost(whispers, us, x25519, primitives, us / primitives)
 
 
