@@ -16,7 +16,6 @@ a forged, replayed or corrupted message leaves the session exactly as it was.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 import struct
 from dataclasses import dataclass, field
@@ -144,6 +143,9 @@ class RatchetState:
     skipped: dict[tuple[bytes, int], tuple[bytes, float]] = field(default_factory=dict)
     old_dhr: list[bytes] = field(default_factory=list)
     opk_to_delete: int | None = None  # the responder's OPK, deleted once a message decrypts
+    # (sender, recipient) -> the AAD's fixed prefix; derived from fields that never
+    # change within a session, so copies share it. Not part of the saved state.
+    _aad_prefix: dict[tuple[str, str], bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def for_initiator(
@@ -206,7 +208,12 @@ class RatchetState:
         )
 
     def _aad(self, sender: str, recipient: str, header: bytes) -> bytes:
-        return lp(VERSION_LABEL, b"msg", self.sid, fold_nick(sender), fold_nick(recipient), self.ad0, header)
+        # lp() of all seven fields; the first six are the same for every message.
+        prefix = self._aad_prefix.get((sender, recipient))
+        if prefix is None:
+            prefix = lp(VERSION_LABEL, b"msg", self.sid, fold_nick(sender), fold_nick(recipient), self.ad0)
+            self._aad_prefix[(sender, recipient)] = prefix
+        return prefix + lp(header)
 
     # -- persistence ------------------------------------------------------------------
 
@@ -216,7 +223,11 @@ class RatchetState:
         Every field is immutable (bytes, ints, str, the frozen `Setup`, `DhKeyPair`)
         except the two containers, which are copied; far cheaper than `deepcopy`.
         """
-        return dataclasses.replace(self, skipped=dict(self.skipped), old_dhr=list(self.old_dhr))
+        new = object.__new__(RatchetState)
+        new.__dict__.update(self.__dict__)
+        new.skipped = dict(self.skipped)
+        new.old_dhr = list(self.old_dhr)
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         def b(x: bytes | None) -> str | None:
