@@ -139,7 +139,8 @@ Ports = {port}
     )
     try:
         wait_listening(port, proc, "ngircd")
-        yield Target("ngIRCd", Irc(), client_context(paths.ca), port, proc.pid, version.split("-")[0])
+        number = version.split("-")[0].removeprefix("ngIRCd").strip()  # "ngIRCd 26.1-IDENT+..."
+        yield Target("ngIRCd", Irc(), client_context(paths.ca), port, proc.pid, number)
     finally:
         proc.terminate()
         proc.wait(10)
