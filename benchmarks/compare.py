@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from securechat.bench import scenarios
 from securechat.bench.dialects import Dialect, Irc, Plain, SecureChat
@@ -46,6 +46,7 @@ DOC = ROOT / "docs" / "performance.md"
 PLOT = ROOT / "docs" / "performance.png"
 RESULTS = ROOT / "benchmarks" / "results.json"
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -166,41 +167,48 @@ def run_target(
 ) -> dict[str, Any]:
     print(f"== {target.name} ({target.version}) on 127.0.0.1:{target.port}, pid {target.pid}", flush=True)
     row: dict[str, Any] = {"server": target.name, "version": target.version}
-    bar = progress()
-    steady = scenarios.steady(
-        "127.0.0.1",
-        target.port,
-        target.context,
-        clients=args.clients,
-        rate=args.rate,
-        seconds=args.seconds,
-        dialect=target.dialect,
-        server_pid=target.pid,
-        settle=args.settle,
-        progress=bar,
+    common: dict[str, Any] = {"dialect": target.dialect, "server_pid": target.pid, "settle": args.settle}
+    steady = with_bar(
+        progress,
+        lambda bar: scenarios.steady(
+            "127.0.0.1",
+            target.port,
+            target.context,
+            clients=args.clients,
+            rate=args.rate,
+            seconds=args.seconds,
+            progress=bar,
+            **common,
+        ),
     )
-    if bar is not None:
-        bar.finish()
     row["steady"] = dataclasses.asdict(steady)
     print(f"   steady: {describe_steady(row['steady'])}", flush=True)
-    bar = progress()
-    burst = scenarios.burst(
-        "127.0.0.1",
-        target.port,
-        target.context,
-        clients=args.clients,
-        senders=args.senders,
-        messages=args.messages,
-        dialect=target.dialect,
-        server_pid=target.pid,
-        settle=args.settle,
-        progress=bar,
+    burst = with_bar(
+        progress,
+        lambda bar: scenarios.burst(
+            "127.0.0.1",
+            target.port,
+            target.context,
+            clients=args.clients,
+            senders=args.senders,
+            messages=args.messages,
+            progress=bar,
+            **common,
+        ),
     )
-    if bar is not None:
-        bar.finish()
     row["burst"] = dataclasses.asdict(burst)
     print(f"   burst:  {describe_burst(row['burst'])}", flush=True)
     return row
+
+
+def with_bar(progress: Callable[[], ProgressBar | None], run: Callable[[ProgressBar | None], T]) -> T:
+    """`run(bar)` with a fresh progress bar (or None), ending the bar's line afterwards."""
+    bar = progress()
+    try:
+        return run(bar)
+    finally:
+        if bar is not None:
+            bar.finish()
 
 
 def describe_steady(s: dict[str, Any]) -> str:

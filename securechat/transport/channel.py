@@ -21,6 +21,7 @@ import select
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 
 __all__ = ["TlsChannel"]
 
@@ -170,19 +171,27 @@ class TlsChannel:
         After True, `backlogged` says whether part of it still waits for a `send`.
         A socket error leaves the bytes in the backlog, for `send` to raise it.
         """
+        return self._send_nowait(lambda: self._encrypt(data)) is not None
+
+    def _send_nowait(self, produce: Callable[[], bytes]) -> bool | None:
+        """Offer the ciphertext `produce()` makes (under `_tls_lock`) to the socket without
+        blocking; keep what it does not take as the backlog. True if all of it went.
+
+        None, with nothing done, when another thread is sending or a backlog waits.
+        """
         if not self._send_lock.acquire(blocking=False):
-            return False
+            return None
         try:
             if self._backlog:
-                return False
+                return None
             with self._tls_lock:
-                pending = self._encrypt(data)
+                pending = produce()
             try:
-                sent = self._sock.send(pending, socket.MSG_DONTWAIT)
-            except OSError:  # EAGAIN, or broken: either way the writer deals with it
+                sent = self._sock.send(pending, socket.MSG_DONTWAIT) if pending else 0
+            except OSError:  # EAGAIN, or broken: either way a blocking send deals with it
                 sent = 0
             self._backlog = pending[sent:]
-            return True
+            return not self._backlog
         finally:
             self._send_lock.release()
 
@@ -221,27 +230,18 @@ class TlsChannel:
         On False nothing is lost: what the socket did not take waits in the backlog,
         and a later `finish_sending` sends it and completes the half-close.
         """
-        if not self._send_lock.acquire(blocking=False):
+        if not self._send_nowait(self._close_notify):
             return False
-        try:
-            if self._backlog:
-                return False
-            with self._tls_lock:
-                with contextlib.suppress(ssl.SSLError):  # see finish_sending
-                    self._tls.unwrap()
-                pending = self._outgoing.read()
-            try:
-                sent = self._sock.send(pending, socket.MSG_DONTWAIT) if pending else 0
-            except OSError:
-                sent = 0
-            if sent < len(pending):
-                self._backlog = pending[sent:]
-                return False
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_WR)
-            return True
-        finally:
-            self._send_lock.release()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        return True
+
+    def _close_notify(self) -> bytes:
+        """Our TLS close_notify, and anything before it still in the outgoing BIO."""
+        # WantRead: the peer's close_notify has not come; we don't wait for it.
+        with contextlib.suppress(ssl.SSLError):
+            self._tls.unwrap()
+        return self._outgoing.read()
 
     def finish_sending(self) -> None:
         """Send TLS close_notify and half-close the socket; `recv` keeps working.
@@ -250,11 +250,7 @@ class TlsChannel:
         """
         with self._send_lock:
             with self._tls_lock:
-                # WantRead: the peer's close_notify has not come; we don't wait for it.
-                backlog = self._take_backlog()
-                with contextlib.suppress(ssl.SSLError):
-                    self._tls.unwrap()
-                pending = backlog + self._outgoing.read()
+                pending = self._take_backlog() + self._close_notify()
             try:
                 if pending:
                     self._sock.sendall(pending)
