@@ -50,9 +50,13 @@ def test_bench_refuses_nonsense() -> None:
     assert main(["bench", "burst", "--clients", "0"]) == 2
 
 
-def test_bench_whisper_compares_plain_and_encrypted_round_trips(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "whisper", "--rounds", "5", "--json"]) == 0
+@pytest.mark.parametrize("keys", ["memory", "disk"])
+def test_bench_whisper_compares_plain_and_encrypted_round_trips(
+    keys: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "whisper", "--rounds", "5", "--keys", keys, "--json"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["keys"] == keys
     assert result["plain_rtt"]["count"] == result["whisper_rtt"]["count"] == 5
     assert result["whisper_rtt"]["p50"] > 0 and result["plain_rtt"]["p50"] > 0
     crypto = result["crypto"]

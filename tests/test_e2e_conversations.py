@@ -316,6 +316,13 @@ def test_take_dirty_reports_what_changed_and_resets() -> None:
     send(alice, bob, "x")
     dirty = alice.take_dirty()
     assert [n for n in dirty if n.startswith("session:")] and alice.take_dirty() == {}
+    # Another message in the same session: only that session's record is rewritten, not
+    # the index of sessions (it did not change), since every record costs a disk flush.
+    send(alice, bob, "y")
+    assert list(alice.take_dirty()) == [n for n in dirty if n.startswith("session:")]
+    # And a restart from the records still has everything.
+    again = Conversations.from_records({k: v for k, v in alice.records().items() if v is not None})
+    assert again.has_session("bob")
 
 
 def test_a_conversation_of_1000_whispers_with_random_interleaving() -> None:

@@ -29,3 +29,16 @@ def test_no_temporary_file_is_left_behind(tmp_path: Path) -> None:
     write_private(tmp_path / "a", b"2", mode=0o644)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o644
+
+
+def test_several_files_are_replaced_or_deleted_in_one_call(tmp_path: Path) -> None:
+    from securechat.files import write_private_files
+
+    (tmp_path / "gone").write_bytes(b"old")
+    (tmp_path / "kept").write_bytes(b"old")
+    write_private_files(tmp_path, {"kept": b"new", "fresh": b"x" * 200_000, "gone": None})
+    assert (tmp_path / "kept").read_bytes() == b"new"
+    assert (tmp_path / "fresh").read_bytes() == b"x" * 200_000
+    assert not (tmp_path / "gone").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "kept"]  # no temporaries left
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in tmp_path.iterdir())

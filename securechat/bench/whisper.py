@@ -20,9 +20,11 @@ import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -31,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..client import Client
 from ..client.events import WhisperReceived
+from ..client.keystore import Keystore
 from ..client.whispers import WhisperKeys
 from ..e2e.conversations import Conversations
 from ..e2e.identity import Identity
@@ -60,6 +63,7 @@ class CryptoCost:
 @dataclass(frozen=True)
 class WhisperResult:
     rounds: int
+    keys: str  # "memory" or "disk"
     plain_rtt: LatencySummary
     whisper_rtt: LatencySummary
     #: Whispered minus plain median round trip: encryption, the durable queue, acks.
@@ -117,9 +121,14 @@ def crypto_cost(whispers: int = 400) -> CryptoCost:
     return CryptoCost(whispers, us, x25519, primitives, us / primitives)
 
 
-def _identity_client(host: str, port: int, ctx: ssl.SSLContext, nick: str) -> Client:
-    records: dict[str, bytes | None] = {}
-    keys = WhisperKeys(Conversations(Identity.generate(nick)), records.update)
+def _identity_client(host: str, port: int, ctx: ssl.SSLContext, nick: str, keys_dir: str) -> Client:
+    """A logged-in identity user whose keys live in memory, or (with `keys_dir`) in a new
+    keystore there, written to disk at every ratchet step as a real client's are."""
+    if keys_dir:
+        keys = WhisperKeys.in_keystore(Keystore.create(Path(keys_dir) / nick, None), nick)
+    else:
+        records: dict[str, bytes | None] = {}
+        keys = WhisperKeys(Conversations(Identity.generate(nick)), records.update)
     client = Client(nick, host=host, port=port, context=ctx, keys=keys, timeout=30.0)
     client.connect()
     while True:  # until the server holds our prekeys, so the peer can start a session
@@ -129,10 +138,10 @@ def _identity_client(host: str, port: int, ctx: ssl.SSLContext, nick: str) -> Cl
             return client
 
 
-def _respond(host: str, port: int, cafile: str | None, nick: str, peer: str) -> None:
+def _respond(host: str, port: int, cafile: str | None, nick: str, peer: str, keys_dir: str) -> None:
     """The other end (run as `python -m securechat.bench.whisper`): log in, print "ready",
     then echo each ping from `peer` back the way it came, until terminated."""
-    client = _identity_client(host, port, client_context(cafile), nick)
+    client = _identity_client(host, port, client_context(cafile), nick, keys_dir)
     print("ready", flush=True)
     while True:
         item = client.next_event()
@@ -142,19 +151,30 @@ def _respond(host: str, port: int, cafile: str | None, nick: str, peer: str) -> 
             client.whisper(peer, "pong" + item.text[4:])
 
 
-def whisper(host: str, port: int, cafile: str | None, *, rounds: int, warmup: int = 10) -> WhisperResult:
+def whisper(
+    host: str, port: int, cafile: str | None, *, rounds: int, keys_on_disk: bool = False, warmup: int = 10
+) -> WhisperResult:
     """`rounds` plain and `rounds` whispered round trips between two new identity users.
 
     The answering user runs in a process of its own, as it would on another machine
-    (in one process the two clients would contend for one interpreter lock). Registers
-    two fresh nicks (`wbench-...`) on the server. Raises `TimeoutError`,
-    `ConnectionError` or `RuntimeError` if a round trip or the other end fails.
+    (in one process the two clients would contend for one interpreter lock). Keys are
+    kept in memory, or with `keys_on_disk` in keystores in a temporary directory (every
+    ratchet step then waits for the disk, as in the real client). Registers two fresh
+    nicks (`wbench-...`) on the server. Raises `TimeoutError`, `ConnectionError` or
+    `RuntimeError` if a round trip or the other end fails.
     """
+    with tempfile.TemporaryDirectory(prefix="securechat-whisper-") as tmp:
+        return _whisper(host, port, cafile, rounds, tmp if keys_on_disk else "", warmup)
+
+
+def _whisper(
+    host: str, port: int, cafile: str | None, rounds: int, keys_dir: str, warmup: int
+) -> WhisperResult:
     tag = secrets.token_hex(3)
     nick_a, nick_b = f"wbench-a-{tag}", f"wbench-b-{tag}"
-    a = _identity_client(host, port, client_context(cafile), nick_a)
+    a = _identity_client(host, port, client_context(cafile), nick_a, keys_dir)
     other = subprocess.Popen(  # noqa: S603 -- our own interpreter and module
-        [sys.executable, "-m", __name__, host, str(port), cafile or "", nick_b, nick_a],
+        [sys.executable, "-m", __name__, host, str(port), cafile or "", nick_b, nick_a, keys_dir],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -176,6 +196,7 @@ def whisper(host: str, port: int, cafile: str | None, *, rounds: int, warmup: in
     crypto = crypto_cost()
     return WhisperResult(
         rounds,
+        "disk" if keys_dir else "memory",
         plain_s,
         whisper_s,
         (whisper_s.p50 - plain_s.p50) * 1e3,
@@ -202,5 +223,5 @@ def _round_trips(
 
 
 if __name__ == "__main__":
-    _host, _port, _cafile, _nick, _peer = sys.argv[1:6]
-    _respond(_host, int(_port), _cafile or None, _nick, _peer)
+    _host, _port, _cafile, _nick, _peer, _keys_dir = sys.argv[1:7]
+    _respond(_host, int(_port), _cafile or None, _nick, _peer, _keys_dir)

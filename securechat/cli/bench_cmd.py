@@ -41,6 +41,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--rounds", type=int, default=300, help="whisper: round trips of each kind (default: %(default)s)"
     )
     bench.add_argument(
+        "--keys",
+        choices=["memory", "disk"],
+        default="memory",
+        help="whisper: keep the two users' keys in memory, or in keystores on disk as the "
+        "real client does (default: %(default)s)",
+    )
+    bench.add_argument(
         "--sessions", type=int, default=1000, help="connect/idle: sessions (default: %(default)s)"
     )
     bench.add_argument(
@@ -136,7 +143,11 @@ def run_bench(args: argparse.Namespace) -> int:
                 if ctx is None:
                     raise UsageError("whisper needs TLS")
                 result = whisper.whisper(
-                    host, port, None if cafile is None else str(cafile), rounds=args.rounds
+                    host,
+                    port,
+                    None if cafile is None else str(cafile),
+                    rounds=args.rounds,
+                    keys_on_disk=args.keys == "disk",
                 )
             elif args.scenario == "connect":
                 result = scenarios.connect_storm(host, port, ctx, sessions=args.sessions)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..e2e import keystore as sealing
 from ..e2e.errors import KeystoreError
-from ..files import write_private
+from ..files import write_private, write_private_files
 
 __all__ = ["Keystore", "default_keystore_dir"]
 
@@ -103,11 +103,11 @@ class Keystore:
 
     def save(self, records: dict[str, bytes | None]) -> None:
         """Write (or, for None, delete) records, each atomically and durably."""
-        for name, data in records.items():
-            path = self.directory / _file_for(name)
-            if data is None:
-                path.unlink(missing_ok=True)
-            else:
-                write_private(
-                    path, data if self._data_key is None else sealing.seal(self._data_key, name, data)
-                )
+        key = self._data_key
+        write_private_files(
+            self.directory,
+            {
+                _file_for(name): data if data is None or key is None else sealing.seal(key, name, data)
+                for name, data in records.items()
+            },
+        )

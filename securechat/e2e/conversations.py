@@ -327,8 +327,11 @@ class Conversations:
         for old in sids[:-_SESSIONS_PER_PEER]:
             self._sessions.pop(old, None)
             self.dirty.add(f"session:{old.hex()}")
-        self._active[peer] = sids[-_SESSIONS_PER_PEER:]
-        self.dirty.update({f"session:{state.sid.hex()}", "index"})
+        kept = sids[-_SESSIONS_PER_PEER:]
+        if kept != self._active.get(peer):  # the index changes only when the order does
+            self.dirty.add("index")
+        self._active[peer] = kept
+        self.dirty.add(f"session:{state.sid.hex()}")
 
     # -- persistence ------------------------------------------------------------------
 
