@@ -1,13 +1,14 @@
-"""One client connection: TLS handshake, a reader thread, and a writer thread.
+"""One client connection: TLS handshake, a reader thread, and a writer when needed.
 
 The reader (the thread the listener started) runs the handshake, reads frames and
-acts on them. The writer drains this session's outbox into the socket. Nobody else
-writes to this client's socket; other sessions only put bytes in its outbox.
+acts on them. Frames for this client go through its outbox: sent at once, without
+blocking, by whichever thread puts them when the socket has room, or else queued for
+a writer thread the outbox starts and that leaves again when idle (see outbox.py).
 
-Closing is a lingering close: queue a last frame (bye or error), let the writer send
-it and half-close, keep reading until the peer hangs up, and cut the connection
-when `linger` runs out. Cutting at once could make the kernel reset the connection
-and destroy the last frame before the peer reads it.
+Closing is a lingering close: put a last frame (bye or error), send it and half-close
+(at once if the socket takes it, else by the writer), keep reading until the peer
+hangs up, and cut the connection when `linger` runs out. Cutting at once could make
+the kernel reset the connection and destroy the last frame before the peer reads it.
 """
 
 from __future__ import annotations
