@@ -60,7 +60,6 @@ class BenchClient:
     received: int = 0  # benchmark lines from others
     last_seq: dict[int, int] = field(default_factory=dict)
     out_of_order: int = 0
-    sent: int = 0
     closed: bool = False
 
     #: Clients with new output, shared with the Loop serving this client (so the loop
@@ -69,7 +68,6 @@ class BenchClient:
 
     def queue(self, text: str) -> None:
         self.out += self.dialect.say(text)
-        self.sent += 1
         if self.has_output is not None:
             self.has_output.add(self)
 

@@ -42,7 +42,6 @@ class ReceivedLog:
         if legacy is not None:
             for number in self._buckets:
                 self._mark(number)
-        self._number_from = max(self._buckets, default=0)
 
     def __contains__(self, key: str) -> bool:
         return key in self._seen

@@ -111,12 +111,6 @@ class DhKeyPair:
         """The X25519 shared secret with `peer_public`; raises `ValueError` as `x25519` does."""
         return _exchange(self._key, peer_public)
 
-    def __copy__(self) -> DhKeyPair:
-        return self
-
-    def __deepcopy__(self, memo: object) -> DhKeyPair:
-        return self
-
     @classmethod
     def generate(cls, random: Random = os.urandom) -> DhKeyPair:
         return cls(random(KEY_BYTES))

@@ -233,11 +233,6 @@ class Server:
                 self._finished.append(thread)
                 self._lock.notify_all()
 
-    def session_count(self) -> int:
-        """Connections currently open (handshaking or logged in)."""
-        with self._lock:
-            return len(self._sessions)
-
     def wait_sessions(self, at_most: int, timeout: float) -> bool:
         """Wait until at most `at_most` sessions remain and the ended ones' threads are joined.
 
