@@ -347,9 +347,11 @@ class Session:
         """Join the room under `hello.nick`; False (and the session closing) if it is taken."""
 
         def welcome(users: tuple[str, ...]) -> None:
-            # Runs under the hub lock, before anyone can send us a room event.
+            # Runs under the hub lock, before anyone can send us a room event. Sent
+            # without `_reply`: flushing room lines here would re-enter the hub (there
+            # are none yet; lines are accepted only after the welcome).
             self.nick = hello.nick
-            self._reply(
+            self._send(
                 Welcome(
                     version=PROTOCOL_VERSION,
                     nick=hello.nick,
@@ -384,6 +386,9 @@ class Session:
 
     def _reply(self, event: Event) -> None:
         self._flush_says()  # a reply follows the echo of the lines read before it
+        self._send(event)
+
+    def _send(self, event: Event) -> None:
         self._outbox.put(self._conn.send(event))
 
     def _finish(self) -> None:
