@@ -238,3 +238,33 @@ def test_client_without_a_passphrase_says_the_keys_are_unprotected(
     assert "unprotected" in capsys.readouterr().err
     assert main([*argv[:-2], "--guest"]) == 1
     assert "unprotected" not in capsys.readouterr().err  # a guest has no keys at all
+
+
+def test_server_process_threads_survive_the_deepest_nesting_a_frame_can_hold(
+    cert_files: dict[str, str], tmp_path: Path
+) -> None:
+    # `securechat server` gives session threads 512 KiB stacks; the JSON decoder recurses
+    # in C, so the deepest nesting that fits in one frame must be refused, not crash it.
+    import json
+
+    from conftest import RawTls
+    from server_process import ServerProcess, free_port
+
+    from securechat.protocol.limits import MAX_LINE_BYTES
+
+    server = ServerProcess(free_port(), tmp_path / "data", cert_files)
+    try:
+        ctx = client_context(cert_files["ca"])
+        raw = RawTls(("127.0.0.1", server.port), ctx)
+        raw.send_line('{"type":"hello","version":1,"nick":"deep"}')
+        assert raw.read_json()["type"] == "welcome"
+        depth = (MAX_LINE_BYTES - 64) // 2
+        raw.send_line(b'{"type":"say","text":' + b"[" * depth + b"]" * depth + b"}")
+        last = json.loads(raw.read_until_closed()[-1])
+        assert (last["type"], last["code"], last["fatal"]) == ("error", "bad-json", True)
+        raw.close()
+        with Client("after", context=ctx, port=server.port) as after:  # still serving
+            after.say("still here")
+            assert next_matching(after, Message).text == "still here"  # type: ignore[attr-defined]
+    finally:
+        server.stop()
