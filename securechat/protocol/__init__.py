@@ -30,6 +30,8 @@ from .events import (
     is_valid_nick,
 )
 from .keys import (
+    FAILURE_REASONS,
+    OUTCOMES,
     Ack,
     Auth,
     Challenge,
@@ -51,9 +53,11 @@ __all__ = [
     "CLOSED",
     "DEFAULT_ROOM",
     "EVENT_TYPES",
+    "FAILURE_REASONS",
     "MAX_LINE_BYTES",
     "MAX_TEXT_BYTES",
     "NEED_DATA",
+    "OUTCOMES",
     "PROTOCOL_VERSION",
     "Ack",
     "Auth",

@@ -34,6 +34,9 @@ class Code:
     RATE_LIMITED = "rate-limited"
     REPLACED = "replaced"
     TIMEOUT = "timeout"
+    #: The server could not write to its database (disk full, I/O error): nothing was
+    #: stored, the session stays up, and the same request may be sent again later.
+    STORE_UNAVAILABLE = "store-unavailable"
 
 
 class ProtocolError(Exception):

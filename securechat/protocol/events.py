@@ -355,9 +355,13 @@ class Error(Event):
     code: str
     reason: str = ""
     fatal: bool = False
+    #: The id of the request this refuses, when it carried one (a whisper's `id`);
+    #: "" otherwise.
+    ref: str = ""
 
     def __post_init__(self) -> None:
         if not self.code:
             raise ValueError("code: empty")
         check_str("code", self.code, max_chars=64)
         check_str("reason", self.reason)
+        check_str("ref", self.ref, max_chars=64)

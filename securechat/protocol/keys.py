@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from .events import FROM_CLIENT, FROM_SERVER, Event, Record, check_nick
 
 __all__ = [
+    "FAILURE_REASONS",
     "MAX_CIPHERTEXT_BYTES",
     "MAX_HEADER_BYTES",
     "MAX_OPKS_PER_PUBLISH",
+    "OUTCOMES",
     "Ack",
     "Auth",
     "Challenge",
@@ -40,7 +42,14 @@ MAX_CIPHERTEXT_BYTES = 8192
 MAX_OPKS_PER_PUBLISH = 200
 
 _ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
-_STATUSES = frozenset({"stored", "delivered"})
+_STATUSES = frozenset({"stored", "delivered", "failed"})
+
+#: What a recipient's client reports in its `ack`: the whisper was decrypted and shown
+#: ("read"), or it never can be ("failed", with one of `FAILURE_REASONS`).
+OUTCOMES = frozenset({"read", "failed"})
+#: Why a whisper could not be decrypted, in classes coarse enough to tell the sender
+#: what to do (fetch keys again) and nothing about the recipient's keys beyond that.
+FAILURE_REASONS = frozenset({"no-session", "unknown-prekey", "auth-failed", "malformed"})
 
 
 def _check_len(name: str, value: bytes, size: int) -> None:
@@ -207,7 +216,8 @@ def _check_blob(name: str, value: bytes, limit: int) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class WhisperStatus(Event):
-    """What became of a whisper you sent: `stored` (durably queued) or `delivered`."""
+    """What became of a whisper you sent: `stored` (durably queued), `delivered` (the
+    recipient's client decrypted it), or `failed` (it could not: `reason` says why)."""
 
     TYPE = "whisper_status"
     SENDERS = FROM_SERVER
@@ -216,12 +226,15 @@ class WhisperStatus(Event):
     status: str
     #: The recipient's away message, if they set one ("" otherwise).
     away: str = ""
+    #: With `failed`: one of `FAILURE_REASONS`.
+    reason: str = ""
 
     def __post_init__(self) -> None:
         _check_id("id", self.id)
         check_nick("to", self.to)
         if self.status not in _STATUSES:
             raise ValueError(f"status: one of {sorted(_STATUSES)}")
+        _check_outcome_reason(self.status == "failed", self.reason)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,11 +263,27 @@ class Delivery(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Ack(Event):
-    """The client has the delivery `id` safely; the server may forget it."""
+    """The client has the delivery `id` safely; the server may forget it.
+
+    `outcome` tells the sender what became of it: "read" (decrypted and kept), or
+    "failed" (it never can be decrypted; `reason` is one of `FAILURE_REASONS`).
+    """
 
     TYPE = "ack"
     SENDERS = FROM_CLIENT
     id: str
+    outcome: str = "read"
+    reason: str = ""
 
     def __post_init__(self) -> None:
         _check_id("id", self.id)
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome: one of {sorted(OUTCOMES)}")
+        _check_outcome_reason(self.outcome == "failed", self.reason)
+
+
+def _check_outcome_reason(failed: bool, reason: str) -> None:
+    if failed and reason not in FAILURE_REASONS:
+        raise ValueError(f"reason: one of {sorted(FAILURE_REASONS)}")
+    if not failed and reason:
+        raise ValueError("reason: only with a failure")
