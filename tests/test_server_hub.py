@@ -109,8 +109,11 @@ def test_newcomers_get_recent_lines_marked_as_history_before_anything_live() -> 
     bob, welcomed = join(hub, "bob")
     assert welcomed == [("alice", "bob")]
     assert [(m["text"], m["history"]) for m in bob.seen()] == [("two", True), ("three", True)]
-    assert [m.text for m in hub.take_unsaved()] == ["one", "two", "three"]
-    assert hub.take_unsaved() == []
+    # Unsaved lines are bounded like the history: "one" is a line the store would not keep.
+    unsaved = hub.unsaved()
+    assert [m.text for m in unsaved] == ["two", "three"]
+    assert hub.saved(unsaved) == 1
+    assert hub.unsaved() == []
 
 
 def test_no_history_kept_when_disabled() -> None:
@@ -118,7 +121,7 @@ def test_no_history_kept_when_disabled() -> None:
     join(hub, "alice")
     hub.say("alice", "#lobby", "gone")
     bob, _ = join(hub, "bob")
-    assert bob.seen() == [] and hub.take_unsaved() == []
+    assert bob.seen() == [] and hub.unsaved() == []
 
 
 def test_lines_said_together_go_out_as_one_frame_with_increasing_timestamps() -> None:
@@ -186,3 +189,38 @@ def test_a_replaced_session_is_not_announced_and_its_successor_gets_only_later_n
     hub.flush_presence()
     assert [m["nick"] for m in alice.seen()] == ["bob", "carol"]  # bob joined once
     assert [m["nick"] for m in new.seen()] == ["carol"]  # only what its welcome did not cover
+
+
+def test_unsaved_lines_stay_until_the_store_confirms_the_write() -> None:
+    hub = Hub(history=5)
+    join(hub, "alice")
+    hub.say("alice", "#lobby", "one")
+    first = hub.unsaved()
+    assert [m.text for m in first] == ["one"]
+    # The write failed (disk full): nothing is confirmed, and the line is still held.
+    hub.say("alice", "#lobby", "two")
+    attempt = hub.unsaved()
+    assert [m.text for m in attempt] == ["one", "two"]
+    hub.say("alice", "#lobby", "three")  # said while the write is under way
+    assert hub.saved(attempt) == 0
+    assert [m.text for m in hub.unsaved()] == ["three"]
+
+
+def test_a_backward_clock_jump_never_stamps_a_new_line_older_than_the_last() -> None:
+    now = [1_800_000_000.0]
+    hub = Hub(clock=lambda: now[0], history=5)
+    alice, _ = join(hub, "alice")
+    hub.say("alice", "#lobby", "before")
+    now[0] -= 365 * 86_400  # the wall clock jumps back a year
+    hub.say("alice", "#lobby", "after")
+    stamps = [m["ts"] for m in alice.seen() if m["type"] == "message"]
+    assert isinstance(stamps[0], float) and isinstance(stamps[1], float)
+    assert stamps[1] > stamps[0]
+    # And after a restart with the clock still behind, seeded from the stored history.
+    restarted = Hub(clock=lambda: now[0], history=5)
+    restarted.load_history(hub.unsaved())
+    bob, _ = join(restarted, "bob")
+    restarted.say("bob", "#lobby", "after restart")
+    lines = [m for m in bob.seen() if m["type"] == "message"]
+    assert lines[-1]["text"] == "after restart"
+    assert isinstance(lines[-1]["ts"], float) and lines[-1]["ts"] > stamps[1]

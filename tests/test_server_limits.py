@@ -35,6 +35,7 @@ def test_a_flooder_is_slowed_then_dropped_while_others_get_through(
         "code": "rate-limited",
         "reason": "slow down: too many messages",
         "fatal": False,
+        "ref": "",
     }
     assert errors[-1]["fatal"] is True and "flooding" in errors[-1]["reason"]
     relayed = sum(1 for f in frames if f["type"] == "message")
@@ -101,7 +102,13 @@ def test_keepalive_pings_quiet_clients_and_drops_silent_ones(
     assert left == Left(nick="mute", reason="ping timeout")
     frames = [json.loads(x) for x in mute.read_until_closed()]
     assert [f["type"] for f in frames] == ["ping", "error"]  # one ping, unanswered, then the drop
-    assert frames[-1] == {"type": "error", "code": "timeout", "reason": "no answer to ping", "fatal": True}
+    assert frames[-1] == {
+        "type": "error",
+        "code": "timeout",
+        "reason": "no answer to ping",
+        "fatal": True,
+        "ref": "",
+    }
     alice.say("still here")  # alice was pinged too, answered, and is still connected
     assert next_matching(alice, Message).text == "still here"  # type: ignore[attr-defined]
     alice.close()

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from securechat.protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord
-from securechat.server.store import SCHEMA_VERSION, SqliteStore
+from securechat.server.store import SCHEMA_VERSION, SqliteStore, StoreUnavailable
 
 IDENT = KeyIdentity(sig_key=b"s" * 32, dh_key=b"d" * 32, dh_sig=b"g" * 64)
 SPK = SignedPrekeyRecord(id=1, created=100, public=b"p" * 32, signature=b"x" * 64)
@@ -112,16 +113,117 @@ def test_a_newer_schema_or_a_foreign_file_is_refused(tmp_path: Path) -> None:
         SqliteStore(path)
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(StoreUnavailable, match="not a database"):
         SqliteStore(junk)
 
 
-def test_expire_deletes_only_old_undelivered_whispers(store: SqliteStore) -> None:
-    store.enqueue("bob", "old", "alice", b"h", b"c", 100.0)
-    store.enqueue("bob", "new", "alice", b"h", b"c", 200.0)
-    assert store.expire(150.0) == 1
+class Clocks:
+    """A wall clock and a monotonic clock that tests move by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 1_800_000_000.0
+        self.mono = 1000.0
+
+    def store(self, path: Path) -> SqliteStore:
+        return SqliteStore(path, clock=lambda: self.wall, monotonic=lambda: self.mono)
+
+
+def test_expire_deletes_only_whispers_older_than_the_age_in_service_time(tmp_path: Path) -> None:
+    clocks = Clocks()
+    store = clocks.store(tmp_path / "db.sqlite")
+    store.enqueue("bob", "old", "alice", b"h", b"c", clocks.wall)
+    clocks.mono += 100
+    store.enqueue("bob", "new", "alice", b"h", b"c", clocks.wall)
+    clocks.mono += 60
+    assert store.expire(150.0) == 1  # "old" is 160 s old, "new" 60 s
     assert [q.msg_id for q in store.pending("bob")] == ["new"]
     assert store.expire(150.0) == 0
+
+
+@pytest.mark.parametrize("jump", [31 * 86_400.0, 365 * 86_400.0, -365 * 86_400.0])
+def test_a_wall_clock_jump_neither_expires_nor_keeps_queued_whispers(tmp_path: Path, jump: float) -> None:
+    clocks = Clocks()
+    ttl = 30 * 86_400.0
+    store = clocks.store(tmp_path / "db.sqlite")
+    store.enqueue("bob", "w", "alice", b"h", b"c", clocks.wall)
+    clocks.wall += jump  # the wall clock jumps; no time passes
+    assert store.expire(ttl) == 0
+    assert [q.msg_id for q in store.pending("bob")] == ["w"]
+    clocks.mono += ttl + 1  # a queue_ttl of service passes
+    assert store.expire(ttl) == 1
+
+
+def test_the_service_clock_goes_on_across_restarts_and_not_while_stopped(tmp_path: Path) -> None:
+    clocks = Clocks()
+    path = tmp_path / "db.sqlite"
+    store = clocks.store(path)
+    store.enqueue("bob", "w", "alice", b"h", b"c", clocks.wall)
+    clocks.mono += 100
+    store.close()
+    clocks.wall += 86_400.0  # a day stopped: the machine rebooted, monotonic starts again
+    clocks.mono = 5.0
+    store = clocks.store(path)
+    assert store.service_clock() == pytest.approx(100.0)
+    clocks.mono += 60
+    assert store.expire(200.0) == 0  # 160 s of service, though a day and more went by
+    clocks.mono += 41
+    assert store.expire(200.0) == 1
+
+
+def test_the_service_clock_survives_a_crash_at_least_up_to_the_newest_whisper(tmp_path: Path) -> None:
+    clocks = Clocks()
+    path = tmp_path / "db.sqlite"
+    store = clocks.store(path)
+    clocks.mono += 500
+    store.enqueue("bob", "w", "alice", b"h", b"c", clocks.wall)  # no close: as if killed
+    clocks.mono = 0.0
+    again = clocks.store(path)
+    assert again.service_clock() == pytest.approx(500.0)
+    store.close()
+    again.close()
+
+
+def test_an_id_pushed_in_a_transaction_that_failed_is_never_given_to_another_whisper(
+    store: SqliteStore,
+) -> None:
+    pushed: list[int] = []
+
+    def push_then_fail(whisper_id: int) -> None:
+        pushed.append(whisper_id)
+        raise OSError("the commit did not happen")
+
+    with pytest.raises(OSError):
+        store.enqueue("bob", "m1", "alice", b"h", b"c", 1.0, before_commit=push_then_fail)
+    assert store.pending("bob") == []
+    other = store.enqueue("bob", "m2", "carol", b"h", b"c", 2.0)
+    assert other > pushed[0]
+    assert store.ack("bob", pushed[0]) is None  # a late ack of the failed push deletes nothing
+    assert [q.msg_id for q in store.pending("bob")] == ["m2"]
+
+
+def test_a_failed_or_closed_store_raises_store_unavailable_from_every_operation(tmp_path: Path) -> None:
+    failed = SqliteStore(tmp_path / "a.sqlite")
+    failed.fail("the data directory was deleted")
+    closed = SqliteStore(tmp_path / "b.sqlite")
+    closed.close()
+    operations: list[Callable[[SqliteStore], object]] = [
+        lambda s: s.registered_key("bob"),
+        lambda s: s.register("bob", b"k" * 32, 1.0),
+        lambda s: s.publish("bob", IDENT, SPK, opks(1)),
+        lambda s: s.take_bundle("bob"),
+        lambda s: s.prekey_status("bob"),
+        lambda s: s.enqueue("bob", "m", "alice", b"h", b"c", 1.0),
+        lambda s: s.pending("bob"),
+        lambda s: s.ack("bob", 1),
+        lambda s: s.expire(1.0),
+        lambda s: s.append_history([("#lobby", "a", "x", 1.0)], keep=5),
+        lambda s: s.recent_history("#lobby", 5),
+    ]
+    for store in (failed, closed):
+        for operation in operations:
+            with pytest.raises(StoreUnavailable):
+                operation(store)
+    failed.close()
 
 
 def test_history_keeps_the_newest_lines_per_room(store: SqliteStore) -> None:
@@ -149,3 +251,26 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     store.close()
     version = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     assert version == (str(SCHEMA_VERSION),)
+
+
+def test_whispers_queued_before_the_service_clock_keep_the_age_they_had(tmp_path: Path) -> None:
+    from securechat.server.store import _MIGRATIONS
+
+    path = tmp_path / "v2.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(_MIGRATIONS[1] + _MIGRATIONS[2])
+    db.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    for msg_id, ts in (("older", 1000.0), ("newer", 1000.0 + 20 * 86_400)):
+        db.execute(
+            "INSERT INTO queue (recipient, msg_id, sender, header, ciphertext, ts) VALUES (?, ?, ?, ?, ?, ?)",
+            ("bob", msg_id, "alice", b"h", b"c", ts),
+        )
+    db.commit()
+    db.close()
+    clocks = Clocks()
+    clocks.wall = 1000.0 + 25 * 86_400  # "older" is 25 days old, "newer" 5 days
+    store = clocks.store(path)
+    clocks.mono += 6 * 86_400
+    assert store.expire(30 * 86_400.0) == 1
+    assert [q.msg_id for q in store.pending("bob")] == ["newer"]
+    store.close()

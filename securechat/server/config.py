@@ -53,5 +53,20 @@ class ServerConfig:
     ping_timeout: float = 30.0
     #: Room lines a newcomer is shown on joining (InspIRCd's chanhistory: 50). 0: none.
     history_lines: int = 50
-    #: Queued whispers nobody collected are deleted after this long (30 days).
+    #: Queued whispers nobody collected are deleted after this long (30 days) of service:
+    #: time the server was running, measured by a monotonic clock and kept in the
+    #: database, so a jump of the wall clock cannot expire (or keep) whispers wrongly.
     queue_ttl: float = 30 * 86_400.0
+    #: How often expired whispers are deleted (and the service clock written down).
+    expire_interval: float = 3600.0
+    #: A fault that repeats (disk full, out of file descriptors) is logged once, then at
+    #: most once per this many seconds with a count, then once when it clears.
+    fault_log_interval: float = 10.0
+    #: When accept() fails for lack of file descriptors (EMFILE/ENFILE), the listening
+    #: socket is left alone this long, doubling per failure up to the maximum; polling
+    #: it meanwhile would spin, since the waiting connection stays ready.
+    accept_pause: float = 0.05
+    accept_pause_max: float = 1.0
+    #: How often the server checks that its data directory and database are still the
+    #: ones it opened (not deleted or replaced underneath it).
+    datadir_check_interval: float = 2.0

@@ -61,7 +61,13 @@ class Hub:
         self._lock = threading.Lock()
         self._members: dict[str, tuple[str, Member]] = {}  # folded nick -> (nick, member)
         self._history: deque[Message] = deque(maxlen=history)
-        self._unsaved: list[Message] = []  # said since the last `take_unsaved`
+        # Said but not yet written to the store (guarded by `_lock`). A line leaves only
+        # once `saved` confirms the write, so a failed write (disk full) loses nothing.
+        # Bounded like the history: a line pushed out of the newest `history` lines is one
+        # the store would delete on the next write anyway (it keeps that many), so dropping
+        # the oldest unsaved line loses nothing that would have been kept.
+        self._unsaved: deque[Message] = deque(maxlen=history)
+        self._unsaved_dropped = 0  # lines dropped that way since the last `saved` (same lock)
         self._presence: list[bytes] = []  # join/leave notices not yet sent
         # Members who joined while notices were pending: id(member) -> index of the first
         # notice they get (their welcome already covered the earlier ones and their own).
@@ -135,6 +141,7 @@ class Hub:
             self._fan_out_locked(frame)
             if self._history.maxlen:
                 self._history.extend(messages)
+                self._unsaved_dropped += max(0, len(self._unsaved) + len(messages) - self._history.maxlen)
                 self._unsaved.extend(messages)
 
     def has_room(self, room: str) -> bool:
@@ -144,6 +151,9 @@ class Hub:
         # Strictly increasing: clients skip history lines whose ts is not newer than the
         # last line they saw, so two lines must never share one (a float at today's
         # epoch resolves only ~0.24 us, and lines of one batch are stamped together).
+        # This also covers the wall clock jumping back: new lines are stamped just after
+        # the newest line (seeded from the stored history at start), never older, until
+        # the clock catches up.
         self._last_ts = max(self._clock(), self._last_ts + 1e-6)
         return self._last_ts
 
@@ -166,11 +176,26 @@ class Hub:
             self._history.extend(seeded)
             self._last_ts = max([self._last_ts, *(line.ts for line in seeded)])
 
-    def take_unsaved(self) -> list[Message]:
-        """Room lines said since the last call, for the store; the hub forgets them as unsaved."""
+    def unsaved(self) -> list[Message]:
+        """Room lines not yet written to the store, oldest first (they stay unsaved until
+        `saved` is called with them)."""
         with self._lock:
-            unsaved, self._unsaved = self._unsaved, []
-        return unsaved
+            return list(self._unsaved)
+
+    def saved(self, lines: Sequence[Message]) -> int:
+        """`lines` (from `unsaved`) are in the store now: stop holding them as unsaved.
+
+        Returns how many unsaved lines were dropped unwritten since the last call because
+        the buffer was full (see `__init__`: none that the store would have kept).
+        """
+        written = {id(line) for line in lines}
+        with self._lock:
+            # The written lines are the oldest ones still held (newer ones were appended
+            # after them; older ones may have been pushed out meanwhile).
+            while self._unsaved and id(self._unsaved[0]) in written:
+                self._unsaved.popleft()
+            dropped, self._unsaved_dropped = self._unsaved_dropped, 0
+        return dropped
 
     def member(self, nick: str) -> Member | None:
         """The member holding `nick` (case-insensitively), or None."""

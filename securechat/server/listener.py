@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import selectors
 import socket
@@ -14,18 +16,16 @@ from types import TracebackType
 
 from ..protocol import Bye, Message
 from .config import ServerConfig
+from .datadir import DB_NAME, DataDir
 from .deadlines import Watchdog
+from .faultlog import FaultLog
 from .hub import Hub
 from .relay import Relay
 from .session import Session
-from .store import SqliteStore, Store
+from .store import SqliteStore, Store, StoreUnavailable
 
 __all__ = ["DB_NAME", "Server"]
 
-#: The database file inside the data directory.
-DB_NAME = "securechat.db"
-#: How often undelivered whispers past their time-to-live are deleted.
-_EXPIRE_EVERY = 3600.0
 #: Room history is written in batches this often, not once per line: a commit per public
 #: line would put an fsync on every message's path. A crash loses at most this much history.
 _HISTORY_FLUSH_EVERY = 0.5
@@ -44,6 +44,10 @@ class Server:
     run in their own threads. `stop()` says goodbye to every client, waits for all of
     those threads to end and closes the listening socket; afterwards no thread the
     server started is alive. Usable as a context manager.
+
+    With `config.data_dir`, the constructor opens the data directory (see datadir.py)
+    and raises `DataDirRefused` if it must not be used as it is. `clock` is the wall
+    clock (timestamps), `monotonic` the clock queued whispers age by.
     """
 
     def __init__(
@@ -52,16 +56,30 @@ class Server:
         context: ssl.SSLContext,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         store: Store | None = None,
     ) -> None:
         self.config = config
         self._context = context
         self.hub = Hub(clock=clock, history=config.history_lines)
-        self.store: Store = (
-            store
-            if store is not None
-            else SqliteStore(None if config.data_dir is None else config.data_dir / DB_NAME)
-        )
+        self._datadir: DataDir | None = None
+        if store is not None:
+            self.store: Store = store
+        elif config.data_dir is not None:
+            self._datadir = DataDir.open(
+                config.data_dir, clock=clock, monotonic=monotonic, log_every=config.fault_log_interval
+            )
+            self.store = self._datadir.store
+        else:
+            self.store = SqliteStore(
+                None, clock=clock, monotonic=monotonic, log_every=config.fault_log_interval
+            )
+        #: Set (by the watchdog thread) once the data directory or database was found
+        #: deleted or replaced; from then on the store refuses every operation.
+        self.store_lost = threading.Event()
+        # Failed accepts (out of file descriptors), logged at a bounded rate. Used only by
+        # the listener thread (FaultLog is thread-safe anyway).
+        self._accept_faults = FaultLog(log, "accepting connections", config.fault_log_interval)
         if config.history_lines:
             self.hub.load_history(
                 Message(room=self.hub.room, nick=nick, text=text, ts=ts)
@@ -103,25 +121,56 @@ class Server:
         self._listener = threading.Thread(target=self._accept_loop, name="securechat-listener", daemon=True)
         self._listener.start()
         self._watchdog.after(self._sweep_every(), self._sweep)
-        self._watchdog.after(_EXPIRE_EVERY, self._expire)
+        self._watchdog.after(self.config.expire_interval, self._expire)
         self._watchdog.after(_HISTORY_FLUSH_EVERY, self._flush_history)
         self._watchdog.after(_PRESENCE_FLUSH_EVERY, self._flush_presence)
+        if self._datadir is not None:
+            self._watchdog.after(self.config.datadir_check_interval, self._check_datadir)
         log.info("listening on %s:%d (TLS)", *self.address)
 
     def _save_history(self) -> None:
-        lines = [(m.room, m.nick, m.text, m.ts) for m in self.hub.take_unsaved()]
+        """Write the unsaved room lines; they stay unsaved in the hub unless this worked.
+        Raises `StoreUnavailable` (the store has logged it)."""
+        unsaved = self.hub.unsaved()
+        if not unsaved:
+            return
+        lines = [(m.room, m.nick, m.text, m.ts) for m in unsaved]
         self.store.append_history(lines, keep=max(1, self.config.history_lines))
+        if dropped := self.hub.saved(unsaved):
+            # Lines older than the newest `history_lines`: the store would not keep them.
+            log.debug("%d room lines outside the kept history were not written", dropped)
 
     def _flush_history(self) -> None:
         """Write room lines said since the last flush, in one transaction (then reschedules)."""
         with self._lock:
             if self._stopping:
                 return
-        try:
+        # A failure is logged by the store at a bounded rate; the lines wait in the hub.
+        with contextlib.suppress(StoreUnavailable):
             self._save_history()
-        except Exception:  # a full disk must not stop the watchdog; the lines stay in memory
-            log.exception("saving room history failed")
         self._watchdog.after(_HISTORY_FLUSH_EVERY, self._flush_history)
+
+    def _check_datadir(self) -> None:
+        """Stop writing once the data directory or database is deleted or replaced
+        (watchdog thread; reschedules until it happens)."""
+        assert self._datadir is not None
+        with self._lock:
+            if self._stopping:
+                return
+        problem = self._datadir.changed()
+        if problem is None:
+            self._watchdog.after(self.config.datadir_check_interval, self._check_datadir)
+            return
+        # SQLite would go on writing to the open (possibly deleted) file and the server
+        # would go on answering "stored" for whispers nobody will ever read back.
+        self._datadir.store.fail(problem)
+        log.critical(
+            "%s while the server was running: refusing every store operation from now on "
+            "(clients get store-unavailable). Stop the server, restore the directory "
+            "(docs/operations.md, Backup) and start it again.",
+            problem,
+        )
+        self.store_lost.set()
 
     def _flush_presence(self) -> None:
         """Send pending join/leave notices (runs in the watchdog thread, then reschedules)."""
@@ -146,44 +195,73 @@ class Server:
             session.check_alive(now)
         self._watchdog.after(self._sweep_every(), self._sweep)
 
+    def expire_queue(self) -> int:
+        """Delete queued whispers older than `queue_ttl` of service time; how many went.
+        Raises `StoreUnavailable`. (The watchdog runs it every `expire_interval`.)"""
+        removed = self.store.expire(self.config.queue_ttl)
+        if removed:
+            log.info(
+                "expired %d undelivered whispers older than %.0f days of service",
+                removed,
+                self.config.queue_ttl / 86400,
+            )
+        return removed
+
     def _expire(self) -> None:
-        """Delete queued whispers older than `queue_ttl` (then reschedules)."""
+        """`expire_queue` in the watchdog thread (then reschedules)."""
         with self._lock:
             if self._stopping:
                 return
-        try:
-            removed = self.store.expire(time.time() - self.config.queue_ttl)
-        except Exception:  # a full disk must not stop the watchdog
-            log.exception("expiring old whispers failed")
-        else:
-            if removed:
-                log.info(
-                    "expired %d undelivered whispers older than %.0f days",
-                    removed,
-                    self.config.queue_ttl / 86400,
-                )
-        self._watchdog.after(_EXPIRE_EVERY, self._expire)
+        with contextlib.suppress(StoreUnavailable):  # logged by the store; the next run tries again
+            self.expire_queue()
+        self._watchdog.after(self.config.expire_interval, self._expire)
 
     def _accept_loop(self) -> None:
+        """The listener thread: accept until stopped.
+
+        When accept fails for lack of descriptors, the waiting connection stays in the
+        backlog and the socket stays readable: polling it again at once would spin (it
+        was measured at 95% of a core and 40,000 log lines a second). So the listening
+        socket is left out of the poll for `accept_pause`, doubling up to
+        `accept_pause_max` while it keeps failing; sessions already running are not
+        affected, and the waiting clients get in as soon as descriptors are free again.
+        """
         assert self._listen is not None
+        pause = 0.0  # the current pause; 0 while accepting works
+        resume_at: float | None = None  # monotonic time to poll the socket again, if paused
         with selectors.DefaultSelector() as selector:
             selector.register(self._listen, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
             while not self._stopping:
-                for key, _ in selector.select():
-                    if key.fileobj is self._listen:
-                        self._accept_ready()
+                timeout = None if resume_at is None else max(0.0, resume_at - time.monotonic())
+                for key, _ in selector.select(timeout):
+                    if key.fileobj is not self._listen:
+                        continue
+                    if self._accept_ready():
+                        pause = 0.0
+                    else:
+                        pause = min(max(pause * 2, self.config.accept_pause), self.config.accept_pause_max)
+                        selector.unregister(self._listen)
+                        resume_at = time.monotonic() + pause
+                if resume_at is not None and time.monotonic() >= resume_at:
+                    selector.register(self._listen, selectors.EVENT_READ)
+                    resume_at = None
 
-    def _accept_ready(self) -> None:
+    def _accept_ready(self) -> bool:
+        """Accept every waiting connection; False if accepting failed and must pause."""
         assert self._listen is not None
         while True:
             try:
                 sock, addr = self._listen.accept()
             except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. EMFILE: keep serving the clients we have
-                log.warning("accept failed: %s", exc)
-                return
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # that client gave up while waiting: take the next
+                # EMFILE, ENFILE, ENOBUFS, ENOMEM: keep serving the clients we have.
+                self._accept_faults.failed(exc.strerror or str(exc))
+                return False
+            self._accept_faults.recovered()
             ip = addr[0]
             with self._lock:
                 full = len(self._sessions) >= self.config.max_sessions
@@ -211,11 +289,22 @@ class Server:
             with self._lock:
                 if self._stopping:
                     sock.close()
-                    return
+                    return True
                 self._sessions[session] = thread
                 self._per_ip[ip] += 1
                 self._lock.notify_all()
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no thread to be had: as if out of descriptors
+                with self._lock:
+                    del self._sessions[session]
+                    self._per_ip[ip] -= 1
+                    if self._per_ip[ip] <= 0:
+                        del self._per_ip[ip]
+                    self._lock.notify_all()
+                sock.close()
+                self._accept_faults.failed(str(exc))
+                return False
 
     def _run_session(self, session: Session) -> None:
         try:
@@ -275,8 +364,13 @@ class Server:
         self._wake_w.close()
         try:
             self._save_history()
+        except StoreUnavailable as exc:
+            log.error("%d room lines could not be written to history: %s", len(self.hub.unsaved()), exc)
         finally:
-            self.store.close()
+            if self._datadir is not None:
+                self._datadir.close_store()
+            else:
+                self.store.close()
         if not ended:
             raise TimeoutError("some sessions did not end in time")
         log.info("stopped")

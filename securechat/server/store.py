@@ -3,24 +3,60 @@
 The hub never touches SQL: it goes through `Store`, so a networked backend can serve
 several server processes later. What the store holds is public keys, signatures and
 ciphertext; never a plaintext whisper.
+
+Faults (disk full, I/O errors, a database gone or closed) surface as one exception,
+`StoreUnavailable`, never as a raw `sqlite3` error: callers answer it with a
+`store-unavailable` error frame and carry on, and the next operation simply tries again,
+so the server recovers by itself when space returns. The store logs faults itself, once
+per interval with a count, not once per failed operation.
+
+Queued whispers expire by a *service clock*: seconds the server has been running, kept
+in the database and advanced by a monotonic clock. A jump of the wall clock (a wrong
+NTP step, a VM restored from a snapshot) therefore cannot expire a whisper early or keep
+it for ever; time the server was stopped does not count towards a whisper's age.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 from ..protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord, fold_nick
+from .config import ServerConfig
+from .faultlog import FaultLog
 
-__all__ = ["SCHEMA_VERSION", "QueuedWhisper", "SqliteStore", "Store", "StoredBundle"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "DbFacts",
+    "QueuedWhisper",
+    "SqliteStore",
+    "Store",
+    "StoreUnavailable",
+    "StoredBundle",
+    "backup",
+    "inspect",
+]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(Exception):
+    """The store could not do what was asked (disk full, I/O error, database gone or closed).
+
+    Nothing of the failed operation took effect. The message says why, for the log; it
+    may name files, so it is not meant for clients.
+    """
 
 
 @dataclass(frozen=True)
@@ -42,7 +78,11 @@ class QueuedWhisper:
 
 
 class Store(Protocol):
-    """Contract: every method is thread-safe, and returns only after its change is durable."""
+    """Contract: every method is thread-safe, and returns only after its change is durable.
+
+    Every method raises `StoreUnavailable` (and nothing else from the backend) when it
+    cannot do its work; the operation then had no effect.
+    """
 
     def registered_key(self, nick: str) -> bytes | None:
         """The Ed25519 key `nick` is bound to, or None."""
@@ -92,8 +132,9 @@ class Store(Protocol):
         and the recipient's client drops it by its message id.
         """
 
-    def expire(self, before: float) -> int:
-        """Delete queued whispers stored before `before` (Unix time); how many went."""
+    def expire(self, max_age: float) -> int:
+        """Delete queued whispers older than `max_age` seconds of service time (time the
+        server was running, see the module docstring); how many went."""
 
     def append_history(self, lines: list[tuple[str, str, str, float]], keep: int) -> None:
         """Add (room, nick, text, ts) lines; keep only the newest `keep` per room."""
@@ -131,7 +172,100 @@ CREATE TABLE IF NOT EXISTS history (
     ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS history_by_room ON history (room, id);
 """,
+    # The service clock at which each whisper was queued (see the module docstring).
+    3: """
+ALTER TABLE queue ADD COLUMN svc REAL NOT NULL DEFAULT 0;
+""",
 }
+
+#: `meta` keys besides the schema version.
+_STORE_ID = "store_id"  # random, also in the data directory's marker: which store this is
+_SERVICE_CLOCK = "service_clock"  # seconds of service, as of the last write of it
+_BACKUP_TAKEN = "backup_taken"  # set only in copies made by `backup`: when
+
+
+@dataclass(frozen=True)
+class DbFacts:
+    """What `inspect` found in a database file."""
+
+    schema_version: int
+    store_id: str | None
+    backup_taken: str | None
+
+
+def inspect(path: Path) -> DbFacts:
+    """Read a database's identity without changing it (no migration, no schema).
+
+    Raises `StoreUnavailable` if the file is missing, is not an SQLite database, is
+    damaged, or holds no securechat tables.
+    """
+    if not path.is_file():
+        raise StoreUnavailable(f"{path} does not exist")
+    try:
+        # mode=rw: never creates the file; nothing here writes.
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"{path}: {exc}") from exc
+    try:
+        if db.execute("SELECT name FROM sqlite_master WHERE name='meta'").fetchone() is None:
+            raise StoreUnavailable(f"{path} holds no securechat tables")
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if "schema_version" not in meta:
+            raise StoreUnavailable(f"{path} holds no securechat schema version")
+        return DbFacts(int(meta["schema_version"]), meta.get(_STORE_ID), meta.get(_BACKUP_TAKEN))
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"{path}: {exc}") from exc
+    finally:
+        db.close()
+
+
+def backup(source: Path, dest: Path, *, clock: Callable[[], float] = time.time) -> None:
+    """Copy the database `source` to the new file `dest` with SQLite's online backup API.
+
+    Safe while a server is writing to `source`: the copy is one consistent snapshot.
+    `dest` is created 0600, written under a temporary name, flushed, and renamed into
+    place, so it either exists complete or not at all. The copy is a single file (not
+    WAL) and is marked as a backup, which lets a server start from it after a crash
+    (see `datadir`). Raises `StoreUnavailable` if `source` cannot be read, `OSError`
+    if `dest` cannot be written, `FileExistsError` if it exists.
+    """
+    if dest.exists():
+        raise FileExistsError(f"{dest} already exists")
+    inspect(source)  # refuses a missing or foreign file before anything is written
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode is filtered by the umask
+    os.close(fd)
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=rw", uri=True, isolation_level=None)
+        try:
+            copy = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                src.backup(copy)
+                taken = datetime.fromtimestamp(clock(), UTC).isoformat(timespec="seconds")
+                copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+                copy.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_BACKUP_TAKEN, taken))
+            finally:
+                copy.close()
+        finally:
+            src.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, dest)
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except sqlite3.Error as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreUnavailable(f"backing up {source}: {exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class SqliteStore:
@@ -139,12 +273,33 @@ class SqliteStore:
 
     `path` None keeps everything in memory (tests, or a server that should forget).
     The data directory is created 0700 and the database file 0600. Raises
-    `sqlite3.DatabaseError` for a file that is not a database of ours, and `ValueError`
-    for one with a newer schema than this code knows.
+    `StoreUnavailable` for a file that is not a database of ours or cannot be opened,
+    and `ValueError` for one with a newer schema than this code knows.
+
+    `clock` is wall time (for migrating old rows); `monotonic` advances the service
+    clock by which whispers expire. `log_every` is how often a run of failures is
+    logged (one line with a count per interval).
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        log_every: float = ServerConfig.fault_log_interval,
+    ) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
+        self._monotonic = monotonic
+        self._faults = FaultLog(log, "database", log_every, clock=monotonic)
+        #: Why every operation is refused (the data directory was deleted or replaced);
+        #: None while usable. Guarded by `_lock`.
+        self._failed: str | None = None
+        #: The highest queue id handed to `before_commit` in a transaction that then did
+        #: not commit. Guarded by `_lock`. SQLite would hand that id out again, and the
+        #: recipient, who already saw it pushed, may still ack it: see `enqueue`.
+        self._spent_id = 0
         if path is None:
             target = ":memory:"
         else:
@@ -152,11 +307,22 @@ class SqliteStore:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # exists with 0600 before SQLite opens it
             os.close(fd)
             target = str(path)
-        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit survives power loss, not just a crash of this process.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
+        try:
+            self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit survives power loss, not just a crash of this process.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+            with self._read() as db:
+                row = db.execute("SELECT value FROM meta WHERE key=?", (_SERVICE_CLOCK,)).fetchone()
+                (newest,) = db.execute("SELECT MAX(svc) FROM queue").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {target}: {exc}") from exc
+        # The service clock goes on from where it was last written down; a whisper queued
+        # after that write (and before a crash) carries a later reading, which counts too.
+        # Guarded by nothing: set here, read-only afterwards.
+        self._service_base = max(float(row[0]) if row else 0.0, float(newest or 0.0))
+        self._mono_base = monotonic()
 
     def _migrate(self) -> None:
         with self._tx() as db:
@@ -171,37 +337,102 @@ class SqliteStore:
                 for statement in _MIGRATIONS[step].split(";"):
                     if statement.strip():
                         db.execute(statement)
+                if step == 3 and version >= 1:
+                    # Whispers queued before the service clock existed: their age so far by
+                    # the wall clock (the best there is), with the service clock at 0 now.
+                    db.execute("UPDATE queue SET svc = MIN(0.0, ts - ?)", (self._clock(),))
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(step),))
+
+    def service_clock(self) -> float:
+        """Seconds this store has been in service (across restarts); never goes back."""
+        return self._service_base + max(0.0, self._monotonic() - self._mono_base)
+
+    def fail(self, reason: str) -> None:
+        """Refuse every later operation with `StoreUnavailable(reason)` (any thread).
+
+        For a database that can no longer be trusted to be the one on disk (its data
+        directory was deleted or replaced while open): writes would go to a file nobody
+        will ever open again.
+        """
+        with self._lock:
+            self._failed = reason
+        self._faults.failed(reason)
+
+    @property
+    def failed(self) -> str | None:
+        """Why the store refuses everything (see `fail`), or None."""
+        with self._lock:
+            return self._failed
+
+    def _fault(self, exc: sqlite3.Error) -> StoreUnavailable:
+        # Called with `_lock` held, inside a failed transaction: undo whatever is left
+        # of it so the connection is usable again once the fault clears. SQLite may have
+        # rolled back already (e.g. after SQLITE_FULL), and a rollback can fail in turn.
+        if self._db.in_transaction:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+        self._faults.failed(str(exc))
+        return StoreUnavailable(str(exc))
 
     @contextmanager
     def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction. `durable=False` commits without waiting for the disk (in WAL
         mode the commit survives a crash of this process, not a power loss, until the next
-        durable commit flushes it too)."""
+        durable commit flushes it too). Raises `StoreUnavailable` for any SQLite failure."""
         with self._lock:
-            if not durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+            if self._failed is not None:
+                raise StoreUnavailable(self._failed)
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            finally:
                 if not durable:
-                    self._db.execute("PRAGMA synchronous=FULL")
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield self._db
+                    except BaseException:
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
+                        raise
+                    self._db.execute("COMMIT")
+                finally:
+                    if not durable:
+                        self._db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise self._fault(exc) from exc
+            self._faults.recovered()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read-only transaction: one consistent snapshot, without taking the write lock."""
+        """A read-only transaction: one consistent snapshot. Raises `StoreUnavailable`."""
         with self._lock:
-            self._db.execute("BEGIN")
+            if self._failed is not None:
+                raise StoreUnavailable(self._failed)
             try:
-                yield self._db
-            finally:
-                self._db.execute("COMMIT")
+                self._db.execute("BEGIN")
+                try:
+                    yield self._db
+                finally:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._fault(exc) from exc
+
+    def store_id(self) -> str | None:
+        """The random id the data directory's marker names this database by, or None."""
+        with self._read() as db:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (_STORE_ID,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_store_id(self, store_id: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_STORE_ID, store_id))
+
+    def take_backup_mark(self) -> str | None:
+        """If this database is a copy made by `backup`, forget that it is and say when it
+        was taken; None otherwise. (A running database is never marked as a backup.)"""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (_BACKUP_TAKEN,)).fetchone()
+            db.execute("DELETE FROM meta WHERE key=?", (_BACKUP_TAKEN,))
+        return None if row is None else str(row[0])
 
     def registered_key(self, nick: str) -> bytes | None:
         with self._read() as db:
@@ -295,17 +526,33 @@ class SqliteStore:
         before_commit: Callable[[int], None] | None = None,
     ) -> int:
         args = (fold_nick(recipient), msg_id, fold_nick(sender))
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO queue (recipient, msg_id, sender, header, ciphertext, ts) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (*args, header, ciphertext, ts),
-            )
-            (whisper_id,) = db.execute(
-                "SELECT id FROM queue WHERE recipient=? AND msg_id=? AND sender=?", args
-            ).fetchone()
-            if before_commit is not None:
-                before_commit(int(whisper_id))
+        handed = 0  # the id `before_commit` was given, if it was
+        try:
+            with self._tx() as db:
+                # An id pushed to a recipient in a transaction that then failed (a full disk
+                # fails at COMMIT, after the push) must never name another whisper: a late
+                # ack of the first would delete the second. So new ids start above it.
+                floor = None
+                if self._spent_id:
+                    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='queue'").fetchone()
+                    if row is None or int(row[0]) < self._spent_id:
+                        floor = self._spent_id + 1
+                db.execute(
+                    "INSERT OR IGNORE INTO queue (id, recipient, msg_id, sender, header, ciphertext, ts, svc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (floor, *args, header, ciphertext, ts, self.service_clock()),
+                )
+                (whisper_id,) = db.execute(
+                    "SELECT id FROM queue WHERE recipient=? AND msg_id=? AND sender=?", args
+                ).fetchone()
+                if before_commit is not None:
+                    handed = int(whisper_id)
+                    before_commit(handed)
+        except BaseException:
+            if handed:
+                with self._lock:
+                    self._spent_id = max(self._spent_id, handed)
+            raise
         return int(whisper_id)
 
     def pending(self, recipient: str) -> list[QueuedWhisper]:
@@ -329,9 +576,12 @@ class SqliteStore:
             db.execute("DELETE FROM queue WHERE id=?", (whisper_id,))
         return QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6])
 
-    def expire(self, before: float) -> int:
+    def expire(self, max_age: float) -> int:
+        now = self.service_clock()
         with self._tx() as db:
-            return int(db.execute("DELETE FROM queue WHERE ts < ?", (before,)).rowcount)
+            # Written down here too, so a restart goes on from about here (see __init__).
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_SERVICE_CLOCK, repr(now)))
+            return int(db.execute("DELETE FROM queue WHERE svc < ?", (now - max_age,)).rowcount)
 
     def append_history(self, lines: list[tuple[str, str, str, float]], keep: int) -> None:
         if not lines:
@@ -353,5 +603,14 @@ class SqliteStore:
         return [(r[0], r[1], r[2]) for r in reversed(rows)]
 
     def close(self) -> None:
+        """Write the service clock down (if the database is still usable) and close."""
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", (_SERVICE_CLOCK, repr(self.service_clock()))
+                )
+        except StoreUnavailable:
+            pass  # already logged; the clock goes on from the newest whisper's reading
         with self._lock:
+            self._failed = self._failed or "the database is closed"
             self._db.close()
