@@ -54,6 +54,7 @@ from .hub import Hub, NickTaken, NoSuchRoom
 from .outbox import Idle, Outbox
 from .ratelimit import TokenBucket
 from .relay import Relay, RelayError
+from .store import StoreUnavailable
 
 __all__ = ["Session"]
 
@@ -224,6 +225,12 @@ class Session:
                 self._flush_says()
             return
         self._flush_says()  # everything else keeps its place after the lines before it
+        try:
+            self._dispatch(event)
+        except StoreUnavailable:
+            self._store_unavailable(event)
+
+    def _dispatch(self, event: Event) -> None:
         if isinstance(event, Hello):
             self._hello(event)
         elif isinstance(event, Auth):
@@ -240,6 +247,34 @@ class Session:
             pass  # answers to our keepalive pings carry nothing to act on
         elif isinstance(event, (PublishKeys, FetchKeys, Whisper, Ack)):
             self._e2e(event)
+
+    def _store_unavailable(self, event: Event) -> None:
+        """The store failed while handling `event` (the store logged it, at a bounded rate).
+
+        A request after login gets a non-fatal `store-unavailable`, naming the whisper it
+        refuses, and the session goes on: nothing was stored, the client may send the
+        same frame again later. A login (hello, auth) cannot go on without the store (it
+        must know who owns a nick), so it is refused with a fatal `store-unavailable`:
+        the client should reconnect later, with its usual backoff, not give up for good.
+        """
+        if isinstance(event, (Hello, Auth)):
+            self.close(
+                Error(
+                    code=Code.STORE_UNAVAILABLE,
+                    reason="the server cannot use its database right now; log in again later",
+                    fatal=True,
+                ),
+                reason="store unavailable at login",
+            )
+            return
+        self._reply(
+            Error(
+                code=Code.STORE_UNAVAILABLE,
+                reason="the server cannot write to its database right now; nothing was stored, "
+                "send it again later",
+                ref=event.id if isinstance(event, Whisper) else "",
+            )
+        )
 
     def _room(self, event: Say | Who) -> None:
         assert self.nick is not None  # the connection passes these only after the welcome
