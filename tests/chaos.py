@@ -1,0 +1,1121 @@
+"""`make chaos`: real processes, real faults, and an exact count of every whisper.
+
+The README promises "Nothing acknowledged is lost". This harness tries to break that from
+the outside: it runs a real `securechat server` process and real `securechat client --json`
+processes (each with its own XDG_DATA_HOME keystore directory and an empty
+SECURECHAT_PASSPHRASE), drives a mixed load through their stdin, reads every line they
+print, and injects real faults: SIGKILL of the server or of a client (aimed at the narrow
+windows where a loss could hide, or at random moments), a full tmpfs under the database,
+a damaged database, a low descriptor limit, clock jumps.
+
+Every whisper carries a unique token as its text (``w-<sender>-<n>``; end markers
+``m-<sender>-<to>``), so what a sender was told can be matched with what its recipient
+printed whatever the message-id format.
+
+The figures (one column per scenario in `format_table`):
+
+``sent``
+    whisper commands the harness wrote to a client's stdin.
+``accepted``
+    answered by ``whisper_sent`` (the client took it: with a durable outbox, it is
+    committed and will be sent until the server says stored).
+``refused``
+    answered by ``command_error`` (nothing was sent, e.g. while reconnecting), or never
+    answered because the client was killed first. Not covered by the guarantee.
+``stored``
+    distinct whispers whose sender saw ``whisper_status`` "stored" (or "delivered"): the
+    acknowledged ones. The guarantee is about exactly these.
+``delivered``
+    distinct whispers whose sender saw "delivered".
+``shown``
+    distinct whispers printed (``whisper`` line) by their intended recipient.
+``recovered``
+    first shown with ``"replay": true``: the previous run of the recipient's client was
+    killed after committing it and before it confirmed printing it. Not lost, not a
+    duplicate.
+``replayed``
+    shown again with ``"replay": true`` after having been shown already (the
+    display-boundary at-least-once window). Reported, allowed.
+``lost``
+    stored, but never shown to the recipient by the end of the run. FAILS the run.
+``shown twice``
+    shown again with ``"replay": false``. FAILS the run.
+``phantom``
+    a whisper line whose text matches nothing sent to that recipient. FAILS the run.
+``failed``
+    ``whisper_status`` "failed" or ``whisper_failed`` lines (cannot be decrypted).
+``unconfirmed``
+    accepted but never stored by the end (the sender's outbox still holds them, or they
+    died with an unacknowledged send): reported, not covered.
+``store-unavailable``
+    ``error`` frames with code store-unavailable (each a retryable refusal).
+``room said / seen``
+    room lines said, and seen by at least one other client (room lines are not covered
+    by the whisper guarantee: the last ~0.5 s of history may be lost at a crash).
+
+Kills are counted by kind: ``drain`` (the server killed as soon as a reconnecting
+recipient printed the first whisper of its offline queue), ``commit`` (the server killed as
+soon as a sender saw "stored" for a whisper its online recipient had not printed yet),
+``random``, ``missed`` (an aimed kill whose moment did not come within its wait, done at
+once instead), and ``client-live`` / ``client-drain`` for kills of a recipient's client.
+
+Every wait is on an event (a line printed, a process ending, a port answering) with a
+deadline; every process started is killed at the end, even on failure. Only 127.0.0.1 is
+ever contacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+#: Longest wait for any one event (a banner, a reply, a reconnect). Generous for a busy CI
+#: machine; a passing run never waits this long, since every wait ends on its event.
+TIMEOUT = 15.0
+HOST = "127.0.0.1"
+TOKEN = re.compile(r"\b([wm]-[A-Za-z0-9_.-]+?-[0-9A-Za-z_.-]+)\b")
+ROOM_TOKEN = re.compile(r"^r-([A-Za-z0-9_.]+)-(\d+)$")
+
+Json = dict[str, Any]
+
+
+#: Run the product from another source tree (e.g. a `git archive` of an older commit, to
+#: measure a baseline) instead of the installed one: a directory holding `securechat/`.
+SOURCE = os.environ.get("SECURECHAT_CHAOS_SOURCE", "")
+
+
+def product_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a server or client process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    if SOURCE:
+        env["PYTHONPATH"] = SOURCE + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def git_revision(repo: Path) -> str:
+    """HEAD, with "+dirty" when the work tree differs (others edit it concurrently)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "securechat"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+class Proc:
+    """A child process whose stdout lines go to `on_line` from a reader thread."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        log: Path,
+        on_line: Callable[[str], None],
+        cwd: Path,
+        stdin: bool = True,
+    ) -> None:
+        self._log_file = log.open("ab")
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            env=env,
+            cwd=cwd,
+            text=True,
+            bufsize=1,
+        )
+        self.pid = self.popen.pid
+        self.log = log
+        self.eof = threading.Event()
+        self._on_line = on_line
+        self._write_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name=f"chaos-read-{self.pid}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stdout = self.popen.stdout
+        assert stdout is not None
+        try:
+            for line in stdout:
+                self._on_line(line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.eof.set()
+
+    def write(self, line: str) -> bool:
+        """Write one line to stdin; False if the process is gone."""
+        stdin = self.popen.stdin
+        if stdin is None:
+            return False
+        with self._write_lock:
+            try:
+                stdin.write(line + "\n")
+                stdin.flush()
+            except (OSError, ValueError):
+                return False
+        return True
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL now (safe from any thread, and on a process already gone)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float = TIMEOUT) -> int | None:
+        """The exit status once it ended and its stdout was read to the end; None on timeout."""
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self.eof.wait(timeout)
+        return code
+
+    def reap(self) -> None:
+        """Kill if still running, wait, close the pipes (for cleanup paths)."""
+        if self.alive():
+            self.kill9()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(TIMEOUT)
+        self.eof.wait(TIMEOUT)
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            with contextlib.suppress(OSError, ValueError):
+                if pipe is not None:
+                    pipe.close()
+        self._log_file.close()
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class ServerProc:
+    """`securechat server` on 127.0.0.1:`port` over `data_dir`, restartable in place."""
+
+    def __init__(
+        self,
+        port: int,
+        data_dir: Path,
+        cert_files: dict[str, str],
+        workdir: Path,
+        *,
+        extra: tuple[str, ...] = (),
+        wrapper: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = port
+        self.data_dir = data_dir
+        self.cert_files = cert_files
+        self.workdir = workdir
+        self.extra = extra
+        self.wrapper = wrapper
+        self.env = env or {}
+        self.proc: Proc | None = None
+        self.starts = 0
+        self._banner = threading.Event()
+        self.all: list[Proc] = []
+
+    def _on_line(self, line: str) -> None:
+        if f":{self.port} (TLS)" in line:
+            self._banner.set()
+
+    def spawn(self) -> Proc:
+        self._banner.clear()
+        self.starts += 1
+        argv = [
+            *self.wrapper,
+            sys.executable, "-m", "securechat", "server",
+            "--host", HOST, "--port", str(self.port),
+            "--data-dir", str(self.data_dir),
+            "--cert", self.cert_files["cert"], "--key", self.cert_files["key"],
+            "--message-rate", "0",  # a fast mixed load on purpose (the server logs it)
+            "--log-level", "warning",
+            *self.extra,
+        ]
+        env = product_env(self.env)
+        self.proc = Proc(
+            argv, env=env, log=self.workdir / f"server-{self.starts}.log", on_line=self._on_line,
+            cwd=self.workdir, stdin=False,
+        )
+        self.all.append(self.proc)
+        return self.proc
+
+    def start(self, timeout: float = TIMEOUT) -> None:
+        """Start and wait for the banner; raises with the log if it exits or stays silent."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.spawn()
+            if self.wait_ready(proc, max(0.1, deadline - time.monotonic())):
+                return
+            code = proc.wait(1.0)
+            log = proc.log_text()
+            proc.reap()
+            # The port may still be held by the previous process's sockets for a moment.
+            if time.monotonic() < deadline and "cannot listen" in log:
+                continue
+            raise AssertionError(f"server did not start (exit {code}):\n{log[-3000:]}")
+
+    def wait_ready(self, proc: Proc, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._banner.wait(0.05):
+            if not proc.alive() or time.monotonic() > deadline:
+                return self._banner.is_set()
+        return True
+
+    def try_start(self, timeout: float = TIMEOUT) -> tuple[bool, int | None, str]:
+        """Start; (came up, exit status if it ended, its log). For damaged-database cases."""
+        proc = self.spawn()
+        if self.wait_ready(proc, timeout):
+            return True, None, proc.log_text()
+        code = proc.wait(TIMEOUT)
+        log = proc.log_text()
+        proc.reap()
+        return False, code, log
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            self.proc.kill9()
+
+    def wait_dead(self) -> None:
+        if self.proc is not None:
+            self.proc.reap()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers; every process this object started is reaped."""
+        for proc in self.all:
+            if proc.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    proc.popen.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(TIMEOUT)
+            proc.reap()
+
+
+# -- bookkeeping ----------------------------------------------------------------------------
+
+
+@dataclass
+class WhisperRecord:
+    token: str
+    sender: str
+    to: str
+    msg_id: str = ""
+    accepted: bool = False
+    refused: str = ""
+    stored: bool = False
+    delivered: bool = False
+    failed: str = ""
+    store_unavailable: int = 0
+    shows: list[bool] = field(default_factory=list)  # the replay flag of each time it was shown
+    sent_at: float = 0.0  # time.monotonic() of each step, for the report on a loss
+    stored_at: float = 0.0
+    delivered_at: float = 0.0
+
+
+@dataclass
+class Figures:
+    """The counts of one scenario run (see the module docstring for their meaning)."""
+
+    scenario: str
+    sent: int = 0
+    accepted: int = 0
+    refused: int = 0
+    stored: int = 0
+    delivered: int = 0
+    shown: int = 0
+    recovered: int = 0
+    replayed: int = 0
+    lost: int = 0
+    shown_twice: int = 0
+    phantom: int = 0
+    failed: int = 0
+    unconfirmed: int = 0
+    store_unavailable: int = 0
+    room_said: int = 0
+    room_seen: int = 0
+    kills: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    lost_tokens: list[str] = field(default_factory=list)
+    twice_tokens: list[str] = field(default_factory=list)
+    outcome: str = ""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.lost:
+            out.append(f"{self.lost} acknowledged whisper(s) lost: {self.lost_tokens[:10]}")
+        if self.shown_twice:
+            out.append(f"{self.shown_twice} whisper(s) shown twice: {self.twice_tokens[:10]}")
+        if self.phantom:
+            out.append(f"{self.phantom} phantom whisper line(s)")
+        return out
+
+    def as_json(self) -> Json:
+        return dict(self.__dict__)
+
+
+class Ledger:
+    """Everything the clients printed, matched by token. All methods hold `cond`."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.whispers: dict[str, WhisperRecord] = {}
+        self.by_id: dict[str, WhisperRecord] = {}
+        self.failed_lines = 0
+        self.phantom = 0
+        self.store_unavailable = 0
+        self.room_said: set[str] = set()
+        self.room_seen: set[str] = set()
+        self.garbage: list[str] = []
+
+    def new_whisper(self, token: str, sender: str, to: str) -> WhisperRecord:
+        rec = WhisperRecord(token, sender, to, sent_at=time.monotonic())
+        self.whispers[token] = rec
+        return rec
+
+    def apply(self, client: ClientProc, obj: Json) -> None:
+        kind = obj.get("type")
+        if kind == "whisper_sent":
+            rec = client.pending.popleft() if client.pending else None
+            if rec is not None:
+                rec.accepted, rec.msg_id = True, str(obj.get("id", ""))
+                self.by_id[rec.msg_id] = rec
+        elif kind == "command_error":
+            m = TOKEN.search(str(obj.get("command", "")))
+            if m and m.group(1) in self.whispers and client.pending and client.pending[0].token == m.group(1):
+                rec = client.pending.popleft()
+                rec.refused = str(obj.get("reason", "refused"))
+        elif kind == "whisper_status":
+            rec = self.by_id.get(str(obj.get("id", "")))
+            status = obj.get("status")
+            if rec is not None:
+                if status in ("stored", "delivered") and not rec.stored:
+                    rec.stored, rec.stored_at = True, time.monotonic()
+                if status == "delivered" and not rec.delivered:
+                    rec.delivered, rec.delivered_at = True, time.monotonic()
+                if status == "failed":
+                    rec.failed = str(obj.get("reason", "failed"))
+        elif kind == "whisper" and "sender" in obj:
+            text = str(obj.get("text", ""))
+            rec = self.whispers.get(text)
+            if rec is None or rec.to.lower() != client.nick.lower():
+                self.phantom += 1
+            else:
+                rec.shows.append(bool(obj.get("replay", False)))
+        elif kind == "whisper_failed":
+            self.failed_lines += 1
+        elif kind == "error" and obj.get("code") == "store-unavailable":
+            self.store_unavailable += 1
+            rec = self.by_id.get(str(obj.get("ref", "")))
+            if rec is not None:
+                rec.store_unavailable += 1
+        elif kind == "message":
+            text = str(obj.get("text", ""))
+            if ROOM_TOKEN.match(text) and obj.get("nick") != client.nick:
+                self.room_seen.add(text)
+
+    # -- queries (call with cond held) --
+
+    def stored_count(self) -> int:
+        return sum(1 for r in self.whispers.values() if r.stored)
+
+    def queued_for(self, nick: str) -> int:
+        """Acknowledged whispers to `nick` it has not shown yet."""
+        return sum(1 for r in self.whispers.values() if r.to == nick and r.stored and not r.shows)
+
+    def unshown_acknowledged(self) -> list[WhisperRecord]:
+        return [r for r in self.whispers.values() if r.stored and not r.shows]
+
+    def figures(self, scenario: str) -> Figures:
+        f = Figures(scenario)
+        for r in self.whispers.values():
+            f.sent += 1
+            f.accepted += r.accepted
+            f.refused += not r.accepted
+            f.stored += r.stored
+            f.delivered += r.delivered
+            f.failed += bool(r.failed)
+            if r.shows:
+                f.shown += 1
+                f.recovered += r.shows[0]
+                f.replayed += sum(1 for replay in r.shows[1:] if replay)
+                twice = sum(1 for replay in r.shows[1:] if not replay)
+                if twice:
+                    f.shown_twice += 1
+                    f.twice_tokens.append(r.token)
+            elif r.stored:
+                f.lost += 1
+                f.lost_tokens.append(r.token)
+            if r.accepted and not r.stored:
+                f.unconfirmed += 1
+        f.failed += self.failed_lines
+        f.phantom = self.phantom
+        f.store_unavailable = self.store_unavailable
+        f.room_said = len(self.room_said)
+        f.room_seen = len(self.room_seen & self.room_said)
+        return f
+
+
+class ClientProc:
+    """One user's `securechat client --json`, restartable with the same keystore directory."""
+
+    def __init__(self, chaos: Chaos, nick: str) -> None:
+        self.chaos = chaos
+        self.nick = nick
+        self.home = chaos.workdir / "users" / nick
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.proc: Proc | None = None
+        self.pending: deque[WhisperRecord] = deque()  # whisper commands awaiting their answer
+        self.online = False
+        self.connects = 0  # welcome or reconnected lines seen, over every run
+        self.published = False
+        self.runs = 0
+        self.all: list[Proc] = []
+        self.counter = itertools.count(1)
+        self.room_counter = itertools.count(1)
+
+    # -- process --
+
+    def spawn(self) -> Proc:
+        self.runs += 1
+        argv = [
+            sys.executable, "-m", "securechat", "client", "--json",
+            "--nick", self.nick, "--host", HOST, "--port", str(self.chaos.port),
+            "--cafile", self.chaos.cert_files["ca"],
+        ]
+        env = product_env(
+            {
+                "XDG_DATA_HOME": str(self.home),
+                "XDG_CONFIG_HOME": str(self.home / "config"),
+                "SECURECHAT_PASSPHRASE": "",
+                **self.chaos.client_env,
+            }
+        )
+        proc_box: list[Proc] = []
+
+        def on_line(line: str) -> None:
+            self.chaos.on_line(self, proc_box[0] if proc_box else None, line)
+
+        with self.chaos.ledger.cond:
+            self.pending.clear()
+            self.online = False
+        proc = Proc(
+            argv, env=env, log=self.chaos.workdir / f"client-{self.nick}-{self.runs}.log", on_line=on_line,
+            cwd=self.chaos.workdir,
+        )
+        proc_box.append(proc)
+        self.proc = proc
+        self.all.append(proc)
+        return proc
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def start(self, timeout: float = TIMEOUT) -> None:
+        """Start and wait until logged in (and, the first time, until its keys are published).
+
+        A start that fails because the server is not up yet is retried until `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.chaos.ledger.cond:
+                before = self.connects
+            proc = self.spawn()
+            ok = self.chaos.wait(
+                lambda before=before, proc=proc: (  # type: ignore[misc]
+                    self.connects > before and (self.published or not self.chaos.need_publish)
+                )
+                or not proc.alive(),
+                max(0.1, deadline - time.monotonic()),
+            )
+            if ok and proc.alive():
+                return
+            proc.reap()
+            self._after_exit(proc)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"client {self.nick} did not log in:\n{proc.log_text()[-2000:]}")
+            self.chaos.wait(lambda: self.chaos.server.alive(), max(0.1, deadline - time.monotonic()))
+
+    def _after_exit(self, proc: Proc) -> None:
+        with self.chaos.ledger.cond:
+            if self.proc is proc:
+                self.online = False
+                self.pending.clear()
+            self.chaos.ledger.cond.notify_all()
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            self.proc.kill9()
+
+    def reap(self) -> None:
+        """After a kill: wait until it is gone and everything it printed was read."""
+        if self.proc is not None:
+            self.proc.reap()
+            self._after_exit(self.proc)
+
+    def quit(self) -> None:
+        """Leave cleanly (`quit` command) and wait for the process to end."""
+        proc = self.proc
+        if proc is None:
+            return
+        proc.write(json.dumps({"type": "quit", "reason": "chaos: going offline"}))
+        if proc.wait(TIMEOUT) is None:
+            proc.kill9()
+        self.reap()
+
+    # -- commands --
+
+    def whisper(self, to: str, token: str | None = None, wait: bool = True) -> WhisperRecord | None:
+        """Whisper a new token to `to`; with `wait`, until answered (or the process ended)."""
+        proc = self.proc
+        if proc is None:
+            return None
+        ledger = self.chaos.ledger
+        with ledger.cond:
+            token = token or f"w-{self.nick}-{next(self.counter)}"
+            rec = ledger.new_whisper(token, self.nick, to)
+            self.pending.append(rec)
+        if not proc.write(json.dumps({"type": "whisper", "to": to, "text": token})):
+            with ledger.cond:
+                if rec in self.pending:
+                    self.pending.remove(rec)
+                rec.refused = "client gone"
+            return rec
+        if wait:
+            self.chaos.wait(lambda: rec.accepted or bool(rec.refused) or not proc.alive(), TIMEOUT)
+            with ledger.cond:
+                if not rec.accepted and not rec.refused:
+                    rec.refused = "no answer"
+                    if rec in self.pending:
+                        self.pending.remove(rec)
+        return rec
+
+    def say(self) -> None:
+        if self.proc is None:
+            return
+        token = f"r-{self.nick}-{next(self.room_counter)}"
+        with self.chaos.ledger.cond:
+            self.chaos.ledger.room_said.add(token)
+        self.proc.write(json.dumps({"type": "say", "text": token}))
+
+
+@dataclass
+class Trigger:
+    """A one-shot action run by the reader thread the moment a matching line is read."""
+
+    name: str
+    match: Callable[[ClientProc, Json], bool]
+    action: Callable[[], None]
+    fired: threading.Event = field(default_factory=threading.Event)
+
+
+# -- the orchestrator -------------------------------------------------------------------------
+
+
+class Chaos:
+    """One scenario: a server process, some users, the load, the faults, the ledger."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        cert_files: dict[str, str],
+        *,
+        users: int = 5,
+        pace: float = 0.25,
+        seed: int | None = None,
+        data_dir: Path | None = None,
+        server_extra: tuple[str, ...] = (),
+        server_wrapper: tuple[str, ...] = (),
+        server_env: dict[str, str] | None = None,
+        client_env: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.cert_files = cert_files
+        self.port = free_port()
+        self.ledger = Ledger()
+        self.rng = random.Random(seed)
+        self.pace = pace
+        self.client_env = client_env or {}
+        self.server = ServerProc(
+            self.port, data_dir or workdir / "server-data", cert_files, workdir,
+            extra=server_extra, wrapper=server_wrapper, env=server_env,
+        )
+        self.clients = {f"u{i}": ClientProc(self, f"u{i}") for i in range(users)}
+        self.triggers: list[Trigger] = []
+        self.kills: dict[str, int] = {}
+        self.kill_log: list[tuple[float, str]] = []
+        self.notes: list[str] = []
+        self.need_publish = True
+        self.load_on = threading.Event()
+        self.stopping = threading.Event()
+        self.drivers: list[threading.Thread] = []
+        self.driver_errors: list[BaseException] = []
+        self.offline_weight = 6.0
+        self.started = time.monotonic()
+
+    # -- lines from the clients --
+
+    def on_line(self, client: ClientProc, proc: Proc | None, line: str) -> None:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        fired: list[Trigger] = []
+        with self.ledger.cond:
+            if not isinstance(obj, dict):
+                if len(self.ledger.garbage) < 20:
+                    self.ledger.garbage.append(line[:200])
+                return
+            if proc is not None and client.proc is not proc:
+                # A line from an earlier run of this user, read after its successor started:
+                # what it showed and was told counts; its command answers belong to it only.
+                if obj.get("type") not in ("whisper_sent", "command_error"):
+                    self.ledger.apply(client, obj)
+                self.ledger.cond.notify_all()
+                return
+            kind = obj.get("type")
+            if kind in ("welcome", "reconnected"):
+                client.online = True
+                client.connects += 1
+            elif kind in ("reconnecting", "disconnected"):
+                client.online = False
+            elif kind == "prekey_count" and int(obj.get("count", 0)) > 0:
+                client.published = True
+            self.ledger.apply(client, obj)
+            for trigger in self.triggers:
+                if trigger.match(client, obj):
+                    fired.append(trigger)
+            for trigger in fired:
+                self.triggers.remove(trigger)
+            self.ledger.cond.notify_all()
+        for trigger in fired:
+            trigger.action()
+            trigger.fired.set()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (on the ledger's condition) until `predicate` holds; False at the deadline."""
+        with self.ledger.cond:
+            return self.ledger.cond.wait_for(predicate, timeout)
+
+    def arm(
+        self, name: str, match: Callable[[ClientProc, Json], bool], action: Callable[[], None]
+    ) -> Trigger:
+        trigger = Trigger(name, match, action)
+        with self.ledger.cond:
+            self.triggers.append(trigger)
+        return trigger
+
+    def disarm(self, trigger: Trigger) -> None:
+        with self.ledger.cond:
+            if trigger in self.triggers:
+                self.triggers.remove(trigger)
+
+    # -- setup and teardown --
+
+    def start(self) -> None:
+        self.server.start()
+        for client in self.clients.values():
+            client.start()
+        self.need_publish = False
+
+    def close(self) -> None:
+        """Stop the load and every process this run started, whatever state it is in."""
+        self.stopping.set()
+        self.load_on.clear()
+        with self.ledger.cond:
+            self.ledger.cond.notify_all()
+        for thread in self.drivers:
+            thread.join(TIMEOUT)
+        for client in self.clients.values():
+            for proc in client.all:
+                proc.reap()
+        self.server.stop()
+
+    # -- the load --
+
+    def start_load(self) -> None:
+        if not self.drivers:
+            for client in self.clients.values():
+                thread = threading.Thread(
+                    target=self._drive, args=(client,), name=f"chaos-drive-{client.nick}", daemon=True
+                )
+                thread.start()
+                self.drivers.append(thread)
+        self.load_on.set()
+
+    def pause_load(self) -> None:
+        self.load_on.clear()
+
+    def _drive(self, me: ClientProc) -> None:
+        rng = random.Random(self.rng.random())
+        try:
+            while not self.stopping.is_set():
+                if not self.load_on.wait(0.5):
+                    continue
+                if not self.wait(lambda: self.stopping.is_set() or (me.alive() and me.online), 0.5):
+                    continue
+                if self.stopping.is_set():
+                    return
+                if rng.random() < 0.1:
+                    me.say()
+                else:
+                    others = [c for c in self.clients.values() if c is not me]
+                    with self.ledger.cond:
+                        weights = [1.0 if (c.alive() and c.online) else self.offline_weight for c in others]
+                    to = rng.choices(others, weights)[0]
+                    me.whisper(to.nick)
+                # Load shaping, not a wait for an outcome: each user whispers every `pace` s.
+                self.stopping.wait(rng.uniform(0.5, 1.5) * self.pace)
+        except BaseException as exc:  # reported by the scenario, not lost in a thread
+            self.driver_errors.append(exc)
+
+    def wait_stored(self, more: int, timeout: float = TIMEOUT) -> bool:
+        """Wait until `more` whispers beyond the current count have been acknowledged."""
+        with self.ledger.cond:
+            target = self.ledger.stored_count() + more
+        return self.wait(lambda: self.ledger.stored_count() >= target, timeout)
+
+    # -- server faults --
+
+    def count(self, kind: str) -> None:
+        self.kills[kind] = self.kills.get(kind, 0) + 1
+        self.kill_log.append((time.monotonic(), kind))
+
+    def explain(self, rec: WhisperRecord) -> str:
+        """Where a lost whisper sat relative to the faults (for the report)."""
+
+        def rel(t: float) -> str:
+            return f"{t - self.started:.2f}s" if t else "-"
+
+        after = [(t, k) for t, k in self.kill_log if t >= rec.sent_at]
+        near = f"next kill {after[0][1]} at {rel(after[0][0])}" if after else "no kill after it"
+        return (
+            f"{rec.token} {rec.sender}->{rec.to} id={rec.msg_id} sent {rel(rec.sent_at)} "
+            f"stored {rel(rec.stored_at)} delivered {rel(rec.delivered_at)}; {near}"
+        )
+
+    def restart_server(self) -> None:
+        """After a kill: reap it, start it again on the same data dir, wait for every live
+        client to log in again by itself."""
+        self.server.wait_dead()
+        with self.ledger.cond:
+            before = {c.nick: c.connects for c in self.clients.values() if c.alive()}
+        self.server.start()
+        ok = self.wait(
+            lambda: all(
+                self.clients[n].connects > k or not self.clients[n].alive() for n, k in before.items()
+            ),
+            TIMEOUT * 2,
+        )
+        if not ok:
+            late = [n for n, k in before.items() if self.clients[n].connects <= k]
+            raise AssertionError(f"clients did not reconnect after a server restart: {late}")
+
+    def kill_server_random(self, low: float = 0.1, high: float = 1.5) -> None:
+        # The moment is chosen at random on purpose (this is the unaimed kill).
+        self.stopping.wait(self.rng.uniform(low, high))
+        self.server.kill9()
+        self.count("random")
+
+    def kill_server_in_drain(self, queue: int) -> None:
+        """(a) Take a user offline, let whispers queue for it, bring it back, and kill the
+        server the moment its client prints the first queued whisper."""
+        target = self.rng.choice([c for c in self.clients.values() if c.alive()])
+        target.quit()
+        if not self.wait(lambda: self.ledger.queued_for(target.nick) >= queue, TIMEOUT * 2):
+            self.notes.append(f"drain: only {self.ledger.queued_for(target.nick)} queued for {target.nick}")
+        server = self.server
+        trigger = self.arm(
+            "drain",
+            lambda c, obj: c is target and obj.get("type") == "whisper" and "sender" in obj,
+            server.kill9,
+        )
+        target.start()
+        if trigger.fired.wait(TIMEOUT):
+            self.count("drain")
+        else:
+            self.disarm(trigger)
+            server.kill9()
+            self.count("missed")
+
+    def kill_server_between_commit_and_ack(self, timeout: float = TIMEOUT) -> None:
+        """(b) Kill the server the moment a sender sees "stored" for a whisper its online
+        recipient has not printed yet."""
+
+        def match(client: ClientProc, obj: Json) -> bool:
+            if obj.get("type") != "whisper_status" or obj.get("status") != "stored":
+                return False
+            rec = self.ledger.by_id.get(str(obj.get("id", "")))
+            if rec is None or rec.shows:
+                return False
+            to = self.clients.get(rec.to)
+            return to is not None and to.alive() and to.online
+
+        trigger = self.arm("commit", match, self.server.kill9)
+        if trigger.fired.wait(timeout):
+            self.count("commit")
+        else:
+            self.disarm(trigger)
+            self.server.kill9()
+            self.count("missed")
+
+    # -- client faults --
+
+    def kill_client_live(self, target: ClientProc, timeout: float = TIMEOUT) -> None:
+        """Kill a recipient's client right after its stdout shows a whisper line."""
+        proc = target.proc
+        assert proc is not None
+        trigger = self.arm(
+            "client-live",
+            lambda c, obj: c is target and obj.get("type") == "whisper" and "sender" in obj,
+            proc.kill9,
+        )
+        if trigger.fired.wait(timeout):
+            self.count("client-live")
+        else:
+            self.disarm(trigger)
+            proc.kill9()
+            self.count("client-missed")
+        target.reap()
+        target.start()
+
+    def kill_client_in_drain(self, target: ClientProc, queue: int) -> None:
+        """Take the client offline, let whispers queue, restart it and kill it as soon as
+        it prints the first queued whisper; then restart it again."""
+        target.quit()
+        if not self.wait(lambda: self.ledger.queued_for(target.nick) >= queue, TIMEOUT * 2):
+            self.notes.append(f"client drain: only {self.ledger.queued_for(target.nick)} queued")
+        holder: list[Proc] = []
+        trigger = self.arm(
+            "client-drain",
+            lambda c, obj: c is target and obj.get("type") == "whisper" and "sender" in obj,
+            lambda: holder[0].kill9() if holder else target.kill9(),
+        )
+        holder.append(target.spawn())
+        if trigger.fired.wait(TIMEOUT):
+            self.count("client-drain")
+        else:
+            self.disarm(trigger)
+            target.kill9()
+            self.count("client-missed")
+        target.reap()
+        target.start()
+
+    # -- the end --
+
+    def settle(self, timeout: float = TIMEOUT * 3) -> None:
+        """Stop the load, bring everyone online, send one marker whisper per pair, and wait
+        until every marker and every acknowledged whisper has been shown (or the deadline)."""
+        self.pause_load()
+        for thread in self.drivers:
+            thread.join(0)  # drivers finish their current whisper on their own
+        if not self.server.alive():
+            self.server.wait_dead()
+            self.server.start()
+        for client in self.clients.values():
+            if not client.alive():
+                client.reap()
+                client.start()
+        deadline = time.monotonic() + timeout
+        # The drivers may be mid-whisper: wait until none of their commands is unanswered.
+        self.wait(lambda: all(not c.pending for c in self.clients.values()), TIMEOUT)
+        markers: list[WhisperRecord] = []
+        for sender in self.clients.values():
+            for to in self.clients.values():
+                if to is sender:
+                    continue
+                for attempt in range(5):
+                    rec = sender.whisper(to.nick, f"m-{sender.nick}-{to.nick}-{attempt}")
+                    if rec is not None and rec.accepted:
+                        markers.append(rec)
+                        break
+                    self.wait(lambda s=sender: s.online, TIMEOUT)  # type: ignore[misc]
+        if not self.wait(lambda: all(m.shows for m in markers), max(1.0, deadline - time.monotonic())):
+            missing = [m.token for m in markers if not m.shows]
+            self.notes.append(f"settle: markers not shown by the deadline: {missing[:5]}")
+        # Every marker was whispered after everything else and shown: what is still not
+        # shown gets a last, shorter chance (a resend still on its way), then counts as lost.
+        self.wait(lambda: not self.ledger.unshown_acknowledged(), TIMEOUT / 3)
+
+    def finish(self, scenario: str) -> Figures:
+        with self.ledger.cond:
+            figures = self.ledger.figures(scenario)
+            garbage = list(self.ledger.garbage)
+        figures.kills = dict(self.kills)
+        figures.seconds = round(time.monotonic() - self.started, 1)
+        figures.notes = list(self.notes) + [f"non-JSON line: {g!r}" for g in garbage[:3]]
+        with self.ledger.cond:
+            figures.notes += [
+                "lost: " + self.explain(self.ledger.whispers[t]) for t in figures.lost_tokens[:10]
+            ]
+        if self.driver_errors:
+            figures.notes.append(f"driver error: {self.driver_errors[0]!r}")
+        return figures
+
+
+@contextlib.contextmanager
+def chaos_run(workdir: Path, cert_files: dict[str, str], **kwargs: Any) -> Iterator[Chaos]:
+    chaos = Chaos(workdir, cert_files, **kwargs)
+    try:
+        yield chaos
+    finally:
+        chaos.close()
+
+
+# -- scenarios --------------------------------------------------------------------------------
+
+
+def scenario_server_kills(
+    workdir: Path, cert_files: dict[str, str], *, kills: int, queue: int = 20, load_between: int = 15,
+    users: int = 5, pace: float = 0.25, seed: int | None = None,
+) -> Figures:
+    """The server SIGKILLed `kills` times under a mixed load; kinds cycle drain, commit,
+    random, so at least half are aimed."""
+    kinds = list(itertools.islice(itertools.cycle(["drain", "commit", "random"]), kills))
+    with chaos_run(workdir, cert_files, users=users, pace=pace, seed=seed) as chaos:
+        chaos.start()
+        chaos.start_load()
+        for kind in kinds:
+            if not chaos.wait_stored(load_between, TIMEOUT * 2):
+                chaos.notes.append("load stalled before a kill")
+            if kind == "drain":
+                chaos.kill_server_in_drain(queue)
+            elif kind == "commit":
+                chaos.kill_server_between_commit_and_ack()
+            else:
+                chaos.kill_server_random()
+            chaos.restart_server()
+        chaos.settle()
+        return chaos.finish("server kill -9")
+
+
+def scenario_client_kills(
+    workdir: Path, cert_files: dict[str, str], *, kills: int, queue: int = 15, load_between: int = 10,
+    users: int = 4, pace: float = 0.25, seed: int | None = None,
+) -> Figures:
+    """A recipient's client SIGKILLed `kills` times while receiving (alternately right after a
+    live whisper line and right after it reconnects and starts draining), then restarted."""
+    with chaos_run(workdir, cert_files, users=users, pace=pace, seed=seed) as chaos:
+        chaos.start()
+        chaos.offline_weight = 4.0
+        chaos.start_load()
+        for i in range(kills):
+            if not chaos.wait_stored(load_between, TIMEOUT * 2):
+                chaos.notes.append("load stalled before a kill")
+            target = chaos.clients[f"u{i % 2}"]
+            if i % 2 == 0:
+                chaos.kill_client_live(target)
+            else:
+                chaos.kill_client_in_drain(target, queue)
+        chaos.settle()
+        return chaos.finish("client kill -9")
+
+
+# -- figures table ----------------------------------------------------------------------------
+
+_ROWS = [
+    ("sent", "sent"),
+    ("accepted", "accepted (whisper_sent)"),
+    ("refused", "refused / unanswered"),
+    ("stored", "acknowledged stored"),
+    ("delivered", "delivered"),
+    ("shown", "decrypted and shown"),
+    ("recovered", "  of which recovered (replay)"),
+    ("replayed", "replayed again"),
+    ("lost", "LOST (acknowledged)"),
+    ("shown_twice", "SHOWN TWICE"),
+    ("phantom", "phantom"),
+    ("failed", "failed (undecryptable)"),
+    ("unconfirmed", "accepted, never stored"),
+    ("store_unavailable", "store-unavailable errors"),
+    ("room_said", "room lines said"),
+    ("room_seen", "room lines seen"),
+    ("kills", "kills"),
+    ("seconds", "seconds"),
+    ("outcome", "outcome"),
+]
+
+
+def format_table(rows: list[Figures]) -> str:
+    """One column per scenario, one line per figure."""
+    if not rows:
+        return "(no chaos figures)"
+
+    def cell(f: Figures, key: str) -> str:
+        value = getattr(f, key)
+        if isinstance(value, dict):
+            return " ".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
+        return str(value)
+
+    header = ["figure"] + [f.scenario for f in rows]
+    body = [[label] + [cell(f, key) for f in rows] for key, label in _ROWS]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"  [{f.scenario}] {n}" for f in rows for n in f.notes]
+    return "\n".join(lines + (["notes:", *notes] if notes else []))
+
+
+def write_figures(path: Path, rows: list[Figures], revision: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {"revision": revision, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "scenarios": [f.as_json() for f in rows]},
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def dump_logs(workdir: Path, out: TextIO, tail: int = 1500) -> None:
+    """The tail of every server log of a run (for a failing scenario's report)."""
+    for log in sorted(workdir.glob("server-*.log")):
+        text = log.read_text(errors="replace")
+        if text.strip():
+            out.write(f"--- {log.name} ---\n{text[-tail:]}\n")
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

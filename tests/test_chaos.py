@@ -1,0 +1,76 @@
+"""`make chaos`: the guarantee "nothing acknowledged is lost", tried with real processes.
+
+The suite runs a short version of every scenario; `make chaos` runs the long one through
+SECURECHAT_CHAOS=long (or the numbers below one by one). Figures are printed (pytest -s)
+and written to SECURECHAT_CHAOS_FIGURES (default: chaos-figures.json in the session's
+temporary directory). See tests/chaos.py for what each figure means.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chaos import (
+    Figures,
+    dump_logs,
+    format_table,
+    git_revision,
+    scenario_client_kills,
+    scenario_server_kills,
+    write_figures,
+)
+
+LONG = os.environ.get("SECURECHAT_CHAOS") == "long"
+
+
+def setting(name: str, short: int, long: int) -> int:
+    return int(os.environ.get(f"SECURECHAT_CHAOS_{name}", long if LONG else short))
+
+
+SERVER_KILLS = setting("SERVER_KILLS", 5, 21)
+CLIENT_KILLS = setting("CLIENT_KILLS", 2, 6)
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def chaos_figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Figures]]:
+    rows: list[Figures] = []
+    yield rows
+    if not rows:
+        return
+    revision = git_revision(REPO)
+    default = tmp_path_factory.getbasetemp() / "chaos-figures.json"
+    path = Path(os.environ.get("SECURECHAT_CHAOS_FIGURES") or default)
+    write_figures(path, rows, revision)
+    sys.stdout.write(f"\n\nchaos figures at {revision} ({path}):\n{format_table(rows)}\n")
+
+
+def check(figures: Figures, rows: list[Figures], workdir: Path) -> None:
+    problems = figures.problems()
+    figures.outcome = "FAIL" if problems else "pass"
+    rows.append(figures)
+    print("\n" + format_table([figures]))
+    if problems:
+        dump_logs(workdir, sys.stdout)
+    assert not problems, "; ".join(problems)
+
+
+@pytest.mark.timeout(600 if LONG else 150)
+def test_server_kill9_loses_no_acknowledged_whisper(
+    cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
+) -> None:
+    figures = scenario_server_kills(tmp_path, cert_files, kills=SERVER_KILLS)
+    assert figures.kills.get("drain", 0) + figures.kills.get("commit", 0) >= SERVER_KILLS // 2, figures.kills
+    check(figures, chaos_figures, tmp_path)
+
+
+@pytest.mark.timeout(600 if LONG else 120)
+def test_recipient_client_kill9_loses_no_acknowledged_whisper(
+    cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
+) -> None:
+    figures = scenario_client_kills(tmp_path, cert_files, kills=CLIENT_KILLS)
+    check(figures, chaos_figures, tmp_path)
