@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench_cmd, certs_cmd, client_cmd, server_cmd
+from . import backup_cmd, bench_cmd, certs_cmd, client_cmd, server_cmd
 from .common import UsageError
 from .config import apply_config, default_config_path, find_config_arg
 
@@ -49,4 +49,5 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     client_cmd.add_parsers(sub)
     certs_cmd.add_parsers(sub)
     bench_cmd.add_parsers(sub)
+    backup_cmd.add_parsers(sub)
     return parser, dict(sub.choices)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sqlite3
 import ssl
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..protocol import is_valid_nick
+from ..server.datadir import DataDirRefused
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -105,18 +105,21 @@ def run_server(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     data_dir = args.data_dir or default_data_dir() / "server"
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=data_dir,
+        message_rate=args.message_rate,
+        message_burst=args.message_burst,
+        max_per_ip=args.max_per_ip,
+    )
     try:
-        config = ServerConfig(
-            host=args.host,
-            port=args.port,
-            data_dir=data_dir,
-            message_rate=args.message_rate,
-            message_burst=args.message_burst,
-            max_per_ip=args.max_per_ip,
-        )
         server = Server(config, context)
-    except (OSError, ValueError, sqlite3.DatabaseError) as exc:
-        raise UsageError(f"cannot open the database in {data_dir}: {exc}") from None
+    except DataDirRefused as exc:
+        # Says what is wrong with the data directory and how to restore it.
+        raise UsageError(f"refusing to start: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot open the data directory {data_dir}: {exc.strerror or exc}") from None
     # Two threads per session: their stacks are sized deliberately (the default is 8 MiB
     # of address space each; frames are parsed iteratively and JSON nesting is bounded,
     # so 512 KiB leaves a wide margin), and every session needs a file descriptor.
@@ -144,6 +147,7 @@ def _serve(server: Server, config: ServerConfig, stop_signals: set[signal.Signal
     try:
         server.start()
     except OSError as exc:
+        server.stop()  # closes the database cleanly and marks the data directory stopped
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     defaults = ServerConfig()
     if (config.message_rate, config.message_burst) != (defaults.message_rate, defaults.message_burst):
@@ -162,20 +166,25 @@ def _serve(server: Server, config: ServerConfig, stop_signals: set[signal.Signal
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from ..server.listener import DB_NAME
-    from ..server.store import SqliteStore
+    from ..server.datadir import DB_NAME, check_db
+    from ..server.store import SqliteStore, StoreUnavailable
 
     if not is_valid_nick(args.nick):
         raise UsageError(f"{args.nick!r} is not a valid nick")
-    db = (args.data_dir or default_data_dir() / "server") / DB_NAME
-    if not db.is_file():
-        raise UsageError(f"no server database at {db} (pass --data-dir)")
+    data_dir = args.data_dir or default_data_dir() / "server"
+    db = data_dir / DB_NAME
+    try:
+        check_db(data_dir)  # never creates, migrates or adopts anything
+    except DataDirRefused as exc:
+        raise UsageError(f"{exc} (pass --data-dir)" if not db.exists() else str(exc)) from None
     try:
         store = SqliteStore(db)
-    except (sqlite3.DatabaseError, ValueError) as exc:
+    except (StoreUnavailable, ValueError) as exc:
         raise UsageError(f"cannot open {db}: {exc}") from None
     try:
         released = store.release(args.nick)
+    except StoreUnavailable as exc:
+        raise UsageError(f"cannot write to {db}: {exc}") from None
     finally:
         store.close()
     if not released:

@@ -188,7 +188,14 @@ class DataDir:
                 )
             # Before anything opens the database: opening creates a new, empty log.
             wal_lost = marker.state == "running" and not Path(f"{db}-wal").exists()
-            backup_taken = _facts_or_refuse(directory, marker)
+            try:
+                backup_taken = _facts_or_refuse(directory, marker)
+            except DataDirRefused:
+                # Without its log the main file may hold nothing of ours at all; the lost
+                # log is the thing to tell (unless the file is simply empty).
+                if not wal_lost or db.stat().st_size == 0:
+                    raise
+                backup_taken = None
             if wal_lost and backup_taken is None:
                 raise DataDirRefused(
                     f"the server using {directory} did not stop cleanly, and its write-ahead log "
