@@ -1,4 +1,5 @@
-"""The live server under hostile load: slowloris and a frame fuzzer, while a pair chats."""
+"""The live server under hostile load (slowloris, a frame fuzzer, while a pair chats) and
+under a wall clock that jumps."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 
-from chat import TIMEOUT, Chatter
+import pytest
+from chat import TIMEOUT, Chatter, next_matching
 from conftest import RawTls, StartServer
+from whisper_helpers import login, memory_keys
 
 from securechat import Client
+from securechat.client.events import WhisperReceived
+from securechat.protocol import WhisperStatus
+from securechat.server import Server, ServerConfig
 
 
 def test_hundreds_of_stalled_handshakes_neither_block_a_new_client_nor_outlive_the_deadline(
@@ -167,3 +174,35 @@ def test_ten_thousand_fuzzed_frames_from_several_connections(
     assert threading.active_count() == baseline  # every fuzz session's threads ended
     alice.close()
     bob.close()
+
+
+@pytest.mark.parametrize("jump_days", [31, 365, -365])
+def test_a_wall_clock_jump_of_up_to_a_year_neither_expires_queued_whispers_nor_keeps_them(
+    jump_days: int, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    wall = [time.time()]
+    mono = [0.0]  # the service clock's source: only moved by the test
+    config = ServerConfig(port=0, linger=1.0, message_rate=0, data_dir=tmp_path / "data")
+    server = Server(config, server_ctx, clock=lambda: wall[0], monotonic=lambda: mono[0])
+    server.start()
+    try:
+        bob_keys = memory_keys("bob")
+        login(server, client_ctx, "bob", bob_keys).close()  # registered, offline
+        alice = login(server, client_ctx, "alice", memory_keys("alice"))
+        kept = alice.whisper("bob", "wait for me")
+        assert next_matching(alice, WhisperStatus, id=kept)
+        wall[0] += jump_days * 86_400.0  # NTP step, a VM snapshot restored, a wrong RTC
+        assert server.expire_queue() == 0
+        mono[0] += config.queue_ttl - 1
+        assert server.expire_queue() == 0
+        mono[0] += 2  # now a queue_ttl of service has passed since it was queued
+        assert server.expire_queue() == 1
+        late = alice.whisper("bob", "queued after the jump")
+        assert next_matching(alice, WhisperStatus, id=late)
+        alice.close()
+        bob = login(server, client_ctx, "bob", bob_keys, wait_published=False)
+        got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+        assert isinstance(got, WhisperReceived) and got.msg_id == late
+        bob.close()
+    finally:
+        server.stop()
