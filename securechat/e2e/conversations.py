@@ -9,20 +9,31 @@ produced (`dirty` says which records changed).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
-from ..protocol import fold_nick
+from ..protocol import fold_nick, is_valid_nick
 from .bundle import OPK_TARGET, Bundle, PrekeySecrets, StoredSpk, verify_bundle
 from .errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
 from .identity import Identity, PublicIdentity
-from .primitives import DhKeyPair, Random
-from .ratchet import Header, RatchetState, decrypt, encrypt, parse_header
+from .primitives import KEY_BYTES, DhKeyPair, Random
+from .ratchet import (
+    Header,
+    RatchetState,
+    SavedFields,
+    decrypt,
+    encrypt,
+    parse_header,
+    saved_int,
+    saved_key,
+)
 from .safety import parse_safety_number, same_number
 from .x3dh import NO_OPK, initiate, respond
 
@@ -33,6 +44,11 @@ _SESSIONS_PER_PEER = 4
 #: Setups remembered after their session is gone, so a replayed first message cannot
 #: start a second session.
 _SEEN_SETUPS = 10_000
+#: A session id as saved: 16 bytes in lower-case hex, as `bytes.hex()` writes it.
+_SID_HEX = re.compile(r"[0-9a-f]{32}")
+_SESSION_PREFIX = "session:"
+
+_T = TypeVar("_T")
 
 
 class Trust(Enum):
@@ -78,8 +94,10 @@ def _ident_to(ident: PublicIdentity) -> dict[str, str]:
     }
 
 
-def _ident_from(d: dict[str, str]) -> PublicIdentity:
-    return PublicIdentity(d["user"], _unb64(d["sig_key"]), _unb64(d["dh_key"]), _unb64(d["dh_sig"]))
+def _ident_from(f: SavedFields) -> PublicIdentity:
+    return PublicIdentity(
+        f.nick("user"), f.key("sig_key", KEY_BYTES), f.key("dh_key", KEY_BYTES), f.key("dh_sig", 64)
+    )
 
 
 class Conversations:
@@ -198,6 +216,10 @@ class Conversations:
     def has_session(self, peer: str) -> bool:
         return bool(self._active.get(fold_nick(peer)))
 
+    def knows_session(self, sid: bytes) -> bool:
+        """Whether a session with this id is kept (to say why a whisper could not be read)."""
+        return sid in self._sessions
+
     def start_session(self, peer: str, bundle: Bundle) -> None:
         """Verify `bundle` (fetched for `peer`) and start a session from it.
 
@@ -274,9 +296,9 @@ class Conversations:
         elif fold_nick(state.peer) != fold_nick(sender):
             raise DecryptionError  # the AAD would fail too; refuse before any work
         else:
-            pin = self.pins[fold_nick(state.peer)]
-            if pin.trust is Trust.CHANGED or pin.identity.key != state.peer_key:
-                raise DecryptionError  # a session with a key we no longer accept
+            known = self.pins.get(fold_nick(state.peer))
+            if known is None or known.trust is Trust.CHANGED or known.identity.key != state.peer_key:
+                raise DecryptionError  # a session with a key we no longer accept (or never did)
         new, plaintext = decrypt(state, header_bytes, header, ciphertext, now=now, random=self._random)
         # Only now, with the message authenticated under the key it names, may that key
         # touch our pins: a forged setup must not plant a pin or raise a false alarm.
@@ -397,38 +419,141 @@ class Conversations:
 
     @classmethod
     def from_records(
-        cls, records: dict[str, bytes], *, random: Random = os.urandom, clock: Callable[[], float] = time.time
+        cls,
+        records: Mapping[str, bytes],
+        *,
+        random: Random = os.urandom,
+        clock: Callable[[], float] = time.time,
     ) -> Conversations:
-        """Rebuild from `records()` output. Raises `ValueError` on malformed records."""
-        try:
-            ident = json.loads(records["identity"])
-            identity = Identity(ident["user"], _unb64(ident["sig"]), DhKeyPair(_unb64(ident["dh"])))
-            conv = cls(identity, random=random, clock=clock)
-            if "prekeys" in records:
-                p = json.loads(records["prekeys"])
-                conv.secrets = PrekeySecrets(
-                    spks=[StoredSpk(i, c, DhKeyPair(_unb64(k))) for i, c, k in p["spks"]],
-                    opks={int(i): DhKeyPair(_unb64(k)) for i, k in p["opks"]},
-                    next_spk_id=p["next_spk_id"],
-                    next_opk_id=p["next_opk_id"],
-                )
-            for peer, pd in json.loads(records.get("pins", b"{}")).items():
-                conv.pins[peer] = Pin(
-                    _ident_from(pd["identity"]),
-                    Trust(pd["trust"]),
-                    None if pd["pending"] is None else _ident_from(pd["pending"]),
-                    pd["was_verified"],
-                    pd["max_spk_id"],
-                )
-            for peer, sids in json.loads(records.get("index", b"{}")).items():
-                conv._active[peer] = [bytes.fromhex(s) for s in sids]
-            conv._seen_setups = {bytes.fromhex(s): None for s in json.loads(records.get("seen", b"[]"))}
-            for name, data in records.items():
-                if name.startswith("session:"):
-                    state = RatchetState.from_dict(json.loads(data))
-                    conv._sessions[state.sid] = state
-            for peer in list(conv._active):
-                conv._active[peer] = [s for s in conv._active[peer] if s in conv._sessions]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed keystore record: {exc}") from None
+        """Rebuild from `records()` output; records of other layers are ignored.
+
+        Raises `ValueError` naming the record ("keystore record 'pins' is damaged: ...")
+        if the identity is missing or any record has a shape this version would not have
+        written: bytes that are not JSON, a wrong JSON type at any level, a missing field,
+        bad base64, a wrong key length, a number out of range, contradictory fields.
+        What an interrupted save could leave between records (an index naming a session
+        that is gone) is tolerated, as it always was.
+        """
+        if "identity" not in records:
+            raise ValueError("keystore record 'identity' is missing")
+        conv = cls(_load(records, "identity", _identity_from), random=random, clock=clock)
+        if "prekeys" in records:
+            conv.secrets = _load(records, "prekeys", _prekeys_from)
+        if "pins" in records:
+            conv.pins = _load(records, "pins", _pins_from)
+        if "seen" in records:
+            conv._seen_setups = dict.fromkeys(_load(records, "seen", _seen_from))
+        for name in records:
+            if name.startswith(_SESSION_PREFIX):
+                state = _load(records, name, functools.partial(_session_from, name=name))
+                conv._sessions[state.sid] = state
+        if "index" in records:
+            for peer, sids in _load(records, "index", _index_from).items():
+                # Only sessions that were saved, and are with this peer.
+                conv._active[peer] = [
+                    s for s in sids if s in conv._sessions and fold_nick(conv._sessions[s].peer) == peer
+                ]
         return conv
+
+
+def _load(records: Mapping[str, bytes], name: str, parse: Callable[[Any], _T]) -> _T:
+    """`parse` applied to record `name`'s JSON; any damage as a `ValueError` naming it."""
+    try:
+        return parse(json.loads(records[name]))
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        raise ValueError(f"keystore record {name!r} is damaged: {exc}") from None
+
+
+def _folded_nick(value: object, where: str) -> str:
+    if not isinstance(value, str) or not is_valid_nick(value) or fold_nick(value) != value:
+        raise ValueError(f"{where}: {value!r} is not a (lower-cased) nick")
+    return value
+
+
+def _sid_from(value: object, where: str) -> bytes:
+    if not isinstance(value, str) or not _SID_HEX.fullmatch(value):
+        raise ValueError(f"{where}: not a session id")
+    return bytes.fromhex(value)
+
+
+def _pair(entry: object, where: str, size: int) -> list[Any]:
+    if not isinstance(entry, list) or len(entry) != size:
+        raise ValueError(f"{where}: expected a list of {size}")
+    return entry
+
+
+def _identity_from(d: object) -> Identity:
+    f = SavedFields(d, "")
+    return Identity(f.nick("user"), f.key("sig", KEY_BYTES), DhKeyPair(f.key("dh", KEY_BYTES)))
+
+
+def _prekeys_from(d: object) -> PrekeySecrets:
+    f = SavedFields(d, "")
+    secrets = PrekeySecrets(next_spk_id=f.integer("next_spk_id"), next_opk_id=f.integer("next_opk_id"))
+    for i, entry in enumerate(f.items("spks")):
+        where = f"spks[{i}]"
+        key_id, created, private = _pair(entry, where, 3)
+        spk = StoredSpk(
+            saved_int(key_id, where),
+            saved_int(created, where),
+            DhKeyPair(saved_key(private, where, KEY_BYTES)),
+        )
+        # Ids name keys in setups: they must be unique, and new ones must not reuse old ones.
+        if spk.id >= secrets.next_spk_id or (secrets.spks and spk.id <= secrets.spks[-1].id):
+            raise ValueError(f"{where}: id {spk.id} is out of order")
+        secrets.spks.append(spk)
+    for i, entry in enumerate(f.items("opks")):
+        where = f"opks[{i}]"
+        key_id, private = _pair(entry, where, 2)
+        opk_id = saved_int(key_id, where)
+        if not 0 < opk_id < secrets.next_opk_id or opk_id in secrets.opks:  # 0 means "no OPK"
+            raise ValueError(f"{where}: id {opk_id} is out of order")
+        secrets.opks[opk_id] = DhKeyPair(saved_key(private, where, KEY_BYTES))
+    return secrets
+
+
+def _pins_from(d: object) -> dict[str, Pin]:
+    if not isinstance(d, dict):
+        raise ValueError("expected an object of peers")
+    pins = {}
+    for peer, saved in d.items():
+        f = SavedFields(saved, _folded_nick(peer, "peer"))
+        identity = _ident_from(f.object("identity"))
+        pending = None if f.raw("pending") is None else _ident_from(f.object("pending"))
+        trust_text = f.text("trust")
+        if trust_text not in {t.value for t in Trust}:
+            raise ValueError(f"{f.where('trust')}: {trust_text!r} is not a trust level")
+        trust = Trust(trust_text)
+        for ident in (identity, pending):
+            if ident is not None and fold_nick(ident.user) != peer:
+                raise ValueError(f"{peer}: holds a key for {ident.user!r}")
+        # A pending key is exactly what makes a pin "changed"; the trust rules rely on it.
+        if (pending is None) != (trust is not Trust.CHANGED):
+            raise ValueError(f"{peer}: trust {trust.value!r} contradicts its pending key")
+        pins[peer] = Pin(identity, trust, pending, f.flag("was_verified"), f.integer("max_spk_id"))
+    return pins
+
+
+def _index_from(d: object) -> dict[str, list[bytes]]:
+    if not isinstance(d, dict):
+        raise ValueError("expected an object of peers")
+    index = {}
+    for peer, sids in d.items():
+        where = _folded_nick(peer, "peer")
+        if not isinstance(sids, list):
+            raise ValueError(f"{where}: expected a list of session ids")
+        index[peer] = [_sid_from(s, f"{where}[{i}]") for i, s in enumerate(sids)]
+    return index
+
+
+def _seen_from(d: object) -> list[bytes]:
+    if not isinstance(d, list):
+        raise ValueError("expected a list of session ids")
+    return [_sid_from(s, f"[{i}]") for i, s in enumerate(d)]
+
+
+def _session_from(d: object, name: str) -> RatchetState:
+    state = RatchetState.from_dict(d)
+    if name != _SESSION_PREFIX + state.sid.hex():
+        raise ValueError("the session id inside is not the one in the record's name")
+    return state

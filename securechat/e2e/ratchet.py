@@ -11,20 +11,26 @@ spk_id (u64) | opk_id (u64). The header is authenticated as part of the AAD.
 
 Decryption works on a copy of the state and returns the new state only on success, so
 a forged, replayed or corrupted message leaves the session exactly as it was.
+
+No rule here depends on the clock: skipped message keys are bounded by count and by the
+conversation's progress (DH ratchet steps), so a clock jump cannot delete one.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import math
 import os
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import fold_nick
+from ..protocol import fold_nick, is_valid_nick
 from .errors import DecryptionError
 from .identity import PublicIdentity
 from .primitives import (
+    KEY_BYTES,
     VERSION_LABEL,
     DhKeyPair,
     Random,
@@ -39,9 +45,10 @@ from .x3dh import Setup
 __all__ = [
     "MAX_SKIP",
     "MAX_SKIPPED_STORED",
-    "SKIPPED_KEY_LIFETIME",
+    "SKIPPED_CHAINS_KEPT",
     "Header",
     "RatchetState",
+    "SavedFields",
     "decrypt",
     "encrypt",
     "parse_header",
@@ -57,12 +64,26 @@ SETUP_LEN = _SETUP.size
 #: At most this many message keys are derived ahead within one chain: a header claiming
 #: N = 10**6 is refused before any work, instead of costing a million HMACs.
 MAX_SKIP = 1000
-#: Skipped keys kept per session in all; the oldest are dropped first.
+#: Skipped keys kept per session in all; the oldest are dropped first. Bounds the memory
+#: and disk a peer (or a server dropping frames) can make a session hold.
 MAX_SKIPPED_STORED = 2000
-#: A skipped key not used within this time is deleted (its message is presumed lost).
-SKIPPED_KEY_LIFETIME = 7 * 86_400
+#: A skipped key is deleted once its chain is more than this many DH ratchet steps behind
+#: (the peer has since heard from us and answered in a new chain that many times): its
+#: message, overtaken by that many round trips, is presumed lost, and its key should not
+#: stay on disk for a thief. This replaces a 7-day wall-clock lifetime, which a clock
+#: jump could use up in an instant, deleting keys of whispers still queued on the server.
+#: A resent whisper is overtaken by at most a round trip or two (a client resends its
+#: unconfirmed whispers before anything new), so 16 leaves a wide margin.
+SKIPPED_CHAINS_KEPT = 16
 #: Earlier ratchet keys of the peer remembered, to refuse replays from old chains cheaply.
+#: At least `SKIPPED_CHAINS_KEPT`, which is counted along this list.
 _OLD_DH_REMEMBERED = 32
+#: Counters in the header are u32; spk_id and opk_id in the setup are u64.
+_U32 = 2**32
+_U64 = 2**64
+#: Lengths in a saved state: session ids, and Ed25519 signatures.
+_SID_BYTES = 16
+_SIG_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -266,43 +287,148 @@ class RatchetState:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RatchetState:
-        """Raises `KeyError`, `TypeError` or `ValueError` on a malformed record."""
+    def from_dict(cls, d: object) -> RatchetState:
+        """Rebuild from `to_dict()` output (parsed JSON).
 
-        def b(x: str | None) -> bytes | None:
-            return None if x is None else base64.b64decode(x, validate=True)
-
-        def bb(x: str) -> bytes:
-            return base64.b64decode(x, validate=True)
-
+        Raises `ValueError`, naming the field, for anything this version would not have
+        written: a wrong JSON type at any level, a missing field, bad base64, a wrong key
+        length, or a counter out of range.
+        """
+        f = SavedFields(d, "")
         setup = None
-        if d["setup"] is not None:
-            s = d["setup"]
+        saved_setup = f.optional_object("setup")
+        if saved_setup is not None:
             setup = Setup(
-                PublicIdentity(s["user"], bb(s["sig_key"]), bb(s["dh_key"]), bb(s["dh_sig"])),
-                bb(s["ephemeral"]),
-                int(s["spk_id"]),
-                int(s["opk_id"]),
+                PublicIdentity(
+                    saved_setup.nick("user"),
+                    saved_setup.key("sig_key", KEY_BYTES),
+                    saved_setup.key("dh_key", KEY_BYTES),
+                    saved_setup.key("dh_sig", _SIG_BYTES),
+                ),
+                saved_setup.key("ephemeral", KEY_BYTES),
+                saved_setup.integer("spk_id", below=_U64),
+                saved_setup.integer("opk_id", below=_U64),
             )
+        skipped: dict[tuple[bytes, int], tuple[bytes, float]] = {}
+        for i, entry in enumerate(f.items("skipped")):
+            where = f"skipped[{i}]"
+            if not isinstance(entry, list) or len(entry) != 4:
+                raise ValueError(f"{where}: expected [ratchet key, counter, message key, time]")
+            dh, n, mk, t = entry
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+                raise ValueError(f"{where}: the time is not a number")
+            skipped[(saved_key(dh, where, KEY_BYTES), saved_int(n, where, below=_U32))] = (
+                saved_key(mk, where, KEY_BYTES),
+                float(t),
+            )
+        opk_to_delete = f.raw("opk_to_delete")
         return cls(
-            sid=bb(d["sid"]),
-            ad0=bb(d["ad0"]),
-            me=d["me"],
-            peer=d["peer"],
-            peer_key=bb(d["peer_key"]),
-            rk=bb(d["rk"]),
-            dhs=DhKeyPair(bb(d["dhs"])),
-            dhr=b(d["dhr"]),
-            cks=b(d["cks"]),
-            ckr=b(d["ckr"]),
-            ns=int(d["ns"]),
-            nr=int(d["nr"]),
-            pn=int(d["pn"]),
+            sid=f.key("sid", _SID_BYTES),
+            ad0=f.key("ad0", None),
+            me=f.nick("me"),
+            peer=f.nick("peer"),
+            peer_key=f.key("peer_key", 2 * KEY_BYTES),
+            rk=f.key("rk", KEY_BYTES),
+            dhs=DhKeyPair(f.key("dhs", KEY_BYTES)),
+            dhr=f.optional_key("dhr", KEY_BYTES),
+            cks=f.optional_key("cks", KEY_BYTES),
+            ckr=f.optional_key("ckr", KEY_BYTES),
+            ns=f.integer("ns", below=_U32),
+            nr=f.integer("nr", below=_U32),
+            pn=f.integer("pn", below=_U32),
             setup=setup,
-            skipped={(bb(dh), int(n)): (bb(mk), float(t)) for dh, n, mk, t in d["skipped"]},
-            old_dhr=[bb(x) for x in d["old_dhr"]],
-            opk_to_delete=d["opk_to_delete"],
+            skipped=skipped,
+            old_dhr=[saved_key(x, f"old_dhr[{i}]", KEY_BYTES) for i, x in enumerate(f.items("old_dhr"))],
+            opk_to_delete=None if opk_to_delete is None else saved_int(opk_to_delete, "opk_to_delete"),
         )
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def saved_int(value: object, where: str, *, below: int = _U64) -> int:
+    """`value` if it is an integer in [0, below); else `ValueError` naming `where`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: expected an integer, found {_kind(value)}")
+    if not 0 <= value < below:
+        raise ValueError(f"{where}: {value} is out of range")
+    return value
+
+
+def saved_key(value: object, where: str, length: int | None) -> bytes:
+    """The bytes of a base64 string, of exactly `length` bytes (any, if None; never empty)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected base64 text, found {_kind(value)}")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where}: not valid base64") from None
+    if (length is None and not data) or (length is not None and len(data) != length):
+        raise ValueError(f"{where}: {len(data)} bytes where {length or 'some'} belong")
+    return data
+
+
+class SavedFields:
+    """One JSON object from a saved record, read field by field with its shape checked.
+
+    Every accessor raises `ValueError` naming the field's path ("setup.spk_id: ...") when
+    the field is missing or has the wrong type, range, encoding or length.
+    """
+
+    def __init__(self, value: object, path: str) -> None:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path or 'the record'}: expected an object, found {_kind(value)}")
+        self._fields: dict[str, Any] = value
+        self._path = path
+
+    def where(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    def raw(self, name: str) -> object:
+        if name not in self._fields:
+            raise ValueError(f"{self.where(name)}: missing")
+        return self._fields[name]
+
+    def integer(self, name: str, *, below: int = _U64) -> int:
+        return saved_int(self.raw(name), self.where(name), below=below)
+
+    def key(self, name: str, length: int | None) -> bytes:
+        return saved_key(self.raw(name), self.where(name), length)
+
+    def optional_key(self, name: str, length: int) -> bytes | None:
+        value = self.raw(name)
+        return None if value is None else saved_key(value, self.where(name), length)
+
+    def text(self, name: str) -> str:
+        value = self.raw(name)
+        if not isinstance(value, str):
+            raise ValueError(f"{self.where(name)}: expected text, found {_kind(value)}")
+        return value
+
+    def nick(self, name: str) -> str:
+        value = self.text(name)
+        if not is_valid_nick(value):
+            raise ValueError(f"{self.where(name)}: {value!r} is not a nick")
+        return value
+
+    def flag(self, name: str) -> bool:
+        value = self.raw(name)
+        if not isinstance(value, bool):
+            raise ValueError(f"{self.where(name)}: expected true or false, found {_kind(value)}")
+        return value
+
+    def items(self, name: str) -> list[Any]:
+        value = self.raw(name)
+        if not isinstance(value, list):
+            raise ValueError(f"{self.where(name)}: expected a list, found {_kind(value)}")
+        return value
+
+    def object(self, name: str) -> SavedFields:
+        return SavedFields(self.raw(name), self.where(name))
+
+    def optional_object(self, name: str) -> SavedFields | None:
+        return None if self.raw(name) is None else self.object(name)
 
 
 def encrypt(state: RatchetState, plaintext: bytes) -> tuple[bytes, bytes]:
@@ -331,6 +457,9 @@ def decrypt(
 ) -> tuple[RatchetState, bytes]:
     """Authenticate and decrypt; returns (new state, plaintext). `state` is not modified.
 
+    `now` is recorded with each key skipped here (the saved state has a place for it) but
+    decides nothing: no reading of the clock deletes a key.
+
     Raises `DecryptionError` for anything that does not verify: tampering, replay, a
     message for another session or direction, too many skipped messages, bad keys.
     """
@@ -342,7 +471,7 @@ def decrypt(
         plaintext = _open(found[0], ciphertext, aad)
         new = state.copy()
         del new.skipped[(header.dh, header.n)]
-        _after_success(new, now)
+        _after_success(new)
         return new, plaintext
     if header.dh == state.dhr and header.n < state.nr:
         raise DecryptionError  # a duplicate: its key was used and deleted
@@ -360,7 +489,7 @@ def decrypt(
     except ValueError:  # a low-order ratchet key from the peer
         raise DecryptionError from None
     plaintext = _open(mk, ciphertext, aad)
-    _after_success(new, now)
+    _after_success(new)
     return new, plaintext
 
 
@@ -372,11 +501,8 @@ def _open(mk: bytes, ciphertext: bytes, aad: bytes) -> bytes:
     return plaintext
 
 
-def _after_success(state: RatchetState, now: float) -> None:
+def _after_success(state: RatchetState) -> None:
     state.setup = None if state.ckr is not None else state.setup  # the peer has replied
-    cutoff = now - SKIPPED_KEY_LIFETIME
-    for key in [k for k, (_, stored) in state.skipped.items() if stored < cutoff]:
-        del state.skipped[key]
 
 
 def _skip(state: RatchetState, until: int, now: float) -> None:
@@ -400,6 +526,9 @@ def _dh_ratchet(state: RatchetState, their_dh: bytes, random: Random) -> None:
     state.ns = 0
     state.nr = 0
     state.dhr = their_dh
+    recent = {their_dh, *state.old_dhr[-SKIPPED_CHAINS_KEPT:]}
+    if any(dh not in recent for dh, _ in state.skipped):  # chains too far behind: presumed lost
+        state.skipped = {k: v for k, v in state.skipped.items() if k[0] in recent}
     state.rk, state.ckr = _kdf_rk(state.rk, state.dhs.exchange(their_dh))
     state.dhs = DhKeyPair.generate(random)
     state.rk, state.cks = _kdf_rk(state.rk, state.dhs.exchange(their_dh))
