@@ -47,6 +47,8 @@ _SEEN_SETUPS = 10_000
 #: A session id as saved: 16 bytes in lower-case hex, as `bytes.hex()` writes it.
 _SID_HEX = re.compile(r"[0-9a-f]{32}")
 _SESSION_PREFIX = "session:"
+#: Length of an Ed25519 signature (the binding of a pinned identity's two keys).
+_SIG_BYTES = 64
 
 _T = TypeVar("_T")
 
@@ -81,10 +83,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
-
-
 def _ident_to(ident: PublicIdentity) -> dict[str, str]:
     return {
         "user": ident.user,
@@ -96,7 +94,7 @@ def _ident_to(ident: PublicIdentity) -> dict[str, str]:
 
 def _ident_from(f: SavedFields) -> PublicIdentity:
     return PublicIdentity(
-        f.nick("user"), f.key("sig_key", KEY_BYTES), f.key("dh_key", KEY_BYTES), f.key("dh_sig", 64)
+        f.nick("user"), f.key("sig_key", KEY_BYTES), f.key("dh_key", KEY_BYTES), f.key("dh_sig", _SIG_BYTES)
     )
 
 
@@ -476,7 +474,7 @@ def _sid_from(value: object, where: str) -> bytes:
     return bytes.fromhex(value)
 
 
-def _pair(entry: object, where: str, size: int) -> list[Any]:
+def _entry(entry: object, where: str, size: int) -> list[Any]:
     if not isinstance(entry, list) or len(entry) != size:
         raise ValueError(f"{where}: expected a list of {size}")
     return entry
@@ -492,7 +490,7 @@ def _prekeys_from(d: object) -> PrekeySecrets:
     secrets = PrekeySecrets(next_spk_id=f.integer("next_spk_id"), next_opk_id=f.integer("next_opk_id"))
     for i, entry in enumerate(f.items("spks")):
         where = f"spks[{i}]"
-        key_id, created, private = _pair(entry, where, 3)
+        key_id, created, private = _entry(entry, where, 3)
         spk = StoredSpk(
             saved_int(key_id, where),
             saved_int(created, where),
@@ -504,7 +502,7 @@ def _prekeys_from(d: object) -> PrekeySecrets:
         secrets.spks.append(spk)
     for i, entry in enumerate(f.items("opks")):
         where = f"opks[{i}]"
-        key_id, private = _pair(entry, where, 2)
+        key_id, private = _entry(entry, where, 2)
         opk_id = saved_int(key_id, where)
         if not 0 < opk_id < secrets.next_opk_id or opk_id in secrets.opks:  # 0 means "no OPK"
             raise ValueError(f"{where}: id {opk_id} is out of order")

@@ -52,6 +52,8 @@ __all__ = [
     "decrypt",
     "encrypt",
     "parse_header",
+    "saved_int",
+    "saved_key",
 ]
 
 HEADER_VERSION = 1
