@@ -119,11 +119,17 @@ def git_revision(repo: Path) -> str:
     try:
         head = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "securechat"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -261,18 +267,34 @@ class ServerProc:
         self.starts += 1
         argv = [
             *self.wrapper,
-            sys.executable, "-m", "securechat", "server",
-            "--host", HOST, "--port", str(self.port),
-            "--data-dir", str(self.data_dir),
-            "--cert", self.cert_files["cert"], "--key", self.cert_files["key"],
-            "--message-rate", "0",  # a fast mixed load on purpose (the server logs it)
-            "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "securechat",
+            "server",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--cert",
+            self.cert_files["cert"],
+            "--key",
+            self.cert_files["key"],
+            "--message-rate",
+            "0",  # a fast mixed load on purpose (the server logs it)
+            "--log-level",
+            "warning",
             *self.extra,
         ]
         env = product_env(self.env)
         self.proc = Proc(
-            argv, env=env, log=self.workdir / f"server-{self.starts}.log", on_line=self._on_line,
-            cwd=self.workdir, stdin=False,
+            argv,
+            env=env,
+            log=self.workdir / f"server-{self.starts}.log",
+            on_line=self._on_line,
+            cwd=self.workdir,
+            stdin=False,
         )
         self.all.append(self.proc)
         return self.proc
@@ -378,6 +400,9 @@ class Figures:
     notes: list[str] = field(default_factory=list)
     lost_tokens: list[str] = field(default_factory=list)
     twice_tokens: list[str] = field(default_factory=list)
+    #: Scenario-specific observations (e.g. "came up": 0) and broken promises of the contract.
+    contract: dict[str, Any] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
     outcome: str = ""
 
     def problems(self) -> list[str]:
@@ -388,7 +413,7 @@ class Figures:
             out.append(f"{self.shown_twice} whisper(s) shown twice: {self.twice_tokens[:10]}")
         if self.phantom:
             out.append(f"{self.phantom} phantom whisper line(s)")
-        return out
+        return out + self.violations
 
     def as_json(self) -> Json:
         return dict(self.__dict__)
@@ -519,9 +544,19 @@ class ClientProc:
     def spawn(self) -> Proc:
         self.runs += 1
         argv = [
-            sys.executable, "-m", "securechat", "client", "--json",
-            "--nick", self.nick, "--host", HOST, "--port", str(self.chaos.port),
-            "--cafile", self.chaos.cert_files["ca"],
+            sys.executable,
+            "-m",
+            "securechat",
+            "client",
+            "--json",
+            "--nick",
+            self.nick,
+            "--host",
+            HOST,
+            "--port",
+            str(self.chaos.port),
+            "--cafile",
+            self.chaos.cert_files["ca"],
         ]
         env = product_env(
             {
@@ -540,7 +575,10 @@ class ClientProc:
             self.pending.clear()
             self.online = False
         proc = Proc(
-            argv, env=env, log=self.chaos.workdir / f"client-{self.nick}-{self.runs}.log", on_line=on_line,
+            argv,
+            env=env,
+            log=self.chaos.workdir / f"client-{self.nick}-{self.runs}.log",
+            on_line=on_line,
             cwd=self.chaos.workdir,
         )
         proc_box.append(proc)
@@ -562,10 +600,12 @@ class ClientProc:
                 before = self.connects
             proc = self.spawn()
             ok = self.chaos.wait(
-                lambda before=before, proc=proc: (  # type: ignore[misc]
-                    self.connects > before and (self.published or not self.chaos.need_publish)
-                )
-                or not proc.alive(),
+                lambda before=before, proc=proc: (
+                    (  # type: ignore[misc]
+                        self.connects > before and (self.published or not self.chaos.need_publish)
+                    )
+                    or not proc.alive()
+                ),
                 max(0.1, deadline - time.monotonic()),
             )
             if ok and proc.alive():
@@ -678,8 +718,13 @@ class Chaos:
         self.pace = pace
         self.client_env = client_env or {}
         self.server = ServerProc(
-            self.port, data_dir or workdir / "server-data", cert_files, workdir,
-            extra=server_extra, wrapper=server_wrapper, env=server_env,
+            self.port,
+            data_dir or workdir / "server-data",
+            cert_files,
+            workdir,
+            extra=server_extra,
+            wrapper=server_wrapper,
+            env=server_env,
         )
         self.clients = {f"u{i}": ClientProc(self, f"u{i}") for i in range(users)}
         self.triggers: list[Trigger] = []
@@ -978,9 +1023,13 @@ class Chaos:
         # shown gets a last, shorter chance (a resend still on its way), then counts as lost.
         self.wait(lambda: not self.ledger.unshown_acknowledged(), TIMEOUT / 3)
 
-    def finish(self, scenario: str) -> Figures:
+    def finish(self, scenario: str, *, count_losses: bool = True) -> Figures:
+        """The figures of this run (`count_losses` False: its acknowledged whispers were
+        destroyed on purpose, as in the damaged-database cases)."""
         with self.ledger.cond:
             figures = self.ledger.figures(scenario)
+            if not count_losses:
+                figures.lost, figures.lost_tokens = 0, []
             garbage = list(self.ledger.garbage)
         figures.kills = dict(self.kills)
         figures.seconds = round(time.monotonic() - self.started, 1)
@@ -1007,8 +1056,15 @@ def chaos_run(workdir: Path, cert_files: dict[str, str], **kwargs: Any) -> Itera
 
 
 def scenario_server_kills(
-    workdir: Path, cert_files: dict[str, str], *, kills: int, queue: int = 20, load_between: int = 15,
-    users: int = 5, pace: float = 0.25, seed: int | None = None,
+    workdir: Path,
+    cert_files: dict[str, str],
+    *,
+    kills: int,
+    queue: int = 20,
+    load_between: int = 15,
+    users: int = 5,
+    pace: float = 0.25,
+    seed: int | None = None,
 ) -> Figures:
     """The server SIGKILLed `kills` times under a mixed load; kinds cycle drain, commit,
     random, so at least half are aimed."""
@@ -1031,8 +1087,15 @@ def scenario_server_kills(
 
 
 def scenario_client_kills(
-    workdir: Path, cert_files: dict[str, str], *, kills: int, queue: int = 15, load_between: int = 10,
-    users: int = 4, pace: float = 0.25, seed: int | None = None,
+    workdir: Path,
+    cert_files: dict[str, str],
+    *,
+    kills: int,
+    queue: int = 15,
+    load_between: int = 10,
+    users: int = 4,
+    pace: float = 0.25,
+    seed: int | None = None,
 ) -> Figures:
     """A recipient's client SIGKILLed `kills` times while receiving (alternately right after a
     live whisper line and right after it reconnects and starts draining), then restarted."""
@@ -1050,6 +1113,466 @@ def scenario_client_kills(
                 chaos.kill_client_in_drain(target, queue)
         chaos.settle()
         return chaos.finish("client kill -9")
+
+
+class NotSupportedHere(Exception):
+    """The machine cannot run this fault (not root, no tmpfs, no libfaketime): a skip."""
+
+
+def _mount_tmpfs(where: Path, size: str) -> None:
+    if os.geteuid() != 0:
+        raise NotSupportedHere("mounting a tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise NotSupportedHere(f"mount -t tmpfs failed: {done.stderr.strip()}")
+
+
+def _umount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=TIMEOUT, check=False)
+
+
+def _fill(directory: Path) -> int:
+    """Write a filler file until the file system is full (dd stops at ENOSPC); its size."""
+    filler = directory / "filler"
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={filler}", "bs=64k"],
+        capture_output=True,
+        timeout=TIMEOUT * 4,
+        check=False,
+    )
+    return filler.stat().st_size if filler.exists() else 0
+
+
+def scenario_disk_full(
+    workdir: Path,
+    cert_files: dict[str, str],
+    *,
+    cycles: int = 1,
+    users: int = 4,
+    pace: float = 0.2,
+    seed: int | None = None,
+) -> Figures:
+    """The server's data directory on an 8 MiB tmpfs, filled to the last byte and freed
+    again, under load. Whispers sent while it is full must be refused with a retryable
+    `store-unavailable` error (`ref` = their id) and sent again by the client later; the
+    server must stay up; nothing acknowledged may be lost."""
+    mount = workdir / "tmpfs"
+    _mount_tmpfs(mount, "8m")
+    try:
+        with chaos_run(
+            workdir, cert_files, users=users, pace=pace, seed=seed, data_dir=mount / "server"
+        ) as chaos:
+            chaos.start()
+            chaos.start_load()
+            refused_while_full = 0
+            for _cycle in range(cycles):
+                if not chaos.wait_stored(20, TIMEOUT * 2):
+                    chaos.notes.append("load stalled before filling the disk")
+                with chaos.ledger.cond:
+                    before = chaos.ledger.store_unavailable
+                size = _fill(mount)
+                chaos.count("disk-full")
+                # Whispers now must be refused, not acknowledged: wait for a few refusals.
+                if not chaos.wait(lambda b=before: chaos.ledger.store_unavailable >= b + 5, TIMEOUT * 2):
+                    got = chaos.ledger.store_unavailable - before
+                    chaos.notes.append(
+                        f"disk full ({size} bytes of filler): only {got} store-unavailable errors "
+                        f"in {TIMEOUT * 2:.0f} s"
+                    )
+                with chaos.ledger.cond:
+                    refused_while_full += chaos.ledger.store_unavailable - before
+                if not chaos.server.alive() and chaos.server.proc is not None:
+                    tail = chaos.server.proc.log_text()[-300:]
+                    chaos.notes.append(f"the server exited while the disk was full: {tail}")
+                (mount / "filler").unlink(missing_ok=True)
+                if not chaos.server.alive():
+                    chaos.restart_server()
+                if not chaos.wait_stored(20, TIMEOUT * 2):
+                    chaos.notes.append("whispers did not flow again after the disk was freed")
+            chaos.settle()
+            figures = chaos.finish("disk full")
+            with chaos.ledger.cond:
+                never = [
+                    r.token for r in chaos.ledger.whispers.values() if r.store_unavailable and not r.stored
+                ]
+            figures.contract["store-unavailable while full"] = refused_while_full
+            figures.contract["refused, never stored after"] = len(never)
+            figures.contract["server stayed up"] = int(
+                all(p.popen.returncode in (None, -signal.SIGTERM, 0) for p in chaos.server.all[:-1])
+                and len(chaos.server.all) == 1
+            )
+            if refused_while_full == 0:
+                figures.violations.append(
+                    "no whisper was refused with store-unavailable while the disk was full"
+                )
+            if never:
+                figures.violations.append(
+                    f"{len(never)} whisper(s) refused store-unavailable never stored: {never[:5]}"
+                )
+            if len(chaos.server.all) != 1:
+                figures.violations.append("the server exited while the disk was full")
+            return figures
+    finally:
+        _umount(mount)
+
+
+#: How the database is damaged after a kill -9 (see `scenario_damaged_database`).
+DAMAGES = ("emptied", "truncated", "wal-removed", "dir-deleted-while-running")
+
+
+def _damage(data_dir: Path, how: str) -> None:
+    db = data_dir / "securechat.db"
+    if how == "emptied":
+        os.truncate(db, 0)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+    elif how == "truncated":
+        # Checkpointed first? No: the kill left the WAL; the main file loses its second half.
+        os.truncate(db, db.stat().st_size // 2)
+    elif how == "wal-removed":
+        for suffix in ("-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+    elif how == "dir-deleted-while-running":
+        shutil.rmtree(data_dir)
+    else:
+        raise ValueError(how)
+
+
+def scenario_damaged_database(
+    workdir: Path, cert_files: dict[str, str], how: str, *, queued: int = 10, seed: int | None = None
+) -> Figures:
+    """Whispers queued for an offline user (u2), then the database damaged for real:
+
+    - after a kill -9: `emptied` (truncated to 0 bytes, -wal gone), `truncated` (the main
+      file, checkpointed by a clean restart first, cut in half), `wal-removed` (the -wal
+      holding the last commits deleted). The server must refuse to start (non-zero exit
+      and a message naming the problem), or come up and refuse every write; it must
+      never come up and accept writes while what it had acknowledged is gone (checked
+      by bringing u2 back to drain its queue).
+    - `dir-deleted-while-running`: the data directory removed under a running server.
+      Whispers (to the offline u2) are then sent one at a time for up to TIMEOUT seconds:
+      the server must start refusing them (store-unavailable) or stop within that time;
+      how many it still acknowledged before noticing is reported ("stored after
+      deletion"): those live only in deleted files.
+
+    The queued whispers are destroyed on purpose, so they do not count as lost here.
+    """
+    with chaos_run(workdir / how, cert_files, users=3, pace=0.2, seed=seed) as chaos:
+        chaos.start()
+        offline = chaos.clients["u2"]
+        offline.quit()
+        senders = [chaos.clients["u0"], chaos.clients["u1"]]
+        for i in range(queued):
+            senders[i % 2].whisper("u2")
+        chaos.wait(lambda: chaos.ledger.queued_for("u2") >= queued, TIMEOUT)
+        with chaos.ledger.cond:
+            before = chaos.ledger.queued_for("u2")
+        data_dir = chaos.server.data_dir
+        name = f"db {how}"
+        if how == "dir-deleted-while-running":
+            return _deleted_while_running(chaos, name, data_dir, senders[0])
+        sender = senders[0]
+        if how == "truncated" and chaos.server.proc is not None:
+            # A clean stop checkpoints the WAL into the main file first, so that cutting
+            # the main file cuts what the database holds (not just pages the WAL repeats).
+            chaos.server.proc.popen.terminate()
+            chaos.restart_server()
+        with chaos.ledger.cond:
+            connects = sender.connects
+        chaos.server.kill9()
+        chaos.server.wait_dead()
+        chaos.count("kill9")
+        _damage(data_dir, how)
+        came_up, code, log = chaos.server.try_start()
+        contract: dict[str, Any] = {"queued before": before, "came up": int(came_up)}
+        violations: list[str] = []
+        if came_up:
+            # Up: it must refuse writes, or still hold everything it acknowledged.
+            rec = None
+            if chaos.wait(lambda: sender.connects > connects, TIMEOUT * 2):
+                rec = sender.whisper("u1")
+            chaos.wait(
+                lambda: rec is None or rec.stored or bool(rec.store_unavailable) or bool(rec.refused), TIMEOUT
+            )
+            accepted_write = rec is not None and rec.stored
+            contract["accepted a write"] = int(accepted_write)
+            contract["write answer"] = _answer(rec)
+            drained = 0
+            try:
+                offline.start()
+                chaos.wait(lambda: chaos.ledger.queued_for("u2") == 0, TIMEOUT)
+                drained = before - chaos.ledger.queued_for("u2")
+            except AssertionError as exc:
+                chaos.notes.append(f"u2 could not log in again: {exc}"[:200])
+            contract["queued shown after"] = drained
+            if accepted_write and drained < before:
+                violations.append(
+                    f"the server came up after the database was {how}, accepted writes, "
+                    f"and {before - drained} acknowledged whisper(s) were gone"
+                )
+        else:
+            message = _last_error_line(log)
+            contract["exit status"] = code if code is not None else "-"
+            contract["message"] = message[:160]
+            if code in (0, None):
+                violations.append(f"the server ended with status {code} after the database was {how}")
+            if not message:
+                violations.append("the server refused to start without saying why")
+        figures = chaos.finish(name, count_losses=False)
+        figures.contract.update(contract)
+        figures.violations += violations
+        return figures
+
+
+def _deleted_while_running(chaos: Chaos, name: str, data_dir: Path, sender: ClientProc) -> Figures:
+    _damage(data_dir, "dir-deleted-while-running")
+    chaos.count("dir-deleted")
+    deleted_at = time.monotonic()
+    stored_after = 0
+    noticed_after: float | None = None
+    while time.monotonic() - deleted_at < TIMEOUT:
+        rec = sender.whisper("u2")
+        if rec is None:
+            break
+        chaos.wait(
+            lambda rec=rec: (
+                rec.stored or bool(rec.store_unavailable) or bool(rec.refused) or not chaos.server.alive()
+            ),
+            TIMEOUT,
+        )
+        if rec.store_unavailable or not chaos.server.alive():
+            noticed_after = time.monotonic() - deleted_at
+            break
+        stored_after += rec.stored
+        # Load shaping: a whisper every 0.1 s while waiting for the server to notice.
+        chaos.stopping.wait(0.1)
+    restart = "-"
+    if noticed_after is not None:
+        chaos.server.kill9()
+        chaos.server.wait_dead()
+        came_up, code, log = chaos.server.try_start()
+        restart = "came up (new empty directory)" if came_up else f"refused ({code}): {_last_error_line(log)}"
+    figures = chaos.finish(name, count_losses=False)
+    figures.contract["stored after deletion"] = stored_after
+    figures.contract["noticed after s"] = "never" if noticed_after is None else round(noticed_after, 2)
+    figures.contract["server exited"] = int(not chaos.server.alive())
+    chaos.notes.append(f"restart after deletion: {restart}"[:200])
+    figures.notes.append(f"restart after deletion: {restart}"[:200])
+    if noticed_after is None:
+        figures.violations.append(
+            f"the server kept acknowledging whispers for {TIMEOUT:.0f} s after its data directory "
+            f"was deleted ({stored_after} stored into deleted files)"
+        )
+    return figures
+
+
+def _answer(rec: WhisperRecord | None) -> str:
+    if rec is None:
+        return "not sent"
+    if rec.stored:
+        return "stored"
+    if rec.store_unavailable:
+        return "store-unavailable"
+    return f"refused: {rec.refused}" if rec.refused else "no answer"
+
+
+def _last_error_line(log: str) -> str:
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and "rate limit" not in ln]
+    return lines[-1] if lines else ""
+
+
+def scenario_descriptor_limit(
+    workdir: Path,
+    cert_files: dict[str, str],
+    *,
+    connections: int = 400,
+    limit: int = 256,
+    users: int = 4,
+    pace: float = 0.2,
+    seed: int | None = None,
+) -> Figures:
+    """The server under a descriptor limit of `limit` (prlimit, soft and hard) while
+    `connections` idle TCP connections are opened to it: whispers between the users already
+    logged in must still flow and be shown; the server must stay up; once the connections
+    close, a new user must get in."""
+    if shutil.which("prlimit") is None:
+        raise NotSupportedHere("prlimit (util-linux) is not installed")
+    wrapper = ("prlimit", f"--nofile={limit}:{limit}", "--")
+    with chaos_run(
+        workdir,
+        cert_files,
+        users=users,
+        pace=pace,
+        seed=seed,
+        server_extra=("--max-per-ip", str(connections * 2)),
+        server_wrapper=wrapper,
+    ) as chaos:
+        chaos.start()
+        chaos.start_load()
+        chaos.wait_stored(15, TIMEOUT * 2)
+        flood: list[socket.socket] = []
+        try:
+            for _ in range(connections):
+                s = socket.socket()
+                s.settimeout(TIMEOUT)
+                try:
+                    s.connect((HOST, chaos.port))
+                except OSError as exc:
+                    s.close()
+                    chaos.notes.append(f"connection {len(flood) + 1} failed: {exc}")
+                    break
+                flood.append(s)
+            chaos.count("fd-flood")
+            with chaos.ledger.cond:
+                before = chaos.ledger.stored_count()
+                shown_before = sum(1 for r in chaos.ledger.whispers.values() if r.shows)
+            flowed = chaos.wait_stored(30, TIMEOUT * 2)
+            with chaos.ledger.cond:
+                during = chaos.ledger.stored_count() - before
+            shown_ok = chaos.wait(
+                lambda: sum(1 for r in chaos.ledger.whispers.values() if r.shows) >= shown_before + 20,
+                TIMEOUT,
+            )
+        finally:
+            for s in flood:
+                s.close()
+        alive = chaos.server.alive()
+        # A newcomer after the flood: the server must accept connections again.
+        late = ClientProc(chaos, "late")
+        chaos.clients["late"] = late
+        chaos.need_publish = True
+        newcomer = True
+        try:
+            late.start()
+        except AssertionError as exc:
+            newcomer = False
+            chaos.notes.append(f"newcomer after the flood: {exc}"[:300])
+        chaos.need_publish = False
+        chaos.settle()
+        figures = chaos.finish(f"{limit} fds, {connections} conns")
+        figures.contract["connections opened"] = len(flood)
+        figures.contract["stored during flood"] = during
+        figures.contract["server stayed up"] = int(alive)
+        figures.contract["newcomer got in"] = int(newcomer)
+        if not (flowed and shown_ok):
+            figures.violations.append(
+                f"whispers stalled under the descriptor limit ({during} stored during the flood)"
+            )
+        if not alive:
+            figures.violations.append("the server died under the descriptor limit")
+        if not newcomer:
+            figures.violations.append("no new user could log in after the flood")
+        return figures
+
+
+def find_libfaketime() -> str | None:
+    for candidate in (
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ):
+        if Path(candidate).exists():
+            return candidate
+    return None
+
+
+def faketime_env(library: str, control: Path) -> dict[str, str]:
+    """libfaketime reading its offset from `control` (rewritten to jump), monotonic left real."""
+    return {
+        "LD_PRELOAD": library,
+        "FAKETIME_TIMESTAMP_FILE": str(control),
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_CACHE_DURATION": "1",
+        "FAKETIME_DONT_RESET": "1",
+    }
+
+
+def faketime_works(library: str, workdir: Path) -> str:
+    """ "" if a Python child sees a +31 d offset written to its control file; else why not."""
+    control = workdir / "faketime-probe"
+    control.write_text("+31d\n")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "import time; print(time.time())"],
+            env={**os.environ, **faketime_env(library, control)},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        skew = float(done.stdout.strip()) - time.time()
+    except (ValueError, OSError, subprocess.SubprocessError) as exc:
+        return f"python under libfaketime failed: {exc}"
+    finally:
+        control.unlink(missing_ok=True)
+    if abs(skew - 31 * 86400) > 3600:
+        return f"python under libfaketime saw an offset of {skew:.0f} s instead of +31 d"
+    return ""
+
+
+def scenario_clock_jumps(
+    workdir: Path,
+    cert_files: dict[str, str],
+    *,
+    users: int = 4,
+    pace: float = 0.2,
+    queue: int = 10,
+    seed: int | None = None,
+) -> Figures:
+    """Wall-clock jumps of +31 d and -31 d, first on the server, then on the clients,
+    under load, each with a user offline across the jump so that its queue is drained
+    after it. Queued whispers must not expire (the queue keeps them 30 days of *service*,
+    not of wall clock); nothing acknowledged may be lost or fail to decrypt."""
+    library = find_libfaketime()
+    if library is None:
+        raise NotSupportedHere("libfaketime is not installed (apt-get install -y faketime)")
+    why = faketime_works(library, workdir)
+    if why:
+        raise NotSupportedHere(why)
+    server_clock = workdir / "server-clock"
+    client_clock = workdir / "client-clock"
+    for control in (server_clock, client_clock):
+        control.write_text("+0d\n")
+    with chaos_run(
+        workdir,
+        cert_files,
+        users=users,
+        pace=pace,
+        seed=seed,
+        server_env=faketime_env(library, server_clock),
+        client_env=faketime_env(library, client_clock),
+    ) as chaos:
+        chaos.start()
+        chaos.start_load()
+        for control, offset, who in (
+            (server_clock, "+31d", "server"),
+            (server_clock, "-31d", "server"),
+            (server_clock, "+0d", "server"),
+            (client_clock, "+31d", "clients"),
+            (client_clock, "-31d", "clients"),
+            (client_clock, "+0d", "clients"),
+        ):
+            chaos.wait_stored(10, TIMEOUT * 2)
+            target = chaos.rng.choice([c for c in chaos.clients.values() if c.alive()])
+            target.quit()
+            chaos.wait(lambda t=target: chaos.ledger.queued_for(t.nick) >= queue, TIMEOUT * 2)
+            control.write_text(offset + "\n")
+            chaos.count(f"{who}{offset}")
+            # The jump is seen within FAKETIME_CACHE_DURATION (1 s): let the load run across it.
+            chaos.wait_stored(10, TIMEOUT * 2)
+            target.start()
+            if not chaos.wait(lambda t=target: chaos.ledger.queued_for(t.nick) == 0, TIMEOUT * 2):
+                chaos.notes.append(f"{who} {offset}: {target.nick} did not drain its queue")
+        chaos.settle()
+        return chaos.finish("clock jumps")
 
 
 # -- figures table ----------------------------------------------------------------------------
@@ -1071,14 +1594,20 @@ _ROWS = [
     ("store_unavailable", "store-unavailable errors"),
     ("room_said", "room lines said"),
     ("room_seen", "room lines seen"),
-    ("kills", "kills"),
+    ("kills", "faults"),
     ("seconds", "seconds"),
     ("outcome", "outcome"),
 ]
 
 
+def _short(value: object, width: int = 60) -> str:
+    """A table cell: absolute paths cut to their file name, long text cut to `width`."""
+    text = re.sub(r"/(?:[^/\s]+/)+([^/\s]+)", r"…/\1", str(value))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def format_table(rows: list[Figures]) -> str:
-    """One column per scenario, one line per figure."""
+    """One column per scenario, one line per figure, then the scenario-specific checks."""
     if not rows:
         return "(no chaos figures)"
 
@@ -1090,10 +1619,12 @@ def format_table(rows: list[Figures]) -> str:
 
     header = ["figure"] + [f.scenario for f in rows]
     body = [[label] + [cell(f, key) for f in rows] for key, label in _ROWS]
+    checks = list(dict.fromkeys(k for f in rows for k in f.contract))
+    body += [[f"check: {k}"] + [_short(f.contract.get(k, "")) for f in rows] for k in checks]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    notes = [f"  [{f.scenario}] {n}" for f in rows for n in f.notes]
+    notes = [f"  [{f.scenario}] {_short(n, 200)}" for f in rows for n in f.notes + f.violations]
     return "\n".join(lines + (["notes:", *notes] if notes else []))
 
 
@@ -1101,8 +1632,11 @@ def write_figures(path: Path, rows: list[Figures], revision: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
-            {"revision": revision, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-             "scenarios": [f.as_json() for f in rows]},
+            {
+                "revision": revision,
+                "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "scenarios": [f.as_json() for f in rows],
+            },
             indent=2,
         )
         + "\n"

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from chaos import (
+    DAMAGES,
     Figures,
+    NotSupportedHere,
     dump_logs,
     format_table,
     git_revision,
     scenario_client_kills,
+    scenario_clock_jumps,
+    scenario_damaged_database,
+    scenario_descriptor_limit,
+    scenario_disk_full,
     scenario_server_kills,
     write_figures,
 )
@@ -33,6 +39,7 @@ def setting(name: str, short: int, long: int) -> int:
 
 SERVER_KILLS = setting("SERVER_KILLS", 5, 21)
 CLIENT_KILLS = setting("CLIENT_KILLS", 2, 6)
+DISK_CYCLES = setting("DISK_CYCLES", 1, 3)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -73,4 +80,44 @@ def test_recipient_client_kill9_loses_no_acknowledged_whisper(
     cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
 ) -> None:
     figures = scenario_client_kills(tmp_path, cert_files, kills=CLIENT_KILLS)
+    check(figures, chaos_figures, tmp_path)
+
+
+def run_fault(scenario: Callable[[], Figures]) -> Figures:
+    try:
+        return scenario()
+    except NotSupportedHere as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.timeout(300 if LONG else 90)
+def test_full_disk_refuses_whispers_retryably_and_loses_nothing(
+    cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
+) -> None:
+    figures = run_fault(lambda: scenario_disk_full(tmp_path, cert_files, cycles=DISK_CYCLES))
+    check(figures, chaos_figures, tmp_path)
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.timeout(90)
+def test_damaged_database_is_refused_never_served_empty(
+    how: str, cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
+) -> None:
+    figures = scenario_damaged_database(tmp_path, cert_files, how)
+    check(figures, chaos_figures, tmp_path)
+
+
+@pytest.mark.timeout(180)
+def test_descriptor_limit_keeps_whispers_flowing(
+    cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
+) -> None:
+    figures = run_fault(lambda: scenario_descriptor_limit(tmp_path, cert_files))
+    check(figures, chaos_figures, tmp_path)
+
+
+@pytest.mark.timeout(300 if LONG else 150)
+def test_clock_jumps_lose_no_acknowledged_whisper(
+    cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
+) -> None:
+    figures = run_fault(lambda: scenario_clock_jumps(tmp_path, cert_files))
     check(figures, chaos_figures, tmp_path)
