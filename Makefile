@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: certs run test soak bench lint clean
+.PHONY: certs run test soak chaos bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ test: $(STAMP)
 # The full soak: 200 clients with churn for 60 s (the test suite runs a short one).
 soak: $(STAMP)
 	SECURECHAT_SOAK_CLIENTS=200 SECURECHAT_SOAK_SECONDS=60 $(BIN)/python -m pytest -q -s tests/test_soak.py
+
+# Tries to break "nothing acknowledged is lost" with real processes: >= 20 server kill -9
+# (half aimed at queue drains and commit/ack windows), >= 6 recipient-client kill -9, a full
+# tmpfs, damaged databases, 256 fds under 400 connections, clock jumps of +-31 days (apt-get
+# installs faketime when it can: root). Prints the figures table; JSON in CHAOS_FIGURES.
+CHAOS_FIGURES ?= $(VENV)/chaos-figures.json
+chaos: $(STAMP)
+	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 || test -e /usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1 || \
+		( [ "$$(id -u)" = 0 ] && apt-get install -y -qq faketime >/dev/null ) || \
+		echo "faketime not installed (apt-get install faketime): the clock-jump scenario will skip"
+	SECURECHAT_CHAOS=long SECURECHAT_CHAOS_FIGURES=$(abspath $(CHAOS_FIGURES)) timeout 900 \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_chaos.py
 
 # securechat, ngIRCd over TLS and a classroom relay side by side; rewrites the table and
 # plot in docs/performance.md. Installs ngircd with apt-get if it can (root), else skips it.

@@ -432,6 +432,9 @@ class Ledger:
         self.room_said: set[str] = set()
         self.room_seen: set[str] = set()
         self.garbage: list[str] = []
+        #: The server's clock minus ours, from the `ts` of the newest live room line or
+        #: whisper shown (seconds).
+        self.server_skew = 0.0
 
     def new_whisper(self, token: str, sender: str, to: str) -> WhisperRecord:
         rec = WhisperRecord(token, sender, to, sent_at=time.monotonic())
@@ -461,6 +464,8 @@ class Ledger:
                 if status == "failed":
                     rec.failed = str(obj.get("reason", "failed"))
         elif kind == "whisper" and "sender" in obj:
+            if not obj.get("replay") and isinstance(obj.get("ts"), (int, float)):
+                self.server_skew = float(obj["ts"]) - time.time()  # the server's time of storing
             text = str(obj.get("text", ""))
             rec = self.whispers.get(text)
             if rec is None or rec.to.lower() != client.nick.lower():
@@ -475,6 +480,8 @@ class Ledger:
             if rec is not None:
                 rec.store_unavailable += 1
         elif kind == "message":
+            if not obj.get("history") and isinstance(obj.get("ts"), (int, float)):
+                self.server_skew = float(obj["ts"]) - time.time()
             text = str(obj.get("text", ""))
             if ROOM_TOKEN.match(text) and obj.get("nick") != client.nick:
                 self.room_seen.add(text)
@@ -1501,7 +1508,11 @@ def faketime_works(library: str, workdir: Path) -> str:
     control.write_text("+31d\n")
     try:
         done = subprocess.run(
-            [sys.executable, "-c", "import time; print(time.time())"],
+            [
+                sys.executable,
+                "-c",
+                "import threading, time; threading.Event().wait(0.05); print(time.time())",
+            ],
             env={**os.environ, **faketime_env(library, control)},
             capture_output=True,
             text=True,
@@ -1518,10 +1529,22 @@ def faketime_works(library: str, workdir: Path) -> str:
     return ""
 
 
+#: (which clock, offset written to its control file): the long version's jumps.
+CLOCK_JUMPS = (
+    ("server", "+31d"),
+    ("server", "-31d"),
+    ("server", "+0d"),
+    ("clients", "+31d"),
+    ("clients", "-31d"),
+    ("clients", "+0d"),
+)
+
+
 def scenario_clock_jumps(
     workdir: Path,
     cert_files: dict[str, str],
     *,
+    jumps: tuple[tuple[str, str], ...] = CLOCK_JUMPS,
     users: int = 4,
     pace: float = 0.2,
     queue: int = 10,
@@ -1541,6 +1564,7 @@ def scenario_clock_jumps(
     client_clock = workdir / "client-clock"
     for control in (server_clock, client_clock):
         control.write_text("+0d\n")
+    skews: list[str] = []
     with chaos_run(
         workdir,
         cert_files,
@@ -1552,27 +1576,31 @@ def scenario_clock_jumps(
     ) as chaos:
         chaos.start()
         chaos.start_load()
-        for control, offset, who in (
-            (server_clock, "+31d", "server"),
-            (server_clock, "-31d", "server"),
-            (server_clock, "+0d", "server"),
-            (client_clock, "+31d", "clients"),
-            (client_clock, "-31d", "clients"),
-            (client_clock, "+0d", "clients"),
-        ):
-            chaos.wait_stored(10, TIMEOUT * 2)
+        for who, offset in jumps:
+            control = server_clock if who == "server" else client_clock
+            chaos.wait_stored(queue, TIMEOUT * 2)
             target = chaos.rng.choice([c for c in chaos.clients.values() if c.alive()])
             target.quit()
             chaos.wait(lambda t=target: chaos.ledger.queued_for(t.nick) >= queue, TIMEOUT * 2)
             control.write_text(offset + "\n")
             chaos.count(f"{who}{offset}")
             # The jump is seen within FAKETIME_CACHE_DURATION (1 s): let the load run across it.
-            chaos.wait_stored(10, TIMEOUT * 2)
+            chaos.wait_stored(queue, TIMEOUT * 2)
+            if who == "server":
+                # Whispers and room lines carry the server's time: proof its clock moved.
+                want = int(offset.rstrip("d")) * 86400
+                chaos.wait(lambda w=want: abs(chaos.ledger.server_skew - w) < 3600, TIMEOUT)
+                days = round(chaos.ledger.server_skew / 86400)
+                skews.append(f"{offset}:{days:+d}d")
             target.start()
             if not chaos.wait(lambda t=target: chaos.ledger.queued_for(t.nick) == 0, TIMEOUT * 2):
                 chaos.notes.append(f"{who} {offset}: {target.nick} did not drain its queue")
         chaos.settle()
-        return chaos.finish("clock jumps")
+        figures = chaos.finish("clock jumps")
+        figures.contract["server clock seen"] = " ".join(skews)
+        if any(v.split(":")[0] != v.split(":")[1] for v in skews):
+            figures.notes.append("the server's timestamps did not show every clock jump it was given")
+        return figures
 
 
 # -- figures table ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from chaos import (
+    CLOCK_JUMPS,
     DAMAGES,
     Figures,
     NotSupportedHere,
@@ -119,5 +120,12 @@ def test_descriptor_limit_keeps_whispers_flowing(
 def test_clock_jumps_lose_no_acknowledged_whisper(
     cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
 ) -> None:
-    figures = run_fault(lambda: scenario_clock_jumps(tmp_path, cert_files))
+    jumps = (
+        CLOCK_JUMPS
+        if LONG
+        else (("server", "+31d"), ("server", "-31d"), ("clients", "+31d"), ("clients", "-31d"))
+    )
+    figures = run_fault(
+        lambda: scenario_clock_jumps(tmp_path, cert_files, jumps=jumps, queue=10 if LONG else 6)
+    )
     check(figures, chaos_figures, tmp_path)
