@@ -169,7 +169,7 @@ def test_idle_tcp_connection_is_closed_at_the_handshake_deadline(
         # after being told why.
         raw = RawTls(server.address, client_ctx)
         assert [json.loads(x) for x in raw.read_until_closed()] == [
-            {"type": "error", "code": "timeout", "reason": "no hello in time", "fatal": True}
+            {"type": "error", "code": "timeout", "reason": "no hello in time", "fatal": True, "ref": ""}
         ]
         raw.close()
     finally:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -44,21 +45,93 @@ def test_wrong_passphrase_is_refused(tmp_path: Path) -> None:
 def test_files_others_can_read_are_refused(tmp_path: Path, target: str) -> None:
     d = tmp_path / "ks"
     WhisperKeys.in_keystore(Keystore.create(d, None), "alice")
-    path = {"dir": d, "header": d / "keystore.json", "record": d / "identity.rec"}[target]
+    path = {"dir": d, "header": d / "keystore.json", "record": d / "keystore.db"}[target]
     path.chmod(0o755 if target == "dir" else 0o644)
     with pytest.raises(KeystoreError, match="chmod"):
         Keystore.open(d, None).load()
 
 
+def _tamper(d: Path, sql: str) -> None:
+    db = sqlite3.connect(d / "keystore.db", isolation_level=None)
+    db.execute(sql)
+    db.close()
+
+
 def test_a_tampered_record_is_refused(tmp_path: Path) -> None:
     d = tmp_path / "ks"
     WhisperKeys.in_keystore(Keystore.create(d, "pw", FAST_KDF), "alice")
-    rec = d / "identity.rec"
-    data = bytearray(rec.read_bytes())
-    data[-1] ^= 1
-    rec.write_bytes(bytes(data))
+    # One bit of the sealed identity flipped, as a disk error or an attacker would.
+    _tamper(
+        d,
+        "UPDATE records SET value = substr(value, 1, 20) || x'00' || substr(value, 22) WHERE name='identity'",
+    )
     with pytest.raises(KeystoreError, match="tampered"):
         Keystore.open(d, "pw").load()
+
+
+def test_records_cannot_be_swapped_between_names(tmp_path: Path) -> None:
+    d = tmp_path / "ks"
+    WhisperKeys.in_keystore(Keystore.create(d, "pw", FAST_KDF), "alice")
+    _tamper(
+        d, "UPDATE records SET value = (SELECT value FROM records WHERE name='identity') WHERE name='pins'"
+    )
+    with pytest.raises(KeystoreError, match="pins"):
+        Keystore.open(d, "pw").load()
+
+
+def test_a_database_that_is_not_one_names_the_file(tmp_path: Path) -> None:
+    d = tmp_path / "ks"
+    store = Keystore.create(d, None)
+    WhisperKeys.in_keystore(store, "alice")
+    store.close()
+    (d / "keystore.db").write_bytes(b"this is not an SQLite database" * 200)
+    with pytest.raises(KeystoreError, match=r"keystore\.db"):
+        WhisperKeys.in_keystore(Keystore.open(d, None), "alice")
+
+
+def test_a_keystore_that_lost_its_identity_is_not_given_a_new_one(tmp_path: Path) -> None:
+    d = tmp_path / "ks"
+    WhisperKeys.in_keystore(Keystore.create(d, None), "alice")
+    _tamper(d, "DELETE FROM records WHERE name='identity'")
+    with pytest.raises(KeystoreError, match="lost its identity record"):
+        WhisperKeys.in_keystore(Keystore.open(d, None), "alice")
+    assert "identity" not in Keystore.open(d, None).load()  # and nothing was written in its place
+
+
+@pytest.mark.parametrize("value", [b"[]", b'"pins"', b"{", b'{"bob": 3}', b'{"bob": {"identity": []}}'])
+def test_a_damaged_record_is_a_clear_error_naming_the_file(tmp_path: Path, value: bytes) -> None:
+    d = tmp_path / "ks"
+    WhisperKeys.in_keystore(Keystore.create(d, None), "alice")
+    Keystore.open(d, None).save({"pins": value})
+    with pytest.raises(KeystoreError, match=r"keystore\.db.*pins"):
+        WhisperKeys.in_keystore(Keystore.open(d, None), "alice")
+
+
+def test_a_keystore_from_before_the_database_is_moved_into_it(tmp_path: Path) -> None:
+    d = tmp_path / "ks"
+    keys = WhisperKeys.in_keystore(Keystore.create(d, "pw", FAST_KDF), "alice")
+    old = Keystore.open(d, "pw")
+    records = old.load()
+    old.close()
+    # Lay the records out as the file-per-record keystore did (sealed under their names).
+    db = sqlite3.connect(d / "keystore.db", isolation_level=None)
+    sealed = dict(db.execute("SELECT name, value FROM records").fetchall())
+    db.close()
+    for name in ("keystore.db", "keystore.db-wal", "keystore.db-shm"):
+        (d / name).unlink(missing_ok=True)
+    for name, blob in sealed.items():
+        (d / (name.replace(":", "-") + ".rec")).write_bytes(blob)
+        (d / (name.replace(":", "-") + ".rec")).chmod(0o600)
+    (d / "received.rec").write_bytes(_seal_legacy(d, "received", b'["bob/m1", "carol/m2"]'))
+    (d / "received.rec").chmod(0o600)
+    again = WhisperKeys.in_keystore(Keystore.open(d, "pw"), "alice")
+    assert again.identity.sig_key == keys.identity.sig_key
+    assert not list(d.glob("*.rec"))
+    assert set(Keystore.open(d, "pw").load()) == set(records)  # the legacy ids became messages
+    assert {(m.peer, m.msg_id) for m in again.history("bob", 10) + again.history("carol", 10)} == {
+        ("bob", "m1"),
+        ("carol", "m2"),
+    }
 
 
 def test_creating_over_an_existing_keystore_is_refused(tmp_path: Path) -> None:
@@ -81,3 +154,31 @@ def test_deleted_records_disappear(tmp_path: Path) -> None:
     store.save({"pins": b"{}"})
     store.save({"pins": None})
     assert "pins" not in store.load()
+
+
+def _seal_legacy(d: Path, name: str, data: bytes) -> bytes:
+    from securechat.e2e import keystore as sealing
+
+    key = sealing.unlock((d / "keystore.json").read_bytes(), "pw")
+    assert key is not None
+    return sealing.seal(key, name, data)
+
+
+def test_messages_are_sealed_and_filed_under_a_tag_not_the_nick(tmp_path: Path) -> None:
+    from securechat.client.inbox import Direction, MessageState, StoredMessage
+
+    d = tmp_path / "ks"
+    store = Keystore.create(d, "pw", FAST_KDF)
+    message = StoredMessage(
+        direction=Direction.IN, peer="Bob", msg_id="m1", state=MessageState.NEW, ts=1.0, text="canary-7731"
+    )
+    store.commit({}, [message])
+    store.close()
+    on_disk = b"".join(p.read_bytes() for p in d.iterdir())
+    assert b"canary-7731" not in on_disk and b"bob" not in on_disk.lower()
+    again = Keystore.open(d, "pw")
+    assert again.message(Direction.IN, "BOB", "m1") == message  # nicks fold
+    again.commit({}, [message.with_state(MessageState.SHOWN)])
+    assert [m.state for m in again.messages(peer="bob")] == [MessageState.SHOWN]
+    with pytest.raises(ValueError, match="bad record name"):
+        again.commit({"Not A Name": b""})  # our misuse, not damage

@@ -9,12 +9,14 @@ from pathlib import Path
 
 from chat import TIMEOUT, next_matching
 from conftest import StartServer
+from malicious_relay import MaliciousRelay
 from whisper_helpers import login, memory_keys, wait_published_keys
 
 from securechat import Client, Disconnected
 from securechat.client.backoff import Backoff
 from securechat.client.events import Reconnected, Reconnecting, WhisperReceived
-from securechat.protocol import Bye, Message
+from securechat.protocol import Bye, Error, Message, WhisperStatus
+from securechat.server import Server
 
 FAST = Backoff(base=0.05, cap=0.4)
 
@@ -102,3 +104,91 @@ def test_a_whisper_sent_while_the_server_is_gone_is_refused_clearly(
         raise AssertionError("a whisper was accepted with no server")
     alice.close()
     bob.close()
+
+
+def test_a_server_that_goes_silent_without_closing_is_pinged_then_left_and_reconnected(
+    server: Server, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    # A relay in the path swallows every frame both ways: from the client's side the
+    # server vanished without a FIN or a reset (a cable pulled, a VM frozen).
+    relay = MaliciousRelay(server.address, server_ctx, client_ctx)
+    try:
+        alice = Client(
+            "alice",
+            context=client_ctx,
+            port=relay.address[1],
+            reconnect=True,
+            backoff=FAST,
+            ping_interval=0.3,
+            ping_timeout=0.3,
+        )
+        alice.connect()
+        black_hole: list[bool] = [True]
+        swallowed: list[object] = []
+
+        def swallow(leg: object, frame: dict[str, object]) -> list[dict[str, object]]:
+            if black_hole[0]:
+                swallowed.append(frame.get("type"))
+                return []
+            return [frame]
+
+        relay.up_hook = relay.down_hook = swallow
+        lost = alice.wait_for_any(Reconnecting, TIMEOUT)
+        black_hole[0] = False
+        assert isinstance(lost, Reconnecting)
+        assert "ping" in swallowed  # it asked before it gave up
+        assert isinstance(alice.wait_for_any(Reconnected, TIMEOUT), Reconnected)
+        alice.say("back")
+        assert next_matching(alice, Message, nick="alice").text == "back"  # type: ignore[attr-defined]
+        alice.close()
+    finally:
+        relay.close()
+
+
+def test_a_whisper_the_server_could_not_store_is_sent_again_after_a_pause_not_in_a_loop(
+    server: Server, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    relay = MaliciousRelay(server.address, server_ctx, client_ctx)
+    try:
+        bob_keys = memory_keys("bob")
+        login(server, client_ctx, "bob", bob_keys).close()  # registered, keys published, offline
+        alice = Client(
+            "alice",
+            context=client_ctx,
+            port=relay.address[1],
+            reconnect=True,
+            backoff=Backoff(base=0.3, cap=0.6),
+            keys=memory_keys("alice"),
+        )
+        alice.connect()
+        wait_published_keys(alice)
+        refused: list[str] = []
+
+        def disk_full_once(leg: object, frame: dict[str, object]) -> list[dict[str, object]]:
+            # The first "stored" becomes what a server with a full disk answers instead.
+            if frame.get("type") == "whisper_status" and not refused:
+                refused.append(str(frame["id"]))
+                return [
+                    {"type": "error", "code": "store-unavailable", "reason": "disk full", "ref": frame["id"]}
+                ]
+            return [frame]
+
+        relay.down_hook = disk_full_once
+        msg_id = alice.whisper("bob", "stored the second time")
+        error = alice.wait_for(Error, TIMEOUT)
+        assert isinstance(error, Error) and (error.code, error.ref, error.fatal) == (
+            "store-unavailable",
+            msg_id,
+            False,
+        )
+        stored = alice.wait_for(WhisperStatus, TIMEOUT)
+        assert isinstance(stored, WhisperStatus) and (stored.id, stored.status) == (msg_id, "stored")
+        sent = [d for direction, d in relay.wire if direction == "up" and msg_id.encode() in d]
+        assert len(sent) == 2  # once, then once more after the pause: no loop
+        bob = login(server, client_ctx, "bob", bob_keys, wait_published=False)
+        got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+        assert isinstance(got, WhisperReceived) and got.msg_id == msg_id
+        alice.close()
+        bob.close()
+    finally:
+        relay.close()

@@ -7,6 +7,7 @@ import time
 from e2e_helpers import fetched_bundle, party
 
 from securechat.client.events import KeyChanged, WhisperFailed, WhisperReceived
+from securechat.client.inbox import MemoryStorage
 from securechat.client.whispers import WhisperKeys
 from securechat.e2e.bundle import OPK_REFILL_BELOW, OPK_TARGET
 from securechat.e2e.conversations import Conversations
@@ -14,17 +15,18 @@ from securechat.e2e.identity import Identity
 from securechat.protocol import Delivery, PrekeyCount
 
 
-def engine(nick: str, clock: float | None = None) -> tuple[WhisperKeys, list[dict[str, bytes | None]]]:
-    writes: list[dict[str, bytes | None]] = []
+def engine(nick: str, clock: float | None = None) -> tuple[WhisperKeys, MemoryStorage]:
+    storage = MemoryStorage()
     now = (lambda: clock) if clock is not None else time.time
-    return WhisperKeys(Conversations(Identity.generate(nick), clock=now), writes.append, clock=now), writes
+    return WhisperKeys(Conversations(Identity.generate(nick), clock=now), storage, clock=now), storage
 
 
 def test_first_publication_sends_everything_and_persists_first() -> None:
-    keys, writes = engine("bob")
+    keys, storage = engine("bob")
     pub = keys.publication(PrekeyCount(count=0, spk_id=0))
     assert pub is not None and len(pub.opks) == OPK_TARGET
-    assert writes and "prekeys" in writes[-1]  # private halves on disk before the public ones leave
+    # The private halves are on disk before the public ones leave.
+    assert storage.commits == 1 and "prekeys" in storage.records
 
 
 def test_nothing_is_published_when_all_is_well() -> None:
@@ -46,8 +48,7 @@ def test_refill_sends_only_new_prekeys() -> None:
 
 def test_a_week_old_signed_prekey_is_rotated() -> None:
     now = [time.time()]
-    writes: list[dict[str, bytes | None]] = []
-    keys = WhisperKeys(Conversations(Identity.generate("bob")), writes.append, clock=lambda: now[0])
+    keys = WhisperKeys(Conversations(Identity.generate("bob")), MemoryStorage(), clock=lambda: now[0])
     first = keys.publication(PrekeyCount(count=0, spk_id=0))
     assert first is not None
     now[0] += 8 * 86_400
@@ -63,7 +64,10 @@ def deliver(
             id=str(n), msg_id=msg_id or f"m{n}", sender=sender, header=frame[0], ciphertext=frame[1], ts=1.0
         )
     )
-    return [*incoming.events, *(("ack", a) for a in incoming.acks)]
+    return [
+        *incoming.events,
+        *(("ack", a.id) if a.outcome == "read" else ("failed", a.id, a.reason) for a in incoming.acks),
+    ]
 
 
 def test_whisper_from_a_changed_key_is_held_unacked_until_trusted() -> None:
@@ -83,13 +87,13 @@ def test_whisper_from_a_changed_key_is_held_unacked_until_trusted() -> None:
     assert len(held) == 1 and isinstance(held[0], KeyChanged) and held[0].held == 1  # no ack
     released = bob.trust("alice")
     assert [e.text for e in released.events if isinstance(e, WhisperReceived)] == ["new key"]
-    assert released.acks == ["2"]
+    assert [a.id for a in released.acks] == ["2"]
 
 
 def test_garbage_is_acked_and_reported_not_shown() -> None:
     bob, _ = engine("bob")
     got = deliver(bob, "alice", (b"\x01" * 58, b"\x02" * 40), 3)
-    assert isinstance(got[0], WhisperFailed) and got[1] == ("ack", "3")
+    assert isinstance(got[0], WhisperFailed) and got[1] == ("failed", "3", "malformed")
 
 
 def test_authenticated_but_malformed_content_is_not_shown_as_text() -> None:
@@ -120,7 +124,8 @@ def test_a_whisper_delivered_again_is_acked_silently_even_after_a_restart(tmp_pa
     assert again == [("ack", "11")]
     restarted = disk_keys(d, "bob")  # the memory of it survives a restart
     assert deliver(restarted, "alice", frame, 12, "once") == [("ack", "12")]
-    assert isinstance(deliver(restarted, "alice", frame, 13, "other")[0], WhisperFailed)  # id differs: replay
+    replayed = deliver(restarted, "alice", frame, 13, "other")  # id differs: a replay of used bytes
+    assert isinstance(replayed[0], WhisperFailed) and replayed[1] == ("failed", "13", "auth-failed")
 
 
 def test_a_held_whisper_delivered_again_raises_no_second_alarm() -> None:

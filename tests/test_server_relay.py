@@ -12,6 +12,7 @@ from securechat.e2e.conversations import Conversations
 from securechat.e2e.identity import Identity
 from securechat.e2e.login import login_message
 from securechat.protocol import (
+    Ack,
     Code,
     KeyIdentity,
     OneTimePrekeyRecord,
@@ -113,15 +114,47 @@ def test_whisper_is_stored_pushed_and_acked_into_delivered(setup: tuple[Relay, H
     relay.whisper("alice", Whisper(to="bob", id="m2", header=b"h", ciphertext=b"c"))
     pushed = json.loads(bob.frames[-1])
     assert pushed["type"] == "delivery" and pushed["msg_id"] == "m2" and pushed["sender"] == "alice"
-    relay.ack("bob", pushed["id"])
-    relay.ack("bob", pushed["id"])  # a repeated ack is harmless
-    relay.ack("bob", "not-a-number")
+    relay.ack("bob", Ack(id=pushed["id"]))
+    relay.ack("bob", Ack(id=pushed["id"]))  # a repeated ack is harmless
+    relay.ack("bob", Ack(id="not-a-number"))
     assert [json.loads(f) for f in alice.frames if b"whisper_status" in f] == [
-        {"type": "whisper_status", "id": "m2", "to": "bob", "status": "delivered", "away": ""}
+        {"type": "whisper_status", "id": "m2", "to": "bob", "status": "delivered", "away": "", "reason": ""}
     ]
     with pytest.raises(RelayError) as info:
         relay.whisper("alice", Whisper(to="ghost", id="m3", header=b"h", ciphertext=b"c"))
     assert info.value.code == Code.NO_SUCH_USER
+
+
+def test_a_whisper_the_recipient_could_not_decrypt_is_reported_failed_not_delivered(
+    setup: tuple[Relay, Hub, Conversations],
+) -> None:
+    relay, hub, _ = setup
+    relay.register("alice", b"a" * 32)
+    alice, bob = FakeMember(), FakeMember()
+    hub.join(alice, "alice", lambda users: None)
+    hub.join(bob, "bob", lambda users: None)
+    relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"))
+    pushed = json.loads(bob.frames[-1])
+    relay.ack("bob", Ack(id=pushed["id"], outcome="failed", reason="unknown-prekey"))
+    assert [json.loads(f) for f in alice.frames if b"whisper_status" in f] == [
+        {
+            "type": "whisper_status",
+            "id": "m1",
+            "to": "bob",
+            "status": "failed",
+            "away": "",
+            "reason": "unknown-prekey",
+        }
+    ]
+    assert relay.pending("bob") == []  # dealt with: the sender's client sends it again if it can
+
+
+def test_a_whisper_to_yourself_is_refused(setup: tuple[Relay, Hub, Conversations]) -> None:
+    relay, _, _ = setup
+    relay.register("alice", b"a" * 32)
+    with pytest.raises(RelayError) as info:
+        relay.whisper("Alice", Whisper(to="alice", id="m1", header=b"h", ciphertext=b"c"))
+    assert info.value.code == Code.INVALID and relay.pending("alice") == []
 
 
 def test_whisperers_are_told_when_the_recipient_is_away(setup: tuple[Relay, Hub, Conversations]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from chat import TIMEOUT
 from conftest import StartServer
 from whisper_helpers import disk_keys, login, memory_keys
 
-from securechat import LoginRejected
+from securechat import Client, LoginRejected
 from securechat.client.events import WhisperReceived
 from securechat.protocol import WhisperStatus
 from securechat.server import Server
@@ -200,3 +201,134 @@ def test_away_is_shown_to_whisperers_and_back_clears_it(server: Server, client_c
     assert status == WhisperStatus(id=second, to="bob", status="stored")
     alice.close()
     bob.close()
+
+
+def _whisper_received(client: Client) -> WhisperReceived:
+    got = client.wait_for_any(WhisperReceived, TIMEOUT)
+    assert isinstance(got, WhisperReceived)
+    return got
+
+
+def _status(client: Client, msg_id: str) -> WhisperStatus:
+    while True:
+        got = client.wait_for(WhisperStatus, TIMEOUT)
+        assert isinstance(got, WhisperStatus)
+        if got.id == msg_id:
+            return got
+
+
+def test_a_whisper_kept_but_not_yet_shown_when_the_client_dies_is_shown_at_the_next_start(
+    server: Server, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    # The client died after keeping and acking the whisper, before the program had it
+    # (it never asked for the next event): the next start hands it out, as a replay.
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    msg_id = alice.whisper("bob", "do not lose me")
+    assert _status(alice, msg_id).status == "stored"
+    assert _status(alice, msg_id).status == "delivered"  # bob's client kept and acked it
+    bob._channel.shutdown()  # type: ignore[union-attr]  # dies without handing it out
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"), wait_published=False)
+    got = _whisper_received(bob)
+    assert (got.msg_id, got.text, got.replay) == (msg_id, "do not lose me", True)
+    bob.close()  # it was handed out: now it counts as shown
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"), wait_published=False)
+    with pytest.raises(TimeoutError):
+        bob.wait_for_any(WhisperReceived, 0.5)
+    assert [(m.msg_id, m.text) for m in bob.history("alice")] == [(msg_id, "do not lose me")]
+    alice.close()
+    bob.close()
+
+
+def test_a_whisper_never_confirmed_stored_goes_out_after_the_sender_restarts(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    server = start_server(data_dir=tmp_path / "server")
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
+    alice = login(server, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"))
+    alice.whisper("bob", "first")  # a session, so the next whisper needs no key fetch
+    _whisper_received(bob)
+    alice._online = False  # the connection is going: what follows is kept, not sent
+    alice.keys.seal("bob", "sealed but never sent", "kept1")  # type: ignore[union-attr]
+    alice._channel.shutdown()  # type: ignore[union-attr]
+    alice = login(server, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"), wait_published=False)
+    got = _whisper_received(bob)
+    assert (got.msg_id, got.text) == ("kept1", "sealed but never sent")
+    assert _status(alice, "kept1").status == "stored"
+    alice.close()
+    bob.close()
+
+
+def test_a_recipient_with_new_keys_makes_the_sender_see_a_failure_a_key_change_and_a_resend_after_trust(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    from securechat.client.events import KeyChanged
+
+    server = start_server(data_dir=tmp_path / "server")
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    alice.whisper("bob", "before")
+    _whisper_received(bob)
+    old_fingerprint = bob.keys.identity.public().fingerprint()  # type: ignore[union-attr]
+    bob.close()
+    # bob lost his keys; the operator released his nick; he registered new ones.
+    assert server.store.release("bob")
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob-new", "bob"))
+    msg_id = alice.whisper("bob", "are you there?")  # in the old session: bob cannot read it
+    assert _status(alice, msg_id).status == "stored"
+    failed = _status(alice, msg_id)
+    # Still set up in its first message (bob never answered): his new keys do not match it.
+    assert (failed.status, failed.reason) == ("failed", "unknown-prekey")
+    alarm = alice.wait_for_any(KeyChanged, TIMEOUT)
+    assert isinstance(alarm, KeyChanged) and alarm.peer == "bob" and alarm.unsent == 1
+    assert alarm.old_fingerprint == old_fingerprint
+    info = alice.keys.peer_info("bob")  # type: ignore[union-attr]
+    assert info is not None and info[2] is not None and info[2].fingerprint() == alarm.new_fingerprint
+    alice.trust("bob")  # the user decided: the same text goes out in a new session
+    got = _whisper_received(bob)
+    assert (got.msg_id, got.text) == (msg_id, "are you there?")
+    assert _status(alice, msg_id).status == "stored"
+    assert _status(alice, msg_id).status == "delivered"
+    alice.close()
+    bob.close()
+
+
+def test_a_recipient_that_lost_a_prekey_gets_the_whisper_again_in_a_new_session_without_asking(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    server = start_server(data_dir=tmp_path / "server")
+    bob_keys = memory_keys("bob")
+    bob = login(server, client_ctx, "bob", bob_keys)
+    bob.close()
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    msg_id = alice.whisper("bob", "set up with a prekey bob will not have")
+    assert _status(alice, msg_id).status == "stored"
+    # The signed prekey it was set up with is gone (an old backup restored, a clock
+    # that jumped): same identity, new signed prekey, published at the next login.
+    bob_keys._conv.secrets.spks.clear()
+    bob_keys._conv.secrets.rotate_spk(time.time())
+    bob = login(server, client_ctx, "bob", bob_keys, wait_published=False)
+    failed = _status(alice, msg_id)
+    assert (failed.status, failed.reason) == ("failed", "unknown-prekey")
+    got = _whisper_received(bob)  # sent again by alice's client, in a new session
+    assert (got.msg_id, got.text) == (msg_id, "set up with a prekey bob will not have")
+    assert _status(alice, msg_id).status == "stored"
+    assert _status(alice, msg_id).status == "delivered"
+    alice.close()
+    bob.close()
+
+
+def test_whispering_yourself_is_a_clear_refusal_not_an_alarm(
+    server: Server, client_ctx: ssl.SSLContext
+) -> None:
+    from securechat.client.events import KeyChanged, WhisperFailed
+
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    with pytest.raises(ValueError, match="cannot whisper yourself"):
+        alice.whisper("ALICE", "note to self")
+    alice.who()  # a round trip: anything the attempt caused has arrived by its answer
+    from securechat.protocol import Names
+
+    while not isinstance(item := alice.next_event(TIMEOUT), Names):
+        assert not isinstance(item, (WhisperFailed, KeyChanged, WhisperStatus))
+    alice.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 from chat import TIMEOUT
 
 from securechat import Client
+from securechat.client.inbox import MemoryStorage
 from securechat.client.keystore import Keystore
 from securechat.client.whispers import WhisperKeys
 from securechat.e2e.conversations import Conversations
@@ -21,8 +22,7 @@ FAST_KDF = KdfParams(n=2**10)
 
 
 def memory_keys(nick: str) -> WhisperKeys:
-    saved: dict[str, bytes | None] = {}
-    return WhisperKeys(Conversations(Identity.generate(nick)), saved.update)
+    return WhisperKeys(Conversations(Identity.generate(nick)), MemoryStorage())
 
 
 def disk_keys(directory: Path, nick: str, passphrase: str | None = None) -> WhisperKeys:

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..client import Client
 from ..client.events import WhisperReceived
+from ..client.inbox import MemoryStorage
 from ..client.keystore import Keystore
 from ..client.whispers import WhisperKeys
 from ..e2e.conversations import Conversations
@@ -127,8 +128,7 @@ def _identity_client(host: str, port: int, ctx: ssl.SSLContext, nick: str, keys_
     if keys_dir:
         keys = WhisperKeys.in_keystore(Keystore.create(Path(keys_dir) / nick, None), nick)
     else:
-        records: dict[str, bytes | None] = {}
-        keys = WhisperKeys(Conversations(Identity.generate(nick)), records.update)
+        keys = WhisperKeys(Conversations(Identity.generate(nick)), MemoryStorage())
     client = Client(nick, host=host, port=port, context=ctx, keys=keys, timeout=30.0)
     client.connect()
     while True:  # until the server holds our prekeys, so the peer can start a session

@@ -1,27 +1,54 @@
-"""The keystore on disk: one directory per server and nick, one file per record.
+"""The keystore on disk: one directory per server and nick, a header and one SQLite database.
 
 `$XDG_DATA_HOME/securechat/<server>/<nick>/` (default `~/.local/share/...`), directory
-0700 and files 0600; a keystore that others can read is refused rather than used.
-Each write is atomic (temp file, fsync, rename, fsync the directory), so a crash
-leaves every record either old or new, never torn.
+0700; `keystore.json` (the header: how the passphrase unlocks the data key) and
+`keystore.db` (with SQLite's `-wal` and `-shm` beside it) 0600. A keystore that others
+can read is refused rather than used.
+
+The database has two tables: `records` (identity, prekeys, pins, ratchet sessions, by
+name) and `messages` (the inbox and outbox, see inbox.py). With a passphrase every
+record and message body is sealed under the data key with its name in the AAD, so
+nothing can be swapped between rows, and messages are filed under a keyed tag of the
+peer's nick rather than the nick. One `commit` is one SQLite transaction: a ratchet step
+and the whisper it encrypted or decrypted reach the disk together or not at all.
+
+Keystores written before the database (one `NAME.rec` file per record) are moved into
+it the first time they are opened, in one transaction, and the files removed after.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import stat
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..e2e import keystore as sealing
 from ..e2e.errors import KeystoreError
-from ..files import write_private, write_private_files
+from ..files import write_private
+from ..protocol import fold_nick
+from .inbox import Direction, MessageState, StoredMessage
 
 __all__ = ["Keystore", "default_keystore_dir"]
 
 _HEADER = "keystore.json"
-_SUFFIX = ".rec"
+_DB = "keystore.db"
+_LEGACY_SUFFIX = ".rec"
 _NAME_RE = re.compile(r"[a-z]+(:[0-9a-f]{1,64})?")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, direction TEXT NOT NULL, peer_tag TEXT NOT NULL,
+    msg_id TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL, body BLOB NOT NULL,
+    UNIQUE (direction, peer_tag, msg_id));
+CREATE INDEX IF NOT EXISTS messages_by_state ON messages (state, seq);
+CREATE INDEX IF NOT EXISTS messages_by_peer ON messages (peer_tag, seq);
+"""
 
 
 def default_keystore_dir(host: str, port: int, nick: str) -> Path:
@@ -30,14 +57,10 @@ def default_keystore_dir(host: str, port: int, nick: str) -> Path:
     return Path(base) / "securechat" / server / nick.lower()
 
 
-def _file_for(name: str) -> str:
+def _check_name(name: str) -> str:
     if _NAME_RE.fullmatch(name) is None:
         raise ValueError(f"bad record name {name!r}")
-    return name.replace(":", "-") + _SUFFIX
-
-
-def _name_for(filename: str) -> str:
-    return filename.removesuffix(_SUFFIX).replace("-", ":")
+    return name
 
 
 def _check_private(path: Path) -> None:
@@ -50,15 +73,28 @@ def _check_private(path: Path) -> None:
 
 
 class Keystore:
-    """Records (name -> bytes) in a directory, sealed when a passphrase protects them."""
+    """Records and messages in a directory, sealed when a passphrase protects them.
+
+    Thread-safe: one SQLite connection behind `_lock`. Every method that reads or
+    writes raises `KeystoreError`, naming the file, when the database is damaged or
+    cannot be written (a full disk, say).
+    """
 
     def __init__(self, directory: Path, data_key: bytes | None) -> None:
         self.directory = directory
         self._data_key = data_key
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None  # opened on first use; guarded by _lock
+        self._tags: dict[str, str] = {}  # folded nick -> peer tag; guarded by _lock
 
     @property
     def protected(self) -> bool:
         return self._data_key is not None
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self.directory / _DB
 
     @classmethod
     def exists(cls, directory: Path) -> bool:
@@ -89,25 +125,196 @@ class Keystore:
     def needs_passphrase(cls, directory: Path) -> bool:
         return sealing.is_protected((directory / _HEADER).read_bytes())
 
-    def load(self) -> dict[str, bytes]:
-        """Every record. Raises `KeystoreError` for a readable-by-others or damaged file."""
-        records: dict[str, bytes] = {}
-        for path in sorted(self.directory.iterdir()):
-            if not path.name.endswith(_SUFFIX):
-                continue
-            _check_private(path)
-            name = _name_for(path.name)
-            blob = path.read_bytes()
-            records[name] = blob if self._data_key is None else sealing.unseal(self._data_key, name, blob)
-        return records
+    # -- the database -------------------------------------------------------------------
 
-    def save(self, records: dict[str, bytes | None]) -> None:
-        """Write (or, for None, delete) records, each atomically and durably."""
-        key = self._data_key
-        write_private_files(
-            self.directory,
-            {
-                _file_for(name): data if data is None or key is None else sealing.seal(key, name, data)
-                for name, data in records.items()
-            },
-        )
+    def _connect(self) -> sqlite3.Connection:
+        """The connection, opened (and legacy files imported) on first use; under `_lock`."""
+        if self._db is not None:
+            return self._db
+        path = self.path
+        for name in (_DB, f"{_DB}-wal", f"{_DB}-shm"):
+            if (self.directory / name).exists():
+                _check_private(self.directory / name)
+        # Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
+        # database file's permissions.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            db.close()
+            raise self._damaged(exc) from None
+        self._db = db
+        self._import_legacy(db)
+        return db
+
+    def _import_legacy(self, db: sqlite3.Connection) -> None:
+        legacy = sorted(p for p in self.directory.iterdir() if p.name.endswith(_LEGACY_SUFFIX))
+        if not legacy:
+            return
+        rows = []
+        for path in legacy:
+            _check_private(path)
+            name = path.name.removesuffix(_LEGACY_SUFFIX).replace("-", ":")
+            rows.append((_check_name(name), path.read_bytes()))  # already sealed as this name
+        with self._tx(db):
+            db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?)", rows)
+        for path in legacy:
+            path.unlink()
+
+    @contextmanager
+    def _tx(self, db: sqlite3.Connection, *, durable: bool = True) -> Iterator[None]:
+        if not durable:
+            db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            if not durable:
+                db.execute("PRAGMA synchronous=FULL")
+
+    def _damaged(self, exc: sqlite3.Error) -> KeystoreError:
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+            return KeystoreError(f"cannot write your keystore {self.path}: the disk is full")
+        return KeystoreError(f"your keystore {self.path} cannot be read or written: {exc}")
+
+    def _seal(self, name: str, data: bytes) -> bytes:
+        return data if self._data_key is None else sealing.seal(self._data_key, name, data)
+
+    def _unseal(self, name: str, blob: bytes) -> bytes:
+        if self._data_key is None:
+            return blob
+        try:
+            return sealing.unseal(self._data_key, name, blob)
+        except KeystoreError as exc:
+            raise KeystoreError(f"{self.path}: {exc}") from None
+
+    def _tag(self, peer: str) -> str:
+        folded = fold_nick(peer)
+        if self._data_key is None:
+            return folded
+        tag = self._tags.get(folded)
+        if tag is None:
+            tag = self._tags[folded] = sealing.peer_tag(self._data_key, folded)
+        return tag
+
+    @staticmethod
+    def _message_name(direction: str, tag: str, msg_id: str) -> str:
+        return f"message:{direction}:{tag}:{msg_id}"
+
+    # -- records and messages (the `Storage` contract) ------------------------------------
+
+    def load(self) -> dict[str, bytes]:
+        """Every record. Raises `KeystoreError` for a readable-by-others or damaged keystore."""
+        with self._lock:
+            db = self._connect()
+            try:
+                rows = db.execute("SELECT name, value FROM records").fetchall()
+            except sqlite3.Error as exc:
+                raise self._damaged(exc) from None
+            return {name: self._unseal(name, bytes(value)) for name, value in rows}
+
+    def save(self, records: Mapping[str, bytes | None]) -> None:
+        """Write (or, for None, delete) records, in one durable transaction."""
+        self.commit(records)
+
+    def commit(
+        self,
+        records: Mapping[str, bytes | None],
+        messages: Sequence[StoredMessage] = (),
+        *,
+        durable: bool = True,
+    ) -> None:
+        with self._lock:
+            db = self._connect()
+            try:
+                with self._tx(db, durable=durable):
+                    for name, data in records.items():
+                        if data is None:
+                            db.execute("DELETE FROM records WHERE name=?", (_check_name(name),))
+                        else:
+                            db.execute(
+                                "INSERT OR REPLACE INTO records VALUES (?, ?)",
+                                (_check_name(name), self._seal(name, data)),
+                            )
+                    for m in messages:
+                        tag = self._tag(m.peer)
+                        body = self._seal(self._message_name(m.direction.value, tag, m.msg_id), m.body())
+                        # Upsert in place: a message keeps its position when its state changes.
+                        db.execute(
+                            "INSERT INTO messages (direction, peer_tag, msg_id, state, reason, body) "
+                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (direction, peer_tag, msg_id) DO UPDATE "
+                            "SET state=excluded.state, reason=excluded.reason, body=excluded.body",
+                            (m.direction.value, tag, m.msg_id, m.state.value, m.reason, body),
+                        )
+            except sqlite3.Error as exc:
+                raise self._damaged(exc) from None
+
+    def message(self, direction: Direction, peer: str, msg_id: str) -> StoredMessage | None:
+        with self._lock:
+            db = self._connect()
+            tag = self._tag(peer)
+            try:
+                row = db.execute(
+                    "SELECT direction, peer_tag, msg_id, state, reason, body FROM messages "
+                    "WHERE direction=? AND peer_tag=? AND msg_id=?",
+                    (direction.value, tag, msg_id),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise self._damaged(exc) from None
+            return None if row is None else self._message_from(row)
+
+    def messages(
+        self,
+        *,
+        direction: Direction | None = None,
+        states: frozenset[MessageState] | None = None,
+        peer: str | None = None,
+        last: int | None = None,
+    ) -> list[StoredMessage]:
+        where: list[str] = []
+        args: list[object] = []
+        with self._lock:
+            db = self._connect()
+            if direction is not None:
+                where.append("direction=?")
+                args.append(direction.value)
+            if states is not None:
+                where.append(f"state IN ({','.join('?' * len(states))})")
+                args.extend(sorted(s.value for s in states))
+            if peer is not None:
+                where.append("peer_tag=?")
+                args.append(self._tag(peer))
+            sql = "SELECT direction, peer_tag, msg_id, state, reason, body FROM messages"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY seq DESC"
+            if last is not None:
+                sql += " LIMIT ?"
+                args.append(max(0, last))
+            try:
+                rows = db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._damaged(exc) from None
+            return [self._message_from(row) for row in reversed(rows)]
+
+    def _message_from(self, row: tuple[str, str, str, str, str, bytes]) -> StoredMessage:
+        direction, tag, msg_id, state, reason, blob = row
+        body = self._unseal(self._message_name(direction, tag, msg_id), bytes(blob))
+        try:
+            return StoredMessage.from_row(direction, msg_id, state, reason, body)
+        except ValueError as exc:
+            raise KeystoreError(f"{self.path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

@@ -6,6 +6,7 @@ iteration hand them out. Sending methods may be called from any thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import secrets
@@ -16,13 +17,12 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..e2e.errors import BundleError, NotTrusted
+from ..e2e.errors import BundleError, IdentityChanged, KeystoreError, NotTrusted
 from ..protocol import (
     CLOSED,
     DEFAULT_ROOM,
     NEED_DATA,
     PROTOCOL_VERSION,
-    Ack,
     Auth,
     Away,
     Bye,
@@ -53,7 +53,16 @@ from ..protocol import (
 )
 from ..transport import TlsChannel
 from .backoff import Backoff
-from .events import KeyChanged, Reconnected, Reconnecting, WhisperFailed, WhisperReceived
+from .events import (
+    KeyChanged,
+    Reconnected,
+    Reconnecting,
+    ResendPending,
+    StorageFailed,
+    WhisperFailed,
+    WhisperReceived,
+)
+from .inbox import MessageState, StoredMessage
 from .whispers import Incoming, WhisperKeys
 
 __all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected"]
@@ -64,7 +73,14 @@ CLIENT_NAME = "securechat-py/0.1"
 
 
 class ConnectError(Exception):
-    """The server could not be reached or could not be trusted. The message is for a person."""
+    """The server could not be reached or could not be trusted. The message is for a person.
+
+    `retryable` is False when trying again cannot help (the certificate is not trusted).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class LoginRejected(Exception):
@@ -83,7 +99,26 @@ class Disconnected:
     reason: str
 
 
-ClientEvent = Event | Disconnected | WhisperReceived | WhisperFailed | KeyChanged | Reconnecting | Reconnected
+ClientEvent = (
+    Event
+    | Disconnected
+    | WhisperReceived
+    | WhisperFailed
+    | KeyChanged
+    | ResendPending
+    | StorageFailed
+    | Reconnecting
+    | Reconnected
+)
+
+#: How often a whisper the recipient could not decrypt is sent again, in a new session,
+#: without the user asking: once covers a lost prekey or new keys under the same identity.
+_AUTO_RESENDS = 1
+
+#: Keepalive defaults: ping after this long without hearing from the server, and
+#: reconnect when the ping goes unanswered this long (docs/operations.md).
+DEFAULT_PING_INTERVAL = 60.0
+DEFAULT_PING_TIMEOUT = 15.0
 
 #: A fatal error with one of these codes ends the client for good: trying again would
 #: only repeat it. Anything else (a restart, a timeout, a lost network) is retried.
@@ -121,6 +156,8 @@ class Client:
         keys: WhisperKeys | None = None,
         reconnect: bool = False,
         backoff: Backoff | None = None,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+        ping_timeout: float = DEFAULT_PING_TIMEOUT,
     ) -> None:
         self.nick = nick
         self.keys = keys
@@ -131,20 +168,32 @@ class Client:
         self._timeout = timeout
         self._reconnect = reconnect
         self._backoff = backoff or Backoff()
-        self._conn = Connection(Role.CLIENT)
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._conn = Connection(Role.CLIENT)  # guarded by _conn_lock
         self._conn_lock = threading.Lock()
-        self._online = False
+        self._online = False  # guarded by _conn_lock
         self._quitting = False
         self._closing = threading.Event()
-        self._unconfirmed: dict[str, Whisper] = {}  # sent, not yet reported stored
-        self._newest_line = float("-inf")  # server time of the newest room line seen
-        self._channel: TlsChannel | None = None
+        # Sent, not yet reported stored, by message id; guarded by _whisper_lock for
+        # additions and resends, popped by the reader (dict operations are atomic).
+        self._unconfirmed: dict[str, Whisper] = {}
+        self._store_retries = 0  # store-unavailable answers in a row; reader thread only
+        self._storage_failed = False  # our keystore failed a write on this connection; reader only
+        self._resend_timer: threading.Timer | None = None  # guarded by _whisper_lock
+        self._newest_line = float("-inf")  # server time of the newest room line seen; reader only
+        self._channel: TlsChannel | None = None  # guarded by _conn_lock
+        self._last_heard = time.monotonic()  # when the server last sent anything; reader writes
+        self._pinged = False  # a keepalive ping is unanswered; keepalive thread only
         self._events: queue.Queue[ClientEvent] = queue.Queue()
+        self._handed: list[WhisperReceived] = []  # returned by next_event, not yet marked shown
+        self._handed_lock = threading.Lock()  # guards _handed
         self._whisper_lock = threading.Lock()  # one whisper (and its key fetch) at a time
         self._fetch_pending = False
         self._fetch_replies: queue.Queue[Keys | Error] = queue.Queue()
         self.last_whisperer: tuple[str, str] | None = None  # (nick, fingerprint) for /r
         self._reader: threading.Thread | None = None
+        self._keepalive: threading.Thread | None = None
         self._done = False
         self.welcome: Welcome | None = None
 
@@ -160,8 +209,22 @@ class Client:
         channel, conn, welcome = self._establish()
         with self._conn_lock:
             self._channel, self._conn, self.welcome, self._online = channel, conn, welcome, True
+        if self.keys is not None:
+            # What the last run kept but did not finish: whispers received but not known
+            # to have been shown come first, and whispers never confirmed go out again.
+            for item in self.keys.unshown():
+                self._events.put(item)
+            with self._whisper_lock:
+                for frame in self.keys.unsent():
+                    self._unconfirmed[frame.id] = frame
+                self._resend_unconfirmed()
+        self._last_heard = time.monotonic()
         self._reader = threading.Thread(target=self._run, name=f"securechat-client-{self.nick}", daemon=True)
         self._reader.start()
+        self._keepalive = threading.Thread(
+            target=self._keep_alive, name=f"securechat-keepalive-{self.nick}", daemon=True
+        )
+        self._keepalive.start()
         return welcome
 
     def _establish(self) -> tuple[TlsChannel, Connection, Welcome]:
@@ -180,7 +243,8 @@ class Client:
             channel.close()
             raise ConnectError(
                 f"refusing {where}: its certificate cannot be trusted ({exc.verify_message}). "
-                "Check --cafile and --host."
+                "Check --cafile and --host.",
+                retryable=False,
             ) from None
         except (ssl.SSLError, OSError, ProtocolError) as exc:
             channel.close()
@@ -256,26 +320,37 @@ class Client:
         keys = self._require_keys()
         if not text:
             raise ValueError("text: empty")
+        if fold_nick(nick) == fold_nick(self.nick):
+            raise ValueError("you cannot whisper yourself: whispers go to someone else")
         with self._whisper_lock:
             if not self._online:  # refuse before the ratchet moves: nothing half-sent
                 raise self._offline()
             if not keys.has_session(nick):
                 keys.start_session(self._fetch(nick, timeout))
-            header, ciphertext = keys.encrypt(nick, text)
-            msg_id = secrets.token_hex(8)
-            frame = Whisper(to=nick, id=msg_id, header=header, ciphertext=ciphertext)
-            # Kept until the server says "stored", and sent again after a reconnect: the
-            # ratchet has already moved on, so these exact bytes are the only way to get
-            # this text to the peer (the server drops a repeat of the same id).
-            self._unconfirmed[msg_id] = frame
+                for failed in keys.failed_to(nick):  # older ones first, in the new session
+                    self._send_kept(keys.reseal(failed))
+            # Kept in the outbox with the ratchet step, and sent again after a reconnect
+            # or a restart until the server says "stored": the ratchet has moved on, so
+            # these exact bytes are the only way to get this text to the peer (the
+            # server drops a repeat of the same id).
+            frame = keys.seal(nick, text, secrets.token_hex(8))
+            self._send_kept(frame)
+        return frame.id
+
+    def _send_kept(self, frame: Whisper) -> None:
+        """Send a whisper kept in the outbox; under `_whisper_lock`. A lost connection is
+        not an error: it goes out again as soon as the client is back."""
+        self._unconfirmed[frame.id] = frame
+        with contextlib.suppress(ConnectionError):
+            self.send(frame)
+
+    def _resend_unconfirmed(self) -> None:
+        """Send every unconfirmed whisper again, oldest first; under `_whisper_lock`."""
+        for frame in list(self._unconfirmed.values()):
             try:
                 self.send(frame)
             except ConnectionError:
-                if not self._reconnect:
-                    del self._unconfirmed[msg_id]
-                    raise
-                # Lost mid-send: it goes out again as soon as the client is back.
-        return msg_id
+                return  # lost again; the read loop notices and reconnects
 
     def reply(self, text: str, timeout: float = 10.0) -> tuple[str, str]:
         """Whisper the last person who whispered us, if their key is still the one that did.
@@ -299,8 +374,63 @@ class Client:
         self._require_keys().forget_sessions(nick)
 
     def trust(self, nick: str) -> None:
-        """Accept `nick`'s changed key and show whispers held meanwhile. Raises `NotTrusted`."""
-        self._deliver(self._require_keys().trust(nick))
+        """Accept `nick`'s changed key, show whispers held meanwhile, and send again (in a
+        new session) whispers their client could not decrypt. Raises `NotTrusted`."""
+        keys = self._require_keys()
+        self._deliver(keys.trust(nick))
+        if keys.failed_to(nick):
+            self._start_recovery(nick, decided=True)
+
+    def history(self, nick: str, last: int = 20) -> list[StoredMessage]:
+        """The newest `last` whispers with `nick`, both ways, oldest first (from the inbox)."""
+        return self._require_keys().history(nick, last)
+
+    def _start_recovery(self, nick: str, *, decided: bool = False) -> None:
+        threading.Thread(
+            target=self._recover, args=(nick, decided), name=f"securechat-recover-{nick}", daemon=True
+        ).start()
+
+    def _recover(self, nick: str, decided: bool = False) -> None:
+        """After `nick`'s client could not decrypt our whispers: start a new session from
+        freshly fetched keys and send those whispers again in it. Runs on its own thread
+        (it waits for the reader to bring the keys). If their identity changed, the user
+        is told (`KeyChanged`) and the whispers wait for `trust`. A whisper is sent again
+        by itself only `_AUTO_RESENDS` times; after that only when the user `decided`
+        (/trust), so a recipient whose published keys keep failing causes no loop."""
+        keys = self._require_keys()
+        with self._whisper_lock:
+            failed = keys.failed_to(nick)
+            if not failed:
+                return
+            keys.forget_sessions(nick)
+            try:
+                keys.start_session(self._fetch(nick, self._timeout))
+            except IdentityChanged as exc:
+                self._events.put(
+                    KeyChanged(
+                        peer=nick,
+                        old_fingerprint=exc.pinned_fingerprint,
+                        new_fingerprint=exc.new_fingerprint,
+                        held=0,
+                        unsent=len(failed),
+                    )
+                )
+                return
+            except (BundleError, LookupError, TimeoutError, ConnectionError) as exc:
+                self._events.put(ResendPending(peer=nick, count=len(failed), reason=str(exc)))
+                return
+            again = [m for m in failed if m.resends < _AUTO_RESENDS or decided]
+            for message in again:
+                self._send_kept(keys.reseal(message))
+            if len(again) < len(failed):
+                self._events.put(
+                    ResendPending(
+                        peer=nick,
+                        count=len(failed) - len(again),
+                        reason="their client could not decrypt it in a new session either; "
+                        f"check with them, then /trust {nick} to send it again",
+                    )
+                )
 
     def verify(self, nick: str, number: str) -> bool:
         """Mark `nick` verified if `number` is your safety number with them."""
@@ -340,20 +470,33 @@ class Client:
     def next_event(self, timeout: float | None = None) -> ClientEvent:
         """The next event. Raises `TimeoutError` if none came within `timeout` seconds.
 
-        After the `Disconnected` item, every call returns it again at once.
+        A `WhisperReceived` counts as shown once the program asks for the next event
+        (or closes the client): one it was handling when it died is handed out again at
+        the next start, as a replay. After the `Disconnected` item, every call returns
+        it again at once.
         """
+        self._mark_handed()
         try:
             item = self._events.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"no event within {timeout} s") from None
         if isinstance(item, Disconnected):
             self._events.put(item)
+        elif isinstance(item, WhisperReceived):
+            with self._handed_lock:
+                self._handed.append(item)
         return item
+
+    def _mark_handed(self) -> None:
+        with self._handed_lock:
+            handed, self._handed = self._handed, []
+        if handed and self.keys is not None:
+            self.keys.mark_shown(handed)
 
     def __iter__(self) -> Client:
         return self
 
-    def __next__(self) -> Event | WhisperReceived | WhisperFailed | KeyChanged | Reconnecting | Reconnected:
+    def __next__(self) -> ClientEvent:
         item = self.next_event()
         if isinstance(item, Disconnected):
             raise StopIteration
@@ -382,6 +525,7 @@ class Client:
             if final or not self._reconnect or self._closing.is_set() or not self._reconnect_loop(reason):
                 break
         self._done = True
+        self._closing.set()  # for good: the keepalive thread ends too
         self._events.put(Disconnected(reason=reason))
 
     def _read_until_closed(self) -> tuple[str, bool]:
@@ -389,6 +533,7 @@ class Client:
         channel = self._channel
         assert channel is not None
         reason, final = "connection closed by the server", False
+        self._storage_failed = False
         try:
             while True:
                 # Drain first: frames that came in the same read as the welcome are
@@ -405,6 +550,7 @@ class Client:
                 if self._conn.state is State.CLOSED:
                     break
                 data = channel.recv()
+                self._last_heard = time.monotonic()
                 with self._conn_lock:
                     self._conn.receive_data(data)
         except RemoteProtocolError as exc:
@@ -439,21 +585,50 @@ class Client:
                 self._channel, self._conn, self.welcome, self._online = channel, conn, welcome, True
             if self._closing.is_set():
                 channel.shutdown()
+            self._last_heard = time.monotonic()
             # Unconfirmed whispers go out again first, under the whisper lock, so that no
             # new whisper overtakes an older one.
             with self._whisper_lock:
-                for frame in list(self._unconfirmed.values()):
-                    try:
-                        self.send(frame)
-                    except ConnectionError:
-                        break  # lost again; the read loop notices and we come back here
+                self._resend_unconfirmed()
             self._events.put(Reconnected(users=welcome.users))
             return True
+
+    def _keep_alive(self) -> None:
+        """The keepalive thread: ping a quiet server, and cut a connection whose ping
+        goes unanswered for `ping_timeout`, so that the reader reconnects. Quiet means
+        nothing heard for `ping_interval`, or for `ping_timeout` while a whisper waits
+        for the server's confirmation."""
+        period = max(0.05, min(self._ping_interval, self._ping_timeout) / 4)
+        pinged_at: float | None = None  # when the unanswered ping went out
+        while not self._closing.wait(period):
+            now, heard = time.monotonic(), self._last_heard
+            if not self._online or (pinged_at is not None and heard >= pinged_at):
+                pinged_at = None  # offline (the reader deals with it), or answered
+            elif pinged_at is not None:
+                if now - pinged_at > self._ping_timeout:
+                    log.info("no answer from the server for %.1f s: reconnecting", now - heard)
+                    pinged_at = None
+                    with self._conn_lock:
+                        channel = self._channel
+                    if channel is not None:
+                        channel.shutdown()  # wakes the reader, which reconnects
+            elif now - heard > self._ping_interval or (
+                self._unconfirmed and now - heard > self._ping_timeout
+            ):
+                pinged_at = now
+                with contextlib.suppress(ConnectionError):
+                    self.send(Ping(token=f"{now:.0f}"))
 
     def _dispatch(self, event: Event) -> bool:
         """Handle frames the client answers itself; True if `event` is also for the user."""
         if isinstance(event, WhisperStatus):
-            self._unconfirmed.pop(event.id, None)
+            self._whisper_status(event)
+        elif (
+            isinstance(event, Error)
+            and event.code == Code.STORE_UNAVAILABLE
+            and event.ref in self._unconfirmed
+        ):
+            self._store_unavailable()
         if isinstance(event, Message):
             if event.history and event.ts <= self._newest_line:
                 return False  # replayed after a reconnect: this client showed it already
@@ -473,20 +648,67 @@ class Client:
             # A whisper delivered twice (pushed live while also queued at login, or after a
             # crash) is recognised by its message id inside WhisperKeys and only acked.
             if self.keys is not None:
-                self._deliver(self.keys.receive(event))
+                try:
+                    incoming = self.keys.receive(event)
+                except KeystoreError as exc:
+                    # Not acked: the server keeps it and delivers it again at the next
+                    # login. Said once per connection, not once per whisper.
+                    if not self._storage_failed:
+                        self._storage_failed = True
+                        self._events.put(StorageFailed(reason=str(exc)))
+                    return False
+                self._deliver(incoming)
             return False
         self._events.put(event)
         return True
 
     def _deliver(self, incoming: Incoming) -> None:
-        # Acks first: the server can forget the whisper sooner, and the ack is not
-        # slowed by an application thread that wakes up for the event and answers it.
-        for delivery_id in incoming.acks:
-            self.send(Ack(id=delivery_id))
+        # The whispers are in the inbox already: hand them on first, then ack. An ack
+        # lost with the connection is harmless (the server delivers again, and the
+        # inbox recognises the message id); an event lost after its ack would not be.
         for item in incoming.events:
             if isinstance(item, WhisperReceived):
                 self.last_whisperer = (item.sender, item.fingerprint)
             self._events.put(item)
+        for ack in incoming.acks:
+            try:
+                self.send(ack)
+            except ConnectionError:
+                return
+
+    def _whisper_status(self, status: WhisperStatus) -> None:
+        """The reader's part of a status: the outbox learns it, and a failure starts a
+        new session and a resend (on another thread: it needs the reader)."""
+        self._unconfirmed.pop(status.id, None)  # every status means the server has it
+        if status.status == "stored":
+            self._store_retries = 0
+        if self.keys is None:
+            return
+        try:
+            kept = self.keys.sent_status(status)
+        except KeystoreError as exc:
+            log.warning("could not record a whisper's status: %s", exc)
+            return
+        if kept is not None and kept.state is MessageState.FAILED:
+            self._start_recovery(status.to)
+
+    def _store_unavailable(self) -> None:
+        """The server could not store a whisper: send the unconfirmed ones again later,
+        after a growing delay, instead of at once (a full disk stays full for a while)."""
+        delay = self._backoff.delay(self._store_retries)
+        self._store_retries += 1
+        with self._whisper_lock:
+            if self._resend_timer is not None and self._resend_timer.is_alive():
+                return
+            self._resend_timer = threading.Timer(delay, self._resend_later)
+            self._resend_timer.daemon = True
+            self._resend_timer.start()
+
+    def _resend_later(self) -> None:
+        if self._closing.is_set():
+            return
+        with self._whisper_lock:
+            self._resend_unconfirmed()
 
     def _drain(self) -> list[Event]:
         events: list[Event] = []
@@ -507,14 +729,21 @@ class Client:
     # -- closing --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Drop the connection (without a quit), stop reconnecting, and wait for the reader."""
+        """Drop the connection (without a quit), stop reconnecting, and wait for the
+        reader. Whispers handed out by `next_event` count as shown."""
         self._closing.set()
         with self._conn_lock:
             channel = self._channel
         if channel is not None:
             channel.shutdown()
-        if self._reader is not None and self._reader is not threading.current_thread():
-            self._reader.join()
+        with self._whisper_lock:
+            if self._resend_timer is not None:
+                self._resend_timer.cancel()
+        for thread in (self._reader, self._keepalive):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
+        with contextlib.suppress(KeystoreError):
+            self._mark_handed()
 
     def __enter__(self) -> Client:
         self.connect()

@@ -1,8 +1,9 @@
-"""The client's end-to-end engine: `Conversations` plus a keystore, used from two threads.
+"""The client's end-to-end engine: `Conversations` plus durable storage, used from two threads.
 
-Every operation holds one lock, and every change is written to the keystore before
-what it produced leaves the process: a ratchet step is on disk before its ciphertext is
-sent, and a decrypted whisper's new state is on disk before the server may forget it.
+Every operation holds one lock, and every change is committed before what it produced
+leaves the process: a ratchet step is on disk, with the whisper it encrypted in the
+outbox, before its ciphertext is sent; a decrypted whisper is on disk, in the inbox,
+with the ratchet state that decrypted it, before it is acknowledged (see inbox.py).
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..e2e.bundle import OPK_REFILL_BELOW, OPK_TARGET, Bundle, OneTimePrekey, SignedPrekey
 from ..e2e.conversations import Conversations, Trust
-from ..e2e.errors import DecryptionError, IdentityChanged
+from ..e2e.errors import DecryptionError, IdentityChanged, KeystoreError
 from ..e2e.identity import Identity, PublicIdentity
 from ..e2e.login import login_message
+from ..e2e.ratchet import parse_header
+from ..e2e.x3dh import respond
 from ..protocol import (
+    Ack,
     Delivery,
     KeyIdentity,
     Keys,
@@ -26,66 +30,112 @@ from ..protocol import (
     PrekeyCount,
     PublishKeys,
     SignedPrekeyRecord,
+    Whisper,
+    WhisperStatus,
     fold_nick,
 )
 from .events import KeyChanged, WhisperFailed, WhisperReceived
+from .inbox import Direction, MessageState, Storage, StoredMessage
 from .keystore import Keystore
-from .received import ReceivedLog
 
 __all__ = ["Incoming", "WhisperKeys"]
 
-Persist = Callable[[dict[str, bytes | None]], None]
+#: Records of the "already shown" ids kept before the inbox existed; moved into it.
+_LEGACY_RECEIVED = "received"
 
-#: Whispers remembered as shown, by sender and message id, so one delivered again (the
-#: server crashed before our ack was stored, or we did) is acknowledged, not shown twice.
-_RECEIVED_REMEMBERED = 10_000
+#: The outcome of a sent whisper, by the status the server reports.
+_SENT_STATES = {
+    "stored": MessageState.STORED,
+    "delivered": MessageState.DELIVERED,
+    "failed": MessageState.FAILED,
+}
 
 
 @dataclass
 class Incoming:
-    """What to do after handling a delivery: events to show, and delivery ids to ack."""
+    """What to do after handling a delivery: events to show, then acks to send."""
 
     events: list[WhisperReceived | WhisperFailed | KeyChanged] = field(default_factory=list)
-    acks: list[str] = field(default_factory=list)
+    acks: list[Ack] = field(default_factory=list)
 
 
 class WhisperKeys:
-    """One user's keys and sessions, safe to call from the reader and the sending thread."""
+    """One user's keys, sessions and messages, safe to call from any thread."""
 
     def __init__(
         self,
         conversations: Conversations,
-        persist: Persist,
+        storage: Storage,
         clock: Callable[[], float] = time.time,
-        received: Mapping[str, bytes] | None = None,
     ) -> None:
-        self._conv = conversations
-        self._persist = persist
+        self._conv = conversations  # guarded by _lock
+        self._storage = storage  # calls that change it are made under _lock
         self._clock = clock
         self._lock = threading.RLock()
-        self._held: dict[str, list[Delivery]] = {}
-        self._received = ReceivedLog(received, limit=_RECEIVED_REMEMBERED)
+        self._held: dict[str, list[Delivery]] = {}  # by folded sender; guarded by _lock
 
     @classmethod
     def in_keystore(cls, keystore: Keystore, nick: str) -> WhisperKeys:
-        """Load the keystore, creating an identity on first use. Raises `KeystoreError`, `ValueError`."""
+        """Load the keystore, creating an identity on first use.
+
+        Raises `KeystoreError`, naming the keystore, if it is damaged, including when it
+        holds anything but no identity: a new identity is made only in an empty keystore,
+        never silently in place of a lost one.
+        """
         records = keystore.load()
         if "identity" in records:
-            conv = Conversations.from_records(records)
+            try:
+                conv = Conversations.from_records(records)
+            except ValueError as exc:
+                raise KeystoreError(f"your keystore {keystore.path} is damaged: {exc}") from None
+        elif records or keystore.messages(last=1):
+            raise KeystoreError(
+                f"your keystore {keystore.path} has lost its identity record: restore it from a backup, "
+                "or move the directory away to start over with a new identity"
+            )
         else:
             conv = Conversations(Identity.generate(nick))
             keystore.save(conv.records())
-        return cls(conv, keystore.save, received=records)
+        keys = cls(conv, keystore)
+        keys._import_legacy_received(records)
+        return keys
+
+    def _import_legacy_received(self, records: dict[str, bytes]) -> None:
+        """Move the ids of whispers shown before the inbox existed into it, so that one the
+        server delivers again is recognised (as an empty, shown message)."""
+        names = [n for n in records if n == _LEGACY_RECEIVED or n.startswith(f"{_LEGACY_RECEIVED}:")]
+        if not names:
+            return
+        shown = []
+        for name in names:
+            try:
+                ids = json.loads(records[name])
+                pairs = [key.split("/", 1) for key in ids]
+                shown += [
+                    StoredMessage(
+                        direction=Direction.IN,
+                        peer=p[0],
+                        msg_id=p[1],
+                        state=MessageState.SHOWN,
+                        ts=0.0,
+                        text="",
+                    )
+                    for p in pairs
+                ]
+            except (TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise KeystoreError(f"keystore record {name!r} is damaged: {exc}") from None
+        self._storage.commit(dict.fromkeys(names), shown)
 
     @property
     def identity(self) -> Identity:
         return self._conv.identity
 
-    def _save(self) -> None:
+    def _save(self, messages: Iterable[StoredMessage] = (), *, durable: bool = True) -> None:
+        """Commit what changed in the sessions, with `messages`, in one transaction."""
         changed = self._conv.take_dirty()
-        changed.update(self._received.take_dirty())
-        if changed:
-            self._persist(changed)
+        batch = list(messages)
+        if changed or batch:
+            self._storage.commit(changed, batch, durable=durable)
 
     # -- login and prekeys --------------------------------------------------------------
 
@@ -155,30 +205,87 @@ class WhisperKeys:
             self._save()
 
     def encrypt(self, peer: str, text: str) -> tuple[bytes, bytes]:
-        """(header, ciphertext), with the advanced session already on disk.
+        """(header, ciphertext), with the advanced session already on disk (nothing kept
+        to send again: `seal` is what a client uses).
 
         Raises `IdentityChanged` or `NotTrusted` (no session).
         """
-        plaintext = json.dumps({"text": text}, ensure_ascii=False).encode()
         with self._lock:
-            header, ciphertext = self._conv.encrypt(peer, plaintext)
+            header, ciphertext = self._conv.encrypt(peer, _plaintext(text))
             self._save()
         return header, ciphertext
+
+    def seal(self, peer: str, text: str, msg_id: str, *, resends: int = 0) -> Whisper:
+        """Encrypt `text` for `peer` as message `msg_id` and keep it in the outbox (state
+        SENDING), committed with the ratchet step, so it can be sent again after any
+        reconnect or restart. Raises `IdentityChanged` or `NotTrusted` (no session)."""
+        with self._lock:
+            header, ciphertext = self._conv.encrypt(peer, _plaintext(text))
+            kept = StoredMessage(
+                direction=Direction.OUT,
+                peer=peer,
+                msg_id=msg_id,
+                state=MessageState.SENDING,
+                ts=self._clock(),
+                text=text,
+                header=header,
+                ciphertext=ciphertext,
+                resends=resends,
+            )
+            self._save([kept])
+        return _frame(kept)
+
+    def unsent(self) -> list[Whisper]:
+        """Whispers in the outbox the server has not confirmed, oldest first."""
+        with self._lock:
+            kept = self._storage.messages(direction=Direction.OUT, states=frozenset({MessageState.SENDING}))
+        return [_frame(m) for m in kept]
+
+    def sent_status(self, status: WhisperStatus) -> StoredMessage | None:
+        """Record what the server says became of a whisper; the message as it is now, or
+        None if it is not ours (or already further along: a late "stored" after "delivered")."""
+        state = _SENT_STATES[status.status]
+        with self._lock:
+            kept = self._storage.message(Direction.OUT, status.to, status.id)
+            if kept is None or (state is MessageState.STORED and kept.state is not MessageState.SENDING):
+                return None
+            updated = kept.with_state(state, status.reason)
+            # Not flushed: if this mark is lost, the whisper is sent again and the
+            # server or the recipient drops the repeat by its id.
+            self._save([updated], durable=False)
+            return updated
+
+    def failed_to(self, peer: str) -> list[StoredMessage]:
+        """Whispers to `peer` that their client could not decrypt, oldest first."""
+        with self._lock:
+            return self._storage.messages(
+                direction=Direction.OUT, states=frozenset({MessageState.FAILED}), peer=peer
+            )
+
+    def reseal(self, failed: StoredMessage) -> Whisper:
+        """Encrypt a failed whisper's text again in the current session with its peer,
+        under the same message id (the recipient never read it), back to SENDING."""
+        return self.seal(failed.peer, failed.text, failed.msg_id, resends=failed.resends + 1)
+
+    def history(self, peer: str, last: int) -> list[StoredMessage]:
+        """The newest `last` whispers with `peer`, both ways, oldest first."""
+        with self._lock:
+            return self._storage.messages(peer=peer, last=last)
 
     # -- receiving ----------------------------------------------------------------------
 
     def receive(self, delivery: Delivery) -> Incoming:
-        """Decrypt a delivery. Held (not acked) when the sender's key changed; acked otherwise,
-        including when it cannot be decrypted (it never will be)."""
+        """Decrypt a delivery and keep it. Held (not acked) when the sender's key changed;
+        acked otherwise: as read once it is in the inbox, as failed (with a coarse reason)
+        when it cannot be decrypted (it never will be)."""
         out = Incoming()
         with self._lock:
             self._receive_locked(delivery, out)
         return out
 
     def _receive_locked(self, delivery: Delivery, out: Incoming) -> None:
-        seen_key = f"{fold_nick(delivery.sender)}/{delivery.msg_id}"
-        if seen_key in self._received:
-            out.acks.append(delivery.id)  # shown before: the server just did not hear our ack
+        if self._storage.message(Direction.IN, delivery.sender, delivery.msg_id) is not None:
+            out.acks.append(Ack(id=delivery.id))  # kept before: the server just did not hear our ack
             return
         try:
             whisper = self._conv.decrypt(delivery.sender, delivery.header, delivery.ciphertext)
@@ -198,26 +305,67 @@ class WhisperKeys:
             )
             return
         except DecryptionError:
-            out.events.append(WhisperFailed(sender=delivery.sender, reason="could not be authenticated"))
-            out.acks.append(delivery.id)
+            reason = self._failure_class(delivery)
+            out.events.append(WhisperFailed(sender=delivery.sender, reason=_FAILURE_TEXT[reason]))
+            out.acks.append(Ack(id=delivery.id, outcome="failed", reason=reason))
             return
-        self._received.add(seen_key)
-        self._save()  # the session step and the "seen" mark, before the server may forget it
-        out.acks.append(delivery.id)
         text = _text_of(whisper.plaintext)
-        if text is None:
-            out.events.append(WhisperFailed(sender=delivery.sender, reason="authenticated but malformed"))
-            return
-        out.events.append(
-            WhisperReceived(
-                sender=whisper.sender.user,
-                text=text,
-                trust=whisper.trust.value,
-                fingerprint=whisper.sender.fingerprint(),
-                msg_id=delivery.msg_id,
-                ts=delivery.ts,
-            )
+        kept = StoredMessage(
+            direction=Direction.IN,
+            peer=whisper.sender.user,
+            msg_id=delivery.msg_id,
+            state=MessageState.NEW if text is not None else MessageState.SHOWN,
+            ts=delivery.ts,
+            text=text or "",
+            trust=whisper.trust.value,
+            fingerprint=whisper.sender.fingerprint(),
         )
+        self._save([kept])  # the session step and the message, before the server may forget it
+        if text is None:
+            out.events.append(WhisperFailed(sender=delivery.sender, reason=_FAILURE_TEXT["malformed"]))
+            out.acks.append(Ack(id=delivery.id, outcome="failed", reason="malformed"))
+            return
+        out.acks.append(Ack(id=delivery.id))
+        out.events.append(_received(kept, replay=False))
+
+    def _failure_class(self, delivery: Delivery) -> str:
+        """Why a whisper could not be decrypted, in the coarse classes of `FAILURE_REASONS`:
+        read off the header (which the server sees too), never off the decryption."""
+        try:
+            header = parse_header(delivery.header, delivery.sender)
+        except DecryptionError:
+            return "malformed"
+        if self._conv.knows_session(header.sid):
+            return "auth-failed"  # tampered with, or replayed, in a session we have
+        setup = header.setup
+        if setup is None:
+            return "no-session"
+        # Our prekeys under those ids may be gone, or other keys than the sender used (we
+        # made new ones since): either way the setup does not reach the session it names.
+        try:
+            keys, _ = respond(self._conv.identity, self._conv.secrets, setup)
+        except DecryptionError:
+            return "unknown-prekey"
+        if keys.sid != header.sid:
+            return "unknown-prekey"
+        return "auth-failed"
+
+    def unshown(self) -> list[WhisperReceived]:
+        """Whispers kept but not yet confirmed shown (the last run ended first), as replays."""
+        with self._lock:
+            kept = self._storage.messages(direction=Direction.IN, states=frozenset({MessageState.NEW}))
+        return [_received(m, replay=True) for m in kept]
+
+    def mark_shown(self, shown: Iterable[WhisperReceived]) -> None:
+        """Record that the user or program has had these whispers."""
+        with self._lock:
+            marks = []
+            for item in shown:
+                kept = self._storage.message(Direction.IN, item.sender, item.msg_id)
+                if kept is not None and kept.state is MessageState.NEW:
+                    marks.append(kept.with_state(MessageState.SHOWN))
+            # Not flushed: a lost mark shows the whisper once more, as a replay.
+            self._save(marks, durable=False)
 
     # -- trust --------------------------------------------------------------------------
 
@@ -250,6 +398,37 @@ class WhisperKeys:
         with self._lock:
             pin = self._conv.pin(peer)
             return None if pin is None else (pin.identity, pin.trust, pin.pending)
+
+
+#: What the recipient is told about a whisper it could not decrypt, by failure class.
+_FAILURE_TEXT = {
+    "no-session": "could not be decrypted: it belongs to a session this device does not have "
+    "(the sender will be asked to start a new one)",
+    "unknown-prekey": "could not be decrypted: it was set up with keys this device no longer has "
+    "(the sender will be asked to start a new session)",
+    "auth-failed": "could not be authenticated (tampered with, or not from who the server says)",
+    "malformed": "authenticated but malformed",
+}
+
+
+def _plaintext(text: str) -> bytes:
+    return json.dumps({"text": text}, ensure_ascii=False).encode()
+
+
+def _frame(kept: StoredMessage) -> Whisper:
+    return Whisper(to=kept.peer, id=kept.msg_id, header=kept.header, ciphertext=kept.ciphertext)
+
+
+def _received(kept: StoredMessage, *, replay: bool) -> WhisperReceived:
+    return WhisperReceived(
+        sender=kept.peer,
+        text=kept.text,
+        trust=kept.trust,
+        fingerprint=kept.fingerprint,
+        msg_id=kept.msg_id,
+        ts=kept.ts,
+        replay=replay,
+    )
 
 
 def _text_of(plaintext: bytes) -> str | None:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import KeystoreError
-from .primitives import VERSION_LABEL, Random, aead_decrypt, aead_encrypt, lp
+from .primitives import VERSION_LABEL, Random, aead_decrypt, aead_encrypt, hkdf_sha256, hmac_sha256, lp
 
-__all__ = ["KdfParams", "is_protected", "new_header", "seal", "unlock", "unseal"]
+__all__ = ["KdfParams", "is_protected", "new_header", "peer_tag", "seal", "unlock", "unseal"]
 
 MAGIC = "securechat-keystore"
 FORMAT_VERSION = 1
@@ -143,3 +143,11 @@ def unseal(data_key: bytes, name: str, blob: bytes) -> bytes:
     if plaintext is None:
         raise KeystoreError(f"keystore record {name!r} is damaged or was tampered with")
     return plaintext
+
+
+def peer_tag(data_key: bytes, folded_nick: str) -> str:
+    """What messages with `folded_nick` are filed under in a protected keystore: a keyed
+    hash, so the file does not list whom the user whispers with. Its key is derived from
+    the data key for this one purpose (the data key itself only seals)."""
+    tag_key = hkdf_sha256(salt=b"", ikm=data_key, info=lp(VERSION_LABEL, b"keystore-peer-tag"), length=32)
+    return hmac_sha256(tag_key, folded_nick.encode()).hex()[:32]

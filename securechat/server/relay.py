@@ -17,6 +17,7 @@ from ..e2e.identity import PublicIdentity
 from ..e2e.login import login_message
 from ..e2e.primitives import ed25519_verify
 from ..protocol import (
+    Ack,
     Code,
     Delivery,
     Keys,
@@ -122,6 +123,10 @@ class Relay:
 
         Raises `RelayError` for a recipient who is not registered.
         """
+        if fold_nick(event.to) == fold_nick(sender):
+            # The client has no session with itself to decrypt it with: it would only
+            # come back as a failure.
+            raise RelayError(Code.INVALID, "you cannot whisper yourself")
         if self._store.registered_key(event.to) is None:
             raise RelayError(Code.NO_SUCH_USER, f"{event.to} is not a registered user")
         ts = self._clock()
@@ -164,18 +169,26 @@ class Relay:
         """Deliveries waiting for `nick`, oldest first."""
         return [self._delivery(q) for q in self._store.pending(nick)]
 
-    def ack(self, nick: str, delivery_id: str) -> None:
-        """Forget a delivered whisper and tell its sender, if online. Unknown ids are ignored
-        (a repeated ack after a reconnect is normal)."""
-        if not delivery_id.isdigit():
+    def ack(self, nick: str, ack: Ack) -> None:
+        """Forget a whisper `nick`'s client has dealt with, and tell its sender, if online,
+        what became of it: "delivered" if it was read, "failed" (with the recipient's
+        reason) if it could not be decrypted. Unknown ids are ignored (a repeated ack
+        after a reconnect is normal)."""
+        if not ack.id.isdigit():
             return
-        done = self._store.ack(nick, int(delivery_id))
+        done = self._store.ack(nick, int(ack.id))
         if done is None:
             return
         sender = self._hub.member(done.sender)
         if sender is not None:
+            failed = ack.outcome == "failed"
             sender.deliver(
                 encode(
-                    WhisperStatus(id=done.msg_id, to=self._hub.display_nick(nick) or nick, status="delivered")
+                    WhisperStatus(
+                        id=done.msg_id,
+                        to=self._hub.display_nick(nick) or nick,
+                        status="failed" if failed else "delivered",
+                        reason=ack.reason if failed else "",
+                    )
                 )
             )

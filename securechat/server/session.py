@@ -338,9 +338,11 @@ class Session:
             elif isinstance(event, Whisper):
                 self._reply(self._relay.whisper(self.nick, event))
             elif isinstance(event, Ack):
-                self._relay.ack(self.nick, event.id)
+                self._relay.ack(self.nick, event)
         except RelayError as exc:
-            self._reply(Error(code=exc.code, reason=exc.reason))
+            self._reply(
+                Error(code=exc.code, reason=exc.reason, ref=event.id if isinstance(event, Whisper) else "")
+            )
 
     def _hello(self, hello: Hello) -> None:
         if not self._relay.may_claim(hello.nick, hello.identity):
