@@ -92,7 +92,7 @@ def test_client_command_line_errors(
     assert message in capsys.readouterr().err
 
 
-def test_client_reports_an_unreachable_server(
+def test_send_reports_an_unreachable_server(
     cert_files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     import socket
@@ -100,8 +100,42 @@ def test_client_reports_an_unreachable_server(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        assert main(["client", "--nick", "alice", "--port", str(port), "--cafile", cert_files["ca"]]) == 1
+        argv = ["send", "--guest", "--nick", "alice", "--port", str(port), "--cafile", cert_files["ca"]]
+        assert main([*argv, "--room", "hi"]) == 1
     assert "cannot connect" in capsys.readouterr().err
+
+
+def test_a_chat_client_started_before_the_server_waits_for_it_saying_so(
+    cert_files: dict[str, str], tmp_path: Path
+) -> None:
+    from server_process import ServerProcess, free_port
+
+    port = free_port()
+    env = {**os.environ, "SECURECHAT_PASSPHRASE": "", "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    argv = ["client", "--json", "--nick", "early", "--port", str(port), "--cafile", cert_files["ca"]]
+    client = subprocess.Popen(
+        [sys.executable, "-m", "securechat", *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert client.stderr is not None and client.stdout is not None
+        for line in client.stderr:  # it says so, and keeps trying
+            if "waiting for the server" in line:
+                break
+        assert "cannot connect" in line
+        server = ServerProcess(port, tmp_path / "data", cert_files)
+        try:
+            welcome = client.stdout.readline()  # blocks until it is in: the server's first frame
+            assert '"type": "welcome"' in welcome and '"nick": "early"' in welcome
+        finally:
+            server.stop()
+    finally:
+        client.kill()
+        client.wait(TIMEOUT)
 
 
 def test_client_refuses_an_untrusted_server(
@@ -202,7 +236,7 @@ def test_client_creates_protected_keys_from_the_environment(
 
     monkeypatch.setenv("SECURECHAT_PASSPHRASE", "from the env")
     argv = [
-        "client",
+        "send",
         "--nick",
         "alice",
         "--port",
@@ -211,6 +245,9 @@ def test_client_creates_protected_keys_from_the_environment(
         cert_files["ca"],
         "--keys",
         str(tmp_path / "k"),
+        "--to",
+        "bob",
+        "hi",
     ]
     assert main(argv) == 1  # port 1: nothing listens, but the keys are made first
     assert Keystore.needs_passphrase(tmp_path / "k")
@@ -234,9 +271,9 @@ def test_client_without_a_passphrase_says_the_keys_are_unprotected(
         "--keys",
         str(tmp_path / "k"),
     ]
-    assert main(argv) == 1
+    assert main(["send", *argv[1:], "--to", "alice", "hi"]) == 1
     assert "unprotected" in capsys.readouterr().err
-    assert main([*argv[:-2], "--guest"]) == 1
+    assert main(["send", *argv[1:-2], "--guest", "--room", "hi"]) == 1
     assert "unprotected" not in capsys.readouterr().err  # a guest has no keys at all
 
 

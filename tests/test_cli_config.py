@@ -16,9 +16,10 @@ def test_client_settings_become_defaults_and_flags_override_them(
     tmp_path: Path, cert_files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = write(tmp_path / "c.toml", f'[client]\nnick = "alice"\nport = 1\ncafile = "{cert_files["ca"]}"\n')
-    assert main(["--config", str(cfg), "client", "--guest"]) == 1
+    # `send` fails at once where nothing listens (a chat client would wait for the server).
+    assert main(["--config", str(cfg), "send", "--guest", "--room", "hi"]) == 1
     assert "cannot connect to 127.0.0.1:1" in capsys.readouterr().err
-    assert main(["client", "--guest", "--port", "2", "--config", str(cfg)]) == 1
+    assert main(["send", "--guest", "--room", "--port", "2", "--config", str(cfg), "hi"]) == 1
     assert "cannot connect to 127.0.0.1:2" in capsys.readouterr().err
 
 
@@ -31,7 +32,7 @@ def test_the_default_file_is_found_through_xdg(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     (tmp_path / "securechat").mkdir()
     write(tmp_path / "securechat" / "config.toml", f'[client]\nport = 3\ncafile = "{cert_files["ca"]}"\n')
-    assert main(["client", "--guest", "--nick", "bob"]) == 1
+    assert main(["send", "--guest", "--nick", "bob", "--room", "hi"]) == 1
     assert "127.0.0.1:3" in capsys.readouterr().err
 
 

@@ -107,6 +107,7 @@ def test_a_json_script_whispers_the_example_bot_and_gets_its_answer(
         "to": "echobot",
         "status": "stored",
         "away": "",
+        "reason": "",
     }
     answer = script.until("whisper")
     assert (answer["sender"], answer["text"], answer["trust"]) == (

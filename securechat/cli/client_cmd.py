@@ -7,6 +7,7 @@ import getpass
 import os
 import ssl
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,13 @@ def _client(args: argparse.Namespace, *, reconnect: bool, interactive: bool = Tr
     Raises `UsageError` (bad options, keystore problems), `ConnectError` and `LoginRejected`.
     `interactive` False never prompts for a passphrase (e.g. while the chat screen is up).
     """
+    client = _unconnected(args, reconnect=reconnect, interactive=interactive)
+    client.connect()
+    return client
+
+
+def _unconnected(args: argparse.Namespace, *, reconnect: bool, interactive: bool = True) -> Client:
+    """`_client` before `connect`: options checked, keys open. Raises `UsageError`."""
     from ..client import Client
     from ..client.keystore import default_keystore_dir
     from ..e2e.errors import KeystoreError
@@ -127,7 +135,7 @@ def _client(args: argparse.Namespace, *, reconnect: bool, interactive: bool = Tr
             keys = _open_keys(directory, args.nick, args.passphrase, interactive=interactive)
         except (KeystoreError, ValueError, OSError) as exc:
             raise UsageError(f"cannot open your keys in {directory}: {exc}") from None
-    client = Client(
+    return Client(
         args.nick,
         context=context,
         host=args.host,
@@ -136,21 +144,34 @@ def _client(args: argparse.Namespace, *, reconnect: bool, interactive: bool = Tr
         keys=keys,
         reconnect=reconnect,
     )
-    client.connect()
-    return client
 
 
 def _connected(args: argparse.Namespace, *, reconnect: bool) -> Client | None:
-    """`_client`, with connection failures told to the user (None then)."""
+    """`_client`, with connection failures told to the user (None then). With `reconnect`
+    (a chat client), a server that is not up yet is waited for, saying so."""
     from ..client import ConnectError, LoginRejected
+    from ..client.backoff import Backoff
 
-    try:
-        return _client(args, reconnect=reconnect)
-    except ConnectError as exc:
-        print(f"securechat: {exc}", file=sys.stderr)
-    except LoginRejected as exc:
-        print(f"securechat: the server refused the login: {exc}", file=sys.stderr)
-    return None
+    backoff = Backoff()
+    attempt = 0
+    client = _unconnected(args, reconnect=reconnect)
+    while True:
+        try:
+            client.connect()
+            return client
+        except ConnectError as exc:
+            if not (reconnect and exc.retryable):
+                print(f"securechat: {exc}", file=sys.stderr)
+                return None
+            delay = backoff.delay(attempt)
+            attempt += 1
+            print(
+                f"securechat: {exc}; waiting for the server, trying again in {delay:.1f} s", file=sys.stderr
+            )
+            time.sleep(delay)  # a person waits here; Ctrl-C stops it
+        except LoginRejected as exc:
+            print(f"securechat: the server refused the login: {exc}", file=sys.stderr)
+            return None
 
 
 def _open_keys(

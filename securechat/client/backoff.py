@@ -15,7 +15,10 @@ class Backoff:
     other half at random ("equal jitter": never zero, never above the cap)."""
 
     base: float = 0.5
-    cap: float = 30.0
+    # Short: a restarted server has its users back within a few seconds. Equal jitter
+    # spreads a crowd's attempts over the second half of the cap (2-4 s), which keeps a
+    # reconnect storm within what the server accepts per second (docs/performance.md).
+    cap: float = 4.0
     # Its own generator: the jitter must not consume, or depend on, the global one.
     _rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 

@@ -9,12 +9,16 @@ __all__ = ["COMMANDS", "Command", "Input", "Text", "Unknown", "help_lines", "par
 
 #: Command name -> (usage, one-line help). The order is the order /help lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "msg": ("/msg NICK TEXT", "whisper NICK, end-to-end encrypted (the server cannot read it)"),
+    "msg": ("/msg NICK TEXT", "whisper NICK, end-to-end encrypted (the server cannot read it); or /w"),
     "w": ("/w NICK TEXT", "same as /msg"),
     "r": ("/r TEXT", "whisper back to whoever whispered you last (the same key, not just the nick)"),
     "verify": ("/verify NICK [NUMBER]", "show your safety number with NICK; with NUMBER, mark them verified"),
     "trust": ("/trust NICK", "accept NICK's new key after a safety-number change"),
     "whois": ("/whois NICK", "NICK's key fingerprint and whether you verified it"),
+    "history": (
+        "/history NICK [N]",
+        "your last N (default 20) whispers with NICK, both ways, kept on this device",
+    ),
     "me": ("/me ACTION", "say what you do: /me waves -> * alice waves"),
     "nick": (
         "/nick NEW",
@@ -24,11 +28,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unignore": ("/unignore NICK", "stop hiding NICK"),
     "away": ("/away [MESSAGE]", "tell whisperers you are away (default: away)"),
     "back": ("/back", "you are back"),
-    "who": ("/who", "list who is in the room"),
+    "who": ("/who", "list who is in the room; or /names"),
     "names": ("/names", "same as /who"),
     "help": ("/help [command]", "list commands, or explain one"),
     "quit": ("/quit [message]", "leave the chat"),
 }
+
+
+#: How an alias's help begins ("same as /msg").
+_ALIAS = "same as "
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,9 @@ def help_lines(topic: str = "") -> list[str]:
             return [f"no command /{topic}; /help lists them"]
         usage, text = COMMANDS[topic]
         return [f"{usage}: {text}"]
-    width = max(len(usage) for usage, _ in COMMANDS.values())
-    return [f"{usage:<{width}}  {text}" for usage, text in COMMANDS.values()] + [
+    # Aliases are named on their command's line: the list fits a 24-line terminal.
+    listed = [(usage, text) for usage, text in COMMANDS.values() if not text.startswith(_ALIAS)]
+    width = max(len(usage) for usage, _ in listed)
+    return [f"{usage:<{width}}  {text}" for usage, text in listed] + [
         "anything else is said to the room; start with // to say a line beginning with /"
     ]

@@ -14,10 +14,30 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
-from ..protocol import Bye, Error, Event, Joined, Left, Message, Names, Welcome, WhisperStatus
-from .events import KeyChanged, Reconnected, Reconnecting, WhisperFailed, WhisperReceived
+from ..protocol import Bye, Code, Error, Event, Joined, Left, Message, Names, Welcome, WhisperStatus
+from .events import (
+    KeyChanged,
+    Reconnected,
+    Reconnecting,
+    ResendPending,
+    StorageFailed,
+    WhisperFailed,
+    WhisperReceived,
+)
 
-__all__ = ["PLAIN", "Theme", "format_event", "sanitize"]
+#: Everything `format_event` can draw.
+Drawable = (
+    Event
+    | WhisperReceived
+    | WhisperFailed
+    | KeyChanged
+    | ResendPending
+    | StorageFailed
+    | Reconnecting
+    | Reconnected
+)
+
+__all__ = ["PLAIN", "Drawable", "Theme", "block", "clock", "format_event", "sanitize"]
 
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -68,14 +88,14 @@ _EMPHASIS = {"mention": "1;33", "whisper": "1;35", "alarm": "1;37;41"}
 PLAIN = Theme()
 
 
-def _clock(ts: float) -> str:
+def clock(ts: float) -> str:
     return time.strftime("%H:%M", time.localtime(ts))
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _block(head: str, text: str) -> list[str]:
+def block(head: str, text: str) -> list[str]:
     """`text` after `head`, continuation lines indented under it, every line sanitised."""
     lines = text.split("\n")
     pad = " " * len(_ANSI.sub("", head))  # colour codes take no room on screen
@@ -83,7 +103,7 @@ def _block(head: str, text: str) -> list[str]:
 
 
 def format_event(
-    event: Event | WhisperReceived | WhisperFailed | KeyChanged | Reconnecting | Reconnected,
+    event: Drawable,
     *,
     now: float | None = None,
     theme: Theme = PLAIN,
@@ -93,20 +113,22 @@ def format_event(
 
 
 def _lines(
-    event: Event | WhisperReceived | WhisperFailed | KeyChanged | Reconnecting | Reconnected,
+    event: Drawable,
     now: float | None,
     theme: Theme,
 ) -> list[str]:
     if isinstance(event, Message):
         earlier = "(earlier) " if event.history else ""
         if event.action:
-            return _block(f"{_clock(event.ts)} {earlier}* {theme.nick(event.nick)} ", event.text)
-        return _block(f"{_clock(event.ts)} {earlier}<{theme.nick(event.nick)}> ", event.text)
+            return block(f"{clock(event.ts)} {earlier}* {theme.nick(event.nick)} ", event.text)
+        return block(f"{clock(event.ts)} {earlier}<{theme.nick(event.nick)}> ", event.text)
     if isinstance(event, WhisperReceived):
         lock = "e2e" if theme.ascii_only else "\U0001f512"
-        head = f"{_clock(event.ts)} [{lock} whisper from {theme.nick(event.sender)}, {event.trust}] "
-        return _block(head, event.text)
-    stamp = _clock(time.time() if now is None else now)
+        # A replay was kept before the client last stopped; it may have been shown then.
+        again = " (kept from before a restart)" if event.replay else ""
+        head = f"{clock(event.ts)} [{lock} whisper from {theme.nick(event.sender)}, {event.trust}{again}] "
+        return block(head, event.text)
+    stamp = clock(time.time() if now is None else now)
     if isinstance(event, WhisperFailed):
         return [
             f"{stamp} ! a whisper claiming to be from {sanitize(event.sender)} {event.reason}; it was dropped"
@@ -116,7 +138,22 @@ def _lines(
         return [
             f"{stamp} !!! {who}'s safety number changed. Nothing is sent to {who} and their whispers",
             f"{stamp} !!! are held ({event.held} so far) until you decide: /verify {who} shows the new",
-            f"{stamp} !!! number to compare with {who}; /trust {who} accepts the new key.",
+            f"{stamp} !!! number to compare with {who}; /trust {who} accepts the new key"
+            + (
+                f" and sends again the {event.unsent} whisper(s) their client could not decrypt."
+                if event.unsent
+                else "."
+            ),
+        ]
+    if isinstance(event, ResendPending):
+        return [
+            f"{stamp} ! {event.count} whisper(s) to {sanitize(event.peer)} are kept, not yet sent again: "
+            f"{sanitize(event.reason)}"
+        ]
+    if isinstance(event, StorageFailed):
+        return [
+            f"{stamp} ! cannot save whispers: {sanitize(event.reason)}. They wait on the server "
+            "and arrive once there is room."
         ]
     if isinstance(event, Reconnecting):
         why = sanitize(event.reason)
@@ -124,6 +161,11 @@ def _lines(
     if isinstance(event, Reconnected):
         return [f"{stamp} * reconnected; here: {', '.join(sanitize(n) for n in event.users)}"]
     if isinstance(event, WhisperStatus):
+        if event.status == "failed":
+            return [
+                f"{stamp} ! whisper to {sanitize(event.to)} could not be decrypted by their client "
+                f"({event.reason}); it is kept, and sent again in a new session once their keys check out"
+            ]
         away = f" ({sanitize(event.to)} is away: {sanitize(event.away)})" if event.away else ""
         return [f"{stamp} * whisper to {sanitize(event.to)}: {event.status}{away}"]
     if isinstance(event, Joined):
@@ -137,6 +179,8 @@ def _lines(
         here = ", ".join(sanitize(n) for n in event.users)
         return [f"{stamp} * connected as {sanitize(event.nick)} to {sanitize(event.room)}; here: {here}"]
     if isinstance(event, Error):
+        if event.code == Code.STORE_UNAVAILABLE and event.ref:
+            return [f"{stamp} ! the server could not store a whisper just now; it will be sent again shortly"]
         return [f"{stamp} ! {sanitize(event.reason or event.code)}"]
     if isinstance(event, Bye):
         return [f"{stamp} * server: {sanitize(event.reason)}"] if event.reason else []

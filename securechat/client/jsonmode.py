@@ -2,12 +2,16 @@
 
 Out (stdout): every event, as the frame's own JSON (`message`, `joined`, `whisper_status`,
 ...) or, for what the client makes itself, `whisper` (a decrypted whisper),
-`whisper_failed`, `key_changed`, `reconnecting`, `reconnected`, and last `disconnected`.
-Answers to commands: `whisper_sent`, `safety_number`, `verified`, `command_error`.
+`whisper_failed`, `key_changed`, `resend_pending`, `storage_failed`, `reconnecting`,
+`reconnected`, and last `disconnected`. A `whisper` with `"replay": true` was kept
+before the client last stopped and may have been printed then too: dedupe by `msg_id`.
+A whisper counts as printed once the next event is printed.
+Answers to commands: `whisper_sent`, `safety_number`, `verified`, `history`, `command_error`.
 
 In (stdin): `{"type": "say", "text": ...}`, `{"type": "whisper", "to": ..., "text": ...}`,
 `{"type": "reply", "text": ...}`, `{"type": "who"}`, `{"type": "safety_number", "nick": ...}`,
 `{"type": "verify", "nick": ..., "number": ...}`, `{"type": "trust", "nick": ...}`,
+`{"type": "history", "nick": ..., "last": N}`,
 `{"type": "quit", "reason": ...}`. End of input quits.
 """
 
@@ -21,7 +25,15 @@ from typing import Any, TextIO
 
 from ..e2e.errors import E2EError
 from ..protocol import Event
-from .events import KeyChanged, Reconnected, Reconnecting, WhisperFailed, WhisperReceived
+from .events import (
+    KeyChanged,
+    Reconnected,
+    Reconnecting,
+    ResendPending,
+    StorageFailed,
+    WhisperFailed,
+    WhisperReceived,
+)
 from .session import Client, Disconnected
 
 __all__ = ["run_json"]
@@ -30,6 +42,8 @@ _CLIENT_EVENT_TYPES: dict[type, str] = {
     WhisperReceived: "whisper",
     WhisperFailed: "whisper_failed",
     KeyChanged: "key_changed",
+    ResendPending: "resend_pending",
+    StorageFailed: "storage_failed",
     Reconnecting: "reconnecting",
     Reconnected: "reconnected",
     Disconnected: "disconnected",
@@ -120,6 +134,26 @@ def _run(client: Client, command: dict[str, Any], emit: Any, quitting: threading
         emit({"type": "verified", "nick": nick, "ok": client.verify(nick, str(command["number"]))})
     elif kind == "trust":
         client.trust(str(command["nick"]))
+    elif kind == "history":
+        nick = str(command["nick"])
+        kept = client.history(nick, int(command.get("last", 20)))
+        emit(
+            {
+                "type": "history",
+                "nick": nick,
+                "messages": [
+                    {
+                        "direction": m.direction.value,
+                        "peer": m.peer,
+                        "msg_id": m.msg_id,
+                        "state": m.state.value,
+                        "ts": m.ts,
+                        "text": m.text,
+                    }
+                    for m in kept
+                ],
+            }
+        )
     elif kind == "quit":
         quitting.set()
         client.quit(str(command.get("reason", "")))

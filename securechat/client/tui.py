@@ -16,12 +16,13 @@ from prompt_toolkit.input import Input as PtInput
 from prompt_toolkit.output import Output as PtOutput
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from ..e2e.errors import BundleError, IdentityChanged, NotTrusted
+from ..e2e.errors import BundleError, IdentityChanged, KeystoreError, NotTrusted
 from ..protocol import Bye, Message, is_valid_nick
 from .commands import Command, Text, Unknown, help_lines, parse_input
 from .completion import ChatCompleter
-from .display import PLAIN, Theme, format_event, sanitize
+from .display import PLAIN, Theme, block, clock, format_event, sanitize
 from .events import KeyChanged, WhisperReceived
+from .inbox import Direction
 from .session import Client, Disconnected
 from .state import ChatState
 
@@ -227,7 +228,7 @@ def _ignore(cmd: Command, write: Callable[[str], None], state: ChatState) -> Non
         write(f"* no longer ignoring {sanitize(nick)}")
 
 
-_WHISPER_COMMANDS = frozenset({"msg", "w", "r", "verify", "trust", "whois"})
+_WHISPER_COMMANDS = frozenset({"msg", "w", "r", "verify", "trust", "whois", "history"})
 
 
 def _stamp() -> str:
@@ -260,6 +261,8 @@ def _whisper_command(client: Client, cmd: Command, write: Callable[[str], None],
             write(f"* accepted {who}'s new key (unverified: compare numbers with /verify {who})")
         elif cmd.name == "whois":
             _whois(client, nick, write)
+        elif cmd.name == "history":
+            _history(client, nick, rest, write, theme)
     except IdentityChanged as exc:
         for line in format_event(
             KeyChanged(
@@ -274,8 +277,28 @@ def _whisper_command(client: Client, cmd: Command, write: Callable[[str], None],
         write(
             f"! not sent: the server gave keys for {sanitize(nick)} that fail checks ({sanitize(str(exc))})"
         )
-    except (LookupError, NotTrusted, TimeoutError) as exc:
+    except (LookupError, NotTrusted, TimeoutError, KeystoreError) as exc:
         write(f"! {sanitize(str(exc))}")
+
+
+def _history(client: Client, nick: str, count: str, write: Callable[[str], None], theme: Theme) -> None:
+    if count and not count.isdigit():
+        write("! usage: /history NICK [N]")
+        return
+    kept = client.history(nick, int(count) if count else 20)
+    who = sanitize(nick)
+    if not kept:
+        write(f"* no whispers with {who} kept on this device")
+        return
+    write(f"* your last {len(kept)} whisper(s) with {who}:")
+    lock = "e2e" if theme.ascii_only else "\U0001f512"
+    for message in kept:
+        if message.direction is Direction.IN:
+            head = f"{clock(message.ts)} [{lock} from {theme.nick(message.peer)}] "
+        else:
+            head = f"{clock(message.ts)} [{lock} to {theme.nick(message.peer)}, {message.state.value}] "
+        for line in block(head, message.text):
+            write(theme.finish(line))
 
 
 def _echo(write: Callable[[str], None], to: str, text: str, theme: Theme) -> None:
