@@ -82,3 +82,23 @@ def test_colours_are_stable_per_nick_and_absent_without_colour() -> None:
     assert Theme().nick("alice") == "alice"
     lines = format_event(Message(nick="bob", text="a\nb", ts=0.0), theme=colour)
     assert lines[1] == " " * len("00:00 <bob> ") + "b"  # the indent ignores the colour codes
+
+
+def test_whisper_outcomes_replays_and_keystore_trouble_are_told_plainly() -> None:
+    from securechat.client.events import KeyChanged, ResendPending, StorageFailed, WhisperReceived
+    from securechat.protocol import WhisperStatus
+
+    (failed,) = format_event(WhisperStatus(id="m1", to="bob", status="failed", reason="unknown-prekey"))
+    assert "could not be decrypted by their client (unknown-prekey)" in failed and "kept" in failed
+    replay = WhisperReceived(
+        sender="bob", text="hi", trust="unverified", fingerprint="f", msg_id="m", ts=0.0, replay=True
+    )
+    assert "(kept from before a restart)" in format_event(replay)[0]
+    alarm = format_event(KeyChanged(peer="bob", old_fingerprint="a", new_fingerprint="b", held=0, unsent=2))
+    assert "sends again the 2 whisper(s)" in alarm[-1]
+    (pending,) = format_event(ResendPending(peer="bob\x1b[2J", count=1, reason="no keys"))
+    assert "1 whisper(s) to bob\\x1b[2J are kept" in pending
+    (disk,) = format_event(StorageFailed(reason="the disk is full"))
+    assert "cannot save whispers: the disk is full" in disk
+    (store,) = format_event(Error(code="store-unavailable", reason="disk full", ref="m1"))
+    assert "could not store a whisper just now; it will be sent again" in store

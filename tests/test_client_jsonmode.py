@@ -110,11 +110,18 @@ def test_a_json_script_whispers_the_example_bot_and_gets_its_answer(
         "reason": "",
     }
     answer = script.until("whisper")
-    assert (answer["sender"], answer["text"], answer["trust"]) == (
+    assert (answer["sender"], answer["text"], answer["trust"], answer["replay"]) == (
         "echobot",
         "echo: ping over e2e",
         "unverified",
+        False,
     )
+    script.send(type="history", nick="echobot", last=5)
+    kept = script.until("history")["messages"]
+    assert [(m["direction"], m["text"]) for m in kept] == [  # type: ignore[union-attr]
+        ("out", "ping over e2e"),
+        ("in", "echo: ping over e2e"),
+    ]
     script.send(type="safety_number", nick="echobot")
     assert len(str(script.until("safety_number")["number"]).split()) == 12
     script.send(type="teleport")

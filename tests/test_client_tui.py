@@ -113,7 +113,10 @@ def test_whisper_commands_in_the_terminal_ui(server: object, client_ctx: object)
             assert seen.wait(TIMEOUT)
             number = shown[shown.index("* safety number with bob:") + 1].strip()
             assert bob.keys is not None and number == bob.keys.safety_number("alice")
-            pipe.send_text(f"/verify bob {number}\r/msg\r/r\r/r anyone?\r/trust bob\r/msg nobody hi\r/quit\r")
+            pipe.send_text(
+                f"/verify bob {number}\r/msg\r/r\r/r anyone?\r/trust bob\r/msg nobody hi\r"
+                "/msg alice me\r/history bob\r/history bob x\r/history carol\r/quit\r"
+            )
             ui.join(TIMEOUT)
     finally:
         bob.close()
@@ -124,6 +127,11 @@ def test_whisper_commands_in_the_terminal_ui(server: object, client_ctx: object)
     assert "! nobody has whispered you yet" in shown
     assert "! no changed key to accept for bob" in shown
     assert any("nobody" in line and line.startswith("!") for line in shown)
+    assert "! not sent: you cannot whisper yourself: whispers go to someone else" in shown
+    assert "* your last 1 whisper(s) with bob:" in shown
+    assert any(line.endswith("[\U0001f512 to bob, delivered] psst") for line in shown)
+    assert "! usage: /history NICK [N]" in shown
+    assert "* no whispers with carol kept on this device" in shown
 
 
 HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m admin\u202etxt.exe \u2066x\u2069 \x1b[1A"
