@@ -57,7 +57,14 @@ Kills are counted by kind: ``drain`` (the server killed as soon as a reconnectin
 recipient printed the first whisper of its offline queue), ``commit`` (the server killed as
 soon as a sender saw "stored" for a whisper its online recipient had not printed yet),
 ``random``, ``missed`` (an aimed kill whose moment did not come within its wait, done at
-once instead), and ``client-live`` / ``client-drain`` for kills of a recipient's client.
+once instead), and for kills of a recipient's client: ``client-live`` (0-5 ms after it
+printed a whisper during a burst to it), ``client-drain`` (0-5 ms after it printed the first
+whisper of the queue it drains at login), ``client-ack`` (the moment a sender saw
+"delivered" for a whisper the recipient had not printed yet), ``client-missed``.
+
+A run fails on any ``lost``, ``shown twice`` or ``phantom``, on ``unconfirmed`` left after
+the settle phase (``whisper_sent`` promises a durable outbox), and on a scenario's own
+contract violations (listed under "notes").
 
 Every wait is on an event (a line printed, a process ending, a port answering) with a
 deadline; every process started is killed at the end, even on failure. Only 127.0.0.1 is
@@ -403,6 +410,10 @@ class Figures:
     #: Scenario-specific observations (e.g. "came up": 0) and broken promises of the contract.
     contract: dict[str, Any] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
+    #: Whether `unconfirmed` breaks a promise: `whisper_sent` means committed to a durable
+    #: outbox and sent until stored, so after the settle phase none may be left.
+    check_outbox: bool = True
+    unconfirmed_tokens: list[str] = field(default_factory=list)
     outcome: str = ""
 
     def problems(self) -> list[str]:
@@ -413,6 +424,11 @@ class Figures:
             out.append(f"{self.shown_twice} whisper(s) shown twice: {self.twice_tokens[:10]}")
         if self.phantom:
             out.append(f"{self.phantom} phantom whisper line(s)")
+        if self.check_outbox and self.unconfirmed:
+            out.append(
+                f"{self.unconfirmed} whisper(s) answered whisper_sent were never stored "
+                f"(the outbox promise): {self.unconfirmed_tokens[:10]}"
+            )
         return out + self.violations
 
     def as_json(self) -> Json:
@@ -495,6 +511,10 @@ class Ledger:
         """Acknowledged whispers to `nick` it has not shown yet."""
         return sum(1 for r in self.whispers.values() if r.to == nick and r.stored and not r.shows)
 
+    def unconfirmed(self) -> list[WhisperRecord]:
+        """Accepted (whisper_sent) but not acknowledged stored yet."""
+        return [r for r in self.whispers.values() if r.accepted and not r.stored]
+
     def unshown_acknowledged(self) -> list[WhisperRecord]:
         return [r for r in self.whispers.values() if r.stored and not r.shows]
 
@@ -520,6 +540,7 @@ class Ledger:
                 f.lost_tokens.append(r.token)
             if r.accepted and not r.stored:
                 f.unconfirmed += 1
+                f.unconfirmed_tokens.append(r.token)
         f.failed += self.failed_lines
         f.phantom = self.phantom
         f.store_unavailable = self.store_unavailable
@@ -545,6 +566,7 @@ class ClientProc:
         self.all: list[Proc] = []
         self.counter = itertools.count(1)
         self.room_counter = itertools.count(1)
+        self.send_lock = threading.Lock()  # a command's FIFO place and its stdin line together
 
     # -- process --
 
@@ -658,11 +680,13 @@ class ClientProc:
         if proc is None:
             return None
         ledger = self.chaos.ledger
-        with ledger.cond:
-            token = token or f"w-{self.nick}-{next(self.counter)}"
-            rec = ledger.new_whisper(token, self.nick, to)
-            self.pending.append(rec)
-        if not proc.write(json.dumps({"type": "whisper", "to": to, "text": token})):
+        with self.send_lock:
+            with ledger.cond:
+                token = token or f"w-{self.nick}-{next(self.counter)}"
+                rec = ledger.new_whisper(token, self.nick, to)
+                self.pending.append(rec)
+            written = proc.write(json.dumps({"type": "whisper", "to": to, "text": token}))
+        if not written:
             with ledger.cond:
                 if rec in self.pending:
                     self.pending.remove(rec)
@@ -954,15 +978,38 @@ class Chaos:
 
     # -- client faults --
 
-    def kill_client_live(self, target: ClientProc, timeout: float = TIMEOUT) -> None:
-        """Kill a recipient's client right after its stdout shows a whisper line."""
+    def _jittered_kill(self, proc: Proc) -> Callable[[], None]:
+        """SIGKILL `proc` after a random 0-5 ms. The line that fires a client kill is printed
+        at the end of one whisper's handling; the window that matters (the next whisper
+        committed and acknowledged, not printed yet) comes a few milliseconds later, so
+        the kill moment is spread over it on purpose (this picks a moment; it waits for
+        nothing)."""
+        delay = self.rng.uniform(0.0, 0.005)
+
+        def kill() -> None:
+            time.sleep(delay)
+            proc.kill9()
+
+        return kill
+
+    def burst_to(self, target: ClientProc, each: int) -> None:
+        """Every other live user whispers `target` `each` times without waiting for answers."""
+        for sender in self.clients.values():
+            if sender is not target and sender.alive() and sender.online:
+                for _ in range(each):
+                    sender.whisper(target.nick, wait=False)
+
+    def kill_client_live(self, target: ClientProc, burst: int = 4, timeout: float = TIMEOUT) -> None:
+        """Kill a recipient's client (0-5 ms) after its stdout shows a whisper line, during
+        a burst of whispers to it; then start it again on the same keystore."""
         proc = target.proc
         assert proc is not None
         trigger = self.arm(
             "client-live",
             lambda c, obj: c is target and obj.get("type") == "whisper" and "sender" in obj,
-            proc.kill9,
+            self._jittered_kill(proc),
         )
+        self.burst_to(target, burst)
         if trigger.fired.wait(timeout):
             self.count("client-live")
         else:
@@ -972,17 +1019,44 @@ class Chaos:
         target.reap()
         target.start()
 
+    def kill_client_at_ack(self, target: ClientProc, burst: int = 4, timeout: float = TIMEOUT / 3) -> None:
+        """Kill a recipient's client the moment a sender sees "delivered" (the recipient
+        acknowledged it) for a whisper the recipient has not printed yet."""
+        proc = target.proc
+        assert proc is not None
+
+        def match(client: ClientProc, obj: Json) -> bool:
+            if obj.get("type") != "whisper_status" or obj.get("status") != "delivered":
+                return False
+            rec = self.ledger.by_id.get(str(obj.get("id", "")))
+            return rec is not None and rec.to == target.nick and not rec.shows
+
+        trigger = self.arm("client-ack", match, proc.kill9)
+        self.burst_to(target, burst)
+        if trigger.fired.wait(timeout):
+            self.count("client-ack")
+        else:
+            self.disarm(trigger)
+            self._jittered_kill(proc)()
+            self.count("client-missed")
+        target.reap()
+        target.start()
+
     def kill_client_in_drain(self, target: ClientProc, queue: int) -> None:
-        """Take the client offline, let whispers queue, restart it and kill it as soon as
-        it prints the first queued whisper; then restart it again."""
+        """Take the client offline, let whispers queue, restart it and kill it (0-5 ms) after
+        it prints the first queued whisper; then start it again."""
         target.quit()
         if not self.wait(lambda: self.ledger.queued_for(target.nick) >= queue, TIMEOUT * 2):
             self.notes.append(f"client drain: only {self.ledger.queued_for(target.nick)} queued")
         holder: list[Proc] = []
+
+        def kill() -> None:
+            self._jittered_kill(holder[0])()
+
         trigger = self.arm(
             "client-drain",
             lambda c, obj: c is target and obj.get("type") == "whisper" and "sender" in obj,
-            lambda: holder[0].kill9() if holder else target.kill9(),
+            kill,
         )
         holder.append(target.spawn())
         if trigger.fired.wait(TIMEOUT):
@@ -1029,6 +1103,9 @@ class Chaos:
         # Every marker was whispered after everything else and shown: what is still not
         # shown gets a last, shorter chance (a resend still on its way), then counts as lost.
         self.wait(lambda: not self.ledger.unshown_acknowledged(), TIMEOUT / 3)
+        # A whisper is pushed to an online recipient before its commit, so the last marker
+        # may be shown before its sender hears "stored": wait for those answers too.
+        self.wait(lambda: not self.ledger.unconfirmed(), TIMEOUT / 3)
 
     def finish(self, scenario: str, *, count_losses: bool = True) -> Figures:
         """The figures of this run (`count_losses` False: its acknowledged whispers were
@@ -1037,6 +1114,7 @@ class Chaos:
             figures = self.ledger.figures(scenario)
             if not count_losses:
                 figures.lost, figures.lost_tokens = 0, []
+                figures.check_outbox = False
             garbage = list(self.ledger.garbage)
         figures.kills = dict(self.kills)
         figures.seconds = round(time.monotonic() - self.started, 1)
@@ -1104,8 +1182,10 @@ def scenario_client_kills(
     pace: float = 0.25,
     seed: int | None = None,
 ) -> Figures:
-    """A recipient's client SIGKILLed `kills` times while receiving (alternately right after a
-    live whisper line and right after it reconnects and starts draining), then restarted."""
+    """A recipient's client SIGKILLed `kills` times while receiving, then restarted on the
+    same keystore. The kinds cycle: right after a whisper line during a burst to it; right
+    after it reconnects and prints the first whisper of its queue; the moment a sender
+    sees "delivered" for a whisper it has not printed."""
     with chaos_run(workdir, cert_files, users=users, pace=pace, seed=seed) as chaos:
         chaos.start()
         chaos.offline_weight = 4.0
@@ -1114,10 +1194,13 @@ def scenario_client_kills(
             if not chaos.wait_stored(load_between, TIMEOUT * 2):
                 chaos.notes.append("load stalled before a kill")
             target = chaos.clients[f"u{i % 2}"]
-            if i % 2 == 0:
+            kind = i % 3
+            if kind == 0:
                 chaos.kill_client_live(target)
-            else:
+            elif kind == 1:
                 chaos.kill_client_in_drain(target, queue)
+            else:
+                chaos.kill_client_at_ack(target)
         chaos.settle()
         return chaos.finish("client kill -9")
 
@@ -1628,7 +1711,7 @@ _ROWS = [
 ]
 
 
-def _short(value: object, width: int = 60) -> str:
+def _short(value: object, width: int = 44) -> str:
     """A table cell: absolute paths cut to their file name, long text cut to `width`."""
     text = re.sub(r"/(?:[^/\s]+/)+([^/\s]+)", r"…/\1", str(value))
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -39,7 +39,7 @@ def setting(name: str, short: int, long: int) -> int:
 
 
 SERVER_KILLS = setting("SERVER_KILLS", 5, 21)
-CLIENT_KILLS = setting("CLIENT_KILLS", 2, 6)
+CLIENT_KILLS = setting("CLIENT_KILLS", 3, 9)
 DISK_CYCLES = setting("DISK_CYCLES", 1, 3)
 REPO = Path(__file__).resolve().parent.parent
 
