@@ -1120,6 +1120,14 @@ class Chaos:
         figures.seconds = round(time.monotonic() - self.started, 1)
         figures.notes = list(self.notes) + [f"non-JSON line: {g!r}" for g in garbage[:3]]
         with self.ledger.cond:
+            reasons: dict[str, int] = {}
+            for r in self.ledger.whispers.values():
+                if r.refused:
+                    reasons[r.refused[:60]] = reasons.get(r.refused[:60], 0) + 1
+            if reasons:
+                figures.notes.append(
+                    "refused: " + ", ".join(f"{n}x {why!r}" for why, n in sorted(reasons.items()))
+                )
             figures.notes += [
                 "lost: " + self.explain(self.ledger.whispers[t]) for t in figures.lost_tokens[:10]
             ]
@@ -1536,12 +1544,13 @@ def scenario_descriptor_limit(
         alive = chaos.server.alive()
         # A newcomer after the flood: the server must accept connections again.
         late = ClientProc(chaos, "late")
-        chaos.clients["late"] = late
         chaos.need_publish = True
         newcomer = True
         try:
             late.start()
+            chaos.clients["late"] = late  # a whisper target from now on, and settled with the rest
         except AssertionError as exc:
+            late.reap()
             newcomer = False
             chaos.notes.append(f"newcomer after the flood: {exc}"[:300])
         chaos.need_publish = False

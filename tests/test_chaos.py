@@ -17,6 +17,7 @@ import pytest
 from chaos import (
     CLOCK_JUMPS,
     DAMAGES,
+    SOURCE,
     Figures,
     NotSupportedHere,
     dump_logs,
@@ -50,7 +51,8 @@ def chaos_figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Fig
     yield rows
     if not rows:
         return
-    revision = git_revision(REPO)
+    # The product measured: this work tree, or another source tree (SECURECHAT_CHAOS_SOURCE).
+    revision = f"source {SOURCE}" if SOURCE else git_revision(REPO)
     default = tmp_path_factory.getbasetemp() / "chaos-figures.json"
     path = Path(os.environ.get("SECURECHAT_CHAOS_FIGURES") or default)
     write_figures(path, rows, revision)
