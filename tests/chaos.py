@@ -115,6 +115,13 @@ def product_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _server_has_init_flag() -> bool:
+    """Whether the product's `securechat server` wants --init for a new data directory
+    (older trees, run as a baseline, create it by themselves and know no such flag)."""
+    root = Path(SOURCE) if SOURCE else Path(__file__).resolve().parent.parent
+    return '"--init"' in (root / "securechat" / "cli" / "server_cmd.py").read_text()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -292,6 +299,8 @@ class ServerProc:
             "0",  # a fast mixed load on purpose (the server logs it)
             "--log-level",
             "warning",
+            # Only the very first start makes the directory: a restart must find it.
+            *(["--init"] if self.starts == 1 and _server_has_init_flag() else []),
             *self.extra,
         ]
         env = product_env(self.env)
@@ -1468,6 +1477,10 @@ def _deleted_while_running(chaos: Chaos, name: str, data_dir: Path, sender: Clie
             f"the server kept acknowledging whispers for {TIMEOUT:.0f} s after its data directory "
             f"was deleted ({stored_after} stored into deleted files)"
         )
+    elif stored_after:
+        figures.violations.append(f"{stored_after} whispers acknowledged as stored into deleted files")
+    if restart.startswith("came up"):
+        figures.violations.append("after its data directory was deleted the server came back up empty")
     return figures
 
 

@@ -39,6 +39,7 @@ class ServerProcess:
                 cert_files["key"],
                 "--log-level",
                 "warning",
+                *(["--init"] if not data.exists() else []),  # a new server, made on purpose
                 *extra,
             ],
             stdout=subprocess.PIPE,

@@ -184,3 +184,32 @@ def test_a_running_server_stops_writing_once_its_data_directory_goes(
     if how == "replaced":  # the newcomer's marker is not vouched for by the old server
         assert marker(directory)["state"] == "stopped"
         assert marker(tmp_path / "aside")["state"] == "running"
+
+
+def test_the_first_whisper_after_the_directory_goes_is_refused_not_acknowledged(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    # The periodic check is an hour away: only the check after each commit can notice.
+    directory = tmp_path / "data"
+    server = start_server(data_dir=directory, datadir_check_interval=3600.0)
+    login(server, client_ctx, "bob", memory_keys("bob")).close()
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    assert next_matching(alice, WhisperStatus, id=alice.whisper("bob", "while all is well"))
+    shutil.rmtree(directory)
+    msg_id = alice.whisper("bob", "into the void?")
+    refused = next_matching(alice, Error, code=Code.STORE_UNAVAILABLE)
+    assert isinstance(refused, Error) and refused.ref == msg_id
+    assert server.store.failed is not None and "deleted" in server.store.failed
+    alice.close()
+
+
+def test_a_missing_data_directory_is_created_only_when_asked(
+    tmp_path: Path, cert_files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "gone"  # deleted, or a volume that is not mounted
+    said = start_refused(directory, cert_files, capsys)
+    assert f"the data directory {directory} does not exist" in said and "--init" in said
+    assert not directory.exists()
+    process = ServerProcess(free_port(), directory, cert_files)  # passes --init for a new one
+    process.stop()
+    assert marker(directory)["state"] == "stopped"

@@ -51,6 +51,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="where the database lives (default: $XDG_DATA_HOME/securechat/server)",
     )
     server.add_argument(
+        "--init",
+        action="store_true",
+        help="create the data directory if it does not exist: needed once, for a new server "
+        "(without it, a missing directory is refused rather than started empty)",
+    )
+    server.add_argument(
         "--message-rate",
         type=float,
         default=ServerConfig.message_rate,
@@ -105,6 +111,14 @@ def run_server(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     data_dir = args.data_dir or default_data_dir() / "server"
+    if not args.init and not data_dir.is_dir():
+        # A data directory that vanished (deleted, a volume not mounted) must not come
+        # back as an empty server anyone can register every nick on.
+        raise UsageError(
+            f"refusing to start: the data directory {data_dir} does not exist. For a new server, "
+            "start it once with --init; if it held a server's data, restore that first "
+            "(docs/operations.md, Backup)"
+        )
     config = ServerConfig(
         host=args.host,
         port=args.port,

@@ -236,7 +236,9 @@ class DataDir:
                 "again (clients drop repeats)",
                 taken,
             )
-        return cls(directory, store, running)
+        opened = cls(directory, store, running)
+        store.watch(opened.changed)
+        return opened
 
     def _identity_now(self) -> tuple[tuple[int, int], tuple[int, int]]:
         d = os.stat(self.directory)

@@ -296,6 +296,9 @@ class SqliteStore:
         #: Why every operation is refused (the data directory was deleted or replaced);
         #: None while usable. Guarded by `_lock`.
         self._failed: str | None = None
+        #: Says why the database on disk is no longer the one open (None while it is);
+        #: run after every durable commit. Set once by `watch`, before use.
+        self._still_here: Callable[[], str | None] | None = None
         #: The highest queue id handed to `before_commit` in a transaction that then did
         #: not commit. Guarded by `_lock`. SQLite would hand that id out again, and the
         #: recipient, who already saw it pushed, may still ack it: see `enqueue`.
@@ -358,6 +361,13 @@ class SqliteStore:
             self._failed = reason
         self._faults.failed(reason)
 
+    def watch(self, check: Callable[[], str | None]) -> None:
+        """Run `check` after every durable commit; when it names a reason (the data
+        directory was deleted or replaced), the commit is reported as failed and the store
+        refuses everything from then on, as after `fail`. The periodic check alone would
+        leave a second in which "stored" is answered for writes into deleted files."""
+        self._still_here = check
+
     @property
     def failed(self) -> str | None:
         """Why the store refuses everything (see `fail`), or None."""
@@ -399,6 +409,12 @@ class SqliteStore:
                         self._db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as exc:
                 raise self._fault(exc) from exc
+            gone = self._still_here() if durable and self._still_here is not None else None
+            if gone is not None:
+                # Committed, but into files nobody will open again: not durable at all.
+                self._failed = gone
+                self._faults.failed(gone)
+                raise StoreUnavailable(gone)
             self._faults.recovered()
 
     @contextmanager
