@@ -15,6 +15,7 @@ from chat import TIMEOUT
 from whisper_helpers import login, memory_keys
 
 from securechat.cli import main
+from securechat.client import Disconnected
 from securechat.client.events import WhisperReceived
 from securechat.server import Server
 
@@ -184,3 +185,13 @@ def test_send_reads_the_text_from_standard_input(
     got = bob.wait_for_any(WhisperReceived, TIMEOUT)
     assert isinstance(got, WhisperReceived) and got.text == "line one\nline two"
     bob.close()
+
+
+def test_every_event_the_client_makes_has_a_json_name() -> None:
+    from typing import get_args
+
+    from securechat.client.events import ClientMade
+    from securechat.client.jsonmode import _CLIENT_EVENT_TYPES
+
+    assert set(_CLIENT_EVENT_TYPES) == {*get_args(ClientMade), Disconnected}
+    assert len(set(_CLIENT_EVENT_TYPES.values())) == len(_CLIENT_EVENT_TYPES)

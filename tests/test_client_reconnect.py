@@ -15,7 +15,7 @@ from whisper_helpers import login, memory_keys, wait_published_keys
 from securechat import Client, Disconnected
 from securechat.client.backoff import Backoff
 from securechat.client.events import Reconnected, Reconnecting, WhisperReceived
-from securechat.protocol import Bye, Error, Message, WhisperStatus
+from securechat.protocol import Bye, Error, Message, Names, WhisperStatus
 from securechat.server import Server
 
 FAST = Backoff(base=0.05, cap=0.4)
@@ -162,18 +162,25 @@ def test_a_whisper_the_server_could_not_store_is_sent_again_after_a_pause_not_in
         )
         alice.connect()
         wait_published_keys(alice)
-        refused: list[str] = []
+        refused_at: list[float] = []
+        sent_at: list[float] = []  # when the whisper went up, each time
 
         def disk_full_once(leg: object, frame: dict[str, object]) -> list[dict[str, object]]:
             # The first "stored" becomes what a server with a full disk answers instead.
-            if frame.get("type") == "whisper_status" and not refused:
-                refused.append(str(frame["id"]))
+            if frame.get("type") == "whisper_status" and not refused_at:
+                refused_at.append(time.monotonic())
                 return [
                     {"type": "error", "code": "store-unavailable", "reason": "disk full", "ref": frame["id"]}
                 ]
             return [frame]
 
+        def count_sends(leg: object, frame: dict[str, object]) -> list[dict[str, object]]:
+            if frame.get("type") == "whisper":
+                sent_at.append(time.monotonic())
+            return [frame]
+
         relay.down_hook = disk_full_once
+        relay.up_hook = count_sends
         msg_id = alice.whisper("bob", "stored the second time")
         error = alice.wait_for(Error, TIMEOUT)
         assert isinstance(error, Error) and (error.code, error.ref, error.fatal) == (
@@ -183,8 +190,11 @@ def test_a_whisper_the_server_could_not_store_is_sent_again_after_a_pause_not_in
         )
         stored = alice.wait_for(WhisperStatus, TIMEOUT)
         assert isinstance(stored, WhisperStatus) and (stored.id, stored.status) == (msg_id, "stored")
-        sent = [d for direction, d in relay.wire if direction == "up" and msg_id.encode() in d]
-        assert len(sent) == 2  # once, then once more after the pause: no loop
+        alice.who()  # a round trip later: a client resending in a loop would have sent more
+        next_matching(alice, Names)
+        assert len(sent_at) == 2  # once, then once more
+        # ... after the backoff's first pause (0.15-0.3 s with base 0.3), not at once.
+        assert sent_at[1] - refused_at[0] >= 0.15
         bob = login(server, client_ctx, "bob", bob_keys, wait_published=False)
         got = bob.wait_for_any(WhisperReceived, TIMEOUT)
         assert isinstance(got, WhisperReceived) and got.msg_id == msg_id

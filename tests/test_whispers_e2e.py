@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from chat import TIMEOUT
+from chat import TIMEOUT, next_matching
 from conftest import StartServer
+from disk_helpers import fill, needs_root
 from whisper_helpers import disk_keys, login, memory_keys
 
 from securechat import Client, LoginRejected
 from securechat.client.events import WhisperReceived
-from securechat.protocol import WhisperStatus
+from securechat.protocol import Names, WhisperStatus
 from securechat.server import Server
 
 
@@ -210,11 +211,9 @@ def _whisper_received(client: Client) -> WhisperReceived:
 
 
 def _status(client: Client, msg_id: str) -> WhisperStatus:
-    while True:
-        got = client.wait_for(WhisperStatus, TIMEOUT)
-        assert isinstance(got, WhisperStatus)
-        if got.id == msg_id:
-            return got
+    got = next_matching(client, WhisperStatus, id=msg_id)
+    assert isinstance(got, WhisperStatus)
+    return got
 
 
 def test_a_whisper_kept_but_not_yet_shown_when_the_client_dies_is_shown_at_the_next_start(
@@ -233,8 +232,9 @@ def test_a_whisper_kept_but_not_yet_shown_when_the_client_dies_is_shown_at_the_n
     assert (got.msg_id, got.text, got.replay) == (msg_id, "do not lose me", True)
     bob.close()  # it was handed out: now it counts as shown
     bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"), wait_published=False)
-    with pytest.raises(TimeoutError):
-        bob.wait_for_any(WhisperReceived, 0.5)
+    bob.who()  # replays come first, before anything the server sends: none by the answer
+    while not isinstance(item := bob.next_event(TIMEOUT), Names):
+        assert not isinstance(item, WhisperReceived), item
     assert [(m.msg_id, m.text) for m in bob.history("alice")] == [(msg_id, "do not lose me")]
     alice.close()
     bob.close()
@@ -248,9 +248,9 @@ def test_a_whisper_never_confirmed_stored_goes_out_after_the_sender_restarts(
     alice = login(server, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"))
     alice.whisper("bob", "first")  # a session, so the next whisper needs no key fetch
     _whisper_received(bob)
-    alice._online = False  # the connection is going: what follows is kept, not sent
+    # Killed between keeping the whisper and sending it: what the outbox then holds.
     alice.keys.seal("bob", "sealed but never sent", "kept1")  # type: ignore[union-attr]
-    alice._channel.shutdown()  # type: ignore[union-attr]
+    alice.close()
     alice = login(server, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"), wait_published=False)
     got = _whisper_received(bob)
     assert (got.msg_id, got.text) == ("kept1", "sealed but never sent")
@@ -321,14 +321,83 @@ def test_a_recipient_that_lost_a_prekey_gets_the_whisper_again_in_a_new_session_
 def test_whispering_yourself_is_a_clear_refusal_not_an_alarm(
     server: Server, client_ctx: ssl.SSLContext
 ) -> None:
-    from securechat.client.events import KeyChanged, WhisperFailed
-
+    # Refused before anything is encrypted or sent (the server refuses it too:
+    # test_server_relay), so no false "could not be authenticated" can follow.
     alice = login(server, client_ctx, "alice", memory_keys("alice"))
     with pytest.raises(ValueError, match="cannot whisper yourself"):
         alice.whisper("ALICE", "note to self")
-    alice.who()  # a round trip: anything the attempt caused has arrived by its answer
-    from securechat.protocol import Names
-
-    while not isinstance(item := alice.next_event(TIMEOUT), Names):
-        assert not isinstance(item, (WhisperFailed, KeyChanged, WhisperStatus))
+    assert alice.keys is not None and not alice.keys.has_session("alice")
     alice.close()
+
+
+@needs_root
+def test_a_recipient_whose_own_disk_is_full_says_so_keeps_running_and_gets_the_whisper_later(
+    server: Server, client_ctx: ssl.SSLContext, small_disk: Path
+) -> None:
+    from securechat.client.events import StorageFailed
+
+    bob_keys = disk_keys(small_disk / "bob", "bob")
+    bob = login(server, client_ctx, "bob", bob_keys)
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    filler = fill(small_disk)
+    msg_id = alice.whisper("bob", "wait for room")
+    assert _status(alice, msg_id).status == "stored"
+    trouble = bob.wait_for_any(StorageFailed, TIMEOUT)
+    assert isinstance(trouble, StorageFailed) and "disk is full" in trouble.reason
+    bob.who()  # the reader survived it
+    assert isinstance(next_matching(bob, Names), Names)
+    filler.unlink()
+    bob.close()  # not acknowledged: the server still has it for bob's next login
+    # The same keys in memory: the ratchet step that could not be kept was not taken either.
+    bob = login(server, client_ctx, "bob", bob_keys, wait_published=False)
+    got = _whisper_received(bob)
+    assert (got.msg_id, got.text, got.replay) == (msg_id, "wait for room", False)
+    assert _status(alice, msg_id).status == "delivered"
+    alice.close()
+    bob.close()
+
+
+def test_a_whisper_a_program_skipped_while_waiting_for_something_else_is_not_counted_as_shown(
+    server: Server, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    # `securechat send` waits for its whisper's status; a whisper arriving meanwhile is
+    # skipped, not shown, and must still be shown by the next client that runs.
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    msg_id = alice.whisper("bob", "arrives while bob waits for something else")
+    assert _status(alice, msg_id).status == "stored"
+    assert _status(alice, msg_id).status == "delivered"
+    bob.who()
+    assert isinstance(bob.wait_for(Names, TIMEOUT), Names)  # skips the whisper on the way
+    bob.close()
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"), wait_published=False)
+    got = _whisper_received(bob)
+    assert (got.msg_id, got.replay) == (msg_id, True)
+    alice.close()
+    bob.close()
+
+
+def test_a_sender_offline_when_the_recipient_failed_learns_it_at_login_and_sends_again(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    server = start_server(data_dir=tmp_path / "server")
+    bob_keys = memory_keys("bob")
+    login(server, client_ctx, "bob", bob_keys).close()
+    alice = login(server, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"))
+    msg_id = alice.whisper("bob", "read me when you can")
+    assert _status(alice, msg_id).status == "stored"
+    alice.close()  # alice is away when bob's client fails to decrypt it
+    bob_keys._conv.secrets.spks.clear()
+    bob_keys._conv.secrets.rotate_spk(time.time())
+    bob = login(server, client_ctx, "bob", bob_keys, wait_published=False)
+    bob.who()
+    next_matching(bob, Names)  # the delivery came before the answer, and was acked as failed
+    alice = login(server, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"), wait_published=False)
+    failed = _status(alice, msg_id)
+    assert (failed.status, failed.reason) == ("failed", "unknown-prekey")
+    got = _whisper_received(bob)
+    assert (got.msg_id, got.text) == (msg_id, "read me when you can")
+    assert _status(alice, msg_id).status == "stored"
+    assert _status(alice, msg_id).status == "delivered"
+    alice.close()
+    bob.close()

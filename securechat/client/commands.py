@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from .inbox import HISTORY_SHOWN
+
 __all__ = ["COMMANDS", "Command", "Input", "Text", "Unknown", "help_lines", "parse_input"]
 
 #: Command name -> (usage, one-line help). The order is the order /help lists them.
@@ -17,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "whois": ("/whois NICK", "NICK's key fingerprint and whether you verified it"),
     "history": (
         "/history NICK [N]",
-        "your last N (default 20) whispers with NICK, both ways, kept on this device",
+        f"your last N (default {HISTORY_SHOWN}) whispers with NICK, both ways, kept on this device",
     ),
     "me": ("/me ACTION", "say what you do: /me waves -> * alice waves"),
     "nick": (

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..protocol import Bye, Code, Error, Event, Joined, Left, Message, Names, Welcome, WhisperStatus
 from .events import (
+    ClientMade,
     KeyChanged,
     Reconnected,
     Reconnecting,
@@ -26,16 +27,7 @@ from .events import (
 )
 
 #: Everything `format_event` can draw.
-Drawable = (
-    Event
-    | WhisperReceived
-    | WhisperFailed
-    | KeyChanged
-    | ResendPending
-    | StorageFailed
-    | Reconnecting
-    | Reconnected
-)
+Drawable = Event | ClientMade
 
 __all__ = ["PLAIN", "Drawable", "Theme", "block", "clock", "format_event", "sanitize"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "ClientMade",
     "KeyChanged",
     "Reconnected",
     "Reconnecting",
@@ -90,3 +91,9 @@ class Reconnected:
     """The client is back: logged in again, queued whispers on their way."""
 
     users: tuple[str, ...]
+
+
+#: Every event the client makes itself (as opposed to the server's frames).
+ClientMade = (
+    WhisperReceived | WhisperFailed | KeyChanged | ResendPending | StorageFailed | Reconnecting | Reconnected
+)

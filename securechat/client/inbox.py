@@ -22,7 +22,10 @@ from typing import Protocol
 
 from ..protocol import fold_nick
 
-__all__ = ["Direction", "MemoryStorage", "MessageState", "Storage", "StoredMessage"]
+__all__ = ["HISTORY_SHOWN", "Direction", "MemoryStorage", "MessageState", "Storage", "StoredMessage"]
+
+#: How many whispers /history (and the JSON `history` command) show when not told.
+HISTORY_SHOWN = 20
 
 
 class Direction(Enum):
@@ -140,7 +143,8 @@ def _str(obj: dict[str, object], name: str) -> str:
 
 
 class Storage(Protocol):
-    """Where `WhisperKeys` keeps its records and messages. Implementations are thread-safe."""
+    """Where `WhisperKeys` keeps its records and messages. `WhisperKeys` calls it under its
+    own lock; `Keystore` is thread-safe besides, `MemoryStorage` is not."""
 
     def load(self) -> dict[str, bytes]:
         """Every record (name -> bytes)."""

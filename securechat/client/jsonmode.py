@@ -34,6 +34,7 @@ from .events import (
     WhisperFailed,
     WhisperReceived,
 )
+from .inbox import HISTORY_SHOWN
 from .session import Client, Disconnected
 
 __all__ = ["run_json"]
@@ -136,7 +137,7 @@ def _run(client: Client, command: dict[str, Any], emit: Any, quitting: threading
         client.trust(str(command["nick"]))
     elif kind == "history":
         nick = str(command["nick"])
-        kept = client.history(nick, int(command.get("last", 20)))
+        kept = client.history(nick, int(command.get("last", HISTORY_SHOWN)))
         emit(
             {
                 "type": "history",

@@ -18,6 +18,7 @@ it the first time they are opened, in one transaction, and the files removed aft
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -166,19 +167,23 @@ class Keystore:
 
     @contextmanager
     def _tx(self, db: sqlite3.Connection, *, durable: bool = True) -> Iterator[None]:
+        """One transaction. Whatever fails (the work, or the COMMIT itself on a full disk),
+        it is rolled back, so the connection is usable again once the fault clears."""
         if not durable:
             db.execute("PRAGMA synchronous=NORMAL")
         try:
             db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            yield
             db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
         finally:
             if not durable:
-                db.execute("PRAGMA synchronous=FULL")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA synchronous=FULL")
 
     def _damaged(self, exc: sqlite3.Error) -> KeystoreError:
         if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):

@@ -14,10 +14,11 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..e2e.errors import BundleError, IdentityChanged, KeystoreError, NotTrusted
+from ..e2e.errors import BundleError, E2EError, IdentityChanged, KeystoreError, NotTrusted
 from ..protocol import (
     CLOSED,
     DEFAULT_ROOM,
@@ -54,15 +55,15 @@ from ..protocol import (
 from ..transport import TlsChannel
 from .backoff import Backoff
 from .events import (
+    ClientMade,
     KeyChanged,
     Reconnected,
     Reconnecting,
     ResendPending,
     StorageFailed,
-    WhisperFailed,
     WhisperReceived,
 )
-from .inbox import MessageState, StoredMessage
+from .inbox import HISTORY_SHOWN, MessageState, StoredMessage
 from .whispers import Incoming, WhisperKeys
 
 __all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected"]
@@ -99,17 +100,10 @@ class Disconnected:
     reason: str
 
 
-ClientEvent = (
-    Event
-    | Disconnected
-    | WhisperReceived
-    | WhisperFailed
-    | KeyChanged
-    | ResendPending
-    | StorageFailed
-    | Reconnecting
-    | Reconnected
-)
+ClientEvent = Event | Disconnected | ClientMade
+
+#: Put in the key-fetch answers by `close`, so a fetch waiting for keys ends at once.
+_CLOSED = Error(code="closed", reason="the client was closed")
 
 #: How often a whisper the recipient could not decrypt is sent again, in a new session,
 #: without the user asking: once covers a lost prekey or new keys under the same identity.
@@ -172,30 +166,39 @@ class Client:
         self._ping_timeout = ping_timeout
         self._conn = Connection(Role.CLIENT)  # guarded by _conn_lock
         self._conn_lock = threading.Lock()
-        self._online = False  # guarded by _conn_lock
-        self._quitting = False
+        self._online = False  # guarded by _conn_lock (read without it only as a hint)
+        self._quitting = False  # set by quit() (any thread), read by the reader; a bool is atomic
         self._closing = threading.Event()
         # Sent, not yet reported stored, by message id; guarded by _whisper_lock for
         # additions and resends, popped by the reader (dict operations are atomic).
         self._unconfirmed: dict[str, Whisper] = {}
-        self._store_retries = 0  # store-unavailable answers in a row; reader thread only
+        self._store_retries = 0  # store-unavailable rounds in a row; guarded by _timer_lock
+        # Set by the reader when unconfirmed whispers must go out again (after a
+        # reconnect); cleared by whoever holds _whisper_lock and sends them, so that no
+        # new whisper overtakes them and the reader never waits for that lock.
+        self._needs_resend = threading.Event()
         self._storage_failed = False  # our keystore failed a write on this connection; reader only
-        self._resend_timer: threading.Timer | None = None  # guarded by _whisper_lock
+        self._resend_timer: threading.Timer | None = None  # guarded by _timer_lock
+        self._timer_lock = threading.Lock()
         self._newest_line = float("-inf")  # server time of the newest room line seen; reader only
         self._channel: TlsChannel | None = None  # guarded by _conn_lock
         self._last_heard = time.monotonic()  # when the server last sent anything; reader writes
-        self._pinged = False  # a keepalive ping is unanswered; keepalive thread only
         self._events: queue.Queue[ClientEvent] = queue.Queue()
         self._handed: list[WhisperReceived] = []  # returned by next_event, not yet marked shown
-        self._handed_lock = threading.Lock()  # guards _handed
+        self._handed_lock = threading.Lock()  # guards _handed and _helpers
         self._whisper_lock = threading.Lock()  # one whisper (and its key fetch) at a time
+        # True while a whisper's key fetch waits for its answer: written by the thread
+        # holding _whisper_lock, read by the reader to route error frames (a bool is atomic).
         self._fetch_pending = False
         self._fetch_replies: queue.Queue[Keys | Error] = queue.Queue()
-        self.last_whisperer: tuple[str, str] | None = None  # (nick, fingerprint) for /r
+        # (nick, fingerprint) for /r: written by whichever thread hands out a whisper,
+        # read by reply(); one tuple assignment, atomic.
+        self.last_whisperer: tuple[str, str] | None = None
         self._reader: threading.Thread | None = None
         self._keepalive: threading.Thread | None = None
-        self._done = False
-        self.welcome: Welcome | None = None
+        self._helpers: list[threading.Thread] = []  # see _spawn; guarded by _handed_lock
+        self._done = False  # the reader has ended for good; written once, by the reader
+        self.welcome: Welcome | None = None  # guarded by _conn_lock
 
     # -- connecting ---------------------------------------------------------------
 
@@ -325,6 +328,7 @@ class Client:
         with self._whisper_lock:
             if not self._online:  # refuse before the ratchet moves: nothing half-sent
                 raise self._offline()
+            self._flush_resends()  # older unconfirmed whispers first
             if not keys.has_session(nick):
                 keys.start_session(self._fetch(nick, timeout))
                 for failed in keys.failed_to(nick):  # older ones first, in the new session
@@ -343,6 +347,24 @@ class Client:
         self._unconfirmed[frame.id] = frame
         with contextlib.suppress(ConnectionError):
             self.send(frame)
+
+    def _flush_resends(self) -> None:
+        """If the reader asked for it, send the unconfirmed whispers again; under `_whisper_lock`."""
+        if self._needs_resend.is_set():
+            self._needs_resend.clear()
+            self._resend_unconfirmed()
+
+    def _resend_soon(self) -> None:
+        """Called by the reader: have the unconfirmed whispers sent again, by a short-lived
+        thread (the reader must not wait for `_whisper_lock`: a whisper holding it may be
+        waiting for the reader to bring keys). A whisper sent meanwhile sends them first."""
+        self._needs_resend.set()
+
+        def flush() -> None:
+            with self._whisper_lock:
+                self._flush_resends()
+
+        self._spawn(flush, f"securechat-resend-{self.nick}")
 
     def _resend_unconfirmed(self) -> None:
         """Send every unconfirmed whisper again, oldest first; under `_whisper_lock`."""
@@ -381,14 +403,24 @@ class Client:
         if keys.failed_to(nick):
             self._start_recovery(nick, decided=True)
 
-    def history(self, nick: str, last: int = 20) -> list[StoredMessage]:
+    def history(self, nick: str, last: int = HISTORY_SHOWN) -> list[StoredMessage]:
         """The newest `last` whispers with `nick`, both ways, oldest first (from the inbox)."""
         return self._require_keys().history(nick, last)
 
     def _start_recovery(self, nick: str, *, decided: bool = False) -> None:
-        threading.Thread(
-            target=self._recover, args=(nick, decided), name=f"securechat-recover-{nick}", daemon=True
-        ).start()
+        """Start `_recover` on its own thread (called by the reader, or by `trust`)."""
+        self._spawn(lambda: self._recover(nick, decided), f"securechat-recover-{nick}")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        """Run `target` on a short-lived helper thread that `close` waits for; none once
+        the client is closing (any thread)."""
+        with self._handed_lock:
+            if self._closing.is_set():
+                return
+            self._helpers = [t for t in self._helpers if t.is_alive()]
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            self._helpers.append(thread)
+            thread.start()
 
     def _recover(self, nick: str, decided: bool = False) -> None:
         """After `nick`'s client could not decrypt our whispers: start a new session from
@@ -396,41 +428,45 @@ class Client:
         (it waits for the reader to bring the keys). If their identity changed, the user
         is told (`KeyChanged`) and the whispers wait for `trust`. A whisper is sent again
         by itself only `_AUTO_RESENDS` times; after that only when the user `decided`
-        (/trust), so a recipient whose published keys keep failing causes no loop."""
+        (/trust), so a recipient whose published keys keep failing causes no loop. Every
+        failure ends in an event, never in a dead thread."""
         keys = self._require_keys()
-        with self._whisper_lock:
-            failed = keys.failed_to(nick)
-            if not failed:
-                return
-            keys.forget_sessions(nick)
-            try:
-                keys.start_session(self._fetch(nick, self._timeout))
-            except IdentityChanged as exc:
-                self._events.put(
-                    KeyChanged(
-                        peer=nick,
-                        old_fingerprint=exc.pinned_fingerprint,
-                        new_fingerprint=exc.new_fingerprint,
-                        held=0,
-                        unsent=len(failed),
+        try:
+            with self._whisper_lock:
+                failed = keys.failed_to(nick)
+                again = [m for m in failed if m.resends < _AUTO_RESENDS or decided]
+                if len(again) < len(failed):
+                    self._events.put(
+                        ResendPending(
+                            peer=nick,
+                            count=len(failed) - len(again),
+                            reason="their client could not decrypt it in a new session either; "
+                            f"check with them, then /trust {nick} to send it again",
+                        )
                     )
-                )
-                return
-            except (BundleError, LookupError, TimeoutError, ConnectionError) as exc:
-                self._events.put(ResendPending(peer=nick, count=len(failed), reason=str(exc)))
-                return
-            again = [m for m in failed if m.resends < _AUTO_RESENDS or decided]
-            for message in again:
-                self._send_kept(keys.reseal(message))
-            if len(again) < len(failed):
-                self._events.put(
-                    ResendPending(
-                        peer=nick,
-                        count=len(failed) - len(again),
-                        reason="their client could not decrypt it in a new session either; "
-                        f"check with them, then /trust {nick} to send it again",
+                if not again:
+                    return  # nothing to send: no session dropped, no prekey used up
+                keys.forget_sessions(nick)
+                try:
+                    keys.start_session(self._fetch(nick, self._timeout))
+                except IdentityChanged as exc:
+                    self._events.put(
+                        KeyChanged(
+                            peer=nick,
+                            old_fingerprint=exc.pinned_fingerprint,
+                            new_fingerprint=exc.new_fingerprint,
+                            held=0,
+                            unsent=len(failed),
+                        )
                     )
-                )
+                    return
+                self._flush_resends()
+                for message in again:
+                    self._send_kept(keys.reseal(message))
+        except KeystoreError as exc:
+            self._events.put(StorageFailed(reason=str(exc)))
+        except (E2EError, LookupError, TimeoutError, ConnectionError, ProtocolError) as exc:
+            self._events.put(ResendPending(peer=nick, count=len(keys.failed_to(nick)), reason=str(exc)))
 
     def verify(self, nick: str, number: str) -> bool:
         """Mark `nick` verified if `number` is your safety number with them."""
@@ -446,6 +482,8 @@ class Client:
     def _fetch(self, nick: str, timeout: float) -> Keys:
         while not self._fetch_replies.empty():  # stale answers from a fetch that timed out
             self._fetch_replies.get_nowait()
+        if self._closing.is_set():  # checked after the drain: close() sets it, then wakes us
+            raise ConnectionError("the client was closed")
         self._fetch_pending = True
         try:
             self.send(FetchKeys(nick=nick))
@@ -476,22 +514,29 @@ class Client:
         it again at once.
         """
         self._mark_handed()
+        item = self._get(timeout)
+        if isinstance(item, WhisperReceived):
+            with self._handed_lock:
+                self._handed.append(item)
+        return item
+
+    def _get(self, timeout: float | None) -> ClientEvent:
         try:
             item = self._events.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"no event within {timeout} s") from None
         if isinstance(item, Disconnected):
             self._events.put(item)
-        elif isinstance(item, WhisperReceived):
-            with self._handed_lock:
-                self._handed.append(item)
         return item
 
     def _mark_handed(self) -> None:
         with self._handed_lock:
             handed, self._handed = self._handed, []
         if handed and self.keys is not None:
-            self.keys.mark_shown(handed)
+            try:
+                self.keys.mark_shown(handed)
+            except KeystoreError as exc:  # a lost mark costs only a replay at the next start
+                log.info("could not mark whispers shown: %s", exc)
 
     def __iter__(self) -> Client:
         return self
@@ -509,21 +554,36 @@ class Client:
         return item
 
     def wait_for_any(self, kind: type[object], timeout: float) -> ClientEvent:
-        """Like `wait_for`, for client-made events too (e.g. `WhisperReceived`)."""
+        """Like `wait_for`, for client-made events too (e.g. `WhisperReceived`). A whisper
+        skipped on the way is not handed out: it stays unshown, for the next start."""
+        self._mark_handed()
         deadline = time.monotonic() + timeout
         while True:
-            item = self.next_event(timeout=max(0.0, deadline - time.monotonic()))
+            item = self._get(timeout=max(0.0, deadline - time.monotonic()))
             if isinstance(item, Disconnected):
                 raise ConnectionError(item.reason)
             if isinstance(item, kind):
+                if isinstance(item, WhisperReceived):
+                    with self._handed_lock:
+                        self._handed.append(item)
                 return item
 
     def _run(self) -> None:
-        """The reader thread: read until the connection ends, reconnect if asked to."""
-        while True:
-            reason, final = self._read_until_closed()
-            if final or not self._reconnect or self._closing.is_set() or not self._reconnect_loop(reason):
-                break
+        """The reader thread: read until the connection ends, reconnect if asked to. Whatever
+        happens, it ends with `Disconnected`: a program never waits on a dead reader."""
+        try:
+            while True:
+                reason, final = self._read_until_closed()
+                if final or not self._reconnect or self._closing.is_set() or not self._reconnect_loop(reason):
+                    break
+        except Exception as exc:  # a bug of ours: end visibly, never as a silent dead thread
+            log.debug("the client's reader failed", exc_info=True)
+            reason = f"the client failed: {type(exc).__name__}: {exc}"
+            with self._conn_lock:
+                self._online = False
+                channel = self._channel
+            if channel is not None:
+                channel.close()
         self._done = True
         self._closing.set()  # for good: the keepalive thread ends too
         self._events.put(Disconnected(reason=reason))
@@ -586,10 +646,7 @@ class Client:
             if self._closing.is_set():
                 channel.shutdown()
             self._last_heard = time.monotonic()
-            # Unconfirmed whispers go out again first, under the whisper lock, so that no
-            # new whisper overtakes an older one.
-            with self._whisper_lock:
-                self._resend_unconfirmed()
+            self._resend_soon()
             self._events.put(Reconnected(users=welcome.users))
             return True
 
@@ -637,7 +694,12 @@ class Client:
             self.send(Pong(token=event.token))
         elif isinstance(event, PrekeyCount):
             # Also passed on: it tells a program when its keys are published.
-            if self.keys is not None and (publish := self.keys.publication(event)) is not None:
+            try:
+                publish = self.keys.publication(event) if self.keys is not None else None
+            except KeystoreError as exc:  # new prekeys could not be kept: publish none
+                self._storage_trouble(exc)
+                publish = None
+            if publish is not None:
                 self.send(publish)
         elif isinstance(event, Keys) or (
             isinstance(event, Error) and self._fetch_pending and event.code in _FETCH_ERRORS
@@ -651,11 +713,8 @@ class Client:
                 try:
                     incoming = self.keys.receive(event)
                 except KeystoreError as exc:
-                    # Not acked: the server keeps it and delivers it again at the next
-                    # login. Said once per connection, not once per whisper.
-                    if not self._storage_failed:
-                        self._storage_failed = True
-                        self._events.put(StorageFailed(reason=str(exc)))
+                    # Not acked: the server keeps it and delivers it again at the next login.
+                    self._storage_trouble(exc)
                     return False
                 self._deliver(incoming)
             return False
@@ -676,39 +735,50 @@ class Client:
             except ConnectionError:
                 return
 
+    def _storage_trouble(self, exc: KeystoreError) -> None:
+        """Tell the program our keystore failed a write: once per connection, not per whisper."""
+        if not self._storage_failed:
+            self._storage_failed = True
+            self._events.put(StorageFailed(reason=str(exc)))
+
     def _whisper_status(self, status: WhisperStatus) -> None:
         """The reader's part of a status: the outbox learns it, and a failure starts a
         new session and a resend (on another thread: it needs the reader)."""
         self._unconfirmed.pop(status.id, None)  # every status means the server has it
         if status.status == "stored":
-            self._store_retries = 0
+            with self._timer_lock:
+                self._store_retries = 0
         if self.keys is None:
             return
         try:
             kept = self.keys.sent_status(status)
-        except KeystoreError as exc:
-            log.warning("could not record a whisper's status: %s", exc)
+        except KeystoreError as exc:  # a lost mark costs a resend, which the server drops
+            log.info("could not record a whisper's status: %s", exc)
             return
         if kept is not None and kept.state is MessageState.FAILED:
             self._start_recovery(status.to)
 
     def _store_unavailable(self) -> None:
         """The server could not store a whisper: send the unconfirmed ones again later,
-        after a growing delay, instead of at once (a full disk stays full for a while)."""
-        delay = self._backoff.delay(self._store_retries)
-        self._store_retries += 1
-        with self._whisper_lock:
-            if self._resend_timer is not None and self._resend_timer.is_alive():
-                return
+        after a delay that grows with each round refused in a row, instead of at once (a
+        full disk stays full for a while). Called by the reader; one timer at a time."""
+        with self._timer_lock:
+            if self._resend_timer is not None:
+                return  # a round is already scheduled: the refusals of one round count once
+            delay = self._backoff.delay(self._store_retries)
+            self._store_retries += 1
             self._resend_timer = threading.Timer(delay, self._resend_later)
             self._resend_timer.daemon = True
             self._resend_timer.start()
 
     def _resend_later(self) -> None:
+        """The resend timer's thread: one round of resends."""
+        with self._timer_lock:
+            self._resend_timer = None
         if self._closing.is_set():
             return
         with self._whisper_lock:
-            self._resend_unconfirmed()
+            self._resend_unconfirmed()  # send() raises nothing here: a lost connection returns
 
     def _drain(self) -> list[Event]:
         events: list[Event] = []
@@ -736,11 +806,17 @@ class Client:
             channel = self._channel
         if channel is not None:
             channel.shutdown()
-        with self._whisper_lock:
+        with self._timer_lock:
             if self._resend_timer is not None:
                 self._resend_timer.cancel()
+        self._fetch_replies.put(_CLOSED)  # wakes a recovery thread waiting for keys
         for thread in (self._reader, self._keepalive):
             if thread is not None and thread is not threading.current_thread():
+                thread.join()
+        with self._handed_lock:  # after the reader: it starts no more helpers once closing
+            helpers = list(self._helpers)
+        for thread in helpers:
+            if thread is not threading.current_thread():
                 thread.join()
         with contextlib.suppress(KeystoreError):
             self._mark_handed()

@@ -22,7 +22,7 @@ from .commands import Command, Text, Unknown, help_lines, parse_input
 from .completion import ChatCompleter
 from .display import PLAIN, Theme, block, clock, format_event, sanitize
 from .events import KeyChanged, WhisperReceived
-from .inbox import Direction
+from .inbox import HISTORY_SHOWN, Direction
 from .session import Client, Disconnected
 from .state import ChatState
 
@@ -285,7 +285,7 @@ def _history(client: Client, nick: str, count: str, write: Callable[[str], None]
     if count and not count.isdigit():
         write("! usage: /history NICK [N]")
         return
-    kept = client.history(nick, int(count) if count else 20)
+    kept = client.history(nick, int(count) if count else HISTORY_SHOWN)
     who = sanitize(nick)
     if not kept:
         write(f"* no whispers with {who} kept on this device")

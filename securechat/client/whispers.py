@@ -68,7 +68,7 @@ class WhisperKeys:
         storage: Storage,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._conv = conversations  # guarded by _lock
+        self._conv = conversations  # guarded by _lock (replaced by a reload after a failed commit)
         self._storage = storage  # calls that change it are made under _lock
         self._clock = clock
         self._lock = threading.RLock()
@@ -131,11 +131,22 @@ class WhisperKeys:
         return self._conv.identity
 
     def _save(self, messages: Iterable[StoredMessage] = (), *, durable: bool = True) -> None:
-        """Commit what changed in the sessions, with `messages`, in one transaction."""
+        """Commit what changed in the sessions, with `messages`, in one transaction.
+
+        If the commit fails (a full disk), the sessions in memory fall back to what is on
+        disk before the error goes on: a ratchet step that was not kept must not be taken
+        either, or the whisper it decrypted could never be decrypted again when the
+        server delivers it once more.
+        """
         changed = self._conv.take_dirty()
         batch = list(messages)
-        if changed or batch:
+        if not (changed or batch):
+            return
+        try:
             self._storage.commit(changed, batch, durable=durable)
+        except KeystoreError:
+            self._conv = self._conv.reloaded(self._storage.load())
+            raise
 
     # -- login and prekeys --------------------------------------------------------------
 
@@ -204,17 +215,6 @@ class WhisperKeys:
             self._conv.forget_sessions(peer)
             self._save()
 
-    def encrypt(self, peer: str, text: str) -> tuple[bytes, bytes]:
-        """(header, ciphertext), with the advanced session already on disk (nothing kept
-        to send again: `seal` is what a client uses).
-
-        Raises `IdentityChanged` or `NotTrusted` (no session).
-        """
-        with self._lock:
-            header, ciphertext = self._conv.encrypt(peer, _plaintext(text))
-            self._save()
-        return header, ciphertext
-
     def seal(self, peer: str, text: str, msg_id: str, *, resends: int = 0) -> Whisper:
         """Encrypt `text` for `peer` as message `msg_id` and keep it in the outbox (state
         SENDING), committed with the ratchet step, so it can be sent again after any
@@ -247,7 +247,9 @@ class WhisperKeys:
         state = _SENT_STATES[status.status]
         with self._lock:
             kept = self._storage.message(Direction.OUT, status.to, status.id)
-            if kept is None or (state is MessageState.STORED and kept.state is not MessageState.SENDING):
+            if kept is None or kept.state is MessageState.DELIVERED:
+                return None  # not ours, or read already: nothing later can change that
+            if state is MessageState.STORED and kept.state is not MessageState.SENDING:
                 return None
             updated = kept.with_state(state, status.reason)
             # Not flushed: if this mark is lost, the whisper is sent again and the

@@ -23,7 +23,7 @@ from ..protocol import fold_nick, is_valid_nick
 from .bundle import OPK_TARGET, Bundle, PrekeySecrets, StoredSpk, verify_bundle
 from .errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
 from .identity import Identity, PublicIdentity
-from .primitives import KEY_BYTES, DhKeyPair, Random
+from .primitives import KEY_BYTES, SIG_BYTES, DhKeyPair, Random
 from .ratchet import (
     Header,
     RatchetState,
@@ -48,7 +48,6 @@ _SEEN_SETUPS = 10_000
 _SID_HEX = re.compile(r"[0-9a-f]{32}")
 _SESSION_PREFIX = "session:"
 #: Length of an Ed25519 signature (the binding of a pinned identity's two keys).
-_SIG_BYTES = 64
 
 _T = TypeVar("_T")
 
@@ -94,7 +93,7 @@ def _ident_to(ident: PublicIdentity) -> dict[str, str]:
 
 def _ident_from(f: SavedFields) -> PublicIdentity:
     return PublicIdentity(
-        f.nick("user"), f.key("sig_key", KEY_BYTES), f.key("dh_key", KEY_BYTES), f.key("dh_sig", _SIG_BYTES)
+        f.nick("user"), f.key("sig_key", KEY_BYTES), f.key("dh_key", KEY_BYTES), f.key("dh_sig", SIG_BYTES)
     )
 
 
@@ -414,6 +413,11 @@ class Conversations:
             state = self._sessions.get(bytes.fromhex(name.removeprefix("session:")))
             return None if state is None else state.to_dict()
         raise KeyError(name)
+
+    def reloaded(self, records: Mapping[str, bytes]) -> Conversations:
+        """The state `records` hold, with this one's randomness and clock: to fall back to
+        what is on disk when a change could not be saved. Raises `ValueError`."""
+        return Conversations.from_records(records, random=self._random, clock=self._clock)
 
     @classmethod
     def from_records(
