@@ -168,6 +168,7 @@ def test_server_process_stops_cleanly_on_signals(
             cert_files["key"],
             "--data-dir",
             str(tmp_path),
+            "--init",  # tmp_path is empty: a new server
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -206,10 +206,15 @@ def test_the_first_whisper_after_the_directory_goes_is_refused_not_acknowledged(
 def test_a_missing_data_directory_is_created_only_when_asked(
     tmp_path: Path, cert_files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    directory = tmp_path / "gone"  # deleted, or a volume that is not mounted
+    directory = tmp_path / "gone"  # deleted
     said = start_refused(directory, cert_files, capsys)
     assert f"the data directory {directory} does not exist" in said and "--init" in said
     assert not directory.exists()
+    mount_point = tmp_path / "volume"  # a volume that is not mounted: an empty directory
+    mount_point.mkdir()
+    said = start_refused(mount_point, cert_files, capsys)
+    assert f"the data directory {mount_point} holds no securechat data" in said
+    assert list(mount_point.iterdir()) == []
     process = ServerProcess(free_port(), directory, cert_files)  # passes --init for a new one
     process.stop()
     assert marker(directory)["state"] == "stopped"

@@ -142,7 +142,7 @@ def test_out_of_descriptors_the_listener_backs_off_keeps_its_users_and_lets_newc
         resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
 
     argv = [sys.executable, "-m", "securechat", "server", "--port", str(port), "--data-dir", str(tmp_path)]
-    argv += ["--cert", cert_files["cert"], "--key", cert_files["key"], "--log-level", "warning"]
+    argv += ["--init", "--cert", cert_files["cert"], "--key", cert_files["key"], "--log-level", "warning"]
     argv += ["--max-per-ip", str(2 * FLOOD), "--message-rate", "0"]
     proc = subprocess.Popen(
         argv,

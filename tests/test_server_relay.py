@@ -19,6 +19,7 @@ from securechat.protocol import (
     PublishKeys,
     SignedPrekeyRecord,
     Whisper,
+    WhisperStatus,
 )
 from securechat.server.hub import Hub
 from securechat.server.relay import OPK_LOW_WATER, Relay, RelayError
@@ -147,6 +148,24 @@ def test_a_whisper_the_recipient_could_not_decrypt_is_reported_failed_not_delive
         }
     ]
     assert relay.pending("bob") == []  # dealt with: the sender's client sends it again if it can
+
+
+def test_a_failure_is_kept_for_an_offline_sender_until_it_sends_that_whisper_again(
+    setup: tuple[Relay, Hub, Conversations],
+) -> None:
+    relay, hub, _ = setup
+    relay.register("alice", b"a" * 32)
+    bob = FakeMember()
+    hub.join(bob, "bob", lambda users: None)
+    relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"))  # alice then left
+    relay.ack("bob", Ack(id=json.loads(bob.frames[-1])["id"], outcome="failed", reason="no-session"))
+    told = WhisperStatus(id="m1", to="bob", status="failed", reason="no-session")
+    assert relay.failures("alice") == [told]
+    assert relay.failures("alice") == [told]  # at every login, until it is answered:
+    relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h2", ciphertext=b"c2"))  # sent again
+    assert relay.failures("alice") == []
+    relay.ack("bob", Ack(id=json.loads(bob.frames[-1])["id"]))  # read this time
+    assert relay.failures("alice") == []
 
 
 def test_a_whisper_to_yourself_is_refused(setup: tuple[Relay, Hub, Conversations]) -> None:

@@ -37,6 +37,7 @@ class BenchServer:
                 str(self.port),
                 "--data-dir",
                 str(workdir / "data"),
+                "--init",  # a new, throwaway server for the run
                 "--cert",
                 str(paths.cert),
                 "--key",

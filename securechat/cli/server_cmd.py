@@ -111,14 +111,6 @@ def run_server(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     data_dir = args.data_dir or default_data_dir() / "server"
-    if not args.init and not data_dir.is_dir():
-        # A data directory that vanished (deleted, a volume not mounted) must not come
-        # back as an empty server anyone can register every nick on.
-        raise UsageError(
-            f"refusing to start: the data directory {data_dir} does not exist. For a new server, "
-            "start it once with --init; if it held a server's data, restore that first "
-            "(docs/operations.md, Backup)"
-        )
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -126,6 +118,7 @@ def run_server(args: argparse.Namespace) -> int:
         message_rate=args.message_rate,
         message_burst=args.message_burst,
         max_per_ip=args.max_per_ip,
+        init_data_dir=args.init,
     )
     try:
         server = Server(config, context)

@@ -70,3 +70,7 @@ class ServerConfig:
     #: How often the server checks that its data directory and database are still the
     #: ones it opened (not deleted or replaced underneath it).
     datadir_check_interval: float = 2.0
+    #: Whether a data directory holding no securechat data (missing, or empty: a volume
+    #: that is not mounted) may be initialised as a new server. The library allows it;
+    #: `securechat server` only with --init, so a lost directory is never started empty.
+    init_data_dir: bool = True

@@ -169,15 +169,26 @@ class DataDir:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         log_every: float = ServerConfig.fault_log_interval,
+        init: bool = True,
     ) -> DataDir:
         """Check `directory`, mark it running, and open its store.
 
         Raises `DataDirRefused` with a message for the operator if the directory must
-        not be opened (see the module docstring), or `OSError` if it cannot be created.
+        not be opened (see the module docstring; without `init`, also one that holds no
+        securechat data), or `OSError` if it cannot be created.
         """
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         marker_path = directory / MARKER_NAME
         db = directory / DB_NAME
+        if not init and not marker_path.exists() and not db.exists():
+            # Deleted, renamed, or a volume that is not mounted: an empty server here would
+            # let anyone register every nick.
+            raise DataDirRefused(
+                f"the data directory {directory} "
+                + ("holds no securechat data" if directory.is_dir() else "does not exist")
+                + ". For a new server, start it once with --init; if it held a server's data, "
+                "restore that first (docs/operations.md, Backup)"
+            )
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         marker = _Marker.read(marker_path)
         backup_taken: str | None = None
         if marker is not None:

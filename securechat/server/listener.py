@@ -67,7 +67,11 @@ class Server:
             self.store: Store = store
         elif config.data_dir is not None:
             self._datadir = DataDir.open(
-                config.data_dir, clock=clock, monotonic=monotonic, log_every=config.fault_log_interval
+                config.data_dir,
+                clock=clock,
+                monotonic=monotonic,
+                log_every=config.fault_log_interval,
+                init=config.init_data_dir,
             )
             self.store = self._datadir.store
         else:

@@ -133,16 +133,20 @@ class Relay:
         recipient = self._hub.member(event.to)
         away = recipient.away if recipient is not None else ""
 
+        shown_sender = self._hub.display_nick(sender) or sender  # not under the store's lock
+
         def push(whisper_id: int) -> None:
             # Before the commit reaches the disk, so that the flush and the recipient's
             # decryption overlap. Safe: the sender hears "stored" only after the commit,
             # and if the server dies first it sends the same bytes again after
-            # reconnecting, which the recipient drops by message id.
+            # reconnecting, which the recipient drops by message id. Runs on this
+            # session's thread with the store's lock held: it takes only the recipient's
+            # outbox lock (docs/design.md, lock order).
             assert recipient is not None
             queued = QueuedWhisper(
                 whisper_id, fold_nick(event.to), event.id, sender, event.header, event.ciphertext, ts
             )
-            recipient.deliver(encode(self._delivery(queued)))
+            recipient.deliver(encode(_delivery(queued, shown_sender)))
 
         self._store.enqueue(
             event.to,
@@ -155,40 +159,42 @@ class Relay:
         )
         return WhisperStatus(id=event.id, to=event.to, status="stored", away=away)
 
-    def _delivery(self, q: QueuedWhisper) -> Delivery:
-        return Delivery(
-            id=str(q.id),
-            msg_id=q.msg_id,
-            sender=self._hub.display_nick(q.sender) or q.sender,
-            header=q.header,
-            ciphertext=q.ciphertext,
-            ts=q.ts,
-        )
-
     def pending(self, nick: str) -> list[Delivery]:
         """Deliveries waiting for `nick`, oldest first."""
-        return [self._delivery(q) for q in self._store.pending(nick)]
+        return [_delivery(q, self._hub.display_nick(q.sender) or q.sender) for q in self._store.pending(nick)]
 
     def ack(self, nick: str, ack: Ack) -> None:
         """Forget a whisper `nick`'s client has dealt with, and tell its sender, if online,
         what became of it: "delivered" if it was read, "failed" (with the recipient's
-        reason) if it could not be decrypted. Unknown ids are ignored (a repeated ack
-        after a reconnect is normal)."""
+        reason) if it could not be decrypted. A failure is also kept for the sender until
+        it sends that whisper again (see `failures`): one who is offline now learns it at
+        the next login. Unknown ids are ignored (a repeated ack after a reconnect is normal).
+        """
         if not ack.id.isdigit():
             return
-        done = self._store.ack(nick, int(ack.id))
+        failed = ack.reason if ack.outcome == "failed" else ""
+        done = self._store.ack(nick, int(ack.id), failed)
         if done is None:
             return
         sender = self._hub.member(done.sender)
         if sender is not None:
-            failed = ack.outcome == "failed"
-            sender.deliver(
-                encode(
-                    WhisperStatus(
-                        id=done.msg_id,
-                        to=self._hub.display_nick(nick) or nick,
-                        status="failed" if failed else "delivered",
-                        reason=ack.reason if failed else "",
-                    )
-                )
-            )
+            to = self._hub.display_nick(nick) or nick
+            sender.deliver(encode(_status(done.msg_id, to, failed)))
+
+    def failures(self, nick: str) -> list[WhisperStatus]:
+        """`failed` statuses for `nick`'s whispers that could not be decrypted and that
+        `nick`'s client has not sent again yet, to tell at login."""
+        return [
+            _status(msg_id, self._hub.display_nick(recipient) or recipient, reason)
+            for recipient, msg_id, reason in self._store.failures(nick)
+        ]
+
+
+def _delivery(q: QueuedWhisper, sender: str) -> Delivery:
+    return Delivery(
+        id=str(q.id), msg_id=q.msg_id, sender=sender, header=q.header, ciphertext=q.ciphertext, ts=q.ts
+    )
+
+
+def _status(msg_id: str, to: str, failed: str) -> WhisperStatus:
+    return WhisperStatus(id=msg_id, to=to, status="failed" if failed else "delivered", reason=failed)

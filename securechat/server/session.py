@@ -379,6 +379,8 @@ class Session:
             self._reply(self._relay.prekey_count(claim.nick))
             for delivery in self._relay.pending(claim.nick):
                 self._reply(delivery)
+            for failure in self._relay.failures(claim.nick):
+                self._reply(failure)
 
     def _login(self, hello: Hello) -> bool:
         """Join the room under `hello.nick`; False (and the session closing) if it is taken."""

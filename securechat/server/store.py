@@ -46,7 +46,7 @@ __all__ = [
     "inspect",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +125,19 @@ class Store(Protocol):
     def pending(self, recipient: str) -> list[QueuedWhisper]:
         """Everything queued for `recipient`, oldest first."""
 
-    def ack(self, recipient: str, whisper_id: int) -> QueuedWhisper | None:
-        """Delete a delivered whisper (only `recipient` may); the deleted row, or None.
+    def ack(self, recipient: str, whisper_id: int, failed: str = "") -> QueuedWhisper | None:
+        """Delete a whisper `recipient` has dealt with (only they may); the deleted row, or None.
 
-        Not flushed to disk at once: if power fails, the whisper is delivered again,
-        and the recipient's client drops it by its message id.
+        Read (`failed` empty): not flushed to disk at once: if power fails, the whisper is
+        delivered again, and the recipient's client drops it by its message id. Could not
+        be decrypted (`failed` is the reason): the failure is kept for its sender in the
+        same, flushed, transaction (see `failures`).
         """
+
+    def failures(self, sender: str) -> list[tuple[str, str, str]]:
+        """(recipient, message id, reason) of `sender`'s whispers their recipients could
+        not decrypt and `sender` has not sent again since; told at each login, so a sender
+        who was offline when it happened still learns it."""
 
     def expire(self, max_age: float) -> int:
         """Delete queued whispers older than `max_age` seconds of service time (time the
@@ -175,6 +182,12 @@ CREATE INDEX IF NOT EXISTS history_by_room ON history (room, id);
     # The service clock at which each whisper was queued (see the module docstring).
     3: """
 ALTER TABLE queue ADD COLUMN svc REAL NOT NULL DEFAULT 0;
+""",
+    # Whispers a recipient could not decrypt, kept for the sender until it sends them again.
+    4: """
+CREATE TABLE IF NOT EXISTS failures (
+    sender TEXT NOT NULL, msg_id TEXT NOT NULL, recipient TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (sender, msg_id, recipient));
 """,
 }
 
@@ -470,6 +483,7 @@ class SqliteStore:
             db.execute("DELETE FROM bundles WHERE nick_key=?", (key,))
             db.execute("DELETE FROM opks WHERE nick_key=?", (key,))
             db.execute("DELETE FROM queue WHERE recipient=?", (key,))
+            db.execute("DELETE FROM failures WHERE sender=? OR recipient=?", (key, key))
         return gone
 
     def publish(
@@ -561,6 +575,8 @@ class SqliteStore:
                 (whisper_id,) = db.execute(
                     "SELECT id FROM queue WHERE recipient=? AND msg_id=? AND sender=?", args
                 ).fetchone()
+                # Sent again (after a failure, in a new session): that failure is answered.
+                db.execute("DELETE FROM failures WHERE recipient=? AND msg_id=? AND sender=?", args)
                 if before_commit is not None:
                     handed = int(whisper_id)
                     before_commit(handed)
@@ -580,8 +596,8 @@ class SqliteStore:
             ).fetchall()
         return [QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6]) for r in rows]
 
-    def ack(self, recipient: str, whisper_id: int) -> QueuedWhisper | None:
-        with self._tx(durable=False) as db:
+    def ack(self, recipient: str, whisper_id: int, failed: str = "") -> QueuedWhisper | None:
+        with self._tx(durable=bool(failed)) as db:
             r = db.execute(
                 "SELECT id, recipient, msg_id, sender, header, ciphertext, ts FROM queue "
                 "WHERE id=? AND recipient=?",
@@ -590,7 +606,17 @@ class SqliteStore:
             if r is None:
                 return None
             db.execute("DELETE FROM queue WHERE id=?", (whisper_id,))
+            if failed:
+                db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", (r[3], r[2], r[1], failed))
         return QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6])
+
+    def failures(self, sender: str) -> list[tuple[str, str, str]]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT recipient, msg_id, reason FROM failures WHERE sender=? ORDER BY rowid",
+                (fold_nick(sender),),
+            ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def expire(self, max_age: float) -> int:
         now = self.service_clock()
