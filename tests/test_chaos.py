@@ -75,6 +75,7 @@ def test_server_kill9_loses_no_acknowledged_whisper(
 ) -> None:
     figures = scenario_server_kills(tmp_path, cert_files, kills=SERVER_KILLS)
     assert figures.kills.get("drain", 0) + figures.kills.get("commit", 0) >= SERVER_KILLS // 2, figures.kills
+    assert figures.stored > 0 and figures.shown > 0  # a run that tested nothing is no pass
     check(figures, chaos_figures, tmp_path)
 
 
@@ -83,6 +84,9 @@ def test_recipient_client_kill9_loses_no_acknowledged_whisper(
     cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
 ) -> None:
     figures = scenario_client_kills(tmp_path, cert_files, kills=CLIENT_KILLS)
+    aimed = sum(n for kind, n in figures.kills.items() if kind != "client-missed")
+    assert aimed >= (CLIENT_KILLS + 1) // 2, figures.kills  # most kills landed where aimed
+    assert figures.stored > 0 and figures.shown > 0
     check(figures, chaos_figures, tmp_path)
 
 
@@ -98,6 +102,7 @@ def test_full_disk_refuses_whispers_retryably_and_loses_nothing(
     cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
 ) -> None:
     figures = run_fault(lambda: scenario_disk_full(tmp_path, cert_files, cycles=DISK_CYCLES))
+    assert figures.store_unavailable > 0 and figures.stored > 0  # the disk really was full, then not
     check(figures, chaos_figures, tmp_path)
 
 
@@ -130,4 +135,5 @@ def test_clock_jumps_lose_no_acknowledged_whisper(
     figures = run_fault(
         lambda: scenario_clock_jumps(tmp_path, cert_files, jumps=jumps, queue=10 if LONG else 6)
     )
+    assert figures.stored > 0 and figures.shown > 0
     check(figures, chaos_figures, tmp_path)

@@ -41,6 +41,8 @@ VERSION_LABEL = b"securechat-e2e-v1"
 
 #: Raw length of X25519 and Ed25519 public keys and of X25519 private keys.
 KEY_BYTES = 32
+#: An Ed25519 signature's length (RFC 8032).
+SIG_BYTES = 64
 
 #: Source of randomness: n -> n random bytes. Tests pass a seeded one.
 Random = Callable[[int], bytes]
@@ -155,7 +157,7 @@ def ed25519_sign(private: bytes, message: bytes) -> bytes:
 
 def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
     """True only for a valid signature by `public`; malformed keys are simply invalid."""
-    if len(public) != KEY_BYTES or len(signature) != 64:
+    if len(public) != KEY_BYTES or len(signature) != SIG_BYTES:
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, message)

@@ -31,6 +31,7 @@ from .errors import DecryptionError
 from .identity import PublicIdentity
 from .primitives import (
     KEY_BYTES,
+    SIG_BYTES,
     VERSION_LABEL,
     DhKeyPair,
     Random,
@@ -85,7 +86,6 @@ _U32 = 2**32
 _U64 = 2**64
 #: Lengths in a saved state: session ids, and Ed25519 signatures.
 _SID_BYTES = 16
-_SIG_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -305,7 +305,7 @@ class RatchetState:
                     saved_setup.nick("user"),
                     saved_setup.key("sig_key", KEY_BYTES),
                     saved_setup.key("dh_key", KEY_BYTES),
-                    saved_setup.key("dh_sig", _SIG_BYTES),
+                    saved_setup.key("dh_sig", SIG_BYTES),
                 ),
                 saved_setup.key("ephemeral", KEY_BYTES),
                 saved_setup.integer("spk_id", below=_U64),
