@@ -37,6 +37,12 @@ class Code:
     #: The server could not write to its database (disk full, I/O error): nothing was
     #: stored, the session stays up, and the same request may be sent again later.
     STORE_UNAVAILABLE = "store-unavailable"
+    #: A quota would be exceeded (a recipient's offline queue is full, a sender has queued
+    #: too much, prekeys held, registrations): nothing was stored; `reason` says which.
+    QUOTA = "quota-exceeded"
+    #: Too much is coming from the client's network (its address prefix) right now:
+    #: refused for now, not for good; try again later, with backoff.
+    BUSY = "busy"
 
 
 class ProtocolError(Exception):
