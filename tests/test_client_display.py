@@ -102,3 +102,22 @@ def test_whisper_outcomes_replays_and_keystore_trouble_are_told_plainly() -> Non
     assert "cannot save whispers: the disk is full" in disk
     (store,) = format_event(Error(code="store-unavailable", reason="disk full", ref="m1"))
     assert "could not store a whisper just now; it will be sent again" in store
+
+
+#: Invisible format characters and line separators: zero-width space, non-joiner and
+#: joiner, word joiner, byte-order mark, soft hyphen, a tag character, U+2028 and U+2029.
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad\U000e0041\u2028\u2029"
+
+
+@pytest.mark.parametrize("ch", list(_INVISIBLE))
+def test_sanitize_makes_invisible_format_characters_and_line_separators_visible(ch: str) -> None:
+    shown = sanitize(f"ad{ch}min")
+    assert ch not in shown and shown.startswith("ad\\") and shown.endswith("min")
+
+
+def test_no_format_or_separator_character_survives_sanitize() -> None:
+    import unicodedata
+
+    everything = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    out = sanitize(everything)
+    assert not [c for c in out if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]

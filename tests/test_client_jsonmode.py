@@ -195,3 +195,44 @@ def test_every_event_the_client_makes_has_a_json_name() -> None:
 
     assert set(_CLIENT_EVENT_TYPES) == {*get_args(ClientMade), Disconnected}
     assert len(set(_CLIENT_EVENT_TYPES.values())) == len(_CLIENT_EVENT_TYPES)
+
+
+class _OneEventClient:
+    """Just enough of `Client` for `run_json`: one event, then the end."""
+
+    welcome = None
+
+    def __init__(self, event: object) -> None:
+        self._items = [event, Disconnected(reason="done")]
+
+    def next_event(self, timeout: float | None = None) -> object:
+        return self._items.pop(0) if len(self._items) > 1 else self._items[0]
+
+    def close(self) -> None:
+        pass
+
+
+def test_json_mode_escapes_bidi_c1_and_invisible_characters_but_keeps_their_value() -> None:
+    import io
+    import unicodedata
+
+    from securechat.client.jsonmode import run_json
+    from securechat.protocol import Message
+
+    text = "admin\u202etxt \x9b31m \u200b\u2028 caf\u00e9 \U0001f600 \U000e0041 del\x7f"
+    out = io.StringIO()
+    run_json(_OneEventClient(Message(nick="bob", text=text, ts=1.0)), io.StringIO(""), out)  # type: ignore[arg-type]
+    line = out.getvalue().splitlines()[0]
+    assert all(unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in line)
+    for raw in ("\u202e", "\x9b", "\u200b", "\u2028", "\U000e0041", "\x7f"):
+        assert raw not in line
+    assert "caf\u00e9 \U0001f600" in line  # ordinary text stays readable
+    assert json.loads(line)["text"] == text  # a program reads back exactly what was sent
+
+
+def test_json_lines_cannot_carry_a_lone_surrogate_to_the_utf8_output() -> None:
+    from securechat.client.jsonmode import dumps
+
+    line = dumps({"x": "\ud800"})
+    line.encode("utf-8")  # would raise UnicodeEncodeError and end the output pump
+    assert json.loads(line)["x"] == "\ud800"

@@ -2,8 +2,12 @@
 
 Everything that came over the network is sanitised before display: C0 and C1
 control characters (ESC starts terminal escape sequences: a hostile nick could
-retitle the window, move the cursor or forge lines) and the Unicode bidi overrides
-and isolates (Trojan Source, CVE-2021-42574) are replaced by visible escapes.
+retitle the window, move the cursor or forge lines), every Unicode format character
+(the bidi overrides and isolates of Trojan Source, CVE-2021-42574; zero-width spaces
+and joiners, the word joiner and the byte-order mark, which hide text or make two
+different strings look alike), lone surrogates, and the line and paragraph
+separators U+2028/U+2029 (a line break to some terminals and viewers) are replaced by
+visible escapes.
 """
 
 from __future__ import annotations
@@ -29,20 +33,44 @@ from .events import (
 #: Everything `format_event` can draw.
 Drawable = Event | ClientMade
 
-__all__ = ["PLAIN", "Drawable", "Theme", "block", "clock", "format_event", "sanitize"]
+__all__ = [
+    "PLAIN",
+    "UNSAFE_CATEGORIES",
+    "Drawable",
+    "Theme",
+    "block",
+    "clock",
+    "format_event",
+    "is_unsafe",
+    "sanitize",
+]
 
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Unicode categories never shown as they are: controls (Cc), format characters (Cf:
+#: every bidi control, zero-width characters, the BOM, tags), surrogates (Cs) and the
+#: line and paragraph separators (Zl, Zp).
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def is_unsafe(ch: str) -> bool:
+    """True if the character `ch` must not reach a terminal or a reader as it is."""
+    return unicodedata.category(ch) in UNSAFE_CATEGORIES
 
 
 def sanitize(text: str) -> str:
-    """`text` with every control, bidi-control and unassigned-format character made visible.
+    """`text` with every control, format, surrogate and line/paragraph separator character
+    made visible (`\\x1b`, `\\u200b`, `\\U000e0041`).
 
     Newlines and tabs become visible too: callers split multi-line text first.
     """
+    if text.isascii() and text.isprintable():  # the common case, without a loop in Python
+        return text
     out: list[str] = []
     for ch in text:
-        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Cs"):
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) > 0xFF else f"\\x{ord(ch):02x}")
+        if is_unsafe(ch):
+            code = ord(ch)
+            out.append(
+                f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+            )
         else:
             out.append(ch)
     return "".join(out)

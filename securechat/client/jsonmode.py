@@ -6,6 +6,10 @@ Out (stdout): every event, as the frame's own JSON (`message`, `joined`, `whispe
 `reconnected`, and last `disconnected`. A `whisper` with `"replay": true` was kept
 before the client last stopped and may have been printed then too: dedupe by `msg_id`.
 A whisper counts as printed once the next event is printed.
+Output is UTF-8, but controls (C0, DEL, C1), Unicode format characters (bidi overrides,
+zero-width characters, the BOM), lone surrogates and U+2028/U+2029 are written as JSON
+`\\uXXXX` escapes: a program that parses the line gets the exact text, and one that
+shows or logs the raw line shows nothing invisible or reordering.
 Answers to commands: `whisper_sent`, `safety_number`, `verified`, `history`, `command_error`.
 
 In (stdin): `{"type": "say", "text": ...}`, `{"type": "whisper", "to": ..., "text": ...}`,
@@ -20,11 +24,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import threading
 from typing import Any, TextIO
 
 from ..e2e.errors import E2EError
 from ..protocol import Event
+from .display import is_unsafe
 from .events import (
     KeyChanged,
     Reconnected,
@@ -37,7 +43,32 @@ from .events import (
 from .inbox import HISTORY_SHOWN
 from .session import Client, Disconnected
 
-__all__ = ["run_json"]
+__all__ = ["dumps", "run_json"]
+
+#: Candidates for escaping beyond what `json.dumps` escapes itself (C0, '"', '\\'):
+#: DEL and everything outside ASCII; `is_unsafe` decides for each.
+_MAYBE_UNSAFE = re.compile(r"[^\x00-\x7e]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    if not is_unsafe(ch):
+        return ch
+    code = ord(ch)
+    if code > 0xFFFF:  # JSON escapes astral characters as a surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    """One output line: JSON, readable UTF-8, with every unsafe character escaped.
+
+    Safe characters can only sit inside JSON strings here (the rest of the syntax is
+    ASCII), so replacing them by escapes keeps the JSON valid and its value unchanged.
+    """
+    return _MAYBE_UNSAFE.sub(_escape, json.dumps(obj, ensure_ascii=False))
+
 
 _CLIENT_EVENT_TYPES: dict[type, str] = {
     WhisperReceived: "whisper",
@@ -68,7 +99,7 @@ def run_json(client: Client, stdin: TextIO, stdout: TextIO) -> int:
 
     def emit(obj: dict[str, Any]) -> None:
         with lock:
-            stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            stdout.write(dumps(obj) + "\n")
             stdout.flush()
 
     ended = threading.Event()
