@@ -6,13 +6,15 @@ import time
 
 from e2e_helpers import fetched_bundle, party
 
+from securechat.client.budget import Budget
 from securechat.client.events import KeyChanged, WhisperFailed, WhisperReceived
 from securechat.client.inbox import MemoryStorage
-from securechat.client.whispers import WhisperKeys
-from securechat.e2e.bundle import OPK_REFILL_BELOW, OPK_TARGET
+from securechat.client.whispers import HELD_PER_PEER, OPK_TOPUP_BURST, OPK_TOPUP_EVERY, WhisperKeys
+from securechat.e2e.bundle import OPK_KEEP, OPK_REFILL_BELOW, OPK_TARGET
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.identity import Identity
 from securechat.protocol import Delivery, PrekeyCount
+from securechat.protocol.keys import MAX_OPKS_PER_PUBLISH
 
 
 def engine(nick: str, clock: float | None = None) -> tuple[WhisperKeys, MemoryStorage]:
@@ -23,25 +25,22 @@ def engine(nick: str, clock: float | None = None) -> tuple[WhisperKeys, MemorySt
 
 def test_first_publication_sends_everything_and_persists_first() -> None:
     keys, storage = engine("bob")
-    pub = keys.publication(PrekeyCount(count=0, spk_id=0))
-    assert pub is not None and len(pub.opks) == OPK_TARGET
+    (pub,) = keys.publications(PrekeyCount(count=0, spk_id=0))
+    assert len(pub.opks) == OPK_TARGET
     # The private halves are on disk before the public ones leave.
     assert storage.commits == 1 and "prekeys" in storage.records
 
 
 def test_nothing_is_published_when_all_is_well() -> None:
     keys, _ = engine("bob")
-    first = keys.publication(PrekeyCount(count=0, spk_id=0))
-    assert first is not None
-    assert keys.publication(PrekeyCount(count=OPK_TARGET, spk_id=first.spk.id)) is None
+    (first,) = keys.publications(PrekeyCount(count=0, spk_id=0))
+    assert keys.publications(PrekeyCount(count=OPK_TARGET, spk_id=first.spk.id)) == []
 
 
 def test_refill_sends_only_new_prekeys() -> None:
     keys, _ = engine("bob")
-    first = keys.publication(PrekeyCount(count=0, spk_id=0))
-    assert first is not None
-    refill = keys.publication(PrekeyCount(count=OPK_REFILL_BELOW - 1, spk_id=first.spk.id))
-    assert refill is not None
+    (first,) = keys.publications(PrekeyCount(count=0, spk_id=0))
+    (refill,) = keys.publications(PrekeyCount(count=OPK_REFILL_BELOW - 1, spk_id=first.spk.id))
     assert len(refill.opks) == OPK_TARGET - (OPK_REFILL_BELOW - 1)
     assert not {o.id for o in refill.opks} & {o.id for o in first.opks}  # never re-sent
 
@@ -49,11 +48,10 @@ def test_refill_sends_only_new_prekeys() -> None:
 def test_a_week_old_signed_prekey_is_rotated() -> None:
     now = [time.time()]
     keys = WhisperKeys(Conversations(Identity.generate("bob")), MemoryStorage(), clock=lambda: now[0])
-    first = keys.publication(PrekeyCount(count=0, spk_id=0))
-    assert first is not None
+    (first,) = keys.publications(PrekeyCount(count=0, spk_id=0))
     now[0] += 8 * 86_400
-    rotated = keys.publication(PrekeyCount(count=OPK_TARGET, spk_id=first.spk.id))
-    assert rotated is not None and rotated.spk.id == first.spk.id + 1 and rotated.opks == ()
+    (rotated,) = keys.publications(PrekeyCount(count=OPK_TARGET, spk_id=first.spk.id))
+    assert rotated.spk.id == first.spk.id + 1 and rotated.opks == ()
 
 
 def deliver(
@@ -72,7 +70,7 @@ def deliver(
 
 def test_whisper_from_a_changed_key_is_held_unacked_until_trusted() -> None:
     bob, _ = engine("bob")
-    bob.publication(PrekeyCount(count=0, spk_id=0))
+    bob.publications(PrekeyCount(count=0, spk_id=0))
     bob_conv = bob._conv  # the in-memory owner of the prekeys the directory would serve
     alice = party("alice", 1)
     alice._clock = time.time
@@ -98,7 +96,7 @@ def test_garbage_is_acked_and_reported_not_shown() -> None:
 
 def test_authenticated_but_malformed_content_is_not_shown_as_text() -> None:
     bob, _ = engine("bob")
-    bob.publication(PrekeyCount(count=0, spk_id=0))
+    bob.publications(PrekeyCount(count=0, spk_id=0))
     alice = party("alice", 1)
     alice._clock = time.time
     alice.start_session("bob", fetched_bundle(bob._conv))
@@ -113,7 +111,7 @@ def test_a_whisper_delivered_again_is_acked_silently_even_after_a_restart(tmp_pa
 
     d = Path(str(tmp_path)) / "bob"
     bob = disk_keys(d, "bob")
-    bob.publication(PrekeyCount(count=0, spk_id=0))
+    bob.publications(PrekeyCount(count=0, spk_id=0))
     alice = party("alice", 1)
     alice._clock = time.time
     alice.start_session("bob", fetched_bundle(bob._conv))
@@ -130,7 +128,7 @@ def test_a_whisper_delivered_again_is_acked_silently_even_after_a_restart(tmp_pa
 
 def test_a_held_whisper_delivered_again_raises_no_second_alarm() -> None:
     bob, _ = engine("bob")
-    bob.publication(PrekeyCount(count=0, spk_id=0))
+    bob.publications(PrekeyCount(count=0, spk_id=0))
     alice = party("alice", 1)
     alice._clock = time.time
     alice.start_session("bob", fetched_bundle(bob._conv))
@@ -143,3 +141,64 @@ def test_a_held_whisper_delivered_again_raises_no_second_alarm() -> None:
     assert deliver(bob, "alice", frame, 3, "h1") == []  # the same message again: quiet, not acked
     released = bob.trust("alice")
     assert [e.text for e in released.events if isinstance(e, WhisperReceived)] == ["held"]
+
+
+# -- a server that lies about our prekeys ------------------------------------------------------
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_server_answering_every_publication_with_count_0_gets_a_bounded_number_of_new_keys() -> None:
+    clock = FakeMonotonic()
+    keys = WhisperKeys(
+        Conversations(Identity.generate("bob")),
+        MemoryStorage(),
+        topups=Budget(OPK_TOPUP_BURST, OPK_TOPUP_EVERY, clock),
+    )
+    made: set[int] = set()
+    spk_id = 0
+    for _ in range(50):  # each round trip: "you have none" (before: 100 new keys each, 5,000 in all)
+        for pub in keys.publications(PrekeyCount(count=0, spk_id=spk_id)):
+            assert len(pub.opks) <= MAX_OPKS_PER_PUBLISH
+            made |= {o.id for o in pub.opks}
+            spk_id = pub.spk.id
+    assert len(made) == OPK_TOPUP_BURST * OPK_TARGET
+    clock.now += OPK_TOPUP_EVERY  # the budget comes back with time, one top-up at a time
+    (pub,) = keys.publications(PrekeyCount(count=0, spk_id=spk_id))
+    assert len(pub.opks) == OPK_TARGET
+    assert keys.publications(PrekeyCount(count=0, spk_id=spk_id)) == []
+
+
+def test_unused_one_time_prekeys_are_kept_up_to_a_bound_oldest_deleted_first() -> None:
+    conv = Conversations(Identity.generate("bob"))
+    first = conv.secrets.new_opks(OPK_TARGET)
+    for _ in range(10):
+        conv.secrets.new_opks(OPK_TARGET)
+    assert len(conv.secrets.opks) == OPK_KEEP  # before: 1,100
+    assert not set(first) & set(conv.secrets.opks)
+    assert max(conv.secrets.opks) == conv.secrets.next_opk_id - 1
+
+
+def test_whispers_held_for_a_changed_key_are_bounded_per_peer() -> None:
+    bob, _ = engine("bob")
+    bob.publications(PrekeyCount(count=0, spk_id=0))
+    bob_conv = bob._conv
+    alice = party("alice", 1)
+    alice._clock = time.time
+    alice.start_session("bob", fetched_bundle(bob_conv))
+    deliver(bob, "alice", alice.encrypt("bob", b'{"text":"hi"}'), 0)
+    impostor = party("alice", 2)
+    impostor._clock = time.time
+    impostor.start_session("bob", fetched_bundle(bob_conv))
+    alarms = []
+    for n in range(1, HELD_PER_PEER + 11):
+        alarms += deliver(bob, "alice", impostor.encrypt("bob", b'{"text":"x"}'), n)
+    assert len(alarms) == HELD_PER_PEER  # one alarm per held whisper; none acked
+    assert all(isinstance(a, KeyChanged) for a in alarms)
+    assert max(a.held for a in alarms if isinstance(a, KeyChanged)) == HELD_PER_PEER  # before: 110

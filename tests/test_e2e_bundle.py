@@ -90,7 +90,7 @@ def test_forged_one_time_prekey_is_refused() -> None:
 
 
 def login(secrets: PrekeySecrets, now: float) -> None:
-    """What the client does with its prekeys at each login (`WhisperKeys.publication`)."""
+    """What the client does with its prekeys at each login (`WhisperKeys.publications`)."""
     if secrets.current_spk() is None or secrets.needs_rotation(now):
         secrets.rotate_spk(now, RNG.randbytes)
 

@@ -376,7 +376,7 @@ DAY = 86_400
 
 
 def log_in(conv: Conversations, now: float) -> None:
-    """What the client does with its prekeys at each login (`WhisperKeys.publication`)."""
+    """What the client does with its prekeys at each login (`WhisperKeys.publications`)."""
     secrets = conv.secrets
     if secrets.current_spk() is None or secrets.needs_rotation(now):
         secrets.rotate_spk(now, random.Random(int(now)).randbytes)

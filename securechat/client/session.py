@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from types import TracebackType
 
 from ..e2e.errors import BundleError, E2EError, IdentityChanged, KeystoreError, NotTrusted
@@ -130,6 +131,36 @@ _FINAL_CODES = frozenset(
 #: Error codes that answer a `fetch_keys` (routed to the waiting `whisper` call).
 _FETCH_ERRORS = frozenset({Code.NO_SUCH_USER, Code.NO_KEYS, Code.RATE_LIMITED, Code.NOT_REGISTERED})
 
+#: Events waiting for the program (`next_event`) at most. A server can send far faster
+#: than a program reads: beyond this the connection is dropped (and tried again, as
+#: after a malformed frame) rather than memory growing without end. A terminal user
+#: reading normally never comes near it; ~1 KB each, so about 10 MB at most.
+DEFAULT_MAX_EVENTS = 10_000
+
+#: Connections in a row that end broken (a malformed or oversized frame, an event flood,
+#: a failure of ours while handling a frame) before the client gives up: one bad frame
+#: must not stop a bot, and a server that sends nothing else must not keep it looping.
+_BROKEN_IN_A_ROW = 3
+#: A connection that stayed up this long before breaking starts a new count: a rare bad
+#: frame on a long-lived connection is not "in a row" with one from days before.
+_HEALTHY_AFTER = 60.0
+
+
+class Ending(Enum):
+    """How a connection ended, which decides what the reader does next."""
+
+    LOST = "lost"  # the network or the server went away: reconnect
+    BROKEN = "broken"  # a bad frame, a flood, a failure of ours: reconnect, a few in a row at most
+    FINAL = "final"  # quit, close, or a refusal that would only repeat: stop
+
+
+class _Overflow(Exception):
+    """More events wait for the program than `max_events`: the reader drops the connection."""
+
+
+class _BrokenLogin(ConnectError):
+    """The server broke the protocol during the login (counted like a broken connection)."""
+
 
 class Client:
     """One user's connection.
@@ -152,6 +183,7 @@ class Client:
         backoff: Backoff | None = None,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         ping_timeout: float = DEFAULT_PING_TIMEOUT,
+        max_events: int = DEFAULT_MAX_EVENTS,
     ) -> None:
         self.nick = nick
         self.keys = keys
@@ -164,6 +196,7 @@ class Client:
         self._backoff = backoff or Backoff()
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
+        self._max_events = max_events
         self._conn = Connection(Role.CLIENT)  # guarded by _conn_lock
         self._conn_lock = threading.Lock()
         self._online = False  # guarded by _conn_lock (read without it only as a hint)
@@ -183,14 +216,21 @@ class Client:
         self._newest_line = float("-inf")  # server time of the newest room line seen; reader only
         self._channel: TlsChannel | None = None  # guarded by _conn_lock
         self._last_heard = time.monotonic()  # when the server last sent anything; reader writes
+        # Unbounded underneath so that the last `Disconnected` always fits; the reader
+        # keeps it to `max_events` (see `_check_room`). Thread-safe by itself.
         self._events: queue.Queue[ClientEvent] = queue.Queue()
         self._handed: list[WhisperReceived] = []  # returned by next_event, not yet marked shown
         self._handed_lock = threading.Lock()  # guards _handed and _helpers
         self._whisper_lock = threading.Lock()  # one whisper (and its key fetch) at a time
-        # True while a whisper's key fetch waits for its answer: written by the thread
-        # holding _whisper_lock, read by the reader to route error frames (a bool is atomic).
-        self._fetch_pending = False
+        # The folded nick whose keys a whisper's fetch waits for, None when no fetch
+        # waits: set by the thread holding _whisper_lock, taken (back to None) by the
+        # reader with the one answer it routes, so `keys` frames nobody asked for, or
+        # for someone else, are dropped instead of piling up. Guarded by _fetch_lock.
+        self._fetch_pending: str | None = None
+        self._fetch_lock = threading.Lock()
         self._fetch_replies: queue.Queue[Keys | Error] = queue.Queue()
+        # Connections in a row that ended `Ending.BROKEN`; reader only.
+        self._broken_in_a_row = 0
         # (nick, fingerprint) for /r: written by whichever thread hands out a whisper,
         # read by reply(); one tuple assignment, atomic.
         self.last_whisperer: tuple[str, str] | None = None
@@ -231,7 +271,15 @@ class Client:
         return welcome
 
     def _establish(self) -> tuple[TlsChannel, Connection, Welcome]:
+        """Connect, run TLS and log in, all of it within `timeout` seconds.
+
+        A per-read timeout cannot bound the whole: a server that pings (or trickles a
+        byte) before each read times out would keep the login going for ever. So the
+        deadline is a timer that shuts the socket down from outside, which wakes
+        whichever read is blocked (the same pattern as the server's watchdog).
+        """
         where = f"{self.host}:{self.port}"
+        started = time.monotonic()
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
         except OSError as exc:
@@ -239,6 +287,15 @@ class Client:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel = TlsChannel(sock, self._context, server_side=False, server_hostname=self._server_hostname)
         conn = Connection(Role.CLIENT)
+        expired = threading.Event()
+
+        def expire() -> None:  # the timer's thread
+            expired.set()
+            channel.shutdown()
+
+        deadline = threading.Timer(max(0.0, started + self._timeout - time.monotonic()), expire)
+        deadline.daemon = True
+        deadline.start()
         try:
             channel.handshake()
             welcome = self._login(channel, conn)
@@ -249,12 +306,26 @@ class Client:
                 "Check --cafile and --host.",
                 retryable=False,
             ) from None
-        except (ssl.SSLError, OSError, ProtocolError) as exc:
+        except (ssl.SSLError, OSError, ProtocolError, ConnectError) as exc:
             channel.close()
+            if expired.is_set():
+                raise ConnectError(f"{where} did not complete the login within {self._timeout:g} s") from None
+            if isinstance(exc, ProtocolError):
+                raise _BrokenLogin(
+                    f"the server at {where} broke the protocol during the login: {exc}"
+                ) from None
+            if isinstance(exc, ConnectError):
+                raise
             raise ConnectError(f"TLS connection to {where} failed: {exc}") from None
         except LoginRejected:
             channel.close()
             raise
+        finally:
+            deadline.cancel()
+            deadline.join()
+        if expired.is_set():  # it fired just as the welcome came: the socket is shut already
+            channel.close()
+            raise ConnectError(f"{where} did not complete the login within {self._timeout:g} s")
         sock.settimeout(None)
         return channel, conn, welcome
 
@@ -484,14 +555,16 @@ class Client:
             self._fetch_replies.get_nowait()
         if self._closing.is_set():  # checked after the drain: close() sets it, then wakes us
             raise ConnectionError("the client was closed")
-        self._fetch_pending = True
+        with self._fetch_lock:
+            self._fetch_pending = fold_nick(nick)
         try:
             self.send(FetchKeys(nick=nick))
             reply = self._fetch_replies.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"no keys for {nick} from the server within {timeout} s") from None
         finally:
-            self._fetch_pending = False
+            with self._fetch_lock:
+                self._fetch_pending = None
         if isinstance(reply, Error):
             raise LookupError(reply.reason or reply.code)
         if fold_nick(reply.nick) != fold_nick(nick):
@@ -570,13 +643,30 @@ class Client:
 
     def _run(self) -> None:
         """The reader thread: read until the connection ends, reconnect if asked to. Whatever
-        happens, it ends with `Disconnected`: a program never waits on a dead reader."""
+        happens, it ends with `Disconnected`: a program never waits on a dead reader.
+
+        A connection that ends broken (a malformed frame, a flood, an exception while
+        handling a frame) is tried again like a lost one, up to `_BROKEN_IN_A_ROW` in a
+        row; then the client gives up, saying why."""
         try:
             while True:
-                reason, final = self._read_until_closed()
-                if final or not self._reconnect or self._closing.is_set() or not self._reconnect_loop(reason):
+                started = time.monotonic()
+                reason, ending = self._read_until_closed()
+                if ending is Ending.BROKEN:
+                    lasted = time.monotonic() - started
+                    self._broken_in_a_row = 1 if lasted >= _HEALTHY_AFTER else self._broken_in_a_row + 1
+                    if self._broken_in_a_row >= _BROKEN_IN_A_ROW:
+                        reason = f"{reason} ({self._broken_in_a_row} times in a row: giving up)"
+                        break
+                else:
+                    self._broken_in_a_row = 0
+                if ending is Ending.FINAL or not self._reconnect or self._closing.is_set():
                     break
-        except Exception as exc:  # a bug of ours: end visibly, never as a silent dead thread
+                gave_up = self._reconnect_loop(reason)
+                if gave_up is not None:
+                    reason = gave_up
+                    break
+        except Exception as exc:  # a bug of ours outside a connection: end visibly, never silently
             log.debug("the client's reader failed", exc_info=True)
             reason = f"the client failed: {type(exc).__name__}: {exc}"
             with self._conn_lock:
@@ -588,11 +678,11 @@ class Client:
         self._closing.set()  # for good: the keepalive thread ends too
         self._events.put(Disconnected(reason=reason))
 
-    def _read_until_closed(self) -> tuple[str, bool]:
-        """(why the connection ended, whether that ends the client for good)."""
+    def _read_until_closed(self) -> tuple[str, Ending]:
+        """Why the connection ended, and what that means for the client."""
         channel = self._channel
         assert channel is not None
-        reason, final = "connection closed by the server", False
+        reason, ending = "connection closed by the server", Ending.LOST
         self._storage_failed = False
         try:
             while True:
@@ -601,12 +691,14 @@ class Client:
                 with self._conn_lock:
                     events = self._drain()
                 for event in events:
+                    self._check_room()
                     if not self._dispatch(event):
                         continue
                     if isinstance(event, Bye):
                         reason = event.reason or "server said goodbye"
                     elif isinstance(event, Error) and event.fatal:
-                        reason, final = event.reason or event.code, event.code in _FINAL_CODES
+                        reason = event.reason or event.code
+                        ending = Ending.FINAL if event.code in _FINAL_CODES else Ending.LOST
                 if self._conn.state is State.CLOSED:
                     break
                 data = channel.recv()
@@ -614,28 +706,54 @@ class Client:
                 with self._conn_lock:
                     self._conn.receive_data(data)
         except RemoteProtocolError as exc:
-            reason, final = f"the server broke the protocol: {exc}", True
-        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            reason, ending = f"the server broke the protocol: {exc}", Ending.BROKEN
+        except _Overflow as exc:
+            reason, ending = str(exc), Ending.BROKEN
+        except (OSError, ssl.SSLError) as exc:  # ConnectionError is an OSError
             reason = "connection closed" if self._closing.is_set() else f"connection lost: {exc}"
+        except Exception as exc:  # a frame we could not handle, or a bug: never a dead reader
+            log.debug("the client's reader failed", exc_info=True)
+            reason, ending = f"the client failed: {type(exc).__name__}: {exc}", Ending.BROKEN
         with self._conn_lock:
             self._online = False
         channel.close()
-        return reason, final or self._quitting or self._closing.is_set()
+        if self._quitting or self._closing.is_set():
+            ending = Ending.FINAL
+        return reason, ending
 
-    def _reconnect_loop(self, reason: str) -> bool:
-        """Try to log in again with growing delays; False if closed meanwhile or refused for good."""
+    def _check_room(self) -> None:
+        """Called by the reader before each frame: raise `_Overflow` if the program has
+        left `max_events` events unread. Checked before the frame is handled, so a
+        whisper is neither decrypted nor acknowledged then: the server keeps it."""
+        waiting = self._events.qsize()
+        if waiting >= self._max_events:
+            raise _Overflow(
+                f"{waiting} events are waiting for the program: it is not reading them, "
+                "or the server sends more than it can read"
+            )
+
+    def _reconnect_loop(self, reason: str) -> str | None:
+        """Try to log in again with growing delays. None once back; otherwise why the
+        client stops (closed meanwhile, refused for good, or a server that breaks the
+        protocol during every login)."""
         attempt = 0
         while True:
             delay = self._backoff.delay(attempt)
             attempt += 1
             self._events.put(Reconnecting(attempt=attempt, delay=delay, reason=reason))
             if self._closing.wait(delay):
-                return False
+                return reason
             try:
                 channel, conn, welcome = self._establish()
             except LoginRejected as exc:
                 if exc.code in _FINAL_CODES - {Code.NICK_TAKEN}:  # our old session may linger: retry
-                    return False
+                    return f"the server refused the login: {exc}"
+                reason = str(exc)
+                continue
+            except _BrokenLogin as exc:
+                self._broken_in_a_row += 1
+                if self._broken_in_a_row >= _BROKEN_IN_A_ROW:
+                    return f"{exc} ({self._broken_in_a_row} times in a row: giving up)"
                 reason = str(exc)
                 continue
             except ConnectError as exc:
@@ -648,7 +766,7 @@ class Client:
             self._last_heard = time.monotonic()
             self._resend_soon()
             self._events.put(Reconnected(users=welcome.users))
-            return True
+            return None
 
     def _keep_alive(self) -> None:
         """The keepalive thread: ping a quiet server, and cut a connection whose ping
@@ -679,7 +797,8 @@ class Client:
     def _dispatch(self, event: Event) -> bool:
         """Handle frames the client answers itself; True if `event` is also for the user."""
         if isinstance(event, WhisperStatus):
-            self._whisper_status(event)
+            if not self._whisper_status(event):
+                return False  # not a whisper of ours (or old news): nothing to show
         elif (
             isinstance(event, Error)
             and event.code == Code.STORE_UNAVAILABLE
@@ -695,15 +814,19 @@ class Client:
         elif isinstance(event, PrekeyCount):
             # Also passed on: it tells a program when its keys are published.
             try:
-                publish = self.keys.publication(event) if self.keys is not None else None
+                publish = self.keys.publications(event) if self.keys is not None else []
             except KeystoreError as exc:  # new prekeys could not be kept: publish none
                 self._storage_trouble(exc)
-                publish = None
-            if publish is not None:
-                self.send(publish)
-        elif isinstance(event, Keys) or (
-            isinstance(event, Error) and self._fetch_pending and event.code in _FETCH_ERRORS
-        ):
+                publish = []
+            for frame in publish:
+                self.send(frame)
+        elif isinstance(event, Keys):
+            if self._take_fetch(event.nick):
+                self._fetch_replies.put(event)
+            else:  # nobody asked, or not for this nick: kept, they would pile up
+                log.debug("dropping keys nobody asked for")
+            return False
+        elif isinstance(event, Error) and event.code in _FETCH_ERRORS and self._take_fetch(None):
             self._fetch_replies.put(event)
             return False
         elif isinstance(event, Delivery):
@@ -720,6 +843,16 @@ class Client:
             return False
         self._events.put(event)
         return True
+
+    def _take_fetch(self, nick: str | None) -> bool:
+        """Called by the reader with an answer to a key fetch: True (and the fetch is no
+        longer pending) if a fetch waits for it, for `nick` (None: an error, any nick)."""
+        with self._fetch_lock:
+            pending = self._fetch_pending
+            if pending is None or (nick is not None and fold_nick(nick) != pending):
+                return False
+            self._fetch_pending = None
+            return True
 
     def _deliver(self, incoming: Incoming) -> None:
         # The whispers are in the inbox already: hand them on first, then ack. An ack
@@ -741,22 +874,32 @@ class Client:
             self._storage_failed = True
             self._events.put(StorageFailed(reason=str(exc)))
 
-    def _whisper_status(self, status: WhisperStatus) -> None:
+    def _whisper_status(self, status: WhisperStatus) -> bool:
         """The reader's part of a status: the outbox learns it, and a failure starts a
-        new session and a resend (on another thread: it needs the reader)."""
-        self._unconfirmed.pop(status.id, None)  # every status means the server has it
-        if status.status == "stored":
-            with self._timer_lock:
-                self._store_retries = 0
+        new session and a resend (on another thread: it needs the reader). False if it
+        is not about a whisper of ours the outbox still waits to hear of (an id we never
+        sent, or a late "stored" after "delivered"): not to be shown."""
         if self.keys is None:
-            return
+            return False  # a guest sends no whispers
         try:
             kept = self.keys.sent_status(status)
         except KeystoreError as exc:  # a lost mark costs a resend, which the server drops
             log.info("could not record a whisper's status: %s", exc)
-            return
+            kept = None
+            ours = status.id in self._unconfirmed  # the outbox cannot tell: go by what we sent
+        else:
+            ours = kept is not None
+        if not ours:
+            return False
+        frame = self._unconfirmed.get(status.id)
+        if frame is not None and fold_nick(frame.to) == fold_nick(status.to):
+            self._unconfirmed.pop(status.id, None)  # every status means the server has it
+        if status.status == "stored":
+            with self._timer_lock:
+                self._store_retries = 0
         if kept is not None and kept.state is MessageState.FAILED:
             self._start_recovery(status.to)
+        return True
 
     def _store_unavailable(self) -> None:
         """The server could not store a whisper: send the unconfirmed ones again later,

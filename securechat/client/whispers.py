@@ -34,6 +34,8 @@ from ..protocol import (
     WhisperStatus,
     fold_nick,
 )
+from ..protocol.keys import MAX_OPKS_PER_PUBLISH
+from .budget import Budget
 from .events import KeyChanged, WhisperFailed, WhisperReceived
 from .inbox import Direction, MessageState, Storage, StoredMessage
 from .keystore import Keystore
@@ -42,6 +44,23 @@ __all__ = ["Incoming", "WhisperKeys"]
 
 #: Records of the "already shown" ids kept before the inbox existed; moved into it.
 _LEGACY_RECEIVED = "received"
+
+#: Top-ups of one-time prekeys (making new ones because the server says it holds few or
+#: none): at most this many at once, then one more every `OPK_TOPUP_EVERY` seconds. An
+#: honest server asks at first login and after about 80 fetches of our keys; a hostile
+#: one answering every publication with "count 0" would otherwise have us make and
+#: commit 100 keys per round trip for as long as it liked. When the budget is spent
+#: the signed prekey is still published; senders then start sessions without a
+#: one-time prekey (allowed; the first message has less forward secrecy).
+OPK_TOPUP_BURST = 4
+OPK_TOPUP_EVERY = 600.0
+
+#: Whispers from a peer whose key changed are held, unacknowledged, until the user
+#: decides (/trust, /verify): at most this many per peer and in all. Beyond, a whisper
+#: is not held but left on the server (not acknowledged), which delivers it again at
+#: the next login; no alarm is raised again for it.
+HELD_PER_PEER = 100
+HELD_TOTAL = 1_000
 
 #: The outcome of a sent whisper, by the status the server reports.
 _SENT_STATES = {
@@ -67,12 +86,16 @@ class WhisperKeys:
         conversations: Conversations,
         storage: Storage,
         clock: Callable[[], float] = time.time,
+        topups: Budget | None = None,
     ) -> None:
         self._conv = conversations  # guarded by _lock (replaced by a reload after a failed commit)
         self._storage = storage  # calls that change it are made under _lock
         self._clock = clock
         self._lock = threading.RLock()
         self._held: dict[str, list[Delivery]] = {}  # by folded sender; guarded by _lock
+        self._held_count = 0  # deliveries in _held, all peers; guarded by _lock
+        # One-time prekey top-ups; guarded by _lock.
+        self._topups = topups if topups is not None else Budget(OPK_TOPUP_BURST, OPK_TOPUP_EVERY)
 
     @classmethod
     def in_keystore(cls, keystore: Keystore, nick: str) -> WhisperKeys:
@@ -153,11 +176,16 @@ class WhisperKeys:
     def login_proof(self, nick: str, nonce: bytes) -> bytes:
         return self._conv.identity.sign(login_message(nick, nonce, self._conv.identity.sig_key))
 
-    def publication(self, status: PrekeyCount) -> PublishKeys | None:
-        """What to publish given the server's view of our prekeys, or None if nothing is due.
+    def publications(self, status: PrekeyCount) -> list[PublishKeys]:
+        """What to publish given the server's view of our prekeys (none if nothing is due),
+        in frames of at most `MAX_OPKS_PER_PUBLISH` one-time prekeys each. Called by the
+        reader thread, for each `prekey_count` the server sends.
 
-        Only new one-time prekeys are sent: re-sending ones the server may already have
-        handed out could let two senders use the same one.
+        Only new one-time prekeys are sent, also to a server that says it has none of our
+        keys (`spk_id` 0): re-sending ones it, or the server before a reset, may already
+        have handed out could let two senders use the same one. New ones are made within
+        the top-up budget only (`OPK_TOPUP_BURST`, `OPK_TOPUP_EVERY`), and making them
+        deletes the oldest unused ones beyond `OPK_KEEP`.
         """
         with self._lock:
             secrets, now = self._conv.secrets, self._clock()
@@ -167,29 +195,33 @@ class WhisperKeys:
                 secrets.rotate_spk(now)
             current = secrets.current_spk()
             assert current is not None
-            if status.spk_id == 0:
-                new_ids = sorted(secrets.opks) or secrets.new_opks(OPK_TARGET)
-            elif status.count < OPK_REFILL_BELOW:
-                new_ids = secrets.new_opks(OPK_TARGET - status.count)
+            if status.spk_id == 0 or status.count < OPK_REFILL_BELOW:
+                missing = OPK_TARGET - (0 if status.spk_id == 0 else status.count)
+                new_ids = secrets.new_opks(missing) if self._topups.take() else []
             else:
                 new_ids = []
             if not rotate and not new_ids and status.spk_id == current.id:
-                return None
+                return []
             self._conv.dirty.add("prekeys")
             self._save()
             ident = self._conv.identity
             pub = ident.public()
             spk = secrets.signed_spk(ident)
-            return PublishKeys(
-                identity=KeyIdentity(sig_key=pub.sig_key, dh_key=pub.dh_key, dh_sig=pub.dh_sig),
-                spk=SignedPrekeyRecord(
-                    id=spk.id, created=spk.created, public=spk.public, signature=spk.signature
-                ),
-                opks=tuple(
-                    OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature)
-                    for o in secrets.signed_opks(ident, new_ids)
-                ),
-            )
+            opks = [
+                OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature)
+                for o in secrets.signed_opks(ident, new_ids)
+            ]
+            chunks = [opks[i : i + MAX_OPKS_PER_PUBLISH] for i in range(0, len(opks), MAX_OPKS_PER_PUBLISH)]
+            return [
+                PublishKeys(
+                    identity=KeyIdentity(sig_key=pub.sig_key, dh_key=pub.dh_key, dh_sig=pub.dh_sig),
+                    spk=SignedPrekeyRecord(
+                        id=spk.id, created=spk.created, public=spk.public, signature=spk.signature
+                    ),
+                    opks=tuple(chunk),
+                )
+                for chunk in chunks or [[]]
+            ]
 
     # -- sending ------------------------------------------------------------------------
 
@@ -293,10 +325,14 @@ class WhisperKeys:
             whisper = self._conv.decrypt(delivery.sender, delivery.header, delivery.ciphertext)
         except IdentityChanged as exc:
             self._save()
-            held = self._held.setdefault(fold_nick(delivery.sender), [])
+            held = self._held.get(fold_nick(delivery.sender), [])
             if any(d.msg_id == delivery.msg_id for d in held):
                 return  # held already, and the user was told: no second alarm
+            if len(held) >= HELD_PER_PEER or self._held_count >= HELD_TOTAL:
+                return  # left on the server, unacknowledged: it comes again at the next login
             held.append(delivery)
+            self._held[fold_nick(delivery.sender)] = held
+            self._held_count += 1
             out.events.append(
                 KeyChanged(
                     peer=delivery.sender,
@@ -387,7 +423,9 @@ class WhisperKeys:
 
     def _release_held(self, peer: str) -> Incoming:
         out = Incoming()
-        for delivery in self._held.pop(fold_nick(peer), []):
+        released = self._held.pop(fold_nick(peer), [])
+        self._held_count -= len(released)
+        for delivery in released:
             self._receive_locked(delivery, out)
         return out
 

@@ -13,6 +13,7 @@ from .primitives import KEY_BYTES, VERSION_LABEL, DhKeyPair, Random, ed25519_ver
 __all__ = [
     "CLOCK_SKEW",
     "MAX_CLOCK_ERROR",
+    "OPK_KEEP",
     "OPK_REFILL_BELOW",
     "OPK_TARGET",
     "SPK_KEEP_OLD",
@@ -60,6 +61,14 @@ CLOCK_SKEW = DAY
 #: How many one-time prekeys to keep published, and when to top them up.
 OPK_TARGET = 100
 OPK_REFILL_BELOW = 20
+#: One-time prekey private halves kept at most; making more deletes the oldest (lowest
+#: ids) first. A prekey is kept after publication until a setup that used it decrypts,
+#: but one handed out to a sender who never wrote would otherwise be kept for ever, and
+#: a server that keeps saying "none left" would make the keystore grow without end.
+#: Four times what is published: the oldest unused one has been out for three refills.
+#: Its cost: a setup that used a deleted one fails ("unknown-prekey") and its sender
+#: sends again in a new session.
+OPK_KEEP = 4 * OPK_TARGET
 
 
 def spk_message(user: str, key_id: int, created: int, public: bytes) -> bytes:
@@ -181,12 +190,19 @@ class PrekeySecrets:
         return None
 
     def new_opks(self, count: int, random: Random = os.urandom) -> list[int]:
-        """Make `count` one-time prekeys; returns their ids."""
+        """Make `count` (at most `OPK_KEEP`) one-time prekeys; returns their ids. The
+        oldest unused ones are deleted so that no more than `OPK_KEEP` are kept."""
+        if not 0 <= count <= OPK_KEEP:
+            raise ValueError(f"one-time prekeys are made {OPK_KEEP} at most at a time")
         ids = []
         for _ in range(count):
             self.opks[self.next_opk_id] = DhKeyPair.generate(random)
             ids.append(self.next_opk_id)
             self.next_opk_id += 1
+        excess = len(self.opks) - OPK_KEEP
+        if excess > 0:
+            for old in sorted(self.opks)[:excess]:  # the new ones have the highest ids
+                del self.opks[old]
         return ids
 
     def signed_spk(self, identity: Identity) -> SignedPrekey:
