@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from securechat.protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord
-from securechat.server.store import SCHEMA_VERSION, SqliteStore, StoreUnavailable
+from securechat.server.store import (
+    SCHEMA_VERSION,
+    QueueLimits,
+    Quota,
+    QuotaExceeded,
+    SqliteStore,
+    StoreUnavailable,
+)
 
 IDENT = KeyIdentity(sig_key=b"s" * 32, dh_key=b"d" * 32, dh_sig=b"g" * 64)
 SPK = SignedPrekeyRecord(id=1, created=100, public=b"p" * 32, signature=b"x" * 64)
@@ -274,3 +281,162 @@ def test_whispers_queued_before_the_service_clock_keep_the_age_they_had(tmp_path
     assert store.expire(30 * 86_400.0) == 1
     assert [q.msg_id for q in store.pending("bob")] == ["newer"]
     store.close()
+
+
+LIMITS = QueueLimits(
+    per_recipient=3, bytes_per_recipient=100, per_sender=4, bytes_per_sender=150, total_bytes=200
+)
+
+
+def refused(store: SqliteStore, recipient: str, msg_id: str, sender: str, size: int) -> Quota | None:
+    """The quota that refuses this whisper (of `size` bytes in all), or None if it was queued."""
+    try:
+        store.enqueue(recipient, msg_id, sender, b"h", b"c" * (size - 1), 1.0, limits=LIMITS)
+    except QuotaExceeded as exc:
+        return exc.quota
+    return None
+
+
+def test_queue_quotas_per_recipient_per_sender_and_in_total(store: SqliteStore) -> None:
+    assert [refused(store, "bob", f"a{n}", "alice", 10) for n in range(3)] == [None] * 3
+    assert refused(store, "BOB", "a3", "alice", 10) is Quota.RECIPIENT_COUNT
+    assert refused(store, "carol", "a4", "alice", 10) is None  # alice's 4th, to another recipient
+    assert refused(store, "dave", "a5", "Alice", 10) is Quota.SENDER_COUNT  # across recipients
+    assert refused(store, "carol", "m1", "mallory", 95) is Quota.RECIPIENT_BYTES  # 10 + 95 > 100
+    assert refused(store, "dave", "m1", "mallory", 151) is Quota.SENDER_BYTES
+    assert refused(store, "dave", "m1", "mallory", 100) is None
+    assert refused(store, "erin", "t1", "trent", 61) is Quota.TOTAL_BYTES  # 140 + 61 > 200
+    assert refused(store, "bob", "a0", "alice", 10) is None  # a resend is never refused
+    assert len(store.pending("bob")) == 3 and store.pending("erin") == []
+    store.ack("bob", store.pending("bob")[0].id)  # read: room again, for bob and for alice
+    assert refused(store, "bob", "a6", "alice", 10) is None
+
+
+def test_every_way_out_of_the_queue_gives_its_quota_back(tmp_path: Path) -> None:
+    clocks = Clocks()
+    store = clocks.store(tmp_path / "db.sqlite")
+    limits = QueueLimits(
+        per_recipient=2, bytes_per_recipient=10**6, per_sender=10, bytes_per_sender=10**6, total_bytes=10**6
+    )
+    for n in range(2):
+        store.enqueue("bob", f"m{n}", "alice", b"h", b"c", 1.0, limits=limits)
+    store.ack("bob", store.pending("bob")[0].id, "no-session")  # failed
+    clocks.mono += 100
+    store.expire(50.0)  # expired
+    store.register("bob", b"k" * 32, 1.0)
+    for n in range(2):
+        store.enqueue("bob", f"n{n}", "alice", b"h", b"c", 1.0, limits=limits)
+    store.release("bob")  # released
+    for n in range(2):
+        store.enqueue("bob", f"o{n}", "alice", b"h", b"c", 1.0, limits=limits)
+    with pytest.raises(QuotaExceeded):
+        store.enqueue("bob", "o2", "alice", b"h", b"c", 1.0, limits=limits)
+
+
+def test_whispers_queued_before_the_quotas_count_towards_them(tmp_path: Path) -> None:
+    from securechat.server.store import _MIGRATIONS
+
+    path = tmp_path / "v4.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("".join(_MIGRATIONS[v] for v in range(1, 5)))
+    db.execute("INSERT INTO meta VALUES ('schema_version', '4')")
+    for n in range(3):
+        db.execute(
+            "INSERT INTO queue (recipient, msg_id, sender, header, ciphertext, ts) VALUES (?, ?, ?, ?, ?, ?)",
+            ("bob", f"m{n}", "alice", b"h", b"c" * 59, 1.0),
+        )
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    assert refused(store, "bob", "new", "carol", 10) is Quota.RECIPIENT_COUNT
+    assert refused(store, "erin", "new", "carol", 30) is Quota.TOTAL_BYTES  # 180 + 30 > 200
+    store.close()
+
+
+def test_pending_pages_through_the_queue(store: SqliteStore) -> None:
+    ids = [store.enqueue("bob", f"m{n}", "alice", b"h", b"c", 1.0) for n in range(5)]
+    store.enqueue("carol", "x", "alice", b"h", b"c", 1.0)
+    assert store.newest_queued("Bob") == ids[-1] and store.newest_queued("nobody") == 0
+    assert [q.id for q in store.pending("bob", limit=2)] == ids[:2]
+    assert [q.id for q in store.pending("bob", after=ids[1], limit=2)] == ids[2:4]
+    assert [q.id for q in store.pending("bob", after=ids[1], upto=ids[2])] == ids[2:3]
+    assert [q.id for q in store.pending("bob", after=ids[3])] == ids[4:]
+
+
+def test_one_time_prekeys_beyond_the_cap_are_dropped_but_the_signed_prekey_is_taken(
+    store: SqliteStore,
+) -> None:
+    store.publish("bob", IDENT, SPK, opks(1, 2, 3), max_held=4)
+    newer = SignedPrekeyRecord(id=2, created=200, public=b"q" * 32, signature=b"y" * 64)
+    store.publish("bob", IDENT, newer, opks(3, 4, 5, 6), max_held=4)  # 3 is held already
+    assert store.prekey_status("bob") == (4, 2, 200)
+    taken = [b.opk.id for b in (store.take_bundle("bob") for _ in range(4)) if b and b.opk]
+    assert taken == [1, 2, 3, 4]
+
+
+def test_a_bundle_can_be_taken_without_its_one_time_prekey(store: SqliteStore) -> None:
+    store.publish("bob", IDENT, SPK, opks(1))
+    asked: list[bool] = []
+
+    def no() -> bool:
+        asked.append(False)
+        return False
+
+    bundle = store.take_bundle("bob", take_opk=no)
+    assert bundle is not None and bundle.opk is None and bundle.spk == SPK and asked == [False]
+    bundle = store.take_bundle("bob", take_opk=lambda: True)
+    assert bundle is not None and bundle.opk is not None and bundle.opk.id == 1
+    assert store.take_bundle("bob", take_opk=no) is not None and asked == [False]  # none left: not asked
+
+
+def test_nicks_nobody_logs_in_to_expire_by_service_time_with_everything_they_held(tmp_path: Path) -> None:
+    clocks = Clocks()
+    store = clocks.store(tmp_path / "db.sqlite")
+    for nick in ("idle", "active", "online"):
+        assert store.register(nick, nick.encode() * 8, clocks.wall)
+    store.publish("idle", IDENT, SPK, opks(1))
+    store.enqueue("idle", "m1", "active", b"h", b"c", 1.0)
+    store.enqueue("active", "m2", "idle", b"h", b"c", 1.0)
+    store.ack("active", store.pending("active")[0].id, "no-session")  # a failure for idle
+    clocks.mono += 60
+    assert store.register("active", b"active" * 8, clocks.wall)  # a login: used again
+    clocks.wall += 10 * 86_400  # the wall clock decides nothing
+    assert store.expire_nicks(100.0) == []
+    clocks.mono += 50
+    assert store.expire_nicks(100.0, keep=["Online"]) == ["idle"]  # 110 s; "active" 50 s
+    assert store.registered_key("idle") is None and store.prekey_status("idle") == (0, 0, 0)
+    assert store.pending("idle") == [] and store.failures("idle") == []
+    assert store.registered_key("online") is not None
+    clocks.mono += 60
+    assert not store.release_if_idle("active", 200.0)
+    assert store.release_if_idle("active", 100.0) and store.registered_key("active") is None
+    assert not store.release_if_idle("active", 100.0)
+
+
+def test_nicks_registered_before_logins_were_recorded_get_a_whole_period_from_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    from securechat.server.store import _MIGRATIONS
+
+    path = tmp_path / "v4.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("".join(_MIGRATIONS[v] for v in range(1, 5)))
+    db.execute("INSERT INTO meta VALUES ('schema_version', '4')")
+    db.execute("INSERT INTO meta VALUES ('service_clock', '5000.0')")
+    db.execute("INSERT INTO users VALUES ('alice', 'alice', ?, 1.0)", (b"k" * 32,))
+    db.commit()
+    db.close()
+    clocks = Clocks()
+    store = clocks.store(path)
+    assert store.expire_nicks(100.0) == []
+    clocks.mono += 101
+    assert store.expire_nicks(100.0) == ["alice"]
+    store.close()
+
+
+def test_failures_told_at_a_login_and_kept_per_sender_are_bounded(store: SqliteStore) -> None:
+    for n in range(5):
+        store.enqueue("bob", f"m{n}", "alice", b"h", b"c", 1.0)
+        store.ack("bob", store.pending("bob")[0].id, "no-session", keep_failures=3)
+    assert [f[1] for f in store.failures("alice")] == ["m2", "m3", "m4"]  # the newest kept
+    assert [f[1] for f in store.failures("alice", limit=2)] == ["m2", "m3"]  # oldest first

@@ -13,17 +13,23 @@ per interval with a count, not once per failed operation.
 Queued whispers expire by a *service clock*: seconds the server has been running, kept
 in the database and advanced by a monotonic clock. A jump of the wall clock (a wrong
 NTP step, a VM restored from a snapshot) therefore cannot expire a whisper early or keep
-it for ever; time the server was stopped does not count towards a whisper's age.
+it for ever; time the server was stopped does not count towards a whisper's age. Nicks
+nobody logs in to expire by the same clock.
+
+Nicks are free, so what one can make the store keep is bounded: the queue by quotas per
+recipient, per sender and in all (`QueueLimits`, checked in the transaction that would
+insert), one-time prekeys per user (`publish`'s `max_held`), failures per sender.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +43,10 @@ from .faultlog import FaultLog
 __all__ = [
     "SCHEMA_VERSION",
     "DbFacts",
+    "QueueLimits",
     "QueuedWhisper",
+    "Quota",
+    "QuotaExceeded",
     "SqliteStore",
     "Store",
     "StoreUnavailable",
@@ -46,7 +55,7 @@ __all__ = [
     "inspect",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,35 @@ class StoreUnavailable(Exception):
     Nothing of the failed operation took effect. The message says why, for the log; it
     may name files, so it is not meant for clients.
     """
+
+
+class Quota(enum.Enum):
+    """Which quota of the offline queue a whisper would exceed."""
+
+    SENDER_COUNT = "whispers waiting from one sender"
+    SENDER_BYTES = "bytes waiting from one sender"
+    RECIPIENT_COUNT = "whispers waiting for one recipient"
+    RECIPIENT_BYTES = "bytes waiting for one recipient"
+    TOTAL_BYTES = "bytes waiting in all"
+
+
+class QuotaExceeded(Exception):
+    """`enqueue` refused a whisper: queuing it would exceed `quota`. Nothing was stored."""
+
+    def __init__(self, quota: Quota) -> None:
+        super().__init__(quota.value)
+        self.quota = quota
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueLimits:
+    """Quotas on the offline queue; bytes count a whisper's header and ciphertext."""
+
+    per_recipient: int
+    bytes_per_recipient: int
+    per_sender: int
+    bytes_per_sender: int
+    total_bytes: int
 
 
 @dataclass(frozen=True)
@@ -88,18 +126,42 @@ class Store(Protocol):
         """The Ed25519 key `nick` is bound to, or None."""
 
     def register(self, nick: str, sig_key: bytes, now: float) -> bool:
-        """Bind `nick` to `sig_key` unless bound to another key; True if bound to `sig_key` now."""
+        """Bind `nick` to `sig_key` unless bound to another key; True if bound to `sig_key` now.
+
+        Called at every login with an identity: it also marks `nick` as used now (by the
+        service clock), which keeps it from expiring (see `expire_nicks`).
+        """
 
     def release(self, nick: str) -> bool:
-        """Forget `nick`'s binding, keys and queued whispers; True if it was registered."""
+        """Forget `nick`'s binding, keys, queued whispers and failures; True if it was registered."""
+
+    def release_if_idle(self, nick: str, max_idle: float) -> bool:
+        """`release` `nick` if nobody logged in to it for more than `max_idle` seconds of
+        service time; True if it was released."""
+
+    def expire_nicks(self, max_idle: float, keep: Collection[str] = ()) -> list[str]:
+        """`release` every nick (but those in `keep`) nobody logged in to for more than
+        `max_idle` seconds of service time; the nicks released."""
 
     def publish(
-        self, nick: str, identity: KeyIdentity, spk: SignedPrekeyRecord, opks: tuple[OneTimePrekeyRecord, ...]
+        self,
+        nick: str,
+        identity: KeyIdentity,
+        spk: SignedPrekeyRecord,
+        opks: tuple[OneTimePrekeyRecord, ...],
+        *,
+        max_held: int | None = None,
     ) -> None:
-        """Set the identity and signed prekey; add `opks` (all of them replaced if the identity changed)."""
+        """Set the identity and signed prekey; add `opks` (all of them replaced if the identity
+        changed), the first of them only while `nick` holds fewer than `max_held`."""
 
-    def take_bundle(self, nick: str) -> StoredBundle | None:
-        """The bundle with one one-time prekey, which is removed in the same transaction."""
+    def take_bundle(self, nick: str, *, take_opk: Callable[[], bool] | None = None) -> StoredBundle | None:
+        """The bundle with one one-time prekey, which is removed in the same transaction.
+
+        With `take_opk`, a one-time prekey is handed out only if it says so; it is asked
+        only when there is one, in the transaction (under the store's lock: it must not
+        use the store).
+        """
 
     def prekey_status(self, nick: str) -> tuple[int, int, int]:
         """(one-time prekeys held, signed prekey id or 0, its creation time or 0)."""
@@ -113,31 +175,43 @@ class Store(Protocol):
         ciphertext: bytes,
         ts: float,
         *,
+        limits: QueueLimits | None = None,
         before_commit: Callable[[int], None] | None = None,
     ) -> int:
         """Queue a whisper durably; returns its id. Queuing the same (sender, msg_id,
         recipient) again returns the first id and stores nothing new.
 
+        Raises `QuotaExceeded` if a new whisper would exceed one of `limits` (a resend of
+        one already queued is never refused): checked in the inserting transaction.
         `before_commit(id)` runs once the id is known, before the commit waits for the
         disk: pushing to an online recipient then overlaps with the flush.
         """
 
-    def pending(self, recipient: str) -> list[QueuedWhisper]:
-        """Everything queued for `recipient`, oldest first."""
+    def pending(
+        self, recipient: str, *, after: int = 0, upto: int | None = None, limit: int | None = None
+    ) -> list[QueuedWhisper]:
+        """What is queued for `recipient` with an id above `after` (and at most `upto`),
+        oldest first; at most `limit` of them."""
 
-    def ack(self, recipient: str, whisper_id: int, failed: str = "") -> QueuedWhisper | None:
+    def newest_queued(self, recipient: str) -> int:
+        """The id of the newest whisper queued for `recipient`; 0 if none."""
+
+    def ack(
+        self, recipient: str, whisper_id: int, failed: str = "", *, keep_failures: int | None = None
+    ) -> QueuedWhisper | None:
         """Delete a whisper `recipient` has dealt with (only they may); the deleted row, or None.
 
         Read (`failed` empty): not flushed to disk at once: if power fails, the whisper is
         delivered again, and the recipient's client drops it by its message id. Could not
         be decrypted (`failed` is the reason): the failure is kept for its sender in the
-        same, flushed, transaction (see `failures`).
+        same, flushed, transaction (see `failures`), with at most `keep_failures` (the
+        newest) per sender.
         """
 
-    def failures(self, sender: str) -> list[tuple[str, str, str]]:
+    def failures(self, sender: str, limit: int | None = None) -> list[tuple[str, str, str]]:
         """(recipient, message id, reason) of `sender`'s whispers their recipients could
-        not decrypt and `sender` has not sent again since; told at each login, so a sender
-        who was offline when it happened still learns it."""
+        not decrypt and `sender` has not sent again since, oldest first, at most `limit`;
+        told at each login, so a sender who was offline when it happened still learns it."""
 
     def expire(self, max_age: float) -> int:
         """Delete queued whispers older than `max_age` seconds of service time (time the
@@ -169,6 +243,11 @@ CREATE TABLE IF NOT EXISTS queue (
 CREATE INDEX IF NOT EXISTS queue_by_recipient ON queue (recipient, id);
 """
 
+#: `queue_usage` keys, as migration 5's triggers write them: the whole queue, a
+#: recipient's part, a sender's part (each followed by the folded nick). A whisper
+#: counts its header's and ciphertext's bytes.
+_TOTAL, _TO, _FROM = "*", "to:", "from:"
+
 # Each migration takes the schema from version N-1 to N; they run in order, in one
 # transaction, so a database is never left half-migrated.
 _MIGRATIONS: dict[int, str] = {
@@ -189,12 +268,45 @@ CREATE TABLE IF NOT EXISTS failures (
     sender TEXT NOT NULL, msg_id TEXT NOT NULL, recipient TEXT NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY (sender, msg_id, recipient));
 """,
+    # What the queue holds per recipient ('to:' nick), per sender ('from:' nick) and in
+    # all ('*'), kept by triggers so that every delete (ack, expiry, release) counts:
+    # the quotas are checked against it in the inserting transaction, without a scan.
+    5: """
+CREATE TABLE IF NOT EXISTS queue_usage (
+    who TEXT PRIMARY KEY, count INTEGER NOT NULL, bytes INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS queue_usage_add AFTER INSERT ON queue BEGIN
+    INSERT INTO queue_usage (who, count, bytes) VALUES
+        ('*', 1, length(NEW.header) + length(NEW.ciphertext)),
+        ('to:' || NEW.recipient, 1, length(NEW.header) + length(NEW.ciphertext)),
+        ('from:' || NEW.sender, 1, length(NEW.header) + length(NEW.ciphertext))
+    ON CONFLICT (who) DO UPDATE SET count = count + 1, bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS queue_usage_remove AFTER DELETE ON queue BEGIN
+    UPDATE queue_usage SET count = count - 1, bytes = bytes - (length(OLD.header) + length(OLD.ciphertext))
+        WHERE who IN ('*', 'to:' || OLD.recipient, 'from:' || OLD.sender);
+    DELETE FROM queue_usage WHERE count <= 0 AND who IN ('to:' || OLD.recipient, 'from:' || OLD.sender);
+END;
+INSERT INTO queue_usage SELECT '*', COUNT(*), COALESCE(SUM(length(header) + length(ciphertext)), 0)
+    FROM queue;
+INSERT INTO queue_usage SELECT 'to:' || recipient, COUNT(*), SUM(length(header) + length(ciphertext))
+    FROM queue GROUP BY recipient;
+INSERT INTO queue_usage SELECT 'from:' || sender, COUNT(*), SUM(length(header) + length(ciphertext))
+    FROM queue GROUP BY sender;
+""",
+    # When each nick was last logged in to, by the service clock (see `expire_nicks`).
+    6: """
+ALTER TABLE users ADD COLUMN seen REAL NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS users_by_seen ON users (seen);
+""",
 }
 
 #: `meta` keys besides the schema version.
 _STORE_ID = "store_id"  # random, also in the data directory's marker: which store this is
 _SERVICE_CLOCK = "service_clock"  # seconds of service, as of the last write of it
 _BACKUP_TAKEN = "backup_taken"  # set only in copies made by `backup`: when
+
+#: Above every queue id (SQLite's largest integer): `pending` with no upper bound.
+_NO_ID_ABOVE = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -281,6 +393,62 @@ def backup(source: Path, dest: Path, *, clock: Callable[[], float] = time.time) 
         raise
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of `script`, one by one (a trigger's body holds semicolons)."""
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                yield statement
+            statement = ""
+
+
+def _release(db: sqlite3.Connection, key: str) -> bool:
+    """Forget the nick `key` (folded): binding, keys, queue, failures. In a write transaction."""
+    gone = db.execute("DELETE FROM users WHERE nick_key=?", (key,)).rowcount > 0
+    db.execute("DELETE FROM bundles WHERE nick_key=?", (key,))
+    db.execute("DELETE FROM opks WHERE nick_key=?", (key,))
+    db.execute("DELETE FROM queue WHERE recipient=?", (key,))
+    db.execute("DELETE FROM failures WHERE sender=? OR recipient=?", (key, key))
+    return gone
+
+
+def _check_quotas(
+    db: sqlite3.Connection, recipient: str, sender: str, size: int, limits: QueueLimits
+) -> None:
+    """Raise `QuotaExceeded` if one more whisper of `size` bytes from `sender` (folded) to
+    `recipient` would exceed `limits`. The sender's own quotas are named first: those
+    are the ones it can do something about."""
+    usage = {
+        who: (int(count), int(size_))
+        for who, count, size_ in db.execute(
+            "SELECT who, count, bytes FROM queue_usage WHERE who IN (?, ?, ?)",
+            (_FROM + sender, _TO + recipient, _TOTAL),
+        )
+    }
+    sent, sent_bytes = usage.get(_FROM + sender, (0, 0))
+    waiting, waiting_bytes = usage.get(_TO + recipient, (0, 0))
+    _, total_bytes = usage.get(_TOTAL, (0, 0))
+    for quota, over in (
+        (Quota.SENDER_COUNT, sent + 1 > limits.per_sender),
+        (Quota.SENDER_BYTES, sent_bytes + size > limits.bytes_per_sender),
+        (Quota.RECIPIENT_COUNT, waiting + 1 > limits.per_recipient),
+        (Quota.RECIPIENT_BYTES, waiting_bytes + size > limits.bytes_per_recipient),
+        (Quota.TOTAL_BYTES, total_bytes + size > limits.total_bytes),
+    ):
+        if over:
+            raise QuotaExceeded(quota)
+
+
+def _stored_service_clock(db: sqlite3.Connection) -> float:
+    """The service clock as the database knows it: where it was last written down, or a
+    whisper queued after that write (and before a crash) with a later reading."""
+    row = db.execute("SELECT value FROM meta WHERE key=?", (_SERVICE_CLOCK,)).fetchone()
+    (newest,) = db.execute("SELECT MAX(svc) FROM queue").fetchone()
+    return max(float(row[0]) if row else 0.0, float(newest or 0.0))
+
+
 class SqliteStore:
     """`Store` on one SQLite database in WAL mode, one connection behind a lock.
 
@@ -330,14 +498,11 @@ class SqliteStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
             with self._read() as db:
-                row = db.execute("SELECT value FROM meta WHERE key=?", (_SERVICE_CLOCK,)).fetchone()
-                (newest,) = db.execute("SELECT MAX(svc) FROM queue").fetchone()
+                base = _stored_service_clock(db)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {target}: {exc}") from exc
-        # The service clock goes on from where it was last written down; a whisper queued
-        # after that write (and before a crash) carries a later reading, which counts too.
         # Guarded by nothing: set here, read-only afterwards.
-        self._service_base = max(float(row[0]) if row else 0.0, float(newest or 0.0))
+        self._service_base = base
         self._mono_base = monotonic()
 
     def _migrate(self) -> None:
@@ -350,13 +515,16 @@ class SqliteStore:
             if version > SCHEMA_VERSION:
                 raise ValueError(f"database schema {version} is newer than this server ({SCHEMA_VERSION})")
             for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(_MIGRATIONS[step]):
+                    db.execute(statement)
                 if step == 3 and version >= 1:
                     # Whispers queued before the service clock existed: their age so far by
                     # the wall clock (the best there is), with the service clock at 0 now.
                     db.execute("UPDATE queue SET svc = MIN(0.0, ts - ?)", (self._clock(),))
+                if step == 6 and version >= 1:
+                    # Nicks registered before logins were recorded: counted as used now, so
+                    # each gets a whole `nick_ttl` from the upgrade.
+                    db.execute("UPDATE users SET seen = ?", (_stored_service_clock(db),))
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(step),))
 
     def service_clock(self) -> float:
@@ -469,31 +637,57 @@ class SqliteStore:
         return None if row is None else bytes(row[0])
 
     def register(self, nick: str, sig_key: bytes, now: float) -> bool:
+        key, seen = fold_nick(nick), self.service_clock()
         with self._tx() as db:
-            row = db.execute("SELECT sig_key FROM users WHERE nick_key=?", (fold_nick(nick),)).fetchone()
+            row = db.execute("SELECT sig_key FROM users WHERE nick_key=?", (key,)).fetchone()
             if row is not None:
-                return bytes(row[0]) == sig_key
-            db.execute("INSERT INTO users VALUES (?, ?, ?, ?)", (fold_nick(nick), nick, sig_key, now))
+                if bytes(row[0]) != sig_key:
+                    return False
+                db.execute("UPDATE users SET seen=? WHERE nick_key=?", (seen, key))
+                return True
+            db.execute(
+                "INSERT INTO users (nick_key, nick, sig_key, registered, seen) VALUES (?, ?, ?, ?, ?)",
+                (key, nick, sig_key, now, seen),
+            )
             return True
 
     def release(self, nick: str) -> bool:
-        key = fold_nick(nick)
         with self._tx() as db:
-            gone = db.execute("DELETE FROM users WHERE nick_key=?", (key,)).rowcount > 0
-            db.execute("DELETE FROM bundles WHERE nick_key=?", (key,))
-            db.execute("DELETE FROM opks WHERE nick_key=?", (key,))
-            db.execute("DELETE FROM queue WHERE recipient=?", (key,))
-            db.execute("DELETE FROM failures WHERE sender=? OR recipient=?", (key, key))
-        return gone
+            return _release(db, fold_nick(nick))
+
+    def release_if_idle(self, nick: str, max_idle: float) -> bool:
+        key, since = fold_nick(nick), self.service_clock() - max_idle
+        with self._tx() as db:
+            row = db.execute("SELECT seen FROM users WHERE nick_key=?", (key,)).fetchone()
+            return row is not None and float(row[0]) < since and _release(db, key)
+
+    def expire_nicks(self, max_idle: float, keep: Collection[str] = ()) -> list[str]:
+        since, kept = self.service_clock() - max_idle, {fold_nick(n) for n in keep}
+        with self._tx() as db:
+            idle = db.execute("SELECT nick_key, nick FROM users WHERE seen < ?", (since,)).fetchall()
+            gone = [(key, nick) for key, nick in idle if key not in kept]
+            for key, _ in gone:
+                _release(db, key)
+        return [nick for _, nick in gone]
 
     def publish(
-        self, nick: str, identity: KeyIdentity, spk: SignedPrekeyRecord, opks: tuple[OneTimePrekeyRecord, ...]
+        self,
+        nick: str,
+        identity: KeyIdentity,
+        spk: SignedPrekeyRecord,
+        opks: tuple[OneTimePrekeyRecord, ...],
+        *,
+        max_held: int | None = None,
     ) -> None:
         key = fold_nick(nick)
         with self._tx() as db:
             old = db.execute("SELECT sig_key, dh_key FROM bundles WHERE nick_key=?", (key,)).fetchone()
             if old is not None and (bytes(old[0]), bytes(old[1])) != (identity.sig_key, identity.dh_key):
                 db.execute("DELETE FROM opks WHERE nick_key=?", (key,))  # prekeys of a former identity
+            if max_held is not None:
+                held = {row[0] for row in db.execute("SELECT id FROM opks WHERE nick_key=?", (key,))}
+                fresh = [opk for opk in opks if opk.id not in held][: max(0, max_held - len(held))]
+                opks = tuple(opk for opk in opks if opk.id in held) + tuple(fresh)
             db.execute(
                 "INSERT OR REPLACE INTO bundles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -512,7 +706,7 @@ class SqliteStore:
                 [(key, opk.id, opk.public, opk.signature) for opk in opks],
             )
 
-    def take_bundle(self, nick: str) -> StoredBundle | None:
+    def take_bundle(self, nick: str, *, take_opk: Callable[[], bool] | None = None) -> StoredBundle | None:
         key = fold_nick(nick)
         with self._tx() as db:
             row = db.execute(
@@ -526,7 +720,7 @@ class SqliteStore:
                 "SELECT id, pub, sig FROM opks WHERE nick_key=? ORDER BY id LIMIT 1", (key,)
             ).fetchone()
             opk = None
-            if opk_row is not None:
+            if opk_row is not None and (take_opk is None or take_opk()):
                 db.execute("DELETE FROM opks WHERE nick_key=? AND id=?", (key, opk_row[0]))
                 opk = OneTimePrekeyRecord(
                     id=opk_row[0], public=bytes(opk_row[1]), signature=bytes(opk_row[2])
@@ -553,6 +747,7 @@ class SqliteStore:
         ciphertext: bytes,
         ts: float,
         *,
+        limits: QueueLimits | None = None,
         before_commit: Callable[[int], None] | None = None,
     ) -> int:
         args = (fold_nick(recipient), msg_id, fold_nick(sender))
@@ -567,14 +762,21 @@ class SqliteStore:
                     row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='queue'").fetchone()
                     if row is None or int(row[0]) < self._spent_id:
                         floor = self._spent_id + 1
-                db.execute(
-                    "INSERT OR IGNORE INTO queue (id, recipient, msg_id, sender, header, ciphertext, ts, svc)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (floor, *args, header, ciphertext, ts, self.service_clock()),
-                )
-                (whisper_id,) = db.execute(
+                queued = db.execute(
                     "SELECT id FROM queue WHERE recipient=? AND msg_id=? AND sender=?", args
                 ).fetchone()
+                if queued is None:  # new: a resend of a queued whisper is never refused
+                    if limits is not None:
+                        _check_quotas(db, args[0], args[2], len(header) + len(ciphertext), limits)
+                    cursor = db.execute(
+                        "INSERT INTO queue (id, recipient, msg_id, sender, header, ciphertext, ts, svc)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (floor, *args, header, ciphertext, ts, self.service_clock()),
+                    )
+                    assert cursor.lastrowid is not None  # a row was inserted
+                    whisper_id = cursor.lastrowid
+                else:
+                    (whisper_id,) = queued
                 # Sent again (after a failure, in a new session): that failure is answered.
                 db.execute("DELETE FROM failures WHERE recipient=? AND msg_id=? AND sender=?", args)
                 if before_commit is not None:
@@ -587,16 +789,32 @@ class SqliteStore:
             raise
         return int(whisper_id)
 
-    def pending(self, recipient: str) -> list[QueuedWhisper]:
+    def pending(
+        self, recipient: str, *, after: int = 0, upto: int | None = None, limit: int | None = None
+    ) -> list[QueuedWhisper]:
         with self._read() as db:
             rows = db.execute(
-                "SELECT id, recipient, msg_id, sender, header, ciphertext, ts FROM queue WHERE recipient=? "
-                "ORDER BY id",
-                (fold_nick(recipient),),
+                "SELECT id, recipient, msg_id, sender, header, ciphertext, ts FROM queue "
+                "WHERE recipient=? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+                (
+                    fold_nick(recipient),
+                    after,
+                    _NO_ID_ABOVE if upto is None else upto,
+                    -1 if limit is None else limit,
+                ),
             ).fetchall()
         return [QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6]) for r in rows]
 
-    def ack(self, recipient: str, whisper_id: int, failed: str = "") -> QueuedWhisper | None:
+    def newest_queued(self, recipient: str) -> int:
+        with self._read() as db:
+            (newest,) = db.execute(
+                "SELECT MAX(id) FROM queue WHERE recipient=?", (fold_nick(recipient),)
+            ).fetchone()
+        return int(newest or 0)
+
+    def ack(
+        self, recipient: str, whisper_id: int, failed: str = "", *, keep_failures: int | None = None
+    ) -> QueuedWhisper | None:
         with self._tx(durable=bool(failed)) as db:
             r = db.execute(
                 "SELECT id, recipient, msg_id, sender, header, ciphertext, ts FROM queue "
@@ -608,13 +826,21 @@ class SqliteStore:
             db.execute("DELETE FROM queue WHERE id=?", (whisper_id,))
             if failed:
                 db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", (r[3], r[2], r[1], failed))
+                if keep_failures is not None:
+                    # A sender and a recipient working together could otherwise grow the
+                    # sender's failures without bound, the queue quotas notwithstanding.
+                    db.execute(
+                        "DELETE FROM failures WHERE sender=? AND rowid <= (SELECT rowid FROM failures "
+                        "WHERE sender=? ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+                        (r[3], r[3], keep_failures),
+                    )
         return QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6])
 
-    def failures(self, sender: str) -> list[tuple[str, str, str]]:
+    def failures(self, sender: str, limit: int | None = None) -> list[tuple[str, str, str]]:
         with self._read() as db:
             rows = db.execute(
-                "SELECT recipient, msg_id, reason FROM failures WHERE sender=? ORDER BY rowid",
-                (fold_nick(sender),),
+                "SELECT recipient, msg_id, reason FROM failures WHERE sender=? ORDER BY rowid LIMIT ?",
+                (fold_nick(sender), -1 if limit is None else limit),
             ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
