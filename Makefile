@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: certs run test soak chaos bench lint clean
+.PHONY: certs run test soak chaos abuse bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ chaos: $(STAMP)
 		echo "faketime not installed (apt-get install faketime): the clock-jump scenario will skip"
 	SECURECHAT_CHAOS=long SECURECHAT_CHAOS_FIGURES=$(abspath $(CHAOS_FIGURES)) timeout 900 \
 		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_chaos.py
+
+# Attacks a real server and a real client and prints what each attack achieved next to the
+# limit that should stop it (queue, connection, prekey, publish, registration and login
+# floods, half lines, TLS, a hostile server against `client --json`); fails where a limit
+# does not hold. Sources across 127.0.0.0/8 only. JSON in ABUSE_FIGURES; docs/abuse.md.
+ABUSE_FIGURES ?= $(VENV)/abuse-figures.json
+abuse: $(STAMP)
+	SECURECHAT_ABUSE=long SECURECHAT_ABUSE_FIGURES=$(abspath $(ABUSE_FIGURES)) timeout 1200 \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_abuse.py
 
 # securechat, ngIRCd over TLS and a classroom relay side by side; rewrites the table and
 # plot in docs/performance.md. Installs ngircd with apt-get if it can (root), else skips it.
