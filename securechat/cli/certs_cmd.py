@@ -11,7 +11,14 @@ __all__ = ["add_parsers"]
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    certs = sub.add_parser("certs", help="make a local CA and a server certificate (for trying it out)")
+    certs = sub.add_parser(
+        "certs",
+        help="make a throwaway CA and a server certificate for a year (for trying it out)",
+        description="Writes ca.pem (the root clients trust), server.pem (the server certificate "
+        "followed by its intermediate) and server.key (0600). The CA keys are never saved. "
+        "For real use, give the server a certificate from a CA (Let's Encrypt, your "
+        "organisation's) with its full chain instead.",
+    )
     certs.add_argument(
         "--dir", type=Path, default=DEFAULT_CERT_DIR, help="where to write (default: %(default)s)"
     )
@@ -26,17 +33,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def run_certs(args: argparse.Namespace) -> int:
-    from ..certs import make_certs
+    from ..certs import SERVER_CERT_LIFETIME, make_certs
 
     hosts = args.host or ["localhost", "127.0.0.1"]
     try:
         paths, written = make_certs(args.dir, hosts, force=args.force)
+    except ValueError as exc:
+        raise UsageError(f"--host: {exc}") from None
     except OSError as exc:
         raise UsageError(f"cannot write certificates to {args.dir}: {exc}") from None
     if written:
         print(
-            f"wrote {paths.ca} (trust this in clients), {paths.cert} and {paths.key} (0600) "
-            f"for {', '.join(hosts)}"
+            f"wrote {paths.ca} (trust this in clients), {paths.cert} (certificate and intermediate) "
+            f"and {paths.key} (0600) for {', '.join(hosts)}, valid for {SERVER_CERT_LIFETIME.days} "
+            "days: renew with --force"
         )
     else:
         print(f"certificates already in {args.dir}; pass --force to replace them")
