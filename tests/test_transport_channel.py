@@ -245,3 +245,38 @@ def test_finish_now_ends_the_stream_cleanly_or_leaves_it_to_finish_sending(
     assert server.finish_now()
     assert recv_exactly(client, 11) == b"last words\n"
     assert client.recv() == b""  # close_notify, then the half-close
+
+
+class RecordingSocket:
+    """A socket that notes how many bytes each `recv` asks for."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.asked: list[int] = []
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        self.asked.append(size)
+        return self._sock.recv(size, flags)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+def test_reads_the_socket_in_small_chunks(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
+    # A 256 KiB read buffer grew the incoming memory BIO to 256 KiB for good; a
+    # connection parked on a half line then held ~209 KiB. One TLS record at a time.
+    a, b = socket.socketpair()
+    recording = RecordingSocket(a)
+    server = TlsChannel(recording, server_ctx, server_side=True)  # type: ignore[arg-type]
+    client = TlsChannel(b, client_ctx, server_side=False, server_hostname="localhost")
+    thread, result = in_thread(server.handshake)
+    client.handshake()
+    thread.join(WAIT)
+    assert result == [None]
+    payload = os.urandom(256 * 1024)
+    sender, _ = in_thread(lambda: client.send(payload))
+    assert recv_exactly(server, len(payload)) == payload
+    sender.join(WAIT)
+    assert max(recording.asked) <= 17 * 1024
+    server.close()
+    client.close()

@@ -25,7 +25,17 @@ from collections.abc import Callable
 
 __all__ = ["TlsChannel"]
 
-_RECV_CHUNK = 256 * 1024
+#: Ciphertext is read from the socket at most this much at a time: one full TLS record
+#: (16 KiB of plaintext plus its overhead). The incoming memory BIO keeps the largest size
+#: it ever held, and a 256 KiB read made every connection that once received a burst (or
+#: sits on half a line) hold ~209 KiB for good; reading more per call barely helps
+#: throughput, since `recv` loops until the socket is drained anyway.
+_RECV_CHUNK = 17 * 1024
+#: Plaintext is taken from OpenSSL at most this much per call (one record's worth).
+_READ_SLICE = 16 * 1024
+#: One `recv` returns at most about this much plaintext when more is already waiting: a
+#: read is what the server batches room lines by, so it should not shrink with the chunk.
+_RECV_BATCH = 256 * 1024
 #: Plaintext is handed to OpenSSL at most this much at a time (one TLS record's worth).
 #: A memory BIO never gives back the room it once needed, so writing a 50 KiB frame
 #: at once would leave every session holding 50 KiB of empty buffer afterwards.
@@ -59,7 +69,7 @@ class TlsChannel:
         self._send_lock = threading.Lock()  # orders drains of _outgoing with their sendall
         self._backlog = b""  # ciphertext send_now could not hand over; guarded by _send_lock
         self._closed = False
-        self._poll: select.poll | None = None  # created by the first blocking read
+        self._poll: select.poll | None = None  # created by the first read that finds nothing waiting
 
     @property
     def socket(self) -> socket.socket:
@@ -101,14 +111,20 @@ class TlsChannel:
 
         End of stream is a close_notify or the peer closing the socket (a TLS
         "ragged EOF" is treated as a close: the protocol above has its own framing).
+
+        The socket is read one TLS record (`_RECV_CHUNK`) at a time, decrypting after
+        each, so the incoming BIO never grows past a record; what the kernel already
+        holds is still taken in the same call (without blocking, up to `_RECV_BATCH`),
+        so a burst reaches the caller in one piece, as the server's line batching wants.
         """
+        chunks: list[bytes] = []
+        size = 0
         while True:
             with self._tls_lock:
-                chunks: list[bytes] = []
                 eof = False
                 while True:
                     try:
-                        chunk = self._tls.read(_RECV_CHUNK)
+                        chunk = self._tls.read(_READ_SLICE)
                     except ssl.SSLWantReadError:
                         break
                     except ssl.SSLZeroReturnError:
@@ -118,23 +134,45 @@ class TlsChannel:
                         eof = True
                         break
                     chunks.append(chunk)
+                    size += len(chunk)
                 reply_pending = self._outgoing.pending > 0
-            if chunks:
-                return b"".join(chunks)
-            if eof:
-                return b""
             if reply_pending:  # e.g. a TLS 1.3 KeyUpdate answer produced by the read
                 self._flush()
+            if chunks and (eof or size >= _RECV_BATCH):
+                return b"".join(chunks)  # the end of stream, if any, comes with the next call
+            if eof:
+                return b""
             try:
-                data = self._recv_raw()
+                data = self._recv_more() if chunks else self._recv_raw()
             except OSError:
+                if chunks:
+                    return b"".join(chunks)  # the error surfaces at the next call
                 if self._closed:
                     return b""
                 raise
             if not data:
-                return b""
+                return b"".join(chunks)
             with self._tls_lock:
                 self._incoming.write(data)
+
+    def _recv_more(self) -> bytes:
+        """Bytes the socket holds already, without waiting; b"" if none.
+
+        Asked with a zero-timeout poll: on a socket with a timeout (the client's), Python
+        waits for data before `recv` even with MSG_DONTWAIT.
+        """
+        if not self._poller().poll(0):
+            return b""
+        try:
+            return self._sock.recv(_RECV_CHUNK, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return b""
+
+    def _poller(self) -> select.poll:
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self._sock, select.POLLIN)
+        return self._poll
 
     def _recv_raw(self) -> bytes:
         """The next bytes from the socket, blocking until there are some.
@@ -148,10 +186,7 @@ class TlsChannel:
             return self._sock.recv(_RECV_CHUNK, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             pass
-        if self._poll is None:
-            self._poll = select.poll()
-            self._poll.register(self._sock, select.POLLIN)
-        self._poll.poll()  # woken by data, by the peer closing, or by `shutdown`
+        self._poller().poll()  # woken by data, by the peer closing, or by `shutdown`
         return self._sock.recv(_RECV_CHUNK)
 
     def send(self, data: bytes) -> None:
