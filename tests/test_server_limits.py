@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
 import resource
 import socket
@@ -13,12 +15,17 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from chat import TIMEOUT, next_matching
 from conftest import RawTls, StartServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from server_process import free_port
 
 from securechat import Client
+from securechat.e2e.login import login_message
+from securechat.e2e.primitives import ed25519_public, ed25519_sign
 from securechat.protocol import Error, Left, Message
+from securechat.server import Server
 
 
 def test_a_flooder_is_slowed_then_dropped_while_others_get_through(
@@ -72,7 +79,8 @@ def test_rate_limit_refuses_without_disconnecting_below_the_strike_limit(
 
 
 def test_connections_per_ip_are_capped(start_server: StartServer) -> None:
-    server = start_server(max_per_ip=3, handshake_timeout=30)
+    # The three are idle (never start TLS): they need a budget of three not logged in.
+    server = start_server(max_per_ip=3, max_prelogin_per_prefix=3, accept_burst=10, handshake_timeout=30)
     held = [socket.create_connection(server.address) for _ in range(3)]
     assert server.wait_sessions_at_least(3, TIMEOUT)
     extra = socket.create_connection(server.address, timeout=TIMEOUT)
@@ -172,7 +180,13 @@ def test_out_of_descriptors_the_listener_backs_off_keeps_its_users_and_lets_newc
         alice.connect()
         bob.connect()
         # Plain TCP connections that never start TLS: each accepted one holds a descriptor.
-        flood = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(FLOOD)]
+        # From four /24s, each within its budget of connections not logged in yet.
+        flood = [
+            socket.create_connection(
+                ("127.0.0.1", port), timeout=TIMEOUT, source_address=(f"127.0.{1 + i % 4}.2", 0)
+            )
+            for i in range(FLOOD)
+        ]
         assert exhausted.wait(TIMEOUT), "the server never ran out of descriptors"
         # The measurement: a window of out-of-descriptor time. The spinning accept loop
         # used ~95% of a core here; backing off uses almost nothing. 30% is generous.
@@ -204,3 +218,223 @@ def test_out_of_descriptors_the_listener_backs_off_keeps_its_users_and_lets_newc
     # Once when it began, at most once per 10 s while it lasted, once when it ended; the
     # spinning loop wrote ~40,000 lines a second.
     assert 1 <= len(about_accept) <= 4, about_accept[:10]
+
+
+# -- limits per address prefix ------------------------------------------------------------
+# The whole of 127.0.0.0/8 is loopback: binding the client side to 127.0.0.2, 127.0.1.2,
+# ... gives a test as many source addresses, and prefixes, as it wants.
+
+
+def tcp_from(server: Server, source: str) -> socket.socket:
+    """A plain TCP connection to `server` from the loopback address `source`."""
+    return socket.create_connection(server.address, timeout=TIMEOUT, source_address=(source, 0))
+
+
+class TlsFrom(RawTls):
+    """A `RawTls` connection (nothing sent yet) from the loopback address `source`."""
+
+    def __init__(self, server: Server, ctx: ssl.SSLContext, source: str) -> None:
+        self.sock = ctx.wrap_socket(tcp_from(server, source), server_hostname="localhost")
+        self._buf = b""
+
+
+def tls_from(server: Server, ctx: ssl.SSLContext, source: str) -> RawTls:
+    return TlsFrom(server, ctx, source)
+
+
+def guest_from(server: Server, ctx: ssl.SSLContext, source: str, nick: str) -> RawTls:
+    """A guest logged in from `source` (the welcome has been read)."""
+    conn = tls_from(server, ctx, source)
+    conn.send_line(json.dumps({"type": "hello", "version": 1, "nick": nick}))
+    assert conn.read_json()["type"] == "welcome"
+    return conn
+
+
+def closed_at_once(sock: socket.socket) -> bool:
+    """Whether the server closed this fresh connection without a word (refused before
+    TLS). A connection it kept waits for our TLS hello: recv times out instead."""
+    try:
+        return sock.recv(10) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def identity_login(
+    server: Server, ctx: ssl.SSLContext, source: str, nick: str, key: bytes, *, forge: bool = False
+) -> tuple[RawTls, dict[str, object]]:
+    """Log in as `nick` with the Ed25519 private `key` from `source`; returns the connection
+    and the server's answer to the proof (welcome or error). `forge` signs the wrong thing."""
+    public = ed25519_public(key)
+    conn = tls_from(server, ctx, source)
+    hello = {"type": "hello", "version": 1, "nick": nick, "identity": base64.b64encode(public).decode()}
+    conn.send_line(json.dumps(hello))
+    challenge = conn.read_json()
+    if challenge["type"] != "challenge":
+        return conn, challenge
+    nonce = base64.b64decode(str(challenge["nonce"]))
+    signed = login_message(nick, b"\0" * 32 if forge else nonce, public)
+    signature = base64.b64encode(ed25519_sign(key, signed)).decode()
+    conn.send_line(json.dumps({"type": "auth", "signature": signature}))
+    return conn, conn.read_json()
+
+
+def test_connections_are_capped_per_prefix_not_per_address(
+    start_server: StartServer, client_ctx: ssl.SSLContext
+) -> None:
+    # Reproduced: from 160 loopback addresses, ~4,900 guest sessions (the cap counted exact
+    # addresses). Now one /24 holds at most `max_per_ip` connections, whatever its addresses.
+    server = start_server(max_per_ip=4, accept_burst=10, handshake_timeout=30)
+    guests = [guest_from(server, client_ctx, f"127.0.5.{2 + i}", f"g{i}") for i in range(4)]
+    extra = tcp_from(server, "127.0.5.9")  # a fifth address in the same /24
+    assert closed_at_once(extra)
+    extra.close()
+    # Someone on another network logs in as usual, within the normal timeout.
+    with Client("other", context=client_ctx, port=server.address[1], timeout=TIMEOUT) as other:
+        other.say("hello")
+        assert next_matching(other, Message, text="hello")
+    guests.pop().close()
+    assert server.wait_sessions(3, TIMEOUT)
+    guests.append(guest_from(server, client_ctx, "127.0.5.9", "g9"))  # room again
+    for guest in guests:
+        guest.close()
+
+
+def test_idle_connections_have_their_own_small_budget_and_leave_room_for_logins(
+    start_server: StartServer, client_ctx: ssl.SSLContext
+) -> None:
+    server = start_server(max_per_ip=64, max_prelogin_per_prefix=5, max_prelogin=8, handshake_timeout=30)
+    idle = [tcp_from(server, f"127.0.5.{2 + i}") for i in range(5)]  # never start TLS
+    assert server.wait_sessions_at_least(5, TIMEOUT)
+    flood = [tcp_from(server, f"127.0.5.{10 + i}") for i in range(20)]
+    assert all(closed_at_once(s) for s in flood)  # beyond the /24's budget of 5: refused
+    # Logins from another network are not crowded out by the flood ...
+    with Client("carol", context=client_ctx, port=server.address[1], timeout=TIMEOUT) as carol:
+        carol.say("made it")
+        assert next_matching(carol, Message, text="made it")
+        # ... and a logged-in session no longer counts against the budget: 3 more idle
+        # ones from a third network fill the server's budget of 8, then no more.
+        idle += [tcp_from(server, f"127.0.6.{2 + i}") for i in range(3)]
+        assert server.wait_sessions_at_least(9, TIMEOUT)
+        late = tcp_from(server, "127.0.3.2")
+        assert closed_at_once(late)
+        late.close()
+    for s in [*idle, *flood]:
+        s.close()
+
+
+def test_new_connections_are_throttled_per_prefix(start_server: StartServer) -> None:
+    server = start_server(accept_rate=0.01, accept_burst=3, handshake_timeout=30)
+    held = [tcp_from(server, f"127.0.5.{2 + i}") for i in range(3)]  # the burst
+    assert server.wait_sessions_at_least(3, TIMEOUT)
+    fourth = tcp_from(server, "127.0.5.6")
+    assert closed_at_once(fourth)  # the /24 has used its burst
+    elsewhere = tcp_from(server, "127.0.1.2")  # another /24 has its own bucket
+    assert server.wait_sessions_at_least(4, TIMEOUT)
+    assert not closed_at_once(elsewhere)
+    for s in [*held, fourth, elsewhere]:
+        s.close()
+
+
+def test_room_lines_from_one_prefix_share_one_budget(
+    start_server: StartServer, client_ctx: ssl.SSLContext
+) -> None:
+    # Reproduced: 40 flooders replaced a newcomer's 50 history lines in seconds; each
+    # nick had its own 5/s. Now every session of a /24 draws on one budget.
+    server = start_server(message_rate=100, message_burst=100, prefix_say_rate=0.01, prefix_say_burst=5)
+    a = guest_from(server, client_ctx, "127.0.5.2", "a")
+    b = guest_from(server, client_ctx, "127.0.5.3", "b")
+    for conn in (a, b):  # a's lines, then b's; each followed by a ping to know when all were read
+        conn.sock.sendall(b"".join(b'{"type":"say","text":"spam %d"}\n' % i for i in range(5)))
+        conn.send_line('{"type":"ping","token":"sync"}')
+    relayed: list[object] = []
+    refused: list[dict[str, object]] = []
+    for conn in (a, b):
+        while (frame := conn.read_json())["type"] != "pong":
+            if frame["type"] == "message" and frame["nick"] == ("a" if conn is a else "b"):
+                relayed.append(frame["text"])
+            elif frame["type"] == "error":
+                refused.append(frame)
+    assert len(relayed) == 5  # the prefix's burst, shared by both nicks
+    assert refused and refused[0]["code"] == "rate-limited" and refused[0]["fatal"] is False
+    assert "network" in str(refused[0]["reason"])
+    other = guest_from(server, client_ctx, "127.0.1.2", "other")  # another /24 is unaffected
+    other.send_line('{"type":"say","text":"fine"}')
+    while (frame := other.read_json()).get("nick") != "other":
+        assert frame["type"] == "message" and frame.get("history")  # the room's last lines first
+    assert frame["text"] == "fine"
+    for conn in (a, b, other):
+        conn.close()
+
+
+def test_registrations_are_limited_per_prefix_with_a_retryable_quota_error(
+    start_server: StartServer, client_ctx: ssl.SSLContext
+) -> None:
+    # Reproduced: 78 new nicks a second from one client, each bound for good.
+    server = start_server(registration_burst=3, registrations_per_hour=1)
+    keys = [Ed25519PrivateKey.generate().private_bytes_raw() for _ in range(5)]
+    for i in range(3):
+        conn, answer = identity_login(server, client_ctx, f"127.0.5.{2 + i}", f"user{i}", keys[i])
+        assert answer["type"] == "welcome", answer
+        conn.close()
+    conn, answer = identity_login(server, client_ctx, "127.0.5.9", "user3", keys[3])
+    assert answer["type"] == "error" and answer["code"] == "quota-exceeded" and answer["fatal"] is True
+    assert "new nicks" in str(answer["reason"])
+    conn.close()
+    # A nick already registered logs in again from that network; another network registers.
+    conn, answer = identity_login(server, client_ctx, "127.0.5.2", "user0", keys[0])
+    assert answer["type"] == "welcome", answer
+    conn.close()
+    conn, answer = identity_login(server, client_ctx, "127.0.1.2", "user4", keys[4])
+    assert answer["type"] == "welcome", answer
+    conn.close()
+
+
+def test_an_operator_can_close_registrations(start_server: StartServer, client_ctx: ssl.SSLContext) -> None:
+    server = start_server(registrations_per_hour=0)
+    conn, answer = identity_login(
+        server, client_ctx, "127.0.5.2", "newbie", Ed25519PrivateKey.generate().private_bytes_raw()
+    )
+    assert answer["code"] == "quota-exceeded" and "no new registrations" in str(answer["reason"])
+    conn.close()
+    guest = guest_from(server, client_ctx, "127.0.5.2", "visitor")  # guests still chat
+    guest.close()
+
+
+def test_failed_logins_are_logged_for_fail2ban_and_back_off_per_prefix(
+    start_server: StartServer, client_ctx: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_server(login_failure_burst=3, login_failure_interval=3600)
+    alice_key = Ed25519PrivateKey.generate().private_bytes_raw()
+    conn, answer = identity_login(server, client_ctx, "127.0.1.2", "alice", alice_key)
+    assert answer["type"] == "welcome"
+    conn.close()
+    caplog.set_level(logging.WARNING, logger="securechat.server.authfail")
+    # 1: a guest claims alice's nick; 2: someone proves a key badly; 3: another key.
+    impostor = tls_from(server, client_ctx, "127.0.5.5")
+    impostor.send_line('{"type":"hello","version":1,"nick":"alice"}')
+    assert impostor.read_json()["code"] == "nick-registered"
+    impostor.close()
+    conn, answer = identity_login(server, client_ctx, "127.0.5.6", "alice", alice_key, forge=True)
+    assert answer["code"] == "auth-failed"
+    conn.close()
+    other_key = Ed25519PrivateKey.generate().private_bytes_raw()
+    conn, answer = identity_login(server, client_ctx, "127.0.5.7", "alice", other_key)
+    assert answer["code"] == "nick-registered"
+    conn.close()
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auth failure")]
+    assert failures == [
+        "auth failure from 127.0.5.5 for nick alice: nick registered to another key",
+        "auth failure from 127.0.5.6 for nick alice: identity proof failed",
+        "auth failure from 127.0.5.7 for nick alice: nick registered to another key",
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.getMessage() in failures)
+    # The /24 has used its failures: its next login is refused for now, not for good.
+    conn, answer = identity_login(server, client_ctx, "127.0.5.8", "alice", alice_key)
+    assert answer["type"] == "error" and answer["code"] == "busy" and answer["fatal"] is True
+    conn.close()
+    # Alice, from her own network, is not locked out by someone else's guessing.
+    conn, answer = identity_login(server, client_ctx, "127.0.1.2", "alice", alice_key)
+    assert answer["type"] == "welcome"
+    conn.close()

@@ -30,7 +30,9 @@ def test_hundreds_of_stalled_handshakes_neither_block_a_new_client_nor_outlive_t
     server = start_server(handshake_timeout=2.0, max_per_ip=1000)
     stalled = []
     for i in range(300):
-        s = socket.create_connection(server.address)
+        # From three /24s other than the newcomer's, each within its budget of
+        # connections not logged in yet (a quarter of max_per_ip).
+        s = socket.create_connection(server.address, source_address=(f"127.0.{7 + i % 3}.2", 0))
         if i % 2:
             s.sendall(b"\x16\x03\x01\x02")  # the start of a ClientHello, then nothing
         stalled.append(s)
@@ -150,7 +152,9 @@ def fuzz_worker(
 def test_ten_thousand_fuzzed_frames_from_several_connections(
     start_server: StartServer, client_ctx: ssl.SSLContext
 ) -> None:
-    server = start_server()
+    # The fuzzers reconnect after every fatal frame and fail logins on purpose: this test is
+    # about frames, so the per-prefix limits on connecting and failing are lifted.
+    server = start_server(max_per_ip=100_000, login_failure_burst=1e9)
     alice = Client("alice", context=client_ctx, port=server.address[1])
     bob = Client("bob", context=client_ctx, port=server.address[1])
     alice.connect()
@@ -206,3 +210,75 @@ def test_a_wall_clock_jump_of_up_to_a_year_neither_expires_queued_whispers_nor_k
         bob.close()
     finally:
         server.stop()
+
+
+# -- half lines ---------------------------------------------------------------------------
+
+
+class Trickler:
+    """Keeps a line from ever ending: one byte of it every `every` seconds, in a thread,
+    until the server closes the connection. `frames` are what the server sent."""
+
+    def __init__(self, conn: RawTls, every: float) -> None:
+        self.conn = conn
+        self.frames: list[dict[str, object]] = []
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, daemon=True)
+
+    def __enter__(self) -> Trickler:
+        self.conn.sock.sendall(b'{"type":"say","text":"')  # the line begins, and never ends
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(TIMEOUT)
+
+    def _trickle(self) -> None:
+        # Pacing, not a hope about timing: each byte keeps the line alive a little longer.
+        while not self._stop.wait(self._every):
+            try:
+                self.conn.sock.sendall(b"x")
+            except OSError:
+                return
+
+    def frames_until_closed(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.conn.read_until_closed()]
+
+
+def guest(server: Server, ctx: ssl.SSLContext, nick: str) -> RawTls:
+    conn = RawTls(server.address, ctx)
+    conn.send_line(json.dumps({"type": "hello", "version": 1, "nick": nick}))
+    assert conn.read_json()["type"] == "welcome"
+    return conn
+
+
+def test_a_line_trickled_byte_by_byte_is_cut_off_at_the_line_timeout(
+    start_server: StartServer, client_ctx: ssl.SSLContext
+) -> None:
+    # Reproduced: a connection parked on an incomplete line stayed up for ever by sending
+    # a byte now and then, holding its buffers. Now the line must end within `line_timeout`.
+    server = start_server(line_timeout=0.5)
+    with Trickler(guest(server, client_ctx, "slow"), every=0.05) as trickler:
+        frames = trickler.frames_until_closed()
+    assert frames[-1] == {
+        "type": "error",
+        "code": "timeout",
+        "reason": "a line took too long to arrive",
+        "fatal": True,
+        "ref": "",
+    }
+    assert server.wait_sessions(0, TIMEOUT)
+    trickler.conn.close()
+
+
+def test_keepalive_counts_only_complete_frames(start_server: StartServer, client_ctx: ssl.SSLContext) -> None:
+    # Bytes of a line that never ends are not a sign of life: the peer is pinged, and
+    # dropped when no answer (a complete frame) comes.
+    server = start_server(ping_interval=0.3, ping_timeout=0.3, line_timeout=3600)
+    with Trickler(guest(server, client_ctx, "mute"), every=0.05) as trickler:
+        frames = trickler.frames_until_closed()
+    assert [f["type"] for f in frames] == ["ping", "error"]
+    assert frames[-1]["reason"] == "no answer to ping"
+    trickler.conn.close()

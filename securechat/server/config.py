@@ -43,8 +43,10 @@ class ServerConfig:
     message_burst: float = 20.0
     #: Frames refused for rate in a row before the session is dropped as abusive.
     max_strikes: int = 50
-    #: Open connections in all, and from one IP address. A class behind one NAT shares
-    #: an address, so the per-IP cap is well above ngIRCd's 5 or InspIRCd's 3.
+    #: Open connections in all, and from one address prefix (an IPv4 /24 or IPv6 /64:
+    #: see `ipv4_prefix`; the name predates prefixes, `--max-per-ip` sets it). A class
+    #: behind one NAT shares an address, so the cap is well above ngIRCd's 5 or
+    #: InspIRCd's 3. Several per-prefix limits below default to shares of it.
     max_sessions: int = 10_000
     max_per_ip: int = 64
     #: A session silent this long gets a ping; silent `ping_timeout` longer, it is dropped
@@ -74,3 +76,41 @@ class ServerConfig:
     #: that is not mounted) may be initialised as a new server. The library allows it;
     #: `securechat server` only with --init, so a lost directory is never started empty.
     init_data_dir: bool = True
+
+    # -- Limits per address prefix (addresses.py; docs/operations.md, "Limits") ---------
+    #: Connections, accepts, room lines, registrations and failed logins are counted by
+    #: network, not by exact address: one attacker easily has a run of IPv4 addresses and
+    #: a whole IPv6 /64. Prefix lengths in bits; 32 and 128 count exact addresses.
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+    #: Connections not logged in yet (TLS handshake, hello, identity proof), per prefix
+    #: (None: a quarter of `max_per_ip`, 16) and in all: a flood of idle TLS connections
+    #: is refused at once instead of crowding out people logging in.
+    max_prelogin_per_prefix: int | None = None
+    max_prelogin: int = 512
+    #: New connections accepted per second per prefix, and the burst (None: half of
+    #: `max_per_ip` per second after a burst of `max_per_ip`). Beyond, closed at once,
+    #: before any TLS work.
+    accept_rate: float | None = None
+    accept_burst: float | None = None
+    #: Room lines per second that all sessions of one prefix share, and the burst (None:
+    #: half a line per second per connection `max_per_ip` allows, 32/s after a burst of
+    #: 32; off when `message_rate` is 0; an explicit 0 turns it off).
+    prefix_say_rate: float | None = None
+    prefix_say_burst: float | None = None
+    #: New nicks registered per hour per prefix, after a burst (a class registering on
+    #: its first day). 0: no new registrations at all (existing nicks still log in).
+    registrations_per_hour: float = 20.0
+    registration_burst: float = 30.0
+    #: Failed logins (bad proof, a nick registered to another key) a prefix may make;
+    #: then its logins are refused (`busy`) except one more try per interval.
+    login_failure_burst: float = 10.0
+    login_failure_interval: float = 30.0
+    #: Prefixes each per-prefix table remembers (least recently used forgotten first).
+    prefix_table_size: int = 4096
+    #: Once the first byte of a line arrived, the rest must follow within this: a peer
+    #: trickling a line byte by byte would otherwise hold its buffers for ever.
+    line_timeout: float = 30.0
+    #: After this many sessions ended since the peak (and at least half of them), the
+    #: server hands freed heap memory back to the system (glibc `malloc_trim`). 0: never.
+    heap_trim_after: int = 256

@@ -10,11 +10,12 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from types import TracebackType
 
 from ..protocol import Bye, Message
+from . import heap
+from .addresses import ConnectionCounts, PrefixGuards, PrefixLimits
 from .config import ServerConfig
 from .datadir import DB_NAME, DataDir
 from .deadlines import Watchdog
@@ -97,7 +98,20 @@ class Server:
         self._lock = threading.Condition()
         self._sessions: dict[Session, threading.Thread] = {}
         self._finished: list[threading.Thread] = []
-        self._per_ip: Counter[str] = Counter()
+        limits = PrefixLimits.from_config(config)
+        self._limits = limits
+        # Open and not-yet-logged-in connections per prefix; guarded by `_lock`.
+        self._counts = ConnectionCounts(limits)
+        # Sessions counted as logged in by `_counts`; guarded by `_lock`.
+        self._logged_in: set[Session] = set()
+        # When to give freed memory back after a flood; guarded by `_lock`.
+        self._trim = heap.TrimAfterDrop(config.heap_trim_after)
+        # Per-prefix token buckets shared by the listener and every session (thread-safe).
+        self._guards = PrefixGuards(limits)
+        # Refused connections not yet logged, and when the last line about them was
+        # written; used only by the listener thread.
+        self._refused = 0
+        self._refused_logged_at: float | None = None
         self._stopping = False
 
     @property
@@ -185,19 +199,40 @@ class Server:
         self._watchdog.after(_PRESENCE_FLUSH_EVERY, self._flush_presence)
 
     def _sweep_every(self) -> float:
-        # Often enough that a ping or a drop is at most a quarter-interval late.
-        return max(0.05, min(self.config.ping_interval, self.config.ping_timeout) / 4)
+        # Often enough that a ping, a drop or a cut-off line is at most a quarter-interval late.
+        config = self.config
+        return max(0.05, min(config.ping_interval, config.ping_timeout, config.line_timeout) / 4)
 
     def _sweep(self) -> None:
-        """Keepalive for every session (runs in the watchdog thread, then reschedules)."""
+        """Keepalive and line deadlines for every session, and giving memory back after a
+        flood (runs in the watchdog thread, then reschedules)."""
         now = time.monotonic()
         with self._lock:
             if self._stopping:
                 return
             sessions = list(self._sessions)
+            trim = self._trim.due(len(sessions))
         for session in sessions:
             session.check_alive(now)
+        if trim:
+            self._trim_heap(len(sessions))
         self._watchdog.after(self._sweep_every(), self._sweep)
+
+    @staticmethod
+    def _trim_heap(sessions: int) -> None:
+        """Give the memory a flood of sessions left free back to the system (glibc keeps
+        it otherwise; measured in docs/operations.md). Watchdog thread."""
+        before = heap.rss_kib()
+        if heap.trim():
+            after = heap.rss_kib()
+            if before is not None and after is not None:
+                log.info(
+                    "sessions down to %d: gave %d MiB of freed memory back (resident %d -> %d MiB)",
+                    sessions,
+                    (before - after) // 1024,
+                    before // 1024,
+                    after // 1024,
+                )
 
     def expire_queue(self) -> int:
         """Delete queued whispers older than `queue_ttl` of service time; how many went.
@@ -267,13 +302,15 @@ class Server:
                 return False
             self._accept_faults.recovered()
             ip = addr[0]
+            prefix = self._limits.prefix(ip)
             with self._lock:
-                full = len(self._sessions) >= self.config.max_sessions
-                crowded = self._per_ip[ip] >= self.config.max_per_ip
-            if full or crowded:
-                # Before TLS there is no way to say why; a closed connection it is.
-                log.warning("refusing %s: %s", ip, "server full" if full else "too many connections from it")
+                refusal = self._counts.refusal(prefix)
+            if refusal is None and not self._guards.accept(prefix):
+                refusal = "connecting too fast from its network"
+            if refusal is not None:
+                # Refused before any TLS work, the cheapest answer: a closed connection.
                 sock.close()
+                self._log_refusal(ip, prefix, refusal)
                 continue
             sock.setblocking(True)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -286,6 +323,9 @@ class Server:
                 relay=self._relay,
                 watchdog=self._watchdog,
                 config=self.config,
+                prefix=prefix,
+                guards=self._guards,
+                on_login=self._session_logged_in,
             )
             thread = threading.Thread(
                 target=self._run_session, args=(session,), name=f"securechat-session-{peer}", daemon=True
@@ -295,20 +335,45 @@ class Server:
                     sock.close()
                     return True
                 self._sessions[session] = thread
-                self._per_ip[ip] += 1
+                self._counts.opened(prefix)
+                self._trim.seen(len(self._sessions))
                 self._lock.notify_all()
             try:
                 thread.start()
             except RuntimeError as exc:  # no thread to be had: as if out of descriptors
                 with self._lock:
                     del self._sessions[session]
-                    self._per_ip[ip] -= 1
-                    if self._per_ip[ip] <= 0:
-                        del self._per_ip[ip]
+                    self._counts.closed(prefix, logged_in=False)
                     self._lock.notify_all()
                 sock.close()
                 self._accept_faults.failed(str(exc))
                 return False
+
+    def _log_refusal(self, ip: str, prefix: str, why: str) -> None:
+        """Log a refused connection: the first at once, then at most one line per
+        `fault_log_interval` with the count (a flood is refused thousands of times a
+        second). Listener thread."""
+        self._refused += 1
+        now = time.monotonic()
+        last = self._refused_logged_at
+        if last is not None and now - last < self.config.fault_log_interval:
+            return
+        log.warning(
+            "refusing %s (%s): %s (%d connections refused since the last such line)",
+            ip,
+            prefix,
+            why,
+            self._refused,
+        )
+        self._refused, self._refused_logged_at = 0, now
+
+    def _session_logged_in(self, session: Session) -> None:
+        """A session logged in (its reader thread calls this once): it leaves the budget
+        of connections not logged in."""
+        with self._lock:
+            if session in self._sessions and session not in self._logged_in:
+                self._logged_in.add(session)
+                self._counts.logged_in(session.prefix)
 
     def _run_session(self, session: Session) -> None:
         try:
@@ -316,10 +381,9 @@ class Server:
         finally:
             with self._lock:
                 thread = self._sessions.pop(session)
-                ip = session.peer.rsplit(":", 1)[0]
-                self._per_ip[ip] -= 1
-                if self._per_ip[ip] <= 0:
-                    del self._per_ip[ip]
+                logged_in = session in self._logged_in
+                self._logged_in.discard(session)
+                self._counts.closed(session.prefix, logged_in=logged_in)
                 # Keep only threads that may still be exiting, so a long-running
                 # server does not accumulate one Thread object per past session.
                 self._finished = [t for t in self._finished if t.is_alive()]

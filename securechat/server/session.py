@@ -14,11 +14,13 @@ the kernel reset the connection and destroy the last frame before the peer reads
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 from ..protocol import (
     CLOSED,
@@ -48,6 +50,8 @@ from ..protocol import (
     encode,
 )
 from ..transport import TlsChannel
+from .addresses import PrefixGuards
+from .authfail import NICK_REGISTERED, PROOF_FAILED, REGISTRATION_REFUSED, auth_failed
 from .config import ServerConfig
 from .deadlines import Deadline, Watchdog
 from .hub import Hub, NickTaken, NoSuchRoom
@@ -74,8 +78,19 @@ class Session:
         relay: Relay,
         watchdog: Watchdog,
         config: ServerConfig,
+        prefix: str,
+        guards: PrefixGuards,
+        on_login: Callable[[Session], None],
     ) -> None:
+        """`prefix` is the network the peer's address belongs to (addresses.py); `guards`
+        the per-prefix limits all sessions share; `on_login` is called once, from the
+        reader thread, when this session has logged in."""
         self.peer = peer
+        self.address = peer.rsplit(":", 1)[0]  # the peer's IP address, for the logs
+        self.prefix = prefix
+        self._guards = guards
+        self._on_login = on_login
+        self._login_reported = False  # `on_login` was called; reader thread only
         self.nick: str | None = None
         self.sig_key = b""  # the identity key this session proved it holds; b"" for a guest
         self.away = ""
@@ -89,8 +104,14 @@ class Session:
         self._strikes = 0
         self._says: list[Say] = []  # room lines read in this chunk, not yet broadcast
         self._said_bytes = 0  # their text's length
-        self.last_heard = time.monotonic()  # for keepalive: when the peer last sent anything
+        # For keepalive: when the peer last sent a complete frame. Bytes of a line that
+        # never ends do not count. Written by the reader thread, read by the watchdog's
+        # sweep (`check_alive`); a stale read only delays a ping by one sweep.
+        self.last_heard = time.monotonic()
         self._pinged = False
+        # When the line now arriving began (None: no line is half received), for
+        # `line_timeout`. Written by the reader thread, read by the sweep, like `last_heard`.
+        self._partial_since: float | None = None
         self._channel = TlsChannel(sock, context, server_side=True)
         self._conn = Connection(Role.SERVER)
         self._hub = hub
@@ -184,8 +205,10 @@ class Session:
             except (ssl.SSLError, OSError) as exc:
                 log.info("connection from %s broke: %s", self.peer, _describe(exc))
                 data = b""
-            self.last_heard = time.monotonic()
-            self._pinged = False
+            if data.endswith(b"\n"):
+                self._partial_since = None
+            elif data and (self._partial_since is None or b"\n" in data):
+                self._partial_since = time.monotonic()  # a new line began in this chunk
             self._conn.receive_data(data)
             if not self._process_events():
                 return
@@ -211,11 +234,13 @@ class Session:
                 self.close()
                 return False
             assert isinstance(event, Event)
+            self.last_heard = time.monotonic()  # a complete frame: the peer is alive
+            self._pinged = False
             self._handle(event)
         return False
 
     def _handle(self, event: Event) -> None:
-        if isinstance(event, _RATE_LIMITED) and not self._within_rate():
+        if isinstance(event, _RATE_LIMITED) and not self._within_rate(event):
             return
         if isinstance(event, Say) and self._hub.has_room(event.room):
             # Lines that arrived together are broadcast together (see `_flush_says`).
@@ -229,6 +254,9 @@ class Session:
             self._dispatch(event)
         except StoreUnavailable:
             self._store_unavailable(event)
+        if not self._login_reported and self.nick is not None:
+            self._login_reported = True  # no longer counted as a connection logging in
+            self._on_login(self)
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, Hello):
@@ -293,9 +321,16 @@ class Session:
             says, self._says, self._said_bytes = self._says, [], 0
             self._hub.say_many(self.nick, says)
 
-    def _within_rate(self) -> bool:
-        """Take a token for a request; on refusal say so, and drop a session that keeps on."""
-        if self._requests is None or self._requests.allow():
+    def _within_rate(self, event: Event) -> bool:
+        """Take a token for a request (and, for a room line, one of the budget all sessions
+        of this prefix share); on refusal say so, and drop a session that keeps on."""
+        if self._requests is not None and not self._requests.allow():
+            reason = "slow down: too many messages"
+        elif isinstance(event, Say) and not self._guards.say(self.prefix):
+            # 40 nicks from one network get one budget, not 40: a flood cannot wipe the
+            # room's history 40 times faster than one flooder.
+            reason = "slow down: too many messages from your network"
+        else:
             self._strikes = 0
             return True
         self._strikes += 1
@@ -304,14 +339,22 @@ class Session:
                 Error(code=Code.RATE_LIMITED, reason="flooding: disconnected", fatal=True), reason="flooding"
             )
         elif self._strikes == 1 or self._strikes % 10 == 0:  # do not answer a flood with a flood
-            self._reply(Error(code=Code.RATE_LIMITED, reason="slow down: too many messages"))
+            self._reply(Error(code=Code.RATE_LIMITED, reason=reason))
         return False
 
     def check_alive(self, now: float) -> None:
-        """Keepalive, called periodically: ping a quiet peer, drop one that stays silent."""
+        """Keepalive, called periodically by the watchdog thread: ping a quiet peer, drop
+        one that stays silent, and one whose line has not ended within `line_timeout`."""
         with self._lock:
             if self._closing or not self._established:
                 return  # handshaking sessions have their own deadline
+        partial_since = self._partial_since
+        if partial_since is not None and now - partial_since > self._config.line_timeout:
+            self.close(
+                Error(code=Code.TIMEOUT, reason="a line took too long to arrive", fatal=True),
+                reason="incomplete line",
+            )
+            return
         quiet = now - self.last_heard
         if quiet > self._config.ping_interval + self._config.ping_timeout:
             self.close(
@@ -345,7 +388,20 @@ class Session:
             )
 
     def _hello(self, hello: Hello) -> None:
-        if not self._relay.may_claim(hello.nick, hello.identity):
+        backoff = self._guards.login_backoff(self.prefix)
+        if backoff > 0:
+            # The network used up its failed logins: refused for now, not for good, and
+            # not counted as another failure (that would lock it out for ever).
+            log.info("login from %s refused: too many failed logins from %s", self.address, self.prefix)
+            self.close(
+                Error(
+                    code=Code.BUSY,
+                    reason=f"too many failed logins from your network; try again in {math.ceil(backoff)} s",
+                    fatal=True,
+                ),
+                reason="too many failed logins",
+            )
+        elif not self._relay.may_claim(hello.nick, hello.identity):
             self._refuse_registered(hello.nick)
         elif hello.identity:
             self._claim = hello
@@ -355,6 +411,7 @@ class Session:
             self._login(hello)
 
     def _refuse_registered(self, nick: str) -> None:
+        auth_failed(self._guards, self.prefix, self.address, nick, NICK_REGISTERED)
         self.close(
             Error(code=Code.NICK_REGISTERED, reason=f"{nick} is registered to another key", fatal=True),
             reason="nick registered to another key",
@@ -366,8 +423,26 @@ class Session:
             self._reply(Error(code=Code.UNEXPECTED, reason="auth without a hello that claims an identity"))
             return
         if not self._relay.proof_valid(claim.nick, self._nonce, claim.identity, auth.signature):
+            auth_failed(self._guards, self.prefix, self.address, claim.nick, PROOF_FAILED)
             self.close(
                 Error(code=Code.AUTH_FAILED, reason="identity proof failed", fatal=True), reason="auth failed"
+            )
+            return
+        # A nick nobody holds yet (`may_claim` with no key is true only then) costs one of
+        # the network's registrations: nicks are free, and each one is kept for months.
+        if self._relay.may_claim(claim.nick, b"") and not self._guards.register(self.prefix):
+            refused = REGISTRATION_REFUSED
+            auth_failed(self._guards, self.prefix, self.address, claim.nick, refused, count=False)
+            closed = self._guards.registrations_closed
+            self.close(
+                Error(
+                    code=Code.QUOTA,
+                    reason="this server accepts no new registrations"
+                    if closed
+                    else "too many new nicks registered from your network; try again later",
+                    fatal=True,
+                ),
+                reason="registration refused",
             )
             return
         if not self._relay.register(claim.nick, claim.identity):
