@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -9,7 +11,9 @@ from whisper_helpers import FAST_KDF
 
 from securechat.client.keystore import Keystore, default_keystore_dir
 from securechat.client.whispers import WhisperKeys
+from securechat.e2e.conversations import Conversations
 from securechat.e2e.errors import KeystoreError
+from securechat.e2e.identity import Identity
 
 
 def test_files_are_private_and_reload(tmp_path: Path) -> None:
@@ -73,9 +77,9 @@ def test_records_cannot_be_swapped_between_names(tmp_path: Path) -> None:
     d = tmp_path / "ks"
     WhisperKeys.in_keystore(Keystore.create(d, "pw", FAST_KDF), "alice")
     _tamper(
-        d, "UPDATE records SET value = (SELECT value FROM records WHERE name='identity') WHERE name='pins'"
+        d, "UPDATE records SET value = (SELECT value FROM records WHERE name='identity') WHERE name='prekeys'"
     )
-    with pytest.raises(KeystoreError, match="pins"):
+    with pytest.raises(KeystoreError, match="prekeys"):
         Keystore.open(d, "pw").load()
 
 
@@ -182,3 +186,28 @@ def test_messages_are_sealed_and_filed_under_a_tag_not_the_nick(tmp_path: Path) 
     assert [m.state for m in again.messages(peer="bob")] == [MessageState.SHOWN]
     with pytest.raises(ValueError, match="bad record name"):
         again.commit({"Not A Name": b""})  # our misuse, not damage
+
+
+def test_a_keystore_with_all_pins_in_one_record_is_rewritten_one_record_per_pin(tmp_path: Path) -> None:
+    d = tmp_path / "ks"
+    alice = WhisperKeys.in_keystore(Keystore.create(d, None), "alice")
+    bob = Conversations(Identity.generate("bob"))
+    bob_pin = {
+        "identity": {
+            "user": "bob",
+            "sig_key": base64.b64encode(bob.identity.sig_key).decode(),
+            "dh_key": base64.b64encode(bob.identity.public().dh_key).decode(),
+            "dh_sig": base64.b64encode(bob.identity.public().dh_sig).decode(),
+        },
+        "trust": "verified",
+        "pending": None,
+        "was_verified": True,
+        "max_spk_id": 3,
+    }
+    del alice
+    Keystore.open(d, None).save({"pins": json.dumps({"bob": bob_pin}).encode()})  # as older versions wrote
+    alice = WhisperKeys.in_keystore(Keystore.open(d, None), "alice")
+    info = alice.peer_info("bob")
+    assert info is not None and info[1].value == "verified" and info[0].key == bob.identity.public().key
+    records = Keystore.open(d, None).load()
+    assert "pins" not in records and json.loads(records["pin:" + b"bob".hex()]) == bob_pin

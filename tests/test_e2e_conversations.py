@@ -13,7 +13,8 @@ from e2e_helpers import NOW, Clock, fetched_bundle, party
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securechat.e2e.conversations import Conversations, Trust
+from securechat.e2e.bundle import OPK_KEEP
+from securechat.e2e.conversations import MAX_CONTACT_REQUESTS, Conversations, Trust
 from securechat.e2e.errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
 from securechat.e2e.ratchet import MAX_SKIP, parse_header
 
@@ -487,7 +488,10 @@ def a_real_keystore() -> dict[str, bytes]:
     for opk in sorted(bob.secrets.opks)[3:]:
         del bob.secrets.opks[opk]  # a few are as good as a hundred here, and much faster
     records = {k: v for k, v in bob.records().items() if v is not None}
-    assert {"identity", "prekeys", "pins", "index", "seen"} <= set(records)
+    assert {"identity", "prekeys", "index", "seen"} <= set(records)
+    assert {n for n in records if n.startswith("pin:")} == {
+        "pin:" + p.encode().hex() for p in ("alice", "carol")
+    }
     assert len([n for n in records if n.startswith("session:")]) == 2
     return records
 
@@ -581,3 +585,68 @@ def test_random_byte_damage_to_any_record_is_a_value_error_naming_it(data: st.Da
         else:
             del blob[at]
     assert_loads_or_names_the_record({**REAL, name: bytes(blob)}, name)
+
+
+# -- first contacts and pins at scale ------------------------------------------------------
+
+
+def first_contact(bob: Conversations, name: str, seed: int) -> Conversations:
+    """`name` (new to bob) whispers bob once; bob reads it."""
+    sender = party(name, seed)
+    sender.start_session("bob", fetched_bundle(bob))
+    assert (
+        bob.decrypt(name, *send(sender, bob, f"hello from {name}")).plaintext == f"hello from {name}".encode()
+    )
+    return sender
+
+
+def pin_records(records: dict[str, bytes | None]) -> dict[str, bytes | None]:
+    return {n: v for n, v in records.items() if n == "pins" or n.startswith("pin:")}
+
+
+def test_a_new_pin_writes_one_small_record_however_many_there_are() -> None:
+    bob = party("bob", 101)
+    for n in range(40):
+        first_contact(bob, f"user{n}", 1000 + n)
+    bob.take_dirty()
+    first_contact(bob, "newcomer", 999)
+    written = pin_records(bob.take_dirty())
+    # Before: the one "pins" record, all 41 pins again (13 KB), rewritten and flushed each time.
+    assert list(written) == ["pin:" + b"newcomer".hex()]
+    assert sum(len(v or b"") for v in written.values()) < 1024
+    assert all(len(n) <= len("pin:") + 64 for n in bob.records())  # keystore record names
+
+
+def test_unanswered_first_contacts_are_bounded_the_oldest_forgotten_each_still_read() -> None:
+    bob = party("bob", 101)
+    bob.secrets.new_opks(OPK_KEEP - len(bob.secrets.opks))  # enough for every setup below
+    friend = first_contact(bob, "friend", 7)
+    bob.decrypt("friend", *send(friend, bob, "again"))
+    send(bob, friend, "hi friend")  # answered: friend is a contact of ours now
+    senders = [first_contact(bob, f"s{n}", 2000 + n) for n in range(MAX_CONTACT_REQUESTS + 5)]
+    assert len(bob.pins) == MAX_CONTACT_REQUESTS + 1  # before: 106, one per nick anyone made
+    assert bob.pin("friend") is not None and bob.has_session("friend")
+    for n in range(5):  # the oldest five: pin and sessions gone
+        assert bob.pin(f"s{n}") is None and not bob.has_session(f"s{n}")
+    assert bob.pin("s5") is not None
+    # The order survives a restart: the next newcomer drops s5, not some other.
+    bob = Conversations.from_records({k: v for k, v in bob.records().items() if v is not None})
+    assert len(bob.pins) == MAX_CONTACT_REQUESTS + 1
+    first_contact(bob, "late", 3000)
+    assert bob.pin("s5") is None and bob.pin("s6") is not None and bob.pin("late") is not None
+    # A forgotten sender who writes again in the old session is not read (no session);
+    # their client is told and starts a new one, which is a first contact again.
+    with pytest.raises(DecryptionError):
+        bob.decrypt("s0", *send(senders[0], bob, "still there?"))
+
+
+def test_a_keystore_with_all_pins_in_one_record_loads_and_is_rewritten_one_record_per_pin() -> None:
+    per_pin = pin_records(dict(REAL))
+    legacy = {k: v for k, v in REAL.items() if k not in per_pin}
+    legacy["pins"] = json.dumps(
+        {bytes.fromhex(n.removeprefix("pin:")).decode(): json.loads(v or b"") for n, v in per_pin.items()}
+    ).encode()
+    conv = Conversations.from_records(legacy)
+    current = Conversations.from_records(REAL)
+    assert conv.pins == current.pins
+    assert pin_records(conv.take_dirty()) == {"pins": None, **per_pin}  # the old record deleted

@@ -121,6 +121,8 @@ class WhisperKeys:
             keystore.save(conv.records())
         keys = cls(conv, keystore)
         keys._import_legacy_received(records)
+        with keys._lock:
+            keys._save()  # what loading converted (pins from before per-pin records)
         return keys
 
     def _import_legacy_received(self, records: dict[str, bytes]) -> None:

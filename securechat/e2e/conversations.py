@@ -37,7 +37,7 @@ from .ratchet import (
 from .safety import parse_safety_number, same_number
 from .x3dh import NO_OPK, initiate, respond
 
-__all__ = ["Conversations", "Pin", "Trust", "Whisper"]
+__all__ = ["MAX_CONTACT_REQUESTS", "Conversations", "Pin", "Trust", "Whisper"]
 
 #: Sessions kept per peer (simultaneous starts, a peer's reinstall); oldest dropped.
 _SESSIONS_PER_PEER = 4
@@ -47,6 +47,17 @@ _SEEN_SETUPS = 10_000
 #: A session id as saved: 16 bytes in lower-case hex, as `bytes.hex()` writes it.
 _SID_HEX = re.compile(r"[0-9a-f]{32}")
 _SESSION_PREFIX = "session:"
+#: One record per pin, named by the hex of the folded nick (record names are lower-case
+#: letters and hex), so that a new pin writes one small record, not all of them again.
+_PIN_PREFIX = "pin:"
+#: The single record all pins were kept in before; read, then replaced by `_PIN_PREFIX` ones.
+_LEGACY_PINS = "pins"
+#: First contacts from senders we never chose to talk to (Signal's "message requests"):
+#: a pin and a session each, made by any registered user who whispers us. At most this
+#: many are kept unanswered; a newer one deletes the oldest unanswered pin and its
+#: sessions (its whispers were shown and stay in the message store). Answering (a
+#: whisper to them), /trust or /verify makes a contact ours, and it is never dropped.
+MAX_CONTACT_REQUESTS = 100
 #: Length of an Ed25519 signature (the binding of a pinned identity's two keys).
 
 _T = TypeVar("_T")
@@ -67,6 +78,9 @@ class Pin:
     pending: PublicIdentity | None = None
     was_verified: bool = False
     max_spk_id: int = 0
+    #: Set while this is an unanswered first contact from them: its place in the order
+    #: of arrival (the oldest goes first). None once we whispered, trusted or verified them.
+    request: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,9 @@ class Conversations:
         self._random = random
         self._clock = clock
         self.pins: dict[str, Pin] = {}
+        # Peers whose pin is an unanswered first contact, oldest first (see Pin.request).
+        self._requests: dict[str, None] = {}
+        self._next_request = 1
         self._sessions: dict[bytes, RatchetState] = {}
         self._active: dict[str, list[bytes]] = {}  # peer -> sids, most recently used last
         self._seen_setups: dict[bytes, None] = {}
@@ -133,17 +150,30 @@ class Conversations:
 
     # -- trust ------------------------------------------------------------------------
 
-    def _check_pin(self, ident: PublicIdentity) -> Pin:
+    def _pin_changed(self, peer: str) -> None:
+        """Mark the record of `peer`'s (folded) pin for saving, or deleting if it is gone."""
+        self.dirty.add(_PIN_PREFIX + peer.encode().hex())
+
+    def _check_pin(self, ident: PublicIdentity, *, request: bool = False) -> Pin:
         """The pin for `ident.user`, creating it on first contact (TOFU).
 
-        Raises `IdentityChanged` (and records the new key as pending) if it differs.
+        `request`: they contacted us (an incoming setup), rather than we them; a new pin
+        is then a first contact, and the oldest unanswered one beyond
+        `MAX_CONTACT_REQUESTS` is forgotten. Raises `IdentityChanged` (and records the
+        new key as pending) if it differs.
         """
         peer = fold_nick(ident.user)
         pin = self.pins.get(peer)
         if pin is None:
             pin = Pin(ident, Trust.UNVERIFIED)
             self.pins[peer] = pin
-            self.dirty.add("pins")
+            self._pin_changed(peer)
+            if request:
+                pin.request = self._next_request
+                self._next_request += 1
+                self._requests[peer] = None
+                while len(self._requests) > MAX_CONTACT_REQUESTS:
+                    self._drop_request(next(iter(self._requests)))
             return pin
         if pin.identity.key == ident.key and pin.trust is not Trust.CHANGED:
             return pin
@@ -152,7 +182,7 @@ class Conversations:
                 pin.pending = ident
                 pin.was_verified = pin.was_verified or pin.trust is Trust.VERIFIED
                 pin.trust = Trust.CHANGED
-                self.dirty.add("pins")
+                self._pin_changed(peer)
             raise IdentityChanged(ident.user, pin.identity.fingerprint(), ident.fingerprint())
         raise IdentityChanged(ident.user, pin.identity.fingerprint(), (pin.pending or ident).fingerprint())
 
@@ -176,7 +206,22 @@ class Conversations:
         pin.identity, pin.pending, pin.trust, pin.max_spk_id = pin.pending, None, trust, 0
         pin.was_verified = trust is Trust.VERIFIED
         self.forget_sessions(peer)  # sessions with the old key are dead
-        self.dirty.add("pins")
+        self._answered(peer, pin)
+        self._pin_changed(peer)
+
+    def _answered(self, peer: str, pin: Pin) -> None:
+        """`peer` (folded) is a contact of ours from now on, no longer a first contact."""
+        if pin.request is not None:
+            pin.request = None
+            self._requests.pop(peer, None)
+            self._pin_changed(peer)
+
+    def _drop_request(self, peer: str) -> None:
+        """Forget an unanswered first contact: its pin and its sessions."""
+        self._requests.pop(peer, None)
+        self.pins.pop(peer, None)
+        self.forget_sessions(peer)
+        self._pin_changed(peer)
 
     def safety_number(self, peer: str) -> str:
         """The 60 digits for the key we would use with `peer` (the pending one after a change).
@@ -202,7 +247,8 @@ class Conversations:
         else:
             pin.trust = Trust.VERIFIED
             pin.was_verified = True
-            self.dirty.add("pins")
+            self._answered(fold_nick(peer), pin)
+            self._pin_changed(fold_nick(peer))
         return True
 
     def pin(self, peer: str) -> Pin | None:
@@ -228,6 +274,7 @@ class Conversations:
             bundle, user=peer, now=self._clock(), min_spk_id=pin.max_spk_id if same_identity and pin else 0
         )
         pin = self._check_pin(bundle.identity)
+        self._answered(fold_nick(peer), pin)  # we chose to write to them
         try:
             keys, setup = initiate(self.identity, bundle, self._random)
             state = RatchetState.for_initiator(
@@ -245,7 +292,7 @@ class Conversations:
             raise BundleError(f"{peer}'s keys include an invalid (low-order) public key") from None
         if bundle.spk.id > pin.max_spk_id:
             pin.max_spk_id = bundle.spk.id
-            self.dirty.add("pins")
+            self._pin_changed(fold_nick(peer))
         self._remember(state)
 
     def forget_sessions(self, peer: str) -> None:
@@ -273,6 +320,8 @@ class Conversations:
             state = self._sessions[sid]
             if state.cks is not None:
                 self.dirty.add(f"session:{sid.hex()}")
+                if pin is not None:
+                    self._answered(key, pin)  # a reply: they are a contact of ours now
                 return encrypt(state, plaintext)
         raise NotTrusted(f"no session with {peer}")
 
@@ -302,7 +351,7 @@ class Conversations:
         # A mismatch raises before anything is committed, so after /trust the same
         # message decrypts again from the untouched prekeys.
         pin = (
-            self._check_pin(header.setup.identity)
+            self._check_pin(header.setup.identity, request=True)
             if new_session and header.setup
             else self.pins[fold_nick(new.peer)]
         )
@@ -362,9 +411,9 @@ class Conversations:
             else {
                 "identity",
                 "prekeys",
-                "pins",
                 "index",
                 "seen",
+                *(_PIN_PREFIX + peer.encode().hex() for peer in self.pins),
                 *(f"session:{s.hex()}" for s in self._sessions),
             }
         )
@@ -394,17 +443,22 @@ class Conversations:
                 "next_spk_id": s.next_spk_id,
                 "next_opk_id": s.next_opk_id,
             }
-        if name == "pins":
-            return {
-                peer: {
-                    "identity": _ident_to(p.identity),
-                    "trust": p.trust.value,
-                    "pending": None if p.pending is None else _ident_to(p.pending),
-                    "was_verified": p.was_verified,
-                    "max_spk_id": p.max_spk_id,
-                }
-                for peer, p in self.pins.items()
+        if name == _LEGACY_PINS:
+            return None  # replaced by one record per pin: deleted when they are written
+        if name.startswith(_PIN_PREFIX):
+            p = self.pins.get(bytes.fromhex(name.removeprefix(_PIN_PREFIX)).decode())
+            if p is None:
+                return None
+            saved: dict[str, Any] = {
+                "identity": _ident_to(p.identity),
+                "trust": p.trust.value,
+                "pending": None if p.pending is None else _ident_to(p.pending),
+                "was_verified": p.was_verified,
+                "max_spk_id": p.max_spk_id,
             }
+            if p.request is not None:
+                saved["request"] = p.request
+            return saved
         if name == "index":
             return {peer: [s.hex() for s in sids] for peer, sids in self._active.items()}
         if name == "seen":
@@ -441,8 +495,17 @@ class Conversations:
         conv = cls(_load(records, "identity", _identity_from), random=random, clock=clock)
         if "prekeys" in records:
             conv.secrets = _load(records, "prekeys", _prekeys_from)
-        if "pins" in records:
-            conv.pins = _load(records, "pins", _pins_from)
+        if _LEGACY_PINS in records:
+            conv.pins = _load(records, _LEGACY_PINS, _pins_from)
+            # Written as one record per pin, and the old record deleted, at the next save.
+            conv.dirty |= {_LEGACY_PINS, *(_PIN_PREFIX + peer.encode().hex() for peer in conv.pins)}
+        for name in records:
+            if name.startswith(_PIN_PREFIX):
+                peer = _pin_peer(name)
+                conv.pins[peer] = _load(records, name, functools.partial(_pin_from, peer=peer))
+        requests = sorted((p.request, peer) for peer, p in conv.pins.items() if p.request is not None)
+        conv._requests = dict.fromkeys(peer for _, peer in requests)
+        conv._next_request = requests[-1][0] + 1 if requests else 1
         if "seen" in records:
             conv._seen_setups = dict.fromkeys(_load(records, "seen", _seen_from))
         for name in records:
@@ -515,25 +578,38 @@ def _prekeys_from(d: object) -> PrekeySecrets:
 
 
 def _pins_from(d: object) -> dict[str, Pin]:
+    """The single record of every pin that keystores before per-pin records hold."""
     if not isinstance(d, dict):
         raise ValueError("expected an object of peers")
-    pins = {}
-    for peer, saved in d.items():
-        f = SavedFields(saved, _folded_nick(peer, "peer"))
-        identity = _ident_from(f.object("identity"))
-        pending = None if f.raw("pending") is None else _ident_from(f.object("pending"))
-        trust_text = f.text("trust")
-        if trust_text not in {t.value for t in Trust}:
-            raise ValueError(f"{f.where('trust')}: {trust_text!r} is not a trust level")
-        trust = Trust(trust_text)
-        for ident in (identity, pending):
-            if ident is not None and fold_nick(ident.user) != peer:
-                raise ValueError(f"{peer}: holds a key for {ident.user!r}")
-        # A pending key is exactly what makes a pin "changed"; the trust rules rely on it.
-        if (pending is None) != (trust is not Trust.CHANGED):
-            raise ValueError(f"{peer}: trust {trust.value!r} contradicts its pending key")
-        pins[peer] = Pin(identity, trust, pending, f.flag("was_verified"), f.integer("max_spk_id"))
-    return pins
+    return {peer: _pin_from(saved, _folded_nick(peer, "peer")) for peer, saved in d.items()}
+
+
+def _pin_peer(name: str) -> str:
+    """The folded nick a per-pin record is named after; `ValueError` naming it if none."""
+    try:
+        peer = bytes.fromhex(name.removeprefix(_PIN_PREFIX)).decode("ascii")
+        return _folded_nick(peer, "peer")
+    except ValueError as exc:
+        raise ValueError(f"keystore record {name!r} is damaged: its name is not a nick ({exc})") from None
+
+
+def _pin_from(saved: object, peer: str) -> Pin:
+    f = SavedFields(saved, peer)
+    identity = _ident_from(f.object("identity"))
+    pending = None if f.raw("pending") is None else _ident_from(f.object("pending"))
+    trust_text = f.text("trust")
+    if trust_text not in {t.value for t in Trust}:
+        raise ValueError(f"{f.where('trust')}: {trust_text!r} is not a trust level")
+    trust = Trust(trust_text)
+    for ident in (identity, pending):
+        if ident is not None and fold_nick(ident.user) != peer:
+            raise ValueError(f"{peer}: holds a key for {ident.user!r}")
+    # A pending key is exactly what makes a pin "changed"; the trust rules rely on it.
+    if (pending is None) != (trust is not Trust.CHANGED):
+        raise ValueError(f"{peer}: trust {trust.value!r} contradicts its pending key")
+    # Absent in pins saved before first contacts were bounded: those are all kept.
+    request = f.integer("request") if isinstance(saved, dict) and "request" in saved else None
+    return Pin(identity, trust, pending, f.flag("was_verified"), f.integer("max_spk_id"), request)
 
 
 def _index_from(d: object) -> dict[str, list[bytes]]:
