@@ -4,9 +4,14 @@ dies, nor waits for ever, nor holds without bound, nor shows what is not ours.""
 from __future__ import annotations
 
 import base64
+import json
+import os
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from chat import TIMEOUT
@@ -282,10 +287,41 @@ def test_a_failure_inside_the_reader_reconnects_with_the_reason(
 
 
 def _line(frame: dict[str, object]) -> bytes:
-    import json
-
     return json.dumps(frame).encode() + b"\n"
 
 
 def _b(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def test_the_json_client_carries_on_after_a_bad_frame(
+    server_ctx: ssl.SSLContext, cert_files: dict[str, str], tmp_path: Path
+) -> None:
+    def once(conn: HostileConn, index: int) -> None:
+        conn.login()
+        conn.send_raw(b"{not json\n" if index == 0 else _line(MESSAGE))
+        conn.hold()
+
+    server = HostileServer(server_ctx, once)
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "SECURECHAT_PASSPHRASE": ""}
+    command = [sys.executable, "-m", "securechat", "client", "--json", "--nick", "alice"]
+    proc = subprocess.Popen(
+        [*command, "--port", str(server.port), "--cafile", cert_files["ca"]],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        kinds = []
+        for line in proc.stdout:  # before: welcome, disconnected, and exit status 1
+            kinds.append(json.loads(line)["type"])
+            if kinds[-1] in ("message", "disconnected"):
+                break
+        assert kinds[0] == "welcome" and "reconnecting" in kinds and kinds[-1] == "message", kinds
+    finally:
+        proc.kill()
+        proc.communicate(timeout=TIMEOUT)
+        server.close()
