@@ -167,6 +167,13 @@ class Client:
 
     Call `connect()` (or use `with`), then `say`/`who`/`quit`, and read events with
     `next_event(timeout)` or by iterating, which stops after `Disconnected`.
+
+    `timeout` bounds each whole login (TCP, TLS, hello to welcome) and each key fetch.
+    `max_events` bounds the events waiting for the program: a program that leaves more
+    unread is disconnected (and, with `reconnect`, tried again), saying so. Whatever a
+    server sends, the reader thread never dies silently: a malformed frame, a flood or
+    a failure while handling a frame ends the connection like a lost one, and after
+    `_BROKEN_IN_A_ROW` such endings in a row the client gives up with `Disconnected`.
     """
 
     def __init__(
