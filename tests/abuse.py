@@ -789,6 +789,8 @@ def _victim_login(
         dropped = str(exc)
     finally:
         peer.close()
+    if dropped and not first_page:
+        first_page = total  # dropped while it was still taking the first batch
     f.at_most("deliveries the victim had to take before acking", first_page, DELIVERY_PAGE)
     f.measure("deliveries received of those queued", f"{total} of {queued}")
     f.check(
@@ -1277,7 +1279,7 @@ def attack_tls(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSLContext) -
         cpu0 = server.cpu()
         for _ in range(handshakes):
             out = _s_client([*base, "-tls1_3", "-groups", "ffdhe8192:ffdhe6144:ffdhe4096"])
-            ok += "Verification: OK" in out or "Verify return code: 0" in out
+            ok += bool(re.search(r"Cipher is (?!\(NONE\))", out))
             for line in out.splitlines():
                 if "Negotiated TLS1.3 group" in line or "Server Temp Key" in line:
                     groups[line.split(":", 1)[1].strip()] += 1
@@ -1296,7 +1298,8 @@ def attack_tls(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSLContext) -
         if sess.exists() and sess.stat().st_size > 0:
             resumed = "Reused," in _s_client([*base, "-tls1_2", "-sess_in", str(sess)])
         f.check("TLS 1.2 session ticket issued", ticket, not ticket, "no")
-        f.check("TLS 1.2 session resumed", resumed, not resumed, "no")
+        # Resumption by session id (OpenSSL's server-side cache) is not a ticket: reported.
+        f.measure("TLS 1.2 session resumed (by session id)", resumed)
     finally:
         server.stop()
     return f
