@@ -21,6 +21,7 @@ from securechat.protocol import (
     Whisper,
     WhisperStatus,
 )
+from securechat.server import ServerConfig
 from securechat.server.hub import Hub
 from securechat.server.relay import OPK_LOW_WATER, Relay, RelayError
 from securechat.server.store import SqliteStore
@@ -84,9 +85,9 @@ def test_fetch_hands_out_one_prekey_and_warns_the_owner_when_low(
     relay.publish("bob", bob.identity.sig_key, publication(bob, OPK_LOW_WATER + 1))
     owner = FakeMember()
     hub.join(owner, "bob", lambda users: None)
-    first = relay.fetch("bob")
+    first = relay.fetch(requester=b"r" * 32, nick="bob")
     assert len(first.opks) == 1 and owner.frames == []
-    second = relay.fetch("BOB")
+    second = relay.fetch(requester=b"r" * 32, nick="BOB")
     assert second.opks[0].id != first.opks[0].id
     assert json.loads(owner.frames[-1]) == {
         "type": "prekey_count",
@@ -95,11 +96,11 @@ def test_fetch_hands_out_one_prekey_and_warns_the_owner_when_low(
         "spk_created": first.spk.created,
     }
     with pytest.raises(RelayError) as info:
-        relay.fetch("nobody")
+        relay.fetch(requester=b"r" * 32, nick="nobody")
     assert info.value.code == Code.NO_SUCH_USER
     relay.register("carol", b"c" * 32)
     with pytest.raises(RelayError) as info:
-        relay.fetch("carol")
+        relay.fetch(requester=b"r" * 32, nick="carol")
     assert info.value.code == Code.NO_KEYS
 
 
@@ -184,3 +185,108 @@ def test_whisperers_are_told_when_the_recipient_is_away(setup: tuple[Relay, Hub,
     hub.join(bob, "bob", lambda users: None)
     status = relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"))
     assert (status.status, status.away) == ("stored", "at lunch")
+
+
+def test_one_time_prekeys_held_are_capped_and_a_publish_over_the_cap_is_trimmed(
+    setup: tuple[Relay, Hub, Conversations],
+) -> None:
+    # One session once stored 11,800 one-time prekeys in 8 s.
+    relay, _, bob = setup
+    cap = ServerConfig().opk_max_held
+    for _ in range(3):
+        status = relay.publish("bob", bob.identity.sig_key, new_prekeys(bob, 200))
+    assert status.count == cap  # the reply tells the client what the server holds
+    assert relay.prekey_count("bob").count == cap
+
+
+def new_prekeys(conv: Conversations, count: int) -> PublishKeys:
+    """A publication of `count` new one-time prekeys."""
+    opks = conv.secrets.signed_opks(conv.identity, conv.secrets.new_opks(count))
+    return dataclasses.replace(
+        publication(conv, 0),
+        opks=tuple(OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature) for o in opks),
+    )
+
+
+def small_relay(**limits: object) -> tuple[Relay, Hub, list[float]]:
+    """A relay with `limits` (ServerConfig fields); the store's monotonic clock is `now[0]`."""
+    now = [1000.0]
+    hub = Hub()
+    store = SqliteStore(None, monotonic=lambda: now[0])
+    relay = Relay(store, hub, config=dataclasses.replace(ServerConfig(), **limits), monotonic=lambda: now[0])  # type: ignore[arg-type]
+    for nick in ("alice", "bob", "carol"):
+        assert relay.register(nick, nick.encode() * 8)
+    return relay, hub, now
+
+
+def refusal(relay: Relay, sender: str, to: str, msg_id: str, size: int = 10) -> str:
+    """The quota refusal's reason, or "" if the whisper was stored."""
+    try:
+        relay.whisper(sender, Whisper(to=to, id=msg_id, header=b"h", ciphertext=b"c" * (size - 1)))
+    except RelayError as exc:
+        assert exc.code == Code.QUOTA
+        return exc.reason
+    return ""
+
+
+def test_each_queue_quota_is_refused_with_a_reason_the_sender_understands() -> None:
+    relay, _, _ = small_relay(queue_max_per_recipient=2, queue_max_per_sender=3, queue_max_bytes=100)
+    assert [refusal(relay, "alice", "bob", f"m{n}") for n in range(2)] == ["", ""]
+    assert refusal(relay, "alice", "BOB", "m2") == (
+        "BOB has too many whispers waiting to be read: nothing was stored; try again after BOB has read some"
+    )
+    assert refusal(relay, "alice", "carol", "m3") == ""
+    assert refusal(relay, "alice", "carol", "m4") == (
+        "you have too many whispers waiting to be read (at most 3 or 8192 KiB): nothing was stored; "
+        "try again once some are read"
+    )
+    assert refusal(relay, "bob", "carol", "m5", size=80) == (
+        "the server holds too many unread whispers: nothing was stored; try again later"
+    )
+    assert refusal(relay, "alice", "bob", "m1") == ""  # sent again: it was stored, so it is not refused
+
+
+def test_fetches_beyond_an_owners_limit_carry_no_one_time_prekey_and_a_fast_requester_is_refused(
+    setup: tuple[Relay, Hub, Conversations],
+) -> None:
+    _, _, bob = setup
+    relay, _, now = small_relay(opk_burst_per_owner=2, fetch_burst=5)
+    relay.register("bob", bob.identity.sig_key)
+    relay.publish("bob", bob.identity.sig_key, publication(bob, 30))
+    opks = [len(relay.fetch("bob", requester=bytes([n]) * 32).opks) for n in range(4)]
+    assert opks == [1, 1, 0, 0]  # the bundle still goes out: setups use the signed prekey
+    assert relay.prekey_count("bob").count == 28
+    for _ in range(5):
+        relay.fetch("bob", requester=b"x" * 32)
+    with pytest.raises(RelayError) as info:
+        relay.fetch("bob", requester=b"x" * 32)  # the same identity, whatever its session
+    assert info.value.code == Code.RATE_LIMITED
+    now[0] += 60
+    assert len(relay.fetch("bob", requester=b"y" * 32).opks) == 1
+
+
+def test_a_nick_nobody_logs_in_to_is_released_when_claimed_or_swept_unless_its_owner_is_online() -> None:
+    day = 86_400.0
+    relay, hub, now = small_relay(nick_ttl=10 * day)
+    relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"))
+    now[0] += 9 * day
+    assert relay.register("carol", b"carol" * 8)  # carol logs in: her period starts again
+    assert not relay.may_claim("bob", b"m" * 32)
+    now[0] += 2 * day  # alice and bob: 11 days; carol: 2
+    hub.join(FakeMember(), "alice", lambda users: None)  # online all along
+    assert not relay.may_claim("alice", b"m" * 32)
+    assert relay.may_claim("bob", b"m" * 32)  # expired: released, keys and queue with it
+    assert relay.pending("bob") == [] and relay.register("bob", b"m" * 32)
+    assert relay.expire_nicks() == []  # alice is online; bob is new; carol was here
+    now[0] += 9 * day
+    assert relay.expire_nicks() == ["carol"]
+
+
+def test_failures_are_told_a_page_at_a_login() -> None:
+    relay, hub, _ = small_relay(queue_page=2)
+    bob = FakeMember()
+    hub.join(bob, "bob", lambda users: None)
+    for n in range(3):
+        relay.whisper("alice", Whisper(to="bob", id=f"m{n}", header=b"h", ciphertext=b"c"))
+        relay.ack("bob", Ack(id=json.loads(bob.frames[-1])["id"], outcome="failed", reason="no-session"))
+    assert [s.id for s in relay.failures("alice")] == ["m0", "m1"]

@@ -10,12 +10,13 @@ import pytest
 from chat import TIMEOUT, next_matching
 from conftest import StartServer
 from disk_helpers import fill, needs_root
+from raw_identity import RawIdentity
 from whisper_helpers import disk_keys, login, memory_keys
 
 from securechat import Client, LoginRejected
 from securechat.client.events import WhisperReceived
-from securechat.protocol import Names, WhisperStatus
-from securechat.server import Server
+from securechat.protocol import Code, Error, Names, PrekeyCount, Whisper, WhisperStatus
+from securechat.server import Server, ServerConfig
 
 
 def test_alice_whispers_bob_online(server: Server, client_ctx: ssl.SSLContext) -> None:
@@ -401,3 +402,45 @@ def test_a_sender_offline_when_the_recipient_failed_learns_it_at_login_and_sends
     assert _status(alice, msg_id).status == "delivered"
     alice.close()
     bob.close()
+
+
+def test_a_full_offline_mailbox_refuses_more_with_a_quota_error_naming_the_whisper(
+    server: Server, client_ctx: ssl.SSLContext
+) -> None:
+    # 40 fresh nicks once queued 8,757 whispers (81 MB) for one offline victim in 40 s.
+    limit = ServerConfig().queue_max_per_recipient
+    assert server.store.register("bob", b"b" * 32, 1.0)
+    for n in range(limit):  # from many senders, so that only bob's own quota is reached
+        server.store.enqueue("bob", f"m{n}", f"filler{n % 10}", b"h" * 64, b"c" * 64, 1.0)
+    alice = RawIdentity(server, client_ctx, "alice")
+    alice.send(Whisper(to="bob", id="one-too-many", header=b"h" * 64, ciphertext=b"c" * 64))
+    answer = alice.round_trip()
+    assert answer == [
+        Error(
+            code=Code.QUOTA,
+            reason="bob has too many whispers waiting to be read: nothing was stored; "
+            "try again after bob has read some",
+            ref="one-too-many",
+        )
+    ]
+    assert len(server.store.pending("bob")) == limit
+    alice.send(Whisper(to="alice2", id="m2", header=b"h", ciphertext=b"c"))  # the session goes on
+    assert [type(f) for f in alice.round_trip()] == [Error]
+    alice.close()
+
+
+def test_a_publish_is_charged_by_its_signature_checks_in_the_request_rate(
+    start_server: StartServer, client_ctx: ssl.SSLContext
+) -> None:
+    # Each publish of 200 one-time prekeys costs about 200 signature checks (39 ms of CPU)
+    # and used to cost one request token, like a room line.
+    server = start_server(message_rate=0.1, message_burst=20)  # nothing refills meanwhile
+    alice = RawIdentity(server, client_ctx, "alice")
+    alice.send(alice.publication(200))
+    first = alice.round_trip()  # the ping costs a token too
+    assert [type(f) for f in first] == [PrekeyCount]
+    alice.send(alice.publication(200))
+    refused = alice.round_trip()
+    assert [(type(f), getattr(f, "code", "")) for f in refused] == [(Error, Code.RATE_LIMITED)]
+    assert server.store.prekey_status("alice")[0] == 200
+    alice.close()

@@ -31,8 +31,9 @@ class ServerConfig:
     server_name: str = "securechat"
     #: Where the SQLite database lives; None keeps everything in memory (lost at exit).
     data_dir: Path | None = None
-    #: Key-bundle fetches per second, and the burst, per session. Each fetch uses up
-    #: one of the owner's one-time prekeys, so an unlimited fetcher could drain them.
+    #: Key-bundle fetches per second, and the burst, per requester identity (all its
+    #: sessions together). Identities are free, so this alone cannot protect an owner's
+    #: one-time prekeys: see `opk_rate_per_owner` below.
     fetch_rate: float = 1.0
     fetch_burst: float = 20.0
     #: Room messages, whispers and other requests per second per session, and the burst:
@@ -114,3 +115,45 @@ class ServerConfig:
     #: After this many sessions ended since the peak (and at least half of them), the
     #: server hands freed heap memory back to the system (glibc `malloc_trim`). 0: never.
     heap_trim_after: int = 256
+
+    # -- Quotas on what a nick can make the server keep (store.py, relay.py) -----------
+    #: A nick costs nothing, so each quota holds however many nicks an abuser makes.
+    #: Offline queue: whispers waiting for one recipient, and their bytes (header plus
+    #: ciphertext); a month away in a busy class is a few hundred. Beyond, the sender gets
+    #: a non-fatal `quota-exceeded` naming the whisper, and nothing is stored.
+    queue_max_per_recipient: int = 1000
+    queue_max_bytes_per_recipient: int = 8 * 1024 * 1024
+    #: Whispers one sender has waiting, across all its recipients, and their bytes.
+    queue_max_per_sender: int = 1000
+    queue_max_bytes_per_sender: int = 8 * 1024 * 1024
+    #: Bytes waiting in the whole queue: bounds the disk a crowd of fresh nicks can fill.
+    queue_max_bytes: int = 1024 * 1024 * 1024
+    #: Queued whispers sent to a recipient at once at login; more follow as its acks come
+    #: back, so memory and its outbox hold about a page whatever the queue holds (32
+    #: deliveries of the largest size, ~12 KiB each, fill well under `send_queue_bytes`).
+    #: Also the number of failures told at one login.
+    queue_page: int = 32
+    #: One-time prekeys the server holds per user (clients keep 100 published). A
+    #: publish beyond it is trimmed: the identity and signed prekey are still taken.
+    opk_max_held: int = 200
+    #: A publish costs one extra request token per this many one-time prekeys in it
+    #: (each is a signature check, ~0.2 ms): 200 cost 10, and must fit in
+    #: `message_burst` together with the frame's own token.
+    opks_per_request_token: int = 20
+    #: One-time prekeys handed out per second for one owner, and the burst (a class
+    #: contacting its teacher on day one); beyond, and once they run out, a fetched
+    #: bundle carries none and the setup falls back to the signed prekey.
+    opk_rate_per_owner: float = 1 / 60
+    opk_burst_per_owner: float = 20.0
+    #: The same in all, across owners: bounds how fast fresh nicks drain everyone.
+    opk_rate_total: float = 20.0
+    opk_burst_total: float = 200.0
+    #: Requester identities and owners the fetch limits remember (each table; a bucket
+    #: that has refilled is forgotten first, else the least recently used). A forgotten
+    #: owner starts again with a full burst, but forgetting one takes this many other
+    #: owners' prekeys, which the total rate paces.
+    fetch_limits_tracked: int = 10_000
+    #: A registered nick nobody logged in to for this long (180 days) of service is
+    #: released with its keys, queue and failures; each login starts the period again.
+    #: Service time, like `queue_ttl`: time the server was stopped does not count.
+    nick_ttl: float = 180 * 86_400.0

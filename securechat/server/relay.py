@@ -2,7 +2,11 @@
 
 The server checks what it can (signatures on published keys, who may log in as whom),
 stores and forwards ciphertext, and learns nothing it could use to read or forge a
-whisper. Every method is thread-safe (the store and hub are).
+whisper. Every method is thread-safe (the store, the hub and the prekey limits are).
+
+Nicks cost nothing, so the relay also applies the quotas on what one can make the
+server keep or hand out: the offline queue (`QueueLimits`), one-time prekeys held per
+user and handed out (`PrekeyLimits`), and nicks nobody logs in to any more.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ from ..protocol import (
     encode,
     fold_nick,
 )
+from .backlog import Backlog
+from .config import ServerConfig
 from .hub import Hub
-from .store import QueuedWhisper, Store
+from .prekeylimits import PrekeyLimits
+from .store import QueuedWhisper, QueueLimits, Quota, QuotaExceeded, Store
 
 __all__ = ["OPK_LOW_WATER", "Relay", "RelayError"]
 
@@ -49,17 +56,66 @@ class RelayError(Exception):
 
 
 class Relay:
-    def __init__(self, store: Store, hub: Hub, clock: Callable[[], float] = time.time) -> None:
+    """`clock` is the wall clock (timestamps, signed prekey ages); `monotonic` paces the
+    prekey limits. `config` None: the defaults."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        clock: Callable[[], float] = time.time,
+        *,
+        config: ServerConfig | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._hub = hub
         self._clock = clock
+        self._config = config = config or ServerConfig()
+        self._queue_limits = QueueLimits(
+            per_recipient=config.queue_max_per_recipient,
+            bytes_per_recipient=config.queue_max_bytes_per_recipient,
+            per_sender=config.queue_max_per_sender,
+            bytes_per_sender=config.queue_max_bytes_per_sender,
+            total_bytes=config.queue_max_bytes,
+        )
+        self._prekeys = PrekeyLimits(config, monotonic)
 
     # -- login ------------------------------------------------------------------------
 
     def may_claim(self, nick: str, sig_key: bytes) -> bool:
-        """False if `nick` is registered to a key other than `sig_key` (b"" for guests)."""
+        """False if `nick` is registered to a key other than `sig_key` (b"" for guests).
+
+        A registration nobody logged in to for `nick_ttl` of service has expired: it is
+        released here (keys, queue, failures) and the nick is free, unless its owner is
+        online now (a session may outlast the period without logging in again).
+        """
         registered = self._store.registered_key(nick)
-        return registered is None or (bool(sig_key) and registered == sig_key)
+        if registered is None or (bool(sig_key) and registered == sig_key):
+            return True
+        if self._hub.member(nick) is None and self._store.release_if_idle(nick, self._config.nick_ttl):
+            log.info("released %s: nobody logged in to it for %.0f days of service", nick, self._days_idle)
+            return True
+        return False
+
+    @property
+    def _days_idle(self) -> float:
+        return self._config.nick_ttl / 86_400
+
+    def expire_nicks(self) -> list[str]:
+        """Release every nick nobody logged in to for `nick_ttl` of service, with its keys,
+        queue and failures (but not those online now); the nicks released. Raises
+        `StoreUnavailable`. For the server's periodic expiry (the watchdog thread)."""
+        online = self._hub.names(self._hub.room).users
+        gone = self._store.expire_nicks(self._config.nick_ttl, keep=online)
+        if gone:
+            log.info(
+                "released %d nicks nobody logged in to for %.0f days of service: %s",
+                len(gone),
+                self._days_idle,
+                ", ".join(gone),
+            )
+        return gone
 
     @staticmethod
     def proof_valid(nick: str, nonce: bytes, sig_key: bytes, signature: bytes) -> bool:
@@ -78,28 +134,46 @@ class Relay:
     def publish(self, nick: str, sig_key: bytes, event: PublishKeys) -> PrekeyCount:
         """Store published keys after checking every signature against the login key.
 
-        Raises `RelayError` if they are not `nick`'s, or are not validly signed.
+        One-time prekeys beyond `opk_max_held` are dropped, not refused: the identity and
+        signed prekey (perhaps a rotation) must still be taken, and the answer's count
+        tells the client what the server holds. Those dropped are not checked either.
+        Raises `RelayError` if the keys are not `nick`'s, or are not validly signed.
         """
         if event.identity.sig_key != sig_key:
             raise RelayError(Code.INVALID, "publish_keys: identity is not the key you logged in with")
+        cap = self._config.opk_max_held
+        # Those beyond the cap are dropped before their signatures are checked; the store
+        # trims exactly. (After an identity change the old count is too high here: the
+        # client is told the lower count and tops up.)
+        held = self._store.prekey_status(nick)[0]
+        opks = event.opks[: max(0, cap - held)]
         bundle = Bundle(
             PublicIdentity(nick, event.identity.sig_key, event.identity.dh_key, event.identity.dh_sig),
             SignedPrekey(event.spk.id, event.spk.created, event.spk.public, event.spk.signature),
-            tuple(OneTimePrekey(o.id, o.public, o.signature) for o in event.opks),
+            tuple(OneTimePrekey(o.id, o.public, o.signature) for o in opks),
         )
         try:
             verify_bundle(bundle, user=nick, now=self._clock())
         except BundleError as exc:
             raise RelayError(Code.INVALID, f"publish_keys: {exc}") from None
-        self._store.publish(nick, event.identity, event.spk, event.opks)
+        self._store.publish(nick, event.identity, event.spk, opks, max_held=cap)
         return self.prekey_count(nick)
 
-    def fetch(self, nick: str) -> Keys:
-        """`nick`'s bundle with one one-time prekey, which is never handed out again.
+    def publish_cost(self, event: PublishKeys) -> float:
+        """Request tokens a publish costs beyond its frame's own: its signature checks."""
+        return len(event.opks) / self._config.opks_per_request_token
 
-        Raises `RelayError` for an unknown user or one who has published no keys.
+    def fetch(self, nick: str, *, requester: bytes) -> Keys:
+        """`nick`'s bundle for the identity `requester`, with one one-time prekey, which is
+        never handed out again; with none when `nick` has run out or the prekey limits
+        say so (see prekeylimits.py): the setup then uses the signed prekey alone.
+
+        Raises `RelayError` for an unknown user, one who has published no keys, or a
+        requester fetching too fast.
         """
-        stored = self._store.take_bundle(nick)
+        if not self._prekeys.may_fetch(requester):
+            raise RelayError(Code.RATE_LIMITED, "fetching keys too fast; try again in a moment")
+        stored = self._store.take_bundle(nick, take_opk=lambda: self._prekeys.may_hand_out(nick))
         if stored is None:
             if self._store.registered_key(nick) is None:
                 raise RelayError(Code.NO_SUCH_USER, f"nobody is registered as {nick}")
@@ -148,20 +222,54 @@ class Relay:
             )
             recipient.deliver(encode(_delivery(queued, shown_sender)))
 
-        self._store.enqueue(
-            event.to,
-            event.id,
-            sender,
-            event.header,
-            event.ciphertext,
-            ts,
-            before_commit=push if recipient is not None else None,
-        )
+        try:
+            self._store.enqueue(
+                event.to,
+                event.id,
+                sender,
+                event.header,
+                event.ciphertext,
+                ts,
+                limits=self._queue_limits,
+                before_commit=push if recipient is not None else None,
+            )
+        except QuotaExceeded as exc:
+            raise RelayError(Code.QUOTA, self._over_quota(exc.quota, event.to)) from None
         return WhisperStatus(id=event.id, to=event.to, status="stored", away=away)
 
+    def _over_quota(self, quota: Quota, to: str) -> str:
+        """What the sender is told: which quota, in its terms, and what to do."""
+        to = self._hub.display_nick(to) or to
+        config = self._config
+        if quota in (Quota.SENDER_COUNT, Quota.SENDER_BYTES):
+            return (
+                f"you have too many whispers waiting to be read (at most {config.queue_max_per_sender} "
+                f"or {config.queue_max_bytes_per_sender // 1024} KiB): nothing was stored; "
+                "try again once some are read"
+            )
+        if quota in (Quota.RECIPIENT_COUNT, Quota.RECIPIENT_BYTES):
+            return (
+                f"{to} has too many whispers waiting to be read: nothing was stored; "
+                f"try again after {to} has read some"
+            )
+        return "the server holds too many unread whispers: nothing was stored; try again later"
+
     def pending(self, nick: str) -> list[Delivery]:
-        """Deliveries waiting for `nick`, oldest first."""
-        return [_delivery(q, self._hub.display_nick(q.sender) or q.sender) for q in self._store.pending(nick)]
+        """Deliveries waiting for `nick`, oldest first (all of them: see `backlog`)."""
+        return [self._delivery(q) for q in self._store.pending(nick)]
+
+    def backlog(self, nick: str) -> Backlog:
+        """What waited for `nick` until now, to hand out a page (`queue_page`) at a time
+        as acks come back. Raises `StoreUnavailable`."""
+        upto = self._store.newest_queued(nick)
+
+        def load(after: int, limit: int) -> list[Delivery]:
+            return [self._delivery(q) for q in self._store.pending(nick, after=after, upto=upto, limit=limit)]
+
+        return Backlog(load, self._config.queue_page)
+
+    def _delivery(self, q: QueuedWhisper) -> Delivery:
+        return _delivery(q, self._hub.display_nick(q.sender) or q.sender)
 
     def ack(self, nick: str, ack: Ack) -> None:
         """Forget a whisper `nick`'s client has dealt with, and tell its sender, if online,
@@ -173,7 +281,7 @@ class Relay:
         if not ack.id.isdigit():
             return
         failed = ack.reason if ack.outcome == "failed" else ""
-        done = self._store.ack(nick, int(ack.id), failed)
+        done = self._store.ack(nick, int(ack.id), failed, keep_failures=self._config.queue_max_per_sender)
         if done is None:
             return
         sender = self._hub.member(done.sender)
@@ -183,10 +291,12 @@ class Relay:
 
     def failures(self, nick: str) -> list[WhisperStatus]:
         """`failed` statuses for `nick`'s whispers that could not be decrypted and that
-        `nick`'s client has not sent again yet, to tell at login."""
+        `nick`'s client has not sent again yet, to tell at login: the oldest `queue_page`
+        of them (the rest at later logins, once these were sent again). At most
+        `queue_max_per_sender` are kept per sender, the newest."""
         return [
             _status(msg_id, self._hub.display_nick(recipient) or recipient, reason)
-            for recipient, msg_id, reason in self._store.failures(nick)
+            for recipient, msg_id, reason in self._store.failures(nick, limit=self._config.queue_page)
         ]
 
 

@@ -52,6 +52,7 @@ from ..protocol import (
 from ..transport import TlsChannel
 from .addresses import PrefixGuards
 from .authfail import NICK_REGISTERED, PROOF_FAILED, REGISTRATION_REFUSED, auth_failed
+from .backlog import Backlog
 from .config import ServerConfig
 from .deadlines import Deadline, Watchdog
 from .hub import Hub, NickTaken, NoSuchRoom
@@ -97,6 +98,7 @@ class Session:
         self._relay = relay
         self._claim: Hello | None = None  # a hello with an identity, awaiting its proof
         self._nonce = b""
+        self._backlog: Backlog | None = None  # queued whispers still to hand out; reader thread only
         self._fetches = TokenBucket(config.fetch_rate, config.fetch_burst)
         self._requests = (
             TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
@@ -373,15 +375,27 @@ class Session:
             return
         try:
             if isinstance(event, PublishKeys):
+                # Each one-time prekey costs a signature check (200: ~40 ms of CPU), charged
+                # in the request rate on top of the frame's own token (`_within_rate`).
+                cost = self._relay.publish_cost(event)
+                if self._requests is not None and cost > 0 and not self._requests.allow(cost):
+                    raise RelayError(
+                        Code.RATE_LIMITED,
+                        "publishing keys too fast: each one-time prekey costs a signature check; "
+                        "try again in a moment",
+                    )
                 self._reply(self._relay.publish(self.nick, self.sig_key, event))
             elif isinstance(event, FetchKeys):
-                if not self._fetches.allow():
-                    raise RelayError(Code.RATE_LIMITED, "fetching keys too fast; try again in a moment")
-                self._reply(self._relay.fetch(event.nick))
+                self._reply(self._relay.fetch(event.nick, requester=self.sig_key))
             elif isinstance(event, Whisper):
                 self._reply(self._relay.whisper(self.nick, event))
             elif isinstance(event, Ack):
                 self._relay.ack(self.nick, event)
+                if self._backlog is not None:  # an ack makes room for more of the backlog
+                    for delivery in self._backlog.acked(event.id):
+                        self._reply(delivery)
+                    if self._backlog.done:
+                        self._backlog = None
         except RelayError as exc:
             self._reply(
                 Error(code=exc.code, reason=exc.reason, ref=event.id if isinstance(event, Whisper) else "")
@@ -452,8 +466,12 @@ class Session:
         self._claim = None
         if self._login(claim):
             self._reply(self._relay.prekey_count(claim.nick))
-            for delivery in self._relay.pending(claim.nick):
+            # A page of what waited; more as acks come back (see backlog.py).
+            self._backlog = self._relay.backlog(claim.nick)
+            for delivery in self._backlog.start():
                 self._reply(delivery)
+            if self._backlog.done:
+                self._backlog = None
             for failure in self._relay.failures(claim.nick):
                 self._reply(failure)
 
