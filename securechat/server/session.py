@@ -212,6 +212,9 @@ class Session:
             elif data and (self._partial_since is None or b"\n" in data):
                 self._partial_since = time.monotonic()  # a new line began in this chunk
             self._conn.receive_data(data)
+            # The line buffer has its own copy: holding this one through the next blocking
+            # read would keep up to a read's worth per idle connection (a parked half line).
+            del data
             if not self._process_events():
                 return
 
