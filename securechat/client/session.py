@@ -957,8 +957,11 @@ class Client:
         if channel is not None:
             channel.shutdown()
         with self._timer_lock:
-            if self._resend_timer is not None:
-                self._resend_timer.cancel()
+            timer = self._resend_timer
+        if timer is not None:
+            timer.cancel()
+            if timer is not threading.current_thread():
+                timer.join()  # a cancelled timer's thread still takes a moment to end
         self._fetch_replies.put(_CLOSED)  # wakes a recovery thread waiting for keys
         for thread in (self._reader, self._keepalive):
             if thread is not None and thread is not threading.current_thread():
