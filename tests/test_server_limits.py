@@ -252,7 +252,8 @@ def guest_from(server: Server, ctx: ssl.SSLContext, source: str, nick: str) -> R
 
 def closed_at_once(sock: socket.socket) -> bool:
     """Whether the server closed this fresh connection without a word (refused before
-    TLS). A connection it kept waits for our TLS hello: recv times out instead."""
+    TLS). A connection it kept waits for our TLS hello: recv times out instead (so this
+    is only for connections expected to be refused: a kept one costs the full timeout)."""
     try:
         return sock.recv(10) == b""
     except TimeoutError:
@@ -331,8 +332,7 @@ def test_new_connections_are_throttled_per_prefix(start_server: StartServer) -> 
     fourth = tcp_from(server, "127.0.5.6")
     assert closed_at_once(fourth)  # the /24 has used its burst
     elsewhere = tcp_from(server, "127.0.1.2")  # another /24 has its own bucket
-    assert server.wait_sessions_at_least(4, TIMEOUT)
-    assert not closed_at_once(elsewhere)
+    assert server.wait_sessions_at_least(4, TIMEOUT)  # so it was kept
     for s in [*held, fourth, elsewhere]:
         s.close()
 
