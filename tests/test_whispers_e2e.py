@@ -444,3 +444,20 @@ def test_a_publish_is_charged_by_its_signature_checks_in_the_request_rate(
     assert [(type(f), getattr(f, "code", "")) for f in refused] == [(Error, Code.RATE_LIMITED)]
     assert server.store.prekey_status("alice")[0] == 200
     alice.close()
+
+
+def test_the_server_applies_its_configured_quota_not_the_default(
+    start_server: StartServer, client_ctx: ssl.SSLContext
+) -> None:
+    server = start_server(queue_max_per_recipient=2)
+    assert server.store.register("bob", b"b" * 32, 1.0)
+    alice = RawIdentity(server, client_ctx, "alice")
+    for n in range(3):
+        alice.send(Whisper(to="bob", id=f"w{n}", header=b"h" * 64, ciphertext=b"c" * 64))
+    answers = alice.round_trip()
+    assert [getattr(a, "status", getattr(a, "code", None)) for a in answers] == [
+        "stored",
+        "stored",
+        Code.QUOTA,
+    ]
+    alice.close()

@@ -90,7 +90,7 @@ class Server:
                 Message(room=self.hub.room, nick=nick, text=text, ts=ts)
                 for nick, text, ts in self.store.recent_history(self.hub.room, config.history_lines)
             )
-        self._relay = Relay(self.store, self.hub, clock)
+        self._relay = Relay(self.store, self.hub, clock, config=config, monotonic=monotonic)
         self._watchdog = Watchdog()
         self._listen: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -247,12 +247,14 @@ class Server:
         return removed
 
     def _expire(self) -> None:
-        """`expire_queue` in the watchdog thread (then reschedules)."""
+        """`expire_queue` and the expiry of unused nicks, in the watchdog thread (then
+        reschedules)."""
         with self._lock:
             if self._stopping:
                 return
         with contextlib.suppress(StoreUnavailable):  # logged by the store; the next run tries again
             self.expire_queue()
+            self._relay.expire_nicks()
         self._watchdog.after(self.config.expire_interval, self._expire)
 
     def _accept_loop(self) -> None:
