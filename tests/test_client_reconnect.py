@@ -202,3 +202,38 @@ def test_a_whisper_the_server_could_not_store_is_sent_again_after_a_pause_not_in
         bob.close()
     finally:
         relay.close()
+
+
+def test_a_whisper_refused_for_a_full_mailbox_waits_minutes_not_seconds_before_it_is_sent_again(
+    server: Server, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    relay = MaliciousRelay(server.address, server_ctx, client_ctx)
+    try:
+        login(server, client_ctx, "bob", memory_keys("bob")).close()
+        alice = Client(
+            "alice", context=client_ctx, port=relay.address[1], reconnect=True, keys=memory_keys("alice")
+        )
+        alice.connect()
+        wait_published_keys(alice)
+
+        def mailbox_full(leg: object, frame: dict[str, object]) -> list[dict[str, object]]:
+            if frame.get("type") == "whisper_status":
+                return [
+                    {
+                        "type": "error",
+                        "code": "quota-exceeded",
+                        "reason": "bob's mailbox is full",
+                        "ref": frame["id"],
+                    }
+                ]
+            return [frame]
+
+        relay.down_hook = mailbox_full
+        msg_id = alice.whisper("bob", "when there is room")
+        refused = next_matching(alice, Error, code="quota-exceeded")
+        assert isinstance(refused, Error) and refused.ref == msg_id
+        timer = alice._resend_timer  # scheduled by the reader before it passed the error on
+        assert timer is not None and timer.interval >= 30.0  # a mailbox empties in minutes
+        alice.close()
+    finally:
+        relay.close()

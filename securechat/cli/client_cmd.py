@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..protocol import is_valid_nick
+from ..protocol import Code, is_valid_nick
 from .common import DEFAULT_CERT_DIR, DEFAULT_PORT, UsageError, check_port
 
 if TYPE_CHECKING:
@@ -170,8 +170,17 @@ def _connected(args: argparse.Namespace, *, reconnect: bool) -> Client | None:
             )
             time.sleep(delay)  # a person waits here; Ctrl-C stops it
         except LoginRejected as exc:
-            print(f"securechat: the server refused the login: {exc}", file=sys.stderr)
-            return None
+            if not (reconnect and exc.code == Code.BUSY):
+                print(f"securechat: the server refused the login: {exc}", file=sys.stderr)
+                return None
+            # Too much from our network right now (failed logins, say): later, not never.
+            delay = backoff.delay(attempt)
+            attempt += 1
+            print(
+                f"securechat: the server is busy: {exc.reason}; trying again in {delay:.1f} s",
+                file=sys.stderr,
+            )
+            time.sleep(delay)
 
 
 def _open_keys(

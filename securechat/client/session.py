@@ -103,6 +103,10 @@ class Disconnected:
 
 ClientEvent = Event | Disconnected | ClientMade
 
+#: Resending a whisper refused for a quota (its recipient's mailbox is full until they
+#: read): a minute, doubling to a quarter of an hour.
+_QUOTA_BACKOFF = Backoff(base=60.0, cap=900.0)
+
 #: Put in the key-fetch answers by `close`, so a fetch waiting for keys ends at once.
 _CLOSED = Error(code="closed", reason="the client was closed")
 
@@ -806,12 +810,11 @@ class Client:
         if isinstance(event, WhisperStatus):
             if not self._whisper_status(event):
                 return False  # not a whisper of ours (or old news): nothing to show
-        elif (
-            isinstance(event, Error)
-            and event.code == Code.STORE_UNAVAILABLE
-            and event.ref in self._unconfirmed
-        ):
-            self._store_unavailable()
+        elif isinstance(event, Error) and event.ref in self._unconfirmed:
+            if event.code == Code.STORE_UNAVAILABLE:
+                self._store_unavailable(self._backoff)
+            elif event.code == Code.QUOTA:  # the recipient's mailbox (or ours) is full: hours, not seconds
+                self._store_unavailable(_QUOTA_BACKOFF)
         if isinstance(event, Message):
             if event.history and event.ts <= self._newest_line:
                 return False  # replayed after a reconnect: this client showed it already
@@ -908,14 +911,15 @@ class Client:
             self._start_recovery(status.to)
         return True
 
-    def _store_unavailable(self) -> None:
-        """The server could not store a whisper: send the unconfirmed ones again later,
-        after a delay that grows with each round refused in a row, instead of at once (a
-        full disk stays full for a while). Called by the reader; one timer at a time."""
+    def _store_unavailable(self, backoff: Backoff) -> None:
+        """The server could not store a whisper (`store-unavailable`, or `quota-exceeded`
+        with a longer `backoff`): send the unconfirmed ones again later, after a delay that
+        grows with each round refused in a row, instead of at once (a full disk or a full
+        mailbox stays full for a while). Called by the reader; one timer at a time."""
         with self._timer_lock:
             if self._resend_timer is not None:
                 return  # a round is already scheduled: the refusals of one round count once
-            delay = self._backoff.delay(self._store_retries)
+            delay = backoff.delay(self._store_retries)
             self._store_retries += 1
             self._resend_timer = threading.Timer(delay, self._resend_later)
             self._resend_timer.daemon = True
