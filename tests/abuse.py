@@ -1239,8 +1239,10 @@ def attack_half_lines(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSLCon
         rss1 = server.rss_kib()
         parked = len(peers)
         limit, where = HALF_LINE_SECONDS.lookup()
-        # The long run waits the limit out; the short one only trickles for a moment.
-        window = limit + DEFAULTS.linger + 2 if LONG else 3.0
+        # The long run waits the limit out, plus the server's sweep period (a quarter of
+        # its shortest keepalive or line interval) and the linger; the short one only
+        # trickles for a moment.
+        window = limit * 1.25 + DEFAULTS.linger + 3 if LONG else 3.0
         # Trickle one byte per connection per second through the window (the attack's pacing).
         end = time.monotonic() + window
         open_now = list(peers)
