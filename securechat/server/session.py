@@ -259,8 +259,12 @@ class Session:
             self._dispatch(event)
         except StoreUnavailable:
             self._store_unavailable(event)
-        if not self._login_reported and self.nick is not None:
-            self._login_reported = True  # no longer counted as a connection logging in
+
+    def _report_login(self) -> None:
+        """Tell the server this session logged in (once): it leaves the budget of
+        connections logging in. Reader thread only."""
+        if not self._login_reported:
+            self._login_reported = True
             self._on_login(self)
 
     def _dispatch(self, event: Event) -> None:
@@ -486,6 +490,10 @@ class Session:
             # without `_reply`: flushing room lines here would re-enter the hub (there
             # are none yet; lines are accepted only after the welcome).
             self.nick = hello.nick
+            # Counted as logged in before the welcome leaves: a client that connects again
+            # from its network as soon as it is welcomed must find this one out of the
+            # pre-login budget. (Takes the server's lock under the hub's: that order only.)
+            self._report_login()
             self._send(
                 Welcome(
                     version=PROTOCOL_VERSION,
