@@ -5,7 +5,8 @@ Out (stdout): every event, as the frame's own JSON (`message`, `joined`, `whispe
 `whisper_failed`, `key_changed`, `resend_pending`, `storage_failed`, `reconnecting`,
 `reconnected`, and last `disconnected`. A `whisper` with `"replay": true` was kept
 before the client last stopped and may have been printed then too: dedupe by `msg_id`.
-A whisper counts as printed once the next event is printed.
+A whisper counts as printed once the next event is printed. A whisper's `whisper_sent` is
+printed before any `whisper_status` of it.
 Output is UTF-8, but controls (C0, DEL, C1), Unicode format characters (bidi overrides,
 zero-width characters, the BOM), lone surrogates and U+2028/U+2029 are written as JSON
 `\\uXXXX` escapes: a program that parses the line gets the exact text, and one that
@@ -95,7 +96,9 @@ def run_json(client: Client, stdin: TextIO, stdout: TextIO) -> int:
 
     Returns 0 after a requested quit, 1 if the connection ended otherwise.
     """
-    lock = threading.Lock()
+    # Re-entrant: a whisper command holds it from sending its frame until its
+    # `whisper_sent` is out, so that no status of that whisper is printed before it.
+    lock = threading.RLock()
 
     def emit(obj: dict[str, Any]) -> None:
         with lock:
@@ -128,7 +131,8 @@ def run_json(client: Client, stdin: TextIO, stdout: TextIO) -> int:
             command = json.loads(line)
             if not isinstance(command, dict):
                 raise ValueError("a command is a JSON object")
-            _run(client, command, emit, quitting)
+            with lock:  # see `lock`: the pump waits meanwhile; the reader does not
+                _run(client, command, emit, quitting)
         except (ValueError, KeyError, TypeError, LookupError, E2EError, ConnectionError, TimeoutError) as exc:
             emit({"type": "command_error", "reason": str(exc), "command": line.strip()[:200]})
         if quitting.is_set():
