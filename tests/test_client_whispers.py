@@ -64,7 +64,14 @@ def deliver(
     )
     return [
         *incoming.events,
-        *(("ack", a.id) if a.outcome == "read" else ("failed", a.id, a.reason) for a in incoming.acks),
+        *(
+            ("ack", a.id)
+            if a.outcome == "read"
+            else ("held", a.id)
+            if a.outcome == "held"
+            else ("failed", a.id, a.reason)
+            for a in incoming.acks
+        ),
     ]
 
 
@@ -82,7 +89,8 @@ def test_whisper_from_a_changed_key_is_held_unacked_until_trusted() -> None:
     new_alice._clock = time.time
     new_alice.start_session("bob", fetched_bundle(bob_conv))
     held = deliver(bob, "alice", new_alice.encrypt("bob", b'{"text":"new key"}'), 2)
-    assert len(held) == 1 and isinstance(held[0], KeyChanged) and held[0].held == 1  # no ack
+    # Acked only as "held": the server keeps it (it is not read), and goes on with the queue.
+    assert isinstance(held[0], KeyChanged) and held[0].held == 1 and held[1:] == [("held", "2")]
     released = bob.trust("alice")
     assert [e.text for e in released.events if isinstance(e, WhisperReceived)] == ["new key"]
     assert [a.id for a in released.acks] == ["2"]
@@ -138,7 +146,7 @@ def test_a_held_whisper_delivered_again_raises_no_second_alarm() -> None:
     new_alice.start_session("bob", fetched_bundle(bob._conv))
     frame = new_alice.encrypt("bob", b'{"text":"held"}')
     assert isinstance(deliver(bob, "alice", frame, 2, "h1")[0], KeyChanged)
-    assert deliver(bob, "alice", frame, 3, "h1") == []  # the same message again: quiet, not acked
+    assert deliver(bob, "alice", frame, 3, "h1") == [("held", "3")]  # the same again: no second alarm
     released = bob.trust("alice")
     assert [e.text for e in released.events if isinstance(e, WhisperReceived)] == ["held"]
 
@@ -196,9 +204,13 @@ def test_whispers_held_for_a_changed_key_are_bounded_per_peer() -> None:
     impostor = party("alice", 2)
     impostor._clock = time.time
     impostor.start_session("bob", fetched_bundle(bob_conv))
-    alarms = []
+    got = []
     for n in range(1, HELD_PER_PEER + 11):
-        alarms += deliver(bob, "alice", impostor.encrypt("bob", b'{"text":"x"}'), n)
-    assert len(alarms) == HELD_PER_PEER  # one alarm per held whisper; none acked
-    assert all(isinstance(a, KeyChanged) for a in alarms)
-    assert max(a.held for a in alarms if isinstance(a, KeyChanged)) == HELD_PER_PEER  # before: 110
+        got += deliver(bob, "alice", impostor.encrypt("bob", b'{"text":"x"}'), n)
+    alarms = [a for a in got if isinstance(a, KeyChanged)]
+    assert len(alarms) == HELD_PER_PEER  # one alarm per held whisper
+    # None read: each acked only as "held" (the server keeps them all), past the bound too.
+    assert [a for a in got if not isinstance(a, KeyChanged)] == [
+        ("held", str(n)) for n in range(1, HELD_PER_PEER + 11)
+    ]
+    assert max(a.held for a in alarms) == HELD_PER_PEER  # before: 110

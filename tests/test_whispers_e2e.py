@@ -461,3 +461,35 @@ def test_the_server_applies_its_configured_quota_not_the_default(
         Code.QUOTA,
     ]
     alice.close()
+
+
+def test_whispers_held_for_a_changed_key_do_not_stall_the_rest_of_the_queue(
+    start_server: StartServer, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    from securechat.client.events import KeyChanged
+
+    server = start_server(data_dir=tmp_path / "server", queue_page=4)
+    bob_keys = memory_keys("bob")
+    bob = login(server, client_ctx, "bob", bob_keys)
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    alice.whisper("bob", "hello")  # bob pins alice's key
+    _whisper_received(bob)
+    alice.close()
+    bob.close()
+    assert server.store.release("alice")  # alice lost her keys and came back with new ones
+    new_alice = login(server, client_ctx, "alice", memory_keys("alice"))
+    for n in range(6):  # more than a page, all held by bob's client until he decides
+        new_alice.whisper("bob", f"held {n}")
+    carol = login(server, client_ctx, "carol", memory_keys("carol"))
+    after = carol.whisper("bob", "queued behind them")
+    assert _status(carol, after).status == "stored"
+    bob = login(server, client_ctx, "bob", bob_keys, wait_published=False)
+    alarms = []
+    while not isinstance(item := bob.next_event(TIMEOUT), WhisperReceived):
+        if isinstance(item, KeyChanged):
+            alarms.append(item)
+    # The first page held alice's whispers, and did not stall the backlog behind it.
+    assert (item.sender, item.text) == ("carol", "queued behind them")
+    assert alarms and all(a.peer == "alice" for a in alarms)
+    for c in (new_alice, carol, bob):
+        c.close()

@@ -328,10 +328,13 @@ class WhisperKeys:
         except IdentityChanged as exc:
             self._save()
             held = self._held.get(fold_nick(delivery.sender), [])
+            # "held": the server keeps it (and delivers it again at the next login), but
+            # goes on with the rest of a backlog it hands out page by page.
+            out.acks.append(Ack(id=delivery.id, outcome="held"))
             if any(d.msg_id == delivery.msg_id for d in held):
                 return  # held already, and the user was told: no second alarm
             if len(held) >= HELD_PER_PEER or self._held_count >= HELD_TOTAL:
-                return  # left on the server, unacknowledged: it comes again at the next login
+                return  # not kept here: it comes again at the next login
             held.append(delivery)
             self._held[fold_nick(delivery.sender)] = held
             self._held_count += 1

@@ -44,9 +44,11 @@ MAX_OPKS_PER_PUBLISH = 200
 _ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _STATUSES = frozenset({"stored", "delivered", "failed"})
 
-#: What a recipient's client reports in its `ack`: the whisper was decrypted and shown
-#: ("read"), or it never can be ("failed", with one of `FAILURE_REASONS`).
-OUTCOMES = frozenset({"read", "failed"})
+#: What a recipient's client reports in its `ack`: the whisper was decrypted and kept
+#: ("read"), it never can be ("failed", with one of `FAILURE_REASONS`), or it waits for
+#: the user to accept its sender's new key ("held": keep it, deliver it again at the next
+#: login, and go on with the rest of the queue meanwhile).
+OUTCOMES = frozenset({"read", "failed", "held"})
 #: Why a whisper could not be decrypted, in classes coarse enough to tell the sender
 #: what to do (fetch keys again) and nothing about the recipient's keys beyond that.
 FAILURE_REASONS = frozenset({"no-session", "unknown-prekey", "auth-failed", "malformed"})
@@ -266,7 +268,8 @@ class Ack(Event):
     """The client has the delivery `id` safely; the server may forget it.
 
     `outcome` tells the sender what became of it: "read" (decrypted and kept), or
-    "failed" (it never can be decrypted; `reason` is one of `FAILURE_REASONS`).
+    "failed" (it never can be decrypted; `reason` is one of `FAILURE_REASONS`). "held"
+    is not an end: the server keeps the whisper and tells the sender nothing.
     """
 
     TYPE = "ack"

@@ -276,10 +276,11 @@ class Relay:
         what became of it: "delivered" if it was read, "failed" (with the recipient's
         reason) if it could not be decrypted. A failure is also kept for the sender until
         it sends that whisper again (see `failures`): one who is offline now learns it at
-        the next login. Unknown ids are ignored (a repeated ack after a reconnect is normal).
+        the next login. A "held" ack changes nothing here (the session's backlog counts it
+        as settled). Unknown ids are ignored (a repeated ack after a reconnect is normal).
         """
-        if not ack.id.isdigit():
-            return
+        if not ack.id.isdigit() or ack.outcome == "held":
+            return  # held by the recipient for its user: kept, and nothing to tell yet
         failed = ack.reason if ack.outcome == "failed" else ""
         done = self._store.ack(nick, int(ack.id), failed, keep_failures=self._config.queue_max_per_sender)
         if done is None:
