@@ -1125,7 +1125,7 @@ def attack_registration_flood(workdir: Path, cert_files: dict[str, str], ctx: ss
 FAIL2BAN_LINE = r"auth failure from {address} for nick \S+: \S"
 
 FAILED_LOGINS_ANSWERED = RateLimit(
-    "bad proofs one /24 may try",
+    "claims of a registered nick without its key one /24 may try",
     Limit("burst", "ServerConfig.login_failure_burst", 10),
     Limit("one per N seconds", "ServerConfig.login_failure_interval", 30),
     every=True,
@@ -1133,7 +1133,9 @@ FAILED_LOGINS_ANSWERED = RateLimit(
 
 
 def attack_failed_logins(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSLContext) -> Figures:
-    """Repeated logins with a bad proof for a registered nick, from one address."""
+    """Repeated claims of a registered nick without its key, from one address. (Claims with
+    an identity are never refused: a valid proof cannot be guessed, and refusing it would
+    let a failing neighbour lock the owner out; those are bounded by the accept rate.)"""
     f = Figures("failed logins")
     seconds = scale(2, 15)
     server = ServerUnderAttack(workdir, cert_files)
@@ -1154,12 +1156,15 @@ def attack_failed_logins(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSL
                 times.append(time.monotonic() - a)
                 continue
             try:
+                # Every other try with a forged proof, the rest as a guest: both are failures
+                # of the nick; only the guest's claims are refused once they keep failing.
+                forge = len(times) % 2 == 1
                 p.send(
                     Hello(
                         version=PROTOCOL_VERSION,
                         nick="owner",
                         client="abuse",
-                        identity=owner.identity.sig_key,
+                        identity=owner.identity.sig_key if forge else b"",
                     )
                 )
                 frame = p.expect("challenge", "error")
@@ -1169,7 +1174,7 @@ def attack_failed_logins(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSL
                     frame = p.expect("welcome", "error")
                 code = str(frame.get("code") or frame.get("type"))
                 refused[code] += 1
-                answered += code == "auth-failed"
+                answered += code == "nick-registered"
             except (TimeoutError, Closed, OSError) as exc:
                 refused[type(exc).__name__] += 1
             finally:
@@ -1177,7 +1182,7 @@ def attack_failed_logins(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSL
             times.append(time.monotonic() - a)
         elapsed = time.monotonic() - t0
         f.check(
-            f"bad proofs checked (auth-failed) in {elapsed:.1f} s",
+            f"claims without the key answered (nick-registered) in {elapsed:.1f} s",
             answered,
             answered <= FAILED_LOGINS_ANSWERED.allowed(elapsed),
             FAILED_LOGINS_ANSWERED.describe(elapsed),

@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import ssl
@@ -430,11 +431,36 @@ def test_failed_logins_are_logged_for_fail2ban_and_back_off_per_prefix(
         "auth failure from 127.0.5.7 for nick alice: nick registered to another key",
     ]
     assert all(r.levelno == logging.WARNING for r in caplog.records if r.getMessage() in failures)
-    # The /24 has used its failures: its next login is refused for now, not for good.
-    conn, answer = identity_login(server, client_ctx, "127.0.5.8", "alice", alice_key)
-    assert answer["type"] == "error" and answer["code"] == "busy" and answer["fatal"] is True
-    conn.close()
-    # Alice, from her own network, is not locked out by someone else's guessing.
-    conn, answer = identity_login(server, client_ctx, "127.0.1.2", "alice", alice_key)
+    # The /24 has used its failures for alice: its next claim without a proof is refused
+    # for now, not for good, ...
+    guest = tls_from(server, client_ctx, "127.0.5.8")
+    guest.send_line('{"type":"hello","version":1,"nick":"alice"}')
+    answer = guest.read_json()
+    assert (answer["type"], answer["code"], answer["fatal"]) == ("error", "busy", True)
+    guest.close()
+    # ... but a valid proof is never refused, even from the guessing network (a failing
+    # neighbour must not lock the owner out), ...
+    conn, answer = identity_login(server, client_ctx, "127.0.5.9", "alice", alice_key)
     assert answer["type"] == "welcome"
     conn.close()
+    # ... and its other users are not touched.
+    guest = tls_from(server, client_ctx, "127.0.5.10")
+    guest.send_line('{"type":"hello","version":1,"nick":"bob"}')
+    assert guest.read_json()["type"] == "welcome"
+    guest.close()
+
+
+def test_a_refused_registration_is_not_an_auth_failure_for_fail2ban(
+    start_server: StartServer, client_ctx: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A class registering its nicks from one network must not get that network banned.
+    server = start_server(registration_burst=1, registrations_per_hour=1)
+    caplog.set_level(logging.WARNING, logger="securechat.server.authfail")
+    for n, source in enumerate(("127.0.7.2", "127.0.7.3")):
+        key = Ed25519PrivateKey.generate().private_bytes_raw()
+        conn, answer = identity_login(server, client_ctx, source, f"pupil{n}", key)
+        assert answer["type"] == ("welcome" if n == 0 else "error")
+        conn.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["registration refused for nick pupil1 from 127.0.7.3: too many from its network"]
+    assert not any(re.search(r"auth failure from \S+ for nick \S+: ", line) for line in lines)

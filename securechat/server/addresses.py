@@ -18,10 +18,11 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from ..protocol import fold_nick
 from .config import ServerConfig
 from .ratelimit import KeyedBuckets
 
-__all__ = ["ConnectionCounts", "PrefixGuards", "PrefixLimits", "prefix_of"]
+__all__ = ["ConnectionCounts", "PrefixGuards", "PrefixLimits", "prefix_of", "shown_address"]
 
 
 def prefix_of(address: str, ipv4_bits: int = 24, ipv6_bits: int = 64) -> str:
@@ -193,11 +194,28 @@ class PrefixGuards:
         """Take a token for registering a new nick from `prefix`; False if refused."""
         return self._registrations is not None and self._registrations.allow(prefix)
 
-    def login_failed(self, prefix: str) -> None:
-        """Count a failed login from `prefix` against its budget of failures."""
-        self._failures.allow(prefix)
+    def login_failed(self, prefix: str, nick: str) -> None:
+        """Count a failed login for `nick` from `prefix` against their budget of failures."""
+        self._failures.allow(_failure_key(prefix, nick))
 
-    def login_backoff(self, prefix: str) -> float:
-        """Seconds before `prefix` may try to log in again (0: now): once its failures have
-        used the budget, one more try each `login_failure_interval`."""
-        return self._failures.wait(prefix)
+    def login_backoff(self, prefix: str, nick: str) -> float:
+        """Seconds before `prefix` may claim `nick` again without a proof (0: now): once
+        its failures for that nick have used the budget, one more try each
+        `login_failure_interval`. Per nick, so that someone inside a network who keeps
+        failing blocks neither its other users nor anyone from other networks."""
+        return self._failures.wait(_failure_key(prefix, nick))
+
+
+def _failure_key(prefix: str, nick: str) -> str:
+    return f"{prefix} {fold_nick(nick)}"
+
+
+def shown_address(address: str) -> str:
+    """`address` as a firewall sees it: an IPv4-mapped IPv6 address (a dual-stack
+    listener's view of an IPv4 client) as plain IPv4, so that a ban acts on it."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped) if mapped is not None else address

@@ -83,6 +83,10 @@ class Relay:
 
     # -- login ------------------------------------------------------------------------
 
+    def is_registered(self, nick: str) -> bool:
+        """Whether `nick` is bound to a key (no side effects: an idle binding stays)."""
+        return self._store.registered_key(nick) is not None
+
     def may_claim(self, nick: str, sig_key: bytes) -> bool:
         """False if `nick` is registered to a key other than `sig_key` (b"" for guests).
 

@@ -51,7 +51,7 @@ from ..protocol import (
 )
 from ..transport import TlsChannel
 from .addresses import PrefixGuards
-from .authfail import NICK_REGISTERED, PROOF_FAILED, REGISTRATION_REFUSED, auth_failed
+from .authfail import NICK_REGISTERED, PROOF_FAILED, auth_failed, registration_refused
 from .backlog import Backlog
 from .config import ServerConfig
 from .deadlines import Deadline, Watchdog
@@ -409,15 +409,19 @@ class Session:
             )
 
     def _hello(self, hello: Hello) -> None:
-        backoff = self._guards.login_backoff(self.prefix)
+        # Claims without a proof back off once they keep failing, per network and nick. A
+        # claim with an identity never waits: a valid proof cannot be guessed, so refusing
+        # one would only let a failing neighbour lock its owner out; failed proofs are
+        # logged for fail2ban and bounded by the network's connection rate.
+        backoff = 0.0 if hello.identity else self._guards.login_backoff(self.prefix, hello.nick)
         if backoff > 0:
-            # The network used up its failed logins: refused for now, not for good, and
-            # not counted as another failure (that would lock it out for ever).
-            log.info("login from %s refused: too many failed logins from %s", self.address, self.prefix)
+            # Refused for now, not for good, and not counted as another failure.
+            log.info("login from %s refused: too many failed logins for %s", self.address, hello.nick)
             self.close(
                 Error(
                     code=Code.BUSY,
-                    reason=f"too many failed logins from your network; try again in {math.ceil(backoff)} s",
+                    reason=f"too many failed logins for {hello.nick} from your network; "
+                    f"try again in {math.ceil(backoff)} s",
                     fatal=True,
                 ),
                 reason="too many failed logins",
@@ -449,12 +453,13 @@ class Session:
                 Error(code=Code.AUTH_FAILED, reason="identity proof failed", fatal=True), reason="auth failed"
             )
             return
-        # A nick nobody holds yet (`may_claim` with no key is true only then) costs one of
-        # the network's registrations: nicks are free, and each one is kept for months.
-        if self._relay.may_claim(claim.nick, b"") and not self._guards.register(self.prefix):
-            refused = REGISTRATION_REFUSED
-            auth_failed(self._guards, self.prefix, self.address, claim.nick, refused, count=False)
+        # A nick nobody holds yet costs one of the network's registrations: nicks are
+        # free, and each one is kept for months.
+        if not self._relay.is_registered(claim.nick) and not self._guards.register(self.prefix):
             closed = self._guards.registrations_closed
+            registration_refused(
+                self.address, claim.nick, "registrations closed" if closed else "too many from its network"
+            )
             self.close(
                 Error(
                     code=Code.QUOTA,
