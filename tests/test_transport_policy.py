@@ -134,3 +134,23 @@ def test_where_no_group_list_can_be_set_x25519_alone_is_offered(
     for group in ("prime256v1", "ffdhe2048"):
         with pytest.raises(ssl.SSLError):
             handshake_pair(fallback, offering_only(cert_files["ca"], group))
+
+
+def test_where_x25519_cannot_be_set_either_p256_alone_is_offered(
+    cert_files: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A FIPS build of OpenSSL has no X25519: the list is refused as a whole, and so is
+    # X25519 alone. Offering nothing would refuse every client; P-256 is what is left.
+    monkeypatch.setattr(policy, "_libssl_set_groups_list", lambda ctx, groups: False)
+    real = ssl.SSLContext.set_ecdh_curve
+
+    def without_x25519(ctx: ssl.SSLContext, name: str) -> None:
+        if name == "X25519":
+            raise ssl.SSLError("unknown group X25519")
+        real(ctx, name)
+
+    monkeypatch.setattr(ssl.SSLContext, "set_ecdh_curve", without_x25519)
+    fallback = policy.server_context(cert_files["cert"], cert_files["key"])
+    assert handshake_pair(fallback, offering_only(cert_files["ca"], "prime256v1")) == "TLSv1.3"
+    with pytest.raises(ssl.SSLError):
+        handshake_pair(fallback, offering_only(cert_files["ca"], "ffdhe2048"))

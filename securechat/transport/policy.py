@@ -79,22 +79,32 @@ def client_context(cafile: str | Path | None = None) -> ssl.SSLContext:
 
 
 def _offer_only_groups(ctx: ssl.SSLContext) -> None:
-    """Restrict `ctx` to `GROUPS`, by the best means this Python has.
+    """Restrict `ctx` to `GROUPS`, by the best means this Python and OpenSSL have.
 
     Python 3.15 has `SSLContext.set_groups`. Before it, the ssl module can only set a
     single group (`set_ecdh_curve`, which on OpenSSL 3 replaces the whole list), so the
     list goes to OpenSSL directly, through the libssl the ssl module is linked with.
-    Where neither works, X25519 alone is offered, which still excludes every costly group.
+    OpenSSL 1.1.1 offers no finite-field groups in TLS 1.3, so there is nothing costly to
+    remove there. Where the list cannot be set (or is refused: a FIPS build has no
+    X25519), one group alone is offered: X25519, else P-256.
     """
     groups = ":".join(GROUPS)
     set_groups = getattr(ctx, "set_groups", None)
     if callable(set_groups):
         set_groups(groups)
         return
+    if ssl.OPENSSL_VERSION_INFO < (3, 0):
+        return
     if _libssl_set_groups_list(ctx, groups):
         return
-    log.warning("this Python cannot set a list of TLS groups; offering %s only", GROUPS[0])
-    ctx.set_ecdh_curve(GROUPS[0])
+    for single in ("X25519", "prime256v1"):
+        try:
+            ctx.set_ecdh_curve(single)
+        except (ssl.SSLError, ValueError):
+            continue
+        log.warning("could not offer the TLS groups %s; offering %s only", groups, single)
+        return
+    raise ssl.SSLError(f"this OpenSSL offers none of the TLS groups {groups}")
 
 
 @functools.cache
@@ -122,11 +132,18 @@ def _libssl_set_groups_list(ctx: ssl.SSLContext, groups: str) -> bool:
     """SSL_CTX_set1_groups_list on `ctx`'s own SSL_CTX; False if it could not be done.
 
     CPython keeps the SSL_CTX pointer as the first field after the object header of
-    every SSLContext (unchanged from 2.7 to 3.14). Before writing through it we check
-    it really is this context's: OpenSSL's options for it must equal `ctx.options`.
+    every SSLContext (unchanged from 2.7 to 3.14; 3.15 has `set_groups` instead). The
+    version and size checks are what make reading it safe; that OpenSSL's options for
+    it equal `ctx.options` then confirms it is this context's before anything is written.
     """
     lib = _libssl()
-    if lib is None:
+    # Only where that layout is known to hold, and the object is big enough to have it:
+    # reading through a wrong pointer would crash, whatever is checked afterwards.
+    if (
+        lib is None
+        or not (3, 11) <= sys.version_info < (3, 15)
+        or type(ctx).__basicsize__ < object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+    ):
         return False
     ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
     if not ssl_ctx or lib.SSL_CTX_get_options(ssl_ctx) != ctx.options:
