@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -186,9 +187,40 @@ def test_a_program_that_does_not_read_events_is_disconnected_with_a_reason(hosti
 
     client, _ = hostile(flood, max_events=50)
     client.connect()
-    seen = events_until(client, Disconnected)  # read only once the flood is in
+    assert client._reader is not None
+    client._reader.join(TIMEOUT)  # read nothing until the reader has given up
+    seen = events_until(client, Disconnected)
     assert isinstance(seen[-1], Disconnected) and "not reading" in seen[-1].reason, seen[-1]
     assert len(seen) <= 60  # the bound and a few events of the frame being handled
+
+
+def test_a_slow_program_is_caught_up_with_not_given_up_on(hostile: MakeClient) -> None:
+    # A program that falls behind is not a broken server: the client drops the connection
+    # (the server keeps what it did not acknowledge) and comes back once the program has
+    # read, however often that happens.
+    def flood_then_talk(conn: HostileConn, index: int) -> None:
+        conn.login()
+        if index < 4:  # more overflows than a broken server would be forgiven
+            conn.send_raw(b"".join(_line({**MESSAGE, "ts": float(i)}) for i in range(1, 201)))
+        else:
+            conn.send({**MESSAGE, "text": "caught up", "ts": 1000.0})
+        conn.hold()
+
+    client, _ = hostile(flood_then_talk, max_events=50, reconnect=True)
+    client.connect()
+    for _ in range(4):
+        # The queue offers no event to wait on: poll its size until the reader stopped.
+        deadline = time.monotonic() + TIMEOUT
+        while client._events.qsize() < 50:
+            assert time.monotonic() < deadline, "the flood never filled the queue"
+            time.sleep(0.01)
+        while client._events.qsize() > 0:  # the program catches up
+            item = client.next_event(timeout=TIMEOUT)
+            assert not isinstance(item, Disconnected), item
+    seen = events_until(client, Message)
+    while not (isinstance(seen[-1], Message) and seen[-1].text == "caught up"):
+        assert not isinstance(seen[-1], Disconnected), seen[-1]
+        seen = events_until(client, Message)
 
 
 # -- 17: a bad frame is a lost connection, not the end -----------------------------------

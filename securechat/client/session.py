@@ -154,6 +154,7 @@ class Ending(Enum):
     """How a connection ended, which decides what the reader does next."""
 
     LOST = "lost"  # the network or the server went away: reconnect
+    BEHIND = "behind"  # the program left too many events unread: reconnect once it has caught up
     BROKEN = "broken"  # a bad frame, a flood, a failure of ours: reconnect, a few in a row at most
     FINAL = "final"  # quit, close, or a refusal that would only repeat: stop
 
@@ -208,6 +209,9 @@ class Client:
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._max_events = max_events
+        # Set by the program's thread in `next_event` once fewer than half of
+        # `max_events` wait; the reader waits for it after an overflow.
+        self._caught_up = threading.Event()
         self._conn = Connection(Role.CLIENT)  # guarded by _conn_lock
         self._conn_lock = threading.Lock()
         self._online = False  # guarded by _conn_lock (read without it only as a hint)
@@ -611,6 +615,8 @@ class Client:
             raise TimeoutError(f"no event within {timeout} s") from None
         if isinstance(item, Disconnected):
             self._events.put(item)
+        if self._events.qsize() < self._max_events // 2:
+            self._caught_up.set()
         return item
 
     def _mark_handed(self) -> None:
@@ -671,6 +677,8 @@ class Client:
                         break
                 else:
                     self._broken_in_a_row = 0
+                if ending is Ending.BEHIND:
+                    self._wait_caught_up()
                 if ending is Ending.FINAL or not self._reconnect or self._closing.is_set():
                     break
                 gave_up = self._reconnect_loop(reason)
@@ -719,7 +727,7 @@ class Client:
         except RemoteProtocolError as exc:
             reason, ending = f"the server broke the protocol: {exc}", Ending.BROKEN
         except _Overflow as exc:
-            reason, ending = str(exc), Ending.BROKEN
+            reason, ending = str(exc), Ending.BEHIND
         except (OSError, ssl.SSLError) as exc:  # ConnectionError is an OSError
             reason = "connection closed" if self._closing.is_set() else f"connection lost: {exc}"
         except Exception as exc:  # a frame we could not handle, or a bug: never a dead reader
@@ -731,6 +739,16 @@ class Client:
         if self._quitting or self._closing.is_set():
             ending = Ending.FINAL
         return reason, ending
+
+    def _wait_caught_up(self) -> None:
+        """After an overflow, wait (reader thread) until the program has read half of what
+        waits, or the client closes: a slow program is not a broken server, so the client
+        comes back when it can keep up instead of giving up."""
+        while self._events.qsize() >= self._max_events // 2 and not self._closing.is_set():
+            self._caught_up.clear()
+            if self._events.qsize() < self._max_events // 2:
+                break
+            self._caught_up.wait(1.0)  # woken by next_event; the timeout re-checks `_closing`
 
     def _check_room(self) -> None:
         """Called by the reader before each frame: raise `_Overflow` if the program has
@@ -960,13 +978,15 @@ class Client:
             channel = self._channel
         if channel is not None:
             channel.shutdown()
+        # First: a whisper waiting for keys holds the whisper lock the resend timer waits
+        # for, and only this answer ends its wait.
+        self._fetch_replies.put(_CLOSED)
         with self._timer_lock:
             timer = self._resend_timer
         if timer is not None:
             timer.cancel()
             if timer is not threading.current_thread():
                 timer.join()  # a cancelled timer's thread still takes a moment to end
-        self._fetch_replies.put(_CLOSED)  # wakes a recovery thread waiting for keys
         for thread in (self._reader, self._keepalive):
             if thread is not None and thread is not threading.current_thread():
                 thread.join()
