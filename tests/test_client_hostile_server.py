@@ -142,12 +142,13 @@ def test_keys_nobody_asked_for_are_dropped_not_kept(hostile: MakeClient) -> None
     assert client._fetch_replies.qsize() == 0
 
 
-def test_keys_for_someone_else_do_not_answer_a_fetch(hostile: MakeClient) -> None:
-    bob = Conversations(Identity.generate("bob"))
-    bundle = bob.bundle_to_publish()
-    genuine = {
+def genuine_keys(nick: str) -> dict[str, object]:
+    """A `keys` frame for `nick` from a real bundle (signatures that verify)."""
+    owner = Conversations(Identity.generate(nick))
+    bundle = owner.bundle_to_publish()
+    return {
         "type": "keys",
-        "nick": "bob",
+        "nick": nick,
         "identity": {
             "sig_key": _b(bundle.identity.sig_key),
             "dh_key": _b(bundle.identity.dh_key),
@@ -160,6 +161,10 @@ def test_keys_for_someone_else_do_not_answer_a_fetch(hostile: MakeClient) -> Non
             "signature": _b(bundle.spk.signature),
         },
     }
+
+
+def test_keys_for_someone_else_do_not_answer_a_fetch(hostile: MakeClient) -> None:
+    genuine = genuine_keys("bob")
     sent = threading.Event()
 
     def switcher(conn: HostileConn, _: int) -> None:
@@ -357,3 +362,27 @@ def test_the_json_client_carries_on_after_a_bad_frame(
         proc.kill()
         proc.communicate(timeout=TIMEOUT)
         server.close()
+
+
+def test_a_refusal_of_something_else_is_not_taken_as_the_answer_to_a_key_fetch(hostile: MakeClient) -> None:
+    # While a whisper waits for bob's keys, the server refuses a room line: that
+    # "rate-limited" names no nick, so it is not the fetch's answer; the keys that follow are.
+    sent = threading.Event()
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.login()
+        while conn.read_frame()["type"] != "fetch_keys":
+            pass
+        conn.send(
+            {"type": "error", "code": "rate-limited", "reason": "slow down: too many messages", "ref": ""}
+        )
+        conn.send(genuine_keys("bob"))
+        while conn.read_frame()["type"] != "whisper":
+            pass
+        sent.set()
+        conn.hold()
+
+    client, _ = hostile(script, keys=memory_keys("alice"))
+    client.connect()
+    client.whisper("bob", "hello")  # before: LookupError "slow down: too many messages"
+    assert sent.wait(TIMEOUT)

@@ -854,7 +854,14 @@ class Client:
             else:  # nobody asked, or not for this nick: kept, they would pile up
                 log.debug("dropping keys nobody asked for")
             return False
-        elif isinstance(event, Error) and event.code in _FETCH_ERRORS and self._take_fetch(None):
+        elif (
+            isinstance(event, Error)
+            and event.code in _FETCH_ERRORS
+            and event.ref
+            and self._take_fetch(event.ref)
+        ):
+            # Matched by the nick the server names in `ref`: a "rate-limited" for a room
+            # line arriving meanwhile is not the fetch's answer.
             self._fetch_replies.put(event)
             return False
         elif isinstance(event, Delivery):
@@ -872,12 +879,12 @@ class Client:
         self._events.put(event)
         return True
 
-    def _take_fetch(self, nick: str | None) -> bool:
-        """Called by the reader with an answer to a key fetch: True (and the fetch is no
-        longer pending) if a fetch waits for it, for `nick` (None: an error, any nick)."""
+    def _take_fetch(self, nick: str) -> bool:
+        """Called by the reader with an answer to a key fetch for `nick`: True (and the
+        fetch is no longer pending) if a fetch for that nick waits for it."""
         with self._fetch_lock:
             pending = self._fetch_pending
-            if pending is None or (nick is not None and fold_nick(nick) != pending):
+            if pending is None or fold_nick(nick) != pending:
                 return False
             self._fetch_pending = None
             return True

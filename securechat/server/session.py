@@ -309,7 +309,7 @@ class Session:
                 code=Code.STORE_UNAVAILABLE,
                 reason="the server cannot write to its database right now; nothing was stored, "
                 "send it again later",
-                ref=event.id if isinstance(event, Whisper) else "",
+                ref=_request_ref(event),
             )
         )
 
@@ -404,9 +404,7 @@ class Session:
                     if self._backlog.done:
                         self._backlog = None
         except RelayError as exc:
-            self._reply(
-                Error(code=exc.code, reason=exc.reason, ref=event.id if isinstance(event, Whisper) else "")
-            )
+            self._reply(Error(code=exc.code, reason=exc.reason, ref=_request_ref(event)))
 
     def _hello(self, hello: Hello) -> None:
         # Claims without a proof back off once they keep failing, per network and nick. A
@@ -608,3 +606,13 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason)
     return str(exc) or type(exc).__name__
+
+
+def _request_ref(event: Event) -> str:
+    """What a refusal of `event` names in `ref`: a whisper's id, the nick whose keys were
+    asked for, or "" (the client matches answers to its requests by it)."""
+    if isinstance(event, Whisper):
+        return event.id
+    if isinstance(event, FetchKeys):
+        return event.nick
+    return ""
