@@ -62,3 +62,15 @@ def test_connection_counts_per_prefix_and_not_logged_in() -> None:
 @pytest.mark.parametrize("bits", [24, 32])
 def test_prefix_lengths_come_from_the_config(bits: int) -> None:
     assert limits(ipv4_prefix=bits).prefix("10.1.2.3") == f"10.1.2.{0 if bits == 24 else 3}/{bits}"
+
+
+def test_an_explicit_zero_is_a_setting_and_a_bad_prefix_length_is_refused_up_front() -> None:
+    from dataclasses import replace
+
+    from securechat.server.addresses import PrefixLimits
+    from securechat.server.config import ServerConfig
+
+    limits = PrefixLimits.from_config(replace(ServerConfig(), accept_burst=0, prefix_say_burst=0))
+    assert (limits.accept_burst, limits.say_burst) == (0, 0)  # was: the default (64, 32)
+    with pytest.raises(ValueError, match="ipv4_prefix"):
+        PrefixLimits.from_config(replace(ServerConfig(), ipv4_prefix=40))

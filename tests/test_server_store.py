@@ -440,3 +440,16 @@ def test_failures_told_at_a_login_and_kept_per_sender_are_bounded(store: SqliteS
         store.ack("bob", store.pending("bob")[0].id, "no-session", keep_failures=3)
     assert [f[1] for f in store.failures("alice")] == ["m2", "m3", "m4"]  # the newest kept
     assert [f[1] for f in store.failures("alice", limit=2)] == ["m2", "m3"]  # oldest first
+
+
+def test_many_idle_nicks_expire_in_batches_all_of_them(tmp_path: Path) -> None:
+    from securechat.server.store import _EXPIRE_BATCH
+
+    clocks = Clocks()
+    store = clocks.store(tmp_path / "db.sqlite")
+    nicks = [f"n{i}" for i in range(2 * _EXPIRE_BATCH + 7)]
+    for nick in nicks:
+        assert store.register(nick, nick.encode().ljust(32, b"."), clocks.wall)
+    clocks.mono += 200
+    assert sorted(store.expire_nicks(100.0, keep=["n3"])) == sorted(n for n in nicks if n != "n3")
+    assert store.registered_key("n3") is not None

@@ -66,6 +66,10 @@ class PrefixLimits:
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> PrefixLimits:
+        """The limits `config` sets, defaults worked out. Raises `ValueError` for a prefix
+        length out of range (it would fail on every connection otherwise)."""
+        if not 0 <= config.ipv4_prefix <= 32 or not 0 <= config.ipv6_prefix <= 128:
+            raise ValueError("ipv4_prefix must be 0-32 and ipv6_prefix 0-128")
         per_prefix = max(1, config.max_per_ip)
         if config.prefix_say_rate is not None:
             say_rate: float | None = config.prefix_say_rate if config.prefix_say_rate > 0 else None
@@ -80,13 +84,17 @@ class PrefixLimits:
             max_sessions=config.max_sessions,
             per_prefix=per_prefix,
             # A quarter of the prefix's connections may be logging in at once.
-            prelogin_per_prefix=config.max_prelogin_per_prefix or max(1, per_prefix // 4),
+            prelogin_per_prefix=(
+                max(1, per_prefix // 4)
+                if config.max_prelogin_per_prefix is None
+                else config.max_prelogin_per_prefix
+            ),
             prelogin=config.max_prelogin,
             # A prefix may open all its connections at once, and half as many again per second.
-            accept_rate=config.accept_rate or per_prefix / 2,
-            accept_burst=config.accept_burst or float(per_prefix),
+            accept_rate=_given(config.accept_rate, per_prefix / 2),
+            accept_burst=_given(config.accept_burst, float(per_prefix)),
             say_rate=say_rate,
-            say_burst=config.prefix_say_burst or max(config.message_burst, per_prefix / 2),
+            say_burst=_given(config.prefix_say_burst, max(config.message_burst, per_prefix / 2)),
             registrations_per_second=max(0.0, config.registrations_per_hour) / 3600,
             registration_burst=max(1.0, config.registration_burst),
             login_failure_burst=max(1.0, config.login_failure_burst),
@@ -204,6 +212,11 @@ class PrefixGuards:
         `login_failure_interval`. Per nick, so that someone inside a network who keeps
         failing blocks neither its other users nor anyone from other networks."""
         return self._failures.wait(_failure_key(prefix, nick))
+
+
+def _given(value: float | None, default: float) -> float:
+    """A setting, or its worked-out default when not set (None; 0 is a setting)."""
+    return default if value is None else value
 
 
 def _failure_key(prefix: str, nick: str) -> str:

@@ -103,8 +103,9 @@ class ServerConfig:
     #: its first day). 0: no new registrations at all (existing nicks still log in).
     registrations_per_hour: float = 20.0
     registration_burst: float = 30.0
-    #: Failed logins (bad proof, a nick registered to another key) a prefix may make;
-    #: then its logins are refused (`busy`) except one more try per interval.
+    #: Failed logins (bad proof, a nick registered to another key) a prefix may make for
+    #: one nick; then its claims of that nick without a proof are refused (`busy`) except
+    #: one more try per interval. A valid proof is never refused.
     login_failure_burst: float = 10.0
     login_failure_interval: float = 30.0
     #: Prefixes each per-prefix table remembers (least recently used forgotten first).

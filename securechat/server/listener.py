@@ -314,8 +314,12 @@ class Server:
                 sock.close()
                 self._log_refusal(ip, prefix, refusal)
                 continue
-            sock.setblocking(True)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.setblocking(True)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset by the peer already: nothing to serve, and no reason to stop
+                sock.close()
+                continue
             peer = f"{addr[0]}:{addr[1]}"
             session = Session(
                 sock,

@@ -114,10 +114,11 @@ class Relay:
         gone = self._store.expire_nicks(self._config.nick_ttl, keep=online)
         if gone:
             log.info(
-                "released %d nicks nobody logged in to for %.0f days of service: %s",
+                "released %d nicks nobody logged in to for %.0f days of service: %s%s",
                 len(gone),
                 self._days_idle,
-                ", ".join(gone),
+                ", ".join(gone[:10]),
+                ", ..." if len(gone) > 10 else "",  # a log line of bounded length
             )
         return gone
 

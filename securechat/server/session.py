@@ -99,7 +99,6 @@ class Session:
         self._claim: Hello | None = None  # a hello with an identity, awaiting its proof
         self._nonce = b""
         self._backlog: Backlog | None = None  # queued whispers still to hand out; reader thread only
-        self._fetches = TokenBucket(config.fetch_rate, config.fetch_burst)
         self._requests = (
             TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
         )

@@ -55,7 +55,7 @@ __all__ = [
     "inspect",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 log = logging.getLogger(__name__)
 
@@ -298,12 +298,19 @@ INSERT INTO queue_usage SELECT 'from:' || sender, COUNT(*), SUM(length(header) +
 ALTER TABLE users ADD COLUMN seen REAL NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS users_by_seen ON users (seen);
 """,
+    # Releasing a nick deletes its failures as recipient too: without an index, a scan per nick.
+    7: """
+CREATE INDEX IF NOT EXISTS failures_by_recipient ON failures (recipient);
+""",
 }
 
 #: `meta` keys besides the schema version.
 _STORE_ID = "store_id"  # random, also in the data directory's marker: which store this is
 _SERVICE_CLOCK = "service_clock"  # seconds of service, as of the last write of it
 _BACKUP_TAKEN = "backup_taken"  # set only in copies made by `backup`: when
+
+#: Nicks released per transaction by `expire_nicks`.
+_EXPIRE_BATCH = 100
 
 #: Above every queue id (SQLite's largest integer): `pending` with no upper bound.
 _NO_ID_ABOVE = 2**63 - 1
@@ -410,7 +417,8 @@ def _release(db: sqlite3.Connection, key: str) -> bool:
     db.execute("DELETE FROM bundles WHERE nick_key=?", (key,))
     db.execute("DELETE FROM opks WHERE nick_key=?", (key,))
     db.execute("DELETE FROM queue WHERE recipient=?", (key,))
-    db.execute("DELETE FROM failures WHERE sender=? OR recipient=?", (key, key))
+    db.execute("DELETE FROM failures WHERE sender=?", (key,))
+    db.execute("DELETE FROM failures WHERE recipient=?", (key,))
     return gone
 
 
@@ -663,12 +671,19 @@ class SqliteStore:
 
     def expire_nicks(self, max_idle: float, keep: Collection[str] = ()) -> list[str]:
         since, kept = self.service_clock() - max_idle, {fold_nick(n) for n in keep}
-        with self._tx() as db:
-            idle = db.execute("SELECT nick_key, nick FROM users WHERE seen < ?", (since,)).fetchall()
-            gone = [(key, nick) for key, nick in idle if key not in kept]
-            for key, _ in gone:
-                _release(db, key)
-        return [nick for _, nick in gone]
+        gone: list[tuple[str, str]] = []
+        while True:  # in batches: one long transaction would hold up every session's writes
+            with self._tx() as db:
+                idle = db.execute(
+                    "SELECT nick_key, nick FROM users WHERE seen < ? ORDER BY seen LIMIT ?",
+                    (since, _EXPIRE_BATCH + len(kept)),
+                ).fetchall()
+                batch = [(key, nick) for key, nick in idle if key not in kept][:_EXPIRE_BATCH]
+                for key, _ in batch:
+                    _release(db, key)
+            gone += batch
+            if len(batch) < _EXPIRE_BATCH:
+                return [nick for _, nick in gone]
 
     def publish(
         self,
