@@ -1265,13 +1265,18 @@ def attack_half_lines(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSLCon
         f.measure("connections parked on a half line", parked)
         f.at_most("server RSS per parked connection (KiB)", round(per, 1), HALF_LINE_RSS_KIB)
         closed = parked - len(open_now)
-        f.check(
-            f"closed by the server within {window:.0f} s",
-            f"{closed} of {parked}",
-            closed == parked or window < limit,
-            f"all, after {limit:g} s ({where})"
-            + ("" if window >= limit else " (not reached in the short run)"),
-        )
+        if window >= limit:
+            f.check(
+                f"closed by the server within {window:.0f} s",
+                f"{closed} of {parked}",
+                closed == parked,
+                f"all, after {limit:g} s ({where})",
+            )
+        else:  # the short run ends before the deadline: a figure, not a check it would pass anyway
+            f.measure(
+                f"closed by the server within {window:.0f} s (deadline {limit:g} s, not reached)",
+                f"{closed} of {parked}",
+            )
     finally:
         for p in peers:
             p.close()
@@ -1289,13 +1294,22 @@ def attack_tls(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSLContext) -
     server = ServerUnderAttack(workdir, cert_files)
     try:
         base = [openssl, "s_client", "-connect", f"{HOST}:{server.port}", "-CAfile", cert_files["ca"]]
+        # A control: the same client does complete a handshake the server offers, so a
+        # refusal below is the server's choice, not a client that never connects.
+        control = _s_client([*base, "-tls1_3", "-groups", "X25519"])
+        f.check(
+            "control handshake with X25519 completes",
+            "yes" if _completed(control) else "no",
+            _completed(control),
+            "yes",
+        )
         handshakes = scale(3, 10)
         ok = 0
         groups: Counter[str] = Counter()
         cpu0 = server.cpu()
         for _ in range(handshakes):
             out = _s_client([*base, "-tls1_3", "-groups", "ffdhe8192:ffdhe6144:ffdhe4096"])
-            ok += bool(re.search(r"Cipher is (?!\(NONE\))", out))
+            ok += _completed(out)
             for line in out.splitlines():
                 if "Negotiated TLS1.3 group" in line or "Server Temp Key" in line:
                     groups[line.split(":", 1)[1].strip()] += 1
@@ -1309,6 +1323,12 @@ def attack_tls(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSLContext) -
         f.measure("server CPU per ffdhe-only handshake (ms)", round(cpu / handshakes * 1000, 1))
         sess = workdir / "tls12.sess"
         out = _s_client([*base, "-tls1_2", "-sess_out", str(sess)])
+        f.check(
+            "TLS 1.2 handshake completes (to look for a ticket)",
+            "yes" if _completed(out) else "no",
+            _completed(out),
+            "yes",
+        )
         ticket = "TLS session ticket:" in out
         resumed = False
         if sess.exists() and sess.stat().st_size > 0:
@@ -1319,6 +1339,11 @@ def attack_tls(workdir: Path, cert_files: dict[str, str], ctx: ssl.SSLContext) -
     finally:
         server.stop()
     return f
+
+
+def _completed(s_client_output: str) -> bool:
+    """Whether `openssl s_client` agreed a cipher (its handshake completed)."""
+    return bool(re.search(r"Cipher is (?!\(NONE\))", s_client_output))
 
 
 def _s_client(argv: list[str]) -> str:

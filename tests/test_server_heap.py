@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 
 from securechat.server import heap
 from securechat.server.heap import TrimAfterDrop
@@ -20,4 +21,7 @@ def test_trim_after_a_flood_ends() -> None:
 def test_trim_works_on_glibc_and_rss_is_known_on_linux() -> None:
     assert heap.trim() == (platform.libc_ver()[0] == "glibc")
     rss = heap.rss_kib()
-    assert rss is not None and rss > 0
+    if sys.platform.startswith("linux"):  # read from /proc
+        assert rss is not None and rss > 0
+    else:
+        assert rss is None
