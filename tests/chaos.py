@@ -82,6 +82,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -409,6 +410,9 @@ class Figures:
     failed: int = 0
     unconfirmed: int = 0
     store_unavailable: int = 0
+    #: Acknowledged stored by the server (the sender's outbox says so) but the status was
+    #: never printed: a kill of the sender cut it between recording and printing.
+    status_cut: int = 0
     room_said: int = 0
     room_seen: int = 0
     kills: dict[str, int] = field(default_factory=dict)
@@ -1116,11 +1120,41 @@ class Chaos:
         # may be shown before its sender hears "stored": wait for those answers too.
         self.wait(lambda: not self.ledger.unconfirmed(), TIMEOUT / 3)
 
+    def _stored_in_outbox(self, unconfirmed: list[WhisperRecord]) -> list[WhisperRecord]:
+        """Of whispers never seen acknowledged, those whose sender's outbox records the
+        server's answer (stored, delivered or failed): its client was killed after
+        recording the status and before printing it. A status is printed at most once,
+        like any line; the outbox (and /history) keeps it. Read from the keystore's
+        database: a message's id and state are not sealed."""
+        found = []
+        for rec in unconfirmed:
+            sender = self.clients.get(rec.sender)
+            if sender is None or not rec.msg_id:
+                continue
+            for db_path in sender.home.rglob("keystore.db"):
+                db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+                try:
+                    row = db.execute(
+                        "SELECT state FROM messages WHERE direction='out' AND msg_id=?", (rec.msg_id,)
+                    ).fetchone()
+                except sqlite3.Error:
+                    row = None  # an older product without a message store
+                finally:
+                    db.close()
+                if row is not None and row[0] in ("stored", "delivered", "failed"):
+                    found.append(rec)
+                    break
+        return found
+
     def finish(self, scenario: str, *, count_losses: bool = True) -> Figures:
         """The figures of this run (`count_losses` False: its acknowledged whispers were
         destroyed on purpose, as in the damaged-database cases)."""
         with self.ledger.cond:
+            cut = self._stored_in_outbox(self.ledger.unconfirmed())
+            for rec in cut:
+                rec.stored = True
             figures = self.ledger.figures(scenario)
+            figures.status_cut = len(cut)
             if not count_losses:
                 figures.lost, figures.lost_tokens = 0, []
                 figures.check_outbox = False
@@ -1724,6 +1758,7 @@ _ROWS = [
     ("phantom", "phantom"),
     ("failed", "failed (undecryptable)"),
     ("unconfirmed", "accepted, never stored"),
+    ("status_cut", "stored, status print cut by a kill"),
     ("store_unavailable", "store-unavailable errors"),
     ("room_said", "room lines said"),
     ("room_seen", "room lines seen"),
