@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos import Proc, free_port, git_revision
+from server_process import server_argv
 
 from securechat.e2e.bundle import OPK_TARGET, PrekeySecrets
 from securechat.e2e.identity import Identity
@@ -367,26 +368,9 @@ class ServerUnderAttack:
         self.workdir = workdir
         self.data_dir = workdir / "server-data"
         self._banner = threading.Event()
-        argv = [
-            sys.executable,
-            "-m",
-            "securechat",
-            "server",
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            "--init",
-            "--cert",
-            cert_files["cert"],
-            "--key",
-            cert_files["key"],
-            "--log-level",
-            "info",
-            *extra,
-        ]
+        argv = server_argv(
+            self.port, self.data_dir, cert_files, "--log-level", "info", *extra, host=HOST, init=True
+        )
         self.proc = Proc(
             argv,
             env=product_env({}),

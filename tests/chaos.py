@@ -93,6 +93,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from server_process import server_argv
+
 #: Longest wait for any one event (a banner, a reply, a reconnect). Generous for a busy CI
 #: machine; a passing run never waits this long, since every wait ends on its event.
 TIMEOUT = 15.0
@@ -282,27 +284,19 @@ class ServerProc:
         self.starts += 1
         argv = [
             *self.wrapper,
-            sys.executable,
-            "-m",
-            "securechat",
-            "server",
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            "--cert",
-            self.cert_files["cert"],
-            "--key",
-            self.cert_files["key"],
-            "--message-rate",
-            "0",  # a fast mixed load on purpose (the server logs it)
-            "--log-level",
-            "warning",
-            # Only the very first start makes the directory: a restart must find it.
-            *(["--init"] if self.starts == 1 and _server_has_init_flag() else []),
-            *self.extra,
+            *server_argv(
+                self.port,
+                self.data_dir,
+                self.cert_files,
+                "--message-rate",
+                "0",  # a fast mixed load on purpose (the server logs it)
+                "--log-level",
+                "warning",
+                *self.extra,
+                host=HOST,
+                # Only the very first start makes the directory: a restart must find it.
+                init=self.starts == 1 and _server_has_init_flag(),
+            ),
         ]
         env = product_env(self.env)
         self.proc = Proc(

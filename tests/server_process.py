@@ -18,30 +18,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def server_argv(
+    port: int,
+    data: Path,
+    cert_files: dict[str, str],
+    *extra: str,
+    host: str = "127.0.0.1",
+    init: bool = False,
+) -> list[str]:
+    """The command line of a `securechat server` on `host`:`port` with `data` (and
+    `--init`, when asked, for a new server); `extra` options last."""
+    return [
+        sys.executable,
+        "-m",
+        "securechat",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data),
+        *(["--init"] if init else []),
+        "--cert",
+        cert_files["cert"],
+        "--key",
+        cert_files["key"],
+        *extra,
+    ]
+
+
 class ServerProcess:
     """`python -m securechat server` on 127.0.0.1:`port`; ready when the constructor returns."""
 
     def __init__(self, port: int, data: Path, cert_files: dict[str, str], *extra: str) -> None:
         self.port = port
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "securechat",
-                "server",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data),
-                "--cert",
-                cert_files["cert"],
-                "--key",
-                cert_files["key"],
-                "--log-level",
-                "warning",
-                *(["--init"] if not data.exists() else []),  # a new server, made on purpose
-                *extra,
-            ],
+            server_argv(port, data, cert_files, "--log-level", "warning", *extra, init=not data.exists()),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
