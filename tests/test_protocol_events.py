@@ -3,16 +3,26 @@ from __future__ import annotations
 import pytest
 
 from securechat.protocol import (
+    Code,
     Error,
+    FetchKeys,
     Hello,
+    KeyIdentity,
+    Keys,
     Message,
     Names,
     Ping,
     Say,
+    SignedPrekeyRecord,
     Welcome,
+    decode_line,
+    encode,
     fold_nick,
     is_valid_nick,
 )
+
+IDENTITY = KeyIdentity(sig_key=b"s" * 32, dh_key=b"d" * 32, dh_sig=b"g" * 64)
+SPK = SignedPrekeyRecord(id=1, created=0, public=b"p" * 32, signature=b"g" * 64)
 
 
 @pytest.mark.parametrize("nick", ["a", "alice", "Bob_2", "x.y-z", "_under", "A" * 24])
@@ -83,3 +93,25 @@ def test_to_dict_puts_type_first_and_lists_tuples() -> None:
     d = Welcome(version=1, nick="a", users=("a", "b")).to_dict()
     assert next(iter(d)) == "type" and d["type"] == "welcome"
     assert d["users"] == ["a", "b"]
+
+
+def test_fetch_keys_and_keys_carry_an_optional_ref() -> None:
+    # The server echoes a fetch's ref in keys.ref and error.ref, so a client matches a
+    # fetch to its answer by that, not by the nick or the error code.
+    assert FetchKeys(nick="bob").ref == ""
+    frame = encode(FetchKeys(nick="bob", ref="f1"))
+    assert frame == b'{"type":"fetch_keys","nick":"bob","ref":"f1"}\n'
+    assert decode_line(frame[:-1]) == FetchKeys(nick="bob", ref="f1")
+    assert decode_line(b'{"type":"fetch_keys","nick":"bob"}') == FetchKeys(nick="bob")
+    FetchKeys(nick="bob", ref="r" * 64)
+    with pytest.raises(ValueError, match="ref"):
+        FetchKeys(nick="bob", ref="r" * 65)
+    with pytest.raises(ValueError, match="ref"):
+        FetchKeys(nick="bob", ref="\ud800")
+    keys = Keys(nick="bob", identity=IDENTITY, spk=SPK, ref="f1")
+    assert decode_line(encode(keys)[:-1]) == keys
+    assert Keys(nick="bob", identity=IDENTITY, spk=SPK).ref == ""
+    with pytest.raises(ValueError, match="ref"):
+        Keys(nick="bob", identity=IDENTITY, spk=SPK, ref="r" * 65)
+    # Whatever a fetch may carry, the error that refuses it can echo.
+    Error(code=Code.NO_KEYS, ref="r" * 64)

@@ -17,6 +17,7 @@ from typing import ClassVar
 from .limits import (
     DEFAULT_ROOM,
     MAX_NICK_CHARS,
+    MAX_REF_CHARS,
     MAX_ROOM_CHARS,
     MAX_SHORT_TEXT_CHARS,
     MAX_TEXT_BYTES,
@@ -355,7 +356,8 @@ class Error(Event):
     code: str
     reason: str = ""
     fatal: bool = False
-    #: The id of the request this refuses, when it carried one (a whisper's `id`);
+    #: What this refuses, when the request named something: a whisper's `id`, a
+    #: `fetch_keys`' `ref` (or, without one, its nick), the room of a room request;
     #: "" otherwise.
     ref: str = ""
 
@@ -364,4 +366,4 @@ class Error(Event):
             raise ValueError("code: empty")
         check_str("code", self.code, max_chars=64)
         check_str("reason", self.reason)
-        check_str("ref", self.ref, max_chars=64)
+        check_str("ref", self.ref, max_chars=MAX_REF_CHARS)

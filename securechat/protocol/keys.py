@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .events import FROM_CLIENT, FROM_SERVER, Event, Record, check_nick
+from .events import FROM_CLIENT, FROM_SERVER, Event, Record, check_nick, check_str
+from .limits import MAX_REF_CHARS
 
 __all__ = [
     "FAILURE_REASONS",
@@ -171,9 +172,14 @@ class FetchKeys(Event):
     TYPE = "fetch_keys"
     SENDERS = FROM_CLIENT
     nick: str
+    #: Chosen by the client (1-64 characters; "" for none): the server echoes it in the
+    #: answer's `keys.ref` or `error.ref`, so the client matches a fetch to its answer by
+    #: it. With no ref the server's error names the nick (what version-1 clients expect).
+    ref: str = ""
 
     def __post_init__(self) -> None:
         check_nick("nick", self.nick)
+        check_str("ref", self.ref, max_chars=MAX_REF_CHARS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,9 +192,12 @@ class Keys(Event):
     identity: KeyIdentity
     spk: SignedPrekeyRecord
     opks: tuple[OneTimePrekeyRecord, ...] = ()
+    #: The `ref` of the `fetch_keys` this answers ("" when it carried none).
+    ref: str = ""
 
     def __post_init__(self) -> None:
         check_nick("nick", self.nick)
+        check_str("ref", self.ref, max_chars=MAX_REF_CHARS)
         if len(self.opks) > 1:
             raise ValueError("opks: a fetched bundle carries at most one")
 

@@ -23,6 +23,11 @@ MAX_ROOM_CHARS = 32
 #: Free-text fields other than messages: reasons, client names, tokens.
 MAX_SHORT_TEXT_CHARS = 256
 
+#: An `error`'s `ref` and a `fetch_keys`' ref (which the server echoes in `error.ref`
+#: and `keys.ref`): one limit, so every ref a client may send can come back. 64 fits a
+#: whisper id, a room name and a nick.
+MAX_REF_CHARS = 64
+
 #: A user list longer than this is not something a v1 server sends.
 MAX_USERS_LISTED = 100_000
 
