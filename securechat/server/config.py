@@ -158,3 +158,17 @@ class ServerConfig:
     #: released with its keys, queue and failures; each login starts the period again.
     #: Service time, like `queue_ttl`: time the server was stopped does not count.
     nick_ttl: float = 180 * 86_400.0
+
+    # -- Rooms (rooms.py; docs/operations.md, "Limits") ---------------------------------
+    #: Rooms every session is put in after its welcome (version-1 clients: "#lobby" only,
+    #: and only if it is here). Never removed when empty, like registered rooms.
+    autojoin: tuple[str, ...] = ("#lobby",)
+    #: Rooms one session may be in at once. IRC servers cap this too (ngIRCd's MaxJoins
+    #: defaults to 10, InspIRCd's maxchans to 20): each room costs its members a share of
+    #: every line said there. Beyond: `quota-exceeded` on `join`.
+    max_rooms_per_user: int = 20
+    #: Rooms existing at once, registered ones included: bounds the memory and the `list`
+    #: answer a crowd of fresh nicks can make the server keep.
+    max_rooms: int = 1000
+    #: Bans one room holds: each one is checked at every join.
+    max_bans_per_room: int = 200
