@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from securechat.e2e.bundle import OPK_KEEP
 from securechat.e2e.conversations import MAX_CONTACT_REQUESTS, Conversations, Trust
 from securechat.e2e.errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
+from securechat.e2e.identity import Identity
 from securechat.e2e.ratchet import MAX_SKIP, parse_header
 
 
@@ -650,3 +651,54 @@ def test_a_keystore_with_all_pins_in_one_record_loads_and_is_rewritten_one_recor
     current = Conversations.from_records(REAL)
     assert conv.pins == current.pins
     assert pin_records(conv.take_dirty()) == {"pins": None, **per_pin}  # the old record deleted
+
+
+def renamed(conv: Conversations, new: str) -> Conversations:
+    """`conv`'s owner under a new nick: the same keys, bound to `new` (what a rename does)."""
+    ident = conv.identity
+    moved = Conversations(Identity(new, ident.sig_private, ident.dh), random=conv._random, clock=conv._clock)
+    moved.bundle_to_publish()
+    return moved
+
+
+def test_a_pin_carries_its_trust_to_the_new_nick_of_the_same_key() -> None:
+    alice, bob = started()
+    bob.decrypt("alice", *send(alice, bob, "hi"))
+    assert alice.verify("bob", bob.safety_number("alice"))
+    bob2 = renamed(bob, "bob2")
+    alice.start_session("bob2", fetched_bundle(bob2))  # first contact with bob2: the same key
+    pin = alice.pin("bob2")
+    assert pin is not None and pin.trust is Trust.VERIFIED and pin.was_verified and pin.request is None
+    assert bob2.decrypt("alice", *alice.encrypt("bob2", b"still you")).plaintext == b"still you"
+    assert alice.pin("bob").trust is Trust.VERIFIED  # type: ignore[union-attr]  # the old pin stays
+
+
+def test_a_renamed_sender_who_writes_first_keeps_the_trust_of_the_key() -> None:
+    alice, bob = started()
+    bob.decrypt("alice", *send(alice, bob, "hi"))
+    assert bob.verify("alice", alice.safety_number("bob"))
+    alice2 = renamed(alice, "alice2")
+    alice2.start_session("bob", fetched_bundle(bob))
+    got = bob.decrypt("alice2", *alice2.encrypt("bob", b"new name"))
+    assert got.trust is Trust.VERIFIED and got.sender.user == "alice2"
+    assert bob.pin("alice2").request is None  # type: ignore[union-attr]  # a contact, not a stranger
+
+
+def test_a_different_key_for_a_new_nick_does_not_carry_any_trust() -> None:
+    alice, bob = started()
+    bob.decrypt("alice", *send(alice, bob, "hi"))
+    assert alice.verify("bob", bob.safety_number("alice"))
+    stranger = party("bob2", 4242)  # someone else took a nick like bob's
+    alice.start_session("bob2", fetched_bundle(stranger))
+    assert alice.pin("bob2").trust is Trust.UNVERIFIED  # type: ignore[union-attr]
+    assert not alice.pin("bob2").was_verified  # type: ignore[union-attr]
+
+
+def test_a_pin_waiting_on_a_changed_key_carries_nothing() -> None:
+    alice, bob = started()
+    bob.decrypt("alice", *send(alice, bob, "hi"))
+    assert alice.verify("bob", bob.safety_number("alice"))
+    with pytest.raises(IdentityChanged):
+        alice.start_session("bob", fetched_bundle(party("bob", 31337)))
+    alice.start_session("bob2", fetched_bundle(renamed(bob, "bob2")))  # bob's old key, under bob2
+    assert alice.pin("bob2").trust is Trust.UNVERIFIED  # type: ignore[union-attr]

@@ -165,6 +165,15 @@ class Conversations:
         peer = fold_nick(ident.user)
         pin = self.pins.get(peer)
         if pin is None:
+            known = self._pin_of_key(ident.key)
+            if known is not None:
+                # The same key under a new nick: someone we know renamed (renames keep the
+                # identity key). Trust is in the key, so it carries over, and so does being
+                # a contact of ours rather than a stranger's first contact.
+                pin = Pin(ident, known.trust, was_verified=known.trust is Trust.VERIFIED)
+                self.pins[peer] = pin
+                self._pin_changed(peer)
+                return pin
             pin = Pin(ident, Trust.UNVERIFIED)
             self.pins[peer] = pin
             self._pin_changed(peer)
@@ -185,6 +194,19 @@ class Conversations:
                 self._pin_changed(peer)
             raise IdentityChanged(ident.user, pin.identity.fingerprint(), ident.fingerprint())
         raise IdentityChanged(ident.user, pin.identity.fingerprint(), (pin.pending or ident).fingerprint())
+
+    def _pin_of_key(self, key: bytes) -> Pin | None:
+        """A settled pin (not waiting on a changed key) holding identity `key`, the verified
+        one first; None if no contact of ours has that key. Unanswered first contacts
+        carry nothing: they are strangers' claims, not contacts."""
+        found = None
+        for pin in self.pins.values():
+            if pin.identity.key != key or pin.trust is Trust.CHANGED or pin.request is not None:
+                continue
+            if pin.trust is Trust.VERIFIED:
+                return pin
+            found = pin
+        return found
 
     def trust(self, peer: str) -> PublicIdentity:
         """Accept a peer's changed key after a warning. Returns the accepted identity.
