@@ -6,14 +6,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from disk_helpers import fill, needs_root
 
 from securechat.protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord
+from securechat.server import store as store_module
 from securechat.server.store import (
     SCHEMA_VERSION,
     QueueLimits,
     Quota,
     QuotaExceeded,
     SqliteStore,
+    StoredBan,
+    StoredRoom,
     StoreUnavailable,
 )
 
@@ -225,6 +229,12 @@ def test_a_failed_or_closed_store_raises_store_unavailable_from_every_operation(
         lambda s: s.expire(1.0),
         lambda s: s.append_history([("#lobby", "a", "x", 1.0)], keep=5),
         lambda s: s.recent_history("#lobby", 5),
+        lambda s: s.registered_rooms(),
+        lambda s: s.register_room(StoredRoom("#dev", b"k" * 32)),
+        lambda s: s.save_room(StoredRoom("#dev", b"k" * 32)),
+        lambda s: s.drop_room_history("#dev"),
+        lambda s: s.rename_user("bob", "bob2", b"k" * 32, 1.0),
+        lambda s: s.has_queued("bob"),
     ]
     for store in (failed, closed):
         for operation in operations:
@@ -453,3 +463,231 @@ def test_many_idle_nicks_expire_in_batches_all_of_them(tmp_path: Path) -> None:
     clocks.mono += 200
     assert sorted(store.expire_nicks(100.0, keep=["n3"])) == sorted(n for n in nicks if n != "n3")
     assert store.registered_key("n3") is not None
+
+
+ALICE, BOB, CAROL = b"a" * 32, b"b" * 32, b"c" * 32
+DEV = StoredRoom(
+    name="#Dev",
+    owner_key=ALICE,
+    topic="builds and breakage",
+    invite_only=True,
+    operators=frozenset({BOB, CAROL}),
+    bans=(
+        StoredBan(kind="key", value=b"m" * 32, shown="mallory", by="alice"),
+        StoredBan(kind="pattern", value="troll*", shown="Troll*", by="bob"),
+    ),
+)
+
+
+def test_a_registered_room_with_its_operators_and_bans_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    store = SqliteStore(path)
+    assert store.registered_rooms() == []
+    assert store.register_room(DEV)
+    assert store.register_room(StoredRoom("#ops", BOB))
+    store.close()
+    store = SqliteStore(path)
+    dev, ops = store.registered_rooms()
+    assert dev == DEV  # name as registered, key bans as bytes, pattern bans as text, in order
+    assert ops == StoredRoom("#ops", BOB, topic="", invite_only=False, operators=frozenset(), bans=())
+    store.close()
+
+
+def test_a_room_is_registered_once_whatever_the_case_of_its_name(store: SqliteStore) -> None:
+    assert store.register_room(DEV)
+    assert not store.register_room(StoredRoom("#dEV", BOB, topic="mine now"))
+    assert store.registered_rooms() == [DEV]
+
+
+def test_save_room_replaces_settings_operators_and_bans_together(tmp_path: Path) -> None:
+    clocks = Clocks()
+    path = tmp_path / "db.sqlite"
+    store = clocks.store(path)
+    store.register_room(DEV)
+    clocks.wall += 3600
+    kept, _ = DEV.bans  # the other ban is lifted
+    new_ban = StoredBan(kind="pattern", value="spam?", shown="spam?", by="carol")
+    changed = StoredRoom(
+        name="#dev",  # any case names the same room
+        owner_key=BOB,  # handed over
+        topic="",
+        invite_only=False,
+        operators=frozenset({ALICE}),
+        bans=(new_ban, kept),
+    )
+    store.save_room(changed)
+    store.close()
+    store = clocks.store(path)
+    assert store.registered_rooms() == [changed]
+    store.close()
+    db = sqlite3.connect(path)
+    set_at = dict(db.execute("SELECT shown, created FROM room_bans").fetchall())
+    db.close()
+    assert set_at == {"mallory": clocks.wall - 3600, "spam?": clocks.wall}  # a kept ban keeps its time
+
+
+def test_saving_a_room_that_is_not_registered_is_refused(store: SqliteStore) -> None:
+    with pytest.raises(KeyError):
+        store.save_room(DEV)
+    assert store.registered_rooms() == []
+
+
+def test_history_is_per_room_case_insensitively_and_can_be_dropped(store: SqliteStore) -> None:
+    store.append_history([("#Dev", "a", "one", 1.0), ("#ops", "b", "two", 2.0)], keep=5)
+    store.append_history([("#dev", "a", "three", 3.0)], keep=5)
+    assert store.recent_history("#DEV", 5) == [("a", "one", 1.0), ("a", "three", 3.0)]
+    store.drop_room_history("#dEv")
+    assert store.recent_history("#dev", 5) == []
+    assert store.recent_history("#ops", 5) == [("b", "two", 2.0)]
+
+
+def test_has_queued_says_whether_anything_waits_for_a_recipient(store: SqliteStore) -> None:
+    assert not store.has_queued("bob")
+    whisper_id = store.enqueue("bob", "m1", "alice", b"h", b"c", 1.0)
+    assert store.has_queued("Bob") and not store.has_queued("alice")
+    store.ack("bob", whisper_id)
+    assert not store.has_queued("bob")
+
+
+def registered_alice(store: SqliteStore) -> None:
+    """alice registered to ALICE, with a bundle, one-time prekeys and a failure to be told."""
+    assert store.register("alice", ALICE, 1.0)
+    store.publish("alice", IDENT, SPK, opks(1, 2))
+    store.enqueue("bob", "m1", "alice", b"h", b"c", 1.0)
+    store.ack("bob", store.pending("bob")[0].id, "no-session")
+
+
+def test_a_rename_moves_the_registration_and_failures_and_drops_the_old_keys(tmp_path: Path) -> None:
+    clocks = Clocks()
+    store = clocks.store(tmp_path / "db.sqlite")
+    registered_alice(store)
+    store.register("carol", CAROL, 1.0)
+    clocks.mono += 80
+    assert store.rename_user("Alice", "Alice2", ALICE, clocks.wall)
+    assert store.registered_key("alice") is None and store.registered_key("alice2") == ALICE
+    assert store.prekey_status("alice") == (0, 0, 0) and store.take_bundle("alice") is None
+    assert store.failures("alice2") == [("bob", "m1", "no-session")] and store.failures("alice") == []
+    assert store.register("alice", BOB, clocks.wall)  # the old nick is free at once
+    clocks.mono += 80  # 160 s since carol's login, 80 s since the rename
+    assert store.expire_nicks(100.0) == ["carol"]  # the rename counts as a use of the new nick
+    store.close()
+    db = sqlite3.connect(tmp_path / "db.sqlite")
+    assert db.execute("SELECT nick, registered FROM users WHERE nick_key='alice2'").fetchone() == (
+        "Alice2",
+        clocks.wall,
+    )
+    db.close()
+
+
+def alice_state(store: SqliteStore) -> tuple[object, ...]:
+    return (
+        store.registered_key("alice"),
+        store.registered_key("alice2"),
+        store.prekey_status("alice"),
+        store.failures("alice"),
+        store.failures("alice2"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "why"),
+    [
+        ("alice", "alice2", ALICE, "alice2 is registered to carol"),
+        ("alice", "dave", BOB, "alice is not registered to that key"),
+        ("nobody", "dave", ALICE, "nobody is not registered"),
+        ("alice", "ALICE", ALICE, "the same nick"),
+    ],
+)
+def test_a_refused_rename_changes_nothing(
+    store: SqliteStore, old: str, new: str, key: bytes, why: str
+) -> None:
+    registered_alice(store)
+    store.register("alice2", CAROL, 1.0)
+    before = alice_state(store)
+    assert not store.rename_user(old, new, key, 2.0), why
+    assert alice_state(store) == before
+    assert store.registered_key("dave") is None and store.registered_key("ALICE") == ALICE
+
+
+def test_a_rename_is_refused_while_whispers_wait_for_the_old_nick(store: SqliteStore) -> None:
+    registered_alice(store)
+    store.enqueue("alice", "w", "bob", b"h", b"c", 1.0)
+    assert not store.rename_user("alice", "alice2", ALICE, 2.0)
+    assert store.registered_key("alice") == ALICE and store.registered_key("alice2") is None
+    assert store.pending("alice")[0].msg_id == "w"
+
+
+def test_a_rename_that_fails_half_way_leaves_everything_as_it_was(store: SqliteStore) -> None:
+    registered_alice(store)
+    before = alice_state(store)
+    # A fault at the last step, after the registration moved and the keys were deleted.
+    store._db.execute(
+        "CREATE TEMP TRIGGER fault BEFORE UPDATE ON failures BEGIN SELECT RAISE(ABORT, 'I/O error'); END"
+    )
+    with pytest.raises(StoreUnavailable, match="I/O error"):
+        store.rename_user("alice", "alice2", ALICE, 2.0)
+    assert alice_state(store) == before
+    store._db.execute("DROP TRIGGER fault")
+    assert store.rename_user("alice", "alice2", ALICE, 2.0)  # nothing left over in the way
+
+
+def test_a_room_stays_its_owners_and_operators_when_their_nicks_go(tmp_path: Path) -> None:
+    clocks = Clocks()
+    store = clocks.store(tmp_path / "db.sqlite")
+    store.register("alice", ALICE, clocks.wall)
+    store.register("bob", BOB, clocks.wall)
+    store.register_room(DEV)
+    assert store.rename_user("bob", "robert", BOB, clocks.wall)
+    clocks.mono += 200
+    assert sorted(store.expire_nicks(100.0)) == ["alice", "robert"]
+    assert store.registered_rooms() == [DEV]  # rooms are by key
+
+
+def test_a_version_7_database_is_migrated_to_rooms_with_nothing_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "v7.sqlite"
+    with monkeypatch.context() as patch:  # the current code, stopping at schema 7
+        patch.setattr(store_module, "SCHEMA_VERSION", 7)
+        old = SqliteStore(path)
+        registered_alice(old)
+        old.enqueue("alice", "w", "bob", b"h", b"c", 1.0)
+        old.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("7",)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name='rooms'").fetchone() is None
+    # Before rooms, history kept the room name as configured.
+    db.execute("INSERT INTO history (room, nick, text, ts) VALUES ('#Lobby', 'bob', 'hi', 5.0)")
+    db.commit()
+    db.close()
+
+    store = SqliteStore(path)
+    assert store.registered_key("alice") == ALICE
+    assert store.prekey_status("alice") == (2, 1, 100)
+    assert [q.msg_id for q in store.pending("alice")] == ["w"]
+    assert store.failures("alice") == [("bob", "m1", "no-session")]
+    assert store.recent_history("#lobby", 5) == [("bob", "hi", 5.0)]
+    assert store.registered_rooms() == []
+    assert store.register_room(DEV) and store.registered_rooms() == [DEV]
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("8",)
+    db.close()
+
+
+@needs_root
+def test_saving_a_room_on_a_full_disk_raises_store_unavailable_and_changes_nothing(small_disk: Path) -> None:
+    store = SqliteStore(small_disk / "data" / "db.sqlite")
+    store.register_room(DEV)
+    bans = tuple(StoredBan("pattern", f"guest{n}*", f"guest{n}*" + "." * 200, "alice") for n in range(200))
+    bigger = StoredRoom("#Dev", ALICE, topic="more bans", bans=bans)
+    filler = fill(small_disk)
+    with pytest.raises(StoreUnavailable, match="full"):
+        store.save_room(bigger)
+    assert store.registered_rooms() == [DEV]
+    filler.unlink()
+    store.save_room(bigger)  # space is back: the next try works, nothing to reopen
+    store.close()
+    store = SqliteStore(small_disk / "data" / "db.sqlite")
+    assert store.registered_rooms() == [bigger]
+    store.close()

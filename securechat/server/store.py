@@ -19,6 +19,11 @@ nobody logs in to expire by the same clock.
 Nicks are free, so what one can make the store keep is bounded: the queue by quotas per
 recipient, per sender and in all (`QueueLimits`, checked in the transaction that would
 insert), one-time prekeys per user (`publish`'s `max_held`), failures per sender.
+
+Registered rooms (`StoredRoom`) are kept with their settings, operators and bans; owners
+and operators are identity keys, not nicks, so a nick that expires, is released or is
+renamed changes nothing about who runs a room. Rooms and room history are keyed by the
+folded room name (`fold_room`).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from ..protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord, fold_nick
+from ..protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord, fold_nick, fold_room
 from .config import ServerConfig
 from .faultlog import FaultLog
 
@@ -50,12 +55,14 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreUnavailable",
+    "StoredBan",
     "StoredBundle",
+    "StoredRoom",
     "backup",
     "inspect",
 ]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +122,35 @@ class QueuedWhisper:
     ts: float
 
 
+@dataclass(frozen=True)
+class StoredBan:
+    """One ban of a registered room, stored as the rooms logic made it.
+
+    `kind` is the ban list's wire name ("key" or "pattern"); `value` is what the ban
+    matches: an identity key (bytes) or a folded nick pattern (str), given back with the
+    type it was saved with. `shown` is the mask as the ban list shows it, `by` the nick
+    that set it.
+    """
+
+    kind: str
+    value: str | bytes
+    shown: str
+    by: str
+
+
+@dataclass(frozen=True)
+class StoredRoom:
+    """A registered room: its name as registered (case kept; found by `fold_room`), its
+    owner's identity key, settings, operators' identity keys and bans (in the order given)."""
+
+    name: str
+    owner_key: bytes
+    topic: str = ""
+    invite_only: bool = False
+    operators: frozenset[bytes] = frozenset()
+    bans: tuple[StoredBan, ...] = ()
+
+
 class Store(Protocol):
     """Contract: every method is thread-safe, and returns only after its change is durable.
 
@@ -133,7 +169,11 @@ class Store(Protocol):
         """
 
     def release(self, nick: str) -> bool:
-        """Forget `nick`'s binding, keys, queued whispers and failures; True if it was registered."""
+        """Forget `nick`'s binding, keys, queued whispers and failures; True if it was registered.
+
+        Registered rooms are untouched: they are owned and run by identity keys, so the
+        key stays owner (or operator) and gets that back under whatever nick it logs in as.
+        """
 
     def release_if_idle(self, nick: str, max_idle: float) -> bool:
         """`release` `nick` if nobody logged in to it for more than `max_idle` seconds of
@@ -141,7 +181,44 @@ class Store(Protocol):
 
     def expire_nicks(self, max_idle: float, keep: Collection[str] = ()) -> list[str]:
         """`release` every nick (but those in `keep`) nobody logged in to for more than
-        `max_idle` seconds of service time; the nicks released."""
+        `max_idle` seconds of service time; the nicks released.
+
+        A nick that owns a registered room expires like any other: rooms are by key, so
+        its key stays the room's owner (and operators stay operators), and whoever holds
+        that key runs the room again under any nick.
+        """
+
+    def rename_user(self, old: str, new: str, sig_key: bytes, now: float) -> bool:
+        """Move the registration of `old` to `new` in one transaction; True if it moved.
+
+        `new` gets the same key, registered at `now` (wall time) and used now (service
+        clock, see `expire_nicks`); `old` is free at once. The bundle and one-time
+        prekeys of `old` are deleted (they bind the old nick: the client publishes new
+        ones); the failures `old` is to be told as a sender move to `new`. False, with
+        nothing changed, if `new` (folded) is registered (to anyone, `old` itself
+        included), if `old` is not registered to `sig_key`, or if anything is still
+        queued for `old` (see `has_queued`: checked again here, so a whisper queued
+        after the caller's check is not stranded under a nick nobody holds).
+        """
+
+    def has_queued(self, recipient: str) -> bool:
+        """True if any whisper is queued for `recipient`."""
+
+    def registered_rooms(self) -> list[StoredRoom]:
+        """Every registered room with its operators and bans (sorted by folded name);
+        loaded once at start."""
+
+    def register_room(self, room: StoredRoom) -> bool:
+        """Register `room` with its settings, operators and bans; False, and nothing
+        changed, if a room of that (folded) name is registered already."""
+
+    def save_room(self, room: StoredRoom) -> None:
+        """Replace a registered room's name, owner, settings, operators and bans, all in
+        one transaction. Raises `KeyError` if no room of that (folded) name is registered
+        (a caller's mistake: registered rooms are never unregistered)."""
+
+    def drop_room_history(self, room: str) -> None:
+        """Delete every stored history line of `room` (folded)."""
 
     def publish(
         self,
@@ -218,10 +295,10 @@ class Store(Protocol):
         server was running, see the module docstring); how many went."""
 
     def append_history(self, lines: list[tuple[str, str, str, float]], keep: int) -> None:
-        """Add (room, nick, text, ts) lines; keep only the newest `keep` per room."""
+        """Add (room, nick, text, ts) lines; keep only the newest `keep` per room (folded)."""
 
     def recent_history(self, room: str, count: int) -> list[tuple[str, str, float]]:
-        """The newest `count` (nick, text, ts) lines of `room`, oldest first."""
+        """The newest `count` (nick, text, ts) lines of `room` (folded), oldest first."""
 
     def close(self) -> None: ...
 
@@ -301,6 +378,22 @@ CREATE INDEX IF NOT EXISTS users_by_seen ON users (seen);
     # Releasing a nick deletes its failures as recipient too: without an index, a scan per nick.
     7: """
 CREATE INDEX IF NOT EXISTS failures_by_recipient ON failures (recipient);
+""",
+    # Registered rooms (keyed by the folded name), their operators and bans, all by
+    # identity key where there is one. A ban's `value` has no declared type, so it keeps
+    # the one it was saved with: a key (BLOB) or a nick pattern (TEXT). History is keyed
+    # by the folded room name from now on (room names compare case-insensitively).
+    8: """
+CREATE TABLE IF NOT EXISTS rooms (
+    name_key TEXT PRIMARY KEY, name TEXT NOT NULL, owner_key BLOB NOT NULL, topic TEXT NOT NULL,
+    invite_only INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS room_operators (
+    name_key TEXT NOT NULL, sig_key BLOB NOT NULL, PRIMARY KEY (name_key, sig_key));
+CREATE TABLE IF NOT EXISTS room_bans (
+    name_key TEXT NOT NULL, kind TEXT NOT NULL, value NOT NULL, shown TEXT NOT NULL, by TEXT NOT NULL,
+    created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS room_bans_by_room ON room_bans (name_key);
+UPDATE history SET room = lower(room);
 """,
 }
 
@@ -420,6 +513,29 @@ def _release(db: sqlite3.Connection, key: str) -> bool:
     db.execute("DELETE FROM failures WHERE sender=?", (key,))
     db.execute("DELETE FROM failures WHERE recipient=?", (key,))
     return gone
+
+
+def _put_room_members(db: sqlite3.Connection, key: str, room: StoredRoom, now: float) -> None:
+    """Replace the operators and bans of the room `key` (folded) by `room`'s. A ban kept
+    from before keeps when it was set. In a write transaction."""
+    created = {
+        (kind, value): when
+        for kind, value, when in db.execute(
+            "SELECT kind, value, created FROM room_bans WHERE name_key=?", (key,)
+        )
+    }
+    db.execute("DELETE FROM room_operators WHERE name_key=?", (key,))
+    db.execute("DELETE FROM room_bans WHERE name_key=?", (key,))
+    db.executemany(
+        "INSERT INTO room_operators (name_key, sig_key) VALUES (?, ?)", [(key, op) for op in room.operators]
+    )
+    db.executemany(
+        "INSERT INTO room_bans (name_key, kind, value, shown, by, created) VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (key, ban.kind, ban.value, ban.shown, ban.by, created.get((ban.kind, ban.value), now))
+            for ban in room.bans
+        ],
+    )
 
 
 def _check_quotas(
@@ -869,6 +985,7 @@ class SqliteStore:
     def append_history(self, lines: list[tuple[str, str, str, float]], keep: int) -> None:
         if not lines:
             return
+        lines = [(fold_room(room), nick, text, ts) for room, nick, text, ts in lines]
         with self._tx() as db:
             db.executemany("INSERT INTO history (room, nick, text, ts) VALUES (?, ?, ?, ?)", lines)
             for room in {line[0] for line in lines}:
@@ -881,9 +998,96 @@ class SqliteStore:
     def recent_history(self, room: str, count: int) -> list[tuple[str, str, float]]:
         with self._read() as db:
             rows = db.execute(
-                "SELECT nick, text, ts FROM history WHERE room=? ORDER BY id DESC LIMIT ?", (room, count)
+                "SELECT nick, text, ts FROM history WHERE room=? ORDER BY id DESC LIMIT ?",
+                (fold_room(room), count),
             ).fetchall()
         return [(r[0], r[1], r[2]) for r in reversed(rows)]
+
+    def drop_room_history(self, room: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM history WHERE room=?", (fold_room(room),))
+
+    def registered_rooms(self) -> list[StoredRoom]:
+        with self._read() as db:
+            rooms = db.execute(
+                "SELECT name_key, name, owner_key, topic, invite_only FROM rooms ORDER BY name_key"
+            ).fetchall()
+            operators: dict[str, set[bytes]] = {}
+            for key, sig_key in db.execute("SELECT name_key, sig_key FROM room_operators"):
+                operators.setdefault(key, set()).add(bytes(sig_key))
+            bans: dict[str, list[StoredBan]] = {}
+            for key, kind, value, shown, by in db.execute(
+                "SELECT name_key, kind, value, shown, by FROM room_bans ORDER BY rowid"
+            ):
+                bans.setdefault(key, []).append(
+                    StoredBan(kind, bytes(value) if isinstance(value, bytes) else str(value), shown, by)
+                )
+        return [
+            StoredRoom(
+                name=name,
+                owner_key=bytes(owner_key),
+                topic=topic,
+                invite_only=bool(invite_only),
+                operators=frozenset(operators.get(key, ())),
+                bans=tuple(bans.get(key, ())),
+            )
+            for key, name, owner_key, topic, invite_only in rooms
+        ]
+
+    def register_room(self, room: StoredRoom) -> bool:
+        key, now = fold_room(room.name), self._clock()
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM rooms WHERE name_key=?", (key,)).fetchone() is not None:
+                return False
+            db.execute(
+                "INSERT INTO rooms (name_key, name, owner_key, topic, invite_only, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key, room.name, room.owner_key, room.topic, int(room.invite_only), now),
+            )
+            _put_room_members(db, key, room, now)
+            return True
+
+    def save_room(self, room: StoredRoom) -> None:
+        key, now = fold_room(room.name), self._clock()
+        with self._tx() as db:
+            updated = db.execute(
+                "UPDATE rooms SET name=?, owner_key=?, topic=?, invite_only=? WHERE name_key=?",
+                (room.name, room.owner_key, room.topic, int(room.invite_only), key),
+            ).rowcount
+            if not updated:
+                raise KeyError(f"{room.name} is not a registered room")
+            _put_room_members(db, key, room, now)
+
+    def rename_user(self, old: str, new: str, sig_key: bytes, now: float) -> bool:
+        old_key, new_key, seen = fold_nick(old), fold_nick(new), self.service_clock()
+        with self._tx() as db:
+            row = db.execute("SELECT sig_key FROM users WHERE nick_key=?", (old_key,)).fetchone()
+            if row is None or bytes(row[0]) != sig_key:
+                return False
+            if db.execute("SELECT 1 FROM users WHERE nick_key=?", (new_key,)).fetchone() is not None:
+                return False
+            if db.execute("SELECT 1 FROM queue WHERE recipient=? LIMIT 1", (old_key,)).fetchone():
+                return False
+            db.execute(
+                "UPDATE users SET nick_key=?, nick=?, registered=?, seen=? WHERE nick_key=?",
+                (new_key, new, now, seen, old_key),
+            )
+            # The old nick's keys bind that nick; any under `new` (unregistered, so there
+            # should be none) bind another key. The client publishes fresh ones.
+            db.execute("DELETE FROM bundles WHERE nick_key IN (?, ?)", (old_key, new_key))
+            db.execute("DELETE FROM opks WHERE nick_key IN (?, ?)", (old_key, new_key))
+            # Failures of whispers sent *to* `old` stay as they are: their senders know
+            # those whispers by the nick they sent them to. Leftovers under `new` (it is
+            # not registered, and a released nick's are deleted) give way to the renamer's.
+            db.execute("UPDATE OR REPLACE failures SET sender=? WHERE sender=?", (new_key, old_key))
+            return True
+
+    def has_queued(self, recipient: str) -> bool:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT 1 FROM queue WHERE recipient=? LIMIT 1", (fold_nick(recipient),)
+            ).fetchone()
+        return row is not None
 
     def close(self) -> None:
         """Write the service clock down (if the database is still usable) and close."""
