@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import ssl
 import threading
@@ -9,8 +10,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from chat import TIMEOUT
+from hostile_server import HostileConn, HostileServer, Script
+from whisper_helpers import memory_keys
 
 from securechat import Client, ConnectError, Disconnected, LoginRejected
+from securechat.e2e.conversations import Conversations
+from securechat.e2e.identity import Identity
 from securechat.protocol import Message, Ping
 
 
@@ -173,3 +178,137 @@ def test_a_nick_with_control_characters_from_a_hostile_server_never_reaches_the_
     client.connect()
     # The two frames with hostile nicks fail validation and are skipped; the good one comes.
     assert client.next_event(timeout=TIMEOUT) == Message(nick="bob", text="fine", ts=2.0)
+
+
+# -- key fetches are matched to their answers by a request reference ------------------------
+
+
+def _genuine_keys(nick: str, ref: str = "") -> dict[str, object]:
+    """A `keys` frame for `nick` from a real bundle (its signatures verify)."""
+    bundle = Conversations(Identity.generate(nick)).bundle_to_publish()
+
+    def b(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    frame: dict[str, object] = {
+        "type": "keys",
+        "nick": nick,
+        "identity": {
+            "sig_key": b(bundle.identity.sig_key),
+            "dh_key": b(bundle.identity.dh_key),
+            "dh_sig": b(bundle.identity.dh_sig),
+        },
+        "spk": {
+            "id": bundle.spk.id,
+            "created": bundle.spk.created,
+            "public": b(bundle.spk.public),
+            "signature": b(bundle.spk.signature),
+        },
+    }
+    if ref:
+        frame["ref"] = ref
+    return frame
+
+
+@pytest.fixture
+def scripted(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Iterator[Callable[..., Client]]:
+    """`scripted(script)`: a client with keys (not connected) of a server running `script`."""
+    made: list[tuple[Client, HostileServer]] = []
+
+    def make(script: Script) -> Client:
+        server = HostileServer(server_ctx, script)
+        client = Client(
+            "alice", context=client_ctx, port=server.port, timeout=TIMEOUT, keys=memory_keys("alice")
+        )
+        made.append((client, server))
+        return client
+
+    yield make
+    for client, server in made:
+        client.close()
+        server.close()
+        assert not server.errors, server.errors
+
+
+def _next_fetch(conn: HostileConn) -> dict[str, object]:
+    while (frame := conn.read_frame())["type"] != "fetch_keys":
+        pass
+    return frame
+
+
+def test_a_rate_limited_room_line_during_a_fetch_is_not_its_answer(scripted: Callable[..., Client]) -> None:
+    # The issue's bug: a "rate-limited" for a room-line flood (ref "") arriving while a
+    # whisper waits for keys was taken as the fetch's answer. Fixed already by 6b61dea
+    # (answers matched by the nick in ref); still holds with fetch refs.
+    sent = threading.Event()
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.login()
+        ref = str(_next_fetch(conn)["ref"])
+        conn.send(
+            {"type": "error", "code": "rate-limited", "reason": "slow down: too many messages", "ref": ""}
+        )
+        conn.send(_genuine_keys("bob", ref))
+        while conn.read_frame()["type"] != "whisper":
+            pass
+        sent.set()
+        conn.hold()
+
+    client = scripted(script)
+    client.connect()
+    client.whisper("bob", "hello")
+    assert sent.wait(TIMEOUT)
+
+
+def test_a_late_answer_to_an_earlier_fetch_does_not_answer_the_next_one(
+    scripted: Callable[..., Client],
+) -> None:
+    # The first fetch gets no answer in time; its late refusal ("no-keys", naming the
+    # same nick) arrives while the second fetch waits. Before refs: the second whisper
+    # failed with the first fetch's "no keys" (matched by nick).
+    second = threading.Event()
+    sent = threading.Event()
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.login()
+        first = str(_next_fetch(conn)["ref"])  # not answered: that whisper times out
+        now = str(_next_fetch(conn)["ref"])
+        assert now != first and now.startswith("keys:")
+        second.set()
+        conn.send({"type": "error", "code": "no-keys", "reason": "bob has published no keys", "ref": first})
+        conn.send(_genuine_keys("bob", first))  # late keys for the first fetch: not taken either
+        conn.send(_genuine_keys("bob", now))
+        while conn.read_frame()["type"] != "whisper":
+            pass
+        sent.set()
+        conn.hold()
+
+    client = scripted(script)
+    client.connect()
+    with pytest.raises(TimeoutError):
+        client.whisper("bob", "first", timeout=0.3)
+    client.whisper("bob", "second")  # before: LookupError "bob has published no keys"
+    assert second.is_set() and sent.wait(TIMEOUT)
+
+
+def test_an_old_server_that_echoes_no_ref_is_still_understood(scripted: Callable[..., Client]) -> None:
+    # A version-1 server answers by nick: keys without a ref, and a refusal naming the nick.
+    sent = threading.Event()
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.login()
+        _next_fetch(conn)
+        conn.send({"type": "error", "code": "no-such-user", "reason": "no such user: carol", "ref": "carol"})
+        _next_fetch(conn)
+        conn.send(_genuine_keys("bob"))
+        while conn.read_frame()["type"] != "whisper":
+            pass
+        sent.set()
+        conn.hold()
+
+    client = scripted(script)
+    client.connect()
+    with pytest.raises(LookupError, match="no such user"):
+        client.whisper("carol", "hi")
+    client.whisper("bob", "hello")
+    assert sent.wait(TIMEOUT)

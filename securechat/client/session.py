@@ -132,8 +132,32 @@ _FINAL_CODES = frozenset(
     }
 )
 
-#: Error codes that answer a `fetch_keys` (routed to the waiting `whisper` call).
+#: Error codes that answer a `fetch_keys`: only these, naming the nick in `ref`, are taken
+#: as a fetch's answer from an old server (one that echoes no fetch ref).
 _FETCH_ERRORS = frozenset({Code.NO_SUCH_USER, Code.NO_KEYS, Code.RATE_LIMITED, Code.NOT_REGISTERED})
+
+#: What a key fetch's `ref` starts with: ":" is not allowed in a nick, so a fetch's ref can
+#: never be mistaken for the nick an old server puts in `error.ref`.
+_FETCH_REF_PREFIX = "keys:"
+
+
+@dataclass(frozen=True)
+class _PendingFetch:
+    """The key fetch a whisper waits for: its `ref` and the folded nick it asked about."""
+
+    ref: str
+    nick: str
+
+    def answered_by(self, event: Keys | Error) -> bool:
+        """True if `event` is this fetch's answer: it carries this fetch's ref, or, from
+        an old server that echoes no ref, it names this fetch's nick (keys for it, or a
+        fetch refusal whose `ref` is the nick)."""
+        if event.ref == self.ref:
+            return True
+        if isinstance(event, Keys):
+            return not event.ref and fold_nick(event.nick) == self.nick
+        return event.code in _FETCH_ERRORS and fold_nick(event.ref) == self.nick
+
 
 #: Events waiting for the program (`next_event`) at most. A server can send far faster
 #: than a program reads: beyond this the connection is dropped (and tried again, as
@@ -237,11 +261,11 @@ class Client:
         self._handed: list[WhisperReceived] = []  # returned by next_event, not yet marked shown
         self._handed_lock = threading.Lock()  # guards _handed and _helpers
         self._whisper_lock = threading.Lock()  # one whisper (and its key fetch) at a time
-        # The folded nick whose keys a whisper's fetch waits for, None when no fetch
-        # waits: set by the thread holding _whisper_lock, taken (back to None) by the
-        # reader with the one answer it routes, so `keys` frames nobody asked for, or
-        # for someone else, are dropped instead of piling up. Guarded by _fetch_lock.
-        self._fetch_pending: str | None = None
+        # The fetch a whisper waits for, None when none waits: set by the thread holding
+        # _whisper_lock, taken (back to None) by the reader with the one answer it
+        # routes, so `keys` frames nobody asked for, or answers to an earlier fetch, are
+        # dropped instead of piling up or answering the wrong fetch. Guarded by _fetch_lock.
+        self._fetch_pending: _PendingFetch | None = None
         self._fetch_lock = threading.Lock()
         self._fetch_replies: queue.Queue[Keys | Error] = queue.Queue()
         # Connections in a row that ended `Ending.BROKEN`; reader only.
@@ -570,10 +594,11 @@ class Client:
             self._fetch_replies.get_nowait()
         if self._closing.is_set():  # checked after the drain: close() sets it, then wakes us
             raise ConnectionError("the client was closed")
+        ref = _FETCH_REF_PREFIX + secrets.token_hex(8)
         with self._fetch_lock:
-            self._fetch_pending = fold_nick(nick)
+            self._fetch_pending = _PendingFetch(ref, fold_nick(nick))
         try:
-            self.send(FetchKeys(nick=nick))
+            self.send(FetchKeys(nick=nick, ref=ref))
             reply = self._fetch_replies.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError(f"no keys for {nick} from the server within {timeout} s") from None
@@ -849,19 +874,15 @@ class Client:
             for frame in publish:
                 self.send(frame)
         elif isinstance(event, Keys):
-            if self._take_fetch(event.nick):
+            if self._take_fetch(event):
                 self._fetch_replies.put(event)
-            else:  # nobody asked, or not for this nick: kept, they would pile up
+            else:  # nobody asked, or not this fetch: kept, they would pile up
                 log.debug("dropping keys nobody asked for")
             return False
-        elif (
-            isinstance(event, Error)
-            and event.code in _FETCH_ERRORS
-            and event.ref
-            and self._take_fetch(event.ref)
-        ):
-            # Matched by the nick the server names in `ref`: a "rate-limited" for a room
-            # line arriving meanwhile is not the fetch's answer.
+        elif isinstance(event, Error) and event.ref and self._take_fetch(event):
+            # Matched by the fetch's ref (or, from an old server, the nick in `ref`): a
+            # "rate-limited" for a room line arriving meanwhile (ref "" or a room) is not
+            # the fetch's answer, nor is a late refusal of an earlier fetch.
             self._fetch_replies.put(event)
             return False
         elif isinstance(event, Delivery):
@@ -879,12 +900,12 @@ class Client:
         self._events.put(event)
         return True
 
-    def _take_fetch(self, nick: str) -> bool:
-        """Called by the reader with an answer to a key fetch for `nick`: True (and the
-        fetch is no longer pending) if a fetch for that nick waits for it."""
+    def _take_fetch(self, event: Keys | Error) -> bool:
+        """Called by the reader with what may answer a key fetch: True (and the fetch is
+        no longer pending) if the fetch waiting is answered by it."""
         with self._fetch_lock:
             pending = self._fetch_pending
-            if pending is None or fold_nick(nick) != pending:
+            if pending is None or not pending.answered_by(event):
                 return False
             self._fetch_pending = None
             return True
