@@ -8,34 +8,59 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from securechat.protocol import (
+    BAN_KINDS,
     EVENT_TYPES,
+    ROOM_CHANGES,
     Ack,
     Auth,
     Away,
+    Ban,
+    BanEntry,
+    BanList,
+    Bans,
     Bye,
     Challenge,
     Code,
     Delivery,
+    Deop,
+    Entered,
     Error,
     Event,
     FetchKeys,
     Hello,
+    Invite,
+    Invited,
+    Join,
     Joined,
     KeyIdentity,
     Keys,
+    Kick,
     Left,
+    ListRooms,
     Message,
     Names,
     OneTimePrekeyRecord,
+    Op,
+    Part,
     Ping,
     Pong,
     PrekeyCount,
     ProtocolError,
     PublishKeys,
     Quit,
+    RegisterRoom,
     RemoteProtocolError,
+    Rename,
+    Renamed,
+    RoomChanged,
+    RoomEntry,
+    Rooms,
     Say,
+    SetMode,
+    SetTopic,
     SignedPrekeyRecord,
+    Transfer,
+    Unban,
     Welcome,
     Whisper,
     WhisperStatus,
@@ -57,6 +82,18 @@ key_ids = st.integers(1, 2**63 - 1)
 identities = st.builds(KeyIdentity, sig_key=b32, dh_key=b32, dh_sig=b64)
 spks = st.builds(SignedPrekeyRecord, id=key_ids, created=st.integers(0, 2**40), public=b32, signature=b64)
 opks = st.builds(OneTimePrekeyRecord, id=key_ids, public=b32, signature=b64)
+nick_lists = st.lists(nicks, max_size=5).map(tuple)
+topics = st.text(st.characters(blacklist_categories=("Cs",)), max_size=256)
+patterns = st.from_regex(r"#?[A-Za-z0-9_.\-*?]{0,63}", fullmatch=True)
+globs = st.from_regex(r"[A-Za-z0-9_.\-]{0,15}[*?][A-Za-z0-9_.\-*?]{0,15}", fullmatch=True)
+masks = st.one_of(nicks, globs)
+room_states = {
+    "topic": topics,
+    "invite_only": st.booleans(),
+    "registered": st.booleans(),
+    "owner": st.one_of(st.just(""), nicks),
+    "operators": nick_lists,
+}
 
 events: st.SearchStrategy[Event] = st.one_of(
     st.builds(
@@ -73,15 +110,23 @@ events: st.SearchStrategy[Event] = st.one_of(
         room=rooms,
         users=st.lists(nicks, max_size=5).map(tuple),
         server=short,
+        software=short,
     ),
     st.builds(Say, room=rooms, text=texts),
     st.builds(
         Message, room=rooms, nick=nicks, text=texts, ts=st.floats(allow_nan=False, allow_infinity=False)
     ),
     st.builds(Who, room=rooms),
-    st.builds(Names, room=rooms, users=st.lists(nicks, max_size=5).map(tuple)),
+    st.builds(
+        Names,
+        room=rooms,
+        users=nick_lists,
+        away=nick_lists,
+        owner=st.one_of(st.just(""), nicks),
+        operators=nick_lists,
+    ),
     st.builds(Joined, room=rooms, nick=nicks),
-    st.builds(Left, room=rooms, nick=nicks, reason=short),
+    st.builds(Left, room=rooms, nick=nicks, reason=short, by=st.one_of(st.just(""), nicks)),
     st.builds(Ping, token=short),
     st.builds(Pong, token=short),
     st.builds(Quit, reason=short),
@@ -124,6 +169,44 @@ events: st.SearchStrategy[Event] = st.one_of(
     ),
     st.builds(Ack, id=ids),
     st.builds(Away, message=short),
+    st.builds(Join, room=rooms),
+    st.builds(Part, room=rooms, reason=short),
+    st.builds(SetTopic, room=rooms, topic=topics),
+    st.builds(ListRooms, pattern=patterns),
+    st.builds(Invite, room=rooms, nick=nicks),
+    st.builds(Kick, room=rooms, nick=nicks, reason=short),
+    st.builds(Ban, room=rooms, mask=masks),
+    st.builds(Unban, room=rooms, mask=masks),
+    st.builds(Bans, room=rooms),
+    st.builds(SetMode, room=rooms, invite_only=st.booleans()),
+    st.builds(RegisterRoom, room=rooms),
+    st.builds(Op, room=rooms, nick=nicks),
+    st.builds(Deop, room=rooms, nick=nicks),
+    st.builds(Transfer, room=rooms, nick=nicks),
+    st.builds(Rename, nick=nicks, signature=st.one_of(st.just(b""), b64)),
+    st.builds(Entered, room=rooms, users=nick_lists, away=nick_lists, **room_states),
+    st.builds(RoomChanged, room=rooms, nick=nicks, what=st.sampled_from(sorted(ROOM_CHANGES)), **room_states),
+    st.builds(
+        Rooms,
+        pattern=patterns,
+        rooms=st.lists(
+            st.builds(RoomEntry, room=rooms, users=st.integers(0, 10**6), topic=topics), max_size=4
+        ).map(tuple),
+        truncated=st.booleans(),
+    ),
+    st.builds(Invited, room=rooms, nick=nicks, by=nicks),
+    st.builds(
+        BanList,
+        room=rooms,
+        bans=st.lists(
+            st.one_of(
+                st.builds(BanEntry, mask=nicks, kind=st.sampled_from(sorted(BAN_KINDS)), by=nicks),
+                st.builds(BanEntry, mask=globs, kind=st.just("pattern"), by=nicks),
+            ),
+            max_size=4,
+        ).map(tuple),
+    ),
+    st.builds(Renamed, old=nicks, new=nicks),
 )
 
 STRATEGY_CLASSES = [
@@ -151,6 +234,27 @@ STRATEGY_CLASSES = [
     Delivery,
     Ack,
     Away,
+    Join,
+    Part,
+    SetTopic,
+    ListRooms,
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+    Bans,
+    SetMode,
+    RegisterRoom,
+    Op,
+    Deop,
+    Transfer,
+    Rename,
+    Entered,
+    RoomChanged,
+    Rooms,
+    Invited,
+    BanList,
+    Renamed,
 ]
 
 
@@ -180,6 +284,27 @@ def test_every_event_type_is_covered_by_the_strategy() -> None:
         "delivery",
         "ack",
         "away",
+        "join",
+        "part",
+        "set_topic",
+        "list",
+        "invite",
+        "kick",
+        "ban",
+        "unban",
+        "bans",
+        "set_mode",
+        "register_room",
+        "op",
+        "deop",
+        "transfer",
+        "rename",
+        "entered",
+        "room_changed",
+        "rooms",
+        "invited",
+        "ban_list",
+        "renamed",
     }
     assert set(EVENT_TYPES) == {cls.TYPE for cls in STRATEGY_CLASSES}
 
@@ -199,7 +324,27 @@ def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes) -> None:
 
 @given(
     st.dictionaries(
-        st.sampled_from(["type", "text", "nick", "room", "version", "users", "ts", "x"]),
+        st.sampled_from(
+            [
+                "type",
+                "text",
+                "nick",
+                "room",
+                "version",
+                "users",
+                "ts",
+                "x",
+                "pattern",
+                "mask",
+                "topic",
+                "rooms",
+                "bans",
+                "what",
+                "invite_only",
+                "signature",
+                "by",
+            ]
+        ),
         st.one_of(
             st.none(),
             st.booleans(),
@@ -207,6 +352,10 @@ def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes) -> None:
             st.floats(),
             st.text(max_size=5),
             st.lists(st.text(max_size=3), max_size=3),
+            st.lists(
+                st.dictionaries(st.sampled_from(["room", "users", "mask", "kind"]), st.text(max_size=3)),
+                max_size=3,
+            ),
         ),
         max_size=6,
     ),

@@ -11,13 +11,16 @@ import base64
 import binascii
 import json
 import typing
+from collections.abc import Iterable
 from dataclasses import MISSING, fields
 
 from .errors import Code, RemoteProtocolError
 from .events import Event, Record
+from .limits import MAX_LINE_BYTES, MAX_ROOMS_LISTED
 from .registry import EVENT_TYPES
+from .rooms import RoomEntry, Rooms
 
-__all__ = ["decode_line", "encode"]
+__all__ = ["decode_line", "encode", "fit_rooms"]
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -25,6 +28,29 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 def encode(event: Event) -> bytes:
     """The frame for `event`: one JSON object in UTF-8, terminated by `\\n`."""
     return (_ENCODER.encode(event.to_dict()) + "\n").encode("utf-8")
+
+
+def fit_rooms(pattern: str, rooms: Iterable[RoomEntry], *, max_bytes: int = MAX_LINE_BYTES) -> Rooms:
+    """The `rooms` answer to a `list` for `pattern`, carrying `rooms` in the order given
+    for as long as they fit: at most `MAX_ROOMS_LISTED` of them, in a frame of at most
+    `max_bytes` bytes (newline excluded; the peer's line limit). `truncated` says some
+    were left out.
+
+    500 rooms with long topics would not fit one line; cutting here, where the encoding
+    is known, keeps every answer a line the peer accepts.
+    """
+    # Counted with truncated=false, the longer of the two, and a comma for every entry:
+    # the sum is never less than the frame's real length.
+    size = len(encode(Rooms(pattern=pattern))) - 1
+    taken: list[RoomEntry] = []
+    truncated = False
+    for entry in rooms:
+        size += len(_ENCODER.encode(entry.to_dict()).encode("utf-8")) + 1
+        if len(taken) == MAX_ROOMS_LISTED or size > max_bytes:
+            truncated = True
+            break
+        taken.append(entry)
+    return Rooms(pattern=pattern, rooms=tuple(taken), truncated=truncated)
 
 
 def _reject_constant(name: str) -> object:

@@ -14,7 +14,7 @@ from .errors import Code, LocalProtocolError, RemoteProtocolError
 from .events import Bye, Error, Event, Hello, Ping, Pong, Quit, Role, Welcome
 from .framing import LineBuffer
 from .keys import Auth, Challenge
-from .limits import MAX_LINE_BYTES, PROTOCOL_VERSION
+from .limits import MAX_LINE_BYTES, SUPPORTED_VERSIONS
 
 __all__ = ["CLOSED", "NEED_DATA", "Closed", "Connection", "NeedData", "State"]
 
@@ -43,6 +43,9 @@ class Closed:
 
 NEED_DATA = NeedData()
 CLOSED = Closed()
+
+# "1 and 2", for the error a hello of another version gets.
+_VERSIONS_SPOKEN = " and ".join(str(version) for version in SUPPORTED_VERSIONS)
 
 # Frames either side may exchange before the welcome.
 _ANYTIME: frozenset[type[Event]] = frozenset({Ping, Pong, Error, Bye, Quit})
@@ -120,10 +123,11 @@ class Connection:
             if isinstance(event, Hello):
                 if self._hello_seen:
                     raise RemoteProtocolError(Code.UNEXPECTED, "hello sent twice", fatal=True)
-                if event.version != PROTOCOL_VERSION:
+                # The session reads hello.version to know which version it serves.
+                if event.version not in SUPPORTED_VERSIONS:
                     raise RemoteProtocolError(
                         Code.UNSUPPORTED_VERSION,
-                        f"this server speaks protocol version {PROTOCOL_VERSION}",
+                        f"this server speaks protocol versions {_VERSIONS_SPOKEN}",
                         fatal=True,
                     )
                 self._hello_seen = True

@@ -43,6 +43,20 @@ class Code:
     #: Too much is coming from the client's network (its address prefix) right now:
     #: refused for now, not for good; try again later, with backoff.
     BUSY = "busy"
+    # Rooms (protocol version 2). Each refuses a request about a room; `ref` names it.
+    #: The request needs you to be in the room, and you are not.
+    NOT_IN_ROOM = "not-in-room"
+    #: Only the room's operators (or, for op/deop/transfer, its owner) may do that; an
+    #: unregistered room has none.
+    NOT_OPERATOR = "not-operator"
+    #: The room is invite-only and you have no invitation.
+    INVITE_ONLY = "invite-only"
+    #: You are banned from the room.
+    BANNED = "banned"
+    #: `register_room` of a room that is registered already.
+    ROOM_REGISTERED = "room-registered"
+    #: Only the room's creator, an identity user, may register it.
+    NOT_CREATOR = "not-creator"
 
 
 class ProtocolError(Exception):

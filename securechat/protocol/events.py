@@ -43,8 +43,12 @@ __all__ = [
     "Welcome",
     "Who",
     "check_nick",
+    "check_nicks",
+    "check_optional_nick",
+    "check_room",
     "check_str",
     "fold_nick",
+    "fold_room",
     "is_valid_nick",
 ]
 
@@ -70,12 +74,31 @@ def fold_nick(nick: str) -> str:
     return nick.lower()
 
 
+def fold_room(name: str) -> str:
+    """The case-insensitive identity of a room name ("#Dev" and "#dev" are one room)."""
+    return name.lower()
+
+
 def check_nick(name: str, value: object) -> None:
     if not is_valid_nick(value):
         raise ValueError(
             f"{name}: a nick is 1-{MAX_NICK_CHARS} characters of A-Z a-z 0-9 _ - . "
             "and does not start with - or ."
         )
+
+
+def check_optional_nick(name: str, value: str) -> None:
+    """A nick, or "" for none (a room with no owner present, a `left` that was no kick)."""
+    if value:
+        check_nick(name, value)
+
+
+def check_nicks(name: str, nicks: tuple[str, ...]) -> None:
+    """A list of nicks, no longer than a user list may be."""
+    if len(nicks) > MAX_USERS_LISTED:
+        raise ValueError(f"{name}: too many")
+    for nick in nicks:
+        check_nick(name, nick)
 
 
 def check_room(value: str) -> None:
@@ -172,24 +195,22 @@ class Welcome(Event):
     SENDERS = FROM_SERVER
     version: int
     nick: str
+    #: The first autojoin room and its users (what a version-1 client shows); a
+    #: version-2 client gets an `entered` for every autojoin room after this.
     room: str = DEFAULT_ROOM
     users: tuple[str, ...] = ()
     server: str = ""
+    #: The server's version string ("securechat 0.4.0"), so a mismatch is easy to see.
+    software: str = ""
 
     def __post_init__(self) -> None:
         if self.version < 1:
             raise ValueError("version: must be a positive integer")
         check_nick("nick", self.nick)
         check_room(self.room)
-        _check_users(self.users)
+        check_nicks("users", self.users)
         check_str("server", self.server)
-
-
-def _check_users(users: tuple[str, ...]) -> None:
-    if len(users) > MAX_USERS_LISTED:
-        raise ValueError("users: too many")
-    for nick in users:
-        check_nick("users", nick)
+        check_str("software", self.software)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,10 +272,20 @@ class Names(Event):
     SENDERS = FROM_SERVER
     room: str = DEFAULT_ROOM
     users: tuple[str, ...] = ()
+    #: Those of `users` who set an away message.
+    away: tuple[str, ...] = ()
+    #: The owner's nick when the owner is present, else "" (and always "" for an
+    #: unregistered room, which has none).
+    owner: str = ""
+    #: The operators present.
+    operators: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_room(self.room)
-        _check_users(self.users)
+        check_nicks("users", self.users)
+        check_nicks("away", self.away)
+        check_optional_nick("owner", self.owner)
+        check_nicks("operators", self.operators)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,18 +304,24 @@ class Joined(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Left(Event):
-    """Someone left the room (quit, disconnect, or dropped by the server)."""
+    """Someone left the room (part, quit, disconnect, kick, or dropped by the server).
+
+    A member who parts or is kicked gets this too, naming themselves.
+    """
 
     TYPE = "left"
     SENDERS = FROM_SERVER
     room: str = DEFAULT_ROOM
     nick: str
     reason: str = ""
+    #: Who kicked them, when they were kicked ("" otherwise); `reason` is the kick's.
+    by: str = ""
 
     def __post_init__(self) -> None:
         check_room(self.room)
         check_nick("nick", self.nick)
         check_str("reason", self.reason)
+        check_optional_nick("by", self.by)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-#: Bumped on any incompatible change to frames; the hello carries it.
-PROTOCOL_VERSION = 1
+#: Bumped on any incompatible change to frames; the hello carries it. Version 2 added
+#: rooms (join, part, topics, registered rooms, bans, renaming).
+PROTOCOL_VERSION = 2
+
+#: Hello versions a server accepts. A version-1 session is served `#lobby` only (see
+#: docs/protocol.md, "Rooms"); the session reads `hello.version` to know which it serves.
+SUPPORTED_VERSIONS = (1, 2)
 
 #: One JSON line may not exceed this many bytes (newline excluded). Large enough for a
 #: key bundle with 100 one-time prekeys in base64 (~10 KiB), small enough that a
@@ -30,6 +35,27 @@ MAX_REF_CHARS = 64
 
 #: A user list longer than this is not something a v1 server sends.
 MAX_USERS_LISTED = 100_000
+
+#: A room's topic, as IRC networks commonly allow (TOPICLEN 307 on many).
+MAX_TOPIC_CHARS = 256
+
+#: A `list` answer names at most this many rooms (then `truncated`): enough to browse,
+#: and a server with 1000 rooms is not asked to send them all at once. A line also
+#: caps it: `fit_rooms` cuts a list whose topics would not fit one.
+MAX_ROOMS_LISTED = 500
+
+#: A `list` pattern: a glob on room names ('#', 1-32 name characters, '*' and '?'), with
+#: room for a few more wildcards than a name has characters.
+MAX_PATTERN_CHARS = 64
+
+#: A ban mask: a nick, or a nick glob with '*' and '?'. A pattern longer than a nick
+#: plus a few wildcards matches nothing more, and the short bound keeps a full ban list
+#: (`MAX_BANS_LISTED` entries at their longest) inside one line.
+MAX_MASK_CHARS = 32
+
+#: A `ban_list` carries at most this many bans; a server's per-room ban cap must not
+#: exceed it (its default is 200).
+MAX_BANS_LISTED = 500
 
 #: The only room in protocol version 1; every chat event names it so rooms can come
 #: later without a breaking change.
