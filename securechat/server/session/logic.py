@@ -1,0 +1,439 @@
+"""A session's protocol logic: what the server does with each frame one client sends.
+
+`SessionLogic` is owned by the session's reader thread: every method is called from it
+(one of them, the welcome, while that thread holds the hub's lock). It holds no locks,
+opens no sockets, starts no threads and reads no clock: it talks to its connection only
+through a `Port` (`send(event)`, `close(final, reason)`), which io.py's `Session`
+implements and a test can fake. What crosses threads lives in the shell, behind its lock
+(see io.py and docs/design.md, "Server threads").
+
+The logic: the hello, the identity challenge and its proof, the request rate and the
+strikes of a flooder, room lines batched per read, dispatch to the hub and the relay,
+the queued whispers handed out a page at a time, and the answers when the store fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from ...protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Auth,
+    Away,
+    Bye,
+    Challenge,
+    Code,
+    Error,
+    Event,
+    FetchKeys,
+    Hello,
+    Ping,
+    Pong,
+    PublishKeys,
+    Quit,
+    RemoteProtocolError,
+    Say,
+    Welcome,
+    Whisper,
+    Who,
+)
+from ..addresses import PrefixGuards
+from ..authfail import NICK_REGISTERED, PROOF_FAILED, auth_failed, registration_refused
+from ..backlog import Backlog
+from ..config import ServerConfig
+from ..hub import Hub, Member, NickTaken, NoSuchRoom
+from ..ratelimit import TokenBucket
+from ..relay import Relay, RelayError
+from ..store import StoreUnavailable
+
+__all__ = ["Holder", "Port", "SessionLogic"]
+
+log = logging.getLogger(__name__)
+
+
+class Port(Protocol):
+    """The logic's whole view of its connection (io.py's `Session`; a fake in tests)."""
+
+    def send(self, event: Event) -> None:
+        """Queue `event` for the client, after everything sent before it. Never blocks.
+
+        Called by the reader thread (and, for the welcome, by it under the hub's lock)."""
+
+    def close(self, final: Event | None = None, reason: str = "") -> None:
+        """Send `final` as the last frame and end the connection. Idempotent; the first
+        call's `reason` is the one the other members are told. Callable from any thread."""
+
+
+@runtime_checkable
+class Holder(Protocol):
+    """A logged-in session as another session's login sees it in the hub: a login proven
+    with the same identity key displaces it (see `SessionLogic._login`)."""
+
+    @property
+    def sig_key(self) -> bytes:
+        """The identity key it proved; b"" for a guest. Set before it joins the hub."""
+
+    def close(self, final: Event | None = None, reason: str = "") -> None:
+        """As `Port.close`; called by the displacing session's reader thread."""
+
+
+class SessionLogic:
+    """One client's protocol logic. Reader thread only; see the module docstring.
+
+    `member` is what the hub holds for this session (the shell: it delivers other
+    members' frames); `on_login` is called once, by the reader thread under the hub's
+    lock, when the session has logged in, before the welcome is sent.
+    """
+
+    def __init__(
+        self,
+        port: Port,
+        member: Member,
+        *,
+        hub: Hub,
+        relay: Relay,
+        config: ServerConfig,
+        peer: str,
+        prefix: str,
+        guards: PrefixGuards,
+        on_login: Callable[[], None],
+        nonce: Callable[[], bytes] = lambda: os.urandom(32),
+    ) -> None:
+        """`peer` is "address:port", `prefix` the network of that address (addresses.py),
+        `guards` the per-prefix limits all sessions share; `nonce` makes login challenges."""
+        self._port = port
+        self._member = member
+        self._hub = hub
+        self._relay = relay
+        self._config = config
+        self._peer = peer
+        self._address = peer.rsplit(":", 1)[0]  # the peer's IP address, for the logs
+        self._prefix = prefix
+        self._guards = guards
+        self._on_login = on_login
+        self._make_nonce = nonce
+        # Written by the reader thread only (here). Read by other threads through the
+        # shell (io.py says how each read is safe).
+        self.nick: str | None = None  # set in the welcome, under the hub's lock
+        self.sig_key = b""  # the identity key this session proved; b"" for a guest
+        self.away = ""  # the away message the client set ("" when here)
+        self._login_reported = False  # `on_login` was called
+        self._claim: Hello | None = None  # a hello with an identity, awaiting its proof
+        self._nonce = b""  # the challenge sent for `_claim`
+        self._backlog: Backlog | None = None  # queued whispers still to hand out
+        self._requests = (
+            TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
+        )
+        self._strikes = 0  # requests refused in a row for their rate
+        self._says: list[Say] = []  # room lines read in this chunk, not yet broadcast
+        self._said_bytes = 0  # their text's length
+
+    # -- what the reader thread calls ------------------------------------------------
+
+    def handle(self, event: Event) -> None:
+        """Act on one complete frame from the client (the connection has checked that it
+        may be sent now). Room lines are held back to go out in one batch: see `flush`."""
+        if isinstance(event, _RATE_LIMITED) and not self._within_rate(event):
+            return
+        if isinstance(event, Say) and self._hub.has_room(event.room):
+            # Lines that arrived together are broadcast together (see `flush`).
+            self._says.append(event)
+            self._said_bytes += len(event.text)
+            if len(self._says) >= _MAX_BATCH or self._said_bytes >= _MAX_BATCH_BYTES:
+                self.flush()
+            return
+        self.flush()  # everything else keeps its place after the lines before it
+        try:
+            self._dispatch(event)
+        except StoreUnavailable:
+            self._store_unavailable(event)
+
+    def refuse(self, exc: RemoteProtocolError) -> None:
+        """A frame the connection refused: tell the client, and end a fatal case."""
+        self.flush()
+        log.info("bad frame from %s: %s", self._peer, exc.code)
+        if exc.fatal:
+            self._port.close(Error(code=exc.code, reason=exc.reason, fatal=True), reason="protocol error")
+        else:
+            self._reply(Error(code=exc.code, reason=exc.reason, fatal=False))
+
+    def flush(self) -> None:
+        """Broadcast the batched room lines: one fan-out (one write per member) for all.
+        The reader calls it when a read's frames are used up, and at the end of input."""
+        if self._says:
+            assert self.nick is not None  # the connection passes Say only after the welcome
+            says, self._says, self._said_bytes = self._says, [], 0
+            self._hub.say_many(self.nick, says)
+
+    def leave(self, reason: str) -> None:
+        """The connection is over: leave the hub (announced with `reason`) if logged in."""
+        if self.nick is not None:
+            self._hub.leave(self._member, self.nick, reason)
+            log.info("%s (%s) left: %s", self.nick, self._peer, reason)
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, Hello):
+            self._hello(event)
+        elif isinstance(event, Auth):
+            self._auth(event)
+        elif isinstance(event, (Say, Who)):
+            self._room(event)
+        elif isinstance(event, Ping):
+            self._reply(Pong(token=event.token))
+        elif isinstance(event, Away):
+            self.away = event.message
+        elif isinstance(event, Quit):
+            self._port.close(Bye(reason="goodbye"), reason=event.reason or "quit")
+        elif isinstance(event, Pong):
+            pass  # answers to our keepalive pings carry nothing to act on
+        elif isinstance(event, (PublishKeys, FetchKeys, Whisper, Ack)):
+            self._e2e(event)
+
+    def _store_unavailable(self, event: Event) -> None:
+        """The store failed while handling `event` (the store logged it, at a bounded rate).
+
+        A request after login gets a non-fatal `store-unavailable`, naming the whisper it
+        refuses, and the session goes on: nothing was stored, the client may send the
+        same frame again later. A login (hello, auth) cannot go on without the store (it
+        must know who owns a nick), so it is refused with a fatal `store-unavailable`:
+        the client should reconnect later, with its usual backoff, not give up for good.
+        """
+        if isinstance(event, (Hello, Auth)):
+            self._port.close(
+                Error(
+                    code=Code.STORE_UNAVAILABLE,
+                    reason="the server cannot use its database right now; log in again later",
+                    fatal=True,
+                ),
+                reason="store unavailable at login",
+            )
+            return
+        self._reply(
+            Error(
+                code=Code.STORE_UNAVAILABLE,
+                reason="the server cannot write to its database right now; nothing was stored, "
+                "send it again later",
+                ref=_request_ref(event),
+            )
+        )
+
+    def _room(self, event: Say | Who) -> None:
+        assert self.nick is not None  # the connection passes these only after the welcome
+        try:
+            if isinstance(event, Say):
+                self._hub.say(self.nick, event.room, event.text, action=event.action)
+            else:
+                self._reply(self._hub.names(event.room))
+        except NoSuchRoom:
+            self._reply(Error(code=Code.NO_SUCH_ROOM, reason=f"no room {event.room}"))
+
+    def _within_rate(self, event: Event) -> bool:
+        """Take a token for a request (and, for a room line, one of the budget all sessions
+        of this prefix share); on refusal say so, and drop a session that keeps on."""
+        if self._requests is not None and not self._requests.allow():
+            reason = "slow down: too many messages"
+        elif isinstance(event, Say) and not self._guards.say(self._prefix):
+            # 40 nicks from one network get one budget, not 40: a flood cannot wipe the
+            # room's history 40 times faster than one flooder.
+            reason = "slow down: too many messages from your network"
+        else:
+            self._strikes = 0
+            return True
+        self._strikes += 1
+        if self._strikes > self._config.max_strikes:
+            self._port.close(
+                Error(code=Code.RATE_LIMITED, reason="flooding: disconnected", fatal=True), reason="flooding"
+            )
+        elif self._strikes == 1 or self._strikes % 10 == 0:  # do not answer a flood with a flood
+            self._reply(Error(code=Code.RATE_LIMITED, reason=reason))
+        return False
+
+    def _e2e(self, event: Event) -> None:
+        assert self.nick is not None
+        if not self.sig_key:
+            self._reply(
+                Error(code=Code.NOT_REGISTERED, reason="guests cannot whisper: log in with an identity")
+            )
+            return
+        try:
+            if isinstance(event, PublishKeys):
+                # Each one-time prekey costs a signature check (200: ~40 ms of CPU), charged
+                # in the request rate on top of the frame's own token (`_within_rate`).
+                cost = self._relay.publish_cost(event)
+                if self._requests is not None and cost > 0 and not self._requests.allow(cost):
+                    raise RelayError(
+                        Code.RATE_LIMITED,
+                        "publishing keys too fast: each one-time prekey costs a signature check; "
+                        "try again in a moment",
+                    )
+                self._reply(self._relay.publish(self.nick, self.sig_key, event))
+            elif isinstance(event, FetchKeys):
+                self._reply(self._relay.fetch(event.nick, requester=self.sig_key))
+            elif isinstance(event, Whisper):
+                self._reply(self._relay.whisper(self.nick, event))
+            elif isinstance(event, Ack):
+                self._relay.ack(self.nick, event)
+                if self._backlog is not None:  # an ack makes room for more of the backlog
+                    for delivery in self._backlog.acked(event.id):
+                        self._reply(delivery)
+                    if self._backlog.done:
+                        self._backlog = None
+        except RelayError as exc:
+            self._reply(Error(code=exc.code, reason=exc.reason, ref=_request_ref(event)))
+
+    # -- logging in -------------------------------------------------------------------
+
+    def _hello(self, hello: Hello) -> None:
+        # Claims without a proof back off once they keep failing, per network and nick. A
+        # claim with an identity never waits: a valid proof cannot be guessed, so refusing
+        # one would only let a failing neighbour lock its owner out; failed proofs are
+        # logged for fail2ban and bounded by the network's connection rate.
+        backoff = 0.0 if hello.identity else self._guards.login_backoff(self._prefix, hello.nick)
+        if backoff > 0:
+            # Refused for now, not for good, and not counted as another failure.
+            log.info("login from %s refused: too many failed logins for %s", self._address, hello.nick)
+            self._port.close(
+                Error(
+                    code=Code.BUSY,
+                    reason=f"too many failed logins for {hello.nick} from your network; "
+                    f"try again in {math.ceil(backoff)} s",
+                    fatal=True,
+                ),
+                reason="too many failed logins",
+            )
+        elif not self._relay.may_claim(hello.nick, hello.identity):
+            self._refuse_registered(hello.nick)
+        elif hello.identity:
+            self._claim = hello
+            self._nonce = self._make_nonce()
+            self._reply(Challenge(nonce=self._nonce))
+        else:
+            self._login(hello)
+
+    def _refuse_registered(self, nick: str) -> None:
+        auth_failed(self._guards, self._prefix, self._address, nick, NICK_REGISTERED)
+        self._port.close(
+            Error(code=Code.NICK_REGISTERED, reason=f"{nick} is registered to another key", fatal=True),
+            reason="nick registered to another key",
+        )
+
+    def _auth(self, auth: Auth) -> None:
+        claim = self._claim
+        if claim is None:
+            self._reply(Error(code=Code.UNEXPECTED, reason="auth without a hello that claims an identity"))
+            return
+        if not self._relay.proof_valid(claim.nick, self._nonce, claim.identity, auth.signature):
+            auth_failed(self._guards, self._prefix, self._address, claim.nick, PROOF_FAILED)
+            self._port.close(
+                Error(code=Code.AUTH_FAILED, reason="identity proof failed", fatal=True), reason="auth failed"
+            )
+            return
+        # A nick nobody holds yet costs one of the network's registrations: nicks are
+        # free, and each one is kept for months.
+        if not self._relay.is_registered(claim.nick) and not self._guards.register(self._prefix):
+            closed = self._guards.registrations_closed
+            registration_refused(
+                self._address, claim.nick, "registrations closed" if closed else "too many from its network"
+            )
+            self._port.close(
+                Error(
+                    code=Code.QUOTA,
+                    reason="this server accepts no new registrations"
+                    if closed
+                    else "too many new nicks registered from your network; try again later",
+                    fatal=True,
+                ),
+                reason="registration refused",
+            )
+            return
+        if not self._relay.register(claim.nick, claim.identity):
+            self._refuse_registered(claim.nick)
+            return
+        self.sig_key = claim.identity
+        self._claim = None
+        if self._login(claim):
+            self._reply(self._relay.prekey_count(claim.nick))
+            # A page of what waited; more as acks come back (see backlog.py).
+            self._backlog = self._relay.backlog(claim.nick)
+            for delivery in self._backlog.start():
+                self._reply(delivery)
+            if self._backlog.done:
+                self._backlog = None
+            for failure in self._relay.failures(claim.nick):
+                self._reply(failure)
+
+    def _login(self, hello: Hello) -> bool:
+        """Join the room under `hello.nick`; False (and the session closing) if it is taken."""
+
+        def welcome(users: tuple[str, ...]) -> None:
+            # Runs under the hub lock, before anyone can send us a room event. Sent
+            # without `_reply`: flushing room lines here would re-enter the hub (there
+            # are none yet; lines are accepted only after the welcome).
+            self.nick = hello.nick
+            # Counted as logged in before the welcome leaves: a client that connects again
+            # from its network as soon as it is welcomed must find this one out of the
+            # pre-login budget. (Takes the server's lock under the hub's: that order only.)
+            if not self._login_reported:
+                self._login_reported = True
+                self._on_login()
+            self._port.send(
+                Welcome(
+                    version=PROTOCOL_VERSION,
+                    nick=hello.nick,
+                    room=self._hub.room,
+                    users=users,
+                    server=self._config.server_name,
+                )
+            )
+
+        def same_user(holder: object) -> bool:
+            # A login proven with the nick's own key takes over a stale session of that
+            # key (a reconnect before the server noticed the old connection died).
+            return bool(self.sig_key) and isinstance(holder, Holder) and holder.sig_key == self.sig_key
+
+        try:
+            displaced = self._hub.join(self._member, hello.nick, welcome, may_replace=same_user)
+        except NickTaken:
+            self._port.close(
+                Error(code=Code.NICK_TAKEN, reason=f"{hello.nick} is already in use", fatal=True),
+                reason="nick taken",
+            )
+            return False
+        if isinstance(displaced, Holder):
+            displaced.close(
+                Error(code=Code.REPLACED, reason="you logged in from another connection", fatal=True),
+                reason="replaced by a new login",
+            )
+        log.info("%s logged in as %s (%s)", self._peer, hello.nick, "identity" if self.sig_key else "guest")
+        return True
+
+    def _reply(self, event: Event) -> None:
+        self.flush()  # a reply follows the echo of the lines read before it
+        self._port.send(event)
+
+
+#: A batch of room lines is broadcast once it holds this many lines or this much text
+#: (bounds the hub lock's hold and the size of one write).
+_MAX_BATCH = 256
+_MAX_BATCH_BYTES = 64 * 1024
+
+#: Requests that cost a token of the session's message bucket. Answers (pong, ack) do
+#: not: refusing them would punish a client for keeping up.
+_RATE_LIMITED = (Say, Who, Whisper, PublishKeys, Ping)
+
+
+def _request_ref(event: Event) -> str:
+    """What a refusal of `event` names in `ref`: a whisper's id, the nick whose keys were
+    asked for, or "" (the client matches answers to its requests by it)."""
+    if isinstance(event, Whisper):
+        return event.id
+    if isinstance(event, FetchKeys):
+        return event.nick
+    return ""
