@@ -212,7 +212,7 @@ def test_python_dash_m_runs_the_cli() -> None:
 
 
 def test_release_nick_frees_a_registered_nick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from securechat.server.listener import DB_NAME
+    from securechat.server.server import DB_NAME
     from securechat.server.store import SqliteStore
 
     store = SqliteStore(tmp_path / DB_NAME)
