@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from whisper_helpers import FAST_KDF
 
-from securechat.client.keystore import Keystore, default_keystore_dir
+from securechat.client.keystore import Keystore, RoomsFile, default_keystore_dir
 from securechat.client.whispers import WhisperKeys
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.errors import KeystoreError
@@ -211,3 +211,91 @@ def test_a_keystore_with_all_pins_in_one_record_is_rewritten_one_record_per_pin(
     assert info is not None and info[1].value == "verified" and info[0].key == bob.identity.public().key
     records = Keystore.open(d, None).load()
     assert "pins" not in records and json.loads(records["pin:" + b"bob".hex()]) == bob_pin
+
+
+# -- remembered rooms ------------------------------------------------------------------------
+
+
+def test_remembered_rooms_are_kept_sealed_in_the_keystore(tmp_path: Path) -> None:
+    d = tmp_path / "ks"
+    store = Keystore.create(d, "pw", FAST_KDF)
+    WhisperKeys.in_keystore(store, "alice")
+    assert store.load_rooms() == []
+    store.save_rooms(["#dev", "#Secret-Plans"])
+    store.close()
+    again = Keystore.open(d, "pw")
+    assert again.load_rooms() == ["#dev", "#Secret-Plans"]
+    assert b"Secret-Plans" not in b"".join(p.read_bytes() for p in d.iterdir())  # sealed
+    WhisperKeys.in_keystore(again, "alice")  # a record of another layer: the identity loads
+
+
+def test_a_guests_rooms_file_is_private_and_a_damaged_one_is_said(tmp_path: Path) -> None:
+    rooms = RoomsFile(tmp_path / "h_1" / "guest")
+    assert rooms.load_rooms() == []
+    rooms.save_rooms(["#dev", "#DEV", "#ops"])  # one room whatever its case
+    assert rooms.path.stat().st_mode & 0o777 == 0o600
+    assert RoomsFile(tmp_path / "h_1" / "guest").load_rooms() == ["#DEV", "#ops"]
+    rooms.path.write_bytes(b'{"not": "a list"}')
+    with pytest.raises(KeystoreError, match="rooms"):
+        rooms.load_rooms()
+    rooms.path.write_bytes(b'["no-hash"]')
+    with pytest.raises(KeystoreError, match="room"):
+        rooms.load_rooms()
+
+
+def test_a_guests_rooms_follow_a_rename(tmp_path: Path) -> None:
+    rooms = RoomsFile(tmp_path / "guest")
+    rooms.save_rooms(["#dev"])
+    rooms.move_to(tmp_path / "guest2")
+    assert not (tmp_path / "guest" / "rooms.json").exists()
+    assert RoomsFile(tmp_path / "guest2").load_rooms() == ["#dev"]
+
+
+# -- renaming --------------------------------------------------------------------------------
+
+
+def test_a_rename_moves_the_keystore_to_the_new_nicks_place_bound_to_it(tmp_path: Path) -> None:
+    d = tmp_path / "alice"
+    keys = WhisperKeys.in_keystore(Keystore.create(d, None, FAST_KDF), "alice")
+    sig_key = keys.identity.sig_key
+    frames = keys.renamed("Alice2")
+    assert not d.exists() and (tmp_path / "alice2" / "keystore.db").is_file()
+    assert keys.identity.user == "Alice2" and keys.identity.public().binding_valid()
+    assert (
+        frames and frames[0].identity.sig_key == sig_key and frames[0].opks
+    )  # a fresh bundle, fresh prekeys
+    reopened = WhisperKeys.in_keystore(Keystore.open(tmp_path / "alice2", None), "alice2")
+    assert reopened.identity.user == "Alice2" and reopened.identity.sig_key == sig_key
+
+
+def test_a_rename_cut_between_the_move_and_the_rebinding_is_finished_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "alice"
+    store = Keystore.create(d, None, FAST_KDF)
+    keys = WhisperKeys.in_keystore(store, "alice")
+    sig_key = keys.identity.sig_key
+    store.move_to(tmp_path / "alice2")  # the crash comes right after the move
+    store.close()
+    again = WhisperKeys.in_keystore(Keystore.open(tmp_path / "alice2", None), "alice2")
+    assert again.identity.user == "alice2" and again.identity.sig_key == sig_key
+    assert again.identity.public().binding_valid()
+
+
+def test_a_keystore_in_a_directory_of_the_users_choice_stays_there(tmp_path: Path) -> None:
+    d = tmp_path / "my-keys"
+    keys = WhisperKeys.in_keystore(Keystore.create(d, None, FAST_KDF), "alice")
+    keys.renamed("alice2")
+    assert (d / "keystore.db").is_file() and keys.identity.user == "alice2"
+    assert WhisperKeys.in_keystore(Keystore.open(d, None), "alice2").identity.user == "alice2"
+
+
+def test_a_rename_onto_an_existing_keystore_leaves_both_usable(tmp_path: Path) -> None:
+    keys = WhisperKeys.in_keystore(Keystore.create(tmp_path / "alice", None, FAST_KDF), "alice")
+    other = WhisperKeys.in_keystore(Keystore.create(tmp_path / "alice2", None, FAST_KDF), "alice2")
+    with pytest.raises(KeystoreError, match="already"):
+        keys.renamed("alice2")
+    assert WhisperKeys.in_keystore(Keystore.open(tmp_path / "alice2", None), "alice2").identity.sig_key == (
+        other.identity.sig_key
+    )
+    assert (tmp_path / "alice" / "keystore.db").is_file()

@@ -33,11 +33,16 @@ from ..e2e.errors import KeystoreError
 from ..files import write_private
 from ..protocol import fold_nick
 from .inbox import Direction, MessageState, StoredMessage
+from .rooms import decode_rooms, encode_rooms
 
-__all__ = ["Keystore", "default_keystore_dir"]
+__all__ = ["Keystore", "RoomsFile", "default_keystore_dir"]
 
 _HEADER = "keystore.json"
 _DB = "keystore.db"
+#: The record that holds the rooms to join again at the next start (see rooms.py).
+_ROOMS_RECORD = "rooms"
+#: A guest's remembered rooms: a file in the directory its nick's keystore would have.
+_GUEST_ROOMS = "rooms.json"
 _LEGACY_SUFFIX = ".rec"
 _NAME_RE = re.compile(r"[a-z]+(:[0-9a-f]{1,64})?")
 
@@ -318,8 +323,98 @@ class Keystore:
         except ValueError as exc:
             raise KeystoreError(f"{self.path}: {exc}") from None
 
+    # -- remembered rooms (the `RoomStore` contract) -------------------------------------
+
+    def load_rooms(self) -> list[str]:
+        """The rooms saved by `save_rooms`, [] if none. Raises `KeystoreError`."""
+        with self._lock:
+            db = self._connect()
+            try:
+                row = db.execute("SELECT value FROM records WHERE name=?", (_ROOMS_RECORD,)).fetchone()
+            except sqlite3.Error as exc:
+                raise self._damaged(exc) from None
+        if row is None:
+            return []
+        try:
+            return decode_rooms(self._unseal(_ROOMS_RECORD, bytes(row[0])))
+        except ValueError as exc:
+            raise KeystoreError(f"{self.path}: the remembered rooms are damaged: {exc}") from None
+
+    def save_rooms(self, rooms: Sequence[str]) -> None:
+        """Remember `rooms` (sealed like every record: which rooms you use is yours).
+        Not flushed: a lost change costs only a room not joined again by itself."""
+        self.commit({_ROOMS_RECORD: encode_rooms(rooms)}, durable=False)
+
+    # -- moving -------------------------------------------------------------------------
+
+    def move_to(self, directory: Path) -> None:
+        """Move the whole keystore to `directory` (a rename: the new nick's place).
+
+        One `rename` of the directory, so a crash leaves it whole in one place or the
+        other. Raises `KeystoreError` if something is in the way or the move fails; the
+        keystore is then usable where it was.
+        """
+        with self._lock:
+            if directory.exists():
+                raise KeystoreError(f"cannot move your keystore to {directory}: something is there already")
+            if self._db is not None:  # reopened at the new place on next use
+                self._db.close()
+                self._db = None
+            try:
+                directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.rename(self.directory, directory)
+                fd = os.open(directory.parent, os.O_RDONLY)  # the rename itself reaches the disk
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise KeystoreError(
+                    f"cannot move your keystore {self.directory} to {directory}: {exc}"
+                ) from None
+            self.directory = directory
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+class RoomsFile:
+    """A guest's remembered rooms (a guest has no keystore): `rooms.json`, 0600, in the
+    directory its nick's keystore would have (`default_keystore_dir`), created on the
+    first save. Implements `RoomStore`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @property
+    def path(self) -> Path:
+        return self.directory / _GUEST_ROOMS
+
+    def load_rooms(self) -> list[str]:
+        """The saved rooms, [] if none yet. Raises `KeystoreError` (damaged, or others can read it)."""
+        try:
+            _check_private(self.path)
+            return decode_rooms(self.path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise KeystoreError(f"{self.path}: cannot read your remembered rooms: {exc}") from None
+
+    def save_rooms(self, rooms: Sequence[str]) -> None:
+        """Write them atomically. Raises `KeystoreError`."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_private(self.path, encode_rooms(rooms))
+        except OSError as exc:
+            raise KeystoreError(f"cannot save your remembered rooms in {self.path}: {exc}") from None
+
+    def move_to(self, directory: Path) -> None:
+        """After a rename: the rooms belong to the new nick's place. Raises `KeystoreError`."""
+        rooms = self.load_rooms()
+        old = self.path
+        self.directory = directory
+        self.save_rooms(rooms)
+        old.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from ..e2e.bundle import OPK_REFILL_BELOW, OPK_TARGET, Bundle, OneTimePrekey, Si
 from ..e2e.conversations import Conversations, Trust
 from ..e2e.errors import DecryptionError, IdentityChanged, KeystoreError
 from ..e2e.identity import Identity, PublicIdentity
-from ..e2e.login import login_message
+from ..e2e.login import login_message, rename_message
 from ..e2e.ratchet import parse_header
 from ..e2e.x3dh import respond
 from ..protocol import (
@@ -111,6 +111,14 @@ class WhisperKeys:
                 conv = Conversations.from_records(records)
             except ValueError as exc:
                 raise KeystoreError(f"your keystore {keystore.path} is damaged: {exc}") from None
+            if fold_nick(conv.identity.user) != fold_nick(nick) and keystore.directory.name == fold_nick(
+                nick
+            ):
+                # A rename that stopped between moving the keystore to the new nick's
+                # place and rebinding the identity to it: finish it.
+                conv.identity = Identity(nick, conv.identity.sig_private, conv.identity.dh)
+                _forget_all_sessions(conv)
+                conv.dirty.add("identity")
         elif records or keystore.messages(last=1):
             raise KeystoreError(
                 f"your keystore {keystore.path} has lost its identity record: restore it from a backup, "
@@ -178,6 +186,48 @@ class WhisperKeys:
     def login_proof(self, nick: str, nonce: bytes) -> bytes:
         return self._conv.identity.sign(login_message(nick, nonce, self._conv.identity.sig_key))
 
+    # -- renaming -----------------------------------------------------------------------
+
+    def rename_proof(self, old: str, new: str, login_nonce: bytes) -> bytes:
+        """The `rename` frame's signature: our identity key over `rename_message`."""
+        return self._conv.identity.sign(rename_message(old, new, login_nonce))
+
+    def renamed(self, new: str) -> list[PublishKeys]:
+        """The server renamed us to `new` (reader thread): bind the identity to it, move the
+        keystore to the new nick's place, and return a fresh bundle to publish (the
+        server dropped the old one: its prekeys are signed for the old nick).
+
+        The keystore moves first and the identity is rebound after, so a crash between
+        leaves the keystore where `new` looks for it, and opening it finishes the rename
+        (`in_keystore`). The move happens only when the keystore sits in the old nick's
+        default place (a directory the user chose stays where it is). Sessions under the
+        old nick end: a peer's client refuses a whisper whose sender is not the nick its
+        session was made with, so the next whisper starts a new one. Raises
+        `KeystoreError` if the keystore could not be moved or written; the identity is
+        rebound in memory either way.
+        """
+        with self._lock:
+            moved: KeystoreError | None = None
+            storage = self._storage
+            old = self._conv.identity
+            if isinstance(storage, Keystore) and storage.directory.name == fold_nick(old.user):
+                try:
+                    storage.move_to(storage.directory.with_name(fold_nick(new)))
+                except KeystoreError as exc:
+                    moved = exc
+            self._conv.identity = Identity(new, old.sig_private, old.dh)
+            _forget_all_sessions(self._conv)
+            self._conv.dirty.add("identity")
+            secrets = self._conv.secrets
+            if secrets.current_spk() is None:
+                secrets.rotate_spk(self._clock())
+            new_ids = secrets.new_opks(OPK_TARGET) if self._topups.take() else []
+            self._conv.dirty.add("prekeys")
+            self._save()
+            if moved is not None:
+                raise moved
+            return self._publish(new_ids)
+
     def publications(self, status: PrekeyCount) -> list[PublishKeys]:
         """What to publish given the server's view of our prekeys (none if nothing is due),
         in frames of at most `MAX_OPKS_PER_PUBLISH` one-time prekeys each. Called by the
@@ -206,24 +256,30 @@ class WhisperKeys:
                 return []
             self._conv.dirty.add("prekeys")
             self._save()
-            ident = self._conv.identity
-            pub = ident.public()
-            spk = secrets.signed_spk(ident)
-            opks = [
-                OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature)
-                for o in secrets.signed_opks(ident, new_ids)
-            ]
-            chunks = [opks[i : i + MAX_OPKS_PER_PUBLISH] for i in range(0, len(opks), MAX_OPKS_PER_PUBLISH)]
-            return [
-                PublishKeys(
-                    identity=KeyIdentity(sig_key=pub.sig_key, dh_key=pub.dh_key, dh_sig=pub.dh_sig),
-                    spk=SignedPrekeyRecord(
-                        id=spk.id, created=spk.created, public=spk.public, signature=spk.signature
-                    ),
-                    opks=tuple(chunk),
-                )
-                for chunk in chunks or [[]]
-            ]
+            return self._publish(new_ids)
+
+    def _publish(self, new_ids: list[int]) -> list[PublishKeys]:
+        """Frames publishing our identity, current signed prekey and the one-time prekeys
+        `new_ids`, all signed for the nick the identity is bound to; under `_lock`."""
+        secrets = self._conv.secrets
+        ident = self._conv.identity
+        pub = ident.public()
+        spk = secrets.signed_spk(ident)
+        opks = [
+            OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature)
+            for o in secrets.signed_opks(ident, new_ids)
+        ]
+        chunks = [opks[i : i + MAX_OPKS_PER_PUBLISH] for i in range(0, len(opks), MAX_OPKS_PER_PUBLISH)]
+        return [
+            PublishKeys(
+                identity=KeyIdentity(sig_key=pub.sig_key, dh_key=pub.dh_key, dh_sig=pub.dh_sig),
+                spk=SignedPrekeyRecord(
+                    id=spk.id, created=spk.created, public=spk.public, signature=spk.signature
+                ),
+                opks=tuple(chunk),
+            )
+            for chunk in chunks or [[]]
+        ]
 
     # -- sending ------------------------------------------------------------------------
 
@@ -454,6 +510,12 @@ _FAILURE_TEXT = {
     "auth-failed": "could not be authenticated (tampered with, or not from who the server says)",
     "malformed": "authenticated but malformed",
 }
+
+
+def _forget_all_sessions(conv: Conversations) -> None:
+    """End every session (after a rename: they were made under the old nick). Pins stay."""
+    for peer in list(conv.pins):
+        conv.forget_sessions(peer)
 
 
 def _plaintext(text: str) -> bytes:
