@@ -1,0 +1,501 @@
+"""Rooms: membership, settings, invitations, bans, and who may do what.
+
+Pure bookkeeping: no locks, no I/O, no clock reads (the caller passes `now`). The hub owns
+one `Rooms` and calls it under the hub lock; nothing else touches it. Every refused
+request raises `RoomError` with the wire code and a reason for the user, before anything
+changed.
+
+People are known by their folded nick and their identity key (b"" for a guest). Owners,
+operators and key bans hold identity keys, never nicks, so a nick change (or a second nick
+of the same key) changes nothing about what someone may do or where they may go.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..protocol import Code, fold_nick, fold_room
+from ..protocol.limits import MAX_ROOMS_LISTED
+from ..protocol.rooms import is_pattern
+
+__all__ = [
+    "Ban",
+    "BanKind",
+    "Room",
+    "RoomError",
+    "RoomSummary",
+    "Rooms",
+    "glob",
+]
+
+#: An invitation is kept this long if unused (or until used, or the room vanishes): long
+#: enough to answer after lunch, short enough that old invitations do not pile up.
+INVITE_TTL = 3600.0
+
+
+class BanKind(Enum):
+    """What a ban holds: an identity key (registered nicks) or a nick pattern (guests)."""
+
+    KEY = "key"
+    PATTERN = "pattern"
+
+
+@dataclass(frozen=True)
+class Ban:
+    """One ban of a room. `value` is the identity key (KEY) or the folded pattern
+    (PATTERN); `shown` is the mask as the ban list shows it (for a key: the nick it was
+    set on), which is also what `unban` takes; `by` is the banner's nick."""
+
+    kind: BanKind
+    value: bytes | str
+    shown: str
+    by: str
+
+
+class RoomError(Exception):
+    """A room request was refused; `code` goes on the wire, `reason` to the user."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Room:
+    """One room. Mutated only by `Rooms`, under the hub lock."""
+
+    #: As the creator (or the configuration, or the registration) spelt it.
+    name: str
+    #: The identity key of the session that created it; b"" for a guest or the configuration.
+    creator: bytes = b""
+    #: An autojoin room: it exists from start and never vanishes.
+    permanent: bool = False
+    topic: str = ""
+    invite_only: bool = False
+    #: The owner's identity key once registered; b"" while unregistered (so a registered
+    #: room always has an owner: one field, not a flag and a key that could disagree).
+    owner: bytes = b""
+    operators: set[bytes] = field(default_factory=set)
+    bans: list[Ban] = field(default_factory=list)
+    #: Invitations: folded nick -> when it expires.
+    invites: dict[str, float] = field(default_factory=dict)
+    #: Members: folded nick -> nick as shown, in the order they entered.
+    members: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def registered(self) -> bool:
+        return bool(self.owner)
+
+    def moderator(self, key: bytes) -> bool:
+        """True if `key` is this registered room's owner or one of its operators."""
+        return bool(key) and self.registered and (key == self.owner or key in self.operators)
+
+
+@dataclass(frozen=True)
+class RoomSummary:
+    """One line of a `list` answer."""
+
+    name: str
+    users: int
+    topic: str
+
+
+@dataclass
+class _Person:
+    nick: str
+    key: bytes
+    rooms: set[str] = field(default_factory=set)  # folded names of the rooms they are in
+
+
+class Rooms:
+    """Every room of the server and who is in which. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        autojoin: tuple[str, ...] = (),
+        max_rooms_per_user: int = 20,
+        max_rooms: int = 1000,
+        max_bans_per_room: int = 200,
+    ) -> None:
+        self.max_rooms_per_user = max_rooms_per_user
+        self.max_rooms = max_rooms
+        self.max_bans_per_room = max_bans_per_room
+        self._rooms: dict[str, Room] = {}  # folded name -> room
+        self._people: dict[str, _Person] = {}  # folded nick -> person in at least one room
+        self.autojoin = tuple(autojoin)
+        for name in autojoin:
+            self._rooms.setdefault(fold_room(name), Room(name=name, permanent=True))
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, name: str) -> Room | None:
+        return self._rooms.get(fold_room(name))
+
+    def room(self, name: str) -> Room:
+        """The room called `name`; `RoomError(no-such-room)` if there is none."""
+        room = self._rooms.get(fold_room(name))
+        if room is None:
+            raise RoomError(Code.NO_SUCH_ROOM, f"no room {name}")
+        return room
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def all(self) -> list[Room]:
+        """Every room, registered and autojoin ones included."""
+        return list(self._rooms.values())
+
+    def rooms_of(self, nick: str) -> list[Room]:
+        """The rooms `nick` is in, in the order entered."""
+        person = self._people.get(fold_nick(nick))
+        if person is None:
+            return []
+        return [self._rooms[r] for r in person.rooms]
+
+    def key_of(self, nick: str) -> bytes | None:
+        """The identity key of `nick` (b"" for a guest), or None if in no room."""
+        person = self._people.get(fold_nick(nick))
+        return None if person is None else person.key
+
+    def present(self, room: Room, key: bytes) -> list[str]:
+        """The nicks of `room`'s members who hold `key` (several nicks may share a key)."""
+        if not key:
+            return []
+        return [nick for folded, nick in room.members.items() if self._people[folded].key == key]
+
+    def owner_nick(self, room: Room) -> str:
+        """The owner's nick if a member holding the owner's key is in the room, else ""."""
+        present = self.present(room, room.owner)
+        return present[0] if present else ""
+
+    def operator_nicks(self, room: Room) -> tuple[str, ...]:
+        """The nicks of the operators present (the owner not included), sorted."""
+        if not room.operators:
+            return ()
+        return tuple(
+            sorted(
+                (nick for folded, nick in room.members.items() if self._people[folded].key in room.operators),
+                key=fold_nick,
+            )
+        )
+
+    def users(self, room: Room) -> tuple[str, ...]:
+        """The members' nicks, sorted case-insensitively."""
+        return tuple(nick for _, nick in sorted(room.members.items()))
+
+    def search(self, pattern: str) -> tuple[list[RoomSummary], bool]:
+        """Rooms whose name matches the case-insensitive glob `pattern` ("" = all), sorted
+        by name, at most `MAX_ROOMS_LISTED`; and whether the list was cut."""
+        match = glob(pattern or "*").fullmatch
+        found = sorted((folded, room) for folded, room in self._rooms.items() if match(folded))
+        shown = [
+            RoomSummary(room.name, len(room.members), room.topic) for _, room in found[:MAX_ROOMS_LISTED]
+        ]
+        return shown, len(found) > MAX_ROOMS_LISTED
+
+    # -- membership -------------------------------------------------------------------
+
+    def join(
+        self, name: str, nick: str, key: bytes, now: float, *, autojoin: bool = False
+    ) -> tuple[Room, bool]:
+        """Put `nick` (holding `key`) in room `name`, creating it if needed. Returns the room
+        and whether `nick` was already there (then nothing changed).
+
+        Refusals, in this order: the person's room cap, the server's room cap (creating),
+        a ban (which wins over an invitation), invite-only without an invitation. An
+        autojoin does not count against the person's cap (the configuration chose it).
+        """
+        folded_nick = fold_nick(nick)
+        folded = fold_room(name)
+        person = self._people.get(folded_nick)
+        room = self._rooms.get(folded)
+        if room is not None and folded_nick in room.members:
+            return room, True
+        if not autojoin and person is not None and len(person.rooms) >= self.max_rooms_per_user:
+            raise RoomError(
+                Code.QUOTA, f"you are in {len(person.rooms)} rooms, the most one person may be in"
+            )
+        if room is None:
+            if len(self._rooms) >= self.max_rooms:
+                raise RoomError(Code.QUOTA, f"this server has {len(self._rooms)} rooms, its most")
+            room = Room(name=name, creator=key)
+            self._rooms[folded] = room
+        else:
+            self._check_may_enter(room, folded_nick, key, now)
+            room.invites.pop(folded_nick, None)  # used
+        if person is None:
+            person = self._people[folded_nick] = _Person(nick=nick, key=key)
+        room.members[folded_nick] = nick
+        person.rooms.add(folded)
+        return room, False
+
+    def _check_may_enter(self, room: Room, folded_nick: str, key: bytes, now: float) -> None:
+        if self.banned(room, folded_nick, key):
+            raise RoomError(Code.BANNED, f"you are banned from {room.name}")
+        if room.invite_only and not room.moderator(key):
+            expires = room.invites.get(folded_nick)
+            if expires is None or expires <= now:
+                room.invites.pop(folded_nick, None)
+                raise RoomError(
+                    Code.INVITE_ONLY, f"{room.name} is invite-only: ask an operator for an invitation"
+                )
+
+    @staticmethod
+    def banned(room: Room, folded_nick: str, key: bytes) -> bool:
+        """True if a member holding `key` under `folded_nick` may not be in `room`. Key bans
+        apply to that key under any nick; patterns to guests only; never to the owner."""
+        if key and key == room.owner:
+            return False
+        for ban in room.bans:
+            if ban.kind is BanKind.KEY:
+                if key and ban.value == key:
+                    return True
+            elif not key and isinstance(ban.value, str) and glob(ban.value).fullmatch(folded_nick):
+                return True
+        return False
+
+    def part(self, name: str, nick: str) -> Room:
+        """Take `nick` out of room `name`. Returns the room (which may have vanished)."""
+        room = self._member_room(name, nick)
+        self._remove(room, fold_nick(nick))
+        return room
+
+    def quit(self, nick: str) -> list[Room]:
+        """Take `nick` out of every room (a disconnect). Returns the rooms it was in."""
+        person = self._people.get(fold_nick(nick))
+        if person is None:
+            return []
+        left = [self._rooms[r] for r in person.rooms]
+        for room in left:
+            self._remove(room, fold_nick(nick))
+        return left
+
+    def vanished(self, room: Room) -> bool:
+        """True if `room` no longer exists (its last member left and nothing kept it)."""
+        return self._rooms.get(fold_room(room.name)) is not room
+
+    def _remove(self, room: Room, folded_nick: str) -> None:
+        del room.members[folded_nick]
+        person = self._people[folded_nick]
+        person.rooms.discard(fold_room(room.name))
+        if not person.rooms:
+            del self._people[folded_nick]
+        if not room.members and not room.registered and not room.permanent:
+            # An unregistered room vanishes with its settings, invitations and bans.
+            del self._rooms[fold_room(room.name)]
+
+    def rename(self, old: str, new: str) -> list[Room]:
+        """`old` is now called `new` (not held by anyone present). Membership and what the
+        person may do (by key) are unchanged. Returns the rooms they are in."""
+        person = self._people.pop(fold_nick(old), None)
+        if person is None:
+            return []
+        person.nick = new
+        self._people[fold_nick(new)] = person
+        rooms = [self._rooms[r] for r in person.rooms]
+        for room in rooms:
+            del room.members[fold_nick(old)]
+            room.members[fold_nick(new)] = new
+        return rooms
+
+    # -- settings ---------------------------------------------------------------------
+
+    def set_topic(self, name: str, nick: str, topic: str) -> Room:
+        room = self._member_room(name, nick)
+        if room.registered:
+            self._require_moderator(room, nick, "set the topic")
+        room.topic = topic
+        return room
+
+    def set_invite_only(self, name: str, nick: str, invite_only: bool) -> Room:
+        room = self._member_room(name, nick)
+        self._require_moderator(room, nick, "change its modes")
+        room.invite_only = invite_only
+        return room
+
+    def invite(self, name: str, nick: str, invitee: str, now: float) -> Room:
+        """Invite `invitee` (the caller checked they are online) until `now + INVITE_TTL`."""
+        room = self._member_room(name, nick)
+        if room.registered:
+            self._require_moderator(room, nick, "invite")
+        # Expired invitations go first: they cannot pile up past one hour's worth.
+        for folded, expires in list(room.invites.items()):
+            if expires <= now:
+                del room.invites[folded]
+        room.invites[fold_nick(invitee)] = now + INVITE_TTL
+        return room
+
+    def register(self, name: str, nick: str) -> Room:
+        """Register room `name` to `nick`'s identity key, which must have created it."""
+        room = self._member_room(name, nick)
+        key = self._people[fold_nick(nick)].key
+        if room.registered:
+            raise RoomError(Code.ROOM_REGISTERED, f"{room.name} is already registered")
+        if not key or key != room.creator:
+            raise RoomError(Code.NOT_CREATOR, f"only the identity that created {room.name} may register it")
+        room.owner = key
+        return room
+
+    def load(
+        self,
+        name: str,
+        *,
+        owner: bytes,
+        topic: str,
+        invite_only: bool,
+        operators: frozenset[bytes],
+        bans: tuple[Ban, ...],
+    ) -> Room:
+        """Add a registered room from the store (at start, before anyone is in)."""
+        folded = fold_room(name)
+        permanent = folded in self._rooms and self._rooms[folded].permanent
+        room = Room(
+            name=name,
+            creator=owner,
+            permanent=permanent,
+            topic=topic,
+            invite_only=invite_only,
+            owner=owner,
+            operators=set(operators),
+            bans=list(bans),
+        )
+        self._rooms[folded] = room
+        return room
+
+    # -- moderation -------------------------------------------------------------------
+
+    def kick(self, name: str, nick: str, target: str) -> tuple[Room, str]:
+        """`nick` removes `target` from room `name`. Returns the room and the target's nick
+        as shown. The owner cannot be kicked."""
+        room = self._member_room(name, nick)
+        self._require_moderator(room, nick, "kick")
+        shown = room.members.get(fold_nick(target))
+        if shown is None:
+            raise RoomError(Code.NOT_IN_ROOM, f"{target} is not in {room.name}")
+        if self._people[fold_nick(target)].key == room.owner:
+            raise RoomError(Code.NOT_OPERATOR, f"the owner of {room.name} cannot be kicked")
+        self._remove(room, fold_nick(target))
+        return room, shown
+
+    def ban(self, name: str, nick: str, mask: str, mask_key: bytes | None) -> tuple[Room, list[str]]:
+        """`nick` bans `mask` from room `name`. `mask_key` is the identity key `mask` is
+        registered to (the caller looked it up), None if none or if `mask` is a pattern.
+
+        A mask with `*` or `?` is a nick pattern for guests; a registered nick bans its
+        key; any other nick is an exact pattern. Returns the room and the members it put
+        out (the caller announces them as kicked)."""
+        room = self._member_room(name, nick)
+        self._require_moderator(room, nick, "ban")
+        ban = self._make_ban(room, mask, mask_key, by=nick)
+        if any(b.kind is ban.kind and b.value == ban.value for b in room.bans):
+            return room, []  # already banned: nothing changes
+        if len(room.bans) >= self.max_bans_per_room:
+            raise RoomError(
+                Code.QUOTA,
+                f"{room.name} has {len(room.bans)} bans, the most a room may have; unban some first",
+            )
+        room.bans.append(ban)
+        out = [
+            shown
+            for folded, shown in list(room.members.items())
+            if self.banned(room, folded, self._people[folded].key)
+        ]
+        for shown in out:
+            self._remove(room, fold_nick(shown))
+        return room, out
+
+    @staticmethod
+    def _make_ban(room: Room, mask: str, mask_key: bytes | None, *, by: str) -> Ban:
+        if is_pattern(mask):
+            return Ban(BanKind.PATTERN, fold_nick(mask), mask, by)
+        if mask_key:
+            if mask_key == room.owner:
+                raise RoomError(Code.INVALID, f"the owner of {room.name} cannot be banned")
+            return Ban(BanKind.KEY, mask_key, mask, by)
+        return Ban(BanKind.PATTERN, fold_nick(mask), mask, by)
+
+    def unban(self, name: str, nick: str, mask: str) -> Room:
+        """Lift the ban whose mask (as the ban list shows it) is `mask`, case-insensitively."""
+        room = self._member_room(name, nick)
+        self._require_moderator(room, nick, "unban")
+        for ban in room.bans:
+            if fold_nick(ban.shown) == fold_nick(mask):
+                room.bans.remove(ban)
+                return room
+        raise RoomError(Code.INVALID, f"{room.name} has no ban on {mask}")
+
+    def ban_list(self, name: str, nick: str) -> tuple[Room, tuple[Ban, ...]]:
+        room = self._member_room(name, nick)
+        self._require_moderator(room, nick, "see its bans")
+        return room, tuple(room.bans)
+
+    def op(self, name: str, nick: str, target: str, target_key: bytes | None) -> Room:
+        """The owner makes `target` (registered to `target_key`) an operator."""
+        room = self._owner_room(name, nick, "name operators")
+        room.operators.add(self._registered(target, target_key))
+        return room
+
+    def deop(self, name: str, nick: str, target: str, target_key: bytes | None) -> Room:
+        room = self._owner_room(name, nick, "remove operators")
+        key = self._registered(target, target_key)
+        if key not in room.operators:
+            raise RoomError(Code.INVALID, f"{target} is not an operator of {room.name}")
+        room.operators.discard(key)
+        return room
+
+    def transfer(self, name: str, nick: str, target: str, target_key: bytes | None) -> Room:
+        """The owner hands the room to `target`'s key; the old owner stays an operator."""
+        room = self._owner_room(name, nick, "hand it over")
+        key = self._registered(target, target_key)
+        if key == room.owner:
+            return room
+        room.operators.add(room.owner)
+        room.operators.discard(key)
+        room.owner = key
+        # The new owner can never be banned: a ban on their key would otherwise lie dormant.
+        room.bans = [b for b in room.bans if not (b.kind is BanKind.KEY and b.value == key)]
+        return room
+
+    # -- checks -----------------------------------------------------------------------
+
+    def _member_room(self, name: str, nick: str) -> Room:
+        room = self.room(name)
+        if fold_nick(nick) not in room.members:
+            raise RoomError(Code.NOT_IN_ROOM, f"you are not in {room.name}")
+        return room
+
+    def _require_moderator(self, room: Room, nick: str, what: str) -> None:
+        if not room.registered:
+            raise RoomError(Code.NOT_OPERATOR, f"{room.name} is not registered: nobody may {what} there")
+        if not room.moderator(self._people[fold_nick(nick)].key):
+            raise RoomError(Code.NOT_OPERATOR, f"only the owner and operators of {room.name} may {what}")
+
+    def _owner_room(self, name: str, nick: str, what: str) -> Room:
+        room = self._member_room(name, nick)
+        key = self._people[fold_nick(nick)].key
+        if not room.registered or not key or key != room.owner:
+            raise RoomError(Code.NOT_OPERATOR, f"only the owner of {room.name} may {what}")
+        return room
+
+    @staticmethod
+    def _registered(target: str, key: bytes | None) -> bytes:
+        if not key:
+            raise RoomError(Code.NOT_REGISTERED, f"{target} is not a registered nick")
+        return key
+
+
+def glob(pattern: str) -> re.Pattern[str]:
+    """A case-insensitive glob (`*` any run, `?` one character; nothing else special) as a
+    compiled pattern over folded names. Folds `pattern` itself."""
+    return _compiled(fold_nick(pattern))
+
+
+@functools.lru_cache(maxsize=1024)  # bans and searches are few; thread-safe
+def _compiled(pattern: str) -> re.Pattern[str]:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(regex, re.DOTALL)
