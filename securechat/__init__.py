@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .client import Client, ConnectError, Disconnected, LoginRejected
+from .version import VERSION as __version__
 
 __all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected", "__version__"]
-
-__version__ = "0.1.0"

@@ -6,6 +6,8 @@ import os
 import resource
 from pathlib import Path
 
+from ..ports import DEFAULT_PORT
+
 __all__ = [
     "DEFAULT_CERT_DIR",
     "DEFAULT_PORT",
@@ -15,7 +17,6 @@ __all__ = [
     "raise_open_files_limit",
 ]
 
-DEFAULT_PORT = 7443
 DEFAULT_CERT_DIR = Path("certs")
 
 
