@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from securechat.cli import main
+from securechat.cli import build_parser, main
+from securechat.cli.config import apply_config
+from securechat.cli.server_cmd import server_config
 
 
 def write(path: Path, text: str) -> Path:
@@ -51,6 +53,16 @@ def test_server_settings_apply_to_the_server(tmp_path: Path, capsys: pytest.Capt
         ("[clients]\n", "unknown section [clients]"),
         ("[client\n", "not valid TOML"),
         ("client = 1\n", "must be a [section]"),
+        # [server] takes every ServerConfig setting, by its field name and type.
+        (
+            "[server]\nmessage_rte = 1\n",
+            "unknown setting 'message_rte' in [server] (did you mean 'message_rate'?)",
+        ),
+        ("[server]\nmax_rooms = 'ten'\n", "[server] max_rooms must be a whole number"),
+        ("[server]\nping_interval = true\n", "[server] ping_interval must be a number"),
+        ("[server]\nautojoin = '#lobby'\n", "[server] autojoin must be a list of strings"),
+        ("[server]\nautojoin = ['#lobby', 'help']\n", "[server] autojoin: 'help' is not a room name"),
+        ("[server]\ninit_data_dir = true\n", "unknown setting 'init_data_dir'"),
     ],
 )
 def test_mistakes_in_the_file_are_clear_errors(
@@ -58,7 +70,18 @@ def test_mistakes_in_the_file_are_clear_errors(
 ) -> None:
     cfg = write(tmp_path / "c.toml", text)
     assert main(["--config", str(cfg), "client"]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert str(cfg) in err  # the error names the file
+
+
+def test_every_server_setting_in_the_file_reaches_the_server(tmp_path: Path) -> None:
+    # Before, [server] knew 9 keys and refused the rest: max_rooms here was "unknown".
+    cfg = write(tmp_path / "c.toml", '[server]\nmax_rooms = 5\nautojoin = ["#a"]\ncert = "/no/such.pem"\n')
+    parser, commands = build_parser()
+    apply_config(cfg, commands)
+    config = server_config(parser.parse_args(["server"]))
+    assert (config.max_rooms, config.autojoin) == (5, ("#a",))
 
 
 def test_a_missing_explicit_config_file_is_an_error(

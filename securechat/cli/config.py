@@ -4,7 +4,7 @@
     [client]
     nick = "alice"
     host = "chat.example.org"
-    port = 7443
+    port = 8443
     cafile = "~/chat-ca.pem"
     color = true
     bell = false
@@ -13,6 +13,7 @@
     host = "0.0.0.0"
     data_dir = "/var/lib/securechat"
     message_rate = 5.0
+    autojoin = ["#lobby", "#help"]
 
 Flags on the command line override the file. Unknown sections or keys, and values of the
 wrong type, are errors that name the key: a typo must not be silently ignored.
@@ -21,11 +22,13 @@ wrong type, are errors that name the key: a typo must not be silently ignored.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..server.config import check_setting, settings
 from .common import UsageError
 
 __all__ = ["apply_config", "default_config_path", "find_config_arg"]
@@ -41,16 +44,13 @@ _CLIENT: dict[str, tuple[type, str]] = {
     "color": (bool, "no_color"),
     "bell": (bool, "no_bell"),
 }
+#: [server]: every `ServerConfig` setting the file may hold (key and dest: the field's
+#: name), and the options of `securechat server` that are not settings of the server.
 _SERVER: dict[str, tuple[type, str]] = {
-    "host": (str, "host"),
-    "port": (int, "port"),
     "cert": (Path, "cert"),
     "key": (Path, "key"),
-    "data_dir": (Path, "data_dir"),
-    "message_rate": (float, "message_rate"),
-    "message_burst": (float, "message_burst"),
-    "max_per_ip": (int, "max_per_ip"),
     "log_level": (str, "log_level"),
+    **{s.name: (s.kind, s.name) for s in settings() if s.in_file},
 }
 _SECTIONS = {"client": (_CLIENT, ("client", "send")), "server": (_SERVER, ("server",))}
 _NEGATED = {"no_color", "no_bell"}  # "color = false" sets --no-color
@@ -113,7 +113,9 @@ def _convert(
     path: Path, section: str, key: str, value: Any, schema: dict[str, tuple[type, str]]
 ) -> tuple[str, Any]:
     if key not in schema:
-        raise UsageError(f"{path}: unknown setting {key!r} in [{section}] (known: {', '.join(schema)})")
+        close = difflib.get_close_matches(key, schema, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(schema)}"
+        raise UsageError(f"{path}: unknown setting {key!r} in [{section}] ({hint})")
     kind, dest = schema[key]
     where = f"{path}: [{section}] {key}"
     if kind is bool:
@@ -126,6 +128,14 @@ def _convert(
         raise UsageError(f"{where} must be a number")
     if kind in (str, Path) and not isinstance(value, str):
         raise UsageError(f"{where} must be a string")
+    if kind is tuple and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+        raise UsageError(f'{where} must be a list of strings, e.g. ["#lobby", "#help"]')
     if kind is Path:
         return dest, Path(value).expanduser()
-    return dest, float(value) if kind is float else value
+    converted = float(value) if kind is float else tuple(value) if kind is tuple else value
+    if section == "server":
+        try:
+            check_setting(key, converted)
+        except ValueError as exc:
+            raise UsageError(f"{path}: [{section}] {exc}") from None
+    return dest, converted

@@ -7,6 +7,7 @@ import logging
 import signal
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,23 +16,20 @@ from ..server.datadir import DataDirRefused
 
 if TYPE_CHECKING:
     from ..server import Server
-from ..server.config import ServerConfig
+from ..server.config import FieldSetting, ServerConfig, check_setting, settings
 from .common import (
     DEFAULT_CERT_DIR,
-    DEFAULT_PORT,
     UsageError,
     check_port,
     default_data_dir,
     raise_open_files_limit,
 )
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parsers", "server_config", "settings_table", "show_default"]
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = sub.add_parser("server", help="run the chat server")
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    server.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
     server.add_argument(
         "--cert",
         type=Path,
@@ -45,41 +43,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="server private key, PEM (default: %(default)s)",
     )
     server.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="where the database lives (default: $XDG_DATA_HOME/securechat/server)",
-    )
-    server.add_argument(
-        "--init",
-        action="store_true",
-        help="create the data directory if it does not exist: needed once, for a new server "
-        "(without it, a missing directory is refused rather than started empty)",
-    )
-    server.add_argument(
-        "--message-rate",
-        type=float,
-        default=ServerConfig.message_rate,
-        help="requests per second per client, sustained (default: %(default)s; 0 turns the limit off)",
-    )
-    server.add_argument(
-        "--message-burst",
-        type=float,
-        default=ServerConfig.message_burst,
-        help="requests a client may send at once before the rate applies (default: %(default)s)",
-    )
-    server.add_argument(
-        "--max-per-ip",
-        type=int,
-        default=ServerConfig.max_per_ip,
-        help="open connections allowed from one IP address (default: %(default)s)",
-    )
-    server.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="how much to log (default: %(default)s); message texts are never logged",
     )
+    _add_setting_flags(server)
     server.set_defaults(run=run_server)
 
     release = sub.add_parser(
@@ -88,6 +57,87 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     release.add_argument("nick")
     release.add_argument("--data-dir", type=Path, default=None, help="the server's data directory")
     release.set_defaults(run=run_release)
+
+
+#: The metavar each kind of setting shows in --help.
+_METAVARS: dict[type, str] = {str: "TEXT", int: "N", float: "NUM", Path: "DIR", tuple: "LIST"}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `ServerConfig` field (its `Setting` says the spelling, help and default)."""
+    group = parser.add_argument_group(
+        "server settings",
+        "each also a key of config.toml's [server] table, spelt with underscores "
+        "(docs/operations.md lists them with their defaults)",
+    )
+    for setting in settings():
+        default = setting.command_line_default
+        text = f"{setting.spec.help} (default: {show_default(setting)})".replace("%", "%%")
+        if setting.kind is bool:
+            action = "store_true" if default is False else argparse.BooleanOptionalAction
+            group.add_argument(setting.flag, dest=setting.name, action=action, default=default, help=text)
+            continue
+        group.add_argument(
+            setting.flag,
+            dest=setting.name,
+            type=_parser_of(setting),
+            default=default,
+            metavar=_METAVARS[setting.kind],
+            help=text,
+        )
+
+
+def _parser_of(setting: FieldSetting) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        value: object
+        if setting.kind is tuple:  # "#lobby,#help"; "" is the empty list
+            value = tuple(part.strip() for part in text.split(",") if part.strip())
+        else:
+            value = setting.kind(text)  # ValueError: argparse says "invalid <type> value"
+        try:
+            check_setting(setting.name, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    parse.__name__ = {int: "int", float: "float"}.get(setting.kind, "value")  # argparse's message
+    return parse
+
+
+def show_default(setting: FieldSetting) -> str:
+    """The default of `setting` as --help and docs/operations.md show it."""
+    if setting.spec.shown_default:
+        return setting.spec.shown_default
+    value = setting.command_line_default
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.4g}"
+    return str(value)
+
+
+def settings_table() -> str:
+    """The settings table of docs/operations.md, in Markdown (a test keeps the two equal)."""
+    lines = [
+        "| setting (config.toml key) | flag | default | what it does |",
+        "|---|---|---|---|",
+    ]
+    for setting in settings():
+        key = f"`{setting.name}`" if setting.in_file else f"`{setting.name}` (flag only)"
+        lines.append(f"| {key} | `{setting.flag}` | {show_default(setting)} | {setting.spec.help} |")
+    return "\n".join(lines) + "\n"
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The `ServerConfig` that `securechat server` ARGS (after config.toml) asks for."""
+    values = {setting.name: getattr(args, setting.name) for setting in settings()}
+    values["data_dir"] = args.data_dir or default_data_dir() / "server"
+    try:
+        return ServerConfig(**values)
+    except ValueError as exc:  # what no flag type refuses (check_setting): the flag parsers ran it
+        raise UsageError(str(exc)) from None
 
 
 #: Stack size for session threads (see run_server).
@@ -110,23 +160,14 @@ def run_server(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    data_dir = args.data_dir or default_data_dir() / "server"
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        data_dir=data_dir,
-        message_rate=args.message_rate,
-        message_burst=args.message_burst,
-        max_per_ip=args.max_per_ip,
-        init_data_dir=args.init,
-    )
+    config = server_config(args)
     try:
         server = Server(config, context)
     except DataDirRefused as exc:
         # Says what is wrong with the data directory and how to restore it.
         raise UsageError(f"refusing to start: {exc}") from None
     except OSError as exc:
-        raise UsageError(f"cannot open the data directory {data_dir}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot open the data directory {config.data_dir}: {exc.strerror or exc}") from None
     # Two threads per session: their stacks are sized deliberately (the default is 8 MiB
     # of address space each; frames are parsed iteratively and JSON nesting is bounded,
     # so 512 KiB leaves a wide margin), and every session needs a file descriptor.
