@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from securechat.protocol import (
@@ -397,3 +400,17 @@ def test_a_full_ban_list_fits_one_line() -> None:
         BanEntry(mask="*" * MAX_MASK_CHARS, kind="pattern", by=LONGEST_NICK) for _ in range(MAX_BANS_LISTED)
     )
     assert len(encode(BanList(room="#" + "r" * MAX_ROOM_CHARS, bans=bans))) - 1 <= MAX_LINE_BYTES
+
+
+def test_every_example_line_of_the_protocol_doc_decodes() -> None:
+    # docs/protocol.md is the contract a client in another language is written from: its
+    # example lines must be frames this code accepts, and every frame type must have one.
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+    shown: set[str] = set()
+    for block in re.findall(r"```json\n(.*?)```", doc, re.S):
+        for line in block.splitlines():
+            if "..." in line or "base64 of" in line:  # placeholders for keys and signatures
+                shown.update(re.findall(r'^\{"type":"(\w+)"', line))
+                continue
+            shown.add(decode_line(line.encode()).TYPE)
+    assert set(EVENT_TYPES) - shown == set()
