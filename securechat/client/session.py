@@ -27,31 +27,50 @@ from ..protocol import (
     PROTOCOL_VERSION,
     Auth,
     Away,
+    Ban,
+    Bans,
     Bye,
     Challenge,
     Code,
     Connection,
     Delivery,
+    Deop,
+    Entered,
     Error,
     Event,
     FetchKeys,
     Hello,
+    Invite,
+    Join,
     Keys,
+    Kick,
+    Left,
+    ListRooms,
     Message,
+    Op,
+    Part,
     Ping,
     Pong,
     PrekeyCount,
     ProtocolError,
     Quit,
+    RegisterRoom,
     RemoteProtocolError,
+    Rename,
+    Renamed,
     Role,
     Say,
+    SetMode,
+    SetTopic,
     State,
+    Transfer,
+    Unban,
     Welcome,
     Whisper,
     WhisperStatus,
     Who,
     fold_nick,
+    fold_room,
 )
 from ..transport import TlsChannel
 from .backoff import Backoff
@@ -65,6 +84,8 @@ from .events import (
     WhisperReceived,
 )
 from .inbox import HISTORY_SHOWN, MessageState, StoredMessage
+from .keystore import RoomsFile
+from .rooms import RememberedRooms, RoomStore
 from .whispers import Incoming, WhisperKeys
 
 __all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected"]
@@ -72,6 +93,14 @@ __all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected"]
 log = logging.getLogger(__name__)
 
 CLIENT_NAME = "securechat-py/0.1"
+
+#: The first protocol version with rooms beyond #lobby: a server that welcomes us with an
+#: older one gets no room requests (it would refuse them as unknown frames).
+_ROOMS_VERSION = 2
+
+#: What a refused hello's `unsupported-version` means to a person: this client speaks
+#: version 2, and the only servers that refuse it are the older ones.
+_OLDER_SERVER = "the server is older than this client (it speaks protocol 1)"
 
 
 class ConnectError(Exception):
@@ -220,7 +249,10 @@ class Client:
         ping_interval: float = DEFAULT_PING_INTERVAL,
         ping_timeout: float = DEFAULT_PING_TIMEOUT,
         max_events: int = DEFAULT_MAX_EVENTS,
+        rooms_store: RoomStore | None = None,
     ) -> None:
+        # Changed by the reader when the server renames us; read by any thread (one
+        # attribute assignment: atomic).
         self.nick = nick
         self.keys = keys
         self.host = host
@@ -278,6 +310,19 @@ class Client:
         self._helpers: list[threading.Thread] = []  # see _spawn; guarded by _handed_lock
         self._done = False  # the reader has ended for good; written once, by the reader
         self.welcome: Welcome | None = None  # guarded by _conn_lock
+        # The nonce of this connection's login challenge (b"" for a guest): what a rename
+        # is signed over. Guarded by _conn_lock.
+        self._login_nonce = b""
+        # Where the rooms to join again are kept between runs (None: in memory only).
+        # Used by the thread that connects, then by the reader only.
+        self._rooms_store = rooms_store
+        # The rooms to join again after a reconnect or a restart: loaded by `connect`,
+        # then changed by the reader only (on `entered` and on our own `left`).
+        self._remembered = RememberedRooms()
+        self._remembered_loaded = False  # owned like _remembered
+        # The rooms we are in now, as the server named them: replaced whole by the reader
+        # (a tuple assignment is atomic), read by any thread through `rooms`.
+        self._in_rooms: tuple[str, ...] = ()
 
     # -- connecting ---------------------------------------------------------------
 
@@ -288,9 +333,18 @@ class Client:
         mismatch, no answer) or `LoginRejected` (the server refused the nick).
         With `reconnect`, later losses of the connection are retried by themselves.
         """
-        channel, conn, welcome = self._establish()
+        channel, conn, welcome, nonce = self._establish()
         with self._conn_lock:
             self._channel, self._conn, self.welcome, self._online = channel, conn, welcome, True
+            self._login_nonce = nonce
+        if not self._remembered_loaded:
+            self._remembered_loaded = True
+            if self._rooms_store is not None:
+                try:
+                    self._remembered = RememberedRooms(self._rooms_store.load_rooms())
+                except KeystoreError as exc:
+                    self._events.put(StorageFailed(reason=str(exc)))
+        self._rejoin(welcome)
         if self.keys is not None:
             # What the last run kept but did not finish: whispers received but not known
             # to have been shown come first, and whispers never confirmed go out again.
@@ -309,7 +363,7 @@ class Client:
         self._keepalive.start()
         return welcome
 
-    def _establish(self) -> tuple[TlsChannel, Connection, Welcome]:
+    def _establish(self) -> tuple[TlsChannel, Connection, Welcome, bytes]:
         """Connect, run TLS and log in, all of it within `timeout` seconds.
 
         A per-read timeout cannot bound the whole: a server that pings (or trickles a
@@ -337,7 +391,7 @@ class Client:
         deadline.start()
         try:
             channel.handshake()
-            welcome = self._login(channel, conn)
+            welcome, nonce = self._login(channel, conn)
         except ssl.SSLCertVerificationError as exc:
             channel.close()
             raise ConnectError(
@@ -366,10 +420,12 @@ class Client:
             channel.close()
             raise ConnectError(f"{where} did not complete the login within {self._timeout:g} s")
         sock.settimeout(None)
-        return channel, conn, welcome
+        return channel, conn, welcome, nonce
 
-    def _login(self, channel: TlsChannel, conn: Connection) -> Welcome:
+    def _login(self, channel: TlsChannel, conn: Connection) -> tuple[Welcome, bytes]:
+        """The welcome, and the challenge's nonce (b"" if none came: a guest)."""
         identity = self.keys.identity.sig_key if self.keys is not None else b""
+        nonce = b""
         hello = Hello(version=PROTOCOL_VERSION, nick=self.nick, client=CLIENT_NAME, identity=identity)
         channel.send(conn.send(hello))
         while True:
@@ -379,7 +435,9 @@ class Client:
                 if event is CLOSED:
                     raise ConnectError("the server closed the connection during login")
                 if isinstance(event, Welcome):
-                    return event
+                    return event, nonce
+                if isinstance(event, Error) and event.code == Code.UNSUPPORTED_VERSION:
+                    raise LoginRejected(event.code, _OLDER_SERVER)
                 if isinstance(event, Error):
                     raise LoginRejected(event.code, event.reason)
                 if isinstance(event, Bye):
@@ -387,6 +445,7 @@ class Client:
                 if isinstance(event, Ping):
                     channel.send(conn.send(Pong(token=event.token)))
                 if isinstance(event, Challenge) and self.keys is not None:
+                    nonce = event.nonce
                     proof = self.keys.login_proof(self.nick, event.nonce)
                     channel.send(conn.send(Auth(signature=proof)))
 
@@ -418,6 +477,163 @@ class Client:
     def who(self, room: str = DEFAULT_ROOM) -> None:
         """Ask who is in the room; the answer arrives as a `Names` event."""
         self.send(Who(room=room))
+
+    # -- rooms ------------------------------------------------------------------------
+    # Each sends one request and returns; the answer arrives as an event (`Entered`,
+    # `Left`, `RoomChanged`, `Rooms`, `Invited`, `BanList`, `Renamed`, `Names`), and a
+    # refusal as an `Error` whose `ref` is the room as sent. Each raises `ValueError`
+    # for a malformed room name, nick, mask or topic (nothing is sent then) and
+    # `ConnectionError` while not connected. Any thread may call them.
+
+    @property
+    def rooms(self) -> tuple[str, ...]:
+        """The rooms this client is in now, in the order it entered them (none while offline)."""
+        return self._in_rooms
+
+    def join(self, room: str) -> None:
+        """Enter `room`, creating it if it does not exist. Remembered once entered: joined
+        again by itself after a reconnect (and after a restart, with a `rooms_store`)."""
+        self.send(Join(room=room))
+
+    def part(self, room: str, reason: str = "") -> None:
+        """Leave `room` (and stop remembering it)."""
+        self.send(Part(room=room, reason=reason))
+
+    def names(self, room: str = DEFAULT_ROOM) -> None:
+        """Ask who is in `room` (with who is away, the owner and operators): a `Names` event."""
+        self.who(room)
+
+    def set_topic(self, room: str, topic: str) -> None:
+        """Set `room`'s topic ("" clears it); everyone in it gets `RoomChanged`."""
+        self.send(SetTopic(room=room, topic=topic))
+
+    def list_rooms(self, pattern: str = "") -> None:
+        """Ask for the rooms whose names match `pattern` (`*`, `?`; "" for all): a `Rooms` event."""
+        self.send(ListRooms(pattern=pattern))
+
+    def invite(self, room: str, nick: str) -> None:
+        """Invite `nick` (online) into `room`; both get `Invited`."""
+        self.send(Invite(room=room, nick=nick))
+
+    def kick(self, room: str, nick: str, reason: str = "") -> None:
+        """Remove `nick` from a registered room (operators): everyone gets `Left` with `by`."""
+        self.send(Kick(room=room, nick=nick, reason=reason))
+
+    def ban(self, room: str, mask: str) -> None:
+        """Ban a nick (by its key if registered) or a guest nick pattern (`*`, `?`) (operators)."""
+        self.send(Ban(room=room, mask=mask))
+
+    def unban(self, room: str, mask: str) -> None:
+        """Lift a ban, named as `bans` shows it (operators)."""
+        self.send(Unban(room=room, mask=mask))
+
+    def bans(self, room: str) -> None:
+        """Ask for `room`'s bans (operators): a `BanList` event."""
+        self.send(Bans(room=room))
+
+    def set_mode(self, room: str, invite_only: bool) -> None:
+        """Make a registered room invite-only, or open again (operators)."""
+        self.send(SetMode(room=room, invite_only=invite_only))
+
+    def register_room(self, room: str) -> None:
+        """Register `room`, which you created and are in (identity users): you own it."""
+        self.send(RegisterRoom(room=room))
+
+    def op(self, room: str, nick: str) -> None:
+        """Make `nick` (a registered nick) an operator of `room` (the owner only)."""
+        self.send(Op(room=room, nick=nick))
+
+    def deop(self, room: str, nick: str) -> None:
+        """Take `nick`'s operator status in `room` away (the owner only)."""
+        self.send(Deop(room=room, nick=nick))
+
+    def transfer(self, room: str, nick: str) -> None:
+        """Hand `room` to `nick` (a registered nick); you stay an operator (the owner only)."""
+        self.send(Transfer(room=room, nick=nick))
+
+    def rename(self, nick: str) -> None:
+        """Ask to be known as `nick` from now on. An identity user signs the change with
+        its identity key over this connection's login nonce; a guest sends no signature.
+
+        The answer is a `Renamed` event (then `self.nick` is the new nick, the identity
+        is bound to it, the keystore has moved to its place and a fresh bundle is
+        published) or an `Error` (`nick-taken`, `nick-registered`, ...). Your own nick,
+        in any case, is a no-op: nothing is sent. Raises `ValueError` (not a nick) and
+        `ConnectionError`.
+        """
+        old = self.nick
+        if fold_nick(nick) == fold_nick(old):
+            return
+        signature = b""
+        if self.keys is not None:
+            with self._conn_lock:
+                nonce = self._login_nonce
+            if not nonce:
+                raise self._offline()
+            signature = self.keys.rename_proof(old, nick, nonce)
+        self.send(Rename(nick=nick, signature=signature))
+
+    def _rejoin(self, welcome: Welcome) -> None:
+        """After a login (the connecting thread, or the reader after a reconnect): join the
+        remembered rooms again. The server puts us back in its autojoin rooms itself; the
+        welcome's room is one of them. A server older than rooms gets no joins."""
+        self._in_rooms = (welcome.room,) if welcome.version < _ROOMS_VERSION else ()
+        if welcome.version < _ROOMS_VERSION:
+            return
+        for room in self._remembered:
+            if fold_room(room) == fold_room(welcome.room):
+                continue
+            try:
+                self.send(Join(room=room))
+            except ConnectionError:
+                return  # lost again: the reader reconnects, and this runs again
+            except ValueError:
+                self._remembered.discard(room)  # not a room name any more: never sent again
+
+    def _room_event(self, event: Entered | Left | Renamed) -> None:
+        """The reader's bookkeeping of the rooms we are in and remember, and of our nick."""
+        if isinstance(event, Entered):
+            if fold_room(event.room) not in {fold_room(r) for r in self._in_rooms}:
+                self._in_rooms = (*self._in_rooms, event.room)
+            self._remember(self._remembered.add(event.room))
+        elif isinstance(event, Left):
+            if fold_nick(event.nick) != fold_nick(self.nick):
+                return
+            self._in_rooms = tuple(r for r in self._in_rooms if fold_room(r) != fold_room(event.room))
+            self._remember(self._remembered.discard(event.room))  # parted, kicked or banned
+        elif fold_nick(event.old) == fold_nick(self.nick) and fold_nick(event.new) != fold_nick(self.nick):
+            self._renamed(event.new)
+
+    def _remember(self, changed: bool) -> None:
+        if changed and self._rooms_store is not None:
+            try:
+                self._rooms_store.save_rooms(self._remembered.names())
+            except KeystoreError as exc:
+                self._storage_trouble(exc)
+
+    def _renamed(self, new: str) -> None:
+        """The server renamed us (reader thread): take the new nick, rebind our identity to
+        it, move the keystore (or a guest's rooms file) to its place, publish a fresh bundle."""
+        self.nick = new
+        if isinstance(self._rooms_store, RoomsFile):
+            try:
+                self._rooms_store.move_to(self._rooms_store.directory.with_name(fold_nick(new)))
+            except KeystoreError as exc:
+                self._storage_trouble(exc)
+        if self.keys is None:
+            return
+        try:
+            frames = self.keys.renamed(new)
+        except KeystoreError as exc:
+            # Rebound in memory all the same; the next login's prekey count (none: the
+            # server dropped them with the old nick) brings the publication.
+            self._storage_trouble(exc)
+            return
+        for frame in frames:
+            try:
+                self.send(frame)
+            except ConnectionError:
+                return
 
     def whisper(self, nick: str, text: str, timeout: float = 10.0) -> str:
         """Encrypt `text` for `nick` and send it; returns the message id (for its status).
@@ -760,6 +976,7 @@ class Client:
             reason, ending = f"the client failed: {type(exc).__name__}: {exc}", Ending.BROKEN
         with self._conn_lock:
             self._online = False
+        self._in_rooms = ()  # until the next login's `entered` frames
         channel.close()
         if self._quitting or self._closing.is_set():
             ending = Ending.FINAL
@@ -798,7 +1015,7 @@ class Client:
             if self._closing.wait(delay):
                 return reason
             try:
-                channel, conn, welcome = self._establish()
+                channel, conn, welcome, nonce = self._establish()
             except LoginRejected as exc:
                 if exc.code in _FINAL_CODES - {Code.NICK_TAKEN}:  # our old session may linger: retry
                     return f"the server refused the login: {exc}"
@@ -815,9 +1032,11 @@ class Client:
                 continue
             with self._conn_lock:
                 self._channel, self._conn, self.welcome, self._online = channel, conn, welcome, True
+                self._login_nonce = nonce
             if self._closing.is_set():
                 channel.shutdown()
             self._last_heard = time.monotonic()
+            self._rejoin(welcome)
             self._resend_soon()
             self._events.put(Reconnected(users=welcome.users))
             return None
@@ -858,6 +1077,8 @@ class Client:
                 self._store_unavailable(self._backoff)
             elif event.code == Code.QUOTA:  # the recipient's mailbox (or ours) is full: hours, not seconds
                 self._store_unavailable(_QUOTA_BACKOFF)
+        if isinstance(event, (Entered, Left, Renamed)):
+            self._room_event(event)  # and passed on to the program below
         if isinstance(event, Message):
             if event.history and event.ts <= self._newest_line:
                 return False  # replayed after a reconnect: this client showed it already
