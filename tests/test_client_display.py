@@ -121,3 +121,66 @@ def test_no_format_or_separator_character_survives_sanitize() -> None:
     everything = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
     out = sanitize(everything)
     assert not [c for c in out if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
+
+
+def test_room_events_read_as_irc_users_expect() -> None:
+    from securechat.protocol import (
+        BanEntry,
+        BanList,
+        Entered,
+        Invited,
+        Renamed,
+        RoomChanged,
+        RoomEntry,
+        Rooms,
+    )
+
+    def shown(event: object, me: str = "alice") -> list[str]:
+        lines = format_event(event, now=0, me=me)  # type: ignore[arg-type]
+        return [line[6:] if line[2:3] == ":" else line for line in lines]  # without the clock
+
+    entered = Entered(
+        room="#dev",
+        users=("alice", "bob", "carol"),
+        away=("bob",),
+        topic="ship \x1b[2J it",
+        registered=True,
+        owner="carol",
+        operators=("bob",),
+    )
+    assert shown(entered) == [
+        "* you are in #dev (registered); here: alice, @bob (away), ~carol",
+        "* topic of #dev: ship \\x1b[2J it",
+    ]
+    assert shown(Names(room="#dev", users=("alice", "bob"), away=("alice",), operators=("bob",))) == [
+        "* in #dev: alice (away), @bob"
+    ]
+    assert shown(Left(room="#dev", nick="bob", by="carol", reason="spam")) == [
+        "* bob was kicked from #dev by carol (spam)"
+    ]
+    assert shown(Left(room="#dev", nick="alice", by="carol")) == ["* you were kicked from #dev by carol"]
+    assert shown(RoomChanged(room="#dev", nick="bob", what="topic", topic="new")) == [
+        "* bob set the topic of #dev: new"
+    ]
+    assert shown(
+        RoomChanged(room="#dev", nick="bob", what="invite_only", invite_only=True, registered=True)
+    ) == ["* bob made #dev invite-only"]
+    assert shown(Invited(room="#dev", nick="alice", by="bob")) == ["* bob invites you to #dev: /join #dev"]
+    assert shown(Invited(room="#dev", nick="dave", by="alice")) == ["* alice invited dave to #dev"]
+    assert shown(Renamed(old="bob", new="bob2")) == ["* bob is now known as bob2"]
+    assert shown(Renamed(old="alice", new="alice2"), me="alice2") == ["* you are now known as alice2"]
+    listing = shown(Rooms(pattern="#d*", rooms=(RoomEntry(room="#dev", users=3, topic="t"),), truncated=True))
+    assert listing == [
+        "* 1 room matching #d*:",
+        "  #dev    3  t",
+        "  ... and more: give /list a pattern to narrow it",
+    ]
+    assert shown(BanList(room="#dev", bans=(BanEntry(mask="mallory", kind="key", by="carol"),))) == [
+        "* bans in #dev:",
+        "  mallory (identity key, by carol)",
+    ]
+    assert shown(Error(code="not-operator", reason="you are not an operator of #dev", ref="#dev")) == [
+        "! #dev: you are not an operator of #dev"
+    ]
+    welcome = Welcome(version=2, nick="alice", users=("alice",), software="securechat 0.2.0")
+    assert "connected as alice to #lobby (securechat 0.2.0)" in shown(welcome)[0]

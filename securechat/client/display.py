@@ -18,7 +18,25 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
-from ..protocol import Bye, Code, Error, Event, Joined, Left, Message, Names, Welcome, WhisperStatus
+from ..protocol import (
+    BanList,
+    Bye,
+    Code,
+    Entered,
+    Error,
+    Event,
+    Invited,
+    Joined,
+    Left,
+    Message,
+    Names,
+    Renamed,
+    RoomChanged,
+    Rooms,
+    Welcome,
+    WhisperStatus,
+    fold_nick,
+)
 from .events import (
     ClientMade,
     KeyChanged,
@@ -127,15 +145,18 @@ def format_event(
     *,
     now: float | None = None,
     theme: Theme = PLAIN,
+    me: str = "",
 ) -> list[str]:
-    """The display lines for `event` (none for events that show nothing)."""
-    return [theme.finish(line) for line in _lines(event, now, theme)]
+    """The display lines for `event` (none for events that show nothing); `me` is your
+    nick, for the events that read differently about yourself ("you were invited")."""
+    return [theme.finish(line) for line in _lines(event, now, theme, me)]
 
 
 def _lines(
     event: Drawable,
     now: float | None,
     theme: Theme,
+    me: str = "",
 ) -> list[str]:
     if isinstance(event, Message):
         earlier = "(earlier) " if event.history else ""
@@ -191,17 +212,116 @@ def _lines(
     if isinstance(event, Joined):
         return [f"{stamp} * {sanitize(event.nick)} joined {sanitize(event.room)}"]
     if isinstance(event, Left):
-        why = f" ({sanitize(event.reason)})" if event.reason else ""
-        return [f"{stamp} * {sanitize(event.nick)} left {sanitize(event.room)}{why}"]
+        return [f"{stamp} * {_left(event, me)}"]
     if isinstance(event, Names):
-        return [f"{stamp} * in {sanitize(event.room)}: {', '.join(sanitize(n) for n in event.users)}"]
+        return [f"{stamp} * in {sanitize(event.room)}: {', '.join(_marked(event))}"]
+    if isinstance(event, Entered):
+        return _entered(event, stamp)
+    if isinstance(event, RoomChanged):
+        return [f"{stamp} * {_room_changed(event)}"]
+    if isinstance(event, Rooms):
+        return _rooms(event, stamp)
+    if isinstance(event, Invited):
+        room = sanitize(event.room)
+        if me and fold_nick(event.nick) == fold_nick(me):
+            return [f"{stamp} * {sanitize(event.by)} invites you to {room}: /join {room}"]
+        return [f"{stamp} * {sanitize(event.by)} invited {sanitize(event.nick)} to {room}"]
+    if isinstance(event, BanList):
+        room = sanitize(event.room)
+        if not event.bans:
+            return [f"{stamp} * no bans in {room}"]
+        return [f"{stamp} * bans in {room}:"] + [
+            f"  {sanitize(ban.mask)} ({_BAN_KINDS.get(ban.kind, ban.kind)}, by {sanitize(ban.by)})"
+            for ban in event.bans
+        ]
+    if isinstance(event, Renamed):
+        if me and fold_nick(event.new) == fold_nick(me):
+            return [f"{stamp} * you are now known as {sanitize(event.new)}"]
+        return [f"{stamp} * {sanitize(event.old)} is now known as {sanitize(event.new)}"]
     if isinstance(event, Welcome):
         here = ", ".join(sanitize(n) for n in event.users)
-        return [f"{stamp} * connected as {sanitize(event.nick)} to {sanitize(event.room)}; here: {here}"]
+        software = f" ({sanitize(event.software)})" if event.software else ""
+        return [
+            f"{stamp} * connected as {sanitize(event.nick)} to {sanitize(event.room)}{software}; here: {here}"
+        ]
     if isinstance(event, Error):
         if event.code == Code.STORE_UNAVAILABLE and event.ref:
             return [f"{stamp} ! the server could not store a whisper just now; it will be sent again shortly"]
-        return [f"{stamp} ! {sanitize(event.reason or event.code)}"]
+        # A refused room request names its room (`ref`): say which, the window may be another.
+        where = f"{sanitize(event.ref)}: " if event.ref.startswith("#") else ""
+        return [f"{stamp} ! {where}{sanitize(event.reason or event.code)}"]
     if isinstance(event, Bye):
         return [f"{stamp} * server: {sanitize(event.reason)}"] if event.reason else []
     return []
+
+
+#: How /bans names a ban's kind to a person.
+_BAN_KINDS = {"key": "identity key", "pattern": "guests"}
+
+
+def _marked(names: Names) -> list[str]:
+    """Members as /names shows them: "~" the owner, "@" an operator, "(away)" after."""
+    away = {fold_nick(n) for n in names.away}
+    ops = {fold_nick(n) for n in names.operators}
+    owner = fold_nick(names.owner)
+    shown = []
+    for nick in names.users:
+        key = fold_nick(nick)
+        mark = "~" if key == owner else "@" if key in ops else ""
+        shown.append(f"{mark}{sanitize(nick)}{' (away)' if key in away else ''}")
+    return shown
+
+
+def _left(event: Left, me: str) -> str:
+    room = sanitize(event.room)
+    why = f" ({sanitize(event.reason)})" if event.reason else ""
+    self_ = bool(me) and fold_nick(event.nick) == fold_nick(me)
+    who = "you" if self_ else sanitize(event.nick)
+    if event.by:
+        return f"{who} {'were' if self_ else 'was'} kicked from {room} by {sanitize(event.by)}{why}"
+    return f"{who} left {room}{why}"
+
+
+def _entered(event: Entered, stamp: str) -> list[str]:
+    room = sanitize(event.room)
+    modes = [m for m, on in (("invite-only", event.invite_only), ("registered", event.registered)) if on]
+    flags = f" ({', '.join(modes)})" if modes else ""
+    names = Names(
+        room=event.room, users=event.users, away=event.away, owner=event.owner, operators=event.operators
+    )
+    lines = [f"{stamp} * you are in {room}{flags}; here: {', '.join(_marked(names))}"]
+    if event.topic:
+        lines.append(f"{stamp} * topic of {room}: {sanitize(event.topic)}")
+    return lines
+
+
+def _room_changed(event: RoomChanged) -> str:
+    room, who = sanitize(event.room), sanitize(event.nick)
+    if event.what == "topic":
+        return (
+            f"{who} set the topic of {room}: {sanitize(event.topic)}"
+            if event.topic
+            else f"{who} cleared the topic of {room}"
+        )
+    if event.what == "invite_only":
+        return f"{who} made {room} {'invite-only' if event.invite_only else 'open to everyone'}"
+    if event.what == "registered":
+        return f"{who} registered {room}; its owner is {sanitize(event.owner or event.nick)}"
+    if event.what == "owner":
+        return f"{who} handed {room} over: its owner is now {sanitize(event.owner) or 'someone not here'}"
+    ops = ", ".join(sanitize(n) for n in event.operators) or "none present"
+    return f"{who} changed the operators of {room}: {ops}"
+
+
+def _rooms(event: Rooms, stamp: str) -> list[str]:
+    matching = f" matching {sanitize(event.pattern)}" if event.pattern else ""
+    if not event.rooms:
+        return [f"{stamp} * no rooms{matching}"]
+    width = max(len(entry.room) for entry in event.rooms)
+    lines = [f"{stamp} * {len(event.rooms)} room{'s' if len(event.rooms) != 1 else ''}{matching}:"]
+    for entry in event.rooms:
+        topic = f"  {sanitize(entry.topic)}" if entry.topic else ""
+        lines.append(f"  {sanitize(entry.room):<{width}} {entry.users:>4}{topic}")
+    if event.truncated:
+        lines.append("  ... and more: give /list a pattern to narrow it")
+    return lines
