@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 
-from securechat.server.outbox import IDLE, Outbox
+from securechat.server.outbox import IDLE, Outbox, OutboxState
 
 
 def test_take_coalesces_everything_queued_into_one_write() -> None:
@@ -151,3 +151,94 @@ def test_closing_starts_a_writer_when_the_connection_cannot_end_at_once() -> Non
     box.close(b"bye\n")  # sent by the fast path; a writer must still end the connection
     assert started == [1]
     assert box.take() is None  # the writer then calls finish_sending
+
+
+# -- the state machine (OutboxState's docstring lists these transitions) -------------
+
+
+def test_a_writer_goes_idle_waiting_writing_waiting_idle() -> None:
+    started: list[int] = []
+    box = Outbox(1000, start_writer=lambda: started.append(1), idle_exit=0.01)
+    sink = FakeSink()
+    box.attach(sink)
+    assert box.state is OutboxState.IDLE
+    assert box.put(b"a\n") and box.state is OutboxState.IDLE  # sent directly
+    sink.full = True
+    assert box.put(b"b\n")
+    assert box.state is OutboxState.WAITING and started == [1]
+    assert box.take() == b"b\n"
+    assert box.state is OutboxState.WRITING
+    assert box.put(b"c\n") and box.state is OutboxState.WRITING  # queued behind the send
+    assert box.take() == b"c\n"  # the earlier batch was sent: WAITING, then WRITING again
+    assert box.state is OutboxState.WRITING
+    assert box.take() is IDLE
+    assert box.state is OutboxState.IDLE
+
+
+def test_closing_in_place_finishes_and_a_second_close_does_nothing() -> None:
+    box = Outbox(1000)
+    sink = FakeSink()
+    box.attach(sink)
+    box.close(b"bye\n")
+    assert box.state is OutboxState.FINISHED and sink.finished
+    sink.finished = False
+    box.close(b"again\n")
+    assert box.state is OutboxState.FINISHED and not sink.finished
+    assert sink.sent == [b"bye\n"]
+    assert box.take() is None
+
+
+def test_closing_with_frames_queued_drains_then_finishes() -> None:
+    started: list[int] = []
+    box = Outbox(1000, start_writer=lambda: started.append(1))
+    sink = FakeSink()
+    box.attach(sink)
+    sink.full = True
+    assert box.put(b"a\n")
+    box.close(b"bye\n")
+    assert box.state is OutboxState.CLOSING and started == [1]  # one writer for both
+    assert not box.put(b"late\n")
+    assert box.take() == b"a\nbye\n"
+    assert box.state is OutboxState.CLOSING
+    assert box.take() is None
+    assert box.state is OutboxState.FINISHED and not sink.finished  # the writer finishes it
+
+
+def test_overflow_is_final_and_starts_a_writer_to_drop_the_client() -> None:
+    started: list[int] = []
+    box = Outbox(10, start_writer=lambda: started.append(1))
+    sink = FakeSink()
+    sink.full = True
+    box.attach(sink)
+    assert box.put(b"12345678")
+    assert box.state is OutboxState.WAITING
+    assert not box.put(b"abc")
+    assert box.state is OutboxState.OVERFLOWED and box.overflowed
+    box.close(b"bye\n")
+    assert box.state is OutboxState.OVERFLOWED
+    assert box.take() is None
+    assert box.state is OutboxState.OVERFLOWED and started == [1]
+
+
+def test_the_last_frame_can_overflow_and_then_nothing_is_finished() -> None:
+    started: list[int] = []
+    box = Outbox(4, start_writer=lambda: started.append(1))
+    sink = FakeSink()
+    sink.full = True
+    box.attach(sink)
+    box.close(b"a long goodbye\n")
+    assert box.state is OutboxState.OVERFLOWED and started == [1]
+    assert not sink.finished
+    assert box.take() is None
+
+
+def test_frames_put_while_a_backlog_waits_queue_behind_it() -> None:
+    box = Outbox(1000)
+    sink = FakeSink()
+    box.attach(sink)
+    sink.backlogged = True
+    assert box.put(b"a\n")  # the kernel took part of it; the rest waits in the sink
+    assert box.put(b"b\n")  # must not be offered to the sink before that backlog
+    assert sink.sent == [b"a\n"]
+    assert box.take() == b"b\n"  # the writer sends the backlog first, then this
+    assert box.state is OutboxState.WRITING

@@ -9,16 +9,19 @@ A writer thread exists only while there is something the fast path cannot do: th
 socket is full, frames are queued, or the session is closing. The outbox asks for one
 through `start_writer` and the writer leaves after `idle_exit` seconds with nothing to
 send, so thousands of quiet sessions hold one thread each (the reader), not two.
+
+Where the outbox is, is one `OutboxState` value (see its docstring for the transitions).
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
 
-__all__ = ["IDLE", "Idle", "Outbox", "Sink"]
+__all__ = ["IDLE", "Idle", "Outbox", "OutboxState", "Sink"]
 
 
 class Idle:
@@ -27,6 +30,42 @@ class Idle:
 
 #: What `take` returns when the writer has had nothing to do for a while and may go.
 IDLE: Final = Idle()
+
+#: Queued in place of a frame when the fast path left ciphertext in the sink's backlog:
+#: only the writer can push it out (`take` hands out b"", the writer sends the backlog),
+#: and frames put meanwhile queue behind it, so order is kept.
+_PUSH_BACKLOG: Final = b""
+
+
+class OutboxState(enum.Enum):
+    """Where an outbox is. Transitions (all under the outbox's lock):
+
+    IDLE -> WAITING        work appears (a frame queued, or a backlog the fast path left)
+                           and `start_writer` is called; or a thread calls `take`
+    WAITING -> WRITING     `take` hands a batch to the writer
+    WRITING -> WAITING     the writer calls `take` again: the batch was sent
+    WAITING -> IDLE        `take` waited `idle_exit` with nothing to do and returns `IDLE`:
+                           the writer leaves
+    IDLE -> FINISHED       `close` with nothing queued, and the sink ended the connection
+                           at once (`finish_now`): no writer needed
+    IDLE, WAITING, WRITING -> CLOSING
+                           `close` otherwise (a writer is started if none runs)
+    CLOSING -> FINISHED    `take` has handed out everything and returns None
+    IDLE, WAITING, WRITING, CLOSING -> OVERFLOWED
+                           a put (or `close`'s last frame) would exceed the limit (a
+                           writer is started if none runs); final, like FINISHED
+    """
+
+    IDLE = "idle"  # open; no writer thread: `put` sends directly when nothing is queued
+    WAITING = "waiting"  # open; a writer runs (or is starting) and waits in `take` for work
+    WRITING = "writing"  # open; the writer took a batch and is sending it: `put` queues
+    CLOSING = "closing"  # refuses new frames; `take` hands out what is queued, then None
+    FINISHED = "finished"  # closed and drained; the connection was ended
+    OVERFLOWED = "overflowed"  # over the limit: refuses everything; `take` returns None
+
+
+#: The states in which `put` accepts frames.
+_OPEN: Final = frozenset({OutboxState.IDLE, OutboxState.WAITING, OutboxState.WRITING})
 
 
 class Sink(Protocol):
@@ -51,6 +90,10 @@ class Outbox:
     `start_writer()` is called (under the outbox's lock, so it must only start a
     thread) whenever work appears and no writer is running; that writer calls `take`
     until it gets None (finish the connection) or `IDLE` (just exit).
+
+    Threads: `put` from any thread (the session's reader, other sessions' readers
+    fanning out, the watchdog); `close` from whichever thread closes the session;
+    `take` from the writer only; `attach` from the reader once TLS is up.
     """
 
     def __init__(
@@ -59,15 +102,17 @@ class Outbox:
         self._limit = limit
         self._start_writer = start_writer
         self._idle_exit = idle_exit
-        self._sink: Sink | None = None
+        self._cond = threading.Condition(threading.Lock())
+        self._sink: Sink | None = None  # guarded by `_cond`
+        # Guarded by `_cond`: the frames queued (with `_PUSH_BACKLOG` markers), their size.
         self._frames: deque[bytes] = deque()
         self._size = 0
-        self._cond = threading.Condition(threading.Lock())
-        self._closed = False
-        self._overflowed = False
-        self._writer = False  # a writer thread is running (or has been asked to start)
-        self._writing = False  # the writer took frames and has not finished sending them
-        self._flush = False  # the sink holds a backlog only the writer can push out
+        self._state = OutboxState.IDLE  # guarded by `_cond`
+
+    @property
+    def state(self) -> OutboxState:
+        with self._cond:
+            return self._state
 
     def attach(self, sink: Sink) -> None:
         """Let `put` send through `sink` directly from now on (once its channel is up)."""
@@ -80,19 +125,19 @@ class Outbox:
             return self._put_locked(frame)
 
     def _put_locked(self, frame: bytes) -> bool:
-        if self._closed or self._overflowed:
+        if self._state not in _OPEN:
             return False
-        # The fast path keeps order: nothing is queued, the writer is not mid-send,
-        # and send_now refuses while earlier ciphertext is unsent.
-        direct = not self._frames and not self._writing and self._sink is not None
+        # The fast path keeps order: nothing is queued (not even a backlog to push), the
+        # writer is not mid-send, and send_now refuses while earlier ciphertext is unsent.
+        direct = not self._frames and self._state is not OutboxState.WRITING
         if direct and self._sink is not None and self._sink.send_now(frame):
             if self._sink.backlogged:
-                self._flush = True
+                self._frames.append(_PUSH_BACKLOG)
                 self._wake_writer_locked()
             return True
         if self._size + len(frame) > self._limit:
-            self._overflowed = True
             self._wake_writer_locked()
+            self._state = OutboxState.OVERFLOWED
             return False
         self._frames.append(frame)
         self._size += len(frame)
@@ -101,8 +146,8 @@ class Outbox:
 
     def _wake_writer_locked(self) -> None:
         self._cond.notify()
-        if not self._writer and self._start_writer is not None:
-            self._writer = True
+        if self._state is OutboxState.IDLE and self._start_writer is not None:
+            self._state = OutboxState.WAITING
             self._start_writer()
 
     def close(self, last: bytes | None = None) -> None:
@@ -111,21 +156,26 @@ class Outbox:
         Putting `last` and closing happen at once, so nothing another thread puts can
         follow the last frame. If everything went out and the sink could end the
         connection at once (`finish_now`), that is all; otherwise a writer is started
-        (if none runs) and it finishes the connection.
+        (if none runs) and it finishes the connection. Idempotent.
         """
         with self._cond:
+            if self._state not in _OPEN:
+                return
             if last is not None:
                 self._put_locked(last)
-            self._closed = True
-            idle = not (self._writer or self._frames or self._flush or self._overflowed)
+                if self._state is OutboxState.OVERFLOWED:
+                    return  # the put woke the writer, which drops the client
+            idle = self._state is OutboxState.IDLE and not self._frames
             if idle and self._sink is not None and self._sink.finish_now():
-                return  # ended in this thread: no writer needed
+                self._state = OutboxState.FINISHED  # ended in this thread: no writer needed
+                return
             self._wake_writer_locked()
+            self._state = OutboxState.CLOSING
 
     @property
     def overflowed(self) -> bool:
         with self._cond:
-            return self._overflowed
+            return self._state is OutboxState.OVERFLOWED
 
     def take(self) -> bytes | Idle | None:
         """For the writer: block until there is something to send; return the queued frames.
@@ -138,20 +188,22 @@ class Outbox:
         writer should exit, and a new one is started when work appears.
         """
         with self._cond:
-            self._writing = False  # calling take again means the last batch was sent
-            while not self._frames and not self._flush and not self._closed and not self._overflowed:
+            if self._state in (OutboxState.IDLE, OutboxState.WRITING):
+                self._state = OutboxState.WAITING  # calling take again: the last batch was sent
+            while not self._frames and self._state is OutboxState.WAITING:
                 timed_out = not self._cond.wait(self._idle_exit)
-                nothing = not (self._frames or self._flush or self._closed or self._overflowed)
-                if timed_out and nothing:
-                    self._writer = False
+                if timed_out and not self._frames and self._state is OutboxState.WAITING:
+                    self._state = OutboxState.IDLE
                     return IDLE
-            if self._overflowed or (not self._frames and not self._flush):
+            if self._state is OutboxState.OVERFLOWED or not self._frames:
                 self._frames.clear()
                 self._size = 0
+                if self._state is not OutboxState.OVERFLOWED:
+                    self._state = OutboxState.FINISHED
                 return None
             data = b"".join(self._frames)
             self._frames.clear()
             self._size = 0
-            self._flush = False
-            self._writing = True
+            if self._state is OutboxState.WAITING:
+                self._state = OutboxState.WRITING
             return data
