@@ -19,10 +19,11 @@ class FakeMember:
         return [json.loads(line) for f in self.frames for line in f.splitlines()]
 
 
-def join(hub: Hub, nick: str) -> tuple[FakeMember, list[tuple[str, ...]]]:
+def join(hub: Hub, nick: str, *, version: int = 1, key: bytes = b"") -> tuple[FakeMember, list[tuple[str, ...]]]:
+    """Log `nick` in (by default as a version-1 session: #lobby only, no `entered`)."""
     member = FakeMember()
     welcomed: list[tuple[str, ...]] = []
-    hub.join(member, nick, welcomed.append)
+    hub.join(member, nick, welcomed.append, version=version, key=key)
     return member, welcomed
 
 
@@ -81,7 +82,7 @@ def test_leave_announces_and_frees_the_nick() -> None:
     bob, _ = join(hub, "bob")
     hub.leave(bob, "bob", "quit")
     hub.flush_presence()
-    assert alice.seen()[-1] == {"type": "left", "room": "#lobby", "nick": "bob", "reason": "quit"}
+    assert alice.seen()[-1] == {"type": "left", "room": "#lobby", "nick": "bob", "reason": "quit", "by": ""}
     assert hub.names("#lobby").users == ("alice",)
     join(hub, "bob")
 
@@ -138,7 +139,7 @@ def test_lines_said_together_go_out_as_one_frame_with_increasing_timestamps() ->
     assert [(m["text"], m["action"]) for m in lines] == [("one", False), ("two", True)]
     assert lines[0]["ts"] == 42.0 < lines[1]["ts"]  # clients skip history by ts: never equal
     carol, _ = join(hub, "carol")
-    assert [json.loads(f)["text"] for f in carol.frames] == ["one", "two"]
+    assert [m["text"] for m in carol.seen()] == ["one", "two"]
 
 
 def test_a_batch_naming_an_unknown_room_sends_nothing() -> None:
@@ -182,9 +183,9 @@ def test_a_replaced_session_is_not_announced_and_its_successor_gets_only_later_n
     hub = Hub()
     alice, _ = join(hub, "alice")
     old = FakeMember()
-    hub.join(old, "bob", lambda users: None)
+    hub.join(old, "bob", lambda users: None, version=1)
     new = FakeMember()
-    assert hub.join(new, "bob", lambda users: None, may_replace=lambda holder: holder is old) is old
+    assert hub.join(new, "bob", lambda users: None, may_replace=lambda holder: holder is old, version=1) is old
     join(hub, "carol")
     hub.flush_presence()
     assert [m["nick"] for m in alice.seen()] == ["bob", "carol"]  # bob joined once

@@ -1,15 +1,29 @@
-"""The hub: who is in the room, and fan-out of events to them.
+"""The hub: who is online, which rooms they are in, and fan-out of room events to them.
 
-All shared mutable server state lives here behind one lock. Delivery means handing
-already-encoded bytes to each member, which never blocks, so holding the lock while
-fanning out keeps one global order: every member sees the room's events in the same
-sequence.
+What lives here, behind the hub's one lock (`Hub._lock`): the online members by nick,
+the rooms (server/rooms.py's registry: membership, settings, invitations, bans), each
+room's recent lines and the lines not yet written to the store, pending join/leave
+notices, and registered rooms whose settings are not yet written. What does not: the
+store (its own lock, store.py), the relay's per-identity limits (relay.py,
+prekeylimits.py), the per-network guards (addresses.py), each session's connection state
+(session/io.py) and the server's session table (server.py). Lock order: the hub's lock
+may be held while taking a session's or the server's lock (a delivery, the welcome's
+login count), never the other way round, and never while calling the store.
 
-Join and leave notices are coalesced: they wait in `_presence` and go out together,
-one write per member, at the next `flush_presence` (the server calls it a few times a
-second) or before the next room line or member list, whichever comes first. A storm of
-N logins would otherwise cost N x N separate writes; this way it costs a few writes per
-member per flush, and the order users see is unchanged.
+Delivery means handing already-encoded bytes to each member, which never blocks, so
+holding the lock while fanning out keeps one order per room: every member sees the
+room's events in the same sequence.
+
+Join and leave notices are coalesced: they wait in `_presence` and go out together, one
+write per member (all rooms' notices for that member in it), at the next
+`flush_presence` (the server calls it a few times a second) or before the next room line,
+member list or room change, whichever comes first. A storm of N logins would otherwise
+cost N x N separate writes; this way it costs a few writes per member per flush, and the
+order users see is unchanged.
+
+A version-1 session (protocol/limits.py, `SUPPORTED_VERSIONS`) is only ever in `#lobby`
+and is sent only frames version 1 has: no `entered`, `room_changed`, `invited` or
+`renamed` (a rename reaches it as the old nick leaving and the new one joining).
 """
 
 from __future__ import annotations
@@ -20,59 +34,119 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from ..protocol import DEFAULT_ROOM, Joined, Left, Message, Names, Say, encode, fold_nick
+from ..protocol import (
+    DEFAULT_ROOM,
+    PROTOCOL_VERSION,
+    BanEntry,
+    BanList,
+    Code,
+    Entered,
+    Event,
+    Invited,
+    Joined,
+    Left,
+    Message,
+    Names,
+    Renamed,
+    RoomChanged,
+    RoomEntry,
+    Rooms,
+    Say,
+    encode,
+    fit_rooms,
+    fold_nick,
+    fold_room,
+)
+from .rooms import Ban, BanKind, NoSuchRoom, Room, RoomError
+from .rooms import Rooms as Registry
+from .store import StoredBan, StoredRoom
 
-__all__ = ["Hub", "Member", "NickTaken", "NoSuchRoom"]
+__all__ = ["Hub", "Member", "NickTaken", "NoSuchRoom", "RoomError"]
 
 
 class NickTaken(Exception):
     """Another connected user already holds this nick (compared case-insensitively)."""
 
 
-class NoSuchRoom(Exception):
-    """The event named a room this server does not have."""
-
-
 class Member(Protocol):
     """What the hub needs from a session."""
 
-    #: The away message the member set ("" when here).
-    away: str
+    @property
+    def away(self) -> str:
+        """The away message the member set ("" when here)."""
 
     def deliver(self, frame: bytes) -> None:
         """Queue one encoded frame for this member without blocking."""
 
 
-class Hub:
-    """The registry of joined members and the room's fan-out.
+@dataclass
+class _Online:
+    """A logged-in member. Guarded by the hub lock (its `nick` changes on a rename)."""
 
-    Contract: every method is thread-safe and returns without socket I/O.
-    `join`'s `on_joined` callback runs under the hub lock, before anyone else can
-    see the new member, so a welcome frame it queues precedes every room event.
+    nick: str
+    member: Member
+    key: bytes  # the identity key it proved; b"" for a guest
+    version: int  # the protocol version of its hello
+
+
+class Hub:
+    """The registry of online members and rooms, and each room's fan-out.
+
+    Contract: every method is thread-safe (any thread: session readers, the watchdog)
+    and returns without socket I/O or store calls. `join`'s `on_joined` callback runs
+    under the hub lock, before anyone else can see the new member, so a welcome frame it
+    queues precedes every room event. Room requests raise `RoomError` (with the wire
+    code) before changing anything.
     """
 
     def __init__(
-        self, *, room: str = DEFAULT_ROOM, clock: Callable[[], float] = time.time, history: int = 0
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        history: int = 0,
+        rooms: Registry | None = None,
     ) -> None:
-        self.room = room
+        """`rooms` is the registry with the server's autojoin rooms and caps (default:
+        `#lobby` only); `history` the lines kept per room."""
         self._clock = clock
         self._lock = threading.Lock()
-        self._members: dict[str, tuple[str, Member]] = {}  # folded nick -> (nick, member)
-        self._history: deque[Message] = deque(maxlen=history)
-        # Said but not yet written to the store (guarded by `_lock`). A line leaves only
-        # once `saved` confirms the write, so a failed write (disk full) loses nothing.
-        # Bounded like the history: a line pushed out of the newest `history` lines is one
-        # the store would delete on the next write anyway (it keeps that many), so dropping
-        # the oldest unsaved line loses nothing that would have been kept.
-        self._unsaved: deque[Message] = deque(maxlen=history)
-        self._unsaved_dropped = 0  # lines dropped that way since the last `saved` (same lock)
-        self._presence: list[bytes] = []  # join/leave notices not yet sent
-        # Members who joined while notices were pending: id(member) -> index of the first
-        # notice they get (their welcome already covered the earlier ones and their own).
-        self._newcomers: dict[int, int] = {}
+        # Everything below: guarded by `_lock`.
+        self._rooms = rooms if rooms is not None else Registry(autojoin=(DEFAULT_ROOM,))
+        self._members: dict[str, _Online] = {}  # folded nick -> online member
+        self._keep = history
+        self._history: dict[str, deque[Message]] = {}  # folded room -> its newest lines
+        # Lines said in autojoin and registered rooms but not yet written to the store. A
+        # line leaves only once `saved` confirms the write, so a failed write (disk full)
+        # loses nothing. Bounded per room like the history: a line pushed out of the
+        # newest `history` lines is one the store would delete on the next write anyway.
+        self._unsaved: dict[str, deque[Message]] = {}  # folded room -> lines
+        self._unsaved_dropped = 0  # lines dropped that way since the last `saved`
+        # Registered rooms whose settings changed since they were last written.
+        self._dirty: set[str] = set()  # folded room names
+        self._presence: dict[str, list[bytes]] = {}  # folded room -> notices not yet sent
+        # Members who entered a room while its notices were pending: folded room ->
+        # id(member) -> index of the first notice they get (what they were sent on
+        # entering already covered the earlier ones and their own).
+        self._newcomers: dict[str, dict[int, int]] = {}
         self._last_ts = 0.0
+
+    @property
+    def room(self) -> str:
+        """The first autojoin room: the one a welcome names (`#lobby` unless configured)."""
+        return self._rooms.autojoin[0] if self._rooms.autojoin else DEFAULT_ROOM
+
+    def welcome_room(self, version: int) -> str:
+        """The room a welcome names for a session of protocol `version`."""
+        return DEFAULT_ROOM if version == 1 else self.room
+
+    def serves_version_1(self) -> bool:
+        """True if `#lobby` is an autojoin room (else a version-1 hello is refused)."""
+        return any(fold_room(r) == fold_room(DEFAULT_ROOM) for r in self._rooms.autojoin)
+
+    # -- logging in and out --------------------------------------------------------
 
     def join(
         self,
@@ -81,71 +155,297 @@ class Hub:
         on_joined: Callable[[tuple[str, ...]], None],
         *,
         may_replace: Callable[[Member], bool] | None = None,
+        key: bytes = b"",
+        version: int = PROTOCOL_VERSION,
     ) -> Member | None:
-        """Add `member` as `nick`, call `on_joined(users)`, then announce it to the others.
+        """Log `member` in as `nick` (holding identity `key`), put it in the autojoin rooms
+        (`#lobby` only for `version` 1), call `on_joined(users of the welcome room)`, then
+        send it `entered` and history for each room (history alone for version 1), and
+        announce it to the others.
 
         If the nick is held and `may_replace(holder)` says so (the same user proved the
         same key again), the holder is displaced silently and returned: the caller must
-        close it. Raises `NickTaken` otherwise.
+        close it. The newcomer takes over its rooms. Raises `NickTaken` otherwise. An
+        autojoin room that refuses the newcomer (a ban, invite-only) is skipped.
         """
-        key = fold_nick(nick)
+        folded = fold_nick(nick)
         with self._lock:
-            holder = self._members.get(key)
-            if holder is not None and (may_replace is None or not may_replace(holder[1])):
+            holder = self._members.get(folded)
+            if holder is not None and (may_replace is None or not may_replace(holder.member)):
                 raise NickTaken(nick)
-            self._members[key] = (nick, member)
-            on_joined(self._names_locked())
-            for line in self._history:  # before any live event can reach the newcomer
-                member.deliver(encode(dataclasses.replace(line, history=True)))
-            if holder is None:
-                self._presence.append(encode(Joined(room=self.room, nick=nick)))
-            else:  # the same user again: nothing to announce
-                self._newcomers.pop(id(holder[1]), None)
-            self._newcomers[id(member)] = len(self._presence)
-        return None if holder is None else holder[1]
+            now = self._clock()
+            self._members[folded] = _Online(nick, member, key, version)
+            entered: list[Room] = []
+            if holder is not None:  # the same user again: nothing to announce
+                self._rooms.rename(holder.nick, nick)  # the spelling may differ
+                for room in self._rooms.rooms_of(nick):
+                    newcomers = self._newcomers.get(fold_room(room.name), {})
+                    newcomers.pop(id(holder.member), None)
+                    if version == 1 and fold_room(room.name) != fold_room(DEFAULT_ROOM):
+                        self._rooms.part(room.name, nick)
+                        self._after_leaving(room, Left(room=room.name, nick=nick, reason="logged in again"))
+                    else:
+                        entered.append(room)
+                        self._newcomers.setdefault(fold_room(room.name), {})[id(member)] = len(
+                            self._presence.get(fold_room(room.name), ())
+                        )
+            autojoin = (DEFAULT_ROOM,) if version == 1 else self._rooms.autojoin
+            for name in autojoin:
+                try:
+                    room, already = self._rooms.join(name, nick, key, now, autojoin=True)
+                except RoomError:
+                    continue
+                if not already:
+                    entered.append(room)
+                    self._announce_entry(room, nick, member)
+            welcome = self._rooms.get(self.welcome_room(version))
+            on_joined(self._rooms.users(welcome) if welcome is not None else ())
+            for room in sorted(entered, key=lambda r: _order(r, autojoin)):
+                self._send_entry(room, member, version)
+        return None if holder is None else holder.member
 
     def leave(self, member: Member, nick: str, reason: str = "") -> None:
-        """Remove `member` if it holds `nick`, and announce it. A no-op otherwise."""
-        key = fold_nick(nick)
+        """Take `member` out of every room, if it holds `nick`, and announce it. A no-op
+        otherwise (a displaced session leaving after its successor came)."""
+        folded = fold_nick(nick)
         with self._lock:
-            entry = self._members.get(key)
-            if entry is None or entry[1] is not member:
+            entry = self._members.get(folded)
+            if entry is None or entry.member is not member:
                 return
-            del self._members[key]
-            self._newcomers.pop(id(member), None)
-            self._presence.append(encode(Left(room=self.room, nick=nick, reason=reason)))
+            del self._members[folded]
+            for room in self._rooms.quit(nick):
+                self._newcomers.get(fold_room(room.name), {}).pop(id(member), None)
+                self._notice(room, Left(room=room.name, nick=entry.nick, reason=reason))
+                self._forget_if_vanished(room)
+
+    def rename(self, old: str, new: str) -> None:
+        """`old` (online) is now `new`: same rooms, same standing. Raises `NickTaken` if
+        someone online holds `new`. Everyone sharing a room with them, and they, get
+        `renamed` once (version-1 members: `left` and `joined` in `#lobby`)."""
+        with self._lock:
+            entry = self._members.get(fold_nick(old))
+            if entry is None:
+                return
+            holder = self._members.get(fold_nick(new))
+            if holder is not None and holder is not entry:
+                raise NickTaken(new)
+            self._flush_presence_locked()
+            old_shown = entry.nick
+            del self._members[fold_nick(old)]
+            entry.nick = new
+            self._members[fold_nick(new)] = entry
+            rooms = self._rooms.rename(old, new)
+            renamed = encode(Renamed(old=old_shown, new=new))
+            told: set[int] = {id(entry)}
+            entry.member.deliver(renamed)
+            for room in rooms:
+                v1_frames = encode(
+                    Left(room=room.name, nick=old_shown, reason=f"now known as {new}")
+                ) + encode(Joined(room=room.name, nick=new))
+                for folded in room.members:
+                    other = self._members[folded]
+                    if id(other) in told:
+                        continue
+                    told.add(id(other))
+                    other.member.deliver(v1_frames if other.version == 1 else renamed)
+
+    # -- room membership -------------------------------------------------------------
+
+    def enter(self, nick: str, name: str) -> None:
+        """`nick` joins room `name` (creating it): it gets `entered` and the history; the
+        others a `joined` notice. Already in: `entered` again, nothing announced."""
+        with self._lock:
+            entry = self._online(nick)
+            room, already = self._rooms.join(name, nick, entry.key, self._clock())
+            if not already:
+                self._announce_entry(room, entry.nick, entry.member)
+            self._send_entry(room, entry.member, entry.version)
+
+    def part(self, nick: str, name: str, reason: str = "") -> None:
+        """`nick` leaves room `name`; every member, the leaver included, gets `left`."""
+        with self._lock:
+            entry = self._online(nick)
+            room = self._rooms.part(name, nick)
+            self._flush_presence_locked()
+            left = Left(room=room.name, nick=entry.nick, reason=reason)
+            self._newcomers.get(fold_room(room.name), {}).pop(id(entry.member), None)
+            entry.member.deliver(encode(left))
+            self._after_leaving(room, left)
+
+    def kick(self, nick: str, name: str, target: str, reason: str = "") -> None:
+        """An operator's kick: everyone in the room, the kicked member too, gets `left`
+        with `by`."""
+        with self._lock:
+            entry = self._online(nick)
+            room, shown = self._rooms.kick(name, nick, target)
+            self._put_out(room, shown, by=entry.nick, reason=reason)
+
+    def ban(self, nick: str, name: str, mask: str, mask_key: bytes | None) -> None:
+        """An operator's ban (rooms.py says how `mask` is read; `mask_key` is the identity
+        key `mask` is registered to, if any). Members it covers are put out as kicked,
+        reason "banned"."""
+        with self._lock:
+            entry = self._online(nick)
+            room, out = self._rooms.ban(name, nick, mask, mask_key)
+            self._dirty.add(fold_room(room.name))
+            for shown in out:
+                self._put_out(room, shown, by=entry.nick, reason="banned")
+
+    def unban(self, nick: str, name: str, mask: str) -> None:
+        with self._lock:
+            room = self._rooms.unban(name, nick, mask)
+            self._dirty.add(fold_room(room.name))
+
+    def ban_list(self, nick: str, name: str) -> BanList:
+        with self._lock:
+            room, bans = self._rooms.ban_list(name, nick)
+            return BanList(
+                room=room.name, bans=tuple(BanEntry(mask=b.shown, kind=b.kind.value, by=b.by) for b in bans)
+            )
+
+    def invite(self, nick: str, name: str, invitee: str) -> None:
+        """`nick` invites `invitee` (who must be online): both get `invited`."""
+        with self._lock:
+            entry = self._online(nick)
+            guest = self._members.get(fold_nick(invitee))
+            if guest is None:
+                raise RoomError(Code.NO_SUCH_USER, f"{invitee} is not online")
+            room = self._rooms.invite(name, nick, guest.nick, self._clock())
+            frame = encode(Invited(room=room.name, nick=guest.nick, by=entry.nick))
+            entry.member.deliver(frame)
+            if guest is not entry and guest.version > 1:
+                guest.member.deliver(frame)
+
+    # -- room settings ---------------------------------------------------------------
+
+    def set_topic(self, nick: str, name: str, topic: str) -> None:
+        with self._lock:
+            self._changed(self._rooms.set_topic(name, nick, topic), nick, "topic")
+
+    def set_invite_only(self, nick: str, name: str, invite_only: bool) -> None:
+        with self._lock:
+            self._changed(self._rooms.set_invite_only(name, nick, invite_only), nick, "invite_only")
+
+    def register_room(self, nick: str, name: str) -> None:
+        """Register room `name` to `nick`'s key. Written to the store by the server's next
+        save (`unsaved_rooms`), with the room's lines from then on."""
+        with self._lock:
+            room = self._rooms.register(name, nick)
+            self._unsaved[fold_room(room.name)] = deque(
+                self._history.get(fold_room(room.name), ()), self._keep
+            )
+            self._changed(room, nick, "registered")
+
+    def op(self, nick: str, name: str, target: str, target_key: bytes | None) -> None:
+        with self._lock:
+            self._changed(self._rooms.op(name, nick, target, target_key), nick, "operators")
+
+    def deop(self, nick: str, name: str, target: str, target_key: bytes | None) -> None:
+        with self._lock:
+            self._changed(self._rooms.deop(name, nick, target, target_key), nick, "operators")
+
+    def transfer(self, nick: str, name: str, target: str, target_key: bytes | None) -> None:
+        with self._lock:
+            self._changed(self._rooms.transfer(name, nick, target, target_key), nick, "owner")
+
+    # -- reading ---------------------------------------------------------------------
+
+    def list_rooms(self, pattern: str) -> Rooms:
+        """The `rooms` answer to a `list`."""
+        with self._lock:
+            found, truncated = self._rooms.search(pattern)
+        answer = fit_rooms(pattern, (RoomEntry(room=r.name, users=r.users, topic=r.topic) for r in found))
+        return dataclasses.replace(answer, truncated=answer.truncated or truncated)
+
+    def names(self, room: str) -> Names:
+        """The `names` event for `room`. Raises `NoSuchRoom`."""
+        with self._lock:
+            found = self._rooms.room(room)
+            self._flush_presence_locked()  # so no notice arrives after the list it is part of
+            users = self._rooms.users(found)
+            return Names(
+                room=found.name,
+                users=users,
+                away=self._away(found),
+                owner=self._rooms.owner_nick(found),
+                operators=self._rooms.operator_nicks(found),
+            )
+
+    def has_room(self, room: str) -> bool:
+        with self._lock:
+            return self._rooms.get(room) is not None
+
+    def is_in(self, nick: str, room: str) -> bool:
+        """True if `nick` is in `room` now."""
+        with self._lock:
+            found = self._rooms.get(room)
+            return found is not None and fold_nick(nick) in found.members
+
+    def online(self) -> tuple[str, ...]:
+        """The nicks of everyone logged in, in any room or none."""
+        with self._lock:
+            return tuple(entry.nick for entry in self._members.values())
+
+    def member(self, nick: str) -> Member | None:
+        """The member holding `nick` (case-insensitively), or None."""
+        with self._lock:
+            entry = self._members.get(fold_nick(nick))
+        return None if entry is None else entry.member
+
+    def display_nick(self, nick: str) -> str | None:
+        """`nick` as its holder spelled it when joining, or None if not here."""
+        with self._lock:
+            entry = self._members.get(fold_nick(nick))
+        return None if entry is None else entry.nick
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._members)
+
+    # -- room lines ------------------------------------------------------------------
 
     def say(self, nick: str, room: str, text: str, *, action: bool = False) -> None:
         """Broadcast a public message from `nick` to everyone in `room`, sender included.
 
-        Raises `NoSuchRoom` for an unknown room. The sender gets its own message back
-        so that its screen shows the order everyone else sees.
+        Raises `NoSuchRoom` for an unknown room, `RoomError` (not-in-room) if `nick` is
+        not in it. The sender gets its own message back so that its screen shows the
+        order everyone else sees.
         """
         self.say_many(nick, [Say(room=room, text=text, action=action)])
 
     def say_many(self, nick: str, says: Sequence[Say]) -> None:
-        """Broadcast `says` from `nick`, in order, as one write per member.
+        """Broadcast `says` from `nick`, in order: per room, one write per member.
 
         Lines a client sent together go out together: one fan-out instead of one per
-        line. Raises `NoSuchRoom`, before anything is sent, if one names an unknown room.
+        line. Raises `NoSuchRoom` or `RoomError` (not-in-room), before anything is sent,
+        if one names a room that does not exist or that `nick` is not in.
         """
-        for say in says:
-            self._check_room(say.room)
         with self._lock:
-            messages = [
-                Message(room=s.room, nick=nick, text=s.text, ts=self._next_ts_locked(), action=s.action)
-                for s in says
-            ]
-            frame = b"".join(encode(m) for m in messages)
+            rooms: dict[str, Room] = {}
+            for say in says:
+                found = self._rooms.room(say.room)
+                if fold_nick(nick) not in found.members:
+                    raise RoomError(Code.NOT_IN_ROOM, f"you are not in {found.name}")
+                rooms[fold_room(say.room)] = found
             self._flush_presence_locked()
-            self._fan_out_locked(frame)
-            if self._history.maxlen:
-                self._history.extend(messages)
-                self._unsaved_dropped += max(0, len(self._unsaved) + len(messages) - self._history.maxlen)
-                self._unsaved.extend(messages)
-
-    def has_room(self, room: str) -> bool:
-        return room == self.room
+            by_room: dict[str, list[Message]] = {}
+            for say in says:
+                room = rooms[fold_room(say.room)]
+                line = Message(
+                    room=room.name, nick=nick, text=say.text, ts=self._next_ts_locked(), action=say.action
+                )
+                by_room.setdefault(fold_room(room.name), []).append(line)
+            for folded, messages in by_room.items():
+                room = rooms[folded]
+                self._fan_out_locked(room, b"".join(encode(m) for m in messages))
+                if self._keep:
+                    self._history.setdefault(folded, deque(maxlen=self._keep)).extend(messages)
+                    unsaved = self._unsaved.get(folded)
+                    if unsaved is None and self._persisted(room):
+                        unsaved = self._unsaved[folded] = deque(maxlen=self._keep)
+                    if unsaved is not None:
+                        self._unsaved_dropped += max(0, len(unsaved) + len(messages) - self._keep)
+                        unsaved.extend(messages)
 
     def _next_ts_locked(self) -> float:
         # Strictly increasing: clients skip history lines whose ts is not newer than the
@@ -157,86 +457,217 @@ class Hub:
         self._last_ts = max(self._clock(), self._last_ts + 1e-6)
         return self._last_ts
 
-    def names(self, room: str) -> Names:
-        """The `names` event for `room`. Raises `NoSuchRoom`."""
-        self._check_room(room)
-        with self._lock:
-            self._flush_presence_locked()  # so no notice arrives after the list it is part of
-            return Names(room=room, users=self._names_locked())
-
     def flush_presence(self) -> None:
         """Send the pending join/leave notices (one write per member)."""
         with self._lock:
             self._flush_presence_locked()
 
+    # -- the store's side (the server's start and its periodic saves) ----------------
+
+    def load_rooms(self, rooms: Iterable[StoredRoom]) -> None:
+        """Add the registered rooms (at start, from the store)."""
+        with self._lock:
+            for stored in rooms:
+                self._rooms.load(
+                    stored.name,
+                    owner=stored.owner_key,
+                    topic=stored.topic,
+                    invite_only=stored.invite_only,
+                    operators=stored.operators,
+                    bans=tuple(Ban(BanKind(b.kind), b.value, b.shown, b.by) for b in stored.bans),
+                )
+
+    def persisted_rooms(self) -> list[str]:
+        """The rooms whose lines the store keeps: autojoin and registered ones."""
+        with self._lock:
+            return [room.name for room in self._rooms.all() if self._persisted(room)]
+
     def load_history(self, lines: Iterable[Message]) -> None:
-        """Seed the history (at start, from the store)."""
+        """Seed rooms' history (at start, from the store); each line names its room."""
         seeded = list(lines)
         with self._lock:
-            self._history.extend(seeded)
+            for line in seeded:
+                if self._keep:
+                    self._history.setdefault(fold_room(line.room), deque(maxlen=self._keep)).append(line)
             self._last_ts = max([self._last_ts, *(line.ts for line in seeded)])
 
     def unsaved(self) -> list[Message]:
-        """Room lines not yet written to the store, oldest first (they stay unsaved until
-        `saved` is called with them)."""
+        """Room lines not yet written to the store, oldest first per room (they stay
+        unsaved until `saved` is called with them)."""
         with self._lock:
-            return list(self._unsaved)
+            return [line for lines in self._unsaved.values() for line in lines]
 
     def saved(self, lines: Sequence[Message]) -> int:
         """`lines` (from `unsaved`) are in the store now: stop holding them as unsaved.
 
         Returns how many unsaved lines were dropped unwritten since the last call because
-        the buffer was full (see `__init__`: none that the store would have kept).
+        a room's buffer was full (see `__init__`: none that the store would have kept).
         """
         written = {id(line) for line in lines}
         with self._lock:
-            # The written lines are the oldest ones still held (newer ones were appended
-            # after them; older ones may have been pushed out meanwhile).
-            while self._unsaved and id(self._unsaved[0]) in written:
-                self._unsaved.popleft()
+            # The written lines are the oldest ones still held in each room (newer ones
+            # were appended after them; older ones may have been pushed out meanwhile).
+            for unsaved in self._unsaved.values():
+                while unsaved and id(unsaved[0]) in written:
+                    unsaved.popleft()
             dropped, self._unsaved_dropped = self._unsaved_dropped, 0
         return dropped
 
-    def member(self, nick: str) -> Member | None:
-        """The member holding `nick` (case-insensitively), or None."""
+    def unsaved_rooms(self) -> list[StoredRoom]:
+        """Registered rooms whose settings changed since `rooms_saved` last confirmed them."""
         with self._lock:
-            entry = self._members.get(fold_nick(nick))
-        return None if entry is None else entry[1]
+            return [self._stored(self._rooms.room(name)) for name in sorted(self._dirty)]
 
-    def display_nick(self, nick: str) -> str | None:
-        """`nick` as its holder spelled it when joining, or None if not here."""
+    def rooms_saved(self, rooms: Sequence[StoredRoom]) -> None:
+        """`rooms` (from `unsaved_rooms`) are in the store now; a room changed again since
+        stays unsaved."""
         with self._lock:
-            entry = self._members.get(fold_nick(nick))
-        return None if entry is None else entry[0]
+            for stored in rooms:
+                room = self._rooms.get(stored.name)
+                if room is not None and self._stored(room) == stored:
+                    self._dirty.discard(fold_room(room.name))
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._members)
+    # -- under the lock --------------------------------------------------------------
 
-    def _check_room(self, room: str) -> None:
-        if not self.has_room(room):
-            raise NoSuchRoom(room)
+    def _online(self, nick: str) -> _Online:
+        entry = self._members.get(fold_nick(nick))
+        if entry is None:
+            raise RoomError(Code.UNEXPECTED, "not logged in")  # a session after it left
+        return entry
 
-    def _names_locked(self) -> tuple[str, ...]:
-        # Sorted by the folded nick, which is already the key: no Python call per member
-        # (this runs at every login, so it must stay cheap with thousands present).
-        return tuple(nick for _, (nick, _) in sorted(self._members.items()))
+    def _persisted(self, room: Room) -> bool:
+        return room.permanent or room.registered
 
-    def _fan_out_locked(self, frame: bytes) -> None:
+    @staticmethod
+    def _stored(room: Room) -> StoredRoom:
+        return StoredRoom(
+            name=room.name,
+            owner_key=room.owner,
+            topic=room.topic,
+            invite_only=room.invite_only,
+            operators=frozenset(room.operators),
+            bans=tuple(StoredBan(b.kind.value, b.value, b.shown, b.by) for b in room.bans),
+        )
+
+    def _away(self, room: Room) -> tuple[str, ...]:
+        return tuple(
+            self._members[f].nick
+            for f in sorted(room.members)
+            if f in self._members and self._members[f].member.away
+        )
+
+    def _announce_entry(self, room: Room, nick: str, member: Member) -> None:
+        folded = fold_room(room.name)
+        pending = self._presence.setdefault(folded, [])
+        pending.append(encode(Joined(room=room.name, nick=nick)))
+        # What it is sent on entering lists everyone, itself included: it needs only the
+        # notices after its own.
+        self._newcomers.setdefault(folded, {})[id(member)] = len(pending)
+
+    def _send_entry(self, room: Room, member: Member, version: int) -> None:
+        """`entered` (version 2) and the room's history, before any live event of it."""
+        frames = []
+        if version > 1:
+            frames.append(
+                encode(
+                    Entered(
+                        room=room.name,
+                        users=self._rooms.users(room),
+                        away=self._away(room),
+                        topic=room.topic,
+                        invite_only=room.invite_only,
+                        registered=room.registered,
+                        owner=self._rooms.owner_nick(room),
+                        operators=self._rooms.operator_nicks(room),
+                    )
+                )
+            )
+        frames.extend(
+            encode(dataclasses.replace(line, history=True))
+            for line in self._history.get(fold_room(room.name), ())
+        )
+        if frames:
+            member.deliver(b"".join(frames))
+
+    def _changed(self, room: Room, nick: str, what: str) -> None:
+        """Tell every member (version 2) the room's whole new state after a change."""
+        if room.registered:
+            self._dirty.add(fold_room(room.name))
+        self._flush_presence_locked()
+        shown = self._members[fold_nick(nick)].nick
+        frame = encode(
+            RoomChanged(
+                room=room.name,
+                nick=shown,
+                what=what,
+                topic=room.topic,
+                invite_only=room.invite_only,
+                registered=room.registered,
+                owner=self._rooms.owner_nick(room),
+                operators=self._rooms.operator_nicks(room),
+            )
+        )
+        self._fan_out_locked(room, frame, version_1=False)
+
+    def _put_out(self, room: Room, shown: str, *, by: str, reason: str) -> None:
+        """`shown` was removed from `room` (kick, ban): it and the members get `left`."""
+        self._flush_presence_locked()
+        left = Left(room=room.name, nick=shown, reason=reason, by=by)
+        target = self._members.get(fold_nick(shown))
+        if target is not None:
+            self._newcomers.get(fold_room(room.name), {}).pop(id(target.member), None)
+            target.member.deliver(encode(left))
+        self._after_leaving(room, left)
+
+    def _after_leaving(self, room: Room, left: Left) -> None:
+        """Someone left `room` at once (not a disconnect): the rest get `left` now."""
+        self._flush_presence_locked()
+        self._fan_out_locked(room, encode(left))
+        self._forget_if_vanished(room)
+
+    def _notice(self, room: Room, event: Event) -> None:
+        self._presence.setdefault(fold_room(room.name), []).append(encode(event))
+
+    def _forget_if_vanished(self, room: Room) -> None:
+        if self._rooms.vanished(room):
+            folded = fold_room(room.name)
+            self._history.pop(folded, None)
+            self._unsaved.pop(folded, None)
+            self._presence.pop(folded, None)
+            self._newcomers.pop(folded, None)
+
+    def _fan_out_locked(self, room: Room, frame: bytes, *, version_1: bool = True) -> None:
         # One encoded frame, the same bytes object queued to every recipient.
-        for _, member in self._members.values():
-            member.deliver(frame)
+        for folded in room.members:
+            entry = self._members[folded]
+            if version_1 or entry.version > 1:
+                entry.member.deliver(frame)
 
     def _flush_presence_locked(self) -> None:
         if not self._presence:
             return
-        notices, self._presence = self._presence, []
+        presence, self._presence = self._presence, {}
         newcomers, self._newcomers = self._newcomers, {}
-        blob = b"".join(notices)
-        starts = [0, *itertools.accumulate(len(n) for n in notices)]  # byte offset of each notice
-        for _, member in self._members.values():
-            first = newcomers.get(id(member))
-            if first is None:
-                member.deliver(blob)
-            elif starts[first] < len(blob):
-                member.deliver(blob[starts[first] :])
+        writes: dict[int, tuple[Member, list[bytes]]] = {}  # one write per member
+        for folded, notices in presence.items():
+            room = self._rooms.get(folded)
+            if room is None or not notices:
+                continue
+            blob = b"".join(notices)
+            starts = [0, *itertools.accumulate(len(n) for n in notices)]  # byte offset of each notice
+            skip = newcomers.get(folded, {})
+            for member_nick in room.members:
+                member = self._members[member_nick].member
+                first = skip.get(id(member))
+                part = blob if first is None else blob[starts[first] :]
+                if part:
+                    writes.setdefault(id(member), (member, []))[1].append(part)
+        for member, parts in writes.values():
+            member.deliver(parts[0] if len(parts) == 1 else b"".join(parts))
+
+
+def _order(room: Room, autojoin: Sequence[str]) -> int:
+    """Autojoin rooms first, in the configured order, then the others."""
+    folded = [fold_room(name) for name in autojoin]
+    name = fold_room(room.name)
+    return folded.index(name) if name in folded else len(folded)

@@ -24,6 +24,7 @@ from ..protocol.rooms import is_pattern
 __all__ = [
     "Ban",
     "BanKind",
+    "NoSuchRoom",
     "Room",
     "RoomError",
     "RoomSummary",
@@ -62,6 +63,13 @@ class RoomError(Exception):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+
+
+class NoSuchRoom(RoomError):
+    """The request named a room that does not exist."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(Code.NO_SUCH_ROOM, f"no room {name}")
 
 
 @dataclass
@@ -137,10 +145,10 @@ class Rooms:
         return self._rooms.get(fold_room(name))
 
     def room(self, name: str) -> Room:
-        """The room called `name`; `RoomError(no-such-room)` if there is none."""
+        """The room called `name`; raises `NoSuchRoom` if there is none."""
         room = self._rooms.get(fold_room(name))
         if room is None:
-            raise RoomError(Code.NO_SUCH_ROOM, f"no room {name}")
+            raise NoSuchRoom(name)
         return room
 
     def __len__(self) -> int:
