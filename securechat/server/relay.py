@@ -168,10 +168,11 @@ class Relay:
         """Request tokens a publish costs beyond its frame's own: its signature checks."""
         return len(event.opks) / self._config.opks_per_request_token
 
-    def fetch(self, nick: str, *, requester: bytes) -> Keys:
+    def fetch(self, nick: str, *, requester: bytes, ref: str = "") -> Keys:
         """`nick`'s bundle for the identity `requester`, with one one-time prekey, which is
         never handed out again; with none when `nick` has run out or the prekey limits
-        say so (see prekeylimits.py): the setup then uses the signed prekey alone.
+        say so (see prekeylimits.py): the setup then uses the signed prekey alone. The
+        answer carries `ref`, the fetch's own (the client matches its answer by it).
 
         Raises `RelayError` for an unknown user, one who has published no keys, or a
         requester fetching too fast.
@@ -193,6 +194,7 @@ class Relay:
             identity=stored.identity,
             spk=stored.spk,
             opks=() if stored.opk is None else (stored.opk,),
+            ref=ref,
         )
 
     # -- whispers ---------------------------------------------------------------------

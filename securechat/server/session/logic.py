@@ -275,7 +275,7 @@ class SessionLogic:
                     )
                 self._reply(self._relay.publish(self.nick, self.sig_key, event))
             elif isinstance(event, FetchKeys):
-                self._reply(self._relay.fetch(event.nick, requester=self.sig_key))
+                self._reply(self._relay.fetch(event.nick, requester=self.sig_key, ref=event.ref))
             elif isinstance(event, Whisper):
                 self._reply(self._relay.whisper(self.nick, event))
             elif isinstance(event, Ack):
@@ -430,10 +430,11 @@ _RATE_LIMITED = (Say, Who, Whisper, PublishKeys, Ping)
 
 
 def _request_ref(event: Event) -> str:
-    """What a refusal of `event` names in `ref`: a whisper's id, the nick whose keys were
-    asked for, or "" (the client matches answers to its requests by it)."""
+    """What a refusal of `event` names in `ref`: a whisper's id, a key fetch's own ref (or,
+    from a client that sent none, the nick whose keys were asked for), or "" (the client
+    matches answers to its requests by it)."""
     if isinstance(event, Whisper):
         return event.id
     if isinstance(event, FetchKeys):
-        return event.nick
+        return event.ref or event.nick
     return ""
