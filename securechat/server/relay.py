@@ -18,7 +18,7 @@ from collections.abc import Callable
 from ..e2e.bundle import Bundle, OneTimePrekey, SignedPrekey, verify_bundle
 from ..e2e.errors import BundleError
 from ..e2e.identity import PublicIdentity
-from ..e2e.login import login_message
+from ..e2e.login import login_message, rename_message
 from ..e2e.primitives import ed25519_verify
 from ..protocol import (
     Ack,
@@ -110,7 +110,7 @@ class Relay:
         """Release every nick nobody logged in to for `nick_ttl` of service, with its keys,
         queue and failures (but not those online now); the nicks released. Raises
         `StoreUnavailable`. For the server's periodic expiry (the watchdog thread)."""
-        online = self._hub.names(self._hub.room).users
+        online = self._hub.online()  # in any room, or in none
         gone = self._store.expire_nicks(self._config.nick_ttl, keep=online)
         if gone:
             log.info(
@@ -129,6 +129,27 @@ class Relay:
     def register(self, nick: str, sig_key: bytes) -> bool:
         """Bind `nick` to `sig_key` at first login; False if someone else got there first."""
         return self._store.register(nick, sig_key, self._clock())
+
+    def registered_key(self, nick: str) -> bytes | None:
+        """The identity key `nick` is registered to, or None (for room bans and operators)."""
+        return self._store.registered_key(nick)
+
+    # -- renaming (docs/protocol.md, "Renaming") -----------------------------------------
+
+    @staticmethod
+    def rename_valid(old: str, new: str, login_nonce: bytes, sig_key: bytes, signature: bytes) -> bool:
+        """True if `signature` is `sig_key`'s over renaming `old` to `new` in the session
+        whose login challenge was `login_nonce`."""
+        return ed25519_verify(sig_key, signature, rename_message(old, new, login_nonce))
+
+    def has_queued(self, nick: str) -> bool:
+        """True while whispers wait in the queue for `nick` (a rename must wait for them)."""
+        return self._store.has_queued(nick)
+
+    def rename(self, old: str, new: str, sig_key: bytes) -> bool:
+        """Move `old`'s registration (to `sig_key`) to `new` in one transaction: False if
+        `new` is registered or `old` is not `sig_key`'s. The old bundle and prekeys go."""
+        return self._store.rename_user(old, new, sig_key, self._clock())
 
     def prekey_count(self, nick: str) -> PrekeyCount:
         count, spk_id, created = self._store.prekey_status(nick)

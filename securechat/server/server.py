@@ -22,6 +22,7 @@ from .deadlines import Watchdog
 from .faultlog import FaultLog
 from .hub import Hub
 from .relay import Relay
+from .rooms import Rooms
 from .session import Session
 from .store import SqliteStore, Store, StoreUnavailable
 
@@ -62,7 +63,13 @@ class Server:
     ) -> None:
         self.config = config
         self._context = context
-        self.hub = Hub(clock=clock, history=config.history_lines)
+        rooms = Rooms(
+            autojoin=config.autojoin,
+            max_rooms_per_user=config.max_rooms_per_user,
+            max_rooms=config.max_rooms,
+            max_bans_per_room=config.max_bans_per_room,
+        )
+        self.hub = Hub(clock=clock, history=config.history_lines, rooms=rooms)
         self._datadir: DataDir | None = None
         if store is not None:
             self.store: Store = store
@@ -85,11 +92,15 @@ class Server:
         # Failed accepts (out of file descriptors), logged at a bounded rate. Used only by
         # the listener thread (FaultLog is thread-safe anyway).
         self._accept_faults = FaultLog(log, "accepting connections", config.fault_log_interval)
+        # Registered rooms with their settings and bans, then the lines of every room the
+        # store keeps lines for (autojoin and registered ones).
+        self.hub.load_rooms(self.store.registered_rooms())
         if config.history_lines:
-            self.hub.load_history(
-                Message(room=self.hub.room, nick=nick, text=text, ts=ts)
-                for nick, text, ts in self.store.recent_history(self.hub.room, config.history_lines)
-            )
+            for room in self.hub.persisted_rooms():
+                self.hub.load_history(
+                    Message(room=room, nick=nick, text=text, ts=ts)
+                    for nick, text, ts in self.store.recent_history(room, config.history_lines)
+                )
         self._relay = Relay(self.store, self.hub, clock, config=config, monotonic=monotonic)
         self._watchdog = Watchdog()
         self._listen: socket.socket | None = None
@@ -148,7 +159,19 @@ class Server:
 
     def _save_history(self) -> None:
         """Write the unsaved room lines; they stay unsaved in the hub unless this worked.
-        Raises `StoreUnavailable` (the store has logged it)."""
+        Registered rooms whose settings changed are written first, so that a room's lines
+        are never kept for a room the store does not know. Raises `StoreUnavailable` (the
+        store has logged it)."""
+        changed = self.hub.unsaved_rooms()
+        for room in changed:
+            if self.store.register_room(room):
+                # Newly registered: lines the store may hold from an older room of that
+                # name (an autojoin room since dropped from the configuration) are not its.
+                self.store.drop_room_history(room.name)
+            else:
+                self.store.save_room(room)
+        if changed:
+            self.hub.rooms_saved(changed)
         unsaved = self.hub.unsaved()
         if not unsaved:
             return

@@ -25,28 +25,46 @@ from ...protocol import (
     Ack,
     Auth,
     Away,
+    Ban,
+    Bans,
     Bye,
     Challenge,
     Code,
+    Deop,
     Error,
     Event,
     FetchKeys,
     Hello,
+    Invite,
+    Join,
+    Kick,
+    ListRooms,
+    Op,
+    Part,
     Ping,
     Pong,
     PublishKeys,
     Quit,
+    RegisterRoom,
     RemoteProtocolError,
+    Rename,
     Say,
+    SetMode,
+    SetTopic,
+    Transfer,
+    Unban,
     Welcome,
     Whisper,
     Who,
+    fold_nick,
+    is_pattern,
 )
+from ...version import SOFTWARE
 from ..addresses import PrefixGuards
 from ..authfail import NICK_REGISTERED, PROOF_FAILED, auth_failed, registration_refused
 from ..backlog import Backlog
 from ..config import ServerConfig
-from ..hub import Hub, Member, NickTaken, NoSuchRoom
+from ..hub import Hub, Member, NickTaken, RoomError
 from ..ratelimit import TokenBucket
 from ..relay import Relay, RelayError
 from ..store import StoreUnavailable
@@ -124,7 +142,8 @@ class SessionLogic:
         self.away = ""  # the away message the client set ("" when here)
         self._login_reported = False  # `on_login` was called
         self._claim: Hello | None = None  # a hello with an identity, awaiting its proof
-        self._nonce = b""  # the challenge sent for `_claim`
+        self._nonce = b""  # the challenge sent for `_claim`; kept: a rename signs over it
+        self._version = PROTOCOL_VERSION  # the hello's: 1 is served #lobby only
         self._backlog: Backlog | None = None  # queued whispers still to hand out
         self._requests = (
             TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
@@ -140,7 +159,7 @@ class SessionLogic:
         may be sent now). Room lines are held back to go out in one batch: see `flush`."""
         if isinstance(event, _RATE_LIMITED) and not self._within_rate(event):
             return
-        if isinstance(event, Say) and self._hub.has_room(event.room):
+        if isinstance(event, Say) and self.nick is not None and self._hub.is_in(self.nick, event.room):
             # Lines that arrived together are broadcast together (see `flush`).
             self._says.append(event)
             self._said_bytes += len(event.text)
@@ -168,7 +187,13 @@ class SessionLogic:
         if self._says:
             assert self.nick is not None  # the connection passes Say only after the welcome
             says, self._says, self._said_bytes = self._says, [], 0
-            self._hub.say_many(self.nick, says)
+            try:
+                self._hub.say_many(self.nick, says)
+            except RoomError:
+                # Put out of a room (kicked, banned) since its lines were read: each
+                # line on its own, the refused ones answered.
+                for say in says:
+                    self._room(say)
 
     def leave(self, reason: str) -> None:
         """The connection is over: leave the hub (announced with `reason`) if logged in."""
@@ -185,6 +210,10 @@ class SessionLogic:
             self._auth(event)
         elif isinstance(event, (Say, Who)):
             self._room(event)
+        elif isinstance(event, _ROOM_REQUESTS):
+            self._room_request(event)
+        elif isinstance(event, Rename):
+            self._rename(event)
         elif isinstance(event, Ping):
             self._reply(Pong(token=event.token))
         elif isinstance(event, Away):
@@ -231,8 +260,8 @@ class SessionLogic:
                 self._hub.say(self.nick, event.room, event.text, action=event.action)
             else:
                 self._reply(self._hub.names(event.room))
-        except NoSuchRoom:
-            self._reply(Error(code=Code.NO_SUCH_ROOM, reason=f"no room {event.room}"))
+        except RoomError as exc:  # no such room, or not in it
+            self._reply(Error(code=exc.code, reason=exc.reason, ref=event.room))
 
     def _within_rate(self, event: Event) -> bool:
         """Take a token for a request (and, for a room line, one of the budget all sessions
@@ -295,8 +324,19 @@ class SessionLogic:
         # claim with an identity never waits: a valid proof cannot be guessed, so refusing
         # one would only let a failing neighbour lock its owner out; failed proofs are
         # logged for fail2ban and bounded by the network's connection rate.
+        self._version = hello.version
         backoff = 0.0 if hello.identity else self._guards.login_backoff(self._prefix, hello.nick)
-        if backoff > 0:
+        if hello.version == 1 and not self._hub.serves_version_1():
+            # A version-1 client knows #lobby only; without it here, it could do nothing.
+            self._port.close(
+                Error(
+                    code=Code.UNSUPPORTED_VERSION,
+                    reason="this server has rooms: upgrade your client (protocol version 2)",
+                    fatal=True,
+                ),
+                reason="protocol version 1 without #lobby",
+            )
+        elif backoff > 0:
             # Refused for now, not for good, and not counted as another failure.
             log.info("login from %s refused: too many failed logins for %s", self._address, hello.nick)
             self._port.close(
@@ -385,11 +425,12 @@ class SessionLogic:
                 self._on_login()
             self._port.send(
                 Welcome(
-                    version=PROTOCOL_VERSION,
+                    version=hello.version,  # the version this session is served in
                     nick=hello.nick,
-                    room=self._hub.room,
+                    room=self._hub.welcome_room(hello.version),
                     users=users,
                     server=self._config.server_name,
+                    software=SOFTWARE,
                 )
             )
 
@@ -399,7 +440,14 @@ class SessionLogic:
             return bool(self.sig_key) and isinstance(holder, Holder) and holder.sig_key == self.sig_key
 
         try:
-            displaced = self._hub.join(self._member, hello.nick, welcome, may_replace=same_user)
+            displaced = self._hub.join(
+                self._member,
+                hello.nick,
+                welcome,
+                may_replace=same_user,
+                key=self.sig_key,
+                version=hello.version,
+            )
         except NickTaken:
             self._port.close(
                 Error(code=Code.NICK_TAKEN, reason=f"{hello.nick} is already in use", fatal=True),
@@ -414,6 +462,89 @@ class SessionLogic:
         log.info("%s logged in as %s (%s)", self._peer, hello.nick, "identity" if self.sig_key else "guest")
         return True
 
+    # -- rooms and renaming ----------------------------------------------------------
+
+    def _room_request(self, event: RoomRequest) -> None:
+        """A room request: the hub answers the room's members (and the requester) itself;
+        a refusal is an `error` naming the room as sent."""
+        assert self.nick is not None  # the connection passes these only after the welcome
+        if self._version == 1:
+            self._reply(Error(code=Code.UNEXPECTED, reason=f"{event.TYPE!r} is not in protocol version 1"))
+            return
+        nick, hub = self.nick, self._hub
+        try:
+            if isinstance(event, ListRooms):
+                self._reply(hub.list_rooms(event.pattern))
+            elif isinstance(event, Join):
+                hub.enter(nick, event.room)
+            elif isinstance(event, Part):
+                hub.part(nick, event.room, event.reason)
+            elif isinstance(event, SetTopic):
+                hub.set_topic(nick, event.room, event.topic)
+            elif isinstance(event, Invite):
+                hub.invite(nick, event.room, event.nick)
+            elif isinstance(event, Kick):
+                hub.kick(nick, event.room, event.nick, event.reason)
+            elif isinstance(event, Ban):
+                # A plain nick that is registered is banned by its key (store lookup,
+                # outside the hub's lock).
+                key = None if is_pattern(event.mask) else self._relay.registered_key(event.mask)
+                hub.ban(nick, event.room, event.mask, key)
+            elif isinstance(event, Unban):
+                hub.unban(nick, event.room, event.mask)
+            elif isinstance(event, Bans):
+                self._reply(hub.ban_list(nick, event.room))
+            elif isinstance(event, SetMode):
+                hub.set_invite_only(nick, event.room, event.invite_only)
+            elif isinstance(event, RegisterRoom):
+                hub.register_room(nick, event.room)
+            else:  # op, deop, transfer: by the named nick's identity key
+                key = self._relay.registered_key(event.nick)
+                change = {Op: hub.op, Deop: hub.deop, Transfer: hub.transfer}[type(event)]
+                change(nick, event.room, event.nick, key)
+        except RoomError as exc:
+            self._reply(Error(code=exc.code, reason=exc.reason, ref=_request_ref(event)))
+
+    def _rename(self, event: Rename) -> None:
+        """Change this session's nick (docs/protocol.md, "Renaming"). An identity user's
+        registration moves with it, signed over this session's login nonce."""
+        old = self.nick
+        assert old is not None  # the connection passes these only after the welcome
+        new = event.nick
+        if fold_nick(new) == fold_nick(old):
+            return  # your own nick: nothing to do, nothing to say
+        if self._version == 1:
+            self._reply(Error(code=Code.UNEXPECTED, reason="'rename' is not in protocol version 1"))
+            return
+        refusal: Error | None = None
+        if self._hub.member(new) is not None:
+            refusal = Error(code=Code.NICK_TAKEN, reason=f"{new} is already in use", ref=new)
+        elif not self.sig_key:
+            if not self._relay.may_claim(new, b""):
+                refusal = Error(code=Code.NICK_REGISTERED, reason=f"{new} is registered", ref=new)
+        elif not self._relay.rename_valid(old, new, self._nonce, self.sig_key, event.signature):
+            refusal = Error(code=Code.AUTH_FAILED, reason="the rename's signature does not verify", ref=new)
+        elif self._relay.has_queued(old):
+            refusal = Error(
+                code=Code.UNEXPECTED,
+                reason="your queued whispers are still being delivered; try again in a moment",
+                ref=new,
+            )
+        elif not self._relay.may_claim(new, b"") or not self._relay.rename(old, new, self.sig_key):
+            refusal = Error(code=Code.NICK_REGISTERED, reason=f"{new} is registered", ref=new)
+        if refusal is not None:
+            self._reply(refusal)
+            return
+        try:
+            self._hub.rename(old, new)
+        except NickTaken:
+            # Someone took it meanwhile (a guest: an identity user's registration moved
+            # already and stays with its key, which may log in as `new`).
+            self._reply(Error(code=Code.NICK_TAKEN, reason=f"{new} is already in use", ref=new))
+            return
+        self.nick = new
+        log.info("%s renamed to %s", old, new)
+
     def _reply(self, event: Event) -> None:
         self.flush()  # a reply follows the echo of the lines read before it
         self._port.send(event)
@@ -426,7 +557,63 @@ _MAX_BATCH_BYTES = 64 * 1024
 
 #: Requests that cost a token of the session's message bucket. Answers (pong, ack) do
 #: not: refusing them would punish a client for keeping up.
-_RATE_LIMITED = (Say, Who, Whisper, PublishKeys, Ping)
+_RATE_LIMITED = (
+    Say,
+    Who,
+    Whisper,
+    PublishKeys,
+    Ping,
+    Rename,
+    Join,
+    Part,
+    SetTopic,
+    ListRooms,
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+    Bans,
+    SetMode,
+    RegisterRoom,
+    Op,
+    Deop,
+    Transfer,
+)
+
+#: Requests that name a room, and all requests about rooms (`list` names none). Every
+#: one is rate-limited like a line (above).
+_NAMING_A_ROOM = (
+    Join,
+    Part,
+    SetTopic,
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+    Bans,
+    SetMode,
+    RegisterRoom,
+    Op,
+    Deop,
+    Transfer,
+)
+_ROOM_REQUESTS = (*_NAMING_A_ROOM, ListRooms)
+RoomRequest = (
+    Join
+    | Part
+    | SetTopic
+    | ListRooms
+    | Invite
+    | Kick
+    | Ban
+    | Unban
+    | Bans
+    | SetMode
+    | RegisterRoom
+    | Op
+    | Deop
+    | Transfer
+)
 
 
 def _request_ref(event: Event) -> str:
@@ -437,4 +624,8 @@ def _request_ref(event: Event) -> str:
         return event.id
     if isinstance(event, FetchKeys):
         return event.ref or event.nick
+    if isinstance(event, ListRooms):
+        return event.pattern
+    if isinstance(event, _NAMING_A_ROOM):
+        return event.room  # the room as sent
     return ""
