@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import ssl
@@ -17,6 +18,7 @@ from whisper_helpers import login, memory_keys
 from securechat.cli import main
 from securechat.client import Disconnected
 from securechat.client.events import WhisperReceived
+from securechat.protocol import Entered
 from securechat.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,3 +245,81 @@ def test_json_lines_cannot_carry_a_lone_surrogate_to_the_utf8_output() -> None:
     line = dumps({"x": "\ud800"})
     line.encode("utf-8")  # would raise UnicodeEncodeError and end the output pump
     assert json.loads(line)["x"] == "\ud800"
+
+
+def test_every_room_command_sends_its_frame_and_the_answers_come_out(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    from hostile_server import HostileConn, HostileServer
+
+    from securechat.client import Client
+    from securechat.client.jsonmode import run_json
+
+    commands = [
+        {"type": "join", "room": "#dev"},
+        {"type": "part", "room": "#dev", "reason": "lunch"},
+        {"type": "names", "room": "#dev"},
+        {"type": "topic", "room": "#dev", "topic": "builds"},
+        {"type": "list", "pattern": "#d*"},
+        {"type": "invite", "room": "#dev", "nick": "bob"},
+        {"type": "kick", "room": "#dev", "nick": "bob", "reason": "spam"},
+        {"type": "ban", "room": "#dev", "mask": "spam*"},
+        {"type": "unban", "room": "#dev", "mask": "spam*"},
+        {"type": "bans", "room": "#dev"},
+        {"type": "mode", "room": "#dev", "invite_only": True},
+        {"type": "register", "room": "#dev"},
+        {"type": "op", "room": "#dev", "nick": "bob"},
+        {"type": "deop", "room": "#dev", "nick": "bob"},
+        {"type": "transfer", "room": "#dev", "nick": "bob"},
+        {"type": "nick", "nick": "alice2"},
+        {"type": "say", "room": "#dev", "text": "hi", "action": True},
+        {"type": "away", "message": "lunch"},
+        {"type": "mode", "room": "#dev"},  # a missing field: a command_error, nothing sent
+        {"type": "join", "room": "dev"},  # not a room name: a command_error, nothing sent
+    ]
+    expected = [
+        {"type": "join", "room": "#dev"},
+        {"type": "part", "room": "#dev", "reason": "lunch"},
+        {"type": "who", "room": "#dev"},
+        {"type": "set_topic", "room": "#dev", "topic": "builds"},
+        {"type": "list", "pattern": "#d*"},
+        {"type": "invite", "room": "#dev", "nick": "bob"},
+        {"type": "kick", "room": "#dev", "nick": "bob", "reason": "spam"},
+        {"type": "ban", "room": "#dev", "mask": "spam*"},
+        {"type": "unban", "room": "#dev", "mask": "spam*"},
+        {"type": "bans", "room": "#dev"},
+        {"type": "set_mode", "room": "#dev", "invite_only": True},
+        {"type": "register_room", "room": "#dev"},
+        {"type": "op", "room": "#dev", "nick": "bob"},
+        {"type": "deop", "room": "#dev", "nick": "bob"},
+        {"type": "transfer", "room": "#dev", "nick": "bob"},
+        {"type": "rename", "nick": "alice2", "signature": ""},
+        {"type": "say", "room": "#dev", "text": "hi", "action": True},
+        {"type": "away", "message": "lunch"},
+    ]
+    received: list[dict[str, object]] = []
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.read_frame()
+        conn.send({"type": "welcome", "version": 2, "nick": "alice", "room": "#lobby", "users": ["alice"]})
+        conn.send({"type": "entered", "room": "#lobby", "users": ["alice"]})
+        while (frame := conn.read_frame())["type"] != "quit":
+            received.append(frame)
+        conn.send({"type": "bye", "reason": "goodbye"})
+
+    server = HostileServer(server_ctx, script)
+    client = Client("alice", context=client_ctx, port=server.port, timeout=TIMEOUT)
+    try:
+        client.connect()
+        client.wait_for_any(Entered, TIMEOUT)
+        lines = [json.dumps(c) for c in commands] + ['{"type": "in_rooms"}', '{"type": "quit"}']
+        out = io.StringIO()
+        assert run_json(client, io.StringIO("\n".join(lines) + "\n"), out) == 0
+    finally:
+        client.close()
+        server.close()
+    assert received == expected
+    printed = [json.loads(line) for line in out.getvalue().splitlines()]
+    errors = [p for p in printed if p["type"] == "command_error"]
+    assert len(errors) == 2 and "invite_only" in errors[0]["reason"] and "room" in errors[1]["reason"]
+    assert {"type": "in_rooms", "rooms": ["#lobby"]} in printed

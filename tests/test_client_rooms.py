@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-import pytest
+import base64
+import os
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import pytest
+from chat import TIMEOUT
+from hostile_server import HostileConn, HostileServer, Script
+from whisper_helpers import disk_keys
+
+from securechat import Client, LoginRejected
+from securechat.client.backoff import Backoff
+from securechat.client.events import Reconnected
+from securechat.client.keystore import RoomsFile
 from securechat.client.rooms import MAX_REMEMBERED, RememberedRooms, decode_rooms, encode_rooms
+from securechat.e2e.identity import PublicIdentity
+from securechat.e2e.login import rename_message
+from securechat.e2e.primitives import ed25519_verify
+from securechat.protocol import Entered, Left, Message, Renamed
 
 
 def test_remembered_rooms_keep_join_order_and_one_entry_whatever_the_case() -> None:
@@ -26,3 +44,220 @@ def test_the_saved_form_round_trips_and_damage_is_a_value_error() -> None:
     for damaged in (b"", b"{}", b"[1]", b'["#bad room"]', b'["lobby"]'):
         with pytest.raises(ValueError):
             decode_rooms(damaged)
+
+
+# -- against a scripted server (the client's side alone) ------------------------------------
+
+WELCOME_V2 = {"type": "welcome", "version": 2, "nick": "alice", "room": "#lobby", "users": ["alice"]}
+
+
+def _entered(room: str, *users: str) -> dict[str, object]:
+    return {"type": "entered", "room": room, "users": list(users) or ["alice"]}
+
+
+@pytest.fixture
+def scripted(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Iterator[Callable[..., Client]]:
+    """`scripted(script, **client_args)`: a client (not connected) of a server running `script`."""
+    made: list[tuple[Client, HostileServer]] = []
+
+    def make(script: Script, **kwargs: object) -> Client:
+        server = HostileServer(server_ctx, script)
+        args: dict[str, object] = {"timeout": TIMEOUT, "backoff": Backoff(base=0.05, cap=0.2), **kwargs}
+        client = Client("alice", context=client_ctx, port=server.port, **args)  # type: ignore[arg-type]
+        made.append((client, server))
+        return client
+
+    yield make
+    for client, server in made:
+        client.close()
+        server.close()
+        assert not server.errors, server.errors
+
+
+def _until(client: Client, kind: type) -> object:
+    return client.wait_for_any(kind, TIMEOUT)
+
+
+def test_the_rooms_entered_are_joined_again_after_a_reconnect(scripted: Callable[..., Client]) -> None:
+    joins: list[list[str]] = [[], []]
+
+    def script(conn: HostileConn, index: int) -> None:
+        conn.read_frame()
+        conn.send(WELCOME_V2)
+        conn.send(_entered("#lobby"))  # the server's autojoin room: not the client's to rejoin
+        if index == 0:
+            frame = conn.read_frame()
+            assert frame == {"type": "join", "room": "#Dev"}, frame
+            conn.send(_entered("#Dev"))
+            conn.send(_entered("#ops"))
+            conn.send(
+                {"type": "left", "room": "#ops", "nick": "alice", "reason": "", "by": "carol"}
+            )  # kicked
+            conn.send({"type": "message", "room": "#Dev", "nick": "bob", "text": "bye", "ts": 1.0})
+            conn.read_frame()  # hangs up when the test cuts the connection
+            return
+        while (frame := conn.read_frame())["type"] == "join":
+            joins[index].append(str(frame["room"]))
+            conn.send(_entered(str(frame["room"])))
+
+    client = scripted(script, reconnect=True)
+    client.connect()
+    client.join("#Dev")
+    _until(client, Message)
+    assert client.rooms == ("#lobby", "#Dev")  # #ops: kicked out
+    with client._conn_lock:
+        assert client._channel is not None
+        client._channel.shutdown()  # the connection drops
+    _until(client, Reconnected)
+    lobby, dev = _until(client, Entered), _until(client, Entered)
+    assert isinstance(lobby, Entered) and isinstance(dev, Entered) and dev.room == "#Dev"
+    assert joins[1] == ["#Dev"] and client.rooms == ("#lobby", "#Dev")
+
+
+def test_a_guest_joins_its_rooms_again_after_a_restart(
+    scripted: Callable[..., Client], client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    seen: list[str] = []
+    joined = threading.Event()
+
+    def script(conn: HostileConn, index: int) -> None:
+        conn.read_frame()
+        conn.send(WELCOME_V2)
+        if index == 0:
+            assert conn.read_frame()["type"] == "join"
+            conn.send(_entered("#dev"))
+            conn.send(_entered("#ops"))
+            assert conn.read_frame()["type"] == "part"
+            conn.send({"type": "left", "room": "#ops", "nick": "alice", "reason": "", "by": ""})
+            conn.hold()
+            return
+        while (frame := conn.read_frame())["type"] == "join":
+            seen.append(str(frame["room"]))
+        joined.set()
+        conn.hold()
+
+    store = RoomsFile(tmp_path / "127.0.0.1_1" / "alice")
+    first = scripted(script, rooms_store=store)
+    first.connect()
+    first.join("#dev")
+    _until(first, Entered)
+    first.part("#ops")
+    _until(first, Left)
+    first.close()
+    assert store.path.stat().st_mode & 0o777 == 0o600
+    # A new run: only the file remains.
+    second = Client(
+        "alice", context=client_ctx, port=first.port, timeout=TIMEOUT, rooms_store=RoomsFile(store.directory)
+    )
+    try:
+        second.connect()
+        second.who()
+        assert joined.wait(TIMEOUT) and seen == ["#dev"]
+    finally:
+        second.close()
+
+
+def test_a_server_older_than_rooms_gets_no_joins_and_a_v1_refusal_is_explained(
+    scripted: Callable[..., Client], tmp_path: Path
+) -> None:
+    frames: list[dict[str, object]] = []
+    done = threading.Event()
+
+    def old(conn: HostileConn, _: int) -> None:
+        conn.login()  # a version-1 welcome
+        while (frame := conn.read_frame())["type"] != "who":
+            frames.append(frame)
+        done.set()
+        conn.hold()
+
+    store = RoomsFile(tmp_path / "alice")
+    store.save_rooms(["#dev"])
+    client = scripted(old, rooms_store=store)
+    client.connect()
+    assert client.rooms == ("#lobby",)
+    client.who()
+    assert done.wait(TIMEOUT) and frames == []
+
+    def refuses(conn: HostileConn, _: int) -> None:
+        conn.read_frame()
+        conn.send(
+            {"type": "error", "code": "unsupported-version", "reason": "unsupported version 2", "fatal": True}
+        )
+
+    with pytest.raises(LoginRejected, match=r"older than this client \(it speaks protocol 1\)"):
+        scripted(refuses).connect()
+
+
+# -- renaming --------------------------------------------------------------------------------
+
+
+def test_an_identity_rename_is_signed_over_the_login_nonce_and_finished_on_renamed(
+    scripted: Callable[..., Client], tmp_path: Path
+) -> None:
+    nonce = os.urandom(32)
+    got: dict[str, object] = {}
+    published = threading.Event()
+
+    def script(conn: HostileConn, _: int) -> None:
+        got["hello"] = conn.read_frame()
+        conn.send({"type": "challenge", "nonce": base64.b64encode(nonce).decode()})
+        conn.read_frame()  # auth
+        conn.send(WELCOME_V2)
+        while (frame := conn.read_frame())["type"] != "rename":
+            pass
+        got["rename"] = frame
+        conn.send({"type": "renamed", "old": "alice", "new": "Alice2"})
+        while (frame := conn.read_frame())["type"] != "publish_keys":
+            pass
+        got["publish"] = frame
+        published.set()
+        conn.hold()
+
+    directory = tmp_path / "alice"
+    keys = disk_keys(directory, "alice")
+    client = scripted(script, keys=keys)
+    client.connect()
+    client.rename("ALICE")  # our own nick: nothing sent
+    client.rename("Alice2")
+    renamed = _until(client, Renamed)
+    assert isinstance(renamed, Renamed) and renamed.new == "Alice2"
+    assert published.wait(TIMEOUT)
+    rename = got["rename"]
+    assert isinstance(rename, dict) and rename["nick"] == "Alice2"
+    signature = base64.b64decode(str(rename["signature"]))
+    assert ed25519_verify(keys.identity.sig_key, signature, rename_message("alice", "alice2", nonce))
+    assert client.nick == "Alice2"
+    publish = got["publish"]
+    assert isinstance(publish, dict)
+    ident = publish["identity"]
+    assert isinstance(ident, dict)
+    bound = PublicIdentity(
+        "alice2",
+        keys.identity.sig_key,
+        base64.b64decode(str(ident["dh_key"])),
+        base64.b64decode(str(ident["dh_sig"])),
+    )
+    assert bound.binding_valid()  # bound to the new nick
+    assert not directory.exists() and (tmp_path / "alice2" / "keystore.db").is_file()
+
+
+def test_a_guest_renames_without_a_signature(scripted: Callable[..., Client], tmp_path: Path) -> None:
+    frames: list[dict[str, object]] = []
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.read_frame()
+        conn.send(WELCOME_V2)
+        while (frame := conn.read_frame())["type"] == "join":  # its remembered #dev first
+            pass
+        frames.append(frame)
+        conn.send({"type": "renamed", "old": "alice", "new": "bob"})
+        conn.hold()
+
+    store = RoomsFile(tmp_path / "alice")
+    store.save_rooms(["#dev"])
+    client = scripted(script, rooms_store=store)
+    client.connect()
+    client.rename("bob")
+    _until(client, Renamed)
+    assert frames[0]["type"] == "rename" and frames[0]["nick"] == "bob" and not frames[0].get("signature")
+    assert client.nick == "bob" and RoomsFile(tmp_path / "bob").load_rooms() == ["#dev"]

@@ -108,7 +108,8 @@ def _client(args: argparse.Namespace, *, reconnect: bool, interactive: bool = Tr
 def _unconnected(args: argparse.Namespace, *, reconnect: bool, interactive: bool = True) -> Client:
     """`_client` before `connect`: options checked, keys open. Raises `UsageError`."""
     from ..client import Client
-    from ..client.keystore import default_keystore_dir
+    from ..client.keystore import Keystore, RoomsFile, default_keystore_dir
+    from ..client.rooms import RoomStore
     from ..e2e.errors import KeystoreError
     from ..transport import client_context
 
@@ -129,12 +130,18 @@ def _unconnected(args: argparse.Namespace, *, reconnect: bool, interactive: bool
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"cannot load CA file {cafile}: {exc}") from None
     keys = None
+    # The rooms to join again at the next start: in the keystore (sealed with it), or for
+    # a guest in a rooms.json where its nick's keystore would be.
+    rooms_store: RoomStore = RoomsFile(default_keystore_dir(args.host, args.port, args.nick))
     if not args.guest:
         directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
         try:
             keys = _open_keys(directory, args.nick, args.passphrase, interactive=interactive)
         except (KeystoreError, ValueError, OSError) as exc:
             raise UsageError(f"cannot open your keys in {directory}: {exc}") from None
+        storage = keys.storage
+        if isinstance(storage, Keystore):
+            rooms_store = storage
     return Client(
         args.nick,
         context=context,
@@ -143,6 +150,7 @@ def _unconnected(args: argparse.Namespace, *, reconnect: bool, interactive: bool
         server_hostname=args.server_name,
         keys=keys,
         reconnect=reconnect,
+        rooms_store=rooms_store,
     )
 
 

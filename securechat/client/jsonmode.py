@@ -11,13 +11,21 @@ Output is UTF-8, but controls (C0, DEL, C1), Unicode format characters (bidi ove
 zero-width characters, the BOM), lone surrogates and U+2028/U+2029 are written as JSON
 `\\uXXXX` escapes: a program that parses the line gets the exact text, and one that
 shows or logs the raw line shows nothing invisible or reordering.
-Answers to commands: `whisper_sent`, `safety_number`, `verified`, `history`, `command_error`.
+Answers to commands: `whisper_sent`, `safety_number`, `verified`, `history`, `in_rooms`,
+`command_error`.
 
-In (stdin): `{"type": "say", "text": ...}`, `{"type": "whisper", "to": ..., "text": ...}`,
-`{"type": "reply", "text": ...}`, `{"type": "who"}`, `{"type": "safety_number", "nick": ...}`,
-`{"type": "verify", "nick": ..., "number": ...}`, `{"type": "trust", "nick": ...}`,
-`{"type": "history", "nick": ..., "last": N}`,
-`{"type": "quit", "reason": ...}`. End of input quits.
+In (stdin), one object per line, its `type` naming the command (every field and an example
+of each in docs/usage.md, "JSON mode"): `say` (text, room="#lobby", action=false),
+`whisper` (to, text), `reply` (text), `who` (room="#lobby"), `safety_number` (nick),
+`verify` (nick, number), `trust` (nick), `history` (nick, last=20), `away` (message=""),
+the room commands `join` (room), `part` (room, reason=""), `names` (room), `topic` (room,
+topic), `list` (pattern=""), `invite` (room, nick), `kick` (room, nick, reason=""),
+`ban` / `unban` (room, mask), `bans` (room), `mode` (room, invite_only), `register`
+(room), `op` / `deop` / `transfer` (room, nick), `nick` (nick: rename yourself), `in_rooms`
+(answered by `in_rooms`: the rooms you are in), and `quit` (reason=""). End of input quits.
+The server's answers to room commands are its frames (`entered`, `left`, `room_changed`,
+`rooms`, `invited`, `ban_list`, `renamed`, `names`), a refusal an `error` whose `ref` is the
+room as sent.
 """
 
 from __future__ import annotations
@@ -27,10 +35,11 @@ import dataclasses
 import json
 import re
 import threading
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..e2e.errors import E2EError
-from ..protocol import Event
+from ..protocol import DEFAULT_ROOM, Event
 from .display import is_unsafe
 from .events import (
     KeyChanged,
@@ -147,10 +156,43 @@ def run_json(client: Client, stdin: TextIO, stdout: TextIO) -> int:
     return 1 if lost and lost[0] else 0
 
 
+def _flag(command: dict[str, Any], name: str) -> bool:
+    value = command[name]
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: true or false")
+    return value
+
+
+#: The room commands: each sends one request; the server's answer is printed as its frame.
+#: A missing field is a `command_error` naming it (a KeyError); optional ones default.
+_ROOM_COMMANDS: dict[str, Callable[[Client, dict[str, Any]], None]] = {
+    "join": lambda c, m: c.join(str(m["room"])),
+    "part": lambda c, m: c.part(str(m["room"]), str(m.get("reason", ""))),
+    "names": lambda c, m: c.names(str(m["room"])),
+    "topic": lambda c, m: c.set_topic(str(m["room"]), str(m["topic"])),
+    "list": lambda c, m: c.list_rooms(str(m.get("pattern", ""))),
+    "invite": lambda c, m: c.invite(str(m["room"]), str(m["nick"])),
+    "kick": lambda c, m: c.kick(str(m["room"]), str(m["nick"]), str(m.get("reason", ""))),
+    "ban": lambda c, m: c.ban(str(m["room"]), str(m["mask"])),
+    "unban": lambda c, m: c.unban(str(m["room"]), str(m["mask"])),
+    "bans": lambda c, m: c.bans(str(m["room"])),
+    "mode": lambda c, m: c.set_mode(str(m["room"]), _flag(m, "invite_only")),
+    "register": lambda c, m: c.register_room(str(m["room"])),
+    "op": lambda c, m: c.op(str(m["room"]), str(m["nick"])),
+    "deop": lambda c, m: c.deop(str(m["room"]), str(m["nick"])),
+    "transfer": lambda c, m: c.transfer(str(m["room"]), str(m["nick"])),
+    "nick": lambda c, m: c.rename(str(m["nick"])),
+}
+
+
 def _run(client: Client, command: dict[str, Any], emit: Any, quitting: threading.Event) -> None:
     kind = command.get("type")
     if kind == "say":
-        client.say(str(command["text"]))
+        client.say(
+            str(command["text"]),
+            str(command.get("room", DEFAULT_ROOM)),
+            action=bool(command.get("action", False)),
+        )
     elif kind == "whisper":
         to = str(command["to"])
         emit({"type": "whisper_sent", "to": to, "id": client.whisper(to, str(command["text"]))})
@@ -158,7 +200,7 @@ def _run(client: Client, command: dict[str, Any], emit: Any, quitting: threading
         to, msg_id = client.reply(str(command["text"]))
         emit({"type": "whisper_sent", "to": to, "id": msg_id})
     elif kind == "who":
-        client.who()
+        client.who(str(command.get("room", DEFAULT_ROOM)))
     elif kind == "safety_number":
         keys = client.keys
         if keys is None:
@@ -190,6 +232,12 @@ def _run(client: Client, command: dict[str, Any], emit: Any, quitting: threading
                 ],
             }
         )
+    elif kind in _ROOM_COMMANDS:
+        _ROOM_COMMANDS[kind](client, command)
+    elif kind == "in_rooms":
+        emit({"type": "in_rooms", "rooms": list(client.rooms)})
+    elif kind == "away":
+        client.set_away(str(command.get("message", "")))
     elif kind == "quit":
         quitting.set()
         client.quit(str(command.get("reason", "")))

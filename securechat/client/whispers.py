@@ -163,6 +163,11 @@ class WhisperKeys:
     def identity(self) -> Identity:
         return self._conv.identity
 
+    @property
+    def storage(self) -> Storage:
+        """Where the keys and messages are kept (a `Keystore` on disk, or in memory)."""
+        return self._storage
+
     def _save(self, messages: Iterable[StoredMessage] = (), *, durable: bool = True) -> None:
         """Commit what changed in the sessions, with `messages`, in one transaction.
 
