@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from securechat.server.hub import Hub, NickTaken, NoSuchRoom
+from securechat.server.hub import Hub, NickTaken, NoSuchRoom, RoomError
 
 
 class FakeMember:
@@ -19,7 +19,9 @@ class FakeMember:
         return [json.loads(line) for f in self.frames for line in f.splitlines()]
 
 
-def join(hub: Hub, nick: str, *, version: int = 1, key: bytes = b"") -> tuple[FakeMember, list[tuple[str, ...]]]:
+def join(
+    hub: Hub, nick: str, *, version: int = 1, key: bytes = b""
+) -> tuple[FakeMember, list[tuple[str, ...]]]:
     """Log `nick` in (by default as a version-1 session: #lobby only, no `entered`)."""
     member = FakeMember()
     welcomed: list[tuple[str, ...]] = []
@@ -185,7 +187,9 @@ def test_a_replaced_session_is_not_announced_and_its_successor_gets_only_later_n
     old = FakeMember()
     hub.join(old, "bob", lambda users: None, version=1)
     new = FakeMember()
-    assert hub.join(new, "bob", lambda users: None, may_replace=lambda holder: holder is old, version=1) is old
+    assert (
+        hub.join(new, "bob", lambda users: None, may_replace=lambda holder: holder is old, version=1) is old
+    )
     join(hub, "carol")
     hub.flush_presence()
     assert [m["nick"] for m in alice.seen()] == ["bob", "carol"]  # bob joined once
@@ -225,3 +229,170 @@ def test_a_backward_clock_jump_never_stamps_a_new_line_older_than_the_last() -> 
     lines = [m for m in bob.seen() if m["type"] == "message"]
     assert lines[-1]["text"] == "after restart"
     assert isinstance(lines[-1]["ts"], float) and lines[-1]["ts"] > stamps[1]
+
+
+# -- many rooms ----------------------------------------------------------------------
+
+KEY_A, KEY_B = b"a" * 32, b"b" * 32
+
+
+def multi(**limits: int) -> Hub:
+    from securechat.server.rooms import Rooms
+
+    return Hub(clock=lambda: 42.0, history=3, rooms=Rooms(autojoin=("#lobby", "#news"), **limits))
+
+
+def types(member: FakeMember) -> list[tuple[str, str]]:
+    return [(str(m["type"]), str(m.get("room", ""))) for m in member.seen()]
+
+
+def test_a_v2_login_enters_every_autojoin_room_and_a_v1_login_only_the_lobby() -> None:
+    hub = multi()
+    alice, welcomed = join(hub, "alice", version=2)
+    assert welcomed == [("alice",)]
+    assert types(alice) == [("entered", "#lobby"), ("entered", "#news")]
+    old, _ = join(hub, "oldie")
+    assert old.seen() == []  # no `entered` for version 1
+    assert hub.names("#news").users == ("alice",) and hub.names("#lobby").users == ("alice", "oldie")
+
+
+def test_lines_reach_only_the_rooms_members_and_history_is_per_room() -> None:
+    hub = multi()
+    _alice, _ = join(hub, "alice", version=2)
+    bob, _ = join(hub, "bob", version=2)
+    hub.enter("alice", "#dev")
+    hub.say("alice", "#dev", "dev line")
+    hub.say("alice", "#lobby", "lobby line")
+    hub.flush_presence()
+    assert [m["text"] for m in bob.seen() if m["type"] == "message"] == ["lobby line"]
+    with pytest.raises(RoomError, check=lambda e: e.code == "not-in-room"):
+        hub.say("bob", "#dev", "not a member")
+    bob.frames.clear()
+    hub.enter("bob", "#dev")
+    entered, line = bob.seen()
+    assert entered["type"] == "entered" and entered["users"] == ["alice", "bob"]
+    assert (line["text"], line["history"]) == ("dev line", True)
+    # Only autojoin and registered rooms' lines are for the store.
+    assert [m.text for m in hub.unsaved()] == ["lobby line"]
+
+
+def test_an_unregistered_room_and_its_history_vanish_with_its_last_member() -> None:
+    hub = multi()
+    alice, _ = join(hub, "alice", version=2)
+    hub.enter("alice", "#dev")
+    hub.say("alice", "#dev", "gone soon")
+    hub.part("alice", "#dev", "bye")
+    assert alice.seen()[-1] == {"type": "left", "room": "#dev", "nick": "alice", "reason": "bye", "by": ""}
+    assert not hub.has_room("#dev")
+    alice.frames.clear()
+    hub.enter("alice", "#DEV")
+    assert types(alice) == [("entered", "#DEV")]  # a new room: no history
+
+
+def test_notices_of_several_rooms_go_out_in_one_write_per_member() -> None:
+    hub = multi()
+    alice, _ = join(hub, "alice", version=2)
+    alice.frames.clear()
+    join(hub, "bob", version=2)
+    hub.flush_presence()
+    assert len(alice.frames) == 1
+    assert types(alice) == [("joined", "#lobby"), ("joined", "#news")]
+
+
+def test_settings_changes_reach_v2_members_with_the_whole_state() -> None:
+    hub = multi()
+    alice, _ = join(hub, "alice", version=2, key=KEY_A)
+    old, _ = join(hub, "oldie")
+    hub.set_topic("oldie", "#lobby", "anyone may, unregistered")
+    assert old.seen() == [] and alice.seen()[-1]["what"] == "topic"
+    hub.enter("alice", "#dev")
+    hub.register_room("alice", "#dev")
+    changed = alice.seen()[-1]
+    assert (changed["what"], changed["registered"], changed["owner"]) == ("registered", True, "alice")
+    [stored] = hub.unsaved_rooms()
+    assert stored.owner_key == KEY_A
+    hub.set_topic("alice", "#dev", "changed while the write was under way")
+    hub.rooms_saved([stored])
+    assert [r.topic for r in hub.unsaved_rooms()] == ["changed while the write was under way"]
+    hub.rooms_saved(hub.unsaved_rooms())
+    assert hub.unsaved_rooms() == []
+
+
+def test_names_say_who_is_away_and_who_owns_and_operates() -> None:
+    hub = multi()
+    _alice, _ = join(hub, "alice", version=2, key=KEY_A)
+    _bob, _ = join(hub, "bob", version=2, key=KEY_B)
+    carol, _ = join(hub, "carol", version=2)
+    hub.enter("alice", "#dev")
+    hub.register_room("alice", "#dev")
+    hub.enter("bob", "#dev")
+    hub.enter("carol", "#dev")
+    hub.op("alice", "#dev", "bob", KEY_B)
+    carol.away = "lunch"
+    names = hub.names("#dev")
+    assert (names.users, names.away, names.owner, names.operators) == (
+        ("alice", "bob", "carol"),
+        ("carol",),
+        "alice",
+        ("bob",),
+    )
+
+
+def test_a_kick_and_a_ban_tell_the_room_and_the_one_put_out() -> None:
+    hub = multi()
+    alice, _ = join(hub, "alice", version=2, key=KEY_A)
+    bob, _ = join(hub, "bob", version=2, key=KEY_B)
+    guest, _ = join(hub, "guest", version=2)
+    hub.enter("alice", "#dev")
+    hub.register_room("alice", "#dev")
+    hub.enter("bob", "#dev")
+    hub.enter("guest", "#dev")
+    hub.kick("alice", "#dev", "guest", "behave")
+    kicked = {"type": "left", "room": "#dev", "nick": "guest", "reason": "behave", "by": "alice"}
+    assert guest.seen()[-1] == kicked and alice.seen()[-1] == kicked
+    hub.ban("alice", "#dev", "bob", KEY_B)
+    assert bob.seen()[-1] == {
+        "type": "left",
+        "room": "#dev",
+        "nick": "bob",
+        "reason": "banned",
+        "by": "alice",
+    }
+    with pytest.raises(RoomError, check=lambda e: e.code == "banned"):
+        hub.enter("bob", "#dev")
+    assert hub.ban_list("alice", "#dev").bans[0].kind == "key"
+
+
+def test_a_rename_reaches_everyone_sharing_a_room_once_and_v1_sees_leave_and_join() -> None:
+    hub = multi()
+    alice, _ = join(hub, "alice", version=2)
+    bob, _ = join(hub, "bob", version=2)
+    old, _ = join(hub, "oldie")
+    loner, _ = join(hub, "loner", version=2)
+    hub.enter("alice", "#dev")
+    hub.enter("bob", "#dev")
+    hub.part("loner", "#lobby")
+    hub.part("loner", "#news")
+    for m in (alice, bob, old, loner):
+        m.frames.clear()
+    hub.rename("alice", "alice2")
+    assert [m for m in bob.seen() if m["type"] == "renamed"] == [
+        {"type": "renamed", "old": "alice", "new": "alice2"}
+    ]
+    assert len(bob.seen()) == 1 and alice.seen() == [{"type": "renamed", "old": "alice", "new": "alice2"}]
+    assert [(m["type"], m["nick"]) for m in old.seen()] == [("left", "alice"), ("joined", "alice2")]
+    assert loner.seen() == []
+    assert hub.names("#dev").users == ("alice2", "bob") and hub.member("alice") is None
+    with pytest.raises(NickTaken):
+        hub.rename("bob", "ALICE2")
+
+
+def test_a_v1_session_replacing_a_v2_one_keeps_only_the_lobby() -> None:
+    hub = multi()
+    first = FakeMember()
+    hub.join(first, "alice", lambda users: None, key=KEY_A)
+    hub.enter("alice", "#dev")
+    second = FakeMember()
+    hub.join(second, "alice", lambda users: None, key=KEY_A, version=1, may_replace=lambda m: m is first)
+    assert hub.names("#lobby").users == ("alice",) and not hub.has_room("#dev")
+    assert hub.names("#news").users == ()
