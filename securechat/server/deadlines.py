@@ -20,7 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class Deadline:
-    """A scheduled callback; `cancel()` stops it from running if it has not yet."""
+    """A scheduled callback; `cancel()` stops it from running if it has not yet.
+
+    `cancel` may come from any thread, without a lock: it only drops the callback and
+    sets a flag (each one reference write, atomic), which the watchdog reads under its
+    own lock. A cancel that races the deadline's moment can be too late: the watchdog
+    may already hold the callback and run it once. Every callback is therefore one that
+    is harmless after the fact (closing or shutting down what is already closed).
+    """
 
     __slots__ = ("_callback", "_cancelled", "when")
 
@@ -42,15 +49,17 @@ class Watchdog:
     """Runs each scheduled callback once, in the watchdog thread, at or after its time.
 
     Callbacks must be quick and must not raise (a raised exception is logged and
-    swallowed so one bad callback cannot stop the others).
+    swallowed so one bad callback cannot stop the others). They run without the
+    watchdog's lock held, so they may schedule more (`after`); `after` may be called from
+    any thread, and `_cond` is a leaf lock: nothing else is taken while it is held.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._heap: list[tuple[float, int, Deadline]] = []
-        self._seq = itertools.count()
         self._cond = threading.Condition()
-        self._stopping = False
+        self._heap: list[tuple[float, int, Deadline]] = []  # guarded by `_cond`
+        self._seq = itertools.count()  # guarded by `_cond`
+        self._stopping = False  # guarded by `_cond`
         self._thread = threading.Thread(target=self._run, name="securechat-watchdog", daemon=True)
 
     def start(self) -> None:
@@ -66,7 +75,8 @@ class Watchdog:
         return deadline
 
     def stop(self) -> None:
-        """Stop the thread without running what is still scheduled; waits for it."""
+        """Stop the thread without running what is still scheduled; waits for it. Any
+        thread but the watchdog's own (a callback must not stop its watchdog)."""
         with self._cond:
             self._stopping = True
             self._cond.notify()

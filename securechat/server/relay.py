@@ -2,7 +2,11 @@
 
 The server checks what it can (signatures on published keys, who may log in as whom),
 stores and forwards ciphertext, and learns nothing it could use to read or forge a
-whisper. Every method is thread-safe (the store, the hub and the prekey limits are).
+whisper. Every method is thread-safe: the relay's own fields are set once, at
+construction, and never change; the store, the hub and the prekey limits have their own
+locks. Sessions' reader threads call it (each for its own client's frames), and the
+watchdog thread `expire_nicks`. A whisper's push to an online recipient runs on the
+sender's reader thread under the store's lock (docs/design.md, lock order).
 
 Nicks cost nothing, so the relay also applies the quotas on what one can make the
 server keep or hand out: the offline queue (`QueueLimits`), one-time prekeys held per

@@ -103,11 +103,17 @@ class Server:
                 )
         self._relay = Relay(self.store, self.hub, clock, config=config, monotonic=monotonic)
         self._watchdog = Watchdog()
+        # Set by `start` (the caller's thread) before the threads that use them exist.
         self._listen: socket.socket | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
         self._listener: threading.Thread | None = None
+        # Wakes the listener's poll for `stop`: written by `stop`, read by the listener.
+        self._wake_r, self._wake_w = socket.socketpair()
+        # The server's lock (a condition, for the waits on sessions). Taken under the
+        # hub's lock (a login's report); never held while taking another lock.
         self._lock = threading.Condition()
+        # Each live session and its reader thread; guarded by `_lock`.
         self._sessions: dict[Session, threading.Thread] = {}
+        # Reader threads of ended sessions, still to be joined; guarded by `_lock`.
         self._finished: list[threading.Thread] = []
         limits = PrefixLimits.from_config(config)
         self._limits = limits
@@ -123,6 +129,8 @@ class Server:
         # written; used only by the listener thread.
         self._refused = 0
         self._refused_logged_at: float | None = None
+        # Set once by `stop`; guarded by `_lock`. The listener's loop also reads it bare
+        # (a stale False costs one more poll, which the wake-up socket ends).
         self._stopping = False
 
     @property
@@ -134,7 +142,8 @@ class Server:
         return host, port
 
     def start(self) -> None:
-        """Bind, listen and start accepting. Raises `OSError` if the address is unusable."""
+        """Bind, listen and start accepting (the listener and watchdog threads); call it
+        once, from any thread. Raises `OSError` if the address is unusable."""
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         listen = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -161,7 +170,7 @@ class Server:
         """Write the unsaved room lines; they stay unsaved in the hub unless this worked.
         Registered rooms whose settings changed are written first, so that a room's lines
         are never kept for a room the store does not know. Raises `StoreUnavailable` (the
-        store has logged it)."""
+        store has logged it). The watchdog thread calls it, and `stop`'s caller at the end."""
         changed = self.hub.unsaved_rooms()
         for room in changed:
             if self.store.register_room(room):
@@ -312,7 +321,8 @@ class Server:
                     resume_at = None
 
     def _accept_ready(self) -> bool:
-        """Accept every waiting connection; False if accepting failed and must pause."""
+        """Accept every waiting connection; False if accepting failed and must pause.
+        Listener thread."""
         assert self._listen is not None
         while True:
             try:
@@ -397,14 +407,15 @@ class Server:
         self._refused, self._refused_logged_at = 0, now
 
     def _session_logged_in(self, session: Session) -> None:
-        """A session logged in (its reader thread calls this once): it leaves the budget
-        of connections not logged in."""
+        """A session logged in (its reader thread calls this once, under the hub's lock):
+        it leaves the budget of connections not logged in."""
         with self._lock:
             if session in self._sessions and session not in self._logged_in:
                 self._logged_in.add(session)
                 self._counts.logged_in(session.prefix)
 
     def _run_session(self, session: Session) -> None:
+        """A session's reader thread: serve it, then forget it."""
         try:
             session.run()
         finally:
@@ -438,7 +449,8 @@ class Server:
             return self._lock.wait_for(lambda: len(self._sessions) >= count, timeout)
 
     def stop(self, reason: str = "server shutting down", timeout: float = 10.0) -> None:
-        """Tell every client, close every session, and join every thread.
+        """Tell every client, close every session, and join every thread. Any thread but
+        the server's own (it joins them); a second call does nothing.
 
         Raises `TimeoutError` if some session thread is still alive after `timeout`.
         """

@@ -138,8 +138,9 @@ class Session:
     # `nick`, `sig_key` and `away` are written only by the reader thread (in the logic)
     # and read elsewhere as one reference read, which is atomic: `sig_key` is set before
     # the session joins the hub, and other logins read it under the hub's lock, which
-    # orders the two; `nick` is read by the writer for a log line; `away` by other
-    # sessions' whispers to this one, which report whatever value they read.
+    # orders the two; `nick` (set at the welcome and by a rename) is read by the writer
+    # for a log line; `away` by other sessions' whispers to this one, which report
+    # whatever value they read. Nothing decides on a stale read of any of them.
 
     @property
     def nick(self) -> str | None:

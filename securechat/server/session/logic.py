@@ -137,7 +137,7 @@ class SessionLogic:
         self._make_nonce = nonce
         # Written by the reader thread only (here). Read by other threads through the
         # shell (io.py says how each read is safe).
-        self.nick: str | None = None  # set in the welcome, under the hub's lock
+        self.nick: str | None = None  # set in the welcome (under the hub's lock) and by a rename
         self.sig_key = b""  # the identity key this session proved; b"" for a guest
         self.away = ""  # the away message the client set ("" when here)
         self._login_reported = False  # `on_login` was called
