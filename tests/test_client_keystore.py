@@ -293,7 +293,9 @@ def test_a_keystore_in_a_directory_of_the_users_choice_stays_there(tmp_path: Pat
 def test_a_rename_onto_an_existing_keystore_leaves_both_usable(tmp_path: Path) -> None:
     keys = WhisperKeys.in_keystore(Keystore.create(tmp_path / "alice", None, FAST_KDF), "alice")
     other = WhisperKeys.in_keystore(Keystore.create(tmp_path / "alice2", None, FAST_KDF), "alice2")
-    with pytest.raises(KeystoreError, match="already"):
+    with pytest.raises(ValueError, match="already"):  # refused before anything is sent
+        keys.rename_proof("alice", "alice2", bytes(32))
+    with pytest.raises(KeystoreError, match="already"):  # and if the server renamed us anyway
         keys.renamed("alice2")
     assert WhisperKeys.in_keystore(Keystore.open(tmp_path / "alice2", None), "alice2").identity.sig_key == (
         other.identity.sig_key

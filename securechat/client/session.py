@@ -558,7 +558,8 @@ class Client:
         The answer is a `Renamed` event (then `self.nick` is the new nick, the identity
         is bound to it, the keystore has moved to its place and a fresh bundle is
         published) or an `Error` (`nick-taken`, `nick-registered`, ...). Your own nick,
-        in any case, is a no-op: nothing is sent. Raises `ValueError` (not a nick) and
+        in any case, is a no-op: nothing is sent. Raises `ValueError` (not a nick, or
+        another keystore sits where ours would move: nothing is sent) and
         `ConnectionError`.
         """
         old = self.nick

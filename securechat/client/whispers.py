@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..e2e.bundle import OPK_REFILL_BELOW, OPK_TARGET, Bundle, OneTimePrekey, SignedPrekey
 from ..e2e.conversations import Conversations, Trust
@@ -194,8 +195,24 @@ class WhisperKeys:
     # -- renaming -----------------------------------------------------------------------
 
     def rename_proof(self, old: str, new: str, login_nonce: bytes) -> bytes:
-        """The `rename` frame's signature: our identity key over `rename_message`."""
+        """The `rename` frame's signature: our identity key over `rename_message`.
+
+        Raises `ValueError` (so nothing is sent) if the keystore could not move to the
+        new nick's place afterwards: another keystore is there already."""
+        with self._lock:
+            target = self._move_target(new)
+        if target is not None and target.exists():
+            raise ValueError(f"a keystore for {new} is already in {target}: move it away first")
         return self._conv.identity.sign(rename_message(old, new, login_nonce))
+
+    def _move_target(self, new: str) -> Path | None:
+        """Where a rename to `new` moves the keystore: beside it, named for `new`, when it
+        sits in its nick's default place; None otherwise (a directory the user chose, or
+        keys in memory). Under `_lock`."""
+        storage = self._storage
+        if isinstance(storage, Keystore) and storage.directory.name == fold_nick(self._conv.identity.user):
+            return storage.directory.with_name(fold_nick(new))
+        return None
 
     def renamed(self, new: str) -> list[PublishKeys]:
         """The server renamed us to `new` (reader thread): bind the identity to it, move the
@@ -213,11 +230,11 @@ class WhisperKeys:
         """
         with self._lock:
             moved: KeystoreError | None = None
-            storage = self._storage
             old = self._conv.identity
-            if isinstance(storage, Keystore) and storage.directory.name == fold_nick(old.user):
+            target = self._move_target(new)
+            if target is not None and isinstance(self._storage, Keystore):
                 try:
-                    storage.move_to(storage.directory.with_name(fold_nick(new)))
+                    self._storage.move_to(target)
                 except KeystoreError as exc:
                     moved = exc
             self._conv.identity = Identity(new, old.sig_private, old.dh)
