@@ -1,0 +1,352 @@
+"""Rooms over real TLS, with hand-driven protocol clients: membership over several rooms,
+per-room fan-out and history, topics, invite-only, kicks, bans (by key, surviving a
+restart and a nick change; by pattern for guests), ownership, caps, and version-1 clients."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from chat import TIMEOUT
+from server_process import ServerProcess, free_port
+
+from securechat.e2e.identity import Identity
+from securechat.e2e.login import login_message, rename_message
+from securechat.protocol import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Auth,
+    Ban,
+    BanList,
+    Bans,
+    Challenge,
+    Connection,
+    Entered,
+    Error,
+    Event,
+    Hello,
+    Invite,
+    Invited,
+    Join,
+    Joined,
+    Kick,
+    Left,
+    ListRooms,
+    Message,
+    Op,
+    Part,
+    Ping,
+    Pong,
+    RegisterRoom,
+    Rename,
+    Renamed,
+    Role,
+    RoomChanged,
+    Rooms,
+    Say,
+    SetMode,
+    SetTopic,
+    Transfer,
+    Welcome,
+    Who,
+)
+from securechat.server import Server
+
+E = TypeVar("E", bound=Event)
+
+#: The frames a version-1 client knows from a server.
+V1_TYPES = {"welcome", "message", "names", "joined", "left", "pong", "ping", "error", "bye"}
+
+
+class Peer:
+    """A client speaking frames by hand: a guest, or an identity (`identity`) that proves
+    its key at login. `nonce` is the login challenge's (a rename signs over it)."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        ctx: ssl.SSLContext,
+        nick: str,
+        *,
+        identity: Identity | None = None,
+        version: int = PROTOCOL_VERSION,
+    ) -> None:
+        self.nick = nick
+        self.identity = identity
+        raw = socket.create_connection(address, timeout=TIMEOUT)
+        self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        self.conn = Connection(Role.CLIENT)
+        self.nonce = b""
+        self._pings = 0
+        self.send(Hello(version=version, nick=nick, identity=identity.sig_key if identity else b""))
+        if identity is not None:
+            self.nonce = self.expect(Challenge).nonce
+            self.send(Auth(signature=identity.sign(login_message(nick, self.nonce, identity.sig_key))))
+        self.welcome = self.expect(Welcome)
+
+    def send(self, event: Event) -> None:
+        self.sock.sendall(self.conn.send(event))
+
+    def next(self) -> Event:
+        while True:
+            event = self.conn.next_event()
+            if isinstance(event, Event):
+                return event
+            if event is not NEED_DATA:
+                raise EOFError("closed")
+            self.conn.receive_data(self.sock.recv(65536))
+
+    def expect(self, kind: type[E], **fields: object) -> E:
+        """Skip frames until one of type `kind` with these field values."""
+        while True:
+            event = self.next()
+            if isinstance(event, kind) and all(getattr(event, k) == v for k, v in fields.items()):
+                return event
+
+    def round_trip(self) -> list[Event]:
+        """Every frame the server sent before answering a ping sent now."""
+        self._pings += 1
+        token = f"rt{self._pings}"
+        self.send(Ping(token=token))
+        frames = []
+        while not (isinstance(event := self.next(), Pong) and event.token == token):
+            frames.append(event)
+        return frames
+
+    def request(self, event: Event) -> list[Event]:
+        """Send `event`; the frames the server sent before answering a ping after it."""
+        self.send(event)
+        return self.round_trip()
+
+    def refused(self, event: Event) -> Error:
+        [error] = [f for f in self.request(event) if isinstance(f, Error)]
+        return error
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    made: list[Peer] = []
+    yield made
+    for peer in made:
+        peer.close()
+
+
+def login(
+    peers: list[Peer], server: Server | tuple[str, int], ctx: ssl.SSLContext, nick: str, **kw: object
+) -> Peer:
+    address = server.address if isinstance(server, Server) else server
+    peer = Peer(address, ctx, nick, **kw)  # type: ignore[arg-type]
+    peers.append(peer)
+    peer.round_trip()  # what logging in sent (entered, history, counts)
+    return peer
+
+
+def texts(frames: list[Event], room: str) -> list[str]:
+    return [f.text for f in frames if isinstance(f, Message) and f.room == room]
+
+
+def test_membership_fan_out_history_topic_list_and_part_over_several_rooms(
+    start_server: type[Server], client_ctx: ssl.SSLContext, peers: list[Peer]
+) -> None:
+    server = start_server(history_lines=5)
+    alice = login(peers, server, client_ctx, "alice")
+    bob = login(peers, server, client_ctx, "bob")
+    carol = login(peers, server, client_ctx, "carol")
+    entered = alice.request(Join(room="#a"))
+    assert [type(f) for f in entered] == [Entered] and entered[0].users == ("alice",)  # type: ignore[attr-defined]
+    alice.request(Join(room="#b"))
+    bob.request(Join(room="#A"))  # the same room, whatever the case
+    carol.request(Join(room="#b"))
+    alice.request(Say(room="#a", text="for a"))
+    alice.request(Say(room="#b", text="for b"))
+    assert texts(bob.round_trip(), "#a") == ["for a"]
+    carol_saw = carol.round_trip()
+    assert texts(carol_saw, "#b") == ["for b"] and texts(carol_saw, "#a") == []
+    # Nobody receives a room they are not in.
+    assert all(getattr(f, "room", "#a") in ("#a", "#lobby") for f in bob.round_trip())
+
+    dave = login(peers, server, client_ctx, "dave")
+    joined = dave.request(Join(room="#a"))
+    assert isinstance(joined[0], Entered) and joined[0].users == ("alice", "bob", "dave")
+    assert [(m.text, m.history) for m in joined[1:] if isinstance(m, Message)] == [("for a", True)]
+
+    bob.request(SetTopic(room="#a", topic="anyone may set it here"))
+    change = alice.expect(RoomChanged, room="#a")
+    assert (change.nick, change.what, change.topic) == ("bob", "topic", "anyone may set it here")
+
+    listing = carol.request(ListRooms(pattern="#?"))
+    [rooms] = [f for f in listing if isinstance(f, Rooms)]
+    assert [(r.room, r.users, r.topic) for r in rooms.rooms] == [
+        ("#a", 3, "anyone may set it here"),
+        ("#b", 2, ""),
+    ]
+
+    parted = bob.request(Part(room="#a", reason="lunch"))
+    assert Left(room="#a", nick="bob", reason="lunch") in parted  # the leaver hears it too
+    assert alice.expect(Left, room="#a").nick == "bob"
+    # An unregistered room vanishes with its last member.
+    alice.request(Part(room="#b"))
+    carol.request(Part(room="#b"))
+    assert carol.refused(Who(room="#b")) == Error(code="no-such-room", reason="no room #b", ref="#b")
+    assert carol.refused(Say(room="#a", text="not in it")).code == "not-in-room"
+
+
+def test_a_registered_room_invite_only_kick_pattern_ban_and_hand_over(
+    server: Server, client_ctx: ssl.SSLContext, peers: list[Peer]
+) -> None:
+    alice = login(peers, server, client_ctx, "alice", identity=Identity.generate("alice"))
+    bob = login(peers, server, client_ctx, "bob", identity=Identity.generate("bob"))
+    guest = login(peers, server, client_ctx, "guest1")
+    alice.request(Join(room="#ops"))
+    assert bob.request(Join(room="#ops"))[0] == Entered(room="#ops", users=("alice", "bob"))
+    assert bob.refused(RegisterRoom(room="#ops")).code == "not-creator"
+    alice.request(RegisterRoom(room="#ops"))
+    assert bob.expect(RoomChanged, what="registered").owner == "alice"
+    error = bob.refused(SetMode(room="#ops", invite_only=True))
+    assert (error.code, error.ref) == ("not-operator", "#ops")
+    alice.request(SetMode(room="#ops", invite_only=True))
+    assert guest.refused(Join(room="#ops")).code == "invite-only"
+    invited = Invited(room="#ops", nick="guest1", by="alice")
+    assert invited in alice.request(Invite(room="#ops", nick="guest1"))
+    assert guest.expect(Invited) == invited
+    assert isinstance(guest.request(Join(room="#ops"))[0], Entered)
+
+    alice.request(Op(room="#ops", nick="bob"))
+    assert bob.expect(RoomChanged, what="operators").operators == ("bob",)
+    bob.request(Kick(room="#ops", nick="guest1", reason="out"))
+    assert guest.expect(Left, room="#ops") == Left(room="#ops", nick="guest1", reason="out", by="bob")
+    bob.request(Ban(room="#ops", mask="guest*"))
+    banned = [f for f in bob.request(Bans(room="#ops")) if isinstance(f, BanList)]
+    assert [(b.mask, b.kind, b.by) for b in banned[0].bans] == [("guest*", "pattern", "bob")]
+    alice.request(Invite(room="#ops", nick="guest1"))
+    assert guest.refused(Join(room="#ops")).code == "banned"  # a ban wins over an invitation
+
+    alice.request(Transfer(room="#ops", nick="bob"))
+    handed = bob.expect(RoomChanged, what="owner")
+    assert (handed.owner, handed.operators) == ("bob", ("alice",))
+    assert alice.refused(Transfer(room="#ops", nick="alice")).code == "not-operator"
+
+
+def test_a_ban_by_key_survives_a_restart_a_rename_and_a_second_nick(
+    tmp_path: Path, cert_files: dict[str, str], client_ctx: ssl.SSLContext, peers: list[Peer]
+) -> None:
+    port, data = free_port(), tmp_path / "data"
+    address = ("127.0.0.1", port)
+    bob_key = Identity.generate("bob")
+    process = ServerProcess(port, data, cert_files)
+    try:
+        alice = login(peers, address, client_ctx, "alice", identity=Identity.generate("alice"))
+        bob = login(peers, address, client_ctx, "bob", identity=bob_key)
+        alice.request(Join(room="#club"))
+        alice.request(RegisterRoom(room="#club"))
+        alice.request(SetTopic(room="#club", topic="members only"))
+        alice.request(Say(room="#club", text="kept across a restart"))
+        bob.request(Join(room="#club"))
+        alice.request(Ban(room="#club", mask="bob"))
+        assert bob.expect(Left, room="#club") == Left(room="#club", nick="bob", reason="banned", by="alice")
+        signature = bob_key.sign(rename_message("bob", "bob2", bob.nonce))
+        assert Renamed(old="bob", new="bob2") in bob.request(Rename(nick="bob2", signature=signature))
+        assert alice.expect(Renamed) == Renamed(old="bob", new="bob2")  # they share #lobby
+        assert bob.refused(Join(room="#club")).code == "banned"
+        # A signature from another session (its nonce) does not rename.
+        replayed = bob_key.sign(rename_message("bob2", "bob3", b"\0" * 32))
+        assert bob.refused(Rename(nick="bob3", signature=replayed)).code == "auth-failed"
+    finally:
+        for peer in peers:
+            peer.close()
+        peers.clear()
+        process.stop()
+
+    process = ServerProcess(port, data, cert_files)
+    try:
+        alice = login(peers, address, client_ctx, "alice", identity=alice.identity)
+        entered = alice.request(Join(room="#club"))
+        assert entered[0] == Entered(
+            room="#club", users=("alice",), topic="members only", registered=True, owner="alice"
+        )
+        assert [(m.text, m.history) for m in entered[1:] if isinstance(m, Message)] == [
+            ("kept across a restart", True)
+        ]
+        for nick in ("bob2", "bobby"):  # the renamed nick, and a second nick of the same key
+            peer = login(peers, address, client_ctx, nick, identity=bob_key)
+            assert peer.refused(Join(room="#club")).code == "banned"
+        assert login(peers, address, client_ctx, "bob").welcome.nick == "bob"  # the old nick is free
+    finally:
+        for peer in peers:
+            peer.close()
+        peers.clear()
+        process.stop()
+
+
+def test_caps_per_person_and_per_server_are_refused_with_the_reason(
+    start_server: type[Server], client_ctx: ssl.SSLContext, peers: list[Peer]
+) -> None:
+    server = start_server(max_rooms_per_user=2, max_rooms=3)
+    alice = login(peers, server, client_ctx, "alice")
+    bob = login(peers, server, client_ctx, "bob")
+    alice.request(Join(room="#a"))
+    error = alice.refused(Join(room="#b"))
+    assert (error.code, error.reason, error.ref) == (
+        "quota-exceeded",
+        "you are in 2 rooms, the most one person may be in",
+        "#b",
+    )
+    bob.request(Join(room="#x"))
+    assert bob.refused(Part(room="#nowhere")).code == "no-such-room"
+    bob.request(Part(room="#lobby"))
+    error = bob.refused(Join(room="#y"))
+    assert (error.code, error.reason) == ("quota-exceeded", "this server has 3 rooms, its most")
+
+
+def test_a_version_1_client_lives_in_the_lobby_and_never_sees_another_rooms_frames(
+    start_server: type[Server], client_ctx: ssl.SSLContext, peers: list[Peer]
+) -> None:
+    server = start_server(autojoin=("#lobby", "#news"))
+    alice = login(peers, server, client_ctx, "alice", identity=Identity.generate("alice"))
+    old = Peer(server.address, client_ctx, "oldie", version=1)
+    peers.append(old)
+    assert (old.welcome.version, old.welcome.room, old.welcome.users) == (1, "#lobby", ("alice", "oldie"))
+    alice.request(Join(room="#dev"))
+    alice.request(Say(room="#dev", text="not for oldie"))
+    alice.request(Say(room="#news", text="nor this"))
+    alice.request(SetTopic(room="#lobby", topic="a change v1 has no frame for"))
+    alice.request(Say(room="#lobby", text="for everyone"))
+    signature = alice.identity.sign(rename_message("alice", "alice2", alice.nonce))  # type: ignore[union-attr]
+    alice.request(Rename(nick="alice2", signature=signature))
+    seen = old.round_trip()
+    assert {f.TYPE for f in seen} <= V1_TYPES
+    assert {getattr(f, "room", "#lobby") for f in seen} == {"#lobby"}
+    assert texts(seen, "#lobby") == ["for everyone"]
+    assert [(type(f).__name__, getattr(f, "nick", "")) for f in seen if isinstance(f, (Left, Joined))][
+        -2:
+    ] == [
+        ("Left", "alice"),
+        ("Joined", "alice2"),
+    ]
+    assert old.refused(Join(room="#dev")).code == "unexpected"  # not in version 1
+
+
+def test_older_and_newer_clients_are_told_clearly(
+    start_server: type[Server], client_ctx: ssl.SSLContext
+) -> None:
+    server = start_server(autojoin=("#general",))
+    for version, reason in (
+        (1, "this server has rooms: upgrade your client (protocol version 2)"),
+        (PROTOCOL_VERSION + 1, "this server speaks protocol versions 1 and 2"),
+    ):
+        raw = socket.create_connection(server.address, timeout=TIMEOUT)
+        with client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            conn = Connection(Role.CLIENT)
+            tls.sendall(conn.send(Hello(version=version, nick="someone")))
+            while (event := conn.next_event()) is NEED_DATA:
+                conn.receive_data(tls.recv(65536))
+            assert isinstance(event, Error)
+            assert (event.code, event.fatal) == ("unsupported-version", True)
+            assert reason in event.reason
