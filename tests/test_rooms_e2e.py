@@ -350,3 +350,17 @@ def test_older_and_newer_clients_are_told_clearly(
             assert isinstance(event, Error)
             assert (event.code, event.fatal) == ("unsupported-version", True)
             assert reason in event.reason
+
+
+def test_a_guest_renames_to_any_free_unregistered_nick(
+    server: Server, client_ctx: ssl.SSLContext, peers: list[Peer]
+) -> None:
+    login(peers, server, client_ctx, "owner", identity=Identity.generate("owner"))
+    login(peers, server, client_ctx, "bob")
+    guest = login(peers, server, client_ctx, "guest")
+    guest.request(Join(room="#side"))
+    assert guest.request(Rename(nick="GUEST")) == []  # your own nick: nothing happens
+    assert guest.refused(Rename(nick="Bob")).code == "nick-taken"
+    assert guest.refused(Rename(nick="owner")).code in ("nick-taken", "nick-registered")
+    assert guest.request(Rename(nick="ghost")) == [Renamed(old="guest", new="ghost")]
+    assert guest.request(Who(room="#side"))[0].users == ("ghost",)  # type: ignore[attr-defined]
