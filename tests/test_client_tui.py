@@ -248,7 +248,7 @@ def test_tab_completes_commands_and_nicks() -> None:
 
     from securechat.client.completion import ChatCompleter
 
-    completer = ChatCompleter(lambda: ["Bob", "bobby", "carol"])
+    completer = ChatCompleter(lambda: ["Bob", "bobby", "carol"], lambda: ["#lobby", "#Dev"])
 
     def complete(text: str) -> list[str]:
         return [
@@ -256,14 +256,15 @@ def test_tab_completes_commands_and_nicks() -> None:
             for c in completer.get_completions(Document(text), CompleteEvent(completion_requested=True))
         ]
 
-    assert complete("/ve") == ["/verify "]
-    assert sorted(complete("/w")) == ["/w ", "/who ", "/whois "]
+    assert complete("/veri") == ["/verify "]
+    assert sorted(complete("/w")) == ["/w ", "/who ", "/whois ", "/window "]
+    assert complete("/part #d") == ["#Dev "]
     assert complete("bo") == ["Bob: ", "bobby: "]
     assert complete("/msg ca") == ["carol "]
     assert complete("hello ") == []
 
 
-def test_nick_switches_identity_and_the_room_sees_it(
+def test_identity_switches_identity_and_the_room_sees_it(
     server: object, client_ctx: object, connect: Connect
 ) -> None:
     from whisper_helpers import login, memory_keys
@@ -296,9 +297,9 @@ def test_nick_switches_identity_and_the_room_sees_it(
             kwargs={"pt_input": pipe, "pt_output": DummyOutput(), "write": write, "switch_to": switch_to},
         )
         ui.start()
-        pipe.send_text("/nick carol\r")  # taken: alice stays alice
+        pipe.send_text("/identity carol\r")  # taken: alice stays alice
         assert refused.wait(TIMEOUT)
-        pipe.send_text("/nick bad nick!\r/nick alice2\r")
+        pipe.send_text("/identity bad nick!\r/identity alice2\r")
         assert switched.wait(TIMEOUT)
         assert next_matching(observer, Joined, nick="alice2") == Joined(nick="alice2")
         assert next_matching(observer, Left, nick="alice") == Left(nick="alice", reason="now known as alice2")
@@ -307,6 +308,6 @@ def test_nick_switches_identity_and_the_room_sees_it(
         pipe.send_text("/quit\r")
         ui.join(TIMEOUT)
     assert not ui.is_alive()
-    assert any(line.startswith("! usage: /nick NEW") for line in shown)
+    assert any(line.startswith("! usage: /identity NICK") for line in shown)
     switch_lines = shown[: shown.index("* you are now alice2")]
     assert not any("server: goodbye" in line for line in switch_lines)  # the old connection leaves quietly

@@ -151,7 +151,7 @@ def test_a_person_chats_whispers_verifies_and_quits_in_a_real_terminal(
 
     pane.type("/help")
     pane.keys("Enter")
-    pane.wait_for(r"/msg NICK TEXT")
+    pane.wait_for(r"^whispers: +/msg /w /r /query")
     pane.type("/quit see you")
     pane.keys("Enter")
     pane.wait_for(r"EXIT=0")

@@ -13,13 +13,17 @@ __all__ = ["ChatCompleter"]
 
 
 class ChatCompleter(Completer):
-    """Completes `/com` to a command, and a word to a nick from `nicks()` (case-insensitive).
+    """Completes `/com` to a command, `#de` to a room from `rooms()`, and a word to a nick
+    from `nicks()` (case-insensitive). Called on prompt_toolkit's event loop thread.
 
     A nick completed as the first word of a line gets ": " after it, as IRC users expect.
     """
 
-    def __init__(self, nicks: Callable[[], Iterable[str]]) -> None:
+    def __init__(
+        self, nicks: Callable[[], Iterable[str]], rooms: Callable[[], Iterable[str]] = lambda: ()
+    ) -> None:
         self._nicks = nicks
+        self._rooms = rooms
 
     def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
         before = document.text_before_cursor
@@ -30,6 +34,11 @@ class ChatCompleter(Completer):
                     yield Completion(f"/{name} ", start_position=-len(word), display=f"/{name}")
             return
         if not word:
+            return
+        if word.startswith("#"):
+            for room in sorted(self._rooms(), key=str.lower):
+                if room.lower().startswith(word.lower()):
+                    yield Completion(room + " ", start_position=-len(word), display=room)
             return
         first_word = before == word
         for nick in sorted(self._nicks(), key=str.lower):

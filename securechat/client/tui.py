@@ -1,32 +1,101 @@
 """The terminal front end: the only place in the client that prints.
 
-The input line is a prompt_toolkit prompt; incoming events print above it through
-`patch_stdout`, so a half-typed line is never garbled by arriving messages.
+A full-screen prompt_toolkit application laid out as irssi and WeeChat users know it: the
+current window's lines, a status bar, the input line. One window per room and one per
+whisper conversation (client/windows.py), switched with Alt+1..9, Alt+Left/Right or
+/window N; PageUp/PageDown scroll back.
+
+Threads:
+- prompt_toolkit's event loop (the thread that called `run_tui`) handles keys and draws;
+- one pump thread per connected client turns its events into window lines;
+- one input thread carries out typed lines, in the order typed (a whisper may wait seconds
+  for its recipient's keys; the keyboard must not wait with it).
+`_Tui._lock` guards the windows, the chat state, the current client and `_focus`.
+
+Typed input is checked before it goes anywhere: every key handler runs guarded (a handler
+that raises, as prompt_toolkit's mouse handler does on a malformed mouse report typed or
+pasted into the line, is contained instead of reaching the event loop, whose "Press ENTER
+to continue" ate the next Enter and joined two lines), mouse reports are ignored (mouse
+support is never turned on, so they only come pasted), and a line still holding control
+characters is refused, not sent. A line's destination is fixed when Enter is pressed: the
+window it was typed in.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import queue
+import select
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from prompt_toolkit import PromptSession
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.data_structures import Point
+from prompt_toolkit.filters import Condition
+from prompt_toolkit.formatted_text import ANSI, StyleAndTextTuples
+from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input as PtInput
+from prompt_toolkit.key_binding import KeyBindings, KeyBindingsBase, KeyPressEvent, merge_key_bindings
+from prompt_toolkit.key_binding.defaults import load_key_bindings
+from prompt_toolkit.keys import Keys
+from prompt_toolkit.layout import Float, FloatContainer, HSplit, Layout
+from prompt_toolkit.layout import Window as Pane
+from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl
+from prompt_toolkit.layout.dimension import Dimension
+from prompt_toolkit.layout.menus import CompletionsMenu
+from prompt_toolkit.layout.processors import BeforeInput
 from prompt_toolkit.output import Output as PtOutput
-from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.styles import Style
 
+from .. import __version__
 from ..e2e.errors import BundleError, IdentityChanged, KeystoreError, NotTrusted
-from ..protocol import Bye, Message, is_valid_nick
-from .commands import Command, Text, Unknown, help_lines, parse_input
+from ..protocol import (
+    DEFAULT_ROOM,
+    MAX_TEXT_BYTES,
+    BanList,
+    Bye,
+    Entered,
+    Invited,
+    Joined,
+    Left,
+    Message,
+    Names,
+    Renamed,
+    RoomChanged,
+    WhisperStatus,
+    fold_nick,
+    fold_room,
+    is_valid_nick,
+)
+from .commands import (
+    COMMANDS,
+    ROOM_COMMANDS,
+    Command,
+    Text,
+    Unknown,
+    closest_nick,
+    help_lines,
+    parse_input,
+    split_room,
+)
 from .completion import ChatCompleter
-from .display import PLAIN, Theme, block, clock, format_event, sanitize
-from .events import KeyChanged, WhisperReceived
+from .display import PLAIN, Theme, block, clock, format_event, is_unsafe, sanitize
+from .events import KeyChanged, ResendPending, WhisperFailed, WhisperReceived
 from .inbox import HISTORY_SHOWN, Direction
 from .session import Client, Disconnected
 from .state import ChatState
+from .windows import Activity, Kind, Window, Windows
 
 __all__ = ["run_tui"]
+
+log = logging.getLogger(__name__)
+
+#: Most rows the input line grows to for a multi-line paste before it scrolls.
+_INPUT_ROWS = 6
 
 
 def run_tui(
@@ -34,304 +103,795 @@ def run_tui(
     *,
     pt_input: PtInput | None = None,
     pt_output: PtOutput | None = None,
-    write: Callable[[str], None] = print,
+    write: Callable[[str], None] | None = None,
     theme: Theme = PLAIN,
     bell: bool = True,
     switch_to: Callable[[str], Client] | None = None,
 ) -> int:
     """Chat interactively on a connected `client` until /quit, EOF or disconnection.
 
-    `switch_to(nick)` returns a client connected as another nick, for /nick.
-    Returns a process exit status: 0 after a clean quit, 1 if the connection was lost.
+    `write(line)` is told every line shown, whichever window it went to (tests read it;
+    the screen is drawn from the windows). `switch_to(nick)` returns a client connected
+    as another nick, for /identity. Returns a process exit status: 0 after a clean quit,
+    1 if the connection was lost.
     """
-    current = [client]  # /nick swaps in another connected client
-    state = ChatState(nick=client.nick, server=f"{client.host}:{client.port}")
-    if client.welcome is not None:
-        state.apply(client.welcome)
-    # erase_when_done: the server echoes what we said, in the order everyone sees it;
-    # leaving the typed line too would show every line twice.
-    session: PromptSession[str] = PromptSession(
-        input=pt_input,
-        output=pt_output,
-        erase_when_done=True,
-        completer=ChatCompleter(lambda: state.users.values()),
-        complete_while_typing=False,  # Tab completes; typing is never interrupted
-        bottom_toolbar=state.status_line,
-    )
-    lost = threading.Event()
-    outcome: list[str] = []
+    return _Tui(client, pt_input, pt_output, write, theme, bell, switch_to).run()
 
-    def show(item: object) -> None:
-        if state.hides(item):
-            return
-        lines = format_event(item, theme=theme)  # type: ignore[arg-type]
-        kind = None
-        if isinstance(item, WhisperReceived):
-            kind = "whisper"
-        elif isinstance(item, KeyChanged):
-            kind = "alarm"
-        elif isinstance(item, Message) and not item.history and item.nick.lower() != current[0].nick.lower():
-            kind = "mention" if state.mentions_me(item.text) else None
-        for line in lines:
-            write(theme.emphasis(line, kind) if kind else line)
-        if kind and bell:
-            session.app.output.bell()
-        app = session.app
-        if app.is_running and app.loop is not None:
-            # Redraw the status bar, in the prompt's own loop; it may just have closed.
-            with contextlib.suppress(RuntimeError):
-                app.loop.call_soon_threadsafe(app.invalidate)
 
-    def stop_prompt() -> None:
-        app = session.app
+@dataclass(frozen=True)
+class _Typed:
+    """A line as Enter accepted it, with the window it was typed in (its destination)."""
+
+    text: str
+    kind: Kind
+    name: str
+
+
+class _Tui:
+    def __init__(
+        self,
+        client: Client,
+        pt_input: PtInput | None,
+        pt_output: PtOutput | None,
+        write: Callable[[str], None] | None,
+        theme: Theme,
+        bell: bool,
+        switch_to: Callable[[str], Client] | None,
+    ) -> None:
+        self._lock = threading.Lock()
+        welcome = client.welcome
+        self.client = client  # guarded by _lock; replaced by the input thread on /identity
+        self.state = ChatState(nick=client.nick, server=f"{client.host}:{client.port}")  # _lock
+        self.windows = Windows(welcome.room if welcome is not None else DEFAULT_ROOM)  # _lock
+        #: Rooms (folded) the user asked to join: their window becomes current on entering.
+        self._focus: set[str] = set()  # guarded by _lock
+        self._tap = write
+        self._theme = theme
+        self._bell = bell
+        self._switch_to = switch_to
+        self._typed: queue.Queue[_Typed | None] = queue.Queue()  # loop thread -> input thread
+        self._lost = threading.Event()
+        self._outcome: list[str] = []  # why the connection ended; the current pump writes it
+        self._quitting = threading.Event()  # set by the input thread on /quit
+        self._pumps: dict[Client, threading.Thread] = {}  # the input thread's (and run's)
+        self.buffer = Buffer(
+            completer=ChatCompleter(self._known_nicks, self._joined_rooms),
+            complete_while_typing=False,  # Tab completes; typing is never interrupted
+            history=InMemoryHistory(),
+            multiline=True,  # a paste is edited and sent as one message
+        )
+        self._output = Pane(
+            FormattedTextControl(self._screen, get_cursor_position=self._last_row), wrap_lines=False
+        )
+        self._input = Pane(
+            BufferControl(self.buffer, input_processors=[BeforeInput(self._prompt)]),
+            height=Dimension(min=1, max=_INPUT_ROWS),
+            dont_extend_height=True,
+            wrap_lines=True,
+        )
+        body = HSplit(
+            [
+                self._output,
+                Pane(FormattedTextControl(self._status), height=1, style="class:status"),
+                self._input,
+            ]
+        )
+        self.app: Application[None] = Application(
+            layout=Layout(
+                FloatContainer(
+                    body,
+                    floats=[Float(xcursor=True, ycursor=True, content=CompletionsMenu(max_height=8))],
+                ),
+                focused_element=self._input,
+            ),
+            key_bindings=self._key_bindings(),
+            style=Style.from_dict({"status": "reverse", "status.highlight": "reverse bold"}),
+            full_screen=True,
+            mouse_support=False,
+            input=pt_input,
+            output=pt_output,
+        )
+        if welcome is not None:
+            self.state.apply(welcome)
+            self._add(None, format_event(welcome, theme=theme))
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._start_pump(self.client)
+        worker = threading.Thread(target=self._work, name="securechat-tui-input", daemon=True)
+        worker.start()
+        with contextlib.suppress(EOFError, KeyboardInterrupt):
+            # The connection may end before the application runs, when `_exit` cannot
+            # reach it yet: `_exit_if_over` looks once it runs (it is set running first).
+            self.app.run(pre_run=self._exit_if_over)
+        if not self._quitting.is_set() and not self._lost.is_set():
+            self._typed.put(_Typed("/quit", Kind.ROOM, DEFAULT_ROOM))  # the input ended
+        self._typed.put(None)
+        worker.join(timeout=15.0)
+        for pump in list(self._pumps.values()):
+            pump.join(timeout=10.0)
+        with self._lock:
+            client = self.client
+        client.close()
+        return 0 if self._quitting.is_set() or not self._outcome else 1
+
+    def _exit_if_over(self) -> None:
+        if self._lost.is_set() or self._quitting.is_set():
+            self.app.exit()
+
+    def _exit(self) -> None:
+        """End the application from any thread (it exits in its own loop)."""
+        app = self.app
         if app.is_running and app.loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop may just have closed
-                app.loop.call_soon_threadsafe(
-                    lambda: app.exit(exception=EOFError()) if app.is_running else None
-                )
+                app.loop.call_soon_threadsafe(lambda: app.exit() if app.is_running else None)
 
-    def pump(source: Client) -> None:
+    def _start_pump(self, source: Client) -> None:
+        pump = threading.Thread(target=self._pump, args=(source,), name="securechat-tui-pump", daemon=True)
+        self._pumps[source] = pump
+        pump.start()
+
+    def _pump(self, source: Client) -> None:
+        """A pump thread: `source`'s events into windows until it ends."""
         while True:
             item = source.next_event()
-            if source is not current[0] and isinstance(item, (Bye, Disconnected)):
+            with self._lock:
+                current = source is self.client
+            if not current and isinstance(item, (Bye, Disconnected)):
                 if isinstance(item, Disconnected):
                     return  # the nick we just left: its end is not ours
                 continue
             if isinstance(item, Disconnected):
-                outcome.append(item.reason)
-                write(f"* disconnected: {sanitize(item.reason)}")
-                lost.set()
-                stop_prompt()
+                self._outcome.append(item.reason)
+                self._add(None, [f"* disconnected: {sanitize(item.reason)}"])
+                self._lost.set()
+                self._exit()
                 return
-            state.apply(item)
-            show(item)
+            self._show(item)
 
-    def check_lost() -> None:
-        if lost.is_set():
-            session.app.exit(exception=EOFError())
+    # -- drawing -----------------------------------------------------------------------------
 
-    quitting = False
-    with patch_stdout(raw=True):
-        if client.welcome is not None:
-            for line in format_event(client.welcome, theme=theme):
-                write(line)
-        readers = {
-            client: threading.Thread(target=pump, args=(client,), name="securechat-tui-pump", daemon=True)
-        }
-        readers[client].start()
+    def _add(self, window: Window | None, lines: list[str], level: Activity = Activity.NONE) -> None:
+        """Lines into `window` (None: the current one), from any thread."""
+        with self._lock:
+            self.windows.add(window, lines, level)
+        if self._tap is not None:
+            for line in lines:
+                self._tap(line)
+        self.app.invalidate()  # thread-safe: a redraw in the application's own loop
 
-        def switch(new_nick: str) -> None:
-            if switch_to is None:
-                write("! /nick is not available here")
+    def _show(self, item: object) -> None:
+        """One event from the current client: the pump thread."""
+        theme = self._theme
+        with self._lock:
+            self.state.apply(item)
+            if self.state.hides(item):
                 return
-            old = current[0]
-            try:
-                new_client = switch_to(new_nick)
-            except Exception as exc:  # connection, login or keystore: say why, stay who we are
-                write(
-                    f"! still {sanitize(old.nick)}: cannot become {sanitize(new_nick)}: {sanitize(str(exc))}"
-                )
+            lines = format_event(item, theme=theme, me=self.state.nick)  # type: ignore[arg-type]
+            targets, level, kind = self._route(item)
+            if kind:
+                lines = [theme.emphasis(line, kind) for line in lines]
+            for target in targets:
+                self.windows.add(target, lines, level)
+        if self._tap is not None:
+            for line in lines:
+                self._tap(line)
+        self.app.invalidate()
+        if kind and self._bell:
+            self._ring()
+
+    def _ring(self) -> None:
+        """The terminal bell, written by the loop thread while it draws (two writers would
+        interleave their bytes), or at once before it runs."""
+        app = self.app
+        loop = app.loop
+        if app.is_running and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may just have closed
+                loop.call_soon_threadsafe(app.output.bell)
                 return
-            current[0] = new_client
-            state.nick = new_client.nick
-            if new_client.welcome is not None:
-                state.apply(new_client.welcome)
-            readers[new_client] = threading.Thread(
-                target=pump, args=(new_client,), name="securechat-tui-pump", daemon=True
+        app.output.bell()
+
+    def _route(self, item: object) -> tuple[list[Window | None], Activity, str | None]:
+        """Where an event's lines go (None: the current window), the activity they make,
+        and how they are emphasised. Under `_lock`."""
+        windows, state = self.windows, self.state
+        if isinstance(item, Message):
+            window = windows.open(Kind.ROOM, item.room)
+            mine = fold_nick(item.nick) == fold_nick(state.nick)
+            if item.history or mine:
+                return [window], Activity.NONE, None
+            if state.mentions_me(item.text):
+                return [window], Activity.HIGHLIGHT, "mention"
+            return [window], Activity.ACTIVITY, None
+        if isinstance(item, Entered):
+            window = windows.open(Kind.ROOM, item.room)
+            if fold_room(item.room) in self._focus:
+                self._focus.discard(fold_room(item.room))
+                windows.select(windows.number(window))
+            return [window], Activity.NONE, None
+        if isinstance(item, Left) and fold_nick(item.nick) == fold_nick(state.nick) and item.by:
+            return [windows.find(Kind.ROOM, item.room)], Activity.HIGHLIGHT, "mention"
+        if isinstance(item, (Joined, Left, Names, RoomChanged, BanList)):
+            return [windows.find(Kind.ROOM, item.room)], Activity.NONE, None
+        if isinstance(item, Invited):
+            mine = fold_nick(item.nick) == fold_nick(state.nick)
+            return [None], Activity.HIGHLIGHT if mine else Activity.NONE, None
+        if isinstance(item, Renamed):
+            windows.rename(Kind.QUERY, item.old, item.new)
+            rooms = [windows.find(Kind.ROOM, room) for room in state.shares_room(item.new)]
+            query = windows.find(Kind.QUERY, item.new)
+            targets: list[Window | None] = [w for w in [*rooms, query] if w is not None]
+            return targets or [None], Activity.NONE, None
+        if isinstance(item, WhisperReceived):
+            return [windows.open(Kind.QUERY, item.sender)], Activity.HIGHLIGHT, "whisper"
+        if isinstance(item, KeyChanged):
+            query = windows.find(Kind.QUERY, item.peer)
+            both: list[Window | None] = [None]
+            if query is not None and query is not windows.current:
+                both.append(query)
+            return both, Activity.HIGHLIGHT, "alarm"
+        if isinstance(item, (WhisperStatus, WhisperFailed, ResendPending)):
+            peer = (
+                item.to
+                if isinstance(item, WhisperStatus)
+                else item.sender
+                if isinstance(item, WhisperFailed)
+                else item.peer
             )
-            readers[new_client].start()
-            with contextlib.suppress(ConnectionError):
-                old.quit(f"now known as {new_client.nick}")
-            # Let the server answer the quit before closing: closing with its answer
-            # unread would reset the connection and could lose the quit itself.
-            readers.pop(old).join(timeout=10.0)
-            old.close()
-            write(f"* you are now {sanitize(new_client.nick)}")
+            # In the conversation's window, and where the person is if that is elsewhere
+            # (a /msg typed in a room window shows its echo and its fate there too).
+            query = windows.find(Kind.QUERY, peer)
+            seen: list[Window | None] = [None]
+            if query is not None and query is not windows.current:
+                seen.append(query)
+            return seen, Activity.NONE, None
+        return [None], Activity.NONE, None
 
-        while not lost.is_set():
-            try:
-                line = session.prompt(f"{current[0].nick}> ", pre_run=check_lost)
-            except (EOFError, KeyboardInterrupt):
-                line = "/quit"
-            if lost.is_set():
-                break
-            state.unread_whispers = 0  # the user is here and typing: they have seen them
-            parsed = parse_input(line)
-            if isinstance(parsed, Command) and parsed.name == "nick":
-                new_nick = parsed.arg.strip()
-                if is_valid_nick(new_nick):
-                    switch(new_nick)
-                else:
-                    write("! usage: /nick NEW (1-24 of A-Z a-z 0-9 _ - .)")
+    def _screen(self) -> ANSI:
+        """The current window's newest lines (or older, scrolled), bottom-aligned: the loop thread."""
+        size = self.app.output.get_size()
+        rows = max(size.rows - 1 - min(self.buffer.document.line_count, _INPUT_ROWS), 1)
+        with self._lock:
+            shown = self.windows.view(rows, size.columns)
+        return ANSI("\n".join([""] * (rows - len(shown)) + shown))
+
+    def _last_row(self) -> Point:
+        """Where the output's cursor is: on its last row, so the newest line is always in view."""
+        size = self.app.output.get_size()
+        rows = max(size.rows - 1 - min(self.buffer.document.line_count, _INPUT_ROWS), 1)
+        return Point(x=0, y=rows - 1)
+
+    def _status(self) -> StyleAndTextTuples:
+        with self._lock:
+            window = self.windows.current
+            room = window.name if window.kind is Kind.ROOM else None
+            activity = self.windows.activity_text()
+            text = self.state.status_line(room, self.windows.title(), activity)
+        style = "class:status.highlight" if "!" in activity else "class:status"
+        return [(style, text)]
+
+    def _prompt(self) -> str:
+        with self._lock:
+            window, nick = self.windows.current, self.state.nick
+        if window.kind is Kind.QUERY:
+            return f"{nick} (whisper to {window.name})> "
+        return f"{nick}> "
+
+    def _known_nicks(self) -> list[str]:
+        with self._lock:
+            return self.state.known_nicks()
+
+    def _joined_rooms(self) -> list[str]:
+        with self._lock:
+            return [room.name for room in self.state.rooms.values()]
+
+    # -- keys (the loop thread) --------------------------------------------------------------
+
+    def _key_bindings(self) -> KeyBindingsBase:
+        kb = KeyBindings()
+
+        @kb.add("enter")
+        def _enter(event: KeyPressEvent) -> None:
+            # Keys already waiting behind this Enter were pasted (no one types that fast):
+            # the paste is kept together, to be sent whole as one message.
+            if event.key_processor.input_queue or self._input_waiting():
+                event.current_buffer.insert_text("\n")
+            else:
+                self._accept()
+
+        for number in range(1, 10):
+            kb.add("escape", str(number))(lambda _e, n=number: self._switch(lambda w: w.select(n)))
+        kb.add("escape", "left")(lambda _e: self._switch(Windows.previous))
+        kb.add("escape", "right")(lambda _e: self._switch(Windows.next))
+        kb.add("pageup")(lambda _e: self._scroll(up=True))
+        kb.add("pagedown")(lambda _e: self._scroll(up=False))
+        kb.add("c-c")(lambda _e: self._typed.put(_Typed("/quit", Kind.ROOM, DEFAULT_ROOM)))
+        empty = Condition(lambda: not self.buffer.text)
+        kb.add("c-d", filter=empty)(lambda _e: self._typed.put(_Typed("/quit", Kind.ROOM, DEFAULT_ROOM)))
+        # Mouse support is never turned on, so a mouse report can only be typed or pasted
+        # junk: it must not move the cursor (text typed after it would land before a
+        # "/msg bob", turning a whisper into a line for the room).
+        for key in (Keys.Vt100MouseEvent, Keys.WindowsMouseEvent, Keys.ScrollUp, Keys.ScrollDown):
+            kb.add(key)(lambda _e: None)
+
+        @kb.add(Keys.BracketedPaste)
+        def _paste(event: KeyPressEvent) -> None:
+            text = event.data.replace("\r\n", "\n").replace("\r", "\n")
+            # Pasted control characters are dropped here; what is left is what is seen.
+            event.current_buffer.insert_text("".join(ch for ch in text if ch == "\n" or not is_unsafe(ch)))
+
+        return merge_key_bindings([_guarded(load_key_bindings()), _guarded(kb)])
+
+    def _input_waiting(self) -> bool:
+        """Whether more typed bytes wait to be read: the rest of a paste longer than one read."""
+        try:
+            ready, _, _ = select.select([self.app.input.fileno()], [], [], 0)
+        except (OSError, ValueError, NotImplementedError):
+            return False
+        return bool(ready)
+
+    def _switch(self, move: Callable[[Windows], object]) -> None:
+        with self._lock:
+            move(self.windows)
+
+    def _scroll(self, *, up: bool) -> None:
+        rows = max(self.app.output.get_size().rows - 2, 1)
+        with self._lock:
+            if up:
+                self.windows.page_up(rows)
+            else:
+                self.windows.page_down(rows)
+
+    def _accept(self) -> None:
+        """Enter: the line goes to the input thread with its window, unless it holds
+        control characters (then it stays, for the person to see and edit)."""
+        text = self.buffer.text
+        unsafe = sorted({sanitize(ch) for ch in text if ch != "\n" and is_unsafe(ch)})
+        if unsafe:
+            self._add(
+                None,
+                [
+                    f"! not sent: the line holds control characters ({' '.join(unsafe)}), "
+                    "perhaps an escape sequence typed or pasted; remove them and send again"
+                ],
+            )
+            return
+        with self._lock:
+            window = self.windows.current
+            typed = _Typed(text, window.kind, window.name)
+        if text.strip():
+            self.buffer.append_to_history()
+        self.buffer.reset()
+        self._typed.put(typed)
+
+    # -- typed lines (the input thread) ------------------------------------------------------
+
+    def _work(self) -> None:
+        while (typed := self._typed.get()) is not None:
+            if self._quitting.is_set() or self._lost.is_set():
                 continue
-            quitting = _act(current[0], line, write, state, theme) or quitting
-            if quitting:
-                break
-        for reader in readers.values():
-            reader.join(timeout=10.0)
-    current[0].close()
-    return 0 if quitting or not outcome else 1
+            for part in _paste_parts(typed.text):
+                if self._act(_Typed(part, typed.kind, typed.name)):
+                    self._quitting.set()
+                    self._exit()
+                    break
 
+    def _say(self, line: str) -> None:
+        self._add(None, [line])
 
-def _act(client: Client, line: str, write: Callable[[str], None], state: ChatState, theme: Theme) -> bool:
-    """Carry out one input line; True when it was a quit."""
-    parsed = parse_input(line)
-    try:
-        if isinstance(parsed, Text):
-            client.say(parsed.text)
-        elif isinstance(parsed, Command):
-            if parsed.name in _WHISPER_COMMANDS:
-                _whisper_command(client, parsed, write, theme)
-            elif parsed.name == "me":
-                if parsed.arg:
-                    client.say(parsed.arg, action=True)
-                else:
-                    write("! usage: /me ACTION")
-            elif parsed.name == "away":
-                client.set_away(parsed.arg or "away")
-                write(f"* you are away ({sanitize(parsed.arg or 'away')}); /back when you return")
-            elif parsed.name == "back":
-                client.set_away("")
-                write("* welcome back")
-            elif parsed.name in ("ignore", "unignore"):
-                _ignore(parsed, write, state)
-            elif parsed.name in ("who", "names"):
-                client.who()
-            elif parsed.name == "help":
-                for text in help_lines(parsed.arg):
-                    write(text)
-            elif parsed.name == "quit":
-                client.quit(parsed.arg)
-                return True
-        elif isinstance(parsed, Unknown):
-            hint = f"; did you mean /{parsed.suggestion}?" if parsed.suggestion else "; /help lists commands"
-            write(f"! unknown command /{sanitize(parsed.name)}{hint}")
-    except ValueError as exc:  # e.g. text over 4 KiB: tell the person, keep the session
-        write(f"! not sent: {exc}")
-    except ConnectionError as exc:
-        write(f"! not sent: {exc}")
-    return False
+    def _act(self, typed: _Typed) -> bool:
+        """Carry out one input line; True when it was a quit."""
+        parsed = parse_input(typed.text)
+        with self._lock:
+            client = self.client
+        try:
+            if isinstance(parsed, Text):
+                self._text(client, parsed.text, typed)
+            elif isinstance(parsed, Command):
+                return self._command(client, parsed, typed)
+            elif isinstance(parsed, Unknown):
+                hint = (
+                    f"; did you mean /{parsed.suggestion}?" if parsed.suggestion else "; /help lists commands"
+                )
+                self._say(f"! unknown command /{sanitize(parsed.name)}{hint}")
+        except (ValueError, ConnectionError) as exc:  # e.g. text over 4 KiB: say so, keep going
+            self._say(f"! not sent: {exc}")
+        return False
 
+    def _text(self, client: Client, text: str, typed: _Typed) -> None:
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if "\n" in text and size > MAX_TEXT_BYTES:
+            lines = text.count("\n") + 1
+            self._say(
+                f"! not sent: the paste is {lines} lines, {size} bytes; one message holds at most "
+                f"{MAX_TEXT_BYTES} bytes. Nothing of it was sent: send it in parts, or as a file"
+            )
+            return
+        stripped = text.lstrip()
+        if stripped != text and parse_input(stripped).__class__ is Command:
+            # " /msg bob ..." is a command with the cursor moved or a space typed first:
+            # saying it in the room would say in clear what was meant as a whisper.
+            self._say(
+                "! not sent: the line starts with spaces before a command; remove them (or // to say it)"
+            )
+            return
+        if typed.kind is Kind.QUERY:
+            self._whisper(client, typed.name, text)
+        else:
+            client.say(text, room=typed.name)
 
-def _ignore(cmd: Command, write: Callable[[str], None], state: ChatState) -> None:
-    nick = cmd.arg.split(" ")[0]
-    if not nick:
-        ignored = ", ".join(sorted(state.ignored)) or "nobody"
-        write(f"* usage: /{cmd.name} NICK (ignoring: {sanitize(ignored)})")
-    elif cmd.name == "ignore":
-        state.ignored.add(nick.lower())
-        write(
-            f"* ignoring {sanitize(nick)}: their lines and whispers are hidden (/unignore {sanitize(nick)})"
-        )
-    else:
-        state.ignored.discard(nick.lower())
-        write(f"* no longer ignoring {sanitize(nick)}")
+    def _command(self, client: Client, cmd: Command, typed: _Typed) -> bool:
+        name = cmd.name
+        room = typed.name if typed.kind is Kind.ROOM else None
+        if name in _WHISPER_COMMANDS:
+            self._whisper_command(client, cmd)
+        elif name in ROOM_COMMANDS:
+            target, rest = split_room(cmd.arg, room)
+            if target is None:
+                self._say(f"! which room? {COMMANDS[name][0]} (this window is a whisper window)")
+            else:
+                self._room_command(client, name, target, rest)
+        elif name in _WINDOW_COMMANDS:
+            self._window_command(client, cmd)
+        elif name == "join":
+            self._join(client, cmd.arg)
+        elif name == "list":
+            client.list_rooms(cmd.arg)
+        elif name == "invite":
+            nick, _, where = cmd.arg.partition(" ")
+            target = where.strip() or room
+            if not nick or target is None:
+                self._say(f"! usage: {COMMANDS['invite'][0]}")
+            else:
+                client.invite(target, nick)
+        elif name == "me":
+            if not cmd.arg:
+                self._say("! usage: /me ACTION")
+            elif typed.kind is Kind.QUERY:
+                self._say("! /me is for rooms: whispers carry text only")
+            else:
+                client.say(cmd.arg, room=typed.name, action=True)
+        elif name == "away":
+            client.set_away(cmd.arg or "away")
+            self._say(f"* you are away ({sanitize(cmd.arg or 'away')}); /back when you return")
+        elif name == "back":
+            client.set_away("")
+            self._say("* welcome back")
+        elif name in ("ignore", "unignore"):
+            self._ignore(cmd)
+        elif name == "nick":
+            self._rename(client, cmd.arg)
+        elif name == "identity":
+            self._identity(cmd.arg)
+        elif name == "version":
+            with self._lock:
+                software = self.state.software
+            server = sanitize(software) if software else "an older server, which does not say"
+            self._say(f"* this client: securechat {__version__}; the server: {server}")
+        elif name == "help":
+            for text in help_lines(cmd.arg):
+                self._say(text)
+        elif name == "quit":
+            client.quit(cmd.arg)
+            return True
+        return False
+
+    def _join(self, client: Client, arg: str) -> None:
+        room = arg.split(" ")[0]
+        if not room.startswith("#"):
+            self._say(f"! usage: {COMMANDS['join'][0]}")
+            return
+        with self._lock:
+            self._focus.add(fold_room(room))
+        client.join(room)
+
+    def _room_command(self, client: Client, name: str, room: str, rest: str) -> None:
+        first, _, more = rest.partition(" ")
+        usage = f"! usage: {COMMANDS[name][0]}"
+        if name == "part":
+            client.part(room, rest)
+        elif name == "topic":
+            if not rest:
+                with self._lock:
+                    known = self.state.room(room)
+                topic = known.topic if known is not None else ""
+                where = sanitize(room)
+                self._say(f"* topic of {where}: {sanitize(topic)}" if topic else f"* {where} has no topic")
+            else:
+                client.set_topic(room, "" if rest == "-delete" else rest)
+        elif name in ("names", "who"):
+            client.names(room)
+        elif name == "bans":
+            client.bans(room)
+        elif name == "register":
+            client.register_room(room)
+        elif name == "mode":
+            if rest not in ("+i", "-i"):
+                self._say(usage)
+            else:
+                client.set_mode(room, rest == "+i")
+        elif not first:
+            self._say(usage)
+        elif name == "kick":
+            client.kick(room, first, more.strip())
+        elif name == "ban":
+            client.ban(room, first)
+        elif name == "unban":
+            client.unban(room, first)
+        elif name == "op":
+            client.op(room, first)
+        elif name == "deop":
+            client.deop(room, first)
+        elif name == "transfer":
+            client.transfer(room, first)
+
+    def _window_command(self, client: Client, cmd: Command) -> None:
+        if cmd.name == "query":
+            nick = cmd.arg.split(" ")[0]
+            if not is_valid_nick(nick):
+                self._say(f"! usage: {COMMANDS['query'][0]}")
+                return
+            with self._lock:
+                self.windows.open(Kind.QUERY, nick, focus=True)
+            self._say(f"* whispering {sanitize(nick)}: every line typed here is an end-to-end whisper")
+        elif cmd.name == "window":
+            with self._lock:
+                found = cmd.arg.isdigit() and self.windows.select(int(cmd.arg))
+                count = len(self.windows)
+            if not found:
+                self._say(f"! usage: /window N (1-{count})")
+        elif cmd.name == "clear":
+            with self._lock:
+                self.windows.clear()
+            self.app.invalidate()
+        elif cmd.name == "lastlog":
+            if not cmd.arg:
+                self._say(f"! usage: {COMMANDS['lastlog'][0]}")
+                return
+            with self._lock:
+                matches = self.windows.lastlog(cmd.arg)
+            plural = "s" if len(matches) != 1 else ""
+            self._say(f"* lastlog: {len(matches)} line{plural} with {sanitize(cmd.arg)}:")
+            for line in matches:
+                self._say(f"  {line}")
+        elif cmd.name == "close":
+            with self._lock:
+                window = self.windows.current
+                closed = self.windows.close(window)
+            if not closed:
+                self._say("! this is the last window; /quit to leave")
+            elif window.kind is Kind.ROOM:
+                with contextlib.suppress(ConnectionError):
+                    client.part(window.name)
+            self.app.invalidate()
+
+    def _rename(self, client: Client, arg: str) -> None:
+        new = arg.strip()
+        if not is_valid_nick(new):
+            self._say("! usage: /nick NEW (1-24 of A-Z a-z 0-9 _ - .); /identity NICK logs in as another")
+        elif fold_nick(new) == fold_nick(client.nick):
+            self._say(f"* you are already {sanitize(client.nick)}")
+        else:
+            client.rename(new)
+
+    def _identity(self, arg: str) -> None:
+        new_nick = arg.strip()
+        if not is_valid_nick(new_nick):
+            self._say("! usage: /identity NICK (1-24 of A-Z a-z 0-9 _ - .)")
+            return
+        if self._switch_to is None:
+            self._say("! /identity is not available here")
+            return
+        with self._lock:
+            old = self.client
+        try:
+            new_client = self._switch_to(new_nick)
+        except Exception as exc:  # connection, login or keystore: say why, stay who we are
+            self._say(
+                f"! still {sanitize(old.nick)}: cannot become {sanitize(new_nick)}: {sanitize(str(exc))}"
+            )
+            return
+        with self._lock:
+            self.client = new_client
+            self.state.nick = new_client.nick
+            if new_client.welcome is not None:
+                self.state.apply(new_client.welcome)
+        self._start_pump(new_client)
+        with contextlib.suppress(ConnectionError):
+            old.quit(f"now known as {new_client.nick}")
+        # Let the server answer the quit before closing: closing with its answer
+        # unread would reset the connection and could lose the quit itself.
+        self._pumps.pop(old).join(timeout=10.0)
+        old.close()
+        self._say(f"* you are now {sanitize(new_client.nick)}")
+
+    def _ignore(self, cmd: Command) -> None:
+        nick = cmd.arg.split(" ")[0]
+        with self._lock:
+            if not nick:
+                ignored = ", ".join(sorted(self.state.ignored)) or "nobody"
+            elif cmd.name == "ignore":
+                self.state.ignored.add(fold_nick(nick))
+            else:
+                self.state.ignored.discard(fold_nick(nick))
+        if not nick:
+            self._say(f"* usage: /{cmd.name} NICK (ignoring: {sanitize(ignored)})")
+        elif cmd.name == "ignore":
+            who = sanitize(nick)
+            self._say(f"* ignoring {who}: their lines and whispers are hidden (/unignore {who})")
+        else:
+            self._say(f"* no longer ignoring {sanitize(nick)}")
+
+    # -- whispers (the input thread) ---------------------------------------------------------
+
+    def _whisper(self, client: Client, nick: str, text: str) -> None:
+        """Whisper `nick` and echo it in their window (opened if need be)."""
+        try:
+            client.whisper(nick, text)
+        except LookupError as exc:
+            with self._lock:
+                guess = closest_nick(nick, self.state.known_nicks())
+            hint = (
+                f"; did you mean {sanitize(guess)}?" if guess and fold_nick(guess) != fold_nick(nick) else ""
+            )
+            self._say(f"! {sanitize(str(exc))}{hint}")
+            return
+        self._echo(nick, text)
+
+    def _echo(self, to: str, text: str) -> None:
+        lock = "e2e" if self._theme.ascii_only else "\U0001f512"
+        head = f"{_stamp()} [{lock} whisper to {self._theme.nick(to)}] "
+        lines = [self._theme.finish(line) for line in block(head, text)]
+        with self._lock:
+            query = self.windows.open(Kind.QUERY, to)
+            elsewhere = query is not self.windows.current
+        self._add(query, lines)
+        if elsewhere:
+            with self._lock:
+                self.windows.add(None, lines)
+
+    def _whisper_command(self, client: Client, cmd: Command) -> None:
+        nick, _, rest = cmd.arg.partition(" ")
+        rest = rest.strip()
+        try:
+            if cmd.name in ("msg", "w"):
+                if not nick or not rest:
+                    self._say(f"! usage: /{cmd.name} NICK TEXT")
+                    return
+                self._whisper(client, nick, rest)
+            elif cmd.name == "r":
+                if not cmd.arg:
+                    self._say("! usage: /r TEXT")
+                    return
+                to, _ = client.reply(cmd.arg)
+                self._echo(to, cmd.arg)
+            elif not nick:
+                self._say(f"! usage: {COMMANDS[cmd.name][0]}")
+            elif cmd.name == "verify":
+                self._verify(client, nick, rest)
+            elif cmd.name == "trust":
+                client.trust(nick)
+                who = sanitize(nick)
+                self._say(f"* accepted {who}'s new key (unverified: compare numbers with /verify {who})")
+            elif cmd.name == "whois":
+                self._whois(client, nick)
+            elif cmd.name == "history":
+                self._history(client, nick, rest)
+        except IdentityChanged as exc:
+            changed = KeyChanged(
+                peer=exc.peer,
+                old_fingerprint=exc.pinned_fingerprint,
+                new_fingerprint=exc.new_fingerprint,
+                held=0,
+            )
+            self._add(None, format_event(changed))
+        except BundleError as exc:
+            why = sanitize(str(exc))
+            self._say(f"! not sent: the server gave keys for {sanitize(nick)} that fail checks ({why})")
+        except (LookupError, NotTrusted, TimeoutError, KeystoreError) as exc:
+            self._say(f"! {sanitize(str(exc))}")
+
+    def _history(self, client: Client, nick: str, count: str) -> None:
+        if count and not count.isdigit():
+            self._say("! usage: /history NICK [N]")
+            return
+        kept = client.history(nick, int(count) if count else HISTORY_SHOWN)
+        who = sanitize(nick)
+        if not kept:
+            self._say(f"* no whispers with {who} kept on this device")
+            return
+        self._say(f"* your last {len(kept)} whisper(s) with {who}:")
+        theme = self._theme
+        lock = "e2e" if theme.ascii_only else "\U0001f512"
+        for message in kept:
+            if message.direction is Direction.IN:
+                head = f"{clock(message.ts)} [{lock} from {theme.nick(message.peer)}] "
+            else:
+                head = f"{clock(message.ts)} [{lock} to {theme.nick(message.peer)}, {message.state.value}] "
+            self._add(None, [theme.finish(line) for line in block(head, message.text)])
+
+    def _verify(self, client: Client, nick: str, number: str) -> None:
+        who = sanitize(nick)
+        if not number:
+            if client.keys is None:
+                raise NotTrusted("guests have no keys to verify")
+            # On a line of its own: 71 characters fit an 80-column terminal unwrapped.
+            self._add(
+                None,
+                [
+                    f"* safety number with {who}:",
+                    f"  {client.keys.safety_number(nick)}",
+                    f"* compare with {who} (voice, in person), then: /verify {who} NUMBER",
+                ],
+            )
+        elif client.verify(nick, number):
+            self._say(f"* {who} is verified: the number matches")
+        else:
+            self._say(f"! that is not your safety number with {who}: their key is NOT verified")
+
+    def _whois(self, client: Client, nick: str) -> None:
+        who = sanitize(nick)
+        info = client.keys.peer_info(nick) if client.keys is not None else None
+        if info is None:
+            self._say(f"* no key seen for {who} yet (whisper them, or wait for their whisper)")
+            return
+        identity, trust, pending = info
+        self._say(f"* {who}: key {identity.fingerprint()}, {trust.value}")
+        if pending is not None:
+            self._say(
+                f"! {who} now presents another key {pending.fingerprint()}: /verify {who} or /trust {who}"
+            )
 
 
 _WHISPER_COMMANDS = frozenset({"msg", "w", "r", "verify", "trust", "whois", "history"})
+_WINDOW_COMMANDS = frozenset({"query", "window", "close", "clear", "lastlog"})
+
+
+def _paste_parts(text: str) -> list[str]:
+    """A pasted block as the lines it runs as: each line starting with "/" with the lines
+    after it that do not (its continuation: "/msg bob" and a pasted paragraph is one
+    whisper, never a whisper and then lines said in clear), and the text before the first
+    command as one message. A single line is itself."""
+    parts: list[str] = []
+    for line in text.split("\n"):
+        if line.startswith("/") or not parts:  # a command, or "//" text said as typed
+            parts.append(line)
+        else:
+            parts[-1] += "\n" + line
+    return parts
 
 
 def _stamp() -> str:
     return time.strftime("%H:%M")
 
 
-def _whisper_command(client: Client, cmd: Command, write: Callable[[str], None], theme: Theme) -> None:
-    nick, _, rest = cmd.arg.partition(" ")
-    rest = rest.strip()
-    try:
-        if cmd.name in ("msg", "w"):
-            if not nick or not rest:
-                write(f"! usage: /{cmd.name} NICK TEXT")
-                return
-            client.whisper(nick, rest)
-            _echo(write, nick, rest, theme)
-        elif cmd.name == "r":
-            if not cmd.arg:
-                write("! usage: /r TEXT")
-                return
-            to, _ = client.reply(cmd.arg)
-            _echo(write, to, cmd.arg, theme)
-        elif not nick:
-            write(f"! usage: {help_lines(cmd.name)[0].split(':')[0]}")
-        elif cmd.name == "verify":
-            _verify(client, nick, rest, write)
-        elif cmd.name == "trust":
-            client.trust(nick)
-            who = sanitize(nick)
-            write(f"* accepted {who}'s new key (unverified: compare numbers with /verify {who})")
-        elif cmd.name == "whois":
-            _whois(client, nick, write)
-        elif cmd.name == "history":
-            _history(client, nick, rest, write, theme)
-    except IdentityChanged as exc:
-        for line in format_event(
-            KeyChanged(
-                peer=exc.peer,
-                old_fingerprint=exc.pinned_fingerprint,
-                new_fingerprint=exc.new_fingerprint,
-                held=0,
-            )
-        ):
-            write(line)
-    except BundleError as exc:
-        write(
-            f"! not sent: the server gave keys for {sanitize(nick)} that fail checks ({sanitize(str(exc))})"
-        )
-    except (LookupError, NotTrusted, TimeoutError, KeystoreError) as exc:
-        write(f"! {sanitize(str(exc))}")
+def _guarded(bindings: KeyBindingsBase) -> KeyBindings:
+    """`bindings` with every handler guarded: one that raises (prompt_toolkit's own mouse
+    handler does, on a malformed mouse report) rings the bell and changes nothing more,
+    instead of reaching the event loop's handler, which prints a traceback over the screen
+    and waits for an Enter that the person meant for their next line."""
+    guarded = KeyBindings()
+    for binding in bindings.bindings:
+        guarded.add(
+            *binding.keys,
+            filter=binding.filter,
+            eager=binding.eager,
+            is_global=binding.is_global,
+            save_before=binding.save_before,
+            record_in_macro=binding.record_in_macro,
+        )(_guard(binding.handler))
+    return guarded
 
 
-def _history(client: Client, nick: str, count: str, write: Callable[[str], None], theme: Theme) -> None:
-    if count and not count.isdigit():
-        write("! usage: /history NICK [N]")
-        return
-    kept = client.history(nick, int(count) if count else HISTORY_SHOWN)
-    who = sanitize(nick)
-    if not kept:
-        write(f"* no whispers with {who} kept on this device")
-        return
-    write(f"* your last {len(kept)} whisper(s) with {who}:")
-    lock = "e2e" if theme.ascii_only else "\U0001f512"
-    for message in kept:
-        if message.direction is Direction.IN:
-            head = f"{clock(message.ts)} [{lock} from {theme.nick(message.peer)}] "
-        else:
-            head = f"{clock(message.ts)} [{lock} to {theme.nick(message.peer)}, {message.state.value}] "
-        for line in block(head, message.text):
-            write(theme.finish(line))
+def _guard(handler: Callable[[KeyPressEvent], object]) -> Callable[[KeyPressEvent], object]:
+    def guarded(event: KeyPressEvent) -> object:
+        try:
+            return handler(event)
+        except Exception:
+            # No key data in the log: it may be part of a whisper being typed.
+            log.debug("a key handler failed on typed input", exc_info=False)
+            event.app.output.bell()
+            return None
 
-
-def _echo(write: Callable[[str], None], to: str, text: str, theme: Theme) -> None:
-    lock = "e2e" if theme.ascii_only else "\U0001f512"
-    head = f"{_stamp()} [{lock} whisper to {theme.nick(to)}] "
-    lines = text.split("\n")
-    write(head + sanitize(lines[0]))
-    for line in lines[1:]:
-        write(" " * len(head) + sanitize(line))
-
-
-def _verify(client: Client, nick: str, number: str, write: Callable[[str], None]) -> None:
-    who = sanitize(nick)
-    if not number:
-        if client.keys is None:
-            raise NotTrusted("guests have no keys to verify")
-        # On a line of its own: 71 characters fit an 80-column terminal unwrapped.
-        write(f"* safety number with {who}:")
-        write(f"  {client.keys.safety_number(nick)}")
-        write(f"* compare with {who} (voice, in person), then: /verify {who} NUMBER")
-    elif client.verify(nick, number):
-        write(f"* {who} is verified: the number matches")
-    else:
-        write(f"! that is not your safety number with {who}: their key is NOT verified")
-
-
-def _whois(client: Client, nick: str, write: Callable[[str], None]) -> None:
-    who = sanitize(nick)
-    info = client.keys.peer_info(nick) if client.keys is not None else None
-    if info is None:
-        write(f"* no key seen for {who} yet (whisper them, or wait for their whisper)")
-        return
-    identity, trust, pending = info
-    write(f"* {who}: key {identity.fingerprint()}, {trust.value}")
-    if pending is not None:
-        write(f"! {who} now presents another key {pending.fingerprint()}: /verify {who} or /trust {who}")
+    return guarded
