@@ -212,7 +212,8 @@ def test_swapped_stale_and_rolled_back_signed_prekeys(
     assert json.loads(json.dumps(old["spk"]))["id"] < json.loads(json.dumps(recorded[-1]["spk"]))["id"]
 
     alice.reset_session("bob")
-    relay.down_hook = Once("alice", "keys", lambda f: old)  # roll back to the old SPK
+    # A replaying server answers the fetch at hand: it copies that fetch's ref (keys.ref).
+    relay.down_hook = Once("alice", "keys", lambda f: {**old, "ref": f["ref"]})  # roll back to the old SPK
     with pytest.raises(BundleError, match="rolled back"):
         alice.whisper("bob", "x")
 
@@ -231,7 +232,7 @@ def test_swapped_stale_and_rolled_back_signed_prekeys(
     # month later (either clock may be a year off: docs/design.md, "Time and clock jumps").
     late_conv = Conversations(Identity.generate("carol"), clock=lambda: time.time() + 401 * day)
     carol = join(relay, client_ctx, clients, "carol", WhisperKeys(late_conv, saved))
-    relay.down_hook = Once("carol", "keys", lambda f: old)
+    relay.down_hook = Once("carol", "keys", lambda f: {**old, "ref": f["ref"]})
     with pytest.raises(BundleError, match="stale"):
         carol.whisper("bob", "x")
 
@@ -267,7 +268,7 @@ def test_reused_one_time_prekey_is_refused_by_the_recipient(
             if not handed:
                 handed.append(frame)
             elif leg.nick == "carol":
-                return [handed[0]]  # the same one-time prekey a second time
+                return [{**handed[0], "ref": frame["ref"]}]  # the same one-time prekey a second time
         return [frame]
 
     relay.down_hook = reuse
