@@ -311,3 +311,88 @@ def test_identity_switches_identity_and_the_room_sees_it(
     assert any(line.startswith("! usage: /identity NICK") for line in shown)
     switch_lines = shown[: shown.index("* you are now alice2")]
     assert not any("server: goodbye" in line for line in switch_lines)  # the old connection leaves quietly
+
+
+def test_room_and_whisper_windows_pastes_and_control_characters(
+    server: object, client_ctx: object, connect: Connect
+) -> None:
+    from whisper_helpers import login, memory_keys
+
+    from securechat import __version__
+    from securechat.client.events import WhisperReceived
+
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))  # type: ignore[arg-type]
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))  # type: ignore[arg-type]
+    shown: list[str] = []
+    seen: dict[str, threading.Event] = {}
+
+    def wait_shown(fragment: str) -> None:
+        event = seen.setdefault(fragment, threading.Event())
+        if not any(fragment in line for line in list(shown)):
+            assert event.wait(TIMEOUT), f"never shown: {fragment}; the last lines: {shown[-5:]}"
+
+    def write(line: str) -> None:
+        shown.append(line)
+        for fragment, event in list(seen.items()):
+            if fragment in line:
+                event.set()
+
+    def said(room: str) -> str:
+        message = next_matching(bob, Message, nick="alice", room=room)
+        assert isinstance(message, Message)
+        return message.text
+
+    try:
+        with create_pipe_input() as pipe:
+            ui = threading.Thread(
+                target=run_tui,
+                args=(alice,),
+                kwargs={"pt_input": pipe, "pt_output": DummyOutput(), "write": write},
+            )
+            ui.start()
+            bob.join("#dev")
+            pipe.send_text("/join #dev\r")
+            wait_shown("* you are in #dev; here: alice, bob")
+            pipe.send_text("hello dev\r")  # the #dev window is current: said in #dev
+            assert said("#dev") == "hello dev"
+            pipe.send_text("/query bob\r")
+            wait_shown("* whispering bob")
+            pipe.send_text("psst\r")  # a line in a query window is a whisper
+            got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+            assert isinstance(got, WhisperReceived) and got.text == "psst"
+            pipe.send_text("/msg bbo hi\r")
+            wait_shown("did you mean bob?")
+            pipe.send_text("/version\r")
+            wait_shown("* this client: securechat")
+            # A paste too long for one message, in one go as a terminal sends it: refused whole.
+            pipe.send_text("/window 2\r/topic\r")
+            wait_shown("* #dev has no topic")
+            paste = "".join(f"pasted line {n:03} of a long paste, 41 b\r" for n in range(120))
+            pipe.send_text(paste)
+            wait_shown("! not sent: the paste is 120 lines")
+            bob.set_away("lunch")
+            pipe.send_text("bad \x1a line\r")  # Ctrl-Z, as typed: shown as ^Z, never sent
+            wait_shown("! not sent: the line holds control characters (\\x1a)")
+            pipe.send_text("\x15after the paste\r")  # Ctrl-U clears the refused line
+            assert said("#dev") == "after the paste"  # nothing of the paste came before it
+            pipe.send_text("/names\r")
+            wait_shown("* in #dev: alice, bob (away)")
+            pipe.send_text("/part #dev see you\r")
+            wait_shown("* you left #dev (see you)")
+            pipe.send_text("/quit\r")
+            ui.join(TIMEOUT)
+        assert not ui.is_alive()
+    finally:
+        bob.close()
+    assert f"* this client: securechat {__version__}; the server: securechat {__version__}" in shown
+    assert "! nobody is registered as bbo; did you mean bob?" in shown
+
+
+def test_a_paste_runs_as_typed_but_text_stays_with_its_command() -> None:
+    from securechat.client.tui import _paste_parts
+
+    assert _paste_parts("one line") == ["one line"]
+    assert _paste_parts("a\nb\n/quit") == ["a\nb", "/quit"]  # text is one message
+    assert _paste_parts("/msg bob a\nb\n/quit") == ["/msg bob a\nb", "/quit"]  # never b in clear
+    assert _paste_parts("/window 2\nx\ny") == ["/window 2", "x\ny"]
+    assert _paste_parts("/wo\n/help quit\n//slash") == ["/wo", "/help quit", "//slash"]

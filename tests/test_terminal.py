@@ -20,6 +20,7 @@ import pytest
 from chat import TIMEOUT, next_matching
 from whisper_helpers import login, memory_keys
 
+from securechat import Client
 from securechat.client.events import WhisperReceived
 from securechat.protocol import Message
 from securechat.server import Server
@@ -153,6 +154,95 @@ def test_a_person_chats_whispers_verifies_and_quits_in_a_real_terminal(
     pane.keys("Enter")
     pane.wait_for(r"^whispers: +/msg /w /r /query")
     pane.type("/quit see you")
+    pane.keys("Enter")
+    pane.wait_for(r"EXIT=0")
+    bob.close()
+
+
+def next_said(client: Client, nick: str) -> str:
+    """The text of the next room line `nick` says, in any room."""
+    said = next_matching(client, Message, nick=nick)
+    assert isinstance(said, Message)
+    return said.text
+
+
+def test_escape_sequences_in_the_input_line_never_turn_a_whisper_into_room_text(
+    alice_terminal: Pane, server: Server, client_ctx: ssl.SSLContext
+) -> None:
+    """Found testing as a new user: a pasted mouse report moved the cursor to the start of
+    the line (the text after it landed before "/msg bob", and the line went to the room in
+    clear), and a malformed one raised "Unhandled exception in event loop", whose "Press
+    ENTER to continue" ate the next Enter."""
+    pane = alice_terminal
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    pane.wait_for(r"connected as alice")
+    # An xterm mouse click report, then one with a button number prompt_toolkit has no
+    # entry for, each typed into the middle of a whisper.
+    pane.type("/msg bob first secret \x1b[<0;1;1M and more")
+    pane.keys("Enter")
+    got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+    assert isinstance(got, WhisperReceived) and got.text == "first secret  and more"
+    pane.type("/msg bob second secret \x1b[Mz!! and more")
+    pane.keys("Enter")
+    got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+    assert isinstance(got, WhisperReceived) and got.text == "second secret  and more"
+    pane.type("in the room")
+    pane.keys("Enter")
+    assert next_said(bob, "alice") == "in the room"  # the first room line: nothing leaked before it
+    assert "Unhandled exception" not in pane.screen()
+    bob.close()
+
+
+def test_a_35_line_paste_arrives_whole(
+    alice_terminal: Pane, server: Server, client_ctx: ssl.SSLContext
+) -> None:
+    """Found testing as a new user: a 35-line paste lost 14 lines to the server's rate
+    limit, with two "slow down" notices. Pasted as a terminal without bracketed paste does
+    (tmux's paste-buffer: each line ends in a carriage return, as if Enter was pressed)."""
+    pane = alice_terminal
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    pane.wait_for(r"connected as alice")
+    lines = [f"line {n:02} of a pasted traceback, long enough to matter" for n in range(1, 36)]
+    subprocess.run(
+        ["tmux", "-L", pane.socket, "set-buffer", "\n".join(lines) + "\n"], check=True, capture_output=True
+    )
+    subprocess.run(["tmux", "-L", pane.socket, "paste-buffer", "-t", "t"], check=True)
+    assert next_said(bob, "alice") == "\n".join(lines)  # one message, every line, in order
+    assert "slow down" not in pane.screen()
+    bob.close()
+
+
+def test_windows_switch_show_activity_and_scroll_back(
+    alice_terminal: Pane, server: Server, client_ctx: ssl.SSLContext
+) -> None:
+    pane = alice_terminal
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    pane.wait_for(r"connected as alice")
+    bob.join("#dev")
+    pane.type("/join #dev")
+    pane.keys("Enter")
+    pane.wait_for(r"\| \[2:#dev\] 2 here")  # the status bar: its own window, current
+    pane.type("/join #ops")
+    pane.keys("Enter")
+    pane.wait_for(r"\| \[3:#ops\] 1 here")
+    # 30 lines in #dev (one multi-line message: the server's burst is not the point here)
+    # and a mention of alice, while alice looks at #ops.
+    bob.say("\n".join(f"dev line {n:02}" for n in range(1, 31)), room="#dev")
+    pane.wait_for(r"\[3:#ops\] 1 here \| act: 2$")
+    bob.say("alice: look at this", room="#dev")
+    pane.wait_for(r"\[3:#ops\] 1 here \| act: 2!$")  # highlighted: a mention
+    assert "dev line" not in pane.screen()  # #dev's lines stay in #dev's window
+    pane.keys("M-2")
+    screen = pane.wait_for(r"\| \[2:#dev\] 2 here$")  # no activity left
+    assert "alice: look at this" in screen and "dev line 01" not in screen  # scrolled to the newest
+    pane.keys("PageUp")
+    screen = pane.wait_for(r"<bob> dev line 01$")
+    assert "[2:#dev] (scrolled)" in screen
+    pane.keys("PageDown")
+    pane.wait_for(r"alice: look at this")
+    pane.keys("M-Left")
+    pane.wait_for(r"\| \[1:#lobby\] 2 here")
+    pane.type("/quit")
     pane.keys("Enter")
     pane.wait_for(r"EXIT=0")
     bob.close()

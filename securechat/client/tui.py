@@ -463,6 +463,11 @@ class _Tui:
         if text.strip():
             self.buffer.append_to_history()
         self.buffer.reset()
+        parsed = parse_input(text)
+        if isinstance(parsed, Command) and parsed.name in _SWITCHING and "\n" not in text:
+            # Switched here and now, so the next line typed goes to the window switched to.
+            self._window_command(parsed)
+            return
         self._typed.put(typed)
 
     # -- typed lines (the input thread) ------------------------------------------------------
@@ -471,11 +476,16 @@ class _Tui:
         while (typed := self._typed.get()) is not None:
             if self._quitting.is_set() or self._lost.is_set():
                 continue
+            kind, name = typed.kind, typed.name
             for part in _paste_parts(typed.text):
-                if self._act(_Typed(part, typed.kind, typed.name)):
+                if self._act(_Typed(part, kind, name)):
                     self._quitting.set()
                     self._exit()
                     break
+                parsed = parse_input(part)
+                if isinstance(parsed, Command) and parsed.name in _SWITCHING:
+                    with self._lock:  # the rest of a paste goes where it switched to
+                        kind, name = self.windows.current.kind, self.windows.current.name
 
     def _say(self, line: str) -> None:
         self._add(None, [line])
@@ -533,7 +543,7 @@ class _Tui:
             else:
                 self._room_command(client, name, target, rest)
         elif name in _WINDOW_COMMANDS:
-            self._window_command(client, cmd)
+            self._window_command(cmd, client)
         elif name == "join":
             self._join(client, cmd.arg)
         elif name == "list":
@@ -626,7 +636,9 @@ class _Tui:
         elif name == "transfer":
             client.transfer(room, first)
 
-    def _window_command(self, client: Client, cmd: Command) -> None:
+    def _window_command(self, cmd: Command, client: Client | None = None) -> None:
+        """/query, /window, /clear, /lastlog, /close: the input thread, or the loop thread
+        for /query and /window (`_SWITCHING`, which need no client)."""
         if cmd.name == "query":
             nick = cmd.arg.split(" ")[0]
             if not is_valid_nick(nick):
@@ -661,7 +673,7 @@ class _Tui:
                 closed = self.windows.close(window)
             if not closed:
                 self._say("! this is the last window; /quit to leave")
-            elif window.kind is Kind.ROOM:
+            elif window.kind is Kind.ROOM and client is not None:
                 with contextlib.suppress(ConnectionError):
                     client.part(window.name)
             self.app.invalidate()
@@ -846,20 +858,34 @@ class _Tui:
 
 _WHISPER_COMMANDS = frozenset({"msg", "w", "r", "verify", "trust", "whois", "history"})
 _WINDOW_COMMANDS = frozenset({"query", "window", "close", "clear", "lastlog"})
+#: Window commands carried out as Enter is pressed: the lines after them go where they went.
+_SWITCHING = frozenset({"query", "window"})
+#: Commands whose argument ends in text: in a paste, the lines after them are that text.
+_TEXT_COMMANDS = frozenset({"msg", "w", "r", "me"})
 
 
 def _paste_parts(text: str) -> list[str]:
-    """A pasted block as the lines it runs as: each line starting with "/" with the lines
-    after it that do not (its continuation: "/msg bob" and a pasted paragraph is one
-    whisper, never a whisper and then lines said in clear), and the text before the first
-    command as one message. A single line is itself."""
+    """A pasted block as the lines it runs as: each line starting with "/" on its own,
+    except that the lines after a command that takes text (/msg, /w, /r, /me) and do not
+    start with "/" are its text ("/msg bob" and a pasted paragraph is one whisper, never a
+    whisper and then lines said in clear); other runs of lines are one message each. A
+    single line is itself."""
     parts: list[str] = []
+    takes_text = False
     for line in text.split("\n"):
-        if line.startswith("/") or not parts:  # a command, or "//" text said as typed
+        if not _is_text(line):
             parts.append(line)
-        else:
+            takes_text = line[1:].partition(" ")[0].lower() in _TEXT_COMMANDS
+        elif parts and (takes_text or _is_text(parts[-1])):
             parts[-1] += "\n" + line
+        else:
+            parts.append(line)
+            takes_text = False
     return parts
+
+
+def _is_text(line: str) -> bool:
+    return not line.startswith("/") or line.startswith("//")
 
 
 def _stamp() -> str:
