@@ -396,3 +396,31 @@ def test_a_paste_runs_as_typed_but_text_stays_with_its_command() -> None:
     assert _paste_parts("/msg bob a\nb\n/quit") == ["/msg bob a\nb", "/quit"]  # never b in clear
     assert _paste_parts("/window 2\nx\ny") == ["/window 2", "x\ny"]
     assert _paste_parts("/wo\n/help quit\n//slash") == ["/wo", "/help quit", "//slash"]
+
+
+def test_chat_state_follows_rooms_renames_and_kicks() -> None:
+    from securechat.client.state import ChatState
+    from securechat.protocol import Entered, Joined, Names, Renamed, RoomChanged
+
+    state = ChatState(nick="alice", server="h:1")
+    state.apply(Entered(room="#Dev", users=("alice", "bob"), away=("bob",), owner="bob", registered=True))
+    state.apply(Joined(room="#dev", nick="carol"))
+    assert (
+        state.status_line("#dev", "[2:#Dev]", "act: 1!")
+        == " h:1 | alice | connected | [2:#Dev] 3 here | act: 1! "
+    )
+    state.apply(Renamed(old="bob", new="bob2"))
+    room = state.room("#DEV")
+    assert room is not None and room.marked() == ["alice", "~bob2 (away)", "carol"]
+    state.apply(
+        RoomChanged(
+            room="#dev", nick="bob2", what="operators", registered=True, owner="bob2", operators=("carol",)
+        )
+    )
+    assert room.marked() == ["alice", "~bob2 (away)", "@carol"]
+    state.apply(Names(room="#dev", users=("alice", "carol")))
+    assert state.known_nicks() == ["carol"] and state.shares_room("CAROL") == ["#Dev"]
+    state.apply(Left(room="#dev", nick="alice", by="carol", reason="out"))  # kicked: no longer in it
+    assert state.room("#dev") is None
+    state.apply(Renamed(old="alice", new="alice2"))
+    assert state.nick == "alice2"

@@ -1,6 +1,6 @@
 """What the terminal shows besides the scrollback: the rooms you are in and who is in each
-(away, owner, operators), connection state, unread whispers, who is ignored, the nicks you
-know. Pure: fed events, asked questions; no I/O."""
+(away, owner, operators), connection state, who is ignored, the nicks you know. Pure: fed
+events, asked questions; no I/O. (Unread whispers are window activity: client/windows.py.)"""
 
 from __future__ import annotations
 
@@ -64,7 +64,6 @@ class ChatState:
     server: str
     rooms: dict[str, RoomState] = field(default_factory=dict)  # fold_room -> the room
     connection: str = "connected"
-    unread_whispers: int = 0
     ignored: set[str] = field(default_factory=set)  # folded nicks
     #: Nicks whispered with in this session (folded -> as spelled), for "did you mean".
     contacts: dict[str, str] = field(default_factory=dict)
@@ -125,7 +124,6 @@ class ChatState:
         elif isinstance(event, Reconnecting):
             self.connection = f"reconnecting (attempt {event.attempt})"
         elif isinstance(event, WhisperReceived) and not self.is_ignored(event.sender):
-            self.unread_whispers += 1
             self.contacts[fold_nick(event.sender)] = event.sender
 
     def _left(self, event: Left) -> None:
@@ -176,13 +174,11 @@ class ChatState:
 
     def status_line(self, room: str | None = None, window: str = "", activity: str = "") -> str:
         """The status bar: server, nick, connection, the current window (`window`, with how
-        many are in `room` when it is one), the other windows' `activity`, unread whispers."""
+        many are in `room` when it is one), the other windows' `activity`."""
         here = self.room(room) if room is not None else None
         parts = [self.server, self.nick, self.connection]
         if window or here is not None:
             parts.append(" ".join(p for p in (window, f"{len(here.members)} here" if here else "") if p))
         if activity:
             parts.append(activity)
-        if self.unread_whispers:
-            parts.append(f"{self.unread_whispers} unread whisper{'s' if self.unread_whispers != 1 else ''}")
         return f" {' | '.join(parts)} "
