@@ -8,21 +8,25 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chat import TIMEOUT
+from conftest import Connect
 from hostile_server import HostileConn, HostileServer, Script
-from whisper_helpers import disk_keys
+from whisper_helpers import disk_keys, login, memory_keys, wait_published_keys
 
 from securechat import Client, LoginRejected
 from securechat.client.backoff import Backoff
-from securechat.client.events import Reconnected
+from securechat.client.events import Reconnected, WhisperReceived
 from securechat.client.keystore import RoomsFile
 from securechat.client.rooms import MAX_REMEMBERED, RememberedRooms, decode_rooms, encode_rooms
+from securechat.e2e.conversations import Trust
 from securechat.e2e.identity import PublicIdentity
 from securechat.e2e.login import rename_message
 from securechat.e2e.primitives import ed25519_verify
-from securechat.protocol import Entered, Left, Message, Renamed
+from securechat.protocol import Entered, Error, Joined, Left, Message, Renamed, RoomChanged, Rooms
+from securechat.server import Server
 
 
 def test_remembered_rooms_keep_join_order_and_one_entry_whatever_the_case() -> None:
@@ -261,3 +265,65 @@ def test_a_guest_renames_without_a_signature(scripted: Callable[..., Client], tm
     _until(client, Renamed)
     assert frames[0]["type"] == "rename" and frames[0]["nick"] == "bob" and not frames[0].get("signature")
     assert client.nick == "bob" and RoomsFile(tmp_path / "bob").load_rooms() == ["#dev"]
+
+
+# -- over real TLS, against the real server -------------------------------------------------
+
+
+def _events_until(client: Client, kind: type, test: Callable[[Any], bool] = lambda _: True) -> Any:
+    """The first event of type `kind` that passes `test` (others skipped)."""
+    while True:
+        item = client.wait_for_any(kind, TIMEOUT)
+        if test(item):
+            return item
+
+
+def test_rooms_through_the_client_api_over_tls(server: Server, connect: Connect) -> None:
+    alice, bob = connect("alice"), connect("bob")
+    alice.join("#dev")
+    entered = _events_until(alice, Entered, lambda e: e.room == "#dev")
+    assert entered.users == ("alice",) and "#dev" in alice.rooms
+    bob.join("#DEV")  # one room whatever the case
+    _events_until(alice, Joined, lambda e: e.room.lower() == "#dev" and e.nick == "bob")
+    alice.say("in dev only", "#dev")
+    line = _events_until(bob, Message, lambda m: m.text == "in dev only")
+    assert line.room.lower() == "#dev"
+    alice.set_topic("#dev", "builds and deploys")
+    changed = _events_until(bob, RoomChanged)
+    assert (changed.what, changed.topic, changed.nick) == ("topic", "builds and deploys", "alice")
+    alice.list_rooms("#d*")
+    listed = _events_until(alice, Rooms)
+    assert [(r.room.lower(), r.users) for r in listed.rooms] == [("#dev", 2)]
+    alice.kick("#dev", "bob")  # nobody may kick in an unregistered room
+    refused = _events_until(alice, Error, lambda e: e.ref.lower() == "#dev")
+    assert refused.code == "not-operator"
+    bob.part("#dev", "lunch")
+    gone = _events_until(bob, Left, lambda e: e.nick == "bob")
+    assert gone.room.lower() == "#dev" and all(r.lower() != "#dev" for r in bob.rooms)
+
+
+def test_a_rename_keeps_the_trust_of_the_key_and_the_keystore_follows(
+    server: Server, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    alice = login(server, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"))
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    try:
+        bob.whisper("alice", "before")
+        _events_until(alice, WhisperReceived)
+        assert bob.keys is not None and alice.keys is not None
+        number = alice.keys.identity.safety_number_with(bob.keys.identity.public())
+        assert bob.verify("alice", number)
+        alice.rename("alice2")
+        assert _events_until(alice, Renamed).new == "alice2"
+        seen = _events_until(bob, Renamed)  # bob shares #lobby with her
+        assert (seen.old, seen.new) == ("alice", "alice2")
+        wait_published_keys(alice)  # the fresh bundle, bound to alice2
+        bob.whisper("alice2", "after")
+        got = _events_until(alice, WhisperReceived, lambda w: w.text == "after")
+        assert got.sender == "bob"
+        info = bob.keys.peer_info("alice2")
+        assert info is not None and info[1] is Trust.VERIFIED  # verified stays verified
+        assert (tmp_path / "alice2" / "keystore.db").is_file() and not (tmp_path / "alice").exists()
+    finally:
+        alice.close()
+        bob.close()
