@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 from chat import TIMEOUT, next_matching
+from conftest import StartServer
 from whisper_helpers import login, memory_keys
 
 from securechat import Client
 from securechat.client.events import WhisperReceived
 from securechat.protocol import Message
-from securechat.server import Server
+from securechat.server import Server, ServerConfig
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -76,8 +77,8 @@ def shlex_quote(text: str) -> str:
     return shlex.quote(text)
 
 
-@pytest.fixture
-def alice_terminal(server: Server, cert_files: dict[str, str], tmp_path: Path) -> Iterator[Pane]:
+def alice_pane(server: Server, cert_files: dict[str, str], tmp_path: Path) -> Pane:
+    """`securechat client --nick alice` for `server`, in a fresh tmux."""
     env = {
         **os.environ,
         "XDG_DATA_HOME": str(tmp_path / "xdg"),
@@ -86,7 +87,7 @@ def alice_terminal(server: Server, cert_files: dict[str, str], tmp_path: Path) -
         "TERM": "xterm-256color",
         "NO_COLOR": "1",
     }
-    pane = Pane(
+    return Pane(
         [
             sys.executable,
             "-m",
@@ -102,6 +103,11 @@ def alice_terminal(server: Server, cert_files: dict[str, str], tmp_path: Path) -
         ],
         env,
     )
+
+
+@pytest.fixture
+def alice_terminal(server: Server, cert_files: dict[str, str], tmp_path: Path) -> Iterator[Pane]:
+    pane = alice_pane(server, cert_files, tmp_path)
     yield pane
     pane.close()
 
@@ -194,22 +200,30 @@ def test_escape_sequences_in_the_input_line_never_turn_a_whisper_into_room_text(
 
 
 def test_a_35_line_paste_arrives_whole(
-    alice_terminal: Pane, server: Server, client_ctx: ssl.SSLContext
+    start_server: StartServer, cert_files: dict[str, str], tmp_path: Path, client_ctx: ssl.SSLContext
 ) -> None:
     """Found testing as a new user: a 35-line paste lost 14 lines to the server's rate
     limit, with two "slow down" notices. Pasted as a terminal without bracketed paste does
-    (tmux's paste-buffer: each line ends in a carriage return, as if Enter was pressed)."""
-    pane = alice_terminal
-    bob = login(server, client_ctx, "bob", memory_keys("bob"))
-    pane.wait_for(r"connected as alice")
-    lines = [f"line {n:02} of a pasted traceback, long enough to matter" for n in range(1, 36)]
-    subprocess.run(
-        ["tmux", "-L", pane.socket, "set-buffer", "\n".join(lines) + "\n"], check=True, capture_output=True
-    )
-    subprocess.run(["tmux", "-L", pane.socket, "paste-buffer", "-t", "t"], check=True)
-    assert next_said(bob, "alice") == "\n".join(lines)  # one message, every line, in order
-    assert "slow down" not in pane.screen()
-    bob.close()
+    (tmux's paste-buffer: each line ends in a carriage return, as if Enter was pressed), to
+    a server with the default rate limit (the test servers run without one)."""
+    defaults = ServerConfig(host="127.0.0.1", port=0)
+    server = start_server(message_rate=defaults.message_rate, message_burst=defaults.message_burst)
+    pane = alice_pane(server, cert_files, tmp_path)
+    try:
+        bob = login(server, client_ctx, "bob", memory_keys("bob"))
+        pane.wait_for(r"connected as alice")
+        lines = [f"line {n:02} of a pasted traceback, long enough to matter" for n in range(1, 36)]
+        subprocess.run(
+            ["tmux", "-L", pane.socket, "set-buffer", "\n".join(lines) + "\n"],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(["tmux", "-L", pane.socket, "paste-buffer", "-t", "t"], check=True)
+        assert next_said(bob, "alice") == "\n".join(lines)  # one message, every line, in order
+        assert "slow down" not in pane.screen()
+        bob.close()
+    finally:
+        pane.close()
 
 
 def test_windows_switch_show_activity_and_scroll_back(
