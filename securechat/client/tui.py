@@ -478,7 +478,14 @@ class _Tui:
                 continue
             kind, name = typed.kind, typed.name
             for part in _paste_parts(typed.text):
-                if self._act(_Typed(part, kind, name)):
+                try:
+                    quit_ = self._act(_Typed(part, kind, name))
+                except Exception as exc:  # a bug must not leave the keyboard typing into nothing
+                    # The type only: the exception's message may quote what was typed.
+                    log.error("a typed command failed: %s", type(exc).__name__)
+                    self._say(f"! that failed: {sanitize(type(exc).__name__)}; the client carries on")
+                    continue
+                if quit_:
                     self._quitting.set()
                     self._exit()
                     break
@@ -519,15 +526,15 @@ class _Tui:
             )
             return
         stripped = text.lstrip()
-        if stripped != text and parse_input(stripped).__class__ is Command:
+        if stripped != text and isinstance(parse_input(stripped), Command):
             # " /msg bob ..." is a command with the cursor moved or a space typed first:
             # saying it in the room would say in clear what was meant as a whisper.
             self._say(
                 "! not sent: the line starts with spaces before a command; remove them (or // to say it)"
             )
             return
-        if typed.kind is Kind.QUERY:
-            self._whisper(client, typed.name, text)
+        if typed.kind is Kind.QUERY:  # as /msg, with its answers to every refusal
+            self._whisper_command(client, Command("msg", f"{typed.name} {text}"))
         else:
             client.say(text, room=typed.name)
 
@@ -543,7 +550,7 @@ class _Tui:
             else:
                 self._room_command(client, name, target, rest)
         elif name in _WINDOW_COMMANDS:
-            self._window_command(cmd, client)
+            self._window_command(cmd, client, typed)
         elif name == "join":
             self._join(client, cmd.arg)
         elif name == "list":
@@ -636,9 +643,14 @@ class _Tui:
         elif name == "transfer":
             client.transfer(room, first)
 
-    def _window_command(self, cmd: Command, client: Client | None = None) -> None:
+    def _window_command(
+        self, cmd: Command, client: Client | None = None, typed: _Typed | None = None
+    ) -> None:
         """/query, /window, /clear, /lastlog, /close: the input thread, or the loop thread
-        for /query and /window (`_SWITCHING`, which need no client)."""
+        for /query and /window (`_SWITCHING`, which need no client). /clear, /lastlog and
+        /close act on the window they were typed in (`typed`), which may no longer be current."""
+        with self._lock:
+            here = self.windows.find(typed.kind, typed.name) if typed is not None else None
         if cmd.name == "query":
             nick = cmd.arg.split(" ")[0]
             if not is_valid_nick(nick):
@@ -655,21 +667,21 @@ class _Tui:
                 self._say(f"! usage: /window N (1-{count})")
         elif cmd.name == "clear":
             with self._lock:
-                self.windows.clear()
+                self.windows.clear(here)
             self.app.invalidate()
         elif cmd.name == "lastlog":
             if not cmd.arg:
                 self._say(f"! usage: {COMMANDS['lastlog'][0]}")
                 return
             with self._lock:
-                matches = self.windows.lastlog(cmd.arg)
+                matches = self.windows.lastlog(cmd.arg, here)
             plural = "s" if len(matches) != 1 else ""
             self._say(f"* lastlog: {len(matches)} line{plural} with {sanitize(cmd.arg)}:")
             for line in matches:
                 self._say(f"  {line}")
         elif cmd.name == "close":
             with self._lock:
-                window = self.windows.current
+                window = here or self.windows.current
                 closed = self.windows.close(window)
             if not closed:
                 self._say("! this is the last window; /quit to leave")

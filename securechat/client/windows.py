@@ -122,15 +122,18 @@ class Windows:
         elif target.scroll:
             target.scroll = min(target.scroll + len(lines), max(len(target.lines) - 1, 0))
 
-    def clear(self) -> None:
-        """/clear: the current window's scrollback is emptied."""
-        self.current.lines.clear()
-        self.current.scroll = 0
+    def clear(self, window: Window | None = None) -> None:
+        """/clear: the scrollback of `window` (None: the current one) is emptied."""
+        target = self.current if window is None else window
+        target.lines.clear()
+        target.scroll = 0
 
-    def lastlog(self, text: str) -> list[str]:
-        """/lastlog TEXT: the current window's lines containing `text`, case-insensitively."""
+    def lastlog(self, text: str, window: Window | None = None) -> list[str]:
+        """/lastlog TEXT: the lines of `window` (None: the current one) containing `text`,
+        case-insensitively."""
         needle = text.casefold()
-        return [line for line in self.current.lines if needle in line.casefold()]
+        target = self.current if window is None else window
+        return [line for line in target.lines if needle in line.casefold()]
 
     # -- switching ---------------------------------------------------------------------------
 
