@@ -13,7 +13,7 @@ import socket
 import ssl
 from typing import Protocol
 
-from ..protocol import PROTOCOL_VERSION, Hello, Pong, Say, encode
+from ..protocol import PROTOCOL_VERSION, Hello, Join, Pong, Say, encode
 from ..protocol.framing import LineBuffer
 from ..protocol.limits import MAX_LINE_BYTES
 
@@ -56,7 +56,11 @@ def _read_until(sock: socket.socket, nick: str, found: bytes, refused: tuple[byt
 
 
 class SecureChat:
-    """securechat's JSON lines (as a guest: the benchmark measures the room path)."""
+    """securechat's JSON lines, protocol 2 (as a guest: the benchmark measures the room path).
+
+    `login` returns at the welcome: the session is then in the server's autojoin rooms
+    (`#lobby` by default), whose `entered` frame and history follow; `say` speaks there.
+    """
 
     name = "securechat"
 
@@ -77,6 +81,14 @@ class SecureChat:
 
     def say(self, text: str) -> bytes:
         return encode(Say(text=text))
+
+    def say_in(self, room: str, text: str) -> bytes:
+        """The bytes that say `text` to `room` (protocol 2: a session may be in several)."""
+        return encode(Say(room=room, text=text))
+
+    def join(self, room: str) -> bytes:
+        """The bytes that enter `room`, creating it if needed; the server answers `entered`."""
+        return encode(Join(room=room))
 
     def keepalive_answers(self, data: bytes) -> bytes:
         if b'"ping"' not in data:

@@ -67,7 +67,12 @@ class BenchClient:
     has_output: set[BenchClient] | None = None
 
     def queue(self, text: str) -> None:
-        self.out += self.dialect.say(text)
+        """Say `text` (a marker line) the dialect's way."""
+        self.queue_bytes(self.dialect.say(text))
+
+    def queue_bytes(self, data: bytes) -> None:
+        """Send `data` as it is (an already encoded frame), when the loop next writes."""
+        self.out += data
         if self.has_output is not None:
             self.has_output.add(self)
 
@@ -202,6 +207,14 @@ class Loop:
         if answers:
             c.out += answers
             self._has_output.add(c)
+        self.deliver(c, lines)
+
+    def deliver(self, c: BenchClient, lines: bytes) -> None:
+        """Count the benchmark lines in `lines` (complete lines `c` just read).
+
+        Called on the loop's thread for every read that completed a line; a scenario that
+        checks more than per-sender order (the rooms scenario) overrides it.
+        """
         found = self.marker.find(lines)
         if not found:
             return

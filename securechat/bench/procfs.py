@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcessSample", "sample"]
+__all__ = ["ProcessSample", "loadavg", "parse_loadavg", "sample"]
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -44,3 +44,20 @@ def sample(pid: int, proc: Path = Path("/proc")) -> ProcessSample:
     """Read the process now. Raises `OSError` if it is gone, `ValueError` if /proc is odd."""
     rss, threads = parse_status((proc / str(pid) / "status").read_text())
     return ProcessSample(parse_stat((proc / str(pid) / "stat").read_text()), rss, threads)
+
+
+def parse_loadavg(text: str) -> float:
+    """The 1-minute load average from the contents of /proc/loadavg. Raises `ValueError`."""
+    return float(text.split()[0])
+
+
+def loadavg(proc: Path = Path("/proc")) -> float | None:
+    """The machine's 1-minute load average now, or None where /proc has none.
+
+    A benchmark notes it before and after a run: on shared cores, a busy machine makes
+    every figure worse, and the reader should know.
+    """
+    try:
+        return parse_loadavg((proc / "loadavg").read_text())
+    except (OSError, ValueError, IndexError):
+        return None

@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..certs import make_certs
@@ -18,10 +19,11 @@ class BenchServer:
 
     The rate limit is turned off and the per-IP cap lifted (every simulated client comes
     from 127.0.0.1); the server logs both, so this is never silent. Raises `RuntimeError`
-    if it does not start.
+    if it does not start. `extra_args` are more `securechat server` flags (the rooms
+    scenario lifts the room caps with them).
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
         paths, _ = make_certs(workdir / "certs", ["localhost", "127.0.0.1"])
         self.cafile = paths.ca
         with socket.socket() as s:
@@ -48,6 +50,7 @@ class BenchServer:
                 "1000000",
                 "--log-level",
                 "warning",
+                *extra_args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -15,6 +15,9 @@ from .common import UsageError, check_port, raise_open_files_limit
 
 __all__ = ["add_parsers"]
 
+_CLIENTS = 200  # --clients for every scenario but rooms
+_ROOMS_CLIENTS = 2000  # rooms: 2,000 clients in 100 rooms, 20 a room (issue 13)
+
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser(
@@ -22,11 +25,17 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="benchmark a server (one it starts itself, or --port)",
         description="Scenarios: burst (senders x messages as fast as possible), steady (every client "
         "at --rate for --seconds), whisper (plain vs encrypted round trips, and the crypto's cost), "
-        "connect (a storm of new TLS logins), idle (memory per session). "
+        "connect (a storm of new TLS logins), idle (memory per session), rooms (--clients spread "
+        "over --rooms rooms, every client at --rate for --seconds; the cost of joining too). "
         "Without --port it starts its own server with the rate limit off (and says so).",
     )
-    bench.add_argument("scenario", choices=["burst", "steady", "whisper", "connect", "idle"])
-    bench.add_argument("--clients", type=int, default=200, help="connected clients (default: %(default)s)")
+    bench.add_argument("scenario", choices=["burst", "steady", "whisper", "connect", "idle", "rooms"])
+    bench.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        help=f"connected clients (default: {_CLIENTS}; rooms: {_ROOMS_CLIENTS:,})",
+    )
     bench.add_argument(
         "--senders", type=int, default=20, help="burst: how many of them send (default: %(default)s)"
     )
@@ -34,9 +43,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--messages", type=int, default=200, help="burst: lines per sender (default: %(default)s)"
     )
     bench.add_argument(
-        "--rate", type=float, default=0.5, help="steady: lines/s per client (default: %(default)s)"
+        "--rate", type=float, default=0.5, help="steady/rooms: lines/s per client (default: %(default)s)"
     )
-    bench.add_argument("--seconds", type=float, default=10.0, help="steady: duration (default: %(default)s)")
+    bench.add_argument(
+        "--seconds", type=float, default=10.0, help="steady/rooms: duration (default: %(default)s)"
+    )
+    bench.add_argument("--rooms", type=int, default=100, help="rooms: rooms in all (default: %(default)s)")
+    bench.add_argument(
+        "--rooms-per-client",
+        type=int,
+        default=1,
+        help="rooms: rooms each client joins; it says its lines in them in turn (default: %(default)s)",
+    )
     bench.add_argument(
         "--rounds", type=int, default=300, help="whisper: round trips of each kind (default: %(default)s)"
     )
@@ -78,15 +96,28 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from ..bench import rooms as rooms_scenario
     from ..bench import scenarios, whisper
     from ..bench.dialects import DIALECTS
     from ..bench.progress import ProgressBar
     from ..bench.server import BenchServer
     from ..transport import client_context
 
-    for name in ("clients", "senders", "messages", "sessions", "rounds"):
+    if args.clients is None:
+        args.clients = _ROOMS_CLIENTS if args.scenario == "rooms" else _CLIENTS
+    for name in ("clients", "senders", "messages", "sessions", "rounds", "rooms", "rooms_per_client"):
         if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be at least 1")
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.scenario in ("steady", "rooms") and not (args.rate > 0 and args.seconds > 0):
+        raise UsageError("--rate and --seconds must be positive")
+    if args.scenario == "rooms":
+        if args.rooms_per_client > args.rooms:
+            raise UsageError("--rooms-per-client cannot exceed --rooms")
+        if args.clients * args.rooms_per_client < 2 * args.rooms:
+            raise UsageError(
+                "every room needs two members to hear each other: "
+                "--clients x --rooms-per-client must be at least 2 x --rooms"
+            )
     if args.scenario == "burst" and args.senders > args.clients:
         raise UsageError("--senders cannot exceed --clients")
     if args.port is None and (args.dialect != "securechat" or args.no_tls):
@@ -103,7 +134,16 @@ def run_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as work:
         server = None
         if args.port is None:
-            server = BenchServer(Path(work))
+            extra: list[str] = []
+            if args.scenario == "rooms":
+                # Lift the room caps only as far as this run needs (+1: #lobby).
+                extra = [
+                    "--max-rooms",
+                    str(max(1000, args.rooms + 1)),
+                    "--max-rooms-per-user",
+                    str(max(20, args.rooms_per_client + 1)),
+                ]
+            server = BenchServer(Path(work), extra)
             host, port, cafile, pid = "127.0.0.1", server.port, server.cafile, server.pid
             print(f"started a server on 127.0.0.1:{port} (pid {pid}) with the rate limit off")
         else:
@@ -149,6 +189,23 @@ def run_bench(args: argparse.Namespace) -> int:
                     rounds=args.rounds,
                     keys_on_disk=args.keys == "disk",
                 )
+            elif args.scenario == "rooms":
+                try:
+                    result = rooms_scenario.many_rooms(
+                        host,
+                        port,
+                        ctx,
+                        clients=args.clients,
+                        rooms=args.rooms,
+                        rooms_per_client=args.rooms_per_client,
+                        rate=args.rate,
+                        seconds=args.seconds,
+                        server_pid=pid,
+                        progress=show,
+                    )
+                except rooms_scenario.JoinRefused as exc:
+                    print(f"FAILED: {exc}")
+                    return 1
             elif args.scenario == "connect":
                 result = scenarios.connect_storm(host, port, ctx, sessions=args.sessions)
             else:
@@ -166,6 +223,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"scenario": args.scenario, **data}))
     else:
+        width = max(20, *map(len, data))
         for key, value in data.items():
             if isinstance(value, dict) and "p50" in value:  # a latency summary, in seconds
                 value = ", ".join(
@@ -177,9 +235,14 @@ def run_bench(args: argparse.Namespace) -> int:
                 )
             elif isinstance(value, float):
                 value = f"{value:,.2f}"
-            print(f"{key:>20}: {value}")
+            print(f"{key:>{width}}: {value}")
     lost = data.get("expected", 0) - data.get("deliveries", 0)
-    if lost or data.get("out_of_order"):
-        print(f"FAILED: {lost} deliveries missing, {data.get('out_of_order')} out of order")
+    if lost or data.get("out_of_order") or data.get("wrong_room") or data.get("duplicates"):
+        wrong = (
+            f", {data['wrong_room']} in a room the receiver is not in, {data['duplicates']} duplicated"
+            if args.scenario == "rooms"
+            else ""
+        )
+        print(f"FAILED: {lost} deliveries missing, {data.get('out_of_order')} out of order{wrong}")
         return 1
     return 0
