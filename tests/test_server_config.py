@@ -17,9 +17,11 @@ import pytest
 
 from securechat import __version__
 from securechat.cli import build_parser, main
+from securechat.cli.common import UsageError
 from securechat.cli.config import apply_config
 from securechat.cli.server_cmd import server_config, settings_table
 from securechat.ports import DEFAULT_PORT
+from securechat.protocol.limits import MAX_BANS_LISTED
 from securechat.server.config import FieldSetting, ServerConfig, settings
 from securechat.version import SOFTWARE, UNKNOWN_VERSION, VERSION, _installed_version
 
@@ -131,6 +133,50 @@ def test_autojoin_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixt
         assert why in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a room name"):
         ServerConfig(autojoin=("#ok", "no spaces"))
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "why"),
+    [
+        # A longer ban list than one ban_list frame holds made `bans` raise out of the
+        # session's logic and end the session.
+        ("max_bans_per_room", MAX_BANS_LISTED + 1, f"at most {MAX_BANS_LISTED}"),
+        ("max_bans_per_room", 0, "at least 1"),
+        ("max_rooms_per_user", 0, "at least 1"),
+        ("max_rooms_per_user", -1, "at least 1"),
+        ("max_rooms", 0, "at least 1"),
+    ],
+)
+def test_room_caps_out_of_range_are_refused_by_flag_file_and_constructor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, bad: int, why: str
+) -> None:
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(SystemExit):
+        configured(tmp_path, [flag, str(bad)])
+    err = capsys.readouterr().err
+    assert name in err and why in err, err
+    with pytest.raises(UsageError, match=f"{name}.*{why}"):
+        configured(tmp_path, [], f"[server]\n{name} = {bad}\n")
+    with pytest.raises(ValueError, match=f"{name}.*{why}"):
+        ServerConfig(**{name: bad})
+
+
+def test_room_caps_at_their_bounds_are_accepted(tmp_path: Path) -> None:
+    edge = configured(tmp_path, ["--max-bans-per-room", str(MAX_BANS_LISTED), "--max-rooms-per-user", "1"])
+    assert (edge.max_bans_per_room, edge.max_rooms_per_user) == (MAX_BANS_LISTED, 1)
+    assert ServerConfig(autojoin=("#a", "#b"), max_rooms=2).max_rooms == 2
+    assert ServerConfig(autojoin=(), max_rooms=1).max_rooms == 1
+
+
+def test_fewer_rooms_allowed_than_autojoin_rooms_is_refused(tmp_path: Path) -> None:
+    # Autojoin rooms always exist, so a cap below their count could never be met.
+    why = "max_rooms: 2 is fewer than the 3 autojoin rooms"
+    with pytest.raises(ValueError, match=why):
+        ServerConfig(autojoin=("#a", "#b", "#c"), max_rooms=2)
+    with pytest.raises(UsageError, match=why):
+        configured(tmp_path, ["--autojoin", "#a,#b,#c", "--max-rooms", "2"])
+    with pytest.raises(UsageError, match=why):
+        configured(tmp_path, [], '[server]\nautojoin = ["#a", "#b", "#c"]\nmax_rooms = 2\n')
 
 
 def test_the_docs_settings_table_is_the_generated_one() -> None:

@@ -17,10 +17,14 @@ from typing import Any, TypeVar
 
 from ..ports import DEFAULT_PORT
 from ..protocol.events import check_room, fold_room
+from ..protocol.limits import MAX_BANS_LISTED
 
 __all__ = ["FieldSetting", "ServerConfig", "Setting", "check_setting", "settings"]
 
 _T = TypeVar("_T")
+
+#: Caps that must be at least 1 (a room nobody may enter or create is no room).
+_AT_LEAST_ONE = frozenset({"max_rooms_per_user", "max_rooms", "max_bans_per_room"})
 
 #: The key of a field's `Setting` in its `dataclasses.Field.metadata`.
 _METADATA_KEY = "securechat.setting"
@@ -84,6 +88,27 @@ def check_setting(name: str, value: object) -> None:
             if fold_room(room) in seen:
                 raise ValueError(f"autojoin: {room!r} is listed twice")
             seen.add(fold_room(room))
+    elif name in _AT_LEAST_ONE:
+        assert isinstance(value, int)
+        if value < 1:
+            raise ValueError(f"{name}: {value} is not allowed, it must be at least 1")
+        # One ban_list frame answers `bans`; a longer list could not be encoded, and the
+        # session asking would end.
+        if name == "max_bans_per_room" and value > MAX_BANS_LISTED:
+            raise ValueError(
+                f"max_bans_per_room: {value} is not allowed, it must be at most {MAX_BANS_LISTED} "
+                "(what one ban list answer holds)"
+            )
+
+
+def _check_together(config: ServerConfig) -> None:
+    """Raise ValueError for settings that are each valid but not together."""
+    # Autojoin rooms exist from the start and are never removed: a cap below their count
+    # could never be met.
+    if config.max_rooms < len(config.autojoin):
+        raise ValueError(
+            f"max_rooms: {config.max_rooms} is fewer than the {len(config.autojoin)} autojoin rooms"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -355,6 +380,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         for name in _NAMES:
             check_setting(name, getattr(self, name))
+        _check_together(self)
 
 
 @dataclass(frozen=True)
