@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import socket
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -18,6 +18,7 @@ from securechat.bench.procfs import parse_loadavg
 from securechat.bench.rooms import RoomMarker, RoomsLoop, assign_rooms, room_name
 from securechat.cli import main
 from securechat.protocol import Code, Entered, Error, Message, encode
+from securechat.server.server import Server
 
 
 @pytest.mark.parametrize(("clients", "rooms", "per_client"), [(2000, 100, 1), (30, 7, 3), (10, 4, 4)])
@@ -120,3 +121,15 @@ def test_bench_rooms_refuses_impossible_spreads() -> None:
     assert main(["bench", "rooms", "--clients", "4", "--rooms", "3"]) == 2  # a room of one
     assert main(["bench", "rooms", "--clients", "4", "--rooms", "2", "--rooms-per-client", "3"]) == 2
     assert main(["bench", "rooms", "--clients", "4", "--rooms", "0"]) == 2
+
+
+def test_bench_rooms_reports_a_refused_join_as_a_failure(
+    start_server: Callable[..., Server], cert_files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A server whose room caps the run exceeds (#lobby is its one room, and each session's).
+    server = start_server(max_rooms=1, max_rooms_per_user=1, max_per_ip=1000)
+    port = str(server.address[1])
+    argv = ["bench", "rooms", "--port", port, "--cafile", cert_files["ca"], "--clients", "4", "--rooms", "2"]
+    assert main([*argv, "--rate", "2", "--seconds", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: the server refused a join" in out and "quota-exceeded" in out
