@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import ssl
 import threading
@@ -20,7 +21,18 @@ from securechat import Client, LoginRejected
 from securechat.client.backoff import Backoff
 from securechat.client.events import Reconnected, WhisperReceived
 from securechat.client.keystore import RoomsFile
-from securechat.client.rooms import MAX_REMEMBERED, RememberedRooms, decode_rooms, encode_rooms
+from securechat.client.rooms import (
+    MAX_REMEMBERED,
+    REJOIN_BURST,
+    REJOIN_PACE,
+    REJOIN_RETRIES,
+    REJOIN_RETRY_AFTER,
+    Refusal,
+    RejoinQueue,
+    RememberedRooms,
+    decode_rooms,
+    encode_rooms,
+)
 from securechat.e2e.conversations import Trust
 from securechat.e2e.identity import PublicIdentity
 from securechat.e2e.login import rename_message
@@ -48,6 +60,51 @@ def test_the_saved_form_round_trips_and_damage_is_a_value_error() -> None:
     for damaged in (b"", b"{}", b"[1]", b'["#bad room"]', b'["lobby"]'):
         with pytest.raises(ValueError):
             decode_rooms(damaged)
+
+
+def test_rejoins_go_twenty_at_once_then_one_per_pace() -> None:
+    queue = RejoinQueue()
+    rooms = [f"#r{i}" for i in range(REJOIN_BURST + 3)]
+    queue.start(rooms, now=100.0)
+    # Held until what came with the welcome is read.
+    assert queue.due(100.0) == [] and queue.next_due() is None
+    queue.release()
+    assert queue.due(100.0) == rooms[:REJOIN_BURST]
+    assert queue.due(100.0) == [] and queue.next_due() == pytest.approx(100.0 + REJOIN_PACE)
+    assert queue.due(100.0 + REJOIN_PACE * 0.9) == []
+    assert queue.due(100.0 + REJOIN_PACE) == [rooms[REJOIN_BURST]]
+    assert queue.due(100.0 + REJOIN_PACE * 2.5) == [rooms[REJOIN_BURST + 1]]
+    assert queue.due(100.0 + REJOIN_PACE * 3) == [rooms[REJOIN_BURST + 2]]
+    assert queue.next_due() is None and len(queue) == 0
+    # A new login starts with a full burst again, and an entered room is not sent.
+    queue.start(["#a", "#b"], now=200.0)
+    queue.release()
+    queue.entered("#A")
+    assert queue.due(200.0) == ["#b"]
+
+
+def test_a_rejoin_refused_for_rate_is_sent_again_later_a_bounded_number_of_times() -> None:
+    queue = RejoinQueue()
+    queue.start(["#a", "#b"], now=0.0)
+    queue.release()
+    assert queue.due(0.0) == ["#a", "#b"]
+    assert queue.refused("#x", for_rate=True, now=0.0) is Refusal.NOT_A_REJOIN  # the program's own join
+    assert queue.refused("#B", for_rate=False, now=0.0) is Refusal.NOT_A_REJOIN  # banned: told as usual
+    now = 0.0
+    for tries in range(REJOIN_RETRIES):
+        assert queue.refused("#A", for_rate=True, now=now) is Refusal.RETRYING
+        wait = REJOIN_RETRY_AFTER * 2**tries
+        assert queue.next_due() == pytest.approx(now + wait)
+        assert queue.due(now + wait * 0.9) == []
+        now += wait
+        assert queue.due(now) == ["#a"]
+    assert queue.refused("#a", for_rate=True, now=now) is Refusal.GIVEN_UP
+    assert len(queue) == 0
+    queue.start(["#a"], now=now)
+    queue.release()
+    queue.due(now)
+    queue.clear()  # the connection ended: a late refusal is nobody's
+    assert queue.refused("#a", for_rate=True, now=now) is Refusal.NOT_A_REJOIN
 
 
 # -- against a scripted server (the client's side alone) ------------------------------------
@@ -327,3 +384,99 @@ def test_a_rename_keeps_the_trust_of_the_key_and_the_keystore_follows(
     finally:
         alice.close()
         bob.close()
+
+
+# -- rejoining after a login: which rooms, how fast, and refusals for rate -----------------
+
+
+def _frames(*frames: dict[str, object]) -> bytes:
+    """Frames in one write: they reach the client in one read, with the welcome."""
+    return b"".join(json.dumps(frame).encode() + b"\n" for frame in frames)
+
+
+def test_a_remembered_lobby_is_joined_again_when_the_server_did_not_put_us_in_it(
+    scripted: Callable[..., Client], tmp_path: Path
+) -> None:
+    # No autojoin rooms: the welcome names #lobby for version-1 clients, but not with us in it.
+    joins: list[str] = []
+    done = threading.Event()
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.read_frame()
+        conn.send({**WELCOME_V2, "users": []})
+        while (frame := conn.read_frame())["type"] == "join":
+            joins.append(str(frame["room"]))
+            conn.send(_entered(str(frame["room"])))
+        done.set()
+        conn.hold()
+
+    store = RoomsFile(tmp_path / "alice")
+    store.save_rooms(["#lobby", "#dev"])
+    client = scripted(script, rooms_store=store)
+    client.connect()
+    client.who()
+    assert done.wait(TIMEOUT) and joins == ["#lobby", "#dev"]
+
+
+def test_rooms_the_server_put_us_in_are_not_joined_again(
+    scripted: Callable[..., Client], tmp_path: Path
+) -> None:
+    joins: list[str] = []
+    done = threading.Event()
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.read_frame()
+        # Autojoin #lobby (the welcome has us in it) and #help (its `entered` says so).
+        conn.send_raw(_frames(WELCOME_V2, _entered("#lobby"), _entered("#Help")))
+        while (frame := conn.read_frame())["type"] == "join":
+            joins.append(str(frame["room"]))
+            conn.send(_entered(str(frame["room"])))
+        done.set()
+        conn.hold()
+
+    store = RoomsFile(tmp_path / "alice")
+    store.save_rooms(["#LOBBY", "#help", "#dev"])
+    client = scripted(script, rooms_store=store)
+    client.connect()
+    client.who()
+    assert done.wait(TIMEOUT) and joins == ["#dev"]
+
+
+def test_many_remembered_rooms_are_joined_paced_and_a_join_refused_for_rate_is_tried_again(
+    scripted: Callable[..., Client], tmp_path: Path
+) -> None:
+    rooms = [f"#r{i}" for i in range(REJOIN_BURST + 5)]
+    refused_once = {"#r3", f"#r{REJOIN_BURST + 2}"}
+    joins: list[str] = []
+    everywhere = threading.Event()
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.read_frame()
+        conn.send({**WELCOME_V2, "users": []})
+        entered: set[str] = set()
+        while len(entered) < len(rooms):
+            frame = conn.read_frame()
+            assert frame["type"] == "join", frame
+            room = str(frame["room"])
+            joins.append(room)
+            if room in refused_once and joins.count(room) == 1:
+                conn.send({"type": "error", "code": "rate-limited", "reason": "slow down", "ref": room})
+                continue
+            entered.add(room)
+            conn.send(_entered(room))
+        everywhere.set()
+        conn.hold()
+
+    store = RoomsFile(tmp_path / "alice")
+    store.save_rooms(rooms)
+    client = scripted(script, rooms_store=store)
+    client.connect()
+    assert everywhere.wait(TIMEOUT * 2)
+    assert sorted(joins) == sorted(rooms + sorted(refused_once))
+    assert joins[:REJOIN_BURST] == rooms[:REJOIN_BURST]  # the first ones at once, in order
+    while len(client.rooms) < len(rooms):
+        _until(client, Entered)
+    assert set(client.rooms) == set(rooms)
+    assert store.load_rooms() == rooms  # nothing forgotten on the way
+    with pytest.raises(TimeoutError):  # the refusals were the client's own business
+        client.wait_for_any(Error, 0)

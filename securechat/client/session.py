@@ -20,6 +20,7 @@ from enum import Enum
 from types import TracebackType
 
 from ..e2e.errors import BundleError, E2EError, IdentityChanged, KeystoreError, NotTrusted
+from ..ports import DEFAULT_PORT
 from ..protocol import (
     CLOSED,
     DEFAULT_ROOM,
@@ -85,7 +86,7 @@ from .events import (
 )
 from .inbox import HISTORY_SHOWN, MessageState, StoredMessage
 from .keystore import RoomsFile
-from .rooms import RememberedRooms, RoomStore
+from .rooms import Refusal, RejoinQueue, RememberedRooms, RoomStore
 from .whispers import Incoming, WhisperKeys
 
 __all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected"]
@@ -240,7 +241,7 @@ class Client:
         *,
         context: ssl.SSLContext,
         host: str = "127.0.0.1",
-        port: int = 7443,
+        port: int = DEFAULT_PORT,
         server_hostname: str | None = None,
         timeout: float = 10.0,
         keys: WhisperKeys | None = None,
@@ -323,6 +324,20 @@ class Client:
         # The rooms we are in now, as the server named them: replaced whole by the reader
         # (a tuple assignment is atomic), read by any thread through `rooms`.
         self._in_rooms: tuple[str, ...] = ()
+        # The remembered rooms still to join on this connection, paced: filled by
+        # `_rejoin` (the connecting thread, or the reader after a reconnect), sent from by
+        # the reader (the first burst) and the keepalive thread (the rest), told of
+        # entered rooms and refusals by the reader. Guarded by _rejoin_lock, a leaf lock
+        # never held while sending.
+        self._rejoins = RejoinQueue()
+        self._rejoin_lock = threading.Lock()
+        # Set by the reader once the first joins after a login are sent (or the connection
+        # ended): `connect` waits for it, so a request the program makes next reaches the
+        # server after them.
+        self._rejoined = threading.Event()
+        # Wakes the keepalive thread early: joins to pace, or the client closing. Set by
+        # any thread, cleared by the keepalive thread.
+        self._wake = threading.Event()
 
     # -- connecting ---------------------------------------------------------------
 
@@ -361,6 +376,9 @@ class Client:
             target=self._keep_alive, name=f"securechat-keepalive-{self.nick}", daemon=True
         )
         self._keepalive.start()
+        # The reader sends the first rejoins once it has read what came with the welcome
+        # (the autojoin rooms' `entered`), before it waits for the network.
+        self._rejoined.wait(self._timeout)
         return welcome
 
     def _establish(self) -> tuple[TlsChannel, Connection, Welcome, bytes]:
@@ -575,25 +593,58 @@ class Client:
         self.send(Rename(nick=nick, signature=signature))
 
     def _rejoin(self, welcome: Welcome) -> None:
-        """After a login (the connecting thread, or the reader after a reconnect): join the
-        remembered rooms again. The server puts us back in its autojoin rooms itself; the
-        welcome's room is one of them. A server older than rooms gets no joins."""
+        """After a login (the connecting thread, or the reader after a reconnect): queue the
+        remembered rooms to be joined again. Not those the server put us in itself: the
+        welcome's room if the welcome lists us in it, and (see `_send_rejoins`) every room
+        whose `entered` came with the welcome. A server older than rooms gets no joins."""
         self._in_rooms = (welcome.room,) if welcome.version < _ROOMS_VERSION else ()
-        if welcome.version < _ROOMS_VERSION:
-            return
-        for room in self._remembered:
-            if fold_room(room) == fold_room(welcome.room):
-                continue
+        rooms: list[str] = []
+        if welcome.version >= _ROOMS_VERSION:
+            in_welcome = any(fold_nick(user) == fold_nick(self.nick) for user in welcome.users)
+            for room in self._remembered:
+                if in_welcome and fold_room(room) == fold_room(welcome.room):
+                    continue
+                try:
+                    Join(room=room)
+                except ValueError:
+                    self._remembered.discard(room)  # not a room name any more: never sent again
+                    continue
+                rooms.append(room)
+        with self._rejoin_lock:
+            self._rejoins.start(rooms, time.monotonic())
+        self._rejoined.clear()
+
+    def _send_rejoins(self) -> bool:
+        """Send the joins that are due (the reader, for the first burst after a login; the
+        keepalive thread for the rest); True if more wait. A lost connection ends it: the
+        next login queues the rooms again."""
+        with self._rejoin_lock:
+            rooms = self._rejoins.due(time.monotonic())
+            more = len(self._rejoins) > 0
+        for room in rooms:
             try:
                 self.send(Join(room=room))
             except ConnectionError:
-                return  # lost again: the reader reconnects, and this runs again
-            except ValueError:
-                self._remembered.discard(room)  # not a room name any more: never sent again
+                return False
+        return more
+
+    def _rejoin_refused(self, event: Error) -> bool:
+        """The reader, for an error naming a room: False if it is a rejoin refused for rate
+        that will be sent again (the program need not hear of it)."""
+        with self._rejoin_lock:
+            refusal = self._rejoins.refused(
+                event.ref, for_rate=event.code == Code.RATE_LIMITED, now=time.monotonic()
+            )
+        if refusal is Refusal.RETRYING:
+            self._wake.set()
+            return False
+        return True
 
     def _room_event(self, event: Entered | Left | Renamed) -> None:
         """The reader's bookkeeping of the rooms we are in and remember, and of our nick."""
         if isinstance(event, Entered):
+            with self._rejoin_lock:
+                self._rejoins.entered(event.room)
             if fold_room(event.room) not in {fold_room(r) for r in self._in_rooms}:
                 self._in_rooms = (*self._in_rooms, event.room)
             self._remember(self._remembered.add(event.room))
@@ -937,6 +988,7 @@ class Client:
                 channel.close()
         self._done = True
         self._closing.set()  # for good: the keepalive thread ends too
+        self._wake.set()
         self._events.put(Disconnected(reason=reason))
 
     def _read_until_closed(self) -> tuple[str, Ending]:
@@ -945,6 +997,7 @@ class Client:
         assert channel is not None
         reason, ending = "connection closed by the server", Ending.LOST
         self._storage_failed = False
+        first = True
         try:
             while True:
                 # Drain first: frames that came in the same read as the welcome are
@@ -962,6 +1015,15 @@ class Client:
                         ending = Ending.FINAL if event.code in _FINAL_CODES else Ending.LOST
                 if self._conn.state is State.CLOSED:
                     break
+                if first:
+                    # What came with the welcome is handled, the autojoin rooms' `entered`
+                    # among it: the remembered rooms still missing are joined now.
+                    first = False
+                    with self._rejoin_lock:
+                        self._rejoins.release()
+                    if self._send_rejoins():
+                        self._wake.set()  # the keepalive thread paces the rest
+                    self._rejoined.set()
                 data = channel.recv()
                 self._last_heard = time.monotonic()
                 with self._conn_lock:
@@ -978,6 +1040,9 @@ class Client:
         with self._conn_lock:
             self._online = False
         self._in_rooms = ()  # until the next login's `entered` frames
+        with self._rejoin_lock:
+            self._rejoins.clear()  # the next login queues them again
+        self._rejoined.set()
         channel.close()
         if self._quitting or self._closing.is_set():
             ending = Ending.FINAL
@@ -1046,10 +1111,19 @@ class Client:
         """The keepalive thread: ping a quiet server, and cut a connection whose ping
         goes unanswered for `ping_timeout`, so that the reader reconnects. Quiet means
         nothing heard for `ping_interval`, or for `ping_timeout` while a whisper waits
-        for the server's confirmation."""
+        for the server's confirmation. It also sends the rejoins after a login's first
+        burst, at their pace (`RejoinQueue`), woken by `_wake` when there are some."""
         period = max(0.05, min(self._ping_interval, self._ping_timeout) / 4)
         pinged_at: float | None = None  # when the unanswered ping went out
-        while not self._closing.wait(period):
+        while True:
+            with self._rejoin_lock:
+                next_join = self._rejoins.next_due()
+            wait = period if next_join is None else min(period, max(0.0, next_join - time.monotonic()))
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._closing.is_set():
+                return
+            self._send_rejoins()
             now, heard = time.monotonic(), self._last_heard
             if not self._online or (pinged_at is not None and heard >= pinged_at):
                 pinged_at = None  # offline (the reader deals with it), or answered
@@ -1073,6 +1147,8 @@ class Client:
         if isinstance(event, WhisperStatus):
             if not self._whisper_status(event):
                 return False  # not a whisper of ours (or old news): nothing to show
+        elif isinstance(event, Error) and event.ref.startswith("#") and not self._rejoin_refused(event):
+            return False  # a rejoin refused for rate: sent again later
         elif isinstance(event, Error) and event.ref in self._unconfirmed:
             if event.code == Code.STORE_UNAVAILABLE:
                 self._store_unavailable(self._backoff)
@@ -1224,6 +1300,7 @@ class Client:
         """Drop the connection (without a quit), stop reconnecting, and wait for the
         reader. Whispers handed out by `next_event` count as shown."""
         self._closing.set()
+        self._wake.set()
         with self._conn_lock:
             channel = self._channel
         if channel is not None:
