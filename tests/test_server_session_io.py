@@ -11,23 +11,57 @@ import ssl
 from conftest import RawTls, StartServer
 
 from securechat.protocol import PROTOCOL_VERSION
+from securechat.server import Server
+from securechat.server.session.io import Session
+
+#: Long enough that the real watchdog never pings during the test: the test calls
+#: `check_alive` itself, with the times it chooses.
+INTERVAL = 1000.0
 
 
-def test_a_ping_is_sent_once_per_silence_and_rearmed_by_the_answer(
+def _only_session(server: Server) -> Session:
+    with server._lock:
+        (session,) = server._sessions
+    return session
+
+
+def _pings_until_answered(quiet: RawTls, token: str) -> list[str]:
+    """The pings the server sent before the answer to our ping `token`: the server
+    answers in order, so a ping delivered before we asked comes before that answer."""
+    quiet.send_line(json.dumps({"type": "ping", "token": token}))
+    pings: list[str] = []
+    while True:
+        frame = quiet.read_json()  # raises TimeoutError if the answer never comes
+        if frame["type"] == "pong" and frame["token"] == token:
+            return pings
+        if frame["type"] == "ping":
+            pings.append(str(frame["token"]))
+
+
+def test_a_ping_is_sent_once_per_silence_and_rearmed_by_any_frame(
     start_server: StartServer, client_ctx: ssl.SSLContext
 ) -> None:
     # The watchdog pings at most once for one `last_heard` (it owns that mark); the
     # reader moving `last_heard` on any frame is what allows the next ping.
-    server = start_server(ping_interval=0.2, ping_timeout=30)
+    server = start_server(ping_interval=INTERVAL, ping_timeout=INTERVAL)
     quiet = RawTls(server.address, client_ctx)
     quiet.send_line(json.dumps({"type": "hello", "version": PROTOCOL_VERSION, "nick": "quiet"}))
     assert quiet.read_json()["type"] == "welcome"
-    seen: list[str] = []
-    while len(seen) < 2:
-        frame = quiet.read_json()  # raises TimeoutError if no ping comes
-        if frame["type"] != "ping":
-            continue  # room frames after the welcome
-        seen.append(str(frame["token"]))
-        quiet.send_line(json.dumps({"type": "pong", "token": frame["token"]}))
-    assert len(seen) == 2
-    quiet.sock.close()
+    assert _pings_until_answered(quiet, "settled") == []  # nothing quiet yet
+    session = _only_session(server)
+    heard = session.last_heard
+    session.check_alive(heard + INTERVAL / 2)  # not quiet for long enough
+    for sweep in (1, 2, 3):  # three sweeps of one silence
+        session.check_alive(heard + INTERVAL + sweep)
+    assert _pings_until_answered(quiet, "after-three-sweeps") == [f"{heard + INTERVAL + 1:.0f}"]
+    # Our ping moved `last_heard` on (any frame does): the next silence gets its ping.
+    heard_again = session.last_heard
+    assert heard_again > heard
+    session.check_alive(heard_again + INTERVAL + 1)
+    session.check_alive(heard_again + INTERVAL + 2)
+    assert _pings_until_answered(quiet, "rearmed") == [f"{heard_again + INTERVAL + 1:.0f}"]
+    # Silent past the timeout too: dropped, saying why.
+    session.check_alive(session.last_heard + 2 * INTERVAL + 1)
+    error = quiet.read_json()
+    assert (error["type"], error["code"], error["fatal"]) == ("error", "timeout", True)
+    quiet.close()
