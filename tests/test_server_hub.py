@@ -5,6 +5,7 @@ import json
 import pytest
 
 from securechat.server.hub import Hub, NickTaken, NoSuchRoom, RoomError
+from securechat.server.store import StoredRoom, StoreUnavailable
 
 
 class FakeMember:
@@ -25,7 +26,7 @@ def join(
     """Log `nick` in (by default as a version-1 session: #lobby only, no `entered`)."""
     member = FakeMember()
     welcomed: list[tuple[str, ...]] = []
-    hub.join(member, nick, welcomed.append, version=version, key=key)
+    hub.join(member, nick, lambda room, users: welcomed.append(users), version=version, key=key)
     return member, welcomed
 
 
@@ -75,7 +76,7 @@ def test_unknown_room_is_refused() -> None:
     with pytest.raises(NoSuchRoom):
         hub.say("alice", "#elsewhere", "hi")
     with pytest.raises(NoSuchRoom):
-        hub.names("#elsewhere")
+        hub.names("alice", "#elsewhere")
 
 
 def test_leave_announces_and_frees_the_nick() -> None:
@@ -85,7 +86,7 @@ def test_leave_announces_and_frees_the_nick() -> None:
     hub.leave(bob, "bob", "quit")
     hub.flush_presence()
     assert alice.seen()[-1] == {"type": "left", "room": "#lobby", "nick": "bob", "reason": "quit", "by": ""}
-    assert hub.names("#lobby").users == ("alice",)
+    assert hub.names("alice", "#lobby").users == ("alice",)
     join(hub, "bob")
 
 
@@ -94,14 +95,14 @@ def test_leave_by_a_member_that_does_not_hold_the_nick_is_ignored() -> None:
     _alice, _ = join(hub, "alice")
     impostor = FakeMember()
     hub.leave(impostor, "alice")
-    assert hub.names("#lobby").users == ("alice",)
+    assert hub.names("alice", "#lobby").users == ("alice",)
 
 
 def test_names_are_sorted_case_insensitively() -> None:
     hub = Hub()
     for nick in ("carol", "Bob", "alice"):
         join(hub, nick)
-    assert hub.names("#lobby").users == ("alice", "Bob", "carol")
+    assert hub.names("alice", "#lobby").users == ("alice", "Bob", "carol")
 
 
 def test_newcomers_get_recent_lines_marked_as_history_before_anything_live() -> None:
@@ -177,7 +178,7 @@ def test_notices_go_out_before_the_next_line_and_before_a_member_list() -> None:
     assert [m["type"] for m in alice.seen()] == ["joined", "message"]
     carol, _ = join(hub, "carol")
     hub.leave(carol, "carol", "bye")
-    assert hub.names("#lobby").users == ("alice", "bob")
+    assert hub.names("alice", "#lobby").users == ("alice", "bob")
     assert [m["type"] for m in bob.seen()][-2:] == ["joined", "left"]
 
 
@@ -185,10 +186,11 @@ def test_a_replaced_session_is_not_announced_and_its_successor_gets_only_later_n
     hub = Hub()
     alice, _ = join(hub, "alice")
     old = FakeMember()
-    hub.join(old, "bob", lambda users: None, version=1)
+    hub.join(old, "bob", lambda room, users: None, version=1)
     new = FakeMember()
     assert (
-        hub.join(new, "bob", lambda users: None, may_replace=lambda holder: holder is old, version=1) is old
+        hub.join(new, "bob", lambda room, users: None, may_replace=lambda holder: holder is old, version=1)
+        is old
     )
     join(hub, "carol")
     hub.flush_presence()
@@ -253,7 +255,8 @@ def test_a_v2_login_enters_every_autojoin_room_and_a_v1_login_only_the_lobby() -
     assert types(alice) == [("entered", "#lobby"), ("entered", "#news")]
     old, _ = join(hub, "oldie")
     assert old.seen() == []  # no `entered` for version 1
-    assert hub.names("#news").users == ("alice",) and hub.names("#lobby").users == ("alice", "oldie")
+    assert hub.names("alice", "#news").users == ("alice",)
+    assert hub.names("alice", "#lobby").users == ("alice", "oldie")
 
 
 def test_lines_reach_only_the_rooms_members_and_history_is_per_room() -> None:
@@ -283,7 +286,7 @@ def test_an_unregistered_room_and_its_history_vanish_with_its_last_member() -> N
     hub.say("alice", "#dev", "gone soon")
     hub.part("alice", "#dev", "bye")
     assert alice.seen()[-1] == {"type": "left", "room": "#dev", "nick": "alice", "reason": "bye", "by": ""}
-    assert not hub.has_room("#dev")
+    assert hub.list_rooms("#dev").rooms == ()
     alice.frames.clear()
     hub.enter("alice", "#DEV")
     assert types(alice) == [("entered", "#DEV")]  # a new room: no history
@@ -309,13 +312,6 @@ def test_settings_changes_reach_v2_members_with_the_whole_state() -> None:
     hub.register_room("alice", "#dev")
     changed = alice.seen()[-1]
     assert (changed["what"], changed["registered"], changed["owner"]) == ("registered", True, "alice")
-    [stored] = hub.unsaved_rooms()
-    assert stored.owner_key == KEY_A
-    hub.set_topic("alice", "#dev", "changed while the write was under way")
-    hub.rooms_saved([stored])
-    assert [r.topic for r in hub.unsaved_rooms()] == ["changed while the write was under way"]
-    hub.rooms_saved(hub.unsaved_rooms())
-    assert hub.unsaved_rooms() == []
 
 
 def test_names_say_who_is_away_and_who_owns_and_operates() -> None:
@@ -329,7 +325,7 @@ def test_names_say_who_is_away_and_who_owns_and_operates() -> None:
     hub.enter("carol", "#dev")
     hub.op("alice", "#dev", "bob", KEY_B)
     carol.away = "lunch"
-    names = hub.names("#dev")
+    names = hub.names("carol", "#dev")
     assert (names.users, names.away, names.owner, names.operators) == (
         ("alice", "bob", "carol"),
         ("carol",),
@@ -382,17 +378,118 @@ def test_a_rename_reaches_everyone_sharing_a_room_once_and_v1_sees_leave_and_joi
     assert len(bob.seen()) == 1 and alice.seen() == [{"type": "renamed", "old": "alice", "new": "alice2"}]
     assert [(m["type"], m["nick"]) for m in old.seen()] == [("left", "alice"), ("joined", "alice2")]
     assert loner.seen() == []
-    assert hub.names("#dev").users == ("alice2", "bob") and hub.member("alice") is None
+    assert hub.names("bob", "#dev").users == ("alice2", "bob") and hub.member("alice") is None
     with pytest.raises(NickTaken):
-        hub.rename("bob", "ALICE2")
+        hub.reserve("bob", "ALICE2")
 
 
 def test_a_v1_session_replacing_a_v2_one_keeps_only_the_lobby() -> None:
     hub = multi()
     first = FakeMember()
-    hub.join(first, "alice", lambda users: None, key=KEY_A)
+    hub.join(first, "alice", lambda room, users: None, key=KEY_A)
     hub.enter("alice", "#dev")
     second = FakeMember()
-    hub.join(second, "alice", lambda users: None, key=KEY_A, version=1, may_replace=lambda m: m is first)
-    assert hub.names("#lobby").users == ("alice",) and not hub.has_room("#dev")
-    assert hub.names("#news").users == ()
+    hub.join(
+        second, "alice", lambda room, users: None, key=KEY_A, version=1, may_replace=lambda m: m is first
+    )
+    assert hub.names("alice", "#lobby").users == ("alice",) and hub.list_rooms("#dev").rooms == ()
+    with pytest.raises(RoomError, check=lambda e: e.code == "not-in-room"):
+        hub.names("alice", "#news")
+
+
+class RoomWrites:
+    """A `RoomStore` that records each write with what the room's members had been told
+    by then, and fails on demand."""
+
+    def __init__(self, watched: FakeMember) -> None:
+        self.watched = watched
+        self.writes: list[tuple[str, StoredRoom, int]] = []  # (call, room, frames seen by then)
+        self.failing = False
+        self.registered: set[str] = set()
+
+    def register_room(self, room: StoredRoom, *, drop_history: bool = False) -> bool:
+        return self._write("register", room) and room.name.lower() not in self.registered
+
+    def save_room(self, room: StoredRoom) -> None:
+        self._write("save", room)
+
+    def _write(self, call: str, room: StoredRoom) -> bool:
+        if self.failing:
+            raise StoreUnavailable("disk full")
+        self.writes.append((call, room, len(self.watched.seen())))
+        return True
+
+
+def test_a_registered_rooms_settings_are_stored_before_anyone_is_told() -> None:
+    member = FakeMember()
+    writes = RoomWrites(member)
+    hub = Hub(clock=lambda: 42.0, history=3, store=writes)
+    hub.join(member, "alice", lambda room, users: None, key=KEY_A, version=2)
+    hub.enter("alice", "#dev")
+    told = len(member.seen())
+    hub.set_topic("alice", "#dev", "unregistered: nothing stored")
+    assert writes.writes == []
+    hub.register_room("alice", "#dev")
+    hub.set_topic("alice", "#dev", "stored first")
+    (call1, room1, seen1), (call2, room2, seen2) = writes.writes
+    assert (call1, room1.owner_key, seen1) == ("register", KEY_A, told + 1)  # before its room_changed
+    assert (call2, room2.topic, seen2) == ("save", "stored first", told + 2)
+    assert [m["what"] for m in member.seen()[told:]] == ["topic", "registered", "topic"]
+
+
+def test_a_settings_change_the_store_refuses_changes_nothing_and_tells_nobody() -> None:
+    member = FakeMember()
+    writes = RoomWrites(member)
+    hub = Hub(clock=lambda: 42.0, store=writes)
+    hub.join(member, "alice", lambda room, users: None, key=KEY_A, version=2)
+    hub.enter("alice", "#dev")
+    writes.failing = True
+    told = len(member.seen())
+    with pytest.raises(StoreUnavailable):
+        hub.register_room("alice", "#dev")
+    assert len(member.seen()) == told
+    writes.failing = False
+    hub.register_room("alice", "#dev")  # still the creator's to register: nothing had changed
+    writes.failing = True
+    with pytest.raises(StoreUnavailable):
+        hub.set_invite_only("alice", "#dev", True)
+    with pytest.raises(StoreUnavailable):
+        hub.ban("alice", "#dev", "guest*", None)
+    assert hub.ban_list("alice", "#dev").bans == ()
+    member.frames.clear()
+    hub.enter("alice", "#dev")
+    assert member.seen()[0]["invite_only"] is False and len(member.seen()) == 1
+
+
+def test_the_welcome_names_a_room_only_with_the_users_of_one_you_are_in() -> None:
+    from securechat.server.rooms import Rooms
+
+    hub = Hub(rooms=Rooms(autojoin=()))
+    first, rooms = FakeMember(), []
+    hub.join(first, "alice", lambda room, users: rooms.append((room, users)), version=2)
+    hub.enter("alice", "#lobby")  # an ordinary room of that name
+    hub.join(FakeMember(), "bob", lambda room, users: rooms.append((room, users)), version=2)
+    assert rooms == [("#lobby", ()), ("#lobby", ())]  # in no room: nobody listed
+
+
+def test_a_version_1_login_that_lobby_refuses_is_refused_with_nothing_changed() -> None:
+    hub = multi()
+    hub.load_rooms([StoredRoom("#lobby", KEY_A, invite_only=True)])  # registered, and closed
+    join(hub, "alice", version=2, key=KEY_A)
+    with pytest.raises(RoomError, check=lambda e: e.code == "invite-only"):
+        join(hub, "oldie")
+    assert hub.member("oldie") is None
+    join(hub, "oldie", version=2)  # a newer client gets in, to #news alone
+    assert hub.names("oldie", "#news").users == ("alice", "oldie")
+
+
+def test_a_nick_reserved_for_a_rename_cannot_be_taken_until_released() -> None:
+    hub = Hub()
+    join(hub, "alice")
+    hub.reserve("alice", "alice2")
+    with pytest.raises(NickTaken):
+        join(hub, "ALICE2")
+    with pytest.raises(NickTaken):
+        hub.reserve("alice", "alice2")
+    hub.unreserve("alice2")
+    join(hub, "alice2")

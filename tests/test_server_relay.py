@@ -84,7 +84,7 @@ def test_fetch_hands_out_one_prekey_and_warns_the_owner_when_low(
     relay, hub, bob = setup
     relay.publish("bob", bob.identity.sig_key, publication(bob, OPK_LOW_WATER + 1))
     owner = FakeMember()
-    hub.join(owner, "bob", lambda users: None)
+    hub.join(owner, "bob", lambda room, users: None)
     owner.frames.clear()  # what logging in sent (the room it entered)
     first = relay.fetch(requester=b"r" * 32, nick="bob")
     assert len(first.opks) == 1 and owner.frames == []
@@ -109,11 +109,11 @@ def test_whisper_is_stored_pushed_and_acked_into_delivered(setup: tuple[Relay, H
     relay, hub, _ = setup
     relay.register("alice", b"a" * 32)
     alice, bob = FakeMember(), FakeMember()
-    hub.join(alice, "alice", lambda users: None)
+    hub.join(alice, "alice", lambda room, users: None)
     status = relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"))
     assert status.status == "stored"
     assert [d.msg_id for d in relay.pending("bob")] == ["m1"]  # bob offline: queued
-    hub.join(bob, "bob", lambda users: None)
+    hub.join(bob, "bob", lambda room, users: None)
     relay.whisper("alice", Whisper(to="bob", id="m2", header=b"h", ciphertext=b"c"))
     pushed = json.loads(bob.frames[-1])
     assert pushed["type"] == "delivery" and pushed["msg_id"] == "m2" and pushed["sender"] == "alice"
@@ -134,8 +134,8 @@ def test_a_whisper_the_recipient_could_not_decrypt_is_reported_failed_not_delive
     relay, hub, _ = setup
     relay.register("alice", b"a" * 32)
     alice, bob = FakeMember(), FakeMember()
-    hub.join(alice, "alice", lambda users: None)
-    hub.join(bob, "bob", lambda users: None)
+    hub.join(alice, "alice", lambda room, users: None)
+    hub.join(bob, "bob", lambda room, users: None)
     relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"))
     pushed = json.loads(bob.frames[-1])
     relay.ack("bob", Ack(id=pushed["id"], outcome="failed", reason="unknown-prekey"))
@@ -158,7 +158,7 @@ def test_a_failure_is_kept_for_an_offline_sender_until_it_sends_that_whisper_aga
     relay, hub, _ = setup
     relay.register("alice", b"a" * 32)
     bob = FakeMember()
-    hub.join(bob, "bob", lambda users: None)
+    hub.join(bob, "bob", lambda room, users: None)
     relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"))  # alice then left
     relay.ack("bob", Ack(id=json.loads(bob.frames[-1])["id"], outcome="failed", reason="no-session"))
     told = WhisperStatus(id="m1", to="bob", status="failed", reason="no-session")
@@ -183,7 +183,7 @@ def test_whisperers_are_told_when_the_recipient_is_away(setup: tuple[Relay, Hub,
     relay.register("alice", b"a" * 32)
     bob = FakeMember()
     bob.away = "at lunch"
-    hub.join(bob, "bob", lambda users: None)
+    hub.join(bob, "bob", lambda room, users: None)
     status = relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"))
     assert (status.status, status.away) == ("stored", "at lunch")
 
@@ -274,7 +274,7 @@ def test_a_nick_nobody_logs_in_to_is_released_when_claimed_or_swept_unless_its_o
     assert relay.register("carol", b"carol" * 8)  # carol logs in: her period starts again
     assert not relay.may_claim("bob", b"m" * 32)
     now[0] += 2 * day  # alice and bob: 11 days; carol: 2
-    hub.join(FakeMember(), "alice", lambda users: None)  # online all along
+    hub.join(FakeMember(), "alice", lambda room, users: None)  # online all along
     assert not relay.may_claim("alice", b"m" * 32)
     assert relay.may_claim("bob", b"m" * 32)  # expired: released, keys and queue with it
     assert relay.pending("bob") == [] and relay.register("bob", b"m" * 32)
@@ -286,7 +286,7 @@ def test_a_nick_nobody_logs_in_to_is_released_when_claimed_or_swept_unless_its_o
 def test_failures_are_told_a_page_at_a_login() -> None:
     relay, hub, _ = small_relay(queue_page=2)
     bob = FakeMember()
-    hub.join(bob, "bob", lambda users: None)
+    hub.join(bob, "bob", lambda room, users: None)
     for n in range(3):
         relay.whisper("alice", Whisper(to="bob", id=f"m{n}", header=b"h", ciphertext=b"c"))
         relay.ack("bob", Ack(id=json.loads(bob.frames[-1])["id"], outcome="failed", reason="no-session"))

@@ -14,29 +14,48 @@ from typing import TypeVar
 import pytest
 
 from securechat.e2e.identity import Identity
-from securechat.e2e.login import login_message
+from securechat.e2e.login import login_message, rename_message
 from securechat.protocol import (
     PROTOCOL_VERSION,
+    Ack,
     Auth,
+    Ban,
+    BanList,
+    Bans,
     Challenge,
     Code,
     Connection,
+    Delivery,
+    Deop,
+    Entered,
     Error,
     Event,
     FetchKeys,
     Hello,
+    Join,
     Keys,
+    Kick,
     Left,
     Message,
+    Names,
+    Op,
     Ping,
     Pong,
     PrekeyCount,
     PublishKeys,
+    RegisterRoom,
     RemoteProtocolError,
+    Rename,
+    Renamed,
     Role,
+    RoomChanged,
     Say,
+    SetMode,
+    SetTopic,
+    Transfer,
     Welcome,
     Whisper,
+    WhisperStatus,
     Who,
 )
 from securechat.protocol.codec import decode_line
@@ -44,8 +63,9 @@ from securechat.server import ServerConfig
 from securechat.server.addresses import PrefixGuards, PrefixLimits
 from securechat.server.hub import Hub
 from securechat.server.relay import Relay
+from securechat.server.rooms import Rooms
 from securechat.server.session import SessionLogic
-from securechat.server.store import SqliteStore
+from securechat.server.store import RenameResult, SqliteStore, StoredRoom
 
 NONCE = bytes(range(32))
 
@@ -134,7 +154,8 @@ class World:
 def make_world(**settings: object) -> World:
     config = ServerConfig(**settings)  # type: ignore[arg-type]
     store = SqliteStore(None)
-    hub = Hub(history=config.history_lines)
+    # As the server builds it: the configuration's rooms and caps, registered rooms stored.
+    hub = Hub(history=config.history_lines, rooms=Rooms.from_config(config), store=store)
     limits = PrefixLimits.from_config(config)
     return World(config, store, hub, Relay(store, hub, config=config), limits, PrefixGuards(limits))
 
@@ -233,22 +254,24 @@ def test_the_same_key_displaces_its_stale_session(world: World) -> None:
     assert isinstance(final, Error) and final.code == Code.REPLACED and reason == "replaced by a new login"
 
 
-def test_requests_past_the_rate_are_refused_once_then_a_flooder_is_dropped() -> None:
+def test_lines_past_the_rate_are_refused_once_then_a_flooder_is_dropped() -> None:
     # A bucket that cannot refill within the test: 2 requests, then refusals.
     world = make_world(message_rate=0.001, message_burst=2, max_strikes=12)
     logic, fake = guest(world, "alice")
     fake.received.clear()
     for token in "abcdefghijkl":  # 2 allowed, then 10 strikes: the 1st and 10th answered
-        logic.handle(Ping(token=token))
+        logic.handle(Say(room="#lobby", text=token))
+    logic.flush()
     answers = fake.received
-    assert answers[:2] == [Pong(token="a"), Pong(token="b")]
-    refusals = answers[2:]
+    assert [(m.text) for m in fake.of(Message)] == ["a", "b"]
+    refusals = answers[2:]  # the two lines went out (in one write), before the refusals
     assert len(refusals) == 2 and all(isinstance(e, Error) and e.code == Code.RATE_LIMITED for e in refusals)
     assert all(isinstance(e, Error) and not e.fatal for e in refusals)
     assert fake.closed is None
     logic.handle(Ping(token="m"))
     logic.handle(Ping(token="n"))
     logic.handle(Ping(token="o"))  # the 13th strike in a row: more than max_strikes
+    assert len(fake.of(Error)) == 4  # a refused request other than a line is always answered
     assert fake.closed == (
         Error(code=Code.RATE_LIMITED, reason="flooding: disconnected", fatal=True),
         "flooding",
@@ -391,3 +414,272 @@ def test_a_fetch_without_a_ref_is_answered_by_the_nick_as_before(world: World) -
     logic.handle(FetchKeys(nick="nobody"))
     error = fake.last()
     assert isinstance(error, Error) and error.code == Code.NO_SUCH_USER and error.ref == "nobody"
+
+
+# -- rooms and renaming ----------------------------------------------------------------
+
+
+def test_every_refused_room_request_is_answered_naming_its_room() -> None:
+    world = make_world(message_rate=0.001, message_burst=2, max_strikes=50)
+    logic, fake = guest(world, "alice")
+    fake.received.clear()
+    for room in ("#a", "#b", "#c", "#d"):  # 2 tokens, then refusals
+        logic.handle(SetTopic(room=room, topic="t"))
+    refusals = fake.of(Error)
+    assert [(e.code, e.ref) for e in refusals] == [
+        (Code.NO_SUCH_ROOM, "#a"),
+        (Code.NO_SUCH_ROOM, "#b"),
+        (Code.RATE_LIMITED, "#c"),
+        (Code.RATE_LIMITED, "#d"),
+    ]
+
+
+def test_a_client_rejoins_as_many_rooms_as_it_may_be_in_at_once_without_eating_its_message_rate() -> None:
+    world = make_world(message_rate=0.001, message_burst=2, max_rooms_per_user=10, max_strikes=50)
+    logic, fake = guest(world, "alice")
+    fake.received.clear()
+    rooms = [f"#r{i}" for i in range(9)]  # with #lobby: the 10 one person may be in
+    for room in rooms:
+        logic.handle(Join(room=room))
+    assert [e.room for e in fake.of(Entered)] == rooms and fake.of(Error) == []
+    logic.handle(Ping(token="the message rate is untouched"))
+    assert fake.last() == Pong(token="the message rate is untouched")
+    logic.handle(Join(room="#one-too-many"))  # the join allowance's last token: the cap says no
+    logic.handle(Join(room="#r0"))  # none left
+    assert [(e.code, e.ref) for e in fake.of(Error)] == [
+        (Code.QUOTA, "#one-too-many"),
+        (Code.RATE_LIMITED, "#r0"),
+    ]
+
+
+def test_who_of_a_room_you_are_not_in_is_refused(world: World) -> None:
+    alice, _ = guest(world, "alice")
+    alice.handle(Join(room="#secret"))
+    bob, fake = guest(world, "bob")
+    bob.handle(Who(room="#secret"))
+    error = fake.last()
+    assert isinstance(error, Error) and (error.code, error.ref) == (Code.NOT_IN_ROOM, "#secret")
+    assert not any(isinstance(e, Names) for e in fake.received)
+
+
+def test_version_1_sessions_cannot_send_room_or_rename_frames(world: World) -> None:
+    logic, fake = world.session()
+    logic.handle(Hello(version=1, nick="oldie"))
+    assert isinstance(fake.received[0], Welcome)
+    logic.handle(Join(room="#dev"))
+    logic.handle(Rename(nick="newie"))
+    assert [(e.code, e.ref) for e in fake.of(Error)] == [
+        (Code.UNEXPECTED, "#dev"),
+        (Code.UNEXPECTED, "newie"),
+    ]
+    assert world.hub.member("oldie") is not None and world.hub.member("newie") is None
+
+
+def test_a_version_1_session_refused_from_the_lobby_gets_a_fatal_error_not_a_welcome(world: World) -> None:
+    world.hub.load_rooms([StoredRoom("#lobby", b"k" * 32, invite_only=True)])
+    logic, fake = world.session()
+    logic.handle(Hello(version=1, nick="oldie"))
+    assert fake.of(Welcome) == [] and fake.logins == 0
+    assert fake.closed is not None
+    final, _ = fake.closed
+    assert isinstance(final, Error) and final.fatal and final.code == Code.INVITE_ONLY
+    assert "#lobby" in final.reason and world.hub.member("oldie") is None
+
+
+def test_with_no_autojoin_rooms_the_welcome_lists_nobody() -> None:
+    world = make_world(autojoin=())
+    alice, _ = guest(world, "alice")
+    alice.handle(Join(room="#lobby"))  # an ordinary room that happens to be called that
+    _bob, fake = guest(world, "bob")
+    [welcome] = fake.of(Welcome)
+    assert welcome.users == () and fake.of(Entered) == []
+
+
+def sign_rename(identity: Identity, old: str, new: str) -> Rename:
+    return Rename(nick=new, signature=identity.sign(rename_message(old, new, NONCE)))
+
+
+def test_a_rename_moves_the_registration_and_tells_the_room(world: World) -> None:
+    alice = Identity.generate("alice")
+    logic, fake = identity_login(world, alice)
+    _bob, bob_fake = guest(world, "bob")
+    logic.handle(sign_rename(alice, "alice", "alice2"))
+    assert (
+        Renamed(old="alice", new="alice2") in fake.received
+        and Renamed(old="alice", new="alice2") in bob_fake.received
+    )
+    assert (
+        world.store.registered_key("alice2") == alice.sig_key and world.store.registered_key("alice") is None
+    )
+    assert logic.nick == "alice2" and world.hub.member("alice") is None
+
+
+def test_a_rename_is_refused_with_a_bad_signature_to_a_registered_or_taken_nick(world: World) -> None:
+    alice = Identity.generate("alice")
+    logic, fake = identity_login(world, alice)
+    identity_login(world, Identity.generate("carol"))  # registered and online
+    world.store.register("dave", b"d" * 32, 1.0)  # registered, offline
+    guest(world, "erin")  # online, a guest
+    logic.handle(Rename(nick="alice2", signature=b"x" * 64))
+    logic.handle(sign_rename(alice, "alice", "dave"))
+    logic.handle(sign_rename(alice, "alice", "erin"))
+    assert [(e.code, e.ref, e.fatal) for e in fake.of(Error)] == [
+        (Code.AUTH_FAILED, "alice2", False),
+        (Code.NICK_REGISTERED, "dave", False),
+        (Code.NICK_TAKEN, "erin", False),
+    ]
+    assert world.store.registered_key("alice") == alice.sig_key and logic.nick == "alice"
+    world.hub.reserve("erin", "erin2")  # nothing of alice's refused renames is left reserved
+    world.hub.unreserve("erin2")
+    for nick in ("alice2", "erin2"):
+        world.hub.reserve("alice", nick)
+        world.hub.unreserve(nick)
+
+
+def test_a_rename_waits_while_whispers_are_queued_for_the_old_nick(world: World) -> None:
+    alice = Identity.generate("alice")
+    logic, fake = identity_login(world, alice)
+    world.store.enqueue("alice", "m1", "bob", b"h", b"c", 1.0)
+    logic.handle(sign_rename(alice, "alice", "alice2"))
+    error = fake.last()
+    assert isinstance(error, Error) and (error.code, error.ref) == (Code.UNEXPECTED, "alice2")
+    assert "queued whispers" in error.reason
+    assert world.store.registered_key("alice") == alice.sig_key and logic.nick == "alice"
+    guest(world, "alice2")  # the nick was not left reserved
+
+
+def test_a_login_as_the_new_nick_while_the_store_moves_it_is_refused_not_the_rename(world: World) -> None:
+    alice = Identity.generate("alice")
+    logic, fake = identity_login(world, alice)
+    rename_user = world.store.rename_user
+    intruders: list[FakeSession] = []
+
+    def racing(old: str, new: str, sig_key: bytes, now: float) -> RenameResult:
+        # A guest logs in as `new` between the logic's checks and the store's move.
+        intruder, intruder_fake = world.session("127.0.0.9:40000")
+        intruder.handle(Hello(version=PROTOCOL_VERSION, nick=new))
+        intruders.append(intruder_fake)
+        return rename_user(old, new, sig_key, now)
+
+    world.store.rename_user = racing  # type: ignore[method-assign]
+    logic.handle(sign_rename(alice, "alice", "alice2"))
+    [intruder] = intruders
+    assert intruder.of(Welcome) == [] and intruder.closed is not None
+    final, _ = intruder.closed
+    assert isinstance(final, Error) and final.code == Code.NICK_TAKEN
+    assert logic.nick == "alice2" and Renamed(old="alice", new="alice2") in fake.received
+    assert world.store.registered_key("alice2") == alice.sig_key
+
+
+def test_a_rename_takes_the_renamers_queued_whispers_with_it(world: World) -> None:
+    dave, erin = Identity.generate("dave"), Identity.generate("erin")
+    erin_logic, erin_fake = identity_login(world, erin)
+    erin_logic.leave("gone")  # registered, offline
+    logic, fake = identity_login(world, dave)
+    logic.handle(Whisper(to="erin", id="w1", header=b"h", ciphertext=b"c"))
+    logic.handle(sign_rename(dave, "dave", "dave2"))
+    assert logic.nick == "dave2"
+    _impostor, impostor_fake = guest(world, "dave")  # the old nick is free: a guest takes it
+    erin_logic, erin_fake = identity_login(world, erin)
+    [delivery] = erin_fake.of(Delivery)
+    assert delivery.sender == "dave2"
+    erin_logic.handle(Ack(id=delivery.id))
+    assert fake.last() == WhisperStatus(id="w1", to="erin", status="delivered")
+    assert impostor_fake.of(WhisperStatus) == []
+
+
+def test_a_guests_rename_needs_a_free_unregistered_nick(world: World) -> None:
+    world.store.register("dave", b"d" * 32, 1.0)
+    logic, fake = guest(world, "bob")
+    logic.handle(Rename(nick="dave"))
+    logic.handle(Rename(nick="BOB"))  # its own nick: nothing at all
+    logic.handle(Rename(nick="bobby"))
+    assert [(e.code, e.ref) for e in fake.of(Error)] == [(Code.NICK_REGISTERED, "dave")]
+    assert fake.of(Renamed) == [Renamed(old="bob", new="bobby")] and logic.nick == "bobby"
+
+
+def registered_room(world: World, owner: Identity, room: str = "#dev") -> tuple[SessionLogic, FakeSession]:
+    logic, fake = identity_login(world, owner)
+    logic.handle(Join(room=room))
+    logic.handle(RegisterRoom(room=room))
+    assert fake.of(RoomChanged)[-1].registered
+    return logic, fake
+
+
+def test_a_ban_of_a_registered_nick_is_by_its_key_and_survives_its_rename(world: World) -> None:
+    alice, bob = Identity.generate("alice"), Identity.generate("bob")
+    owner, owner_fake = registered_room(world, alice)
+    bob_logic, bob_fake = identity_login(world, bob)
+    bob_logic.handle(Join(room="#dev"))
+    owner.handle(Ban(room="#dev", mask="bob"))
+    assert bob_fake.of(Left)[-1] == Left(room="#dev", nick="bob", reason="banned", by="alice")
+    owner.handle(Bans(room="#dev"))
+    [ban_list] = owner_fake.of(BanList)
+    assert [(b.mask, b.kind) for b in ban_list.bans] == [("bob", "key")]
+    bob_logic.handle(sign_rename(bob, "bob", "robert"))
+    bob_logic.handle(Join(room="#dev"))
+    error = bob_fake.last()
+    assert isinstance(error, Error) and (error.code, error.ref) == (Code.BANNED, "#dev")
+
+
+def test_op_deop_transfer_of_an_unregistered_nick_and_a_ban_of_the_owner_say_what_the_doc_says(
+    world: World,
+) -> None:
+    alice = Identity.generate("alice")
+    owner, fake = registered_room(world, alice)
+    for request in (
+        Op(room="#dev", nick="guest"),
+        Deop(room="#dev", nick="guest"),
+        Transfer(room="#dev", nick="guest"),
+    ):
+        owner.handle(request)
+    owner.handle(Ban(room="#dev", mask="alice"))
+    assert [(e.code, e.ref) for e in fake.of(Error)] == [
+        (Code.NO_SUCH_USER, "#dev"),
+        (Code.NO_SUCH_USER, "#dev"),
+        (Code.NO_SUCH_USER, "#dev"),
+        (Code.NOT_OPERATOR, "#dev"),
+    ]
+
+
+def test_a_registration_and_settings_are_stored_before_the_answer_or_refused_whole(world: World) -> None:
+    alice = Identity.generate("alice")
+    logic, fake = registered_room(world, alice)
+    logic.handle(SetTopic(room="#dev", topic="stored first"))
+    [stored] = world.store.registered_rooms()  # no history flush needed
+    assert (stored.name, stored.owner_key, stored.topic) == ("#dev", alice.sig_key, "stored first")
+    world.store.fail("disk gone")
+    told = len(fake.of(RoomChanged))
+    logic.handle(SetMode(room="#dev", invite_only=True))
+    error = fake.last()
+    assert isinstance(error, Error) and (error.code, error.ref) == (Code.STORE_UNAVAILABLE, "#dev")
+    assert len(fake.of(RoomChanged)) == told and fake.closed is None
+    logic.handle(Join(room="#dev"))  # entered again: the room as it was
+    assert fake.of(Entered)[-1].invite_only is False
+
+
+def test_a_registration_the_store_refuses_leaves_the_room_unregistered(world: World) -> None:
+    alice = Identity.generate("alice")
+    logic, fake = identity_login(world, alice)
+    logic.handle(Join(room="#dev"))
+    world.store.fail("disk gone")
+    logic.handle(RegisterRoom(room="#dev"))
+    error = fake.last()
+    assert isinstance(error, Error) and (error.code, error.ref) == (Code.STORE_UNAVAILABLE, "#dev")
+    assert fake.of(RoomChanged) == [] and world.hub.list_rooms("#dev").rooms != ()
+    logic.handle(Join(room="#dev"))
+    assert fake.of(Entered)[-1].registered is False
+
+
+def test_lines_said_then_kicked_in_one_read_are_refused_once_per_room(world: World) -> None:
+    alice = Identity.generate("alice")
+    owner, owner_fake = registered_room(world, alice)
+    logic, fake = guest(world, "mallory")
+    logic.handle(Join(room="#dev"))
+    for i in range(10):  # read together: held for one batch
+        logic.handle(Say(room="#dev", text=f"spam {i}"))
+    logic.handle(Say(room="#lobby", text="still here"))
+    owner.handle(Kick(room="#dev", nick="mallory", reason="spam"))
+    logic.flush()
+    assert [(e.code, e.ref) for e in fake.of(Error)] == [(Code.NOT_IN_ROOM, "#dev")]
+    assert [m.text for m in owner_fake.of(Message)] == ["still here"]

@@ -15,6 +15,7 @@ from securechat.server.store import (
     QueueLimits,
     Quota,
     QuotaExceeded,
+    RenameResult,
     SqliteStore,
     StoredBan,
     StoredRoom,
@@ -563,7 +564,7 @@ def test_a_rename_moves_the_registration_and_failures_and_drops_the_old_keys(tmp
     registered_alice(store)
     store.register("carol", CAROL, 1.0)
     clocks.mono += 80
-    assert store.rename_user("Alice", "Alice2", ALICE, clocks.wall)
+    assert store.rename_user("Alice", "Alice2", ALICE, clocks.wall) is RenameResult.DONE
     assert store.registered_key("alice") is None and store.registered_key("alice2") == ALICE
     assert store.prekey_status("alice") == (0, 0, 0) and store.take_bundle("alice") is None
     assert store.failures("alice2") == [("bob", "m1", "no-session")] and store.failures("alice") == []
@@ -592,19 +593,19 @@ def alice_state(store: SqliteStore) -> tuple[object, ...]:
 @pytest.mark.parametrize(
     ("old", "new", "key", "why"),
     [
-        ("alice", "alice2", ALICE, "alice2 is registered to carol"),
-        ("alice", "dave", BOB, "alice is not registered to that key"),
-        ("nobody", "dave", ALICE, "nobody is not registered"),
-        ("alice", "ALICE", ALICE, "the same nick"),
+        ("alice", "alice2", ALICE, RenameResult.NEW_REGISTERED),  # to carol
+        ("alice", "dave", BOB, RenameResult.NOT_YOURS),  # alice is not registered to that key
+        ("nobody", "dave", ALICE, RenameResult.NOT_YOURS),  # nobody is not registered
+        ("alice", "ALICE", ALICE, RenameResult.NEW_REGISTERED),  # the same nick
     ],
 )
 def test_a_refused_rename_changes_nothing(
-    store: SqliteStore, old: str, new: str, key: bytes, why: str
+    store: SqliteStore, old: str, new: str, key: bytes, why: RenameResult
 ) -> None:
     registered_alice(store)
     store.register("alice2", CAROL, 1.0)
     before = alice_state(store)
-    assert not store.rename_user(old, new, key, 2.0), why
+    assert store.rename_user(old, new, key, 2.0) is why
     assert alice_state(store) == before
     assert store.registered_key("dave") is None and store.registered_key("ALICE") == ALICE
 
@@ -612,7 +613,7 @@ def test_a_refused_rename_changes_nothing(
 def test_a_rename_is_refused_while_whispers_wait_for_the_old_nick(store: SqliteStore) -> None:
     registered_alice(store)
     store.enqueue("alice", "w", "bob", b"h", b"c", 1.0)
-    assert not store.rename_user("alice", "alice2", ALICE, 2.0)
+    assert store.rename_user("alice", "alice2", ALICE, 2.0) is RenameResult.QUEUED
     assert store.registered_key("alice") == ALICE and store.registered_key("alice2") is None
     assert store.pending("alice")[0].msg_id == "w"
 
@@ -628,7 +629,7 @@ def test_a_rename_that_fails_half_way_leaves_everything_as_it_was(store: SqliteS
         store.rename_user("alice", "alice2", ALICE, 2.0)
     assert alice_state(store) == before
     store._db.execute("DROP TRIGGER fault")
-    assert store.rename_user("alice", "alice2", ALICE, 2.0)  # nothing left over in the way
+    assert store.rename_user("alice", "alice2", ALICE, 2.0) is RenameResult.DONE  # nothing left in the way
 
 
 def test_a_room_stays_its_owners_and_operators_when_their_nicks_go(tmp_path: Path) -> None:
@@ -637,7 +638,7 @@ def test_a_room_stays_its_owners_and_operators_when_their_nicks_go(tmp_path: Pat
     store.register("alice", ALICE, clocks.wall)
     store.register("bob", BOB, clocks.wall)
     store.register_room(DEV)
-    assert store.rename_user("bob", "robert", BOB, clocks.wall)
+    assert store.rename_user("bob", "robert", BOB, clocks.wall) is RenameResult.DONE
     clocks.mono += 200
     assert sorted(store.expire_nicks(100.0)) == ["alice", "robert"]
     assert store.registered_rooms() == [DEV]  # rooms are by key
@@ -691,3 +692,46 @@ def test_saving_a_room_on_a_full_disk_raises_store_unavailable_and_changes_nothi
     store = SqliteStore(small_disk / "data" / "db.sqlite")
     assert store.registered_rooms() == [bigger]
     store.close()
+
+
+def usage(store: SqliteStore) -> dict[str, int]:
+    """The queue's per-sender counts as the quotas see them."""
+    return {
+        who: count
+        for who, count in store._db.execute("SELECT who, count FROM queue_usage WHERE who LIKE 'from:%'")
+    }
+
+
+def test_a_rename_moves_the_renamers_outgoing_whispers_and_their_quota(store: SqliteStore) -> None:
+    # dave whispers erin, who is offline; dave renames; a stranger then registers `dave`.
+    assert store.register("dave", BOB, 1.0) and store.register("erin", CAROL, 1.0)
+    whisper_id = store.enqueue("erin", "m1", "dave", b"h", b"c", 1.0)
+    assert store.rename_user("dave", "dave2", BOB, 2.0) is RenameResult.DONE
+    assert usage(store) == {"from:dave2": 1}
+    assert store.register("dave", ALICE, 3.0)
+    done = store.ack("erin", whisper_id, "no-session")
+    assert done is not None and done.sender == "dave2"  # told to dave2, not to the new `dave`
+    assert store.failures("dave2") == [("erin", "m1", "no-session")] and store.failures("dave") == []
+    assert usage(store) == {}
+
+
+def test_a_rename_drops_whispers_left_under_the_new_nick(store: SqliteStore) -> None:
+    # Rows sent as `dave2` by nobody registered now (a guest cannot whisper; an old
+    # release could have left them): they are not the renamer's, and would collide.
+    assert store.register("dave", BOB, 1.0) and store.register("erin", CAROL, 1.0)
+    store.enqueue("erin", "m1", "dave", b"h", b"c", 1.0)
+    store._db.execute(
+        "INSERT INTO queue (recipient, msg_id, sender, header, ciphertext, ts) "
+        "VALUES ('erin', 'm1', 'dave2', x'00', x'00', 1.0)"
+    )
+    assert store.rename_user("dave", "dave2", BOB, 2.0) is RenameResult.DONE
+    assert [(q.sender, q.header) for q in store.pending("erin")] == [("dave2", b"h")]
+    assert usage(store) == {"from:dave2": 1}
+
+
+def test_releasing_a_nick_drops_its_outgoing_whispers_too(store: SqliteStore) -> None:
+    # Else the next identity to register `dave` would be told what became of them.
+    assert store.register("dave", BOB, 1.0) and store.register("erin", CAROL, 1.0)
+    store.enqueue("erin", "m1", "dave", b"h", b"c", 1.0)
+    assert store.release("dave")
+    assert store.pending("erin") == [] and usage(store) == {}

@@ -1,14 +1,20 @@
 """The hub: who is online, which rooms they are in, and fan-out of room events to them.
 
-What lives here, behind the hub's one lock (`Hub._lock`): the online members by nick,
-the rooms (server/rooms.py's registry: membership, settings, invitations, bans), each
-room's recent lines and the lines not yet written to the store, pending join/leave
-notices, and registered rooms whose settings are not yet written. What does not: the
-store (its own lock, store.py), the relay's per-identity limits (relay.py,
-prekeylimits.py), the per-network guards (addresses.py), each session's connection state
-(session/io.py) and the server's session table (server.py). Lock order: the hub's lock
-may be held while taking a session's or the server's lock (a delivery, the welcome's
-login count), never the other way round, and never while calling the store.
+What lives here, behind the hub's lock (`Hub._lock`): the online members by nick (and
+nicks reserved by a rename under way), the rooms (server/rooms.py's registry:
+membership, settings, invitations, bans), each room's recent lines and the lines not yet
+written to the store, and pending join/leave notices. What does not: the store (its own
+lock, store.py), the relay's per-identity limits (relay.py, prekeylimits.py), the
+per-network guards (addresses.py), each session's connection state (session/io.py) and
+the server's session table (server.py). Lock order: the hub's lock may be held while
+taking a session's or the server's lock (a delivery, the welcome's login count), never
+the other way round, and never while calling the store.
+
+A registered room's settings are written to the store before anyone hears of a change
+(as a whisper is stored before its `stored` answer): a settings change is checked under
+the hub's lock, written by the requester's thread without it, then applied and announced
+under it again. `Hub._settings_lock` (taken before the hub's lock and the store's, never
+under either) keeps one such change at a time, so what is written is what is applied.
 
 Delivery means handing already-encoded bytes to each member, which never blocks, so
 holding the lock while fanning out keeps one order per room: every member sees the
@@ -60,15 +66,26 @@ from ..protocol import (
     fold_nick,
     fold_room,
 )
-from .rooms import Ban, BanKind, NoSuchRoom, Room, RoomError
+from .rooms import Ban, BanKind, NoSuchRoom, Room, RoomError, Settings
 from .rooms import Rooms as Registry
 from .store import StoredBan, StoredRoom
 
-__all__ = ["Hub", "Member", "NickTaken", "NoSuchRoom", "RoomError"]
+__all__ = ["Hub", "Member", "NickTaken", "NoSuchRoom", "RoomError", "RoomStore"]
 
 
 class NickTaken(Exception):
     """Another connected user already holds this nick (compared case-insensitively)."""
+
+
+class RoomStore(Protocol):
+    """Where the hub writes registered rooms (store.py's `Store`). Called on the
+    requesting session's thread, without the hub's lock; raises `StoreUnavailable`."""
+
+    def register_room(self, room: StoredRoom, *, drop_history: bool = False) -> bool:
+        """Register `room`; False if a room of that name is registered already."""
+
+    def save_room(self, room: StoredRoom) -> None:
+        """Replace a registered room's settings, operators and bans."""
 
 
 class Member(Protocol):
@@ -96,10 +113,11 @@ class Hub:
     """The registry of online members and rooms, and each room's fan-out.
 
     Contract: every method is thread-safe (any thread: session readers, the watchdog)
-    and returns without socket I/O or store calls. `join`'s `on_joined` callback runs
-    under the hub lock, before anyone else can see the new member, so a welcome frame it
-    queues precedes every room event. Room requests raise `RoomError` (with the wire
-    code) before changing anything.
+    and returns without socket I/O; the only store calls are a registered room's
+    settings changes, made on the caller's thread (a session's reader) without the lock.
+    `join`'s `on_joined` callback runs under the hub lock, before anyone else can see the
+    new member, so a welcome frame it queues precedes every room event. Room requests
+    raise `RoomError` (with the wire code) before changing anything.
     """
 
     def __init__(
@@ -108,14 +126,22 @@ class Hub:
         clock: Callable[[], float] = time.time,
         history: int = 0,
         rooms: Registry | None = None,
+        store: RoomStore | None = None,
     ) -> None:
         """`rooms` is the registry with the server's autojoin rooms and caps (default:
-        `#lobby` only); `history` the lines kept per room."""
+        `#lobby` only); `history` the lines kept per room; `store` where registered rooms
+        are written (None: kept in memory only)."""
         self._clock = clock
+        self._store = store
+        # One registered room's settings change at a time, across its store write (see
+        # the module docstring). Taken before `_lock`; held by a session's reader thread.
+        self._settings_lock = threading.Lock()
         self._lock = threading.Lock()
         # Everything below: guarded by `_lock`.
         self._rooms = rooms if rooms is not None else Registry(autojoin=(DEFAULT_ROOM,))
         self._members: dict[str, _Online] = {}  # folded nick -> online member
+        # Nicks a rename is taking (folded): nobody may log in or rename to them meanwhile.
+        self._reserved: set[str] = set()
         self._keep = history
         self._history: dict[str, deque[Message]] = {}  # folded room -> its newest lines
         # Lines said in autojoin and registered rooms but not yet written to the store. A
@@ -124,23 +150,12 @@ class Hub:
         # newest `history` lines is one the store would delete on the next write anyway.
         self._unsaved: dict[str, deque[Message]] = {}  # folded room -> lines
         self._unsaved_dropped = 0  # lines dropped that way since the last `saved`
-        # Registered rooms whose settings changed since they were last written.
-        self._dirty: set[str] = set()  # folded room names
         self._presence: dict[str, list[bytes]] = {}  # folded room -> notices not yet sent
         # Members who entered a room while its notices were pending: folded room ->
         # id(member) -> index of the first notice they get (what they were sent on
         # entering already covered the earlier ones and their own).
         self._newcomers: dict[str, dict[int, int]] = {}
         self._last_ts = 0.0
-
-    @property
-    def room(self) -> str:
-        """The first autojoin room: the one a welcome names (`#lobby` unless configured)."""
-        return self._rooms.autojoin[0] if self._rooms.autojoin else DEFAULT_ROOM
-
-    def welcome_room(self, version: int) -> str:
-        """The room a welcome names for a session of protocol `version`."""
-        return DEFAULT_ROOM if version == 1 else self.room
 
     def serves_version_1(self) -> bool:
         """True if `#lobby` is an autojoin room (else a version-1 hello is refused)."""
@@ -152,28 +167,36 @@ class Hub:
         self,
         member: Member,
         nick: str,
-        on_joined: Callable[[tuple[str, ...]], None],
+        on_joined: Callable[[str, tuple[str, ...]], None],
         *,
         may_replace: Callable[[Member], bool] | None = None,
         key: bytes = b"",
         version: int = PROTOCOL_VERSION,
     ) -> Member | None:
         """Log `member` in as `nick` (holding identity `key`), put it in the autojoin rooms
-        (`#lobby` only for `version` 1), call `on_joined(users of the welcome room)`, then
+        (`#lobby` only for `version` 1), call `on_joined(welcome room, its users)`, then
         send it `entered` and history for each room (history alone for version 1), and
-        announce it to the others.
+        announce it to the others. The welcome room is the first autojoin room it is in
+        (for `version` 1, `#lobby`); in none (no autojoin rooms, or all of them refused
+        it), `on_joined` gets no users and names `#lobby` as the welcome always has.
 
         If the nick is held and `may_replace(holder)` says so (the same user proved the
         same key again), the holder is displaced silently and returned: the caller must
-        close it. The newcomer takes over its rooms. Raises `NickTaken` otherwise. An
-        autojoin room that refuses the newcomer (a ban, invite-only) is skipped.
+        close it. The newcomer takes over its rooms. Raises `NickTaken` otherwise (or if
+        a rename is taking the nick). An autojoin room that refuses the newcomer (a ban,
+        invite-only) is skipped; but `#lobby` refusing a `version` 1 session (which could
+        be in no other room) raises that `RoomError`, nothing changed.
         """
         folded = fold_nick(nick)
         with self._lock:
             holder = self._members.get(folded)
-            if holder is not None and (may_replace is None or not may_replace(holder.member)):
+            if folded in self._reserved or (
+                holder is not None and (may_replace is None or not may_replace(holder.member))
+            ):
                 raise NickTaken(nick)
             now = self._clock()
+            if version == 1:
+                self._rooms.check_autojoin(DEFAULT_ROOM, nick, key, now)
             self._members[folded] = _Online(nick, member, key, version)
             entered: list[Room] = []
             if holder is not None:  # the same user again: nothing to announce
@@ -198,8 +221,14 @@ class Hub:
                 if not already:
                     entered.append(room)
                     self._announce_entry(room, nick, member)
-            welcome = self._rooms.get(self.welcome_room(version))
-            on_joined(self._rooms.users(welcome) if welcome is not None else ())
+            welcome = next(
+                (r for r in map(self._rooms.get, autojoin) if r is not None and fold_nick(nick) in r.members),
+                None,
+            )
+            on_joined(
+                welcome.name if welcome is not None else DEFAULT_ROOM,
+                self._rooms.users(welcome) if welcome is not None else (),
+            )
             for room in sorted(entered, key=lambda r: _order(r, autojoin)):
                 self._send_entry(room, member, version)
         return None if holder is None else holder.member
@@ -218,17 +247,32 @@ class Hub:
                 self._notice(room, Left(room=room.name, nick=entry.nick, reason=reason))
                 self._forget_if_vanished(room)
 
-    def rename(self, old: str, new: str) -> None:
-        """`old` (online) is now `new`: same rooms, same standing. Raises `NickTaken` if
-        someone online holds `new`. Everyone sharing a room with them, and they, get
-        `renamed` once (version-1 members: `left` and `joined` in `#lobby`)."""
+    def reserve(self, old: str, new: str) -> None:
+        """Hold `new` for `old`'s rename while the store moves its registration: nobody
+        may log in or rename to it until `rename` or `unreserve`. Raises `NickTaken` if
+        someone else online holds it or a rename is taking it."""
         with self._lock:
+            holder = self._members.get(fold_nick(new))
+            if fold_nick(new) in self._reserved or (
+                holder is not None and holder is not self._members.get(fold_nick(old))
+            ):
+                raise NickTaken(new)
+            self._reserved.add(fold_nick(new))
+
+    def unreserve(self, new: str) -> None:
+        """The rename to `new` was refused: the nick is free again."""
+        with self._lock:
+            self._reserved.discard(fold_nick(new))
+
+    def rename(self, old: str, new: str) -> None:
+        """`old` (online) is now `new` (which it `reserve`d): same rooms, same standing.
+        Everyone sharing a room with them, and they, get `renamed` once (version-1
+        members: `left` and `joined` in `#lobby`)."""
+        with self._lock:
+            self._reserved.discard(fold_nick(new))
             entry = self._members.get(fold_nick(old))
             if entry is None:
                 return
-            holder = self._members.get(fold_nick(new))
-            if holder is not None and holder is not entry:
-                raise NickTaken(new)
             self._flush_presence_locked()
             old_shown = entry.nick
             del self._members[fold_nick(old)]
@@ -284,17 +328,16 @@ class Hub:
         """An operator's ban (rooms.py says how `mask` is read; `mask_key` is the identity
         key `mask` is registered to, if any). Members it covers are put out as kicked,
         reason "banned"."""
-        with self._lock:
-            entry = self._online(nick)
-            room, out = self._rooms.ban(name, nick, mask, mask_key)
-            self._dirty.add(fold_room(room.name))
-            for shown in out:
-                self._put_out(room, shown, by=entry.nick, reason="banned")
+
+        def put_out(room: Room) -> None:
+            banner = self._online(nick).nick
+            for shown in self._rooms.put_out_banned(room):
+                self._put_out(room, shown, by=banner, reason="banned")
+
+        self._settle(nick, name, lambda: self._rooms.add_ban(name, nick, mask, mask_key), put_out)
 
     def unban(self, nick: str, name: str, mask: str) -> None:
-        with self._lock:
-            room = self._rooms.unban(name, nick, mask)
-            self._dirty.add(fold_room(room.name))
+        self._settle(nick, name, lambda: self._rooms.unban(name, nick, mask), lambda room: None)
 
     def ban_list(self, nick: str, name: str) -> BanList:
         with self._lock:
@@ -318,35 +361,99 @@ class Hub:
 
     # -- room settings ---------------------------------------------------------------
 
+    # Each is a `_settle`: a registered room's change is in the store before it is told.
+
     def set_topic(self, nick: str, name: str, topic: str) -> None:
-        with self._lock:
-            self._changed(self._rooms.set_topic(name, nick, topic), nick, "topic")
+        self._settle(nick, name, lambda: self._rooms.set_topic(name, nick, topic), self._told(nick, "topic"))
 
     def set_invite_only(self, nick: str, name: str, invite_only: bool) -> None:
-        with self._lock:
-            self._changed(self._rooms.set_invite_only(name, nick, invite_only), nick, "invite_only")
+        self._settle(
+            nick,
+            name,
+            lambda: self._rooms.set_invite_only(name, nick, invite_only),
+            self._told(nick, "invite_only"),
+        )
 
     def register_room(self, nick: str, name: str) -> None:
-        """Register room `name` to `nick`'s key. Written to the store by the server's next
-        save (`unsaved_rooms`), with the room's lines from then on."""
-        with self._lock:
-            room = self._rooms.register(name, nick)
-            self._unsaved[fold_room(room.name)] = deque(
-                self._history.get(fold_room(room.name), ()), self._keep
-            )
+        """Register room `name` to `nick`'s key: in the store (with any lines it held
+        for an older room of that name dropped) before anyone is told; its lines are
+        stored from then on, the recent ones with the next history write."""
+
+        def registered(room: Room) -> None:
+            if not room.permanent:  # an autojoin room's lines are stored already
+                self._unsaved[fold_room(room.name)] = deque(
+                    self._history.get(fold_room(room.name), ()), self._keep
+                )
             self._changed(room, nick, "registered")
 
+        self._settle(nick, name, lambda: self._rooms.register(name, nick), registered)
+
     def op(self, nick: str, name: str, target: str, target_key: bytes | None) -> None:
-        with self._lock:
-            self._changed(self._rooms.op(name, nick, target, target_key), nick, "operators")
+        self._settle(
+            nick, name, lambda: self._rooms.op(name, nick, target, target_key), self._told(nick, "operators")
+        )
 
     def deop(self, nick: str, name: str, target: str, target_key: bytes | None) -> None:
-        with self._lock:
-            self._changed(self._rooms.deop(name, nick, target, target_key), nick, "operators")
+        self._settle(
+            nick,
+            name,
+            lambda: self._rooms.deop(name, nick, target, target_key),
+            self._told(nick, "operators"),
+        )
 
     def transfer(self, nick: str, name: str, target: str, target_key: bytes | None) -> None:
-        with self._lock:
-            self._changed(self._rooms.transfer(name, nick, target, target_key), nick, "owner")
+        self._settle(
+            nick,
+            name,
+            lambda: self._rooms.transfer(name, nick, target, target_key),
+            self._told(nick, "owner"),
+        )
+
+    def _told(self, nick: str, what: str) -> Callable[[Room], None]:
+        return lambda room: self._changed(room, nick, what)
+
+    def _settle(self, nick: str, name: str, change: Callable[[], Room], done: Callable[[Room], None]) -> None:
+        """Make a settings change of room `name` and call `done(room)` (the announcement)
+        under the lock. `change` is a registry call that checks the request (raising
+        `RoomError`, nothing changed) and changes only the room's settings.
+
+        For a registered room (or one being registered) the new settings are written to
+        the store first, on this thread without the hub's lock; meanwhile the room keeps
+        its old ones, and nothing is told. `StoreUnavailable` leaves everything as it was.
+        """
+        with self._settings_lock:
+            with self._lock:
+                self._online(nick)
+                room = self._rooms.room(name)
+                before = room.settings
+                change()
+                after = room.settings
+                if self._store is None or not after.owner:
+                    done(room)  # nothing to store: an unregistered room, or no store
+                    return
+                # Tried under the lock, where nobody saw it: the room keeps its old
+                # settings until they are durable.
+                room.restore(before)
+            stored = _stored(room.name, after)
+            if before.owner:
+                self._store.save_room(stored)
+            elif not self._store.register_room(stored, drop_history=not room.permanent):
+                raise RoomError(Code.ROOM_REGISTERED, f"{room.name} is already registered")
+            with self._lock:
+                if self._rooms.vanished(room):
+                    # Emptied meanwhile (its creator displaced by a version-1 login of
+                    # the same key): it is registered now, so it exists.
+                    room = self._rooms.load(
+                        room.name,
+                        owner=after.owner,
+                        topic=after.topic,
+                        invite_only=after.invite_only,
+                        operators=after.operators,
+                        bans=after.bans,
+                    )
+                room.restore(after)
+                if fold_nick(nick) in self._members:
+                    done(room)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -357,10 +464,13 @@ class Hub:
         answer = fit_rooms(pattern, (RoomEntry(room=r.name, users=r.users, topic=r.topic) for r in found))
         return dataclasses.replace(answer, truncated=answer.truncated or truncated)
 
-    def names(self, room: str) -> Names:
-        """The `names` event for `room`. Raises `NoSuchRoom`."""
+    def names(self, nick: str, room: str) -> Names:
+        """The `names` event for `room`, for `nick`, a member of it. Raises `NoSuchRoom`,
+        or `RoomError` (not-in-room): who is in an invite-only room is its members' to see."""
         with self._lock:
             found = self._rooms.room(room)
+            if fold_nick(nick) not in found.members:
+                raise RoomError(Code.NOT_IN_ROOM, f"you are not in {found.name}")
             self._flush_presence_locked()  # so no notice arrives after the list it is part of
             users = self._rooms.users(found)
             return Names(
@@ -370,10 +480,6 @@ class Hub:
                 owner=self._rooms.owner_nick(found),
                 operators=self._rooms.operator_nicks(found),
             )
-
-    def has_room(self, room: str) -> bool:
-        with self._lock:
-            return self._rooms.get(room) is not None
 
     def is_in(self, nick: str, room: str) -> bool:
         """True if `nick` is in `room` now."""
@@ -513,20 +619,6 @@ class Hub:
             dropped, self._unsaved_dropped = self._unsaved_dropped, 0
         return dropped
 
-    def unsaved_rooms(self) -> list[StoredRoom]:
-        """Registered rooms whose settings changed since `rooms_saved` last confirmed them."""
-        with self._lock:
-            return [self._stored(self._rooms.room(name)) for name in sorted(self._dirty)]
-
-    def rooms_saved(self, rooms: Sequence[StoredRoom]) -> None:
-        """`rooms` (from `unsaved_rooms`) are in the store now; a room changed again since
-        stays unsaved."""
-        with self._lock:
-            for stored in rooms:
-                room = self._rooms.get(stored.name)
-                if room is not None and self._stored(room) == stored:
-                    self._dirty.discard(fold_room(room.name))
-
     # -- under the lock --------------------------------------------------------------
 
     def _online(self, nick: str) -> _Online:
@@ -537,17 +629,6 @@ class Hub:
 
     def _persisted(self, room: Room) -> bool:
         return room.permanent or room.registered
-
-    @staticmethod
-    def _stored(room: Room) -> StoredRoom:
-        return StoredRoom(
-            name=room.name,
-            owner_key=room.owner,
-            topic=room.topic,
-            invite_only=room.invite_only,
-            operators=frozenset(room.operators),
-            bans=tuple(StoredBan(b.kind.value, b.value, b.shown, b.by) for b in room.bans),
-        )
 
     def _away(self, room: Room) -> tuple[str, ...]:
         return tuple(
@@ -591,8 +672,6 @@ class Hub:
 
     def _changed(self, room: Room, nick: str, what: str) -> None:
         """Tell every member (version 2) the room's whole new state after a change."""
-        if room.registered:
-            self._dirty.add(fold_room(room.name))
         self._flush_presence_locked()
         shown = self._members[fold_nick(nick)].nick
         frame = encode(
@@ -664,6 +743,17 @@ class Hub:
                     writes.setdefault(id(member), (member, []))[1].append(part)
         for member, parts in writes.values():
             member.deliver(parts[0] if len(parts) == 1 else b"".join(parts))
+
+
+def _stored(name: str, settings: Settings) -> StoredRoom:
+    return StoredRoom(
+        name=name,
+        owner_key=settings.owner,
+        topic=settings.topic,
+        invite_only=settings.invite_only,
+        operators=settings.operators,
+        bans=tuple(StoredBan(b.kind.value, b.value, b.shown, b.by) for b in settings.bans),
+    )
 
 
 def _order(room: Room, autojoin: Sequence[str]) -> int:

@@ -51,9 +51,11 @@ class OutboxState(enum.Enum):
     IDLE, WAITING, WRITING -> CLOSING
                            `close` otherwise (a writer is started if none runs)
     CLOSING -> FINISHED    `take` has handed out everything and returns None
-    IDLE, WAITING, WRITING, CLOSING -> OVERFLOWED
-                           a put (or `close`'s last frame) would exceed the limit (a
-                           writer is started if none runs); final, like FINISHED
+    IDLE, WAITING, WRITING -> OVERFLOWED
+                           a put (or `close`'s last frame, put before the state becomes
+                           CLOSING) would exceed the limit (a writer is started if none
+                           runs); final, like FINISHED. A CLOSING outbox refuses puts, so
+                           it never overflows.
     """
 
     IDLE = "idle"  # open; no writer thread: `put` sends directly when nothing is queued

@@ -40,7 +40,7 @@ from .backlog import Backlog
 from .config import ServerConfig
 from .hub import Hub
 from .prekeylimits import PrekeyLimits
-from .store import QueuedWhisper, QueueLimits, Quota, QuotaExceeded, Store
+from .store import QueuedWhisper, QueueLimits, Quota, QuotaExceeded, RenameResult, Store
 
 __all__ = ["OPK_LOW_WATER", "Relay", "RelayError"]
 
@@ -146,13 +146,10 @@ class Relay:
         whose login challenge was `login_nonce`."""
         return ed25519_verify(sig_key, signature, rename_message(old, new, login_nonce))
 
-    def has_queued(self, nick: str) -> bool:
-        """True while whispers wait in the queue for `nick` (a rename must wait for them)."""
-        return self._store.has_queued(nick)
-
-    def rename(self, old: str, new: str, sig_key: bytes) -> bool:
-        """Move `old`'s registration (to `sig_key`) to `new` in one transaction: False if
-        `new` is registered or `old` is not `sig_key`'s. The old bundle and prekeys go."""
+    def rename(self, old: str, new: str, sig_key: bytes) -> RenameResult:
+        """Move `old`'s registration (to `sig_key`) to `new` in one transaction, or say why
+        not (store.py's `rename_user`). The old bundle and prekeys go; what `old` sent and
+        is still queued, and its failures, move to `new`."""
         return self._store.rename_user(old, new, sig_key, self._clock())
 
     def prekey_count(self, nick: str) -> PrekeyCount:

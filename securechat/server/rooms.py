@@ -16,10 +16,14 @@ import functools
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from ..protocol import Code, fold_nick, fold_room
 from ..protocol.limits import MAX_ROOMS_LISTED
 from ..protocol.rooms import is_pattern
+
+if TYPE_CHECKING:
+    from .config import ServerConfig
 
 __all__ = [
     "Ban",
@@ -29,6 +33,7 @@ __all__ = [
     "RoomError",
     "RoomSummary",
     "Rooms",
+    "Settings",
     "glob",
 ]
 
@@ -98,9 +103,29 @@ class Room:
     def registered(self) -> bool:
         return bool(self.owner)
 
+    @property
+    def settings(self) -> Settings:
+        return Settings(self.topic, self.invite_only, self.owner, frozenset(self.operators), tuple(self.bans))
+
+    def restore(self, settings: Settings) -> None:
+        """Set this room's settings to `settings` (taken from `settings` before)."""
+        self.topic, self.invite_only, self.owner = settings.topic, settings.invite_only, settings.owner
+        self.operators, self.bans = set(settings.operators), list(settings.bans)
+
     def moderator(self, key: bytes) -> bool:
         """True if `key` is this registered room's owner or one of its operators."""
         return bool(key) and self.registered and (key == self.owner or key in self.operators)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a registered room keeps in the store: everything a settings change changes."""
+
+    topic: str
+    invite_only: bool
+    owner: bytes
+    operators: frozenset[bytes]
+    bans: tuple[Ban, ...]
 
 
 @dataclass(frozen=True)
@@ -116,7 +141,9 @@ class RoomSummary:
 class _Person:
     nick: str
     key: bytes
-    rooms: set[str] = field(default_factory=set)  # folded names of the rooms they are in
+    # Folded names of the rooms they are in, in the order entered (a dict for its order;
+    # the values mean nothing).
+    rooms: dict[str, None] = field(default_factory=dict)
 
 
 class Rooms:
@@ -138,6 +165,16 @@ class Rooms:
         self.autojoin = tuple(autojoin)
         for name in autojoin:
             self._rooms.setdefault(fold_room(name), Room(name=name, permanent=True))
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> Rooms:
+        """The autojoin rooms and caps `config` sets (the server's and the tests' one way)."""
+        return cls(
+            autojoin=config.autojoin,
+            max_rooms_per_user=config.max_rooms_per_user,
+            max_rooms=config.max_rooms,
+            max_bans_per_room=config.max_bans_per_room,
+        )
 
     # -- reading ----------------------------------------------------------------------
 
@@ -216,7 +253,8 @@ class Rooms:
 
         Refusals, in this order: the person's room cap, the server's room cap (creating),
         a ban (which wins over an invitation), invite-only without an invitation. An
-        autojoin does not count against the person's cap (the configuration chose it).
+        autojoin is never refused for the person's cap (the configuration chose it), but
+        the autojoin rooms they are in count towards it like any other.
         """
         folded_nick = fold_nick(nick)
         folded = fold_room(name)
@@ -239,8 +277,15 @@ class Rooms:
         if person is None:
             person = self._people[folded_nick] = _Person(nick=nick, key=key)
         room.members[folded_nick] = nick
-        person.rooms.add(folded)
+        person.rooms[folded] = None
         return room, False
+
+    def check_autojoin(self, name: str, nick: str, key: bytes, now: float) -> None:
+        """Raise the `RoomError` that `join(name, ..., autojoin=True)` would, changing
+        nothing (the hub refuses a version-1 login that could not be in `#lobby`)."""
+        room = self.get(name)
+        if room is not None and fold_nick(nick) not in room.members:
+            self._check_may_enter(room, fold_nick(nick), key, now)
 
     def _check_may_enter(self, room: Room, folded_nick: str, key: bytes, now: float) -> None:
         if self.banned(room, folded_nick, key):
@@ -290,7 +335,7 @@ class Rooms:
     def _remove(self, room: Room, folded_nick: str) -> None:
         del room.members[folded_nick]
         person = self._people[folded_nick]
-        person.rooms.discard(fold_room(room.name))
+        person.rooms.pop(fold_room(room.name), None)
         if not person.rooms:
             del self._people[folded_nick]
         if not room.members and not room.registered and not room.permanent:
@@ -397,17 +442,27 @@ class Rooms:
         A mask with `*` or `?` is a nick pattern for guests; a registered nick bans its
         key; any other nick is an exact pattern. Returns the room and the members it put
         out (the caller announces them as kicked)."""
+        room = self.add_ban(name, nick, mask, mask_key)
+        return room, self.put_out_banned(room)
+
+    def add_ban(self, name: str, nick: str, mask: str, mask_key: bytes | None) -> Room:
+        """`ban`'s change of the settings alone: the members it covers stay until
+        `put_out_banned` (the hub makes the ban durable in between)."""
         room = self._member_room(name, nick)
         self._require_moderator(room, nick, "ban")
         ban = self._make_ban(room, mask, mask_key, by=nick)
         if any(b.kind is ban.kind and b.value == ban.value for b in room.bans):
-            return room, []  # already banned: nothing changes
+            return room  # already banned: nothing changes
         if len(room.bans) >= self.max_bans_per_room:
             raise RoomError(
                 Code.QUOTA,
                 f"{room.name} has {len(room.bans)} bans, the most a room may have; unban some first",
             )
         room.bans.append(ban)
+        return room
+
+    def put_out_banned(self, room: Room) -> list[str]:
+        """Remove the members of `room` its bans cover; their nicks as shown."""
         out = [
             shown
             for folded, shown in list(room.members.items())
@@ -415,7 +470,7 @@ class Rooms:
         ]
         for shown in out:
             self._remove(room, fold_nick(shown))
-        return room, out
+        return out
 
     @staticmethod
     def _make_ban(room: Room, mask: str, mask_key: bytes | None, *, by: str) -> Ban:
@@ -423,7 +478,7 @@ class Rooms:
             return Ban(BanKind.PATTERN, fold_nick(mask), mask, by)
         if mask_key:
             if mask_key == room.owner:
-                raise RoomError(Code.INVALID, f"the owner of {room.name} cannot be banned")
+                raise RoomError(Code.NOT_OPERATOR, f"the owner of {room.name} cannot be banned")
             return Ban(BanKind.KEY, mask_key, mask, by)
         return Ban(BanKind.PATTERN, fold_nick(mask), mask, by)
 
@@ -493,7 +548,7 @@ class Rooms:
     @staticmethod
     def _registered(target: str, key: bytes | None) -> bytes:
         if not key:
-            raise RoomError(Code.NOT_REGISTERED, f"{target} is not a registered nick")
+            raise RoomError(Code.NO_SUCH_USER, f"nobody is registered as {target}")
         return key
 
 

@@ -63,13 +63,6 @@ class Server:
     ) -> None:
         self.config = config
         self._context = context
-        rooms = Rooms(
-            autojoin=config.autojoin,
-            max_rooms_per_user=config.max_rooms_per_user,
-            max_rooms=config.max_rooms,
-            max_bans_per_room=config.max_bans_per_room,
-        )
-        self.hub = Hub(clock=clock, history=config.history_lines, rooms=rooms)
         self._datadir: DataDir | None = None
         if store is not None:
             self.store: Store = store
@@ -86,6 +79,9 @@ class Server:
             self.store = SqliteStore(
                 None, clock=clock, monotonic=monotonic, log_every=config.fault_log_interval
             )
+        self.hub = Hub(
+            clock=clock, history=config.history_lines, rooms=Rooms.from_config(config), store=self.store
+        )
         #: Set (by the watchdog thread) once the data directory or database was found
         #: deleted or replaced; from then on the store refuses every operation.
         self.store_lost = threading.Event()
@@ -168,19 +164,9 @@ class Server:
 
     def _save_history(self) -> None:
         """Write the unsaved room lines; they stay unsaved in the hub unless this worked.
-        Registered rooms whose settings changed are written first, so that a room's lines
-        are never kept for a room the store does not know. Raises `StoreUnavailable` (the
-        store has logged it). The watchdog thread calls it, and `stop`'s caller at the end."""
-        changed = self.hub.unsaved_rooms()
-        for room in changed:
-            if self.store.register_room(room):
-                # Newly registered: lines the store may hold from an older room of that
-                # name (an autojoin room since dropped from the configuration) are not its.
-                self.store.drop_room_history(room.name)
-            else:
-                self.store.save_room(room)
-        if changed:
-            self.hub.rooms_saved(changed)
+        (A registered room is in the store before its lines are: the hub writes its
+        registration before it keeps any.) Raises `StoreUnavailable` (the store has
+        logged it). The watchdog thread calls it, and `stop`'s caller at the end."""
         unsaved = self.hub.unsaved()
         if not unsaved:
             return

@@ -52,6 +52,7 @@ __all__ = [
     "QueuedWhisper",
     "Quota",
     "QuotaExceeded",
+    "RenameResult",
     "SqliteStore",
     "Store",
     "StoreUnavailable",
@@ -65,6 +66,15 @@ __all__ = [
 SCHEMA_VERSION = 8
 
 log = logging.getLogger(__name__)
+
+
+class RenameResult(enum.Enum):
+    """What `rename_user` did: moved the registration, or why not (nothing changed)."""
+
+    DONE = "done"
+    NEW_REGISTERED = "new-registered"  # `new` (folded) is registered, to anyone
+    NOT_YOURS = "not-yours"  # `old` is not registered to the key
+    QUEUED = "queued"  # whispers still wait for `old`
 
 
 class StoreUnavailable(Exception):
@@ -169,7 +179,8 @@ class Store(Protocol):
         """
 
     def release(self, nick: str) -> bool:
-        """Forget `nick`'s binding, keys, queued whispers and failures; True if it was registered.
+        """Forget `nick`'s binding, keys, whispers queued for it and by it, and failures;
+        True if it was registered.
 
         Registered rooms are untouched: they are owned and run by identity keys, so the
         key stays owner (or operator) and gets that back under whatever nick it logs in as.
@@ -188,17 +199,18 @@ class Store(Protocol):
         that key runs the room again under any nick.
         """
 
-    def rename_user(self, old: str, new: str, sig_key: bytes, now: float) -> bool:
-        """Move the registration of `old` to `new` in one transaction; True if it moved.
+    def rename_user(self, old: str, new: str, sig_key: bytes, now: float) -> RenameResult:
+        """Move the registration of `old` to `new` in one transaction; `DONE` if it moved.
 
         `new` gets the same key, registered at `now` (wall time) and used now (service
         clock, see `expire_nicks`); `old` is free at once. The bundle and one-time
         prekeys of `old` are deleted (they bind the old nick: the client publishes new
-        ones); the failures `old` is to be told as a sender move to `new`. False, with
-        nothing changed, if `new` (folded) is registered (to anyone, `old` itself
-        included), if `old` is not registered to `sig_key`, or if anything is still
-        queued for `old` (see `has_queued`: checked again here, so a whisper queued
-        after the caller's check is not stranded under a nick nobody holds).
+        ones); what `old` sent is moved to `new`: its queued whispers (and their share of
+        the sender quota), so that their acks reach the renamer and no later holder of
+        `old`, and the failures it is to be told. Otherwise, with nothing changed, the
+        reason: `new` (folded) is registered (to anyone, `old` itself included), `old` is
+        not registered to `sig_key`, or whispers are still queued for `old` (they would
+        be stranded under a nick nobody holds).
         """
 
     def has_queued(self, recipient: str) -> bool:
@@ -208,9 +220,11 @@ class Store(Protocol):
         """Every registered room with its operators and bans (sorted by folded name);
         loaded once at start."""
 
-    def register_room(self, room: StoredRoom) -> bool:
+    def register_room(self, room: StoredRoom, *, drop_history: bool = False) -> bool:
         """Register `room` with its settings, operators and bans; False, and nothing
-        changed, if a room of that (folded) name is registered already."""
+        changed, if a room of that (folded) name is registered already. `drop_history`:
+        in the same transaction, delete the lines stored under that name (left by an
+        older room of that name: an autojoin room since dropped from the configuration)."""
 
     def save_room(self, room: StoredRoom) -> None:
         """Replace a registered room's name, owner, settings, operators and bans, all in
@@ -510,6 +524,9 @@ def _release(db: sqlite3.Connection, key: str) -> bool:
     db.execute("DELETE FROM bundles WHERE nick_key=?", (key,))
     db.execute("DELETE FROM opks WHERE nick_key=?", (key,))
     db.execute("DELETE FROM queue WHERE recipient=?", (key,))
+    # And what it sent: their acks would otherwise be told to whoever registers the nick
+    # next (the triggers give the quotas back for both deletes).
+    db.execute("DELETE FROM queue WHERE sender=?", (key,))
     db.execute("DELETE FROM failures WHERE sender=?", (key,))
     db.execute("DELETE FROM failures WHERE recipient=?", (key,))
     return gone
@@ -1034,11 +1051,13 @@ class SqliteStore:
             for key, name, owner_key, topic, invite_only in rooms
         ]
 
-    def register_room(self, room: StoredRoom) -> bool:
+    def register_room(self, room: StoredRoom, *, drop_history: bool = False) -> bool:
         key, now = fold_room(room.name), self._clock()
         with self._tx() as db:
             if db.execute("SELECT 1 FROM rooms WHERE name_key=?", (key,)).fetchone() is not None:
                 return False
+            if drop_history:
+                db.execute("DELETE FROM history WHERE room=?", (key,))
             db.execute(
                 "INSERT INTO rooms (name_key, name, owner_key, topic, invite_only, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -1058,16 +1077,16 @@ class SqliteStore:
                 raise KeyError(f"{room.name} is not a registered room")
             _put_room_members(db, key, room, now)
 
-    def rename_user(self, old: str, new: str, sig_key: bytes, now: float) -> bool:
+    def rename_user(self, old: str, new: str, sig_key: bytes, now: float) -> RenameResult:
         old_key, new_key, seen = fold_nick(old), fold_nick(new), self.service_clock()
         with self._tx() as db:
+            if db.execute("SELECT 1 FROM users WHERE nick_key=?", (new_key,)).fetchone() is not None:
+                return RenameResult.NEW_REGISTERED
             row = db.execute("SELECT sig_key FROM users WHERE nick_key=?", (old_key,)).fetchone()
             if row is None or bytes(row[0]) != sig_key:
-                return False
-            if db.execute("SELECT 1 FROM users WHERE nick_key=?", (new_key,)).fetchone() is not None:
-                return False
+                return RenameResult.NOT_YOURS
             if db.execute("SELECT 1 FROM queue WHERE recipient=? LIMIT 1", (old_key,)).fetchone():
-                return False
+                return RenameResult.QUEUED
             db.execute(
                 "UPDATE users SET nick_key=?, nick=?, registered=?, seen=? WHERE nick_key=?",
                 (new_key, new, now, seen, old_key),
@@ -1080,7 +1099,15 @@ class SqliteStore:
             # those whispers by the nick they sent them to. Leftovers under `new` (it is
             # not registered, and a released nick's are deleted) give way to the renamer's.
             db.execute("UPDATE OR REPLACE failures SET sender=? WHERE sender=?", (new_key, old_key))
-            return True
+            # Whispers `old` sent and still queued are the renamer's: their acks must reach
+            # it, not a later holder of `old`. Rows under `new` are nobody's now (it is not
+            # registered) and would collide; deleting them fires the quota trigger. An
+            # UPDATE fires none, so the sender's usage row moves by hand.
+            db.execute("DELETE FROM queue WHERE sender=?", (new_key,))
+            db.execute("UPDATE queue SET sender=? WHERE sender=?", (new_key, old_key))
+            db.execute("DELETE FROM queue_usage WHERE who=?", (_FROM + new_key,))
+            db.execute("UPDATE queue_usage SET who=? WHERE who=?", (_FROM + new_key, _FROM + old_key))
+            return RenameResult.DONE
 
     def has_queued(self, recipient: str) -> bool:
         with self._read() as db:

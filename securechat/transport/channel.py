@@ -68,6 +68,9 @@ class TlsChannel:
         self._tls_lock = threading.Lock()  # guards _tls and both BIOs
         self._send_lock = threading.Lock()  # orders drains of _outgoing with their sendall
         self._backlog = b""  # ciphertext send_now could not hand over; guarded by _send_lock
+        # Set once (False -> True) by `shutdown`, from any thread; read bare by the reader
+        # after a failed recv, only to tell a shutdown from a real error (one reference
+        # write and read: a stale False just reports the error the recv raised).
         self._closed = False
         self._poll: select.poll | None = None  # created by the first read that finds nothing waiting
 

@@ -140,7 +140,8 @@ class Session:
     # the session joins the hub, and other logins read it under the hub's lock, which
     # orders the two; `nick` (set at the welcome and by a rename) is read by the writer
     # for a log line; `away` by other sessions' whispers to this one, which report
-    # whatever value they read. Nothing decides on a stale read of any of them.
+    # whatever value they read. Nothing decides on a stale read of any of them. All
+    # three are read-only here: no other thread may write them.
 
     @property
     def nick(self) -> str | None:
@@ -156,12 +157,6 @@ class Session:
     def away(self) -> str:
         """The away message the client set ("" when here)."""
         return self._logic.away
-
-    @away.setter
-    def away(self, message: str) -> None:
-        # Only for the hub's `Member` protocol, which declares a plain attribute; the
-        # client sets it with an `away` frame (reader thread).
-        self._logic.away = message
 
     @property
     def address(self) -> str:

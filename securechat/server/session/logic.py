@@ -14,6 +14,7 @@ the queued whispers handed out a page at a time, and the answers when the store 
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import os
@@ -57,6 +58,7 @@ from ...protocol import (
     Whisper,
     Who,
     fold_nick,
+    fold_room,
     is_pattern,
 )
 from ...version import SOFTWARE
@@ -67,11 +69,21 @@ from ..config import ServerConfig
 from ..hub import Hub, Member, NickTaken, RoomError
 from ..ratelimit import TokenBucket
 from ..relay import Relay, RelayError
-from ..store import StoreUnavailable
+from ..store import RenameResult, StoreUnavailable
 
-__all__ = ["Holder", "Port", "SessionLogic"]
+__all__ = ["Holder", "LoginState", "Port", "SessionLogic"]
 
 log = logging.getLogger(__name__)
+
+
+class LoginState(enum.Enum):
+    """Where a session's login is. AWAITING_HELLO -> IN (a guest's hello),
+    AWAITING_HELLO -> AWAITING_PROOF (a hello claiming an identity: a challenge is sent)
+    -> IN (a good proof). A refused login closes the session in the state it was in."""
+
+    AWAITING_HELLO = "awaiting-hello"
+    AWAITING_PROOF = "awaiting-proof"  # `_served` is the claim, `_nonce` its challenge
+    IN = "in"  # welcomed: `nick` is set, `on_login` was called
 
 
 class Port(Protocol):
@@ -140,14 +152,19 @@ class SessionLogic:
         self.nick: str | None = None  # set in the welcome (under the hub's lock) and by a rename
         self.sig_key = b""  # the identity key this session proved; b"" for a guest
         self.away = ""  # the away message the client set ("" when here)
-        self._login_reported = False  # `on_login` was called
-        self._claim: Hello | None = None  # a hello with an identity, awaiting its proof
-        self._nonce = b""  # the challenge sent for `_claim`; kept: a rename signs over it
+        # Reader thread only, from here on.
+        self.state = LoginState.AWAITING_HELLO
+        self._served: Hello | None = None  # the hello being served (the claim, when awaiting proof)
+        self._nonce = b""  # the login challenge; kept after the login: a rename signs over it
         self._version = PROTOCOL_VERSION  # the hello's: 1 is served #lobby only
         self._backlog: Backlog | None = None  # queued whispers still to hand out
         self._requests = (
             TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
         )
+        # Joins have their own allowance: after each welcome the client joins again every
+        # room it remembers (up to max_rooms_per_user at once), which must neither be cut
+        # short by the message rate nor eat it.
+        self._joins = TokenBucket(_JOIN_RATE, config.max_rooms_per_user) if config.message_rate > 0 else None
         self._strikes = 0  # requests refused in a row for their rate
         self._says: list[Say] = []  # room lines read in this chunk, not yet broadcast
         self._said_bytes = 0  # their text's length
@@ -159,7 +176,12 @@ class SessionLogic:
         may be sent now). Room lines are held back to go out in one batch: see `flush`."""
         if isinstance(event, _RATE_LIMITED) and not self._within_rate(event):
             return
-        if isinstance(event, Say) and self.nick is not None and self._hub.is_in(self.nick, event.room):
+        if (
+            isinstance(event, Say)
+            and self.state is LoginState.IN
+            and self.nick is not None
+            and self._hub.is_in(self.nick, event.room)
+        ):
             # Lines that arrived together are broadcast together (see `flush`).
             self._says.append(event)
             self._said_bytes += len(event.text)
@@ -190,14 +212,21 @@ class SessionLogic:
             try:
                 self._hub.say_many(self.nick, says)
             except RoomError:
-                # Put out of a room (kicked, banned) since its lines were read: each
-                # line on its own, the refused ones answered.
+                # Put out of a room (kicked, banned) since its lines were read: the
+                # lines to rooms it is still in go out, and each room it is not in is
+                # answered once, not once per line (a batch holds up to 256).
+                by_room: dict[str, list[Say]] = {}
                 for say in says:
-                    self._room(say)
+                    by_room.setdefault(fold_room(say.room), []).append(say)
+                for lines in by_room.values():
+                    try:
+                        self._hub.say_many(self.nick, lines)
+                    except RoomError as exc:
+                        self._port.send(Error(code=exc.code, reason=exc.reason, ref=lines[0].room))
 
     def leave(self, reason: str) -> None:
         """The connection is over: leave the hub (announced with `reason`) if logged in."""
-        if self.nick is not None:
+        if self.state is LoginState.IN and self.nick is not None:
             self._hub.leave(self._member, self.nick, reason)
             log.info("%s (%s) left: %s", self.nick, self._peer, reason)
 
@@ -259,15 +288,21 @@ class SessionLogic:
             if isinstance(event, Say):
                 self._hub.say(self.nick, event.room, event.text, action=event.action)
             else:
-                self._reply(self._hub.names(event.room))
+                self._reply(self._hub.names(self.nick, event.room))
         except RoomError as exc:  # no such room, or not in it
             self._reply(Error(code=exc.code, reason=exc.reason, ref=event.room))
 
     def _within_rate(self, event: Event) -> bool:
-        """Take a token for a request (and, for a room line, one of the budget all sessions
-        of this prefix share); on refusal say so, and drop a session that keeps on."""
-        if self._requests is not None and not self._requests.allow():
-            reason = "slow down: too many messages"
+        """Take a token for a request (a join: of the join allowance; a room line: also
+        one of the budget all sessions of this prefix share); on refusal say so, naming
+        the request as any refusal of it would, and drop a session that keeps on."""
+        bucket = self._joins if isinstance(event, Join) else self._requests
+        if bucket is not None and not bucket.allow():
+            reason = (
+                f"slow down: too many joins; try {event.room} again in a moment"
+                if isinstance(event, Join)
+                else "slow down: too many messages"
+            )
         elif isinstance(event, Say) and not self._guards.say(self._prefix):
             # 40 nicks from one network get one budget, not 40: a flood cannot wipe the
             # room's history 40 times faster than one flooder.
@@ -280,8 +315,11 @@ class SessionLogic:
             self._port.close(
                 Error(code=Code.RATE_LIMITED, reason="flooding: disconnected", fatal=True), reason="flooding"
             )
-        elif self._strikes == 1 or self._strikes % 10 == 0:  # do not answer a flood with a flood
-            self._reply(Error(code=Code.RATE_LIMITED, reason=reason))
+        elif not isinstance(event, Say) or self._strikes == 1 or self._strikes % 10 == 0:
+            # Every refused request is answered (a client waits for its answer; a room
+            # request unanswered would leave it thinking it got in); a flood of lines is
+            # not answered with a flood of refusals.
+            self._reply(Error(code=Code.RATE_LIMITED, reason=reason, ref=_request_ref(event)))
         return False
 
     def _e2e(self, event: Event) -> None:
@@ -351,7 +389,7 @@ class SessionLogic:
         elif not self._relay.may_claim(hello.nick, hello.identity):
             self._refuse_registered(hello.nick)
         elif hello.identity:
-            self._claim = hello
+            self.state, self._served = LoginState.AWAITING_PROOF, hello
             self._nonce = self._make_nonce()
             self._reply(Challenge(nonce=self._nonce))
         else:
@@ -365,8 +403,8 @@ class SessionLogic:
         )
 
     def _auth(self, auth: Auth) -> None:
-        claim = self._claim
-        if claim is None:
+        claim = self._served
+        if self.state is not LoginState.AWAITING_PROOF or claim is None:
             self._reply(Error(code=Code.UNEXPECTED, reason="auth without a hello that claims an identity"))
             return
         if not self._relay.proof_valid(claim.nick, self._nonce, claim.identity, auth.signature):
@@ -397,7 +435,6 @@ class SessionLogic:
             self._refuse_registered(claim.nick)
             return
         self.sig_key = claim.identity
-        self._claim = None
         if self._login(claim):
             self._reply(self._relay.prekey_count(claim.nick))
             # A page of what waited; more as acks come back (see backlog.py).
@@ -412,22 +449,20 @@ class SessionLogic:
     def _login(self, hello: Hello) -> bool:
         """Join the room under `hello.nick`; False (and the session closing) if it is taken."""
 
-        def welcome(users: tuple[str, ...]) -> None:
+        def welcome(room: str, users: tuple[str, ...]) -> None:
             # Runs under the hub lock, before anyone can send us a room event. Sent
             # without `_reply`: flushing room lines here would re-enter the hub (there
             # are none yet; lines are accepted only after the welcome).
-            self.nick = hello.nick
+            self.nick, self._served, self.state = hello.nick, hello, LoginState.IN
             # Counted as logged in before the welcome leaves: a client that connects again
             # from its network as soon as it is welcomed must find this one out of the
             # pre-login budget. (Takes the server's lock under the hub's: that order only.)
-            if not self._login_reported:
-                self._login_reported = True
-                self._on_login()
+            self._on_login()
             self._port.send(
                 Welcome(
                     version=hello.version,  # the version this session is served in
                     nick=hello.nick,
-                    room=self._hub.welcome_room(hello.version),
+                    room=room,
                     users=users,
                     server=self._config.server_name,
                     software=SOFTWARE,
@@ -454,6 +489,14 @@ class SessionLogic:
                 reason="nick taken",
             )
             return False
+        except RoomError as exc:
+            # A version-1 session could be in `#lobby` only, and that refuses it (a ban,
+            # invite-only): a welcome would put it in no room while telling it otherwise.
+            log.info("%s refused as %s: %s", self._peer, hello.nick, exc.code)
+            self._port.close(
+                Error(code=exc.code, reason=exc.reason, fatal=True), reason="refused from #lobby"
+            )
+            return False
         if isinstance(displaced, Holder):
             displaced.close(
                 Error(code=Code.REPLACED, reason="you logged in from another connection", fatal=True),
@@ -469,7 +512,13 @@ class SessionLogic:
         a refusal is an `error` naming the room as sent."""
         assert self.nick is not None  # the connection passes these only after the welcome
         if self._version == 1:
-            self._reply(Error(code=Code.UNEXPECTED, reason=f"{event.TYPE!r} is not in protocol version 1"))
+            self._reply(
+                Error(
+                    code=Code.UNEXPECTED,
+                    reason=f"{event.TYPE!r} is not in protocol version 1",
+                    ref=_request_ref(event),
+                )
+            )
             return
         nick, hub = self.nick, self._hub
         try:
@@ -514,34 +563,35 @@ class SessionLogic:
         if fold_nick(new) == fold_nick(old):
             return  # your own nick: nothing to do, nothing to say
         if self._version == 1:
-            self._reply(Error(code=Code.UNEXPECTED, reason="'rename' is not in protocol version 1"))
+            self._reply(Error(code=Code.UNEXPECTED, reason="'rename' is not in protocol version 1", ref=new))
             return
-        refusal: Error | None = None
-        if self._hub.member(new) is not None:
-            refusal = Error(code=Code.NICK_TAKEN, reason=f"{new} is already in use", ref=new)
-        elif not self.sig_key:
-            if not self._relay.may_claim(new, b""):
-                refusal = Error(code=Code.NICK_REGISTERED, reason=f"{new} is registered", ref=new)
-        elif not self._relay.rename_valid(old, new, self._nonce, self.sig_key, event.signature):
-            refusal = Error(code=Code.AUTH_FAILED, reason="the rename's signature does not verify", ref=new)
-        elif self._relay.has_queued(old):
-            refusal = Error(
-                code=Code.UNEXPECTED,
-                reason="your queued whispers are still being delivered; try again in a moment",
-                ref=new,
+        if self.sig_key and not self._relay.rename_valid(
+            old, new, self._nonce, self.sig_key, event.signature
+        ):
+            self._reply(
+                Error(code=Code.AUTH_FAILED, reason="the rename's signature does not verify", ref=new)
             )
-        elif not self._relay.may_claim(new, b"") or not self._relay.rename(old, new, self.sig_key):
-            refusal = Error(code=Code.NICK_REGISTERED, reason=f"{new} is registered", ref=new)
-        if refusal is not None:
-            self._reply(refusal)
             return
+        if not self._relay.may_claim(new, b""):  # (an idle registration of `new` expires here)
+            self._reply(Error(code=Code.NICK_REGISTERED, reason=f"{new} is registered", ref=new))
+            return
+        # `new` is held in the hub before the store moves the registration: a login as
+        # `new` meanwhile is refused, rather than the store's move being left half done.
         try:
-            self._hub.rename(old, new)
+            self._hub.reserve(old, new)
         except NickTaken:
-            # Someone took it meanwhile (a guest: an identity user's registration moved
-            # already and stays with its key, which may log in as `new`).
             self._reply(Error(code=Code.NICK_TAKEN, reason=f"{new} is already in use", ref=new))
             return
+        try:
+            result = self._relay.rename(old, new, self.sig_key) if self.sig_key else RenameResult.DONE
+        except StoreUnavailable:
+            self._hub.unreserve(new)
+            raise
+        if result is not RenameResult.DONE:
+            self._hub.unreserve(new)
+            self._reply(_rename_refusal(result, old, new))
+            return
+        self._hub.rename(old, new)
         self.nick = new
         log.info("%s renamed to %s", old, new)
 
@@ -549,6 +599,23 @@ class SessionLogic:
         self.flush()  # a reply follows the echo of the lines read before it
         self._port.send(event)
 
+
+def _rename_refusal(result: RenameResult, old: str, new: str) -> Error:
+    """What the renamer is told when the store refused its rename."""
+    if result is RenameResult.QUEUED:
+        return Error(
+            code=Code.UNEXPECTED,
+            reason="your queued whispers are still being delivered; try again in a moment",
+            ref=new,
+        )
+    if result is RenameResult.NOT_YOURS:  # released while online cannot happen; said plainly if it did
+        return Error(code=Code.NOT_REGISTERED, reason=f"{old} is not registered to your key", ref=new)
+    return Error(code=Code.NICK_REGISTERED, reason=f"{new} is registered", ref=new)
+
+
+#: Joins one session may make per second once its allowance (`max_rooms_per_user` at
+#: once: a client's rejoins after a reconnect) is used up.
+_JOIN_RATE = 1.0
 
 #: A batch of room lines is broadcast once it holds this many lines or this much text
 #: (bounds the hub lock's hold and the size of one write).
@@ -624,6 +691,10 @@ def _request_ref(event: Event) -> str:
         return event.id
     if isinstance(event, FetchKeys):
         return event.ref or event.nick
+    if isinstance(event, Rename):
+        return event.nick  # the nick asked for
+    if isinstance(event, Who):
+        return event.room
     if isinstance(event, ListRooms):
         return event.pattern
     if isinstance(event, _NAMING_A_ROOM):
