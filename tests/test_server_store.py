@@ -735,3 +735,12 @@ def test_releasing_a_nick_drops_its_outgoing_whispers_too(store: SqliteStore) ->
     store.enqueue("erin", "m1", "dave", b"h", b"c", 1.0)
     assert store.release("dave")
     assert store.pending("erin") == [] and usage(store) == {}
+
+
+def test_registering_a_room_can_drop_an_older_rooms_lines_in_the_same_transaction(store: SqliteStore) -> None:
+    store.append_history([("#dev", "a", "an older #dev's line", 1.0), ("#ops", "b", "kept", 2.0)], keep=5)
+    assert store.register_room(DEV, drop_history=True)
+    assert store.recent_history("#dev", 5) == [] and store.recent_history("#ops", 5) == [("b", "kept", 2.0)]
+    store.append_history([("#dev", "a", "its own", 3.0)], keep=5)
+    assert not store.register_room(DEV, drop_history=True)  # registered already: nothing dropped
+    assert store.recent_history("#dev", 5) == [("a", "its own", 3.0)]
