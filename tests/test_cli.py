@@ -306,3 +306,92 @@ def test_server_process_threads_survive_the_deepest_nesting_a_frame_can_hold(
             assert next_matching(after, Message).text == "still here"  # type: ignore[attr-defined]
     finally:
         server.stop()
+
+
+# -- a rename cut short: the client died after the server renamed it, before `renamed` ---------
+
+
+def _rename_cut_short(server: Server, cert_files: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """alice (a keystore in the default place) renames to alice2; the server does it, and
+    the client stops before it hears so: what a crash in that window leaves on disk."""
+    from securechat.client.keystore import Keystore, default_keystore_dir
+    from securechat.client.whispers import WhisperKeys
+    from securechat.protocol import Renamed
+
+    port = server.address[1]
+    store = Keystore.open(default_keystore_dir("127.0.0.1", port, "alice"), None)
+    client = Client(
+        "alice",
+        context=client_context(cert_files["ca"]),
+        port=port,
+        keys=WhisperKeys.in_keystore(store, "alice"),
+    )
+    monkeypatch.setattr(Client, "_renamed", lambda self, new: None)  # dead before it could finish
+    with client:
+        client.rename("alice2")
+        client.wait_for(Renamed, TIMEOUT)  # the server renamed us
+    store.close()
+    monkeypatch.undo()
+
+
+def _registered(server: Server, cert_files: dict[str, str], nick: str) -> bool:
+    """Whether `nick` is registered: a guest may log in only under a free nick."""
+    from securechat.client import LoginRejected
+
+    guest = Client(nick, context=client_context(cert_files["ca"]), port=server.address[1], timeout=TIMEOUT)
+    try:
+        guest.connect()
+    except LoginRejected as exc:
+        assert exc.code == "nick-registered", exc
+        return True
+    guest.close()
+    return False
+
+
+@pytest.fixture
+def alice_renamed(
+    server: Server, cert_files: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """The command line for `send --room` (add --nick), with alice's rename cut short."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SECURECHAT_PASSPHRASE", "")
+    argv = ["send", "--port", str(server.address[1]), "--cafile", cert_files["ca"], "--room", "hi"]
+    assert main([*argv, "--nick", "alice"]) == 0  # alice's keys made and registered
+    with pytest.MonkeyPatch.context() as patch:
+        _rename_cut_short(server, cert_files, patch)
+    return argv
+
+
+def test_starting_as_the_new_nick_after_a_cut_short_rename_says_what_to_do_and_leaves_nothing(
+    server: Server,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    alice_renamed: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from securechat.client.keystore import default_keystore_dir
+
+    capsys.readouterr()
+    assert main([*alice_renamed, "--nick", "alice2"]) == 1
+    err = capsys.readouterr().err
+    assert "alice2 is registered to another key" in err
+    assert "If you renamed yourself to alice2, start with your old nick (--nick OLD)" in err
+    # The keystore made for alice2 in this run never did anything: gone, so it neither
+    # stands in the way of finishing the rename nor makes the next start fail the same way.
+    assert not default_keystore_dir("127.0.0.1", server.address[1], "alice2").exists()
+
+
+def test_starting_as_the_old_nick_after_a_cut_short_rename_finishes_it(
+    server: Server, cert_files: dict[str, str], alice_renamed: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from securechat.client.keystore import default_keystore_dir
+
+    capsys.readouterr()
+    assert main([*alice_renamed, "--nick", "alice"]) == 0
+    assert "relayed" in capsys.readouterr().err
+    port = server.address[1]
+    assert not default_keystore_dir("127.0.0.1", port, "alice").exists()  # moved to alice2's place
+    assert (default_keystore_dir("127.0.0.1", port, "alice2") / "keystore.db").is_file()
+    assert not _registered(server, cert_files, "alice")  # not taken back: the old nick stays free
+    assert _registered(server, cert_files, "alice2")
+    assert main([*alice_renamed, "--nick", "alice2"]) == 0  # and alice2 is us

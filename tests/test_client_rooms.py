@@ -480,3 +480,33 @@ def test_many_remembered_rooms_are_joined_paced_and_a_join_refused_for_rate_is_t
     assert store.load_rooms() == rooms  # nothing forgotten on the way
     with pytest.raises(TimeoutError):  # the refusals were the client's own business
         client.wait_for_any(Error, 0)
+
+
+def test_a_rename_is_recorded_until_answered_and_one_that_did_not_happen_is_said_at_the_next_start(
+    server: Server, client_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    keys = disk_keys(tmp_path / "alice", "alice")
+    alice = login(server, client_ctx, "alice", keys)
+    try:
+        alice.rename("bob")  # bob's: refused, and the keystore forgets the rename
+        refused = _events_until(alice, Error, lambda e: e.ref == "bob")
+        assert refused.code == "nick-registered" and keys.renaming() is None
+        keys.begin_rename("bob")  # as if the answer never came: the process stopped
+    finally:
+        alice.close()
+    again = Client(
+        "alice",
+        context=client_ctx,
+        port=server.address[1],
+        timeout=TIMEOUT,
+        keys=disk_keys(tmp_path / "alice", "alice"),
+    )
+    try:
+        again.connect()  # tries bob first (not ours), then logs in as alice
+        said = _events_until(again, Error, lambda e: e.ref == "bob")
+        assert said.reason.startswith("your rename to bob did not happen") and again.nick == "alice"
+        assert again.keys is not None and again.keys.renaming() is None
+    finally:
+        again.close()
+        bob.close()

@@ -16,6 +16,7 @@ from .common import DEFAULT_CERT_DIR, DEFAULT_PORT, UsageError, check_port
 
 if TYPE_CHECKING:
     from ..client import Client
+    from ..client.keystore import Keystore
     from ..client.whispers import WhisperKeys
 
 __all__ = ["EXIT_DELIVERED", "EXIT_FAILED", "EXIT_STORED", "add_parsers"]
@@ -100,13 +101,47 @@ def _client(args: argparse.Namespace, *, reconnect: bool, interactive: bool = Tr
     Raises `UsageError` (bad options, keystore problems), `ConnectError` and `LoginRejected`.
     `interactive` False never prompts for a passphrase (e.g. while the chat screen is up).
     """
-    client = _unconnected(args, reconnect=reconnect, interactive=interactive)
-    client.connect()
+    from ..client import LoginRejected
+
+    client, made = _unconnected(args, reconnect=reconnect, interactive=interactive)
+    try:
+        client.connect()
+    except LoginRejected as exc:
+        raise UsageError(_refused_login(args.nick, exc, made)) from None
     return client
 
 
-def _unconnected(args: argparse.Namespace, *, reconnect: bool, interactive: bool = True) -> Client:
-    """`_client` before `connect`: options checked, keys open. Raises `UsageError`."""
+def _refused_login(nick: str, refused: Exception, made: Keystore | None) -> str:
+    """What to tell the user when the server refused the login; removes `made` (a keystore
+    created in this run for it) when the nick turned out to be someone else's.
+
+    The case this is for: a rename to NICK that the server carried out just as the client
+    stopped, before it heard so. The keystore is still under the old nick, so starting as
+    NICK makes a new identity, which NICK's owner (our own old key) refuses. That fresh
+    keystore never did anything; left, it would stand where the rename's move must go.
+    """
+    from ..client import LoginRejected
+    from ..e2e.errors import KeystoreError
+
+    text = f"the server refused the login: {refused}"
+    if not (isinstance(refused, LoginRejected) and refused.code == Code.NICK_REGISTERED and made is not None):
+        return text
+    try:
+        made.remove()
+    except KeystoreError as exc:
+        return f"{text}; {exc}"
+    return (
+        f"{nick} is registered to another key (the keys just made for it are deleted again). "
+        f"If you renamed yourself to {nick}, start with your old nick (--nick OLD): your keystore "
+        "is still under it, and that start finishes the rename."
+    )
+
+
+def _unconnected(
+    args: argparse.Namespace, *, reconnect: bool, interactive: bool = True
+) -> tuple[Client, Keystore | None]:
+    """`_client` before `connect`: options checked, keys open. Also the keystore when it
+    was made in this run (None if it existed, or for a guest). Raises `UsageError`."""
     from ..client import Client
     from ..client.keystore import Keystore, RoomsFile, default_keystore_dir
     from ..client.rooms import RoomStore
@@ -130,11 +165,13 @@ def _unconnected(args: argparse.Namespace, *, reconnect: bool, interactive: bool
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"cannot load CA file {cafile}: {exc}") from None
     keys = None
+    made: Keystore | None = None
     # The rooms to join again at the next start: in the keystore (sealed with it), or for
     # a guest in a rooms.json where its nick's keystore would be.
     rooms_store: RoomStore = RoomsFile(default_keystore_dir(args.host, args.port, args.nick))
     if not args.guest:
         directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+        existed = Keystore.exists(directory)
         try:
             keys = _open_keys(directory, args.nick, args.passphrase, interactive=interactive)
         except (KeystoreError, ValueError, OSError) as exc:
@@ -142,7 +179,8 @@ def _unconnected(args: argparse.Namespace, *, reconnect: bool, interactive: bool
         storage = keys.storage
         if isinstance(storage, Keystore):
             rooms_store = storage
-    return Client(
+            made = None if existed else storage
+    client = Client(
         args.nick,
         context=context,
         host=args.host,
@@ -152,6 +190,7 @@ def _unconnected(args: argparse.Namespace, *, reconnect: bool, interactive: bool
         reconnect=reconnect,
         rooms_store=rooms_store,
     )
+    return client, made
 
 
 def _connected(args: argparse.Namespace, *, reconnect: bool) -> Client | None:
@@ -162,7 +201,7 @@ def _connected(args: argparse.Namespace, *, reconnect: bool) -> Client | None:
 
     backoff = Backoff()
     attempt = 0
-    client = _unconnected(args, reconnect=reconnect)
+    client, made = _unconnected(args, reconnect=reconnect)
     while True:
         try:
             client.connect()
@@ -179,7 +218,7 @@ def _connected(args: argparse.Namespace, *, reconnect: bool) -> Client | None:
             time.sleep(delay)  # a person waits here; Ctrl-C stops it
         except LoginRejected as exc:
             if not (reconnect and exc.code == Code.BUSY):
-                print(f"securechat: the server refused the login: {exc}", file=sys.stderr)
+                print(f"securechat: {_refused_login(args.nick, exc, made)}", file=sys.stderr)
                 return None
             # Too much from our network right now (failed logins, say): later, not never.
             delay = backoff.delay(attempt)
@@ -239,7 +278,8 @@ def run_client(args: argparse.Namespace) -> int:
     )
 
     def switch_to(nick: str) -> Client:
-        # The keys of the nick being left stay where they are; the new nick uses its own.
+        # /identity NICK (not /nick, which renames this identity): log in as another
+        # identity. The keys of the nick being left stay where they are; NICK uses its own.
         try:
             return _client(
                 argparse.Namespace(**{**vars(args), "nick": nick, "keys": None}),

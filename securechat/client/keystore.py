@@ -380,6 +380,20 @@ class Keystore:
                 self._db.close()
                 self._db = None
 
+    def remove(self) -> None:
+        """Delete this keystore: its files, then its directory if nothing else is in it.
+        Only for one made in this very run that never served (the login it was made for
+        was refused): anything else would be someone's keys. Raises `KeystoreError`."""
+        self.close()
+        with self._lock:
+            try:
+                for name in (_DB + "-wal", _DB + "-shm", _DB + "-journal", _DB, _HEADER):
+                    (self.directory / name).unlink(missing_ok=True)
+                if not any(self.directory.iterdir()):
+                    self.directory.rmdir()
+            except OSError as exc:
+                raise KeystoreError(f"cannot remove the keystore in {self.directory}: {exc}") from None
+
 
 class RoomsFile:
     """A guest's remembered rooms (a guest has no keystore): `rooms.json`, 0600, in the

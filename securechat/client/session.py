@@ -338,6 +338,9 @@ class Client:
         # Wakes the keepalive thread early: joins to pace, or the client closing. Set by
         # any thread, cleared by the keepalive thread.
         self._wake = threading.Event()
+        # (old, new) while `connect` finishes a rename an earlier run left unanswered;
+        # the connecting thread only.
+        self._finish_rename: tuple[str, str] | None = None
 
     # -- connecting ---------------------------------------------------------------
 
@@ -347,11 +350,26 @@ class Client:
         Raises `ConnectError` (unreachable, certificate not trusted, host name
         mismatch, no answer) or `LoginRejected` (the server refused the nick).
         With `reconnect`, later losses of the connection are retried by themselves.
+
+        If the keystore records a rename to NEW that an earlier run sent without hearing
+        the answer (it stopped in between), the first login is as NEW: welcomed there
+        (NEW is registered to our key: the server did rename us), the rename is finished
+        here (a `Renamed` event, the keystore moved, a fresh bundle); refused because NEW
+        is someone else's or in use, the rename did not happen: an `Error` naming NEW
+        says so, and the login is as our nick.
         """
-        channel, conn, welcome, nonce = self._establish()
+        channel, conn, welcome, nonce = self._first_login()
         with self._conn_lock:
             self._channel, self._conn, self.welcome, self._online = channel, conn, welcome, True
             self._login_nonce = nonce
+        if self._finish_rename is not None:
+            # Logged in under the new nick: the server had renamed us. What `renamed`
+            # would have done, done now (the keystore moves, so before anything reads it).
+            old, new = self._finish_rename
+            self._finish_rename = None
+            self.nick = old  # `_renamed` moves the keystore from the old nick's place
+            self._renamed(new)
+            self._events.put(Renamed(old=old, new=new))
         if not self._remembered_loaded:
             self._remembered_loaded = True
             if self._rooms_store is not None:
@@ -380,6 +398,31 @@ class Client:
         # (the autojoin rooms' `entered`), before it waits for the network.
         self._rejoined.wait(self._timeout)
         return welcome
+
+    def _first_login(self) -> tuple[TlsChannel, Connection, Welcome, bytes]:
+        """`_establish`, finishing a rename an earlier run left unanswered (see `connect`).
+        The connecting thread, before the reader exists."""
+        new = self.keys.renaming() if self.keys is not None and not self._remembered_loaded else None
+        if new is None:
+            return self._establish()
+        assert self.keys is not None
+        old = self.nick
+        self.nick = new
+        try:
+            channel, conn, welcome, nonce = self._establish()
+        except LoginRejected as exc:
+            self.nick = old
+            if exc.code not in (Code.NICK_REGISTERED, Code.NICK_TAKEN):
+                raise  # busy, say: the next connect tries again
+            try:
+                self.keys.rename_refused()
+            except KeystoreError as kept:
+                self._events.put(StorageFailed(reason=str(kept)))
+            reason = f"your rename to {new} did not happen: {exc.reason or exc.code}"
+            self._events.put(Error(code=exc.code, reason=reason, ref=new))
+            return self._establish()
+        self._finish_rename = (old, new)
+        return channel, conn, welcome, nonce
 
     def _establish(self) -> tuple[TlsChannel, Connection, Welcome, bytes]:
         """Connect, run TLS and log in, all of it within `timeout` seconds.
@@ -578,7 +621,8 @@ class Client:
         published) or an `Error` (`nick-taken`, `nick-registered`, ...). Your own nick,
         in any case, is a no-op: nothing is sent. Raises `ValueError` (not a nick, or
         another keystore sits where ours would move: nothing is sent) and
-        `ConnectionError`.
+        `ConnectionError`. An identity user's keystore records the rename before it is
+        sent: if this process stops before the answer, the next `connect` finishes it.
         """
         old = self.nick
         if fold_nick(nick) == fold_nick(old):
@@ -590,6 +634,10 @@ class Client:
             if not nonce:
                 raise self._offline()
             signature = self.keys.rename_proof(old, nick, nonce)
+            try:
+                self.keys.begin_rename(nick)  # so a crash before the answer is finished at the next start
+            except KeystoreError as exc:
+                self._events.put(StorageFailed(reason=str(exc)))  # the rename itself still works
         self.send(Rename(nick=nick, signature=signature))
 
     def _rejoin(self, welcome: Welcome) -> None:
@@ -1195,8 +1243,22 @@ class Client:
                     return False
                 self._deliver(incoming)
             return False
+        if isinstance(event, Error) and not event.fatal:
+            self._forget_refused_rename(event)
         self._events.put(event)
         return True
+
+    def _forget_refused_rename(self, event: Error) -> None:
+        """The reader, for a non-fatal error no key fetch took: if it refuses our pending
+        rename (its `ref` is the nick asked for), the keystore forgets the rename."""
+        if self.keys is None or not event.ref:
+            return
+        renaming = self.keys.renaming()
+        if renaming is not None and fold_nick(renaming) == fold_nick(event.ref):
+            try:
+                self.keys.rename_refused()
+            except KeystoreError as exc:
+                self._storage_trouble(exc)
 
     def _take_fetch(self, event: Keys | Error) -> bool:
         """Called by the reader with what may answer a key fetch: True (and the fetch is

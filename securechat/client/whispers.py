@@ -45,6 +45,9 @@ __all__ = ["Incoming", "WhisperKeys"]
 
 #: Records of the "already shown" ids kept before the inbox existed; moved into it.
 _LEGACY_RECEIVED = "received"
+#: The record of a rename sent and not yet answered: the nick asked for. A client that
+#: stops before the server's `renamed` finishes it at the next start (`Client.connect`).
+_RENAMING_RECORD = "renaming"
 
 #: Top-ups of one-time prekeys (making new ones because the server says it holds few or
 #: none): at most this many at once, then one more every `OPK_TOPUP_EVERY` seconds. An
@@ -97,6 +100,9 @@ class WhisperKeys:
         self._held_count = 0  # deliveries in _held, all peers; guarded by _lock
         # One-time prekey top-ups; guarded by _lock.
         self._topups = topups if topups is not None else Budget(OPK_TOPUP_BURST, OPK_TOPUP_EVERY)
+        # The nick of a rename sent and not yet answered (kept as `_RENAMING_RECORD`);
+        # guarded by _lock.
+        self._renaming: str | None = None
 
     @classmethod
     def in_keystore(cls, keystore: Keystore, nick: str) -> WhisperKeys:
@@ -129,6 +135,9 @@ class WhisperKeys:
             conv = Conversations(Identity.generate(nick))
             keystore.save(conv.records())
         keys = cls(conv, keystore)
+        renaming = records.get(_RENAMING_RECORD)
+        if renaming is not None:
+            keys._renaming = renaming.decode(errors="replace")
         keys._import_legacy_received(records)
         with keys._lock:
             keys._save()  # what loading converted (pins from before per-pin records)
@@ -205,6 +214,32 @@ class WhisperKeys:
             raise ValueError(f"a keystore for {new} is already in {target}: move it away first")
         return self._conv.identity.sign(rename_message(old, new, login_nonce))
 
+    def renaming(self) -> str | None:
+        """The nick of a rename sent and not answered yet (by an earlier run, if it stopped
+        before the server's answer), or None. Only a different nick than ours counts."""
+        with self._lock:
+            renaming = self._renaming
+            if renaming is not None and fold_nick(renaming) == fold_nick(self._conv.identity.user):
+                return None  # finished: moved and rebound, only the mark was left
+            return renaming
+
+    def begin_rename(self, new: str) -> None:
+        """Record that a rename to `new` is about to be sent, before it is (flushed): if
+        this process stops before the server's answer, the next start knows to finish it.
+        Raises `KeystoreError`."""
+        with self._lock:
+            self._storage.commit({_RENAMING_RECORD: new.encode()})
+            self._renaming = new
+
+    def rename_refused(self) -> None:
+        """The server refused the rename (or it turned out never to have happened): forget
+        it. Raises `KeystoreError`."""
+        with self._lock:
+            if self._renaming is None:
+                return
+            self._storage.commit({_RENAMING_RECORD: None}, durable=False)
+            self._renaming = None
+
     def _move_target(self, new: str) -> Path | None:
         """Where a rename to `new` moves the keystore: beside it, named for `new`, when it
         sits in its nick's default place; None otherwise (a directory the user chose, or
@@ -246,6 +281,10 @@ class WhisperKeys:
             new_ids = secrets.new_opks(OPK_TARGET) if self._topups.take() else []
             self._conv.dirty.add("prekeys")
             self._save()
+            if self._renaming is not None:
+                # Not flushed: a mark left by a crash names our own nick, which is ignored.
+                self._storage.commit({_RENAMING_RECORD: None}, durable=False)
+                self._renaming = None
             if moved is not None:
                 raise moved
             return self._publish(new_ids)
