@@ -40,9 +40,12 @@ Progress = Callable[[float, float], None]  # (done, total)
 #: given with `--port`.
 _ROOM_PREFIX = "#bench-"
 
-#: Seconds of reading after the logins and after the joins, so that the notices they
-#: cause (`joined`, sent to the other members) are not charged to the next phase.
-_SETTLE = 1.0
+#: After the logins and after the joins, the generator reads until nothing has come for
+#: this long (at most `_SETTLE_MAX` seconds), so that the notices they cause (`joined`, to
+#: the other members; 2 million of them for 2,000 logins into #lobby) are not charged to
+#: the next phase.
+_QUIET = 0.5
+_SETTLE_MAX = 60.0
 
 _ENTERED = re.compile(rb'"type":"entered","room":"([^"]*)"')
 
@@ -140,6 +143,7 @@ class RoomsLoop(Loop):
         self.wrong_room = 0
         self.duplicates = 0
         self.errors: list[bytes] = []  # `error` frames the server sent (the first few)
+        self.last_read = time.monotonic()  # when a read last completed a line
 
     @property
     def deliveries(self) -> int:
@@ -149,6 +153,7 @@ class RoomsLoop(Loop):
 
     def deliver(self, c: BenchClient, lines: bytes) -> None:
         me = c.index
+        self.last_read = time.monotonic()
         if b'"entered"' in lines:
             mine, entered = self._member_of[me], self._entered[me]
             for room in _ENTERED.findall(lines):
@@ -190,10 +195,11 @@ def _cpu(pid: int | None) -> float | None:
     return sample(pid).cpu_seconds if pid is not None else None
 
 
-def _settle(loop: Loop, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        loop.pump(min(0.1, left))
+def _settle(loop: RoomsLoop) -> None:
+    """Read until the server has sent nothing for `_QUIET` seconds."""
+    end = time.monotonic() + _SETTLE_MAX
+    while (now := time.monotonic()) < end and now - loop.last_read < _QUIET:
+        loop.pump(0.1)
 
 
 def many_rooms(
@@ -237,7 +243,7 @@ def many_rooms(
             if progress is not None and (i % 100 == 99 or i == clients - 1):
                 progress(i + 1, clients)
         login_seconds = time.monotonic() - start
-        _settle(loop, _SETTLE)
+        _settle(loop)
 
         # Joins: all at once, as after a netsplit or a server restart.
         joins = clients * rooms_per_client
@@ -256,7 +262,7 @@ def many_rooms(
             raise JoinRefused(f"the server refused a join: {loop.errors[0][:300]!r}")
         if not answered:
             raise JoinRefused(f"{loop.joined} of {joins} joins answered in {join_timeout:.0f} s")
-        _settle(loop, _SETTLE)  # the `joined` notices to other members: part of a join's cost
+        _settle(loop)  # the `joined` notices to other members: part of a join's cost
         cpu_after = _cpu(server_pid)
         join_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
 
