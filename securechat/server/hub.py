@@ -66,7 +66,7 @@ from ..protocol import (
     fold_nick,
     fold_room,
 )
-from .rooms import Ban, BanKind, NoSuchRoom, Room, RoomError, Settings
+from .rooms import Ban, BanKind, NoSuchRoom, Room, RoomError, Settings, search
 from .rooms import Rooms as Registry
 from .store import StoredBan, StoredRoom
 
@@ -460,7 +460,9 @@ class Hub:
     def list_rooms(self, pattern: str) -> Rooms:
         """The `rooms` answer to a `list`."""
         with self._lock:
-            found, truncated = self._rooms.search(pattern)
+            rooms = self._rooms.summaries()
+        # Matched outside the lock: whatever a pattern costs, it holds up no one else.
+        found, truncated = search(rooms, pattern)
         answer = fit_rooms(pattern, (RoomEntry(room=r.name, users=r.users, topic=r.topic) for r in found))
         return dataclasses.replace(answer, truncated=answer.truncated or truncated)
 

@@ -12,8 +12,7 @@ of the same key) changes nothing about what someone may do or where they may go.
 
 from __future__ import annotations
 
-import functools
-import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..protocol import Code, fold_nick, fold_room
 from ..protocol.limits import MAX_ROOMS_LISTED
 from ..protocol.rooms import is_pattern
+from .wildcard import matches
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -34,7 +34,7 @@ __all__ = [
     "RoomSummary",
     "Rooms",
     "Settings",
-    "glob",
+    "search",
 ]
 
 #: An invitation is kept this long if unused (or until used, or the room vanishes): long
@@ -234,14 +234,12 @@ class Rooms:
         return tuple(nick for _, nick in sorted(room.members.items()))
 
     def search(self, pattern: str) -> tuple[list[RoomSummary], bool]:
-        """Rooms whose name matches the case-insensitive glob `pattern` ("" = all), sorted
-        by name, at most `MAX_ROOMS_LISTED`; and whether the list was cut."""
-        match = glob(pattern or "*").fullmatch
-        found = sorted((folded, room) for folded, room in self._rooms.items() if match(folded))
-        shown = [
-            RoomSummary(room.name, len(room.members), room.topic) for _, room in found[:MAX_ROOMS_LISTED]
-        ]
-        return shown, len(found) > MAX_ROOMS_LISTED
+        """`search(self.summaries(), pattern)`: the rooms matching `pattern`."""
+        return search(self.summaries(), pattern)
+
+    def summaries(self) -> list[RoomSummary]:
+        """A copy of every room's `list` line, for `search` outside the hub's lock."""
+        return [RoomSummary(room.name, len(room.members), room.topic) for room in self._rooms.values()]
 
     # -- membership -------------------------------------------------------------------
 
@@ -308,7 +306,7 @@ class Rooms:
             if ban.kind is BanKind.KEY:
                 if key and ban.value == key:
                     return True
-            elif not key and isinstance(ban.value, str) and glob(ban.value).fullmatch(folded_nick):
+            elif not key and isinstance(ban.value, str) and matches(ban.value, folded_nick):
                 return True
         return False
 
@@ -552,13 +550,14 @@ class Rooms:
         return key
 
 
-def glob(pattern: str) -> re.Pattern[str]:
-    """A case-insensitive glob (`*` any run, `?` one character; nothing else special) as a
-    compiled pattern over folded names. Folds `pattern` itself."""
-    return _compiled(fold_nick(pattern))
+def search(rooms: Iterable[RoomSummary], pattern: str) -> tuple[list[RoomSummary], bool]:
+    """The `rooms` whose name matches the case-insensitive pattern `pattern` (`*`, `?`;
+    "" = all), sorted by name, at most `MAX_ROOMS_LISTED`; and whether the list was cut.
+    Takes no lock: the hub calls it on a copy (`Rooms.summaries`), outside its own."""
+    folded = fold_room(pattern or "*")
+    found = sorted((room for room in rooms if matches(folded, fold_room(room.name))), key=_by_name)
+    return found[:MAX_ROOMS_LISTED], len(found) > MAX_ROOMS_LISTED
 
 
-@functools.lru_cache(maxsize=1024)  # bans and searches are few; thread-safe
-def _compiled(pattern: str) -> re.Pattern[str]:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(regex, re.DOTALL)
+def _by_name(room: RoomSummary) -> str:
+    return fold_room(room.name)
