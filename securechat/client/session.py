@@ -1192,11 +1192,11 @@ class Client:
 
     def _dispatch(self, event: Event) -> bool:
         """Handle frames the client answers itself; True if `event` is also for the user."""
+        if isinstance(event, Error) and event.ref.startswith("#") and not self._rejoin_refused(event):
+            return False  # a rejoin refused for rate: sent again later, nothing to show
         if isinstance(event, WhisperStatus):
             if not self._whisper_status(event):
                 return False  # not a whisper of ours (or old news): nothing to show
-        elif isinstance(event, Error) and event.ref.startswith("#") and not self._rejoin_refused(event):
-            return False  # a rejoin refused for rate: sent again later
         elif isinstance(event, Error) and event.ref in self._unconfirmed:
             if event.code == Code.STORE_UNAVAILABLE:
                 self._store_unavailable(self._backoff)
