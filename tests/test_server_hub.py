@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -493,3 +494,120 @@ def test_a_nick_reserved_for_a_rename_cannot_be_taken_until_released() -> None:
         hub.reserve("alice", "alice2")
     hub.unreserve("alice2")
     join(hub, "alice2")
+
+
+def test_a_later_line_does_not_reach_a_kicked_or_banned_member() -> None:
+    hub = multi()
+    alice, _ = join(hub, "alice", version=2, key=KEY_A)
+    guest, _ = join(hub, "guest", version=2)
+    spammer, _ = join(hub, "spammer", version=2)
+    hub.enter("alice", "#dev")
+    hub.register_room("alice", "#dev")
+    hub.enter("guest", "#dev")
+    hub.enter("spammer", "#dev")
+    hub.kick("alice", "#dev", "guest")
+    hub.ban("alice", "#dev", "spam*", None)
+    hub.say("alice", "#dev", "after")
+    hub.say("alice", "#news", "elsewhere")  # they are still in the other rooms
+    for put_out in (guest, spammer):
+        lines = [(m["room"], m["text"]) for m in put_out.seen() if m["type"] == "message"]
+        assert lines == [("#news", "elsewhere")]
+    assert [m["text"] for m in alice.seen() if m["type"] == "message"] == ["after", "elsewhere"]
+
+
+def test_joining_a_room_you_are_in_again_sends_entered_alone() -> None:
+    hub = multi()
+    alice, _ = join(hub, "alice", version=2)
+    hub.enter("alice", "#dev")
+    for i in range(3):
+        hub.say("alice", "#dev", f"line {i}")
+    alice.frames.clear()
+    hub.enter("alice", "#DEV")  # a client's rejoin after it lost track: no history again
+    assert types(alice) == [("entered", "#dev")]
+
+
+def test_a_guest_renaming_into_a_ban_of_a_room_it_is_in_is_refused() -> None:
+    hub = multi()
+    join(hub, "alice", version=2, key=KEY_A)
+    join(hub, "ok", version=2)
+    hub.enter("alice", "#dev")
+    hub.register_room("alice", "#dev")
+    hub.enter("ok", "#dev")
+    hub.ban("alice", "#dev", "spam*", None)
+    with pytest.raises(RoomError, check=lambda e: e.code == "banned" and "#dev" in e.reason):
+        hub.reserve("ok", "spammer")
+    join(hub, "spammer", version=2)  # nothing was left reserved
+    assert hub.names("alice", "#dev").users == ("alice", "ok")
+
+
+def test_a_guests_invitation_goes_when_it_leaves_and_an_identitys_stays_with_its_key() -> None:
+    hub = multi()
+    join(hub, "alice", version=2, key=KEY_A)
+    hub.enter("alice", "#vip")
+    hub.register_room("alice", "#vip")
+    hub.set_invite_only("alice", "#vip", True)
+    dave, _ = join(hub, "dave", version=2)
+    hub.invite("alice", "#vip", "dave")
+    assert dave.seen()[-1] == {"type": "invited", "room": "#vip", "nick": "dave", "by": "alice"}
+    hub.leave(dave, "dave")
+    join(hub, "dave", version=2)  # someone else, as a guest
+    with pytest.raises(RoomError, check=lambda e: e.code == "invite-only"):
+        hub.enter("dave", "#vip")
+    bob, _ = join(hub, "bob", version=2, key=KEY_B)
+    hub.invite("alice", "#vip", "bob")
+    hub.leave(bob, "bob")
+    join(hub, "bob2", version=2, key=KEY_B)  # the same person later, under another nick
+    hub.enter("bob2", "#vip")
+
+
+class BlockingRegistration:
+    """A `RoomStore` whose `register_room` waits until released, to let the room change
+    meanwhile; `release_room` undoes a registration."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.go_on = threading.Event()
+        self.registered: set[str] = set()
+
+    def register_room(self, room: StoredRoom, *, drop_history: bool = False) -> bool:
+        self.inside.set()
+        assert self.go_on.wait(10)
+        self.registered.add(room.name.lower())
+        return True
+
+    def save_room(self, room: StoredRoom) -> None:
+        raise AssertionError("not expected")
+
+    def release_room(self, name: str) -> bool:
+        found = name.lower() in self.registered
+        self.registered.discard(name.lower())
+        return found
+
+
+def test_a_registration_whose_room_was_replaced_meanwhile_is_undone_not_applied() -> None:
+    store = BlockingRegistration()
+    hub = Hub(clock=lambda: 42.0, store=store)
+    join(hub, "alice", version=2, key=KEY_A)
+    join(hub, "bob", version=2, key=KEY_B)
+    hub.enter("alice", "#dev")
+    errors: list[Exception] = []
+
+    def register() -> None:
+        try:
+            hub.register_room("alice", "#dev")
+        except RoomError as exc:
+            errors.append(exc)
+
+    registering = threading.Thread(target=register)
+    registering.start()
+    assert store.inside.wait(10)
+    hub.part("alice", "#dev")  # the room vanishes...
+    hub.enter("bob", "#dev")  # ...and bob creates another of that name
+    store.go_on.set()
+    registering.join(10)
+    assert not registering.is_alive()
+    assert [getattr(e, "code", None) for e in errors] == ["not-in-room"]
+    assert store.registered == set()  # undone in the store too
+    assert hub.names("bob", "#dev").users == ("bob",) and hub.names("bob", "#dev").owner == ""
+    hub.part("bob", "#dev")  # bob's room is whole: leaving it works
+    assert hub.list_rooms("#dev").rooms == ()

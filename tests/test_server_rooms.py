@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from securechat.protocol import Code
-from securechat.server.rooms import INVITE_TTL, BanKind, RoomError, Rooms
+from securechat.server.rooms import INVITE_TTL, MAX_INVITES, BanKind, RoomError, Rooms
 
 ALICE = b"a" * 32
 BOB = b"b" * 32
@@ -75,7 +75,7 @@ def test_unregistered_rooms_have_no_operators() -> None:
     ):
         with refused(Code.NOT_OPERATOR):
             attempt()
-    rooms.invite("#dev", "bob", "carol", 0.0)  # any member may invite
+    rooms.invite("#dev", "bob", "carol", CAROL, 0.0)  # any member may invite
 
 
 def test_only_the_identity_that_created_a_room_registers_it() -> None:
@@ -104,7 +104,7 @@ def test_registered_room_permissions_by_key() -> None:
     with refused(Code.NOT_OPERATOR):
         rooms.set_topic("#dev", "bob", "no")
     with refused(Code.NOT_OPERATOR):
-        rooms.invite("#dev", "bob", "dave", 0.0)
+        rooms.invite("#dev", "bob", "dave", b"", 0.0)
     with refused(Code.NO_SUCH_USER):  # as docs/protocol.md says: nobody registered that nick
         rooms.op("#dev", "alice", "guest", None)
     for change in (rooms.deop, rooms.transfer):
@@ -192,15 +192,15 @@ def test_invite_only_needs_an_invitation_used_once_and_expiring_but_a_ban_wins()
     rooms.set_invite_only("#dev", "alice", True)
     with refused(Code.INVITE_ONLY):
         rooms.join("#dev", "bob", BOB, 0.0)
-    rooms.invite("#dev", "alice", "Bob", 10.0)
+    rooms.invite("#dev", "alice", "Bob", BOB, 10.0)
     rooms.join("#dev", "bob", BOB, 11.0)
     rooms.part("#dev", "bob")
     with refused(Code.INVITE_ONLY):
         rooms.join("#dev", "bob", BOB, 12.0)  # used up
-    rooms.invite("#dev", "alice", "carol", 0.0)
+    rooms.invite("#dev", "alice", "carol", CAROL, 0.0)
     with refused(Code.INVITE_ONLY):
         rooms.join("#dev", "carol", CAROL, INVITE_TTL)  # expired
-    rooms.invite("#dev", "alice", "dave", 0.0)
+    rooms.invite("#dev", "alice", "dave", b"", 0.0)
     rooms.ban("#dev", "alice", "dave", None)
     with refused(Code.BANNED):
         rooms.join("#dev", "dave", b"", 1.0)
@@ -414,3 +414,62 @@ class Membership(RuleBasedStateMachine):
 
 Membership.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 TestMembership = Membership.TestCase
+
+
+# -- invitations follow the person (review 2, finding 7) ---------------------------
+
+
+def invite_only(rooms: Rooms) -> Rooms:
+    registered(rooms, "#vip")
+    rooms.set_invite_only("#vip", "alice", True)
+    return rooms
+
+
+def test_an_identity_users_invitation_is_by_key_and_follows_a_rename() -> None:
+    rooms = invite_only(Rooms(autojoin=("#lobby",)))
+    rooms.join("#lobby", "carol", CAROL, 0.0, autojoin=True)
+    rooms.invite("#vip", "alice", "carol", CAROL, 0.0)
+    rooms.rename("carol", "carol2")
+    with refused(Code.INVITE_ONLY):
+        rooms.join("#vip", "carol", b"", 1.0)  # a guest taking the old nick is not invited
+    rooms.join("#vip", "carol2", CAROL, 1.0)
+
+
+def test_a_guests_invitation_ends_when_the_guest_leaves_or_renames() -> None:
+    rooms = invite_only(Rooms(autojoin=("#lobby",)))
+    rooms.invite("#vip", "alice", "dave", b"", 0.0)  # online, in no room
+    rooms.forget_guest("dave")  # disconnected
+    with refused(Code.INVITE_ONLY):
+        rooms.join("#vip", "dave", b"", 1.0)  # the next guest called dave
+    rooms.join("#lobby", "erin", b"", 0.0, autojoin=True)
+    rooms.invite("#vip", "alice", "erin", b"", 0.0)
+    rooms.rename("erin", "erin2")
+    for nick in ("erin", "erin2"):
+        with refused(Code.INVITE_ONLY):
+            rooms.join("#vip", nick, b"", 1.0)
+
+
+def test_a_room_holds_a_bounded_number_of_invitations() -> None:
+    rooms = invite_only(Rooms())
+    for i in range(MAX_INVITES):
+        rooms.invite("#vip", "alice", f"guest{i}", b"", 0.0)
+    rooms.invite("#vip", "alice", "GUEST0", b"", 1.0)  # invited again: no new one
+    with refused(Code.QUOTA) as caught:
+        rooms.invite("#vip", "alice", "one-more", b"", 2.0)
+    assert f"{MAX_INVITES} invitations" in caught.value.reason
+    rooms.invite("#vip", "alice", "one-more", b"", INVITE_TTL + 0.5)  # the old ones expired
+
+
+# -- renaming into a ban (review 2, finding 8) ---------------------------------------
+
+
+def test_a_guest_cannot_rename_into_a_nick_a_room_it_is_in_bans() -> None:
+    rooms = registered(Rooms())
+    rooms.join("#dev", "ok", b"", 0.0)
+    rooms.ban("#dev", "alice", "spam*", None)
+    with refused(Code.BANNED) as caught:
+        rooms.check_rename("ok", "Spammer", b"")
+    assert caught.value.reason == "cannot change nick while banned in #dev"
+    rooms.check_rename("ok", "fine", b"")
+    rooms.join("#dev", "spam-bob", BOB, 0.0)
+    rooms.check_rename("spam-bob", "spam-bob2", BOB)  # patterns bind guests only

@@ -683,3 +683,18 @@ def test_lines_said_then_kicked_in_one_read_are_refused_once_per_room(world: Wor
     logic.flush()
     assert [(e.code, e.ref) for e in fake.of(Error)] == [(Code.NOT_IN_ROOM, "#dev")]
     assert [m.text for m in owner_fake.of(Message)] == ["still here"]
+
+
+def test_a_guest_renaming_into_a_ban_of_its_room_is_refused_naming_the_room(world: World) -> None:
+    owner, _ = registered_room(world, Identity.generate("alice"))
+    logic, fake = guest(world, "ok")
+    logic.handle(Join(room="#dev"))
+    owner.handle(Ban(room="#dev", mask="spam*"))
+    logic.handle(Rename(nick="spammer"))
+    [error] = fake.of(Error)
+    assert (error.code, error.ref, error.reason) == (
+        Code.BANNED,
+        "spammer",
+        "cannot change nick while banned in #dev",
+    )
+    assert logic.nick == "ok" and fake.of(Renamed) == [] and world.hub.is_in("ok", "#dev")

@@ -87,6 +87,9 @@ class RoomStore(Protocol):
     def save_room(self, room: StoredRoom) -> None:
         """Replace a registered room's settings, operators and bans."""
 
+    def release_room(self, name: str) -> bool:
+        """Forget registered room `name` (its settings and stored lines); False if none."""
+
 
 class Member(Protocol):
     """What the hub needs from a session."""
@@ -242,6 +245,8 @@ class Hub:
             if entry is None or entry.member is not member:
                 return
             del self._members[folded]
+            if not entry.key:
+                self._rooms.forget_guest(nick)
             for room in self._rooms.quit(nick):
                 self._newcomers.get(fold_room(room.name), {}).pop(id(member), None)
                 self._notice(room, Left(room=room.name, nick=entry.nick, reason=reason))
@@ -250,13 +255,15 @@ class Hub:
     def reserve(self, old: str, new: str) -> None:
         """Hold `new` for `old`'s rename while the store moves its registration: nobody
         may log in or rename to it until `rename` or `unreserve`. Raises `NickTaken` if
-        someone else online holds it or a rename is taking it."""
+        someone else online holds it or a rename is taking it, `RoomError` (banned) if a
+        room `old` is in bans `new` (nothing reserved then)."""
         with self._lock:
             holder = self._members.get(fold_nick(new))
-            if fold_nick(new) in self._reserved or (
-                holder is not None and holder is not self._members.get(fold_nick(old))
-            ):
+            renamer = self._members.get(fold_nick(old))
+            if fold_nick(new) in self._reserved or (holder is not None and holder is not renamer):
                 raise NickTaken(new)
+            if renamer is not None:
+                self._rooms.check_rename(old, new, renamer.key)
             self._reserved.add(fold_nick(new))
 
     def unreserve(self, new: str) -> None:
@@ -297,13 +304,15 @@ class Hub:
 
     def enter(self, nick: str, name: str) -> None:
         """`nick` joins room `name` (creating it): it gets `entered` and the history; the
-        others a `joined` notice. Already in: `entered` again, nothing announced."""
+        others a `joined` notice. Already in: `entered` again alone (it has had the
+        history: a loop of joins must not make the server send it again and again),
+        nothing announced."""
         with self._lock:
             entry = self._online(nick)
             room, already = self._rooms.join(name, nick, entry.key, self._clock())
             if not already:
                 self._announce_entry(room, entry.nick, entry.member)
-            self._send_entry(room, entry.member, entry.version)
+            self._send_entry(room, entry.member, entry.version, history=not already)
 
     def part(self, nick: str, name: str, reason: str = "") -> None:
         """`nick` leaves room `name`; every member, the leaver included, gets `left`."""
@@ -353,7 +362,7 @@ class Hub:
             guest = self._members.get(fold_nick(invitee))
             if guest is None:
                 raise RoomError(Code.NO_SUCH_USER, f"{invitee} is not online")
-            room = self._rooms.invite(name, nick, guest.nick, self._clock())
+            room = self._rooms.invite(name, nick, guest.nick, guest.key, self._clock())
             frame = encode(Invited(room=room.name, nick=guest.nick, by=entry.nick))
             entry.member.deliver(frame)
             if guest is not entry and guest.version > 1:
@@ -440,7 +449,8 @@ class Hub:
             elif not self._store.register_room(stored, drop_history=not room.permanent):
                 raise RoomError(Code.ROOM_REGISTERED, f"{room.name} is already registered")
             with self._lock:
-                if self._rooms.vanished(room):
+                replaced = self._rooms.vanished(room) and self._rooms.get(room.name) is not None
+                if not replaced and self._rooms.vanished(room):
                     # Emptied meanwhile (its creator displaced by a version-1 login of
                     # the same key): it is registered now, so it exists.
                     room = self._rooms.load(
@@ -451,9 +461,17 @@ class Hub:
                         operators=after.operators,
                         bans=after.bans,
                     )
-                room.restore(after)
-                if fold_nick(nick) in self._members:
-                    done(room)
+                if not replaced:
+                    room.restore(after)
+                    if fold_nick(nick) in self._members:
+                        done(room)
+                    return
+            # Emptied and made again by someone else meanwhile: the registration was of a
+            # room that is gone, and must not take over (or orphan the members of) the
+            # new one. Undone in the store; a failure there leaves it to `release-room`.
+            if not before.owner:
+                self._store.release_room(room.name)
+            raise RoomError(Code.NOT_IN_ROOM, f"you are not in {room.name}")
 
     # -- reading ---------------------------------------------------------------------
 
@@ -647,8 +665,9 @@ class Hub:
         # notices after its own.
         self._newcomers.setdefault(folded, {})[id(member)] = len(pending)
 
-    def _send_entry(self, room: Room, member: Member, version: int) -> None:
-        """`entered` (version 2) and the room's history, before any live event of it."""
+    def _send_entry(self, room: Room, member: Member, version: int, *, history: bool = True) -> None:
+        """`entered` (version 2) and (if `history`) the room's history, before any live
+        event of it."""
         frames = []
         if version > 1:
             frames.append(
@@ -665,10 +684,11 @@ class Hub:
                     )
                 )
             )
-        frames.extend(
-            encode(dataclasses.replace(line, history=True))
-            for line in self._history.get(fold_room(room.name), ())
-        )
+        if history:
+            frames.extend(
+                encode(dataclasses.replace(line, history=True))
+                for line in self._history.get(fold_room(room.name), ())
+            )
         if frames:
             member.deliver(b"".join(frames))
 

@@ -41,6 +41,11 @@ __all__ = [
 #: enough to answer after lunch, short enough that old invitations do not pile up.
 INVITE_TTL = 3600.0
 
+#: Invitations one room holds at once (expired ones do not count): what a busy room's
+#: operators hand out in an hour, and a bound on what an operator (or, in an unregistered
+#: room, any member) can make the server keep.
+MAX_INVITES = 200
+
 
 class BanKind(Enum):
     """What a ban holds: an identity key (registered nicks) or a nick pattern (guests)."""
@@ -94,8 +99,10 @@ class Room:
     owner: bytes = b""
     operators: set[bytes] = field(default_factory=set)
     bans: list[Ban] = field(default_factory=list)
-    #: Invitations: folded nick -> when it expires.
-    invites: dict[str, float] = field(default_factory=dict)
+    #: Invitations -> when each expires. An identity user's is by identity key (bytes), so
+    #: it follows the person through a rename and no guest taking the nick can use it; a
+    #: guest's is by folded nick (str), and ends when that guest leaves or renames.
+    invites: dict[bytes | str, float] = field(default_factory=dict)
     #: Members: folded nick -> nick as shown, in the order they entered.
     members: dict[str, str] = field(default_factory=dict)
 
@@ -162,6 +169,9 @@ class Rooms:
         self.max_bans_per_room = max_bans_per_room
         self._rooms: dict[str, Room] = {}  # folded name -> room
         self._people: dict[str, _Person] = {}  # folded nick -> person in at least one room
+        # Guests' invitations: folded guest nick -> folded rooms that may hold one (a guest
+        # may be in no room at all), so that leaving or renaming ends them.
+        self._guest_invites: dict[str, set[str]] = {}
         self.autojoin = tuple(autojoin)
         for name in autojoin:
             self._rooms.setdefault(fold_room(name), Room(name=name, permanent=True))
@@ -271,7 +281,7 @@ class Rooms:
             self._rooms[folded] = room
         else:
             self._check_may_enter(room, folded_nick, key, now)
-            room.invites.pop(folded_nick, None)  # used
+            room.invites.pop(key or folded_nick, None)  # used
         if person is None:
             person = self._people[folded_nick] = _Person(nick=nick, key=key)
         room.members[folded_nick] = nick
@@ -289,9 +299,9 @@ class Rooms:
         if self.banned(room, folded_nick, key):
             raise RoomError(Code.BANNED, f"you are banned from {room.name}")
         if room.invite_only and not room.moderator(key):
-            expires = room.invites.get(folded_nick)
+            expires = room.invites.get(key or folded_nick)
             if expires is None or expires <= now:
-                room.invites.pop(folded_nick, None)
+                room.invites.pop(key or folded_nick, None)
                 raise RoomError(
                     Code.INVITE_ONLY, f"{room.name} is invite-only: ask an operator for an invitation"
                 )
@@ -340,9 +350,29 @@ class Rooms:
             # An unregistered room vanishes with its settings, invitations and bans.
             del self._rooms[fold_room(room.name)]
 
+    def check_rename(self, old: str, new: str, key: bytes) -> None:
+        """Raise `RoomError` (banned) if `old`, holding `key`, may not be called `new` in a
+        room it is in: a ban there covers `new` (IRC's rule; else a rename would walk a
+        banned nick into the room). Changes nothing."""
+        for room in self.rooms_of(old):
+            if self.banned(room, fold_nick(new), key):
+                raise RoomError(Code.BANNED, f"cannot change nick while banned in {room.name}")
+
+    def forget_guest(self, nick: str) -> None:
+        """The guest `nick` left (or renamed): its invitations end, so that the next guest
+        of that nick finds none. (An identity user's are by key: a no-op for them.)"""
+        folded = fold_nick(nick)
+        for name in self._guest_invites.pop(folded, ()):
+            room = self._rooms.get(name)
+            if room is not None:
+                room.invites.pop(folded, None)
+
     def rename(self, old: str, new: str) -> list[Room]:
         """`old` is now called `new` (not held by anyone present). Membership and what the
-        person may do (by key) are unchanged. Returns the rooms they are in."""
+        person may do (by key) are unchanged; a guest's invitations end (`forget_guest`).
+        Returns the rooms they are in."""
+        if fold_nick(old) != fold_nick(new):
+            self.forget_guest(old)
         person = self._people.pop(fold_nick(old), None)
         if person is None:
             return []
@@ -369,16 +399,26 @@ class Rooms:
         room.invite_only = invite_only
         return room
 
-    def invite(self, name: str, nick: str, invitee: str, now: float) -> Room:
-        """Invite `invitee` (the caller checked they are online) until `now + INVITE_TTL`."""
+    def invite(self, name: str, nick: str, invitee: str, invitee_key: bytes, now: float) -> Room:
+        """Invite `invitee`, online holding `invitee_key` (b"" for a guest; the caller looked
+        both up), until `now + INVITE_TTL`. At most `MAX_INVITES` wait per room."""
         room = self._member_room(name, nick)
         if room.registered:
             self._require_moderator(room, nick, "invite")
         # Expired invitations go first: they cannot pile up past one hour's worth.
-        for folded, expires in list(room.invites.items()):
+        for held, expires in list(room.invites.items()):
             if expires <= now:
-                del room.invites[folded]
-        room.invites[fold_nick(invitee)] = now + INVITE_TTL
+                del room.invites[held]
+        held = invitee_key or fold_nick(invitee)
+        if held not in room.invites and len(room.invites) >= MAX_INVITES:
+            raise RoomError(
+                Code.QUOTA,
+                f"{room.name} has {len(room.invites)} invitations waiting, the most a room may have; "
+                "they expire after an hour",
+            )
+        room.invites[held] = now + INVITE_TTL
+        if not invitee_key:
+            self._guest_invites.setdefault(fold_nick(invitee), set()).add(fold_room(room.name))
         return room
 
     def register(self, name: str, nick: str) -> Room:

@@ -234,6 +234,17 @@ class Store(Protocol):
     def drop_room_history(self, room: str) -> None:
         """Delete every stored history line of `room` (folded)."""
 
+    def release_room(self, name: str, *, drop_history: bool = True) -> bool:
+        """Forget registered room `name` (its settings, operators and bans, and with
+        `drop_history` its stored lines), in one transaction; False if it was not
+        registered (then nothing changed)."""
+
+    def expire_rooms(self, max_idle: float, keep_owners: Collection[bytes] = ()) -> list[str]:
+        """`release_room` (lines kept: the caller drops those of rooms it does not keep)
+        every registered room whose owner key no nick registered to it has logged in with
+        for more than `max_idle` seconds of service time, but those owned by a key in
+        `keep_owners` (online now); their names as registered."""
+
     def publish(
         self,
         nick: str,
@@ -529,6 +540,16 @@ def _release(db: sqlite3.Connection, key: str) -> bool:
     db.execute("DELETE FROM queue WHERE sender=?", (key,))
     db.execute("DELETE FROM failures WHERE sender=?", (key,))
     db.execute("DELETE FROM failures WHERE recipient=?", (key,))
+    return gone
+
+
+def _release_room(db: sqlite3.Connection, key: str, *, drop_history: bool) -> bool:
+    """Forget the registered room `key` (folded). In a write transaction."""
+    gone = db.execute("DELETE FROM rooms WHERE name_key=?", (key,)).rowcount > 0
+    db.execute("DELETE FROM room_operators WHERE name_key=?", (key,))
+    db.execute("DELETE FROM room_bans WHERE name_key=?", (key,))
+    if gone and drop_history:
+        db.execute("DELETE FROM history WHERE room=?", (key,))
     return gone
 
 
@@ -1023,6 +1044,28 @@ class SqliteStore:
     def drop_room_history(self, room: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM history WHERE room=?", (fold_room(room),))
+
+    def release_room(self, name: str, *, drop_history: bool = True) -> bool:
+        with self._tx() as db:
+            return _release_room(db, fold_room(name), drop_history=drop_history)
+
+    def expire_rooms(self, max_idle: float, keep_owners: Collection[bytes] = ()) -> list[str]:
+        since, kept = self.service_clock() - max_idle, set(keep_owners)
+        with self._tx() as db:
+            # One pass over the users (not one per room): the newest login of each owner key.
+            idle = [
+                (key, name)
+                for key, name, owner, seen in db.execute(
+                    "SELECT r.name_key, r.name, r.owner_key, u.seen FROM rooms r LEFT JOIN "
+                    "(SELECT sig_key, MAX(seen) AS seen FROM users "
+                    "WHERE sig_key IN (SELECT owner_key FROM rooms) GROUP BY sig_key) u "
+                    "ON u.sig_key = r.owner_key"
+                ).fetchall()
+                if (seen is None or float(seen) < since) and bytes(owner) not in kept
+            ]
+            for key, _ in idle:
+                _release_room(db, key, drop_history=False)
+        return [name for _, name in idle]
 
     def registered_rooms(self) -> list[StoredRoom]:
         with self._read() as db:

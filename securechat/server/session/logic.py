@@ -582,6 +582,9 @@ class SessionLogic:
         except NickTaken:
             self._reply(Error(code=Code.NICK_TAKEN, reason=f"{new} is already in use", ref=new))
             return
+        except RoomError as exc:  # a room it is in bans the new nick
+            self._reply(Error(code=exc.code, reason=exc.reason, ref=new))
+            return
         try:
             result = self._relay.rename(old, new, self.sig_key) if self.sig_key else RenameResult.DONE
         except StoreUnavailable:
