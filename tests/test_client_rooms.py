@@ -510,3 +510,65 @@ def test_a_rename_is_recorded_until_answered_and_one_that_did_not_happen_is_said
     finally:
         again.close()
         bob.close()
+
+
+# -- a `renamed` we did not ask for (review 2, item 2) --------------------------------------
+
+
+def test_a_renamed_the_client_did_not_ask_for_changes_nothing_and_is_reported(
+    scripted: Callable[..., Client], tmp_path: Path
+) -> None:
+    """A server that renames us unasked, or to another nick than we asked for: the client
+    keeps its nick, its identity's binding and its keystore, publishes nothing, and says
+    the server misbehaved."""
+    after: list[str] = []
+    done = threading.Event()
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.read_frame()
+        conn.send({"type": "challenge", "nonce": base64.b64encode(os.urandom(32)).decode()})
+        conn.read_frame()  # auth
+        conn.send(WELCOME_V2)
+        conn.send({"type": "renamed", "old": "alice", "new": "mallory"})  # never asked for
+        while (frame := conn.read_frame())["type"] != "rename":
+            after.append(str(frame["type"]))
+        conn.send({"type": "renamed", "old": "alice", "new": "mallory"})  # asked for alice2
+        while (frame := conn.read_frame())["type"] != "who":
+            after.append(str(frame["type"]))
+        done.set()
+        conn.hold()
+
+    directory = tmp_path / "alice"
+    keys = disk_keys(directory, "alice")
+    client = scripted(script, keys=keys)
+    client.connect()
+    unasked = _until(client, Error)
+    assert isinstance(unasked, Error) and unasked.code == "unexpected"
+    assert "renamed you to mallory" in unasked.reason and "did not ask" in unasked.reason
+    client.rename("alice2")
+    other = _until(client, Error)
+    assert isinstance(other, Error) and "mallory" in other.reason and "alice2" in other.reason
+    client.who()  # everything the client sent by now reaches the script before this
+    assert done.wait(TIMEOUT)
+    assert "publish_keys" not in after, after
+    assert client.nick == "alice" and keys.identity.user == "alice"
+    assert (directory / "keystore.db").is_file() and not (tmp_path / "mallory").exists()
+    assert keys.renaming() == "alice2"  # still waiting for the answer to what we asked
+
+
+def test_a_guest_renamed_unasked_keeps_its_nick_and_rooms_file(
+    scripted: Callable[..., Client], tmp_path: Path
+) -> None:
+    def script(conn: HostileConn, _: int) -> None:
+        conn.read_frame()
+        conn.send(WELCOME_V2)
+        conn.send({"type": "renamed", "old": "alice", "new": "mallory"})
+        conn.hold()
+
+    store = RoomsFile(tmp_path / "alice")
+    store.save_rooms(["#dev"])
+    client = scripted(script, rooms_store=store)
+    client.connect()
+    unasked = _until(client, Error)
+    assert isinstance(unasked, Error) and "renamed you to mallory" in unasked.reason
+    assert client.nick == "alice" and store.path.is_file() and not (tmp_path / "mallory").exists()

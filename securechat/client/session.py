@@ -341,6 +341,10 @@ class Client:
         # (old, new) while `connect` finishes a rename an earlier run left unanswered;
         # the connecting thread only.
         self._finish_rename: tuple[str, str] | None = None
+        # A guest's rename sent and not yet answered: the nick asked for (an identity
+        # user's is the keystore's record, `WhisperKeys.renaming`). Set by `rename` (any
+        # thread), cleared by the reader; guarded by _conn_lock.
+        self._guest_renaming: str | None = None
 
     # -- connecting ---------------------------------------------------------------
 
@@ -638,6 +642,9 @@ class Client:
                 self.keys.begin_rename(nick)  # so a crash before the answer is finished at the next start
             except KeystoreError as exc:
                 self._events.put(StorageFailed(reason=str(exc)))  # the rename itself still works
+        else:
+            with self._conn_lock:
+                self._guest_renaming = nick  # only a `renamed` to it is obeyed
         self.send(Rename(nick=nick, signature=signature))
 
     def _rejoin(self, welcome: Welcome) -> None:
@@ -688,8 +695,10 @@ class Client:
             return False
         return True
 
-    def _room_event(self, event: Entered | Left | Renamed) -> None:
-        """The reader's bookkeeping of the rooms we are in and remember, and of our nick."""
+    def _room_event(self, event: Entered | Left | Renamed) -> bool:
+        """The reader's bookkeeping of the rooms we are in and remember, and of our nick.
+        True if `event` goes on to the program; False for a `renamed` of us to a nick we
+        did not ask for, which changes nothing and is reported as an `Error` instead."""
         if isinstance(event, Entered):
             with self._rejoin_lock:
                 self._rejoins.entered(event.room)
@@ -698,11 +707,43 @@ class Client:
             self._remember(self._remembered.add(event.room))
         elif isinstance(event, Left):
             if fold_nick(event.nick) != fold_nick(self.nick):
-                return
+                return True
             self._in_rooms = tuple(r for r in self._in_rooms if fold_room(r) != fold_room(event.room))
             self._remember(self._remembered.discard(event.room))  # parted, kicked or banned
         elif fold_nick(event.old) == fold_nick(self.nick) and fold_nick(event.new) != fold_nick(self.nick):
-            self._renamed(event.new)
+            return self._own_rename(event.new)
+        return True
+
+    def _own_rename(self, new: str) -> bool:
+        """The reader, for a `renamed` of us to `new`: obeyed only if `new` is the nick
+        `rename` asked for. Otherwise the server is renaming us on its own (or to another
+        nick than asked): following it would bind our identity to a nick we never chose,
+        sign a bundle for it and move the keystore, so nothing changes and the program
+        gets an `Error` naming what the server did. False then (the `Renamed` is dropped)."""
+        asked = self._asked_rename()
+        if asked is not None and fold_nick(asked) == fold_nick(new):
+            with self._conn_lock:
+                self._guest_renaming = None
+            self._renamed(new)
+            return True
+        wanted = f"you asked for {asked}" if asked is not None else "you did not ask to be renamed"
+        log.warning("the server renamed us to a nick we did not ask for: ignored")
+        self._events.put(
+            Error(
+                code=Code.UNEXPECTED,
+                reason=f"the server renamed you to {new}, but {wanted}: ignored, you are still {self.nick} "
+                "(the server is misbehaving)",
+            )
+        )
+        return False
+
+    def _asked_rename(self) -> str | None:
+        """The nick our unanswered `rename` asked for, None if none waits: an identity
+        user's keystore record (the one a restart finishes), a guest's `_guest_renaming`."""
+        if self.keys is not None:
+            return self.keys.renaming()
+        with self._conn_lock:
+            return self._guest_renaming
 
     def _remember(self, changed: bool) -> None:
         if changed and self._rooms_store is not None:
@@ -1202,8 +1243,8 @@ class Client:
                 self._store_unavailable(self._backoff)
             elif event.code == Code.QUOTA:  # the recipient's mailbox (or ours) is full: hours, not seconds
                 self._store_unavailable(_QUOTA_BACKOFF)
-        if isinstance(event, (Entered, Left, Renamed)):
-            self._room_event(event)  # and passed on to the program below
+        if isinstance(event, (Entered, Left, Renamed)) and not self._room_event(event):
+            return False  # a rename of us we did not ask for: reported instead, nothing changed
         if isinstance(event, Message):
             if event.history and event.ts <= self._newest_line:
                 return False  # replayed after a reconnect: this client showed it already
@@ -1251,7 +1292,13 @@ class Client:
     def _forget_refused_rename(self, event: Error) -> None:
         """The reader, for a non-fatal error no key fetch took: if it refuses our pending
         rename (its `ref` is the nick asked for), the keystore forgets the rename."""
-        if self.keys is None or not event.ref:
+        if not event.ref:
+            return
+        if self.keys is None:
+            with self._conn_lock:
+                asked = self._guest_renaming
+                if asked is not None and fold_nick(asked) == fold_nick(event.ref):
+                    self._guest_renaming = None
             return
         renaming = self.keys.renaming()
         if renaming is not None and fold_nick(renaming) == fold_nick(event.ref):

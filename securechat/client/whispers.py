@@ -226,10 +226,12 @@ class WhisperKeys:
     def begin_rename(self, new: str) -> None:
         """Record that a rename to `new` is about to be sent, before it is (flushed): if
         this process stops before the server's answer, the next start knows to finish it.
-        Raises `KeystoreError`."""
+        Raises `KeystoreError` (not flushed: then only a restart cannot finish it); the
+        rename is recorded in memory all the same, since `renamed` obeys only the nick
+        recorded here."""
         with self._lock:
-            self._storage.commit({_RENAMING_RECORD: new.encode()})
             self._renaming = new
+            self._storage.commit({_RENAMING_RECORD: new.encode()})
 
     def rename_refused(self) -> None:
         """The server refused the rename (or it turned out never to have happened): forget
