@@ -395,3 +395,22 @@ def test_starting_as_the_old_nick_after_a_cut_short_rename_finishes_it(
     assert not _registered(server, cert_files, "alice")  # not taken back: the old nick stays free
     assert _registered(server, cert_files, "alice2")
     assert main([*alice_renamed, "--nick", "alice2"]) == 0  # and alice2 is us
+
+
+def test_release_room_forgets_a_registered_room(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from securechat.server.server import DB_NAME
+    from securechat.server.store import SqliteStore, StoredRoom
+
+    store = SqliteStore(tmp_path / DB_NAME)
+    store.register_room(StoredRoom("#Dev", b"k" * 32))
+    store.close()
+    assert main(["release-room", "#dev", "--data-dir", str(tmp_path)]) == 0
+    assert "released #dev" in capsys.readouterr().out
+    store = SqliteStore(tmp_path / DB_NAME)
+    assert store.registered_rooms() == []
+    store.close()
+    assert main(["release-room", "#dev", "--data-dir", str(tmp_path)]) == 1
+    assert "#dev was not registered" in capsys.readouterr().out
+    assert main(["release-room", "dev", "--data-dir", str(tmp_path)]) == 2
+    assert main(["release-room", "#dev", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "no server database" in capsys.readouterr().err

@@ -611,3 +611,26 @@ def test_a_registration_whose_room_was_replaced_meanwhile_is_undone_not_applied(
     assert hub.names("bob", "#dev").users == ("bob",) and hub.names("bob", "#dev").owner == ""
     hub.part("bob", "#dev")  # bob's room is whole: leaving it works
     assert hub.list_rooms("#dev").rooms == ()
+
+
+def test_idle_registered_rooms_released_by_the_store_become_ordinary_rooms() -> None:
+    hub = multi()
+    join(hub, "alice", version=2, key=KEY_A)
+    join(hub, "bob", version=2, key=KEY_B)
+    for name in ("#kept", "#empty"):
+        hub.enter("alice", name)
+        hub.register_room("alice", name)
+    hub.enter("bob", "#kept")
+    hub.part("alice", "#empty")
+    hub.say("bob", "#kept", "a line")
+    asked: list[frozenset[bytes]] = []
+
+    def expire(online: frozenset[bytes]) -> list[str]:
+        asked.append(online)
+        return ["#kept", "#empty"]
+
+    assert hub.release_idle_rooms(expire) == ["#kept", "#empty"]
+    assert asked == [frozenset({KEY_A, KEY_B})]  # the store keeps the rooms of online owners
+    assert [r.room for r in hub.list_rooms("#*").rooms] == ["#kept", "#lobby", "#news"]
+    assert hub.names("bob", "#kept").owner == ""
+    assert hub.unsaved() == [] and "#kept" not in hub.persisted_rooms()

@@ -282,3 +282,31 @@ def test_keepalive_counts_only_complete_frames(start_server: StartServer, client
     assert [f["type"] for f in frames] == ["ping", "error"]
     assert frames[-1]["reason"] == "no answer to ping"
     trickler.conn.close()
+
+
+def test_the_expiry_sweep_releases_rooms_whose_owner_was_away_for_the_nick_ttl(
+    server_ctx: ssl.SSLContext, tmp_path: Path
+) -> None:
+    from securechat.server.store import StoredRoom
+
+    mono = [0.0]  # the service clock's source: only moved by the test
+    config = ServerConfig(port=0, data_dir=tmp_path / "data", autojoin=("#lobby",))
+    first = Server(config, server_ctx, monotonic=lambda: mono[0])
+    first.start()
+    first.store.register("alice", b"a" * 32, time.time())
+    for name in ("#dev", "#lobby"):
+        first.store.register_room(StoredRoom(name, b"a" * 32))
+    first.store.append_history([("#dev", "alice", "old", 1.0), ("#lobby", "alice", "kept", 1.0)], keep=5)
+    first.stop()
+    server = Server(config, server_ctx, monotonic=lambda: mono[0])  # loads the registered rooms
+    server.start()
+    try:
+        assert server.expire_rooms() == []
+        mono[0] += config.nick_ttl + 1
+        assert sorted(server.expire_rooms()) == ["#dev", "#lobby"]
+        assert server.store.registered_rooms() == []
+        assert [r.room for r in server.hub.list_rooms("").rooms] == ["#lobby"]  # #dev was empty: gone
+        assert server.store.recent_history("#dev", 5) == []
+        assert [text for _, text, _ in server.store.recent_history("#lobby", 5)] == ["kept"]
+    finally:
+        server.stop()

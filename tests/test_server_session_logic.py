@@ -698,3 +698,17 @@ def test_a_guest_renaming_into_a_ban_of_its_room_is_refused_naming_the_room(worl
         "cannot change nick while banned in #dev",
     )
     assert logic.nick == "ok" and fake.of(Renamed) == [] and world.hub.is_in("ok", "#dev")
+
+
+def test_registering_a_room_costs_one_of_the_networks_registrations() -> None:
+    world = make_world(registrations_per_hour=1.0, registration_burst=1.0)
+    alice = Identity.generate("alice")
+    world.store.register("alice", alice.sig_key, 1.0)  # her nick costs nothing now
+    logic, fake = identity_login(world, alice)
+    for room in ("#a", "#b"):
+        logic.handle(Join(room=room))
+        logic.handle(RegisterRoom(room=room))
+    [error] = fake.of(Error)
+    assert (error.code, error.ref) == (Code.QUOTA, "#b")
+    assert error.reason == "too many registrations from your network; try again later"
+    assert [r.name for r in world.store.registered_rooms()] == ["#a"]

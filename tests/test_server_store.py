@@ -744,3 +744,25 @@ def test_registering_a_room_can_drop_an_older_rooms_lines_in_the_same_transactio
     store.append_history([("#dev", "a", "its own", 3.0)], keep=5)
     assert not store.register_room(DEV, drop_history=True)  # registered already: nothing dropped
     assert store.recent_history("#dev", 5) == [("a", "its own", 3.0)]
+
+
+def test_rooms_whose_owner_key_has_not_logged_in_for_the_ttl_are_released(tmp_path: Path) -> None:
+    clocks = Clocks()
+    store = clocks.store(tmp_path / "db.sqlite")
+    owners = {"#idle": b"i" * 32, "#used": b"u" * 32, "#online": b"o" * 32, "#lobby": b"l" * 32}
+    for room, key in owners.items():
+        store.register(room[1:], key, clocks.wall)  # a nick registered to each owner key
+        assert store.register_room(StoredRoom(room, key))
+    store.append_history([("#idle", "idle", "a line", 1.0), ("#lobby", "lobby", "kept", 1.0)], keep=10)
+    assert store.register_room(StoredRoom("#orphan", b"x" * 32))  # no nick holds its key any more
+    clocks.mono += 60
+    store.register("used2", owners["#used"], clocks.wall)  # another nick of the same key logs in
+    clocks.wall += 10 * 86_400  # the wall clock decides nothing
+    assert store.expire_rooms(100.0) == ["#orphan"]
+    clocks.mono += 50
+    released = store.expire_rooms(100.0, keep_owners=[owners["#online"]], keep_history=["#LOBBY"])
+    assert sorted(released) == ["#idle", "#lobby"]
+    assert sorted(r.name for r in store.registered_rooms()) == ["#online", "#used"]
+    assert store.recent_history("#idle", 10) == [] and len(store.recent_history("#lobby", 10)) == 1
+    assert store.release_room("#USED") and not store.release_room("#used")
+    assert [r.name for r in store.registered_rooms()] == ["#online"]

@@ -1,4 +1,4 @@
-"""The `securechat` command: server, client, send, certs, release-nick.
+"""The `securechat` command: server, client, send, certs, release-nick, release-room.
 
 Every entry point is `main(argv)` returning an exit status, so tests call it directly.
 Exit status 2 means the command line or a file it names is wrong.

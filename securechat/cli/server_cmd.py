@@ -1,4 +1,4 @@
-"""`securechat server` and `securechat release-nick`."""
+"""`securechat server`, `securechat release-nick` and `securechat release-room`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..server.datadir import DataDirRefused
 
 if TYPE_CHECKING:
     from ..server import Server
+    from ..server.store import SqliteStore
 from ..server.config import FieldSetting, ServerConfig, check_setting, settings
 from .common import (
     DEFAULT_CERT_DIR,
@@ -57,6 +58,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     release.add_argument("nick")
     release.add_argument("--data-dir", type=Path, default=None, help="the server's data directory")
     release.set_defaults(run=run_release)
+
+    release_room = sub.add_parser(
+        "release-room",
+        help="operator: unregister a room (its owner is gone); run it while the server is stopped",
+    )
+    release_room.add_argument("room")
+    release_room.add_argument("--data-dir", type=Path, default=None, help="the server's data directory")
+    release_room.set_defaults(run=run_release_room)
 
 
 #: The metavar each kind of setting shows in --help.
@@ -214,21 +223,11 @@ def _serve(server: Server, config: ServerConfig, stop_signals: set[signal.Signal
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from ..server.datadir import DB_NAME, check_db
-    from ..server.store import SqliteStore, StoreUnavailable
+    from ..server.store import StoreUnavailable
 
     if not is_valid_nick(args.nick):
         raise UsageError(f"{args.nick!r} is not a valid nick")
-    data_dir = args.data_dir or default_data_dir() / "server"
-    db = data_dir / DB_NAME
-    try:
-        check_db(data_dir)  # never creates, migrates or adopts anything
-    except DataDirRefused as exc:
-        raise UsageError(f"{exc} (pass --data-dir)" if not db.exists() else str(exc)) from None
-    try:
-        store = SqliteStore(db)
-    except (StoreUnavailable, ValueError) as exc:
-        raise UsageError(f"cannot open {db}: {exc}") from None
+    store, db = _open_store(args.data_dir)
     try:
         released = store.release(args.nick)
     except StoreUnavailable as exc:
@@ -240,3 +239,48 @@ def run_release(args: argparse.Namespace) -> int:
         return 1
     print(f"released {args.nick}: the next client to log in with that nick registers its own key")
     return 0
+
+
+def run_release_room(args: argparse.Namespace) -> int:
+    """Forget a registered room: its settings, operators, bans and stored lines.
+
+    For the server stopped, like `release-nick`: a running server does not see the change
+    (it keeps the room registered in memory until it stops, and refuses that room's next
+    settings change with no-such-room)."""
+    from ..protocol.events import check_room
+    from ..server.store import StoreUnavailable
+
+    try:
+        check_room(args.room)
+    except ValueError:
+        raise UsageError(f"{args.room!r} is not a room name ('#' and 1-32 of A-Z a-z 0-9 _ - .)") from None
+    store, db = _open_store(args.data_dir)
+    try:
+        released = store.release_room(args.room)
+    except StoreUnavailable as exc:
+        raise UsageError(f"cannot write to {db}: {exc}") from None
+    finally:
+        store.close()
+    if not released:
+        print(f"{args.room} was not registered")
+        return 1
+    print(f"released {args.room}: it is an ordinary room again, and its first creator may register it")
+    return 0
+
+
+def _open_store(data_dir: Path | None) -> tuple[SqliteStore, Path]:
+    """The server's database in `data_dir` (the default one if None), opened for a tool:
+    nothing is created, migrated or adopted. Raises `UsageError`."""
+    from ..server.datadir import DB_NAME, check_db
+    from ..server.store import SqliteStore, StoreUnavailable
+
+    directory = data_dir or default_data_dir() / "server"
+    db = directory / DB_NAME
+    try:
+        check_db(directory)  # never creates, migrates or adopts anything
+    except DataDirRefused as exc:
+        raise UsageError(f"{exc} (pass --data-dir)" if not db.exists() else str(exc)) from None
+    try:
+        return SqliteStore(db), db
+    except (StoreUnavailable, ValueError) as exc:
+        raise UsageError(f"cannot open {db}: {exc}") from None

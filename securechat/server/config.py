@@ -24,7 +24,9 @@ __all__ = ["FieldSetting", "ServerConfig", "Setting", "check_setting", "settings
 _T = TypeVar("_T")
 
 #: Caps that must be at least 1 (a room nobody may enter or create is no room).
-_AT_LEAST_ONE = frozenset({"max_rooms_per_user", "max_rooms", "max_bans_per_room"})
+_AT_LEAST_ONE = frozenset(
+    {"max_rooms_per_user", "max_rooms", "max_bans_per_room", "max_registered_rooms_per_owner"}
+)
 
 #: The key of a field's `Setting` in its `dataclasses.Field.metadata`.
 _METADATA_KEY = "securechat.setting"
@@ -375,6 +377,14 @@ class ServerConfig:
         200,
         "bans one room holds: each is checked at every join, and an operator with a long "
         "list should register users instead (a ban by key holds under any nick)",
+    )
+    max_registered_rooms_per_owner: int = setting(
+        5,
+        "registered rooms one identity key may own: registered rooms outlive their members "
+        "and count towards --max-rooms, so without a cap one identity could join, register "
+        "and part until no room could be created. Each registration also costs one of its "
+        "network's registrations (--registrations-per-hour), and a room whose owner key has "
+        "not logged in for --nick-ttl of service is released",
     )
 
     def __post_init__(self) -> None:

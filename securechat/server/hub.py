@@ -383,10 +383,11 @@ class Hub:
             self._told(nick, "invite_only"),
         )
 
-    def register_room(self, nick: str, name: str) -> None:
+    def register_room(self, nick: str, name: str, charge: Callable[[], str] = lambda: "") -> None:
         """Register room `name` to `nick`'s key: in the store (with any lines it held
         for an older room of that name dropped) before anyone is told; its lines are
-        stored from then on, the recent ones with the next history write."""
+        stored from then on, the recent ones with the next history write. `charge` takes
+        the registration's cost once nothing else refuses it (rooms.py, `register`)."""
 
         def registered(room: Room) -> None:
             if not room.permanent:  # an autojoin room's lines are stored already
@@ -395,7 +396,7 @@ class Hub:
                 )
             self._changed(room, nick, "registered")
 
-        self._settle(nick, name, lambda: self._rooms.register(name, nick), registered)
+        self._settle(nick, name, lambda: self._rooms.register(name, nick, charge), registered)
 
     def op(self, nick: str, name: str, target: str, target_key: bytes | None) -> None:
         self._settle(
@@ -445,7 +446,12 @@ class Hub:
                 room.restore(before)
             stored = _stored(room.name, after)
             if before.owner:
-                self._store.save_room(stored)
+                try:
+                    self._store.save_room(stored)
+                except KeyError:  # released by `securechat release-room` while running
+                    raise RoomError(
+                        Code.NO_SUCH_ROOM, f"{room.name} is no longer registered; nothing was changed"
+                    ) from None
             elif not self._store.register_room(stored, drop_history=not room.permanent):
                 raise RoomError(Code.ROOM_REGISTERED, f"{room.name} is already registered")
             with self._lock:
@@ -472,6 +478,24 @@ class Hub:
             if not before.owner:
                 self._store.release_room(room.name)
             raise RoomError(Code.NOT_IN_ROOM, f"you are not in {room.name}")
+
+    def release_idle_rooms(self, expire: Callable[[frozenset[bytes]], list[str]]) -> list[str]:
+        """Release the registered rooms `expire(keys online now)` releases in the store
+        (the store's `expire_rooms`: owners away too long): from then on they are ordinary
+        rooms, vanishing when empty. Their names. Called by the watchdog thread; `expire`
+        runs without the hub's lock, while no settings change is under way."""
+        with self._settings_lock:
+            with self._lock:
+                online = frozenset(entry.key for entry in self._members.values() if entry.key)
+            released = expire(online)
+            with self._lock:
+                for name in released:
+                    room = self._rooms.release(name)
+                    if room is not None:
+                        self._forget_if_vanished(room)
+                        if not self._persisted(room):
+                            self._unsaved.pop(fold_room(room.name), None)
+        return released
 
     # -- reading ---------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ of the same key) changes nothing about what someone may do or where they may go.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -163,8 +163,10 @@ class Rooms:
         max_rooms_per_user: int = 20,
         max_rooms: int = 1000,
         max_bans_per_room: int = 200,
+        max_registered_rooms_per_owner: int = 5,
     ) -> None:
         self.max_rooms_per_user = max_rooms_per_user
+        self.max_registered_rooms_per_owner = max_registered_rooms_per_owner
         self.max_rooms = max_rooms
         self.max_bans_per_room = max_bans_per_room
         self._rooms: dict[str, Room] = {}  # folded name -> room
@@ -184,6 +186,7 @@ class Rooms:
             max_rooms_per_user=config.max_rooms_per_user,
             max_rooms=config.max_rooms,
             max_bans_per_room=config.max_bans_per_room,
+            max_registered_rooms_per_owner=config.max_registered_rooms_per_owner,
         )
 
     # -- reading ----------------------------------------------------------------------
@@ -421,15 +424,41 @@ class Rooms:
             self._guest_invites.setdefault(fold_nick(invitee), set()).add(fold_room(room.name))
         return room
 
-    def register(self, name: str, nick: str) -> Room:
-        """Register room `name` to `nick`'s identity key, which must have created it."""
+    def register(self, name: str, nick: str, charge: Callable[[], str] = lambda: "") -> Room:
+        """Register room `name` to `nick`'s identity key, which must have created it and
+        own fewer than `max_registered_rooms_per_owner` rooms. `charge` is called last,
+        when nothing else refuses: it takes the registration's cost (the hub: one of the
+        network's registrations) and returns "" or why it cannot (refused, quota-exceeded)."""
         room = self._member_room(name, nick)
         key = self._people[fold_nick(nick)].key
         if room.registered:
             raise RoomError(Code.ROOM_REGISTERED, f"{room.name} is already registered")
         if not key or key != room.creator:
             raise RoomError(Code.NOT_CREATOR, f"only the identity that created {room.name} may register it")
+        self._check_owns_fewer(key, "you own")
+        refusal = charge()
+        if refusal:
+            raise RoomError(Code.QUOTA, refusal)
         room.owner = key
+        return room
+
+    def _check_owns_fewer(self, key: bytes, who: str) -> None:
+        owned = sum(1 for room in self._rooms.values() if room.owner == key)
+        if owned >= self.max_registered_rooms_per_owner:
+            raise RoomError(Code.QUOTA, f"{who} {owned} registered rooms, the most one identity may own")
+
+    def release(self, name: str) -> Room | None:
+        """Room `name` is no longer registered (the store released it: its owner was away
+        too long): an ordinary room from now on, without operators, bans or invite-only,
+        which vanishes when empty (an autojoin room stays). The room, or None if `name`
+        was not a registered room."""
+        room = self.get(name)
+        if room is None or not room.registered:
+            return None
+        room.owner, room.creator, room.invite_only = b"", b"", False
+        room.operators, room.bans = set(), []
+        if not room.members and not room.permanent:
+            del self._rooms[fold_room(room.name)]
         return room
 
     def load(
@@ -555,6 +584,7 @@ class Rooms:
         key = self._registered(target, target_key)
         if key == room.owner:
             return room
+        self._check_owns_fewer(key, f"{target} owns")
         room.operators.add(room.owner)
         room.operators.discard(key)
         room.owner = key

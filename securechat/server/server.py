@@ -264,6 +264,25 @@ class Server:
             )
         return removed
 
+    def expire_rooms(self) -> list[str]:
+        """Release the registered rooms whose owner key has not logged in for `nick_ttl`
+        of service (and is not online): they become ordinary rooms, vanishing when empty.
+        Raises `StoreUnavailable`. (The watchdog runs it every `expire_interval`.)"""
+        released = self.hub.release_idle_rooms(
+            lambda online: self.store.expire_rooms(
+                self.config.nick_ttl, keep_owners=online, keep_history=self.config.autojoin
+            )
+        )
+        if released:
+            log.info(
+                "released %d registered rooms whose owner did not log in for %.0f days of service: %s%s",
+                len(released),
+                self.config.nick_ttl / 86400,
+                ", ".join(released[:10]),
+                ", ..." if len(released) > 10 else "",  # a log line of bounded length
+            )
+        return released
+
     def _expire(self) -> None:
         """`expire_queue` and the expiry of unused nicks, in the watchdog thread (then
         reschedules)."""
@@ -273,6 +292,7 @@ class Server:
         with contextlib.suppress(StoreUnavailable):  # logged by the store; the next run tries again
             self.expire_queue()
             self._relay.expire_nicks()
+            self.expire_rooms()
         self._watchdog.after(self.config.expire_interval, self._expire)
 
     def _accept_loop(self) -> None:

@@ -239,11 +239,14 @@ class Store(Protocol):
         `drop_history` its stored lines), in one transaction; False if it was not
         registered (then nothing changed)."""
 
-    def expire_rooms(self, max_idle: float, keep_owners: Collection[bytes] = ()) -> list[str]:
-        """`release_room` (lines kept: the caller drops those of rooms it does not keep)
-        every registered room whose owner key no nick registered to it has logged in with
-        for more than `max_idle` seconds of service time, but those owned by a key in
-        `keep_owners` (online now); their names as registered."""
+    def expire_rooms(
+        self, max_idle: float, keep_owners: Collection[bytes] = (), keep_history: Collection[str] = ()
+    ) -> list[str]:
+        """`release_room` every registered room whose owner key no nick registered to it
+        has logged in with for more than `max_idle` seconds of service time, but those
+        owned by a key in `keep_owners` (online now); the stored lines go too, but for the
+        rooms named in `keep_history` (autojoin rooms, whose lines are kept anyway).
+        Their names as registered."""
 
     def publish(
         self,
@@ -1049,8 +1052,11 @@ class SqliteStore:
         with self._tx() as db:
             return _release_room(db, fold_room(name), drop_history=drop_history)
 
-    def expire_rooms(self, max_idle: float, keep_owners: Collection[bytes] = ()) -> list[str]:
+    def expire_rooms(
+        self, max_idle: float, keep_owners: Collection[bytes] = (), keep_history: Collection[str] = ()
+    ) -> list[str]:
         since, kept = self.service_clock() - max_idle, set(keep_owners)
+        lines_kept = {fold_room(name) for name in keep_history}
         with self._tx() as db:
             # One pass over the users (not one per room): the newest login of each owner key.
             idle = [
@@ -1064,7 +1070,7 @@ class SqliteStore:
                 if (seen is None or float(seen) < since) and bytes(owner) not in kept
             ]
             for key, _ in idle:
-                _release_room(db, key, drop_history=False)
+                _release_room(db, key, drop_history=key not in lines_kept)
         return [name for _, name in idle]
 
     def registered_rooms(self) -> list[StoredRoom]:

@@ -546,13 +546,22 @@ class SessionLogic:
             elif isinstance(event, SetMode):
                 hub.set_invite_only(nick, event.room, event.invite_only)
             elif isinstance(event, RegisterRoom):
-                hub.register_room(nick, event.room)
+                hub.register_room(nick, event.room, self._charge_registration)
             else:  # op, deop, transfer: by the named nick's identity key
                 key = self._relay.registered_key(event.nick)
                 change = {Op: hub.op, Deop: hub.deop, Transfer: hub.transfer}[type(event)]
                 change(nick, event.room, event.nick, key)
         except RoomError as exc:
             self._reply(Error(code=exc.code, reason=exc.reason, ref=_request_ref(event)))
+
+    def _charge_registration(self) -> str:
+        """Take one of the network's registrations for a room (a registered room is kept
+        for months, as a nick is); "" or why not. Called by the hub under its lock."""
+        if self._guards.register(self._prefix):
+            return ""
+        if self._guards.registrations_closed:
+            return "this server accepts no new registrations"
+        return "too many registrations from your network; try again later"
 
     def _rename(self, event: Rename) -> None:
         """Change this session's nick (docs/protocol.md, "Renaming"). An identity user's
