@@ -323,3 +323,24 @@ def test_every_room_command_sends_its_frame_and_the_answers_come_out(
     errors = [p for p in printed if p["type"] == "command_error"]
     assert len(errors) == 2 and "invite_only" in errors[0]["reason"] and "room" in errors[1]["reason"]
     assert {"type": "in_rooms", "rooms": ["#lobby"]} in printed
+
+
+def test_json_mode_tells_a_program_which_nick_holds_a_key_it_knows_under_another() -> None:
+    import io
+
+    from securechat.client.events import KeyChanged, KnownKeyRenamed
+    from securechat.client.jsonmode import run_json
+
+    out = io.StringIO()
+    run_json(_OneEventClient(KnownKeyRenamed(old="bob", new="bob2", trust="verified")), io.StringIO(""), out)  # type: ignore[arg-type]
+    assert json.loads(out.getvalue().splitlines()[0]) == {
+        "type": "known_key_renamed",
+        "old": "bob",
+        "new": "bob2",
+        "trust": "verified",
+    }
+    out = io.StringIO()
+    claim = KeyChanged(peer="mallory", old_fingerprint="aa", new_fingerprint="bb", held=0, renamed_from="bob")
+    run_json(_OneEventClient(claim), io.StringIO(""), out)  # type: ignore[arg-type]
+    line = json.loads(out.getvalue().splitlines()[0])
+    assert (line["type"], line["peer"], line["renamed_from"]) == ("key_changed", "mallory", "bob")

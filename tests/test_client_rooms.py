@@ -15,11 +15,12 @@ import pytest
 from chat import TIMEOUT
 from conftest import Connect
 from hostile_server import HostileConn, HostileServer, Script
+from malicious_relay import MaliciousRelay
 from whisper_helpers import disk_keys, login, memory_keys, wait_published_keys
 
 from securechat import Client, LoginRejected
 from securechat.client.backoff import Backoff
-from securechat.client.events import Reconnected, WhisperReceived
+from securechat.client.events import KeyChanged, KnownKeyRenamed, Reconnected, WhisperReceived
 from securechat.client.keystore import RoomsFile
 from securechat.client.rooms import (
     MAX_REMEMBERED,
@@ -34,6 +35,7 @@ from securechat.client.rooms import (
     encode_rooms,
 )
 from securechat.e2e.conversations import Trust
+from securechat.e2e.errors import IdentityChanged
 from securechat.e2e.identity import PublicIdentity
 from securechat.e2e.login import rename_message
 from securechat.e2e.primitives import ed25519_verify
@@ -374,6 +376,10 @@ def test_a_rename_keeps_the_trust_of_the_key_and_the_keystore_follows(
         assert _events_until(alice, Renamed).new == "alice2"
         seen = _events_until(bob, Renamed)  # bob shares #lobby with her
         assert (seen.old, seen.new) == ("alice", "alice2")
+        # bob's client checks the claim against alice2's keys and tells him the key he
+        # verified as alice is alice2's: the trust goes along, not silently.
+        told = _events_until(bob, KnownKeyRenamed)
+        assert (told.old, told.new, told.trust) == ("alice", "alice2", "verified")
         wait_published_keys(alice)  # the fresh bundle, bound to alice2
         bob.whisper("alice2", "after")
         got = _events_until(alice, WhisperReceived, lambda w: w.text == "after")
@@ -572,3 +578,39 @@ def test_a_guest_renamed_unasked_keeps_its_nick_and_rooms_file(
     unasked = _until(client, Error)
     assert isinstance(unasked, Error) and "renamed you to mallory" in unasked.reason
     assert client.nick == "alice" and store.path.is_file() and not (tmp_path / "mallory").exists()
+
+
+# -- a peer's rename is a claim, checked against the new nick's keys (review 2, item 3) ------
+
+
+def test_a_server_renaming_a_verified_contact_to_someone_else_carries_nothing_and_tells_the_user(
+    server: Server, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    relay = MaliciousRelay(server.address, server_ctx, client_ctx)
+    port = relay.address[1]
+    alice = login(port, client_ctx, "alice", memory_keys("alice"))
+    bob = login(port, client_ctx, "bob", memory_keys("bob"))
+    mallory = login(port, client_ctx, "mallory", memory_keys("mallory"))
+    try:
+        alice.whisper("bob", "hi")
+        _events_until(bob, WhisperReceived)
+        assert alice.keys is not None and bob.keys is not None
+        assert alice.verify("bob", bob.keys.identity.safety_number_with(alice.keys.identity.public()))
+        relay.legs["alice"].to_client({"type": "renamed", "old": "bob", "new": "mallory"})
+        claim = _events_until(alice, Renamed)
+        assert (claim.old, claim.new) == ("bob", "mallory")  # shown as the claim it is
+        told = _events_until(alice, KeyChanged)
+        assert (told.peer, told.renamed_from) == ("mallory", "bob")
+        info = alice.keys.peer_info("mallory")
+        assert info is not None and info[1] is Trust.CHANGED  # nothing carried
+        with relay._wire_lock:
+            before = len(relay.wire)
+        with pytest.raises(IdentityChanged):
+            alice.whisper("mallory", "my pin is 1234")  # nothing sent until /trust or /verify
+        with relay._wire_lock:
+            sent = [json.loads(d) for direction, d in relay.wire[before:] if direction == "up"]
+        assert not [f for f in sent if f.get("type") == "whisper"], sent
+    finally:
+        for client in (alice, bob, mallory):
+            client.close()
+        relay.close()

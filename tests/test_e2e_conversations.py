@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from securechat.e2e.bundle import OPK_KEEP
-from securechat.e2e.conversations import MAX_CONTACT_REQUESTS, Conversations, Trust
+from securechat.e2e.conversations import MAX_CONTACT_REQUESTS, Carried, Conversations, Trust
 from securechat.e2e.errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
 from securechat.e2e.identity import Identity
 from securechat.e2e.ratchet import MAX_SKIP, parse_header
@@ -702,3 +702,71 @@ def test_a_pin_waiting_on_a_changed_key_carries_nothing() -> None:
         alice.start_session("bob", fetched_bundle(party("bob", 31337)))
     alice.start_session("bob2", fetched_bundle(renamed(bob, "bob2")))  # bob's old key, under bob2
     assert alice.pin("bob2").trust is Trust.UNVERIFIED  # type: ignore[union-attr]
+
+
+# -- a carry-over is told, and a server's rename claim is checked (review 2, item 3) ---------
+
+
+def test_a_carry_over_is_reported_naming_both_nicks_once() -> None:
+    alice, bob = started()
+    bob.decrypt("alice", *send(alice, bob, "hi"))
+    assert alice.verify("bob", bob.safety_number("alice"))
+    assert alice.take_carried() == []
+    alice.start_session("bob2", fetched_bundle(renamed(bob, "bob2")))
+    assert alice.take_carried() == [Carried(old="bob", new="bob2", trust=Trust.VERIFIED)]
+    assert alice.take_carried() == []  # handed out once
+
+
+def test_a_renamed_writer_s_carry_over_is_reported_too() -> None:
+    alice, bob = started()
+    bob.decrypt("alice", *send(alice, bob, "hi"))
+    assert bob.verify("alice", alice.safety_number("bob"))
+    alice2 = renamed(alice, "alice2")
+    alice2.start_session("bob", fetched_bundle(bob))
+    bob.decrypt("alice2", *alice2.encrypt("bob", b"new name"))
+    assert bob.take_carried() == [Carried(old="alice", new="alice2", trust=Trust.VERIFIED)]
+
+
+def test_a_rename_claim_with_the_old_key_is_followed_with_its_trust() -> None:
+    alice, bob = started()
+    bob.decrypt("alice", *send(alice, bob, "hi"))
+    assert alice.verify("bob", bob.safety_number("alice"))
+    assert alice.follow_rename("bob", fetched_bundle(renamed(bob, "bob2")))
+    assert alice.pin("bob2").trust is Trust.VERIFIED  # type: ignore[union-attr]
+    assert alice.take_carried() == [Carried(old="bob", new="bob2", trust=Trust.VERIFIED)]
+
+
+def test_a_rename_claim_with_another_key_is_a_key_change_until_the_user_decides() -> None:
+    alice, bob = started()
+    bob.decrypt("alice", *send(alice, bob, "hi"))
+    assert alice.verify("bob", bob.safety_number("alice"))
+    mallory = party("mallory", 666)
+    with pytest.raises(IdentityChanged):
+        alice.follow_rename("bob", fetched_bundle(mallory))  # the server says bob is mallory now
+    pin = alice.pin("mallory")
+    assert pin is not None and pin.trust is Trust.CHANGED and pin.was_verified
+    assert alice.take_carried() == []  # nothing carried
+    with pytest.raises(IdentityChanged):  # nothing sent: a whisper to mallory is refused
+        alice.start_session("mallory", fetched_bundle(mallory))
+    with pytest.raises(NotTrusted):  # bob was verified: only /verify with mallory's number
+        alice.trust("mallory")
+    assert alice.verify("mallory", mallory.identity.safety_number_with(alice.identity.public()))
+    assert alice.pin("mallory").identity.key == mallory.identity.public().key  # type: ignore[union-attr]
+    # The records as saved load again (a changed pin names the nick it is kept under).
+    assert Conversations.from_records(alice.records()).pin("mallory") == alice.pin("mallory")
+
+
+def test_a_rename_claim_naming_someone_else_we_know_changes_nothing() -> None:
+    alice, bob = started()
+    bob.decrypt("alice", *send(alice, bob, "hi"))
+    carol = party("carol", 77)
+    alice.start_session("carol", fetched_bundle(carol))
+    assert not alice.follow_rename("bob", fetched_bundle(carol))
+    assert alice.pin("carol").identity.key == carol.identity.public().key  # type: ignore[union-attr]
+    assert alice.take_carried() == []
+
+
+def test_a_rename_claim_about_a_stranger_is_not_followed() -> None:
+    alice, _ = started()
+    assert not alice.follow_rename("nobody", fetched_bundle(party("nobody2", 5)))
+    assert alice.pin("nobody2") is None

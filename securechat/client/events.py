@@ -7,8 +7,10 @@ from dataclasses import dataclass
 __all__ = [
     "ClientMade",
     "KeyChanged",
+    "KnownKeyRenamed",
     "Reconnected",
     "Reconnecting",
+    "RenameUnconfirmed",
     "ResendPending",
     "StorageFailed",
     "WhisperFailed",
@@ -49,6 +51,10 @@ class KeyChanged:
 
     `held` counts their whispers waiting to be opened; `unsent` counts ours to them that
     their client could not decrypt, waiting to be sent again once the user decides.
+
+    `renamed_from` is set when the server said `renamed_from` is now `peer` but `peer`'s
+    keys are not the ones pinned for `renamed_from` (`old_fingerprint`): the claim is
+    not believed, and `peer` is treated as `renamed_from` with a changed key.
     """
 
     peer: str
@@ -56,6 +62,31 @@ class KeyChanged:
     new_fingerprint: str
     held: int
     unsent: int = 0
+    renamed_from: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class KnownKeyRenamed:
+    """`new` holds the identity key you know as `old` (someone renamed: the key stays),
+    and `new`'s pin took its `trust` ("unverified" or "verified") from `old`'s. Made
+    when the server's `renamed` about `old` was checked against `new`'s keys, or at a
+    first whisper to or from `new`. Until this event a window or conversation should
+    stay with `old`: only now is `new` known to be the same person."""
+
+    old: str
+    new: str
+    trust: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenameUnconfirmed:
+    """The server said contact `old` is now `new`, and that could not be confirmed
+    (`reason`: `new` is someone else you know, or their keys could not be fetched).
+    Nothing changed: whispers to `new` go to whoever holds that nick, as usual."""
+
+    old: str
+    new: str
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,5 +126,13 @@ class Reconnected:
 
 #: Every event the client makes itself (as opposed to the server's frames).
 ClientMade = (
-    WhisperReceived | WhisperFailed | KeyChanged | ResendPending | StorageFailed | Reconnecting | Reconnected
+    WhisperReceived
+    | WhisperFailed
+    | KeyChanged
+    | KnownKeyRenamed
+    | RenameUnconfirmed
+    | ResendPending
+    | StorageFailed
+    | Reconnecting
+    | Reconnected
 )

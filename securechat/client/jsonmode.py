@@ -43,8 +43,10 @@ from ..protocol import DEFAULT_ROOM, Event
 from .display import is_unsafe
 from .events import (
     KeyChanged,
+    KnownKeyRenamed,
     Reconnected,
     Reconnecting,
+    RenameUnconfirmed,
     ResendPending,
     StorageFailed,
     WhisperFailed,
@@ -84,6 +86,8 @@ _CLIENT_EVENT_TYPES: dict[type, str] = {
     WhisperReceived: "whisper",
     WhisperFailed: "whisper_failed",
     KeyChanged: "key_changed",
+    KnownKeyRenamed: "known_key_renamed",
+    RenameUnconfirmed: "rename_unconfirmed",
     ResendPending: "resend_pending",
     StorageFailed: "storage_failed",
     Reconnecting: "reconnecting",

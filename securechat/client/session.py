@@ -80,6 +80,7 @@ from .events import (
     KeyChanged,
     Reconnected,
     Reconnecting,
+    RenameUnconfirmed,
     ResendPending,
     StorageFailed,
     WhisperReceived,
@@ -143,6 +144,16 @@ _CLOSED = Error(code="closed", reason="the client was closed")
 #: How often a whisper the recipient could not decrypt is sent again, in a new session,
 #: without the user asking: once covers a lost prekey or new keys under the same identity.
 _AUTO_RESENDS = 1
+
+#: A peer's rename (the server's `renamed`) is believed only once the new nick's keys,
+#: fetched, hold the old nick's pinned key. Their client publishes those keys just after
+#: the rename, so a fetch that finds none yet is tried again: this many times in all,
+#: the first wait this long, doubling (about 4 s in all).
+_FOLLOW_TRIES = 5
+_FOLLOW_RETRY = 0.25
+#: Renames of contacts being checked at once at most; a server sending more is ignored
+#: beyond it (each costs a key fetch and a thread).
+_MAX_FOLLOWING = 4
 
 #: Keepalive defaults: ping after this long without hearing from the server, and
 #: reconnect when the ping goes unanswered this long (docs/operations.md).
@@ -345,6 +356,10 @@ class Client:
         # user's is the keystore's record, `WhisperKeys.renaming`). Set by `rename` (any
         # thread), cleared by the reader; guarded by _conn_lock.
         self._guest_renaming: str | None = None
+        # Folded new nicks of peers' renames being checked (`_follow_rename`): added by the
+        # reader, removed by the helper checking it. Guarded by _follow_lock, a leaf lock.
+        self._following: set[str] = set()
+        self._follow_lock = threading.Lock()
 
     # -- connecting ---------------------------------------------------------------
 
@@ -710,9 +725,69 @@ class Client:
                 return True
             self._in_rooms = tuple(r for r in self._in_rooms if fold_room(r) != fold_room(event.room))
             self._remember(self._remembered.discard(event.room))  # parted, kicked or banned
-        elif fold_nick(event.old) == fold_nick(self.nick) and fold_nick(event.new) != fold_nick(self.nick):
-            return self._own_rename(event.new)
+        elif fold_nick(event.old) == fold_nick(self.nick):
+            if fold_nick(event.new) != fold_nick(self.nick):
+                return self._own_rename(event.new)
+        elif (
+            fold_nick(event.new) != fold_nick(self.nick)
+            and self.keys is not None
+            and self.keys.is_contact(event.old)
+        ):
+            self._check_rename_claim(event.old, event.new)  # a claim about a contact: checked
         return True
+
+    def _check_rename_claim(self, old: str, new: str) -> None:
+        """The reader, for a `renamed` of contact `old` to `new`: check it on a helper thread
+        (it waits for the reader to bring `new`'s keys). At most `_MAX_FOLLOWING` at once."""
+        with self._follow_lock:
+            if fold_nick(new) in self._following or len(self._following) >= _MAX_FOLLOWING:
+                log.info("too many renames to check at once: one is not checked")
+                return
+            self._following.add(fold_nick(new))
+        self._spawn(lambda: self._follow_rename(old, new), f"securechat-rename-{new}")
+
+    def _follow_rename(self, old: str, new: str) -> None:
+        """A helper thread: the server says contact `old` is now `new`, which is only a
+        claim (a server may say it of anyone). Fetch `new`'s keys and let the keystore
+        judge (`WhisperKeys.follow_rename`): the event it makes tells the program whether
+        to follow (`KnownKeyRenamed`), or that `new` is treated as `old` with a changed
+        key (`KeyChanged`), or that nothing could be confirmed (`RenameUnconfirmed`)."""
+        keys = self._require_keys()
+        try:
+            reply: Keys | None = None
+            reason = ""
+            for attempt in range(_FOLLOW_TRIES):
+                try:
+                    with self._whisper_lock:
+                        reply = self._fetch(new, self._timeout)
+                    break
+                except LookupError as exc:  # no keys yet: their client publishes them after the rename
+                    reason = str(exc)
+                    if attempt + 1 < _FOLLOW_TRIES and self._closing.wait(_FOLLOW_RETRY * 2**attempt):
+                        return
+                except (E2EError, TimeoutError, ConnectionError, ProtocolError) as exc:
+                    reason = str(exc)
+                    break
+            if reply is None:
+                if not self._closing.is_set():
+                    self._events.put(
+                        RenameUnconfirmed(old=old, new=new, reason=f"no keys for {new}: {reason}")
+                    )
+                return
+            try:
+                with self._whisper_lock:
+                    told = keys.follow_rename(old, reply)
+            except KeystoreError as exc:
+                self._events.put(StorageFailed(reason=str(exc)))
+                return
+            except E2EError as exc:  # keys that do not verify: nothing changed
+                self._events.put(RenameUnconfirmed(old=old, new=new, reason=str(exc)))
+                return
+            for item in told:
+                self._events.put(item)
+        finally:
+            with self._follow_lock:
+                self._following.discard(fold_nick(new))
 
     def _own_rename(self, new: str) -> bool:
         """The reader, for a `renamed` of us to `new`: obeyed only if `new` is the nick
@@ -797,7 +872,8 @@ class Client:
                 raise self._offline()
             self._flush_resends()  # older unconfirmed whispers first
             if not keys.has_session(nick):
-                keys.start_session(self._fetch(nick, timeout))
+                for told in keys.start_session(self._fetch(nick, timeout)):
+                    self._events.put(told)
                 for failed in keys.failed_to(nick):  # older ones first, in the new session
                     self._send_kept(keys.reseal(failed))
             # Kept in the outbox with the ratchet step, and sent again after a reconnect
@@ -915,7 +991,8 @@ class Client:
                     return  # nothing to send: no session dropped, no prekey used up
                 keys.forget_sessions(nick)
                 try:
-                    keys.start_session(self._fetch(nick, self._timeout))
+                    for told in keys.start_session(self._fetch(nick, self._timeout)):
+                        self._events.put(told)
                 except IdentityChanged as exc:
                     self._events.put(
                         KeyChanged(

@@ -37,7 +37,7 @@ from ..protocol import (
 )
 from ..protocol.keys import MAX_OPKS_PER_PUBLISH
 from .budget import Budget
-from .events import KeyChanged, WhisperFailed, WhisperReceived
+from .events import KeyChanged, KnownKeyRenamed, RenameUnconfirmed, WhisperFailed, WhisperReceived
 from .inbox import Direction, MessageState, Storage, StoredMessage
 from .keystore import Keystore
 
@@ -78,7 +78,7 @@ _SENT_STATES = {
 class Incoming:
     """What to do after handling a delivery: events to show, then acks to send."""
 
-    events: list[WhisperReceived | WhisperFailed | KeyChanged] = field(default_factory=list)
+    events: list[WhisperReceived | WhisperFailed | KeyChanged | KnownKeyRenamed] = field(default_factory=list)
     acks: list[Ack] = field(default_factory=list)
 
 
@@ -350,18 +350,62 @@ class WhisperKeys:
         with self._lock:
             return self._conv.has_session(peer)
 
-    def start_session(self, keys: Keys) -> None:
-        """Start a session from fetched keys. Raises `BundleError` or `IdentityChanged`."""
-        bundle = Bundle(
-            PublicIdentity(keys.nick, keys.identity.sig_key, keys.identity.dh_key, keys.identity.dh_sig),
-            SignedPrekey(keys.spk.id, keys.spk.created, keys.spk.public, keys.spk.signature),
-            tuple(OneTimePrekey(o.id, o.public, o.signature) for o in keys.opks),
-        )
+    def start_session(self, keys: Keys) -> list[KnownKeyRenamed]:
+        """Start a session from fetched keys. Raises `BundleError` or `IdentityChanged`.
+        Returns what the user must be told: a first contact holding a key we know under
+        another nick (its trust carried over)."""
+        bundle = _bundle(keys)
         with self._lock:
             try:
                 self._conv.start_session(keys.nick, bundle)
             finally:
                 self._save()  # a pending key change is recorded even when refused
+            return self._known_key_renamed()
+
+    def is_contact(self, peer: str) -> bool:
+        """Whether `peer` has a settled pin of ours (see `Conversations.is_contact`)."""
+        with self._lock:
+            return self._conv.is_contact(peer)
+
+    def follow_rename(self, old: str, keys: Keys) -> list[KnownKeyRenamed | KeyChanged | RenameUnconfirmed]:
+        """The server said contact `old` is now `keys.nick`; `keys` are that nick's, fetched
+        since. What to tell the user: `KnownKeyRenamed` if the nick holds `old`'s key (its
+        trust carried), `KeyChanged` (with `renamed_from`) if the nick is new to us with
+        another key (nothing is sent to it until /trust or /verify), `RenameUnconfirmed`
+        if it is someone else we know. Raises `BundleError` (keys that do not verify:
+        nothing changed) and `KeystoreError`."""
+        new = keys.nick
+        with self._lock:
+            try:
+                try:
+                    same = self._conv.follow_rename(old, _bundle(keys))
+                finally:
+                    self._save()
+            except IdentityChanged as exc:
+                return [
+                    KeyChanged(
+                        peer=new,
+                        old_fingerprint=exc.pinned_fingerprint,
+                        new_fingerprint=exc.new_fingerprint,
+                        held=0,
+                        renamed_from=old,
+                    )
+                ]
+            told: list[KnownKeyRenamed | KeyChanged | RenameUnconfirmed] = [*self._known_key_renamed()]
+            pin = self._conv.pin(new)
+            if told or pin is None:
+                return told
+            if same:  # known under the new nick already: nothing carried, the same person
+                return [KnownKeyRenamed(old=old, new=new, trust=pin.trust.value)]
+            return [
+                RenameUnconfirmed(
+                    old=old, new=new, reason=f"{new} holds another key than {old}'s: {new} is someone else"
+                )
+            ]
+
+    def _known_key_renamed(self) -> list[KnownKeyRenamed]:
+        """The carry-overs `Conversations` made since the last call, as events; under `_lock`."""
+        return [KnownKeyRenamed(old=c.old, new=c.new, trust=c.trust.value) for c in self._conv.take_carried()]
 
     def forget_sessions(self, peer: str) -> None:
         with self._lock:
@@ -488,6 +532,7 @@ class WhisperKeys:
             out.acks.append(Ack(id=delivery.id, outcome="failed", reason="malformed"))
             return
         out.acks.append(Ack(id=delivery.id))
+        out.events += self._known_key_renamed()  # told before the whisper is shown
         out.events.append(_received(kept, replay=False))
 
     def _failure_class(self, delivery: Delivery) -> str:
@@ -573,6 +618,15 @@ _FAILURE_TEXT = {
     "auth-failed": "could not be authenticated (tampered with, or not from who the server says)",
     "malformed": "authenticated but malformed",
 }
+
+
+def _bundle(keys: Keys) -> Bundle:
+    """The bundle in a `keys` frame, as `Conversations` takes it."""
+    return Bundle(
+        PublicIdentity(keys.nick, keys.identity.sig_key, keys.identity.dh_key, keys.identity.dh_sig),
+        SignedPrekey(keys.spk.id, keys.spk.created, keys.spk.public, keys.spk.signature),
+        tuple(OneTimePrekey(o.id, o.public, o.signature) for o in keys.opks),
+    )
 
 
 def _forget_all_sessions(conv: Conversations) -> None:

@@ -9,6 +9,7 @@ produced (`dirty` says which records changed).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import json
 import os
@@ -37,7 +38,7 @@ from .ratchet import (
 from .safety import parse_safety_number, same_number
 from .x3dh import NO_OPK, initiate, respond
 
-__all__ = ["MAX_CONTACT_REQUESTS", "Conversations", "Pin", "Trust", "Whisper"]
+__all__ = ["MAX_CONTACT_REQUESTS", "Carried", "Conversations", "Pin", "Trust", "Whisper"]
 
 #: Sessions kept per peer (simultaneous starts, a peer's reinstall); oldest dropped.
 _SESSIONS_PER_PEER = 4
@@ -81,6 +82,17 @@ class Pin:
     #: Set while this is an unanswered first contact from them: its place in the order
     #: of arrival (the oldest goes first). None once we whispered, trusted or verified them.
     request: int | None = None
+
+
+@dataclass(frozen=True)
+class Carried:
+    """A key we know under `old` turned up as a first contact under `new` (a rename keeps
+    the key), and the pin made for `new` took `trust` from `old`'s. The user must be told:
+    a nick they never checked now holds a key they trusted under another name."""
+
+    old: str
+    new: str
+    trust: Trust
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,9 @@ class Conversations:
         self._active: dict[str, list[bytes]] = {}  # peer -> sids, most recently used last
         self._seen_setups: dict[bytes, None] = {}
         self.dirty: set[str] = set()
+        # Carry-overs not yet handed out by `take_carried` (in memory only: what the user
+        # is told, not state).
+        self._carried: list[Carried] = []
 
     # -- prekeys ----------------------------------------------------------------------
 
@@ -173,6 +188,7 @@ class Conversations:
                 pin = Pin(ident, known.trust, was_verified=known.trust is Trust.VERIFIED)
                 self.pins[peer] = pin
                 self._pin_changed(peer)
+                self._carried.append(Carried(old=known.identity.user, new=ident.user, trust=known.trust))
                 return pin
             pin = Pin(ident, Trust.UNVERIFIED)
             self.pins[peer] = pin
@@ -194,6 +210,52 @@ class Conversations:
                 self._pin_changed(peer)
             raise IdentityChanged(ident.user, pin.identity.fingerprint(), ident.fingerprint())
         raise IdentityChanged(ident.user, pin.identity.fingerprint(), (pin.pending or ident).fingerprint())
+
+    def take_carried(self) -> list[Carried]:
+        """The carry-overs since the last call (see `Carried`), oldest first; each once."""
+        carried, self._carried = self._carried, []
+        return carried
+
+    def is_contact(self, peer: str) -> bool:
+        """Whether `peer` has a settled pin of ours: a key accepted (not waiting on a
+        changed one) and not a stranger's unanswered first contact."""
+        pin = self.pins.get(fold_nick(peer))
+        return pin is not None and pin.trust is not Trust.CHANGED and pin.request is None
+
+    def follow_rename(self, old: str, bundle: Bundle) -> bool:
+        """Check a server's claim that contact `old` is now `bundle.identity.user` (NEW)
+        against the keys fetched for NEW, and start a session with NEW from them.
+
+        True if NEW holds `old`'s key: the claim holds (a first contact with NEW carries
+        `old`'s trust over, reported by `take_carried`). False if it does not apply
+        (`old` is no contact of ours) or NEW is someone else we know: nothing changes
+        then. If NEW is new to us and its key is not `old`'s, the claim is treated as a
+        key change of `old`'s: NEW's pin keeps `old`'s key with NEW's as pending, so
+        nothing is sent to NEW until the user runs /trust (or /verify, if `old` was
+        verified), and `IdentityChanged` is raised. Raises `BundleError` for keys that
+        do not verify (nothing changes).
+        """
+        known = self.pins.get(fold_nick(old))
+        if not self.is_contact(old) or known is None:
+            return False
+        new = bundle.identity.user
+        if fold_nick(new) == fold_nick(old):
+            return False
+        verify_bundle(bundle, user=new, now=self._clock(), min_spk_id=0)
+        if fold_nick(new) not in self.pins and bundle.identity.key != known.identity.key:
+            peer = fold_nick(new)
+            # Kept under NEW's name (a pin names the nick it is kept under), with old's keys.
+            expected = dataclasses.replace(known.identity, user=new)
+            self.pins[peer] = Pin(
+                expected,
+                Trust.CHANGED,
+                pending=bundle.identity,
+                was_verified=known.trust is Trust.VERIFIED or known.was_verified,
+            )
+            self._pin_changed(peer)
+            raise IdentityChanged(new, known.identity.fingerprint(), bundle.identity.fingerprint())
+        self.start_session(new, bundle)
+        return self.pins[fold_nick(new)].identity.key == known.identity.key
 
     def _pin_of_key(self, key: bytes) -> Pin | None:
         """A settled pin (not waiting on a changed key) holding identity `key`, the verified
