@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from whisper_helpers import FAST_KDF
 
-from securechat.client.keystore import Keystore, RoomsFile, default_keystore_dir
+from securechat.client.keystore import Keystore, RoomsFile, default_keystore_dir, renamed_to
 from securechat.client.whispers import WhisperKeys
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.errors import KeystoreError
@@ -260,6 +260,7 @@ def test_a_rename_moves_the_keystore_to_the_new_nicks_place_bound_to_it(tmp_path
     sig_key = keys.identity.sig_key
     frames = keys.renamed("Alice2")
     assert not d.exists() and (tmp_path / "alice2" / "keystore.db").is_file()
+    assert renamed_to(d) == "Alice2"  # a marker where it was: the old nick is not a new identity
     assert keys.identity.user == "Alice2" and keys.identity.public().binding_valid()
     assert (
         frames and frames[0].identity.sig_key == sig_key and frames[0].opks
@@ -301,3 +302,17 @@ def test_a_rename_onto_an_existing_keystore_leaves_both_usable(tmp_path: Path) -
         other.identity.sig_key
     )
     assert (tmp_path / "alice" / "keystore.db").is_file()
+
+
+def test_the_rename_marker_follows_renames_and_steps_aside_for_a_keystore_coming_back(tmp_path: Path) -> None:
+    keys = WhisperKeys.in_keystore(Keystore.create(tmp_path / "alice", None, FAST_KDF), "alice")
+    assert renamed_to(tmp_path / "alice") is None
+    keys.renamed("alice2")
+    keys.renamed("alice3")
+    assert renamed_to(tmp_path / "alice") == "alice3"  # followed to where the keys are now
+    assert renamed_to(tmp_path / "alice2") == "alice3" and renamed_to(tmp_path / "alice3") is None
+    keys.rename_proof("alice3", "alice", bytes(32))  # the marker is not a keystore in the way
+    keys.renamed("alice")
+    assert renamed_to(tmp_path / "alice") is None and Keystore.exists(tmp_path / "alice")
+    assert renamed_to(tmp_path / "alice3") == "alice"
+    assert renamed_to(tmp_path / "alice2") == "alice"  # followed through alice3, back home

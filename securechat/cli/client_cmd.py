@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..protocol import Code, is_valid_nick
+from ..protocol import Code, fold_nick, is_valid_nick
 from .common import DEFAULT_CERT_DIR, DEFAULT_PORT, UsageError, check_port
 
 if TYPE_CHECKING:
@@ -137,13 +137,18 @@ def _refused_login(nick: str, refused: Exception, made: Keystore | None) -> str:
     )
 
 
+def _renamed_away(new: str) -> str:
+    """What to tell someone who started with the nick they renamed away from."""
+    return f'you renamed yourself to {new}; start with --nick {new} (or set nick = "{new}" in your config)'
+
+
 def _unconnected(
     args: argparse.Namespace, *, reconnect: bool, interactive: bool = True
 ) -> tuple[Client, Keystore | None]:
     """`_client` before `connect`: options checked, keys open. Also the keystore when it
     was made in this run (None if it existed, or for a guest). Raises `UsageError`."""
     from ..client import Client
-    from ..client.keystore import Keystore, RoomsFile, default_keystore_dir
+    from ..client.keystore import Keystore, RoomsFile, default_keystore_dir, renamed_to
     from ..client.rooms import RoomStore
     from ..e2e.errors import KeystoreError
     from ..transport import client_context
@@ -172,10 +177,21 @@ def _unconnected(
     if not args.guest:
         directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
         existed = Keystore.exists(directory)
+        moved_to = renamed_to(directory)
+        if moved_to is not None:
+            # /nick moved the keystore away; a config or script still naming the old nick
+            # must not quietly become a second identity (the rename freed the nick).
+            raise UsageError(_renamed_away(moved_to))
         try:
             keys = _open_keys(directory, args.nick, args.passphrase, interactive=interactive)
         except (KeystoreError, ValueError, OSError) as exc:
             raise UsageError(f"cannot open your keys in {directory}: {exc}") from None
+        if fold_nick(keys.identity.user) != fold_nick(args.nick) and keys.renaming() is None:
+            # A keystore in a directory of the user's choice stays put on a rename: it is
+            # the identity's binding that tells.
+            if isinstance(keys.storage, Keystore):
+                keys.storage.close()
+            raise UsageError(_renamed_away(keys.identity.user))
         storage = keys.storage
         if isinstance(storage, Keystore):
             rooms_store = storage

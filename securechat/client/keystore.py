@@ -19,6 +19,7 @@ it the first time they are opened, in one transaction, and the files removed aft
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sqlite3
@@ -31,11 +32,13 @@ from pathlib import Path
 from ..e2e import keystore as sealing
 from ..e2e.errors import KeystoreError
 from ..files import write_private
-from ..protocol import fold_nick
+from ..protocol import fold_nick, is_valid_nick
 from .inbox import Direction, MessageState, StoredMessage
 from .rooms import decode_rooms, encode_rooms
 
-__all__ = ["Keystore", "RoomsFile", "default_keystore_dir"]
+__all__ = ["Keystore", "RoomsFile", "default_keystore_dir", "renamed_to"]
+
+log = logging.getLogger(__name__)
 
 _HEADER = "keystore.json"
 _DB = "keystore.db"
@@ -44,6 +47,11 @@ _ROOMS_RECORD = "rooms"
 #: A guest's remembered rooms: a file in the directory its nick's keystore would have.
 _GUEST_ROOMS = "rooms.json"
 _LEGACY_SUFFIX = ".rec"
+#: Beside a nick's keystore place, once a rename moved the keystore away: a small file
+#: (0600) naming the new nick, so that starting with the old nick is refused with what to
+#: do instead of silently making a new identity there. "~" is in no nick, so the marker
+#: can never be another nick's place.
+_RENAMED_SUFFIX = "~renamed"
 _NAME_RE = re.compile(r"[a-z]+(:[0-9a-f]{1,64})?")
 
 _SCHEMA = """
@@ -61,6 +69,31 @@ def default_keystore_dir(host: str, port: int, nick: str) -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     server = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{host}_{port}")
     return Path(base) / "securechat" / server / nick.lower()
+
+
+def _marker(directory: Path) -> Path:
+    """Where a rename away from `directory` leaves its marker (see `_RENAMED_SUFFIX`)."""
+    return directory.with_name(directory.name + _RENAMED_SUFFIX)
+
+
+def renamed_to(directory: Path) -> str | None:
+    """The nick whose place the keystore that was in `directory` moved to by renames
+    (followed through several), or None: a keystore is there, or none ever moved away.
+    A marker that cannot be read or names no nick counts as none (it holds no secret
+    and guards nothing: it only saves the user a second identity by mistake)."""
+    nick = None
+    seen: set[str] = set()
+    place = directory
+    while not Keystore.exists(place) and place.name not in seen:
+        seen.add(place.name)
+        try:
+            text = _marker(place).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeError):
+            break
+        if not is_valid_nick(text):
+            break
+        nick, place = text, place.with_name(fold_nick(text))
+    return nick
 
 
 def _check_name(name: str) -> str:
@@ -347,13 +380,17 @@ class Keystore:
 
     # -- moving -------------------------------------------------------------------------
 
-    def move_to(self, directory: Path) -> None:
-        """Move the whole keystore to `directory` (a rename: the new nick's place).
+    def move_to(self, directory: Path, nick: str = "") -> None:
+        """Move the whole keystore to `directory` (a rename: the new nick's place), and
+        leave a marker where it was naming `nick` (default: the directory's name), so that
+        starting with the old nick is refused (`renamed_to`); a marker of an earlier
+        rename away from `directory` is removed (the keystore is back).
 
         One `rename` of the directory, so a crash leaves it whole in one place or the
         other. Raises `KeystoreError` if something is in the way or the move fails; the
         keystore is then usable where it was.
         """
+        old = self.directory
         with self._lock:
             if directory.exists():
                 raise KeystoreError(f"cannot move your keystore to {directory}: something is there already")
@@ -373,6 +410,11 @@ class Keystore:
                     f"cannot move your keystore {self.directory} to {directory}: {exc}"
                 ) from None
             self.directory = directory
+        try:
+            _marker(directory).unlink(missing_ok=True)
+            write_private(_marker(old), f"{nick or directory.name}\n".encode())
+        except OSError as exc:  # the move is done; without the marker only the reminder is lost
+            log.info("could not leave a rename marker beside %s: %s", old, exc)
 
     def close(self) -> None:
         with self._lock:

@@ -271,7 +271,7 @@ class WhisperKeys:
             target = self._move_target(new)
             if target is not None and isinstance(self._storage, Keystore):
                 try:
-                    self._storage.move_to(target)
+                    self._storage.move_to(target, new)
                 except KeystoreError as exc:
                     moved = exc
             self._conv.identity = Identity(new, old.sig_private, old.dh)
