@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from securechat.client.windows import Activity, Kind, Windows
+from securechat.client.windows import FOCUS_WAIT, Activity, Kind, PendingFocus, Windows
 
 
 def test_one_window_per_room_and_query_found_case_insensitively() -> None:
@@ -89,3 +89,36 @@ def test_a_query_follows_a_rename() -> None:
     query = windows.open(Kind.QUERY, "alice")
     windows.rename(Kind.QUERY, "alice", "alice2")
     assert query.name == "alice2" and windows.find(Kind.QUERY, "alice") is None
+
+
+def test_the_users_switches_are_counted_and_the_programs_focus_is_not() -> None:
+    windows = Windows("#lobby")
+    dev = windows.open(Kind.ROOM, "#dev")
+    windows.open(Kind.QUERY, "bob", focus=True)  # /query: the user's
+    windows.next()
+    windows.previous()
+    assert windows.switches == 3
+    windows.focus(dev)
+    assert windows.current is dev and windows.switches == 3
+    windows.close(dev)
+    assert windows.switches == 4
+
+
+def test_a_joined_rooms_window_is_focused_only_if_nothing_moved_meanwhile() -> None:
+    """Review 2: a /join whose answer never came (refused, or typed while offline) left its
+    room to be focused whenever it was entered later, taking the user out of a whisper."""
+    pending = PendingFocus()
+    pending.ask("#Dev", now=100.0, switches=2)
+    assert pending.due("#dev", now=100.5, switches=2)
+    assert not pending.due("#dev", now=100.6, switches=2)  # taken: once only
+    pending.ask("#dev", now=100.0, switches=2)
+    assert not pending.due("#dev", now=100.5, switches=3)  # the user switched since
+    assert not pending.due("#dev", now=100.6, switches=3)  # and it is gone, not left behind
+    pending.ask("#dev", now=100.0, switches=2)
+    assert not pending.due("#dev", now=100.0 + FOCUS_WAIT + 0.1, switches=2)  # too late
+    pending.ask("#dev", now=100.0, switches=2)
+    pending.drop("#DEV")  # refused, or never sent
+    assert not pending.due("#dev", now=100.1, switches=2)
+    pending.ask("#a", now=100.0, switches=0)
+    pending.ask("#b", now=100.0 + FOCUS_WAIT + 1, switches=0)
+    assert len(pending) == 1  # a request nobody answered does not stay for ever

@@ -15,11 +15,16 @@ from enum import Enum, IntEnum
 
 from prompt_toolkit.utils import get_cwidth
 
-__all__ = ["SCROLLBACK_LINES", "Activity", "Kind", "Window", "Windows"]
+__all__ = ["FOCUS_WAIT", "SCROLLBACK_LINES", "Activity", "Kind", "PendingFocus", "Window", "Windows"]
 
 #: Lines each window keeps for PageUp and /lastlog. irssi keeps 500 by default and WeeChat
 #: 4096; 2,000 lines of at most a few hundred characters is well under a MiB per window.
 SCROLLBACK_LINES = 2000
+
+#: Seconds a /join's room may take to be entered and still become the current window. A
+#: server answers in milliseconds; an `entered` later than this (the client's own rejoin
+#: after a reconnect, say) opens the room's window without moving the user out of theirs.
+FOCUS_WAIT = 10.0
 
 
 class Kind(Enum):
@@ -64,6 +69,10 @@ class Windows:
         self._scrollback = scrollback
         self._windows: list[Window] = [self._new(Kind.ROOM, first_room)]
         self._current = 0
+        #: How often the user has changed the current window (`select`, `next`, `previous`,
+        #: `close`; not `focus`): a /join's window becomes current only if this has not
+        #: moved since the /join was typed (`PendingFocus`).
+        self.switches = 0
 
     def _new(self, kind: Kind, name: str) -> Window:
         return Window(kind, name, deque(maxlen=self._scrollback))
@@ -105,7 +114,10 @@ class Windows:
         return window
 
     def rename(self, kind: Kind, old: str, new: str) -> None:
-        """A query's peer renamed (or a room's spelling changed): the window follows."""
+        """The window for `old` becomes the window for `new`, unless `new` has one. Never
+        for a bare `renamed` of a peer: a line typed in a query window is whispered to its
+        name, so that window may follow a peer only once their new nick's key is known to
+        be the one the old nick had (client/tui.py leaves it on the old nick until then)."""
         window = self.find(kind, old)
         if window is not None and self.find(kind, new) is None:
             window.name = new
@@ -138,12 +150,19 @@ class Windows:
     # -- switching ---------------------------------------------------------------------------
 
     def select(self, number: int) -> bool:
-        """Make window `number` (1-based) current, its activity seen; False if there is none."""
+        """The user makes window `number` (1-based) current, its activity seen; False if
+        there is none."""
         if not 1 <= number <= len(self._windows):
             return False
+        self.switches += 1
         self._current = number - 1
         self.current.activity = Activity.NONE
         return True
+
+    def focus(self, window: Window) -> None:
+        """Make `window` current for the program (a /join answered), not counted in `switches`."""
+        self._current = self._windows.index(window)
+        self.current.activity = Activity.NONE
 
     def next(self) -> None:
         """Alt+Right: the next window, wrapping around."""
@@ -160,6 +179,7 @@ class Windows:
             return False
         index = self._windows.index(window)
         was_current = self.current
+        self.switches += 1
         del self._windows[index]
         if was_current is window:
             self._current = max(index - 1, 0)
@@ -213,6 +233,38 @@ class Windows:
         what = window.name if window.kind is Kind.ROOM else f"{window.name} (whisper)"
         scrolled = " (scrolled)" if window.scroll else ""
         return f"[{self.current_number}:{what}]{scrolled}"
+
+
+class PendingFocus:
+    """Rooms the user asked to join whose window is to become current when the server says
+    we are in (`entered`), as irssi does, but only if nothing changed meanwhile: within
+    `FOCUS_WAIT` seconds of asking, and only if the user has not switched windows since
+    (`Windows.switches`). A refusal naming the room, or a join that could not be sent,
+    drops the request. An `entered` takes its room's request whether it switches or not,
+    so none is ever left behind to move the user later.
+
+    Pure: the caller passes the monotonic time and the switch count, and keeps the lock.
+    """
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, tuple[float, int]] = {}  # folded room -> (asked at, switches then)
+
+    def ask(self, room: str, now: float, switches: int) -> None:
+        """The user asked to join `room` at `now`, after `switches` window switches."""
+        self._rooms = {key: asked for key, asked in self._rooms.items() if now - asked[0] <= FOCUS_WAIT}
+        self._rooms[fold(room)] = (now, switches)
+
+    def drop(self, room: str) -> None:
+        """The join of `room` was refused, or never sent."""
+        self._rooms.pop(fold(room), None)
+
+    def due(self, room: str, now: float, switches: int) -> bool:
+        """We entered `room`: whether its window is to become current (its request is gone either way)."""
+        asked = self._rooms.pop(fold(room), None)
+        return asked is not None and now - asked[0] <= FOCUS_WAIT and asked[1] == switches
+
+    def __len__(self) -> int:
+        return len(self._rooms)
 
 
 #: Colour codes the display adds (client/display.py): they take no room on screen.
