@@ -104,6 +104,24 @@ def test_whisper_outcomes_replays_and_keystore_trouble_are_told_plainly() -> Non
     assert "could not store a whisper just now; it will be sent again" in store
 
 
+def test_a_peers_rename_is_told_as_checked_refused_or_unconfirmed() -> None:
+    """Review 2: a carried-over key was never told; a rename claim with another key must
+    read as the alarm it is."""
+    from securechat.client.events import KeyChanged, KnownKeyRenamed, RenameUnconfirmed
+
+    (verified,) = format_event(KnownKeyRenamed(old="bob", new="bob2", trust="verified"), now=0.0)
+    assert verified.endswith("* bob2 holds the key you verified as bob: still verified")
+    (known,) = format_event(KnownKeyRenamed(old="bob", new="bob2", trust="unverified"))
+    assert "bob2 holds the key you knew as bob (not verified: /verify bob2)" in known
+    claim = format_event(
+        KeyChanged(peer="mallory", old_fingerprint="a", new_fingerprint="b", held=0, renamed_from="bob")
+    )
+    assert "the server says bob is now mallory, but mallory holds another key" in claim[0]
+    assert "mallory's safety number changed" in claim[1]
+    (unconfirmed,) = format_event(RenameUnconfirmed(old="bob", new="bob2\x1b[2J", reason="no keys"))
+    assert "the server says bob is now bob2\\x1b[2J, but that could not be checked (no keys)" in unconfirmed
+
+
 #: Invisible format characters and line separators: zero-width space, non-joiner and
 #: joiner, word joiner, byte-order mark, soft hyphen, a tag character, U+2028 and U+2029.
 _INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad\U000e0041\u2028\u2029"

@@ -40,8 +40,10 @@ from ..protocol import (
 from .events import (
     ClientMade,
     KeyChanged,
+    KnownKeyRenamed,
     Reconnected,
     Reconnecting,
+    RenameUnconfirmed,
     ResendPending,
     StorageFailed,
     WhisperFailed,
@@ -176,7 +178,15 @@ def _lines(
         ]
     if isinstance(event, KeyChanged):
         who = sanitize(event.peer)
+        claim = []
+        if event.renamed_from:
+            was = sanitize(event.renamed_from)
+            claim = [
+                f"{stamp} !!! the server says {was} is now {who}, but {who} holds another key than "
+                f"the one you know as {was}: {who} is taken for {was} with a changed key."
+            ]
         return [
+            *claim,
             f"{stamp} !!! {who}'s safety number changed. Nothing is sent to {who} and their whispers",
             f"{stamp} !!! are held ({event.held} so far) until you decide: /verify {who} shows the new",
             f"{stamp} !!! number to compare with {who}; /trust {who} accepts the new key"
@@ -185,6 +195,18 @@ def _lines(
                 if event.unsent
                 else "."
             ),
+        ]
+    if isinstance(event, KnownKeyRenamed):
+        old, new = sanitize(event.old), sanitize(event.new)
+        if event.trust == "verified":
+            return [f"{stamp} * {new} holds the key you verified as {old}: still verified"]
+        return [f"{stamp} * {new} holds the key you knew as {old} (not verified: /verify {new})"]
+    if isinstance(event, RenameUnconfirmed):
+        old, new = sanitize(event.old), sanitize(event.new)
+        return [
+            f"{stamp} ! the server says {old} is now {new}, but that could not be checked "
+            f"({sanitize(event.reason)}): {old}'s whisper window stays theirs, and a whisper to "
+            f"{new} goes to whoever holds that nick, as before"
         ]
     if isinstance(event, ResendPending):
         return [

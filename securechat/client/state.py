@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..protocol import (
     Entered,
+    Invited,
     Joined,
     Left,
     Message,
@@ -119,6 +120,10 @@ class ChatState:
                 self.nick = event.new
             if self.contacts.pop(fold_nick(event.old), None) is not None:
                 self.contacts[fold_nick(event.new)] = event.new
+            if self.is_ignored(event.old):
+                # Ignored the person, not only the nick: a rename must not end it. The old
+                # nick stays ignored too, as the user typed it.
+                self.ignored.add(fold_nick(event.new))
         elif isinstance(event, Reconnected):
             self.connection = "connected"
         elif isinstance(event, Reconnecting):
@@ -159,11 +164,14 @@ class ChatState:
         return fold_nick(nick) in self.ignored
 
     def hides(self, event: object) -> bool:
-        """True for events from someone the user ignores (their lines and whispers)."""
+        """True for events from someone the user ignores: their lines, whispers and
+        invitations (an invitation we sent is shown, whoever it names)."""
         if isinstance(event, Message):
             return self.is_ignored(event.nick)
         if isinstance(event, WhisperReceived):
             return self.is_ignored(event.sender)
+        if isinstance(event, Invited):
+            return self.is_ignored(event.by) and fold_nick(event.by) != fold_nick(self.nick)
         return False
 
     def mentions_me(self, text: str) -> bool:
