@@ -10,15 +10,27 @@ Threads:
 - one pump thread per connected client turns its events into window lines;
 - one input thread carries out typed lines, in the order typed (a whisper may wait seconds
   for its recipient's keys; the keyboard must not wait with it).
-`_Tui._lock` guards the windows, the chat state, the current client and `_focus`.
+`_Tui._lock` guards the windows, the chat state, the current client and `_pending`.
 
 Typed input is checked before it goes anywhere: every key handler runs guarded (a handler
 that raises, as prompt_toolkit's mouse handler does on a malformed mouse report typed or
 pasted into the line, is contained instead of reaching the event loop, whose "Press ENTER
 to continue" ate the next Enter and joined two lines), mouse reports are ignored (mouse
 support is never turned on, so they only come pasted), and a line still holding control
-characters is refused, not sent. A line's destination is fixed when Enter is pressed: the
-window it was typed in.
+characters is refused, not sent.
+
+A whisper must never reach a room in clear, whatever the input path:
+- A line's destination is fixed at its first keystroke: the window current then. Only the
+  user's own switch (Alt+1..9, Alt+Left/Right) carries the line being typed along; nothing
+  the server sends moves it. A /join's window becomes current when the room is entered only
+  if the input line is empty and the user has not switched windows since (`PendingFocus`),
+  and that switch is made on the loop thread, between keys.
+- A peer's rename never moves their whisper window: it stays on the old nick, with a note
+  saying how to whisper the new one (a /query of its own, whose key is checked like any
+  first contact's).
+- A paste (or keys typed ahead, arriving in one read) is all or nothing: the lines after a
+  command that was unknown, refused or failed are not sent, and the user is told; the
+  lines after a /query or /window go to the window it opened.
 """
 
 from __future__ import annotations
@@ -30,7 +42,8 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NoReturn
 
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
@@ -59,6 +72,7 @@ from ..protocol import (
     BanList,
     Bye,
     Entered,
+    Error,
     Invited,
     Joined,
     Left,
@@ -68,7 +82,6 @@ from ..protocol import (
     RoomChanged,
     WhisperStatus,
     fold_nick,
-    fold_room,
     is_valid_nick,
 )
 from .commands import (
@@ -84,11 +97,18 @@ from .commands import (
 )
 from .completion import ChatCompleter
 from .display import PLAIN, Theme, block, clock, format_event, is_unsafe, sanitize
-from .events import KeyChanged, ResendPending, WhisperFailed, WhisperReceived
+from .events import (
+    KeyChanged,
+    KnownKeyRenamed,
+    RenameUnconfirmed,
+    ResendPending,
+    WhisperFailed,
+    WhisperReceived,
+)
 from .inbox import HISTORY_SHOWN, Direction
 from .session import Client, Disconnected
 from .state import ChatState
-from .windows import Activity, Kind, Window, Windows
+from .windows import Activity, Kind, PendingFocus, Window, Windows
 
 __all__ = ["run_tui"]
 
@@ -120,11 +140,27 @@ def run_tui(
 
 @dataclass(frozen=True)
 class _Typed:
-    """A line as Enter accepted it, with the window it was typed in (its destination)."""
+    """A line as Enter accepted it, with the window it was typed in (its destination) and
+    how many window switches the user had made then (`Windows.switches`)."""
 
     text: str
     kind: Kind
     name: str
+    switches: int = 0
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A typed line carried out: `quit` for /quit; `to`, the window a /query or /window
+    made current (where the rest of a paste goes)."""
+
+    quit: bool = False
+    to: Window | None = None
+
+
+class _Refused(Exception):
+    """A typed line was refused or failed, and the user was told why: in a paste, nothing
+    after it is sent."""
 
 
 class _Tui:
@@ -143,8 +179,11 @@ class _Tui:
         self.client = client  # guarded by _lock; replaced by the input thread on /identity
         self.state = ChatState(nick=client.nick, server=f"{client.host}:{client.port}")  # _lock
         self.windows = Windows(welcome.room if welcome is not None else DEFAULT_ROOM)  # _lock
-        #: Rooms (folded) the user asked to join: their window becomes current on entering.
-        self._focus: set[str] = set()  # guarded by _lock
+        #: Rooms the user asked to join: their window may become current on entering.
+        self._pending = PendingFocus()  # guarded by _lock
+        #: Where the line being typed goes (a window's kind and name), fixed at its first
+        #: keystroke; None while the line is empty. Owned by the loop thread.
+        self._line_to: tuple[Kind, str] | None = None
         self._tap = write
         self._theme = theme
         self._bell = bell
@@ -160,6 +199,7 @@ class _Tui:
             history=InMemoryHistory(),
             multiline=True,  # a paste is edited and sent as one message
         )
+        self.buffer.on_text_changed += self._text_changed
         self._output = Pane(
             FormattedTextControl(self._screen, get_cursor_position=self._last_row), wrap_lines=False
         )
@@ -259,13 +299,22 @@ class _Tui:
         if self._tap is not None:
             for line in lines:
                 self._tap(line)
-        self.app.invalidate()  # thread-safe: a redraw in the application's own loop
+        self._redraw()
+
+    def _redraw(self) -> None:
+        """Have the screen drawn again, in the application's own loop (any thread)."""
+        # prompt_toolkit's invalidate reads the application's loop twice, and an application
+        # exiting on its own thread (after /quit) may drop it between the two reads.
+        with contextlib.suppress(RuntimeError):
+            self.app.invalidate()
 
     def _show(self, item: object) -> None:
         """One event from the current client: the pump thread."""
         theme = self._theme
         with self._lock:
             self.state.apply(item)
+            if isinstance(item, Error) and item.ref:
+                self._pending.drop(item.ref)  # a refused join: its window is not to be switched to
             if self.state.hides(item):
                 return
             lines = format_event(item, theme=theme, me=self.state.nick)  # type: ignore[arg-type]
@@ -274,12 +323,53 @@ class _Tui:
                 lines = [theme.emphasis(line, kind) for line in lines]
             for target in targets:
                 self.windows.add(target, lines, level)
+            note = self._rename_note(item) if isinstance(item, Renamed) else []
         if self._tap is not None:
-            for line in lines:
+            for line in lines + note:
                 self._tap(line)
-        self.app.invalidate()
+        if isinstance(item, Entered):
+            room = item.room
+            self._on_loop(lambda: self._focus_entered(room))
+        self._redraw()
         if kind and self._bell:
             self._ring()
+
+    def _rename_note(self, item: Renamed) -> list[str]:
+        """A peer renamed: a note in their whisper window, which stays theirs under the old
+        nick (lines typed there go to that nick, never to whoever holds the new one unchecked).
+        Under `_lock`."""
+        if fold_nick(item.old) == fold_nick(self.state.nick):
+            return []
+        query = self.windows.find(Kind.QUERY, item.old)
+        if query is None:
+            return []
+        old, new = sanitize(item.old), sanitize(item.new)
+        note = [
+            f"* {old} is now known as {new}; /query {new} to whisper them there: their key will be checked"
+        ]
+        self.windows.add(query, note, Activity.HIGHLIGHT)
+        return note
+
+    def _on_loop(self, call: Callable[[], None]) -> None:
+        """Run `call` on the loop thread, between keys (at once while the application is
+        not running: nobody is typing then). Any thread, not under `_lock`."""
+        app = self.app
+        loop = app.loop
+        if app.is_running and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may just have closed
+                loop.call_soon_threadsafe(call)
+            return
+        call()
+
+    def _focus_entered(self, room: str) -> None:
+        """We are in `room`: its window becomes current if the user asked to join it, has
+        not switched windows since and is not typing (the loop thread)."""
+        with self._lock:
+            window = self.windows.find(Kind.ROOM, room)
+            due = self._pending.due(room, time.monotonic(), self.windows.switches)
+            if due and window is not None and not self.buffer.text:
+                self.windows.focus(window)
+        self._redraw()
 
     def _ring(self) -> None:
         """The terminal bell, written by the loop thread while it draws (two writers would
@@ -305,11 +395,7 @@ class _Tui:
                 return [window], Activity.HIGHLIGHT, "mention"
             return [window], Activity.ACTIVITY, None
         if isinstance(item, Entered):
-            window = windows.open(Kind.ROOM, item.room)
-            if fold_room(item.room) in self._focus:
-                self._focus.discard(fold_room(item.room))
-                windows.select(windows.number(window))
-            return [window], Activity.NONE, None
+            return [windows.open(Kind.ROOM, item.room)], Activity.NONE, None
         if isinstance(item, Left) and fold_nick(item.nick) == fold_nick(state.nick) and item.by:
             return [windows.find(Kind.ROOM, item.room)], Activity.HIGHLIGHT, "mention"
         if isinstance(item, (Joined, Left, Names, RoomChanged, BanList)):
@@ -318,18 +404,23 @@ class _Tui:
             mine = fold_nick(item.nick) == fold_nick(state.nick)
             return [None], Activity.HIGHLIGHT if mine else Activity.NONE, None
         if isinstance(item, Renamed):
-            windows.rename(Kind.QUERY, item.old, item.new)
+            # Where they are, and the whisper window of the old nick (which stays on it).
             rooms = [windows.find(Kind.ROOM, room) for room in state.shares_room(item.new)]
-            query = windows.find(Kind.QUERY, item.new)
+            query = windows.find(Kind.QUERY, item.old)
             targets: list[Window | None] = [w for w in [*rooms, query] if w is not None]
             return targets or [None], Activity.NONE, None
         if isinstance(item, WhisperReceived):
             return [windows.open(Kind.QUERY, item.sender)], Activity.HIGHLIGHT, "whisper"
+        if isinstance(item, KnownKeyRenamed):
+            # Checked: the new nick holds the old one's key, so its whisper window follows.
+            windows.rename(Kind.QUERY, item.old, item.new)
+            return self._here_and(windows.find(Kind.QUERY, item.new)), Activity.NONE, None
+        if isinstance(item, RenameUnconfirmed):
+            return self._here_and(windows.find(Kind.QUERY, item.old)), Activity.NONE, None
         if isinstance(item, KeyChanged):
-            query = windows.find(Kind.QUERY, item.peer)
-            both: list[Window | None] = [None]
-            if query is not None and query is not windows.current:
-                both.append(query)
+            both = self._here_and(windows.find(Kind.QUERY, item.peer))
+            if item.renamed_from:  # the old nick's window stays, and says why
+                both += self._here_and(windows.find(Kind.QUERY, item.renamed_from))[1:]
             return both, Activity.HIGHLIGHT, "alarm"
         if isinstance(item, (WhisperStatus, WhisperFailed, ResendPending)):
             peer = (
@@ -347,6 +438,12 @@ class _Tui:
                 seen.append(query)
             return seen, Activity.NONE, None
         return [None], Activity.NONE, None
+
+    def _here_and(self, window: Window | None) -> list[Window | None]:
+        """The current window (None) and `window` too if it is another. Under `_lock`."""
+        if window is None or window is self.windows.current:
+            return [None]
+        return [None, window]
 
     def _screen(self) -> ANSI:
         """The current window's newest lines (or older, scrolled), bottom-aligned: the loop thread."""
@@ -372,10 +469,12 @@ class _Tui:
         return [(style, text)]
 
     def _prompt(self) -> str:
+        """The input line's prompt: where the line will go (the loop thread)."""
         with self._lock:
             window, nick = self.windows.current, self.state.nick
-        if window.kind is Kind.QUERY:
-            return f"{nick} (whisper to {window.name})> "
+        kind, name = self._line_to or (window.kind, window.name)
+        if kind is Kind.QUERY:
+            return f"{nick} (whisper to {name})> "
         return f"{nick}> "
 
     def _known_nicks(self) -> list[str]:
@@ -432,8 +531,21 @@ class _Tui:
         return bool(ready)
 
     def _switch(self, move: Callable[[Windows], object]) -> None:
+        """The user switches windows (the loop thread): a line being typed goes along."""
         with self._lock:
             move(self.windows)
+            current = self.windows.current
+        if self._line_to is not None:
+            self._line_to = (current.kind, current.name)
+
+    def _text_changed(self, buffer: Buffer) -> None:
+        """The loop thread: a line's first keystroke fixes where it goes (`_line_to`)."""
+        if not buffer.text:
+            self._line_to = None
+        elif self._line_to is None:
+            with self._lock:
+                current = self.windows.current
+            self._line_to = (current.kind, current.name)
 
     def _scroll(self, *, up: bool) -> None:
         rows = max(self.app.output.get_size().rows - 2, 1)
@@ -459,14 +571,17 @@ class _Tui:
             return
         with self._lock:
             window = self.windows.current
-            typed = _Typed(text, window.kind, window.name)
+            kind, name = self._line_to or (window.kind, window.name)
+            typed = _Typed(text, kind, name, self.windows.switches)
         if text.strip():
             self.buffer.append_to_history()
         self.buffer.reset()
+        self._line_to = None
         parsed = parse_input(text)
         if isinstance(parsed, Command) and parsed.name in _SWITCHING and "\n" not in text:
             # Switched here and now, so the next line typed goes to the window switched to.
-            self._window_command(parsed)
+            with contextlib.suppress(_Refused):  # told why; nothing follows it
+                self._window_command(parsed)
             return
         self._typed.put(typed)
 
@@ -476,29 +591,57 @@ class _Tui:
         while (typed := self._typed.get()) is not None:
             if self._quitting.is_set() or self._lost.is_set():
                 continue
-            kind, name = typed.kind, typed.name
-            for part in _paste_parts(typed.text):
+            parts = _paste_parts(typed.text)
+            for index, part in enumerate(parts):
                 try:
-                    quit_ = self._act(_Typed(part, kind, name))
+                    done = self._act(replace(typed, text=part))
+                except _Refused:
+                    self._drop_rest(part, parts[index + 1 :])
+                    break
                 except Exception as exc:  # a bug must not leave the keyboard typing into nothing
                     # The type only: the exception's message may quote what was typed.
                     log.error("a typed command failed: %s", type(exc).__name__)
                     self._say(f"! that failed: {sanitize(type(exc).__name__)}; the client carries on")
-                    continue
-                if quit_:
+                    self._drop_rest(part, parts[index + 1 :])
+                    break
+                if done.quit:
                     self._quitting.set()
                     self._exit()
                     break
-                parsed = parse_input(part)
-                if isinstance(parsed, Command) and parsed.name in _SWITCHING:
-                    with self._lock:  # the rest of a paste goes where it switched to
-                        kind, name = self.windows.current.kind, self.windows.current.name
+                if done.to is not None:  # the rest of a paste goes to the window it opened
+                    with self._lock:
+                        switches = self.windows.switches
+                    typed = _Typed(typed.text, done.to.kind, done.to.name, switches)
+
+    def _drop_rest(self, failed: str, rest: list[str]) -> None:
+        """A line of a paste was refused or failed: the lines after it are not sent (they
+        may have counted on it: a whisper window opened, a window switched to), and the
+        user is told which line stopped the paste (its command and first word only: the
+        rest may be text)."""
+        if not rest:
+            return
+        count = sum(part.count("\n") + 1 for part in rest)
+        if failed.startswith("/"):
+            head = " ".join(failed.partition("\n")[0].split(" ")[:2])
+            what = f"{sanitize(head)} did not work"
+        else:
+            what = "a line of it was not sent"
+        plural = "s" if count != 1 else ""
+        self._say(
+            f"! the rest of the paste was not sent: {what}, so the {count} line{plural} after it went nowhere"
+        )
+
+    def _refuse(self, line: str) -> NoReturn:
+        """Tell the user why a typed line was refused, and stop it (and the rest of its paste)."""
+        self._say(line)
+        raise _Refused
 
     def _say(self, line: str) -> None:
         self._add(None, [line])
 
-    def _act(self, typed: _Typed) -> bool:
-        """Carry out one input line; True when it was a quit."""
+    def _act(self, typed: _Typed) -> _Done:
+        """Carry out one input line. Raises `_Refused` (the user told why) if it was
+        refused or failed."""
         parsed = parse_input(typed.text)
         with self._lock:
             client = self.client
@@ -511,34 +654,32 @@ class _Tui:
                 hint = (
                     f"; did you mean /{parsed.suggestion}?" if parsed.suggestion else "; /help lists commands"
                 )
-                self._say(f"! unknown command /{sanitize(parsed.name)}{hint}")
+                self._refuse(f"! unknown command /{sanitize(parsed.name)}{hint}")
         except (ValueError, ConnectionError) as exc:  # e.g. text over 4 KiB: say so, keep going
-            self._say(f"! not sent: {exc}")
-        return False
+            self._refuse(f"! not sent: {sanitize(str(exc))}")
+        return _Done()
 
     def _text(self, client: Client, text: str, typed: _Typed) -> None:
         size = len(text.encode("utf-8", "surrogatepass"))
         if "\n" in text and size > MAX_TEXT_BYTES:
             lines = text.count("\n") + 1
-            self._say(
+            self._refuse(
                 f"! not sent: the paste is {lines} lines, {size} bytes; one message holds at most "
                 f"{MAX_TEXT_BYTES} bytes. Nothing of it was sent: send it in parts, or as a file"
             )
-            return
         stripped = text.lstrip()
         if stripped != text and isinstance(parse_input(stripped), Command):
             # " /msg bob ..." is a command with the cursor moved or a space typed first:
             # saying it in the room would say in clear what was meant as a whisper.
-            self._say(
+            self._refuse(
                 "! not sent: the line starts with spaces before a command; remove them (or // to say it)"
             )
-            return
         if typed.kind is Kind.QUERY:  # as /msg, with its answers to every refusal
             self._whisper_command(client, Command("msg", f"{typed.name} {text}"))
         else:
             client.say(text, room=typed.name)
 
-    def _command(self, client: Client, cmd: Command, typed: _Typed) -> bool:
+    def _command(self, client: Client, cmd: Command, typed: _Typed) -> _Done:
         name = cmd.name
         room = typed.name if typed.kind is Kind.ROOM else None
         if name in _WHISPER_COMMANDS:
@@ -546,27 +687,25 @@ class _Tui:
         elif name in ROOM_COMMANDS:
             target, rest = split_room(cmd.arg, room)
             if target is None:
-                self._say(f"! which room? {COMMANDS[name][0]} (this window is a whisper window)")
-            else:
-                self._room_command(client, name, target, rest)
+                self._refuse(f"! which room? {COMMANDS[name][0]} (this window is a whisper window)")
+            self._room_command(client, name, target, rest)
         elif name in _WINDOW_COMMANDS:
-            self._window_command(cmd, client, typed)
+            return _Done(to=self._window_command(cmd, client, typed))
         elif name == "join":
-            self._join(client, cmd.arg)
+            self._join(client, cmd.arg, typed)
         elif name == "list":
             client.list_rooms(cmd.arg)
         elif name == "invite":
             nick, _, where = cmd.arg.partition(" ")
             target = where.strip() or room
             if not nick or target is None:
-                self._say(f"! usage: {COMMANDS['invite'][0]}")
-            else:
-                client.invite(target, nick)
+                self._refuse(f"! usage: {COMMANDS['invite'][0]}")
+            client.invite(target, nick)
         elif name == "me":
             if not cmd.arg:
-                self._say("! usage: /me ACTION")
+                self._refuse("! usage: /me ACTION")
             elif typed.kind is Kind.QUERY:
-                self._say("! /me is for rooms: whispers carry text only")
+                self._refuse("! /me is for rooms: whispers carry text only")
             else:
                 client.say(cmd.arg, room=typed.name, action=True)
         elif name == "away":
@@ -591,21 +730,28 @@ class _Tui:
                 self._say(text)
         elif name == "quit":
             client.quit(cmd.arg)
-            return True
-        return False
+            return _Done(quit=True)
+        return _Done()
 
-    def _join(self, client: Client, arg: str) -> None:
+    def _join(self, client: Client, arg: str, typed: _Typed) -> None:
         room = arg.split(" ")[0]
         if not room.startswith("#"):
-            self._say(f"! usage: {COMMANDS['join'][0]}")
-            return
+            self._refuse(f"! usage: {COMMANDS['join'][0]}")
         with self._lock:
-            self._focus.add(fold_room(room))
-        client.join(room)
+            # As of when the /join was typed: a switch since then, and its window stays put.
+            self._pending.ask(room, time.monotonic(), typed.switches)
+        try:
+            client.join(room)
+        except (ValueError, ConnectionError):
+            with self._lock:
+                self._pending.drop(room)  # never sent: nothing will answer it
+            raise
 
     def _room_command(self, client: Client, name: str, room: str, rest: str) -> None:
         first, _, more = rest.partition(" ")
         usage = f"! usage: {COMMANDS[name][0]}"
+        if name in _NEEDS_NICK and not first:
+            self._refuse(usage)
         if name == "part":
             client.part(room, rest)
         elif name == "topic":
@@ -625,11 +771,8 @@ class _Tui:
             client.register_room(room)
         elif name == "mode":
             if rest not in ("+i", "-i"):
-                self._say(usage)
-            else:
-                client.set_mode(room, rest == "+i")
-        elif not first:
-            self._say(usage)
+                self._refuse(usage)
+            client.set_mode(room, rest == "+i")
         elif name == "kick":
             client.kick(room, first, more.strip())
         elif name == "ban":
@@ -645,34 +788,37 @@ class _Tui:
 
     def _window_command(
         self, cmd: Command, client: Client | None = None, typed: _Typed | None = None
-    ) -> None:
+    ) -> Window | None:
         """/query, /window, /clear, /lastlog, /close: the input thread, or the loop thread
-        for /query and /window (`_SWITCHING`, which need no client). /clear, /lastlog and
-        /close act on the window they were typed in (`typed`), which may no longer be current."""
+        for /query and /window (`_SWITCHING`, which need no client). Returns the window a
+        /query or /window made current. /clear, /lastlog and /close act on the window they
+        were typed in (`typed`), which may no longer be current. Raises `_Refused`."""
         with self._lock:
             here = self.windows.find(typed.kind, typed.name) if typed is not None else None
         if cmd.name == "query":
             nick = cmd.arg.split(" ")[0]
             if not is_valid_nick(nick):
-                self._say(f"! usage: {COMMANDS['query'][0]}")
-                return
+                self._refuse(f"! usage: {COMMANDS['query'][0]}")
             with self._lock:
-                self.windows.open(Kind.QUERY, nick, focus=True)
+                opened = self.windows.open(Kind.QUERY, nick, focus=True)
             self._say(f"* whispering {sanitize(nick)}: every line typed here is an end-to-end whisper")
-        elif cmd.name == "window":
+            return opened
+        if cmd.name == "window":
             with self._lock:
-                found = cmd.arg.isdigit() and self.windows.select(int(cmd.arg))
+                number = int(cmd.arg) if cmd.arg.isdigit() else 0
+                found = self.windows.select(number)
                 count = len(self.windows)
+                selected = self.windows.current
             if not found:
-                self._say(f"! usage: /window N (1-{count})")
-        elif cmd.name == "clear":
+                self._refuse(f"! usage: /window N (1-{count})")
+            return selected
+        if cmd.name == "clear":
             with self._lock:
                 self.windows.clear(here)
-            self.app.invalidate()
+            self._redraw()
         elif cmd.name == "lastlog":
             if not cmd.arg:
-                self._say(f"! usage: {COMMANDS['lastlog'][0]}")
-                return
+                self._refuse(f"! usage: {COMMANDS['lastlog'][0]}")
             with self._lock:
                 matches = self.windows.lastlog(cmd.arg, here)
             plural = "s" if len(matches) != 1 else ""
@@ -684,17 +830,18 @@ class _Tui:
                 window = here or self.windows.current
                 closed = self.windows.close(window)
             if not closed:
-                self._say("! this is the last window; /quit to leave")
-            elif window.kind is Kind.ROOM and client is not None:
+                self._refuse("! this is the last window; /quit to leave")
+            if window.kind is Kind.ROOM and client is not None:
                 with contextlib.suppress(ConnectionError):
                     client.part(window.name)
-            self.app.invalidate()
+            self._redraw()
+        return None
 
     def _rename(self, client: Client, arg: str) -> None:
         new = arg.strip()
         if not is_valid_nick(new):
-            self._say("! usage: /nick NEW (1-24 of A-Z a-z 0-9 _ - .); /identity NICK logs in as another")
-        elif fold_nick(new) == fold_nick(client.nick):
+            self._refuse("! usage: /nick NEW (1-24 of A-Z a-z 0-9 _ - .); /identity NICK logs in as another")
+        if fold_nick(new) == fold_nick(client.nick):
             self._say(f"* you are already {sanitize(client.nick)}")
         else:
             client.rename(new)
@@ -702,20 +849,17 @@ class _Tui:
     def _identity(self, arg: str) -> None:
         new_nick = arg.strip()
         if not is_valid_nick(new_nick):
-            self._say("! usage: /identity NICK (1-24 of A-Z a-z 0-9 _ - .)")
-            return
+            self._refuse("! usage: /identity NICK (1-24 of A-Z a-z 0-9 _ - .)")
         if self._switch_to is None:
-            self._say("! /identity is not available here")
-            return
+            self._refuse("! /identity is not available here")
         with self._lock:
             old = self.client
         try:
             new_client = self._switch_to(new_nick)
         except Exception as exc:  # connection, login or keystore: say why, stay who we are
-            self._say(
+            self._refuse(
                 f"! still {sanitize(old.nick)}: cannot become {sanitize(new_nick)}: {sanitize(str(exc))}"
             )
-            return
         with self._lock:
             self.client = new_client
             self.state.nick = new_client.nick
@@ -759,8 +903,7 @@ class _Tui:
             hint = (
                 f"; did you mean {sanitize(guess)}?" if guess and fold_nick(guess) != fold_nick(nick) else ""
             )
-            self._say(f"! {sanitize(str(exc))}{hint}")
-            return
+            self._refuse(f"! {sanitize(str(exc))}{hint}")
         self._echo(nick, text)
 
     def _echo(self, to: str, text: str) -> None:
@@ -776,22 +919,21 @@ class _Tui:
                 self.windows.add(None, lines)
 
     def _whisper_command(self, client: Client, cmd: Command) -> None:
+        """A whisper command; raises `_Refused` (the user told why) if it did not go."""
         nick, _, rest = cmd.arg.partition(" ")
         rest = rest.strip()
         try:
             if cmd.name in ("msg", "w"):
                 if not nick or not rest:
-                    self._say(f"! usage: /{cmd.name} NICK TEXT")
-                    return
+                    self._refuse(f"! usage: /{cmd.name} NICK TEXT")
                 self._whisper(client, nick, rest)
             elif cmd.name == "r":
                 if not cmd.arg:
-                    self._say("! usage: /r TEXT")
-                    return
+                    self._refuse("! usage: /r TEXT")
                 to, _ = client.reply(cmd.arg)
                 self._echo(to, cmd.arg)
             elif not nick:
-                self._say(f"! usage: {COMMANDS[cmd.name][0]}")
+                self._refuse(f"! usage: {COMMANDS[cmd.name][0]}")
             elif cmd.name == "verify":
                 self._verify(client, nick, rest)
             elif cmd.name == "trust":
@@ -810,16 +952,16 @@ class _Tui:
                 held=0,
             )
             self._add(None, format_event(changed))
+            raise _Refused from None
         except BundleError as exc:
             why = sanitize(str(exc))
-            self._say(f"! not sent: the server gave keys for {sanitize(nick)} that fail checks ({why})")
+            self._refuse(f"! not sent: the server gave keys for {sanitize(nick)} that fail checks ({why})")
         except (LookupError, NotTrusted, TimeoutError, KeystoreError) as exc:
-            self._say(f"! {sanitize(str(exc))}")
+            self._refuse(f"! {sanitize(str(exc))}")
 
     def _history(self, client: Client, nick: str, count: str) -> None:
         if count and not count.isdigit():
-            self._say("! usage: /history NICK [N]")
-            return
+            self._refuse("! usage: /history NICK [N]")
         kept = client.history(nick, int(count) if count else HISTORY_SHOWN)
         who = sanitize(nick)
         if not kept:
@@ -852,7 +994,7 @@ class _Tui:
         elif client.verify(nick, number):
             self._say(f"* {who} is verified: the number matches")
         else:
-            self._say(f"! that is not your safety number with {who}: their key is NOT verified")
+            self._refuse(f"! that is not your safety number with {who}: their key is NOT verified")
 
     def _whois(self, client: Client, nick: str) -> None:
         who = sanitize(nick)
@@ -869,6 +1011,8 @@ class _Tui:
 
 
 _WHISPER_COMMANDS = frozenset({"msg", "w", "r", "verify", "trust", "whois", "history"})
+#: Room commands that need a nick or mask after the room.
+_NEEDS_NICK = frozenset({"kick", "ban", "unban", "op", "deop", "transfer"})
 _WINDOW_COMMANDS = frozenset({"query", "window", "close", "clear", "lastlog"})
 #: Window commands carried out as Enter is pressed: the lines after them go where they went.
 _SWITCHING = frozenset({"query", "window"})
