@@ -63,7 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "identity": ("/identity NICK", "log in as another identity NICK (keys made on first use)"),
     "away": ("/away [MESSAGE]", "tell whisperers you are away (default: away)"),
     "back": ("/back", "you are back"),
-    "ignore": ("/ignore NICK", "hide NICK's lines and whispers (only on your screen)"),
+    "ignore": ("/ignore NICK", "hide NICK's lines, whispers and invitations (only on your screen)"),
     "unignore": ("/unignore NICK", "stop hiding NICK"),
     "version": ("/version", "this client's version and the server's"),
     "help": ("/help [COMMAND|SECTION]", "list commands, or explain one"),

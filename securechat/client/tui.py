@@ -887,7 +887,7 @@ class _Tui:
             self._say(f"* usage: /{cmd.name} NICK (ignoring: {sanitize(ignored)})")
         elif cmd.name == "ignore":
             who = sanitize(nick)
-            self._say(f"* ignoring {who}: their lines and whispers are hidden (/unignore {who})")
+            self._say(f"* ignoring {who}: their lines, whispers and invitations are hidden (/unignore {who})")
         else:
             self._say(f"* no longer ignoring {sanitize(nick)}")
 
