@@ -201,4 +201,7 @@ def test_room_events_read_as_irc_users_expect() -> None:
         "! #dev: you are not an operator of #dev"
     ]
     welcome = Welcome(version=2, nick="alice", users=("alice",), software="securechat 0.2.0")
-    assert "connected as alice to #lobby (securechat 0.2.0)" in shown(welcome)[0]
+    # Version 2: the rooms and their members come in `entered` frames, not twice.
+    assert shown(welcome) == ["* connected as alice (securechat 0.2.0)"]
+    old_server = Welcome(version=1, nick="alice", users=("alice", "bob"), software="securechat 0.1.0")
+    assert shown(old_server) == ["* connected as alice to #lobby (securechat 0.1.0); here: alice, bob"]

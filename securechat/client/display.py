@@ -263,6 +263,10 @@ def _lines(
     if isinstance(event, Welcome):
         here = ", ".join(sanitize(n) for n in event.users)
         software = f" ({sanitize(event.software)})" if event.software else ""
+        if event.version >= 2:
+            # An `entered` for each room follows, with its members: saying them here too
+            # would print every login's member list twice.
+            return [f"{stamp} * connected as {sanitize(event.nick)}{software}"]
         return [
             f"{stamp} * connected as {sanitize(event.nick)} to {sanitize(event.room)}{software}; here: {here}"
         ]
