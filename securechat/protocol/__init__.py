@@ -59,7 +59,9 @@ from .limits import (
 from .registry import EVENT_TYPES
 from .rooms import (
     BAN_KINDS,
+    NAMING_A_ROOM,
     ROOM_CHANGES,
+    ROOM_REQUESTS,
     Ban,
     BanEntry,
     BanList,
@@ -96,10 +98,12 @@ __all__ = [
     "MAX_REF_CHARS",
     "MAX_TEXT_BYTES",
     "MAX_TOPIC_CHARS",
+    "NAMING_A_ROOM",
     "NEED_DATA",
     "OUTCOMES",
     "PROTOCOL_VERSION",
     "ROOM_CHANGES",
+    "ROOM_REQUESTS",
     "SUPPORTED_VERSIONS",
     "Ack",
     "Auth",

@@ -31,7 +31,9 @@ from .limits import (
 
 __all__ = [
     "BAN_KINDS",
+    "NAMING_A_ROOM",
     "ROOM_CHANGES",
+    "ROOM_REQUESTS",
     "Ban",
     "BanEntry",
     "BanList",
@@ -461,3 +463,24 @@ class Renamed(Event):
     def __post_init__(self) -> None:
         check_nick("old", self.old)
         check_nick("new", self.new)
+
+
+#: The client's requests that name a room, in one place: the server rate-limits them and
+#: names their room in a refusal's `ref`.
+NAMING_A_ROOM = (
+    Join,
+    Part,
+    SetTopic,
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+    Bans,
+    SetMode,
+    RegisterRoom,
+    Op,
+    Deop,
+    Transfer,
+)
+#: Every client request about rooms (`list` names none).
+ROOM_REQUESTS = (*NAMING_A_ROOM, ListRooms)

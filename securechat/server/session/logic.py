@@ -22,7 +22,9 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from ...protocol import (
+    NAMING_A_ROOM,
     PROTOCOL_VERSION,
+    ROOM_REQUESTS,
     Ack,
     Auth,
     Away,
@@ -239,7 +241,7 @@ class SessionLogic:
             self._auth(event)
         elif isinstance(event, (Say, Who)):
             self._room(event)
-        elif isinstance(event, _ROOM_REQUESTS):
+        elif isinstance(event, ROOM_REQUESTS):
             self._room_request(event)
         elif isinstance(event, Rename):
             self._rename(event)
@@ -636,47 +638,8 @@ _MAX_BATCH_BYTES = 64 * 1024
 
 #: Requests that cost a token of the session's message bucket. Answers (pong, ack) do
 #: not: refusing them would punish a client for keeping up.
-_RATE_LIMITED = (
-    Say,
-    Who,
-    Whisper,
-    PublishKeys,
-    Ping,
-    Rename,
-    Join,
-    Part,
-    SetTopic,
-    ListRooms,
-    Invite,
-    Kick,
-    Ban,
-    Unban,
-    Bans,
-    SetMode,
-    RegisterRoom,
-    Op,
-    Deop,
-    Transfer,
-)
+_RATE_LIMITED = (Say, Who, Whisper, PublishKeys, Ping, Rename, *ROOM_REQUESTS)
 
-#: Requests that name a room, and all requests about rooms (`list` names none). Every
-#: one is rate-limited like a line (above).
-_NAMING_A_ROOM = (
-    Join,
-    Part,
-    SetTopic,
-    Invite,
-    Kick,
-    Ban,
-    Unban,
-    Bans,
-    SetMode,
-    RegisterRoom,
-    Op,
-    Deop,
-    Transfer,
-)
-_ROOM_REQUESTS = (*_NAMING_A_ROOM, ListRooms)
 RoomRequest = (
     Join
     | Part
@@ -709,6 +672,6 @@ def _request_ref(event: Event) -> str:
         return event.room
     if isinstance(event, ListRooms):
         return event.pattern
-    if isinstance(event, _NAMING_A_ROOM):
+    if isinstance(event, NAMING_A_ROOM):
         return event.room  # the room as sent
     return ""
