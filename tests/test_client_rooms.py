@@ -14,13 +14,21 @@ from typing import Any
 import pytest
 from chat import TIMEOUT
 from conftest import Connect
+from e2e_helpers import fetched_bundle
 from hostile_server import HostileConn, HostileServer, Script
 from malicious_relay import MaliciousRelay
 from whisper_helpers import disk_keys, login, memory_keys, wait_published_keys
 
 from securechat import Client, LoginRejected
 from securechat.client.backoff import Backoff
-from securechat.client.events import KeyChanged, KnownKeyRenamed, Reconnected, WhisperReceived
+from securechat.client.events import (
+    KeyChanged,
+    KnownKeyRenamed,
+    Reconnected,
+    RenameUnconfirmed,
+    WhisperReceived,
+)
+from securechat.client.inbox import MemoryStorage
 from securechat.client.keystore import RoomsFile
 from securechat.client.rooms import (
     MAX_REMEMBERED,
@@ -34,9 +42,11 @@ from securechat.client.rooms import (
     decode_rooms,
     encode_rooms,
 )
-from securechat.e2e.conversations import Trust
-from securechat.e2e.errors import IdentityChanged
-from securechat.e2e.identity import PublicIdentity
+from securechat.client.session import _MAX_FOLLOWING
+from securechat.client.whispers import WhisperKeys
+from securechat.e2e.conversations import Conversations, Trust
+from securechat.e2e.errors import IdentityChanged, NotTrusted
+from securechat.e2e.identity import Identity, PublicIdentity
 from securechat.e2e.login import rename_message
 from securechat.e2e.primitives import ed25519_verify
 from securechat.protocol import Entered, Error, Joined, Left, Message, Renamed, RoomChanged, Rooms
@@ -614,3 +624,49 @@ def test_a_server_renaming_a_verified_contact_to_someone_else_carries_nothing_an
         for client in (alice, bob, mallory):
             client.close()
         relay.close()
+
+
+def _with_contacts(nick: str, contacts: list[str]) -> WhisperKeys:
+    """`nick`'s keys, with a settled pin (a session) for each of `contacts`."""
+    conv = Conversations(Identity.generate(nick))
+    for contact in contacts:
+        theirs = Conversations(Identity.generate(contact))
+        theirs.bundle_to_publish()
+        conv.start_session(contact, fetched_bundle(theirs))
+    return WhisperKeys(conv, MemoryStorage())
+
+
+def test_a_rename_beyond_those_checked_at_once_is_told_as_unconfirmed(
+    scripted: Callable[..., Client],
+) -> None:
+    """Review 3: with `_MAX_FOLLOWING` renames of contacts being checked, one more was only
+    logged: the terminal had promised "their key will be checked" and nothing ever came.
+    It is told as unconfirmed, saying how to check it."""
+    contacts = [f"c{i}" for i in range(_MAX_FOLLOWING + 1)]
+
+    def script(conn: HostileConn, _: int) -> None:
+        conn.read_frame()
+        conn.send({"type": "challenge", "nonce": base64.b64encode(os.urandom(32)).decode()})
+        conn.read_frame()  # auth
+        conn.send(WELCOME_V2)
+        # Their keys are asked for and never given: the first checks stay under way.
+        for contact in contacts:
+            conn.send({"type": "renamed", "old": contact, "new": f"{contact}x"})
+        conn.hold()
+
+    client = scripted(script, keys=_with_contacts("alice", contacts))
+    client.connect()
+    told = client.wait_for_any(RenameUnconfirmed, TIMEOUT)
+    assert isinstance(told, RenameUnconfirmed)
+    assert (told.old, told.new) == (contacts[-1], f"{contacts[-1]}x")
+    assert told.reason == f"too many renames at once; /query {contacts[-1]}x to check their key"
+
+
+def test_a_rename_check_that_cannot_start_leaves_no_check_counted(client_ctx: ssl.SSLContext) -> None:
+    """A check whose keys are missing ends with its nick no longer counted as under way
+    (else each such end would lower `_MAX_FOLLOWING` for good)."""
+    guest = Client("alice", context=client_ctx, port=1, timeout=TIMEOUT)
+    guest._following.add("bob2")
+    with pytest.raises(NotTrusted):
+        guest._follow_rename("bob", "bob2")
+    assert guest._following == set()

@@ -151,8 +151,8 @@ _AUTO_RESENDS = 1
 #: the first wait this long, doubling (about 4 s in all).
 _FOLLOW_TRIES = 5
 _FOLLOW_RETRY = 0.25
-#: Renames of contacts being checked at once at most; a server sending more is ignored
-#: beyond it (each costs a key fetch and a thread).
+#: Renames of contacts being checked at once at most (each costs a key fetch and a
+#: thread); one more is not checked, and told as `RenameUnconfirmed`.
 _MAX_FOLLOWING = 4
 
 #: Keepalive defaults: ping after this long without hearing from the server, and
@@ -740,10 +740,20 @@ class Client:
         """The reader, for a `renamed` of contact `old` to `new`: check it on a helper thread
         (it waits for the reader to bring `new`'s keys). At most `_MAX_FOLLOWING` at once."""
         with self._follow_lock:
-            if fold_nick(new) in self._following or len(self._following) >= _MAX_FOLLOWING:
-                log.info("too many renames to check at once: one is not checked")
-                return
-            self._following.add(fold_nick(new))
+            if fold_nick(new) in self._following:
+                return  # being checked already: that check tells the program
+            crowded = len(self._following) >= _MAX_FOLLOWING
+            if not crowded:
+                self._following.add(fold_nick(new))
+        if crowded:
+            # Not checked, but never silently: the user was told it would be.
+            log.info("too many renames to check at once: one is not checked")
+            self._events.put(
+                RenameUnconfirmed(
+                    old=old, new=new, reason=f"too many renames at once; /query {new} to check their key"
+                )
+            )
+            return
         self._spawn(lambda: self._follow_rename(old, new), f"securechat-rename-{new}")
 
     def _follow_rename(self, old: str, new: str) -> None:
@@ -752,8 +762,8 @@ class Client:
         judge (`WhisperKeys.follow_rename`): the event it makes tells the program whether
         to follow (`KnownKeyRenamed`), or that `new` is treated as `old` with a changed
         key (`KeyChanged`), or that nothing could be confirmed (`RenameUnconfirmed`)."""
-        keys = self._require_keys()
         try:
+            keys = self._require_keys()  # inside: however it ends, `new` is no longer counted
             reply: Keys | None = None
             reason = ""
             for attempt in range(_FOLLOW_TRIES):
