@@ -778,3 +778,35 @@ def test_ignoring_hides_their_invitations_and_follows_their_renames() -> None:
     state.apply(Renamed(old="carol", new="carol2"))
     assert state.hides(Message(room="#lobby", nick="carol2", text="still here", ts=0.0))
     assert state.hides(Invited(room="#dev", nick="alice", by="carol2"))
+
+
+def test_a_line_half_typed_when_a_contacts_window_follows_their_rename_goes_to_the_new_nick(
+    server: object, client_ctx: object
+) -> None:
+    """Review 3: the whisper window followed bob to bob2 (his key checked) while a line was
+    half typed in it; Enter whispered it to "bob", a nick now free for anyone to take."""
+    from whisper_helpers import login, memory_keys, wait_published_keys
+
+    from securechat.client.events import WhisperReceived
+
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))  # type: ignore[arg-type]
+    alice = login(server, client_ctx, "alice", memory_keys("alice"))  # type: ignore[arg-type]
+    try:
+        with create_pipe_input() as pipe:
+            term = Terminal(alice, pipe)
+            pipe.send_text("/query bob\r")
+            term.wait_shown("* whispering bob")
+            pipe.send_text("first\r")
+            got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+            assert isinstance(got, WhisperReceived) and got.text == "first"
+            term.type_line(pipe, "half")  # the line's destination is fixed now
+            bob.rename("bob2")
+            wait_published_keys(bob)
+            term.wait_shown("* bob2 holds the key you knew as bob")
+            assert term.tui._prompt() == "alice (whisper to bob2)> "
+            pipe.send_text(" typed\r")
+            got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+            assert isinstance(got, WhisperReceived) and got.text == "half typed"
+            term.quit(pipe)
+    finally:
+        bob.close()

@@ -181,9 +181,12 @@ class _Tui:
         self.windows = Windows(welcome.room if welcome is not None else DEFAULT_ROOM)  # _lock
         #: Rooms the user asked to join: their window may become current on entering.
         self._pending = PendingFocus()  # guarded by _lock
-        #: Where the line being typed goes (a window's kind and name), fixed at its first
-        #: keystroke; None while the line is empty. Owned by the loop thread.
-        self._line_to: tuple[Kind, str] | None = None
+        #: The window the line being typed goes to, fixed at its first keystroke; None
+        #: while the line is empty. The window itself, not its name: a contact's checked
+        #: rename (KnownKeyRenamed) renames it, and the line must follow, never go to the
+        #: old nick, which anyone may take now. Owned by the loop thread; the window's
+        #: fields are guarded by _lock.
+        self._line_to: Window | None = None
         self._tap = write
         self._theme = theme
         self._bell = bell
@@ -471,8 +474,8 @@ class _Tui:
     def _prompt(self) -> str:
         """The input line's prompt: where the line will go (the loop thread)."""
         with self._lock:
-            window, nick = self.windows.current, self.state.nick
-        kind, name = self._line_to or (window.kind, window.name)
+            window, nick = self._line_to or self.windows.current, self.state.nick
+            kind, name = window.kind, window.name
         if kind is Kind.QUERY:
             return f"{nick} (whisper to {name})> "
         return f"{nick}> "
@@ -536,7 +539,7 @@ class _Tui:
             move(self.windows)
             current = self.windows.current
         if self._line_to is not None:
-            self._line_to = (current.kind, current.name)
+            self._line_to = current
 
     def _text_changed(self, buffer: Buffer) -> None:
         """The loop thread: a line's first keystroke fixes where it goes (`_line_to`)."""
@@ -544,8 +547,7 @@ class _Tui:
             self._line_to = None
         elif self._line_to is None:
             with self._lock:
-                current = self.windows.current
-            self._line_to = (current.kind, current.name)
+                self._line_to = self.windows.current
 
     def _scroll(self, *, up: bool) -> None:
         rows = max(self.app.output.get_size().rows - 2, 1)
@@ -570,9 +572,8 @@ class _Tui:
             )
             return
         with self._lock:
-            window = self.windows.current
-            kind, name = self._line_to or (window.kind, window.name)
-            typed = _Typed(text, kind, name, self.windows.switches)
+            window = self._line_to or self.windows.current
+            typed = _Typed(text, window.kind, window.name, self.windows.switches)
         if text.strip():
             self.buffer.append_to_history()
         self.buffer.reset()
