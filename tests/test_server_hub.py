@@ -414,6 +414,10 @@ class RoomWrites:
     def save_room(self, room: StoredRoom) -> None:
         self._write("save", room)
 
+    def release_room(self, name: str) -> bool:
+        self.writes.append(("release", StoredRoom(name=name, owner_key=b""), len(self.watched.seen())))
+        return True
+
     def _write(self, call: str, room: StoredRoom) -> bool:
         if self.failing:
             raise StoreUnavailable("disk full")
@@ -634,3 +638,77 @@ def test_idle_registered_rooms_released_by_the_store_become_ordinary_rooms() -> 
     assert [r.room for r in hub.list_rooms("#*").rooms] == ["#kept", "#lobby", "#news"]
     assert hub.names("bob", "#kept").owner == ""
     assert hub.unsaved() == [] and "#kept" not in hub.persisted_rooms()
+
+
+def test_a_registration_that_does_not_happen_costs_none_of_the_networks_registrations() -> None:
+    """Review 3: the network's registration was taken before the store write, and kept
+    when the write failed or the store had the room registered already."""
+    member = FakeMember()
+    writes = RoomWrites(member)
+    hub = Hub(clock=lambda: 42.0, store=writes)
+    hub.join(member, "alice", lambda room, users: None, key=KEY_A, version=2)
+    hub.enter("alice", "#dev")
+    charged: list[int] = []
+
+    def charge() -> str:
+        charged.append(len(writes.writes))  # how many writes had been made by then
+        return ""
+
+    writes.failing = True
+    with pytest.raises(StoreUnavailable):
+        hub.register_room("alice", "#dev", charge)
+    writes.failing = False
+    writes.registered.add("#dev")  # e.g. by a server sharing the database
+    with pytest.raises(RoomError, check=lambda e: e.code == "room-registered"):
+        hub.register_room("alice", "#dev", charge)
+    assert charged == []
+    writes.registered.clear()
+    writes.writes.clear()
+    hub.register_room("alice", "#dev", charge)
+    assert charged == [1]  # once, after the store write
+    assert hub.names("alice", "#dev").owner == "alice"
+
+
+def test_a_registration_the_networks_budget_refuses_is_undone_in_the_store() -> None:
+    member = FakeMember()
+    writes = RoomWrites(member)
+    hub = Hub(clock=lambda: 42.0, store=writes)
+    hub.join(member, "alice", lambda room, users: None, key=KEY_A, version=2)
+    hub.enter("alice", "#dev")
+    told = len(member.seen())
+    with pytest.raises(RoomError, check=lambda e: e.code == "quota-exceeded" and "network" in e.reason):
+        hub.register_room("alice", "#dev", lambda: "too many registrations from your network")
+    assert [(call, room.name) for call, room, _ in writes.writes] == [
+        ("register", "#dev"),
+        ("release", "#dev"),
+    ]
+    assert len(member.seen()) == told and hub.names("alice", "#dev").owner == ""
+    hub.register_room("alice", "#dev")  # nothing was left behind
+    assert hub.names("alice", "#dev").owner == "alice"
+
+
+def test_a_registration_undone_because_its_room_was_replaced_costs_no_registration() -> None:
+    store = BlockingRegistration()
+    hub = Hub(clock=lambda: 42.0, store=store)
+    join(hub, "alice", version=2, key=KEY_A)
+    join(hub, "bob", version=2, key=KEY_B)
+    hub.enter("alice", "#dev")
+    charged: list[str] = []
+    errors: list[Exception] = []
+
+    def register() -> None:
+        try:
+            hub.register_room("alice", "#dev", lambda: charged.append("#dev") or "")
+        except RoomError as exc:
+            errors.append(exc)
+
+    registering = threading.Thread(target=register)
+    registering.start()
+    assert store.inside.wait(10)
+    hub.part("alice", "#dev")
+    hub.enter("bob", "#dev")  # another room of that name meanwhile
+    store.go_on.set()
+    registering.join(10)
+    assert not registering.is_alive()
+    assert [getattr(e, "code", None) for e in errors] == ["not-in-room"]
+    assert charged == [] and store.registered == set()

@@ -387,7 +387,10 @@ class Hub:
         """Register room `name` to `nick`'s key: in the store (with any lines it held
         for an older room of that name dropped) before anyone is told; its lines are
         stored from then on, the recent ones with the next history write. `charge` takes
-        the registration's cost once nothing else refuses it (rooms.py, `register`)."""
+        the registration's cost (one of the network's registrations) and returns "" or
+        why it cannot (refused, quota-exceeded); it is called under the hub's lock, only
+        once the registration is in the store and nothing else refuses it, so one that
+        fails costs nothing (`_settle`)."""
 
         def registered(room: Room) -> None:
             if not room.permanent:  # an autojoin room's lines are stored already
@@ -396,7 +399,10 @@ class Hub:
                 )
             self._changed(room, nick, "registered")
 
-        self._settle(nick, name, lambda: self._rooms.register(name, nick, charge), registered)
+        if self._store is None:  # nothing to write: charged as the registry checks it
+            self._settle(nick, name, lambda: self._rooms.register(name, nick, charge), registered)
+        else:
+            self._settle(nick, name, lambda: self._rooms.register(name, nick), registered, charge)
 
     def op(self, nick: str, name: str, target: str, target_key: bytes | None) -> None:
         self._settle(
@@ -422,7 +428,14 @@ class Hub:
     def _told(self, nick: str, what: str) -> Callable[[Room], None]:
         return lambda room: self._changed(room, nick, what)
 
-    def _settle(self, nick: str, name: str, change: Callable[[], Room], done: Callable[[Room], None]) -> None:
+    def _settle(
+        self,
+        nick: str,
+        name: str,
+        change: Callable[[], Room],
+        done: Callable[[Room], None],
+        charge: Callable[[], str] = lambda: "",
+    ) -> None:
         """Make a settings change of room `name` and call `done(room)` (the announcement)
         under the lock. `change` is a registry call that checks the request (raising
         `RoomError`, nothing changed) and changes only the room's settings.
@@ -430,6 +443,8 @@ class Hub:
         For a registered room (or one being registered) the new settings are written to
         the store first, on this thread without the hub's lock; meanwhile the room keeps
         its old ones, and nothing is told. `StoreUnavailable` leaves everything as it was.
+        A registration's `charge` (see `register_room`) is taken only once it is in the
+        store and about to be applied; a refusal then undoes it in the store.
         """
         with self._settings_lock:
             with self._lock:
@@ -456,7 +471,10 @@ class Hub:
                 raise RoomError(Code.ROOM_REGISTERED, f"{room.name} is already registered")
             with self._lock:
                 replaced = self._rooms.vanished(room) and self._rooms.get(room.name) is not None
-                if not replaced and self._rooms.vanished(room):
+                # Charged only now: a failed write, a refusal by the store or a replaced
+                # room costs the network nothing (there is no giving a token back).
+                refusal = "" if replaced or before.owner else charge()
+                if not replaced and not refusal and self._rooms.vanished(room):
                     # Emptied meanwhile (its creator displaced by a version-1 login of
                     # the same key): it is registered now, so it exists.
                     room = self._rooms.load(
@@ -467,16 +485,19 @@ class Hub:
                         operators=after.operators,
                         bans=after.bans,
                     )
-                if not replaced:
+                if not replaced and not refusal:
                     room.restore(after)
                     if fold_nick(nick) in self._members:
                         done(room)
                     return
-            # Emptied and made again by someone else meanwhile: the registration was of a
-            # room that is gone, and must not take over (or orphan the members of) the
-            # new one. Undone in the store; a failure there leaves it to `release-room`.
+            # Refused by the network's budget, or emptied and made again by someone else
+            # meanwhile (the registration was of a room that is gone, and must not take
+            # over, or orphan the members of, the new one). Undone in the store; a failure
+            # there leaves it to `release-room`.
             if not before.owner:
                 self._store.release_room(room.name)
+            if refusal:
+                raise RoomError(Code.QUOTA, refusal)
             raise RoomError(Code.NOT_IN_ROOM, f"you are not in {room.name}")
 
     def release_idle_rooms(self, expire: Callable[[frozenset[bytes]], list[str]]) -> list[str]:
