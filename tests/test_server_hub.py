@@ -712,3 +712,29 @@ def test_a_registration_undone_because_its_room_was_replaced_costs_no_registrati
     assert not registering.is_alive()
     assert [getattr(e, "code", None) for e in errors] == ["not-in-room"]
     assert charged == [] and store.registered == set()
+
+
+def test_a_ban_set_while_a_rename_was_under_way_puts_the_renamed_member_out() -> None:
+    """Review 3: the ban check of a new nick ran only in `reserve`; a ban covering it set
+    while the store moved the registration let the renamed member stay in the room."""
+    hub = multi()
+    alice, _ = join(hub, "alice", version=2, key=KEY_A)
+    ok, _ = join(hub, "ok", version=2)
+    hub.enter("alice", "#dev")
+    hub.register_room("alice", "#dev")
+    hub.enter("ok", "#dev")
+    hub.reserve("ok", "spammer")  # no ban covers it yet
+    hub.ban("alice", "#dev", "spam*", None)  # meanwhile
+    hub.flush_presence()
+    alice.frames.clear()
+    ok.frames.clear()
+    hub.rename("ok", "spammer")
+    assert hub.names("alice", "#dev").users == ("alice",)
+    put_out = {"type": "left", "room": "#dev", "nick": "spammer", "reason": "banned", "by": "alice"}
+    for member in (alice, ok):
+        seen = member.seen()
+        assert seen[0] == {"type": "renamed", "old": "ok", "new": "spammer"}
+        assert put_out in seen[1:], seen
+    hub.say("alice", "#dev", "after")
+    assert not [m for m in ok.seen() if m["type"] == "message" and m["room"] == "#dev"]
+    assert hub.names("spammer", "#news").users == ("alice", "spammer")  # not banned there

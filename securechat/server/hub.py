@@ -274,7 +274,8 @@ class Hub:
     def rename(self, old: str, new: str) -> None:
         """`old` (online) is now `new` (which it `reserve`d): same rooms, same standing.
         Everyone sharing a room with them, and they, get `renamed` once (version-1
-        members: `left` and `joined` in `#lobby`)."""
+        members: `left` and `joined` in `#lobby`). A room whose bans cover `new` by now
+        (set since `reserve` checked) puts them out then, as that ban would have."""
         with self._lock:
             self._reserved.discard(fold_nick(new))
             entry = self._members.get(fold_nick(old))
@@ -299,6 +300,13 @@ class Hub:
                         continue
                     told.add(id(other))
                     other.member.deliver(v1_frames if other.version == 1 else renamed)
+            # `reserve` checked the bans, but the store moved the registration since,
+            # without the lock: a ban set meanwhile is enforced now.
+            for room in rooms:
+                ban = Registry.ban_on(room, fold_nick(new), entry.key)
+                if ban is not None:
+                    self._rooms.part(room.name, new)
+                    self._put_out(room, new, by=ban.by, reason="banned")
 
     # -- room membership -------------------------------------------------------------
 

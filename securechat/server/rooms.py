@@ -313,15 +313,21 @@ class Rooms:
     def banned(room: Room, folded_nick: str, key: bytes) -> bool:
         """True if a member holding `key` under `folded_nick` may not be in `room`. Key bans
         apply to that key under any nick; patterns to guests only; never to the owner."""
+        return Rooms.ban_on(room, folded_nick, key) is not None
+
+    @staticmethod
+    def ban_on(room: Room, folded_nick: str, key: bytes) -> Ban | None:
+        """The first of `room`'s bans that covers a member holding `key` under
+        `folded_nick` (as `banned` reads them), None if none does."""
         if key and key == room.owner:
-            return False
+            return None
         for ban in room.bans:
             if ban.kind is BanKind.KEY:
                 if key and ban.value == key:
-                    return True
+                    return ban
             elif not key and isinstance(ban.value, str) and matches(ban.value, folded_nick):
-                return True
-        return False
+                return ban
+        return None
 
     def part(self, name: str, nick: str) -> Room:
         """Take `nick` out of room `name`. Returns the room (which may have vanished)."""
