@@ -74,6 +74,7 @@ ever contacted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -118,11 +119,21 @@ def product_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+@functools.cache
 def _server_has_init_flag() -> bool:
     """Whether the product's `securechat server` wants --init for a new data directory
     (older trees, run as a baseline, create it by themselves and know no such flag)."""
-    root = Path(SOURCE) if SOURCE else Path(__file__).resolve().parent.parent
-    return '"--init"' in (root / "securechat" / "cli" / "server_cmd.py").read_text()
+    # Asked of the command itself: where its flags are spelt has moved before (they are
+    # made from ServerConfig's fields now), and a text search of one file went stale.
+    help_text = subprocess.run(
+        [sys.executable, "-m", "securechat", "server", "--help"],
+        env=product_env({}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return "--init" in help_text
 
 
 def free_port() -> int:
