@@ -81,7 +81,8 @@ class KnownKeyRenamed:
 @dataclass(frozen=True, kw_only=True)
 class RenameUnconfirmed:
     """The server said contact `old` is now `new`, and that could not be confirmed
-    (`reason`: `new` is someone else you know, or their keys could not be fetched).
+    (`reason`: `new` is someone else you know, their keys could not be fetched,
+    or too many renames were being checked at once).
     Nothing changed: whispers to `new` go to whoever holds that nick, as usual."""
 
     old: str
