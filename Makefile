@@ -30,7 +30,7 @@ certs: $(STAMP)
 	$(BIN)/securechat certs --dir certs --host localhost --host 127.0.0.1
 
 run: certs
-	$(BIN)/securechat server --host 127.0.0.1 --port 7443 --cert certs/server.pem --key certs/server.key --data-dir var --init
+	$(BIN)/securechat server --host 127.0.0.1 --cert certs/server.pem --key certs/server.key --data-dir var --init
 
 test: $(STAMP) $(SCAN_STAMP)
 	$(BIN)/python -m pytest -q
