@@ -26,10 +26,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Scenarios: burst (senders x messages as fast as possible), steady (every client "
         "at --rate for --seconds), whisper (plain vs encrypted round trips, and the crypto's cost), "
         "connect (a storm of new TLS logins), idle (memory per session), rooms (--clients spread "
-        "over --rooms rooms, every client at --rate for --seconds; the cost of joining too). "
+        "over --rooms rooms, every client at --rate for --seconds; the cost of joining too), relay "
+        "(--whispers opaque whispers stored and relayed between --pairs pairs of identity users). "
         "Without --port it starts its own server with the rate limit off (and says so).",
     )
-    bench.add_argument("scenario", choices=["burst", "steady", "whisper", "connect", "idle", "rooms"])
+    bench.add_argument(
+        "scenario", choices=["burst", "steady", "whisper", "connect", "idle", "rooms", "relay"]
+    )
     bench.add_argument(
         "--clients",
         type=int,
@@ -66,6 +69,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "real client does (default: %(default)s)",
     )
     bench.add_argument(
+        "--pairs", type=int, default=50, help="relay: sender -> recipient pairs (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--whispers", type=int, default=20000, help="relay: whispers in all (default: %(default)s)"
+    )
+    bench.add_argument(
         "--sessions", type=int, default=1000, help="connect/idle: sessions (default: %(default)s)"
     )
     bench.add_argument(
@@ -96,6 +105,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from ..bench import relay as relay_scenario
     from ..bench import rooms as rooms_scenario
     from ..bench import scenarios, whisper
     from ..bench.dialects import DIALECTS, LoginRefused
@@ -105,7 +115,17 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.clients is None:
         args.clients = _ROOMS_CLIENTS if args.scenario == "rooms" else _CLIENTS
-    for name in ("clients", "senders", "messages", "sessions", "rounds", "rooms", "rooms_per_client"):
+    for name in (
+        "clients",
+        "senders",
+        "messages",
+        "sessions",
+        "rounds",
+        "rooms",
+        "rooms_per_client",
+        "pairs",
+        "whispers",
+    ):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if args.scenario in ("steady", "rooms") and not (args.rate > 0 and args.seconds > 0):
@@ -143,6 +163,9 @@ def run_bench(args: argparse.Namespace) -> int:
                     "--max-rooms-per-user",
                     str(max(20, args.rooms_per_client + 1)),
                 ]
+            if args.scenario == "relay":
+                # Every pair is two new identities from 127.0.0.1: one network's burst.
+                extra = ["--registration-burst", str(max(30, 2 * args.pairs))]
             server = BenchServer(Path(work), extra)
             host, port, cafile, pid = "127.0.0.1", server.port, server.cafile, server.pid
             print(f"started a server on 127.0.0.1:{port} (pid {pid}) with the rate limit off")
@@ -199,6 +222,16 @@ def run_bench(args: argparse.Namespace) -> int:
                     rooms_per_client=args.rooms_per_client,
                     rate=args.rate,
                     seconds=args.seconds,
+                    server_pid=pid,
+                    progress=show,
+                )
+            elif args.scenario == "relay":
+                result = relay_scenario.relay(
+                    host,
+                    port,
+                    ctx,
+                    pairs=args.pairs,
+                    whispers=args.whispers,
                     server_pid=pid,
                     progress=show,
                 )
