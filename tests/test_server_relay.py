@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
+from pathlib import Path
 
 import pytest
 from test_server_hub import FakeMember
@@ -24,7 +26,7 @@ from securechat.protocol import (
 from securechat.server import ServerConfig
 from securechat.server.hub import Hub
 from securechat.server.relay import OPK_LOW_WATER, Relay, RelayError
-from securechat.server.store import SqliteStore
+from securechat.server.store import SqliteStore, StoreUnavailable
 
 
 def publication(conv: Conversations, opk_count: int = 30) -> PublishKeys:
@@ -291,3 +293,44 @@ def test_failures_are_told_a_page_at_a_login() -> None:
         relay.whisper("alice", Whisper(to="bob", id=f"m{n}", header=b"h", ciphertext=b"c"))
         relay.ack("bob", Ack(id=json.loads(bob.frames[-1])["id"], outcome="failed", reason="no-session"))
     assert [s.id for s in relay.failures("alice")] == ["m0", "m1"]
+
+
+def poison(path: Path) -> None:
+    """Make the database refuse, from now on, to queue a whisper whose message id is
+    "poison" (a failure in the middle of a transaction, as a full disk or an I/O error
+    would be), through a second connection to the same file."""
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TRIGGER poison BEFORE INSERT ON queue WHEN NEW.msg_id = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+    )
+    db.commit()
+    db.close()
+
+
+def test_a_whisper_reaches_its_online_recipient_only_after_its_commit(tmp_path: Path) -> None:
+    hub = Hub()
+    store = SqliteStore(tmp_path / "db.sqlite")
+    relay = Relay(store, hub)
+    relay.register("alice", b"a" * 32)
+    relay.register("bob", b"b" * 32)
+    alice, bob = FakeMember(), FakeMember()
+    hub.join(alice, "alice", lambda room, users: None)
+    hub.join(bob, "bob", lambda room, users: None)
+    deliveries_at_commit: list[int] = []
+
+    def watch(statement: str) -> None:
+        if statement == "COMMIT":
+            deliveries_at_commit.append(sum(b'"delivery"' in f for f in bob.frames))
+
+    store._db.set_trace_callback(watch)  # the store's own connection: what it runs, in order
+    relay.whisper("alice", Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"))
+    assert set(deliveries_at_commit) == {0}  # nothing pushed before the (last) commit
+    assert sum(b'"delivery"' in f for f in bob.frames) == 1  # and pushed after it
+
+    # A commit that fails: the sender is refused, and the recipient never saw it.
+    poison(tmp_path / "db.sqlite")
+    with pytest.raises(StoreUnavailable):
+        relay.whisper("alice", Whisper(to="bob", id="poison", header=b"h", ciphertext=b"c"))
+    assert [json.loads(f)["msg_id"] for f in bob.frames if b'"delivery"' in f] == ["m1"]
+    store.close()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,22 +196,104 @@ def test_the_service_clock_survives_a_crash_at_least_up_to_the_newest_whisper(tm
     again.close()
 
 
-def test_an_id_pushed_in_a_transaction_that_failed_is_never_given_to_another_whisper(
-    store: SqliteStore,
-) -> None:
-    pushed: list[int] = []
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for `condition` (checked every few milliseconds); fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        threading.Event().wait(0.002)
 
-    def push_then_fail(whisper_id: int) -> None:
-        pushed.append(whisper_id)
-        raise OSError("the commit did not happen")
 
-    with pytest.raises(OSError):
-        store.enqueue("bob", "m1", "alice", b"h", b"c", 1.0, before_commit=push_then_fail)
-    assert store.pending("bob") == []
-    other = store.enqueue("bob", "m2", "carol", b"h", b"c", 2.0)
-    assert other > pushed[0]
-    assert store.ack("bob", pushed[0]) is None  # a late ack of the failed push deletes nothing
-    assert [q.msg_id for q in store.pending("bob")] == ["m2"]
+def in_groups(store: SqliteStore, calls: list[Callable[[], object]]) -> tuple[list[object], list[int]]:
+    """Run each of `calls` on a thread of its own: the first alone, its commit held until
+    every other call has queued behind it, so that those share the next commit. What
+    each returned or raised, and for each COMMIT the store ran, how many calls had
+    returned by then."""
+    results: list[object] = [None] * len(calls)
+    returned_at_commit: list[int] = []
+    release = threading.Event()
+
+    def trace(statement: str) -> None:  # runs on the committing thread, as SQLite goes
+        if statement == "COMMIT":
+            returned_at_commit.append(sum(r is not None for r in results))
+            if len(returned_at_commit) == 1:
+                release.wait(10)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    store._db.set_trace_callback(trace)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    threads[0].start()
+    wait_until(lambda: len(returned_at_commit) == 1)  # the first is in its commit
+    for thread in threads[1:]:
+        thread.start()
+    wait_until(lambda: len(store._group) == len(calls) - 1)  # the others queued behind it
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    store._db.set_trace_callback(None)
+    return results, returned_at_commit
+
+
+def test_whispers_from_many_threads_share_one_commit_and_each_returns_after_it(store: SqliteStore) -> None:
+    senders = [f"s{i}" for i in range(8)]
+    calls: list[Callable[[], object]] = [
+        lambda s=s: store.enqueue("bob", "m", s, b"h", b"c", 1.0)  # type: ignore[misc]
+        for s in senders
+    ]
+    ids, returned_at_commit = in_groups(store, calls)
+    # One commit for the first, one for the seven queued meanwhile (not one each), and
+    # none of them returned before its commit.
+    assert returned_at_commit == [0, 1]
+    assert sorted(q.sender for q in store.pending("bob")) == senders
+    assert sorted(q.id for q in store.pending("bob")) == sorted(ids)  # type: ignore[type-var]
+
+
+def test_a_quota_refusal_in_a_group_is_undone_alone(store: SqliteStore) -> None:
+    limits = QueueLimits(
+        per_recipient=3, bytes_per_recipient=10**6, per_sender=10, bytes_per_sender=10**6, total_bytes=10**6
+    )
+    calls: list[Callable[[], object]] = [
+        lambda i=i: store.enqueue("bob", f"m{i}", f"s{i}", b"h", b"c", 1.0, limits=limits)  # type: ignore[misc]
+        for i in range(5)
+    ]
+    results, _ = in_groups(store, calls)
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert len(refused) == 2 and all(r.quota is Quota.RECIPIENT_COUNT for r in refused)
+    kept = [f"m{i}" for i, r in enumerate(results) if isinstance(r, int)]
+    assert sorted(q.msg_id for q in store.pending("bob")) == kept and len(kept) == 3
+    # The refused were not counted either: once one is read, exactly one more fits.
+    store.ack("bob", store.pending("bob")[0].id)
+    store.enqueue("bob", "later", "s9", b"h", b"c", 2.0, limits=limits)
+    with pytest.raises(QuotaExceeded):
+        store.enqueue("bob", "too-many", "s9", b"h", b"c", 2.0, limits=limits)
+
+
+def test_a_failed_group_commit_fails_every_whisper_in_it_and_keeps_none(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    store = SqliteStore(path)
+    db = sqlite3.connect(path)  # a failure in the middle of the group's transaction
+    db.execute(
+        "CREATE TRIGGER poison BEFORE INSERT ON queue WHEN NEW.msg_id = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+    )
+    db.commit()
+    db.close()
+    calls: list[Callable[[], object]] = [
+        lambda m=m, s=s: store.enqueue("bob", m, s, b"h", b"c", 1.0)  # type: ignore[misc]
+        for m, s in [("first", "s0"), ("m1", "s1"), ("poison", "s2"), ("m3", "s3")]
+    ]
+    results, _ = in_groups(store, calls)
+    assert isinstance(results[0], int)
+    assert all(isinstance(r, StoreUnavailable) for r in results[1:])
+    assert [q.msg_id for q in store.pending("bob")] == ["first"]  # nothing of the failed group
+    store.enqueue("bob", "m1", "s1", b"h", b"c", 1.0)  # and the next one goes through
+    assert [q.msg_id for q in store.pending("bob")] == ["first", "m1"]
+    store.close()
 
 
 def test_a_failed_or_closed_store_raises_store_unavailable_from_every_operation(tmp_path: Path) -> None:

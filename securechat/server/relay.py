@@ -6,7 +6,7 @@ whisper. Every method is thread-safe: the relay's own fields are set once, at
 construction, and never change; the store, the hub and the prekey limits have their own
 locks. Sessions' reader threads call it (each for its own client's frames), and the
 watchdog thread `expire_nicks`. A whisper's push to an online recipient runs on the
-sender's reader thread under the store's lock (docs/design.md, lock order).
+sender's reader thread after the commit that holds it, with no store lock held.
 
 Nicks cost nothing, so the relay also applies the quotas on what one can make the
 server keep or hand out: the offline queue (`QueueLimits`), one-time prekeys held per
@@ -236,34 +236,24 @@ class Relay:
         recipient = self._hub.member(event.to)
         away = recipient.away if recipient is not None else ""
 
-        shown_sender = self._hub.display_nick(sender) or sender  # not under the store's lock
+        shown_sender = self._hub.display_nick(sender) or sender
 
-        def push(whisper_id: int) -> None:
-            # Before the commit reaches the disk, so that the flush and the recipient's
-            # decryption overlap. Safe: the sender hears "stored" only after the commit,
-            # and if the server dies first it sends the same bytes again after
-            # reconnecting, which the recipient drops by message id. Runs on this
-            # session's thread with the store's lock held: it takes only the recipient's
-            # outbox lock (docs/design.md, lock order).
-            assert recipient is not None
+        try:
+            # Returns once the commit holding it is on disk, which it may share with
+            # other sessions' whispers (the store's group commit).
+            whisper_id = self._store.enqueue(
+                event.to, event.id, sender, event.header, event.ciphertext, ts, limits=self._queue_limits
+            )
+        except QuotaExceeded as exc:
+            raise RelayError(Code.QUOTA, self._over_quota(exc.quota, event.to)) from None
+        if recipient is not None:
+            # Only after the commit: a whisper the recipient sees is one the server
+            # keeps, and its id names no other whisper if the commit fails. No store
+            # lock is held here, only the recipient's outbox's (docs/design.md).
             queued = QueuedWhisper(
                 whisper_id, fold_nick(event.to), event.id, sender, event.header, event.ciphertext, ts
             )
             recipient.deliver(encode(_delivery(queued, shown_sender)))
-
-        try:
-            self._store.enqueue(
-                event.to,
-                event.id,
-                sender,
-                event.header,
-                event.ciphertext,
-                ts,
-                limits=self._queue_limits,
-                before_commit=push if recipient is not None else None,
-            )
-        except QuotaExceeded as exc:
-            raise RelayError(Code.QUOTA, self._over_quota(exc.quota, event.to)) from None
         return WhisperStatus(id=event.id, to=event.to, status="stored", away=away)
 
     def _over_quota(self, quota: Quota, to: str) -> str:

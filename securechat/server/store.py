@@ -39,7 +39,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
 
 from ..protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord, fold_nick, fold_room
 from .config import ServerConfig
@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 8
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -281,15 +283,15 @@ class Store(Protocol):
         ts: float,
         *,
         limits: QueueLimits | None = None,
-        before_commit: Callable[[int], None] | None = None,
     ) -> int:
-        """Queue a whisper durably; returns its id. Queuing the same (sender, msg_id,
-        recipient) again returns the first id and stores nothing new.
+        """Queue a whisper durably; returns its id once the commit holding it is on disk.
+        Queuing the same (sender, msg_id, recipient) again returns the first id and
+        stores nothing new.
 
         Raises `QuotaExceeded` if a new whisper would exceed one of `limits` (a resend of
         one already queued is never refused): checked in the inserting transaction.
-        `before_commit(id)` runs once the id is known, before the commit waits for the
-        disk: pushing to an online recipient then overlaps with the flush.
+        Whispers from many threads may share one commit (see `SqliteStore`'s group
+        commit): each caller returns only after the commit that holds its row.
         """
 
     def pending(
@@ -435,6 +437,32 @@ _EXPIRE_BATCH = 100
 
 #: Above every queue id (SQLite's largest integer): `pending` with no upper bound.
 _NO_ID_ABOVE = 2**63 - 1
+
+
+class _Turn(enum.Enum):
+    """Where one operation waiting for a group commit stands."""
+
+    WAITING = "waiting"  # queued; another thread will commit it
+    LEADING = "leading"  # this operation's thread commits the group it is in
+    DONE = "done"  # committed, or failed: `result` or `error` is set
+
+
+class _Grouped:
+    """One operation of a group commit: `work` runs in the group's transaction.
+
+    `turn`, `result` and `error` are written by the leading thread before it sets `wake`
+    and read by the caller's thread after `wake` is set (the event orders them).
+    """
+
+    __slots__ = ("durable", "error", "result", "turn", "wake", "work")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], object], durable: bool) -> None:
+        self.work = work
+        self.durable = durable
+        self.turn = _Turn.WAITING
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.wake = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -625,6 +653,16 @@ class SqliteStore:
     `clock` is wall time (for migrating old rows); `monotonic` advances the service
     clock by which whispers expire. `log_every` is how often a run of failures is
     logged (one line with a count per interval).
+
+    **Group commit.** `enqueue` and `ack` are the hot path (every whisper is one of each),
+    and a durable commit waits for the disk. So they do not commit one by one: each
+    queues its work, and the first caller to find no commit under way leads: it takes
+    everything queued so far, runs each piece in a savepoint of one transaction and
+    commits once for all (flushed if any piece asked for it), then wakes each caller
+    with its own result and hands the lead to one that queued meanwhile. A piece that
+    raises (a quota) is rolled back alone; a failed commit fails every piece with
+    `StoreUnavailable`, and none took effect. Callers still return only after the
+    commit that holds their change.
     """
 
     def __init__(
@@ -645,10 +683,12 @@ class SqliteStore:
         #: Says why the database on disk is no longer the one open (None while it is);
         #: run after every durable commit. Set once by `watch`, before use.
         self._still_here: Callable[[], str | None] | None = None
-        #: The highest queue id handed to `before_commit` in a transaction that then did
-        #: not commit. Guarded by `_lock`. SQLite would hand that id out again, and the
-        #: recipient, who already saw it pushed, may still ack it: see `enqueue`.
-        self._spent_id = 0
+        #: Operations waiting for the next group commit, and whether a thread leads one
+        #: (is committing, or has been handed the lead). Guarded by `_group_lock`, a leaf
+        #: lock: taken alone, never while holding `_lock` or taking another.
+        self._group_lock = threading.Lock()
+        self._group: list[_Grouped] = []
+        self._leading = False
         if path is None:
             target = ":memory:"
         else:
@@ -762,6 +802,102 @@ class SqliteStore:
                 self._faults.failed(gone)
                 raise StoreUnavailable(gone)
             self._faults.recovered()
+
+    def _grouped(self, work: Callable[[sqlite3.Connection], _T], *, durable: bool) -> _T:
+        """Run `work` in the next group commit (see the class docstring) and return what it
+        returned, once that commit is done; raise what it raised (it alone was rolled
+        back), or `StoreUnavailable` if the commit failed (none of the group took effect).
+        Any thread; `work` runs on whichever thread leads, under `_lock`."""
+        op = _Grouped(work, durable)
+        with self._group_lock:
+            self._group.append(op)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+                op.turn = _Turn.LEADING
+        if not lead:
+            op.wake.wait()  # done, or handed the lead
+            lead = op.turn is _Turn.LEADING
+        if lead:
+            self._lead()
+        if op.error is not None:
+            raise op.error
+        return cast(_T, op.result)
+
+    def _lead(self) -> None:
+        """Commit everything queued as one group, wake its callers, and hand the lead to
+        an operation queued meanwhile (or give it up). The leading thread only."""
+        with self._group_lock:
+            batch, self._group = self._group, []
+        try:
+            self._commit_group(batch)
+        finally:
+            for op in batch:
+                if op.turn is not _Turn.DONE and op.error is None:
+                    # Not reached by `_commit_group` (interrupted): never leave a caller
+                    # waiting, nor tell it its change was kept.
+                    op.error = StoreUnavailable("the commit was interrupted")
+                op.turn = _Turn.DONE
+            with self._group_lock:
+                successor = self._group[0] if self._group else None
+                if successor is None:
+                    self._leading = False
+                else:
+                    successor.turn = _Turn.LEADING
+            for op in batch:
+                op.wake.set()
+            if successor is not None:
+                successor.wake.set()
+
+    def _commit_group(self, batch: list[_Grouped]) -> None:
+        """One transaction for `batch`: each operation in a savepoint of its own, one
+        commit, flushed if any operation is durable. Sets each one's result or error."""
+        durable = any(op.durable for op in batch)
+        with self._lock:
+            if self._failed is not None:
+                for op in batch:
+                    op.error = StoreUnavailable(self._failed)
+                return
+            try:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        for op in batch:
+                            self._db.execute("SAVEPOINT op")
+                            try:
+                                op.result = op.work(self._db)
+                            except sqlite3.Error:
+                                raise  # the database failed: the whole group fails
+                            except Exception as exc:  # the caller's to raise (a quota): undone alone
+                                self._db.execute("ROLLBACK TO op")
+                                op.error = exc
+                            self._db.execute("RELEASE op")
+                    except BaseException:
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
+                        raise
+                    self._db.execute("COMMIT")
+                finally:
+                    if not durable:
+                        self._db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                self._fault(exc)  # logs it once for the group, as for one operation
+                for op in batch:
+                    op.error = StoreUnavailable(str(exc))  # one each: raised in many threads
+                return
+            gone = self._still_here() if durable and self._still_here is not None else None
+            if gone is not None:
+                # Committed, but into files nobody will open again: not durable at all.
+                self._failed = gone
+                self._faults.failed(gone)
+                for op in batch:
+                    op.error = StoreUnavailable(gone)
+                return
+            self._faults.recovered()
+        for op in batch:
+            op.turn = _Turn.DONE
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -920,46 +1056,31 @@ class SqliteStore:
         ts: float,
         *,
         limits: QueueLimits | None = None,
-        before_commit: Callable[[int], None] | None = None,
     ) -> int:
         args = (fold_nick(recipient), msg_id, fold_nick(sender))
-        handed = 0  # the id `before_commit` was given, if it was
-        try:
-            with self._tx() as db:
-                # An id pushed to a recipient in a transaction that then failed (a full disk
-                # fails at COMMIT, after the push) must never name another whisper: a late
-                # ack of the first would delete the second. So new ids start above it.
-                floor = None
-                if self._spent_id:
-                    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='queue'").fetchone()
-                    if row is None or int(row[0]) < self._spent_id:
-                        floor = self._spent_id + 1
-                queued = db.execute(
-                    "SELECT id FROM queue WHERE recipient=? AND msg_id=? AND sender=?", args
-                ).fetchone()
-                if queued is None:  # new: a resend of a queued whisper is never refused
-                    if limits is not None:
-                        _check_quotas(db, args[0], args[2], len(header) + len(ciphertext), limits)
-                    cursor = db.execute(
-                        "INSERT INTO queue (id, recipient, msg_id, sender, header, ciphertext, ts, svc)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (floor, *args, header, ciphertext, ts, self.service_clock()),
-                    )
-                    assert cursor.lastrowid is not None  # a row was inserted
-                    whisper_id = cursor.lastrowid
-                else:
-                    (whisper_id,) = queued
-                # Sent again (after a failure, in a new session): that failure is answered.
-                db.execute("DELETE FROM failures WHERE recipient=? AND msg_id=? AND sender=?", args)
-                if before_commit is not None:
-                    handed = int(whisper_id)
-                    before_commit(handed)
-        except BaseException:
-            if handed:
-                with self._lock:
-                    self._spent_id = max(self._spent_id, handed)
-            raise
-        return int(whisper_id)
+        svc = self.service_clock()
+
+        def work(db: sqlite3.Connection) -> int:
+            queued = db.execute(
+                "SELECT id FROM queue WHERE recipient=? AND msg_id=? AND sender=?", args
+            ).fetchone()
+            if queued is None:  # new: a resend of a queued whisper is never refused
+                if limits is not None:
+                    _check_quotas(db, args[0], args[2], len(header) + len(ciphertext), limits)
+                cursor = db.execute(
+                    "INSERT INTO queue (recipient, msg_id, sender, header, ciphertext, ts, svc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (*args, header, ciphertext, ts, svc),
+                )
+                assert cursor.lastrowid is not None  # a row was inserted
+                whisper_id = int(cursor.lastrowid)
+            else:
+                whisper_id = int(queued[0])
+            # Sent again (after a failure, in a new session): that failure is answered.
+            db.execute("DELETE FROM failures WHERE recipient=? AND msg_id=? AND sender=?", args)
+            return whisper_id
+
+        return self._grouped(work, durable=True)
 
     def pending(
         self, recipient: str, *, after: int = 0, upto: int | None = None, limit: int | None = None
@@ -987,7 +1108,7 @@ class SqliteStore:
     def ack(
         self, recipient: str, whisper_id: int, failed: str = "", *, keep_failures: int | None = None
     ) -> QueuedWhisper | None:
-        with self._tx(durable=bool(failed)) as db:
+        def work(db: sqlite3.Connection) -> QueuedWhisper | None:
             r = db.execute(
                 "SELECT id, recipient, msg_id, sender, header, ciphertext, ts FROM queue "
                 "WHERE id=? AND recipient=?",
@@ -1006,7 +1127,11 @@ class SqliteStore:
                         "WHERE sender=? ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
                         (r[3], r[3], keep_failures),
                     )
-        return QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6])
+            return QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6])
+
+        # Read: a commit that need not wait for the disk, but shares one that does when
+        # whispers are being queued meanwhile (see the class docstring).
+        return self._grouped(work, durable=bool(failed))
 
     def failures(self, sender: str, limit: int | None = None) -> list[tuple[str, str, str]]:
         with self._read() as db:
