@@ -41,10 +41,19 @@ def main() -> None:
     listener = socket.create_server(("127.0.0.1", port), backlog=1024)
     print(f"relay listening on 127.0.0.1:{port}", flush=True)
     while True:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # a connection aborted while queued: the next one
+            continue
         with lock:  # no relayed bytes can reach `conn` before the greeting
+            try:
+                conn.sendall(b"* welcome\n")  # tells the client it is now among the recipients
+            except OSError:
+                # Gone before its greeting (reset while it waited in the backlog). Before,
+                # this ended the accept loop, and every later client was refused.
+                conn.close()
+                continue
             clients.append(conn)
-            conn.sendall(b"* welcome\n")  # tells the client it is now among the recipients
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
