@@ -7,9 +7,11 @@ the tool works and that every message is delivered, in order per sender.
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
+from securechat.bench.ports import parse_port_range
 from securechat.cli import main
 
 
@@ -18,6 +20,10 @@ from securechat.cli import main
     [
         ["burst", "--clients", "10", "--senders", "3", "--messages", "40"],
         ["steady", "--clients", "10", "--rate", "5", "--seconds", "1"],
+        ["steady", "--clients", "10", "--rate", "5", "--seconds", "1", "--pattern", "even"],
+        ["steady", "--clients", "10", "--rate", "5", "--seconds", "1", "--pattern", "simultaneous"],
+        ["steady", "--clients", "10", "--rate", "5", "--seconds", "1", "--one-line-per-write"],
+        ["burst", "--clients", "10", "--senders", "3", "--messages", "40", "--one-line-per-write"],
         ["connect", "--sessions", "30"],
     ],
 )
@@ -34,6 +40,13 @@ def test_bench_scenarios_deliver_everything(argv: list[str], capsys: pytest.Capt
         # Measured (the server's pid was known); it may round to 0 in a run this short,
         # since the kernel counts CPU time in 10 ms ticks.
         assert isinstance(result["cpu_us_per_delivery"], float) and result["cpu_us_per_delivery"] >= 0
+        assert result["one_line_per_write"] == ("--one-line-per-write" in argv)
+        if argv[0] == "steady":
+            pattern = argv[argv.index("--pattern") + 1] if "--pattern" in argv else "spread"
+            assert result["pattern"] == pattern
+        generator = result["generator"]
+        assert generator["run_seconds"] > 0 and generator["cpu_seconds"] >= 0
+        assert generator["limited"] == (generator["busy"] >= 0.9)
     else:
         assert result["sessions"] == 30 and result["per_second"] > 0
 
@@ -48,6 +61,42 @@ def test_bench_idle_reports_memory_per_session(capsys: pytest.CaptureFixture[str
 def test_bench_refuses_nonsense() -> None:
     assert main(["bench", "burst", "--senders", "5", "--clients", "2"]) == 2
     assert main(["bench", "burst", "--clients", "0"]) == 2
+    assert main(["bench", "burst", "--port", "7443", "--ports", "9000-9001"]) == 2
+
+
+def test_bench_server_listens_in_the_port_range_given(capsys: pytest.CaptureFixture[str]) -> None:
+    # A range whose first port is taken (by us, listening): the bench's server takes the next.
+    taken, first = _listen_before_a_free_port()
+    with taken:
+        argv = ["steady", "--clients", "3", "--rate", "5", "--seconds", "0.5"]
+        assert main(["bench", *argv, "--ports", f"{first}-{first + 1}", "--json"]) == 0
+    banner = capsys.readouterr().out.splitlines()[0]
+    assert banner.startswith(f"started a server on 127.0.0.1:{first + 1} ")
+
+
+def _listen_before_a_free_port() -> tuple[socket.socket, int]:
+    """A socket listening on a port P of 127.0.0.1 whose next port P+1 is free now."""
+    for port in range(30011, 40000, 101):
+        try:
+            taken = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        except OSError:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                taken.close()
+                continue
+        return taken, port
+    raise AssertionError("no two adjacent ports free between 30011 and 40000")
+
+
+def test_port_ranges_parse_and_refuse_nonsense() -> None:
+    assert parse_port_range("9000-9002") == range(9000, 9003)
+    assert parse_port_range("9000") == range(9000, 9001)
+    for bad in ("0", "9002-9000", "70000", "a-b", "9000-"):
+        with pytest.raises(ValueError):
+            parse_port_range(bad)
 
 
 @pytest.mark.parametrize("keys", ["memory", "disk"])

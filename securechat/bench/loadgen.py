@@ -100,9 +100,13 @@ def connect(
 class Loop:
     """Reads and writes for many clients until a condition holds or time runs out."""
 
-    def __init__(self, clients: list[BenchClient], marker: Marker) -> None:
+    def __init__(self, clients: list[BenchClient], marker: Marker, one_line_per_write: bool = False) -> None:
+        """`one_line_per_write`: every line goes out in a send (one TLS record) of its own, as a
+        generator writing each line when it has it would do; otherwise a client's queued lines
+        go out together, up to 4 KiB a send."""
         self.clients = clients
         self.marker = marker
+        self.one_line_per_write = one_line_per_write
         self.latencies_us: list[int] = []
         self.last_delivery = time.monotonic()  # when a benchmark line last arrived
         self._sel = selectors.DefaultSelector()
@@ -168,17 +172,32 @@ class Loop:
         return True
 
     def _write(self, c: BenchClient) -> None:
-        try:
-            sent = c.sock.send(c.out[:_WRITE])
-        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-            return
-        except OSError:
-            self._drop(c)
-            return
-        del c.out[:sent]
-        if not c.out:
+        if self.one_line_per_write:
+            # Line by line, while the socket takes them; what it does not take waits
+            # for the next writable event, still one line a send.
+            while c.out:
+                size = min(_WRITE, c.out.find(b"\n") + 1 or len(c.out))
+                if not self._send(c, size):
+                    break
+        else:
+            self._send(c, _WRITE)
+        if not c.out and not c.closed:
             self._writing.discard(c)
             self._sel.modify(c.sock, selectors.EVENT_READ, c)
+
+    def _send(self, c: BenchClient, size: int) -> bool:
+        """One send of at most `size` bytes of `c.out`; True if it took all it was offered
+        (False: it would block, took only part, or the connection is gone)."""
+        chunk = c.out[:size]
+        try:
+            sent = c.sock.send(chunk)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+            return False
+        except OSError:
+            self._drop(c)
+            return False
+        del c.out[:sent]
+        return sent == len(chunk)
 
     def _read(self, c: BenchClient) -> None:
         chunks = [c.tail]

@@ -16,8 +16,11 @@ from .procfs import sample
 from .stats import LatencySummary, summarize
 
 __all__ = [
+    "GENERATOR_LIMIT",
+    "PATTERNS",
     "BurstResult",
     "ConnectResult",
+    "GeneratorLoad",
     "IdleResult",
     "SteadyResult",
     "burst",
@@ -25,6 +28,33 @@ __all__ = [
     "idle",
     "steady",
 ]
+
+
+#: How `steady` spreads each period's lines over time. spread: every client at a random
+#: moment of the period (fixed seed); even: client i at i/clients of the period;
+#: simultaneous: every client at the period's start, the pattern where a server that
+#: merges a recipient's queued lines into one write gains most.
+PATTERNS = ("spread", "even", "simultaneous")
+
+#: A run whose generator used at least this share of the run's length in CPU time was
+#: limited by the generator (one thread, so at most 1.0): its rate measures the generator.
+GENERATOR_LIMIT = 0.9
+
+
+@dataclass(frozen=True)
+class GeneratorLoad:
+    """The load generator's own cost in a run: this process's CPU time over the run's length."""
+
+    cpu_seconds: float
+    run_seconds: float
+    busy: float  # cpu_seconds / run_seconds
+    limited: bool  # busy >= GENERATOR_LIMIT: the figures measure the generator too
+
+
+def _generator_load(cpu_before: float, started: float) -> GeneratorLoad:
+    cpu = time.process_time() - cpu_before
+    wall = max(1e-9, time.monotonic() - started)
+    return GeneratorLoad(cpu, wall, cpu / wall, cpu / wall >= GENERATOR_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -40,6 +70,8 @@ class BurstResult:
     latency: LatencySummary
     out_of_order: int
     cpu_us_per_delivery: float | None
+    one_line_per_write: bool
+    generator: GeneratorLoad
 
 
 @dataclass(frozen=True)
@@ -53,6 +85,9 @@ class SteadyResult:
     latency: LatencySummary
     out_of_order: int
     cpu_us_per_delivery: float | None
+    pattern: str
+    one_line_per_write: bool
+    generator: GeneratorLoad
 
 
 @dataclass(frozen=True)
@@ -113,6 +148,7 @@ def burst(
     server_pid: int | None = None,
     timeout: float = 300.0,
     settle: float = 5.0,
+    one_line_per_write: bool = False,
     progress: Progress | None = None,
 ) -> BurstResult:
     """`senders` of `clients` each send `messages` lines as fast as the server takes them.
@@ -120,15 +156,16 @@ def burst(
     Each line counts once per receiver other than its sender. The run ends when every
     line has arrived everywhere, or when nothing arrived for `settle` seconds (a server
     that loses lines), or after `timeout`. The rate is deliveries over the time from the
-    first send to the last delivery.
+    first send to the last delivery. `one_line_per_write`: see `Loop`.
     """
     dialect = dialect or SecureChat()
     cs = _clients(host, port, ctx, dialect, clients, "burst")
     marker = Marker()
-    loop = Loop(cs, marker)
+    loop = Loop(cs, marker, one_line_per_write)
     expected = senders * messages * (clients - 1)
     try:
         cpu_before = _cpu(server_pid)
+        own_before = time.process_time()
         start = time.monotonic()
         for sender in cs[:senders]:
             for i in range(messages):
@@ -140,6 +177,7 @@ def burst(
         )
         seconds = max(1e-9, loop.last_delivery - start)
         cpu_after = _cpu(server_pid)
+        generator = _generator_load(own_before, start)
     finally:
         loop.close()
     deliveries = loop.deliveries
@@ -155,6 +193,8 @@ def burst(
         _latency(loop),
         sum(c.out_of_order for c in cs),
         _us_per_delivery(cpu_before, cpu_after, deliveries),
+        one_line_per_write,
+        generator,
     )
 
 
@@ -169,20 +209,35 @@ def steady(
     dialect: Dialect | None = None,
     server_pid: int | None = None,
     settle: float = 10.0,
+    pattern: str = "spread",
+    one_line_per_write: bool = False,
     progress: Progress | None = None,
 ) -> SteadyResult:
-    """Every client sends `rate` lines per second for `seconds`, at evenly spread moments."""
+    """Every client sends `rate` lines per second for `seconds`, at moments set by `pattern`
+    (one of `PATTERNS`). `one_line_per_write`: see `Loop`. Raises `ValueError` for an
+    unknown pattern."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown pattern {pattern!r}: one of {', '.join(PATTERNS)}")
     dialect = dialect or SecureChat()
     cs = _clients(host, port, ctx, dialect, clients, "steady")
     marker = Marker()
-    loop = Loop(cs, marker)
+    loop = Loop(cs, marker, one_line_per_write)
     rng = random.Random(1)  # noqa: S311 -- spreads send times; nothing secret
     interval = 1.0 / rate
     start = time.monotonic()
     end = start + seconds
+
+    def offset(i: int) -> float:
+        """When in the first period client `i` sends (seconds after the start)."""
+        if pattern == "spread":
+            return rng.uniform(0, interval)
+        if pattern == "even":
+            return interval * i / clients
+        return 0.0  # simultaneous
+
     # (when the next line is due, client index): a heap, so a turn of the loop costs
     # only the clients that are due, not all of them.
-    due = [(start + rng.uniform(0, interval), c.index) for c in cs]
+    due = [(start + offset(c.index), c.index) for c in cs]
     heapq.heapify(due)
     seq = dict.fromkeys(cs, 0)
 
@@ -205,6 +260,7 @@ def steady(
 
     try:
         cpu_before = _cpu(server_pid)
+        own_before = time.process_time()
         loop.run(
             finished,
             end + 120.0,
@@ -214,6 +270,7 @@ def steady(
             else lambda: progress(min(seconds, time.monotonic() - start), seconds),
         )
         cpu_after = _cpu(server_pid)
+        generator = _generator_load(own_before, start)
     finally:
         loop.close()
     deliveries = loop.deliveries
@@ -227,6 +284,9 @@ def steady(
         _latency(loop),
         sum(c.out_of_order for c in cs),
         _us_per_delivery(cpu_before, cpu_after, deliveries),
+        pattern,
+        one_line_per_write,
+        generator,
     )
 
 

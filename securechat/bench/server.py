@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-import socket
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..certs import make_certs
+from .ports import free_port
 
 __all__ = ["BenchServer"]
 
@@ -20,20 +21,45 @@ class BenchServer:
     The rate limit is turned off and the per-IP cap lifted (every simulated client comes
     from 127.0.0.1); the server logs both, so this is never silent. Raises `RuntimeError`
     if it does not start. `extra_args` are more `securechat server` flags (the rooms
-    scenario lifts the room caps with them).
+    scenario lifts the room caps with them). It listens on a free port of `ports` (trying the
+    next one if another process takes it first), or on one the kernel picks. `launcher` is
+    what runs after the interpreter instead of `-m securechat` (a profiling wrapper).
     """
 
-    def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        extra_args: Sequence[str] = (),
+        ports: range | None = None,
+        launcher: Sequence[str] = ("-m", "securechat"),
+    ) -> None:
         paths, _ = make_certs(workdir / "certs", ["localhost", "127.0.0.1"])
         self.cafile = paths.ca
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        tried: set[int] = set()
+        while True:
+            # Raises OSError once every port of `ports` was tried or is taken.
+            self.port = free_port(ports, skip=tried)
+            tried.add(self.port)
+            banner = self._start(workdir, paths.cert, paths.key, extra_args, launcher)
+            if re.search(rf":{self.port} \(TLS\)", banner):
+                return
+            self.proc.kill()
+            self.proc.wait()
+            if ports is None or banner:
+                raise RuntimeError(f"the benchmark server did not start: {banner!r}")
+            # It exited without a word (its error went to stderr): most likely another
+            # process took the port between our probe and its bind; the next one, then,
+            # with a fresh data directory (--init wants one).
+            shutil.rmtree(workdir / "data", ignore_errors=True)
+
+    def _start(
+        self, workdir: Path, cert: Path, key: Path, extra_args: Sequence[str], launcher: Sequence[str]
+    ) -> str:
+        """Start the server on `self.port`; its first line of output (the banner, or why not)."""
         self.proc = subprocess.Popen(  # noqa: S603 -- our own interpreter and arguments
             [
                 sys.executable,
-                "-m",
-                "securechat",
+                *launcher,
                 "server",
                 "--port",
                 str(self.port),
@@ -41,9 +67,9 @@ class BenchServer:
                 str(workdir / "data"),
                 "--init",  # a new, throwaway server for the run
                 "--cert",
-                str(paths.cert),
+                str(cert),
                 "--key",
-                str(paths.key),
+                str(key),
                 "--message-rate",
                 "0",
                 "--max-per-ip",
@@ -57,10 +83,7 @@ class BenchServer:
             text=True,
         )
         assert self.proc.stdout is not None
-        banner = self.proc.stdout.readline()
-        if not re.search(rf":{self.port} \(TLS\)", banner):
-            self.proc.kill()
-            raise RuntimeError(f"the benchmark server did not start: {banner!r}")
+        return self.proc.stdout.readline()
 
     @property
     def pid(self) -> int:

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..bench.scenarios import PATTERNS
 from .common import UsageError, check_port, raise_open_files_limit
 
 __all__ = ["add_parsers"]
@@ -51,6 +52,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     bench.add_argument(
         "--seconds", type=float, default=10.0, help="steady/rooms: duration (default: %(default)s)"
     )
+    bench.add_argument(
+        "--pattern",
+        choices=PATTERNS,
+        default="spread",
+        help="steady: when in each period the clients send: at random moments (spread), at "
+        "evenly spaced ones (even), or all at the same moment (simultaneous) (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--one-line-per-write",
+        action="store_true",
+        help="steady/burst: send every line in a write (a TLS record) of its own, as a generator "
+        "writing each line when it has it would, instead of a client's queued lines together",
+    )
     bench.add_argument("--rooms", type=int, default=100, help="rooms: rooms in all (default: %(default)s)")
     bench.add_argument(
         "--rooms-per-client",
@@ -80,6 +94,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     bench.add_argument(
         "--port", type=int, default=None, help="benchmark a running server on this port instead"
     )
+    bench.add_argument(
+        "--ports",
+        type=_port_range,
+        default=None,
+        metavar="LO[-HI]",
+        help="without --port: the server the bench starts listens on the first free port of "
+        "this range (default: one the kernel picks)",
+    )
     bench.add_argument("--host", default="127.0.0.1", help="with --port: its address (default: %(default)s)")
     bench.add_argument("--cafile", type=Path, default=None, help="with --port: the CA to trust")
     bench.add_argument(
@@ -102,6 +124,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="show a progress bar on stderr (default: when stderr is a terminal)",
     )
     bench.set_defaults(run=run_bench)
+
+
+def _port_range(text: str) -> range:
+    from ..bench.ports import parse_port_range
+
+    try:
+        return parse_port_range(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: want a port or LO-HI within 1-65535") from None
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -140,6 +171,8 @@ def run_bench(args: argparse.Namespace) -> int:
             )
     if args.scenario == "burst" and args.senders > args.clients:
         raise UsageError("--senders cannot exceed --clients")
+    if args.port is not None and args.ports is not None:
+        raise UsageError("--ports is for the server the bench starts; with --port it starts none")
     if args.port is None and (args.dialect != "securechat" or args.no_tls):
         raise UsageError("--dialect and --no-tls need --port (the bench starts only securechat itself)")
     if args.dialect != "securechat" and args.scenario not in ("burst", "steady"):
@@ -166,7 +199,10 @@ def run_bench(args: argparse.Namespace) -> int:
             if args.scenario == "relay":
                 # Every pair is two new identities from 127.0.0.1: one network's burst.
                 extra = ["--registration-burst", str(max(30, 2 * args.pairs))]
-            server = BenchServer(Path(work), extra)
+            try:
+                server = BenchServer(Path(work), extra, args.ports)
+            except OSError as exc:  # every port of --ports taken
+                raise UsageError(str(exc)) from None
             host, port, cafile, pid = "127.0.0.1", server.port, server.cafile, server.pid
             print(f"started a server on 127.0.0.1:{port} (pid {pid}) with the rate limit off")
         else:
@@ -188,6 +224,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     messages=args.messages,
                     dialect=dialect,
                     server_pid=pid,
+                    one_line_per_write=args.one_line_per_write,
                     progress=show,
                 )
             elif args.scenario == "steady":
@@ -200,6 +237,8 @@ def run_bench(args: argparse.Namespace) -> int:
                     seconds=args.seconds,
                     dialect=dialect,
                     server_pid=pid,
+                    pattern=args.pattern,
+                    one_line_per_write=args.one_line_per_write,
                     progress=show,
                 )
             elif args.scenario == "whisper":
