@@ -60,14 +60,22 @@ abuse: $(STAMP)
 	SECURECHAT_ABUSE=long SECURECHAT_ABUSE_FIGURES=$(abspath $(ABUSE_FIGURES)) timeout 1200 \
 		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_abuse.py
 
-# securechat, ngIRCd over TLS and a classroom relay side by side; rewrites the table and
-# plot in docs/performance.md. Installs ngircd with apt-get if it can (root), else skips it.
+# securechat, ngIRCd over TLS and a classroom relay side by side: steady (spread and
+# simultaneous) and burst, each with the generator's two write modes, 3 interleaved runs each
+# (20-25 minutes); rewrites the table and plot in docs/performance.md and the profiles in
+# benchmarks/profiles/. Installs ngircd with apt-get if it can (root), else skips it; py-spy
+# with pip, else no profiles. BENCH_PORTS=9400-9499 keeps the servers on those ports;
+# BENCH_ARGS=--quick for a 2-minute look (then docs/ are rewritten from it too: add --no-write).
+BENCH_PORTS ?=
+BENCH_ARGS  ?=
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy || \
+		echo "py-spy not installed (pip install py-spy): the comparison will not profile"
 	@command -v ngircd >/dev/null || test -x /usr/sbin/ngircd || \
 		( [ "$$(id -u)" = 0 ] && apt-get install -y -qq ngircd >/dev/null ) || \
 		echo "ngircd not installed (apt-get install ngircd): the comparison will skip it"
-	$(BIN)/python benchmarks/compare.py
+	$(BIN)/python benchmarks/compare.py $(if $(BENCH_PORTS),--ports $(BENCH_PORTS)) $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check securechat tests benchmarks
