@@ -354,6 +354,7 @@ def test_the_store_failing_after_login_refuses_that_request_only(world: World) -
     logic, fake = identity_login(world, Identity.generate("alice"))
     world.store.fail("disk gone")
     logic.handle(Whisper(to="bob", id="w1", header=b"h", ciphertext=b"c"))
+    logic.flush()  # the reader's, once a read's frames are handled: whispers wait for it
     error = fake.last()
     assert isinstance(error, Error) and error.code == Code.STORE_UNAVAILABLE
     assert not error.fatal and error.ref == "w1"  # names the whisper to send again
@@ -584,6 +585,7 @@ def test_a_rename_takes_the_renamers_queued_whispers_with_it(world: World) -> No
     [delivery] = erin_fake.of(Delivery)
     assert delivery.sender == "dave2"
     erin_logic.handle(Ack(id=delivery.id))
+    erin_logic.flush()  # the reader's, once a read's frames are handled: acks wait for it
     assert fake.last() == WhisperStatus(id="w1", to="erin", status="delivered")
     assert impostor_fake.of(WhisperStatus) == []
 

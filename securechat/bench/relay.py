@@ -85,7 +85,8 @@ class _Peer:
     frames: list[bytes] = field(default_factory=list)
     next: int = 0
     in_flight: int = 0
-    sent_at: dict[str, int] = field(default_factory=dict)
+    sent_at: dict[str, int] = field(default_factory=dict)  # until `delivered`
+    unstored: dict[str, int] = field(default_factory=dict)  # the same, until `stored`
 
 
 def _login(host: str, port: int, ctx: ssl.SSLContext | None, nick: str, timeout: float) -> _Peer:
@@ -192,6 +193,7 @@ def _run(
         while s.in_flight < window and s.next < len(s.frames):
             s.out += s.frames[s.next]
             s.sent_at[f"r{s.next}"] = now
+            s.unstored[f"r{s.next}"] = now
             s.next += 1
             s.in_flight += 1
 
@@ -200,18 +202,17 @@ def _run(
         for line in lines.splitlines():
             if b'"whisper_status"' in line and id(peer) in is_sender:
                 frame = json.loads(line)
-                sent = peer.sent_at.get(frame["id"])
-                if sent is None:
-                    continue
-                if frame["status"] == "stored":
+                msg_id = frame["id"]
+                # "delivered" may overtake "stored": the push to the recipient, its ack
+                # and the status run on other threads than the sender's answer.
+                if frame["status"] == "stored" and msg_id in peer.unstored:
                     counts["stored"] += 1
-                    stored_lat.append((now - sent) / 1e9)
+                    stored_lat.append((now - peer.unstored.pop(msg_id)) / 1e9)
                     peer.in_flight -= 1
                     top_up(peer)
-                else:
+                elif frame["status"] == "delivered" and msg_id in peer.sent_at:
                     counts["delivered"] += 1
-                    delivered_lat.append((now - sent) / 1e9)
-                    del peer.sent_at[frame["id"]]
+                    delivered_lat.append((now - peer.sent_at.pop(msg_id)) / 1e9)
             elif b'"delivery"' in line:
                 frame = json.loads(line)
                 peer.out += encode(Ack(id=frame["id"]))

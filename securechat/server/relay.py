@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..e2e.bundle import Bundle, OneTimePrekey, SignedPrekey, verify_bundle
 from ..e2e.errors import BundleError
@@ -40,7 +40,16 @@ from .backlog import Backlog
 from .config import ServerConfig
 from .hub import Hub
 from .prekeylimits import PrekeyLimits
-from .store import QueuedWhisper, QueueLimits, Quota, QuotaExceeded, RenameResult, Store
+from .store import (
+    NewWhisper,
+    QueuedWhisper,
+    QueueLimits,
+    Quota,
+    QuotaExceeded,
+    RenameResult,
+    Store,
+    UnknownRecipient,
+)
 
 __all__ = ["OPK_LOW_WATER", "Relay", "RelayError"]
 
@@ -224,37 +233,58 @@ class Relay:
     def whisper(self, sender: str, event: Whisper) -> WhisperStatus:
         """Queue a whisper durably, push it if the recipient is online; the `stored` status.
 
-        Raises `RelayError` for a recipient who is not registered.
+        Raises `RelayError` for a recipient who is not registered, or a quota exceeded,
+        and `StoreUnavailable` if the commit failed.
         """
-        if fold_nick(event.to) == fold_nick(sender):
-            # The client has no session with itself to decrypt it with: it would only
-            # come back as a failure.
-            raise RelayError(Code.INVALID, "you cannot whisper yourself")
-        if self._store.registered_key(event.to) is None:
-            raise RelayError(Code.NO_SUCH_USER, f"{event.to} is not a registered user")
+        (outcome,) = self.whisper_many(sender, [event])
+        if isinstance(outcome, RelayError):
+            raise outcome
+        return outcome
+
+    def whisper_many(self, sender: str, events: Sequence[Whisper]) -> list[WhisperStatus | RelayError]:
+        """`whisper` each of `events` (one session's, read together), in order and in one
+        commit; for each, its `stored` status or its refusal. Raises `StoreUnavailable`
+        if the commit failed: then none was stored or pushed. Sessions' reader threads.
+        """
         ts = self._clock()
-        recipient = self._hub.member(event.to)
-        away = recipient.away if recipient is not None else ""
-
         shown_sender = self._hub.display_nick(sender) or sender
-
-        try:
-            # Returns once the commit holding it is on disk, which it may share with
-            # other sessions' whispers (the store's group commit).
-            whisper_id = self._store.enqueue(
-                event.to, event.id, sender, event.header, event.ciphertext, ts, limits=self._queue_limits
-            )
-        except QuotaExceeded as exc:
-            raise RelayError(Code.QUOTA, self._over_quota(exc.quota, event.to)) from None
-        if recipient is not None:
-            # Only after the commit: a whisper the recipient sees is one the server
-            # keeps, and its id names no other whisper if the commit fails. No store
-            # lock is held here, only the recipient's outbox's (docs/design.md).
-            queued = QueuedWhisper(
-                whisper_id, fold_nick(event.to), event.id, sender, event.header, event.ciphertext, ts
-            )
-            recipient.deliver(encode(_delivery(queued, shown_sender)))
-        return WhisperStatus(id=event.id, to=event.to, status="stored", away=away)
+        outcomes: list[WhisperStatus | RelayError | None] = []
+        queued: list[NewWhisper] = []
+        for event in events:
+            if fold_nick(event.to) == fold_nick(sender):
+                # The client has no session with itself to decrypt it with: it would only
+                # come back as a failure.
+                outcomes.append(RelayError(Code.INVALID, "you cannot whisper yourself"))
+            else:
+                outcomes.append(None)
+                queued.append(NewWhisper(event.to, event.id, sender, event.header, event.ciphertext, ts))
+        # Returns once the commit holding them is on disk, which they may share with other
+        # sessions' whispers (the store's group commit).
+        stored = iter(self._store.enqueue_many(queued, limits=self._queue_limits, registered_only=True))
+        results: list[WhisperStatus | RelayError] = []
+        for event, refused in zip(events, outcomes, strict=True):
+            if refused is not None:
+                results.append(refused)
+                continue
+            whisper_id = next(stored)
+            if isinstance(whisper_id, UnknownRecipient):
+                results.append(RelayError(Code.NO_SUCH_USER, f"{event.to} is not a registered user"))
+                continue
+            if isinstance(whisper_id, QuotaExceeded):
+                results.append(RelayError(Code.QUOTA, self._over_quota(whisper_id.quota, event.to)))
+                continue
+            recipient = self._hub.member(event.to)
+            if recipient is not None:
+                # Only after the commit: a whisper the recipient sees is one the server
+                # keeps, and its id names no other whisper if the commit fails. No store
+                # lock is held here, only the recipient's outbox's (docs/design.md).
+                delivery = QueuedWhisper(
+                    whisper_id, fold_nick(event.to), event.id, sender, event.header, event.ciphertext, ts
+                )
+                recipient.deliver(encode(_delivery(delivery, shown_sender)))
+            away = recipient.away if recipient is not None else ""
+            results.append(WhisperStatus(id=event.id, to=event.to, status="stored", away=away))
+        return results
 
     def _over_quota(self, quota: Quota, to: str) -> str:
         """What the sender is told: which quota, in its terms, and what to do."""
@@ -298,16 +328,29 @@ class Relay:
         the next login. A "held" ack changes nothing here (the session's backlog counts it
         as settled). Unknown ids are ignored (a repeated ack after a reconnect is normal).
         """
-        if not ack.id.isdigit() or ack.outcome == "held":
-            return  # held by the recipient for its user: kept, and nothing to tell yet
-        failed = ack.reason if ack.outcome == "failed" else ""
-        done = self._store.ack(nick, int(ack.id), failed, keep_failures=self._config.queue_max_per_sender)
-        if done is None:
+        self.ack_many(nick, [ack])
+
+    def ack_many(self, nick: str, acks: Sequence[Ack]) -> None:
+        """`ack` each of `acks` (one session's, read together), in order and in one commit.
+        Raises `StoreUnavailable` if the commit failed: then none took effect, and no
+        sender was told anything. Sessions' reader threads."""
+        # Held by the recipient for its user: kept, and nothing to tell yet.
+        acks = [a for a in acks if a.id.isdigit() and a.outcome != "held"]
+        if not acks:
             return
-        sender = self._hub.member(done.sender)
-        if sender is not None:
-            to = self._hub.display_nick(nick) or nick
-            sender.deliver(encode(_status(done.msg_id, to, failed)))
+        outcomes = [a.reason if a.outcome == "failed" else "" for a in acks]
+        done_all = self._store.ack_many(
+            nick,
+            [(int(a.id), failed) for a, failed in zip(acks, outcomes, strict=True)],
+            keep_failures=self._config.queue_max_per_sender,
+        )
+        to = self._hub.display_nick(nick) or nick
+        for done, failed in zip(done_all, outcomes, strict=True):
+            if done is None:
+                continue
+            sender = self._hub.member(done.sender)
+            if sender is not None:
+                sender.deliver(encode(_status(done.msg_id, to, failed)))
 
     def failures(self, nick: str) -> list[WhisperStatus]:
         """`failed` statuses for `nick`'s whispers that could not be decrypted and that

@@ -34,7 +34,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +48,7 @@ from .faultlog import FaultLog
 __all__ = [
     "SCHEMA_VERSION",
     "DbFacts",
+    "NewWhisper",
     "QueueLimits",
     "QueuedWhisper",
     "Quota",
@@ -59,6 +60,7 @@ __all__ = [
     "StoredBan",
     "StoredBundle",
     "StoredRoom",
+    "UnknownRecipient",
     "backup",
     "inspect",
 ]
@@ -105,6 +107,11 @@ class QuotaExceeded(Exception):
         self.quota = quota
 
 
+class UnknownRecipient(Exception):
+    """`enqueue(..., registered_only=True)` refused a whisper: nobody is registered as its
+    recipient. Nothing was stored."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class QueueLimits:
     """Quotas on the offline queue; bytes count a whisper's header and ciphertext."""
@@ -121,6 +128,18 @@ class StoredBundle:
     identity: KeyIdentity
     spk: SignedPrekeyRecord
     opk: OneTimePrekeyRecord | None
+
+
+@dataclass(frozen=True)
+class NewWhisper:
+    """A whisper to queue (`enqueue_many`): as the sender sent it, with the server's time."""
+
+    recipient: str
+    msg_id: str
+    sender: str
+    header: bytes
+    ciphertext: bytes
+    ts: float
 
 
 @dataclass(frozen=True)
@@ -283,15 +302,31 @@ class Store(Protocol):
         ts: float,
         *,
         limits: QueueLimits | None = None,
+        registered_only: bool = False,
     ) -> int:
         """Queue a whisper durably; returns its id once the commit holding it is on disk.
         Queuing the same (sender, msg_id, recipient) again returns the first id and
         stores nothing new.
 
-        Raises `QuotaExceeded` if a new whisper would exceed one of `limits` (a resend of
-        one already queued is never refused): checked in the inserting transaction.
+        With `registered_only`, raises `UnknownRecipient` if nobody is registered as
+        `recipient`, checked in the inserting transaction (the relay's check, without a
+        transaction of its own). Raises `QuotaExceeded` if a new whisper would exceed one
+        of `limits` (a resend of one already queued is never refused): checked there too.
         Whispers from many threads may share one commit (see `SqliteStore`'s group
         commit): each caller returns only after the commit that holds its row.
+        """
+
+    def enqueue_many(
+        self,
+        whispers: Sequence[NewWhisper],
+        *,
+        limits: QueueLimits | None = None,
+        registered_only: bool = False,
+    ) -> list[int | QuotaExceeded | UnknownRecipient]:
+        """`enqueue` each of `whispers` (one sender's, read together), in order and all in
+        one commit; for each, its id or the refusal `enqueue` would raise for it (that one
+        alone is not stored). Returns once that commit is on disk. Raises
+        `StoreUnavailable` if it failed: then none of them was stored.
         """
 
     def pending(
@@ -314,6 +349,13 @@ class Store(Protocol):
         same, flushed, transaction (see `failures`), with at most `keep_failures` (the
         newest) per sender.
         """
+
+    def ack_many(
+        self, recipient: str, acks: Sequence[tuple[int, str]], *, keep_failures: int | None = None
+    ) -> list[QueuedWhisper | None]:
+        """`ack` each (whisper id, failure reason or "") of `acks` (one recipient's, read
+        together), in order and in one commit; for each, the deleted row or None. Raises
+        `StoreUnavailable` if the commit failed: then none was deleted."""
 
     def failures(self, sender: str, limit: int | None = None) -> list[tuple[str, str, str]]:
         """(recipient, message id, reason) of `sender`'s whispers their recipients could
@@ -809,20 +851,28 @@ class SqliteStore:
         back), or `StoreUnavailable` if the commit failed (none of the group took effect).
         Any thread; `work` runs on whichever thread leads, under `_lock`."""
         op = _Grouped(work, durable)
-        with self._group_lock:
-            self._group.append(op)
-            lead = not self._leading
-            if lead:
-                self._leading = True
-                op.turn = _Turn.LEADING
-        if not lead:
-            op.wake.wait()  # done, or handed the lead
-            lead = op.turn is _Turn.LEADING
-        if lead:
-            self._lead()
+        self._in_group([op])
         if op.error is not None:
             raise op.error
         return cast(_T, op.result)
+
+    def _in_group(self, ops: list[_Grouped]) -> None:
+        """Queue `ops` (at least one) together, so that one commit holds them all, and
+        return once it is done (each has its result or error). Any thread."""
+        first = ops[0]
+        with self._group_lock:
+            self._group.extend(ops)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+                first.turn = _Turn.LEADING
+        if not lead:
+            # Woken done, or handed the lead: the group it leads takes every operation
+            # queued, so ours stay together whoever leads.
+            first.wake.wait()
+            lead = first.turn is _Turn.LEADING
+        if lead:
+            self._lead()
 
     def _lead(self) -> None:
         """Commit everything queued as one group, wake its callers, and hand the lead to
@@ -1056,31 +1106,67 @@ class SqliteStore:
         ts: float,
         *,
         limits: QueueLimits | None = None,
+        registered_only: bool = False,
     ) -> int:
-        args = (fold_nick(recipient), msg_id, fold_nick(sender))
+        whisper = NewWhisper(recipient, msg_id, sender, header, ciphertext, ts)
+        (outcome,) = self.enqueue_many([whisper], limits=limits, registered_only=registered_only)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def enqueue_many(
+        self,
+        whispers: Sequence[NewWhisper],
+        *,
+        limits: QueueLimits | None = None,
+        registered_only: bool = False,
+    ) -> list[int | QuotaExceeded | UnknownRecipient]:
         svc = self.service_clock()
 
-        def work(db: sqlite3.Connection) -> int:
-            queued = db.execute(
-                "SELECT id FROM queue WHERE recipient=? AND msg_id=? AND sender=?", args
-            ).fetchone()
-            if queued is None:  # new: a resend of a queued whisper is never refused
-                if limits is not None:
-                    _check_quotas(db, args[0], args[2], len(header) + len(ciphertext), limits)
-                cursor = db.execute(
-                    "INSERT INTO queue (recipient, msg_id, sender, header, ciphertext, ts, svc)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (*args, header, ciphertext, ts, svc),
-                )
-                assert cursor.lastrowid is not None  # a row was inserted
-                whisper_id = int(cursor.lastrowid)
-            else:
-                whisper_id = int(queued[0])
-            # Sent again (after a failure, in a new session): that failure is answered.
-            db.execute("DELETE FROM failures WHERE recipient=? AND msg_id=? AND sender=?", args)
-            return whisper_id
+        def work_for(w: NewWhisper) -> Callable[[sqlite3.Connection], int]:
+            args = (fold_nick(w.recipient), w.msg_id, fold_nick(w.sender))
+            size = len(w.header) + len(w.ciphertext)
 
-        return self._grouped(work, durable=True)
+            def work(db: sqlite3.Connection) -> int:
+                if (
+                    registered_only
+                    and not db.execute("SELECT 1 FROM users WHERE nick_key=?", args[:1]).fetchone()
+                ):
+                    raise UnknownRecipient(w.recipient)
+                queued = db.execute(
+                    "SELECT id FROM queue WHERE recipient=? AND msg_id=? AND sender=?", args
+                ).fetchone()
+                if queued is None:  # new: a resend of a queued whisper is never refused
+                    if limits is not None:
+                        _check_quotas(db, args[0], args[2], size, limits)
+                    cursor = db.execute(
+                        "INSERT INTO queue (recipient, msg_id, sender, header, ciphertext, ts, svc)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (*args, w.header, w.ciphertext, w.ts, svc),
+                    )
+                    assert cursor.lastrowid is not None  # a row was inserted
+                    whisper_id = int(cursor.lastrowid)
+                else:
+                    whisper_id = int(queued[0])
+                # Sent again (after a failure, in a new session): that failure is answered.
+                db.execute("DELETE FROM failures WHERE recipient=? AND msg_id=? AND sender=?", args)
+                return whisper_id
+
+            return work
+
+        ops = [_Grouped(work_for(w), durable=True) for w in whispers]
+        if not ops:
+            return []
+        self._in_group(ops)
+        outcomes: list[int | QuotaExceeded | UnknownRecipient] = []
+        for op in ops:
+            if isinstance(op.error, (QuotaExceeded, UnknownRecipient)):
+                outcomes.append(op.error)
+            elif op.error is not None:
+                raise op.error  # the commit failed: for all of them alike
+            else:
+                outcomes.append(cast(int, op.result))
+        return outcomes
 
     def pending(
         self, recipient: str, *, after: int = 0, upto: int | None = None, limit: int | None = None
@@ -1108,30 +1194,53 @@ class SqliteStore:
     def ack(
         self, recipient: str, whisper_id: int, failed: str = "", *, keep_failures: int | None = None
     ) -> QueuedWhisper | None:
-        def work(db: sqlite3.Connection) -> QueuedWhisper | None:
-            r = db.execute(
-                "SELECT id, recipient, msg_id, sender, header, ciphertext, ts FROM queue "
-                "WHERE id=? AND recipient=?",
-                (whisper_id, fold_nick(recipient)),
-            ).fetchone()
-            if r is None:
-                return None
-            db.execute("DELETE FROM queue WHERE id=?", (whisper_id,))
-            if failed:
-                db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", (r[3], r[2], r[1], failed))
-                if keep_failures is not None:
-                    # A sender and a recipient working together could otherwise grow the
-                    # sender's failures without bound, the queue quotas notwithstanding.
+        (done,) = self.ack_many(recipient, [(whisper_id, failed)], keep_failures=keep_failures)
+        return done
+
+    def ack_many(
+        self, recipient: str, acks: Sequence[tuple[int, str]], *, keep_failures: int | None = None
+    ) -> list[QueuedWhisper | None]:
+        key = fold_nick(recipient)
+
+        def work_for(whisper_id: int, failed: str) -> Callable[[sqlite3.Connection], QueuedWhisper | None]:
+            def work(db: sqlite3.Connection) -> QueuedWhisper | None:
+                r = db.execute(
+                    "SELECT id, recipient, msg_id, sender, header, ciphertext, ts FROM queue "
+                    "WHERE id=? AND recipient=?",
+                    (whisper_id, key),
+                ).fetchone()
+                if r is None:
+                    return None
+                db.execute("DELETE FROM queue WHERE id=?", (whisper_id,))
+                if failed:
                     db.execute(
-                        "DELETE FROM failures WHERE sender=? AND rowid <= (SELECT rowid FROM failures "
-                        "WHERE sender=? ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
-                        (r[3], r[3], keep_failures),
+                        "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", (r[3], r[2], r[1], failed)
                     )
-            return QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6])
+                    if keep_failures is not None:
+                        # A sender and a recipient working together could otherwise grow the
+                        # sender's failures without bound, the queue quotas notwithstanding.
+                        db.execute(
+                            "DELETE FROM failures WHERE sender=? AND rowid <= (SELECT rowid FROM "
+                            "failures WHERE sender=? ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+                            (r[3], r[3], keep_failures),
+                        )
+                return QueuedWhisper(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6])
+
+            return work
 
         # Read: a commit that need not wait for the disk, but shares one that does when
-        # whispers are being queued meanwhile (see the class docstring).
-        return self._grouped(work, durable=bool(failed))
+        # whispers are being queued meanwhile (see the class docstring). A failure is
+        # kept for its sender, so its commit is flushed.
+        ops = [_Grouped(work_for(whisper_id, failed), durable=bool(failed)) for whisper_id, failed in acks]
+        if not ops:
+            return []
+        self._in_group(ops)
+        done: list[QueuedWhisper | None] = []
+        for op in ops:
+            if op.error is not None:
+                raise op.error  # the commit failed (nothing else raises here)
+            done.append(cast("QueuedWhisper | None", op.result))
+        return done
 
     def failures(self, sender: str, limit: int | None = None) -> list[tuple[str, str, str]]:
         with self._read() as db:

@@ -170,12 +170,18 @@ class SessionLogic:
         self._strikes = 0  # requests refused in a row for their rate
         self._says: list[Say] = []  # room lines read in this chunk, not yet broadcast
         self._said_bytes = 0  # their text's length
+        # Whispers read in this chunk, not yet queued, and acks not yet applied: one
+        # commit for each batch (`flush`). At most one of `_says`, `_whispers` and `_acks`
+        # holds anything, so answers keep their order.
+        self._whispers: list[Whisper] = []
+        self._acks: list[Ack] = []
 
     # -- what the reader thread calls ------------------------------------------------
 
     def handle(self, event: Event) -> None:
         """Act on one complete frame from the client (the connection has checked that it
-        may be sent now). Room lines are held back to go out in one batch: see `flush`."""
+        may be sent now). Room lines and whispers are held back to go out in one batch:
+        see `flush`."""
         if isinstance(event, _RATE_LIMITED) and not self._within_rate(event):
             return
         if (
@@ -185,10 +191,28 @@ class SessionLogic:
             and self._hub.is_in(self.nick, event.room)
         ):
             # Lines that arrived together are broadcast together (see `flush`).
+            self._flush_whispers()
+            self._flush_acks()
             self._says.append(event)
             self._said_bytes += len(event.text)
             if len(self._says) >= _MAX_BATCH or self._said_bytes >= _MAX_BATCH_BYTES:
                 self.flush()
+            return
+        if isinstance(event, Whisper) and self.state is LoginState.IN and self.sig_key:
+            # Whispers that arrived together are queued in one commit (see `flush`).
+            self._flush_says()
+            self._flush_acks()
+            self._whispers.append(event)
+            if len(self._whispers) >= _MAX_WHISPER_BATCH:
+                self._flush_whispers()
+            return
+        if isinstance(event, Ack) and self.state is LoginState.IN and self.sig_key:
+            # And acks that arrived together are applied in one commit.
+            self._flush_says()
+            self._flush_whispers()
+            self._acks.append(event)
+            if len(self._acks) >= _MAX_WHISPER_BATCH:
+                self._flush_acks()
             return
         self.flush()  # everything else keeps its place after the lines before it
         try:
@@ -206,8 +230,53 @@ class SessionLogic:
             self._reply(Error(code=exc.code, reason=exc.reason, fatal=False))
 
     def flush(self) -> None:
-        """Broadcast the batched room lines: one fan-out (one write per member) for all.
-        The reader calls it when a read's frames are used up, and at the end of input."""
+        """Broadcast the batched room lines (one fan-out, one write per member, for all),
+        or queue the batched whispers (one commit for all). The reader calls it when a
+        read's frames are used up, and at the end of input."""
+        self._flush_says()
+        self._flush_whispers()
+        self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        """Apply the acks read together, in one commit, then hand out what they made room
+        for in the backlog; if the commit failed, answer each `store-unavailable`."""
+        if not self._acks:
+            return
+        assert self.nick is not None  # batched only once logged in
+        acks, self._acks = self._acks, []
+        try:
+            self._relay.ack_many(self.nick, acks)
+        except StoreUnavailable:
+            for ack in acks:
+                self._store_unavailable(ack)
+            return
+        for ack in acks:
+            if self._backlog is not None:  # an ack makes room for more of the backlog
+                for delivery in self._backlog.acked(ack.id):
+                    self._reply(delivery)
+                if self._backlog.done:
+                    self._backlog = None
+
+    def _flush_whispers(self) -> None:
+        """Queue the whispers read together, in one commit, and answer each: `stored`, a
+        refusal, or (the commit failed) `store-unavailable`."""
+        if not self._whispers:
+            return
+        assert self.nick is not None  # batched only once logged in
+        whispers, self._whispers = self._whispers, []
+        try:
+            outcomes = self._relay.whisper_many(self.nick, whispers)
+        except StoreUnavailable:
+            for whisper in whispers:
+                self._store_unavailable(whisper)
+            return
+        for whisper, outcome in zip(whispers, outcomes, strict=True):
+            if isinstance(outcome, RelayError):
+                self._reply(Error(code=outcome.code, reason=outcome.reason, ref=_request_ref(whisper)))
+            else:
+                self._reply(outcome)
+
+    def _flush_says(self) -> None:
         if self._says:
             assert self.nick is not None  # the connection passes Say only after the welcome
             says, self._says, self._said_bytes = self._says, [], 0
@@ -635,6 +704,8 @@ _JOIN_RATE = 1.0
 #: (bounds the hub lock's hold and the size of one write).
 _MAX_BATCH = 256
 _MAX_BATCH_BYTES = 64 * 1024
+#: Whispers (or acks) taken in one commit at most: a read of 64 KiB holds a few hundred.
+_MAX_WHISPER_BATCH = 64
 
 #: Requests that cost a token of the session's message bucket. Answers (pong, ack) do
 #: not: refusing them would punish a client for keeping up.
