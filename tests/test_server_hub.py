@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -738,3 +739,54 @@ def test_a_ban_set_while_a_rename_was_under_way_puts_the_renamed_member_out() ->
     hub.say("alice", "#dev", "after")
     assert not [m for m in ok.seen() if m["type"] == "message" and m["room"] == "#dev"]
     assert hub.names("spammer", "#news").users == ("alice", "spammer")  # not banned there
+
+
+class StagingMember(FakeMember):
+    """A member that coalesces, as a server session does (outbox.py): frames staged
+    while a flush is owed leave in that flush's one write."""
+
+    def __init__(self, hub: Hub, on_flush: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
+        self.hub = hub
+        self.on_flush = on_flush
+        self.staged: list[bytes] = []
+
+    def stage(self, frame: bytes) -> bool:
+        owed = not self.staged
+        self.staged.append(frame)
+        return owed
+
+    def flush(self) -> None:
+        assert not self.hub._lock.locked(), "flushed under the hub's lock"
+        self.on_flush()
+        if self.staged:
+            self.frames.append(b"".join(self.staged))
+            self.staged.clear()
+
+
+def test_lines_staged_for_a_member_before_its_flush_leave_in_one_write_in_hub_order() -> None:
+    hub = Hub(clock=lambda: 42.0)
+    members: dict[str, StagingMember] = {}
+    armed = threading.Event()
+
+    def carol_speaks() -> None:
+        # While alice's fan-out is flushing (after the lock): carol's line is staged
+        # behind alice's for everyone alice has not flushed yet.
+        if armed.is_set():
+            armed.clear()
+            hub.say("carol", "#lobby", "from carol")
+
+    for nick in ("alice", "bob", "carol", "dave"):
+        members[nick] = StagingMember(hub, on_flush=carol_speaks if nick == "alice" else lambda: None)
+        hub.join(members[nick], nick, lambda room, users: None)
+    hub.flush_presence()
+    for m in members.values():
+        m.frames.clear()
+    armed.set()
+    hub.say("alice", "#lobby", "from alice")
+    for nick in ("bob", "dave"):  # flushed after carol spoke: one write with both lines
+        writes = members[nick].frames
+        assert len(writes) == 1, (nick, writes)
+        assert [json.loads(line)["text"] for line in writes[0].splitlines()] == ["from alice", "from carol"]
+    for m in members.values():  # everyone saw the same order
+        assert [e["text"] for e in m.seen()] == ["from alice", "from carol"]

@@ -242,3 +242,58 @@ def test_frames_put_while_a_backlog_waits_queue_behind_it() -> None:
     assert sink.sent == [b"a\n"]
     assert box.take() == b"b\n"  # the writer sends the backlog first, then this
     assert box.state is OutboxState.WRITING
+
+
+# -- staging: a broadcast's frames for one recipient, coalesced across senders ---------
+
+
+def test_frames_staged_before_the_flush_go_out_in_one_write_whoever_staged_them() -> None:
+    box = Outbox(1000)
+    sink = FakeSink()
+    box.attach(sink)
+    assert box.stage(b"from alice\n") is True  # the first stager owes the flush
+    assert box.stage(b"from bob\n") is False  # behind it: alice's flush carries it
+    assert box.stage(b"from carol\n") is False
+    assert sink.sent == []  # nothing sent while staging (the hub's lock is held then)
+    box.flush()
+    assert sink.sent == [b"from alice\nfrom bob\nfrom carol\n"]
+    box.flush()  # a second flush (bob's, had he owed one) finds nothing
+    assert sink.sent == [b"from alice\nfrom bob\nfrom carol\n"]
+    assert box.stage(b"later\n") is True  # emptied: the next stager owes a flush again
+
+
+def test_a_put_behind_staged_frames_sends_them_all_in_order() -> None:
+    box = Outbox(1000)
+    sink = FakeSink()
+    box.attach(sink)
+    assert box.stage(b"a\n")
+    assert box.put(b"b\n")  # e.g. the session's own reader answering
+    box.flush()
+    assert sink.sent in ([b"a\n", b"b\n"], [b"a\nb\n"]) and b"".join(sink.sent) == b"a\nb\n"
+
+
+def test_staged_frames_wait_for_a_writer_mid_send_and_are_refused_once_closed() -> None:
+    box = Outbox(1000)
+    sink = FakeSink()
+    box.attach(sink)
+    sink.full = True
+    assert box.put(b"a\n")
+    assert box.take() == b"a\n"  # the writer is mid-send
+    assert box.stage(b"b\n") is False  # the writer owes it, not the stager
+    box.flush()
+    assert sink.sent == []
+    assert box.take() == b"b\n"
+    box.close()
+    assert box.stage(b"late\n") is None
+
+
+def test_a_flush_the_socket_refuses_overflows_when_too_much_is_staged() -> None:
+    box = Outbox(8)
+    sink = FakeSink()
+    box.attach(sink)
+    sink.full = True
+    assert box.stage(b"12345\n") is True  # owed a direct send: not held to the limit
+    box.flush()  # refused, and 6 bytes fit: queued for the writer
+    assert box.state is not OutboxState.OVERFLOWED
+    assert box.stage(b"6789\n") is None  # 11 bytes queued would exceed 8
+    assert box.overflowed

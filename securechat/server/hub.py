@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..protocol import (
     DEFAULT_ROOM,
@@ -102,6 +102,23 @@ class Member(Protocol):
         """Queue one encoded frame for this member without blocking."""
 
 
+@runtime_checkable
+class Staging(Protocol):
+    """A member that can coalesce (the server's sessions; see outbox.py): the hub stages
+    a broadcast's frame for each member under its lock, and flushes each member that
+    asked for it once, after the lock is released."""
+
+    def stage(self, frame: bytes) -> bool:
+        """Queue `frame` without sending it, without blocking; True if `flush` is owed."""
+
+    def flush(self) -> None:
+        """Send what is staged (one write), without blocking. Called without the hub lock."""
+
+
+def _nothing() -> None:
+    pass
+
+
 @dataclass
 class _Online:
     """A logged-in member. Guarded by the hub lock (its `nick` changes on a rename)."""
@@ -110,6 +127,23 @@ class _Online:
     member: Member
     key: bytes  # the identity key it proved; b"" for a guest
     version: int  # the protocol version of its hello
+    # The member's `stage` and `flush`, looked up once at login (the fan-out calls them
+    # for every recipient of every line). A member that cannot stage is delivered to at
+    # once and owes no flush.
+    stage: Callable[[bytes], bool] = dataclasses.field(init=False, repr=False)
+    flush: Callable[[], None] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.member, Staging):
+            self.stage, self.flush = self.member.stage, self.member.flush
+            return
+        deliver = self.member.deliver
+
+        def stage(frame: bytes) -> bool:
+            deliver(frame)
+            return False
+
+        self.stage, self.flush = stage, _nothing
 
 
 class Hub:
@@ -159,6 +193,14 @@ class Hub:
         # entering already covered the earlier ones and their own).
         self._newcomers: dict[str, dict[int, int]] = {}
         self._last_ts = 0.0
+        # Flushes owed by frames the hot paths staged (room lines, presence), made after
+        # the lock is released by `_flush_owed`. Guarded by `_lock` (`_flush_owed` reads
+        # its truth bare, see there).
+        self._owed: list[Callable[[], None]] = []
+        # Held by the one thread making the owed flushes; only ever acquired without
+        # blocking, and nothing is taken under it but the hub's lock (briefly, to take
+        # the owed list) and the members' outbox locks (the flushes).
+        self._flushing = threading.Lock()
 
     def serves_version_1(self) -> bool:
         """True if `#lobby` is an autojoin room (else a version-1 hello is refused)."""
@@ -599,32 +641,38 @@ class Hub:
         line. Raises `NoSuchRoom` or `RoomError` (not-in-room), before anything is sent,
         if one names a room that does not exist or that `nick` is not in.
         """
-        with self._lock:
-            rooms: dict[str, Room] = {}
-            for say in says:
-                found = self._rooms.room(say.room)
-                if fold_nick(nick) not in found.members:
-                    raise RoomError(Code.NOT_IN_ROOM, f"you are not in {found.name}")
-                rooms[fold_room(say.room)] = found
-            self._flush_presence_locked()
-            by_room: dict[str, list[Message]] = {}
-            for say in says:
-                room = rooms[fold_room(say.room)]
-                line = Message(
-                    room=room.name, nick=nick, text=say.text, ts=self._next_ts_locked(), action=say.action
-                )
-                by_room.setdefault(fold_room(room.name), []).append(line)
-            for folded, messages in by_room.items():
-                room = rooms[folded]
-                self._fan_out_locked(room, b"".join(encode(m) for m in messages))
-                if self._keep:
-                    self._history.setdefault(folded, deque(maxlen=self._keep)).extend(messages)
-                    unsaved = self._unsaved.get(folded)
-                    if unsaved is None and self._persisted(room):
-                        unsaved = self._unsaved[folded] = deque(maxlen=self._keep)
-                    if unsaved is not None:
-                        self._unsaved_dropped += max(0, len(unsaved) + len(messages) - self._keep)
-                        unsaved.extend(messages)
+        try:
+            with self._lock:
+                self._say_many_locked(nick, says, self._owed)
+        finally:
+            self._flush_owed()
+
+    def _say_many_locked(self, nick: str, says: Sequence[Say], flushes: list[Callable[[], None]]) -> None:
+        rooms: dict[str, Room] = {}
+        for say in says:
+            found = self._rooms.room(say.room)
+            if fold_nick(nick) not in found.members:
+                raise RoomError(Code.NOT_IN_ROOM, f"you are not in {found.name}")
+            rooms[fold_room(say.room)] = found
+        self._flush_presence_locked(flushes)
+        by_room: dict[str, list[Message]] = {}
+        for say in says:
+            room = rooms[fold_room(say.room)]
+            line = Message(
+                room=room.name, nick=nick, text=say.text, ts=self._next_ts_locked(), action=say.action
+            )
+            by_room.setdefault(fold_room(room.name), []).append(line)
+        for folded, messages in by_room.items():
+            room = rooms[folded]
+            self._fan_out_locked(room, b"".join(encode(m) for m in messages), flushes)
+            if self._keep:
+                self._history.setdefault(folded, deque(maxlen=self._keep)).extend(messages)
+                unsaved = self._unsaved.get(folded)
+                if unsaved is None and self._persisted(room):
+                    unsaved = self._unsaved[folded] = deque(maxlen=self._keep)
+                if unsaved is not None:
+                    self._unsaved_dropped += max(0, len(unsaved) + len(messages) - self._keep)
+                    unsaved.extend(messages)
 
     def _next_ts_locked(self) -> float:
         # Strictly increasing: clients skip history lines whose ts is not newer than the
@@ -638,8 +686,35 @@ class Hub:
 
     def flush_presence(self) -> None:
         """Send the pending join/leave notices (one write per member)."""
-        with self._lock:
-            self._flush_presence_locked()
+        try:
+            with self._lock:
+                self._flush_presence_locked(self._owed)
+        finally:
+            self._flush_owed()
+
+    def _flush_owed(self) -> None:
+        """Make the flushes staging left owed; called without the hub lock, by the thread
+        that staged.
+
+        One thread at a time makes them all, whoever finds nobody doing it; the others
+        just return. A member's one write then carries everything staged for it
+        meanwhile, by every sender (outbox.py), and a crowd of senders does not become
+        a crowd of threads contending for the members' locks and the GIL, which cost
+        more than the writes it saved. The bare `self._owed` read after releasing
+        `_flushing` catches work appended by a thread whose acquire failed just before:
+        its append happened before that attempt, so before this read.
+        """
+        while self._owed and self._flushing.acquire(blocking=False):
+            try:
+                while True:
+                    with self._lock:
+                        owed, self._owed = self._owed, []
+                    if not owed:
+                        break
+                    for flush in owed:
+                        flush()
+            finally:
+                self._flushing.release()
 
     # -- the store's side (the server's start and its periodic saves) ----------------
 
@@ -790,19 +865,39 @@ class Hub:
             self._presence.pop(folded, None)
             self._newcomers.pop(folded, None)
 
-    def _fan_out_locked(self, room: Room, frame: bytes, *, version_1: bool = True) -> None:
-        # One encoded frame, the same bytes object queued to every recipient.
-        for folded in room.members:
-            entry = self._members[folded]
-            if version_1 or entry.version > 1:
-                entry.member.deliver(frame)
+    def _fan_out_locked(
+        self,
+        room: Room,
+        frame: bytes,
+        flushes: list[Callable[[], None]] | None = None,
+        *,
+        version_1: bool = True,
+    ) -> None:
+        """Stage `frame` (one encoded bytes object for all) for every member of `room`.
 
-    def _flush_presence_locked(self) -> None:
+        With `flushes`, the flushes owed are appended to it and the caller makes them
+        once it has released the lock (the hot paths: room lines, presence); without,
+        they are made here, under the lock (the rare events: a kick, a settings change).
+        Staging under the lock is what keeps one order per room.
+        """
+        owed: list[Callable[[], None]] = [] if flushes is None else flushes
+        members = self._members
+        for folded in room.members:
+            entry = members[folded]
+            if (version_1 or entry.version > 1) and entry.stage(frame):
+                owed.append(entry.flush)
+        if flushes is None:
+            for flush in owed:
+                flush()
+
+    def _flush_presence_locked(self, flushes: list[Callable[[], None]] | None = None) -> None:
+        """Stage the pending join/leave notices, one frame per member; `flushes` as in
+        `_fan_out_locked`."""
         if not self._presence:
             return
         presence, self._presence = self._presence, {}
         newcomers, self._newcomers = self._newcomers, {}
-        writes: dict[int, tuple[Member, list[bytes]]] = {}  # one write per member
+        writes: dict[int, tuple[_Online, list[bytes]]] = {}  # one write per member
         for folded, notices in presence.items():
             room = self._rooms.get(folded)
             if room is None or not notices:
@@ -811,13 +906,18 @@ class Hub:
             starts = [0, *itertools.accumulate(len(n) for n in notices)]  # byte offset of each notice
             skip = newcomers.get(folded, {})
             for member_nick in room.members:
-                member = self._members[member_nick].member
-                first = skip.get(id(member))
+                entry = self._members[member_nick]
+                first = skip.get(id(entry.member))
                 part = blob if first is None else blob[starts[first] :]
                 if part:
-                    writes.setdefault(id(member), (member, []))[1].append(part)
-        for member, parts in writes.values():
-            member.deliver(parts[0] if len(parts) == 1 else b"".join(parts))
+                    writes.setdefault(id(entry.member), (entry, []))[1].append(part)
+        owed: list[Callable[[], None]] = [] if flushes is None else flushes
+        for entry, parts in writes.values():
+            if entry.stage(parts[0] if len(parts) == 1 else b"".join(parts)):
+                owed.append(entry.flush)
+        if flushes is None:
+            for flush in owed:
+                flush()
 
 
 def _stored(name: str, settings: Settings) -> StoredRoom:

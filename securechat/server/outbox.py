@@ -10,6 +10,10 @@ socket is full, frames are queued, or the session is closing. The outbox asks fo
 through `start_writer` and the writer leaves after `idle_exit` seconds with nothing to
 send, so thousands of quiet sessions hold one thread each (the reader), not two.
 
+A broadcast coalesces per recipient: the hub `stage`s a line for each member while it
+holds its lock and `flush`es after, so what other senders staged for a member meanwhile
+leaves in the same TLS write (one `SSLObject.write` and one `send` for all of it).
+
 Where the outbox is, is one `OutboxState` value (see its docstring for the transitions).
 """
 
@@ -93,8 +97,8 @@ class Outbox:
     thread) whenever work appears and no writer is running; that writer calls `take`
     until it gets None (finish the connection) or `IDLE` (just exit).
 
-    Threads: `put` from any thread (the session's reader, other sessions' readers
-    fanning out, the watchdog); `close` from whichever thread closes the session;
+    Threads: `put`, `stage` and `flush` from any thread (the session's reader, other
+    sessions' readers fanning out, the watchdog); `close` from whichever thread closes the session;
     `take` from the writer only; `attach` from the reader once TLS is up.
     """
 
@@ -104,12 +108,16 @@ class Outbox:
         self._limit = limit
         self._start_writer = start_writer
         self._idle_exit = idle_exit
-        self._cond = threading.Condition(threading.Lock())
-        self._sink: Sink | None = None  # guarded by `_cond`
-        # Guarded by `_cond`: the frames queued (with `_PUSH_BACKLOG` markers), their size.
+        # `_lock` is `_cond`'s lock: the fast paths (`put`, `stage`, `flush`) take it bare,
+        # which is cheaper than entering the condition; the writer waits on `_cond`.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._sink: Sink | None = None  # guarded by `_lock`
+        # Guarded by `_lock`: the frames staged or queued (with `_PUSH_BACKLOG` markers),
+        # their size.
         self._frames: deque[bytes] = deque()
         self._size = 0
-        self._state = OutboxState.IDLE  # guarded by `_cond`
+        self._state = OutboxState.IDLE  # guarded by `_lock`
 
     @property
     def state(self) -> OutboxState:
@@ -123,28 +131,76 @@ class Outbox:
 
     def put(self, frame: bytes) -> bool:
         """Queue or send `frame`; False if it was refused (closed, or the limit is exceeded)."""
-        with self._cond:
-            return self._put_locked(frame)
+        with self._lock:
+            staged = self._stage_locked(frame)
+            if staged:
+                self._flush_locked()
+            return staged is not None and self._state is not OutboxState.OVERFLOWED
 
-    def _put_locked(self, frame: bytes) -> bool:
-        if self._state not in _OPEN:
-            return False
-        # The fast path keeps order: nothing is queued (not even a backlog to push), the
-        # writer is not mid-send, and send_now refuses while earlier ciphertext is unsent.
-        direct = not self._frames and self._state is not OutboxState.WRITING
-        if direct and self._sink is not None and self._sink.send_now(frame):
-            if self._sink.backlogged:
-                self._frames.append(_PUSH_BACKLOG)
-                self._wake_writer_locked()
+    def stage(self, frame: bytes) -> bool | None:
+        """Queue `frame` without sending it yet: None if refused (as `put`), else whether
+        the caller must call `flush` (soon, after releasing its own locks).
+
+        This is how a broadcast coalesces: the hub stages a line for every member under
+        its lock and flushes afterwards, so lines staged meanwhile by other senders go out
+        in the same TLS write. True is returned only to the first stager after the outbox
+        was last emptied; while it is owed a flush (or a writer has the frames), later
+        frames just join the queue. A caller that got True must call `flush`: nothing
+        else sends what it staged until the next `put` or writer.
+        """
+        with self._lock:
+            return self._stage_locked(frame)
+
+    def flush(self) -> None:
+        """Send what is staged in one write, without blocking, if the outbox may (no
+        writer is mid-send, no backlog to push); else leave it to the writer, woken."""
+        with self._lock:
+            self._flush_locked()
+
+    def _stage_locked(self, frame: bytes) -> bool | None:
+        # States compared by identity: a set lookup hashes the enum in Python, which
+        # showed in the fan-out's profile (this runs per recipient per line).
+        state = self._state
+        if state is not OutboxState.IDLE and state is not OutboxState.WAITING:
+            if state is not OutboxState.WRITING:
+                return None  # closing or finished
+        elif not self._frames:
+            # Owed a direct send: nothing is queued (not even a backlog to push) and no
+            # writer is mid-send. Not held to the limit, as a frame sent at once never was.
+            self._frames.append(frame)
+            self._size += len(frame)
             return True
+        # Behind others: whoever staged first, or the writer, sends it.
         if self._size + len(frame) > self._limit:
             self._wake_writer_locked()
             self._state = OutboxState.OVERFLOWED
-            return False
+            return None
         self._frames.append(frame)
         self._size += len(frame)
-        self._wake_writer_locked()
-        return True
+        return False
+
+    def _flush_locked(self) -> None:
+        frames = self._frames
+        state = self._state
+        if not frames or (state is not OutboxState.IDLE and state is not OutboxState.WAITING):
+            return  # nothing staged, or the writer sends it (mid-send, or closing)
+        sink = self._sink
+        if sink is None or frames[0] is _PUSH_BACKLOG:
+            self._wake_writer_locked()  # no channel yet, or only the writer can push
+            return
+        # One TLS write for everything staged, whoever staged it; send_now refuses while
+        # earlier ciphertext is unsent, so order is kept.
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        if not sink.send_now(data):
+            self._wake_writer_locked()
+            if self._size > self._limit:  # it cannot go now, and it is too much to queue
+                self._state = OutboxState.OVERFLOWED
+            return
+        frames.clear()
+        self._size = 0
+        if sink.backlogged:
+            frames.append(_PUSH_BACKLOG)
+            self._wake_writer_locked()
 
     def _wake_writer_locked(self) -> None:
         self._cond.notify()
@@ -164,7 +220,8 @@ class Outbox:
             if self._state not in _OPEN:
                 return
             if last is not None:
-                self._put_locked(last)
+                if self._stage_locked(last):
+                    self._flush_locked()
                 if self._state is OutboxState.OVERFLOWED:
                     return  # the put woke the writer, which drops the client
             idle = self._state is OutboxState.IDLE and not self._frames

@@ -209,7 +209,29 @@ class TlsChannel:
         After True, `backlogged` says whether part of it still waits for a `send`.
         A socket error leaves the bytes in the backlog, for `send` to raise it.
         """
-        return self._send_nowait(lambda: self._encrypt(data)) is not None
+        # `_send_nowait` inlined: this runs once per recipient of every broadcast, and a
+        # closure plus two calls were a measurable share of the fan-out.
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._backlog:
+                return False
+            with self._tls_lock:
+                if len(data) <= _WRITE_SLICE:
+                    if data:
+                        self._tls.write(data)
+                    pending = self._outgoing.read()
+                else:
+                    pending = self._encrypt(data)
+            try:
+                sent = self._sock.send(pending, socket.MSG_DONTWAIT) if pending else 0
+            except OSError:  # EAGAIN, or broken: either way a blocking send deals with it
+                sent = 0
+            if sent != len(pending):
+                self._backlog = pending[sent:]
+            return True
+        finally:
+            self._send_lock.release()
 
     def _send_nowait(self, produce: Callable[[], bytes]) -> bool | None:
         """Offer the ciphertext `produce()` makes (under `_tls_lock`) to the socket without

@@ -102,6 +102,11 @@ class Session:
         self._watchdog = watchdog
         self._config = config
         self._outbox = Outbox(config.send_queue_bytes, start_writer=self._start_writer)
+        # The hub's `Staging.flush`: send what `stage` queued, in one TLS write, without
+        # blocking (or leave it to the writer); called by whichever thread makes the
+        # flushes a fan-out owed, without the hub's lock. The outbox's own method, not a
+        # wrapper: it runs once per recipient per pass.
+        self.flush: Callable[[], None] = self._outbox.flush
         # Guards the fields below it. A leaf lock except that the outbox's condition is
         # held around it (`_start_writer`); never held while calling out (hub, outbox,
         # watchdog, channel).
@@ -174,13 +179,29 @@ class Session:
         writer may be blocked in a send to this very client and cannot notice by
         itself, and the broadcaster calling us must not do socket work.
         """
-        if not self._outbox.put(frame) and self._outbox.overflowed:
-            with self._lock:
-                first = not self._overflow_reported
-                self._overflow_reported = True
-            if first:
-                self.close(reason=_NOT_READING)
-                self._watchdog.after(0.0, self._channel.shutdown)
+        if not self._outbox.put(frame):
+            self._refused()
+
+    def stage(self, frame: bytes) -> bool:
+        """Queue a frame without sending it yet (the hub's fan-out, under its lock);
+        True if the caller must call `flush` once it has released its lock (see
+        `Outbox.stage`). Never blocks; an overflow is handled as in `deliver`."""
+        staged = self._outbox.stage(frame)
+        if staged is None:
+            self._refused()
+            return False
+        return staged
+
+    def _refused(self) -> None:
+        """The outbox refused a frame: if it overflowed, cut the connection (once)."""
+        if not self._outbox.overflowed:
+            return  # closing: nothing more goes out anyway
+        with self._lock:
+            first = not self._overflow_reported
+            self._overflow_reported = True
+        if first:
+            self.close(reason=_NOT_READING)
+            self._watchdog.after(0.0, self._channel.shutdown)
 
     def close(self, final: Event | None = None, reason: str = "") -> None:
         """Begin closing: queue `final` as the last frame, stop output, cut after `linger`.
