@@ -334,3 +334,39 @@ def test_a_whisper_reaches_its_online_recipient_only_after_its_commit(tmp_path: 
         relay.whisper("alice", Whisper(to="bob", id="poison", header=b"h", ciphertext=b"c"))
     assert [json.loads(f)["msg_id"] for f in bob.frames if b'"delivery"' in f] == ["m1"]
     store.close()
+
+
+def test_whispers_read_together_take_one_commit_and_reach_their_recipient_in_one_write(
+    setup: tuple[Relay, Hub, Conversations],
+) -> None:
+    relay, hub, _ = setup
+    store = relay._store
+    assert isinstance(store, SqliteStore)
+    relay.register("alice", b"a" * 32)
+    alice, bob = FakeMember(), FakeMember()
+    hub.join(alice, "alice", lambda room, users: None)
+    hub.join(bob, "bob", lambda room, users: None)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    outcomes = relay.whisper_many(
+        "alice",
+        [
+            Whisper(to="bob", id="m1", header=b"h", ciphertext=b"c"),
+            Whisper(to="alice", id="m2", header=b"h", ciphertext=b"c"),  # herself
+            Whisper(to="ghost", id="m3", header=b"h", ciphertext=b"c"),  # nobody
+            Whisper(to="bob", id="m4", header=b"h", ciphertext=b"c"),
+        ],
+    )
+    store._db.set_trace_callback(None)
+    assert statements.count("COMMIT") == 1
+    stored, herself, nobody, stored_too = outcomes
+    assert stored == WhisperStatus(id="m1", to="bob", status="stored")
+    assert stored_too == WhisperStatus(id="m4", to="bob", status="stored")
+    assert isinstance(herself, RelayError) and herself.code == Code.INVALID
+    assert isinstance(nobody, RelayError) and nobody.code == Code.NO_SUCH_USER
+    [pushed] = [f for f in bob.frames if b'"delivery"' in f]  # both in one write, in order
+    deliveries = [json.loads(line) for line in pushed.splitlines()]
+    assert [d["msg_id"] for d in deliveries] == ["m1", "m4"]
+    relay.ack_many("bob", [Ack(id=d["id"]) for d in deliveries])
+    [told] = [f for f in alice.frames if b"whisper_status" in f]  # one write to alice too
+    assert [json.loads(line)["id"] for line in told.splitlines()] == ["m1", "m4"]

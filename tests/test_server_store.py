@@ -13,6 +13,7 @@ from securechat.protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRe
 from securechat.server import store as store_module
 from securechat.server.store import (
     SCHEMA_VERSION,
+    NewWhisper,
     QueueLimits,
     Quota,
     QuotaExceeded,
@@ -21,6 +22,7 @@ from securechat.server.store import (
     StoredBan,
     StoredRoom,
     StoreUnavailable,
+    UnknownRecipient,
 )
 
 IDENT = KeyIdentity(sig_key=b"s" * 32, dh_key=b"d" * 32, dh_sig=b"g" * 64)
@@ -849,3 +851,37 @@ def test_rooms_whose_owner_key_has_not_logged_in_for_the_ttl_are_released(tmp_pa
     assert store.recent_history("#idle", 10) == [] and len(store.recent_history("#lobby", 10)) == 1
     assert store.release_room("#USED") and not store.release_room("#used")
     assert [r.name for r in store.registered_rooms()] == ["#online"]
+
+
+def test_whispers_and_acks_read_together_take_one_commit_each_with_a_refusal_of_their_own(
+    store: SqliteStore,
+) -> None:
+    limits = QueueLimits(
+        per_recipient=10, bytes_per_recipient=10**6, per_sender=2, bytes_per_sender=10**6, total_bytes=10**6
+    )
+    store.register("bob", b"b" * 32, 1.0)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    outcomes = store.enqueue_many(
+        [
+            NewWhisper("bob", "m1", "alice", b"h", b"c", 1.0),
+            NewWhisper("ghost", "m2", "alice", b"h", b"c", 1.0),  # nobody is registered as ghost
+            NewWhisper("bob", "m1", "alice", b"h", b"c", 1.0),  # the same again: the same id
+            NewWhisper("bob", "m3", "alice", b"h", b"c", 1.0),
+            NewWhisper("bob", "m4", "alice", b"h", b"c", 1.0),  # a third from alice: over her quota
+        ],
+        limits=limits,
+        registered_only=True,
+    )
+    assert statements.count("COMMIT") == 1
+    first, unknown, again, third, over = outcomes
+    assert isinstance(first, int) and again == first and isinstance(third, int)
+    assert isinstance(unknown, UnknownRecipient)
+    assert isinstance(over, QuotaExceeded) and over.quota is Quota.SENDER_COUNT
+    assert [q.msg_id for q in store.pending("bob")] == ["m1", "m3"]
+    statements.clear()
+    done = store.ack_many("bob", [(first, ""), (12345, ""), (third, "undecryptable")])
+    assert statements.count("COMMIT") == 1
+    assert [d.msg_id if d else None for d in done] == ["m1", None, "m3"]
+    assert store.pending("bob") == [] and store.failures("alice") == [("bob", "m3", "undecryptable")]
+    store._db.set_trace_callback(None)

@@ -61,7 +61,7 @@ class RelayResult:
     whispers: int  # asked for in all
     stored: int  # `stored` answers received
     delivered: int  # `delivered` statuses received (the recipient's ack went through)
-    refused: int  # error frames (store-unavailable, quota): none in a good run
+    refused: int  # whispers refused (store-unavailable, a quota): none in a good run
     seconds: float  # from the first whisper sent to the last `delivered`
     whispers_per_s: float  # delivered / seconds
     #: Server CPU (user + system, from /proc) per delivered whisper, when its pid is known.
@@ -217,7 +217,14 @@ def _run(
                 frame = json.loads(line)
                 peer.out += encode(Ack(id=frame["id"]))
             elif b'"error"' in line:
+                # A refused whisper (store-unavailable, a quota) names itself in `ref`: it is
+                # done, and a good run has none.
+                frame = json.loads(line)
                 counts["refused"] += 1
+                if peer.unstored.pop(frame.get("ref", ""), None) is not None:
+                    peer.sent_at.pop(frame["ref"], None)
+                    peer.in_flight -= 1
+                    top_up(peer)
 
     def read(peer: _Peer) -> None:
         chunks = [peer.tail]
@@ -259,7 +266,7 @@ def _run(
     next_progress = start
     for s in senders:
         top_up(s)
-    while counts["delivered"] < total:
+    while counts["delivered"] + counts["refused"] < total:
         now = time.monotonic()
         if now >= deadline:
             raise TimeoutError(f"only {counts['delivered']} of {total} whispers delivered in {timeout:.0f} s")

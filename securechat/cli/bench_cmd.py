@@ -308,6 +308,11 @@ def run_bench(args: argparse.Namespace) -> int:
             elif isinstance(value, float):
                 value = f"{value:,.2f}"
             print(f"{key:>{width}}: {value}")
+    if args.scenario == "relay" and (data["refused"] or data["delivered"] < data["whispers"]):
+        print(
+            f"FAILED: {data['refused']} whispers refused, {data['delivered']} of {data['whispers']} delivered"
+        )
+        return 1
     lost = data.get("expected", 0) - data.get("deliveries", 0)
     if lost or data.get("out_of_order") or data.get("wrong_room") or data.get("duplicates"):
         wrong = (

@@ -38,7 +38,7 @@ from ..protocol import (
 )
 from .backlog import Backlog
 from .config import ServerConfig
-from .hub import Hub
+from .hub import Hub, Member
 from .prekeylimits import PrekeyLimits
 from .store import (
     NewWhisper,
@@ -262,6 +262,8 @@ class Relay:
         # sessions' whispers (the store's group commit).
         stored = iter(self._store.enqueue_many(queued, limits=self._queue_limits, registered_only=True))
         results: list[WhisperStatus | RelayError] = []
+        # What each online recipient is pushed, in order: one write for all (`_push`).
+        pushes: dict[int, tuple[Member, list[bytes]]] = {}
         for event, refused in zip(events, outcomes, strict=True):
             if refused is not None:
                 results.append(refused)
@@ -281,9 +283,12 @@ class Relay:
                 delivery = QueuedWhisper(
                     whisper_id, fold_nick(event.to), event.id, sender, event.header, event.ciphertext, ts
                 )
-                recipient.deliver(encode(_delivery(delivery, shown_sender)))
+                pushes.setdefault(id(recipient), (recipient, []))[1].append(
+                    encode(_delivery(delivery, shown_sender))
+                )
             away = recipient.away if recipient is not None else ""
             results.append(WhisperStatus(id=event.id, to=event.to, status="stored", away=away))
+        _push(pushes)
         return results
 
     def _over_quota(self, quota: Quota, to: str) -> str:
@@ -345,12 +350,16 @@ class Relay:
             keep_failures=self._config.queue_max_per_sender,
         )
         to = self._hub.display_nick(nick) or nick
+        statuses: dict[int, tuple[Member, list[bytes]]] = {}
         for done, failed in zip(done_all, outcomes, strict=True):
             if done is None:
                 continue
             sender = self._hub.member(done.sender)
             if sender is not None:
-                sender.deliver(encode(_status(done.msg_id, to, failed)))
+                statuses.setdefault(id(sender), (sender, []))[1].append(
+                    encode(_status(done.msg_id, to, failed))
+                )
+        _push(statuses)
 
     def failures(self, nick: str) -> list[WhisperStatus]:
         """`failed` statuses for `nick`'s whispers that could not be decrypted and that
@@ -361,6 +370,13 @@ class Relay:
             _status(msg_id, self._hub.display_nick(recipient) or recipient, reason)
             for recipient, msg_id, reason in self._store.failures(nick, limit=self._config.queue_page)
         ]
+
+
+def _push(frames: dict[int, tuple[Member, list[bytes]]]) -> None:
+    """Give each member its frames (whole lines, in order) in one write: a batch of
+    whispers to one recipient, or of statuses to one sender, is one TLS record."""
+    for member, lines in frames.values():
+        member.deliver(lines[0] if len(lines) == 1 else b"".join(lines))
 
 
 def _delivery(q: QueuedWhisper, sender: str) -> Delivery:
