@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Callable
 
@@ -790,3 +791,50 @@ def test_lines_staged_for_a_member_before_its_flush_leave_in_one_write_in_hub_or
         assert [json.loads(line)["text"] for line in writes[0].splitlines()] == ["from alice", "from carol"]
     for m in members.values():  # everyone saw the same order
         assert [e["text"] for e in m.seen()] == ["from alice", "from carol"]
+
+
+def test_member_lists_stay_sorted_through_logins_leaves_renames_and_parts() -> None:
+    # The hub keeps each room's list sorted as members come and go (no sort per login):
+    # every list it hands out must still be exactly the sorted one.
+    hub = multi()
+    rng = random.Random(7)
+    online: dict[str, FakeMember] = {}
+    in_dev: set[str] = set()
+    for step in range(400):
+        action = rng.random()
+        if action < 0.45 or not online:
+            nick = rng.choice(["al", "Bo", "cy", "Di", "ed", "Fa", "gu", "Ha", "iv", "Jo"]) + str(
+                rng.randrange(30)
+            )
+            if nick.lower() in {n.lower() for n in online}:
+                continue
+            online[nick], welcomed = join(hub, nick, version=2)
+            assert welcomed[-1] == tuple(sorted(online, key=str.lower)), step
+        elif action < 0.65:
+            nick = rng.choice(sorted(online))
+            hub.leave(online.pop(nick), nick)
+            in_dev.discard(nick)
+        elif action < 0.8:
+            nick = rng.choice(sorted(online))
+            new = nick.swapcase() + "x"
+            if new.lower() in {n.lower() for n in online}:
+                continue
+            hub.reserve(nick, new)
+            hub.rename(nick, new)
+            online[new] = online.pop(nick)
+            if nick in in_dev:
+                in_dev.remove(nick)
+                in_dev.add(new)
+        elif action < 0.92:
+            nick = rng.choice(sorted(online))
+            hub.enter(nick, "#dev")
+            in_dev.add(nick)
+            entered = [e for e in online[nick].seen() if e["type"] == "entered"][-1]
+            assert entered["users"] == sorted(in_dev, key=str.lower), step
+        elif in_dev:
+            nick = rng.choice(sorted(in_dev))
+            hub.part(nick, "#dev")
+            in_dev.remove(nick)
+        if online:
+            names = hub.names(next(iter(online)), "#lobby")
+            assert list(names.users) == sorted(online, key=str.lower), step
