@@ -280,3 +280,16 @@ def test_reads_the_socket_in_small_chunks(server_ctx: ssl.SSLContext, client_ctx
     assert max(recording.asked) <= 17 * 1024
     server.close()
     client.close()
+
+
+def test_send_now_refuses_on_a_broken_tls_session_and_send_raises_it(
+    pair: tuple[TlsChannel, TlsChannel],
+) -> None:
+    # A broadcast calls send_now for one recipient after another: an error here must not
+    # escape into the loop (the later recipients would be left unsent), but the blocking
+    # send the refusal leads to must raise it, so the writer ends the session.
+    server, _client = pair
+    server.finish_sending()  # close_notify sent: the TLS session takes no more data
+    assert not server.send_now(b"after the end\n")
+    with pytest.raises(ssl.SSLError):
+        server.send(b"after the end\n")

@@ -204,8 +204,9 @@ class TlsChannel:
     def send_now(self, data: bytes) -> bool:
         """Encrypt `data` and give the socket as much as it takes without blocking.
 
-        Returns False, having done nothing, when another thread is sending or earlier
-        ciphertext is still waiting: the caller must then queue `data` for `send`.
+        Returns False, having done nothing, when another thread is sending, earlier
+        ciphertext is still waiting or the TLS session is broken: the caller must then
+        queue `data` for `send` (which raises the error, if any).
         After True, `backlogged` says whether part of it still waits for a `send`.
         A socket error leaves the bytes in the backlog, for `send` to raise it.
         """
@@ -217,12 +218,18 @@ class TlsChannel:
             if self._backlog:
                 return False
             with self._tls_lock:
-                if len(data) <= _WRITE_SLICE:
-                    if data:
-                        self._tls.write(data)
-                    pending = self._outgoing.read()
-                else:
-                    pending = self._encrypt(data)
+                try:
+                    if len(data) <= _WRITE_SLICE:
+                        if data:
+                            self._tls.write(data)
+                        pending = self._outgoing.read()
+                    else:
+                        pending = self._encrypt(data)
+                except ssl.SSLError:
+                    # The TLS session is broken: refused, so the caller queues it for a
+                    # blocking `send`, which raises this to whoever can end the session.
+                    # Raising here would leave a broadcast's later recipients unsent.
+                    return False
             try:
                 sent = self._sock.send(pending, socket.MSG_DONTWAIT) if pending else 0
             except OSError:  # EAGAIN, or broken: either way a blocking send deals with it
