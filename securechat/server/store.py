@@ -699,12 +699,13 @@ class SqliteStore:
     **Group commit.** `enqueue` and `ack` are the hot path (every whisper is one of each),
     and a durable commit waits for the disk. So they do not commit one by one: each
     queues its work, and the first caller to find no commit under way leads: it takes
-    everything queued so far, runs each piece in a savepoint of one transaction and
-    commits once for all (flushed if any piece asked for it), then wakes each caller
-    with its own result and hands the lead to one that queued meanwhile. A piece that
-    raises (a quota) is rolled back alone; a failed commit fails every piece with
-    `StoreUnavailable`, and none took effect. Callers still return only after the
-    commit that holds their change.
+    everything queued so far, runs each piece in one transaction and commits once for
+    all (flushed if any piece asked for it), then wakes each caller with its own result
+    and hands the lead to one that queued meanwhile. A piece that raises before it
+    writes anything (a quota, an unknown recipient) is refused alone; one that raises
+    after writing, or a failed commit, fails every piece with `StoreUnavailable`, and
+    none took effect. Callers still return only after the commit that holds their
+    change.
     """
 
     def __init__(
@@ -900,8 +901,8 @@ class SqliteStore:
                 successor.wake.set()
 
     def _commit_group(self, batch: list[_Grouped]) -> None:
-        """One transaction for `batch`: each operation in a savepoint of its own, one
-        commit, flushed if any operation is durable. Sets each one's result or error."""
+        """One transaction for `batch`, one commit, flushed if any operation is durable.
+        Sets each one's result or error."""
         durable = any(op.durable for op in batch)
         with self._lock:
             if self._failed is not None:
@@ -915,15 +916,18 @@ class SqliteStore:
                     self._db.execute("BEGIN IMMEDIATE")
                     try:
                         for op in batch:
-                            self._db.execute("SAVEPOINT op")
+                            changes = self._db.total_changes
                             try:
                                 op.result = op.work(self._db)
                             except sqlite3.Error:
                                 raise  # the database failed: the whole group fails
-                            except Exception as exc:  # the caller's to raise (a quota): undone alone
-                                self._db.execute("ROLLBACK TO op")
+                            except Exception as exc:  # the caller's to raise (a quota)
+                                if self._db.total_changes != changes:
+                                    # It had written something: only the whole group can
+                                    # be undone (a savepoint each costs two statements
+                                    # per whisper, for refusals that never write).
+                                    raise
                                 op.error = exc
-                            self._db.execute("RELEASE op")
                     except BaseException:
                         if self._db.in_transaction:
                             self._db.execute("ROLLBACK")
@@ -936,6 +940,11 @@ class SqliteStore:
                 self._fault(exc)  # logs it once for the group, as for one operation
                 for op in batch:
                     op.error = StoreUnavailable(str(exc))  # one each: raised in many threads
+                return
+            except Exception as exc:  # a piece that failed after writing (see above)
+                log.exception("a store operation failed after writing; its group is undone")
+                for op in batch:
+                    op.error = StoreUnavailable(f"the transaction failed: {exc}")
                 return
             gone = self._still_here() if durable and self._still_here is not None else None
             if gone is not None:
