@@ -100,10 +100,9 @@ def _check_mask(value: str) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Join(Event):
-    """Enter a room, creating it if it does not exist; answered by `entered`."""
+class _RoomRequest(Event):
+    """A client's request about one room: every one names it, checked here once."""
 
-    TYPE = "join"
     SENDERS = FROM_CLIENT
     room: str
 
@@ -112,30 +111,33 @@ class Join(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Part(Event):
+class Join(_RoomRequest):
+    """Enter a room, creating it if it does not exist; answered by `entered`."""
+
+    TYPE = "join"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Part(_RoomRequest):
     """Leave a room; the members, the leaver included, get `left`."""
 
     TYPE = "part"
-    SENDERS = FROM_CLIENT
-    room: str
     reason: str = ""
 
     def __post_init__(self) -> None:
-        check_room(self.room)
+        super().__post_init__()
         check_str("reason", self.reason)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SetTopic(Event):
+class SetTopic(_RoomRequest):
     """Change a room's topic ("" clears it); the members get `room_changed`."""
 
     TYPE = "set_topic"
-    SENDERS = FROM_CLIENT
-    room: str
     topic: str
 
     def __post_init__(self) -> None:
-        check_room(self.room)
+        super().__post_init__()
         _check_topic(self.topic)
 
 
@@ -153,140 +155,111 @@ class ListRooms(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Invite(Event):
+class Invite(_RoomRequest):
     """Invite an online user into a room; the invitee and the inviter get `invited`."""
 
     TYPE = "invite"
-    SENDERS = FROM_CLIENT
-    room: str
     nick: str
 
     def __post_init__(self) -> None:
-        check_room(self.room)
+        super().__post_init__()
         check_nick("nick", self.nick)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Kick(Event):
+class Kick(_RoomRequest):
     """Remove a member from a registered room (operators); everyone gets `left` with `by`."""
 
     TYPE = "kick"
-    SENDERS = FROM_CLIENT
-    room: str
     nick: str
     reason: str = ""
 
     def __post_init__(self) -> None:
-        check_room(self.room)
+        super().__post_init__()
         check_nick("nick", self.nick)
         check_str("reason", self.reason)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Ban(Event):
+class Ban(_RoomRequest):
     """Ban a nick (by its identity key when registered) or a guest nick glob (operators)."""
 
     TYPE = "ban"
-    SENDERS = FROM_CLIENT
-    room: str
     mask: str
 
     def __post_init__(self) -> None:
-        check_room(self.room)
+        super().__post_init__()
         _check_mask(self.mask)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Unban(Event):
+class Unban(_RoomRequest):
     """Lift a ban, named by the mask its `ban_list` entry shows (operators)."""
 
     TYPE = "unban"
-    SENDERS = FROM_CLIENT
-    room: str
     mask: str
 
     def __post_init__(self) -> None:
-        check_room(self.room)
+        super().__post_init__()
         _check_mask(self.mask)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Bans(Event):
+class Bans(_RoomRequest):
     """Ask for a room's bans (operators); answered by `ban_list`."""
 
     TYPE = "bans"
-    SENDERS = FROM_CLIENT
-    room: str
-
-    def __post_init__(self) -> None:
-        check_room(self.room)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SetMode(Event):
+class SetMode(_RoomRequest):
     """Make a registered room invite-only, or open again (operators)."""
 
     TYPE = "set_mode"
-    SENDERS = FROM_CLIENT
-    room: str
     invite_only: bool
-
-    def __post_init__(self) -> None:
-        check_room(self.room)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RegisterRoom(Event):
+class RegisterRoom(_RoomRequest):
     """Register a room: its creator, an identity user in it, becomes its owner."""
 
     TYPE = "register_room"
-    SENDERS = FROM_CLIENT
-    room: str
-
-    def __post_init__(self) -> None:
-        check_room(self.room)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Op(Event):
+class Op(_RoomRequest):
     """Make a registered nick an operator of a registered room (the owner only)."""
 
     TYPE = "op"
-    SENDERS = FROM_CLIENT
-    room: str
     nick: str
 
     def __post_init__(self) -> None:
-        check_room(self.room)
+        super().__post_init__()
         check_nick("nick", self.nick)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Deop(Event):
+class Deop(_RoomRequest):
     """Take a nick's operator status away (the owner only)."""
 
     TYPE = "deop"
-    SENDERS = FROM_CLIENT
-    room: str
     nick: str
 
     def __post_init__(self) -> None:
-        check_room(self.room)
+        super().__post_init__()
         check_nick("nick", self.nick)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Transfer(Event):
+class Transfer(_RoomRequest):
     """Hand a registered room to a registered nick (the owner only; the old owner stays
     an operator)."""
 
     TYPE = "transfer"
-    SENDERS = FROM_CLIENT
-    room: str
     nick: str
 
     def __post_init__(self) -> None:
-        check_room(self.room)
+        super().__post_init__()
         check_nick("nick", self.nick)
 
 
