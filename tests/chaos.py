@@ -1121,8 +1121,9 @@ class Chaos:
         # Every marker was whispered after everything else and shown: what is still not
         # shown gets a last, shorter chance (a resend still on its way), then counts as lost.
         self.wait(lambda: not self.ledger.unshown_acknowledged(), TIMEOUT / 3)
-        # A whisper is pushed to an online recipient before its commit, so the last marker
-        # may be shown before its sender hears "stored": wait for those answers too.
+        # The push to the recipient and the sender's "stored" leave after the same commit
+        # but on different connections, so the last marker may be shown before its sender
+        # hears "stored": wait for those answers too.
         self.wait(lambda: not self.ledger.unconfirmed(), TIMEOUT / 3)
 
     def _stored_in_outbox(self, unconfirmed: list[WhisperRecord]) -> list[WhisperRecord]:
