@@ -5,7 +5,10 @@ process (they only read), then broadcasts LINES room lines one at a time, as the
 `steady` scenario does, and reports the broadcasting thread's CPU per delivery and
 the functions it spent it in.
 
-    python benchmarks/profile_fanout.py [--clients 200] [--lines 200]
+    python benchmarks/profile_fanout.py [--clients 200] [--lines 200] [--no-profile]
+
+`--no-profile` measures only, without cProfile: the quickest before/after comparison of
+a change to the fan-out (run the old code with PYTHONPATH pointing at a worktree of it).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--lines", type=int, default=200)
+    parser.add_argument("--no-profile", action="store_true", help="measure only, without cProfile")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="securechat-profile-") as tmp:
         work = Path(tmp)
@@ -73,7 +77,7 @@ def main() -> int:
                 cpu += time.thread_time() - start
                 threading.Event().wait(0.01)  # lines spaced out, as in `steady`
             profile = cProfile.Profile()
-            for i in range(args.lines):  # then again under it
+            for i in range(0 if args.no_profile else args.lines):  # then again under it
                 profile.enable()
                 server.hub.say("reader0", "#lobby", f"line {i} of the profile, about as long as a chat line")
                 profile.disable()
@@ -84,6 +88,8 @@ def main() -> int:
             server.stop()
     deliveries = args.lines * args.clients
     print(f"{args.clients} clients, {args.lines} lines: {cpu / deliveries * 1e6:.2f} us of CPU per delivery")
+    if args.no_profile:
+        return 0
     print("Under cProfile (its overhead inflates the times; the split is what matters):")
     out = io.StringIO()
     pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(12)

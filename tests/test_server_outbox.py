@@ -63,11 +63,11 @@ class FakeSink:
         self.finished = self.can_finish
         return self.can_finish
 
-    def send_now(self, data: bytes) -> bool:
+    def send_nowait(self, data: bytes) -> bool | None:
         if self.full:
-            return False
+            return None
         self.sent.append(data)
-        return True
+        return not self.backlogged
 
 
 def test_an_idle_outbox_sends_directly_without_waking_the_writer() -> None:

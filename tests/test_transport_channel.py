@@ -227,6 +227,24 @@ def test_send_now_keeps_order_when_the_socket_fills_up(pair: tuple[TlsChannel, T
     assert got and hashlib.sha256(got[0]).digest() == hashlib.sha256(expected).digest()  # type: ignore[arg-type]
 
 
+def test_send_nowait_answers_sent_backlogged_or_refused(pair: tuple[TlsChannel, TlsChannel]) -> None:
+    # The outbox reads its one answer instead of asking `backlogged` after each send:
+    # True (all went), False (part waits), None (refused, nothing done).
+    server, client = pair
+    assert server.send_nowait(b"a\n") is True and not server.backlogged
+    assert recv_exactly(client, 2) == b"a\n"
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    chunk = os.urandom(32 * 1024)
+    answers = []
+    while (answer := server.send_nowait(chunk)) is True:
+        answers.append(answer)
+        assert len(answers) < 10_000, "the socket never filled"
+    assert answer is False and server.backlogged  # accepted; part of it waits
+    assert server.send_nowait(b"refused while backlogged") is None
+    with server._send_lock:
+        assert server.send_nowait(b"refused while another sends") is None
+
+
 def test_send_now_steps_aside_while_another_thread_sends(pair: tuple[TlsChannel, TlsChannel]) -> None:
     server, client = pair
     with server._send_lock:  # as if a writer were inside a blocking send

@@ -75,9 +75,12 @@ _OPEN: Final = frozenset({OutboxState.IDLE, OutboxState.WAITING, OutboxState.WRI
 
 
 class Sink(Protocol):
-    """The non-blocking side of a channel (see `TlsChannel.send_now`)."""
+    """The non-blocking side of a channel (see `TlsChannel.send_nowait`)."""
 
-    def send_now(self, data: bytes) -> bool: ...
+    def send_nowait(self, data: bytes) -> bool | None:
+        """None: refused, nothing done (another send under way, a backlog, a broken
+        session); True: all of it went; False: part of it waits in the sink's backlog
+        (only a blocking send, the writer's, can push it)."""
 
     def finish_now(self) -> bool: ...
 
@@ -148,14 +151,47 @@ class Outbox:
         frames just join the queue. A caller that got True must call `flush`: nothing
         else sends what it staged until the next `put` or writer.
         """
+        # `_stage_locked` inlined but for an overflow: this runs for every recipient of
+        # every room line, and a call per recipient was a measurable share of the fan-out.
         with self._lock:
-            return self._stage_locked(frame)
+            state = self._state
+            frames = self._frames
+            if state is OutboxState.IDLE or state is OutboxState.WAITING:
+                if not frames:
+                    frames.append(frame)
+                    self._size += len(frame)
+                    return True
+            elif state is not OutboxState.WRITING:
+                return None  # closing or finished
+            size = self._size + len(frame)
+            if size > self._limit:
+                return self._stage_locked(frame)  # refused: overflowed
+            frames.append(frame)
+            self._size = size
+            return False
 
     def flush(self) -> None:
         """Send what is staged in one write, without blocking, if the outbox may (no
         writer is mid-send, no backlog to push); else leave it to the writer, woken."""
+        # `_flush_locked` inlined, for the reason given in `stage`.
         with self._lock:
-            self._flush_locked()
+            frames = self._frames
+            state = self._state
+            if not frames or (state is not OutboxState.IDLE and state is not OutboxState.WAITING):
+                return  # nothing staged, or the writer sends it (mid-send, or closing)
+            sink = self._sink
+            if sink is None or frames[0] is _PUSH_BACKLOG:
+                self._wake_writer_locked()  # no channel yet, or only the writer can push
+                return
+            sent = sink.send_nowait(frames[0] if len(frames) == 1 else b"".join(frames))
+            if sent is None:
+                self._refused_locked()
+                return
+            frames.clear()
+            self._size = 0
+            if not sent:
+                frames.append(_PUSH_BACKLOG)
+                self._wake_writer_locked()
 
     def _stage_locked(self, frame: bytes) -> bool | None:
         # States compared by identity: a set lookup hashes the enum in Python, which
@@ -188,19 +224,23 @@ class Outbox:
         if sink is None or frames[0] is _PUSH_BACKLOG:
             self._wake_writer_locked()  # no channel yet, or only the writer can push
             return
-        # One TLS write for everything staged, whoever staged it; send_now refuses while
+        # One TLS write for everything staged, whoever staged it; the sink refuses while
         # earlier ciphertext is unsent, so order is kept.
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        if not sink.send_now(data):
-            self._wake_writer_locked()
-            if self._size > self._limit:  # it cannot go now, and it is too much to queue
-                self._state = OutboxState.OVERFLOWED
+        sent = sink.send_nowait(frames[0] if len(frames) == 1 else b"".join(frames))
+        if sent is None:
+            self._refused_locked()
             return
         frames.clear()
         self._size = 0
-        if sink.backlogged:
+        if not sent:  # the kernel took part of it: the writer pushes the rest
             frames.append(_PUSH_BACKLOG)
             self._wake_writer_locked()
+
+    def _refused_locked(self) -> None:
+        """The sink could not take what is staged now: the writer sends it."""
+        self._wake_writer_locked()
+        if self._size > self._limit:  # it cannot go now, and it is too much to queue
+            self._state = OutboxState.OVERFLOWED
 
     def _wake_writer_locked(self) -> None:
         self._cond.notify()

@@ -40,6 +40,8 @@ _RECV_BATCH = 256 * 1024
 #: A memory BIO never gives back the room it once needed, so writing a 50 KiB frame
 #: at once would leave every session holding 50 KiB of empty buffer afterwards.
 _WRITE_SLICE = 16 * 1024
+#: Read once: the fast path sends with it for every recipient of every broadcast.
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 class TlsChannel:
@@ -66,6 +68,10 @@ class TlsChannel:
             self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         self._tls_lock = threading.Lock()  # guards _tls and both BIOs
+        # `_tls.write` without `ssl.SSLObject.write`'s Python frame, which only forwards
+        # to the C object's method: it runs once per recipient of every broadcast.
+        # Called under `_tls_lock`, like `_tls`.
+        self._write: Callable[[bytes], int] = getattr(self._tls, "_sslobj", self._tls).write
         self._send_lock = threading.Lock()  # orders drains of _outgoing with their sendall
         self._backlog = b""  # ciphertext send_now could not hand over; guarded by _send_lock
         # Set once (False -> True) by `shutdown`, from any thread; read bare by the reader
@@ -210,18 +216,28 @@ class TlsChannel:
         After True, `backlogged` says whether part of it still waits for a `send`.
         A socket error leaves the bytes in the backlog, for `send` to raise it.
         """
-        # `_send_nowait` inlined: this runs once per recipient of every broadcast, and a
-        # closure plus two calls were a measurable share of the fan-out.
-        if not self._send_lock.acquire(blocking=False):
-            return False
+        return self.send_nowait(data) is not None
+
+    def send_nowait(self, data: bytes) -> bool | None:
+        """`send_now` answering in one call what the fan-out needs to know: None when
+        refused (nothing done; as `send_now`'s False), True when the kernel took all of
+        it, False when part of it waits in the backlog for the next `send`.
+
+        Thread-safe; never blocks. This runs once per recipient of every broadcast, so
+        it is written flat: no closure, no property read after it (`backlogged`), no
+        keyword arguments (parsed at each call), the SSL object's own `write`.
+        """
+        send_lock = self._send_lock
+        if not send_lock.acquire(False):
+            return None
         try:
             if self._backlog:
-                return False
+                return None
             with self._tls_lock:
                 try:
                     if len(data) <= _WRITE_SLICE:
                         if data:
-                            self._tls.write(data)
+                            self._write(data)
                         pending = self._outgoing.read()
                     else:
                         pending = self._encrypt(data)
@@ -229,24 +245,27 @@ class TlsChannel:
                     # The TLS session is broken: refused, so the caller queues it for a
                     # blocking `send`, which raises this to whoever can end the session.
                     # Raising here would leave a broadcast's later recipients unsent.
-                    return False
+                    return None
+            if not pending:
+                return True
             try:
-                sent = self._sock.send(pending, socket.MSG_DONTWAIT) if pending else 0
+                sent = self._sock.send(pending, _DONTWAIT)
             except OSError:  # EAGAIN, or broken: either way a blocking send deals with it
                 sent = 0
-            if sent != len(pending):
-                self._backlog = pending[sent:]
-            return True
+            if sent == len(pending):
+                return True
+            self._backlog = pending[sent:]
+            return False
         finally:
-            self._send_lock.release()
+            send_lock.release()
 
-    def _send_nowait(self, produce: Callable[[], bytes]) -> bool | None:
+    def _offer(self, produce: Callable[[], bytes]) -> bool | None:
         """Offer the ciphertext `produce()` makes (under `_tls_lock`) to the socket without
         blocking; keep what it does not take as the backlog. True if all of it went.
 
         None, with nothing done, when another thread is sending or a backlog waits.
         """
-        if not self._send_lock.acquire(blocking=False):
+        if not self._send_lock.acquire(False):
             return None
         try:
             if self._backlog:
@@ -254,7 +273,7 @@ class TlsChannel:
             with self._tls_lock:
                 pending = produce()
             try:
-                sent = self._sock.send(pending, socket.MSG_DONTWAIT) if pending else 0
+                sent = self._sock.send(pending, _DONTWAIT) if pending else 0
             except OSError:  # EAGAIN, or broken: either way a blocking send deals with it
                 sent = 0
             self._backlog = pending[sent:]
@@ -297,7 +316,7 @@ class TlsChannel:
         On False nothing is lost: what the socket did not take waits in the backlog,
         and a later `finish_sending` sends it and completes the half-close.
         """
-        if not self._send_nowait(self._close_notify):
+        if not self._offer(self._close_notify):
             return False
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)
