@@ -337,6 +337,52 @@ def test_names_say_who_is_away_and_who_owns_and_operates() -> None:
     )
 
 
+def test_once_sessions_tell_the_hub_their_away_it_lists_what_they_told() -> None:
+    hub = multi()
+    _alice, _ = join(hub, "alice", version=2)
+    bob, _ = join(hub, "Bob", version=2)
+    carol, _ = join(hub, "carol", version=2)
+    hub.set_away("bob", "lunch")
+    bob.away = "lunch"
+    # From the first call on the set is what counts, not the members' attribute: a
+    # member that changes `away` without telling is not asked (sessions always tell).
+    carol.away = "not told"
+    assert hub.names("alice", "#lobby").away == ("Bob",)
+    hub.set_away("BOB", "")
+    assert hub.names("alice", "#lobby").away == ()
+    hub.set_away("carol", "gone")
+    hub.set_away("nobody", "not online: ignored")
+    dave = FakeMember()
+    dave.away = "said before logging in"
+    hub.join(dave, "dave", lambda room, users: None, version=2)
+    entered = [m for m in dave.seen() if m["type"] == "entered" and m["room"] == "#lobby"]
+    assert entered[0]["away"] == ["carol", "dave"]
+
+
+def test_the_away_the_hub_was_told_follows_a_rename_and_ends_with_the_session() -> None:
+    hub = multi()
+    _alice, _ = join(hub, "alice", version=2)
+    bob, _ = join(hub, "bob", version=2)
+    hub.set_away("bob", "lunch")
+    hub.reserve("bob", "robert")
+    hub.rename("bob", "robert")
+    assert hub.names("alice", "#lobby").away == ("robert",)
+    hub.leave(bob, "robert")
+    join(hub, "robert", version=2)  # someone else: not away
+    assert hub.names("alice", "#lobby").away == ()
+
+
+def test_a_login_again_takes_the_new_sessions_away_not_the_old_ones() -> None:
+    hub = multi()
+    join(hub, "alice", version=2)
+    old = FakeMember()
+    hub.join(old, "bob", lambda room, users: None, version=2, key=KEY_B)
+    hub.set_away("bob", "lunch")
+    new = FakeMember()
+    hub.join(new, "bob", lambda room, users: None, version=2, key=KEY_B, may_replace=lambda m: m is old)
+    assert hub.names("alice", "#lobby").away == ()
+
+
 def test_a_kick_and_a_ban_tell_the_room_and_the_one_put_out() -> None:
     hub = multi()
     alice, _ = join(hub, "alice", version=2, key=KEY_A)
