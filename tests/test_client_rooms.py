@@ -36,6 +36,7 @@ from securechat.client.rooms import (
     REJOIN_PACE,
     REJOIN_RETRIES,
     REJOIN_RETRY_AFTER,
+    MemberPages,
     Refusal,
     RejoinQueue,
     RememberedRooms,
@@ -49,7 +50,9 @@ from securechat.e2e.errors import IdentityChanged, NotTrusted
 from securechat.e2e.identity import Identity, PublicIdentity
 from securechat.e2e.login import rename_message
 from securechat.e2e.primitives import ed25519_verify
-from securechat.protocol import Entered, Error, Joined, Left, Message, Renamed, RoomChanged, Rooms
+from securechat.protocol import Entered, Error, Joined, Left, Message, Names, Renamed, RoomChanged, Rooms
+from securechat.protocol.limits import MAX_USERS_LISTED
+from securechat.protocol.rooms import Members
 from securechat.server import Server
 
 
@@ -72,6 +75,43 @@ def test_the_saved_form_round_trips_and_damage_is_a_value_error() -> None:
     for damaged in (b"", b"{}", b"[1]", b'["#bad room"]', b'["lobby"]'):
         with pytest.raises(ValueError):
             decode_rooms(damaged)
+
+
+def test_member_pages_join_the_frame_that_ends_them_room_by_room() -> None:
+    pages = MemberPages()
+    assert pages.complete(Entered(room="#a", users=("x",))) == Entered(room="#a", users=("x",))
+    pages.add(Members(room="#a", of="entered", users=("a1", "a2"), away=("a2",)))
+    pages.add(Members(room="#b", of="names", users=("b1",)))
+    pages.add(Members(room="#A", of="entered", users=("a3",)))  # room names fold
+    pages.add(Members(room="#a", of="names", users=("n1",)))
+    assert len(pages) == 3
+    # A `names` for #a ends only the pages of a `names`, whatever came between.
+    assert pages.complete(Names(room="#a", users=("n2",))) == Names(room="#a", users=("n1", "n2"))
+    whole = pages.complete(Entered(room="#a", users=("a4",), away=("a4",), topic="t"))
+    assert whole == Entered(room="#a", users=("a1", "a2", "a3", "a4"), away=("a2", "a4"), topic="t")
+    assert pages.complete(Entered(room="#a", users=("z",))).users == ("z",)  # used once
+    pages.clear()
+    assert len(pages) == 0
+    assert pages.complete(Names(room="#b", users=("b2",))).users == ("b2",)  # cleared: not joined
+
+
+def test_member_pages_refuse_what_no_server_may_send() -> None:
+    pages = MemberPages()
+    pages.add(Members(room="#a", of="entered", users=("bob",)))
+    with pytest.raises(ValueError, match="twice"):
+        pages.complete(Entered(room="#a", users=("Bob",)))
+    pages.add(Members(room="#a", of="entered", users=("carol",), away=("carol",)))
+    with pytest.raises(ValueError, match="not in it"):
+        pages.complete(Entered(room="#a", users=("dave",), away=("erin",)))
+    # Pages never completed are bounded, across all rooms.
+    pages = MemberPages()
+    nicks = tuple(f"u{i}" for i in range(MAX_USERS_LISTED // 2))
+    pages.add(Members(room="#a", of="entered", users=nicks))
+    pages.add(Members(room="#b", of="names", users=nicks))
+    with pytest.raises(ValueError, match="more than"):
+        pages.add(Members(room="#c", of="entered", users=("one",)))
+    pages.complete(Names(room="#b"))  # completing one frees what it held
+    pages.add(Members(room="#c", of="entered", users=("one",)))
 
 
 def test_rejoins_go_twenty_at_once_then_one_per_pace() -> None:

@@ -16,7 +16,9 @@ from whisper_helpers import memory_keys
 from securechat import Client, ConnectError, Disconnected, LoginRejected
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.identity import Identity
-from securechat.protocol import Message, Ping
+from securechat.protocol import Entered, Message, Names, Ping, encode
+from securechat.protocol.codec import entered_frames, names_frames
+from securechat.protocol.rooms import Members
 
 
 class FakeServer:
@@ -312,3 +314,42 @@ def test_an_old_server_that_echoes_no_ref_is_still_understood(scripted: Callable
         client.whisper("carol", "hi")
     client.whisper("bob", "hello")
     assert sent.wait(TIMEOUT)
+
+
+# -- member lists in pages (issue 14: rooms of thousands) ----------------------------
+
+WELCOME_2 = b'{"type":"welcome","version":2,"nick":"alice","room":"#lobby"}\n'
+
+
+def test_a_room_of_5000_arrives_whole_from_its_pages(fake: Callable[..., Client]) -> None:
+    users = tuple(sorted(("alice", *(f"member{i:010d}" for i in range(4999)))))
+    entered = Entered(room="#lobby", users=users, away=users[::9], topic="big")
+    names = Names(room="#lobby", users=users[1:], away=users[1::9])
+    frames = entered_frames(entered)
+    assert len(frames) > 1  # the case at hand: no single line could carry it
+
+    def paged(tls: ssl.SSLSocket, _: FakeServer) -> None:
+        tls.sendall(WELCOME_2 + b"".join(frames) + b"".join(names_frames(names)))
+        FakeServer.read_line(tls)
+
+    client = fake(paged)
+    client.connect()
+    assert client.next_event(timeout=TIMEOUT) == entered
+    assert client.rooms == ("#lobby",)
+    assert client.next_event(timeout=TIMEOUT) == names
+
+
+def test_a_malformed_sequence_of_pages_ends_the_connection_saying_why(fake: Callable[..., Client]) -> None:
+    page = encode(Members(room="#lobby", of="entered", users=("alice", "bob")))
+    twice = encode(Entered(room="#lobby", users=("bob", "carol")))
+
+    def malformed(tls: ssl.SSLSocket, _: FakeServer) -> None:
+        tls.sendall(WELCOME_2 + page + twice)
+        FakeServer.read_line(tls)
+
+    client = fake(malformed)
+    client.connect()
+    item = client.next_event(timeout=TIMEOUT)
+    assert isinstance(item, Disconnected)
+    assert "broke the protocol" in item.reason and "names someone twice" in item.reason
+    assert client.rooms == ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -51,13 +52,17 @@ from securechat.protocol import (
     fold_room,
     is_pattern,
 )
+from securechat.protocol.codec import cut_members, entered_frames, names_frames, split_members, welcome_users
 from securechat.protocol.limits import (
     MAX_BANS_LISTED,
     MAX_MASK_CHARS,
+    MAX_NICK_CHARS,
     MAX_PATTERN_CHARS,
     MAX_ROOM_CHARS,
     MAX_ROOMS_LISTED,
+    MAX_SHORT_TEXT_CHARS,
 )
+from securechat.protocol.rooms import Members
 
 ROOM = "#dev"
 LONGEST_NICK = "n" * 24
@@ -414,3 +419,154 @@ def test_every_example_line_of_the_protocol_doc_decodes() -> None:
                 continue
             shown.add(decode_line(line.encode()).TYPE)
     assert set(EVENT_TYPES) - shown == set()
+
+
+# -- member lists longer than a line (issue 14: 5,000 in one room) ------------------
+
+BIG = 5000
+
+
+def _nicks(count: int, width: int = 16) -> tuple[str, ...]:
+    return tuple(f"u{i:0{width - 1}d}" for i in range(count))
+
+
+def _big_entered(count: int = BIG, **fields: object) -> Entered:
+    users = _nicks(count)
+    return Entered(room=ROOM, users=users, away=users[::7], topic="t", owner=users[0], **fields)  # type: ignore[arg-type]
+
+
+def _split(
+    event: Entered | Names, max_bytes: int = MAX_LINE_BYTES
+) -> tuple[tuple[Members, ...], Entered | Names]:
+    """`split_members`, its pages decoded; checks it agrees with `entered_frames` and
+    `names_frames`, and that every line fits."""
+    pages, last = split_members(event, max_bytes=max_bytes)
+    decoded = tuple(decode_line(line) for line in pages.splitlines())
+    assert all(isinstance(p, Members) for p in decoded)
+    frames = (
+        entered_frames(event, max_bytes=max_bytes)
+        if isinstance(event, Entered)
+        else names_frames(event, max_bytes=max_bytes)
+    )
+    assert frames == [*(line + b"\n" for line in pages.splitlines()), encode(last)]
+    assert all(len(frame) - 1 <= max_bytes for frame in frames)
+    return decoded, last  # type: ignore[return-value]
+
+
+def _joined(pages: tuple[Members, ...], last: Entered | Names) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The member list and away list the pages and the last frame carry together."""
+    users = tuple(u for p in pages for u in p.users) + last.users
+    away = tuple(a for p in pages for a in p.away) + last.away
+    return users, away
+
+
+def test_an_entered_for_5000_members_as_one_frame_is_refused_by_the_peer() -> None:
+    # The problem: one frame with every member is longer than a line the peer accepts.
+    client, _ = _ready_pair()
+    client.receive_data(encode(_big_entered()))
+    with pytest.raises(RemoteProtocolError) as info:
+        client.next_event()
+    assert (info.value.code, info.value.fatal) == (Code.TOO_LONG, True)
+
+
+@pytest.mark.parametrize("kind", [Entered, Names])
+def test_5000_members_come_in_pages_the_peer_accepts_and_joins(kind: type[Entered] | type[Names]) -> None:
+    users = _nicks(BIG)
+    event = kind(room=ROOM, users=users, away=users[::7], owner=users[0], operators=users[:3])
+    _split(event)
+    frames = entered_frames(event) if isinstance(event, Entered) else names_frames(event)  # type: ignore[arg-type]
+    assert len(frames) > 1
+    client, _ = _ready_pair()
+    client.receive_data(b"".join(frames))
+    got = _drain(client)
+    pages, last = got[:-1], got[-1]
+    assert all(isinstance(p, Members) and p.room == ROOM and p.of == event.TYPE for p in pages)
+    assert isinstance(last, kind) and last.owner == users[0] and last.operators == users[:3]
+    assert _joined(tuple(pages), last) == (users, users[::7])  # type: ignore[arg-type]
+    # The last frame and every page but the first as full as a line allows: one member
+    # more (the one before it) would not have fitted.
+    for frame, before in zip([*pages[1:], last], pages, strict=True):
+        assert isinstance(before, Members) and isinstance(frame, (Members, kind))
+        fuller = dataclasses.replace(frame, users=(before.users[-1], *frame.users))
+        assert len(encode(fuller)) - 1 > MAX_LINE_BYTES - 4
+
+
+def test_a_list_that_fits_is_one_frame_unchanged() -> None:
+    event = _big_entered(100)
+    assert split_members(event) == (b"", event)
+    assert entered_frames(event) == [encode(event)]
+    names = Names(room=ROOM, users=("a", "b"))
+    assert names_frames(names) == [encode(names)]
+
+
+@pytest.mark.parametrize("limit", [300, 1000, 4096])
+def test_pages_fit_any_line_limit_with_the_longest_fields(limit: int) -> None:
+    users = tuple(f"{i:0{MAX_NICK_CHARS}d}" for i in range(300))
+    event = Entered(room="#" + "r" * MAX_ROOM_CHARS, users=users, away=users[1::2], topic="\x01" * 10)
+    pages, last = _split(event, max_bytes=limit)
+    assert pages and _joined(pages, last) == (users, users[1::2])
+    assert last.topic == event.topic
+
+
+def test_paging_refuses_what_cannot_be_paged() -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        # A names frame with no member fits 100 bytes; a page of one away member does not.
+        longest = (LONGEST_NICK,)
+        split_members(Names(room=ROOM, users=longest, away=longest), max_bytes=100)
+    with pytest.raises(ValueError, match="without members"):
+        split_members(_big_entered(50), max_bytes=100)
+    stray = Entered(room=ROOM, users=_nicks(300), away=("stranger",))
+    with pytest.raises(ValueError, match="away"):
+        split_members(stray, max_bytes=1000)
+
+
+def test_a_version_1_peer_is_sent_the_head_of_the_list_that_fits() -> None:
+    users = _nicks(BIG)
+    names = Names(room=ROOM, users=users, away=users[::7])
+    cut = cut_members(names)
+    assert 0 < len(cut.users) < BIG and cut.users == users[: len(cut.users)]
+    assert cut.away == users[: len(cut.users)][::7]
+    assert len(encode(cut)) - 1 <= MAX_LINE_BYTES
+    small = Names(room=ROOM, users=users[:10])
+    assert cut_members(small) is small
+
+
+def test_a_welcome_carries_the_users_that_fit_whatever_its_other_fields() -> None:
+    users = tuple(f"{i:0{MAX_NICK_CHARS}d}" for i in range(BIG))
+    head = welcome_users(users)
+    assert 0 < len(head) < BIG and head == users[: len(head)]
+    welcome = Welcome(
+        version=2,
+        nick=LONGEST_NICK,
+        room="#" + "r" * MAX_ROOM_CHARS,
+        users=head,
+        server="\x01" * MAX_SHORT_TEXT_CHARS,
+        software="\x01" * MAX_SHORT_TEXT_CHARS,
+    )
+    assert len(encode(welcome)) - 1 <= MAX_LINE_BYTES
+    assert welcome_users(users[:50]) == users[:50]
+    assert welcome_users(users, max_bytes=10) == ()
+
+
+def test_members_frame_wire_shape_and_checks() -> None:
+    page = Members(room=ROOM, of="entered", users=("alice", "bob"), away=("bob",))
+    line = b'{"type":"members","room":"#dev","of":"entered","users":["alice","bob"],"away":["bob"]}'
+    assert encode(page) == line + b"\n" and decode_line(line) == page
+    assert decode_line(b'{"type":"members","room":"#dev","of":"names","users":["a"]}') == Members(
+        room=ROOM, of="names", users=("a",)
+    )
+    for bad in (
+        {"of": "welcome"},
+        {"users": ()},
+        {"users": ("-bad",)},
+        {"away": ("a", "b", "c")},
+        {"room": "dev"},
+    ):
+        with pytest.raises(ValueError):
+            dataclasses.replace(page, **bad)  # type: ignore[arg-type]
+    client, server = _ready_pair()
+    client.receive_data(server.send(page))
+    assert _drain(client) == [page]
+    server.receive_data(line + b"\n")
+    with pytest.raises(RemoteProtocolError, match="does not send"):
+        server.next_event()

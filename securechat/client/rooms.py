@@ -10,14 +10,17 @@ kicked or banned from, is forgotten.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from ..protocol import fold_room
+from ..protocol import Entered, Names, fold_nick, fold_room
 from ..protocol.events import check_room
+from ..protocol.limits import MAX_USERS_LISTED
+from ..protocol.rooms import Members
 
 __all__ = [
     "MAX_REMEMBERED",
@@ -25,6 +28,7 @@ __all__ = [
     "REJOIN_PACE",
     "REJOIN_RETRIES",
     "REJOIN_RETRY_AFTER",
+    "MemberPages",
     "Refusal",
     "RejoinQueue",
     "RememberedRooms",
@@ -198,6 +202,58 @@ class RejoinQueue:
         return max(earliest, token_at)
 
     def __len__(self) -> int:
+        return len(self._waiting)
+
+
+class MemberPages:
+    """The `members` pages of the lists still coming, each joined to the `entered` or
+    `names` that ends it (docs/protocol.md, "Long member lists"), so the program gets
+    one whole list and shows a room once it has all of it. Pure; not thread-safe: the
+    client's reader thread owns it.
+
+    `add` and `complete` raise `ValueError` for a sequence no server may send: more
+    members waiting than a list may hold (`MAX_USERS_LISTED`, across all lists, so a
+    server cannot make the client hold pages without bound), or a joined list that is
+    no valid frame (the same member twice, an away member not among them). The client
+    takes that as the server breaking the protocol.
+    """
+
+    def __init__(self) -> None:
+        # (folded room, the frame type the pages precede) -> the pages' users and away.
+        self._waiting: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        self._held = 0  # users waiting, across every list
+
+    def add(self, page: Members) -> None:
+        """Keep `page` until the frame it precedes comes."""
+        if self._held + len(page.users) > MAX_USERS_LISTED:
+            raise ValueError(f"more than {MAX_USERS_LISTED} members in pages not yet completed")
+        users, away = self._waiting.setdefault((fold_room(page.room), page.of), ([], []))
+        users.extend(page.users)
+        away.extend(page.away)
+        self._held += len(page.users)
+
+    def complete(self, event: Entered | Names) -> Entered | Names:
+        """`event` with the members of the pages that came before it first (`event`
+        itself when none did)."""
+        waiting = self._waiting.pop((fold_room(event.room), event.TYPE), None)
+        if waiting is None:
+            return event
+        self._held -= len(waiting[0])
+        whole, whole_away = (*waiting[0], *event.users), (*waiting[1], *event.away)
+        members = set(map(fold_nick, whole))
+        if len(members) != len(whole):
+            raise ValueError(f"the member list of {event.room} names someone twice")
+        if not members.issuperset(map(fold_nick, whole_away)):
+            raise ValueError(f"the away list of {event.room} names someone not in it")
+        return dataclasses.replace(event, users=whole, away=whole_away)
+
+    def clear(self) -> None:
+        """The connection ended: its unfinished lists will not be completed."""
+        self._waiting.clear()
+        self._held = 0
+
+    def __len__(self) -> int:
+        """How many lists are waiting for the frame that ends them."""
         return len(self._waiting)
 
 

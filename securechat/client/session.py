@@ -48,6 +48,7 @@ from ..protocol import (
     Left,
     ListRooms,
     Message,
+    Names,
     Op,
     Part,
     Ping,
@@ -73,6 +74,7 @@ from ..protocol import (
     fold_nick,
     fold_room,
 )
+from ..protocol.rooms import Members
 from ..transport import TlsChannel
 from .backoff import Backoff
 from .events import (
@@ -87,7 +89,7 @@ from .events import (
 )
 from .inbox import HISTORY_SHOWN, MessageState, StoredMessage
 from .keystore import RoomsFile
-from .rooms import Refusal, RejoinQueue, RememberedRooms, RoomStore
+from .rooms import MemberPages, Refusal, RejoinQueue, RememberedRooms, RoomStore
 from .whispers import Incoming, WhisperKeys
 
 __all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected"]
@@ -332,6 +334,9 @@ class Client:
         # then changed by the reader only (on `entered` and on our own `left`).
         self._remembered = RememberedRooms()
         self._remembered_loaded = False  # owned like _remembered
+        # Member lists arriving in `members` pages, each until the `entered` or `names`
+        # that ends it; the reader only (cleared at each connection's start).
+        self._pages = MemberPages()
         # The rooms we are in now, as the server named them: replaced whole by the reader
         # (a tuple assignment is atomic), read by any thread through `rooms`.
         self._in_rooms: tuple[str, ...] = ()
@@ -1173,6 +1178,7 @@ class Client:
         assert channel is not None
         reason, ending = "connection closed by the server", Ending.LOST
         self._storage_failed = False
+        self._pages.clear()  # a list the last connection left unfinished is never completed
         first = True
         try:
             while True:
@@ -1319,7 +1325,18 @@ class Client:
                     self.send(Ping(token=f"{now:.0f}"))
 
     def _dispatch(self, event: Event) -> bool:
-        """Handle frames the client answers itself; True if `event` is also for the user."""
+        """Handle frames the client answers itself; True if `event` is also for the user.
+
+        Raises `RemoteProtocolError` (fatal) for a sequence of `members` pages no server
+        may send: the connection ends as broken, saying so."""
+        try:
+            if isinstance(event, Members):
+                self._pages.add(event)
+                return False  # the program gets the whole list with the frame that ends it
+            if isinstance(event, (Entered, Names)):
+                event = self._pages.complete(event)
+        except ValueError as exc:
+            raise RemoteProtocolError(Code.INVALID, f"{event.TYPE}: {exc}", fatal=True) from None
         if isinstance(event, Error) and event.ref.startswith("#") and not self._rejoin_refused(event):
             return False  # a rejoin refused for rate: sent again later, nothing to show
         if isinstance(event, WhisperStatus):

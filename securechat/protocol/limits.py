@@ -12,7 +12,8 @@ SUPPORTED_VERSIONS = (1, 2)
 
 #: One JSON line may not exceed this many bytes (newline excluded). Large enough for a
 #: key bundle with 100 one-time prekeys in base64 (~10 KiB), small enough that a
-#: hostile peer cannot make us buffer without bound.
+#: hostile peer cannot make us buffer without bound. A room's member list can pass it
+#: (~2,400 nicks of 24 characters): it is sent in `members` pages (codec.split_members).
 MAX_LINE_BYTES = 64 * 1024
 
 #: Message text, in UTF-8 bytes. Eight times IRC's 512-byte line; enough for a paste.
@@ -33,7 +34,8 @@ MAX_SHORT_TEXT_CHARS = 256
 #: whisper id, a room name and a nick.
 MAX_REF_CHARS = 64
 
-#: A user list longer than this is not something a v1 server sends.
+#: A user list longer than this is not something a server sends; it also bounds the
+#: members a client holds in `members` pages not yet completed (client/rooms.py).
 MAX_USERS_LISTED = 100_000
 
 #: A room's topic, as IRC networks commonly allow (TOPICLEN 307 on many).

@@ -14,6 +14,7 @@ from .events import (
     FROM_CLIENT,
     FROM_SERVER,
     Event,
+    Names,
     Record,
     check_nick,
     check_nicks,
@@ -32,6 +33,7 @@ from .limits import (
 __all__ = [
     "BAN_KINDS",
     "NAMING_A_ROOM",
+    "PAGED_FRAMES",
     "ROOM_CHANGES",
     "ROOM_REQUESTS",
     "Ban",
@@ -45,6 +47,7 @@ __all__ = [
     "Join",
     "Kick",
     "ListRooms",
+    "Members",
     "Op",
     "Part",
     "RegisterRoom",
@@ -293,7 +296,8 @@ def _check_room_state(topic: str, owner: str, operators: tuple[str, ...]) -> Non
 @dataclass(frozen=True, kw_only=True)
 class Entered(Event):
     """You are in `room` (after `join`, and after the welcome for each autojoin room);
-    its history lines (`message` with `history`) follow."""
+    its history lines (`message` with `history`) follow. A member list too long for one
+    line comes first in `members` pages, and this frame carries its last page."""
 
     TYPE = "entered"
     SENDERS = FROM_SERVER
@@ -315,6 +319,45 @@ class Entered(Event):
         check_nicks("users", self.users)
         check_nicks("away", self.away)
         _check_room_state(self.topic, self.owner, self.operators)
+
+
+#: The frames whose member list may come in `members` pages first (a `members` frame's
+#: `of`): the newcomer's `entered` and the answer to `who`.
+PAGED_FRAMES = frozenset({Entered.TYPE, Names.TYPE})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Members(Event):
+    """One page of a member list too long for one line (at ~2,400 members of long nicks
+    a list passes `MAX_LINE_BYTES`). The pages of a list come in order, each its next
+    members, and the `entered` or `names` (`of`) for `room` that follows them carries
+    the last page and completes the list: the members are the pages' users and then its
+    own, in that order, and the same for `away`.
+
+    Protocol version 2 only: a version-1 session is sent the part of a list that fits
+    one line instead (docs/protocol.md, "Long member lists")."""
+
+    TYPE = "members"
+    SENDERS = FROM_SERVER
+    room: str
+    #: The frame this page precedes: one of `PAGED_FRAMES`.
+    of: str
+    #: This page's members, in the list's order; never empty (a page of nobody would be
+    #: a line that says nothing).
+    users: tuple[str, ...]
+    #: Those of this page's `users` who set an away message.
+    away: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_room(self.room)
+        if self.of not in PAGED_FRAMES:
+            raise ValueError(f"of: one of {sorted(PAGED_FRAMES)}")
+        if not self.users:
+            raise ValueError("users: a page lists at least one member")
+        check_nicks("users", self.users)
+        check_nicks("away", self.away)
+        if len(self.away) > len(self.users):
+            raise ValueError("away: more than the page's users")
 
 
 @dataclass(frozen=True, kw_only=True)
