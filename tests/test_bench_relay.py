@@ -26,6 +26,17 @@ def test_bench_relay_stores_and_delivers_every_whisper_once(capsys: pytest.Captu
     assert result["server_cpu_us_per_whisper"] >= 0 and result["generator_cpu_s"] > 0
 
 
+def test_bench_relay_with_real_clients_encrypts_and_delivers_every_whisper(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "relay", "--clients", "real", "--pairs", "2", "--whispers", "20", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["clients"] == "real" and result["pairs"] == 2
+    assert result["whispers"] == result["delivered"] == 20
+    assert result["delivered_latency"]["count"] == 20
+    assert result["server_cpu_us_per_whisper"] >= 0 and result["generator_cpu_s"] > 0
+
+
 def test_bench_relay_reports_refused_whispers_as_a_failure(
     start_server: Callable[..., Server], cert_files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

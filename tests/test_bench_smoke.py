@@ -24,6 +24,7 @@ from securechat.cli import main
         ["steady", "--clients", "10", "--rate", "5", "--seconds", "1", "--pattern", "simultaneous"],
         ["steady", "--clients", "10", "--rate", "5", "--seconds", "1", "--one-line-per-write"],
         ["burst", "--clients", "10", "--senders", "3", "--messages", "40", "--one-line-per-write"],
+        ["burst", "--clients", "10", "--senders", "3", "--messages", "40", "--procs", "3"],
         ["connect", "--sessions", "30"],
     ],
 )
@@ -47,8 +48,11 @@ def test_bench_scenarios_deliver_everything(argv: list[str], capsys: pytest.Capt
         generator = result["generator"]
         assert generator["run_seconds"] > 0 and generator["cpu_seconds"] >= 0
         assert generator["limited"] == (generator["busy"] >= 0.9)
+        procs = int(argv[argv.index("--procs") + 1]) if "--procs" in argv else 1
+        assert generator["processes"] == procs
     else:
         assert result["sessions"] == 30 and result["per_second"] > 0
+        assert result["cpu_us_per_session"] >= 0 and result["generator"]["run_seconds"] > 0
 
 
 def test_bench_idle_reports_memory_per_session(capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,8 +62,25 @@ def test_bench_idle_reports_memory_per_session(capsys: pytest.CaptureFixture[str
     assert 0.9 <= result["threads_per_session"] <= 1.5  # a reader each; writers come and go
 
 
+def test_bench_logins_one_after_another_by_tenths_with_idle_memory(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "logins", "--clients", "30", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["scenario"] == "logins" and result["clients"] == 30 and result["per_second"] > 0
+    tenths = result["deciles"]
+    assert [d["members"] for d in tenths] == list(range(0, 30, 3))
+    assert all(d["logins"] == 3 and d["wall_ms_per_login"] > 0 for d in tenths)
+    assert all(d["cpu_us_per_login"] is not None for d in tenths)
+    assert result["rss_kib_per_session"] is not None and result["threads_per_session"] >= 0.9
+    assert result["open_files_limit"] >= 30 and result["generator"]["processes"] == 1
+
+
 def test_bench_refuses_nonsense() -> None:
     assert main(["bench", "burst", "--senders", "5", "--clients", "2"]) == 2
+    assert main(["bench", "steady", "--procs", "2"]) == 2  # burst's only
+    assert main(["bench", "steady", "--clients", "real"]) == 2  # relay's only
+    assert main(["bench", "relay", "--clients", "7"]) == 2
     assert main(["bench", "burst", "--clients", "0"]) == 2
     assert main(["bench", "burst", "--port", "7443", "--ports", "9000-9001"]) == 2
 

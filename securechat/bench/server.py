@@ -12,7 +12,7 @@ from pathlib import Path
 from ..certs import make_certs
 from .ports import free_port
 
-__all__ = ["BenchServer"]
+__all__ = ["BenchServer", "scenario_args"]
 
 
 class BenchServer:
@@ -96,3 +96,19 @@ class BenchServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def scenario_args(scenario: str, *, rooms: int = 0, rooms_per_client: int = 1, pairs: int = 0) -> list[str]:
+    """The `securechat server` flags a scenario's server needs beyond `BenchServer`'s:
+    rooms lifts the room caps only as far as the run needs (+1: #lobby); relay lets every
+    pair's two new identities register from 127.0.0.1 at once (one network's burst)."""
+    if scenario == "rooms":
+        return [
+            "--max-rooms",
+            str(max(1000, rooms + 1)),
+            "--max-rooms-per-user",
+            str(max(20, rooms_per_client + 1)),
+        ]
+    if scenario == "relay":
+        return ["--registration-burst", str(max(30, 2 * pairs))]
+    return []

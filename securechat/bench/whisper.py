@@ -42,7 +42,7 @@ from ..protocol import Message, PrekeyCount
 from ..transport import client_context
 from .stats import LatencySummary, summarize
 
-__all__ = ["CryptoCost", "WhisperResult", "crypto_cost", "whisper"]
+__all__ = ["CryptoCost", "WhisperResult", "crypto_cost", "identity_client", "whisper"]
 
 _TEXT = "0123456789 abcdefghij klmnopqrst"  # a short chat line
 
@@ -122,7 +122,7 @@ def crypto_cost(whispers: int = 400) -> CryptoCost:
     return CryptoCost(whispers, us, x25519, primitives, us / primitives)
 
 
-def _identity_client(host: str, port: int, ctx: ssl.SSLContext, nick: str, keys_dir: str) -> Client:
+def identity_client(host: str, port: int, ctx: ssl.SSLContext, nick: str, keys_dir: str) -> Client:
     """A logged-in identity user whose keys live in memory, or (with `keys_dir`) in a new
     keystore there, written to disk at every ratchet step as a real client's are."""
     if keys_dir:
@@ -141,7 +141,7 @@ def _identity_client(host: str, port: int, ctx: ssl.SSLContext, nick: str, keys_
 def _respond(host: str, port: int, cafile: str | None, nick: str, peer: str, keys_dir: str) -> None:
     """The other end (run as `python -m securechat.bench.whisper`): log in, print "ready",
     then echo each ping from `peer` back the way it came, until terminated."""
-    client = _identity_client(host, port, client_context(cafile), nick, keys_dir)
+    client = identity_client(host, port, client_context(cafile), nick, keys_dir)
     print("ready", flush=True)
     while True:
         item = client.next_event()
@@ -172,7 +172,7 @@ def _whisper(
 ) -> WhisperResult:
     tag = secrets.token_hex(3)
     nick_a, nick_b = f"wbench-a-{tag}", f"wbench-b-{tag}"
-    a = _identity_client(host, port, client_context(cafile), nick_a, keys_dir)
+    a = identity_client(host, port, client_context(cafile), nick_a, keys_dir)
     other = subprocess.Popen(  # noqa: S603 -- our own interpreter and module
         [sys.executable, "-m", __name__, host, str(port), cafile or "", nick_b, nick_a, keys_dir],
         stdout=subprocess.PIPE,

@@ -18,6 +18,8 @@ __all__ = ["add_parsers"]
 
 _CLIENTS = 200  # --clients for every scenario but rooms
 _ROOMS_CLIENTS = 2000  # rooms: 2,000 clients in 100 rooms, 20 a room (issue 13)
+_LOGINS_CLIENTS = 5000  # logins: issue 14's 5,000 one after another
+_RELAY_CLIENTS = ("opaque", "real")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,17 +30,28 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "at --rate for --seconds), whisper (plain vs encrypted round trips, and the crypto's cost), "
         "connect (a storm of new TLS logins), idle (memory per session), rooms (--clients spread "
         "over --rooms rooms, every client at --rate for --seconds; the cost of joining too), relay "
-        "(--whispers opaque whispers stored and relayed between --pairs pairs of identity users). "
+        "(--whispers opaque whispers stored and relayed between --pairs pairs of identity users; "
+        "--clients real: real clients encrypting end to end), logins (--clients log in one after "
+        "another, all staying, time per login per tenth of the room's growth, and memory per session). "
         "Without --port it starts its own server with the rate limit off (and says so).",
     )
     bench.add_argument(
-        "scenario", choices=["burst", "steady", "whisper", "connect", "idle", "rooms", "relay"]
+        "scenario", choices=["burst", "steady", "whisper", "connect", "idle", "rooms", "relay", "logins"]
     )
     bench.add_argument(
         "--clients",
-        type=int,
+        type=_clients_arg,
         default=None,
-        help=f"connected clients (default: {_CLIENTS}; rooms: {_ROOMS_CLIENTS:,})",
+        help=f"connected clients (default: {_CLIENTS}; rooms: {_ROOMS_CLIENTS:,}; logins: "
+        f"{_LOGINS_CLIENTS:,}); relay: opaque (pre-made whispers, the server's cost) or real "
+        "(real clients, keys in memory, end-to-end encryption)",
+    )
+    bench.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="burst: generator processes, the clients split between them, all starting at one "
+        "moment (more than one shows whether the generator was the limit) (default: %(default)s)",
     )
     bench.add_argument(
         "--senders", type=int, default=20, help="burst: how many of them send (default: %(default)s)"
@@ -111,7 +124,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--dialect",
         choices=["securechat", "irc", "plain"],
         default="securechat",
-        help="with --port, burst/steady: what the server speaks (default: %(default)s)",
+        help="with --port, burst/steady/connect/logins: what the server speaks (default: %(default)s)",
     )
     bench.add_argument(
         "--no-tls", action="store_true", help="with --port: connect without TLS (for a plaintext relay)"
@@ -126,6 +139,22 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     bench.set_defaults(run=run_bench)
 
 
+def _pairs(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:,.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+
+
+def _clients_arg(text: str) -> int | str:
+    """A number of clients, or (relay) which clients: `opaque` or `real`."""
+    if text in _RELAY_CLIENTS:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want a number (or, for relay, {' or '.join(_RELAY_CLIENTS)})"
+        ) from None
+
+
 def _port_range(text: str) -> range:
     from ..bench.ports import parse_port_range
 
@@ -137,17 +166,26 @@ def _port_range(text: str) -> range:
 
 def run_bench(args: argparse.Namespace) -> int:
     from ..bench import relay as relay_scenario
+    from ..bench import relay_real, scenarios, whisper
     from ..bench import rooms as rooms_scenario
-    from ..bench import scenarios, whisper
     from ..bench.dialects import DIALECTS, LoginRefused
     from ..bench.progress import ProgressBar
-    from ..bench.server import BenchServer
+    from ..bench.server import BenchServer, scenario_args
     from ..transport import client_context
 
+    relay_clients = "opaque"
+    if args.scenario == "relay":
+        if args.clients not in (None, *_RELAY_CLIENTS):
+            raise UsageError(f"relay: --clients is {' or '.join(_RELAY_CLIENTS)}")
+        relay_clients = args.clients or "opaque"
+        args.clients = 2 * args.pairs
+    elif isinstance(args.clients, str):
+        raise UsageError(f"--clients {args.clients} is for relay; {args.scenario} wants a number")
     if args.clients is None:
-        args.clients = _ROOMS_CLIENTS if args.scenario == "rooms" else _CLIENTS
+        args.clients = {"rooms": _ROOMS_CLIENTS, "logins": _LOGINS_CLIENTS}.get(args.scenario, _CLIENTS)
     for name in (
         "clients",
+        "procs",
         "senders",
         "messages",
         "sessions",
@@ -175,7 +213,9 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UsageError("--ports is for the server the bench starts; with --port it starts none")
     if args.port is None and (args.dialect != "securechat" or args.no_tls):
         raise UsageError("--dialect and --no-tls need --port (the bench starts only securechat itself)")
-    if args.dialect != "securechat" and args.scenario not in ("burst", "steady"):
+    if args.procs > 1 and args.scenario != "burst":
+        raise UsageError("--procs is for burst")
+    if args.dialect != "securechat" and args.scenario not in ("burst", "steady", "connect", "logins"):
         raise UsageError(f"{args.scenario} measures securechat only")
     dialect = DIALECTS[args.dialect]()
     show = (
@@ -187,18 +227,9 @@ def run_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as work:
         server = None
         if args.port is None:
-            extra: list[str] = []
-            if args.scenario == "rooms":
-                # Lift the room caps only as far as this run needs (+1: #lobby).
-                extra = [
-                    "--max-rooms",
-                    str(max(1000, args.rooms + 1)),
-                    "--max-rooms-per-user",
-                    str(max(20, args.rooms_per_client + 1)),
-                ]
-            if args.scenario == "relay":
-                # Every pair is two new identities from 127.0.0.1: one network's burst.
-                extra = ["--registration-burst", str(max(30, 2 * args.pairs))]
+            extra = scenario_args(
+                args.scenario, rooms=args.rooms, rooms_per_client=args.rooms_per_client, pairs=args.pairs
+            )
             try:
                 server = BenchServer(Path(work), extra, args.ports)
             except OSError as exc:  # every port of --ports taken
@@ -225,6 +256,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     dialect=dialect,
                     server_pid=pid,
                     one_line_per_write=args.one_line_per_write,
+                    procs=args.procs,
                     progress=show,
                 )
             elif args.scenario == "steady":
@@ -264,6 +296,18 @@ def run_bench(args: argparse.Namespace) -> int:
                     server_pid=pid,
                     progress=show,
                 )
+            elif args.scenario == "relay" and relay_clients == "real":
+                if ctx is None:
+                    raise UsageError("relay with real clients needs TLS")
+                result = relay_real.relay_real(
+                    host,
+                    port,
+                    ctx,
+                    pairs=args.pairs,
+                    whispers=args.whispers,
+                    server_pid=pid,
+                    progress=show,
+                )
             elif args.scenario == "relay":
                 result = relay_scenario.relay(
                     host,
@@ -274,14 +318,22 @@ def run_bench(args: argparse.Namespace) -> int:
                     server_pid=pid,
                     progress=show,
                 )
+            elif args.scenario == "logins":
+                result = scenarios.logins(
+                    host, port, ctx, clients=args.clients, dialect=dialect, server_pid=pid, progress=show
+                )
             elif args.scenario == "connect":
-                result = scenarios.connect_storm(host, port, ctx, sessions=args.sessions)
+                result = scenarios.connect_storm(
+                    host, port, ctx, sessions=args.sessions, dialect=dialect, server_pid=pid
+                )
             else:
                 if pid is None:
                     raise UsageError("idle needs the server's pid (--server-pid) to read its memory")
                 result = scenarios.idle(
                     host, port, ctx, sessions=args.sessions, server_pid=pid, progress=show
                 )
+        except scenarios.DescriptorLimit as exc:
+            raise UsageError(str(exc)) from None
         except (LoginRefused, rooms_scenario.JoinRefused) as exc:
             # The server said no (a cap, an older server, a crash): a result, not a bug here.
             print(f"FAILED: {exc}")
@@ -302,15 +354,16 @@ def run_bench(args: argparse.Namespace) -> int:
                     f"{k} {v * 1000:.2f} ms" if k != "count" else f"{k} {v}" for k, v in value.items()
                 )
             elif isinstance(value, dict):
-                value = ", ".join(
-                    f"{k} {v:,.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
-                )
+                value = _pairs(value)
+            elif isinstance(value, list):  # logins' deciles: a line each
+                value = "".join(f"\n{'':>{width}}  {_pairs(item)}" for item in value)
             elif isinstance(value, float):
                 value = f"{value:,.2f}"
             print(f"{key:>{width}}: {value}")
-    if args.scenario == "relay" and (data["refused"] or data["delivered"] < data["whispers"]):
+    if args.scenario == "relay" and (data.get("refused") or data["delivered"] < data["whispers"]):
         print(
-            f"FAILED: {data['refused']} whispers refused, {data['delivered']} of {data['whispers']} delivered"
+            f"FAILED: {data.get('refused', 0)} whispers refused, "
+            f"{data['delivered']} of {data['whispers']} delivered"
         )
         return 1
     lost = data.get("expected", 0) - data.get("deliveries", 0)
