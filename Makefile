@@ -60,12 +60,15 @@ abuse: $(STAMP)
 	SECURECHAT_ABUSE=long SECURECHAT_ABUSE_FIGURES=$(abspath $(ABUSE_FIGURES)) timeout 1200 \
 		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_abuse.py
 
-# securechat, ngIRCd over TLS and a classroom relay side by side: steady (spread and
-# simultaneous) and burst, each with the generator's two write modes, 3 interleaved runs each
-# (20-25 minutes); rewrites the table and plot in docs/performance.md and the profiles in
-# benchmarks/profiles/. Installs ngircd with apt-get if it can (root), else skips it; py-spy
-# with pip, else no profiles. BENCH_PORTS=9400-9499 keeps the servers on those ports;
-# BENCH_ARGS=--quick for a 2-minute look (then docs/ are rewritten from it too: add --no-write).
+# Every target of issue 14, securechat beside ngIRCd over TLS (and a classroom relay where it
+# applies): steady (spread and simultaneous) and burst (3 generator processes), each with the
+# generator's two write modes; 5,000 logins one after another (and idle memory), connect,
+# whispers (opaque and real clients), 2,000 clients in 100 rooms against one room. 3
+# interleaved runs each, about 34 minutes (printed at the start); rewrites the targets table,
+# the tables and plot in docs/performance.md and the profiles in benchmarks/profiles/.
+# Installs ngircd with apt-get if it can (root), else skips it; py-spy with pip, else no
+# profiles. The servers listen on 9400-9499 unless BENCH_PORTS says otherwise;
+# BENCH_ARGS=--quick for a 3-minute look (then docs/ are rewritten from it too: add --no-write).
 BENCH_PORTS ?=
 BENCH_ARGS  ?=
 bench: $(STAMP)
