@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from securechat.protocol import (
     EVENT_TYPES,
@@ -52,7 +54,14 @@ from securechat.protocol import (
     fold_room,
     is_pattern,
 )
-from securechat.protocol.codec import cut_members, entered_frames, names_frames, split_members, welcome_users
+from securechat.protocol.codec import (
+    _LONGEST_WELCOME,
+    cut_members,
+    entered_frames,
+    names_frames,
+    split_members,
+    welcome_users,
+)
 from securechat.protocol.limits import (
     MAX_BANS_LISTED,
     MAX_MASK_CHARS,
@@ -570,3 +579,15 @@ def test_members_frame_wire_shape_and_checks() -> None:
     server.receive_data(line + b"\n")
     with pytest.raises(RemoteProtocolError, match="does not send"):
         server.next_event()
+
+
+@given(st.lists(st.integers(1, MAX_NICK_CHARS), max_size=60), st.integers(0, 1500))
+def test_the_head_cut_for_a_welcome_is_the_longest_that_fits(lengths: list[int], spare: int) -> None:
+    users = tuple(f"{i:03d}".ljust(n, "x")[:n] if n >= 3 else "abc"[:n] for i, n in enumerate(lengths))
+    budget = len(encode(_LONGEST_WELCOME)) - 1 + spare
+    head = welcome_users(users, max_bytes=budget)
+    fits = len(encode(dataclasses.replace(_LONGEST_WELCOME, users=head))) - 1 <= budget
+    assert head == users[: len(head)] and fits
+    if len(head) < len(users):  # one more would not have fitted
+        more = dataclasses.replace(_LONGEST_WELCOME, users=users[: len(head) + 1])
+        assert len(encode(more)) - 1 > budget - 1

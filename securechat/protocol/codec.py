@@ -15,7 +15,7 @@ import typing
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import MISSING, fields
-from itertools import accumulate, compress, islice, repeat
+from itertools import accumulate, compress, repeat
 from operator import add, mul
 from typing import TypeVar
 
@@ -247,17 +247,27 @@ def welcome_users(users: tuple[str, ...], *, max_bytes: int = MAX_LINE_BYTES) ->
     A version-1 client shows the welcome's users; a version-2 client is sent the whole
     list in `entered` (and its pages) right after, so a cut costs it nothing.
     """
-    budget = max_bytes - (len(encode(_LONGEST_WELCOME)) - 1)
-    if _list_bytes(users) <= budget:
-        return users
-    return users[: _fitting(users, budget)]
+    fitting = _fitting(users, max_bytes - (len(encode(_LONGEST_WELCOME)) - 1))
+    return users if fitting == len(users) else users[:fitting]
 
 
 def _fitting(nicks: tuple[str, ...], budget: int) -> int:
-    """How many of the first `nicks` fit `budget` bytes of a JSON list."""
-    # A nick costs at least 1 + _PER_NICK: no more than this many can fit.
-    head = islice(nicks, max(0, budget) // (1 + _PER_NICK))
-    return bisect_right(list(accumulate(len(nick) + _PER_NICK for nick in head)), budget)
+    """How many of the first `nicks` fit `budget` bytes of a JSON list.
+
+    Only the nicks that fit are looked at, their lengths summed in C a slice at a time
+    (a welcome is cut at every login once a room outgrows a line): each slice is as many
+    as surely fit, were they all of the longest, and the last few go one by one.
+    """
+    widest = MAX_NICK_CHARS + _PER_NICK
+    taken = 0
+    while budget >= widest and taken < len(nicks):
+        sure = nicks[taken : taken + budget // widest]
+        budget -= sum(map(len, sure)) + _PER_NICK * len(sure)
+        taken += len(sure)
+    while taken < len(nicks) and len(nicks[taken]) + _PER_NICK <= budget:
+        budget -= len(nicks[taken]) + _PER_NICK
+        taken += 1
+    return taken
 
 
 def _reject_constant(name: str) -> object:
