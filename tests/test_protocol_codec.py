@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import pytest
@@ -68,6 +69,8 @@ from securechat.protocol import (
     decode_line,
     encode,
 )
+from securechat.protocol.codec import entered_frames, names_frames, split_members
+from securechat.protocol.rooms import PAGED_FRAMES, Members
 
 nicks = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,23}", fullmatch=True)
 rooms = st.from_regex(r"#[A-Za-z0-9_.\-]{1,32}", fullmatch=True)
@@ -416,3 +419,47 @@ def test_bad_frames(line: bytes, code: str, fatal: bool) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         decode_line(line)
     assert (info.value.code, info.value.fatal) == (code, fatal)
+
+
+# -- member lists in pages (split_members) -------------------------------------------
+
+members_pages = st.builds(
+    Members,
+    room=rooms,
+    of=st.sampled_from(sorted(PAGED_FRAMES)),
+    users=nick_lists.filter(bool),
+    away=st.just(()),
+)
+
+
+@given(members_pages)
+def test_members_pages_round_trip(page: Members) -> None:
+    assert decode_line(encode(page)[:-1]) == page
+
+
+@given(
+    st.sampled_from([Entered, Names]),
+    rooms,
+    st.lists(nicks, max_size=120, unique_by=str.lower),
+    st.data(),
+    st.integers(0, 1500),
+)
+def test_split_members_carries_every_member_in_lines_that_fit(
+    kind: type[Entered] | type[Names], room: str, users: list[str], data: st.DataObject, spare: int
+) -> None:
+    away = tuple(data.draw(st.lists(st.sampled_from(users), unique=True)) if users else [])
+    away = tuple(u for u in users if u in away)  # in the list's order, as a server sends it
+    event = kind(room=room, users=tuple(users), away=away, operators=tuple(users[:2]))
+    # Room for the frame without members and one page of one away member at its longest.
+    limit = max(len(encode(kind(room=room, operators=tuple(users[:2])))), 2 * 27 + 140) + spare
+    frames = (entered_frames if kind is Entered else names_frames)(event, max_bytes=limit)  # type: ignore[operator]
+    assert all(len(frame) - 1 <= limit for frame in frames)
+    decoded = [decode_line(frame[:-1]) for frame in frames]
+    *pages, last = decoded
+    assert all(isinstance(p, Members) and p.room == room and p.of == kind.TYPE for p in pages)
+    assert isinstance(last, kind)
+    assert tuple(u for p in pages for u in p.users) + last.users == event.users  # type: ignore[attr-defined]
+    assert tuple(a for p in pages for a in p.away) + last.away == event.away  # type: ignore[attr-defined]
+    assert dataclasses.replace(last, users=(), away=()) == dataclasses.replace(event, users=(), away=())
+    pages_bytes, tail = split_members(event, max_bytes=limit)
+    assert pages_bytes == b"".join(frames[:-1]) and encode(tail) == frames[-1]
