@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from securechat.bench.dialects import Irc, Plain, SecureChat
+from securechat.bench.dialects import Irc, Plain, SecureChat, irc_login_reply
 from securechat.bench.loadgen import Marker
 from securechat.bench.progress import render
 from securechat.protocol import Message, encode
@@ -48,3 +48,12 @@ def test_progress_bar_renders_and_clamps() -> None:
     assert render(400_000, 800_000, width=4).endswith("400,000/800,000")
     assert render(20, 10, width=10).startswith("[##########] 100%")
     assert render(1, 0, width=2).startswith("[..]   0%")
+
+
+def test_irc_login_is_judged_by_each_line_s_command_not_by_the_nicks_it_lists() -> None:
+    assert irc_login_reply(b":srv 366 a #bench :End of NAMES list\r") == "done"
+    assert irc_login_reply(b":srv 433 * a :Nickname already in use\r") == "refused"
+    assert irc_login_reply(b"ERROR :Closing connection\r") == "refused"
+    # A NAMES line of a big channel: nicks that look like a refusal are not one.
+    assert irc_login_reply(b":srv 353 a = #bench :x 433 ERROR login433 y\r") == ""
+    assert irc_login_reply(b"PING :srv\r") == ""

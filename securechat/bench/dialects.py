@@ -17,7 +17,7 @@ from ..protocol import PROTOCOL_VERSION, Hello, Join, Pong, Say, encode
 from ..protocol.framing import LineBuffer
 from ..protocol.limits import MAX_LINE_BYTES
 
-__all__ = ["DIALECTS", "Dialect", "Irc", "LoginRefused", "Plain", "SecureChat"]
+__all__ = ["DIALECTS", "Dialect", "Irc", "LoginRefused", "Plain", "SecureChat", "irc_login_reply"]
 
 
 class LoginRefused(ConnectionError):
@@ -113,7 +113,19 @@ class Irc:
     def login(self, sock: socket.socket, nick: str) -> None:
         sock.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\nJOIN {self.channel}\r\n".encode())
         # 366 is RPL_ENDOFNAMES, the last reply to our JOIN; 433 nick in use; ERROR a refusal.
-        _read_until(sock, nick, b" 366 ", (b" 433 ", b"ERROR "))
+        # Judged by each complete line's command, not by searching the text: the NAMES
+        # list of a big channel holds every nick, and nicks may contain " 433 " or "ERROR".
+        tail = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise LoginRefused(f"{nick}: the server closed the connection during login")
+            *lines, tail = (tail + data).split(b"\n")
+            for line in lines:
+                if irc_login_reply(line) == "done":
+                    return
+                if irc_login_reply(line) == "refused":
+                    raise LoginRefused(f"{nick}: login refused: {line[:300]!r}")
 
     def say(self, text: str) -> bytes:
         return f"PRIVMSG {self.channel} :{text}\r\n".encode()
@@ -124,6 +136,16 @@ class Irc:
         return b"".join(
             b"PONG" + line[4:] + b"\r\n" for line in data.splitlines() if line.startswith(b"PING ")
         )
+
+
+def irc_login_reply(line: bytes) -> str:
+    """What one line from an IRC server (CRLF or not) says about our login: "done" (366,
+    the end of our JOIN's NAMES), "refused" (433 nick in use, or ERROR), or "" (more to come)."""
+    words = line.split(b" ", 2)
+    if words[0] == b"ERROR":
+        return "refused"
+    command = words[1] if line.startswith(b":") and len(words) > 1 else words[0]
+    return {b"366": "done", b"433": "refused"}.get(command.strip(), "")
 
 
 class Plain:
