@@ -383,6 +383,49 @@ def test_a_login_again_takes_the_new_sessions_away_not_the_old_ones() -> None:
     assert hub.names("alice", "#lobby").away == ()
 
 
+def test_a_room_line_reaches_whoever_is_in_the_room_now() -> None:
+    # The fan-out keeps each room's recipients between lines: every change of the
+    # room's members, or of who is online under a nick, must show in the next line.
+    hub = multi()
+    members = {
+        nick: join(hub, nick, version=2, key=key)[0] for nick, key in (("alice", KEY_A), ("bob", KEY_B))
+    }
+    hub.enter("alice", "#dev")
+    hub.enter("bob", "#dev")
+
+    def heard(text: str) -> set[str]:
+        hub.say("alice", "#dev", text)
+        return {
+            nick
+            for nick, member in members.items()
+            if any(m.get("text") == text for m in member.seen() if m["type"] == "message")
+        }
+
+    assert heard("one") == {"alice", "bob"}
+    members["carol"] = join(hub, "carol", version=2)[0]
+    hub.enter("carol", "#dev")
+    assert heard("two") == {"alice", "bob", "carol"}
+    hub.part("bob", "#dev")
+    assert heard("three") == {"alice", "carol"}
+    hub.reserve("carol", "caroline")
+    hub.rename("carol", "caroline")
+    assert heard("four") == {"alice", "carol"}  # the same session under its new nick
+    old_alice = members["alice"]
+    members["alice"] = FakeMember()  # alice logs in again: the new session hears it
+    hub.join(
+        members["alice"],
+        "alice",
+        lambda room, users: None,
+        version=2,
+        key=KEY_A,
+        may_replace=lambda m: m is old_alice,
+    )
+    assert heard("five") == {"alice", "carol"}
+    assert not any(m.get("text") == "five" for m in old_alice.seen())
+    hub.leave(members["carol"], "caroline")
+    assert heard("six") == {"alice"}
+
+
 def test_a_kick_and_a_ban_tell_the_room_and_the_one_put_out() -> None:
     hub = multi()
     alice, _ = join(hub, "alice", version=2, key=KEY_A)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -41,6 +41,43 @@ def test_first_join_creates_the_room_and_the_last_part_removes_it() -> None:
     # Created again, it starts afresh: no topic, the new creator.
     again, _ = rooms.join("#dev", "guest", b"", 0.0)
     assert again.topic == "" and again.creator == b""
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["join", "part", "quit", "rename"]), st.sampled_from(["a", "B", "c", "D", "e"])
+        ),
+        max_size=40,
+    )
+)
+def test_the_member_list_stays_sorted_and_in_step_with_the_members(ops: list[tuple[str, str]]) -> None:
+    # `users` (the list every newcomer is sent) is kept sorted as members come and go,
+    # not sorted when asked: after any joins, parts, quits and renames it must be what
+    # sorting the members would give, and each change must move `generation`.
+    rooms = Rooms(autojoin=("#lobby",))
+    names = {"a": "a", "b": "B", "c": "c", "d": "D", "e": "e"}  # folded -> as shown now
+    room = rooms.join("#lobby", "anchor", b"", 0.0)[0]
+    for op, nick in ops:
+        shown = names[nick.lower()]
+        before = room.generation
+        if op == "join":
+            changed = not rooms.join("#lobby", shown, b"", 0.0)[1]
+        elif op == "part" and nick.lower() in room.members:
+            rooms.part("#lobby", shown)
+            changed = True
+        elif op == "quit":
+            changed = bool(rooms.quit(shown))
+        elif op == "rename" and nick.lower() in room.members:
+            new = shown.swapcase()  # the same folded nick, spelt otherwise (a login again)
+            rooms.rename(shown, new)
+            names[nick.lower()] = new
+            changed = True
+        else:
+            changed = False
+        assert (room.generation != before) == changed
+        assert rooms.users(room) == tuple(n for _, n in sorted(room.members.items()))
 
 
 def test_autojoin_and_registered_rooms_stay_when_empty() -> None:

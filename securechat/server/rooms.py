@@ -12,6 +12,7 @@ of the same key) changes nothing about what someone may do or where they may go.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -105,6 +106,14 @@ class Room:
     invites: dict[bytes | str, float] = field(default_factory=dict)
     #: Members: folded nick -> nick as shown, in the order they entered.
     members: dict[str, str] = field(default_factory=dict)
+    #: Counts the changes of `members` (every join, leave and rename): the hub keeps what
+    #: it derives from the members per room line (whom to stage it for) while it is equal.
+    generation: int = 0
+    #: `members`' folded nicks sorted, and beside each its nick as shown: kept in step
+    #: with `members` (`_add_member`, `_remove_member`), so the member list every
+    #: newcomer is sent costs neither a sort nor a look at each member.
+    order: list[str] = field(default_factory=list, repr=False)
+    shown: list[str] = field(default_factory=list, repr=False)
 
     @property
     def registered(self) -> bool:
@@ -122,6 +131,24 @@ class Room:
     def moderator(self, key: bytes) -> bool:
         """True if `key` is this registered room's owner or one of its operators."""
         return bool(key) and self.registered and (key == self.owner or key in self.operators)
+
+
+def _add_member(room: Room, folded_nick: str, nick: str) -> None:
+    """`nick` (folded: `folded_nick`, not a member) is in `room` now."""
+    room.members[folded_nick] = nick
+    at = bisect_left(room.order, folded_nick)
+    room.order.insert(at, folded_nick)
+    room.shown.insert(at, nick)
+    room.generation += 1
+
+
+def _remove_member(room: Room, folded_nick: str) -> None:
+    """`folded_nick` (a member) is no longer in `room`."""
+    del room.members[folded_nick]
+    at = bisect_left(room.order, folded_nick)
+    del room.order[at]
+    del room.shown[at]
+    room.generation += 1
 
 
 @dataclass(frozen=True)
@@ -243,8 +270,8 @@ class Rooms:
         )
 
     def users(self, room: Room) -> tuple[str, ...]:
-        """The members' nicks, sorted case-insensitively."""
-        return tuple(nick for _, nick in sorted(room.members.items()))
+        """The members' nicks, sorted case-insensitively (by folded nick)."""
+        return tuple(room.shown)
 
     def search(self, pattern: str) -> tuple[list[RoomSummary], bool]:
         """`search(self.summaries(), pattern)`: the rooms matching `pattern`."""
@@ -287,7 +314,7 @@ class Rooms:
             room.invites.pop(key or folded_nick, None)  # used
         if person is None:
             person = self._people[folded_nick] = _Person(nick=nick, key=key)
-        room.members[folded_nick] = nick
+        _add_member(room, folded_nick, nick)
         person.rooms[folded] = None
         return room, False
 
@@ -350,7 +377,7 @@ class Rooms:
         return self._rooms.get(fold_room(room.name)) is not room
 
     def _remove(self, room: Room, folded_nick: str) -> None:
-        del room.members[folded_nick]
+        _remove_member(room, folded_nick)
         person = self._people[folded_nick]
         person.rooms.pop(fold_room(room.name), None)
         if not person.rooms:
@@ -389,8 +416,8 @@ class Rooms:
         self._people[fold_nick(new)] = person
         rooms = [self._rooms[r] for r in person.rooms]
         for room in rooms:
-            del room.members[fold_nick(old)]
-            room.members[fold_nick(new)] = new
+            _remove_member(room, fold_nick(old))
+            _add_member(room, fold_nick(new), new)
         return rooms
 
     # -- settings ---------------------------------------------------------------------
