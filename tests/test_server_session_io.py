@@ -6,9 +6,12 @@ and test_server_limits.py, which drive whole servers."""
 from __future__ import annotations
 
 import json
+import socket
 import ssl
+import struct
+import threading
 
-from conftest import RawTls, StartServer
+from conftest import TIMEOUT, RawTls, StartServer
 
 from securechat.protocol import PROTOCOL_VERSION
 from securechat.server import Server
@@ -65,3 +68,31 @@ def test_a_ping_is_sent_once_per_silence_and_rearmed_by_any_frame(
     error = quiet.read_json()
     assert (error["type"], error["code"], error["fatal"]) == ("error", "timeout", True)
     quiet.close()
+
+
+def test_a_session_its_peer_reset_ends_without_starting_a_writer_thread(
+    start_server: StartServer, client_ctx: ssl.SSLContext
+) -> None:
+    # The close_notify cannot go to a peer that reset the connection, so the outbox asks
+    # for a writer to finish the connection; the reader, which is ending anyway, runs it
+    # itself instead of starting a thread (one per ended session in a connect storm).
+    server = start_server()
+    started: set[str] = set()
+
+    def note_thread(*_: object) -> None:  # threading.settrace: called in every new thread
+        started.add(threading.current_thread().name)
+
+    threading.settrace(note_thread)
+    try:
+        peer = RawTls(server.address, client_ctx)
+        peer.send_line(json.dumps({"type": "hello", "version": PROTOCOL_VERSION, "nick": "gone"}))
+        assert peer.read_json()["type"] == "welcome"
+        while peer.read_json()["type"] != "entered":  # the login's work is done
+            pass
+        # SO_LINGER 0: close() sends a TCP reset.
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.sock.close()
+        assert server.wait_sessions(0, TIMEOUT)
+    finally:
+        threading.settrace(None)
+    assert [name for name in started if name.startswith("securechat-writer")] == []

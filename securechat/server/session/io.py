@@ -30,7 +30,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ...protocol import (
     CLOSED,
@@ -116,6 +116,12 @@ class Session:
         self._writers: list[threading.Thread] = []  # guarded by `_lock`; started on demand
         self._leave_reason = "connection closed"  # guarded by `_lock`; set by the first `close`
         self._login_deadline: Deadline | None = None  # owned by the reader thread
+        # The reader thread's id, set once as `run` begins (None before). `_start_writer`
+        # compares it with the calling thread's: only the reader itself can match.
+        self._reader_id: int | None = None
+        # Set by `_start_writer` when the reader asked for a writer while closing: the
+        # reader runs the writer's loop itself in `_finish`. Reader thread only.
+        self._writer_inline = False
         self._linger_deadline: Deadline | None = None  # guarded by `_lock`
         # For keepalive: when the peer last sent a complete frame (bytes of a line that
         # never ends do not count), and when the line now arriving began (None: no line
@@ -265,6 +271,11 @@ class Session:
         the reader-owned protocol connection, which checks it may be sent now."""
         self._outbox.put(self._conn.send(event))
 
+    def send_many(self, events: Sequence[Event]) -> None:
+        """Queue `events` for the client in one write (`Port.send_many`). Reader thread
+        only, as `send`."""
+        self._outbox.put(b"".join([self._conn.send(event) for event in events]))
+
     def _logged_in(self) -> None:
         """The logic's `on_login`: reader thread, under the hub's lock (so it only cancels
         a deadline and reports to the server, whose lock is taken under the hub's)."""
@@ -276,6 +287,7 @@ class Session:
 
     def run(self) -> None:
         """Serve the connection until it ends (the reader thread's body). Never raises."""
+        self._reader_id = threading.get_ident()
         try:
             if self._handshake():
                 self._read_loop()
@@ -357,6 +369,9 @@ class Session:
         with self._lock:
             reason = self._leave_reason
         self._logic.leave(reason)
+        if self._writer_inline:
+            # Blocks at most until the linger deadline shuts the socket down.
+            self._write_loop()
         # Read and discard until the peer hangs up or the linger deadline cuts it,
         # so our last frame is not destroyed by a reset.
         try:
@@ -369,9 +384,20 @@ class Session:
 
     def _start_writer(self) -> None:
         """Start a writer thread (the outbox calls this, under its condition's lock, from
-        whichever thread put or closed, when one is needed)."""
-        writer = threading.Thread(target=self._write_loop, name=f"securechat-writer-{self.peer}", daemon=True)
+        whichever thread put or closed, when one is needed).
+
+        When the reader itself closed the session (usually: the peer hung up, so the
+        close_notify cannot go without blocking, or fails at once), no thread is started:
+        the reader, which has nothing left to do but linger, runs the writer's loop in
+        `_finish`. A thread per ended session cost ~200 us of CPU in a connect storm.
+        """
         with self._lock:  # started and listed at once: `run` joins only started threads
+            if self._phase is not _Phase.OPEN and self._reader_id == threading.get_ident():
+                self._writer_inline = True  # the reader is closing: `_finish` writes
+                return
+            writer = threading.Thread(
+                target=self._write_loop, name=f"securechat-writer-{self.peer}", daemon=True
+            )
             self._writers = [w for w in self._writers if w.is_alive()]
             writer.start()
             self._writers.append(writer)
@@ -381,7 +407,8 @@ class Session:
             return list(self._writers)
 
     def _write_loop(self) -> None:
-        """The writer thread's body: send what the outbox hands out, then finish or leave."""
+        """The writer's body (a writer thread's, or the finishing reader's: `_finish`): send
+        what the outbox hands out, then finish or leave."""
         broke: BaseException | None = None
         try:
             while (data := self._outbox.take()) is not None:
