@@ -536,6 +536,9 @@ def test_a_version_1_peer_is_sent_the_head_of_the_list_that_fits() -> None:
     assert 0 < len(cut.users) < BIG and cut.users == users[: len(cut.users)]
     assert cut.away == users[: len(cut.users)][::7]
     assert len(encode(cut)) - 1 <= MAX_LINE_BYTES
+    # As many as fit: one more (and its away mark) would not have.
+    more = users[: len(cut.users) + 1]
+    assert len(encode(dataclasses.replace(names, users=more, away=more[::7]))) - 1 > MAX_LINE_BYTES - 4
     small = Names(room=ROOM, users=users[:10])
     assert cut_members(small) is small
 

@@ -224,9 +224,23 @@ def cut_members(event: _Paged, *, max_bytes: int = MAX_LINE_BYTES) -> _Paged:
     base = len(encode(dataclasses.replace(event, users=(), away=()))) - 1
     if base + _list_bytes(event.users) + _list_bytes(event.away) <= max_bytes:
         return event
-    # Each member counted as if away too: a bound, so the cut needs no second pass.
-    users = event.users[: _fitting(event.users, (max_bytes - base) // 2)]
-    return dataclasses.replace(event, users=users, away=_among(users, frozenset(event.away)))
+    users, away_set, budget = event.users, frozenset(event.away), max_bytes - base
+    fitting = _fitting(users, budget)  # were nobody away
+    while True:  # fewer members, fewer of them away: it ends, usually at the second round
+        fewer = _fitting(users, budget - _list_bytes(_among(users[:fitting], away_set)))
+        if fewer >= fitting:
+            break
+        fitting = fewer
+    # What the away marks of the members cut took is room for a few more, one by one.
+    spare = budget - _list_bytes(users[:fitting]) - _list_bytes(_among(users[:fitting], away_set))
+    while fitting < len(users):
+        cost = (len(users[fitting]) + _PER_NICK) * (2 if users[fitting] in away_set else 1)
+        if cost > spare:
+            break
+        spare -= cost
+        fitting += 1
+    head = users[:fitting]
+    return dataclasses.replace(event, users=head, away=_among(head, away_set))
 
 
 #: A welcome with every field but `users` at its longest: `\u0000`, six bytes, is the
