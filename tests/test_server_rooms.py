@@ -55,15 +55,17 @@ def test_first_join_creates_the_room_and_the_last_part_removes_it() -> None:
 def test_the_member_list_stays_sorted_and_in_step_with_the_members(ops: list[tuple[str, str]]) -> None:
     # `users` (the list every newcomer is sent) is kept sorted as members come and go,
     # not sorted when asked: after any joins, parts, quits and renames it must be what
-    # sorting the members would give, and each change must move `generation`.
+    # sorting the members would give, each change must move `generation`, and the
+    # members holding a key (the owner and operators present) must be those there.
     rooms = Rooms(autojoin=("#lobby",))
     names = {"a": "a", "b": "B", "c": "c", "d": "D", "e": "e"}  # folded -> as shown now
+    keys = {"a": ALICE, "b": ALICE, "c": BOB, "d": b"", "e": b""}  # a and B share a key
     room = rooms.join("#lobby", "anchor", b"", 0.0)[0]
     for op, nick in ops:
         shown = names[nick.lower()]
         before = room.generation
         if op == "join":
-            changed = not rooms.join("#lobby", shown, b"", 0.0)[1]
+            changed = not rooms.join("#lobby", shown, keys[nick.lower()], 0.0)[1]
         elif op == "part" and nick.lower() in room.members:
             rooms.part("#lobby", shown)
             changed = True
@@ -78,6 +80,8 @@ def test_the_member_list_stays_sorted_and_in_step_with_the_members(ops: list[tup
             changed = False
         assert (room.generation != before) == changed
         assert rooms.users(room) == tuple(n for _, n in sorted(room.members.items()))
+        for key in (ALICE, BOB):  # the members holding a key, in the order they entered
+            assert rooms.present(room, key) == [n for f, n in room.members.items() if keys.get(f) == key]
 
 
 def test_autojoin_and_registered_rooms_stay_when_empty() -> None:

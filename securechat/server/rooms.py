@@ -114,6 +114,11 @@ class Room:
     #: newcomer is sent costs neither a sort nor a look at each member.
     order: list[str] = field(default_factory=list, repr=False)
     shown: list[str] = field(default_factory=list, repr=False)
+    #: The members holding each identity key (guests not included): key -> folded nick ->
+    #: nick as shown, in the order they entered. Kept in step with `members`, so the
+    #: owner and operators present are found without a look at every member (they are
+    #: in every newcomer's `entered`).
+    holders: dict[bytes, dict[str, str]] = field(default_factory=dict, repr=False)
 
     @property
     def registered(self) -> bool:
@@ -133,18 +138,25 @@ class Room:
         return bool(key) and self.registered and (key == self.owner or key in self.operators)
 
 
-def _add_member(room: Room, folded_nick: str, nick: str) -> None:
-    """`nick` (folded: `folded_nick`, not a member) is in `room` now."""
+def _add_member(room: Room, folded_nick: str, nick: str, key: bytes) -> None:
+    """`nick` (folded: `folded_nick`, not a member), holding `key`, is in `room` now."""
     room.members[folded_nick] = nick
+    if key:
+        room.holders.setdefault(key, {})[folded_nick] = nick
     at = bisect_left(room.order, folded_nick)
     room.order.insert(at, folded_nick)
     room.shown.insert(at, nick)
     room.generation += 1
 
 
-def _remove_member(room: Room, folded_nick: str) -> None:
-    """`folded_nick` (a member) is no longer in `room`."""
+def _remove_member(room: Room, folded_nick: str, key: bytes) -> None:
+    """`folded_nick` (a member holding `key`) is no longer in `room`."""
     del room.members[folded_nick]
+    if key:
+        holding = room.holders[key]
+        del holding[folded_nick]
+        if not holding:
+            del room.holders[key]
     at = bisect_left(room.order, folded_nick)
     del room.order[at]
     del room.shown[at]
@@ -251,7 +263,7 @@ class Rooms:
         """The nicks of `room`'s members who hold `key` (several nicks may share a key)."""
         if not key:
             return []
-        return [nick for folded, nick in room.members.items() if self._people[folded].key == key]
+        return list(room.holders.get(key, {}).values())
 
     def owner_nick(self, room: Room) -> str:
         """The owner's nick if a member holding the owner's key is in the room, else ""."""
@@ -262,9 +274,10 @@ class Rooms:
         """The nicks of the operators present (the owner not included), sorted."""
         if not room.operators:
             return ()
+        holders = room.holders
         return tuple(
             sorted(
-                (nick for folded, nick in room.members.items() if self._people[folded].key in room.operators),
+                (nick for key in room.operators if key in holders for nick in holders[key].values()),
                 key=fold_nick,
             )
         )
@@ -314,7 +327,7 @@ class Rooms:
             room.invites.pop(key or folded_nick, None)  # used
         if person is None:
             person = self._people[folded_nick] = _Person(nick=nick, key=key)
-        _add_member(room, folded_nick, nick)
+        _add_member(room, folded_nick, nick, person.key)
         person.rooms[folded] = None
         return room, False
 
@@ -377,8 +390,8 @@ class Rooms:
         return self._rooms.get(fold_room(room.name)) is not room
 
     def _remove(self, room: Room, folded_nick: str) -> None:
-        _remove_member(room, folded_nick)
         person = self._people[folded_nick]
+        _remove_member(room, folded_nick, person.key)
         person.rooms.pop(fold_room(room.name), None)
         if not person.rooms:
             del self._people[folded_nick]
@@ -416,8 +429,8 @@ class Rooms:
         self._people[fold_nick(new)] = person
         rooms = [self._rooms[r] for r in person.rooms]
         for room in rooms:
-            _remove_member(room, fold_nick(old))
-            _add_member(room, fold_nick(new), new)
+            _remove_member(room, fold_nick(old), person.key)
+            _add_member(room, fold_nick(new), new, person.key)
         return rooms
 
     # -- settings ---------------------------------------------------------------------
