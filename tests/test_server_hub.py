@@ -426,6 +426,43 @@ def test_a_room_line_reaches_whoever_is_in_the_room_now() -> None:
     assert heard("six") == {"alice"}
 
 
+def test_lines_said_while_the_hub_is_busy_go_out_together_in_the_order_they_came() -> None:
+    # Flat combining: whoever gets the hub's lock fans out every batch left waiting,
+    # per room one frame for all of them; a refused batch is answered to its own caller
+    # only, and the others' lines still go out.
+    hub = multi()
+    alice, _ = join(hub, "alice", version=2)
+    for nick in ("bob", "carol", "dave"):
+        join(hub, nick, version=2)
+    hub.enter("alice", "#dev")
+    hub.flush_presence()
+    alice.frames.clear()
+    errors: dict[str, Exception] = {}
+
+    def say(nick: str, room: str) -> None:
+        try:
+            hub.say(nick, room, f"{nick} in {room}")
+        except RoomError as exc:
+            errors[nick] = exc
+
+    threads: list[threading.Thread] = []
+    with hub._lock:  # the hub is busy: every caller leaves its lines and waits
+        for nick, room in (("bob", "#lobby"), ("carol", "#dev"), ("dave", "#lobby")):
+            threads.append(threading.Thread(target=say, args=(nick, room)))
+            threads[-1].start()
+            waited = threading.Event()
+            for _ in range(2000):  # until its batch waits, so the order is known (<= 10 s)
+                if len(hub._said) == len(threads) or waited.wait(0.005):
+                    break
+        assert len(hub._said) == 3 and alice.frames == []
+    for thread in threads:
+        thread.join(10)
+    assert isinstance(errors.pop("carol"), RoomError) and not errors  # carol is not in #dev
+    lines = [(m["nick"], m["text"]) for m in alice.seen() if m["type"] == "message"]
+    assert lines == [("bob", "bob in #lobby"), ("dave", "dave in #lobby")]
+    assert len(alice.frames) == 1  # one frame, one stage, for both lines
+
+
 def test_a_kick_and_a_ban_tell_the_room_and_the_one_put_out() -> None:
     hub = multi()
     alice, _ = join(hub, "alice", version=2, key=KEY_A)

@@ -199,6 +199,10 @@ class Hub:
         # `stage` without a lookup per member.
         self._fanouts: dict[str, _Fanout] = {}  # folded room -> its members' stage/flush
         self._members_generation = 0
+        # Lines waiting to be fanned out by whoever next holds `_lock` (`say_many`):
+        # appended by any thread without the lock (a deque's append is atomic), taken
+        # only under it.
+        self._said: deque[_Said] = deque()
         # The online members (folded nicks) whose away message is set, as `set_away` tells
         # (and as each member's `away` says at login). Only trusted once `set_away` has
         # been called: until then a room's away list is read from every member.
@@ -678,41 +682,82 @@ class Hub:
         """Broadcast `says` from `nick`, in order: per room, one write per member.
 
         Lines a client sent together go out together: one fan-out instead of one per
-        line. Raises `NoSuchRoom` or `RoomError` (not-in-room), before anything is sent,
-        if one names a room that does not exist or that `nick` is not in.
+        line. Raises `NoSuchRoom` or `RoomError` (not-in-room), before any of them is
+        sent, if one names a room that does not exist or that `nick` is not in.
+
+        Lines that other sessions said meanwhile go out with them (flat combining): each
+        caller leaves its lines in `_said` before it waits for the hub's lock, and
+        whoever holds it fans out everything left there, per room one frame for all of
+        them (one `stage` per member, not one per line per member). A caller whose lines
+        went out that way finds them done once it has the lock, and only returns. The
+        order of a room is the order lines were left in, the same for every member.
         """
+        said = _Said(nick, says)
+        self._said.append(said)
         try:
             with self._lock:
-                self._say_many_locked(nick, says, self._owed)
+                if not said.done:
+                    self._say_all_locked(self._owed)
         finally:
             self._flush_owed()
+        if said.error is not None:
+            raise said.error
 
-    def _say_many_locked(self, nick: str, says: Sequence[Say], flushes: list[Callable[[], None]]) -> None:
+    def _say_all_locked(self, flushes: list[Callable[[], None]]) -> None:
+        """Fan out every batch of lines waiting in `_said` (see `say_many`), marking each
+        done, with the error its caller must raise if it was refused."""
+        batches: list[_Said] = []
+        try:
+            while self._said:  # others may append meanwhile: their own call does those
+                batches.append(self._said.popleft())
+            by_room: dict[str, tuple[Room, list[Message]]] = {}
+            for said in batches:
+                try:
+                    rooms = self._rooms_said_locked(said)
+                except RoomError as exc:
+                    said.error, said.done = exc, True
+                    continue
+                if not by_room:
+                    self._flush_presence_locked(flushes)  # notices before the lines
+                for say in said.says:
+                    room = rooms[fold_room(say.room)]
+                    line = Message(
+                        room=room.name,
+                        nick=said.nick,
+                        text=say.text,
+                        ts=self._next_ts_locked(),
+                        action=say.action,
+                    )
+                    by_room.setdefault(fold_room(room.name), (room, []))[1].append(line)
+                said.done = True
+            for folded, (room, messages) in by_room.items():
+                self._fan_out_locked(room, b"".join(encode(m) for m in messages), flushes)
+                if self._keep:
+                    self._history.setdefault(folded, deque(maxlen=self._keep)).extend(messages)
+                    unsaved = self._unsaved.get(folded)
+                    if unsaved is None and self._persisted(room):
+                        unsaved = self._unsaved[folded] = deque(maxlen=self._keep)
+                    if unsaved is not None:
+                        self._unsaved_dropped += max(0, len(unsaved) + len(messages) - self._keep)
+                        unsaved.extend(messages)
+        except Exception as exc:
+            # Whatever failed, no caller may return as if its lines went out.
+            for said in batches:
+                if said.error is None:
+                    said.error, said.done = exc, True
+            raise
+
+    def _rooms_said_locked(self, said: _Said) -> dict[str, Room]:
+        """The rooms `said`'s lines go to, by folded name; raises `NoSuchRoom` or
+        `RoomError` (not-in-room) if one does not exist or its sender is not in it."""
         rooms: dict[str, Room] = {}
-        for say in says:
+        folded_nick = fold_nick(said.nick)
+        for say in said.says:
             found = self._rooms.room(say.room)
-            if fold_nick(nick) not in found.members:
+            if folded_nick not in found.members:
                 raise RoomError(Code.NOT_IN_ROOM, f"you are not in {found.name}")
             rooms[fold_room(say.room)] = found
-        self._flush_presence_locked(flushes)
-        by_room: dict[str, list[Message]] = {}
-        for say in says:
-            room = rooms[fold_room(say.room)]
-            line = Message(
-                room=room.name, nick=nick, text=say.text, ts=self._next_ts_locked(), action=say.action
-            )
-            by_room.setdefault(fold_room(room.name), []).append(line)
-        for folded, messages in by_room.items():
-            room = rooms[folded]
-            self._fan_out_locked(room, b"".join(encode(m) for m in messages), flushes)
-            if self._keep:
-                self._history.setdefault(folded, deque(maxlen=self._keep)).extend(messages)
-                unsaved = self._unsaved.get(folded)
-                if unsaved is None and self._persisted(room):
-                    unsaved = self._unsaved[folded] = deque(maxlen=self._keep)
-                if unsaved is not None:
-                    self._unsaved_dropped += max(0, len(unsaved) + len(messages) - self._keep)
-                    unsaved.extend(messages)
+        return rooms
 
     def _next_ts_locked(self) -> float:
         # Strictly increasing: clients skip history lines whose ts is not newer than the
@@ -984,6 +1029,18 @@ class Hub:
         if flushes is None:
             for flush in owed:
                 flush()
+
+
+@dataclass(eq=False)
+class _Said:
+    """One `say_many` call's lines, waiting in `Hub._said`. `done` and `error` are set
+    under the hub's lock by whoever fanned them out; the caller reads them after taking
+    that lock itself."""
+
+    nick: str
+    says: Sequence[Say]
+    done: bool = False
+    error: Exception | None = None
 
 
 class _Fanout:
