@@ -885,3 +885,94 @@ def test_whispers_and_acks_read_together_take_one_commit_each_with_a_refusal_of_
     assert [d.msg_id if d else None for d in done] == ["m1", None, "m3"]
     assert store.pending("bob") == [] and store.failures("alice") == [("bob", "m3", "undecryptable")]
     store._db.set_trace_callback(None)
+
+
+def test_a_group_of_many_callers_takes_a_fixed_number_of_statements(store: SqliteStore) -> None:
+    # The leading thread gives up the GIL at every statement; under load each one cost
+    # it a wait far longer than SQLite's work, so a group's statements must not grow
+    # with its whispers and acks.
+    for nick in ("bob", "carol"):
+        store.register(nick, nick[0].encode() * 32, 1.0)
+    acked = [store.enqueue("bob", f"old{i}", "alice", b"h", b"c", 1.0) for i in range(6)]
+    statements: list[str] = []
+
+    def trace(statement: str) -> None:
+        if statement == "BEGIN IMMEDIATE":
+            statements.clear()
+        statements.append(statement)
+
+    limits = QueueLimits(
+        per_recipient=100,
+        bytes_per_recipient=10**6,
+        per_sender=100,
+        bytes_per_sender=10**6,
+        total_bytes=10**6,
+    )
+    calls: list[Callable[[], object]] = [lambda: store.enqueue("carol", "first", "dave", b"h", b"c", 1.0)]
+    calls += [
+        lambda s=s: store.enqueue_many(  # type: ignore[misc]
+            [NewWhisper(to, f"m{n}", s, b"h", b"c", 2.0) for to in ("bob", "carol") for n in range(5)],
+            limits=limits,
+            registered_only=True,
+        )
+        for s in ("erin", "frank", "gina")
+    ]
+    calls += [lambda: store.ack_many("bob", [(i, "") for i in acked])]
+    store._db.set_trace_callback(trace)
+    results, returned_at_commit = in_groups(store, calls)
+    store._db.set_trace_callback(None)
+    assert returned_at_commit == [0, 1]  # the first alone, then everything else in one
+    # 30 whispers and 6 acks in the second group, in a handful of statements.
+    assert len(statements) <= 10, statements
+    assert all(isinstance(r, list) and all(isinstance(i, int) for i in r) for r in results[1:4])
+    acks = results[4]
+    assert isinstance(acks, list) and len(acks) == 6 and all(q is not None for q in acks)
+    assert len(store.pending("bob")) == 15 and len(store.pending("carol")) == 16
+
+
+def test_a_group_keeps_each_senders_order_and_never_reuses_an_id(store: SqliteStore) -> None:
+    store.register("bob", b"b" * 32, 1.0)
+    top = store.enqueue("bob", "top", "alice", b"h", b"c", 1.0)
+    store.ack("bob", top)  # the highest id is gone: AUTOINCREMENT never gives it again
+    outcomes = store.enqueue_many([NewWhisper("bob", f"m{n}", "alice", b"h", b"c", 1.0) for n in range(5)])
+    ids = [i for i in outcomes if isinstance(i, int)]
+    assert len(ids) == 5 and min(ids) > top and ids == sorted(ids)
+    assert [q.msg_id for q in store.pending("bob")] == [f"m{n}" for n in range(5)]
+    assert store.enqueue("bob", "later", "alice", b"h", b"c", 1.0) > max(ids)
+
+
+def test_a_resend_in_a_batch_is_not_counted_against_the_quota(store: SqliteStore) -> None:
+    limits = QueueLimits(
+        per_recipient=10, bytes_per_recipient=10**6, per_sender=2, bytes_per_sender=10**6, total_bytes=10**6
+    )
+    first = store.enqueue("bob", "m1", "alice", b"h", b"c", 1.0, limits=limits)
+    outcomes = store.enqueue_many(
+        [
+            NewWhisper("bob", "m1", "alice", b"h", b"c", 1.0),  # queued already: its id, free
+            NewWhisper("bob", "m1", "alice", b"h", b"c", 1.0),  # and again in the same batch
+            NewWhisper("bob", "m2", "alice", b"h", b"c", 1.0),  # the second of two allowed
+            NewWhisper("bob", "m2", "alice", b"h", b"c", 1.0),  # a repeat of a new one: its id
+            NewWhisper("bob", "m3", "alice", b"h", b"c", 1.0),  # the third: over the quota
+        ],
+        limits=limits,
+    )
+    assert outcomes[:2] == [first, first]
+    assert isinstance(outcomes[2], int) and outcomes[3] == outcomes[2]
+    assert isinstance(outcomes[4], QuotaExceeded) and outcomes[4].quota is Quota.SENDER_COUNT
+    assert [q.msg_id for q in store.pending("bob")] == ["m1", "m2"]
+
+
+def test_an_ack_in_a_group_removes_only_its_own_recipients_whispers(store: SqliteStore) -> None:
+    to_bob = store.enqueue("bob", "m1", "alice", b"h", b"c", 1.0)
+    to_carol = store.enqueue("carol", "m1", "alice", b"h", b"c", 1.0)
+    calls: list[Callable[[], object]] = [
+        lambda: store.enqueue("dave", "x", "erin", b"h", b"c", 1.0),
+        lambda: store.ack_many("carol", [(to_bob, ""), (to_carol, "")]),  # one is bob's
+        lambda: store.ack_many("bob", [(to_bob, "no-session"), (to_bob, "")]),  # acked twice
+    ]
+    results, _ = in_groups(store, calls)
+    carols, bobs = results[1], results[2]
+    assert isinstance(carols, list) and carols[0] is None and carols[1] is not None
+    assert isinstance(bobs, list) and bobs[0] is not None and bobs[1] is None
+    assert store.pending("bob") == [] and store.pending("carol") == []
+    assert store.failures("alice") == [("bob", "m1", "no-session")]
