@@ -9,6 +9,7 @@ lands in one ordered list.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TypeVar
 
 import pytest
@@ -78,6 +79,7 @@ class FakeSession:
     def __init__(self) -> None:
         self.received: list[Event] = []  # everything the client would read, in order
         self.writes = 0  # deliveries from the hub (each one write to the socket)
+        self.answers = 0  # the logic's own sends (each one write to the socket)
         self.closed: tuple[Event | None, str] | None = None
         self.logins = 0
         # Checks each answer the logic sends is one a server may send at that point.
@@ -86,8 +88,15 @@ class FakeSession:
 
     # Port
     def send(self, event: Event) -> None:
+        self.answers += 1
         self.conn.send(event)
         self.received.append(event)
+
+    def send_many(self, events: Sequence[Event]) -> None:
+        self.answers += 1
+        for event in events:
+            self.conn.send(event)
+            self.received.append(event)
 
     def close(self, final: Event | None = None, reason: str = "") -> None:
         if self.closed is None:
@@ -361,6 +370,36 @@ def test_the_store_failing_after_login_refuses_that_request_only(world: World) -
     assert fake.closed is None
     logic.handle(Ping(token="still here"))
     assert fake.last() == Pong(token="still here")
+
+
+def test_whispers_read_together_are_answered_in_one_write_and_pushed_in_one(world: World) -> None:
+    alice, bob = Identity.generate("alice"), Identity.generate("bob")
+    bob_logic, bob_fake = identity_login(world, bob)
+    logic, fake = identity_login(world, alice)
+    answers, deliveries = fake.answers, bob_fake.writes
+    for n in range(5):
+        logic.handle(Whisper(to="bob", id=f"w{n}", header=b"h", ciphertext=b"c"))
+    logic.handle(Whisper(to="alice", id="self", header=b"h", ciphertext=b"c"))  # refused
+    logic.handle(Whisper(to="nobody", id="lost", header=b"h", ciphertext=b"c"))  # refused
+    assert fake.answers == answers  # held back until the read's frames are used up
+    logic.flush()
+    assert fake.answers == answers + 1 and bob_fake.writes == deliveries + 1
+    statuses = fake.received[-7:]
+    assert [s.id for s in statuses if isinstance(s, WhisperStatus) and s.status == "stored"] == [
+        f"w{n}" for n in range(5)
+    ]
+    assert [(e.code, e.ref) for e in statuses if isinstance(e, Error)] == [
+        (Code.INVALID, "self"),
+        (Code.NO_SUCH_USER, "lost"),
+    ]
+    delivered = bob_fake.of(Delivery)
+    assert [d.msg_id for d in delivered] == [f"w{n}" for n in range(5)]
+    writes = fake.writes
+    for d in delivered:
+        bob_logic.handle(Ack(id=d.id))
+    bob_logic.flush()
+    assert fake.writes == writes + 1  # the five `delivered` statuses: one write
+    assert [s.id for s in fake.of(WhisperStatus) if s.status == "delivered"] == [f"w{n}" for n in range(5)]
 
 
 def test_guests_cannot_whisper(world: World) -> None:

@@ -248,10 +248,11 @@ class Relay:
         """
         ts = self._clock()
         shown_sender = self._hub.display_nick(sender) or sender
+        folded_sender = fold_nick(sender)
         outcomes: list[WhisperStatus | RelayError | None] = []
         queued: list[NewWhisper] = []
         for event in events:
-            if fold_nick(event.to) == fold_nick(sender):
+            if fold_nick(event.to) == folded_sender:
                 # The client has no session with itself to decrypt it with: it would only
                 # come back as a failure.
                 outcomes.append(RelayError(Code.INVALID, "you cannot whisper yourself"))
@@ -264,6 +265,8 @@ class Relay:
         results: list[WhisperStatus | RelayError] = []
         # What each online recipient is pushed, in order: one write for all (`_push`).
         pushes: dict[int, tuple[Member, list[bytes]]] = {}
+        # Each recipient looked up once per batch (the hub's lock), not once per whisper.
+        online: dict[str, Member | None] = {}
         for event, refused in zip(events, outcomes, strict=True):
             if refused is not None:
                 results.append(refused)
@@ -275,17 +278,24 @@ class Relay:
             if isinstance(whisper_id, QuotaExceeded):
                 results.append(RelayError(Code.QUOTA, self._over_quota(whisper_id.quota, event.to)))
                 continue
-            recipient = self._hub.member(event.to)
+            to = fold_nick(event.to)
+            if to in online:
+                recipient = online[to]
+            else:
+                recipient = online[to] = self._hub.member(to)
             if recipient is not None:
                 # Only after the commit: a whisper the recipient sees is one the server
                 # keeps, and its id names no other whisper if the commit fails. No store
                 # lock is held here, only the recipient's outbox's (docs/design.md).
-                delivery = QueuedWhisper(
-                    whisper_id, fold_nick(event.to), event.id, sender, event.header, event.ciphertext, ts
+                delivery = Delivery(
+                    id=str(whisper_id),
+                    msg_id=event.id,
+                    sender=shown_sender,
+                    header=event.header,
+                    ciphertext=event.ciphertext,
+                    ts=ts,
                 )
-                pushes.setdefault(id(recipient), (recipient, []))[1].append(
-                    encode(_delivery(delivery, shown_sender))
-                )
+                pushes.setdefault(id(recipient), (recipient, []))[1].append(encode(delivery))
             away = recipient.away if recipient is not None else ""
             results.append(WhisperStatus(id=event.id, to=event.to, status="stored", away=away))
         _push(pushes)
@@ -351,10 +361,14 @@ class Relay:
         )
         to = self._hub.display_nick(nick) or nick
         statuses: dict[int, tuple[Member, list[bytes]]] = {}
+        online: dict[str, Member | None] = {}  # each sender looked up once per batch
         for done, failed in zip(done_all, outcomes, strict=True):
             if done is None:
                 continue
-            sender = self._hub.member(done.sender)
+            if done.sender in online:
+                sender = online[done.sender]
+            else:
+                sender = online[done.sender] = self._hub.member(done.sender)
             if sender is not None:
                 statuses.setdefault(id(sender), (sender, []))[1].append(
                     encode(_status(done.msg_id, to, failed))

@@ -18,7 +18,7 @@ import enum
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from ...protocol import (
@@ -95,6 +95,11 @@ class Port(Protocol):
         """Queue `event` for the client, after everything sent before it. Never blocks.
 
         Called by the reader thread (and, for the welcome, by it under the hub's lock)."""
+
+    def send_many(self, events: Sequence[Event]) -> None:
+        """Queue `events`, in order, after everything sent before them, in one write (one
+        TLS record for all: the answers to a batch of whispers). Never blocks. Called by
+        the reader thread."""
 
     def close(self, final: Event | None = None, reason: str = "") -> None:
         """Send `final` as the last frame and end the connection. Idempotent; the first
@@ -270,11 +275,16 @@ class SessionLogic:
             for whisper in whispers:
                 self._store_unavailable(whisper)
             return
-        for whisper, outcome in zip(whispers, outcomes, strict=True):
-            if isinstance(outcome, RelayError):
-                self._reply(Error(code=outcome.code, reason=outcome.reason, ref=_request_ref(whisper)))
-            else:
-                self._reply(outcome)
+        # Nothing else is batched now (see `handle`), so the answers go out at once, in
+        # one write: one TLS record and one send for the batch, not one per whisper.
+        self._port.send_many(
+            [
+                Error(code=outcome.code, reason=outcome.reason, ref=_request_ref(whisper))
+                if isinstance(outcome, RelayError)
+                else outcome
+                for whisper, outcome in zip(whispers, outcomes, strict=True)
+            ]
+        )
 
     def _flush_says(self) -> None:
         if self._says:
