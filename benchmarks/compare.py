@@ -1333,7 +1333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "memory), counted at `delivered`. rooms: "
             f"{args.rooms_clients:,} clients in {args.rooms} rooms, against the same clients in one room, "
             f"each saying {args.rooms_rate:g} lines/s for {args.rooms_seconds:g} s (the same total "
-            "line rate in both).",
+            "line rate in both). relay and rooms run against securechat only: ngIRCd has no "
+            "stored whispers, and the generator's IRC dialect joins one channel per client.",
             "",
             figure_table(frows),
             *(["", "Time per login as the room grows (medians over the runs):", "", deciles] * bool(deciles)),

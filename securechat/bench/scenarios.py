@@ -498,13 +498,15 @@ def _burst_in_processes(
             conn.send("close")
         return parts, cpu_before, cpu_after, start
     finally:
+        # Closed first: a process still waiting for the start (another one failed) sees
+        # the end of its pipe and stops at once.
+        for conn in pipes:
+            conn.close()
         for child in children:
             child.join(30)
             if child.is_alive():
                 child.kill()
                 child.join()
-        for conn in pipes:
-            conn.close()
 
 
 def steady(
