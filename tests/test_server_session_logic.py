@@ -28,6 +28,7 @@ from securechat.protocol import (
     Connection,
     Delivery,
     Deop,
+    Away,
     Entered,
     Error,
     Event,
@@ -753,3 +754,19 @@ def test_registering_a_room_costs_one_of_the_networks_registrations() -> None:
     assert (error.code, error.ref) == (Code.QUOTA, "#b")
     assert error.reason == "too many registrations from your network; try again later"
     assert [r.name for r in world.store.registered_rooms()] == ["#a"]
+
+
+def test_away_set_and_cleared_is_what_later_logins_and_names_are_told(world: World) -> None:
+    alice, alice_fake = guest(world, "alice")
+    alice.handle(Away(message="lunch"))
+    alice.flush()
+    _, bob_fake = guest(world, "bob")
+    assert bob_fake.of(Entered)[-1].away == ("alice",)
+    alice.handle(Away(message=""))
+    alice.flush()
+    _, carol_fake = guest(world, "carol")
+    assert carol_fake.of(Entered)[-1].away == ()
+    alice.handle(Away(message="gone"))
+    alice.handle(Who(room="#lobby"))
+    alice.flush()
+    assert alice_fake.of(Names)[-1].away == ("alice",)

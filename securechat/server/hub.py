@@ -203,11 +203,10 @@ class Hub:
         # appended by any thread without the lock (a deque's append is atomic), taken
         # only under it.
         self._said: deque[_Said] = deque()
-        # The online members (folded nicks) whose away message is set, as `set_away` tells
-        # (and as each member's `away` says at login). Only trusted once `set_away` has
-        # been called: until then a room's away list is read from every member.
+        # The online members (folded nicks) whose away message is set, as each member's
+        # `away` says at login and its session tells `set_away` after every change.
+        # Guarded by `_lock`.
         self._away_nicks: set[str] = set()
-        self._away_told = False
         # Flushes owed by frames the hot paths staged (room lines, presence), made after
         # the lock is released by `_flush_owed`. Guarded by `_lock` (`_flush_owed` reads
         # its truth bare, see there).
@@ -341,11 +340,10 @@ class Hub:
         """`nick` (online) set its away message to `message` ("" when back). Called by
         its session's reader after every change, so that a room's away list (in every
         `entered` and `names`) comes from a set kept up to date instead of asking each
-        member. Until the first call the hub asks each member, as before; a nick not
-        online is ignored (its session's `away` is read again at login)."""
+        member. A nick not online is ignored (its session's `away` is read again at
+        login)."""
         folded = fold_nick(nick)
         with self._lock:
-            self._away_told = True
             if folded not in self._members:
                 return
             if message:
@@ -873,14 +871,12 @@ class Hub:
     def _away(self, room: Room) -> tuple[str, ...]:
         """The members of `room` who set an away message, in the order of `_users`.
 
-        Once sessions tell the hub (`set_away`), this costs what the away members of the
-        room cost (a set intersection in C, then a sort of the few it finds), not a look
-        at every member: it runs for every login's `entered`, in rooms of thousands."""
+        This costs what the away members of the room cost (a set intersection in C, then
+        a sort of the few it finds), not a look at every member: it runs for every
+        login's `entered`, in rooms of thousands. Sessions tell the hub (`set_away`)."""
         members = self._members
-        if self._away_told:
-            # A dict view's `&` walks the smaller of the two.
-            return tuple(members[f].nick for f in sorted(room.members.keys() & self._away_nicks))
-        return tuple(members[f].nick for f in room.order if f in members and members[f].member.away)
+        # A dict view's `&` walks the smaller of the two.
+        return tuple(members[f].nick for f in sorted(room.members.keys() & self._away_nicks))
 
     def _announce_entry(self, room: Room, nick: str, member: Member) -> None:
         folded = fold_room(room.name)

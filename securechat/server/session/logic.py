@@ -328,6 +328,8 @@ class SessionLogic:
             self._reply(Pong(token=event.token))
         elif isinstance(event, Away):
             self.away = event.message
+            if self.nick:  # before login, the hub reads `away` when it joins
+                self._hub.set_away(self.nick, event.message)
         elif isinstance(event, Quit):
             self._port.close(Bye(reason="goodbye"), reason=event.reason or "quit")
         elif isinstance(event, Pong):
