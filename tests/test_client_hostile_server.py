@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from chat import TIMEOUT
+from e2e_helpers import genuine_keys_frame
 from hostile_server import HostileConn, HostileServer, Script
 from whisper_helpers import memory_keys
 
@@ -142,29 +143,8 @@ def test_keys_nobody_asked_for_are_dropped_not_kept(hostile: MakeClient) -> None
     assert client._fetch_replies.qsize() == 0
 
 
-def genuine_keys(nick: str) -> dict[str, object]:
-    """A `keys` frame for `nick` from a real bundle (signatures that verify)."""
-    owner = Conversations(Identity.generate(nick))
-    bundle = owner.bundle_to_publish()
-    return {
-        "type": "keys",
-        "nick": nick,
-        "identity": {
-            "sig_key": _b(bundle.identity.sig_key),
-            "dh_key": _b(bundle.identity.dh_key),
-            "dh_sig": _b(bundle.identity.dh_sig),
-        },
-        "spk": {
-            "id": bundle.spk.id,
-            "created": bundle.spk.created,
-            "public": _b(bundle.spk.public),
-            "signature": _b(bundle.spk.signature),
-        },
-    }
-
-
 def test_keys_for_someone_else_do_not_answer_a_fetch(hostile: MakeClient) -> None:
-    genuine = genuine_keys("bob")
+    genuine = genuine_keys_frame("bob")
     sent = threading.Event()
 
     def switcher(conn: HostileConn, _: int) -> None:
@@ -376,7 +356,7 @@ def test_a_refusal_of_something_else_is_not_taken_as_the_answer_to_a_key_fetch(h
         conn.send(
             {"type": "error", "code": "rate-limited", "reason": "slow down: too many messages", "ref": ""}
         )
-        conn.send(genuine_keys("bob"))
+        conn.send(genuine_keys_frame("bob"))
         while conn.read_frame()["type"] != "whisper":
             pass
         sent.set()

@@ -208,7 +208,8 @@ def test_a_keystore_with_all_pins_in_one_record_is_rewritten_one_record_per_pin(
     Keystore.open(d, None).save({"pins": json.dumps({"bob": bob_pin}).encode()})  # as older versions wrote
     alice = WhisperKeys.in_keystore(Keystore.open(d, None), "alice")
     info = alice.peer_info("bob")
-    assert info is not None and info[1].value == "verified" and info[0].key == bob.identity.public().key
+    assert info is not None and info.trust.value == "verified"
+    assert info.identity.key == bob.identity.public().key
     records = Keystore.open(d, None).load()
     assert "pins" not in records and json.loads(records["pin:" + b"bob".hex()]) == bob_pin
 

@@ -294,10 +294,17 @@ def test_a_server_older_than_rooms_gets_no_joins_and_a_v1_refusal_is_explained(
     def refuses(conn: HostileConn, _: int) -> None:
         conn.read_frame()
         conn.send(
-            {"type": "error", "code": "unsupported-version", "reason": "unsupported version 2", "fatal": True}
+            {
+                "type": "error",
+                "code": "unsupported-version",
+                "reason": "this server speaks protocol versions 1 and 2",
+                "fatal": True,
+            }
         )
 
-    with pytest.raises(LoginRejected, match=r"older than this client \(it speaks protocol 1\)"):
+    with pytest.raises(
+        LoginRejected, match=r"older than this client, which speaks protocol 3; .*versions 1 and 2"
+    ):
         scripted(refuses).connect()
 
 
@@ -435,7 +442,7 @@ def test_a_rename_keeps_the_trust_of_the_key_and_the_keystore_follows(
         got = _events_until(alice, WhisperReceived, lambda w: w.text == "after")
         assert got.sender == "bob"
         info = bob.keys.peer_info("alice2")
-        assert info is not None and info[1] is Trust.VERIFIED  # verified stays verified
+        assert info is not None and info.trust is Trust.VERIFIED  # verified stays verified
         assert (tmp_path / "alice2" / "keystore.db").is_file() and not (tmp_path / "alice").exists()
     finally:
         alice.close()
@@ -652,7 +659,7 @@ def test_a_server_renaming_a_verified_contact_to_someone_else_carries_nothing_an
         told = _events_until(alice, KeyChanged)
         assert (told.peer, told.renamed_from) == ("mallory", "bob")
         info = alice.keys.peer_info("mallory")
-        assert info is not None and info[1] is Trust.CHANGED  # nothing carried
+        assert info is not None and info.trust is Trust.CHANGED  # nothing carried
         with relay._wire_lock:
             before = len(relay.wire)
         with pytest.raises(IdentityChanged):

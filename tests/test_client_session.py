@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import socket
 import ssl
 import threading
@@ -10,12 +9,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from chat import TIMEOUT
+from e2e_helpers import genuine_keys_frame
 from hostile_server import HostileConn, HostileServer, Script
 from whisper_helpers import memory_keys
 
 from securechat import Client, ConnectError, Disconnected, LoginRejected
-from securechat.e2e.conversations import Conversations
-from securechat.e2e.identity import Identity
 from securechat.protocol import Entered, Message, Names, Ping, encode
 from securechat.protocol.codec import entered_frames, names_frames
 from securechat.protocol.rooms import Members
@@ -185,33 +183,6 @@ def test_a_nick_with_control_characters_from_a_hostile_server_never_reaches_the_
 # -- key fetches are matched to their answers by a request reference ------------------------
 
 
-def _genuine_keys(nick: str, ref: str = "") -> dict[str, object]:
-    """A `keys` frame for `nick` from a real bundle (its signatures verify)."""
-    bundle = Conversations(Identity.generate(nick)).bundle_to_publish()
-
-    def b(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    frame: dict[str, object] = {
-        "type": "keys",
-        "nick": nick,
-        "identity": {
-            "sig_key": b(bundle.identity.sig_key),
-            "dh_key": b(bundle.identity.dh_key),
-            "dh_sig": b(bundle.identity.dh_sig),
-        },
-        "spk": {
-            "id": bundle.spk.id,
-            "created": bundle.spk.created,
-            "public": b(bundle.spk.public),
-            "signature": b(bundle.spk.signature),
-        },
-    }
-    if ref:
-        frame["ref"] = ref
-    return frame
-
-
 @pytest.fixture
 def scripted(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Iterator[Callable[..., Client]]:
     """`scripted(script)`: a client with keys (not connected) of a server running `script`."""
@@ -250,7 +221,7 @@ def test_a_rate_limited_room_line_during_a_fetch_is_not_its_answer(scripted: Cal
         conn.send(
             {"type": "error", "code": "rate-limited", "reason": "slow down: too many messages", "ref": ""}
         )
-        conn.send(_genuine_keys("bob", ref))
+        conn.send(genuine_keys_frame("bob", ref))
         while conn.read_frame()["type"] != "whisper":
             pass
         sent.set()
@@ -278,8 +249,8 @@ def test_a_late_answer_to_an_earlier_fetch_does_not_answer_the_next_one(
         assert now != first and now.startswith("keys:")
         second.set()
         conn.send({"type": "error", "code": "no-keys", "reason": "bob has published no keys", "ref": first})
-        conn.send(_genuine_keys("bob", first))  # late keys for the first fetch: not taken either
-        conn.send(_genuine_keys("bob", now))
+        conn.send(genuine_keys_frame("bob", first))  # late keys for the first fetch: not taken either
+        conn.send(genuine_keys_frame("bob", now))
         while conn.read_frame()["type"] != "whisper":
             pass
         sent.set()
@@ -302,7 +273,7 @@ def test_an_old_server_that_echoes_no_ref_is_still_understood(scripted: Callable
         _next_fetch(conn)
         conn.send({"type": "error", "code": "no-such-user", "reason": "no such user: carol", "ref": "carol"})
         _next_fetch(conn)
-        conn.send(_genuine_keys("bob"))
+        conn.send(genuine_keys_frame("bob"))
         while conn.read_frame()["type"] != "whisper":
             pass
         sent.set()

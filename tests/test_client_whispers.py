@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from e2e_helpers import fetched_bundle, party
+import pytest
+from e2e_helpers import fetched_bundle, keys_event, party
 
 from securechat.client.budget import Budget
 from securechat.client.events import KeyChanged, WhisperFailed, WhisperReceived
 from securechat.client.inbox import MemoryStorage
 from securechat.client.whispers import HELD_PER_PEER, OPK_TOPUP_BURST, OPK_TOPUP_EVERY, WhisperKeys
-from securechat.e2e.bundle import OPK_KEEP, OPK_REFILL_BELOW, OPK_TARGET
+from securechat.e2e import ratchet
+from securechat.e2e.bundle import KOPK_REFILL_BELOW, KOPK_TARGET, OPK_KEEP, OPK_REFILL_BELOW, OPK_TARGET
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.identity import Identity
 from securechat.protocol import Delivery, PrekeyCount
 from securechat.protocol.keys import MAX_OPKS_PER_PUBLISH
+from securechat.protocol.limits import MAX_TEXT_BYTES
 
 
 def engine(nick: str, clock: float | None = None) -> tuple[WhisperKeys, MemoryStorage]:
@@ -214,3 +218,56 @@ def test_whispers_held_for_a_changed_key_are_bounded_per_peer() -> None:
         ("held", str(n)) for n in range(1, HELD_PER_PEER + 11)
     ]
     assert max(a.held for a in alarms) == HELD_PER_PEER  # before: 110
+
+
+def test_a_badly_padded_but_authenticated_whisper_is_reported_malformed_not_tampered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bob, _ = engine("bob")
+    bob.publications(PrekeyCount(count=0, spk_id=0))
+    alice = party("alice", 1)
+    alice._clock = time.time
+    alice.start_session("bob", fetched_bundle(bob._conv))
+    with monkeypatch.context() as patch:  # a faulty client: no padding in a version-2 session
+        patch.setattr(ratchet, "pad", lambda plaintext: plaintext)
+        faulty = alice.encrypt("bob", b'{"text":"unpadded"}')
+    got = deliver(bob, "alice", faulty, 5)
+    assert isinstance(got[0], WhisperFailed) and got[1] == ("failed", "5", "malformed")
+    # Nothing moved: alice's next whisper (padded) still decrypts.
+    got = deliver(bob, "alice", alice.encrypt("bob", b'{"text":"padded"}'), 6)
+    assert isinstance(got[0], WhisperReceived) and got[0].text == "padded"
+
+
+def test_a_text_too_long_once_encoded_is_refused_before_the_ratchet_moves() -> None:
+    bob, _ = engine("bob")
+    bob.publications(PrekeyCount(count=0, spk_id=0))
+    alice, _ = engine("alice")
+    alice.serve_kem(True)
+    alice.publications(PrekeyCount(count=0, spk_id=0))
+    alice.start_session(keys_event(fetched_bundle(bob._conv), "bob"))
+    quotes = '"' * MAX_TEXT_BYTES  # 4 KiB of text, 8 KiB once JSON escapes it
+    with pytest.raises(ValueError, match="too long to whisper"):
+        alice.seal("bob", quotes, "m1")
+    assert alice.unsent() == []  # nothing kept that could never be sent
+    frame = alice.seal("bob", "a" * MAX_TEXT_BYTES, "m2")  # plain text of the same length fits
+    got = deliver(bob, "alice", (frame.header, frame.ciphertext), 7)
+    assert isinstance(got[0], WhisperReceived) and got[0].text == "a" * MAX_TEXT_BYTES
+
+
+def test_kem_prekeys_are_published_to_a_server_that_holds_them_in_the_same_frame() -> None:
+    keys, _ = engine("bob")
+    assert all(p.kpk == () for p in keys.publications(PrekeyCount(count=0, spk_id=0)))  # an older server
+    keys, _ = engine("bob")
+    keys.serve_kem(True)
+    (first,) = keys.publications(PrekeyCount(count=0, spk_id=0))
+    assert len(first.opks) == OPK_TARGET and len(first.kopks) == KOPK_TARGET and len(first.kpk) == 1
+    kpk_id = first.kpk[0].id
+    held = PrekeyCount(count=OPK_TARGET, spk_id=first.spk.id, kem_count=KOPK_TARGET, kpk_id=kpk_id)
+    assert keys.publications(held) == []
+    low = dataclasses.replace(held, kem_count=KOPK_REFILL_BELOW - 1)
+    (refill,) = keys.publications(low)
+    assert refill.opks == () and len(refill.kopks) == KOPK_TARGET - (KOPK_REFILL_BELOW - 1)
+    assert not {k.id for k in refill.kopks} & {k.id for k in first.kopks}
+    # A server that lost the KEM prekey (its id is not ours) is sent it again.
+    (again,) = keys.publications(dataclasses.replace(held, kpk_id=0))
+    assert again.kpk[0].id == kpk_id

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from chat import TIMEOUT
 from conftest import RawTls, StartServer
+from e2e_helpers import fetched_bundle, keys_event
 from malicious_relay import Frame, Leg, MaliciousRelay
 from whisper_helpers import login, memory_keys
 
@@ -31,12 +32,9 @@ from securechat.e2e.conversations import Conversations
 from securechat.e2e.errors import BundleError, IdentityChanged
 from securechat.e2e.identity import Identity
 from securechat.e2e.primitives import ed25519_sign
+from securechat.e2e.ratchet import HEADER_LEN, PAD_BLOCK, PQ_SETUP_LEN, parse_header
 from securechat.protocol import (
-    KeyIdentity,
-    Keys,
-    OneTimePrekeyRecord,
     PrekeyCount,
-    SignedPrekeyRecord,
     WhisperStatus,
 )
 from securechat.server import Server
@@ -83,19 +81,7 @@ def failed(client: Client) -> WhisperFailed:
 
 def keys_frame(owner: Conversations, nick: str) -> Frame:
     """A directory answer carrying `owner`'s keys under `nick` (a substitution)."""
-    bundle = owner.secrets.bundle(owner.identity, [min(owner.secrets.opks)])
-    ident = bundle.identity
-    return Keys(
-        nick=nick,
-        identity=KeyIdentity(sig_key=ident.sig_key, dh_key=ident.dh_key, dh_sig=ident.dh_sig),
-        spk=SignedPrekeyRecord(
-            id=bundle.spk.id,
-            created=bundle.spk.created,
-            public=bundle.spk.public,
-            signature=bundle.spk.signature,
-        ),
-        opks=tuple(OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature) for o in bundle.opks),
-    ).to_dict()
+    return keys_event(fetched_bundle(owner), nick).to_dict()
 
 
 def impostor(nick: str) -> Conversations:
@@ -164,8 +150,9 @@ def test_identity_key_swapped_for_a_pinned_contact(
         alice.whisper("bob", "this must not be sent")
     assert whispers_sent_by(relay) == before  # nothing left alice's client
     assert alice.keys is not None
-    pinned, trust, pending = alice.keys.peer_info("bob")  # type: ignore[misc]
-    assert trust.value == "changed" and pending is not None and pending.key != pinned.key
+    info = alice.keys.peer_info("bob")
+    assert info is not None and info.trust.value == "changed"
+    assert info.pending is not None and info.pending.key != info.identity.key
     with pytest.raises(IdentityChanged):
         alice.whisper("bob", "still refused until /trust")
 
@@ -276,6 +263,84 @@ def test_reused_one_time_prekey_is_refused_by_the_recipient(
     assert received(bob).text == "first use"
     carol.whisper("bob", "second use of the same OPK")
     assert failed(bob).sender == "carol"
+
+
+# 2c: post-quantum setup (docs/e2e.md, "Versions") -------------------------------------
+
+
+def test_a_setup_is_post_quantum_with_a_kem_ciphertext_in_its_header(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    bob = join(relay, client_ctx, clients, "bob")
+    alice = join(relay, client_ctx, clients, "alice")
+    captured = _capture_deliveries(relay, "bob")
+    alice.whisper("bob", "harvest this")
+    assert received(bob).text == "harvest this"
+    header = base64.b64decode(str(captured[0]["header"]))
+    parsed = parse_header(header, "alice")
+    assert parsed.version == 2 and parsed.setup is not None and len(header) == HEADER_LEN + PQ_SETUP_LEN
+    assert len(parsed.setup.kem_ct) == 1088
+    ciphertext = base64.b64decode(str(captured[0]["ciphertext"]))
+    assert len(ciphertext) == PAD_BLOCK + 16  # padded: the relay sees 160-byte blocks only
+    for client, peer in ((alice, "bob"), (bob, "alice")):
+        assert client.keys is not None
+        info = client.keys.peer_info(peer)
+        assert info is not None and info.post_quantum is True
+
+
+def test_a_bundle_stripped_of_its_kem_prekey_is_refused_not_downgraded(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    join(relay, client_ctx, clients, "bob")
+    alice = join(relay, client_ctx, clients, "alice")
+    before = whispers_sent_by(relay)
+    relay.down_hook = Once(
+        "alice", "keys", lambda f: {k: v for k, v in f.items() if k not in ("kpk", "kopks")}
+    )
+    with pytest.raises(BundleError, match="no post-quantum prekey"):
+        alice.whisper("bob", "must not go out under a classical setup")
+    assert whispers_sent_by(relay) == before
+
+
+def test_a_kem_prekey_swapped_for_another_users_is_refused(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    join(relay, client_ctx, clients, "bob")
+    alice = join(relay, client_ctx, clients, "alice")
+    carol = impostor("carol")  # her own keys, validly signed by her
+    carols = keys_event(fetched_bundle(carol), "carol")
+    swapped = {"kpk": [k.to_dict() for k in carols.kpk], "kopks": [k.to_dict() for k in carols.kopks]}
+    relay.down_hook = Once("alice", "keys", lambda f: {**f, **swapped})
+    with pytest.raises(BundleError, match="post-quantum prekey has an invalid signature"):
+        alice.whisper("bob", "x")
+    # And the last-resort one alone (no one-time one: the directory ran out).
+    alice.reset_session("bob")
+    relay.down_hook = Once("alice", "keys", lambda f: {**f, "kpk": swapped["kpk"], "kopks": []})
+    with pytest.raises(BundleError, match="post-quantum prekey has an invalid signature"):
+        alice.whisper("bob", "x")
+
+
+def test_a_used_one_time_kem_prekey_replayed_to_another_sender_is_refused_by_the_recipient(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    bob = join(relay, client_ctx, clients, "bob")
+    alice, carol = join(relay, client_ctx, clients, "alice"), join(relay, client_ctx, clients, "carol")
+    handed: list[Frame] = []
+
+    def replay_kopk(leg: Leg, frame: Frame) -> list[Frame]:
+        if frame["type"] == "keys":
+            if not handed:
+                handed.append(frame)
+            elif leg.nick == "carol":  # a fresh one-time DH prekey, the used KEM one
+                return [{**frame, "kopks": handed[0]["kopks"]}]
+        return [frame]
+
+    relay.down_hook = replay_kopk
+    alice.whisper("bob", "first use")
+    assert received(bob).text == "first use"
+    carol.whisper("bob", "second use of the same one-time KEM prekey")
+    refused = failed(bob)
+    assert refused.sender == "carol" and "keys this device no longer has" in refused.reason
 
 
 # 3 -------------------------------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""Frozen vectors of this protocol, made from fixed keys (seeded randomness).
+"""A version-1 first message and reply, frozen before version 2 existed, from fixed keys
+(seeded randomness): today's code must still answer an older client's session setup.
 
-If one of these changes, the wire format or a KDF changed: old clients can no longer
-talk to new ones. Update them only with a protocol version bump.
+If one of these changes, version 1's wire format or a KDF changed: clients from before
+version 2 could no longer talk to new ones. Every step of both versions is frozen in
+tests/vectors/ (tests/test_e2e_vectors.py).
 """
 
 from __future__ import annotations
 
-from e2e_helpers import fetched_bundle, party
+from e2e_helpers import v1_party
 
-from securechat.e2e.ratchet import HEADER_LEN, SETUP_LEN
+from securechat.e2e.ratchet import HEADER_LEN, SETUP_LEN, parse_header
 
 FIRST_HEADER = (
     "0101417c15755d1d8d7fdb93ea88914c1dca122a0e23f1435d09d60e863a63e09ba0bebf9ee45fe49e90ac1a30a7646abb"
@@ -26,21 +28,20 @@ REPLY_CIPHERTEXT = "06b0cfe36470467f10e8ef4e0aaef5a94f26807e528ec09be18c7092"
 SAFETY_NUMBER = "01356 26800 73668 47262 53582 15563 58933 24140 12645 14427 82004 01254"
 
 
-def test_first_message_and_reply_match_the_frozen_vectors() -> None:
-    alice, bob = party("alice", 1), party("bob", 101)
-    alice.start_session("bob", fetched_bundle(bob))
-    header, ciphertext = alice.encrypt("bob", b"golden whisper")
-    assert len(header) == HEADER_LEN + SETUP_LEN
-    assert (header.hex(), ciphertext.hex()) == (FIRST_HEADER, FIRST_CIPHERTEXT)
-    assert bob.decrypt("alice", header, ciphertext).plaintext == b"golden whisper"
-    header, ciphertext = bob.encrypt("alice", b"golden reply")
+def test_a_version_1_first_message_decrypts_and_is_answered_as_when_frozen() -> None:
+    bob = v1_party("bob", 101)  # bob's keys as a version-1 client made them
+    first = bytes.fromhex(FIRST_HEADER)
+    assert len(first) == HEADER_LEN + SETUP_LEN and parse_header(first, "alice").version == 1
+    got = bob.decrypt("alice", first, bytes.fromhex(FIRST_CIPHERTEXT))
+    assert got.plaintext == b"golden whisper"  # version 1 sends no padding
+    assert got.new_session and not got.post_quantum  # the user is told: not post-quantum
+    assert bob.session_post_quantum("alice") is False
+    header, ciphertext = bob.encrypt("alice", b"golden reply")  # the session stays version 1
     assert (header.hex(), ciphertext.hex()) == (REPLY_HEADER, REPLY_CIPHERTEXT)
-    assert alice.decrypt("bob", header, ciphertext).plaintext == b"golden reply"
 
 
-def test_frozen_vectors_decrypt_with_fresh_parties() -> None:
-    alice, bob = party("alice", 1), party("bob", 101)
-    alice.start_session("bob", fetched_bundle(bob))  # bob's OPK and SPK as when frozen
-    got = bob.decrypt("alice", bytes.fromhex(FIRST_HEADER), bytes.fromhex(FIRST_CIPHERTEXT))
-    assert got.plaintext == b"golden whisper"
-    assert alice.safety_number("bob") == bob.safety_number("alice") == SAFETY_NUMBER
+def test_the_safety_number_is_as_frozen() -> None:
+    alice, bob = v1_party("alice", 1), v1_party("bob", 101)
+    assert alice.identity.safety_number_with(bob.identity.public()) == SAFETY_NUMBER
+    bob.decrypt("alice", bytes.fromhex(FIRST_HEADER), bytes.fromhex(FIRST_CIPHERTEXT))
+    assert bob.safety_number("alice") == SAFETY_NUMBER  # from the key the setup carried

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from securechat.protocol import (
+    MAX_LINE_BYTES,
     Code,
     Error,
     FetchKeys,
@@ -11,8 +12,13 @@ from securechat.protocol import (
     Keys,
     Message,
     Names,
+    OneTimeKemPrekeyRecord,
+    OneTimePrekeyRecord,
     Ping,
+    PrekeyCount,
+    PublishKeys,
     Say,
+    SignedKemPrekeyRecord,
     SignedPrekeyRecord,
     Welcome,
     decode_line,
@@ -20,6 +26,7 @@ from securechat.protocol import (
     fold_nick,
     is_valid_nick,
 )
+from securechat.protocol.keys import MAX_KOPKS_PER_PUBLISH, MAX_OPKS_PER_PUBLISH
 
 IDENTITY = KeyIdentity(sig_key=b"s" * 32, dh_key=b"d" * 32, dh_sig=b"g" * 64)
 SPK = SignedPrekeyRecord(id=1, created=0, public=b"p" * 32, signature=b"g" * 64)
@@ -115,3 +122,42 @@ def test_fetch_keys_and_keys_carry_an_optional_ref() -> None:
         Keys(nick="bob", identity=IDENTITY, spk=SPK, ref="r" * 65)
     # Whatever a fetch may carry, the error that refuses it can echo.
     Error(code=Code.NO_KEYS, ref="r" * 64)
+
+
+def _kem_records(count: int) -> tuple[SignedKemPrekeyRecord, tuple[OneTimeKemPrekeyRecord, ...]]:
+    longest = 2**63 - 1  # ids at their longest in JSON
+    kpk = SignedKemPrekeyRecord(id=longest, created=longest, public=b"k" * 1184, signature=b"g" * 64)
+    kopks = tuple(
+        OneTimeKemPrekeyRecord(id=longest - n, public=b"k" * 1184, signature=b"g" * 64) for n in range(count)
+    )
+    return kpk, kopks
+
+
+def test_the_largest_publish_of_both_kinds_of_prekey_fits_one_line() -> None:
+    kpk, kopks = _kem_records(MAX_KOPKS_PER_PUBLISH)
+    opks = tuple(
+        OneTimePrekeyRecord(id=2**63 - 1 - n, public=b"p" * 32, signature=b"g" * 64)
+        for n in range(MAX_OPKS_PER_PUBLISH)
+    )
+    frame = PublishKeys(identity=IDENTITY, spk=SPK, opks=opks, kpk=(kpk,), kopks=kopks)
+    line = encode(frame)
+    assert len(line) - 1 <= MAX_LINE_BYTES
+    assert decode_line(line[:-1]) == frame
+
+
+def test_kem_prekey_fields_are_checked() -> None:
+    kpk, kopks = _kem_records(MAX_KOPKS_PER_PUBLISH + 1)
+    with pytest.raises(ValueError, match="kopks: at most"):
+        PublishKeys(identity=IDENTITY, spk=SPK, kpk=(kpk,), kopks=kopks)
+    with pytest.raises(ValueError, match="only with a kpk"):
+        PublishKeys(identity=IDENTITY, spk=SPK, kopks=kopks[:1])
+    with pytest.raises(ValueError, match="at most one"):
+        PublishKeys(identity=IDENTITY, spk=SPK, kpk=(kpk, kpk))
+    with pytest.raises(ValueError, match="at most one of each"):
+        Keys(nick="bob", identity=IDENTITY, spk=SPK, kpk=(kpk,), kopks=kopks[:2])
+    with pytest.raises(ValueError, match="1184 bytes"):
+        SignedKemPrekeyRecord(id=1, created=0, public=b"k" * 32, signature=b"g" * 64)
+    # A version-2 decoder ignores the fields it does not know: the same frame without them.
+    keys = Keys(nick="bob", identity=IDENTITY, spk=SPK, kpk=(kpk,), kopks=kopks[:1])
+    assert decode_line(encode(keys)[:-1]) == keys
+    assert PrekeyCount(count=1, kem_count=2, kpk_id=3).to_dict()["kem_count"] == 2

@@ -8,18 +8,18 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from e2e_helpers import publish_event
 from test_server_hub import FakeMember
 
+from securechat.e2e.bundle import KOPK_TARGET
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.identity import Identity
 from securechat.e2e.login import login_message
 from securechat.protocol import (
     Ack,
     Code,
-    KeyIdentity,
     OneTimePrekeyRecord,
     PublishKeys,
-    SignedPrekeyRecord,
     Whisper,
     WhisperStatus,
 )
@@ -29,16 +29,12 @@ from securechat.server.relay import OPK_LOW_WATER, Relay, RelayError
 from securechat.server.store import SqliteStore, StoreUnavailable
 
 
-def publication(conv: Conversations, opk_count: int = 30) -> PublishKeys:
-    b = conv.secrets.bundle(conv.identity, sorted(conv.secrets.opks)[:opk_count])
-    i = b.identity
-    return PublishKeys(
-        identity=KeyIdentity(sig_key=i.sig_key, dh_key=i.dh_key, dh_sig=i.dh_sig),
-        spk=SignedPrekeyRecord(
-            id=b.spk.id, created=b.spk.created, public=b.spk.public, signature=b.spk.signature
-        ),
-        opks=tuple(OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature) for o in b.opks),
+def publication(conv: Conversations, opk_count: int = 30, kopk_count: int = KOPK_TARGET) -> PublishKeys:
+    """A publish of `opk_count` one-time prekeys and `kopk_count` one-time KEM prekeys."""
+    b = conv.secrets.bundle(
+        conv.identity, sorted(conv.secrets.opks)[:opk_count], sorted(conv.secrets.kopks)[:kopk_count]
     )
+    return publish_event(b)
 
 
 @pytest.fixture
@@ -97,6 +93,8 @@ def test_fetch_hands_out_one_prekey_and_warns_the_owner_when_low(
         "count": OPK_LOW_WATER - 1,
         "spk_id": first.spk.id,
         "spk_created": first.spk.created,
+        "kem_count": KOPK_TARGET - 2,
+        "kpk_id": first.kpk[0].id,
     }
     with pytest.raises(RelayError) as info:
         relay.fetch(requester=b"r" * 32, nick="nobody")
@@ -370,3 +368,42 @@ def test_whispers_read_together_take_one_commit_and_reach_their_recipient_in_one
     relay.ack_many("bob", [Ack(id=d["id"]) for d in deliveries])
     [told] = [f for f in alice.frames if b"whisper_status" in f]  # one write to alice too
     assert [json.loads(line)["id"] for line in told.splitlines()] == ["m1", "m4"]
+
+
+def test_kem_prekeys_are_published_and_each_one_time_one_handed_out_once(
+    setup: tuple[Relay, Hub, Conversations],
+) -> None:
+    relay, _, bob = setup
+    status = relay.publish("bob", bob.identity.sig_key, publication(bob, 5, 3))
+    kpk_id = bob.secrets.current_kpk().id  # type: ignore[union-attr]
+    assert (status.kem_count, status.kpk_id) == (3, kpk_id)
+    fetched = [relay.fetch(requester=b"r" * 32, nick="bob") for _ in range(4)]
+    handed = [k.kopks[0].id for k in fetched if k.kopks]
+    assert len(handed) == 3 == len(set(handed)) and not fetched[3].kopks
+    assert all(k.kpk[0].id == kpk_id for k in fetched)  # the last-resort one, every time
+    # A session of protocol version 2 gets no KEM prekey, and burns no one-time one.
+    relay.publish("bob", bob.identity.sig_key, publication(bob, 0, 2))
+    old = relay.fetch(requester=b"r" * 32, nick="bob", kem=False)
+    assert (old.kpk, old.kopks) == ((), ()) and relay.prekey_count("bob").kem_count == 2
+    assert relay.prekey_count("bob", kem=False).kem_count == 0
+
+
+def test_a_publish_without_a_kem_prekey_removes_those_held(setup: tuple[Relay, Hub, Conversations]) -> None:
+    relay, _, bob = setup
+    relay.publish("bob", bob.identity.sig_key, publication(bob, 5, 3))
+    older_client = dataclasses.replace(publication(bob, 0, 0), kpk=())
+    status = relay.publish("bob", bob.identity.sig_key, older_client)
+    assert (status.kem_count, status.kpk_id) == (0, 0)  # no post-quantum setup is sent to it
+    assert relay.fetch(requester=b"r" * 32, nick="bob").kpk == ()
+
+
+def test_a_kem_prekey_with_a_bad_signature_is_refused(setup: tuple[Relay, Hub, Conversations]) -> None:
+    relay, _, bob = setup
+    good = publication(bob, 0, 1)
+    bad_kpk = dataclasses.replace(good.kpk[0], signature=bytes(64))
+    with pytest.raises(RelayError, match="post-quantum prekey"):
+        relay.publish("bob", bob.identity.sig_key, dataclasses.replace(good, kpk=(bad_kpk,)))
+    bad_kopk = dataclasses.replace(good.kopks[0], signature=bytes(64))
+    with pytest.raises(RelayError, match="one-time post-quantum prekey"):
+        relay.publish("bob", bob.identity.sig_key, dataclasses.replace(good, kopks=(bad_kopk,)))
+    assert relay.prekey_count("bob").kpk_id == 0

@@ -14,6 +14,7 @@ from securechat.server import store as store_module
 from securechat.server.store import (
     SCHEMA_VERSION,
     NewWhisper,
+    PrekeyStatus,
     QueueLimits,
     Quota,
     QuotaExceeded,
@@ -85,11 +86,11 @@ def test_concurrent_fetches_never_share_a_prekey(store: SqliteStore) -> None:
 def test_publish_adds_prekeys_and_a_new_identity_clears_old_ones(store: SqliteStore) -> None:
     store.publish("bob", IDENT, SPK, opks(1))
     store.publish("bob", IDENT, SPK, opks(2, 3))
-    assert store.prekey_status("bob") == (3, 1, 100)
+    assert store.prekey_status("bob") == PrekeyStatus(3, 1, 100)
     other = KeyIdentity(sig_key=b"s" * 32, dh_key=b"e" * 32, dh_sig=b"g" * 64)
     store.publish("bob", other, SPK, opks(9))
-    assert store.prekey_status("bob")[0] == 1
-    assert store.prekey_status("nobody") == (0, 0, 0)
+    assert store.prekey_status("bob").count == 1
+    assert store.prekey_status("nobody") == PrekeyStatus()
 
 
 def test_queue_is_idempotent_per_sender_message_and_acked_only_by_its_recipient(store: SqliteStore) -> None:
@@ -113,7 +114,7 @@ def test_everything_survives_reopening(tmp_path: Path) -> None:
     s.close()
     s = SqliteStore(path)
     assert s.registered_key("alice") == b"k" * 32
-    assert s.prekey_status("alice") == (1, 1, 100)
+    assert s.prekey_status("alice") == PrekeyStatus(1, 1, 100)
     assert len(s.pending("alice")) == 1
 
 
@@ -465,7 +466,7 @@ def test_one_time_prekeys_beyond_the_cap_are_dropped_but_the_signed_prekey_is_ta
     store.publish("bob", IDENT, SPK, opks(1, 2, 3), max_held=4)
     newer = SignedPrekeyRecord(id=2, created=200, public=b"q" * 32, signature=b"y" * 64)
     store.publish("bob", IDENT, newer, opks(3, 4, 5, 6), max_held=4)  # 3 is held already
-    assert store.prekey_status("bob") == (4, 2, 200)
+    assert store.prekey_status("bob") == PrekeyStatus(4, 2, 200)
     taken = [b.opk.id for b in (store.take_bundle("bob") for _ in range(4)) if b and b.opk]
     assert taken == [1, 2, 3, 4]
 
@@ -500,7 +501,7 @@ def test_nicks_nobody_logs_in_to_expire_by_service_time_with_everything_they_hel
     assert store.expire_nicks(100.0) == []
     clocks.mono += 50
     assert store.expire_nicks(100.0, keep=["Online"]) == ["idle"]  # 110 s; "active" 50 s
-    assert store.registered_key("idle") is None and store.prekey_status("idle") == (0, 0, 0)
+    assert store.registered_key("idle") is None and store.prekey_status("idle") == PrekeyStatus()
     assert store.pending("idle") == [] and store.failures("idle") == []
     assert store.registered_key("online") is not None
     clocks.mono += 60
@@ -651,7 +652,7 @@ def test_a_rename_moves_the_registration_and_failures_and_drops_the_old_keys(tmp
     clocks.mono += 80
     assert store.rename_user("Alice", "Alice2", ALICE, clocks.wall) is RenameResult.DONE
     assert store.registered_key("alice") is None and store.registered_key("alice2") == ALICE
-    assert store.prekey_status("alice") == (0, 0, 0) and store.take_bundle("alice") is None
+    assert store.prekey_status("alice") == PrekeyStatus() and store.take_bundle("alice") is None
     assert store.failures("alice2") == [("bob", "m1", "no-session")] and store.failures("alice") == []
     assert store.register("alice", BOB, clocks.wall)  # the old nick is free at once
     clocks.mono += 80  # 160 s since carol's login, 80 s since the rename
@@ -735,6 +736,7 @@ def test_a_version_7_database_is_migrated_to_rooms_with_nothing_lost(
     path = tmp_path / "v7.sqlite"
     with monkeypatch.context() as patch:  # the current code, stopping at schema 7
         patch.setattr(store_module, "SCHEMA_VERSION", 7)
+        patch.setattr(store_module, "_publish_kem", lambda *args: None)  # schema 7 had no KEM prekeys
         old = SqliteStore(path)
         registered_alice(old)
         old.enqueue("alice", "w", "bob", b"h", b"c", 1.0)
@@ -749,7 +751,7 @@ def test_a_version_7_database_is_migrated_to_rooms_with_nothing_lost(
 
     store = SqliteStore(path)
     assert store.registered_key("alice") == ALICE
-    assert store.prekey_status("alice") == (2, 1, 100)
+    assert store.prekey_status("alice") == PrekeyStatus(2, 1, 100)
     assert [q.msg_id for q in store.pending("alice")] == ["w"]
     assert store.failures("alice") == [("bob", "m1", "no-session")]
     assert store.recent_history("#lobby", 5) == [("bob", "hi", 5.0)]
@@ -757,7 +759,9 @@ def test_a_version_7_database_is_migrated_to_rooms_with_nothing_lost(
     assert store.register_room(DEV) and store.registered_rooms() == [DEV]
     store.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("8",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),
+    )
     db.close()
 
 

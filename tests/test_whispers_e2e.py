@@ -284,7 +284,8 @@ def test_a_recipient_with_new_keys_makes_the_sender_see_a_failure_a_key_change_a
     assert isinstance(alarm, KeyChanged) and alarm.peer == "bob" and alarm.unsent == 1
     assert alarm.old_fingerprint == old_fingerprint
     info = alice.keys.peer_info("bob")  # type: ignore[union-attr]
-    assert info is not None and info[2] is not None and info[2].fingerprint() == alarm.new_fingerprint
+    assert info is not None and info.pending is not None
+    assert info.pending.fingerprint() == alarm.new_fingerprint
     alice.trust("bob")  # the user decided: the same text goes out in a new session
     got = _whisper_received(bob)
     assert (got.msg_id, got.text) == (msg_id, "are you there?")
@@ -442,7 +443,7 @@ def test_a_publish_is_charged_by_its_signature_checks_in_the_request_rate(
     alice.send(alice.publication(200))
     refused = alice.round_trip()
     assert [(type(f), getattr(f, "code", "")) for f in refused] == [(Error, Code.RATE_LIMITED)]
-    assert server.store.prekey_status("alice")[0] == 200
+    assert server.store.prekey_status("alice").count == 200
     alice.close()
 
 

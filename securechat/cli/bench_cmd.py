@@ -32,11 +32,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "over --rooms rooms, every client at --rate for --seconds; the cost of joining too), relay "
         "(--whispers opaque whispers stored and relayed between --pairs pairs of identity users; "
         "--clients real: real clients encrypting end to end), logins (--clients log in one after "
-        "another, all staying, time per login per tenth of the room's growth, and memory per session). "
-        "Without --port it starts its own server with the rate limit off (and says so).",
+        "another, all staying, time per login per tenth of the room's growth, and memory per session), "
+        "setup (what post-quantum session setup costs: bundle and publish sizes, --rounds setups on "
+        "each side, the server's CPU per publish, the store's bytes per user; in this process, no "
+        "server). Without --port it starts its own server with the rate limit off (and says so).",
     )
     bench.add_argument(
-        "scenario", choices=["burst", "steady", "whisper", "connect", "idle", "rooms", "relay", "logins"]
+        "scenario",
+        choices=["burst", "steady", "whisper", "connect", "idle", "rooms", "relay", "logins", "setup"],
     )
     bench.add_argument(
         "--clients",
@@ -164,6 +167,28 @@ def _port_range(text: str) -> range:
         raise argparse.ArgumentTypeError(f"{text!r}: want a port or LO-HI within 1-65535") from None
 
 
+def _report(args: argparse.Namespace, result: Any) -> dict[str, Any]:
+    """Print a scenario's result (as JSON with --json); returns it as a dict."""
+    data: dict[str, Any] = dataclasses.asdict(result)
+    if args.json:
+        print(json.dumps({"scenario": args.scenario, **data}))
+        return data
+    width = max(20, *map(len, data))
+    for key, value in data.items():
+        if isinstance(value, dict) and "p50" in value:  # a latency summary, in seconds
+            value = ", ".join(
+                f"{k} {v * 1000:.2f} ms" if k != "count" else f"{k} {v}" for k, v in value.items()
+            )
+        elif isinstance(value, dict):
+            value = _pairs(value)
+        elif isinstance(value, list):  # logins' deciles: a line each
+            value = "".join(f"\n{'':>{width}}  {_pairs(item)}" for item in value)
+        elif isinstance(value, float):
+            value = f"{value:,.3f}"
+        print(f"{key:>{width}}: {value}")
+    return data
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from ..bench import relay as relay_scenario
     from ..bench import relay_real, scenarios, whisper
@@ -217,6 +242,11 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UsageError("--procs is for burst")
     if args.dialect != "securechat" and args.scenario not in ("burst", "steady", "connect", "logins"):
         raise UsageError(f"{args.scenario} measures securechat only")
+    if args.scenario == "setup":
+        from ..bench.setup_cost import setup_cost
+
+        _report(args, setup_cost(args.rounds))
+        return 0
     dialect = DIALECTS[args.dialect]()
     show = (
         ProgressBar(sys.stderr)
@@ -343,23 +373,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 show.finish()
             if server is not None:
                 server.stop()
-    data = dataclasses.asdict(result)
-    if args.json:
-        print(json.dumps({"scenario": args.scenario, **data}))
-    else:
-        width = max(20, *map(len, data))
-        for key, value in data.items():
-            if isinstance(value, dict) and "p50" in value:  # a latency summary, in seconds
-                value = ", ".join(
-                    f"{k} {v * 1000:.2f} ms" if k != "count" else f"{k} {v}" for k, v in value.items()
-                )
-            elif isinstance(value, dict):
-                value = _pairs(value)
-            elif isinstance(value, list):  # logins' deciles: a line each
-                value = "".join(f"\n{'':>{width}}  {_pairs(item)}" for item in value)
-            elif isinstance(value, float):
-                value = f"{value:,.2f}"
-            print(f"{key:>{width}}: {value}")
+    data = _report(args, result)
     if args.scenario == "relay" and (data.get("refused") or data["delivered"] < data["whispers"]):
         print(
             f"FAILED: {data.get('refused', 0)} whispers refused, "

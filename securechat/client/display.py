@@ -41,6 +41,7 @@ from .events import (
     ClientMade,
     KeyChanged,
     KnownKeyRenamed,
+    NotPostQuantum,
     Reconnected,
     Reconnecting,
     RenameUnconfirmed,
@@ -201,6 +202,13 @@ def _lines(
         if event.trust == "verified":
             return [f"{stamp} * {new} holds the key you verified as {old}: still verified"]
         return [f"{stamp} * {new} holds the key you knew as {old} (not verified: /verify {new})"]
+    if isinstance(event, NotPostQuantum):
+        who = sanitize(event.peer)
+        return [
+            f"{stamp} ! {who}'s client set up this conversation without post-quantum protection "
+            f"(an older securechat): whispers are end-to-end encrypted, but recorded ones are not "
+            f"protected against a future quantum computer. Ask {who} to upgrade; /whois {who} says which"
+        ]
     if isinstance(event, RenameUnconfirmed):
         old, new = sanitize(event.old), sanitize(event.new)
         return [

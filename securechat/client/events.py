@@ -8,6 +8,7 @@ __all__ = [
     "ClientMade",
     "KeyChanged",
     "KnownKeyRenamed",
+    "NotPostQuantum",
     "Reconnected",
     "Reconnecting",
     "RenameUnconfirmed",
@@ -79,6 +80,17 @@ class KnownKeyRenamed:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NotPostQuantum:
+    """`peer`'s client started a conversation with a version-1 setup (X3DH, before
+    post-quantum setup existed): it works, but recorded traffic of it is not protected
+    against a future quantum computer. Told once per such session, before its first
+    whisper; `/whois` says it for as long as the session lasts. (This client never
+    starts one: it refuses keys without a post-quantum prekey.)"""
+
+    peer: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class RenameUnconfirmed:
     """The server said contact `old` is now `new`, and that could not be confirmed
     (`reason`: `new` is someone else you know, their keys could not be fetched,
@@ -131,6 +143,7 @@ ClientMade = (
     | WhisperFailed
     | KeyChanged
     | KnownKeyRenamed
+    | NotPostQuantum
     | RenameUnconfirmed
     | ResendPending
     | StorageFailed

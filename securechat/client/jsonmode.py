@@ -2,7 +2,7 @@
 
 Out (stdout): every event, as the frame's own JSON (`message`, `joined`, `whisper_status`,
 ...) or, for what the client makes itself, `whisper` (a decrypted whisper),
-`whisper_failed`, `key_changed`, `resend_pending`, `storage_failed`, `reconnecting`,
+`whisper_failed`, `key_changed`, `not_post_quantum`, `resend_pending`, `storage_failed`, `reconnecting`,
 `reconnected`, and last `disconnected`. A `whisper` with `"replay": true` was kept
 before the client last stopped and may have been printed then too: dedupe by `msg_id`.
 A whisper counts as printed once the next event is printed. A whisper's `whisper_sent` is
@@ -11,12 +11,14 @@ Output is UTF-8, but controls (C0, DEL, C1), Unicode format characters (bidi ove
 zero-width characters, the BOM), lone surrogates and U+2028/U+2029 are written as JSON
 `\\uXXXX` escapes: a program that parses the line gets the exact text, and one that
 shows or logs the raw line shows nothing invisible or reordering.
-Answers to commands: `whisper_sent`, `safety_number`, `verified`, `history`, `in_rooms`,
-`command_error`.
+Answers to commands: `whisper_sent`, `safety_number`, `whois`, `verified`, `history`,
+`in_rooms`, `command_error`.
 
 In (stdin), one object per line, its `type` naming the command (every field and an example
 of each in docs/usage.md, "JSON mode"): `say` (text, room="#lobby", action=false),
 `whisper` (to, text), `reply` (text), `who` (room="#lobby"), `safety_number` (nick),
+`whois` (nick: fingerprint, trust, a pending changed key, and whether the session is
+post-quantum),
 `verify` (nick, number), `trust` (nick), `history` (nick, last=20), `away` (message=""),
 the room commands `join` (room), `part` (room, reason=""), `names` (room), `topic` (room,
 topic), `list` (pattern=""), `invite` (room, nick), `kick` (room, nick, reason=""),
@@ -44,6 +46,7 @@ from .display import is_unsafe
 from .events import (
     KeyChanged,
     KnownKeyRenamed,
+    NotPostQuantum,
     Reconnected,
     Reconnecting,
     RenameUnconfirmed,
@@ -87,6 +90,7 @@ _CLIENT_EVENT_TYPES: dict[type, str] = {
     WhisperFailed: "whisper_failed",
     KeyChanged: "key_changed",
     KnownKeyRenamed: "known_key_renamed",
+    NotPostQuantum: "not_post_quantum",
     RenameUnconfirmed: "rename_unconfirmed",
     ResendPending: "resend_pending",
     StorageFailed: "storage_failed",
@@ -211,6 +215,25 @@ def _run(client: Client, command: dict[str, Any], emit: Any, quitting: threading
             raise LookupError("a guest has no keys")
         nick = str(command["nick"])
         emit({"type": "safety_number", "nick": nick, "number": keys.safety_number(nick)})
+    elif kind == "whois":
+        keys = client.keys
+        if keys is None:
+            raise LookupError("a guest has no keys")
+        nick = str(command["nick"])
+        info = keys.peer_info(nick)
+        emit(
+            {
+                "type": "whois",
+                "nick": nick,
+                "known": info is not None,
+                "fingerprint": None if info is None else info.identity.fingerprint(),
+                "trust": None if info is None else info.trust.value,
+                "pending_fingerprint": None
+                if info is None or info.pending is None
+                else info.pending.fingerprint(),
+                "post_quantum": None if info is None else info.post_quantum,
+            }
+        )
     elif kind == "verify":
         nick = str(command["nick"])
         emit({"type": "verified", "nick": nick, "ok": client.verify(nick, str(command["number"]))})

@@ -24,6 +24,7 @@ from ..ports import DEFAULT_PORT
 from ..protocol import (
     CLOSED,
     DEFAULT_ROOM,
+    KEM_VERSION,
     NEED_DATA,
     PROTOCOL_VERSION,
     Auth,
@@ -104,7 +105,12 @@ _ROOMS_VERSION = 2
 
 #: What a refused hello's `unsupported-version` means to a person: this client speaks
 #: version 2, and the only servers that refuse it are the older ones.
-_OLDER_SERVER = "the server is older than this client (it speaks protocol 1)"
+#: What a refused hello's version means; the server's own words follow ("this server
+#: speaks protocol versions 1 and 2").
+_OLDER_SERVER = (
+    f"the server is older than this client, which speaks protocol {PROTOCOL_VERSION}; "
+    "ask its operator to upgrade"
+)
 
 
 class ConnectError(Exception):
@@ -520,9 +526,11 @@ class Client:
                 if event is CLOSED:
                     raise ConnectError("the server closed the connection during login")
                 if isinstance(event, Welcome):
+                    if self.keys is not None:  # before this login's `prekey_count` is read
+                        self.keys.serve_kem(event.version >= KEM_VERSION)
                     return event, nonce
                 if isinstance(event, Error) and event.code == Code.UNSUPPORTED_VERSION:
-                    raise LoginRejected(event.code, _OLDER_SERVER)
+                    raise LoginRejected(event.code, f"{_OLDER_SERVER} ({event.reason})")
                 if isinstance(event, Error):
                     raise LoginRejected(event.code, event.reason)
                 if isinstance(event, Bye):
@@ -943,7 +951,7 @@ class Client:
             raise LookupError("nobody has whispered you yet")
         nick, fingerprint = self.last_whisperer
         info = keys.peer_info(nick)
-        if info is None or info[0].fingerprint() != fingerprint or info[2] is not None:
+        if info is None or info.identity.fingerprint() != fingerprint or info.pending is not None:
             raise LookupError(
                 f"{nick}'s key has changed since they whispered you; use /msg {nick} to be sure"
             )

@@ -100,6 +100,7 @@ from .display import PLAIN, Theme, block, clock, format_event, is_unsafe, saniti
 from .events import (
     KeyChanged,
     KnownKeyRenamed,
+    NotPostQuantum,
     RenameUnconfirmed,
     ResendPending,
     WhisperFailed,
@@ -420,6 +421,8 @@ class _Tui:
             return self._here_and(windows.find(Kind.QUERY, item.new)), Activity.NONE, None
         if isinstance(item, RenameUnconfirmed):
             return self._here_and(windows.find(Kind.QUERY, item.old)), Activity.NONE, None
+        if isinstance(item, NotPostQuantum):
+            return [windows.open(Kind.QUERY, item.peer)], Activity.NONE, None
         if isinstance(item, KeyChanged):
             both = self._here_and(windows.find(Kind.QUERY, item.peer))
             if item.renamed_from:  # the old nick's window stays, and says why
@@ -1003,8 +1006,13 @@ class _Tui:
         if info is None:
             self._say(f"* no key seen for {who} yet (whisper them, or wait for their whisper)")
             return
-        identity, trust, pending = info
-        self._say(f"* {who}: key {identity.fingerprint()}, {trust.value}")
+        identity, trust, pending = info.identity, info.trust, info.pending
+        quantum = {
+            True: "post-quantum",
+            False: "NOT post-quantum (their older client)",
+            None: "no session yet",
+        }
+        self._say(f"* {who}: key {identity.fingerprint()}, {trust.value}, {quantum[info.post_quantum]}")
         if pending is not None:
             self._say(
                 f"! {who} now presents another key {pending.fingerprint()}: /verify {who} or /trust {who}"

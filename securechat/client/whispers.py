@@ -11,33 +11,53 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..e2e.bundle import OPK_REFILL_BELOW, OPK_TARGET, Bundle, OneTimePrekey, SignedPrekey
+from ..e2e.bundle import (
+    KOPK_REFILL_BELOW,
+    KOPK_TARGET,
+    OPK_REFILL_BELOW,
+    OPK_TARGET,
+    Bundle,
+    OneTimeKemPrekey,
+    OneTimePrekey,
+    SignedKemPrekey,
+    SignedPrekey,
+)
 from ..e2e.conversations import Conversations, Trust
-from ..e2e.errors import DecryptionError, IdentityChanged, KeystoreError
+from ..e2e.errors import DecryptionError, IdentityChanged, KeystoreError, MalformedPlaintext
 from ..e2e.identity import Identity, PublicIdentity
 from ..e2e.login import login_message, rename_message
-from ..e2e.ratchet import parse_header
+from ..e2e.primitives import AEAD_TAG_BYTES
+from ..e2e.ratchet import PAD_BLOCK, pad, parse_header
 from ..e2e.x3dh import respond
 from ..protocol import (
     Ack,
     Delivery,
     KeyIdentity,
     Keys,
+    OneTimeKemPrekeyRecord,
     OneTimePrekeyRecord,
     PrekeyCount,
     PublishKeys,
+    SignedKemPrekeyRecord,
     SignedPrekeyRecord,
     Whisper,
     WhisperStatus,
     fold_nick,
 )
-from ..protocol.keys import MAX_OPKS_PER_PUBLISH
+from ..protocol.keys import MAX_CIPHERTEXT_BYTES, MAX_KOPKS_PER_PUBLISH, MAX_OPKS_PER_PUBLISH
 from .budget import Budget
-from .events import KeyChanged, KnownKeyRenamed, RenameUnconfirmed, WhisperFailed, WhisperReceived
+from .events import (
+    KeyChanged,
+    KnownKeyRenamed,
+    NotPostQuantum,
+    RenameUnconfirmed,
+    WhisperFailed,
+    WhisperReceived,
+)
 from .inbox import Direction, MessageState, Storage, StoredMessage
 from .keystore import Keystore
 
@@ -78,7 +98,9 @@ _SENT_STATES = {
 class Incoming:
     """What to do after handling a delivery: events to show, then acks to send."""
 
-    events: list[WhisperReceived | WhisperFailed | KeyChanged | KnownKeyRenamed] = field(default_factory=list)
+    events: list[WhisperReceived | WhisperFailed | KeyChanged | KnownKeyRenamed | NotPostQuantum] = field(
+        default_factory=list
+    )
     acks: list[Ack] = field(default_factory=list)
 
 
@@ -103,6 +125,8 @@ class WhisperKeys:
         # The nick of a rename sent and not yet answered (kept as `_RENAMING_RECORD`);
         # guarded by _lock.
         self._renaming: str | None = None
+        # Whether the server holds KEM prekeys (`serve_kem`); guarded by _lock.
+        self._kem_server = False
 
     @classmethod
     def in_keystore(cls, keystore: Keystore, nick: str) -> WhisperKeys:
@@ -280,7 +304,13 @@ class WhisperKeys:
             secrets = self._conv.secrets
             if secrets.current_spk() is None:
                 secrets.rotate_spk(self._clock())
-            new_ids = secrets.new_opks(OPK_TARGET) if self._topups.take() else []
+            elif secrets.current_kpk() is None:
+                secrets.rotate_kpk(self._clock())
+            new_ids: list[int] = []
+            new_kem_ids: list[int] = []
+            if self._topups.take():
+                new_ids = secrets.new_opks(OPK_TARGET)
+                new_kem_ids = secrets.new_kopks(KOPK_TARGET) if self._kem_server else []
             self._conv.dirty.add("prekeys")
             self._save()
             if self._renaming is not None:
@@ -289,12 +319,22 @@ class WhisperKeys:
                 self._renaming = None
             if moved is not None:
                 raise moved
-            return self._publish(new_ids)
+            return self._publish(new_ids, new_kem_ids)
+
+    def serve_kem(self, kem: bool) -> None:
+        """Whether the server holds KEM prekeys (it speaks protocol version 3): told by
+        the reader thread at each login, before the login's `prekey_count`."""
+        with self._lock:
+            self._kem_server = kem
 
     def publications(self, status: PrekeyCount) -> list[PublishKeys]:
         """What to publish given the server's view of our prekeys (none if nothing is due),
-        in frames of at most `MAX_OPKS_PER_PUBLISH` one-time prekeys each. Called by the
-        reader thread, for each `prekey_count` the server sends.
+        in frames of at most `MAX_OPKS_PER_PUBLISH` one-time prekeys (or
+        `MAX_KOPKS_PER_PUBLISH` one-time KEM prekeys) each. Called by the reader thread,
+        for each `prekey_count` the server sends. The last-resort KEM prekey is made and
+        rotated with the signed prekey (and made at once for a keystore from before
+        version 2); one-time KEM prekeys are topped up as DH ones are, within the same
+        budget, to a server that holds them.
 
         Only new one-time prekeys are sent, also to a server that says it has none of our
         keys (`spk_id` 0): re-sending ones it, or the server before a reset, may already
@@ -308,40 +348,56 @@ class WhisperKeys:
             rotate = current is None or secrets.needs_rotation(now)
             if rotate:
                 secrets.rotate_spk(now)
-            current = secrets.current_spk()
-            assert current is not None
-            if status.spk_id == 0 or status.count < OPK_REFILL_BELOW:
-                missing = OPK_TARGET - (0 if status.spk_id == 0 else status.count)
-                new_ids = secrets.new_opks(missing) if self._topups.take() else []
-            else:
-                new_ids = []
-            if not rotate and not new_ids and status.spk_id == current.id:
+            if secrets.current_kpk() is None:
+                secrets.rotate_kpk(now)
+                rotate = True
+            current, kpk = secrets.current_spk(), secrets.current_kpk()
+            assert current is not None and kpk is not None
+            kem = self._kem_server
+            opks_low = status.spk_id == 0 or status.count < OPK_REFILL_BELOW
+            kopks_low = kem and (status.kpk_id == 0 or status.kem_count < KOPK_REFILL_BELOW)
+            new_ids: list[int] = []
+            new_kem_ids: list[int] = []
+            if (opks_low or kopks_low) and self._topups.take():
+                if opks_low:
+                    new_ids = secrets.new_opks(OPK_TARGET - (0 if status.spk_id == 0 else status.count))
+                if kopks_low:
+                    new_kem_ids = secrets.new_kopks(
+                        KOPK_TARGET - (0 if status.kpk_id == 0 else status.kem_count)
+                    )
+            published = status.spk_id == current.id and (not kem or status.kpk_id == kpk.id)
+            if not rotate and not new_ids and not new_kem_ids and published:
                 return []
             self._conv.dirty.add("prekeys")
             self._save()
-            return self._publish(new_ids)
+            return self._publish(new_ids, new_kem_ids)
 
-    def _publish(self, new_ids: list[int]) -> list[PublishKeys]:
-        """Frames publishing our identity, current signed prekey and the one-time prekeys
-        `new_ids`, all signed for the nick the identity is bound to; under `_lock`."""
+    def _publish(self, new_ids: list[int], new_kem_ids: Sequence[int] = ()) -> list[PublishKeys]:
+        """Frames publishing our identity, current signed prekey, last-resort KEM prekey
+        (to a server that holds them), and the one-time prekeys `new_ids` and one-time
+        KEM prekeys `new_kem_ids`, all signed for the nick the identity is bound to. Under
+        `_lock`."""
         secrets = self._conv.secrets
         ident = self._conv.identity
-        pub = ident.public()
         spk = secrets.signed_spk(ident)
-        opks = [
-            OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature)
-            for o in secrets.signed_opks(ident, new_ids)
-        ]
-        chunks = [opks[i : i + MAX_OPKS_PER_PUBLISH] for i in range(0, len(opks), MAX_OPKS_PER_PUBLISH)]
+        kpk = secrets.signed_kpk(ident) if self._kem_server and secrets.current_kpk() is not None else None
+        opks = secrets.signed_opks(ident, new_ids)
+        kopks = secrets.signed_kopks(ident, list(new_kem_ids)) if kpk is not None else ()
+        # Both kinds together: a login's top-up is one frame (and one answer). The limits
+        # are chosen so that a frame with the most of each fits a line.
+        opk_step, kopk_step = MAX_OPKS_PER_PUBLISH, MAX_KOPKS_PER_PUBLISH
+        frames = max(1, -(-len(opks) // opk_step), -(-len(kopks) // kopk_step))
         return [
-            PublishKeys(
-                identity=KeyIdentity(sig_key=pub.sig_key, dh_key=pub.dh_key, dh_sig=pub.dh_sig),
-                spk=SignedPrekeyRecord(
-                    id=spk.id, created=spk.created, public=spk.public, signature=spk.signature
-                ),
-                opks=tuple(chunk),
+            publication(
+                Bundle(
+                    ident.public(),
+                    spk,
+                    opks[n * opk_step : (n + 1) * opk_step],
+                    kpk,
+                    kopks[n * kopk_step : (n + 1) * kopk_step],
+                )
             )
-            for chunk in chunks or [[]]
+            for n in range(frames)
         ]
 
     # -- sending ------------------------------------------------------------------------
@@ -415,9 +471,18 @@ class WhisperKeys:
     def seal(self, peer: str, text: str, msg_id: str, *, resends: int = 0) -> Whisper:
         """Encrypt `text` for `peer` as message `msg_id` and keep it in the outbox (state
         SENDING), committed with the ratchet step, so it can be sent again after any
-        reconnect or restart. Raises `IdentityChanged` or `NotTrusted` (no session)."""
+        reconnect or restart. Raises `IdentityChanged` or `NotTrusted` (no session), and
+        `ValueError` for a text too long once encoded (JSON escapes can grow it up to six
+        times), before any ratchet step is taken."""
+        plaintext = _plaintext(text)
+        if len(pad(plaintext)) + AEAD_TAG_BYTES > MAX_CIPHERTEXT_BYTES:
+            raise ValueError(
+                f"text: too long to whisper ({len(plaintext)} bytes once encoded, at most "
+                f"{MAX_CIPHERTEXT_BYTES - AEAD_TAG_BYTES - PAD_BLOCK}; quotes, backslashes and control "
+                "characters count more than once)"
+            )
         with self._lock:
-            header, ciphertext = self._conv.encrypt(peer, _plaintext(text))
+            header, ciphertext = self._conv.encrypt(peer, plaintext)
             kept = StoredMessage(
                 direction=Direction.OUT,
                 peer=peer,
@@ -510,6 +575,11 @@ class WhisperKeys:
                 )
             )
             return
+        except MalformedPlaintext:
+            reason = "malformed"  # authenticated, from a faulty client: not tampering
+            out.events.append(WhisperFailed(sender=delivery.sender, reason=_FAILURE_TEXT[reason]))
+            out.acks.append(Ack(id=delivery.id, outcome="failed", reason=reason))
+            return
         except DecryptionError:
             reason = self._failure_class(delivery)
             out.events.append(WhisperFailed(sender=delivery.sender, reason=_FAILURE_TEXT[reason]))
@@ -533,6 +603,8 @@ class WhisperKeys:
             return
         out.acks.append(Ack(id=delivery.id))
         out.events += self._known_key_renamed()  # told before the whisper is shown
+        if whisper.new_session and not whisper.post_quantum:
+            out.events.append(NotPostQuantum(peer=whisper.sender.user))
         out.events.append(_received(kept, replay=False))
 
     def _failure_class(self, delivery: Delivery) -> str:
@@ -602,11 +674,25 @@ class WhisperKeys:
         with self._lock:
             return self._conv.safety_number(peer)
 
-    def peer_info(self, peer: str) -> tuple[PublicIdentity, Trust, PublicIdentity | None] | None:
-        """(pinned identity, trust, pending changed identity) or None if never seen."""
+    def peer_info(self, peer: str) -> PeerInfo | None:
+        """What we know of `peer`'s keys, or None if never seen."""
         with self._lock:
             pin = self._conv.pin(peer)
-            return None if pin is None else (pin.identity, pin.trust, pin.pending)
+            if pin is None:
+                return None
+            return PeerInfo(pin.identity, pin.trust, pin.pending, self._conv.session_post_quantum(peer))
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """`/whois` for a peer: the pinned identity, its trust, a changed identity awaiting a
+    decision, and whether the session a whisper would go in was set up post-quantum
+    (None: no session yet; the next one will be)."""
+
+    identity: PublicIdentity
+    trust: Trust
+    pending: PublicIdentity | None
+    post_quantum: bool | None
 
 
 #: What the recipient is told about a whisper it could not decrypt, by failure class.
@@ -620,12 +706,32 @@ _FAILURE_TEXT = {
 }
 
 
+def publication(bundle: Bundle) -> PublishKeys:
+    """`bundle` as a `publish_keys` frame, with the one-time prekeys it carries."""
+    ident, spk, kpk = bundle.identity, bundle.spk, bundle.kpk
+    return PublishKeys(
+        identity=KeyIdentity(sig_key=ident.sig_key, dh_key=ident.dh_key, dh_sig=ident.dh_sig),
+        spk=SignedPrekeyRecord(id=spk.id, created=spk.created, public=spk.public, signature=spk.signature),
+        opks=tuple(OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature) for o in bundle.opks),
+        kpk=()
+        if kpk is None
+        else (
+            SignedKemPrekeyRecord(id=kpk.id, created=kpk.created, public=kpk.public, signature=kpk.signature),
+        ),
+        kopks=tuple(
+            OneTimeKemPrekeyRecord(id=k.id, public=k.public, signature=k.signature) for k in bundle.kopks
+        ),
+    )
+
+
 def _bundle(keys: Keys) -> Bundle:
     """The bundle in a `keys` frame, as `Conversations` takes it."""
     return Bundle(
         PublicIdentity(keys.nick, keys.identity.sig_key, keys.identity.dh_key, keys.identity.dh_sig),
         SignedPrekey(keys.spk.id, keys.spk.created, keys.spk.public, keys.spk.signature),
         tuple(OneTimePrekey(o.id, o.public, o.signature) for o in keys.opks),
+        next((SignedKemPrekey(k.id, k.created, k.public, k.signature) for k in keys.kpk), None),
+        tuple(OneTimeKemPrekey(k.id, k.public, k.signature) for k in keys.kopks),
     )
 
 

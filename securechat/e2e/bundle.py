@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..protocol import fold_nick
 from .errors import BundleError
 from .identity import Identity, PublicIdentity
-from .primitives import KEY_BYTES, VERSION_LABEL, DhKeyPair, Random, ed25519_verify, lp
+from .primitives import (
+    KEM_PUBLIC_BYTES,
+    KEY_BYTES,
+    VERSION_LABEL,
+    DhKeyPair,
+    KemKeyPair,
+    Random,
+    ed25519_verify,
+    lp,
+)
 
 __all__ = [
     "CLOCK_SKEW",
+    "KOPK_KEEP",
+    "KOPK_REFILL_BELOW",
+    "KOPK_TARGET",
     "MAX_CLOCK_ERROR",
     "OPK_KEEP",
     "OPK_REFILL_BELOW",
@@ -22,8 +35,10 @@ __all__ = [
     "SPK_RETIRED_MAX",
     "SPK_ROTATE_AFTER",
     "Bundle",
+    "OneTimeKemPrekey",
     "OneTimePrekey",
     "PrekeySecrets",
+    "SignedKemPrekey",
     "SignedPrekey",
     "verify_bundle",
 ]
@@ -69,6 +84,18 @@ OPK_REFILL_BELOW = 20
 #: Its cost: a setup that used a deleted one fails ("unknown-prekey") and its sender
 #: sends again in a new session.
 OPK_KEEP = 4 * OPK_TARGET
+#: One-time ML-KEM-768 prekeys kept published, and when to top them up. Each is 1,184
+#: bytes (1.7 KB as a signed record in base64): 15 of them beside a full batch of
+#: one-time DH prekeys fit one 64 KiB line (protocol/keys.py `MAX_KOPKS_PER_PUBLISH`), so
+#: a login's top-up is one publish, answered by one `prekey_count` (two publishes would
+#: each be answered with a count that misses the other's keys, and make more), and the
+#: server holds about 19 KB per user for them (docs/performance.md, "Post-quantum
+#: setup"). Fewer than the DH ones: when they run out, the last-resort KEM prekey still
+#: gives post-quantum protection, only without a one-time key's extra forward secrecy.
+KOPK_TARGET = 15
+KOPK_REFILL_BELOW = 5
+#: One-time KEM prekey seeds kept at most (as `OPK_KEEP`, four batches).
+KOPK_KEEP = 4 * KOPK_TARGET
 
 
 def spk_message(user: str, key_id: int, created: int, public: bytes) -> bytes:
@@ -77,6 +104,16 @@ def spk_message(user: str, key_id: int, created: int, public: bytes) -> bytes:
 
 def opk_message(user: str, key_id: int, public: bytes) -> bytes:
     return lp(VERSION_LABEL, b"opk", fold_nick(user), key_id, public)
+
+
+def kpk_message(user: str, key_id: int, created: int, public: bytes) -> bytes:
+    """What a last-resort KEM prekey's signature covers (docs/e2e.md, "Signatures")."""
+    return lp(VERSION_LABEL, b"kpk", fold_nick(user), key_id, created, public)
+
+
+def kopk_message(user: str, key_id: int, public: bytes) -> bytes:
+    """What a one-time KEM prekey's signature covers."""
+    return lp(VERSION_LABEL, b"kopk", fold_nick(user), key_id, public)
 
 
 @dataclass(frozen=True)
@@ -95,20 +132,53 @@ class OneTimePrekey:
 
 
 @dataclass(frozen=True)
+class SignedKemPrekey:
+    """A last-resort ML-KEM-768 prekey: always in the bundle, rotated with the signed prekey."""
+
+    id: int
+    created: int
+    public: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class OneTimeKemPrekey:
+    id: int
+    public: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class Bundle:
-    """A user's published keys. As fetched, it carries at most one one-time prekey."""
+    """A user's published keys. As fetched, it carries at most one one-time prekey of
+    each kind; `kpk` is None only for a user whose client predates post-quantum setup."""
 
     identity: PublicIdentity
     spk: SignedPrekey
     opks: tuple[OneTimePrekey, ...] = ()
+    kpk: SignedKemPrekey | None = None
+    kopks: tuple[OneTimeKemPrekey, ...] = ()
+
+    def kem_key(self) -> tuple[int, bytes] | None:
+        """(id, public key) of the KEM prekey a setup encapsulates to: the one-time one if
+        the bundle has one, else the last-resort one; None without either."""
+        if self.kopks:
+            return self.kopks[0].id, self.kopks[0].public
+        return None if self.kpk is None else (self.kpk.id, self.kpk.public)
 
 
-def verify_bundle(bundle: Bundle, *, user: str, now: float, min_spk_id: int = 0) -> None:
+def verify_bundle(
+    bundle: Bundle, *, user: str, now: float, min_spk_id: int = 0, require_kem: bool = False
+) -> None:
     """Check a fetched bundle before any key in it is used.
 
     Raises `BundleError` if it is for another user, any signature fails, the signed
     prekey is stale or from the future, or its id is older than one already seen for
-    this identity (`min_spk_id`: a server rolling back to an old prekey).
+    this identity (`min_spk_id`: a server rolling back to an old prekey). With
+    `require_kem` (a client about to start a session: it never starts one without
+    post-quantum protection), also if the bundle has no last-resort KEM prekey, so a
+    server that strips it gets a refusal, not a downgrade. The last-resort KEM prekey's
+    date is checked as the signed prekey's is.
 
     `now` is the checker's clock, which may be up to `MAX_CLOCK_ERROR` wrong, and so may
     the owner's, which dated the prekey: the date is therefore only a coarse check
@@ -138,6 +208,25 @@ def verify_bundle(bundle: Bundle, *, user: str, now: float, min_spk_id: int = 0)
             ident.sig_key, opk.signature, opk_message(ident.user, opk.id, opk.public)
         ):
             raise BundleError(f"{user}'s one-time prekey has an invalid signature")
+    kpk = bundle.kpk
+    if kpk is None:
+        if require_kem:
+            raise BundleError(
+                f"{user}'s keys have no post-quantum prekey: their client is older than "
+                "version 2 of the end-to-end protocol, or the server withheld it; "
+                "no session is started without one"
+            )
+    elif len(kpk.public) != KEM_PUBLIC_BYTES or not ed25519_verify(
+        ident.sig_key, kpk.signature, kpk_message(ident.user, kpk.id, kpk.created, kpk.public)
+    ):
+        raise BundleError(f"{user}'s post-quantum prekey has an invalid signature")
+    elif not now - MAX_CLOCK_ERROR - SPK_MAX_AGE <= kpk.created <= now + MAX_CLOCK_ERROR + CLOCK_SKEW:
+        raise BundleError(f"{user}'s post-quantum prekey is stale or dated in the future")
+    for kopk in bundle.kopks:
+        if len(kopk.public) != KEM_PUBLIC_BYTES or not ed25519_verify(
+            ident.sig_key, kopk.signature, kopk_message(ident.user, kopk.id, kopk.public)
+        ):
+            raise BundleError(f"{user}'s one-time post-quantum prekey has an invalid signature")
 
 
 @dataclass
@@ -148,13 +237,27 @@ class StoredSpk:
 
 
 @dataclass
+class StoredKpk:
+    id: int
+    created: int
+    pair: KemKeyPair
+
+
+@dataclass
 class PrekeySecrets:
-    """The private halves of a user's prekeys, and the counters that name them."""
+    """The private halves of a user's prekeys, and the counters that name them.
+
+    KEM prekeys (last-resort and one-time) share one id counter, `next_kem_id`, so a
+    setup names its KEM prekey by id alone.
+    """
 
     spks: list[StoredSpk] = field(default_factory=list)  # newest last
     opks: dict[int, DhKeyPair] = field(default_factory=dict)
     next_spk_id: int = 1
     next_opk_id: int = 1
+    kpks: list[StoredKpk] = field(default_factory=list)  # newest last, kept as `spks` are
+    kopks: dict[int, KemKeyPair] = field(default_factory=dict)
+    next_kem_id: int = 1
 
     def current_spk(self) -> StoredSpk | None:
         return self.spks[-1] if self.spks else None
@@ -174,14 +277,38 @@ class PrekeySecrets:
         """
         self.spks.append(StoredSpk(self.next_spk_id, int(now), DhKeyPair.generate(random)))
         self.next_spk_id += 1
-        *retired, newest = self.spks
-        kept: list[StoredSpk] = []
-        for i, spk in enumerate(retired):
-            rank = len(retired) - 1 - i  # 0: retired by this rotation
-            retired_at = self.spks[i + 1].created  # when its successor was made
-            if rank < SPK_KEEP_RETIRED or (rank < SPK_RETIRED_MAX and now - retired_at < SPK_KEEP_OLD):
-                kept.append(spk)
-        self.spks = [*kept, newest]
+        self.spks = _keep_retired(self.spks, now)
+        self.rotate_kpk(now, random)
+
+    def rotate_kpk(self, now: float, random: Random = os.urandom) -> None:
+        """A new last-resort KEM prekey, dated `now`; retired ones kept by `rotate_spk`'s rules."""
+        self.kpks.append(StoredKpk(self.next_kem_id, int(now), KemKeyPair.generate(random)))
+        self.next_kem_id += 1
+        self.kpks = _keep_retired(self.kpks, now)
+
+    def current_kpk(self) -> StoredKpk | None:
+        return self.kpks[-1] if self.kpks else None
+
+    def kem_pair(self, key_id: int) -> KemKeyPair | None:
+        """The KEM prekey `key_id`, one-time or last-resort, if still kept."""
+        found = self.kopks.get(key_id)
+        if found is not None:
+            return found
+        return next((k.pair for k in self.kpks if k.id == key_id), None)
+
+    def new_kopks(self, count: int, random: Random = os.urandom) -> list[int]:
+        """Make `count` (at most `KOPK_KEEP`) one-time KEM prekeys; returns their ids, and
+        deletes the oldest so that no more than `KOPK_KEEP` are kept (as `new_opks`)."""
+        if not 0 <= count <= KOPK_KEEP:
+            raise ValueError(f"one-time KEM prekeys are made {KOPK_KEEP} at most at a time")
+        ids = []
+        for _ in range(count):
+            self.kopks[self.next_kem_id] = KemKeyPair.generate(random)
+            ids.append(self.next_kem_id)
+            self.next_kem_id += 1
+        for old in sorted(self.kopks)[: max(0, len(self.kopks) - KOPK_KEEP)]:
+            del self.kopks[old]
+        return ids
 
     def spk_pair(self, key_id: int) -> DhKeyPair | None:
         for spk in self.spks:
@@ -216,6 +343,26 @@ class PrekeySecrets:
             identity.sign(spk_message(identity.user, spk.id, spk.created, spk.pair.public)),
         )
 
+    def signed_kpk(self, identity: Identity) -> SignedKemPrekey:
+        kpk = self.current_kpk()
+        if kpk is None:
+            raise ValueError("no KEM prekey yet: call rotate_spk first")
+        public = kpk.pair.public
+        return SignedKemPrekey(
+            kpk.id,
+            kpk.created,
+            public,
+            identity.sign(kpk_message(identity.user, kpk.id, kpk.created, public)),
+        )
+
+    def signed_kopks(self, identity: Identity, ids: list[int]) -> tuple[OneTimeKemPrekey, ...]:
+        return tuple(
+            OneTimeKemPrekey(
+                i, self.kopks[i].public, identity.sign(kopk_message(identity.user, i, self.kopks[i].public))
+            )
+            for i in ids
+        )
+
     def signed_opks(self, identity: Identity, ids: list[int]) -> tuple[OneTimePrekey, ...]:
         return tuple(
             OneTimePrekey(
@@ -224,7 +371,35 @@ class PrekeySecrets:
             for i in ids
         )
 
-    def bundle(self, identity: Identity, opk_ids: list[int] | None = None) -> Bundle:
-        """The bundle to publish: identity, current signed prekey, and the given (or all) OPKs."""
+    def bundle(
+        self, identity: Identity, opk_ids: list[int] | None = None, kopk_ids: list[int] | None = None
+    ) -> Bundle:
+        """The bundle to publish: identity, current signed prekey and last-resort KEM
+        prekey (if made yet), and the given (or all) one-time prekeys of both kinds."""
         ids = sorted(self.opks) if opk_ids is None else opk_ids
-        return Bundle(identity.public(), self.signed_spk(identity), self.signed_opks(identity, ids))
+        kem_ids = sorted(self.kopks) if kopk_ids is None else kopk_ids
+        return Bundle(
+            identity.public(),
+            self.signed_spk(identity),
+            self.signed_opks(identity, ids),
+            self.signed_kpk(identity) if self.kpks else None,
+            self.signed_kopks(identity, kem_ids),
+        )
+
+
+_Dated = TypeVar("_Dated", StoredSpk, StoredKpk)
+
+
+def _keep_retired(keys: list[_Dated], now: float) -> list[_Dated]:
+    """`keys` (newest last, the newest just made) without the retired ones no longer needed:
+    the last `SPK_KEEP_RETIRED` always stay; older ones while retired less than
+    `SPK_KEEP_OLD` ago by `now`, up to `SPK_RETIRED_MAX` in all."""
+    retired, newest = keys[:-1], keys[-1]
+    kept: list[_Dated] = []
+    for i, key in enumerate(retired):
+        rank = len(retired) - 1 - i  # 0: retired by this rotation
+        retired_at = keys[i + 1].created  # when its successor was made
+        if rank < SPK_KEEP_RETIRED or (rank < SPK_RETIRED_MAX and now - retired_at < SPK_KEEP_OLD):
+            kept.append(key)
+    kept.append(newest)
+    return kept

@@ -21,10 +21,10 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from ..protocol import fold_nick, is_valid_nick
-from .bundle import OPK_TARGET, Bundle, PrekeySecrets, StoredSpk, verify_bundle
+from .bundle import KOPK_TARGET, OPK_TARGET, Bundle, PrekeySecrets, StoredKpk, StoredSpk, verify_bundle
 from .errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
 from .identity import Identity, PublicIdentity
-from .primitives import KEY_BYTES, SIG_BYTES, DhKeyPair, Random
+from .primitives import KEM_SEED_BYTES, KEY_BYTES, SIG_BYTES, DhKeyPair, KemKeyPair, Random
 from .ratchet import (
     Header,
     RatchetState,
@@ -38,10 +38,12 @@ from .ratchet import (
 from .safety import parse_safety_number, same_number
 from .x3dh import NO_OPK, initiate, respond
 
-__all__ = ["MAX_CONTACT_REQUESTS", "Carried", "Conversations", "Pin", "Trust", "Whisper"]
+__all__ = ["MAX_CONTACT_REQUESTS", "SESSIONS_PER_PEER", "Carried", "Conversations", "Pin", "Trust", "Whisper"]
 
-#: Sessions kept per peer (simultaneous starts, a peer's reinstall); oldest dropped.
-_SESSIONS_PER_PEER = 4
+#: Sessions kept per peer (simultaneous starts, a peer's reinstall); oldest dropped. Also
+#: the bound on concurrent setups a sender can make us hold for one peer: a fifth drops
+#: the oldest session.
+SESSIONS_PER_PEER = 4
 #: Setups remembered after their session is gone, so a replayed first message cannot
 #: start a second session.
 _SEEN_SETUPS = 10_000
@@ -97,11 +99,15 @@ class Carried:
 
 @dataclass(frozen=True)
 class Whisper:
-    """A decrypted whisper and what we know about who sent it."""
+    """A decrypted whisper and what we know about who sent it. `new_session`: it started a
+    session (the sender's first message of it); `post_quantum`: its session's setup was
+    version 2 (PQXDH), not an older client's version 1."""
 
     sender: PublicIdentity
     plaintext: bytes
     trust: Trust
+    new_session: bool = False
+    post_quantum: bool = True
 
 
 def _b64(data: bytes) -> str:
@@ -153,15 +159,31 @@ class Conversations:
     # -- prekeys ----------------------------------------------------------------------
 
     def bundle_to_publish(self) -> Bundle:
-        """A full bundle: rotates the signed prekey when due and tops one-time prekeys up."""
+        """A full bundle: rotates the signed prekey (and the last-resort KEM prekey with
+        it) when due, makes a KEM prekey for a keystore from before version 2, and tops
+        one-time prekeys of both kinds up."""
         now = self._clock()
         if self.secrets.needs_rotation(now):
             self.secrets.rotate_spk(now, self._random)
+        elif not self.secrets.kpks:
+            self.secrets.rotate_kpk(now, self._random)
         missing = OPK_TARGET - len(self.secrets.opks)
         if missing > 0:
             self.secrets.new_opks(missing, self._random)
+        missing = KOPK_TARGET - len(self.secrets.kopks)
+        if missing > 0:
+            self.secrets.new_kopks(missing, self._random)
         self.dirty.add("prekeys")
         return self.secrets.bundle(self.identity)
+
+    def session_post_quantum(self, peer: str) -> bool | None:
+        """Whether the session we would send `peer` a whisper in was set up post-quantum
+        (version 2); None without one."""
+        for sid in reversed(self._active.get(fold_nick(peer), [])):
+            state = self._sessions[sid]
+            if state.cks is not None:
+                return state.version == 2
+        return None
 
     # -- trust ------------------------------------------------------------------------
 
@@ -355,7 +377,11 @@ class Conversations:
         pin = self.pins.get(fold_nick(peer))
         same_identity = pin is not None and pin.identity.key == bundle.identity.key
         verify_bundle(
-            bundle, user=peer, now=self._clock(), min_spk_id=pin.max_spk_id if same_identity and pin else 0
+            bundle,
+            user=peer,
+            now=self._clock(),
+            min_spk_id=pin.max_spk_id if same_identity and pin else 0,
+            require_kem=True,
         )
         pin = self._check_pin(bundle.identity)
         self._answered(fold_nick(peer), pin)  # we chose to write to them
@@ -443,13 +469,17 @@ class Conversations:
             self.secrets.opks.pop(new.opk_to_delete, None)  # first message decrypted: burn the OPK
             new.opk_to_delete = None
             self.dirty.add("prekeys")
+        if new.kem_to_delete is not None:
+            self.secrets.kopks.pop(new.kem_to_delete, None)  # and the one-time KEM prekey
+            new.kem_to_delete = None
+            self.dirty.add("prekeys")
         if header.setup is not None:
             self._seen_setups[header.sid] = None
             while len(self._seen_setups) > _SEEN_SETUPS:
                 del self._seen_setups[next(iter(self._seen_setups))]
             self.dirty.add("seen")
         self._remember(new)
-        return Whisper(pin.identity, plaintext, pin.trust)
+        return Whisper(pin.identity, plaintext, pin.trust, new_session, new.version == 2)
 
     def _responder_state(self, header: Header) -> RatchetState:
         """A fresh session from the setup in `header`; raises `DecryptionError`."""
@@ -470,16 +500,18 @@ class Conversations:
             peer_key=setup.identity.key,
             spk=spk,
             opk_id=setup.opk_id if setup.opk_id != NO_OPK else None,
+            kem_id=setup.kem_id if setup.kem_id in self.secrets.kopks else None,
+            version=setup.version,
         )
 
     def _remember(self, state: RatchetState) -> None:
         peer = fold_nick(state.peer)
         self._sessions[state.sid] = state
         sids = [s for s in self._active.get(peer, []) if s != state.sid] + [state.sid]
-        for old in sids[:-_SESSIONS_PER_PEER]:
+        for old in sids[:-SESSIONS_PER_PEER]:
             self._sessions.pop(old, None)
             self.dirty.add(f"session:{old.hex()}")
-        kept = sids[-_SESSIONS_PER_PEER:]
+        kept = sids[-SESSIONS_PER_PEER:]
         if kept != self._active.get(peer):  # the index changes only when the order does
             self.dirty.add("index")
         self._active[peer] = kept
@@ -526,6 +558,9 @@ class Conversations:
                 "opks": [[i, _b64(p.private)] for i, p in s.opks.items()],
                 "next_spk_id": s.next_spk_id,
                 "next_opk_id": s.next_opk_id,
+                "kpks": [[k.id, k.created, _b64(k.pair.seed)] for k in s.kpks],
+                "kopks": [[i, _b64(p.seed)] for i, p in s.kopks.items()],
+                "next_kem_id": s.next_kem_id,
             }
         if name == _LEGACY_PINS:
             return None  # replaced by one record per pin: deleted when they are written
@@ -658,6 +693,29 @@ def _prekeys_from(d: object) -> PrekeySecrets:
         if not 0 < opk_id < secrets.next_opk_id or opk_id in secrets.opks:  # 0 means "no OPK"
             raise ValueError(f"{where}: id {opk_id} is out of order")
         secrets.opks[opk_id] = DhKeyPair(saved_key(private, where, KEY_BYTES))
+    if not f.has("next_kem_id"):
+        return secrets  # a keystore from before version 2: KEM prekeys are made at the next publish
+    secrets.next_kem_id = f.integer("next_kem_id")
+    for i, entry in enumerate(f.items("kpks")):
+        where = f"kpks[{i}]"
+        key_id, created, seed = _entry(entry, where, 3)
+        kpk = StoredKpk(
+            saved_int(key_id, where),
+            saved_int(created, where),
+            KemKeyPair(saved_key(seed, where, KEM_SEED_BYTES)),
+        )
+        if not 0 < kpk.id < secrets.next_kem_id or (secrets.kpks and kpk.id <= secrets.kpks[-1].id):
+            raise ValueError(f"{where}: id {kpk.id} is out of order")
+        secrets.kpks.append(kpk)
+    for i, entry in enumerate(f.items("kopks")):
+        where = f"kopks[{i}]"
+        key_id, seed = _entry(entry, where, 2)
+        kopk_id = saved_int(key_id, where)
+        if not 0 < kopk_id < secrets.next_kem_id or kopk_id in secrets.kopks:
+            raise ValueError(f"{where}: id {kopk_id} is out of order")
+        secrets.kopks[kopk_id] = KemKeyPair(saved_key(seed, where, KEM_SEED_BYTES))
+    if any(k.id in secrets.kopks for k in secrets.kpks):
+        raise ValueError("kpks: an id is also a one-time KEM prekey's")
     return secrets
 
 

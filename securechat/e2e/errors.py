@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["BundleError", "DecryptionError", "E2EError", "IdentityChanged", "KeystoreError", "NotTrusted"]
+__all__ = [
+    "BundleError",
+    "DecryptionError",
+    "E2EError",
+    "IdentityChanged",
+    "KeystoreError",
+    "MalformedPlaintext",
+    "NotTrusted",
+]
 
 
 class E2EError(Exception):
@@ -19,6 +27,12 @@ class DecryptionError(E2EError):
 
     def __init__(self) -> None:
         super().__init__("whisper could not be decrypted")
+
+
+class MalformedPlaintext(DecryptionError):
+    """A whisper authenticated, but its padding is not this protocol's: its sender's
+    client is faulty (only the holder of the session's keys could have made it). Reported
+    as "malformed", not as tampering; the session is left as it was, as for any failure."""
 
 
 class BundleError(E2EError):

@@ -1,6 +1,7 @@
 """The few primitives the protocol uses, wrapped so that every use goes through here.
 
-Known-answer tests (RFC 7748, 8439, 5869, 8032) run against these wrappers. KDFs take
+Known-answer tests (RFC 7748, 8439, 5869, 8032; FIPS 203 for ML-KEM-768) run against
+these wrappers. KDFs take
 their `info` as a parameter so published vectors with other labels run on the same code.
 """
 
@@ -14,15 +15,23 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ..protocol.keys import KEM_PUBLIC_BYTES
+
 __all__ = [
+    "AEAD_TAG_BYTES",
+    "KEM_CIPHERTEXT_BYTES",
+    "KEM_PUBLIC_BYTES",
+    "KEM_SEED_BYTES",
     "KEY_BYTES",
     "VERSION_LABEL",
     "DhKeyPair",
+    "KemKeyPair",
     "Random",
     "aead_decrypt",
     "aead_encrypt",
@@ -31,6 +40,7 @@ __all__ = [
     "ed25519_verify",
     "hkdf_sha256",
     "hmac_sha256",
+    "kem_encapsulate",
     "lp",
     "sha256",
     "x25519",
@@ -43,6 +53,14 @@ VERSION_LABEL = b"securechat-e2e-v1"
 KEY_BYTES = 32
 #: An Ed25519 signature's length (RFC 8032).
 SIG_BYTES = 64
+#: ChaCha20-Poly1305's tag, appended to every ciphertext (RFC 8439).
+AEAD_TAG_BYTES = 16
+
+#: ML-KEM-768 (NIST FIPS 203): the ciphertext, and the private key's seed form (d || z),
+#: which is how a private key is stored; the encapsulation key's length (1,184) is the
+#: wire format's, `KEM_PUBLIC_BYTES`.
+KEM_CIPHERTEXT_BYTES = 1088
+KEM_SEED_BYTES = 64
 
 #: Source of randomness: n -> n random bytes. Tests pass a seeded one.
 Random = Callable[[int], bytes]
@@ -164,3 +182,53 @@ def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+class KemKeyPair:
+    """An ML-KEM-768 key pair (FIPS 203), kept as its 64-byte seed and its public key.
+
+    Immutable; like `DhKeyPair` it keeps the loaded key for repeated use.
+    """
+
+    __slots__ = ("_key", "public", "seed")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != KEM_SEED_BYTES:
+            raise ValueError("an ML-KEM-768 seed is 64 bytes")
+        self._key = MLKEM768PrivateKey.from_seed_bytes(seed)
+        self.seed = seed
+        self.public = self._key.public_key().public_bytes_raw()
+
+    @classmethod
+    def generate(cls, random: Random = os.urandom) -> KemKeyPair:
+        return cls(random(KEM_SEED_BYTES))
+
+    def decapsulate(self, ciphertext: bytes) -> bytes:
+        """The 32-byte shared secret. Raises `ValueError` for a ciphertext of the wrong
+        length; a wrong ciphertext of the right length yields an unrelated secret (ML-KEM's
+        implicit rejection), which the first message's authentication then refuses."""
+        if len(ciphertext) != KEM_CIPHERTEXT_BYTES:
+            raise ValueError("an ML-KEM-768 ciphertext is 1088 bytes")
+        return self._key.decapsulate(ciphertext)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KemKeyPair) and hmac.compare_digest(self.seed, other.seed)
+
+    def __hash__(self) -> int:
+        return hash(self.public)
+
+    def __repr__(self) -> str:
+        return f"KemKeyPair(public={self.public.hex()[:16]}...)"  # never the seed
+
+
+def kem_encapsulate(public: bytes) -> tuple[bytes, bytes]:
+    """(ciphertext, shared secret) for an ML-KEM-768 encapsulation key. Randomised by the
+    library's own generator (FIPS 203 gives no deterministic interface to it here).
+
+    Raises `ValueError` for a malformed key (wrong length, or failing FIPS 203's
+    modulus check).
+    """
+    if len(public) != KEM_PUBLIC_BYTES:
+        raise ValueError("an ML-KEM-768 public key is 1184 bytes")
+    shared, ciphertext = MLKEM768PublicKey.from_public_bytes(public).encapsulate()
+    return ciphertext, shared

@@ -7,7 +7,12 @@
 
 Header: version (1) | flags (1) | sid (16) | DHs (32) | PN (u32) | N (u32), then, when
 flag bit 0 is set, the setup: IK_sig (32) | IK_dh (32) | binding sig (64) | EK (32) |
-spk_id (u64) | opk_id (u64). The header is authenticated as part of the AAD.
+spk_id (u64) | opk_id (u64), and in version 2: kem_id (u64) | KEM ciphertext (1088). The
+version is the session's (1: X3DH setup, 2: PQXDH setup), in every header of it. The
+header is authenticated as part of the AAD.
+
+Version 2 pads every plaintext to a multiple of `PAD_BLOCK` bytes before encryption
+(0x80, then zeros), so the relay learns only coarse lengths.
 
 Decryption works on a copy of the state and returns the new state only on success, so
 a forged, replayed or corrupted message leaves the session exactly as it was.
@@ -27,9 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import fold_nick, is_valid_nick
-from .errors import DecryptionError
+from .errors import DecryptionError, MalformedPlaintext
 from .identity import PublicIdentity
 from .primitives import (
+    KEM_CIPHERTEXT_BYTES,
     KEY_BYTES,
     SIG_BYTES,
     VERSION_LABEL,
@@ -46,23 +52,33 @@ from .x3dh import Setup
 __all__ = [
     "MAX_SKIP",
     "MAX_SKIPPED_STORED",
+    "PAD_BLOCK",
     "SKIPPED_CHAINS_KEPT",
     "Header",
     "RatchetState",
     "SavedFields",
     "decrypt",
     "encrypt",
+    "pad",
     "parse_header",
     "saved_int",
     "saved_key",
+    "unpad",
 ]
 
-HEADER_VERSION = 1
+#: Header versions: a session's is its setup's (x3dh.Setup.version).
+HEADER_VERSIONS = (1, 2)
 _FLAG_SETUP = 0x01
 _BASE = struct.Struct(">BB16s32sII")
 _SETUP = struct.Struct(">32s32s64s32sQQ")
+_PQ_SETUP = struct.Struct(f">Q{KEM_CIPHERTEXT_BYTES}s")
 HEADER_LEN = _BASE.size
 SETUP_LEN = _SETUP.size
+#: Version 2's setup: version 1's, then the KEM prekey id and ciphertext.
+PQ_SETUP_LEN = SETUP_LEN + _PQ_SETUP.size
+#: Version 2 pads plaintexts to a multiple of this (Signal's block): a relay sees a
+#: whisper's length to within 160 bytes.
+PAD_BLOCK = 160
 
 #: At most this many message keys are derived ahead within one chain: a header claiming
 #: N = 10**6 is refused before any work, instead of costing a million HMACs.
@@ -95,11 +111,14 @@ class Header:
     pn: int
     n: int
     setup: Setup | None = None
+    version: int = 1
 
     def encode(self) -> bytes:
         flags = _FLAG_SETUP if self.setup is not None else 0
-        out = _BASE.pack(HEADER_VERSION, flags, self.sid, self.dh, self.pn, self.n)
+        out = _BASE.pack(self.version, flags, self.sid, self.dh, self.pn, self.n)
         if self.setup is not None:
+            if self.setup.version != self.version:
+                raise ValueError("a header's version is its session's setup's")
             ident = self.setup.identity
             out += _SETUP.pack(
                 ident.sig_key,
@@ -109,25 +128,53 @@ class Header:
                 self.setup.spk_id,
                 self.setup.opk_id,
             )
+            if self.version == 2:
+                out += _PQ_SETUP.pack(self.setup.kem_id, self.setup.kem_ct)
         return out
 
 
 def parse_header(data: bytes, sender: str) -> Header:
     """Parse a header; `sender` is who the relay says sent it (verified later by the AAD).
 
-    Raises `DecryptionError` for anything malformed.
+    Raises `DecryptionError` for anything malformed: an unknown version, unknown flags,
+    a length that is not the version's with or without its setup, or a version-2 setup
+    naming KEM prekey 0.
     """
-    if len(data) not in (HEADER_LEN, HEADER_LEN + SETUP_LEN):
+    if len(data) < HEADER_LEN:
         raise DecryptionError
     version, flags, sid, dh, pn, n = _BASE.unpack_from(data)
+    if version not in HEADER_VERSIONS or flags & ~_FLAG_SETUP:
+        raise DecryptionError
     has_setup = bool(flags & _FLAG_SETUP)
-    if version != HEADER_VERSION or flags & ~_FLAG_SETUP or has_setup != (len(data) > HEADER_LEN):
+    setup_len = (SETUP_LEN if version == 1 else PQ_SETUP_LEN) if has_setup else 0
+    if len(data) != HEADER_LEN + setup_len:
         raise DecryptionError
     setup = None
     if has_setup:
         sig_key, dh_key, dh_sig, ephemeral, spk_id, opk_id = _SETUP.unpack_from(data, HEADER_LEN)
-        setup = Setup(PublicIdentity(sender, sig_key, dh_key, dh_sig), ephemeral, spk_id, opk_id)
-    return Header(sid, dh, pn, n, setup)
+        kem_id, kem_ct = 0, b""
+        if version == 2:
+            kem_id, kem_ct = _PQ_SETUP.unpack_from(data, HEADER_LEN + SETUP_LEN)
+            if kem_id == 0:
+                raise DecryptionError
+        setup = Setup(
+            PublicIdentity(sender, sig_key, dh_key, dh_sig), ephemeral, spk_id, opk_id, kem_id, kem_ct
+        )
+    return Header(sid, dh, pn, n, setup, version)
+
+
+def pad(plaintext: bytes) -> bytes:
+    """`plaintext`, 0x80, then zeros up to the next multiple of `PAD_BLOCK` (at least one byte added)."""
+    padded_len = (len(plaintext) // PAD_BLOCK + 1) * PAD_BLOCK
+    return plaintext + b"\x80" + bytes(padded_len - len(plaintext) - 1)
+
+
+def unpad(padded: bytes) -> bytes:
+    """`pad`'s inverse. Raises `MalformedPlaintext` if `padded` is not a padded plaintext."""
+    body = padded.rstrip(b"\x00")
+    if not padded or len(padded) % PAD_BLOCK or not body.endswith(b"\x80"):
+        raise MalformedPlaintext
+    return body[:-1]
 
 
 def _kdf_rk(rk: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
@@ -166,6 +213,8 @@ class RatchetState:
     skipped: dict[tuple[bytes, int], tuple[bytes, float]] = field(default_factory=dict)
     old_dhr: list[bytes] = field(default_factory=list)
     opk_to_delete: int | None = None  # the responder's OPK, deleted once a message decrypts
+    kem_to_delete: int | None = None  # the responder's one-time KEM prekey, likewise
+    version: int = 1  # the setup's: 2 is post-quantum (PQXDH), and pads plaintexts
     # (sender, recipient) -> the AAD's fixed prefix; derived from fields that never
     # change within a session, so copies share it. Not part of the saved state.
     _aad_prefix: dict[tuple[str, str], bytes] = field(default_factory=dict, repr=False, compare=False)
@@ -201,6 +250,7 @@ class RatchetState:
             cks=cks,
             ckr=None,
             setup=setup,
+            version=setup.version,
         )
 
     @classmethod
@@ -215,7 +265,11 @@ class RatchetState:
         peer_key: bytes,
         spk: DhKeyPair,
         opk_id: int | None,
+        kem_id: int | None = None,
+        version: int = 1,
     ) -> RatchetState:
+        """`kem_id`: a one-time KEM prekey to delete once a message decrypts (None for a
+        last-resort one or a version-1 setup)."""
         return cls(
             sid=sid,
             ad0=ad0,
@@ -228,6 +282,8 @@ class RatchetState:
             cks=None,
             ckr=None,
             opk_to_delete=opk_id,
+            kem_to_delete=kem_id,
+            version=version,
         )
 
     def _aad(self, sender: str, recipient: str, header: bytes) -> bytes:
@@ -267,6 +323,8 @@ class RatchetState:
                 "ephemeral": b(self.setup.ephemeral),
                 "spk_id": self.setup.spk_id,
                 "opk_id": self.setup.opk_id,
+                "kem_id": self.setup.kem_id,
+                "kem_ct": b(self.setup.kem_ct) if self.setup.kem_ct else "",
             }
         return {
             "sid": b(self.sid),
@@ -286,6 +344,8 @@ class RatchetState:
             "skipped": [[b(dh), n, b(mk), t] for (dh, n), (mk, t) in self.skipped.items()],
             "old_dhr": [b(x) for x in self.old_dhr],
             "opk_to_delete": self.opk_to_delete,
+            "kem_to_delete": self.kem_to_delete,
+            "version": self.version,
         }
 
     @classmethod
@@ -297,9 +357,19 @@ class RatchetState:
         length, or a counter out of range.
         """
         f = SavedFields(d, "")
+        # Sessions saved before version 2 existed have no "version" (nor KEM fields).
+        version = f.integer("version", below=3) if f.has("version") else 1
+        if version not in (1, 2):
+            raise ValueError(f"version: {version} is not a session version")
         setup = None
         saved_setup = f.optional_object("setup")
         if saved_setup is not None:
+            kem_id = saved_setup.integer("kem_id", below=_U64) if saved_setup.has("kem_id") else 0
+            kem_ct = b""
+            if kem_id:
+                kem_ct = saved_setup.key("kem_ct", KEM_CIPHERTEXT_BYTES)
+            if (2 if kem_id else 1) != version:
+                raise ValueError("setup.kem_id: does not match the session's version")
             setup = Setup(
                 PublicIdentity(
                     saved_setup.nick("user"),
@@ -310,6 +380,8 @@ class RatchetState:
                 saved_setup.key("ephemeral", KEY_BYTES),
                 saved_setup.integer("spk_id", below=_U64),
                 saved_setup.integer("opk_id", below=_U64),
+                kem_id,
+                kem_ct,
             )
         skipped: dict[tuple[bytes, int], tuple[bytes, float]] = {}
         for i, entry in enumerate(f.items("skipped")):
@@ -324,6 +396,7 @@ class RatchetState:
                 float(t),
             )
         opk_to_delete = f.raw("opk_to_delete")
+        kem_to_delete = f.raw("kem_to_delete") if f.has("kem_to_delete") else None
         return cls(
             sid=f.key("sid", _SID_BYTES),
             ad0=f.key("ad0", None),
@@ -342,6 +415,8 @@ class RatchetState:
             skipped=skipped,
             old_dhr=[saved_key(x, f"old_dhr[{i}]", KEY_BYTES) for i, x in enumerate(f.items("old_dhr"))],
             opk_to_delete=None if opk_to_delete is None else saved_int(opk_to_delete, "opk_to_delete"),
+            kem_to_delete=None if kem_to_delete is None else saved_int(kem_to_delete, "kem_to_delete"),
+            version=version,
         )
 
 
@@ -386,6 +461,10 @@ class SavedFields:
 
     def where(self, name: str) -> str:
         return f"{self._path}.{name}" if self._path else name
+
+    def has(self, name: str) -> bool:
+        """True if the field is present (for fields a later version added)."""
+        return name in self._fields
 
     def raw(self, name: str) -> object:
         if name not in self._fields:
@@ -442,9 +521,11 @@ def encrypt(state: RatchetState, plaintext: bytes) -> tuple[bytes, bytes]:
     if state.cks is None:
         raise ValueError("this session cannot send yet: no message from the initiator has arrived")
     state.cks, mk = _kdf_ck(state.cks)
-    header = Header(state.sid, state.dhs.public, state.pn, state.ns, state.setup).encode()
+    header = Header(state.sid, state.dhs.public, state.pn, state.ns, state.setup, state.version).encode()
     state.ns += 1
     key, nonce = _message_cipher(mk)
+    if state.version == 2:
+        plaintext = pad(plaintext)
     return header, aead_encrypt(key, nonce, plaintext, state._aad(state.me, state.peer, header))
 
 
@@ -465,12 +546,12 @@ def decrypt(
     Raises `DecryptionError` for anything that does not verify: tampering, replay, a
     message for another session or direction, too many skipped messages, bad keys.
     """
-    if header.sid != state.sid:
+    if header.sid != state.sid or header.version != state.version:
         raise DecryptionError
     aad = state._aad(state.peer, state.me, header_bytes)
     found = state.skipped.get((header.dh, header.n))
     if found is not None:
-        plaintext = _open(found[0], ciphertext, aad)
+        plaintext = _open(found[0], ciphertext, aad, state.version)
         new = state.copy()
         del new.skipped[(header.dh, header.n)]
         _after_success(new)
@@ -490,17 +571,17 @@ def decrypt(
         new.nr += 1
     except ValueError:  # a low-order ratchet key from the peer
         raise DecryptionError from None
-    plaintext = _open(mk, ciphertext, aad)
+    plaintext = _open(mk, ciphertext, aad, new.version)
     _after_success(new)
     return new, plaintext
 
 
-def _open(mk: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+def _open(mk: bytes, ciphertext: bytes, aad: bytes, version: int) -> bytes:
     key, nonce = _message_cipher(mk)
     plaintext = aead_decrypt(key, nonce, ciphertext, aad)
     if plaintext is None:
         raise DecryptionError
-    return plaintext
+    return unpad(plaintext) if version == 2 else plaintext
 
 
 def _after_success(state: RatchetState) -> None:

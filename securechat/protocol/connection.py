@@ -45,7 +45,7 @@ NEED_DATA = NeedData()
 CLOSED = Closed()
 
 # "1 and 2", for the error a hello of another version gets.
-_VERSIONS_SPOKEN = " and ".join(str(version) for version in SUPPORTED_VERSIONS)
+_VERSIONS_SPOKEN = ", ".join(str(v) for v in SUPPORTED_VERSIONS[:-1]) + f" and {SUPPORTED_VERSIONS[-1]}"
 
 # Frames either side may exchange before the welcome.
 _ANYTIME: frozenset[type[Event]] = frozenset({Ping, Pong, Error, Bye, Quit})

@@ -17,6 +17,7 @@ __all__ = [
     "FAILURE_REASONS",
     "MAX_CIPHERTEXT_BYTES",
     "MAX_HEADER_BYTES",
+    "MAX_KOPKS_PER_PUBLISH",
     "MAX_OPKS_PER_PUBLISH",
     "OUTCOMES",
     "Ack",
@@ -26,21 +27,31 @@ __all__ = [
     "FetchKeys",
     "KeyIdentity",
     "Keys",
+    "OneTimeKemPrekeyRecord",
     "OneTimePrekeyRecord",
     "PrekeyCount",
     "PublishKeys",
+    "SignedKemPrekeyRecord",
     "SignedPrekeyRecord",
     "Whisper",
     "WhisperStatus",
 ]
 
 
-#: A ratchet header with the session-setup prefix is 234 bytes; leave room to grow.
-MAX_HEADER_BYTES = 512
+#: A ratchet header with a version-2 (post-quantum) setup is 1,330 bytes (version 1's:
+#: 234; docs/e2e.md, "Header"); leave room to grow.
+MAX_HEADER_BYTES = 2048
 #: 4 KiB of text plus its JSON envelope and the 16-byte tag, with room to spare.
 MAX_CIPHERTEXT_BYTES = 8192
 #: One publish carries at most this many one-time prekeys (clients keep about 100).
 MAX_OPKS_PER_PUBLISH = 200
+#: One-time ML-KEM-768 prekeys per publish: each signed record is up to 1,723 bytes of
+#: JSON, so 15 of them (a client's whole batch, e2e/bundle.py `KOPK_TARGET`), the most
+#: one-time DH prekeys and the last-resort KEM prekey fit one 64 KiB line (65,243 bytes
+#: with every id at its longest; test_protocol_events.py checks it).
+MAX_KOPKS_PER_PUBLISH = 15
+#: ML-KEM-768 encapsulation keys (FIPS 203).
+KEM_PUBLIC_BYTES = 1184
 
 _ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _STATUSES = frozenset({"stored", "delivered", "failed"})
@@ -112,6 +123,37 @@ class OneTimePrekeyRecord(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SignedKemPrekeyRecord(Record):
+    """A last-resort ML-KEM-768 prekey (protocol version 3)."""
+
+    id: int
+    created: int
+    public: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_key_id("id", self.id)
+        if not 0 <= self.created < 2**63:
+            raise ValueError("created: must be a non-negative Unix time")
+        _check_len("public", self.public, KEM_PUBLIC_BYTES)
+        _check_len("signature", self.signature, 64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OneTimeKemPrekeyRecord(Record):
+    """A one-time ML-KEM-768 prekey (protocol version 3)."""
+
+    id: int
+    public: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_key_id("id", self.id)
+        _check_len("public", self.public, KEM_PUBLIC_BYTES)
+        _check_len("signature", self.signature, 64)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Challenge(Event):
     """The server asks a client that claimed an identity to prove it holds the key."""
 
@@ -137,31 +179,49 @@ class Auth(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class PublishKeys(Event):
-    """Publish (or re-publish) the identity and current signed prekey; `opks` are added."""
+    """Publish (or re-publish) the identity and current signed prekey; `opks` are added.
+
+    Protocol version 3: `kpk` is the current last-resort KEM prekey (at most one; a
+    publish without one removes the one held, and every one-time KEM prekey: a client
+    that no longer makes them must not be sent post-quantum setups), and `kopks` are
+    one-time KEM prekeys, added.
+    """
 
     TYPE = "publish_keys"
     SENDERS = FROM_CLIENT
     identity: KeyIdentity
     spk: SignedPrekeyRecord
     opks: tuple[OneTimePrekeyRecord, ...] = ()
+    kpk: tuple[SignedKemPrekeyRecord, ...] = ()
+    kopks: tuple[OneTimeKemPrekeyRecord, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.opks) > MAX_OPKS_PER_PUBLISH:
             raise ValueError(f"opks: at most {MAX_OPKS_PER_PUBLISH} per publish")
+        if len(self.kpk) > 1:
+            raise ValueError("kpk: at most one")
+        if len(self.kopks) > MAX_KOPKS_PER_PUBLISH:
+            raise ValueError(f"kopks: at most {MAX_KOPKS_PER_PUBLISH} per publish")
+        if self.kopks and not self.kpk:
+            raise ValueError("kopks: only with a kpk")
 
 
 @dataclass(frozen=True, kw_only=True)
 class PrekeyCount(Event):
-    """How many of your one-time prekeys the server holds, and your signed prekey's id (0: none)."""
+    """How many of your one-time prekeys the server holds, and your signed prekey's id
+    (0: none); in protocol version 3 also your one-time KEM prekeys held and your
+    last-resort KEM prekey's id (0: none)."""
 
     TYPE = "prekey_count"
     SENDERS = FROM_SERVER
     count: int
     spk_id: int = 0
     spk_created: int = 0
+    kem_count: int = 0
+    kpk_id: int = 0
 
     def __post_init__(self) -> None:
-        if self.count < 0 or self.spk_id < 0 or self.spk_created < 0:
+        if min(self.count, self.spk_id, self.spk_created, self.kem_count, self.kpk_id) < 0:
             raise ValueError("prekey_count: negative numbers")
 
 
@@ -184,7 +244,9 @@ class FetchKeys(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Keys(Event):
-    """A user's bundle, with at most one one-time prekey (removed from the directory)."""
+    """A user's bundle, with at most one one-time prekey of each kind (removed from the
+    directory). `kpk` and `kopks` (protocol version 3) are sent only to version-3
+    sessions: an older client would use up a one-time KEM prekey it cannot use."""
 
     TYPE = "keys"
     SENDERS = FROM_SERVER
@@ -194,12 +256,14 @@ class Keys(Event):
     opks: tuple[OneTimePrekeyRecord, ...] = ()
     #: The `ref` of the `fetch_keys` this answers ("" when it carried none).
     ref: str = ""
+    kpk: tuple[SignedKemPrekeyRecord, ...] = ()
+    kopks: tuple[OneTimeKemPrekeyRecord, ...] = ()
 
     def __post_init__(self) -> None:
         check_nick("nick", self.nick)
         check_str("ref", self.ref, max_chars=MAX_REF_CHARS)
-        if len(self.opks) > 1:
-            raise ValueError("opks: a fetched bundle carries at most one")
+        if len(self.opks) > 1 or len(self.kpk) > 1 or len(self.kopks) > 1:
+            raise ValueError("opks, kpk, kopks: a fetched bundle carries at most one of each")
 
 
 @dataclass(frozen=True, kw_only=True)

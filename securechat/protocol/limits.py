@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 #: Bumped on any incompatible change to frames; the hello carries it. Version 2 added
-#: rooms (join, part, topics, registered rooms, bans, renaming).
-PROTOCOL_VERSION = 2
+#: rooms (join, part, topics, registered rooms, bans, renaming); version 3 post-quantum
+#: session setup (KEM prekeys in `publish_keys`, `keys` and `prekey_count`, and ratchet
+#: headers up to 2,048 bytes).
+PROTOCOL_VERSION = 3
 
 #: Hello versions a server accepts. A version-1 session is served `#lobby` only (see
-#: docs/protocol.md, "Rooms"); the session reads `hello.version` to know which it serves.
-SUPPORTED_VERSIONS = (1, 2)
+#: docs/protocol.md, "Rooms"); a version-2 one gets no KEM prekeys; the session reads
+#: `hello.version` to know which it serves.
+SUPPORTED_VERSIONS = (1, 2, 3)
+
+#: The first protocol version with KEM prekeys (see `PROTOCOL_VERSION`).
+KEM_VERSION = 3
 
 #: One JSON line may not exceed this many bytes (newline excluded). Large enough for a
 #: key bundle with 100 one-time prekeys in base64 (~10 KiB), small enough that a

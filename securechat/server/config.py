@@ -324,6 +324,11 @@ class ServerConfig:
         "one-time prekeys the server holds per user (clients keep 100 published); a "
         "publish beyond it is trimmed",
     )
+    kopk_max_held: int = setting(
+        30,
+        "one-time post-quantum (ML-KEM-768) prekeys the server holds per user (clients keep "
+        "15 published; 1.2 KB each); a publish beyond it is trimmed",
+    )
     opks_per_request_token: int = setting(
         20,
         "one-time prekeys per extra request token a publish costs (each is a signature "

@@ -655,6 +655,12 @@ class Hub:
             entry = self._members.get(fold_nick(nick))
         return None if entry is None else entry.member
 
+    def protocol_version(self, nick: str) -> int | None:
+        """The protocol version of the session holding `nick` (its hello's), or None."""
+        with self._lock:
+            entry = self._members.get(fold_nick(nick))
+        return None if entry is None else entry.version
+
     def display_nick(self, nick: str) -> str | None:
         """`nick` as its holder spelled it when joining, or None if not here."""
         with self._lock:

@@ -19,12 +19,22 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from ..e2e.bundle import Bundle, OneTimePrekey, SignedPrekey, verify_bundle
+from ..e2e.bundle import (
+    KOPK_REFILL_BELOW,
+    OPK_REFILL_BELOW,
+    Bundle,
+    OneTimeKemPrekey,
+    OneTimePrekey,
+    SignedKemPrekey,
+    SignedPrekey,
+    verify_bundle,
+)
 from ..e2e.errors import BundleError
 from ..e2e.identity import PublicIdentity
 from ..e2e.login import login_message, rename_message
 from ..e2e.primitives import ed25519_verify
 from ..protocol import (
+    KEM_VERSION,
     Ack,
     Code,
     Delivery,
@@ -55,8 +65,11 @@ __all__ = ["OPK_LOW_WATER", "Relay", "RelayError"]
 
 log = logging.getLogger(__name__)
 
-#: Tell a user to top up one-time prekeys when fewer than this remain (E2E.md: ~20).
-OPK_LOW_WATER = 20
+#: Tell a user to top up one-time prekeys when fewer than this remain (the client's own
+#: refill mark, e2e/bundle.py `OPK_REFILL_BELOW`).
+OPK_LOW_WATER = OPK_REFILL_BELOW
+#: Likewise for one-time KEM prekeys, told to a session of protocol version 3.
+KOPK_LOW_WATER = KOPK_REFILL_BELOW
 
 
 class RelayError(Exception):
@@ -161,9 +174,17 @@ class Relay:
         is still queued, and its failures, move to `new`."""
         return self._store.rename_user(old, new, sig_key, self._clock())
 
-    def prekey_count(self, nick: str) -> PrekeyCount:
-        count, spk_id, created = self._store.prekey_status(nick)
-        return PrekeyCount(count=count, spk_id=spk_id, spk_created=created)
+    def prekey_count(self, nick: str, *, kem: bool = True) -> PrekeyCount:
+        """`nick`'s prekeys as the directory holds them; with `kem` (a session of protocol
+        version 3) also its KEM prekeys."""
+        status = self._store.prekey_status(nick)
+        return PrekeyCount(
+            count=status.count,
+            spk_id=status.spk_id,
+            spk_created=status.spk_created,
+            kem_count=status.kem_count if kem else 0,
+            kpk_id=status.kpk_id if kem else 0,
+        )
 
     # -- directory --------------------------------------------------------------------
 
@@ -181,44 +202,54 @@ class Relay:
         # Those beyond the cap are dropped before their signatures are checked; the store
         # trims exactly. (After an identity change the old count is too high here: the
         # client is told the lower count and tops up.)
-        held = self._store.prekey_status(nick)[0]
-        opks = event.opks[: max(0, cap - held)]
+        held = self._store.prekey_status(nick)
+        opks = event.opks[: max(0, cap - held.count)]
+        kem_cap = self._config.kopk_max_held
+        kopks = event.kopks[: max(0, kem_cap - held.kem_count)]
+        kpk = event.kpk[0] if event.kpk else None
         bundle = Bundle(
             PublicIdentity(nick, event.identity.sig_key, event.identity.dh_key, event.identity.dh_sig),
             SignedPrekey(event.spk.id, event.spk.created, event.spk.public, event.spk.signature),
             tuple(OneTimePrekey(o.id, o.public, o.signature) for o in opks),
+            None if kpk is None else SignedKemPrekey(kpk.id, kpk.created, kpk.public, kpk.signature),
+            tuple(OneTimeKemPrekey(k.id, k.public, k.signature) for k in kopks),
         )
         try:
             verify_bundle(bundle, user=nick, now=self._clock())
         except BundleError as exc:
             raise RelayError(Code.INVALID, f"publish_keys: {exc}") from None
-        self._store.publish(nick, event.identity, event.spk, opks, max_held=cap)
+        self._store.publish(
+            nick, event.identity, event.spk, opks, max_held=cap, kpk=kpk, kopks=kopks, max_kem_held=kem_cap
+        )
         return self.prekey_count(nick)
 
     def publish_cost(self, event: PublishKeys) -> float:
         """Request tokens a publish costs beyond its frame's own: its signature checks."""
-        return len(event.opks) / self._config.opks_per_request_token
+        return (len(event.opks) + len(event.kpk) + len(event.kopks)) / self._config.opks_per_request_token
 
-    def fetch(self, nick: str, *, requester: bytes, ref: str = "") -> Keys:
+    def fetch(self, nick: str, *, requester: bytes, ref: str = "", kem: bool = True) -> Keys:
         """`nick`'s bundle for the identity `requester`, with one one-time prekey, which is
         never handed out again; with none when `nick` has run out or the prekey limits
-        say so (see prekeylimits.py): the setup then uses the signed prekey alone. The
-        answer carries `ref`, the fetch's own (the client matches its answer by it).
+        say so (see prekeylimits.py): the setup then uses the signed prekey alone. With
+        `kem` (a requester of protocol version 3), also the last-resort KEM prekey and
+        one one-time KEM prekey, under the same rules. The answer carries `ref`, the
+        fetch's own (the client matches its answer by it).
 
         Raises `RelayError` for an unknown user, one who has published no keys, or a
         requester fetching too fast.
         """
         if not self._prekeys.may_fetch(requester):
             raise RelayError(Code.RATE_LIMITED, "fetching keys too fast; try again in a moment")
-        stored = self._store.take_bundle(nick, take_opk=lambda: self._prekeys.may_hand_out(nick))
+        stored = self._store.take_bundle(nick, take_opk=lambda: self._prekeys.may_hand_out(nick), kem=kem)
         if stored is None:
             if self._store.registered_key(nick) is None:
                 raise RelayError(Code.NO_SUCH_USER, f"nobody is registered as {nick}")
             raise RelayError(Code.NO_KEYS, f"{nick} has not published keys yet (they need to log in once)")
         owner = self._hub.member(nick)
         if owner is not None:
-            status = self.prekey_count(nick)
-            if status.count < OPK_LOW_WATER:
+            owner_kem = (self._hub.protocol_version(nick) or 0) >= KEM_VERSION
+            status = self.prekey_count(nick, kem=owner_kem)
+            if status.count < OPK_LOW_WATER or (owner_kem and status.kem_count < KOPK_LOW_WATER):
                 owner.deliver(encode(status))
         return Keys(
             nick=self._hub.display_nick(nick) or nick,
@@ -226,6 +257,8 @@ class Relay:
             spk=stored.spk,
             opks=() if stored.opk is None else (stored.opk,),
             ref=ref,
+            kpk=() if stored.kpk is None else (stored.kpk,),
+            kopks=() if stored.kopk is None else (stored.kopk,),
         )
 
     # -- whispers ---------------------------------------------------------------------

@@ -41,7 +41,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from ..protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord, fold_nick, fold_room
+from ..protocol import (
+    KeyIdentity,
+    OneTimeKemPrekeyRecord,
+    OneTimePrekeyRecord,
+    SignedKemPrekeyRecord,
+    SignedPrekeyRecord,
+    fold_nick,
+    fold_room,
+)
 from .config import ServerConfig
 from .faultlog import FaultLog
 
@@ -49,6 +57,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "DbFacts",
     "NewWhisper",
+    "PrekeyStatus",
     "QueueLimits",
     "QueuedWhisper",
     "Quota",
@@ -65,7 +74,7 @@ __all__ = [
     "inspect",
 ]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _C = TypeVar("_C")
 
@@ -128,6 +137,21 @@ class StoredBundle:
     identity: KeyIdentity
     spk: SignedPrekeyRecord
     opk: OneTimePrekeyRecord | None
+    #: Only when asked for (`take_bundle(kem=True)`); None when the owner has none.
+    kpk: SignedKemPrekeyRecord | None = None
+    kopk: OneTimeKemPrekeyRecord | None = None
+
+
+@dataclass(frozen=True)
+class PrekeyStatus:
+    """What `prekey_status` reports: one-time prekeys held, the signed prekey's id and
+    date (0 for none), one-time KEM prekeys held, the last-resort KEM prekey's id (0)."""
+
+    count: int = 0
+    spk_id: int = 0
+    spk_created: int = 0
+    kem_count: int = 0
+    kpk_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -277,20 +301,29 @@ class Store(Protocol):
         opks: tuple[OneTimePrekeyRecord, ...],
         *,
         max_held: int | None = None,
+        kpk: SignedKemPrekeyRecord | None = None,
+        kopks: tuple[OneTimeKemPrekeyRecord, ...] = (),
+        max_kem_held: int | None = None,
     ) -> None:
         """Set the identity and signed prekey; add `opks` (all of them replaced if the identity
-        changed), the first of them only while `nick` holds fewer than `max_held`."""
+        changed), the first of them only while `nick` holds fewer than `max_held`. Set
+        the last-resort KEM prekey `kpk` and add `kopks` likewise (`max_kem_held`); with
+        no `kpk`, every KEM prekey of `nick` is removed (its client no longer makes them)."""
 
-    def take_bundle(self, nick: str, *, take_opk: Callable[[], bool] | None = None) -> StoredBundle | None:
-        """The bundle with one one-time prekey, which is removed in the same transaction.
+    def take_bundle(
+        self, nick: str, *, take_opk: Callable[[], bool] | None = None, kem: bool = False
+    ) -> StoredBundle | None:
+        """The bundle with one one-time prekey, which is removed in the same transaction;
+        with `kem`, also the last-resort KEM prekey and one one-time KEM prekey, removed
+        likewise.
 
-        With `take_opk`, a one-time prekey is handed out only if it says so; it is asked
-        only when there is one, in the transaction (under the store's lock: it must not
-        use the store).
+        With `take_opk`, a one-time prekey (of either kind) is handed out only if it says
+        so; it is asked once, only when there is one, in the transaction (under the
+        store's lock: it must not use the store).
         """
 
-    def prekey_status(self, nick: str) -> tuple[int, int, int]:
-        """(one-time prekeys held, signed prekey id or 0, its creation time or 0)."""
+    def prekey_status(self, nick: str) -> PrekeyStatus:
+        """What the directory holds of `nick`'s prekeys."""
 
     def enqueue(
         self,
@@ -467,6 +500,13 @@ CREATE TABLE IF NOT EXISTS room_bans (
 CREATE INDEX IF NOT EXISTS room_bans_by_room ON room_bans (name_key);
 UPDATE history SET room = lower(room);
 """,
+    # ML-KEM-768 prekeys (protocol version 3): per nick one last-resort row (last_resort 1,
+    # replaced at each publish) and one-time rows, each handed out at most once.
+    9: """
+CREATE TABLE IF NOT EXISTS kem_prekeys (
+    nick_key TEXT NOT NULL, id INTEGER NOT NULL, last_resort INTEGER NOT NULL, created INTEGER NOT NULL,
+    pub BLOB NOT NULL, sig BLOB NOT NULL, PRIMARY KEY (nick_key, id));
+""",
 }
 
 #: `meta` keys besides the schema version.
@@ -634,11 +674,41 @@ def _statements(script: str) -> Iterator[str]:
             statement = ""
 
 
+def _publish_kem(
+    db: sqlite3.Connection,
+    key: str,
+    kpk: SignedKemPrekeyRecord | None,
+    kopks: tuple[OneTimeKemPrekeyRecord, ...],
+    max_held: int | None,
+) -> None:
+    """`publish`'s KEM part, in its transaction: the last-resort row replaced (or, with no
+    `kpk`, every KEM row of `key` deleted); `kopks` added, new ids only, up to `max_held`."""
+    if kpk is None:
+        db.execute("DELETE FROM kem_prekeys WHERE nick_key=?", (key,))
+        return
+    db.execute("DELETE FROM kem_prekeys WHERE nick_key=? AND (last_resort=1 OR id=?)", (key, kpk.id))
+    db.execute(
+        "INSERT INTO kem_prekeys VALUES (?, ?, 1, ?, ?, ?)",
+        (key, kpk.id, kpk.created, kpk.public, kpk.signature),
+    )
+    held = {
+        row[0] for row in db.execute("SELECT id FROM kem_prekeys WHERE nick_key=? AND last_resort=0", (key,))
+    }
+    fresh = [k for k in kopks if k.id not in held and k.id != kpk.id]
+    if max_held is not None:
+        fresh = fresh[: max(0, max_held - len(held))]
+    db.executemany(
+        "INSERT INTO kem_prekeys VALUES (?, ?, 0, 0, ?, ?)",
+        [(key, k.id, k.public, k.signature) for k in fresh],
+    )
+
+
 def _release(db: sqlite3.Connection, key: str) -> bool:
     """Forget the nick `key` (folded): binding, keys, queue, failures. In a write transaction."""
     gone = db.execute("DELETE FROM users WHERE nick_key=?", (key,)).rowcount > 0
     db.execute("DELETE FROM bundles WHERE nick_key=?", (key,))
     db.execute("DELETE FROM opks WHERE nick_key=?", (key,))
+    db.execute("DELETE FROM kem_prekeys WHERE nick_key=?", (key,))
     db.execute("DELETE FROM queue WHERE recipient=?", (key,))
     # And what it sent: their acks would otherwise be told to whoever registers the nick
     # next (the triggers give the quotas back for both deletes).
@@ -1193,16 +1263,21 @@ class SqliteStore:
         opks: tuple[OneTimePrekeyRecord, ...],
         *,
         max_held: int | None = None,
+        kpk: SignedKemPrekeyRecord | None = None,
+        kopks: tuple[OneTimeKemPrekeyRecord, ...] = (),
+        max_kem_held: int | None = None,
     ) -> None:
         key = fold_nick(nick)
         with self._tx() as db:
             old = db.execute("SELECT sig_key, dh_key FROM bundles WHERE nick_key=?", (key,)).fetchone()
             if old is not None and (bytes(old[0]), bytes(old[1])) != (identity.sig_key, identity.dh_key):
                 db.execute("DELETE FROM opks WHERE nick_key=?", (key,))  # prekeys of a former identity
+                db.execute("DELETE FROM kem_prekeys WHERE nick_key=?", (key,))
             if max_held is not None:
                 held = {row[0] for row in db.execute("SELECT id FROM opks WHERE nick_key=?", (key,))}
                 fresh = [opk for opk in opks if opk.id not in held][: max(0, max_held - len(held))]
                 opks = tuple(opk for opk in opks if opk.id in held) + tuple(fresh)
+            _publish_kem(db, key, kpk, kopks, max_kem_held)
             db.execute(
                 "INSERT OR REPLACE INTO bundles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -1221,7 +1296,9 @@ class SqliteStore:
                 [(key, opk.id, opk.public, opk.signature) for opk in opks],
             )
 
-    def take_bundle(self, nick: str, *, take_opk: Callable[[], bool] | None = None) -> StoredBundle | None:
+    def take_bundle(
+        self, nick: str, *, take_opk: Callable[[], bool] | None = None, kem: bool = False
+    ) -> StoredBundle | None:
         key = fold_nick(nick)
         with self._tx() as db:
             row = db.execute(
@@ -1234,24 +1311,54 @@ class SqliteStore:
             opk_row = db.execute(
                 "SELECT id, pub, sig FROM opks WHERE nick_key=? ORDER BY id LIMIT 1", (key,)
             ).fetchone()
-            opk = None
-            if opk_row is not None and (take_opk is None or take_opk()):
-                db.execute("DELETE FROM opks WHERE nick_key=? AND id=?", (key, opk_row[0]))
-                opk = OneTimePrekeyRecord(
-                    id=opk_row[0], public=bytes(opk_row[1]), signature=bytes(opk_row[2])
-                )
+            kpk_row = kopk_row = None
+            if kem:
+                kpk_row = db.execute(
+                    "SELECT id, created, pub, sig FROM kem_prekeys WHERE nick_key=? AND last_resort=1", (key,)
+                ).fetchone()
+                kopk_row = db.execute(
+                    "SELECT id, pub, sig FROM kem_prekeys WHERE nick_key=? AND last_resort=0 "
+                    "ORDER BY id LIMIT 1",
+                    (key,),
+                ).fetchone()
+            opk = kopk = None
+            # One answer from the limits for both kinds: they are handed out together.
+            if (opk_row is not None or kopk_row is not None) and (take_opk is None or take_opk()):
+                if opk_row is not None:
+                    db.execute("DELETE FROM opks WHERE nick_key=? AND id=?", (key, opk_row[0]))
+                    opk = OneTimePrekeyRecord(
+                        id=opk_row[0], public=bytes(opk_row[1]), signature=bytes(opk_row[2])
+                    )
+                if kopk_row is not None:
+                    db.execute("DELETE FROM kem_prekeys WHERE nick_key=? AND id=?", (key, kopk_row[0]))
+                    kopk = OneTimeKemPrekeyRecord(
+                        id=kopk_row[0], public=bytes(kopk_row[1]), signature=bytes(kopk_row[2])
+                    )
         return StoredBundle(
             KeyIdentity(sig_key=bytes(row[0]), dh_key=bytes(row[1]), dh_sig=bytes(row[2])),
             SignedPrekeyRecord(id=row[3], created=row[4], public=bytes(row[5]), signature=bytes(row[6])),
             opk,
+            None
+            if kpk_row is None
+            else SignedKemPrekeyRecord(
+                id=kpk_row[0], created=kpk_row[1], public=bytes(kpk_row[2]), signature=bytes(kpk_row[3])
+            ),
+            kopk,
         )
 
-    def prekey_status(self, nick: str) -> tuple[int, int, int]:
+    def prekey_status(self, nick: str) -> PrekeyStatus:
         key = fold_nick(nick)
         with self._read() as db:
             (count,) = db.execute("SELECT COUNT(*) FROM opks WHERE nick_key=?", (key,)).fetchone()
             row = db.execute("SELECT spk_id, spk_created FROM bundles WHERE nick_key=?", (key,)).fetchone()
-        return (int(count), *(row if row else (0, 0)))
+            (kem_count,) = db.execute(
+                "SELECT COUNT(*) FROM kem_prekeys WHERE nick_key=? AND last_resort=0", (key,)
+            ).fetchone()
+            kpk = db.execute(
+                "SELECT id FROM kem_prekeys WHERE nick_key=? AND last_resort=1", (key,)
+            ).fetchone()
+        spk_id, created = row if row else (0, 0)
+        return PrekeyStatus(int(count), spk_id, created, int(kem_count), kpk[0] if kpk else 0)
 
     def enqueue(
         self,
@@ -1462,6 +1569,7 @@ class SqliteStore:
             # should be none) bind another key. The client publishes fresh ones.
             db.execute("DELETE FROM bundles WHERE nick_key IN (?, ?)", (old_key, new_key))
             db.execute("DELETE FROM opks WHERE nick_key IN (?, ?)", (old_key, new_key))
+            db.execute("DELETE FROM kem_prekeys WHERE nick_key IN (?, ?)", (old_key, new_key))
             # Failures of whispers sent *to* `old` stay as they are: their senders know
             # those whispers by the nick they sent them to. Leftovers under `new` (it is
             # not registered, and a released nick's are deleted) give way to the renamer's.

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from ...protocol import (
+    KEM_VERSION,
     NAMING_A_ROOM,
     PROTOCOL_VERSION,
     ROOM_REQUESTS,
@@ -425,7 +426,11 @@ class SessionLogic:
                     )
                 self._reply(self._relay.publish(self.nick, self.sig_key, event))
             elif isinstance(event, FetchKeys):
-                self._reply(self._relay.fetch(event.nick, requester=self.sig_key, ref=event.ref))
+                self._reply(
+                    self._relay.fetch(
+                        event.nick, requester=self.sig_key, ref=event.ref, kem=self._version >= KEM_VERSION
+                    )
+                )
             elif isinstance(event, Whisper):
                 self._reply(self._relay.whisper(self.nick, event))
             elif isinstance(event, Ack):
@@ -519,7 +524,7 @@ class SessionLogic:
             return
         self.sig_key = claim.identity
         if self._login(claim):
-            self._reply(self._relay.prekey_count(claim.nick))
+            self._reply(self._relay.prekey_count(claim.nick, kem=self._version >= KEM_VERSION))
             # A page of what waited; more as acks come back (see backlog.py).
             self._backlog = self._relay.backlog(claim.nick)
             for delivery in self._backlog.start():
