@@ -134,6 +134,16 @@ def test_a_json_script_whispers_the_example_bot_and_gets_its_answer(
     ]
     script.send(type="safety_number", nick="echobot")
     assert len(str(script.until("safety_number")["number"]).split()) == 12
+    script.send(type="whois", nick="echobot")
+    whois = script.until("whois")
+    assert (whois["known"], whois["trust"], whois["pending_fingerprint"], whois["post_quantum"]) == (
+        True,
+        "unverified",
+        None,
+        True,  # a version-2 setup: the conversation is post-quantum
+    )
+    script.send(type="whois", nick="stranger")
+    assert script.until("whois")["known"] is False
     script.send(type="teleport")
     assert "unknown command" in str(script.until("command_error")["reason"])
     script.send(type="say", text="hello room")

@@ -1,4 +1,5 @@
-"""E2E.md's adversarial cases, driven through a malicious relay over real TLS.
+"""The end-to-end protocol's adversarial cases (docs/e2e.md, docs/security.md), driven
+through a malicious relay over real TLS.
 
 The relay is the server as far as the clients know; it forwards to a real server and
 rewrites, replays, reorders or injects frames. Each test proves the attack is rejected

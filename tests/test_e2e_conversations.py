@@ -770,3 +770,27 @@ def test_a_rename_claim_about_a_stranger_is_not_followed() -> None:
     alice, _ = started()
     assert not alice.follow_rename("nobody", fetched_bundle(party("nobody2", 5)))
     assert alice.pin("nobody2") is None
+
+
+def test_a_rolled_back_kem_prekey_is_refused_even_after_a_restart() -> None:
+    alice_clock, bob_clock = Clock(), Clock()
+    alice, bob = party("alice", 1, alice_clock), party("bob", 101, bob_clock)
+    old = fetched_bundle(bob)
+    alice.start_session("bob", old)
+    bob_clock.now += 8 * DAY
+    log_in(bob, bob_clock.now)  # a new signed prekey, and a new last-resort KEM prekey with it
+    alice_clock.now += 8 * DAY
+    new = fetched_bundle(bob, kopk=False)
+    assert new.kpk is not None and old.kpk is not None and new.kpk.id > old.kpk.id
+    alice.start_session("bob", new)
+    alice = Conversations.from_records(
+        {k: v for k, v in alice.records().items() if v is not None}, clock=alice_clock
+    )
+    alice.forget_sessions("bob")
+    # The current signed prekey with the old (validly signed) KEM prekey: a server replaying
+    # a KEM key whose private half bob may have deleted, or that was compromised.
+    replayed = dataclasses.replace(new, kpk=old.kpk)
+    with pytest.raises(BundleError, match="post-quantum prekey was rolled back"):
+        alice.start_session("bob", replayed)
+    alice.start_session("bob", new)  # the genuine one still works
+    assert bob.decrypt("alice", *send(alice, bob, "after the refusal")).plaintext == b"after the refusal"

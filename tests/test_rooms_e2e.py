@@ -339,7 +339,7 @@ def test_older_and_newer_clients_are_told_clearly(
     server = start_server(autojoin=("#general",))
     for version, reason in (
         (1, "this server has rooms: upgrade your client (protocol version 2)"),
-        (PROTOCOL_VERSION + 1, "this server speaks protocol versions 1 and 2"),
+        (PROTOCOL_VERSION + 1, "this server speaks protocol versions 1, 2 and 3"),
     ):
         raw = socket.create_connection(server.address, timeout=TIMEOUT)
         with client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:

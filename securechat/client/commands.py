@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "query": ("/query NICK", "open a window to whisper NICK: every line typed there is a whisper"),
     "verify": ("/verify NICK [NUMBER]", "show your safety number with NICK; with NUMBER, mark them verified"),
     "trust": ("/trust NICK", "accept NICK's new key after a safety-number change"),
-    "whois": ("/whois NICK", "NICK's key fingerprint and whether you verified it"),
+    "whois": ("/whois NICK", "NICK's key fingerprint, whether you verified it, whether post-quantum"),
     "history": (
         "/history NICK [N]",
         f"your last N (default {HISTORY_SHOWN}) whispers with NICK, both ways, kept on this device",

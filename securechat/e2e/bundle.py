@@ -168,13 +168,20 @@ class Bundle:
 
 
 def verify_bundle(
-    bundle: Bundle, *, user: str, now: float, min_spk_id: int = 0, require_kem: bool = False
+    bundle: Bundle,
+    *,
+    user: str,
+    now: float,
+    min_spk_id: int = 0,
+    min_kpk_id: int = 0,
+    require_kem: bool = False,
 ) -> None:
     """Check a fetched bundle before any key in it is used.
 
     Raises `BundleError` if it is for another user, any signature fails, the signed
     prekey is stale or from the future, or its id is older than one already seen for
-    this identity (`min_spk_id`: a server rolling back to an old prekey). With
+    this identity (`min_spk_id`: a server rolling back to an old prekey; `min_kpk_id`
+    likewise for the last-resort KEM prekey). With
     `require_kem` (a client about to start a session: it never starts one without
     post-quantum protection), also if the bundle has no last-resort KEM prekey, so a
     server that strips it gets a refusal, not a downgrade. The last-resort KEM prekey's
@@ -222,6 +229,8 @@ def verify_bundle(
         raise BundleError(f"{user}'s post-quantum prekey has an invalid signature")
     elif not now - MAX_CLOCK_ERROR - SPK_MAX_AGE <= kpk.created <= now + MAX_CLOCK_ERROR + CLOCK_SKEW:
         raise BundleError(f"{user}'s post-quantum prekey is stale or dated in the future")
+    elif kpk.id < min_kpk_id:
+        raise BundleError(f"{user}'s post-quantum prekey was rolled back to an older one")
     for kopk in bundle.kopks:
         if len(kopk.public) != KEM_PUBLIC_BYTES or not ed25519_verify(
             ident.sig_key, kopk.signature, kopk_message(ident.user, kopk.id, kopk.public)

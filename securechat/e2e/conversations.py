@@ -84,6 +84,8 @@ class Pin:
     #: Set while this is an unanswered first contact from them: its place in the order
     #: of arrival (the oldest goes first). None once we whispered, trusted or verified them.
     request: int | None = None
+    #: The newest last-resort KEM prekey id seen for this identity (as `max_spk_id`).
+    max_kpk_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,7 @@ class Conversations:
         assert pin.pending is not None
         peer = fold_nick(pin.identity.user)
         pin.identity, pin.pending, pin.trust, pin.max_spk_id = pin.pending, None, trust, 0
+        pin.max_kpk_id = 0
         pin.was_verified = trust is Trust.VERIFIED
         self.forget_sessions(peer)  # sessions with the old key are dead
         self._answered(peer, pin)
@@ -381,6 +384,7 @@ class Conversations:
             user=peer,
             now=self._clock(),
             min_spk_id=pin.max_spk_id if same_identity and pin else 0,
+            min_kpk_id=pin.max_kpk_id if same_identity and pin else 0,
             require_kem=True,
         )
         pin = self._check_pin(bundle.identity)
@@ -402,6 +406,9 @@ class Conversations:
             raise BundleError(f"{peer}'s keys include an invalid (low-order) public key") from None
         if bundle.spk.id > pin.max_spk_id:
             pin.max_spk_id = bundle.spk.id
+            self._pin_changed(fold_nick(peer))
+        if bundle.kpk is not None and bundle.kpk.id > pin.max_kpk_id:
+            pin.max_kpk_id = bundle.kpk.id
             self._pin_changed(fold_nick(peer))
         self._remember(state)
 
@@ -574,6 +581,7 @@ class Conversations:
                 "pending": None if p.pending is None else _ident_to(p.pending),
                 "was_verified": p.was_verified,
                 "max_spk_id": p.max_spk_id,
+                "max_kpk_id": p.max_kpk_id,
             }
             if p.request is not None:
                 saved["request"] = p.request
@@ -751,7 +759,9 @@ def _pin_from(saved: object, peer: str) -> Pin:
         raise ValueError(f"{peer}: trust {trust.value!r} contradicts its pending key")
     # Absent in pins saved before first contacts were bounded: those are all kept.
     request = f.integer("request") if isinstance(saved, dict) and "request" in saved else None
-    return Pin(identity, trust, pending, f.flag("was_verified"), f.integer("max_spk_id"), request)
+    # Absent in pins saved before post-quantum setup.
+    max_kpk_id = f.integer("max_kpk_id") if f.has("max_kpk_id") else 0
+    return Pin(identity, trust, pending, f.flag("was_verified"), f.integer("max_spk_id"), request, max_kpk_id)
 
 
 def _index_from(d: object) -> dict[str, list[bytes]]:
