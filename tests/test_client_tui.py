@@ -116,6 +116,8 @@ def test_whisper_commands_in_the_terminal_ui(server: object, client_ctx: object)
             assert seen.wait(TIMEOUT)
             number = shown[shown.index("* safety number with bob:") + 1].strip()
             assert bob.keys is not None and number == bob.keys.safety_number("alice")
+            whois = next(line for line in shown if line.startswith("* bob: key"))
+            assert whois.endswith(", unverified, post-quantum")  # a version-2 setup
             # One at a time: each is refused or answered before the next (a paste would
             # stop at its first refusal).
             for line, answer in [
