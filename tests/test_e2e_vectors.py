@@ -318,6 +318,7 @@ def test_bundles_accepted_and_refused() -> None:
                 user=case["user"],
                 now=case["now"],
                 min_spk_id=case["min_spk_id"],
+                min_kpk_id=case["min_kpk_id"],
                 require_kem=case["require_kem"],
             )
 

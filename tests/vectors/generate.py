@@ -390,7 +390,8 @@ def gen_prekeys() -> dict[str, Any]:
         "verify under bob's sig_key. bundle_cases: the bundle as fetched is bob's identity (identity.json) "
         "with the keys named in 'include' (spk always; opk, kpk, kopk as listed; 'dh_sig' or "
         "'kopk_signature' replaced when given), checked when asked for 'user' at time 'now' having seen "
-        "SPK ids up to 'min_spk_id'; require_kem: the checker is about to start a session (a version-2 "
+        "SPK ids up to 'min_spk_id' and KPK ids up to 'min_kpk_id' (neither may roll back); "
+        "require_kem: the checker is about to start a session (a version-2 "
         "client never starts one without a KEM prekey). The bundle must be accepted exactly when "
         "'accept' is true: signatures as above, the KPK's and SPK's 'created' within "
         "[now - 365 days - 35 days, now + 365 days + 1 day] (clocks may be a year wrong).",
@@ -462,6 +463,8 @@ def bundle_cases(b: Party, secrets: PrekeySecrets) -> list[dict[str, Any]]:
         ),
         ("SPK id below one already seen (rolled back)", all_keys, {"min_spk_id": SPK_ID + 1}, False),
         ("SPK id equal to the one already seen", all_keys, {"min_spk_id": SPK_ID}, True),
+        ("KPK id below one already seen (rolled back)", all_keys, {"min_kpk_id": full.kpk.id + 1}, False),
+        ("KPK id equal to the one already seen", all_keys, {"min_kpk_id": full.kpk.id}, True),
         ("SPK and KPK at the age limit", all_keys, {"now": oldest}, True),
         ("SPK and KPK one second too old", all_keys, {"now": oldest + 1}, False),
         ("SPK and KPK at the future limit", all_keys, {"now": earliest}, True),
@@ -475,6 +478,7 @@ def bundle_cases(b: Party, secrets: PrekeySecrets) -> list[dict[str, Any]]:
             "user": BOB,
             "now": CREATED,
             "min_spk_id": 0,
+            "min_kpk_id": 0,
             "require_kem": True,
             **changes,
             "accept": accept,
@@ -500,6 +504,7 @@ def bundle_cases(b: Party, secrets: PrekeySecrets) -> list[dict[str, Any]]:
                 user=case["user"],
                 now=case["now"],
                 min_spk_id=case["min_spk_id"],
+                min_kpk_id=case["min_kpk_id"],
                 require_kem=case["require_kem"],
             )
         except BundleError:
