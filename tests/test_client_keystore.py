@@ -211,7 +211,10 @@ def test_a_keystore_with_all_pins_in_one_record_is_rewritten_one_record_per_pin(
     assert info is not None and info.trust.value == "verified"
     assert info.identity.key == bob.identity.public().key
     records = Keystore.open(d, None).load()
-    assert "pins" not in records and json.loads(records["pin:" + b"bob".hex()]) == bob_pin
+    assert "pins" not in records and json.loads(records["pin:" + b"bob".hex()]) == {
+        **bob_pin,
+        "max_kpk_id": 0,
+    }  # a field version 2 added
 
 
 # -- remembered rooms ------------------------------------------------------------------------

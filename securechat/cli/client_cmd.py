@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import ssl
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -280,6 +282,33 @@ def run_client(args: argparse.Namespace) -> int:
     client = _connected(args, reconnect=True)
     if client is None:
         return EXIT_FAILED
+    with _handoff(client):
+        return _run_client(args, client)
+
+
+@contextlib.contextmanager
+def _handoff(client: Client) -> Iterator[None]:
+    """While this client holds its keystore, `securechat send` under the same identity
+    hands its whisper to it (client/handoff.py) instead of failing on the lock."""
+    from ..client.handoff import HandoffServer
+    from ..client.keystore import Keystore
+
+    storage = client.keys.storage if client.keys is not None else None
+    server = HandoffServer(client, storage.directory) if isinstance(storage, Keystore) else None
+    try:
+        if server is not None:
+            try:
+                server.start()
+            except OSError as exc:  # chat goes on; `send` under this identity says who holds the keys
+                print(f"securechat: note: no handoff for `securechat send`: {exc}", file=sys.stderr)
+                server = None
+        yield
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _run_client(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         from ..client.jsonmode import run_json
 
@@ -309,12 +338,16 @@ def run_client(args: argparse.Namespace) -> int:
 
 
 def run_send(args: argparse.Namespace) -> int:
+    from ..client.keystore import Keystore, default_keystore_dir
     from ..e2e.errors import BundleError, IdentityChanged, NotTrusted
     from ..protocol import Message, WhisperStatus
 
     text = args.text if args.text is not None else sys.stdin.read().rstrip("\n")
     if not text:
         raise UsageError("nothing to send: give TEXT or pipe it in")
+    directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+    if not args.guest and Keystore.exists(directory) and Keystore.holder(directory) is not None:
+        return _send_by_holder(args, directory, text)
     client = _connected(args, reconnect=False)
     if client is None:
         return EXIT_FAILED
@@ -333,11 +366,7 @@ def run_send(args: argparse.Namespace) -> int:
                     status = item.status
         except TimeoutError:
             pass
-        if status == "sent":
-            print("not confirmed by the server in time", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"whisper to {args.to}: {status}", file=sys.stderr)
-        return EXIT_DELIVERED if status == "delivered" else EXIT_STORED
+        return _whisper_outcome(args.to, status)
     except IdentityChanged as exc:
         print(f"securechat: not sent: {exc}; check with `securechat client` and /verify", file=sys.stderr)
         return EXIT_FAILED
@@ -346,3 +375,47 @@ def run_send(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         client.close()
+
+
+def _whisper_outcome(to: str, status: str) -> int:
+    """What `send` says and exits with, given the whisper's last status ("sent": none)."""
+    if status == "sent":
+        print("not confirmed by the server in time", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"whisper to {to}: {status}", file=sys.stderr)
+    return EXIT_DELIVERED if status == "delivered" else EXIT_STORED if status == "stored" else EXIT_FAILED
+
+
+def _send_by_holder(args: argparse.Namespace, directory: Path, text: str) -> int:
+    """`send` while another process (a chat client, a bot) holds the keystore: that
+    process sends it (client/handoff.py), and nobody is thrown out."""
+    from ..client.handoff import HandoffRefused, hand_off
+    from ..client.keystore import Keystore, KeystoreBusy
+
+    request: dict[str, object] = (
+        {"type": "say", "text": text}
+        if args.room
+        else {"type": "whisper", "to": args.to, "text": text, "wait": args.wait}
+    )
+    status = "sent"
+    try:
+        # The holder may first fetch keys and start a session: its own timeouts, plus the wait.
+        for answer in hand_off(directory, request, timeout=args.wait + 60.0):
+            kind = answer.get("type")
+            if kind == "error":
+                print(f"securechat: not sent: {answer.get('reason')}", file=sys.stderr)
+                return EXIT_FAILED
+            if kind == "relayed":
+                print("relayed to the room (by your running client)", file=sys.stderr)
+                return EXIT_DELIVERED
+            if kind == "whisper_status":
+                status = str(answer.get("status"))
+    except HandoffRefused:
+        busy = KeystoreBusy(directory, Keystore.holder(directory))
+        print(f"securechat: not sent: {busy} (it takes no handoff: try again when it ends)", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, ValueError) as exc:
+        print(f"securechat: not sent: your running client stopped answering: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print("(sent by your running client, which holds your keys)", file=sys.stderr)
+    return _whisper_outcome(args.to, status)

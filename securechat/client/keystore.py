@@ -14,11 +14,19 @@ and the whisper it encrypted or decrypted reach the disk together or not at all.
 
 Keystores written before the database (one `NAME.rec` file per record) are moved into
 it the first time they are opened, in one transaction, and the files removed after.
+
+**One process at a time.** A ratchet state must have one writer: two processes advancing
+the same session would reuse a chain position (a key and nonce) or lose a step. A
+keystore is therefore held with an OS lock (`flock` on its `lock` file, which names the
+holder's pid) from open to close; another process that opens it gets `KeystoreBusy`
+(and `securechat send` hands its whisper to the holder instead: handoff.py). Within one
+process, keystore objects of the same directory share the lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -36,12 +44,14 @@ from ..protocol import fold_nick, is_valid_nick
 from .inbox import Direction, MessageState, StoredMessage
 from .rooms import decode_rooms, encode_rooms
 
-__all__ = ["Keystore", "RoomsFile", "default_keystore_dir", "renamed_to"]
+__all__ = ["Keystore", "KeystoreBusy", "RoomsFile", "default_keystore_dir", "renamed_to"]
 
 log = logging.getLogger(__name__)
 
 _HEADER = "keystore.json"
 _DB = "keystore.db"
+#: The file whose `flock` says which process holds the keystore (it holds that pid).
+_LOCK = "lock"
 #: The record that holds the rooms to join again at the next start (see rooms.py).
 _ROOMS_RECORD = "rooms"
 #: A guest's remembered rooms: a file in the directory its nick's keystore would have.
@@ -96,6 +106,78 @@ def renamed_to(directory: Path) -> str | None:
     return nick
 
 
+class KeystoreBusy(KeystoreError):
+    """Another process holds the keystore (a chat client, a bot, `securechat send`)."""
+
+    def __init__(self, directory: Path, pid: int | None) -> None:
+        holder = f"process {pid}" if pid else "another process"
+        super().__init__(
+            f"your keystore {directory} is in use by {holder} (a securechat client or bot): "
+            "one process at a time keeps your sessions; use that one, or stop it"
+        )
+        self.directory = directory
+        self.pid = pid
+
+
+class _Hold:
+    """This process's lock on one keystore directory, shared by its keystore objects."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.users = 1
+
+
+#: (device, inode) of a keystore directory -> this process's hold on it. A rename moves
+#: the directory, not the inode, so the key stays. Guarded by `_holds_lock`.
+_holds: dict[tuple[int, int], _Hold] = {}
+_holds_lock = threading.Lock()
+
+
+def _acquire(directory: Path) -> tuple[int, int]:
+    """Take the keystore's lock for this process (or join the hold this process has).
+    Raises `KeystoreBusy` if another process holds it, `OSError` on I/O errors."""
+    info = directory.stat()
+    key = (info.st_dev, info.st_ino)
+    with _holds_lock:
+        hold = _holds.get(key)
+        if hold is not None:
+            hold.users += 1
+            return key
+        fd = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise KeystoreBusy(directory, pid) from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _holds[key] = _Hold(fd)
+        return key
+
+
+def _release(key: tuple[int, int]) -> None:
+    with _holds_lock:
+        hold = _holds.get(key)
+        if hold is None:
+            return
+        hold.users -= 1
+        if hold.users == 0:
+            del _holds[key]
+            os.close(hold.fd)  # closing the last descriptor releases the flock
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def _check_name(name: str) -> str:
     if _NAME_RE.fullmatch(name) is None:
         raise ValueError(f"bad record name {name!r}")
@@ -120,6 +202,8 @@ class Keystore:
     """
 
     def __init__(self, directory: Path, data_key: bytes | None) -> None:
+        """Takes the keystore's process lock (`_acquire`); raises `KeystoreBusy`."""
+        self._hold: tuple[int, int] | None = _acquire(directory)  # guarded by _lock after this
         self.directory = directory
         self._data_key = data_key
         self._lock = threading.Lock()
@@ -161,6 +245,22 @@ class Keystore:
         return cls(directory, sealing.unlock(header_path.read_bytes(), passphrase))
 
     @classmethod
+    def holder(cls, directory: Path) -> int | None:
+        """The pid of another process holding the keystore in `directory`, or None (it is
+        free, or this process holds it). 0 if the holder's pid cannot be read."""
+        try:
+            Keystore._probe(directory)
+        except KeystoreBusy as busy:
+            return busy.pid or 0
+        except OSError:
+            return None
+        return None
+
+    @staticmethod
+    def _probe(directory: Path) -> None:
+        _release(_acquire(directory))
+
+    @classmethod
     def needs_passphrase(cls, directory: Path) -> bool:
         return sealing.is_protected((directory / _HEADER).read_bytes())
 
@@ -170,6 +270,8 @@ class Keystore:
         """The connection, opened (and legacy files imported) on first use; under `_lock`."""
         if self._db is not None:
             return self._db
+        if self._hold is None:  # used again after `close`: hold it again first
+            self._hold = _acquire(self.directory)
         path = self.path
         for name in (_DB, f"{_DB}-wal", f"{_DB}-shm"):
             if (self.directory / name).exists():
@@ -417,20 +519,30 @@ class Keystore:
             log.info("could not leave a rename marker beside %s: %s", old, exc)
 
     def close(self) -> None:
+        """Close the database and let go of the keystore (another process may open it)."""
         with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._hold is not None:
+                _release(self._hold)
+                self._hold = None
 
     def remove(self) -> None:
         """Delete this keystore: its files, then its directory if nothing else is in it.
         Only for one made in this very run that never served (the login it was made for
         was refused): anything else would be someone's keys. Raises `KeystoreError`."""
-        self.close()
         with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
             try:
-                for name in (_DB + "-wal", _DB + "-shm", _DB + "-journal", _DB, _HEADER):
+                # The lock file last, and while still held: nobody opens it half-deleted.
+                for name in (_DB + "-wal", _DB + "-shm", _DB + "-journal", _DB, _HEADER, _LOCK):
                     (self.directory / name).unlink(missing_ok=True)
+                if self._hold is not None:
+                    _release(self._hold)
+                    self._hold = None
                 if not any(self.directory.iterdir()):
                     self.directory.rmdir()
             except OSError as exc:

@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
@@ -320,6 +320,10 @@ class Client:
         self._fetch_pending: _PendingFetch | None = None
         self._fetch_lock = threading.Lock()
         self._fetch_replies: queue.Queue[Keys | Error] = queue.Queue()
+        # Queues that get a copy of every status of a whisper of ours (`watch_statuses`:
+        # the handoff of another process's whisper). Guarded by _watch_lock; the reader puts.
+        self._status_watchers: list[queue.Queue[WhisperStatus]] = []
+        self._watch_lock = threading.Lock()
         # Connections in a row that ended `Ending.BROKEN`; reader only.
         self._broken_in_a_row = 0
         # (nick, fingerprint) for /r: written by whichever thread hands out a whisper,
@@ -1474,6 +1478,9 @@ class Client:
                 self._store_retries = 0
         if kept is not None and kept.state is MessageState.FAILED:
             self._start_recovery(status.to)
+        with self._watch_lock:
+            for watcher in self._status_watchers:
+                watcher.put(status)
         return True
 
     def _store_unavailable(self, backoff: Backoff) -> None:
@@ -1516,6 +1523,21 @@ class Client:
             events.append(event)
 
     # -- closing --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def watch_statuses(self) -> Iterator[queue.Queue[WhisperStatus]]:
+        """A queue that gets a copy of every status of a whisper of ours while the block
+        runs (as well as `next_event`, which still gets them): a way to follow a whisper
+        sent from another thread without taking events from the program. Start it before
+        the whisper is sent, so no status can come first. Any thread."""
+        watcher: queue.Queue[WhisperStatus] = queue.Queue()
+        with self._watch_lock:
+            self._status_watchers.append(watcher)
+        try:
+            yield watcher
+        finally:
+            with self._watch_lock:
+                self._status_watchers.remove(watcher)
 
     def close(self) -> None:
         """Drop the connection (without a quit), stop reconnecting, and wait for the

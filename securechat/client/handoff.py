@@ -1,0 +1,243 @@
+"""Hand a whisper to the process that holds the keystore (docs/usage.md, "One identity,
+several programs").
+
+A keystore has one holder process at a time (keystore.py): two processes advancing the
+same ratchet would reuse a key. While a chat client or bot holds it, `securechat send`
+under the same identity does not open it, and nobody is thrown out: it connects to the
+holder's handoff socket, asks it to send, and reports what the holder's client reports.
+
+The socket is `handoff.sock` in the keystore directory (0700), made 0600, and the holder
+answers only a peer of its own user id (`SO_PEERCRED`): another user on the machine can
+neither connect nor pass the check. One JSON object per line each way, one request per
+connection:
+
+    {"type": "whisper", "to": NICK, "text": TEXT, "wait": SECONDS}
+        -> {"type": "whisper_sent", "id": ID}, then each {"type": "whisper_status", ...}
+           of that whisper until "delivered" or "failed" or `wait` seconds, then
+           {"type": "done"}
+    {"type": "say", "room": ROOM, "text": TEXT}  -> {"type": "relayed"}
+
+and {"type": "error", "reason": ...} when the holder refuses or cannot send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..e2e.errors import E2EError
+from ..protocol import DEFAULT_ROOM
+from .session import Client
+
+__all__ = ["SOCKET_NAME", "HandoffRefused", "HandoffServer", "hand_off"]
+
+log = logging.getLogger(__name__)
+
+#: In the keystore directory.
+SOCKET_NAME = "handoff.sock"
+#: A request line at most: a whisper's text (4 KiB, JSON-escaped up to six times) and room.
+_MAX_REQUEST = 64 * 1024
+#: How long a holder waits for a request line after a connection.
+_REQUEST_TIMEOUT = 10.0
+#: Linux's limit on a socket path (sun_path), terminating NUL included.
+_MAX_PATH = 108
+
+
+class HandoffRefused(Exception):
+    """There is no holder to hand to (no socket, or it does not answer)."""
+
+
+def socket_path(directory: Path) -> Path:
+    return directory / SOCKET_NAME
+
+
+class HandoffServer:
+    """Answers handoff requests for `client`, which holds the keystore in `directory`.
+
+    `start` binds the socket and starts the accepting thread; each connection is served
+    by a thread of its own; `close` (any thread) removes the socket and waits for them.
+    """
+
+    def __init__(self, client: Client, directory: Path) -> None:
+        self._client = client
+        self._path = socket_path(directory)
+        self._listener: socket.socket | None = None  # set by start; closed by close
+        self._threads: list[threading.Thread] = []  # guarded by _lock
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def start(self) -> None:
+        """Listen. The caller holds the keystore, so a socket left by a crashed holder is
+        stale and is replaced. Raises `OSError`."""
+        self._path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Created 0600 (not chmod-ed after: no moment it is open to others). The umask
+            # is the process's: set only around this one call.
+            old_mask = os.umask(0o177)
+            try:
+                with _addressable(self._path) as address:
+                    listener.bind(address)
+            finally:
+                os.umask(old_mask)
+            listener.listen(8)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        thread = threading.Thread(target=self._accept, name="securechat-handoff", daemon=True)
+        thread.start()
+        with self._lock:
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        self._closed.set()
+        listener = self._listener
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(_REQUEST_TIMEOUT)
+
+    def _accept(self) -> None:
+        """The accepting thread."""
+        assert self._listener is not None
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            thread = threading.Thread(
+                target=self._serve, args=(conn,), name="securechat-handoff-conn", daemon=True
+            )
+            with self._lock:
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        """One connection's thread: check who it is, read one request, answer it."""
+        with conn:
+            try:
+                if not _same_user(conn):
+                    _send(conn, {"type": "error", "reason": "not your keystore"})
+                    return
+                conn.settimeout(_REQUEST_TIMEOUT)
+                with conn.makefile("rb") as reader:
+                    request = _read_line(reader)
+                conn.settimeout(None)
+                self._answer(conn, request)
+            except (OSError, ValueError) as exc:
+                log.info("handoff: %s", exc)
+
+    def _answer(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        kind, text = request.get("type"), request.get("text")
+        if not isinstance(text, str) or not text:
+            _send(conn, {"type": "error", "reason": "no text"})
+            return
+        try:
+            if kind == "say":
+                room = request.get("room", DEFAULT_ROOM)
+                self._client.say(text, room if isinstance(room, str) else DEFAULT_ROOM)
+                _send(conn, {"type": "relayed"})
+                return
+            to, wait = request.get("to"), request.get("wait", 5.0)
+            if kind != "whisper" or not isinstance(to, str):
+                _send(conn, {"type": "error", "reason": "unknown request"})
+                return
+            seconds = float(wait) if isinstance(wait, (int, float)) else 5.0
+            with self._client.watch_statuses() as statuses:
+                msg_id = self._client.whisper(to, text)
+                _send(conn, {"type": "whisper_sent", "id": msg_id})
+                deadline = time.monotonic() + max(0.0, min(seconds, 600.0))
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        status = statuses.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if status.id != msg_id:
+                        continue
+                    _send(conn, status.to_dict())
+                    if status.status in ("delivered", "failed"):
+                        break
+            _send(conn, {"type": "done"})
+        except (E2EError, LookupError, ConnectionError, TimeoutError, ValueError) as exc:
+            _send(conn, {"type": "error", "reason": str(exc)})
+
+
+def hand_off(directory: Path, request: dict[str, Any], timeout: float) -> Iterator[dict[str, Any]]:
+    """Send `request` to the holder of the keystore in `directory`; yields its answers.
+    Raises `HandoffRefused` if there is no holder listening; `OSError` or `TimeoutError`
+    if it stops answering."""
+    path = socket_path(directory)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(timeout)
+        try:
+            with _addressable(path) as address:
+                conn.connect(address)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise HandoffRefused(str(exc)) from None
+        _send(conn, request)
+        with conn.makefile("rb") as reader:
+            while True:
+                answer = _read_line(reader)
+                yield answer
+                if answer.get("type") in ("done", "relayed", "error"):
+                    return
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _addressable(path: Path) -> Iterator[str]:
+    """`path` as a socket address: itself, or, when it is longer than a socket path may
+    be (108 bytes on Linux; a keystore deep in a long home directory), the same file
+    reached through an open descriptor of its directory (/proc/self/fd/N/NAME)."""
+    if len(os.fsencode(path)) < _MAX_PATH:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def _same_user(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return bool(uid == os.getuid())
+
+
+def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
+    conn.sendall(json.dumps(obj).encode() + b"\n")
+
+
+def _read_line(reader: BinaryIO) -> dict[str, Any]:
+    """One JSON object line. Raises `ValueError` for anything else or a line too long,
+    `OSError` (`TimeoutError`) as the socket does, `ConnectionError` at the end."""
+    data = reader.readline(_MAX_REQUEST + 1)
+    if not data.endswith(b"\n"):
+        if len(data) > _MAX_REQUEST:
+            raise ValueError("handoff line too long")
+        raise ConnectionError("the other side closed the handoff")
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("handoff line is not an object")
+    return obj

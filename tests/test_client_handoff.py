@@ -1,0 +1,168 @@
+"""One identity, several programs: the keystore's one holder, and `securechat send`
+handing its whisper to it over the handoff socket (client/handoff.py), over real TLS."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from chat import TIMEOUT
+from test_client_jsonmode import JsonClient
+from whisper_helpers import login, memory_keys
+
+from securechat.cli import main
+from securechat.client.events import WhisperReceived
+from securechat.client.handoff import SOCKET_NAME
+from securechat.client.keystore import Keystore, KeystoreBusy, default_keystore_dir
+from securechat.protocol import Message
+from securechat.server import Server
+
+_HOLD = """
+import sys
+from pathlib import Path
+from securechat.client.keystore import Keystore
+store = Keystore.open(Path(sys.argv[1]), None)
+print("held", flush=True)
+sys.stdin.readline()
+store.close()
+"""
+
+
+def _until(condition: object, what: str) -> None:
+    """Wait (with a deadline) for a condition another process brings about."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _holder(directory: Path) -> subprocess.Popen[str]:
+    """Another process holding the keystore (and taking no handoff), until told to stop."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_keystore_has_one_holder_process_at_a_time(tmp_path: Path) -> None:
+    d = tmp_path / "ks"
+    Keystore.create(d, None).close()
+    proc = _holder(d)
+    try:
+        with pytest.raises(KeystoreBusy, match=f"in use by process {proc.pid}"):
+            Keystore.open(d, None)
+        assert Keystore.holder(d) == proc.pid
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(TIMEOUT)
+    assert Keystore.holder(d) is None
+    first = Keystore.open(d, None)
+    second = Keystore.open(d, None)  # the same process: they share the hold
+    first.close()
+    probe = subprocess.run(
+        [sys.executable, "-c", _HOLD, str(d)], input="\n", capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert probe.returncode != 0 and "KeystoreBusy" in probe.stderr  # still held by `second`
+    second.close()
+    probe = subprocess.run(
+        [sys.executable, "-c", _HOLD, str(d)], input="\n", capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert probe.returncode == 0
+
+
+def test_send_hands_its_whisper_to_the_running_client_and_nobody_is_thrown_out(
+    server: Server,
+    client_ctx: ssl.SSLContext,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SECURECHAT_PASSPHRASE", "")
+    port = server.address[1]
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    alice = JsonClient("alice", server, cert_files["ca"], tmp_path)
+    try:
+        assert alice.until("welcome")["nick"] == "alice"
+        keystore = default_keystore_dir("127.0.0.1", port, "alice")
+        _until(lambda: (keystore / SOCKET_NAME).exists(), "the handoff socket")
+        assert (keystore / SOCKET_NAME).stat().st_mode & 0o777 == 0o600
+        base = ["send", "--nick", "alice", "--port", str(port), "--cafile", cert_files["ca"]]
+        assert main([*base, "--to", "bob", "from a script, while alice chats"]) == 0  # delivered
+        got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+        assert isinstance(got, WhisperReceived) and got.sender == "alice"
+        assert got.text == "from a script, while alice chats"
+        assert main([*base, "--room", "a room line by handoff"]) == 0
+        line = bob.wait_for_any(Message, TIMEOUT)
+        assert isinstance(line, Message) and (line.nick, line.text) == ("alice", "a room line by handoff")
+        # alice's client is still there, and it was the one that sent: it saw the status.
+        assert alice.until("whisper_status")["to"] == "bob"
+        assert alice.until("message")["text"] == "a room line by handoff"  # said by this very client
+        alice.send(type="say", text="still here")
+        assert alice.until("message")["text"] == "still here"
+        assert alice.proc.poll() is None
+    finally:
+        alice.send(type="quit")
+        alice.proc.wait(TIMEOUT)
+        bob.close()
+    # The holder gone, its socket went with it, and `send` opens the keystore itself.
+    assert not (keystore / SOCKET_NAME).exists() and Keystore.holder(keystore) is None
+
+
+def test_send_to_a_holder_that_takes_no_handoff_says_who_holds_the_keys(
+    server: Server, cert_files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "alice-keys"
+    Keystore.create(d, None).close()
+    proc = _holder(d)
+    try:
+        argv = ["send", "--nick", "alice", "--keys", str(d), "--port", str(server.address[1])]
+        assert main([*argv, "--cafile", cert_files["ca"], "--to", "bob", "hi"]) == 1
+        err = capsys.readouterr().err
+        assert f"in use by process {proc.pid}" in err and "try again when it ends" in err
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(TIMEOUT)
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not Path("/usr/bin/python3").exists(), reason="needs root (to act as another user)"
+)
+def test_another_user_cannot_reach_the_handoff_socket(tmp_path: Path) -> None:
+    d = tmp_path / "ks"
+    Keystore.create(d, None).close()  # 0700, as every keystore directory
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(d / SOCKET_NAME))
+    listener.listen(1)
+    tmp_path.chmod(0o755)  # so only the keystore directory's own mode stands in the way
+    try:
+        probe = subprocess.run(
+            [
+                "/usr/bin/python3",  # nobody may not run this venv's interpreter (under /root)
+                "-c",
+                "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])",
+                str(d / SOCKET_NAME),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            user=65534,  # nobody
+        )
+    finally:
+        listener.close()
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr
