@@ -258,8 +258,11 @@ def test_client_creates_protected_keys_from_the_environment(
     assert "wrong passphrase" in capsys.readouterr().err
 
 
-def test_client_without_a_passphrase_says_the_keys_are_unprotected(
-    cert_files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_client_without_a_passphrase_says_the_keys_are_unprotected_once(
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     argv = [
         "client",
@@ -272,8 +275,14 @@ def test_client_without_a_passphrase_says_the_keys_are_unprotected(
         "--keys",
         str(tmp_path / "k"),
     ]
+    assert main(["send", *argv[1:], "--to", "alice", "hi"]) == 2  # no terminal, no passphrase said
+    assert "makes no new identity without a terminal" in capsys.readouterr().err
+    assert not (tmp_path / "k").exists()
+    monkeypatch.setenv("SECURECHAT_PASSPHRASE", "")  # said: none
     assert main(["send", *argv[1:], "--to", "alice", "hi"]) == 1
     assert "unprotected" in capsys.readouterr().err
+    assert main(["send", *argv[1:], "--to", "alice", "hi"]) == 1
+    assert "unprotected" not in capsys.readouterr().err  # said once, when the keys were made
     assert main(["send", *argv[1:-2], "--guest", "--room", "hi"]) == 1
     assert "unprotected" not in capsys.readouterr().err  # a guest has no keys at all
 
@@ -414,3 +423,47 @@ def test_release_room_forgets_a_registered_room(tmp_path: Path, capsys: pytest.C
     assert main(["release-room", "dev", "--data-dir", str(tmp_path)]) == 2
     assert main(["release-room", "#dev", "--data-dir", str(tmp_path / "none")]) == 2
     assert "no server database" in capsys.readouterr().err
+
+
+def test_send_without_a_nick_uses_the_one_identity_this_machine_has_on_that_server(
+    server: Server,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from securechat.client.events import WhisperReceived
+    from securechat.client.inbox import MemoryStorage
+    from securechat.client.whispers import WhisperKeys
+    from securechat.e2e.conversations import Conversations
+    from securechat.e2e.identity import Identity
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    base = ["send", "--port", str(server.address[1]), "--cafile", cert_files["ca"]]
+    assert main([*base, "--to", "bob", "hi"]) == 2
+    assert "no identity for 127.0.0.1:" in capsys.readouterr().err
+    bob = Client(
+        "bob",
+        context=client_context(cert_files["ca"]),
+        port=server.address[1],
+        timeout=TIMEOUT,
+        keys=WhisperKeys(Conversations(Identity.generate("bob")), MemoryStorage()),
+    )
+    bob.connect()
+    try:
+        monkeypatch.setenv("SECURECHAT_PASSPHRASE", "")
+        assert main([*base, "--nick", "Alice", "--to", "bob", "first, naming myself"]) == 0
+        monkeypatch.delenv("SECURECHAT_PASSPHRASE")  # from now on nothing new may be made
+        assert main([*base, "--to", "bob", "then without a nick"]) == 0
+        got = [bob.wait_for_any(WhisperReceived, TIMEOUT) for _ in range(2)]
+        assert [(w.sender, w.text) for w in got if isinstance(w, WhisperReceived)] == [
+            ("Alice", "first, naming myself"),
+            ("Alice", "then without a nick"),
+        ]
+    finally:
+        bob.close()
+    capsys.readouterr()
+    monkeypatch.setenv("SECURECHAT_PASSPHRASE", "")
+    assert main([*base, "--nick", "carol", "--room", "another identity here"]) == 0
+    assert main([*base, "--to", "bob", "whose?"]) == 2
+    assert "several identities for 127.0.0.1:" in capsys.readouterr().err

@@ -58,7 +58,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=5.0,
         help="seconds to wait for a whisper's delivery before settling for stored (default: %(default)s)",
     )
-    send.set_defaults(run=run_send)
+    # No nick given: the identity this machine already has on that server (see `_known_nick`).
+    send.set_defaults(run=run_send, nick=None)
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
@@ -258,7 +259,8 @@ def _open_keys(
     if passphrase is None:
         passphrase = os.environ.get("SECURECHAT_PASSPHRASE")
     may_prompt = interactive and sys.stdin.isatty()
-    if Keystore.exists(directory):
+    created = not Keystore.exists(directory)
+    if not created:
         if passphrase is None and Keystore.needs_passphrase(directory) and may_prompt:
             passphrase = getpass.getpass(f"Passphrase for {directory}: ")
         store = Keystore.open(directory, passphrase)
@@ -269,7 +271,7 @@ def _open_keys(
             if passphrase and getpass.getpass("Again: ") != passphrase:
                 raise ValueError("the passphrases did not match")
         store = Keystore.create(directory, passphrase or None)
-    if not store.protected and interactive:
+    if not store.protected and interactive and created:  # said once, when it is made
         print(
             f"securechat: note: your keys in {directory} are unprotected (no passphrase); "
             "anyone who can read that directory can read your whispers.",
@@ -342,10 +344,22 @@ def run_send(args: argparse.Namespace) -> int:
     from ..e2e.errors import BundleError, IdentityChanged, NotTrusted
     from ..protocol import Message, WhisperStatus
 
+    if args.nick is None:
+        args.nick = _known_nick(args)
+    directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+    told_passphrase = args.passphrase is not None or "SECURECHAT_PASSPHRASE" in os.environ
+    if not args.guest and not Keystore.exists(directory) and not sys.stdin.isatty() and not told_passphrase:
+        # A new identity made silently by a script is one its owner never meant: the
+        # nick is registered to it, and their real keys are refused from then on.
+        raise UsageError(
+            f"no keys for {args.nick} on {args.host}:{args.port} here, and `send` makes no new "
+            "identity without a terminal to ask for its passphrase (or SECURECHAT_PASSPHRASE set, "
+            f"empty for none): run `securechat client --nick {args.nick}` once, or pass --nick "
+            "for the identity you have"
+        )
     text = args.text if args.text is not None else sys.stdin.read().rstrip("\n")
     if not text:
         raise UsageError("nothing to send: give TEXT or pipe it in")
-    directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
     if not args.guest and Keystore.exists(directory) and Keystore.holder(directory) is not None:
         return _send_by_holder(args, directory, text)
     client = _connected(args, reconnect=False)
@@ -419,3 +433,29 @@ def _send_by_holder(args: argparse.Namespace, directory: Path, text: str) -> int
         return EXIT_FAILED
     print("(sent by your running client, which holds your keys)", file=sys.stderr)
     return _whisper_outcome(args.to, status)
+
+
+def _known_nick(args: argparse.Namespace) -> str:
+    """`send` without --nick (nor one in the config file): a guest is $USER; otherwise the
+    one identity this machine has on that server. Raises `UsageError` if there is none,
+    or several, or a --keys directory (whose nick cannot be read without opening it)."""
+    from ..client.keystore import Keystore, default_keystore_dir
+
+    if args.guest:
+        return os.environ.get("USER", "")
+    if args.keys is not None:
+        raise UsageError("with --keys, say whose keys they are: pass --nick")
+    server = default_keystore_dir(args.host, args.port, "x").parent
+    try:
+        nicks = sorted(d.name for d in server.iterdir() if Keystore.exists(d))
+    except OSError:
+        nicks = []
+    if len(nicks) == 1:
+        return nicks[0]
+    where = f"{args.host}:{args.port}"
+    if not nicks:
+        raise UsageError(
+            f"no identity for {where} on this machine yet: chat once with "
+            "`securechat client --nick NAME` (it makes your keys), or pass --nick"
+        )
+    raise UsageError(f"several identities for {where} here ({', '.join(nicks)}): pass --nick")
