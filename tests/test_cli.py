@@ -467,3 +467,16 @@ def test_send_without_a_nick_uses_the_one_identity_this_machine_has_on_that_serv
     assert main([*base, "--nick", "carol", "--room", "another identity here"]) == 0
     assert main([*base, "--to", "bob", "whose?"]) == 2
     assert "several identities for 127.0.0.1:" in capsys.readouterr().err
+
+
+def test_the_same_server_typed_as_localhost_or_127_0_0_1_is_one_identity(
+    server: Server, cert_files: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SECURECHAT_PASSPHRASE", "")
+    port = ["--port", str(server.address[1]), "--cafile", cert_files["ca"], "--nick", "alice"]
+    assert main(["send", "--host", "localhost", *port, "--room", "made here"]) == 0
+    monkeypatch.delenv("SECURECHAT_PASSPHRASE")  # nothing new may be made now
+    # Before, the second spelling made a second identity, refused as registered to another key.
+    assert main(["send", "--host", "127.0.0.1", *port, "--room", "the same alice"]) == 0
+    assert len(list((tmp_path / "xdg" / "securechat").iterdir())) == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from whisper_helpers import FAST_KDF
 
-from securechat.client.keystore import Keystore, RoomsFile, default_keystore_dir, renamed_to
+from securechat.client.keystore import Keystore, RoomsFile, default_keystore_dir, renamed_to, server_places
 from securechat.client.whispers import WhisperKeys
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.errors import KeystoreError
@@ -320,3 +320,19 @@ def test_the_rename_marker_follows_renames_and_steps_aside_for_a_keystore_coming
     assert renamed_to(tmp_path / "alice") is None and Keystore.exists(tmp_path / "alice")
     assert renamed_to(tmp_path / "alice3") == "alice"
     assert renamed_to(tmp_path / "alice2") == "alice"  # followed through alice3, back home
+
+
+def test_one_server_typed_two_ways_files_its_keystores_in_one_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    base = tmp_path / "securechat"
+    for host in ("localhost", "LOCALHOST", "127.0.0.1", "::1", "[::1]", "app.localhost"):
+        assert default_keystore_dir(host, 7000, "Alice") == base / "localhost_7000" / "alice"
+    assert default_keystore_dir("Chat.Example.COM.", 7000, "bob") == base / "chat.example.com_7000" / "bob"
+    assert default_keystore_dir("10.0.0.7", 7000, "bob") == base / "10.0.0.7_7000" / "bob"
+    # A keystore filed before under the host exactly as typed is found from any spelling.
+    Keystore.create(base / "127.0.0.1_7001" / "carol", None).close()
+    for host in ("localhost", "127.0.0.1", "::1"):
+        assert default_keystore_dir(host, 7001, "carol") == base / "127.0.0.1_7001" / "carol"
+    assert server_places("localhost", 7001)[0] == base / "localhost_7001"

@@ -439,17 +439,17 @@ def _known_nick(args: argparse.Namespace) -> str:
     """`send` without --nick (nor one in the config file): a guest is $USER; otherwise the
     one identity this machine has on that server. Raises `UsageError` if there is none,
     or several, or a --keys directory (whose nick cannot be read without opening it)."""
-    from ..client.keystore import Keystore, default_keystore_dir
+    from ..client.keystore import Keystore, server_places
 
     if args.guest:
         return os.environ.get("USER", "")
     if args.keys is not None:
         raise UsageError("with --keys, say whose keys they are: pass --nick")
-    server = default_keystore_dir(args.host, args.port, "x").parent
-    try:
-        nicks = sorted(d.name for d in server.iterdir() if Keystore.exists(d))
-    except OSError:
-        nicks = []
+    found: set[str] = set()
+    for place in server_places(args.host, args.port):
+        with contextlib.suppress(OSError):
+            found |= {d.name for d in place.iterdir() if Keystore.exists(d)}
+    nicks = sorted(found)
     if len(nicks) == 1:
         return nicks[0]
     where = f"{args.host}:{args.port}"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 import re
@@ -44,7 +45,7 @@ from ..protocol import fold_nick, is_valid_nick
 from .inbox import Direction, MessageState, StoredMessage
 from .rooms import decode_rooms, encode_rooms
 
-__all__ = ["Keystore", "KeystoreBusy", "RoomsFile", "default_keystore_dir", "renamed_to"]
+__all__ = ["Keystore", "KeystoreBusy", "RoomsFile", "default_keystore_dir", "renamed_to", "server_places"]
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,44 @@ CREATE INDEX IF NOT EXISTS messages_by_peer ON messages (peer_tag, seq);
 
 
 def default_keystore_dir(host: str, port: int, nick: str) -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    server = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{host}_{port}")
-    return Path(base) / "securechat" / server / nick.lower()
+    """Where `nick`'s keystore for the server at `host`:`port` lives: under the server's
+    place (`server_places`), or under an older spelling of it where a keystore already is,
+    so that an identity made before is found whichever way the host is typed."""
+    places = server_places(host, port)
+    for place in places:
+        if Keystore.exists(place / nick.lower()):
+            return place / nick.lower()
+    return places[0] / nick.lower()
+
+
+def server_places(host: str, port: int) -> list[Path]:
+    """The directories a server's keystores are filed under, the current one first. The
+    host is taken as the user means it, so two spellings of one server do not make two
+    identities (the second refused as "registered to another key"): lower-cased (names
+    are case-insensitive), and every loopback name or address (localhost, 127.0.0.1,
+    ::1) as "localhost". The older ones are the spellings keystores were filed under
+    before (the host exactly as typed)."""
+    base = Path(os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")) / "securechat"
+    spellings = [_server_host(host), host]
+    if spellings[0] == "localhost":
+        spellings += ["127.0.0.1", "::1", "localhost"]
+    places: list[Path] = []
+    for spelling in spellings:
+        place = base / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{spelling}_{port}")
+        if place not in places:
+            places.append(place)
+    return places
+
+
+def _server_host(host: str) -> str:
+    name = host.strip().strip("[]").lower().rstrip(".")
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return "localhost"
+    except ValueError:
+        if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always loopback
+            return "localhost"
+    return name
 
 
 def _marker(directory: Path) -> Path:
