@@ -268,6 +268,13 @@ def test_kem_prekeys_are_published_to_a_server_that_holds_them_in_the_same_frame
     (refill,) = keys.publications(low)
     assert refill.opks == () and len(refill.kopks) == KOPK_TARGET - (KOPK_REFILL_BELOW - 1)
     assert not {k.id for k in refill.kopks} & {k.id for k in first.kopks}
-    # A server that lost the KEM prekey (its id is not ours) is sent it again.
+    # A server that says it holds no KEM prekey is sent the KPK again, with new one-time
+    # ones (within the top-up budget).
     (again,) = keys.publications(dataclasses.replace(held, kpk_id=0))
-    assert again.kpk[0].id == kpk_id
+    assert again.kpk[0].id == kpk_id and again.kopks
+    # One that keeps naming another KPK is not sent ours again and again on this connection
+    # (each would cost both sides signatures for nothing); at the next login it is.
+    assert keys.publications(dataclasses.replace(held, kpk_id=kpk_id + 1000)) == []
+    keys.serve_kem(True)
+    (relogin,) = keys.publications(dataclasses.replace(held, kpk_id=kpk_id + 1000))
+    assert relogin.kpk[0].id == kpk_id and relogin.kopks == ()

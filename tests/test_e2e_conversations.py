@@ -9,11 +9,11 @@ import json
 import random
 
 import pytest
-from e2e_helpers import NOW, Clock, fetched_bundle, party
+from e2e_helpers import NOW, Clock, fetched_bundle, party, v1_initiate, v1_party
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securechat.e2e.bundle import OPK_KEEP
+from securechat.e2e.bundle import MAX_CLOCK_ERROR, OPK_KEEP
 from securechat.e2e.conversations import MAX_CONTACT_REQUESTS, Carried, Conversations, Trust
 from securechat.e2e.errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
 from securechat.e2e.identity import Identity
@@ -794,3 +794,34 @@ def test_a_rolled_back_kem_prekey_is_refused_even_after_a_restart() -> None:
         alice.start_session("bob", replayed)
     alice.start_session("bob", new)  # the genuine one still works
     assert bob.decrypt("alice", *send(alice, bob, "after the refusal")).plaintext == b"after the refusal"
+
+
+def test_a_keystore_written_before_version_2_loads_and_its_kem_ids_start_above_any_used() -> None:
+    """Records as a version-1 client wrote them (also what an older client leaves after a
+    newer one used the keystore: it drops fields it does not know)."""
+    clock = Clock()
+    alice, bob = v1_party("alice", 1, clock), v1_party("bob", 101, clock)
+    state = v1_initiate(alice, fetched_bundle(bob), random.Random(5).randbytes)
+    alice._remember(state)
+    alice._check_pin(bob.identity.public())  # pinned, as starting the session pins
+    records = {k: json.loads(v) for k, v in alice.records().items() if v is not None}
+    for name, value in records.items():
+        if name.startswith("session:"):
+            for field in ("version", "kem_to_delete"):
+                del value[field]
+            for field in ("kem_id", "kem_ct"):
+                del value["setup"][field]
+        if name.startswith("pin:"):
+            del value["max_kpk_id"]
+    for field in ("kpks", "kopks", "next_kem_id"):
+        del records["prekeys"][field]
+    old = Conversations.from_records(
+        {k: json.dumps(v).encode() for k, v in records.items()},
+        clock=clock,
+        random=random.Random(6).randbytes,
+    )
+    assert old.session_post_quantum("bob") is False  # the session goes on, as version 1
+    assert bob.decrypt("alice", *send(old, bob, "still readable")).plaintext == b"still readable"
+    published = old.bundle_to_publish()  # KEM prekeys made at the first publish
+    assert published.kpk is not None and published.kpk.id >= int(NOW) + MAX_CLOCK_ERROR
+    assert all(k.id > published.kpk.id for k in published.kopks)

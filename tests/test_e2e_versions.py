@@ -22,9 +22,12 @@ from whisper_helpers import login, memory_keys
 
 from securechat import Client
 from securechat.client.events import NotPostQuantum, WhisperReceived
+from securechat.client.inbox import MemoryStorage
+from securechat.client.whispers import WhisperKeys
 from securechat.e2e.bundle import Bundle, OneTimePrekey, SignedPrekey
+from securechat.e2e.conversations import Conversations
 from securechat.e2e.errors import BundleError
-from securechat.e2e.identity import PublicIdentity
+from securechat.e2e.identity import Identity, PublicIdentity
 from securechat.e2e.ratchet import decrypt, encrypt, parse_header
 from securechat.protocol import Delivery, FetchKeys, Keys, Whisper, WhisperStatus
 from securechat.server import Server
@@ -93,5 +96,29 @@ def test_a_newer_client_refuses_to_start_a_session_with_an_older_one_and_says_wh
         assert server.store.pending("olduser") == []  # nothing was sent
     finally:
         old.close()
+        if alice is not None:
+            alice.close()
+
+
+def test_an_identity_logging_in_with_an_older_client_loses_its_kem_prekeys_at_once(
+    server: Server, client_ctx: ssl.SSLContext
+) -> None:
+    bob_identity = Identity.generate("bob")
+    bob = login(server, client_ctx, "bob", WhisperKeys(Conversations(bob_identity), MemoryStorage()))
+    assert server.store.prekey_status("bob").kpk_id > 0
+    bob.close()
+    # bob goes back to an older client (protocol version 2): it publishes nothing new for
+    # days (its signed prekey is current), so the server must not keep handing out KEM
+    # prekeys it cannot answer.
+    older = RawIdentity(server, client_ctx, "bob", bob_identity, version=2)
+    alice: Client | None = None
+    try:
+        status = server.store.prekey_status("bob")
+        assert (status.kem_count, status.kpk_id) == (0, 0) and status.count > 0
+        alice = login(server, client_ctx, "alice", memory_keys("alice"))
+        with pytest.raises(BundleError, match="bob's keys have no post-quantum prekey"):
+            alice.whisper("bob", "not under a setup bob's client cannot read")
+    finally:
+        older.close()
         if alice is not None:
             alice.close()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from securechat.protocol import (
@@ -157,7 +159,16 @@ def test_kem_prekey_fields_are_checked() -> None:
         Keys(nick="bob", identity=IDENTITY, spk=SPK, kpk=(kpk,), kopks=kopks[:2])
     with pytest.raises(ValueError, match="1184 bytes"):
         SignedKemPrekeyRecord(id=1, created=0, public=b"k" * 32, signature=b"g" * 64)
-    # A version-2 decoder ignores the fields it does not know: the same frame without them.
     keys = Keys(nick="bob", identity=IDENTITY, spk=SPK, kpk=(kpk,), kopks=kopks[:1])
     assert decode_line(encode(keys)[:-1]) == keys
+    with pytest.raises(ValueError, match="kopks: an id appears twice"):
+        PublishKeys(identity=IDENTITY, spk=SPK, kpk=(kpk,), kopks=(kopks[0], kopks[0]))
+    opk = OneTimePrekeyRecord(id=7, public=b"p" * 32, signature=b"g" * 64)
+    with pytest.raises(ValueError, match="opks: an id appears twice"):
+        PublishKeys(identity=IDENTITY, spk=SPK, opks=(opk, opk))
+    # What lets a version-2 peer read version-3 frames: a field a decoder does not know is
+    # passed over, not refused.
+    newer = json.loads(encode(Keys(nick="bob", identity=IDENTITY, spk=SPK)))
+    newer["a_field_from_a_later_version"] = [1, 2, 3]
+    assert decode_line(json.dumps(newer).encode()) == Keys(nick="bob", identity=IDENTITY, spk=SPK)
     assert PrekeyCount(count=1, kem_count=2, kpk_id=3).to_dict()["kem_count"] == 2

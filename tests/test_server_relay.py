@@ -65,14 +65,14 @@ def test_publish_checks_every_signature_against_the_login_key(
     relay, _, bob = setup
     event = publication(bob)
     with pytest.raises(RelayError, match="not the key you logged in with"):
-        relay.publish("bob", b"z" * 32, event)
+        relay.publish("bob", b"z" * 32, event, kem=True)
     bad_spk = dataclasses.replace(event, spk=dataclasses.replace(event.spk, public=b"q" * 32))
     with pytest.raises(RelayError, match="invalid signature"):
-        relay.publish("bob", bob.identity.sig_key, bad_spk)
+        relay.publish("bob", bob.identity.sig_key, bad_spk, kem=True)
     bad_opk = dataclasses.replace(event, opks=(dataclasses.replace(event.opks[0], id=999_999),))
     with pytest.raises(RelayError, match="one-time prekey"):
-        relay.publish("bob", bob.identity.sig_key, bad_opk)
-    status = relay.publish("bob", bob.identity.sig_key, event)
+        relay.publish("bob", bob.identity.sig_key, bad_opk, kem=True)
+    status = relay.publish("bob", bob.identity.sig_key, event, kem=True)
     assert status.count == 30 and status.spk_id == event.spk.id
 
 
@@ -80,13 +80,13 @@ def test_fetch_hands_out_one_prekey_and_warns_the_owner_when_low(
     setup: tuple[Relay, Hub, Conversations],
 ) -> None:
     relay, hub, bob = setup
-    relay.publish("bob", bob.identity.sig_key, publication(bob, OPK_LOW_WATER + 1))
+    relay.publish("bob", bob.identity.sig_key, publication(bob, OPK_LOW_WATER + 1), kem=True)
     owner = FakeMember()
     hub.join(owner, "bob", lambda room, users: None)
     owner.frames.clear()  # what logging in sent (the room it entered)
-    first = relay.fetch(requester=b"r" * 32, nick="bob")
+    first = relay.fetch(requester=b"r" * 32, nick="bob", kem=True)
     assert len(first.opks) == 1 and owner.frames == []
-    second = relay.fetch(requester=b"r" * 32, nick="BOB")
+    second = relay.fetch(requester=b"r" * 32, nick="BOB", kem=True)
     assert second.opks[0].id != first.opks[0].id
     assert json.loads(owner.frames[-1]) == {
         "type": "prekey_count",
@@ -97,11 +97,11 @@ def test_fetch_hands_out_one_prekey_and_warns_the_owner_when_low(
         "kpk_id": first.kpk[0].id,
     }
     with pytest.raises(RelayError) as info:
-        relay.fetch(requester=b"r" * 32, nick="nobody")
+        relay.fetch(requester=b"r" * 32, nick="nobody", kem=True)
     assert info.value.code == Code.NO_SUCH_USER
     relay.register("carol", b"c" * 32)
     with pytest.raises(RelayError) as info:
-        relay.fetch(requester=b"r" * 32, nick="carol")
+        relay.fetch(requester=b"r" * 32, nick="carol", kem=True)
     assert info.value.code == Code.NO_KEYS
 
 
@@ -195,9 +195,9 @@ def test_one_time_prekeys_held_are_capped_and_a_publish_over_the_cap_is_trimmed(
     relay, _, bob = setup
     cap = ServerConfig().opk_max_held
     for _ in range(3):
-        status = relay.publish("bob", bob.identity.sig_key, new_prekeys(bob, 200))
+        status = relay.publish("bob", bob.identity.sig_key, new_prekeys(bob, 200), kem=True)
     assert status.count == cap  # the reply tells the client what the server holds
-    assert relay.prekey_count("bob").count == cap
+    assert relay.prekey_count("bob", kem=True).count == cap
 
 
 def new_prekeys(conv: Conversations, count: int) -> PublishKeys:
@@ -253,17 +253,17 @@ def test_fetches_beyond_an_owners_limit_carry_no_one_time_prekey_and_a_fast_requ
     _, _, bob = setup
     relay, _, now = small_relay(opk_burst_per_owner=2, fetch_burst=5)
     relay.register("bob", bob.identity.sig_key)
-    relay.publish("bob", bob.identity.sig_key, publication(bob, 30))
-    opks = [len(relay.fetch("bob", requester=bytes([n]) * 32).opks) for n in range(4)]
+    relay.publish("bob", bob.identity.sig_key, publication(bob, 30), kem=True)
+    opks = [len(relay.fetch("bob", requester=bytes([n]) * 32, kem=True).opks) for n in range(4)]
     assert opks == [1, 1, 0, 0]  # the bundle still goes out: setups use the signed prekey
-    assert relay.prekey_count("bob").count == 28
+    assert relay.prekey_count("bob", kem=True).count == 28
     for _ in range(5):
-        relay.fetch("bob", requester=b"x" * 32)
+        relay.fetch("bob", requester=b"x" * 32, kem=True)
     with pytest.raises(RelayError) as info:
-        relay.fetch("bob", requester=b"x" * 32)  # the same identity, whatever its session
+        relay.fetch("bob", requester=b"x" * 32, kem=True)  # the same identity, whatever its session
     assert info.value.code == Code.RATE_LIMITED
     now[0] += 60
-    assert len(relay.fetch("bob", requester=b"y" * 32).opks) == 1
+    assert len(relay.fetch("bob", requester=b"y" * 32, kem=True).opks) == 1
 
 
 def test_a_nick_nobody_logs_in_to_is_released_when_claimed_or_swept_unless_its_owner_is_online() -> None:
@@ -374,27 +374,27 @@ def test_kem_prekeys_are_published_and_each_one_time_one_handed_out_once(
     setup: tuple[Relay, Hub, Conversations],
 ) -> None:
     relay, _, bob = setup
-    status = relay.publish("bob", bob.identity.sig_key, publication(bob, 5, 3))
+    status = relay.publish("bob", bob.identity.sig_key, publication(bob, 5, 3), kem=True)
     kpk_id = bob.secrets.current_kpk().id  # type: ignore[union-attr]
     assert (status.kem_count, status.kpk_id) == (3, kpk_id)
-    fetched = [relay.fetch(requester=b"r" * 32, nick="bob") for _ in range(4)]
+    fetched = [relay.fetch(requester=b"r" * 32, nick="bob", kem=True) for _ in range(4)]
     handed = [k.kopks[0].id for k in fetched if k.kopks]
     assert len(handed) == 3 == len(set(handed)) and not fetched[3].kopks
     assert all(k.kpk[0].id == kpk_id for k in fetched)  # the last-resort one, every time
     # A session of protocol version 2 gets no KEM prekey, and burns no one-time one.
-    relay.publish("bob", bob.identity.sig_key, publication(bob, 0, 2))
+    relay.publish("bob", bob.identity.sig_key, publication(bob, 0, 2), kem=True)
     old = relay.fetch(requester=b"r" * 32, nick="bob", kem=False)
-    assert (old.kpk, old.kopks) == ((), ()) and relay.prekey_count("bob").kem_count == 2
+    assert (old.kpk, old.kopks) == ((), ()) and relay.prekey_count("bob", kem=True).kem_count == 2
     assert relay.prekey_count("bob", kem=False).kem_count == 0
 
 
 def test_a_publish_without_a_kem_prekey_removes_those_held(setup: tuple[Relay, Hub, Conversations]) -> None:
     relay, _, bob = setup
-    relay.publish("bob", bob.identity.sig_key, publication(bob, 5, 3))
+    relay.publish("bob", bob.identity.sig_key, publication(bob, 5, 3), kem=True)
     older_client = dataclasses.replace(publication(bob, 0, 0), kpk=())
-    status = relay.publish("bob", bob.identity.sig_key, older_client)
+    status = relay.publish("bob", bob.identity.sig_key, older_client, kem=True)
     assert (status.kem_count, status.kpk_id) == (0, 0)  # no post-quantum setup is sent to it
-    assert relay.fetch(requester=b"r" * 32, nick="bob").kpk == ()
+    assert relay.fetch(requester=b"r" * 32, nick="bob", kem=True).kpk == ()
 
 
 def test_a_kem_prekey_with_a_bad_signature_is_refused(setup: tuple[Relay, Hub, Conversations]) -> None:
@@ -402,8 +402,8 @@ def test_a_kem_prekey_with_a_bad_signature_is_refused(setup: tuple[Relay, Hub, C
     good = publication(bob, 0, 1)
     bad_kpk = dataclasses.replace(good.kpk[0], signature=bytes(64))
     with pytest.raises(RelayError, match="post-quantum prekey"):
-        relay.publish("bob", bob.identity.sig_key, dataclasses.replace(good, kpk=(bad_kpk,)))
+        relay.publish("bob", bob.identity.sig_key, dataclasses.replace(good, kpk=(bad_kpk,)), kem=True)
     bad_kopk = dataclasses.replace(good.kopks[0], signature=bytes(64))
     with pytest.raises(RelayError, match="one-time post-quantum prekey"):
-        relay.publish("bob", bob.identity.sig_key, dataclasses.replace(good, kopks=(bad_kopk,)))
-    assert relay.prekey_count("bob").kpk_id == 0
+        relay.publish("bob", bob.identity.sig_key, dataclasses.replace(good, kopks=(bad_kopk,)), kem=True)
+    assert relay.prekey_count("bob", kem=True).kpk_id == 0

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from disk_helpers import fill, needs_root
 
-from securechat.protocol import KeyIdentity, OneTimePrekeyRecord, SignedPrekeyRecord
+from securechat.protocol import (
+    KeyIdentity,
+    OneTimeKemPrekeyRecord,
+    OneTimePrekeyRecord,
+    SignedKemPrekeyRecord,
+    SignedPrekeyRecord,
+)
 from securechat.server import store as store_module
 from securechat.server.store import (
     SCHEMA_VERSION,
@@ -32,6 +38,33 @@ SPK = SignedPrekeyRecord(id=1, created=100, public=b"p" * 32, signature=b"x" * 6
 
 def opks(*ids: int) -> tuple[OneTimePrekeyRecord, ...]:
     return tuple(OneTimePrekeyRecord(id=i, public=bytes([i]) * 32, signature=b"o" * 64) for i in ids)
+
+
+def kpk(key_id: int) -> SignedKemPrekeyRecord:
+    return SignedKemPrekeyRecord(id=key_id, created=100, public=bytes([key_id]) * 1184, signature=b"k" * 64)
+
+
+def kopks(*ids: int) -> tuple[OneTimeKemPrekeyRecord, ...]:
+    return tuple(OneTimeKemPrekeyRecord(id=i, public=bytes([i]) * 1184, signature=b"q" * 64) for i in ids)
+
+
+def test_kem_prekeys_one_time_ones_once_and_gone_with_a_publish_without_them(store: SqliteStore) -> None:
+    store.publish("bob", IDENT, SPK, opks(1), kpk=kpk(10), kopks=kopks(11, 12, 11), max_kem_held=30)
+    assert store.prekey_status("bob") == PrekeyStatus(1, 1, 100, 2, 10)  # a repeated id kept once
+    first = store.take_bundle("bob", kem=True)
+    second = store.take_bundle("bob", kem=True)
+    third = store.take_bundle("bob", kem=True)
+    assert first and second and third
+    assert [b.kopk.id if b.kopk else None for b in (first, second, third)] == [11, 12, None]
+    assert [b.kpk.id if b.kpk else None for b in (first, second, third)] == [10, 10, 10]
+    assert store.take_bundle("bob") is not None and store.take_bundle("bob").kpk is None  # type: ignore[union-attr]
+    store.publish("bob", IDENT, SPK, (), kpk=kpk(20), kopks=kopks(21), max_kem_held=30)  # rotated
+    assert store.prekey_status("bob").kpk_id == 20
+    store.drop_kem_prekeys("bob")  # an older client logged in
+    assert store.prekey_status("bob") == PrekeyStatus(0, 1, 100, 0, 0)
+    store.publish("bob", IDENT, SPK, (), kpk=kpk(30), kopks=kopks(31), max_kem_held=30)
+    store.publish("bob", IDENT, SPK, ())  # a publish without a KPK: its client makes none
+    assert (store.prekey_status("bob").kem_count, store.prekey_status("bob").kpk_id) == (0, 0)
 
 
 @pytest.fixture
@@ -648,6 +681,8 @@ def test_a_rename_moves_the_registration_and_failures_and_drops_the_old_keys(tmp
     clocks = Clocks()
     store = clocks.store(tmp_path / "db.sqlite")
     registered_alice(store)
+    store.publish("alice", IDENT, SPK, (), kpk=kpk(5), kopks=kopks(6, 7))
+    assert store.prekey_status("alice").kem_count == 2
     store.register("carol", CAROL, 1.0)
     clocks.mono += 80
     assert store.rename_user("Alice", "Alice2", ALICE, clocks.wall) is RenameResult.DONE

@@ -127,6 +127,10 @@ class WhisperKeys:
         self._renaming: str | None = None
         # Whether the server holds KEM prekeys (`serve_kem`); guarded by _lock.
         self._kem_server = False
+        # The last-resort KEM prekey id published on this connection (0: none yet): a
+        # server that keeps answering with another id is not sent it again and again.
+        # Guarded by _lock; reset by `serve_kem` at each login.
+        self._kpk_offered = 0
 
     @classmethod
     def in_keystore(cls, keystore: Keystore, nick: str) -> WhisperKeys:
@@ -326,6 +330,7 @@ class WhisperKeys:
         the reader thread at each login, before the login's `prekey_count`."""
         with self._lock:
             self._kem_server = kem
+            self._kpk_offered = 0
 
     def publications(self, status: PrekeyCount) -> list[PublishKeys]:
         """What to publish given the server's view of our prekeys (none if nothing is due),
@@ -365,7 +370,8 @@ class WhisperKeys:
                     new_kem_ids = secrets.new_kopks(
                         KOPK_TARGET - (0 if status.kpk_id == 0 else status.kem_count)
                     )
-            published = status.spk_id == current.id and (not kem or status.kpk_id == kpk.id)
+            kpk_held = status.kpk_id == kpk.id or self._kpk_offered == kpk.id
+            published = status.spk_id == current.id and (not kem or kpk_held)
             if not rotate and not new_ids and not new_kem_ids and published:
                 return []
             self._conv.dirty.add("prekeys")
@@ -381,6 +387,8 @@ class WhisperKeys:
         ident = self._conv.identity
         spk = secrets.signed_spk(ident)
         kpk = secrets.signed_kpk(ident) if self._kem_server and secrets.current_kpk() is not None else None
+        if kpk is not None:
+            self._kpk_offered = kpk.id
         opks = secrets.signed_opks(ident, new_ids)
         kopks = secrets.signed_kopks(ident, list(new_kem_ids)) if kpk is not None else ()
         # Both kinds together: a login's top-up is one frame (and one answer). The limits

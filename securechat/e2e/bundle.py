@@ -198,11 +198,19 @@ def verify_bundle(
         raise BundleError(f"the server sent keys for {ident.user!r} when asked for {user!r}")
     if not ident.binding_valid():
         raise BundleError(f"{user}'s identity keys are not bound by a valid signature")
+
+    def check(public: bytes, size: int, signature: bytes, message: bytes, what: str) -> None:
+        if len(public) != size or not ed25519_verify(ident.sig_key, signature, message):
+            raise BundleError(f"{user}'s {what} has an invalid signature")
+
     spk = bundle.spk
-    if len(spk.public) != KEY_BYTES or not ed25519_verify(
-        ident.sig_key, spk.signature, spk_message(ident.user, spk.id, spk.created, spk.public)
-    ):
-        raise BundleError(f"{user}'s signed prekey has an invalid signature")
+    check(
+        spk.public,
+        KEY_BYTES,
+        spk.signature,
+        spk_message(ident.user, spk.id, spk.created, spk.public),
+        "signed prekey",
+    )
     if spk.created < now - MAX_CLOCK_ERROR - SPK_MAX_AGE:
         days = (MAX_CLOCK_ERROR + SPK_MAX_AGE) // DAY
         raise BundleError(f"{user}'s signed prekey is stale (older than {days} days)")
@@ -211,10 +219,13 @@ def verify_bundle(
     if spk.id < min_spk_id:
         raise BundleError(f"{user}'s signed prekey was rolled back to an older one")
     for opk in bundle.opks:
-        if len(opk.public) != KEY_BYTES or not ed25519_verify(
-            ident.sig_key, opk.signature, opk_message(ident.user, opk.id, opk.public)
-        ):
-            raise BundleError(f"{user}'s one-time prekey has an invalid signature")
+        check(
+            opk.public,
+            KEY_BYTES,
+            opk.signature,
+            opk_message(ident.user, opk.id, opk.public),
+            "one-time prekey",
+        )
     kpk = bundle.kpk
     if kpk is None:
         if require_kem:
@@ -223,19 +234,16 @@ def verify_bundle(
                 "version 2 of the end-to-end protocol, or the server withheld it; "
                 "no session is started without one"
             )
-    elif len(kpk.public) != KEM_PUBLIC_BYTES or not ed25519_verify(
-        ident.sig_key, kpk.signature, kpk_message(ident.user, kpk.id, kpk.created, kpk.public)
-    ):
-        raise BundleError(f"{user}'s post-quantum prekey has an invalid signature")
-    elif not now - MAX_CLOCK_ERROR - SPK_MAX_AGE <= kpk.created <= now + MAX_CLOCK_ERROR + CLOCK_SKEW:
-        raise BundleError(f"{user}'s post-quantum prekey is stale or dated in the future")
-    elif kpk.id < min_kpk_id:
-        raise BundleError(f"{user}'s post-quantum prekey was rolled back to an older one")
+    else:
+        message = kpk_message(ident.user, kpk.id, kpk.created, kpk.public)
+        check(kpk.public, KEM_PUBLIC_BYTES, kpk.signature, message, "post-quantum prekey")
+        if not now - MAX_CLOCK_ERROR - SPK_MAX_AGE <= kpk.created <= now + MAX_CLOCK_ERROR + CLOCK_SKEW:
+            raise BundleError(f"{user}'s post-quantum prekey is stale or dated in the future")
+        if kpk.id < min_kpk_id:
+            raise BundleError(f"{user}'s post-quantum prekey was rolled back to an older one")
     for kopk in bundle.kopks:
-        if len(kopk.public) != KEM_PUBLIC_BYTES or not ed25519_verify(
-            ident.sig_key, kopk.signature, kopk_message(ident.user, kopk.id, kopk.public)
-        ):
-            raise BundleError(f"{user}'s one-time post-quantum prekey has an invalid signature")
+        message = kopk_message(ident.user, kopk.id, kopk.public)
+        check(kopk.public, KEM_PUBLIC_BYTES, kopk.signature, message, "one-time post-quantum prekey")
 
 
 @dataclass

@@ -21,7 +21,16 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from ..protocol import fold_nick, is_valid_nick
-from .bundle import KOPK_TARGET, OPK_TARGET, Bundle, PrekeySecrets, StoredKpk, StoredSpk, verify_bundle
+from .bundle import (
+    KOPK_TARGET,
+    MAX_CLOCK_ERROR,
+    OPK_TARGET,
+    Bundle,
+    PrekeySecrets,
+    StoredKpk,
+    StoredSpk,
+    verify_bundle,
+)
 from .errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
 from .identity import Identity, PublicIdentity
 from .primitives import KEM_SEED_BYTES, KEY_BYTES, SIG_BYTES, DhKeyPair, KemKeyPair, Random
@@ -108,8 +117,8 @@ class Whisper:
     sender: PublicIdentity
     plaintext: bytes
     trust: Trust
-    new_session: bool = False
-    post_quantum: bool = True
+    new_session: bool
+    post_quantum: bool
 
 
 def _b64(data: bytes) -> str:
@@ -621,7 +630,7 @@ class Conversations:
             raise ValueError("keystore record 'identity' is missing")
         conv = cls(_load(records, "identity", _identity_from), random=random, clock=clock)
         if "prekeys" in records:
-            conv.secrets = _load(records, "prekeys", _prekeys_from)
+            conv.secrets = _load(records, "prekeys", functools.partial(_prekeys_from, now=clock()))
         if _LEGACY_PINS in records:
             conv.pins = _load(records, _LEGACY_PINS, _pins_from)
             # Written as one record per pin, and the old record deleted, at the next save.
@@ -679,7 +688,7 @@ def _identity_from(d: object) -> Identity:
     return Identity(f.nick("user"), f.key("sig", KEY_BYTES), DhKeyPair(f.key("dh", KEY_BYTES)))
 
 
-def _prekeys_from(d: object) -> PrekeySecrets:
+def _prekeys_from(d: object, *, now: float) -> PrekeySecrets:
     f = SavedFields(d, "")
     secrets = PrekeySecrets(next_spk_id=f.integer("next_spk_id"), next_opk_id=f.integer("next_opk_id"))
     for i, entry in enumerate(f.items("spks")):
@@ -702,7 +711,14 @@ def _prekeys_from(d: object) -> PrekeySecrets:
             raise ValueError(f"{where}: id {opk_id} is out of order")
         secrets.opks[opk_id] = DhKeyPair(saved_key(private, where, KEY_BYTES))
     if not f.has("next_kem_id"):
-        return secrets  # a keystore from before version 2: KEM prekeys are made at the next publish
+        # A keystore a version-1 client wrote: new, or rewritten by an older client after
+        # a newer one used it (which drops the fields it does not know). KEM prekey ids
+        # start above any that newer client can have used, so that peers who saw them do
+        # not take the next ones for a rollback: the clock's seconds, which outrun ids (a
+        # few a week) by far, whatever earlier start they had, plus the most the clock may
+        # be behind (`MAX_CLOCK_ERROR`).
+        secrets.next_kem_id = max(1, int(now) + MAX_CLOCK_ERROR)
+        return secrets
     secrets.next_kem_id = f.integer("next_kem_id")
     for i, entry in enumerate(f.items("kpks")):
         where = f"kpks[{i}]"

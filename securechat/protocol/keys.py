@@ -204,6 +204,9 @@ class PublishKeys(Event):
             raise ValueError(f"kopks: at most {MAX_KOPKS_PER_PUBLISH} per publish")
         if self.kopks and not self.kpk:
             raise ValueError("kopks: only with a kpk")
+        for name, ids in (("opks", [o.id for o in self.opks]), ("kopks", [k.id for k in self.kopks])):
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"{name}: an id appears twice")
 
 
 @dataclass(frozen=True, kw_only=True)

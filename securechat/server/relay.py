@@ -174,7 +174,7 @@ class Relay:
         is still queued, and its failures, move to `new`."""
         return self._store.rename_user(old, new, sig_key, self._clock())
 
-    def prekey_count(self, nick: str, *, kem: bool = True) -> PrekeyCount:
+    def prekey_count(self, nick: str, *, kem: bool) -> PrekeyCount:
         """`nick`'s prekeys as the directory holds them; with `kem` (a session of protocol
         version 3) also its KEM prekeys."""
         status = self._store.prekey_status(nick)
@@ -188,9 +188,10 @@ class Relay:
 
     # -- directory --------------------------------------------------------------------
 
-    def publish(self, nick: str, sig_key: bytes, event: PublishKeys) -> PrekeyCount:
+    def publish(self, nick: str, sig_key: bytes, event: PublishKeys, *, kem: bool) -> PrekeyCount:
         """Store published keys after checking every signature against the login key.
 
+        `kem`: the session speaks protocol version 3 (the answer's KEM counts are for it).
         One-time prekeys beyond `opk_max_held` are dropped, not refused: the identity and
         signed prekey (perhaps a rotation) must still be taken, and the answer's count
         tells the client what the server holds. Those dropped are not checked either.
@@ -221,13 +222,18 @@ class Relay:
         self._store.publish(
             nick, event.identity, event.spk, opks, max_held=cap, kpk=kpk, kopks=kopks, max_kem_held=kem_cap
         )
-        return self.prekey_count(nick)
+        return self.prekey_count(nick, kem=kem)
+
+    def drop_kem_prekeys(self, nick: str) -> None:
+        """Forget `nick`'s KEM prekeys: its client (protocol version 2 or older) cannot
+        answer a post-quantum setup. Raises `StoreUnavailable`."""
+        self._store.drop_kem_prekeys(nick)
 
     def publish_cost(self, event: PublishKeys) -> float:
         """Request tokens a publish costs beyond its frame's own: its signature checks."""
         return (len(event.opks) + len(event.kpk) + len(event.kopks)) / self._config.opks_per_request_token
 
-    def fetch(self, nick: str, *, requester: bytes, ref: str = "", kem: bool = True) -> Keys:
+    def fetch(self, nick: str, *, requester: bytes, ref: str = "", kem: bool) -> Keys:
         """`nick`'s bundle for the identity `requester`, with one one-time prekey, which is
         never handed out again; with none when `nick` has run out or the prekey limits
         say so (see prekeylimits.py): the setup then uses the signed prekey alone. With

@@ -325,6 +325,9 @@ class Store(Protocol):
     def prekey_status(self, nick: str) -> PrekeyStatus:
         """What the directory holds of `nick`'s prekeys."""
 
+    def drop_kem_prekeys(self, nick: str) -> None:
+        """Remove every KEM prekey of `nick` (its client cannot use them)."""
+
     def enqueue(
         self,
         recipient: str,
@@ -694,11 +697,11 @@ def _publish_kem(
     held = {
         row[0] for row in db.execute("SELECT id FROM kem_prekeys WHERE nick_key=? AND last_resort=0", (key,))
     }
-    fresh = [k for k in kopks if k.id not in held and k.id != kpk.id]
+    fresh = list({k.id: k for k in kopks if k.id not in held and k.id != kpk.id}.values())
     if max_held is not None:
         fresh = fresh[: max(0, max_held - len(held))]
     db.executemany(
-        "INSERT INTO kem_prekeys VALUES (?, ?, 0, 0, ?, ?)",
+        "INSERT OR IGNORE INTO kem_prekeys VALUES (?, ?, 0, 0, ?, ?)",
         [(key, k.id, k.public, k.signature) for k in fresh],
     )
 
@@ -1345,6 +1348,14 @@ class SqliteStore:
             ),
             kopk,
         )
+
+    def drop_kem_prekeys(self, nick: str) -> None:
+        key = fold_nick(nick)
+        with self._read() as db:  # most logins have none to drop: no write transaction then
+            held = db.execute("SELECT 1 FROM kem_prekeys WHERE nick_key=? LIMIT 1", (key,)).fetchone()
+        if held is not None:
+            with self._tx() as db:
+                db.execute("DELETE FROM kem_prekeys WHERE nick_key=?", (key,))
 
     def prekey_status(self, nick: str) -> PrekeyStatus:
         key = fold_nick(nick)

@@ -424,7 +424,9 @@ class SessionLogic:
                         "publishing keys too fast: each one-time prekey costs a signature check; "
                         "try again in a moment",
                     )
-                self._reply(self._relay.publish(self.nick, self.sig_key, event))
+                self._reply(
+                    self._relay.publish(self.nick, self.sig_key, event, kem=self._version >= KEM_VERSION)
+                )
             elif isinstance(event, FetchKeys):
                 self._reply(
                     self._relay.fetch(
@@ -524,7 +526,13 @@ class SessionLogic:
             return
         self.sig_key = claim.identity
         if self._login(claim):
-            self._reply(self._relay.prekey_count(claim.nick, kem=self._version >= KEM_VERSION))
+            kem = self._version >= KEM_VERSION
+            if not kem:
+                # Its client cannot answer a post-quantum setup (nor even read one: its
+                # headers are over version 2's limit); an older client's publish may not
+                # come for days, so its KEM prekeys go now, and peers set up as it can.
+                self._relay.drop_kem_prekeys(claim.nick)
+            self._reply(self._relay.prekey_count(claim.nick, kem=kem))
             # A page of what waited; more as acks come back (see backlog.py).
             self._backlog = self._relay.backlog(claim.nick)
             for delivery in self._backlog.start():
