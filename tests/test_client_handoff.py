@@ -166,3 +166,43 @@ def test_another_user_cannot_reach_the_handoff_socket(tmp_path: Path) -> None:
     finally:
         listener.close()
     assert probe.returncode != 0 and "PermissionError" in probe.stderr
+
+
+def test_a_second_json_client_under_a_held_identity_attaches_to_the_running_one(
+    server: Server,
+    client_ctx: ssl.SSLContext,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    holder = JsonClient("alice", server, cert_files["ca"], tmp_path)
+    attached: JsonClient | None = None
+    try:
+        assert holder.until("welcome")["nick"] == "alice"
+        keystore = default_keystore_dir("127.0.0.1", server.address[1], "alice")
+        _until(lambda: (keystore / SOCKET_NAME).exists(), "the handoff socket")
+        attached = JsonClient("alice", server, cert_files["ca"], tmp_path)  # a bot under alice's name
+        assert attached.until("welcome")["nick"] == "alice"  # the running client's
+        attached.send(type="whisper", to="bob", text="from the attached bot")
+        sent = attached.until("whisper_sent")
+        got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+        assert isinstance(got, WhisperReceived) and (got.sender, got.text) == (
+            "alice",
+            "from the attached bot",
+        )
+        assert attached.until("whisper_status")["id"] == sent["id"]
+        bob.whisper("alice", "to every program of alice's")
+        for program in (holder, attached):  # both see it: one client, two views
+            assert program.until("whisper")["text"] == "to every program of alice's"
+        attached.send(type="quit")  # detaches: alice's client goes on
+        assert attached.proc.wait(TIMEOUT) == 0
+        holder.send(type="say", text="still here")
+        assert holder.until("message")["text"] == "still here" and holder.proc.poll() is None
+    finally:
+        if attached is not None and attached.proc.poll() is None:
+            attached.proc.kill()
+        holder.send(type="quit")
+        holder.proc.wait(TIMEOUT)
+        bob.close()

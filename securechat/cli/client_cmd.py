@@ -281,6 +281,12 @@ def _open_keys(
 
 
 def run_client(args: argparse.Namespace) -> int:
+    if args.json and not args.guest:
+        from ..client.keystore import Keystore, default_keystore_dir
+
+        directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+        if Keystore.exists(directory) and Keystore.holder(directory) is not None:
+            return _attach_json(directory)
     client = _connected(args, reconnect=True)
     if client is None:
         return EXIT_FAILED
@@ -459,3 +465,18 @@ def _known_nick(args: argparse.Namespace) -> str:
             "`securechat client --nick NAME` (it makes your keys), or pass --nick"
         )
     raise UsageError(f"several identities for {where} here ({', '.join(nicks)}): pass --nick")
+
+
+def _attach_json(directory: Path) -> int:
+    """`client --json` while another process (a chat client, a bot) holds the keystore:
+    JSON mode through it (client/handoff.py), so the ratchet keeps one writer."""
+    from ..client.handoff import HandoffRefused, attach
+    from ..client.keystore import Keystore, KeystoreBusy
+
+    print("securechat: your keys are in use by a running client: attached to it", file=sys.stderr)
+    try:
+        return attach(directory, sys.stdin, sys.stdout)
+    except HandoffRefused:
+        busy = KeystoreBusy(directory, Keystore.holder(directory))
+        print(f"securechat: {busy} (it takes no handoff: try again when it ends)", file=sys.stderr)
+        return EXIT_FAILED

@@ -16,6 +16,10 @@ connection:
            of that whisper until "delivered" or "failed" or `wait` seconds, then
            {"type": "done"}
     {"type": "say", "room": ROOM, "text": TEXT}  -> {"type": "relayed"}
+    {"type": "attach"}
+        -> JSON mode over the connection (jsonmode.serve_attached): the running client's
+           events as they come, the attached program's commands acted on, until it sends
+           "quit" or closes its side (`securechat client --json` under a held identity)
 
 and {"type": "error", "reason": ...} when the holder refuses or cannot send.
 """
@@ -33,13 +37,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 from ..e2e.errors import E2EError
 from ..protocol import DEFAULT_ROOM
 from .session import Client
 
-__all__ = ["SOCKET_NAME", "HandoffRefused", "HandoffServer", "hand_off"]
+__all__ = ["SOCKET_NAME", "HandoffRefused", "HandoffServer", "attach", "hand_off"]
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +144,20 @@ class HandoffServer:
                 conn.settimeout(_REQUEST_TIMEOUT)
                 with conn.makefile("rb") as reader:
                     request = _read_line(reader)
-                conn.settimeout(None)
-                self._answer(conn, request)
+                    conn.settimeout(None)
+                    if request.get("type") == "attach":
+                        self._attach(conn, reader)
+                    else:
+                        self._answer(conn, request)
             except (OSError, ValueError) as exc:
                 log.info("handoff: %s", exc)
+
+    def _attach(self, conn: socket.socket, reader: BinaryIO) -> None:
+        """A JSON program attached to this client until it detaches (its connection's thread)."""
+        from .jsonmode import serve_attached  # jsonmode is the layer above this one's peers
+
+        lines = (raw.decode("utf-8", "replace") for raw in iter(lambda: reader.readline(_MAX_REQUEST), b""))
+        serve_attached(self._client, lines, lambda text: conn.sendall(text.encode()))
 
     def _answer(self, conn: socket.socket, request: dict[str, Any]) -> None:
         kind, text = request.get("type"), request.get("text")
@@ -178,6 +192,47 @@ class HandoffServer:
             _send(conn, {"type": "done"})
         except (E2EError, LookupError, ConnectionError, TimeoutError, ValueError) as exc:
             _send(conn, {"type": "error", "reason": str(exc)})
+
+
+def attach(directory: Path, stdin: TextIO, stdout: TextIO) -> int:
+    """`securechat client --json` while another process holds the keystore: JSON mode
+    through the holder (its events out, our commands in) until our input ends or a
+    "quit" (which detaches; the holder goes on) or the holder goes away. Raises
+    `HandoffRefused` if nothing listens. Returns 0, or 1 if the holder went away first."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            with _addressable(socket_path(directory)) as address:
+                conn.connect(address)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise HandoffRefused(str(exc)) from None
+        _send(conn, {"type": "attach"})
+        holder_gone = threading.Event()
+        detaching = threading.Event()  # our input ended, or we said "quit"
+
+        def commands() -> None:
+            """Our input to the holder (its thread); at its end our side is closed, which
+            detaches us, as a "quit" does."""
+            with contextlib.suppress(OSError):
+                for line in stdin:
+                    if holder_gone.is_set():
+                        return
+                    if _is_quit(line):
+                        detaching.set()
+                    conn.sendall(line.encode() if line.endswith("\n") else (line + "\n").encode())
+                detaching.set()
+                conn.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=commands, name="securechat-attach-in", daemon=True)
+        sender.start()
+        with conn.makefile("rb") as reader:
+            for raw in iter(lambda: reader.readline(_MAX_REQUEST), b""):
+                stdout.write(raw.decode("utf-8", "replace"))
+                stdout.flush()
+        holder_gone.set()
+        return 0 if detaching.is_set() else 1  # else the holder ended it
+    finally:
+        conn.close()
 
 
 def hand_off(directory: Path, request: dict[str, Any], timeout: float) -> Iterator[dict[str, Any]]:
@@ -217,6 +272,14 @@ def _addressable(path: Path) -> Iterator[str]:
         yield f"/proc/self/fd/{fd}/{path.name}"
     finally:
         os.close(fd)
+
+
+def _is_quit(line: str) -> bool:
+    try:
+        command = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(command, dict) and command.get("type") == "quit"
 
 
 def _same_user(conn: socket.socket) -> bool:

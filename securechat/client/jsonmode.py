@@ -35,9 +35,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import queue
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from ..e2e.errors import E2EError
@@ -108,6 +109,10 @@ def _as_json(item: object) -> dict[str, Any]:
     return {"type": kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in body.items()}}
 
 
+#: What a command may fail with: told to the program as a `command_error`, never fatal.
+_COMMAND_ERRORS = (ValueError, KeyError, TypeError, LookupError, E2EError, ConnectionError, TimeoutError)
+
+
 def run_json(client: Client, stdin: TextIO, stdout: TextIO) -> int:
     """Serve one connected client over JSON lines until quit, end of input or disconnection.
 
@@ -150,7 +155,7 @@ def run_json(client: Client, stdin: TextIO, stdout: TextIO) -> int:
                 raise ValueError("a command is a JSON object")
             with lock:  # see `lock`: the pump waits meanwhile; the reader does not
                 _run(client, command, emit, quitting)
-        except (ValueError, KeyError, TypeError, LookupError, E2EError, ConnectionError, TimeoutError) as exc:
+        except _COMMAND_ERRORS as exc:
             emit({"type": "command_error", "reason": str(exc), "command": line.strip()[:200]})
         if quitting.is_set():
             break
@@ -162,6 +167,63 @@ def run_json(client: Client, stdin: TextIO, stdout: TextIO) -> int:
     client.close()
     reader.join(5.0)
     return 1 if lost and lost[0] else 0
+
+
+def serve_attached(client: Client, lines: Iterable[str], write: Callable[[str], None]) -> None:
+    """JSON mode for a program attached to a running client (`securechat client --json`
+    while another process holds the identity's keystore: client/handoff.py). It sees every
+    event the running client's own program takes, from now on, and its commands act on
+    that client; "quit" or the end of its input detaches it: the client itself goes on,
+    never quit or closed from here. Returns when detached, or once the client is
+    disconnected. Called by the handoff connection's thread."""
+    lock = threading.RLock()  # as in `run_json`: whisper_sent before any status of it
+
+    def emit(obj: dict[str, Any]) -> None:
+        with lock:
+            write(dumps(obj) + "\n")
+
+    done = threading.Event()
+    not_quitting = threading.Event()  # `_run` sets it for "quit"; here "quit" only detaches
+    with client.watch_events() as events:
+
+        def pump() -> None:
+            """The attached program's event thread."""
+            while not done.is_set():
+                try:
+                    item = events.get(timeout=0.2)  # and look at `done` between events
+                except queue.Empty:
+                    continue
+                try:
+                    emit(_as_json(item))
+                except OSError:  # the attached program went away
+                    break
+                if isinstance(item, Disconnected):
+                    break
+            done.set()
+
+        if client.welcome is not None:
+            emit(client.welcome.to_dict())
+        thread = threading.Thread(target=pump, name="securechat-json-attached", daemon=True)
+        thread.start()
+        try:
+            for line in lines:
+                if done.is_set():
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    command = json.loads(line)
+                    if not isinstance(command, dict):
+                        raise ValueError("a command is a JSON object")
+                    if command.get("type") == "quit":
+                        break
+                    with lock:
+                        _run(client, command, emit, not_quitting)
+                except _COMMAND_ERRORS as exc:
+                    emit({"type": "command_error", "reason": str(exc), "command": line.strip()[:200]})
+        finally:
+            done.set()
+            thread.join(5.0)
 
 
 def _flag(command: dict[str, Any], name: str) -> bool:

@@ -323,6 +323,10 @@ class Client:
         # Queues that get a copy of every status of a whisper of ours (`watch_statuses`:
         # the handoff of another process's whisper). Guarded by _watch_lock; the reader puts.
         self._status_watchers: list[queue.Queue[WhisperStatus]] = []
+        # Queues that get a copy of every event the program takes (`watch_events`: a
+        # JSON program attached through the handoff). Guarded by _watch_lock; filled by
+        # whichever thread takes events.
+        self._event_watchers: list[queue.Queue[ClientEvent]] = []
         self._watch_lock = threading.Lock()
         # Connections in a row that ended `Ending.BROKEN`; reader only.
         self._broken_in_a_row = 0
@@ -1103,6 +1107,9 @@ class Client:
             self._events.put(item)
         if self._events.qsize() < self._max_events // 2:
             self._caught_up.set()
+        with self._watch_lock:
+            for watcher in self._event_watchers:
+                watcher.put(item)
         return item
 
     def _mark_handed(self) -> None:
@@ -1538,6 +1545,20 @@ class Client:
         finally:
             with self._watch_lock:
                 self._status_watchers.remove(watcher)
+
+    @contextlib.contextmanager
+    def watch_events(self) -> Iterator[queue.Queue[ClientEvent]]:
+        """A queue that gets a copy of every event the program takes (`next_event`,
+        `wait_for_any`) while the block runs, in the order it takes them: a second view
+        of this client for another program (client/handoff.py). Any thread."""
+        watcher: queue.Queue[ClientEvent] = queue.Queue()
+        with self._watch_lock:
+            self._event_watchers.append(watcher)
+        try:
+            yield watcher
+        finally:
+            with self._watch_lock:
+                self._event_watchers.remove(watcher)
 
     def close(self) -> None:
         """Drop the connection (without a quit), stop reconnecting, and wait for the
