@@ -260,3 +260,55 @@ def test_windows_switch_show_activity_and_scroll_back(
     pane.keys("Enter")
     pane.wait_for(r"EXIT=0")
     bob.close()
+
+
+def test_a_script_sends_under_the_same_name_while_the_person_chats_and_nobody_is_thrown_out(
+    alice_terminal: Pane,
+    server: Server,
+    client_ctx: ssl.SSLContext,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    pane = alice_terminal
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    pane.wait_for(r"127\.0\.0\.1:\d+ \| alice \| connected")
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "SECURECHAT_PASSPHRASE": ""}
+    handoff = Path(
+        tmp_path / "xdg" / "securechat" / f"localhost_{server.address[1]}" / "alice" / "handoff.sock"
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while not handoff.exists():  # the chat client listens once it is logged in
+        assert time.monotonic() < deadline, "the chat client never offered a handoff"
+        time.sleep(0.05)
+    sent = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "securechat",
+            "send",
+            "--to",
+            "bob",
+            "--port",
+            str(server.address[1]),
+            "--cafile",
+            cert_files["ca"],
+            "the build is green",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT * 3,
+    )
+    assert sent.returncode == 0, sent.stderr  # delivered, by the chat client
+    assert "sent by your running client" in sent.stderr
+    got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+    assert isinstance(got, WhisperReceived) and (got.sender, got.text) == ("alice", "the build is green")
+    pane.wait_for(r"whisper to bob: delivered")  # the person sees it went
+    pane.type("still chatting")
+    pane.keys("Enter")
+    assert next_said(bob, "alice") == "still chatting"
+    pane.wait_for(r"127\.0\.0\.1:\d+ \| alice \| connected")
+    pane.type("/quit")
+    pane.keys("Enter")
+    pane.wait_for(r"EXIT=0")
+    bob.close()
