@@ -147,16 +147,7 @@ def run_json(client: Client, stdin: TextIO, stdout: TextIO) -> int:
     for line in stdin:
         if ended.is_set():
             break
-        if not line.strip():
-            continue
-        try:
-            command = json.loads(line)
-            if not isinstance(command, dict):
-                raise ValueError("a command is a JSON object")
-            with lock:  # see `lock`: the pump waits meanwhile; the reader does not
-                _run(client, command, emit, quitting)
-        except _COMMAND_ERRORS as exc:
-            emit({"type": "command_error", "reason": str(exc), "command": line.strip()[:200]})
+        _command_line(client, line, emit, lock, quitting)
         if quitting.is_set():
             break
     if not ended.is_set() and not quitting.is_set():
@@ -183,7 +174,6 @@ def serve_attached(client: Client, lines: Iterable[str], write: Callable[[str], 
             write(dumps(obj) + "\n")
 
     done = threading.Event()
-    not_quitting = threading.Event()  # `_run` sets it for "quit"; here "quit" only detaches
     with client.watch_events() as events:
 
         def pump() -> None:
@@ -207,23 +197,39 @@ def serve_attached(client: Client, lines: Iterable[str], write: Callable[[str], 
         thread.start()
         try:
             for line in lines:
-                if done.is_set():
+                if done.is_set() or _command_line(client, line, emit, lock, detach=True):
                     break
-                if not line.strip():
-                    continue
-                try:
-                    command = json.loads(line)
-                    if not isinstance(command, dict):
-                        raise ValueError("a command is a JSON object")
-                    if command.get("type") == "quit":
-                        break
-                    with lock:
-                        _run(client, command, emit, not_quitting)
-                except _COMMAND_ERRORS as exc:
-                    emit({"type": "command_error", "reason": str(exc), "command": line.strip()[:200]})
         finally:
             done.set()
             thread.join(5.0)
+
+
+def _command_line(
+    client: Client,
+    line: str,
+    emit: Callable[[dict[str, Any]], None],
+    lock: threading.RLock,
+    quitting: threading.Event | None = None,
+    *,
+    detach: bool = False,
+) -> bool:
+    """Run one command line; a failure is told as a `command_error`. With `detach` (an
+    attached program), "quit" only returns True, for the caller to detach, and acts on
+    nothing; otherwise it quits the client (`quitting` is set). The lock is held while
+    the command runs (see `run_json`)."""
+    if not line.strip():
+        return False
+    try:
+        command = json.loads(line)
+        if not isinstance(command, dict):
+            raise ValueError("a command is a JSON object")
+        if detach and command.get("type") == "quit":
+            return True
+        with lock:  # the pump waits meanwhile; the reader does not
+            _run(client, command, emit, quitting or threading.Event())
+    except _COMMAND_ERRORS as exc:
+        emit({"type": "command_error", "reason": str(exc), "command": line.strip()[:200]})
+    return False
 
 
 def _flag(command: dict[str, Any], name: str) -> bool:
