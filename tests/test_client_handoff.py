@@ -4,10 +4,13 @@ handing its whisper to it over the handoff socket (client/handoff.py), over real
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from whisper_helpers import login, memory_keys
 
 from securechat.cli import main
 from securechat.client.events import WhisperReceived
-from securechat.client.handoff import SOCKET_NAME
+from securechat.client.handoff import SOCKET_NAME, HandoffRefused, HandoffServer, hand_off
 from securechat.client.keystore import Keystore, KeystoreBusy, default_keystore_dir
 from securechat.protocol import Message
 from securechat.server import Server
@@ -140,32 +143,77 @@ def test_send_to_a_holder_that_takes_no_handoff_says_who_holds_the_keys(
         proc.wait(TIMEOUT)
 
 
+def _connect_as_nobody(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "/usr/bin/python3",  # nobody may not run this venv's interpreter (under /root)
+            "-c",
+            "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1]); print('reached')",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        user=65534,  # nobody
+    )
+
+
 @pytest.mark.skipif(
     os.getuid() != 0 or not Path("/usr/bin/python3").exists(), reason="needs root (to act as another user)"
 )
-def test_another_user_cannot_reach_the_handoff_socket(tmp_path: Path) -> None:
-    d = tmp_path / "ks"
-    Keystore.create(d, None).close()  # 0700, as every keystore directory
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(d / SOCKET_NAME))
-    listener.listen(1)
-    tmp_path.chmod(0o755)  # so only the keystore directory's own mode stands in the way
+def test_another_user_cannot_reach_the_handoff_socket() -> None:
+    # Under a directory anyone may pass through (pytest's own temporary base is 0700, which
+    # would stop the probe before the keystore's mode is ever tested).
+    base = Path(tempfile.mkdtemp(prefix="securechat-handoff-"))
     try:
-        probe = subprocess.run(
-            [
-                "/usr/bin/python3",  # nobody may not run this venv's interpreter (under /root)
-                "-c",
-                "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])",
-                str(d / SOCKET_NAME),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            user=65534,  # nobody
-        )
+        base.chmod(0o755)
+        d = base / "ks"
+        Keystore.create(d, None).close()  # 0700, as every keystore directory
+        server = HandoffServer(None, d)  # type: ignore[arg-type]  # no request is answered here
+        server.start()
+        try:
+            assert (d / SOCKET_NAME).stat().st_mode & 0o777 == 0o600
+            refused = _connect_as_nobody(d / SOCKET_NAME)
+            assert refused.returncode != 0 and "PermissionError" in refused.stderr
+            # The control: with the directory open to others, only the socket's own mode
+            # stands in the way, and it holds too.
+            d.chmod(0o755)
+            refused = _connect_as_nobody(d / SOCKET_NAME)
+            assert refused.returncode != 0 and "PermissionError" in refused.stderr
+            # With both open (as a careless chmod would leave them) the user nobody does reach it,
+            # which is why the holder checks the caller's uid and `send` the directory's.
+            (d / SOCKET_NAME).chmod(0o666)
+            assert _connect_as_nobody(d / SOCKET_NAME).stdout.strip() == "reached"
+            with pytest.raises(HandoffRefused, match="not private to you"):
+                list(hand_off(d, {"type": "whisper", "to": "bob", "text": "x"}, TIMEOUT))
+        finally:
+            server.close()
     finally:
-        listener.close()
-    assert probe.returncode != 0 and "PermissionError" in probe.stderr
+        shutil.rmtree(base)
+
+
+def test_closing_the_handoff_cuts_its_connections_and_leaves_another_holders_socket(tmp_path: Path) -> None:
+    d = tmp_path / "ks"
+    Keystore.create(d, None).close()
+    first = HandoffServer(None, d)  # type: ignore[arg-type]
+    first.start()
+    idle = socket.socket(socket.AF_UNIX)
+    idle.connect(str(d / SOCKET_NAME))  # connected, and says nothing
+    closer = threading.Thread(target=first.close)
+    closer.start()
+    closer.join(TIMEOUT / 2)  # not one request timeout per connection
+    assert not closer.is_alive() and idle.recv(1) == b""
+    idle.close()
+    # A server whose path another holder bound since (a rename moved the directory, an
+    # /identity switch) leaves that holder's socket alone when it closes.
+    stale = HandoffServer(None, d)  # type: ignore[arg-type]
+    stale.start()
+    current = HandoffServer(None, d)  # type: ignore[arg-type]
+    current.start()  # replaces the file
+    stale.close()
+    assert (d / SOCKET_NAME).exists()
+    current.close()
+    assert not (d / SOCKET_NAME).exists()
 
 
 def test_a_second_json_client_under_a_held_identity_attaches_to_the_running_one(

@@ -350,6 +350,8 @@ def run_send(args: argparse.Namespace) -> int:
     from ..e2e.errors import BundleError, IdentityChanged, NotTrusted
     from ..protocol import Message, WhisperStatus
 
+    if not 0 <= args.wait <= 600:  # also refuses nan and inf
+        raise UsageError("--wait: seconds, from 0 to 600")
     if args.nick is None:
         args.nick = _known_nick(args)
     directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)

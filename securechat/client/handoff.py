@@ -55,6 +55,8 @@ _MAX_REQUEST = 64 * 1024
 _REQUEST_TIMEOUT = 10.0
 #: Linux's limit on a socket path (sun_path), terminating NUL included.
 _MAX_PATH = 108
+#: A send to a handoff peer that has not been read for this long ends that connection.
+_SEND_TIMEOUT = 10.0
 
 
 class HandoffRefused(Exception):
@@ -75,8 +77,11 @@ class HandoffServer:
     def __init__(self, client: Client, directory: Path) -> None:
         self._client = client
         self._path = socket_path(directory)
-        self._listener: socket.socket | None = None  # set by start; closed by close
+        # Written once by `start`, before the accepting thread exists; closed by `close`.
+        self._listener: socket.socket | None = None
+        self._bound: tuple[int, int] | None = None  # the socket file's (dev, ino); as _listener
         self._threads: list[threading.Thread] = []  # guarded by _lock
+        self._conns: set[socket.socket] = set()  # connections being served; guarded by _lock
         self._lock = threading.Lock()
         self._closed = threading.Event()
 
@@ -86,18 +91,18 @@ class HandoffServer:
         self._path.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # Created 0600 (not chmod-ed after: no moment it is open to others). The umask
-            # is the process's: set only around this one call.
-            old_mask = os.umask(0o177)
-            try:
-                with _addressable(self._path) as address:
-                    listener.bind(address)
-            finally:
-                os.umask(old_mask)
+            with _addressable(self._path) as address:
+                listener.bind(address)
+            # Made 0600 after the bind: until then only the 0700 directory's owner could
+            # reach it anyway (the umask, which would avoid the moment, is the whole
+            # process's, and other threads create files).
+            os.chmod(self._path, 0o600)
+            info = os.stat(self._path)
             listener.listen(8)
         except OSError:
             listener.close()
             raise
+        self._bound = (info.st_dev, info.st_ino)
         self._listener = listener
         thread = threading.Thread(target=self._accept, name="securechat-handoff", daemon=True)
         thread.start()
@@ -105,6 +110,9 @@ class HandoffServer:
             self._threads.append(thread)
 
     def close(self) -> None:
+        """Stop answering: the socket goes (only ours: a rename may have moved it, and
+        another holder may have bound that path since), connections being served are cut,
+        and their threads are waited for."""
         self._closed.set()
         listener = self._listener
         if listener is not None:
@@ -112,9 +120,14 @@ class HandoffServer:
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
             with contextlib.suppress(OSError):
-                self._path.unlink()
+                info = os.stat(self._path)
+                if (info.st_dev, info.st_ino) == self._bound:
+                    self._path.unlink()
         with self._lock:
-            threads = list(self._threads)
+            threads, conns = list(self._threads), list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(_REQUEST_TIMEOUT)
@@ -136,6 +149,14 @@ class HandoffServer:
 
     def _serve(self, conn: socket.socket) -> None:
         """One connection's thread: check who it is, read one request, answer it."""
+        with self._lock:
+            if self._closed.is_set():
+                conn.close()
+                return
+            self._conns.add(conn)
+        # A program that stops reading (suspended, say) must not hold this thread for ever:
+        # sends give up after this long (reads wait: an attached program may be idle).
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(_SEND_TIMEOUT), 0))
         with conn:
             try:
                 if not _same_user(conn):
@@ -151,13 +172,21 @@ class HandoffServer:
                         self._answer(conn, request)
             except (OSError, ValueError) as exc:
                 log.info("handoff: %s", exc)
+            finally:
+                with self._lock:
+                    self._conns.discard(conn)
 
     def _attach(self, conn: socket.socket, reader: BinaryIO) -> None:
         """A JSON program attached to this client until it detaches (its connection's thread)."""
         from .jsonmode import serve_attached  # jsonmode is the layer above this one's peers
 
         lines = (raw.decode("utf-8", "replace") for raw in iter(lambda: reader.readline(_MAX_REQUEST), b""))
-        serve_attached(self._client, lines, lambda text: conn.sendall(text.encode()))
+
+        def hang_up() -> None:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+        serve_attached(self._client, lines, lambda text: conn.sendall(text.encode()), hang_up)
 
     def _answer(self, conn: socket.socket, request: dict[str, Any]) -> None:
         kind, text = request.get("type"), request.get("text")
@@ -199,13 +228,8 @@ def attach(directory: Path, stdin: TextIO, stdout: TextIO) -> int:
     through the holder (its events out, our commands in) until our input ends or a
     "quit" (which detaches; the holder goes on) or the holder goes away. Raises
     `HandoffRefused` if nothing listens. Returns 0, or 1 if the holder went away first."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = _connect(directory)
     try:
-        try:
-            with _addressable(socket_path(directory)) as address:
-                conn.connect(address)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise HandoffRefused(str(exc)) from None
         _send(conn, {"type": "attach"})
         holder_gone = threading.Event()
         detaching = threading.Event()  # our input ended, or we said "quit"
@@ -239,15 +263,8 @@ def hand_off(directory: Path, request: dict[str, Any], timeout: float) -> Iterat
     """Send `request` to the holder of the keystore in `directory`; yields its answers.
     Raises `HandoffRefused` if there is no holder listening; `OSError` or `TimeoutError`
     if it stops answering."""
-    path = socket_path(directory)
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = _connect(directory, timeout)
     try:
-        conn.settimeout(timeout)
-        try:
-            with _addressable(path) as address:
-                conn.connect(address)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise HandoffRefused(str(exc)) from None
         _send(conn, request)
         with conn.makefile("rb") as reader:
             while True:
@@ -274,6 +291,33 @@ def _addressable(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
+def _connect(directory: Path, timeout: float | None = None) -> socket.socket:
+    """A connection to the holder of the keystore in `directory`, after checking that the
+    directory is ours and private and that the process answering is ours: a directory
+    others can write to (a --keys of the user's choice) could hold someone else's socket,
+    which would get the whisper in the clear. Raises `HandoffRefused`."""
+    try:
+        info = os.stat(directory)
+    except OSError as exc:
+        raise HandoffRefused(str(exc)) from None
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise HandoffRefused(f"{directory} is not private to you: no handoff through it")
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(timeout)
+        with _addressable(socket_path(directory)) as address:
+            conn.connect(address)
+        if not _same_user(conn):
+            raise HandoffRefused("the process answering for your keystore is not yours")
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        conn.close()
+        raise HandoffRefused(str(exc)) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _is_quit(line: str) -> bool:
     try:
         command = json.loads(line)
@@ -283,8 +327,8 @@ def _is_quit(line: str) -> bool:
 
 
 def _same_user(conn: socket.socket) -> bool:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+    _pid, uid, _gid = struct.unpack("iII", creds)  # uid_t and gid_t are unsigned
     return bool(uid == os.getuid())
 
 

@@ -109,12 +109,14 @@ def server_places(host: str, port: int) -> list[Path]:
 def _server_host(host: str) -> str:
     name = host.strip().strip("[]").lower().rstrip(".")
     try:
-        if ipaddress.ip_address(name).is_loopback:
-            return "localhost"
+        address = ipaddress.ip_address(name)
     except ValueError:
         if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always loopback
             return "localhost"
-    return name
+        return name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return "localhost" if address.is_loopback else address.compressed  # one spelling per address
 
 
 def _marker(directory: Path) -> Path:
@@ -156,7 +158,8 @@ class KeystoreBusy(KeystoreError):
 
 
 class _Hold:
-    """This process's lock on one keystore directory, shared by its keystore objects."""
+    """This process's lock on one keystore directory, shared by its keystore objects.
+    Both fields are guarded by `_holds_lock`."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -179,14 +182,19 @@ def _acquire(directory: Path) -> tuple[int, int]:
         if hold is not None:
             hold.users += 1
             return key
-        fd = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a link (a directory others could write to might point `lock` at a
+        # file of ours, which the pid would overwrite), and only a file of ours.
+        fd = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
+            lock_info = os.fstat(fd)
+            if not stat.S_ISREG(lock_info.st_mode) or lock_info.st_uid != os.getuid():
+                raise KeystoreError(f"{directory / _LOCK} is not a file of yours: not using this keystore")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = _read_pid(fd)
             os.close(fd)
             raise KeystoreBusy(directory, pid) from None
-        except OSError:
+        except (OSError, KeystoreError):
             os.close(fd)
             raise
         os.ftruncate(fd, 0)
@@ -283,12 +291,16 @@ class Keystore:
     @classmethod
     def holder(cls, directory: Path) -> int | None:
         """The pid of another process holding the keystore in `directory`, or None (it is
-        free, or this process holds it). 0 if the holder's pid cannot be read."""
+        free, or this process holds it, or the directory is not private to us: then
+        opening it is what says why). 0 if the holder's pid cannot be read."""
         try:
+            _check_private(directory)
+            if directory.stat().st_uid != os.getuid():
+                return None
             Keystore._probe(directory)
         except KeystoreBusy as busy:
             return busy.pid or 0
-        except OSError:
+        except (OSError, KeystoreError):
             return None
         return None
 
