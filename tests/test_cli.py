@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from chat import TIMEOUT, next_matching
+from whisper_helpers import login, memory_keys
 
 from securechat import Client
 from securechat.cli import main
@@ -433,23 +434,12 @@ def test_send_without_a_nick_uses_the_one_identity_this_machine_has_on_that_serv
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from securechat.client.events import WhisperReceived
-    from securechat.client.inbox import MemoryStorage
-    from securechat.client.whispers import WhisperKeys
-    from securechat.e2e.conversations import Conversations
-    from securechat.e2e.identity import Identity
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     base = ["send", "--port", str(server.address[1]), "--cafile", cert_files["ca"]]
     assert main([*base, "--to", "bob", "hi"]) == 2
     assert "no identity for 127.0.0.1:" in capsys.readouterr().err
-    bob = Client(
-        "bob",
-        context=client_context(cert_files["ca"]),
-        port=server.address[1],
-        timeout=TIMEOUT,
-        keys=WhisperKeys(Conversations(Identity.generate("bob")), MemoryStorage()),
-    )
-    bob.connect()
+    bob = login(server, client_context(cert_files["ca"]), "bob", memory_keys("bob"))  # keys published
     try:
         monkeypatch.setenv("SECURECHAT_PASSPHRASE", "")
         assert main([*base, "--nick", "Alice", "--to", "bob", "first, naming myself"]) == 0

@@ -312,3 +312,44 @@ def test_a_script_sends_under_the_same_name_while_the_person_chats_and_nobody_is
     pane.keys("Enter")
     pane.wait_for(r"EXIT=0")
     bob.close()
+
+
+def test_after_identity_the_handoff_follows_the_new_identity_and_frees_the_old(
+    alice_terminal: Pane,
+    server: Server,
+    client_ctx: ssl.SSLContext,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    pane = alice_terminal
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    pane.wait_for(r"127\.0\.0\.1:\d+ \| alice \| connected")
+    pane.type("/identity carol")
+    pane.keys("Enter")
+    pane.wait_for(r"you are now carol")
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "SECURECHAT_PASSPHRASE": ""}
+
+    def send(nick: str, text: str) -> subprocess.CompletedProcess[str]:
+        port = ["--port", str(server.address[1]), "--cafile", cert_files["ca"]]
+        return subprocess.run(
+            [sys.executable, "-m", "securechat", "send", "--nick", nick, *port, "--to", "bob", text],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=TIMEOUT * 3,
+        )
+
+    as_carol = send("carol", "through the chat screen")
+    assert as_carol.returncode == 0 and "sent by your running client" in as_carol.stderr, as_carol.stderr
+    as_alice = send("alice", "alice's keys are free again")
+    assert as_alice.returncode == 0 and "running client" not in as_alice.stderr, as_alice.stderr
+    texts = []
+    for _ in range(2):
+        got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+        assert isinstance(got, WhisperReceived)
+        texts.append((got.sender, got.text))
+    assert texts == [("carol", "through the chat screen"), ("alice", "alice's keys are free again")]
+    pane.type("/quit")
+    pane.keys("Enter")
+    pane.wait_for(r"EXIT=0")
+    bob.close()

@@ -9,7 +9,6 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -290,33 +289,48 @@ def run_client(args: argparse.Namespace) -> int:
     client = _connected(args, reconnect=True)
     if client is None:
         return EXIT_FAILED
-    with _handoff(client):
-        return _run_client(args, client)
-
-
-@contextlib.contextmanager
-def _handoff(client: Client) -> Iterator[None]:
-    """While this client holds its keystore, `securechat send` under the same identity
-    hands its whisper to it (client/handoff.py) instead of failing on the lock."""
-    from ..client.handoff import HandoffServer
-    from ..client.keystore import Keystore
-
-    storage = client.keys.storage if client.keys is not None else None
-    server = HandoffServer(client, storage.directory) if isinstance(storage, Keystore) else None
+    handoff = _Handoff()
     try:
-        if server is not None:
-            try:
-                server.start()
-            except OSError as exc:  # chat goes on; `send` under this identity says who holds the keys
-                print(f"securechat: note: no handoff for `securechat send`: {exc}", file=sys.stderr)
-                server = None
-        yield
+        handoff.follow(client)
+        return _run_client(args, client, handoff)
     finally:
-        if server is not None:
-            server.close()
+        handoff.close()
 
 
-def _run_client(args: argparse.Namespace, client: Client) -> int:
+class _Handoff:
+    """The handoff of the client that holds its keystore now: while it runs, `securechat
+    send` and `client --json` under the same identity go through it (client/handoff.py)
+    instead of failing on the lock. It follows /identity to the new client. Used by the
+    thread that runs the client (and the chat screen's, for /identity)."""
+
+    def __init__(self) -> None:
+        from ..client.handoff import HandoffServer
+
+        self._server: HandoffServer | None = None
+
+    def follow(self, client: Client) -> None:
+        from ..client.handoff import HandoffServer
+        from ..client.keystore import Keystore
+
+        self.close()
+        storage = client.keys.storage if client.keys is not None else None
+        if not isinstance(storage, Keystore):
+            return
+        server = HandoffServer(client, storage.directory)
+        try:
+            server.start()
+        except OSError as exc:  # chat goes on; `send` under this identity says who holds the keys
+            print(f"securechat: note: no handoff for `securechat send`: {exc}", file=sys.stderr)
+            return
+        self._server = server
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+
+def _run_client(args: argparse.Namespace, client: Client, handoff: _Handoff) -> int:
     if args.json:
         from ..client.jsonmode import run_json
 
@@ -334,13 +348,15 @@ def _run_client(args: argparse.Namespace, client: Client) -> int:
         # /identity NICK (not /nick, which renames this identity): log in as another
         # identity. The keys of the nick being left stay where they are; NICK uses its own.
         try:
-            return _client(
+            new = _client(
                 argparse.Namespace(**{**vars(args), "nick": nick, "keys": None}),
                 reconnect=True,
                 interactive=False,
             )
         except UsageError as exc:
             raise ValueError(str(exc)) from None
+        handoff.follow(new)  # the chat screen lets go of the old keys once it has left them
+        return new
 
     return run_tui(client, theme=theme, bell=not args.no_bell, switch_to=switch_to)
 

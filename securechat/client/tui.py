@@ -876,6 +876,8 @@ class _Tui:
         # unread would reset the connection and could lose the quit itself.
         self._pumps.pop(old).join(timeout=10.0)
         old.close()
+        if old.keys is not None:
+            old.keys.close()  # the identity left: its keystore is free for other programs
         self._say(f"* you are now {sanitize(new_client.nick)}")
 
     def _ignore(self, cmd: Command) -> None:

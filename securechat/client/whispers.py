@@ -325,6 +325,15 @@ class WhisperKeys:
                 raise moved
             return self._publish(new_ids, new_kem_ids)
 
+    def close(self) -> None:
+        """Let go of the storage: a keystore is released for other processes (its lock).
+        For whoever stops using this identity in this process (/identity in the chat
+        screen); the object is not used after."""
+        with self._lock:
+            close = getattr(self._storage, "close", None)
+            if callable(close):
+                close()
+
     def serve_kem(self, kem: bool) -> None:
         """Whether the server holds KEM prekeys (it speaks protocol version 3): told by
         the reader thread at each login, before the login's `prekey_count`."""
