@@ -278,3 +278,16 @@ def test_kem_prekeys_are_published_to_a_server_that_holds_them_in_the_same_frame
     keys.serve_kem(True)
     (relogin,) = keys.publications(dataclasses.replace(held, kpk_id=kpk_id + 1000))
     assert relogin.kpk[0].id == kpk_id and relogin.kopks == ()
+
+
+def test_published_is_known_once_the_server_holds_what_we_would_publish() -> None:
+    keys, _ = engine("bob")
+    keys.serve_kem(True)
+    assert not keys.wait_published(0)  # nothing heard yet
+    (first,) = keys.publications(PrekeyCount(count=0, spk_id=0))  # a first login: keys to send
+    assert not keys.wait_published(0)
+    kpk_id = first.kpk[0].id
+    held = PrekeyCount(count=OPK_TARGET, spk_id=first.spk.id, kem_count=KOPK_TARGET, kpk_id=kpk_id)
+    assert keys.publications(held) == [] and keys.wait_published(0)
+    keys.serve_kem(True)  # the next login starts over
+    assert not keys.wait_published(0)

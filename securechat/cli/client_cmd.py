@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_DELIVERED", "EXIT_FAILED", "EXIT_STORED", "add_parsers"]
 
+#: How long `send` waits, before it leaves, for the server to confirm its keys are published.
+_PUBLISH_WAIT = 5.0
+
 #: `securechat send` exit statuses (2 is a usage error, as everywhere).
 EXIT_DELIVERED = 0
 EXIT_FAILED = 1
@@ -412,6 +415,10 @@ def run_send(args: argparse.Namespace) -> int:
         print(f"securechat: not sent: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        if client.keys is not None:
+            # A first login publishes the identity's keys: they must be out before we go,
+            # or nobody could start a session with this identity until its next login.
+            client.keys.wait_published(_PUBLISH_WAIT)
         client.close()
 
 

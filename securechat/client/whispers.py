@@ -131,6 +131,9 @@ class WhisperKeys:
         # server that keeps answering with another id is not sent it again and again.
         # Guarded by _lock; reset by `serve_kem` at each login.
         self._kpk_offered = 0
+        # Set once the server's `prekey_count` shows it holds what we would publish (this
+        # login's keys are out); cleared at each login (`serve_kem`). Thread-safe itself.
+        self._published = threading.Event()
 
     @classmethod
     def in_keystore(cls, keystore: Keystore, nick: str) -> WhisperKeys:
@@ -334,12 +337,20 @@ class WhisperKeys:
             if callable(close):
                 close()
 
+    def wait_published(self, timeout: float) -> bool:
+        """Wait until the server holds this login's keys (its `prekey_count` says nothing
+        is due); False if `timeout` passed first. For a program that logs in for one
+        message (`securechat send`): leaving before its first publication is confirmed
+        would leave peers with no keys to start a session with. Any thread but the reader."""
+        return self._published.wait(timeout)
+
     def serve_kem(self, kem: bool) -> None:
         """Whether the server holds KEM prekeys (it speaks protocol version 3): told by
         the reader thread at each login, before the login's `prekey_count`."""
         with self._lock:
             self._kem_server = kem
             self._kpk_offered = 0
+            self._published.clear()
 
     def publications(self, status: PrekeyCount) -> list[PublishKeys]:
         """What to publish given the server's view of our prekeys (none if nothing is due),
@@ -382,6 +393,7 @@ class WhisperKeys:
             kpk_held = status.kpk_id == kpk.id or self._kpk_offered == kpk.id
             published = status.spk_id == current.id and (not kem or kpk_held)
             if not rotate and not new_ids and not new_kem_ids and published:
+                self._published.set()
                 return []
             self._conv.dirty.add("prekeys")
             self._save()
