@@ -109,6 +109,9 @@ def test_send_hands_its_whisper_to_the_running_client_and_nobody_is_thrown_out(
         assert isinstance(got, WhisperReceived) and got.sender == "alice"
         assert got.text == "from a script, while alice chats"
         assert main([*base, "--room", "a room line by handoff"]) == 0
+        # A line the server refuses (alice is in no such room) is reported as refused.
+        refused = list(hand_off(keystore, {"type": "say", "room": "#nowhere", "text": "x"}, TIMEOUT))
+        assert refused[-1]["type"] == "error" and "#nowhere" in str(refused[-1]["reason"])
         line = bob.wait_for_any(Message, TIMEOUT)
         assert isinstance(line, Message) and (line.nick, line.text) == ("alice", "a room line by handoff")
         # alice's client is still there, and it was the one that sent: it saw the status.

@@ -389,7 +389,12 @@ def run_send(args: argparse.Namespace) -> int:
         raise UsageError("nothing to send: give TEXT or pipe it in")
     if not args.guest and Keystore.exists(directory) and Keystore.holder(directory) is not None:
         return _send_by_holder(args, directory, text)
-    client = _connected(args, reconnect=False)
+    try:
+        client = _connected(args, reconnect=False)
+    except UsageError:
+        if args.guest or Keystore.holder(directory) is None:
+            raise
+        return _send_by_holder(args, directory, text)  # a client started since we looked
     if client is None:
         return EXIT_FAILED
     try:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from ..e2e.errors import E2EError
-from ..protocol import DEFAULT_ROOM
+from ..protocol import DEFAULT_ROOM, Error, Message, fold_nick, fold_room
 from .session import Client
 
 __all__ = ["SOCKET_NAME", "HandoffRefused", "HandoffServer", "attach", "hand_off"]
@@ -55,6 +55,8 @@ _MAX_REQUEST = 64 * 1024
 _REQUEST_TIMEOUT = 10.0
 #: Linux's limit on a socket path (sun_path), terminating NUL included.
 _MAX_PATH = 108
+#: How long a room line handed over waits for the server's echo (as `send --room`).
+_ECHO_WAIT = 5.0
 #: A send to a handoff peer that has not been read for this long ends that connection.
 _SEND_TIMEOUT = 10.0
 
@@ -188,6 +190,28 @@ class HandoffServer:
 
         serve_attached(self._client, lines, lambda text: conn.sendall(text.encode()), hang_up)
 
+    def _say(self, text: str, room: str) -> dict[str, Any]:
+        """Say `text` in `room` and wait for the server's echo of it ("relayed") or its
+        refusal (an error about that room), as `send --room` does on its own."""
+        with self._client.watch_events() as events:
+            self._client.say(text, room)
+            deadline = time.monotonic() + _ECHO_WAIT
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    item = events.get(timeout=left)
+                except queue.Empty:
+                    break
+                if (
+                    isinstance(item, Message)
+                    and fold_room(item.room) == fold_room(room)
+                    and fold_nick(item.nick) == fold_nick(self._client.nick)
+                    and item.text == text
+                ):
+                    return {"type": "relayed"}
+                if isinstance(item, Error) and fold_room(item.ref) == fold_room(room):
+                    return {"type": "error", "reason": item.reason}
+        return {"type": "error", "reason": "the server did not echo the line in time"}
+
     def _answer(self, conn: socket.socket, request: dict[str, Any]) -> None:
         kind, text = request.get("type"), request.get("text")
         if not isinstance(text, str) or not text:
@@ -196,8 +220,7 @@ class HandoffServer:
         try:
             if kind == "say":
                 room = request.get("room", DEFAULT_ROOM)
-                self._client.say(text, room if isinstance(room, str) else DEFAULT_ROOM)
-                _send(conn, {"type": "relayed"})
+                _send(conn, self._say(text, room if isinstance(room, str) else DEFAULT_ROOM))
                 return
             to, wait = request.get("to"), request.get("wait", 5.0)
             if kind != "whisper" or not isinstance(to, str):
