@@ -17,6 +17,7 @@ from .common import DEFAULT_CERT_DIR, DEFAULT_PORT, UsageError, check_port
 
 if TYPE_CHECKING:
     from ..client import Client
+    from ..client.handoff import HandoffServer
     from ..client.keystore import Keystore
     from ..client.whispers import WhisperKeys
 
@@ -153,7 +154,7 @@ def _unconnected(
     """`_client` before `connect`: options checked, keys open. Also the keystore when it
     was made in this run (None if it existed, or for a guest). Raises `UsageError`."""
     from ..client import Client
-    from ..client.keystore import Keystore, RoomsFile, default_keystore_dir, renamed_to
+    from ..client.keystore import Keystore, KeystoreBusy, RoomsFile, default_keystore_dir, renamed_to
     from ..client.rooms import RoomStore
     from ..e2e.errors import KeystoreError
     from ..transport import client_context
@@ -189,6 +190,8 @@ def _unconnected(
             raise UsageError(_renamed_away(moved_to))
         try:
             keys = _open_keys(directory, args.nick, args.passphrase, interactive=interactive)
+        except KeystoreBusy as exc:
+            raise _KeysBusy(f"cannot open your keys in {directory}: {exc}") from None
         except (KeystoreError, ValueError, OSError) as exc:
             raise UsageError(f"cannot open your keys in {directory}: {exc}") from None
         if fold_nick(keys.identity.user) != fold_nick(args.nick) and keys.renaming() is None:
@@ -307,8 +310,6 @@ class _Handoff:
     thread that runs the client (and the chat screen's, for /identity)."""
 
     def __init__(self) -> None:
-        from ..client.handoff import HandoffServer
-
         self._server: HandoffServer | None = None
 
     def follow(self, client: Client) -> None:
@@ -391,9 +392,7 @@ def run_send(args: argparse.Namespace) -> int:
         return _send_by_holder(args, directory, text)
     try:
         client = _connected(args, reconnect=False)
-    except UsageError:
-        if args.guest or Keystore.holder(directory) is None:
-            raise
+    except _KeysBusy:
         return _send_by_holder(args, directory, text)  # a client started since we looked
     if client is None:
         return EXIT_FAILED
@@ -440,7 +439,6 @@ def _send_by_holder(args: argparse.Namespace, directory: Path, text: str) -> int
     """`send` while another process (a chat client, a bot) holds the keystore: that
     process sends it (client/handoff.py), and nobody is thrown out."""
     from ..client.handoff import HandoffRefused, hand_off
-    from ..client.keystore import Keystore, KeystoreBusy
 
     request: dict[str, object] = (
         {"type": "say", "text": text}
@@ -461,8 +459,7 @@ def _send_by_holder(args: argparse.Namespace, directory: Path, text: str) -> int
             if kind == "whisper_status":
                 status = str(answer.get("status"))
     except HandoffRefused:
-        busy = KeystoreBusy(directory, Keystore.holder(directory))
-        print(f"securechat: not sent: {busy} (it takes no handoff: try again when it ends)", file=sys.stderr)
+        print(f"securechat: not sent: {_no_handoff(directory)}", file=sys.stderr)
         return EXIT_FAILED
     except (OSError, ValueError) as exc:
         print(f"securechat: not sent: your running client stopped answering: {exc}", file=sys.stderr)
@@ -501,12 +498,23 @@ def _attach_json(directory: Path) -> int:
     """`client --json` while another process (a chat client, a bot) holds the keystore:
     JSON mode through it (client/handoff.py), so the ratchet keeps one writer."""
     from ..client.handoff import HandoffRefused, attach
-    from ..client.keystore import Keystore, KeystoreBusy
 
     print("securechat: your keys are in use by a running client: attached to it", file=sys.stderr)
     try:
         return attach(directory, sys.stdin, sys.stdout)
     except HandoffRefused:
-        busy = KeystoreBusy(directory, Keystore.holder(directory))
-        print(f"securechat: {busy} (it takes no handoff: try again when it ends)", file=sys.stderr)
+        print(f"securechat: {_no_handoff(directory)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _no_handoff(directory: Path) -> str:
+    """Why nothing was handed over: who holds the keys, and that it takes no handoff."""
+    from ..client.keystore import Keystore, KeystoreBusy
+
+    busy = KeystoreBusy(directory, Keystore.holder(directory))
+    return f"{busy} (it takes no handoff: try again when it ends)"
+
+
+class _KeysBusy(UsageError):
+    """The keystore is held by another process (`KeystoreBusy`), said as a usage error
+    where nothing can be handed to it; `send` hands its message over instead."""

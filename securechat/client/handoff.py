@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 from ..e2e.errors import E2EError
 from ..protocol import DEFAULT_ROOM, Error, Message, fold_nick, fold_room
@@ -46,6 +46,8 @@ from .session import Client
 __all__ = ["SOCKET_NAME", "HandoffRefused", "HandoffServer", "attach", "hand_off"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: In the keystore directory.
 SOCKET_NAME = "handoff.sock"
@@ -195,12 +197,7 @@ class HandoffServer:
         refusal (an error about that room), as `send --room` does on its own."""
         with self._client.watch_events() as events:
             self._client.say(text, room)
-            deadline = time.monotonic() + _ECHO_WAIT
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    item = events.get(timeout=left)
-                except queue.Empty:
-                    break
+            for item in _within(events, _ECHO_WAIT):
                 if (
                     isinstance(item, Message)
                     and fold_room(item.room) == fold_room(room)
@@ -230,12 +227,7 @@ class HandoffServer:
             with self._client.watch_statuses() as statuses:
                 msg_id = self._client.whisper(to, text)
                 _send(conn, {"type": "whisper_sent", "id": msg_id})
-                deadline = time.monotonic() + max(0.0, min(seconds, 600.0))
-                while (left := deadline - time.monotonic()) > 0:
-                    try:
-                        status = statuses.get(timeout=left)
-                    except queue.Empty:
-                        break
+                for status in _within(statuses, max(0.0, min(seconds, 600.0))):
                     if status.id != msg_id:
                         continue
                     _send(conn, status.to_dict())
@@ -244,6 +236,16 @@ class HandoffServer:
             _send(conn, {"type": "done"})
         except (E2EError, LookupError, ConnectionError, TimeoutError, ValueError) as exc:
             _send(conn, {"type": "error", "reason": str(exc)})
+
+
+def _within(items: queue.Queue[_T], seconds: float) -> Iterator[_T]:
+    """What arrives in `items` within `seconds` from now (the caller stops early at will)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            yield items.get(timeout=left)
+        except queue.Empty:
+            return
 
 
 def attach(directory: Path, stdin: TextIO, stdout: TextIO) -> int:

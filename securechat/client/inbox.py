@@ -174,6 +174,9 @@ class Storage(Protocol):
     ) -> list[StoredMessage]:
         """Messages matching every given filter, oldest first; `last` keeps the newest N."""
 
+    def close(self) -> None:
+        """Let go of what is held (a keystore's lock); the object is not used after."""
+
 
 class MemoryStorage:
     """`Storage` in memory: for tests, benchmarks, and programs that keep nothing on disk.
@@ -224,3 +227,6 @@ class MemoryStorage:
             and (peer is None or fold_nick(m.peer) == fold_nick(peer))
         ]
         return found if last is None else found[-last:] if last > 0 else []
+
+    def close(self) -> None:
+        """Nothing is held."""

@@ -333,9 +333,7 @@ class WhisperKeys:
         For whoever stops using this identity in this process (/identity in the chat
         screen); the object is not used after."""
         with self._lock:
-            close = getattr(self._storage, "close", None)
-            if callable(close):
-                close()
+            self._storage.close()
 
     def wait_published(self, timeout: float) -> bool:
         """Wait until the server holds this login's keys (its `prekey_count` says nothing
@@ -604,13 +602,10 @@ class WhisperKeys:
                 )
             )
             return
-        except MalformedPlaintext:
-            reason = "malformed"  # authenticated, from a faulty client: not tampering
-            out.events.append(WhisperFailed(sender=delivery.sender, reason=_FAILURE_TEXT[reason]))
-            out.acks.append(Ack(id=delivery.id, outcome="failed", reason=reason))
-            return
-        except DecryptionError:
-            reason = self._failure_class(delivery)
+        except DecryptionError as exc:
+            # Bad padding authenticated: a faulty client, not tampering (the header, which
+            # `_failure_class` reads, cannot tell).
+            reason = "malformed" if isinstance(exc, MalformedPlaintext) else self._failure_class(delivery)
             out.events.append(WhisperFailed(sender=delivery.sender, reason=_FAILURE_TEXT[reason]))
             out.acks.append(Ack(id=delivery.id, outcome="failed", reason=reason))
             return
