@@ -165,13 +165,12 @@ def serve_attached(
 ) -> None:
     """JSON mode for a program attached to a running client (`securechat client --json`
     while another process holds the identity's keystore: client/handoff.py). It sees every
-    event the running client's own program takes, from now on, and its commands act on
-    that client; "quit" or the end of its input detaches it: the client itself goes on,
-    never quit or closed from here. Returns when detached, or once the client is
-    disconnected or the program stops reading (then `hang_up` ends its connection, so
-    that it is let go even while it waits to be told something). Sees only the events
-    the running client's own program takes (a second view of it, not a second reader).
-    Called by the handoff connection's thread."""
+    event the running client's own program takes, from now on (a second view of it, not a
+    second reader), and its commands act on that client; "quit" or the end of its input
+    detaches it: the client itself goes on, never quit or closed from here. Returns when
+    detached, or once the client is disconnected or the program stops reading (then
+    `hang_up` ends its connection, so that it is let go even while it waits to be told
+    something). Called by the handoff connection's thread."""
     lock = threading.RLock()  # as in `run_json`: whisper_sent before any status of it
 
     def emit(obj: dict[str, Any]) -> None:

@@ -297,16 +297,12 @@ class Keystore:
             _check_private(directory)
             if directory.stat().st_uid != os.getuid():
                 return None
-            Keystore._probe(directory)
+            _release(_acquire(directory))  # free, or this process's own hold
         except KeystoreBusy as busy:
             return busy.pid or 0
         except (OSError, KeystoreError):
             return None
         return None
-
-    @staticmethod
-    def _probe(directory: Path) -> None:
-        _release(_acquire(directory))
 
     @classmethod
     def needs_passphrase(cls, directory: Path) -> bool:
