@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import random as _random
 
-from securechat.client.whispers import publication
 from securechat.e2e import x3dh
-from securechat.e2e.bundle import OPK_TARGET, Bundle, PrekeySecrets, StoredSpk
+from securechat.e2e.bundle import OPK_TARGET, Bundle, PrekeySecrets, StoredSpk, publication
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.identity import Identity
 from securechat.e2e.primitives import DhKeyPair, Random
@@ -15,7 +14,6 @@ from securechat.e2e.ratchet import RatchetState
 from securechat.e2e.x3dh import NO_OPK, Setup
 from securechat.protocol import (
     Keys,
-    PublishKeys,
 )
 
 NOW = 1_800_000_000.0
@@ -93,7 +91,7 @@ def fetched_bundle(owner: Conversations, opk_id: int | None = None, *, kopk: boo
 def keys_event(bundle: Bundle, nick: str) -> Keys:
     """`bundle` (as fetched: at most one one-time prekey of each kind) as the directory's
     `keys` answer, under `nick` (for a relay substituting keys)."""
-    publish = publish_event(bundle)
+    publish = publication(bundle)
     return Keys(
         nick=nick,
         identity=publish.identity,
@@ -102,11 +100,6 @@ def keys_event(bundle: Bundle, nick: str) -> Keys:
         kpk=publish.kpk,
         kopks=publish.kopks,
     )
-
-
-def publish_event(bundle: Bundle) -> PublishKeys:
-    """`bundle` as a `publish_keys` frame (its one-time prekeys as given)."""
-    return publication(bundle)
 
 
 def genuine_keys_frame(nick: str, ref: str = "") -> dict[str, object]:

@@ -202,6 +202,7 @@ def test_closing_the_handoff_cuts_its_connections_and_leaves_another_holders_soc
     first.start()
     idle = socket.socket(socket.AF_UNIX)
     idle.connect(str(d / SOCKET_NAME))  # connected, and says nothing
+    _until(lambda: bool(first._conns), "the server to take the connection")  # not a queued one
     closer = threading.Thread(target=first.close)
     closer.start()
     closer.join(TIMEOUT / 2)  # not one request timeout per connection

@@ -8,9 +8,9 @@ tests/vectors/ (tests/test_e2e_vectors.py).
 
 from __future__ import annotations
 
-from e2e_helpers import v1_party
+from e2e_helpers import fetched_bundle, v1_initiate, v1_party
 
-from securechat.e2e.ratchet import HEADER_LEN, SETUP_LEN, parse_header
+from securechat.e2e.ratchet import HEADER_LEN, SETUP_LEN, encrypt, parse_header
 
 FIRST_HEADER = (
     "0101417c15755d1d8d7fdb93ea88914c1dca122a0e23f1435d09d60e863a63e09ba0bebf9ee45fe49e90ac1a30a7646abb"
@@ -45,3 +45,12 @@ def test_the_safety_number_is_as_frozen() -> None:
     assert alice.identity.safety_number_with(bob.identity.public()) == SAFETY_NUMBER
     bob.decrypt("alice", bytes.fromhex(FIRST_HEADER), bytes.fromhex(FIRST_CIPHERTEXT))
     assert bob.safety_number("alice") == SAFETY_NUMBER  # from the key the setup carried
+
+
+def test_the_older_client_the_tests_play_sends_what_a_version_1_client_sent() -> None:
+    """`v1_initiate` (tests/e2e_helpers.py) stands for an older client in other tests: from
+    the same keys and draws it must make the frozen version-1 first message, byte for byte."""
+    alice, bob = v1_party("alice", 1), v1_party("bob", 101)
+    state = v1_initiate(alice, fetched_bundle(bob, kopk=False), alice._random)
+    header, ciphertext = encrypt(state, b"golden whisper")
+    assert (header.hex(), ciphertext.hex()) == (FIRST_HEADER, FIRST_CIPHERTEXT)

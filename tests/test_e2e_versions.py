@@ -23,28 +23,14 @@ from whisper_helpers import login, memory_keys
 from securechat import Client
 from securechat.client.events import NotPostQuantum, WhisperReceived
 from securechat.client.inbox import MemoryStorage
-from securechat.client.whispers import WhisperKeys
-from securechat.e2e.bundle import Bundle, OneTimePrekey, SignedPrekey
+from securechat.client.whispers import WhisperKeys, _plaintext
+from securechat.e2e.bundle import bundle_from_frame
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.errors import BundleError
-from securechat.e2e.identity import Identity, PublicIdentity
+from securechat.e2e.identity import Identity
 from securechat.e2e.ratchet import decrypt, encrypt, parse_header
 from securechat.protocol import Delivery, FetchKeys, Keys, Whisper, WhisperStatus
 from securechat.server import Server
-
-
-def _bundle(keys: Keys) -> Bundle:
-    """A `keys` frame as an older client read it: no KEM prekey."""
-    i, spk = keys.identity, keys.spk
-    return Bundle(
-        PublicIdentity(keys.nick, i.sig_key, i.dh_key, i.dh_sig),
-        SignedPrekey(spk.id, spk.created, spk.public, spk.signature),
-        tuple(OneTimePrekey(o.id, o.public, o.signature) for o in keys.opks),
-    )
-
-
-def _text(plaintext: bytes) -> bytes:
-    return json.dumps({"text": plaintext.decode()}).encode()
 
 
 def test_an_older_clients_session_works_and_the_user_is_told_it_is_not_post_quantum(
@@ -57,8 +43,8 @@ def test_an_older_clients_session_works_and_the_user_is_told_it_is_not_post_quan
         keys = old.expect(Keys)
         assert keys.kpk == () and keys.kopks == ()  # a version-2 session is sent no KEM prekey
         assert server.store.prekey_status("bob").kem_count > 0  # ... and burns no one-time one
-        state = v1_initiate(old._conv, _bundle(keys), os.urandom)
-        header, ciphertext = encrypt(state, _text(b"from an older client"))
+        state = v1_initiate(old._conv, bundle_from_frame(keys.nick, keys), os.urandom)
+        header, ciphertext = encrypt(state, _plaintext("from an older client"))
         assert parse_header(header, "olduser").version == 1
         old.send(Whisper(to="bob", id="old1", header=header, ciphertext=ciphertext))
         assert old.expect(WhisperStatus).status == "stored"

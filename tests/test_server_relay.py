@@ -8,9 +8,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from e2e_helpers import publish_event
 from test_server_hub import FakeMember
 
+from securechat.e2e import bundle as e2e_bundle
 from securechat.e2e.bundle import KOPK_TARGET
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.identity import Identity
@@ -34,7 +34,7 @@ def publication(conv: Conversations, opk_count: int = 30, kopk_count: int = KOPK
     b = conv.secrets.bundle(
         conv.identity, sorted(conv.secrets.opks)[:opk_count], sorted(conv.secrets.kopks)[:kopk_count]
     )
-    return publish_event(b)
+    return e2e_bundle.publication(b)
 
 
 @pytest.fixture

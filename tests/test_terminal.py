@@ -23,6 +23,8 @@ from whisper_helpers import login, memory_keys
 
 from securechat import Client
 from securechat.client.events import WhisperReceived
+from securechat.client.handoff import SOCKET_NAME
+from securechat.client.keystore import default_keystore_dir
 from securechat.protocol import Message
 from securechat.server import Server, ServerConfig
 
@@ -262,43 +264,49 @@ def test_windows_switch_show_activity_and_scroll_back(
     bob.close()
 
 
+def send_whisper(
+    server: Server, cert_files: dict[str, str], tmp_path: Path, text: str, *nick: str
+) -> subprocess.CompletedProcess[str]:
+    """`securechat send --to bob TEXT` [--nick NICK], as a script beside the chat screen runs it
+    (the same keystores as `alice_pane`)."""
+    port = ["--port", str(server.address[1]), "--cafile", cert_files["ca"]]
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "securechat",
+            "send",
+            *(["--nick", *nick] if nick else []),
+            *port,
+            "--to",
+            "bob",
+            text,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "SECURECHAT_PASSPHRASE": ""},
+        timeout=TIMEOUT * 3,
+    )
+
+
 def test_a_script_sends_under_the_same_name_while_the_person_chats_and_nobody_is_thrown_out(
     alice_terminal: Pane,
     server: Server,
     client_ctx: ssl.SSLContext,
     cert_files: dict[str, str],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pane = alice_terminal
     bob = login(server, client_ctx, "bob", memory_keys("bob"))
     pane.wait_for(r"127\.0\.0\.1:\d+ \| alice \| connected")
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "SECURECHAT_PASSPHRASE": ""}
-    handoff = Path(
-        tmp_path / "xdg" / "securechat" / f"localhost_{server.address[1]}" / "alice" / "handoff.sock"
-    )
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # alice_pane's
+    handoff = default_keystore_dir("127.0.0.1", server.address[1], "alice") / SOCKET_NAME
     deadline = time.monotonic() + TIMEOUT
     while not handoff.exists():  # the chat client listens once it is logged in
         assert time.monotonic() < deadline, "the chat client never offered a handoff"
         time.sleep(0.05)
-    sent = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "securechat",
-            "send",
-            "--to",
-            "bob",
-            "--port",
-            str(server.address[1]),
-            "--cafile",
-            cert_files["ca"],
-            "the build is green",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=TIMEOUT * 3,
-    )
+    sent = send_whisper(server, cert_files, tmp_path, "the build is green")
     assert sent.returncode == 0, sent.stderr  # delivered, by the chat client
     assert "sent by your running client" in sent.stderr
     got = bob.wait_for_any(WhisperReceived, TIMEOUT)
@@ -327,21 +335,9 @@ def test_after_identity_the_handoff_follows_the_new_identity_and_frees_the_old(
     pane.type("/identity carol")
     pane.keys("Enter")
     pane.wait_for(r"you are now carol")
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "SECURECHAT_PASSPHRASE": ""}
-
-    def send(nick: str, text: str) -> subprocess.CompletedProcess[str]:
-        port = ["--port", str(server.address[1]), "--cafile", cert_files["ca"]]
-        return subprocess.run(
-            [sys.executable, "-m", "securechat", "send", "--nick", nick, *port, "--to", "bob", text],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=TIMEOUT * 3,
-        )
-
-    as_carol = send("carol", "through the chat screen")
+    as_carol = send_whisper(server, cert_files, tmp_path, "through the chat screen", "carol")
     assert as_carol.returncode == 0 and "sent by your running client" in as_carol.stderr, as_carol.stderr
-    as_alice = send("alice", "alice's keys are free again")
+    as_alice = send_whisper(server, cert_files, tmp_path, "alice's keys are free again", "alice")
     assert as_alice.returncode == 0 and "running client" not in as_alice.stderr, as_alice.stderr
     texts = []
     for _ in range(2):

@@ -15,13 +15,11 @@ The KEM prekey batch (e2e/bundle.py `KOPK_TARGET`) is sized from these numbers
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ..client.whispers import publication
-from ..e2e.bundle import Bundle, OneTimeKemPrekey, SignedKemPrekey
+from ..e2e.bundle import OneTimeKemPrekey, SignedKemPrekey, publication
 from ..e2e.conversations import Conversations
 from ..e2e.identity import Identity
 from ..e2e.primitives import KemKeyPair, kem_encapsulate
@@ -34,6 +32,7 @@ from ..protocol import (
 from ..server.hub import Hub
 from ..server.relay import Relay
 from ..server.store import SqliteStore
+from .stats import median_seconds
 
 __all__ = ["SetupCost", "setup_cost"]
 
@@ -63,17 +62,7 @@ class SetupCost:
 def _median_ms(
     fn: Callable[[], object], rounds: int, clock: Callable[[], float] = time.perf_counter
 ) -> float:
-    samples = []
-    for _ in range(rounds):
-        start = clock()
-        fn()
-        samples.append(clock() - start)
-    return statistics.median(samples) * 1e3
-
-
-def _fetched(bundle: Bundle) -> Bundle:
-    """`bundle` as handed out: one one-time prekey of each kind."""
-    return Bundle(bundle.identity, bundle.spk, bundle.opks[:1], bundle.kpk, bundle.kopks[:1])
+    return median_seconds(fn, rounds, clock) * 1e3
 
 
 def setup_cost(rounds: int = 100) -> SetupCost:
@@ -81,7 +70,7 @@ def setup_cost(rounds: int = 100) -> SetupCost:
     bob = Conversations(Identity.generate("bob"))
     full = bob.bundle_to_publish()
     alice = Identity.generate("alice")
-    fetched = _fetched(full)
+    fetched = bob.secrets.bundle(bob.identity, sorted(bob.secrets.opks)[:1], sorted(bob.secrets.kopks)[:1])
     publish = publication(full)
     classic = replace(publish, kpk=(), kopks=())
     keys = Keys(nick="bob", identity=publish.identity, spk=publish.spk, opks=publish.opks[:1])

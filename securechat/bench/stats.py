@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["LatencySummary", "percentile", "summarize"]
+__all__ = ["LatencySummary", "median_seconds", "percentile", "summarize"]
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:
@@ -34,3 +36,16 @@ class LatencySummary:
 def summarize(values: Sequence[float]) -> LatencySummary:
     ordered = sorted(values)
     return LatencySummary(len(ordered), percentile(ordered, 50), percentile(ordered, 99), ordered[-1])
+
+
+def median_seconds(
+    fn: Callable[[], object], rounds: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """The median of `rounds` timings of `fn` by `clock` (wall time by default; pass
+    `time.process_time` for this process's CPU)."""
+    samples = []
+    for _ in range(rounds):
+        start = clock()
+        fn()
+        samples.append(clock() - start)
+    return statistics.median(samples)

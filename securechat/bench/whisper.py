@@ -40,7 +40,7 @@ from ..e2e.conversations import Conversations
 from ..e2e.identity import Identity
 from ..protocol import Message, PrekeyCount
 from ..transport import client_context
-from .stats import LatencySummary, summarize
+from .stats import LatencySummary, median_seconds, summarize
 
 __all__ = ["CryptoCost", "WhisperResult", "crypto_cost", "identity_client", "whisper"]
 
@@ -75,12 +75,7 @@ class WhisperResult:
 
 
 def _median_us(fn: Callable[[], object], n: int) -> float:
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples) * 1e6
+    return median_seconds(fn, n) * 1e6
 
 
 def crypto_cost(whispers: int = 400) -> CryptoCost:

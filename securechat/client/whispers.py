@@ -21,10 +21,8 @@ from ..e2e.bundle import (
     OPK_REFILL_BELOW,
     OPK_TARGET,
     Bundle,
-    OneTimeKemPrekey,
-    OneTimePrekey,
-    SignedKemPrekey,
-    SignedPrekey,
+    bundle_from_frame,
+    publication,
 )
 from ..e2e.conversations import Conversations, Trust
 from ..e2e.errors import DecryptionError, IdentityChanged, KeystoreError, MalformedPlaintext
@@ -36,14 +34,9 @@ from ..e2e.x3dh import respond
 from ..protocol import (
     Ack,
     Delivery,
-    KeyIdentity,
     Keys,
-    OneTimeKemPrekeyRecord,
-    OneTimePrekeyRecord,
     PrekeyCount,
     PublishKeys,
-    SignedKemPrekeyRecord,
-    SignedPrekeyRecord,
     Whisper,
     WhisperStatus,
     fold_nick,
@@ -437,7 +430,7 @@ class WhisperKeys:
         """Start a session from fetched keys. Raises `BundleError` or `IdentityChanged`.
         Returns what the user must be told: a first contact holding a key we know under
         another nick (its trust carried over)."""
-        bundle = _bundle(keys)
+        bundle = bundle_from_frame(keys.nick, keys)
         with self._lock:
             try:
                 self._conv.start_session(keys.nick, bundle)
@@ -461,7 +454,7 @@ class WhisperKeys:
         with self._lock:
             try:
                 try:
-                    same = self._conv.follow_rename(old, _bundle(keys))
+                    same = self._conv.follow_rename(old, bundle_from_frame(keys.nick, keys))
                 finally:
                     self._save()
             except IdentityChanged as exc:
@@ -728,35 +721,6 @@ _FAILURE_TEXT = {
     "auth-failed": "could not be authenticated (tampered with, or not from who the server says)",
     "malformed": "authenticated but malformed",
 }
-
-
-def publication(bundle: Bundle) -> PublishKeys:
-    """`bundle` as a `publish_keys` frame, with the one-time prekeys it carries."""
-    ident, spk, kpk = bundle.identity, bundle.spk, bundle.kpk
-    return PublishKeys(
-        identity=KeyIdentity(sig_key=ident.sig_key, dh_key=ident.dh_key, dh_sig=ident.dh_sig),
-        spk=SignedPrekeyRecord(id=spk.id, created=spk.created, public=spk.public, signature=spk.signature),
-        opks=tuple(OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature) for o in bundle.opks),
-        kpk=()
-        if kpk is None
-        else (
-            SignedKemPrekeyRecord(id=kpk.id, created=kpk.created, public=kpk.public, signature=kpk.signature),
-        ),
-        kopks=tuple(
-            OneTimeKemPrekeyRecord(id=k.id, public=k.public, signature=k.signature) for k in bundle.kopks
-        ),
-    )
-
-
-def _bundle(keys: Keys) -> Bundle:
-    """The bundle in a `keys` frame, as `Conversations` takes it."""
-    return Bundle(
-        PublicIdentity(keys.nick, keys.identity.sig_key, keys.identity.dh_key, keys.identity.dh_sig),
-        SignedPrekey(keys.spk.id, keys.spk.created, keys.spk.public, keys.spk.signature),
-        tuple(OneTimePrekey(o.id, o.public, o.signature) for o in keys.opks),
-        next((SignedKemPrekey(k.id, k.created, k.public, k.signature) for k in keys.kpk), None),
-        tuple(OneTimeKemPrekey(k.id, k.public, k.signature) for k in keys.kopks),
-    )
 
 
 def _forget_all_sessions(conv: Conversations) -> None:

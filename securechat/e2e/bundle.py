@@ -6,7 +6,17 @@ import os
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ..protocol import fold_nick
+from ..protocol import (
+    KeyIdentity,
+    Keys,
+    OneTimeKemPrekeyRecord,
+    OneTimePrekeyRecord,
+    PublishKeys,
+    SignedKemPrekeyRecord,
+    SignedPrekeyRecord,
+    fold_nick,
+)
+from ..protocol.keys import MAX_KOPKS_PER_PUBLISH
 from .errors import BundleError
 from .identity import Identity, PublicIdentity
 from .primitives import (
@@ -40,6 +50,8 @@ __all__ = [
     "PrekeySecrets",
     "SignedKemPrekey",
     "SignedPrekey",
+    "bundle_from_frame",
+    "publication",
     "verify_bundle",
 ]
 
@@ -92,7 +104,7 @@ OPK_KEEP = 4 * OPK_TARGET
 #: server holds about 19 KB per user for them (docs/performance.md, "Post-quantum
 #: setup"). Fewer than the DH ones: when they run out, the last-resort KEM prekey still
 #: gives post-quantum protection, only without a one-time key's extra forward secrecy.
-KOPK_TARGET = 15
+KOPK_TARGET = MAX_KOPKS_PER_PUBLISH
 KOPK_REFILL_BELOW = 5
 #: One-time KEM prekey seeds kept at most (as `OPK_KEEP`, four batches).
 KOPK_KEEP = 4 * KOPK_TARGET
@@ -420,3 +432,34 @@ def _keep_retired(keys: list[_Dated], now: float) -> list[_Dated]:
             kept.append(key)
     kept.append(newest)
     return kept
+
+
+def bundle_from_frame(nick: str, frame: PublishKeys | Keys) -> Bundle:
+    """The bundle a `publish_keys` (from `nick`) or `keys` (for `nick`) frame carries, as
+    `verify_bundle` checks it and a session starts from it."""
+    ident, spk = frame.identity, frame.spk
+    return Bundle(
+        PublicIdentity(nick, ident.sig_key, ident.dh_key, ident.dh_sig),
+        SignedPrekey(spk.id, spk.created, spk.public, spk.signature),
+        tuple(OneTimePrekey(o.id, o.public, o.signature) for o in frame.opks),
+        next((SignedKemPrekey(k.id, k.created, k.public, k.signature) for k in frame.kpk), None),
+        tuple(OneTimeKemPrekey(k.id, k.public, k.signature) for k in frame.kopks),
+    )
+
+
+def publication(bundle: Bundle) -> PublishKeys:
+    """`bundle` as a `publish_keys` frame, with the one-time prekeys it carries."""
+    ident, spk, kpk = bundle.identity, bundle.spk, bundle.kpk
+    return PublishKeys(
+        identity=KeyIdentity(sig_key=ident.sig_key, dh_key=ident.dh_key, dh_sig=ident.dh_sig),
+        spk=SignedPrekeyRecord(id=spk.id, created=spk.created, public=spk.public, signature=spk.signature),
+        opks=tuple(OneTimePrekeyRecord(id=o.id, public=o.public, signature=o.signature) for o in bundle.opks),
+        kpk=()
+        if kpk is None
+        else (
+            SignedKemPrekeyRecord(id=kpk.id, created=kpk.created, public=kpk.public, signature=kpk.signature),
+        ),
+        kopks=tuple(
+            OneTimeKemPrekeyRecord(id=k.id, public=k.public, signature=k.signature) for k in bundle.kopks
+        ),
+    )

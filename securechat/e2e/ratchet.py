@@ -66,8 +66,6 @@ __all__ = [
     "unpad",
 ]
 
-#: Header versions: a session's is its setup's (x3dh.Setup.version).
-HEADER_VERSIONS = (1, 2)
 _FLAG_SETUP = 0x01
 _BASE = struct.Struct(">BB16s32sII")
 _SETUP = struct.Struct(">32s32s64s32sQQ")
@@ -76,6 +74,8 @@ HEADER_LEN = _BASE.size
 SETUP_LEN = _SETUP.size
 #: Version 2's setup: version 1's, then the KEM prekey id and ciphertext.
 PQ_SETUP_LEN = SETUP_LEN + _PQ_SETUP.size
+#: Header version (a session's is its setup's: x3dh.Setup.version) -> its setup's length.
+_SETUP_LENS = {1: SETUP_LEN, 2: PQ_SETUP_LEN}
 #: Version 2 pads plaintexts to a multiple of this (Signal's block): a relay sees a
 #: whisper's length to within 160 bytes.
 PAD_BLOCK = 160
@@ -143,10 +143,10 @@ def parse_header(data: bytes, sender: str) -> Header:
     if len(data) < HEADER_LEN:
         raise DecryptionError
     version, flags, sid, dh, pn, n = _BASE.unpack_from(data)
-    if version not in HEADER_VERSIONS or flags & ~_FLAG_SETUP:
+    if version not in _SETUP_LENS or flags & ~_FLAG_SETUP:
         raise DecryptionError
     has_setup = bool(flags & _FLAG_SETUP)
-    setup_len = (SETUP_LEN if version == 1 else PQ_SETUP_LEN) if has_setup else 0
+    setup_len = _SETUP_LENS[version] if has_setup else 0
     if len(data) != HEADER_LEN + setup_len:
         raise DecryptionError
     setup = None
@@ -358,8 +358,8 @@ class RatchetState:
         """
         f = SavedFields(d, "")
         # Sessions saved before version 2 existed have no "version" (nor KEM fields).
-        version = f.integer("version", below=3) if f.has("version") else 1
-        if version not in (1, 2):
+        version = f.integer("version") if f.has("version") else 1
+        if version not in _SETUP_LENS:
             raise ValueError(f"version: {version} is not a session version")
         setup = None
         saved_setup = f.optional_object("setup")

@@ -15,22 +15,13 @@ user and handed out (`PrekeyLimits`), and nicks nobody logs in to any more.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 
-from ..e2e.bundle import (
-    KOPK_REFILL_BELOW,
-    OPK_REFILL_BELOW,
-    Bundle,
-    OneTimeKemPrekey,
-    OneTimePrekey,
-    SignedKemPrekey,
-    SignedPrekey,
-    verify_bundle,
-)
+from ..e2e.bundle import KOPK_REFILL_BELOW, OPK_REFILL_BELOW, bundle_from_frame, verify_bundle
 from ..e2e.errors import BundleError
-from ..e2e.identity import PublicIdentity
 from ..e2e.login import login_message, rename_message
 from ..e2e.primitives import ed25519_verify
 from ..protocol import (
@@ -68,8 +59,6 @@ log = logging.getLogger(__name__)
 #: Tell a user to top up one-time prekeys when fewer than this remain (the client's own
 #: refill mark, e2e/bundle.py `OPK_REFILL_BELOW`).
 OPK_LOW_WATER = OPK_REFILL_BELOW
-#: Likewise for one-time KEM prekeys, told to a session of protocol version 3.
-KOPK_LOW_WATER = KOPK_REFILL_BELOW
 
 
 class RelayError(Exception):
@@ -208,13 +197,7 @@ class Relay:
         kem_cap = self._config.kopk_max_held
         kopks = event.kopks[: max(0, kem_cap - held.kem_count)]
         kpk = event.kpk[0] if event.kpk else None
-        bundle = Bundle(
-            PublicIdentity(nick, event.identity.sig_key, event.identity.dh_key, event.identity.dh_sig),
-            SignedPrekey(event.spk.id, event.spk.created, event.spk.public, event.spk.signature),
-            tuple(OneTimePrekey(o.id, o.public, o.signature) for o in opks),
-            None if kpk is None else SignedKemPrekey(kpk.id, kpk.created, kpk.public, kpk.signature),
-            tuple(OneTimeKemPrekey(k.id, k.public, k.signature) for k in kopks),
-        )
+        bundle = bundle_from_frame(nick, dataclasses.replace(event, opks=opks, kopks=kopks))
         try:
             verify_bundle(bundle, user=nick, now=self._clock())
         except BundleError as exc:
@@ -255,7 +238,7 @@ class Relay:
         if owner is not None:
             owner_kem = (self._hub.protocol_version(nick) or 0) >= KEM_VERSION
             status = self.prekey_count(nick, kem=owner_kem)
-            if status.count < OPK_LOW_WATER or (owner_kem and status.kem_count < KOPK_LOW_WATER):
+            if status.count < OPK_LOW_WATER or (owner_kem and status.kem_count < KOPK_REFILL_BELOW):
                 owner.deliver(encode(status))
         return Keys(
             nick=self._hub.display_nick(nick) or nick,
