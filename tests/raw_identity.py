@@ -44,8 +44,10 @@ class RawIdentity:
         nick: str,
         identity: Identity | None = None,
         version: int = PROTOCOL_VERSION,
+        device: str = "",
     ) -> None:
-        """`version`: the hello's (2: a client from before post-quantum setup)."""
+        """`version`: the hello's (2: a client from before post-quantum setup);
+        `device`: the device id it names ("" none, as a client from before devices)."""
         self.nick = nick
         self.identity = identity or Identity.generate(nick)
         self.tls = RawTls(server.address, ctx)
@@ -53,7 +55,7 @@ class RawIdentity:
         self._conv = Conversations(self.identity)
         self._conv.bundle_to_publish()  # a signed prekey, and 100 one-time prekeys kept back
         self._pings = 0
-        self.send(Hello(version=version, nick=nick, identity=self.identity.sig_key))
+        self.send(Hello(version=version, nick=nick, identity=self.identity.sig_key, device=device))
         challenge = self.expect(Challenge)
         proof = self.identity.sign(login_message(nick, challenge.nonce, self.identity.sig_key))
         self.send(Auth(signature=proof))

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 from e2e_helpers import fetched_bundle, keys_event, party
+from whisper_helpers import FAST_KDF
 
 from securechat.client.budget import Budget
 from securechat.client.events import KeyChanged, WhisperFailed, WhisperReceived
 from securechat.client.inbox import MemoryStorage
+from securechat.client.keystore import Keystore
 from securechat.client.whispers import HELD_PER_PEER, OPK_TOPUP_BURST, OPK_TOPUP_EVERY, WhisperKeys
 from securechat.e2e import ratchet
 from securechat.e2e.bundle import KOPK_REFILL_BELOW, KOPK_TARGET, OPK_KEEP, OPK_REFILL_BELOW, OPK_TARGET
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.identity import Identity
-from securechat.protocol import Delivery, PrekeyCount
+from securechat.protocol import Delivery, Hello, PrekeyCount
 from securechat.protocol.keys import MAX_OPKS_PER_PUBLISH
 from securechat.protocol.limits import MAX_TEXT_BYTES
 
@@ -291,3 +294,12 @@ def test_published_is_known_once_the_server_holds_what_we_would_publish() -> Non
     assert keys.publications(held) == [] and keys.wait_published(0)
     keys.serve_kem(True)  # the next login starts over
     assert not keys.wait_published(0)
+
+
+def test_each_keystore_is_one_device_with_an_id_kept_across_opens(tmp_path: Path) -> None:
+    first = WhisperKeys.in_keystore(Keystore.create(tmp_path / "laptop", None, FAST_KDF), "alice")
+    again = WhisperKeys.in_keystore(Keystore.open(tmp_path / "laptop", None), "alice")
+    other = WhisperKeys.in_keystore(Keystore.create(tmp_path / "desktop", None, FAST_KDF), "alice")
+    assert first.device and first.device == again.device  # a restart is the same device
+    assert other.device != first.device
+    Hello(version=3, nick="alice", device=first.device)  # a valid id on the wire

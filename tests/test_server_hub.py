@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from securechat.server.hub import Hub, NickTaken, NoSuchRoom, RoomError
+from securechat.server.hub import Hub, Member, NickTaken, NoSuchRoom, RoomError
 from securechat.server.store import StoredRoom, StoreUnavailable
 
 
@@ -965,3 +965,112 @@ def test_member_lists_stay_sorted_through_logins_leaves_renames_and_parts() -> N
         if online:
             names = hub.names(next(iter(online)), "#lobby")
             assert list(names.users) == sorted(online, key=str.lower), step
+
+
+# -- one identity online from several devices ------------------------------------------
+
+
+def device_login(hub: Hub, nick: str, key: bytes, device: str) -> tuple[FakeMember, Member | None]:
+    """Log a version-2 session of `nick` in as `device`, the way a session proving `key`
+    does (the same key may share or replace); returns it and whom it displaced."""
+    member = FakeMember()
+    displaced = hub.join(
+        member, nick, lambda room, users: None, version=2, key=key, device=device, may_replace=lambda m: True
+    )
+    return member, displaced
+
+
+def test_a_second_device_joins_beside_the_first_and_the_person_is_shown_once() -> None:
+    hub = multi()
+    bob, _ = join(hub, "bob", version=2)
+    laptop, _ = device_login(hub, "alice", KEY_A, "laptop")
+    hub.enter("alice", "#dev")
+    hub.flush_presence()
+    bob.frames.clear()
+    desktop, displaced = device_login(hub, "alice", KEY_A, "desktop")
+    assert displaced is None
+    hub.flush_presence()
+    assert bob.seen() == []  # nobody new arrived
+    # The new device is sent every room the person is in, #dev included.
+    assert [(m["type"], m["room"]) for m in desktop.seen() if m["type"] == "entered"] == [
+        ("entered", "#lobby"),
+        ("entered", "#news"),
+        ("entered", "#dev"),
+    ]
+    assert hub.names("bob", "#lobby").users == ("alice", "bob")
+    assert hub.online().count("alice") == 1
+    # A line reaches both devices; one from bob too.
+    hub.say("alice", "#dev", "from one of alice's devices")
+    hub.say("bob", "#lobby", "hello alice")
+    for device in (laptop, desktop):
+        texts = [m["text"] for m in device.seen() if m["type"] == "message"]
+        assert texts[-2:] == ["from one of alice's devices", "hello alice"]
+
+
+def test_a_device_leaving_is_not_announced_while_another_stays() -> None:
+    hub = multi()
+    bob, _ = join(hub, "bob", version=2)
+    laptop, _ = device_login(hub, "alice", KEY_A, "laptop")
+    desktop, _ = device_login(hub, "alice", KEY_A, "desktop")
+    hub.flush_presence()
+    bob.frames.clear()
+    hub.leave(laptop, "alice")
+    hub.flush_presence()
+    assert bob.seen() == []
+    laptop.frames.clear()
+    hub.say("bob", "#lobby", "still there?")
+    assert laptop.seen() == []  # gone: it hears nothing more
+    assert [m["text"] for m in desktop.seen() if m["type"] == "message"][-1] == "still there?"
+    hub.leave(desktop, "alice")  # the last one: now alice leaves
+    hub.flush_presence()
+    assert [(m["type"], m["room"]) for m in bob.seen() if m["type"] == "left"] == [
+        ("left", "#lobby"),
+        ("left", "#news"),
+    ]
+    assert "alice" not in hub.online()
+
+
+def test_the_same_device_again_replaces_only_its_own_stale_session() -> None:
+    hub = multi()
+    laptop, _ = device_login(hub, "alice", KEY_A, "laptop")
+    desktop, _ = device_login(hub, "alice", KEY_A, "desktop")
+    laptop2, displaced = device_login(hub, "alice", KEY_A, "laptop")
+    assert displaced is laptop
+    hub.leave(laptop, "alice")  # the displaced session closing: changes nothing
+    hub.say("alice", "#lobby", "after the reconnect")
+    heard = {
+        name: any(m.get("text") == "after the reconnect" for m in member.seen())
+        for name, member in (("old laptop", laptop), ("laptop", laptop2), ("desktop", desktop))
+    }
+    assert heard == {"old laptop": False, "laptop": True, "desktop": True}
+
+
+def test_with_one_device_online_a_reconnect_of_it_replaces_it() -> None:
+    hub = multi()
+    first, _ = device_login(hub, "alice", KEY_A, "laptop")
+    _, displaced = device_login(hub, "alice", KEY_A, "laptop")
+    assert displaced is first
+    hub.leave(first, "alice")
+    assert hub.online() == ("alice",)
+
+
+def test_devices_beyond_the_cap_are_refused_and_change_nothing() -> None:
+    from securechat.server.hub import TooManyDevices
+    from securechat.server.rooms import Rooms
+
+    hub = Hub(clock=lambda: 42.0, rooms=Rooms(autojoin=("#lobby",)), max_devices=2)
+    one, _ = device_login(hub, "alice", KEY_A, "one")
+    device_login(hub, "alice", KEY_A, "two")
+    with pytest.raises(TooManyDevices):
+        device_login(hub, "alice", KEY_A, "three")
+    # A reconnect of a device already online is no new device: still allowed.
+    _, displaced = device_login(hub, "alice", KEY_A, "one")
+    assert displaced is one
+
+
+def test_a_person_online_from_several_devices_cannot_rename() -> None:
+    hub = multi()
+    device_login(hub, "alice", KEY_A, "laptop")
+    device_login(hub, "alice", KEY_A, "desktop")
+    with pytest.raises(RoomError, match="other devices"):
+        hub.reserve("alice", "alicia")

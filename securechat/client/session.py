@@ -523,9 +523,13 @@ class Client:
 
     def _login(self, channel: TlsChannel, conn: Connection) -> tuple[Welcome, bytes]:
         """The welcome, and the challenge's nonce (b"" if none came: a guest)."""
-        identity = self.keys.identity.sig_key if self.keys is not None else b""
+        identity, device = (
+            (self.keys.identity.sig_key, self.keys.device) if self.keys is not None else (b"", "")
+        )
         nonce = b""
-        hello = Hello(version=PROTOCOL_VERSION, nick=self.nick, client=CLIENT_NAME, identity=identity)
+        hello = Hello(
+            version=PROTOCOL_VERSION, nick=self.nick, client=CLIENT_NAME, identity=identity, device=device
+        )
         channel.send(conn.send(hello))
         while True:
             data = channel.recv()

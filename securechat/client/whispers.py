@@ -9,6 +9,7 @@ with the ratchet state that decrypted it, before it is acknowledged (see inbox.p
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -62,6 +63,10 @@ _LEGACY_RECEIVED = "received"
 #: stops before the server's `renamed` finishes it at the next start (`Client.connect`).
 _RENAMING_RECORD = "renaming"
 
+#: The record of this keystore's device id (what its `hello` names, `Hello.device`):
+#: chosen at random once, so that every program using the keystore is the same device.
+_DEVICE_RECORD = "device"
+
 #: Top-ups of one-time prekeys (making new ones because the server says it holds few or
 #: none): at most this many at once, then one more every `OPK_TOPUP_EVERY` seconds. An
 #: honest server asks at first login and after about 80 fetches of our keys; a hostile
@@ -106,7 +111,11 @@ class WhisperKeys:
         storage: Storage,
         clock: Callable[[], float] = time.time,
         topups: Budget | None = None,
+        device: str = "",
     ) -> None:
+        #: This keystore's device id ("" for keys kept nowhere: they name no device).
+        #: Set once, read by any thread.
+        self.device = device
         self._conv = conversations  # guarded by _lock (replaced by a reload after a failed commit)
         self._storage = storage  # calls that change it are made under _lock
         self._clock = clock
@@ -158,7 +167,11 @@ class WhisperKeys:
         else:
             conv = Conversations(Identity.generate(nick))
             keystore.save(conv.records())
-        keys = cls(conv, keystore)
+        device = records.get(_DEVICE_RECORD, b"").decode(errors="replace")
+        if not device:
+            device = secrets.token_hex(8)
+            keystore.save({_DEVICE_RECORD: device.encode()})
+        keys = cls(conv, keystore, device=device)
         renaming = records.get(_RENAMING_RECORD)
         if renaming is not None:
             keys._renaming = renaming.decode(errors="replace")

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from .limits import (
     DEFAULT_ROOM,
+    MAX_DEVICE_CHARS,
     MAX_NICK_CHARS,
     MAX_REF_CHARS,
     MAX_ROOM_CHARS,
@@ -62,6 +63,7 @@ class Role(Enum):
 
 _NICK_RE = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.\-]{{0,{MAX_NICK_CHARS - 1}}}")
 _ROOM_RE = re.compile(rf"#[A-Za-z0-9_.\-]{{1,{MAX_ROOM_CHARS}}}")
+_DEVICE_RE = re.compile(rf"[A-Za-z0-9_\-]{{1,{MAX_DEVICE_CHARS}}}")
 
 
 def is_valid_nick(nick: object) -> bool:
@@ -177,12 +179,18 @@ class Hello(Event):
     #: The user's Ed25519 identity key; empty for a guest, who may chat in public
     #: under a nick nobody has registered, but cannot whisper.
     identity: bytes = b""
+    #: Which of the identity's devices (keystores) this is, "" if the client names none
+    #: (a guest, an older client): a login of the same device replaces that device's
+    #: stale session; another device of the same identity is logged in beside it.
+    device: str = ""
 
     def __post_init__(self) -> None:
         if self.version < 1:
             raise ValueError("version: must be a positive integer")
         check_nick("nick", self.nick)
         check_str("client", self.client)
+        if self.device and _DEVICE_RE.fullmatch(self.device) is None:
+            raise ValueError(f"device: 1-{MAX_DEVICE_CHARS} of A-Z a-z 0-9 _ -")
         if self.identity and len(self.identity) != 32:
             raise ValueError("identity: an Ed25519 public key is 32 bytes")
 

@@ -40,6 +40,9 @@ MAX_SHORT_TEXT_CHARS = 256
 #: whisper id, a room name and a nick.
 MAX_REF_CHARS = 64
 
+#: A device id in a `hello`: 1-32 of A-Z a-z 0-9 _ -, chosen once by each keystore.
+MAX_DEVICE_CHARS = 32
+
 #: A user list longer than this is not something a server sends; it also bounds the
 #: members a client holds in `members` pages not yet completed (client/rooms.py).
 MAX_USERS_LISTED = 100_000

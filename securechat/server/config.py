@@ -174,6 +174,11 @@ class ServerConfig:
         50, "requests refused for rate in a row before the session is dropped as abusive"
     )
     max_sessions: int = setting(10_000, "open connections in all")
+    max_devices: int = setting(
+        5,
+        "sessions of one identity online at once, one per device (keystore) it logs in "
+        "from; a login of the same device replaces that device's session instead",
+    )
     max_per_ip: int = setting(
         64,
         "open connections from one network (an IPv4 /24 or IPv6 /64, see --ipv4-prefix; "

@@ -70,7 +70,7 @@ from .rooms import Ban, BanKind, NoSuchRoom, Room, RoomError, Settings, search
 from .rooms import Rooms as Registry
 from .store import StoredBan, StoredRoom
 
-__all__ = ["Hub", "Member", "NickTaken", "NoSuchRoom", "RoomError", "RoomStore"]
+__all__ = ["Hub", "Member", "NickTaken", "NoSuchRoom", "RoomError", "RoomStore", "TooManyDevices"]
 
 
 class NickTaken(Exception):
@@ -119,31 +119,92 @@ def _nothing() -> None:
     pass
 
 
+class TooManyDevices(Exception):
+    """The identity has `max_devices` sessions online already, each from another device."""
+
+
 @dataclass
 class _Online:
-    """A logged-in member. Guarded by the hub lock (its `nick` changes on a rename)."""
+    """A logged-in person: one session, or one per device for an identity logged in from
+    several. Guarded by the hub lock (its `nick` changes on a rename, its sessions as
+    devices come and go; `rebuild` after every change of `sessions`)."""
 
     nick: str
-    member: Member
     key: bytes  # the identity key it proved; b"" for a guest
-    version: int  # the protocol version of its hello
-    # The member's `stage` and `flush`, looked up once at login (the fan-out calls them
+    # Device id ("" for a client that names none) -> (session, its hello's version).
+    sessions: dict[str, tuple[Member, int]]
+    # What the hub sends the person: its one session, or `_Devices` over all of them.
+    member: Member = dataclasses.field(init=False)
+    # The lowest protocol version of its sessions (what every frame sent to it must fit).
+    version: int = dataclasses.field(init=False)
+    # The member's `stage` and `flush`, looked up once per change (the fan-out calls them
     # for every recipient of every line). A member that cannot stage is delivered to at
     # once and owes no flush.
     stage: Callable[[bytes], bool] = dataclasses.field(init=False, repr=False)
     flush: Callable[[], None] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """Recompute `member`, `version`, `stage` and `flush` from `sessions`; the caller
+        bumps the hub's `_members_generation` (cached fan-outs hold the old ones)."""
+        if len(self.sessions) == 1:
+            ((self.member, self.version),) = self.sessions.values()
+        else:
+            self.member = _Devices(tuple(m for m, _ in self.sessions.values()))
+            self.version = min(v for _, v in self.sessions.values())
         if isinstance(self.member, Staging):
             self.stage, self.flush = self.member.stage, self.member.flush
-            return
-        deliver = self.member.deliver
+        else:
+            self.stage, self.flush = _delivering(self.member), _nothing
 
-        def stage(frame: bytes) -> bool:
-            deliver(frame)
-            return False
+    def device_of(self, member: Member) -> str | None:
+        """The device id `member` is logged in as, None if it is not one of the sessions."""
+        return next((d for d, (m, _) in self.sessions.items() if m is member), None)
 
-        self.stage, self.flush = stage, _nothing
+    def any_session(self) -> Member:
+        """One of its sessions (they share the nick and the key)."""
+        return next(iter(self.sessions.values()))[0]
+
+
+class _Devices:
+    """Several sessions of one identity, one per device, as one member: each frame the hub
+    sends the person goes to every session. Immutable: a change of devices builds a new
+    one, so `flush`, called without the hub's lock, reads a stable tuple."""
+
+    def __init__(self, sessions: tuple[Member, ...]) -> None:
+        self._sessions = sessions
+        self._stages = tuple(s.stage if isinstance(s, Staging) else _delivering(s) for s in sessions)
+        self._flushes = tuple(s.flush for s in sessions if isinstance(s, Staging))
+
+    @property
+    def away(self) -> str:
+        return next((s.away for s in self._sessions if s.away), "")
+
+    def deliver(self, frame: bytes) -> None:
+        for session in self._sessions:
+            session.deliver(frame)
+
+    def stage(self, frame: bytes) -> bool:
+        owed = False
+        for stage in self._stages:
+            owed = bool(stage(frame)) or owed
+        return owed
+
+    def flush(self) -> None:
+        # Flushing a session that owed nothing sends what it has staged a little early:
+        # harmless, and cheaper than tracking which of them owed it.
+        for flush in self._flushes:
+            flush()
+
+
+def _delivering(member: Member) -> Callable[[bytes], bool]:
+    def stage(frame: bytes) -> bool:
+        member.deliver(frame)
+        return False
+
+    return stage
 
 
 class Hub:
@@ -164,11 +225,14 @@ class Hub:
         history: int = 0,
         rooms: Registry | None = None,
         store: RoomStore | None = None,
+        max_devices: int = 5,
     ) -> None:
         """`rooms` is the registry with the server's autojoin rooms and caps (default:
         `#lobby` only); `history` the lines kept per room; `store` where registered rooms
-        are written (None: kept in memory only)."""
+        are written (None: kept in memory only); `max_devices` the sessions one identity
+        may have online at once, one per device."""
         self._clock = clock
+        self._max_devices = max_devices
         self._store = store
         # One registered room's settings change at a time, across its store write (see
         # the module docstring). Taken before `_lock`; held by a session's reader thread.
@@ -231,6 +295,7 @@ class Hub:
         may_replace: Callable[[Member], bool] | None = None,
         key: bytes = b"",
         version: int = PROTOCOL_VERSION,
+        device: str = "",
     ) -> Member | None:
         """Log `member` in as `nick` (holding identity `key`), put it in the autojoin rooms
         (`#lobby` only for `version` 1), call `on_joined(welcome room, its users)`, then
@@ -240,23 +305,29 @@ class Hub:
         it), `on_joined` gets no users and names `#lobby` as the welcome always has.
 
         If the nick is held and `may_replace(holder)` says so (the same user proved the
-        same key again), the holder is displaced silently and returned: the caller must
-        close it. The newcomer takes over its rooms. Raises `NickTaken` otherwise (or if
-        a rename is taking the nick). An autojoin room that refuses the newcomer (a ban,
-        invite-only) is skipped; but `#lobby` refusing a `version` 1 session (which could
-        be in no other room) raises that `RoomError`, nothing changed.
+        same key again): from the same `device` (or with only that device online), the
+        holder's session of that device is displaced silently and returned: the caller
+        must close it, and the newcomer takes over its rooms; from another device, the
+        newcomer joins the person beside its other sessions (`_join_device`), or
+        `TooManyDevices` is raised if `max_devices` are online. Raises `NickTaken` if
+        `may_replace` says no (or a rename is taking the nick). An autojoin room that
+        refuses the newcomer (a ban, invite-only) is skipped; but `#lobby` refusing a
+        `version` 1 session (which could be in no other room) raises that `RoomError`,
+        nothing changed.
         """
         folded = fold_nick(nick)
         with self._lock:
             holder = self._members.get(folded)
             if folded in self._reserved or (
-                holder is not None and (may_replace is None or not may_replace(holder.member))
+                holder is not None and (may_replace is None or not may_replace(holder.any_session()))
             ):
                 raise NickTaken(nick)
+            if holder is not None and (len(holder.sessions) > 1 or device not in holder.sessions):
+                return self._join_device(holder, member, device, version, on_joined)
             now = self._clock()
             if version == 1:
                 self._rooms.check_autojoin(DEFAULT_ROOM, nick, key, now)
-            self._members[folded] = _Online(nick, member, key, version)
+            self._members[folded] = _Online(nick, key, {device: (member, version)})
             self._members_generation += 1
             # Its away as it stands at login (a client may say `away` before logging in);
             # a displaced holder's does not carry over, as its `away` never did.
@@ -297,15 +368,57 @@ class Hub:
             )
             for room in sorted(entered, key=lambda r: _order(r, autojoin)):
                 self._send_entry(room, member, version)
-        return None if holder is None else holder.member
+        return None if holder is None else holder.any_session()
+
+    def _join_device(
+        self,
+        person: _Online,
+        member: Member,
+        device: str,
+        version: int,
+        on_joined: Callable[[str, tuple[str, ...]], None],
+    ) -> Member | None:
+        """`join` for a person already online from another device: `member` becomes the
+        session of `device` (displacing and returning that device's stale session, if
+        any), is welcomed and sent each of the person's rooms; nothing is announced (the
+        person was there already). Under the hub's lock."""
+        stale = person.sessions.get(device)
+        if stale is None and len(person.sessions) >= self._max_devices:
+            raise TooManyDevices(person.nick)
+        # Notices pending now went out before this session's rooms are listed to it, so
+        # it is sent only what follows its `entered`.
+        self._flush_presence_locked()
+        person.sessions[device] = (member, version)
+        person.rebuild()
+        self._members_generation += 1
+        if member.away:
+            self._away_nicks.add(fold_nick(person.nick))
+        autojoin = self._rooms.autojoin
+        rooms = sorted(self._rooms.rooms_of(person.nick), key=lambda r: _order(r, autojoin))
+        welcome = next((r for r in rooms if fold_room(r.name) in map(fold_room, autojoin)), None)
+        on_joined(
+            welcome.name if welcome is not None else DEFAULT_ROOM,
+            self._users(welcome) if welcome is not None else (),
+        )
+        for room in rooms:
+            self._send_entry(room, member, version)
+        return None if stale is None else stale[0]
 
     def leave(self, member: Member, nick: str, reason: str = "") -> None:
-        """Take `member` out of every room, if it holds `nick`, and announce it. A no-op
-        otherwise (a displaced session leaving after its successor came)."""
+        """Take `member` out of every room, if it holds `nick`, and announce it; if the
+        person is online from other devices too, only forget this session (nothing is
+        announced). A no-op if `member` is not one of its sessions (a displaced session
+        leaving after its successor came)."""
         folded = fold_nick(nick)
         with self._lock:
             entry = self._members.get(folded)
-            if entry is None or entry.member is not member:
+            device = None if entry is None else entry.device_of(member)
+            if entry is None or device is None:
+                return
+            if len(entry.sessions) > 1:  # its other devices stay: nothing to announce
+                del entry.sessions[device]
+                entry.rebuild()
+                self._members_generation += 1
                 return
             del self._members[folded]
             self._members_generation += 1
@@ -327,6 +440,12 @@ class Hub:
             renamer = self._members.get(fold_nick(old))
             if fold_nick(new) in self._reserved or (holder is not None and holder is not renamer):
                 raise NickTaken(new)
+            if renamer is not None and len(renamer.sessions) > 1:
+                # Each session keeps the nick it logged in with: renaming one would leave
+                # the others speaking for a nick that no longer exists.
+                raise RoomError(
+                    Code.UNEXPECTED, "you are logged in from other devices: log them out before renaming"
+                )
             if renamer is not None:
                 self._rooms.check_rename(old, new, renamer.key)
             self._reserved.add(fold_nick(new))

@@ -80,7 +80,11 @@ class Server:
                 None, clock=clock, monotonic=monotonic, log_every=config.fault_log_interval
             )
         self.hub = Hub(
-            clock=clock, history=config.history_lines, rooms=Rooms.from_config(config), store=self.store
+            clock=clock,
+            history=config.history_lines,
+            rooms=Rooms.from_config(config),
+            store=self.store,
+            max_devices=config.max_devices,
         )
         #: Set (by the watchdog thread) once the data directory or database was found
         #: deleted or replaced; from then on the store refuses every operation.

@@ -69,7 +69,7 @@ from ..addresses import PrefixGuards
 from ..authfail import NICK_REGISTERED, PROOF_FAILED, auth_failed, registration_refused
 from ..backlog import Backlog
 from ..config import ServerConfig
-from ..hub import Hub, Member, NickTaken, RoomError
+from ..hub import Hub, Member, NickTaken, RoomError, TooManyDevices
 from ..ratelimit import TokenBucket
 from ..relay import Relay, RelayError
 from ..store import RenameResult, StoreUnavailable
@@ -578,7 +578,20 @@ class SessionLogic:
                 may_replace=same_user,
                 key=self.sig_key,
                 version=hello.version,
+                # A version-1 client is one session per nick, as it always was.
+                device=hello.device if hello.version > 1 else "",
             )
+        except TooManyDevices:
+            self._port.close(
+                Error(
+                    code=Code.QUOTA,
+                    reason=f"{hello.nick} is online from {self._config.max_devices} devices already "
+                    "(this server's limit): log one of them out first",
+                    fatal=True,
+                ),
+                reason="too many devices",
+            )
+            return False
         except NickTaken:
             self._port.close(
                 Error(code=Code.NICK_TAKEN, reason=f"{hello.nick} is already in use", fatal=True),
