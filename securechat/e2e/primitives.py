@@ -43,6 +43,7 @@ __all__ = [
     "kem_encapsulate",
     "lp",
     "sha256",
+    "unlp",
     "x25519",
 ]
 
@@ -83,6 +84,25 @@ def lp(*fields: bytes | str | int) -> bytes:
         out += len(data).to_bytes(4, "big")
         out += data
     return bytes(out)
+
+
+def unlp(data: bytes, count: int) -> list[bytes]:
+    """The `count` fields of an `lp` encoding, as bytes; raises `ValueError` if `data` is
+    not exactly that many length-prefixed fields."""
+    fields: list[bytes] = []
+    at = 0
+    while at < len(data):
+        if at + 4 > len(data):
+            raise ValueError("a truncated length")
+        size = int.from_bytes(data[at : at + 4], "big")
+        at += 4
+        if at + size > len(data):
+            raise ValueError("a truncated field")
+        fields.append(data[at : at + size])
+        at += size
+    if len(fields) != count:
+        raise ValueError(f"{len(fields)} fields, {count} expected")
+    return fields
 
 
 def sha256(data: bytes) -> bytes:
