@@ -24,6 +24,10 @@ from securechat.protocol import (
     Code,
     Delivery,
     Deop,
+    DeviceKeys,
+    DeviceListRecord,
+    DeviceRecord,
+    Devices,
     Entered,
     Error,
     Event,
@@ -37,6 +41,7 @@ from securechat.protocol import (
     Keys,
     Kick,
     Left,
+    Link,
     ListRooms,
     Message,
     Names,
@@ -47,6 +52,7 @@ from securechat.protocol import (
     Pong,
     PrekeyCount,
     ProtocolError,
+    PublishDevices,
     PublishKeys,
     Quit,
     RegisterRoom,
@@ -70,6 +76,7 @@ from securechat.protocol import (
     encode,
 )
 from securechat.protocol.codec import entered_frames, names_frames, split_members
+from securechat.protocol.devices import LINK_STEPS
 from securechat.protocol.rooms import PAGED_FRAMES, Members
 
 nicks = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,23}", fullmatch=True)
@@ -90,6 +97,13 @@ topics = st.text(st.characters(blacklist_categories=("Cs",)), max_size=256)
 patterns = st.from_regex(r"#?[A-Za-z0-9_.\-*?]{0,63}", fullmatch=True)
 globs = st.from_regex(r"[A-Za-z0-9_.\-]{0,15}[*?][A-Za-z0-9_.\-*?]{0,15}", fullmatch=True)
 masks = st.one_of(nicks, globs)
+devices_ids = st.from_regex(r"[A-Za-z0-9_\-]{1,32}", fullmatch=True)
+device_lists = st.builds(
+    DeviceListRecord,
+    version=key_ids,
+    devices=st.lists(st.builds(DeviceRecord, device=devices_ids, key=b32), min_size=1, max_size=3).map(tuple),
+    signature=b64,
+)
 room_states = {
     "topic": topics,
     "invite_only": st.booleans(),
@@ -143,7 +157,12 @@ events: st.SearchStrategy[Event] = st.one_of(
     ),
     st.builds(Challenge, nonce=b32),
     st.builds(Auth, signature=b64),
-    st.builds(PublishKeys, identity=identities, spk=spks, opks=st.lists(opks, max_size=3).map(tuple)),
+    st.builds(
+        PublishKeys,
+        identity=identities,
+        spk=spks,
+        opks=st.lists(opks, max_size=3, unique_by=lambda o: o.id).map(tuple),
+    ),
     st.builds(
         PrekeyCount,
         count=st.integers(0, 500),
@@ -158,9 +177,32 @@ events: st.SearchStrategy[Event] = st.one_of(
         spk=spks,
         opks=st.lists(opks, max_size=1).map(tuple),
         ref=short,
+        devices=st.lists(device_lists, max_size=1).map(tuple),
+        device=st.one_of(st.just(""), devices_ids),
+        others=st.lists(
+            st.builds(DeviceKeys, device=devices_ids, identity=identities, spk=spks), max_size=2
+        ).map(tuple),
     ),
-    st.builds(Whisper, to=nicks, id=ids, header=blobs, ciphertext=blobs),
-    st.builds(WhisperStatus, id=ids, to=nicks, status=st.sampled_from(["stored", "delivered"]), away=short),
+    st.builds(
+        Whisper, to=nicks, id=ids, header=blobs, ciphertext=blobs, device=st.one_of(st.just(""), devices_ids)
+    ),
+    st.builds(
+        WhisperStatus,
+        id=ids,
+        to=nicks,
+        status=st.sampled_from(["stored", "delivered"]),
+        away=short,
+        device=st.one_of(st.just(""), devices_ids),
+    ),
+    st.builds(PublishDevices, devices=device_lists),
+    st.builds(Devices, nick=nicks, devices=device_lists),
+    st.builds(
+        Link,
+        peer=nicks,
+        pairing=ids,
+        step=st.sampled_from(sorted(LINK_STEPS)),
+        data=st.binary(max_size=100),
+    ),
     st.builds(
         Delivery,
         id=ids,
@@ -169,6 +211,7 @@ events: st.SearchStrategy[Event] = st.one_of(
         header=blobs,
         ciphertext=blobs,
         ts=st.floats(allow_nan=False, allow_infinity=False),
+        device=st.one_of(st.just(""), devices_ids),
     ),
     st.builds(Ack, id=ids),
     st.builds(Away, message=short),
@@ -258,6 +301,9 @@ STRATEGY_CLASSES = [
     Invited,
     BanList,
     Renamed,
+    PublishDevices,
+    Devices,
+    Link,
 ]
 
 
@@ -308,6 +354,9 @@ def test_every_event_type_is_covered_by_the_strategy() -> None:
         "invited",
         "ban_list",
         "renamed",
+        "publish_devices",
+        "devices",
+        "link",
     }
     assert set(EVENT_TYPES) == {cls.TYPE for cls in STRATEGY_CLASSES}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..protocol import fold_nick
+from ..protocol.devices import MAX_DEVICES
 from ..protocol.limits import MAX_DEVICE_CHARS
 from .errors import E2EError
 from .identity import Identity
@@ -28,10 +29,6 @@ __all__ = [
     "device_list_message",
     "sign_device_list",
 ]
-
-#: The most devices a list may name (a server's `max_devices` is at most this).
-MAX_DEVICES = 16
-
 
 class DeviceListError(E2EError):
     """A device list is not acceptable: bad signature, malformed, or older than one seen."""

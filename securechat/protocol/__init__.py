@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from .codec import decode_line, encode, fit_rooms
 from .connection import CLOSED, NEED_DATA, Closed, Connection, NeedData, State
+from .devices import (
+    MAX_DEVICES,
+    DeviceListRecord,
+    DeviceRecord,
+    Devices,
+    Link,
+    PublishDevices,
+)
 from .errors import Code, LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import (
     Away,
@@ -37,6 +45,7 @@ from .keys import (
     Auth,
     Challenge,
     Delivery,
+    DeviceKeys,
     FetchKeys,
     KeyIdentity,
     Keys,
@@ -51,6 +60,7 @@ from .keys import (
 )
 from .limits import (
     DEFAULT_ROOM,
+    DEVICES_VERSION,
     KEM_VERSION,
     MAX_LINE_BYTES,
     MAX_REF_CHARS,
@@ -95,9 +105,11 @@ __all__ = [
     "BAN_KINDS",
     "CLOSED",
     "DEFAULT_ROOM",
+    "DEVICES_VERSION",
     "EVENT_TYPES",
     "FAILURE_REASONS",
     "KEM_VERSION",
+    "MAX_DEVICES",
     "MAX_LINE_BYTES",
     "MAX_REF_CHARS",
     "MAX_TEXT_BYTES",
@@ -123,6 +135,10 @@ __all__ = [
     "Connection",
     "Delivery",
     "Deop",
+    "DeviceKeys",
+    "DeviceListRecord",
+    "DeviceRecord",
+    "Devices",
     "Entered",
     "Error",
     "Event",
@@ -136,6 +152,7 @@ __all__ = [
     "Keys",
     "Kick",
     "Left",
+    "Link",
     "ListRooms",
     "LocalProtocolError",
     "Message",
@@ -149,6 +166,7 @@ __all__ = [
     "Pong",
     "PrekeyCount",
     "ProtocolError",
+    "PublishDevices",
     "PublishKeys",
     "Quit",
     "RegisterRoom",

@@ -103,6 +103,12 @@ def check_nicks(name: str, nicks: tuple[str, ...]) -> None:
         check_nick(name, nick)
 
 
+def check_device(name: str, value: str) -> None:
+    """A device id (`Hello.device`), or "" for none."""
+    if value and _DEVICE_RE.fullmatch(value) is None:
+        raise ValueError(f"{name}: 1-{MAX_DEVICE_CHARS} of A-Z a-z 0-9 _ -")
+
+
 def check_room(value: str) -> None:
     if _ROOM_RE.fullmatch(value) is None:
         raise ValueError(f"room: expected '#' and 1-{MAX_ROOM_CHARS} of A-Z a-z 0-9 _ - .")
@@ -189,8 +195,7 @@ class Hello(Event):
             raise ValueError("version: must be a positive integer")
         check_nick("nick", self.nick)
         check_str("client", self.client)
-        if self.device and _DEVICE_RE.fullmatch(self.device) is None:
-            raise ValueError(f"device: 1-{MAX_DEVICE_CHARS} of A-Z a-z 0-9 _ -")
+        check_device("device", self.device)
         if self.identity and len(self.identity) != 32:
             raise ValueError("identity: an Ed25519 public key is 32 bytes")
 

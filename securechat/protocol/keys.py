@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .events import FROM_CLIENT, FROM_SERVER, Event, Record, check_nick, check_str
+from .devices import MAX_DEVICES, DeviceListRecord
+from .events import FROM_CLIENT, FROM_SERVER, Event, Record, check_device, check_nick, check_str
 from .limits import MAX_REF_CHARS
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Auth",
     "Challenge",
     "Delivery",
+    "DeviceKeys",
     "FetchKeys",
     "KeyIdentity",
     "Keys",
@@ -246,6 +248,26 @@ class FetchKeys(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeviceKeys(Record):
+    """Another device's bundle in a `keys` answer (protocol version 4): as `Keys`'s own
+    fields, for device `device`."""
+
+    device: str
+    identity: KeyIdentity
+    spk: SignedPrekeyRecord
+    opks: tuple[OneTimePrekeyRecord, ...] = ()
+    kpk: tuple[SignedKemPrekeyRecord, ...] = ()
+    kopks: tuple[OneTimeKemPrekeyRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.device:
+            raise ValueError("device: empty")
+        check_device("device", self.device)
+        if len(self.opks) > 1 or len(self.kpk) > 1 or len(self.kopks) > 1:
+            raise ValueError("opks, kpk, kopks: a fetched bundle carries at most one of each")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Keys(Event):
     """A user's bundle, with at most one one-time prekey of each kind (removed from the
     directory). `kpk` and `kopks` (protocol version 3) are sent only to version-3
@@ -261,12 +283,23 @@ class Keys(Event):
     ref: str = ""
     kpk: tuple[SignedKemPrekeyRecord, ...] = ()
     kopks: tuple[OneTimeKemPrekeyRecord, ...] = ()
+    #: Protocol version 4, for a person with a device list: the list (one, or none),
+    #: the device whose bundle the fields above are (the one holding the identity key),
+    #: and the bundles of the other devices it names that have published one.
+    devices: tuple[DeviceListRecord, ...] = ()
+    device: str = ""
+    others: tuple[DeviceKeys, ...] = ()
 
     def __post_init__(self) -> None:
         check_nick("nick", self.nick)
         check_str("ref", self.ref, max_chars=MAX_REF_CHARS)
+        check_device("device", self.device)
         if len(self.opks) > 1 or len(self.kpk) > 1 or len(self.kopks) > 1:
             raise ValueError("opks, kpk, kopks: a fetched bundle carries at most one of each")
+        if len(self.devices) > 1:
+            raise ValueError("devices: at most one list")
+        if len(self.others) >= MAX_DEVICES:
+            raise ValueError(f"others: at most {MAX_DEVICES - 1}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,9 +312,14 @@ class Whisper(Event):
     id: str
     header: bytes
     ciphertext: bytes
+    #: Protocol version 4: which of `to`'s devices it is encrypted for ("" for the one
+    #: holding their identity key, or a person with no device list). Whispers to your
+    #: own nick are the copies for your other devices, and must name one.
+    device: str = ""
 
     def __post_init__(self) -> None:
         check_nick("to", self.to)
+        check_device("device", self.device)
         _check_id("id", self.id)
         _check_blob("header", self.header, MAX_HEADER_BYTES)
         _check_blob("ciphertext", self.ciphertext, MAX_CIPHERTEXT_BYTES)
@@ -306,10 +344,13 @@ class WhisperStatus(Event):
     away: str = ""
     #: With `failed`: one of `FAILURE_REASONS`.
     reason: str = ""
+    #: The recipient's device it is about (the whisper's `device`).
+    device: str = ""
 
     def __post_init__(self) -> None:
         _check_id("id", self.id)
         check_nick("to", self.to)
+        check_device("device", self.device)
         if self.status not in _STATUSES:
             raise ValueError(f"status: one of {sorted(_STATUSES)}")
         _check_outcome_reason(self.status == "failed", self.reason)
@@ -330,11 +371,15 @@ class Delivery(Event):
     header: bytes
     ciphertext: bytes
     ts: float
+    #: Protocol version 4: which of `sender`'s devices sent it ("" for the one holding
+    #: their identity key, or a person with no device list).
+    device: str = ""
 
     def __post_init__(self) -> None:
         _check_id("id", self.id)
         _check_id("msg_id", self.msg_id)
         check_nick("sender", self.sender)
+        check_device("device", self.device)
         _check_blob("header", self.header, MAX_HEADER_BYTES)
         _check_blob("ciphertext", self.ciphertext, MAX_CIPHERTEXT_BYTES)
 

@@ -11,10 +11,15 @@ PROTOCOL_VERSION = 3
 #: Hello versions a server accepts. A version-1 session is served `#lobby` only (see
 #: docs/protocol.md, "Rooms"); a version-2 one gets no KEM prekeys; the session reads
 #: `hello.version` to know which it serves.
-SUPPORTED_VERSIONS = (1, 2, 3)
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 
 #: The first protocol version with KEM prekeys (see `PROTOCOL_VERSION`).
 KEM_VERSION = 3
+
+#: The first protocol version with linked devices: device lists (`publish_devices`,
+#: `devices`), the other devices' bundles in `keys`, whispers addressed to a device,
+#: pairing (`link`). A session of an older version is served as its person's one device.
+DEVICES_VERSION = 4
 
 #: One JSON line may not exceed this many bytes (newline excluded). Large enough for a
 #: key bundle with 100 one-time prekeys in base64 (~10 KiB), small enough that a

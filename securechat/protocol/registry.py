@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .devices import Devices, Link, PublishDevices
 from .events import (
     Away,
     Bye,
@@ -84,6 +85,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         WhisperStatus,
         Delivery,
         Ack,
+        PublishDevices,
+        Devices,
+        Link,
         Away,
         Join,
         Part,
