@@ -30,6 +30,7 @@ from securechat.server.store import (
     StoredRoom,
     StoreUnavailable,
     UnknownRecipient,
+    mailbox,
 )
 
 IDENT = KeyIdentity(sig_key=b"s" * 32, dh_key=b"d" * 32, dh_sig=b"g" * 64)
@@ -1015,3 +1016,58 @@ def test_an_ack_in_a_group_removes_only_its_own_recipients_whispers(store: Sqlit
     assert isinstance(bobs, list) and bobs[0] is not None and bobs[1] is None
     assert store.pending("bob") == [] and store.pending("carol") == []
     assert store.failures("alice") == [("bob", "m1", "no-session")]
+
+
+# -- linked devices ----------------------------------------------------------------------
+
+
+def test_a_device_list_only_goes_forward(store: SqliteStore) -> None:
+    assert store.device_list("alice") is None
+    assert store.set_device_list("Alice", 2, b"list v2", ())
+    assert store.device_list("alice") == (2, b"list v2")
+    assert not store.set_device_list("alice", 2, b"another v2", ())  # same version: refused
+    assert not store.set_device_list("alice", 1, b"list v1", ())  # older: refused
+    assert store.device_list("ALICE") == (2, b"list v2")
+    assert store.set_device_list("alice", 3, b"list v3", ())
+
+
+def test_a_linked_devices_mailbox_holds_its_keys_and_whispers_apart(store: SqliteStore) -> None:
+    assert store.register("bob", b"k" * 32, 1.0)
+    phone = mailbox("bob", "Phone")
+    assert phone == "bob/phone"
+    store.publish(phone, IDENT, SPK, opks(1))
+    store.publish("bob", IDENT, SPK, opks(2))
+    # Queued for a registered person's device: accepted (the owner is registered).
+    store.enqueue(phone, "m1", "alice", b"h", b"c", 1.0, registered_only=True)
+    store.enqueue("bob", "m1", "alice", b"h", b"c", 1.0, registered_only=True)
+    with pytest.raises(UnknownRecipient):
+        store.enqueue(mailbox("nobody", "x"), "m1", "alice", b"h", b"c", 1.0, registered_only=True)
+    assert [q.recipient for q in store.pending(phone)] == ["bob/phone"]
+    assert [q.recipient for q in store.pending("bob")] == ["bob"]
+    taken = store.take_bundle(phone)
+    assert taken is not None and taken.opk is not None and taken.opk.id == 1
+
+
+def test_removing_a_device_forgets_its_keys_and_queue_and_nothing_else(store: SqliteStore) -> None:
+    assert store.register("bob", b"k" * 32, 1.0)
+    for box in (mailbox("bob", "phone"), mailbox("bob", "tablet"), "bob"):
+        store.publish(box, IDENT, SPK, opks(1))
+        store.enqueue(box, "m1", "alice", b"h", b"c", 1.0)
+    assert store.set_device_list("bob", 2, b"without the phone", ["phone"])
+    assert store.pending(mailbox("bob", "phone")) == [] and store.take_bundle(mailbox("bob", "phone")) is None
+    assert len(store.pending(mailbox("bob", "tablet"))) == 1 and len(store.pending("bob")) == 1
+
+
+def test_releasing_a_nick_forgets_its_linked_devices_too(store: SqliteStore) -> None:
+    assert store.register("a_b", b"k" * 32, 1.0)
+    assert store.register("axb", b"j" * 32, 1.0)  # "_" is no wildcard: left alone
+    for box in (mailbox("a_b", "phone"), mailbox("axb", "phone")):
+        store.publish(box, IDENT, SPK, opks(1))
+        store.enqueue(box, "m1", "carol", b"h", b"c", 1.0)
+    store.enqueue("carol", "m2", mailbox("a_b", "phone"), b"h", b"c", 1.0)  # sent by the device
+    assert store.set_device_list("a_b", 1, b"list", ())
+    assert store.release("a_b")
+    assert store.device_list("a_b") is None
+    assert store.pending(mailbox("a_b", "phone")) == [] and store.pending("carol") == []
+    assert store.take_bundle(mailbox("a_b", "phone")) is None
+    assert len(store.pending(mailbox("axb", "phone"))) == 1

@@ -72,9 +72,10 @@ __all__ = [
     "UnknownRecipient",
     "backup",
     "inspect",
+    "mailbox",
 ]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 _C = TypeVar("_C")
 
@@ -322,6 +323,15 @@ class Store(Protocol):
         store's lock: it must not use the store).
         """
 
+    def device_list(self, nick: str) -> tuple[int, bytes] | None:
+        """`nick`'s device list: (version, the record as `set_device_list` was given it),
+        or None if it has none."""
+
+    def set_device_list(self, nick: str, version: int, record: bytes, removed: Sequence[str]) -> bool:
+        """Replace `nick`'s device list by `record` at `version`, if that is above the one
+        held (False, nothing changed, otherwise), and forget the mailboxes of the `removed`
+        device ids (their keys, their queued whispers), all in one durable transaction."""
+
     def prekey_status(self, nick: str) -> PrekeyStatus:
         """What the directory holds of `nick`'s prekeys."""
 
@@ -509,6 +519,13 @@ UPDATE history SET room = lower(room);
 CREATE TABLE IF NOT EXISTS kem_prekeys (
     nick_key TEXT NOT NULL, id INTEGER NOT NULL, last_resort INTEGER NOT NULL, created INTEGER NOT NULL,
     pub BLOB NOT NULL, sig BLOB NOT NULL, PRIMARY KEY (nick_key, id));
+""",
+    # Linked devices (protocol version 4): each person's signed device list, as the
+    # `publish_devices` line that set it. A linked device's keys and queue rows are kept
+    # under its mailbox, "nick/device" (see `mailbox`), in the tables above.
+    10: """
+CREATE TABLE IF NOT EXISTS device_lists (
+    nick_key TEXT PRIMARY KEY, version INTEGER NOT NULL, record BLOB NOT NULL);
 """,
 }
 
@@ -706,8 +723,44 @@ def _publish_kem(
     )
 
 
+def mailbox(nick: str, device: str = "") -> str:
+    """Where a device's keys and whispers are kept: the folded nick for the device holding
+    the identity key (or a person with no device list), "nick/device" for a linked one
+    (neither a nick nor a device id can hold a "/")."""
+    return fold_nick(f"{nick}/{device}" if device else nick)
+
+
+def _owner(box: str) -> str:
+    """The folded nick a mailbox belongs to."""
+    return box.partition("/")[0]
+
+
+def _forget_mailbox(db: sqlite3.Connection, box: str) -> None:
+    """Delete a linked device's keys, the whispers queued for it and the failures it
+    reported. In a write transaction."""
+    for table in ("bundles", "opks", "kem_prekeys"):
+        db.execute(f"DELETE FROM {table} WHERE nick_key=?", (box,))  # noqa: S608
+    db.execute("DELETE FROM queue WHERE recipient=?", (box,))
+    db.execute("DELETE FROM failures WHERE recipient=?", (box,))
+
+
 def _release(db: sqlite3.Connection, key: str) -> bool:
-    """Forget the nick `key` (folded): binding, keys, queue, failures. In a write transaction."""
+    """Forget the nick `key` (folded): binding, device list, keys, queue, failures, and
+    those of its linked devices' mailboxes. In a write transaction."""
+    # Every "key/..." mailbox: the strings from "key/" up to "key0" ("0" follows "/").
+    boxes = [
+        row[0]
+        for row in db.execute(
+            "SELECT nick_key FROM bundles WHERE nick_key > ? AND nick_key < ? "
+            "UNION SELECT recipient FROM queue WHERE recipient > ? AND recipient < ?",
+            (key + "/", key + "0", key + "/", key + "0"),
+        )
+    ]
+    for box in boxes:
+        _forget_mailbox(db, box)
+        db.execute("DELETE FROM queue WHERE sender=?", (box,))
+        db.execute("DELETE FROM failures WHERE sender=?", (box,))
+    db.execute("DELETE FROM device_lists WHERE nick_key=?", (key,))
     gone = db.execute("DELETE FROM users WHERE nick_key=?", (key,)).rowcount > 0
     db.execute("DELETE FROM bundles WHERE nick_key=?", (key,))
     db.execute("DELETE FROM opks WHERE nick_key=?", (key,))
@@ -809,7 +862,7 @@ def _enqueue_all(db: sqlite3.Connection, ops: Sequence[_Enqueue]) -> None:
     """
     # (op, whisper, recipient, sender) for every whisper, folded.
     items = [(op, w, fold_nick(w.recipient), fold_nick(w.sender)) for op in ops for w in op.whispers]
-    check = sorted({r for op, _, r, _ in items if op.registered_only})
+    check = sorted({_owner(r) for op, _, r, _ in items if op.registered_only})
     registered: set[str] = set()
     for part in _chunks(check, 1):
         sql = f"SELECT nick_key FROM users WHERE nick_key IN ({_rows(1, len(part))})"  # noqa: S608
@@ -842,7 +895,7 @@ def _enqueue_all(db: sqlite3.Connection, ops: Sequence[_Enqueue]) -> None:
     new: list[tuple[object, ...]] = []
     answered: list[tuple[str, str, str]] = []  # failures the whispers sent again answer
     for op, w, recipient, sender in items:
-        if op.registered_only and recipient not in registered:
+        if op.registered_only and _owner(recipient) not in registered:
             op.result.append(UnknownRecipient(w.recipient))
             continue
         key = (sender, w.msg_id, recipient)
@@ -1356,6 +1409,24 @@ class SqliteStore:
         if held is not None:
             with self._tx() as db:
                 db.execute("DELETE FROM kem_prekeys WHERE nick_key=?", (key,))
+
+    def device_list(self, nick: str) -> tuple[int, bytes] | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT version, record FROM device_lists WHERE nick_key=?", (fold_nick(nick),)
+            ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def set_device_list(self, nick: str, version: int, record: bytes, removed: Sequence[str]) -> bool:
+        key = fold_nick(nick)
+        with self._tx() as db:
+            row = db.execute("SELECT version FROM device_lists WHERE nick_key=?", (key,)).fetchone()
+            if row is not None and int(row[0]) >= version:
+                return False
+            db.execute("INSERT OR REPLACE INTO device_lists VALUES (?, ?, ?)", (key, version, record))
+            for device in removed:
+                _forget_mailbox(db, mailbox(key, device))
+        return True
 
     def prekey_status(self, nick: str) -> PrekeyStatus:
         key = fold_nick(nick)
