@@ -117,6 +117,7 @@ def test_a_json_script_whispers_the_example_bot_and_gets_its_answer(
         "status": "delivered",
         "away": "",
         "reason": "",
+        "device": "",
     }
     assert [s["status"] for s in statuses] in (["stored", "delivered"], ["delivered"])
     answer = script.until("whisper")

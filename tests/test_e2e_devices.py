@@ -65,6 +65,7 @@ def test_the_version_and_the_names_are_bound_by_the_signature() -> None:
         (tuple(Device(f"d{n}", bytes([n]) * 32) for n in range(MAX_DEVICES + 1)), "1 to"),
         ((Device("same", b"a" * 32), Device("same", b"b" * 32)), "twice"),
         ((Device("bad id!", b"a" * 32),), "malformed"),
+        ((Device("Upper", b"a" * 32),), "malformed"),
         ((Device("short", b"a" * 31),), "32 bytes"),
     ],
 )

@@ -97,7 +97,7 @@ topics = st.text(st.characters(blacklist_categories=("Cs",)), max_size=256)
 patterns = st.from_regex(r"#?[A-Za-z0-9_.\-*?]{0,63}", fullmatch=True)
 globs = st.from_regex(r"[A-Za-z0-9_.\-]{0,15}[*?][A-Za-z0-9_.\-*?]{0,15}", fullmatch=True)
 masks = st.one_of(nicks, globs)
-devices_ids = st.from_regex(r"[A-Za-z0-9_\-]{1,32}", fullmatch=True)
+devices_ids = st.from_regex(r"[a-z0-9_\-]{1,32}", fullmatch=True)
 device_lists = st.builds(
     DeviceListRecord,
     version=key_ids,

@@ -109,23 +109,23 @@ def test_ping_and_quit_are_allowed_before_hello() -> None:
     assert events_of(conn) == [Ping(), Quit()]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_every_supported_version_is_accepted(version: int) -> None:
     # A version-1 client is still served (#lobby only), a version-2 one without KEM
-    # prekeys; the session reads the version.
+    # prekeys, a version-3 one as its person's one device; the session reads the version.
     conn = Connection(Role.SERVER)
     conn.receive_data(b'{"type":"hello","version":%d,"nick":"alice"}\n' % version)
     assert events_of(conn) == [Hello(version=version, nick="alice")]
-    assert SUPPORTED_VERSIONS == (1, 2, 3) and PROTOCOL_VERSION == 3
+    assert SUPPORTED_VERSIONS == (1, 2, 3, 4) and PROTOCOL_VERSION == 3
 
 
 def test_wrong_version_is_fatal() -> None:
     conn = Connection(Role.SERVER)
-    conn.receive_data(b'{"type":"hello","version":4,"nick":"alice"}\n')
+    conn.receive_data(b'{"type":"hello","version":5,"nick":"alice"}\n')
     with pytest.raises(RemoteProtocolError) as info:
         conn.next_event()
     assert info.value.code == Code.UNSUPPORTED_VERSION and info.value.fatal
-    assert info.value.reason == "this server speaks protocol versions 1, 2 and 3"
+    assert info.value.reason == "this server speaks protocol versions 1, 2, 3 and 4"
 
 
 def test_second_hello_is_refused() -> None:

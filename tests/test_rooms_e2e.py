@@ -19,6 +19,7 @@ from securechat.e2e.login import login_message, rename_message
 from securechat.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Auth,
     Ban,
     BanList,
@@ -339,7 +340,7 @@ def test_older_and_newer_clients_are_told_clearly(
     server = start_server(autojoin=("#general",))
     for version, reason in (
         (1, "this server has rooms: upgrade your client (protocol version 2)"),
-        (PROTOCOL_VERSION + 1, "this server speaks protocol versions 1, 2 and 3"),
+        (max(SUPPORTED_VERSIONS) + 1, "this server speaks protocol versions 1, 2, 3 and 4"),
     ):
         raw = socket.create_connection(server.address, timeout=TIMEOUT)
         with client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:

@@ -123,6 +123,11 @@ class FakeSession:
         assert self.logic is not None
         return self.logic.sig_key
 
+    @property
+    def person_key(self) -> bytes:
+        assert self.logic is not None
+        return self.logic.person_key
+
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.received if isinstance(e, kind)]
 

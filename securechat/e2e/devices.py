@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol import fold_nick
+from ..protocol import DeviceListRecord, DeviceRecord, fold_nick
 from ..protocol.devices import MAX_DEVICES
-from ..protocol.limits import MAX_DEVICE_CHARS
+from ..protocol.events import is_valid_device
 from .errors import E2EError
 from .identity import Identity
 from .primitives import KEY_BYTES, SIG_BYTES, VERSION_LABEL, ed25519_verify, lp
@@ -26,9 +26,12 @@ __all__ = [
     "Device",
     "DeviceList",
     "DeviceListError",
+    "device_list_from",
     "device_list_message",
+    "device_list_record",
     "sign_device_list",
 ]
+
 
 class DeviceListError(E2EError):
     """A device list is not acceptable: bad signature, malformed, or older than one seen."""
@@ -67,11 +70,6 @@ class DeviceList:
         devices, and has a version of at least `at_least` (the highest seen)."""
         if not 1 <= self.version < 2**63:
             raise DeviceListError("device list: the version must be a positive integer")
-        if self.version < at_least:
-            raise DeviceListError(
-                f"{self.user}'s device list went back from version {at_least} to {self.version}: "
-                "the server may be hiding a device"
-            )
         if not 1 <= len(self.devices) <= MAX_DEVICES:
             raise DeviceListError(f"device list: 1 to {MAX_DEVICES} devices")
         ids = [d.device for d in self.devices]
@@ -79,11 +77,7 @@ class DeviceList:
         if len(set(ids)) != len(ids) or len(set(keys)) != len(keys):
             raise DeviceListError("device list: a device id or key is listed twice")
         for device in self.devices:
-            if not (
-                0 < len(device.device) <= MAX_DEVICE_CHARS
-                and device.device.isascii()
-                and all(c.isalnum() or c in "_-" for c in device.device)
-            ):
+            if not is_valid_device(device.device):
                 raise DeviceListError("device list: a malformed device id")
             if len(device.sig_key) != KEY_BYTES:
                 raise DeviceListError("device list: a device key is 32 bytes")
@@ -93,6 +87,13 @@ class DeviceList:
             identity_key, self.signature, device_list_message(self.user, self.version, self.devices)
         ):
             raise DeviceListError(f"{self.user}'s device list is not signed by their identity key")
+        # Only a list the person signed says anything about versions: checked last, so
+        # that a forged one is called forged, not a rollback.
+        if self.version < at_least:
+            raise DeviceListError(
+                f"{self.user}'s device list went back from version {at_least} to {self.version}: "
+                "the server may be hiding a device"
+            )
 
     def key_of(self, device: str) -> bytes | None:
         """The key of device `device`, None if the list does not name it."""
@@ -105,6 +106,25 @@ class DeviceList:
     def without(self, device: str) -> tuple[Device, ...]:
         """The devices but `device`."""
         return tuple(d for d in self.devices if d.device != device)
+
+
+def device_list_record(signed: DeviceList) -> DeviceListRecord:
+    """The wire form of a list (`publish_devices`, `devices`, `keys`)."""
+    return DeviceListRecord(
+        version=signed.version,
+        devices=tuple(DeviceRecord(device=d.device, key=d.sig_key) for d in signed.devices),
+        signature=signed.signature,
+    )
+
+
+def device_list_from(user: str, record: DeviceListRecord) -> DeviceList:
+    """`user`'s list as a record on the wire carries it (not checked: call `check`)."""
+    return DeviceList(
+        user=user,
+        version=record.version,
+        devices=tuple(Device(d.device, d.key) for d in record.devices),
+        signature=record.signature,
+    )
 
 
 def sign_device_list(identity: Identity, version: int, devices: tuple[Device, ...]) -> DeviceList:

@@ -16,14 +16,23 @@ Two parties, whose every message the server relays and could change (docs/e2e.md
    B, A)) as a big-endian integer, modulo 10^6, in 6 digits.
 5. The person types the new device's code on the existing one. Equal (compared in
    constant time): the existing device opens `sealed`, signs a device list naming the new
-   device, and answers with the identity's public keys and that list, encrypted under k.
-   Not equal: a wrong code; after `MAX_ATTEMPTS` wrong codes the pairing is over.
+   device, answers with the identity's public keys and that list (and what else the new
+   device must start from), encrypted under k, and shows a second code, computed as the
+   first with "link-confirm" for "link-code". Not equal: a wrong code; after
+   `MAX_ATTEMPTS` wrong codes the pairing is over.
+6. The person types that second code on the new device, which opens the answer only if
+   it is its own second code (`MAX_ATTEMPTS` tries there too).
 
 Why the server cannot link its own device: to sit between the two it must answer each
 with a key of its own, and then the two codes agree only if SHA-256 maps two different
 transcripts to the same 6 digits. The commitment fixes A before B is chosen and B is
 chosen before A is seen, so it cannot search for a match: one try in 10^6, and
-`MAX_ATTEMPTS` tries per pairing, each needing the person to type a code.
+`MAX_ATTEMPTS` tries per pairing, each needing the person to type a code. The first code
+convinces the existing device; the second, which the existing device shows only once the
+first was right, convinces the new one (a relay posing as the existing device could
+otherwise hand it an identity and device list of its own). Each side reveals, seals and
+opens once: a second answer would let a relay search for a key that fits a code already
+shown, and k encrypts one message each way.
 """
 
 from __future__ import annotations
@@ -94,6 +103,11 @@ def _transcript(commit: bytes, b_public: bytes, a_public: bytes) -> tuple[bytes,
     )
 
 
+def _confirm_input(code_input: bytes) -> bytes:
+    """The second code's hash input: the first's, relabelled."""
+    return code_input.replace(b"link-code", b"link-confirm", 1)
+
+
 def _code(code_input: bytes) -> str:
     value = int.from_bytes(sha256(code_input)[:8], "big") % 10**CODE_DIGITS
     return f"{value:0{CODE_DIGITS}d}"
@@ -107,46 +121,90 @@ def _aad(commit: bytes, b_public: bytes, a_public: bytes, direction: bytes) -> b
     return lp(VERSION_LABEL, b"link", commit, b_public, a_public, direction)
 
 
+def _shared(private: bytes, public: bytes) -> bytes:
+    """X25519, a malformed or low-order key being a `PairingError` like any bad input."""
+    try:
+        return x25519(private, public)
+    except ValueError:
+        raise PairingError("the other device's key is not a usable X25519 key") from None
+
+
+def _typed_matches(typed: str, code: str) -> bool:
+    digits = "".join(c for c in typed if not c.isspace())
+    return hmac.compare_digest(digits.encode(), code.encode())
+
+
+class PairingState(enum.Enum):
+    ANSWERED = "answered"  # existing: B sent; waiting for the reveal
+    REVEALED = "revealed"  # both: the reveal is made; waiting for the code
+    CONFIRMED = "confirmed"  # both: the right code was typed
+    DONE = "done"  # both: the answer was sealed / opened; nothing more
+    FAILED = "failed"  # over: a broken message or too many wrong codes
+
+
 class NewDevice:
     """The new device's side. Not thread-safe: one pairing, one caller."""
 
     def __init__(self, random: Random = os.urandom) -> None:
         self._ephemeral = DhKeyPair.generate(random)
         self.commitment = _commitment(self._ephemeral.public)
-        self._key: bytes | None = None
+        self.state = PairingState.ANSWERED  # until the reveal: it waits for B
+        self._key = b""
         self._b_public = b""
+        self._confirm = ""
+        self._attempts = MAX_ATTEMPTS
         #: The code to show, set by `reveal`.
         self.code = ""
 
     def reveal(self, b_public: bytes, payload: bytes) -> tuple[bytes, bytes]:
         """Given the existing device's B: (A, `payload` sealed under k), to send it; sets
-        `code`. Raises `PairingError` for a malformed B."""
+        `code`. Once only: raises `PairingError` for a second B (a relay could search for
+        one that fits a code already shown) or a malformed one."""
+        if self.state is not PairingState.ANSWERED:
+            self.state = PairingState.FAILED
+            raise PairingError("a second answer: the pairing is over")
         if len(b_public) != KEY_BYTES:
+            self.state = PairingState.FAILED
             raise PairingError("the other device's key is malformed")
         a_public = self._ephemeral.public
-        shared = x25519(self._ephemeral.private, b_public)
+        try:
+            shared = _shared(self._ephemeral.private, b_public)
+        except PairingError:
+            self.state = PairingState.FAILED
+            raise
         info, code_input = _transcript(self.commitment, b_public, a_public)
-        self._key, self._b_public, self.code = _key(shared, info), b_public, _code(code_input)
+        self._key, self._b_public = _key(shared, info), b_public
+        self.code, self._confirm = _code(code_input), _code(_confirm_input(code_input))
+        self.state = PairingState.REVEALED
         aad = _aad(self.commitment, b_public, a_public, b"to-existing")
         return a_public, aead_encrypt(self._key, _NONCE_TO_EXISTING, payload, aad)
 
+    def confirm(self, typed: str) -> None:
+        """The person typed the code the existing device showed once it accepted ours;
+        raises `WrongCode` if it is not this pairing's second code (after `MAX_ATTEMPTS`
+        of them the pairing is over), `PairingError` if none is expected now."""
+        if self.state is not PairingState.REVEALED:
+            raise PairingError("no code is expected now")
+        if not _typed_matches(typed, self._confirm):
+            self._attempts -= 1
+            if self._attempts == 0:
+                self.state = PairingState.FAILED
+            raise WrongCode(self._attempts)
+        self.state = PairingState.CONFIRMED
+
     def open_answer(self, sealed: bytes) -> bytes:
-        """The existing device's answer, opened; raises `PairingError` if it does not
-        authenticate (it came from someone without k: the code was wrong or never typed)."""
-        if self._key is None:
-            raise PairingError("no answer is expected before the reveal")
+        """The existing device's answer, opened, once the second code was confirmed; raises
+        `PairingError` before that, or if it does not authenticate (then the pairing is
+        over)."""
+        if self.state is not PairingState.CONFIRMED:
+            raise PairingError("the other device's code was not confirmed")
         aad = _aad(self.commitment, self._b_public, self._ephemeral.public, b"to-new")
         opened = aead_decrypt(self._key, _NONCE_TO_NEW, sealed, aad)
         if opened is None:
+            self.state = PairingState.FAILED
             raise PairingError("the answer does not authenticate")
+        self.state = PairingState.DONE
         return opened
-
-
-class PairingState(enum.Enum):
-    ANSWERED = "answered"  # B sent; waiting for the reveal
-    REVEALED = "revealed"  # A and the sealed payload came; waiting for the code
-    CONFIRMED = "confirmed"  # the right code was typed
-    FAILED = "failed"  # over: a broken reveal or too many wrong codes
 
 
 class ExistingDevice:
@@ -165,6 +223,10 @@ class ExistingDevice:
         self._sealed = b""
         self._key = b""
         self._code = ""
+        #: The second code, to show the person once they typed the first right (for them
+        #: to type on the new device); "" until then.
+        self.confirmation = ""
+        self._confirm = ""
 
     def receive_reveal(self, a_public: bytes, sealed: bytes) -> None:
         """Take A and the sealed payload; raises `PairingError` (and the pairing is over)
@@ -174,10 +236,15 @@ class ExistingDevice:
         if len(a_public) != KEY_BYTES or not hmac.compare_digest(_commitment(a_public), self._commitment):
             self.state = PairingState.FAILED
             raise PairingError("the new device's key is not the one it committed to")
-        shared = x25519(self._ephemeral.private, a_public)
+        try:
+            shared = _shared(self._ephemeral.private, a_public)
+        except PairingError:
+            self.state = PairingState.FAILED
+            raise
         info, code_input = _transcript(self._commitment, self.answer, a_public)
         self._a_public, self._sealed = a_public, sealed
         self._key, self._code = _key(shared, info), _code(code_input)
+        self._confirm = _code(_confirm_input(code_input))
         self.state = PairingState.REVEALED
 
     def confirm(self, typed: str) -> bytes:
@@ -186,8 +253,7 @@ class ExistingDevice:
         `PairingError` if the payload does not authenticate or no code is expected."""
         if self.state is not PairingState.REVEALED:
             raise PairingError("no code is expected now")
-        digits = "".join(c for c in typed if not c.isspace())
-        if not hmac.compare_digest(digits.encode(), self._code.encode()):
+        if not _typed_matches(typed, self._code):
             self._attempts -= 1
             if self._attempts == 0:
                 self.state = PairingState.FAILED
@@ -198,11 +264,14 @@ class ExistingDevice:
             self.state = PairingState.FAILED
             raise PairingError("the new device's payload does not authenticate")
         self.state = PairingState.CONFIRMED
+        self.confirmation = self._confirm
         return opened
 
     def seal_answer(self, payload: bytes) -> bytes:
-        """`payload` sealed for the new device; only after the right code was typed."""
+        """`payload` sealed for the new device; only after the right code was typed, and
+        once (k encrypts one message each way)."""
         if self.state is not PairingState.CONFIRMED:
             raise PairingError("the code was not confirmed")
+        self.state = PairingState.DONE
         aad = _aad(self._commitment, self.answer, self._a_public, b"to-new")
         return aead_encrypt(self._key, _NONCE_TO_NEW, payload, aad)

@@ -33,6 +33,8 @@ class Code:
     NOT_REGISTERED = "not-registered"
     RATE_LIMITED = "rate-limited"
     REPLACED = "replaced"
+    #: This device was removed from its person's device list: it may not log in again.
+    UNLINKED = "unlinked"
     TIMEOUT = "timeout"
     #: The server could not write to its database (disk full, I/O error): nothing was
     #: stored, the session stays up, and the same request may be sent again later.

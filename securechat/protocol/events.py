@@ -63,7 +63,7 @@ class Role(Enum):
 
 _NICK_RE = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.\-]{{0,{MAX_NICK_CHARS - 1}}}")
 _ROOM_RE = re.compile(rf"#[A-Za-z0-9_.\-]{{1,{MAX_ROOM_CHARS}}}")
-_DEVICE_RE = re.compile(rf"[A-Za-z0-9_\-]{{1,{MAX_DEVICE_CHARS}}}")
+_DEVICE_RE = re.compile(rf"[a-z0-9_\-]{{1,{MAX_DEVICE_CHARS}}}")
 
 
 def is_valid_nick(nick: object) -> bool:
@@ -103,10 +103,16 @@ def check_nicks(name: str, nicks: tuple[str, ...]) -> None:
         check_nick(name, nick)
 
 
+def is_valid_device(device: object) -> bool:
+    """True for a device id: 1-32 of a-z 0-9 _ - (lower case: it is part of the name of
+    the device's mailbox on the server, which, like a nick, is compared folded)."""
+    return isinstance(device, str) and _DEVICE_RE.fullmatch(device) is not None
+
+
 def check_device(name: str, value: str) -> None:
     """A device id (`Hello.device`), or "" for none."""
-    if value and _DEVICE_RE.fullmatch(value) is None:
-        raise ValueError(f"{name}: 1-{MAX_DEVICE_CHARS} of A-Z a-z 0-9 _ -")
+    if value and not is_valid_device(value):
+        raise ValueError(f"{name}: 1-{MAX_DEVICE_CHARS} of a-z 0-9 _ -")
 
 
 def check_room(value: str) -> None:

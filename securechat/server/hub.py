@@ -774,6 +774,14 @@ class Hub:
             entry = self._members.get(fold_nick(nick))
         return None if entry is None else entry.member
 
+    def member_of(self, nick: str, device: str) -> Member | None:
+        """The session of `nick`'s device `device` ("" the one holding the identity key,
+        or a session that named none), or None if that device is not online."""
+        with self._lock:
+            entry = self._members.get(fold_nick(nick))
+            found = None if entry is None else entry.sessions.get(device)
+        return None if found is None else found[0]
+
     def protocol_version(self, nick: str) -> int | None:
         """The protocol version of the session holding `nick` (its hello's), or None."""
         with self._lock:

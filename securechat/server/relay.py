@@ -29,6 +29,7 @@ from ..protocol import (
     Ack,
     Code,
     Delivery,
+    DeviceKeys,
     Keys,
     PrekeyCount,
     PublishKeys,
@@ -39,6 +40,7 @@ from ..protocol import (
 )
 from .backlog import Backlog
 from .config import ServerConfig
+from .devices import DeviceDirectory, DevicesRefused
 from .hub import Hub, Member
 from .prekeylimits import PrekeyLimits
 from .store import (
@@ -49,7 +51,9 @@ from .store import (
     QuotaExceeded,
     RenameResult,
     Store,
+    StoredBundle,
     UnknownRecipient,
+    mailbox,
 )
 
 __all__ = ["OPK_LOW_WATER", "Relay", "RelayError"]
@@ -95,6 +99,8 @@ class Relay:
             total_bytes=config.queue_max_bytes,
         )
         self._prekeys = PrekeyLimits(config, monotonic)
+        #: Each person's device list and their devices' mailboxes. Thread-safe itself.
+        self.devices = DeviceDirectory(store)
 
     # -- login ------------------------------------------------------------------------
 
@@ -161,7 +167,14 @@ class Relay:
         """Move `old`'s registration (to `sig_key`) to `new` in one transaction, or say why
         not (store.py's `rename_user`). The old bundle and prekeys go; what `old` sent and
         is still queued, and its failures, move to `new`."""
-        return self._store.rename_user(old, new, sig_key, self._clock())
+        listed = self.devices.listed(old)
+        if listed is not None and listed.linked():
+            return RenameResult.LINKED
+        result = self._store.rename_user(old, new, sig_key, self._clock())
+        if result is RenameResult.DONE:
+            self.devices.forget(old)
+            self.devices.forget(new)
+        return result
 
     def prekey_count(self, nick: str, *, kem: bool) -> PrekeyCount:
         """`nick`'s prekeys as the directory holds them; with `kem` (a session of protocol
@@ -177,7 +190,9 @@ class Relay:
 
     # -- directory --------------------------------------------------------------------
 
-    def publish(self, nick: str, sig_key: bytes, event: PublishKeys, *, kem: bool) -> PrekeyCount:
+    def publish(
+        self, nick: str, sig_key: bytes, event: PublishKeys, *, kem: bool, box: str | None = None
+    ) -> PrekeyCount:
         """Store published keys after checking every signature against the login key.
 
         `kem`: the session speaks protocol version 3 (the answer's KEM counts are for it).
@@ -185,14 +200,17 @@ class Relay:
         signed prekey (perhaps a rotation) must still be taken, and the answer's count
         tells the client what the server holds. Those dropped are not checked either.
         Raises `RelayError` if the keys are not `nick`'s, or are not validly signed.
+        `box`: the publishing device's mailbox (default: the nick's own, for the device
+        holding the identity key); a linked device's keys are its own, signed by its key.
         """
+        box = mailbox(nick) if box is None else box
         if event.identity.sig_key != sig_key:
             raise RelayError(Code.INVALID, "publish_keys: identity is not the key you logged in with")
         cap = self._config.opk_max_held
         # Those beyond the cap are dropped before their signatures are checked; the store
         # trims exactly. (After an identity change the old count is too high here: the
         # client is told the lower count and tops up.)
-        held = self._store.prekey_status(nick)
+        held = self._store.prekey_status(box)
         opks = event.opks[: max(0, cap - held.count)]
         kem_cap = self._config.kopk_max_held
         kopks = event.kopks[: max(0, kem_cap - held.kem_count)]
@@ -203,9 +221,9 @@ class Relay:
         except BundleError as exc:
             raise RelayError(Code.INVALID, f"publish_keys: {exc}") from None
         self._store.publish(
-            nick, event.identity, event.spk, opks, max_held=cap, kpk=kpk, kopks=kopks, max_kem_held=kem_cap
+            box, event.identity, event.spk, opks, max_held=cap, kpk=kpk, kopks=kopks, max_kem_held=kem_cap
         )
-        return self.prekey_count(nick, kem=kem)
+        return self.prekey_count(box, kem=kem)
 
     def drop_kem_prekeys(self, nick: str) -> None:
         """Forget `nick`'s KEM prekeys: its client (protocol version 2 or older) cannot
@@ -216,30 +234,41 @@ class Relay:
         """Request tokens a publish costs beyond its frame's own: its signature checks."""
         return (len(event.opks) + len(event.kpk) + len(event.kopks)) / self._config.opks_per_request_token
 
-    def fetch(self, nick: str, *, requester: bytes, ref: str = "", kem: bool) -> Keys:
+    def fetch(self, nick: str, *, requester: bytes, ref: str = "", kem: bool, devices: bool = False) -> Keys:
         """`nick`'s bundle for the identity `requester`, with one one-time prekey, which is
         never handed out again; with none when `nick` has run out or the prekey limits
         say so (see prekeylimits.py): the setup then uses the signed prekey alone. With
         `kem` (a requester of protocol version 3), also the last-resort KEM prekey and
-        one one-time KEM prekey, under the same rules. The answer carries `ref`, the
-        fetch's own (the client matches its answer by it).
+        one one-time KEM prekey, under the same rules. With `devices` (version 4), also
+        `nick`'s device list and the bundle of each other device it names, each with its
+        own one-time prekeys. The answer carries `ref`, the fetch's own (the client
+        matches its answer by it).
 
         Raises `RelayError` for an unknown user, one who has published no keys, or a
         requester fetching too fast.
         """
         if not self._prekeys.may_fetch(requester):
             raise RelayError(Code.RATE_LIMITED, "fetching keys too fast; try again in a moment")
-        stored = self._store.take_bundle(nick, take_opk=lambda: self._prekeys.may_hand_out(nick), kem=kem)
+        stored = self._take(mailbox(nick), kem=kem)
         if stored is None:
             if self._store.registered_key(nick) is None:
                 raise RelayError(Code.NO_SUCH_USER, f"nobody is registered as {nick}")
             raise RelayError(Code.NO_KEYS, f"{nick} has not published keys yet (they need to log in once)")
-        owner = self._hub.member(nick)
-        if owner is not None:
-            owner_kem = (self._hub.protocol_version(nick) or 0) >= KEM_VERSION
-            status = self.prekey_count(nick, kem=owner_kem)
-            if status.count < OPK_LOW_WATER or (owner_kem and status.kem_count < KOPK_REFILL_BELOW):
-                owner.deliver(encode(status))
+        listed = self.devices.listed(nick) if devices else None
+        others: list[DeviceKeys] = []
+        for device in [] if listed is None else listed.linked():
+            theirs = self._take(mailbox(nick, device), kem=kem)
+            if theirs is not None:  # a device that has not published yet cannot be reached
+                others.append(
+                    DeviceKeys(
+                        device=device,
+                        identity=theirs.identity,
+                        spk=theirs.spk,
+                        opks=() if theirs.opk is None else (theirs.opk,),
+                        kpk=() if theirs.kpk is None else (theirs.kpk,),
+                        kopks=() if theirs.kopk is None else (theirs.kopk,),
+                    )
+                )
         return Keys(
             nick=self._hub.display_nick(nick) or nick,
             identity=stored.identity,
@@ -248,15 +277,34 @@ class Relay:
             ref=ref,
             kpk=() if stored.kpk is None else (stored.kpk,),
             kopks=() if stored.kopk is None else (stored.kopk,),
+            devices=() if listed is None else (listed.record,),
+            device="" if listed is None else listed.master,
+            others=tuple(others),
         )
+
+    def _take(self, box: str, *, kem: bool) -> StoredBundle | None:
+        """The bundle in mailbox `box`, with a one-time prekey of each kind if the limits
+        allow; its device's session, if online, is told when it runs low."""
+        stored = self._store.take_bundle(box, take_opk=lambda: self._prekeys.may_hand_out(box), kem=kem)
+        if stored is None:
+            return None
+        nick, device = box.partition("/")[::2]
+        owner = self._hub.member_of(nick, device)
+        if owner is not None:
+            owner_kem = (self._hub.protocol_version(nick) or 0) >= KEM_VERSION
+            status = self.prekey_count(box, kem=owner_kem)
+            if status.count < OPK_LOW_WATER or (owner_kem and status.kem_count < KOPK_REFILL_BELOW):
+                owner.deliver(encode(status))
+        return stored
 
     # -- whispers ---------------------------------------------------------------------
 
     def whisper(self, sender: str, event: Whisper) -> WhisperStatus:
         """Queue a whisper durably, push it if the recipient is online; the `stored` status.
 
-        Raises `RelayError` for a recipient who is not registered, or a quota exceeded,
-        and `StoreUnavailable` if the commit failed.
+        `sender` is the sending device's mailbox (its nick, for the device holding the
+        identity key). Raises `RelayError` for a recipient who is not registered (or has
+        no such device), or a quota exceeded, and `StoreUnavailable` if the commit failed.
         """
         (outcome,) = self.whisper_many(sender, [event])
         if isinstance(outcome, RelayError):
@@ -267,20 +315,35 @@ class Relay:
         """`whisper` each of `events` (one session's, read together), in order and in one
         commit; for each, its `stored` status or its refusal. Raises `StoreUnavailable`
         if the commit failed: then none was stored or pushed. Sessions' reader threads.
+
+        Each whisper goes to the mailbox of the device it names (`Whisper.device`; none:
+        the device holding the recipient's identity key). One to the sender's own nick is
+        a copy for another of its devices, and must name one.
         """
         ts = self._clock()
-        shown_sender = self._hub.display_nick(sender) or sender
-        folded_sender = fold_nick(sender)
+        sender = fold_nick(sender)
+        sender_nick = _split(sender)[0]
+        shown_sender = self._hub.display_nick(sender_nick) or sender_nick
+        shown_device = self._public_device(sender)
         outcomes: list[WhisperStatus | RelayError | None] = []
+        boxes: list[str] = []
         queued: list[NewWhisper] = []
         for event in events:
-            if fold_nick(event.to) == folded_sender:
+            try:
+                box = self.devices.mailbox_of(event.to, event.device)
+            except DevicesRefused as exc:
+                outcomes.append(RelayError(exc.code, exc.reason))
+                boxes.append("")
+                continue
+            if box == sender:
                 # The client has no session with itself to decrypt it with: it would only
                 # come back as a failure.
                 outcomes.append(RelayError(Code.INVALID, "you cannot whisper yourself"))
-            else:
-                outcomes.append(None)
-                queued.append(NewWhisper(event.to, event.id, sender, event.header, event.ciphertext, ts))
+                boxes.append("")
+                continue
+            outcomes.append(None)
+            boxes.append(box)
+            queued.append(NewWhisper(box, event.id, sender, event.header, event.ciphertext, ts))
         # Returns once the commit holding them is on disk, which they may share with other
         # sessions' whispers (the store's group commit).
         stored = iter(self._store.enqueue_many(queued, limits=self._queue_limits, registered_only=True))
@@ -289,7 +352,7 @@ class Relay:
         pushes: dict[int, tuple[Member, list[bytes]]] = {}
         # Each recipient looked up once per batch (the hub's lock), not once per whisper.
         online: dict[str, Member | None] = {}
-        for event, refused in zip(events, outcomes, strict=True):
+        for event, refused, box in zip(events, outcomes, boxes, strict=True):
             if refused is not None:
                 results.append(refused)
                 continue
@@ -300,11 +363,10 @@ class Relay:
             if isinstance(whisper_id, QuotaExceeded):
                 results.append(RelayError(Code.QUOTA, self._over_quota(whisper_id.quota, event.to)))
                 continue
-            to = fold_nick(event.to)
-            if to in online:
-                recipient = online[to]
+            if box in online:
+                recipient = online[box]
             else:
-                recipient = online[to] = self._hub.member(to)
+                recipient = online[box] = self._hub.member_of(*_split(box))
             if recipient is not None:
                 # Only after the commit: a whisper the recipient sees is one the server
                 # keeps, and its id names no other whisper if the commit fails. No store
@@ -316,12 +378,25 @@ class Relay:
                     header=event.header,
                     ciphertext=event.ciphertext,
                     ts=ts,
+                    device=shown_device,
                 )
                 pushes.setdefault(id(recipient), (recipient, []))[1].append(encode(delivery))
             away = recipient.away if recipient is not None else ""
-            results.append(WhisperStatus(id=event.id, to=event.to, status="stored", away=away))
+            results.append(
+                WhisperStatus(id=event.id, to=event.to, status="stored", away=away, device=event.device)
+            )
         _push(pushes)
         return results
+
+    def _public_device(self, box: str) -> str:
+        """The device id clients know mailbox `box`'s device by: its own, for a linked
+        device; the listed id of the device holding the identity key ("" if its person
+        has no list)."""
+        nick, device = _split(box)
+        if device:
+            return device
+        listed = self.devices.listed(nick)
+        return "" if listed is None else listed.master
 
     def _over_quota(self, quota: Quota, to: str) -> str:
         """What the sender is told: which quota, in its terms, and what to do."""
@@ -355,7 +430,8 @@ class Relay:
         return Backlog(load, self._config.queue_page)
 
     def _delivery(self, q: QueuedWhisper) -> Delivery:
-        return _delivery(q, self._hub.display_nick(q.sender) or q.sender)
+        nick = _split(q.sender)[0]
+        return _delivery(q, self._hub.display_nick(nick) or nick, self._public_device(q.sender))
 
     def ack(self, nick: str, ack: Ack) -> None:
         """Forget a whisper `nick`'s client has dealt with, and tell its sender, if online,
@@ -381,7 +457,8 @@ class Relay:
             [(int(a.id), failed) for a, failed in zip(acks, outcomes, strict=True)],
             keep_failures=self._config.queue_max_per_sender,
         )
-        to = self._hub.display_nick(nick) or nick
+        owner = _split(nick)[0]
+        to, device = self._hub.display_nick(owner) or owner, self._public_device(nick)
         statuses: dict[int, tuple[Member, list[bytes]]] = {}
         online: dict[str, Member | None] = {}  # each sender looked up once per batch
         for done, failed in zip(done_all, outcomes, strict=True):
@@ -390,10 +467,10 @@ class Relay:
             if done.sender in online:
                 sender = online[done.sender]
             else:
-                sender = online[done.sender] = self._hub.member(done.sender)
+                sender = online[done.sender] = self._hub.member_of(*_split(done.sender))
             if sender is not None:
                 statuses.setdefault(id(sender), (sender, []))[1].append(
-                    encode(_status(done.msg_id, to, failed))
+                    encode(_status(done.msg_id, to, failed, device))
                 )
         _push(statuses)
 
@@ -402,10 +479,12 @@ class Relay:
         `nick`'s client has not sent again yet, to tell at login: the oldest `queue_page`
         of them (the rest at later logins, once these were sent again). At most
         `queue_max_per_sender` are kept per sender, the newest."""
-        return [
-            _status(msg_id, self._hub.display_nick(recipient) or recipient, reason)
-            for recipient, msg_id, reason in self._store.failures(nick, limit=self._config.queue_page)
-        ]
+        statuses = []
+        for recipient, msg_id, reason in self._store.failures(nick, limit=self._config.queue_page):
+            owner = _split(recipient)[0]
+            shown = self._hub.display_nick(owner) or owner
+            statuses.append(_status(msg_id, shown, reason, self._public_device(recipient)))
+        return statuses
 
 
 def _push(frames: dict[int, tuple[Member, list[bytes]]]) -> None:
@@ -415,11 +494,25 @@ def _push(frames: dict[int, tuple[Member, list[bytes]]]) -> None:
         member.deliver(lines[0] if len(lines) == 1 else b"".join(lines))
 
 
-def _delivery(q: QueuedWhisper, sender: str) -> Delivery:
+def _split(box: str) -> tuple[str, str]:
+    """(nick, device) of a mailbox: device "" for the one holding the identity key."""
+    nick, _, device = box.partition("/")
+    return nick, device
+
+
+def _delivery(q: QueuedWhisper, sender: str, device: str) -> Delivery:
     return Delivery(
-        id=str(q.id), msg_id=q.msg_id, sender=sender, header=q.header, ciphertext=q.ciphertext, ts=q.ts
+        id=str(q.id),
+        msg_id=q.msg_id,
+        sender=sender,
+        header=q.header,
+        ciphertext=q.ciphertext,
+        ts=q.ts,
+        device=device,
     )
 
 
-def _status(msg_id: str, to: str, failed: str) -> WhisperStatus:
-    return WhisperStatus(id=msg_id, to=to, status="failed" if failed else "delivered", reason=failed)
+def _status(msg_id: str, to: str, failed: str, device: str) -> WhisperStatus:
+    return WhisperStatus(
+        id=msg_id, to=to, status="failed" if failed else "delivered", reason=failed, device=device
+    )

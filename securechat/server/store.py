@@ -89,6 +89,7 @@ class RenameResult(enum.Enum):
     NEW_REGISTERED = "new-registered"  # `new` (folded) is registered, to anyone
     NOT_YOURS = "not-yours"  # `old` is not registered to the key
     QUEUED = "queued"  # whispers still wait for `old`
+    LINKED = "linked"  # `old` has linked devices (the relay's check: they know it by its nick)
 
 
 class StoreUnavailable(Exception):

@@ -146,7 +146,7 @@ class Session:
         )
 
     # -- read by other threads -----------------------------------------------------
-    # `nick`, `sig_key` and `away` are written only by the reader thread (in the logic)
+    # `nick`, `sig_key`, `person_key` and `away` are written only by the reader thread (in the logic)
     # and read elsewhere as one reference read, which is atomic: `sig_key` is set before
     # the session joins the hub, and other logins read it under the hub's lock, which
     # orders the two; `nick` (set at the welcome and by a rename) is read by the writer
@@ -163,6 +163,11 @@ class Session:
     def sig_key(self) -> bytes:
         """The identity key this session proved; b"" for a guest."""
         return self._logic.sig_key
+
+    @property
+    def person_key(self) -> bytes:
+        """Its person's identity key (see `SessionLogic.person_key`); b"" for a guest."""
+        return self._logic.person_key
 
     @property
     def away(self) -> str:

@@ -14,6 +14,7 @@ the queued whispers handed out a page at a time, and the answers when the store 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from ...protocol import (
+    DEVICES_VERSION,
     KEM_VERSION,
     NAMING_A_ROOM,
     PROTOCOL_VERSION,
@@ -35,6 +37,7 @@ from ...protocol import (
     Challenge,
     Code,
     Deop,
+    Devices,
     Error,
     Event,
     FetchKeys,
@@ -42,11 +45,13 @@ from ...protocol import (
     Invite,
     Join,
     Kick,
+    Link,
     ListRooms,
     Op,
     Part,
     Ping,
     Pong,
+    PublishDevices,
     PublishKeys,
     Quit,
     RegisterRoom,
@@ -60,6 +65,7 @@ from ...protocol import (
     Welcome,
     Whisper,
     Who,
+    encode,
     fold_nick,
     fold_room,
     is_pattern,
@@ -69,10 +75,11 @@ from ..addresses import PrefixGuards
 from ..authfail import NICK_REGISTERED, PROOF_FAILED, auth_failed, registration_refused
 from ..backlog import Backlog
 from ..config import ServerConfig
+from ..devices import DevicesRefused
 from ..hub import Hub, Member, NickTaken, RoomError, TooManyDevices
 from ..ratelimit import TokenBucket
 from ..relay import Relay, RelayError
-from ..store import RenameResult, StoreUnavailable
+from ..store import RenameResult, StoreUnavailable, mailbox
 
 __all__ = ["Holder", "LoginState", "Port", "SessionLogic"]
 
@@ -113,8 +120,9 @@ class Holder(Protocol):
     with the same identity key displaces it (see `SessionLogic._login`)."""
 
     @property
-    def sig_key(self) -> bytes:
-        """The identity key it proved; b"" for a guest. Set before it joins the hub."""
+    def person_key(self) -> bytes:
+        """Its person's identity key (a linked device proves its own, vouched for by this
+        one); b"" for a guest. Set before it joins the hub."""
 
     def close(self, final: Event | None = None, reason: str = "") -> None:
         """As `Port.close`; called by the displacing session's reader thread."""
@@ -159,12 +167,20 @@ class SessionLogic:
         # shell (io.py says how each read is safe).
         self.nick: str | None = None  # set in the welcome (under the hub's lock) and by a rename
         self.sig_key = b""  # the identity key this session proved; b"" for a guest
+        # The person's identity key: `sig_key` itself, but for a linked device (which
+        # proves its own key, vouched for by this one). What the hub knows the person by.
+        self.person_key = b""
         self.away = ""  # the away message the client set ("" when here)
         # Reader thread only, from here on.
         self.state = LoginState.AWAITING_HELLO
         self._served: Hello | None = None  # the hello being served (the claim, when awaiting proof)
         self._nonce = b""  # the login challenge; kept after the login: a rename signs over it
         self._version = PROTOCOL_VERSION  # the hello's: 1 is served #lobby only
+        # Where this device's keys and whispers are kept (store.py `mailbox`): the nick
+        # (folded) for the device holding the identity key, "nick/device" for a linked
+        # one. Set at login, and by a rename.
+        self.box = ""
+        self._linked = False  # the hello claims a linked device (its key is in the list)
         self._backlog: Backlog | None = None  # queued whispers still to hand out
         self._requests = (
             TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
@@ -251,7 +267,7 @@ class SessionLogic:
         assert self.nick is not None  # batched only once logged in
         acks, self._acks = self._acks, []
         try:
-            self._relay.ack_many(self.nick, acks)
+            self._relay.ack_many(self.box, acks)
         except StoreUnavailable:
             for ack in acks:
                 self._store_unavailable(ack)
@@ -271,7 +287,7 @@ class SessionLogic:
         assert self.nick is not None  # batched only once logged in
         whispers, self._whispers = self._whispers, []
         try:
-            outcomes = self._relay.whisper_many(self.nick, whispers)
+            outcomes = self._relay.whisper_many(self.box, whispers)
         except StoreUnavailable:
             for whisper in whispers:
                 self._store_unavailable(whisper)
@@ -337,6 +353,10 @@ class SessionLogic:
             pass  # answers to our keepalive pings carry nothing to act on
         elif isinstance(event, (PublishKeys, FetchKeys, Whisper, Ack)):
             self._e2e(event)
+        elif isinstance(event, PublishDevices):
+            self._publish_devices(event)
+        elif isinstance(event, Link):
+            self._link(event)
 
     def _store_unavailable(self, event: Event) -> None:
         """The store failed while handling `event` (the store logged it, at a bounded rate).
@@ -425,18 +445,24 @@ class SessionLogic:
                         "try again in a moment",
                     )
                 self._reply(
-                    self._relay.publish(self.nick, self.sig_key, event, kem=self._version >= KEM_VERSION)
+                    self._relay.publish(
+                        self.nick, self.sig_key, event, kem=self._version >= KEM_VERSION, box=self.box
+                    )
                 )
             elif isinstance(event, FetchKeys):
                 self._reply(
                     self._relay.fetch(
-                        event.nick, requester=self.sig_key, ref=event.ref, kem=self._version >= KEM_VERSION
+                        event.nick,
+                        requester=self.person_key,
+                        ref=event.ref,
+                        kem=self._version >= KEM_VERSION,
+                        devices=self._version >= DEVICES_VERSION,
                     )
                 )
             elif isinstance(event, Whisper):
-                self._reply(self._relay.whisper(self.nick, event))
+                self._reply(self._relay.whisper(self.box, event))
             elif isinstance(event, Ack):
-                self._relay.ack(self.nick, event)
+                self._relay.ack(self.box, event)
                 if self._backlog is not None:  # an ack makes room for more of the backlog
                     for delivery in self._backlog.acked(event.id):
                         self._reply(delivery)
@@ -444,6 +470,70 @@ class SessionLogic:
                         self._backlog = None
         except RelayError as exc:
             self._reply(Error(code=exc.code, reason=exc.reason, ref=_request_ref(event)))
+
+    # -- linked devices (protocol version 4) ---------------------------------------------
+
+    def _devices_request(self, event: Event) -> bool:
+        """True if this session may send `event` (a version-4 frame); else answered."""
+        if self._version >= DEVICES_VERSION:
+            return True
+        self._reply(
+            Error(code=Code.UNEXPECTED, reason=f"{event.TYPE!r} is not in protocol version {self._version}")
+        )
+        return False
+
+    def _publish_devices(self, event: PublishDevices) -> None:
+        """Replace the person's device list (the device holding the identity key only):
+        every session of the person is sent the new list; the sessions of the devices it
+        no longer names are closed, and their mailboxes are gone (devices.py)."""
+        assert self.nick is not None  # the connection passes these only after the welcome
+        if not self._devices_request(event):
+            return
+        if not self.sig_key or self.sig_key != self.person_key:
+            self._reply(
+                Error(
+                    code=Code.NOT_REGISTERED,
+                    reason="only the device holding your identity key can change your devices",
+                )
+            )
+            return
+        try:
+            removed = self._relay.devices.publish(self.nick, self.person_key, event.devices)
+        except DevicesRefused as exc:
+            self._reply(Error(code=exc.code, reason=exc.reason))
+            return
+        log.info("%s published device list version %d", self.nick, event.devices.version)
+        for device in removed:
+            session = self._hub.member_of(self.nick, device)
+            if isinstance(session, Holder):
+                session.close(
+                    Error(code=Code.UNLINKED, reason="this device was unlinked", fatal=True),
+                    reason="unlinked",
+                )
+        everyone = self._hub.member(self.nick)
+        if everyone is not None:
+            everyone.deliver(encode(Devices(nick=self.nick, devices=event.devices)))
+
+    def _link(self, event: Link) -> None:
+        """Relay one pairing message: a new device's (commitment, reveal) to the device
+        holding `peer`'s identity key, the answers to the session named `peer`. The
+        server reads nothing in it; `peer` becomes the sender's nick."""
+        assert self.nick is not None
+        if not self._devices_request(event):
+            return
+        to_identity = event.step in ("commit", "reveal")
+        target = self._hub.member_of(event.peer, "") if to_identity else self._hub.member(event.peer)
+        if target is None:
+            self._reply(
+                Error(
+                    code=Code.NO_SUCH_USER,
+                    reason=f"{event.peer} is not online"
+                    + (" on the device holding their identity key" if to_identity else ""),
+                    ref=event.pairing,
+                )
+            )
+            return
+        target.deliver(encode(dataclasses.replace(event, peer=self.nick)))
 
     # -- logging in -------------------------------------------------------------------
 
@@ -476,6 +566,17 @@ class SessionLogic:
                 ),
                 reason="too many failed logins",
             )
+        elif (
+            hello.identity
+            and hello.version >= DEVICES_VERSION
+            and hello.device
+            and self._relay.devices.vouches(hello.nick, hello.device, hello.identity)
+        ):
+            # A linked device: it proves its own key, which the person's list names.
+            self._linked = True
+            self.state, self._served = LoginState.AWAITING_PROOF, hello
+            self._nonce = self._make_nonce()
+            self._reply(Challenge(nonce=self._nonce))
         elif not self._relay.may_claim(hello.nick, hello.identity):
             self._refuse_registered(hello.nick)
         elif hello.identity:
@@ -503,6 +604,9 @@ class SessionLogic:
                 Error(code=Code.AUTH_FAILED, reason="identity proof failed", fatal=True), reason="auth failed"
             )
             return
+        if self._linked:
+            self._linked_login(claim)
+            return
         # A nick nobody holds yet costs one of the network's registrations: nicks are
         # free, and each one is kept for months.
         if not self._relay.is_registered(claim.nick) and not self._guards.register(self._prefix):
@@ -524,23 +628,44 @@ class SessionLogic:
         if not self._relay.register(claim.nick, claim.identity):
             self._refuse_registered(claim.nick)
             return
-        self.sig_key = claim.identity
+        self.sig_key = self.person_key = claim.identity
+        self.box = mailbox(claim.nick)
         if self._login(claim):
-            kem = self._version >= KEM_VERSION
-            if not kem:
-                # Its client cannot answer a post-quantum setup (nor even read one: its
-                # headers are over version 2's limit); an older client's publish may not
-                # come for days, so its KEM prekeys go now, and peers set up as it can.
-                self._relay.drop_kem_prekeys(claim.nick)
-            self._reply(self._relay.prekey_count(claim.nick, kem=kem))
-            # A page of what waited; more as acks come back (see backlog.py).
-            self._backlog = self._relay.backlog(claim.nick)
-            for delivery in self._backlog.start():
-                self._reply(delivery)
-            if self._backlog.done:
-                self._backlog = None
-            for failure in self._relay.failures(claim.nick):
-                self._reply(failure)
+            self._after_login(claim)
+
+    def _linked_login(self, claim: Hello) -> None:
+        """Log in a linked device whose proof was good: the person is the nick's
+        registered key (checked again: the list may have changed since the hello)."""
+        person = self._relay.registered_key(claim.nick)
+        if person is None or not self._relay.devices.vouches(claim.nick, claim.device, claim.identity):
+            self._refuse_registered(claim.nick)
+            return
+        self.sig_key, self.person_key = claim.identity, person
+        self.box = mailbox(claim.nick, claim.device)
+        if self._login(claim):
+            self._after_login(claim)
+
+    def _after_login(self, claim: Hello) -> None:
+        """What an identity session is sent once logged in: its prekey count, its device
+        list (version 4), what waited for it, and its whispers that failed."""
+        kem = self._version >= KEM_VERSION
+        if not kem:
+            # Its client cannot answer a post-quantum setup (nor even read one: its
+            # headers are over version 2's limit); an older client's publish may not
+            # come for days, so its KEM prekeys go now, and peers set up as it can.
+            self._relay.drop_kem_prekeys(self.box)
+        self._reply(self._relay.prekey_count(self.box, kem=kem))
+        listed = self._relay.devices.listed(claim.nick) if self._version >= DEVICES_VERSION else None
+        if listed is not None:
+            self._reply(Devices(nick=claim.nick, devices=listed.record))
+        # A page of what waited; more as acks come back (see backlog.py).
+        self._backlog = self._relay.backlog(self.box)
+        for delivery in self._backlog.start():
+            self._reply(delivery)
+        if self._backlog.done:
+            self._backlog = None
+        for failure in self._relay.failures(self.box):
+            self._reply(failure)
 
     def _login(self, hello: Hello) -> bool:
         """Join the room under `hello.nick`; False (and the session closing) if it is taken."""
@@ -568,7 +693,9 @@ class SessionLogic:
         def same_user(holder: object) -> bool:
             # A login proven with the nick's own key takes over a stale session of that
             # key (a reconnect before the server noticed the old connection died).
-            return bool(self.sig_key) and isinstance(holder, Holder) and holder.sig_key == self.sig_key
+            return (
+                bool(self.person_key) and isinstance(holder, Holder) and holder.person_key == self.person_key
+            )
 
         try:
             displaced = self._hub.join(
@@ -576,10 +703,12 @@ class SessionLogic:
                 hello.nick,
                 welcome,
                 may_replace=same_user,
-                key=self.sig_key,
+                key=self.person_key,
                 version=hello.version,
-                # A version-1 client is one session per nick, as it always was.
-                device=hello.device if hello.version > 1 else "",
+                # The device holding the identity key is "" in the hub, whatever its
+                # client calls it: a client that names no device is that device too, so
+                # a reconnect of either replaces the other's stale session.
+                device=hello.device if self._linked else "",
             )
         except TooManyDevices:
             self._port.close(
@@ -713,7 +842,7 @@ class SessionLogic:
             self._reply(_rename_refusal(result, old, new))
             return
         self._hub.rename(old, new)
-        self.nick = new
+        self.nick, self.box = new, mailbox(new)
         log.info("%s renamed to %s", old, new)
 
     def _reply(self, event: Event) -> None:
@@ -727,6 +856,12 @@ def _rename_refusal(result: RenameResult, old: str, new: str) -> Error:
         return Error(
             code=Code.UNEXPECTED,
             reason="your queued whispers are still being delivered; try again in a moment",
+            ref=new,
+        )
+    if result is RenameResult.LINKED:
+        return Error(
+            code=Code.UNEXPECTED,
+            reason="you have linked devices, which know you by this nick: unlink them before renaming",
             ref=new,
         )
     if result is RenameResult.NOT_YOURS:  # released while online cannot happen; said plainly if it did
@@ -747,7 +882,7 @@ _MAX_WHISPER_BATCH = 64
 
 #: Requests that cost a token of the session's message bucket. Answers (pong, ack) do
 #: not: refusing them would punish a client for keeping up.
-_RATE_LIMITED = (Say, Who, Whisper, PublishKeys, Ping, Rename, *ROOM_REQUESTS)
+_RATE_LIMITED = (Say, Who, Whisper, PublishKeys, PublishDevices, Link, Ping, Rename, *ROOM_REQUESTS)
 
 RoomRequest = (
     Join
