@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 
 from securechat.e2e.bundle import MAX_CLOCK_ERROR, OPK_KEEP
 from securechat.e2e.conversations import MAX_CONTACT_REQUESTS, Carried, Conversations, Trust
-from securechat.e2e.errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
+from securechat.e2e.devices import Device, DeviceList, DeviceListError, sign_device_list
+from securechat.e2e.errors import BundleError, DecryptionError, IdentityChanged, NotTrusted, UnknownDevice
 from securechat.e2e.identity import Identity
 from securechat.e2e.ratchet import MAX_SKIP, parse_header
 
@@ -825,3 +827,122 @@ def test_a_keystore_written_before_version_2_loads_and_its_kem_ids_start_above_a
     published = old.bundle_to_publish()  # KEM prekeys made at the first publish
     assert published.kpk is not None and published.kpk.id >= int(NOW) + MAX_CLOCK_ERROR
     assert all(k.id > published.kpk.id for k in published.kopks)
+
+
+# -- linked devices ------------------------------------------------------------------------
+
+
+def linked_alice(seed: int = 70) -> tuple[Conversations, Conversations, DeviceList]:
+    """alice's identity device (laptop) and a linked phone with its own key, and the list
+    the identity key signed naming both."""
+    laptop = party("alice", seed)
+    phone = party("alice", seed + 1)  # its own identity (device) keys, bound to the nick
+    phone.set_person(laptop.identity.public())
+    listed = sign_device_list(
+        laptop.identity,
+        1,
+        (Device("laptop", laptop.identity.sig_key), Device("phone", phone.identity.sig_key)),
+    )
+    return laptop, phone, listed
+
+
+def test_a_whisper_reaches_each_linked_device_in_its_own_session() -> None:
+    laptop, phone, listed = linked_alice()
+    bob = party("bob", 80)
+    bob.start_session("alice", fetched_bundle(laptop))  # pins alice's identity key
+    assert bob.accept_devices("alice", listed)
+    assert bob.linked_devices("alice") == ["phone"]
+    bob.start_session("alice", fetched_bundle(phone), device="phone")
+    assert bob.has_session("alice") and bob.has_session("alice", "phone")
+    to_laptop = bob.encrypt("alice", b"for the laptop")
+    to_phone = bob.encrypt("alice", b"for the phone", device="phone")
+    assert laptop.decrypt("bob", *to_laptop).plaintext == b"for the laptop"
+    assert phone.decrypt("bob", *to_phone).plaintext == b"for the phone"
+    # The phone answers; bob takes it as alice's, under her pinned identity.
+    phone.own_device_list("alice", listed)
+    got = bob.decrypt("alice", *phone.encrypt("bob", b"from the phone"), device="phone")
+    assert got.plaintext == b"from the phone" and got.sender.key == laptop.identity.public().key
+
+
+def test_a_device_key_the_list_does_not_name_is_refused_and_never_pinned() -> None:
+    laptop, _phone, listed = linked_alice()
+    evil = party("alice", 99)  # a device the server made up, with a key of its own
+    bob = party("bob", 80)
+    bob.start_session("alice", fetched_bundle(laptop))
+    bob.accept_devices("alice", listed)
+    with pytest.raises(BundleError, match="not in their device list"):
+        bob.start_session("alice", fetched_bundle(evil), device="phone")  # under a listed id
+    with pytest.raises(BundleError, match="not in their device list"):
+        bob.start_session("alice", fetched_bundle(evil), device="evil")
+    # And a whisper it starts is refused before anything changes.
+    evil.start_session("bob", fetched_bundle(bob))
+    header, body = evil.encrypt("bob", b"hello from a fake device")
+    with pytest.raises(UnknownDevice):
+        bob.decrypt("alice", header, body, device="evil")
+    with pytest.raises(UnknownDevice):
+        bob.decrypt("alice", header, body, device="phone")
+    assert bob.pin("alice").identity.key == laptop.identity.public().key  # type: ignore[union-attr]
+
+
+def test_a_first_whisper_from_a_linked_device_waits_for_the_persons_keys() -> None:
+    laptop, phone, listed = linked_alice()
+    bob = party("bob", 80)
+    phone.start_session("bob", fetched_bundle(bob))
+    header, body = phone.encrypt("bob", b"first contact from a phone")
+    with pytest.raises(UnknownDevice):  # bob knows nothing of alice: no pin is made
+        bob.decrypt("alice", header, body, device="phone")
+    assert bob.pin("alice") is None
+    bob.start_session("alice", fetched_bundle(laptop))  # the client fetches her keys
+    bob.accept_devices("alice", listed)
+    assert bob.decrypt("alice", header, body, device="phone").plaintext == b"first contact from a phone"
+
+
+def test_an_older_device_list_is_refused_and_a_removed_device_loses_its_sessions() -> None:
+    laptop, phone, listed = linked_alice()
+    bob = party("bob", 80)
+    bob.start_session("alice", fetched_bundle(laptop))
+    bob.accept_devices("alice", listed)
+    bob.start_session("alice", fetched_bundle(phone), device="phone")
+    without_phone = sign_device_list(laptop.identity, 2, (Device("laptop", laptop.identity.sig_key),))
+    assert bob.accept_devices("alice", without_phone)
+    assert not bob.has_session("alice", "phone") and bob.linked_devices("alice") == []
+    with pytest.raises(DeviceListError, match="went back"):
+        bob.accept_devices("alice", listed)  # the server serving version 1 again
+    same_version_other = sign_device_list(
+        laptop.identity, 2, (Device("laptop", laptop.identity.sig_key), Device("x", phone.identity.sig_key))
+    )
+    with pytest.raises(DeviceListError, match="two different"):
+        bob.accept_devices("alice", same_version_other)
+
+
+def test_device_lists_sessions_and_the_person_survive_a_reload() -> None:
+    laptop, phone, listed = linked_alice()
+    bob = party("bob", 80)
+    bob.start_session("alice", fetched_bundle(laptop))
+    bob.accept_devices("alice", listed)
+    bob.start_session("alice", fetched_bundle(phone), device="phone")
+    again = Conversations.from_records({k: v for k, v in bob.records().items() if v is not None})
+    assert again.linked_devices("alice") == ["phone"] and again.has_session("alice", "phone")
+    other_v1 = sign_device_list(laptop.identity, 1, (Device("laptop", laptop.identity.sig_key),))
+    with pytest.raises(DeviceListError, match="two different"):
+        again.accept_devices("alice", other_v1)
+    phone.start_session("bob", fetched_bundle(bob))
+    laptop.start_session("bob", fetched_bundle(bob))
+    phone_again = Conversations.from_records({k: v for k, v in phone.records().items() if v is not None})
+    assert phone_again.person.key == laptop.identity.public().key
+    # Safety numbers are the person's, on every device: the phone shows bob the laptop's.
+    assert phone_again.safety_number("bob") == laptop.safety_number("bob") == bob.safety_number("alice")
+
+
+def test_a_pin_whose_saved_list_was_edited_is_refused_on_load() -> None:
+    laptop, _phone, listed = linked_alice()
+    bob = party("bob", 80)
+    bob.start_session("alice", fetched_bundle(laptop))
+    bob.accept_devices("alice", listed)
+    records = {k: v for k, v in bob.records().items() if v is not None}
+    name = next(n for n in records if n.startswith("pin:"))
+    saved = json.loads(records[name])
+    saved["devices"]["devices"][1][1] = base64.b64encode(bytes(32)).decode()  # a key slipped in
+    records[name] = json.dumps(saved).encode()
+    with pytest.raises(ValueError, match="not signed"):
+        Conversations.from_records(records)

@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from ..protocol import fold_nick, is_valid_nick
+from ..protocol.events import is_valid_device
 from .bundle import (
     KOPK_TARGET,
     MAX_CLOCK_ERROR,
@@ -31,7 +32,8 @@ from .bundle import (
     StoredSpk,
     verify_bundle,
 )
-from .errors import BundleError, DecryptionError, IdentityChanged, NotTrusted
+from .devices import Device, DeviceList, DeviceListError
+from .errors import BundleError, DecryptionError, IdentityChanged, NotTrusted, UnknownDevice
 from .identity import Identity, PublicIdentity
 from .primitives import KEM_SEED_BYTES, KEY_BYTES, SIG_BYTES, DhKeyPair, KemKeyPair, Random
 from .ratchet import (
@@ -44,7 +46,7 @@ from .ratchet import (
     saved_int,
     saved_key,
 )
-from .safety import parse_safety_number, same_number
+from .safety import format_safety_number, parse_safety_number, safety_number, same_number
 from .x3dh import NO_OPK, initiate, respond
 
 __all__ = ["MAX_CONTACT_REQUESTS", "SESSIONS_PER_PEER", "Carried", "Conversations", "Pin", "Trust", "Whisper"]
@@ -95,6 +97,33 @@ class Pin:
     request: int | None = None
     #: The newest last-resort KEM prekey id seen for this identity (as `max_spk_id`).
     max_kpk_id: int = 0
+    #: Their device list as last accepted (checked against `identity`), and the highest
+    #: version seen: an older one is refused, so a server cannot hide a device by going
+    #: back. None, 0: none seen (they have one device, the identity's own).
+    devices: DeviceList | None = None
+    max_devices_version: int = 0
+
+    def linked(self) -> list[str]:
+        """The ids of their devices other than the one holding `identity`."""
+        if self.devices is None:
+            return []
+        return [d.device for d in self.devices.devices if d.sig_key != self.identity.sig_key]
+
+    def slot_device(self, device: str) -> str:
+        """`device` as sessions are filed: "" for the identity's own device (by its id or
+        none), the id for a linked one."""
+        if not device or self.devices is None:
+            return ""
+        own = next((d.device for d in self.devices.devices if d.sig_key == self.identity.sig_key), "")
+        return "" if device == own else device
+
+    def vouches(self, device: str, key: bytes) -> bool:
+        """True if `key` (IK: Ed25519 || X25519) is `device`'s: the identity's own for the
+        identity's device, else the key the accepted list names for it."""
+        slot = self.slot_device(device)
+        if not slot:
+            return key == self.identity.key
+        return self.devices is not None and self.devices.key_of(slot) == key[:KEY_BYTES]
 
 
 @dataclass(frozen=True)
@@ -119,6 +148,19 @@ class Whisper:
     trust: Trust
     new_session: bool
     post_quantum: bool
+
+
+def _sender_key(header: Header, state: RatchetState | None) -> bytes:
+    """The sender's IK a whisper claims: its session's, or its setup's for a new one."""
+    if state is not None:
+        return state.peer_key
+    return header.setup.identity.key if header.setup is not None else b""
+
+
+def _slot(peer: str, device: str = "") -> str:
+    """Where sessions with `peer`'s `device` are indexed: the folded nick for the device
+    holding their identity key (as before devices), "nick/device" for a linked one."""
+    return fold_nick(peer) + ("/" + device if device else "")
 
 
 def _b64(data: bytes) -> str:
@@ -166,6 +208,8 @@ class Conversations:
         # Carry-overs not yet handed out by `take_carried` (in memory only: what the user
         # is told, not state).
         self._carried: list[Carried] = []
+        # The person whose linked device this is (None: our own identity is the person).
+        self._person: PublicIdentity | None = None
 
     # -- prekeys ----------------------------------------------------------------------
 
@@ -349,7 +393,10 @@ class Conversations:
         pin = self.pins.get(fold_nick(peer))
         if pin is None:
             raise NotTrusted(f"no key known for {peer} yet: whisper them first, or wait for their whisper")
-        return self.identity.safety_number_with(pin.pending or pin.identity)
+        me, them = self.person, pin.pending or pin.identity
+        return format_safety_number(
+            safety_number(me.key, fold_nick(me.user).encode(), them.key, fold_nick(them.user).encode())
+        )
 
     def verify(self, peer: str, number: str) -> bool:
         """Mark `peer` verified if `number` is our safety number with them. Constant-time compare."""
@@ -374,19 +421,76 @@ class Conversations:
 
     # -- sending ----------------------------------------------------------------------
 
-    def has_session(self, peer: str) -> bool:
-        return bool(self._active.get(fold_nick(peer)))
+    def has_session(self, peer: str, device: str = "") -> bool:
+        """Whether a session with `peer`'s `device` ("" the identity's own) is kept."""
+        return bool(self._active.get(self._slot_of(peer, device)))
+
+    def _slot_of(self, peer: str, device: str) -> str:
+        pin = self.pins.get(fold_nick(peer))
+        return _slot(peer, device if pin is None else pin.slot_device(device))
+
+    # -- devices ----------------------------------------------------------------------
+
+    def accept_devices(self, peer: str, listed: DeviceList) -> bool:
+        """Take `listed` as `peer`'s device list if their pinned identity key signed it
+        and it is not older than one seen; True if it was news. Sessions with devices it
+        no longer names are ended. Raises `DeviceListError` (and nothing changes) for a
+        list that is not theirs or went back, `NotTrusted` with no key pinned for them,
+        `IdentityChanged` while their key change is undecided."""
+        key = fold_nick(peer)
+        pin = self.pins.get(key)
+        if pin is None:
+            raise NotTrusted(f"no key known for {peer} yet")
+        if pin.trust is Trust.CHANGED:
+            assert pin.pending is not None
+            raise IdentityChanged(peer, pin.identity.fingerprint(), pin.pending.fingerprint())
+        listed.check(pin.identity.sig_key, at_least=pin.max_devices_version)
+        if pin.devices is not None and listed.version == pin.devices.version:
+            if listed != pin.devices:
+                raise DeviceListError(f"{peer} has two different device lists of version {listed.version}")
+            return False
+        gone = set(pin.linked())
+        pin.devices, pin.max_devices_version = listed, listed.version
+        gone -= set(pin.linked())
+        for device in gone:
+            self._forget_slot(_slot(peer, device))
+        self._pin_changed(key)
+        return True
+
+    def linked_devices(self, peer: str) -> list[str]:
+        """`peer`'s devices other than the identity's own, as their accepted list names them."""
+        pin = self.pins.get(fold_nick(peer))
+        return [] if pin is None else pin.linked()
+
+    def own_device_list(self, user: str, listed: DeviceList | None) -> None:
+        """Pin our own person (`user`, whose identity is ours, or on a linked device the
+        person's, `person`) as verified, with `listed` as our device list: the copies for
+        our other devices go through the same checks as any whisper."""
+        person = self.person
+        key = fold_nick(user)
+        pin = self.pins.get(key)
+        if pin is None or pin.identity.key != person.key:
+            pin = self.pins[key] = Pin(person, Trust.VERIFIED, was_verified=True)
+            self._pin_changed(key)
+        if listed is not None and (pin.devices is None or listed.version > pin.devices.version):
+            self.accept_devices(user, listed)
 
     def knows_session(self, sid: bytes) -> bool:
         """Whether a session with this id is kept (to say why a whisper could not be read)."""
         return sid in self._sessions
 
-    def start_session(self, peer: str, bundle: Bundle) -> None:
-        """Verify `bundle` (fetched for `peer`) and start a session from it.
+    def start_session(self, peer: str, bundle: Bundle, device: str = "") -> None:
+        """Verify `bundle` (fetched for `peer`'s `device`; "" the identity's own) and
+        start a session from it. A linked device's bundle must carry the key their
+        accepted device list names for it (`accept_devices` first).
 
-        Raises `BundleError` (bad, stale or rolled-back keys) or `IdentityChanged`.
+        Raises `BundleError` (bad, stale or rolled-back keys, a device key not in their
+        list) or `IdentityChanged`.
         """
         pin = self.pins.get(fold_nick(peer))
+        if pin is not None and pin.slot_device(device):
+            self._start_device_session(peer, pin, bundle, pin.slot_device(device))
+            return
         same_identity = pin is not None and pin.identity.key == bundle.identity.key
         verify_bundle(
             bundle,
@@ -421,18 +525,54 @@ class Conversations:
             self._pin_changed(fold_nick(peer))
         self._remember(state)
 
-    def forget_sessions(self, peer: str) -> None:
-        """End every session with `peer`; the next message starts a new one from fresh keys.
+    def _start_device_session(self, peer: str, pin: Pin, bundle: Bundle, device: str) -> None:
+        if pin.trust is Trust.CHANGED:
+            assert pin.pending is not None
+            raise IdentityChanged(peer, pin.identity.fingerprint(), pin.pending.fingerprint())
+        if not pin.vouches(device, bundle.identity.key):
+            raise BundleError(f"{peer}'s device {device} is not in their device list with that key")
+        verify_bundle(bundle, user=peer, now=self._clock(), require_kem=True)
+        try:
+            keys, setup = initiate(self.identity, bundle, self._random)
+            state = RatchetState.for_initiator(
+                sid=keys.sid,
+                ad0=keys.ad0,
+                sk=keys.sk,
+                me=self.identity.user,
+                peer=bundle.identity.user,
+                peer_key=bundle.identity.key,
+                their_spk=bundle.spk.public,
+                setup=setup,
+                random=self._random,
+            )
+        except (ValueError, DecryptionError):
+            raise BundleError(f"{peer}'s keys include an invalid (low-order) public key") from None
+        self._answered(fold_nick(peer), pin)
+        self._remember(state, _slot(peer, device))
+
+    def forget_sessions(self, peer: str, device: str | None = None) -> None:
+        """End every session with `peer` (with `device`, only with that device's); the
+        next message starts a new one from fresh keys.
 
         The pin stays: a different key from the directory still raises `IdentityChanged`.
         """
-        for sid in self._active.pop(fold_nick(peer), []):
+        if device is not None:
+            self._forget_slot(self._slot_of(peer, device))
+            return
+        key = fold_nick(peer)
+        for slot in [s for s in self._active if s == key or s.startswith(key + "/")]:
+            self._forget_slot(slot)
+        self.dirty.add("index")
+
+    def _forget_slot(self, slot: str) -> None:
+        for sid in self._active.pop(slot, []):
             self._sessions.pop(sid, None)
             self.dirty.add(f"session:{sid.hex()}")
         self.dirty.add("index")
 
-    def encrypt(self, peer: str, plaintext: bytes) -> tuple[bytes, bytes]:
-        """(header, ciphertext) for `peer` in the current session.
+    def encrypt(self, peer: str, plaintext: bytes, device: str = "") -> tuple[bytes, bytes]:
+        """(header, ciphertext) for `peer`'s `device` ("" the identity's own) in the
+        current session with it.
 
         Raises `IdentityChanged` while their key change is undecided and `NotTrusted`
         if there is no session (fetch their bundle and call `start_session`).
@@ -442,7 +582,7 @@ class Conversations:
         if pin is not None and pin.trust is Trust.CHANGED:
             assert pin.pending is not None
             raise IdentityChanged(peer, pin.identity.fingerprint(), pin.pending.fingerprint())
-        for sid in reversed(self._active.get(key, [])):
+        for sid in reversed(self._active.get(self._slot_of(peer, device), [])):
             state = self._sessions[sid]
             if state.cks is not None:
                 self.dirty.add(f"session:{sid.hex()}")
@@ -453,24 +593,43 @@ class Conversations:
 
     # -- receiving --------------------------------------------------------------------
 
-    def decrypt(self, sender: str, header_bytes: bytes, ciphertext: bytes) -> Whisper:
-        """Decrypt a whisper the relay says came from `sender`.
+    def decrypt(self, sender: str, header_bytes: bytes, ciphertext: bytes, device: str = "") -> Whisper:
+        """Decrypt a whisper the relay says came from `sender`'s `device` ("" the one
+        holding their identity key).
 
-        Raises `DecryptionError` (opaque) or `IdentityChanged` (a setup under a new key
-        for a pinned peer: the message cannot be read until the user trusts that key).
+        Raises `DecryptionError` (opaque), `IdentityChanged` (a setup under a new key
+        for a pinned peer: the message cannot be read until the user trusts that key) or
+        `UnknownDevice` (a linked device we have no accepted list naming: fetch their
+        keys, `accept_devices`, and try again; nothing changed).
         """
         header = parse_header(header_bytes, sender)
         state = self._sessions.get(header.sid)
         now = self._clock()
         new_session = state is None
+        known = self.pins.get(fold_nick(sender))
+        key = _sender_key(header, state)
+        # Which of their devices sent it, checked against their list before anything
+        # changes: a device key is never pinned as the person's (only the identity's is).
+        if known is None:
+            if device:  # perhaps a linked device: their list (and identity) first
+                raise UnknownDevice(sender, device)
+            slot_device = ""
+        else:
+            slot_device = known.slot_device(device)
+            if device and known.devices is None and key != known.identity.key:
+                raise UnknownDevice(sender, device)  # devices we have not heard of yet
+            if slot_device and not known.vouches(slot_device, key):
+                raise UnknownDevice(sender, device)
         if state is None:
             state = self._responder_state(header)
         elif fold_nick(state.peer) != fold_nick(sender):
             raise DecryptionError  # the AAD would fail too; refuse before any work
-        else:
-            known = self.pins.get(fold_nick(state.peer))
-            if known is None or known.trust is Trust.CHANGED or known.identity.key != state.peer_key:
-                raise DecryptionError  # a session with a key we no longer accept (or never did)
+        elif (
+            known is None
+            or known.trust is Trust.CHANGED
+            or not known.vouches(slot_device, state.peer_key)
+        ):
+            raise DecryptionError  # a session with a key we no longer accept (or never did)
         new, plaintext = decrypt(state, header_bytes, header, ciphertext, now=now, random=self._random)
         # Only now, with the message authenticated under the key it names, may that key
         # touch our pins: a forged setup must not plant a pin or raise a false alarm.
@@ -478,7 +637,7 @@ class Conversations:
         # message decrypts again from the untouched prekeys.
         pin = (
             self._check_pin(header.setup.identity, request=True)
-            if new_session and header.setup
+            if new_session and header.setup and not slot_device
             else self.pins[fold_nick(new.peer)]
         )
         if new.opk_to_delete is not None:
@@ -494,8 +653,19 @@ class Conversations:
             while len(self._seen_setups) > _SEEN_SETUPS:
                 del self._seen_setups[next(iter(self._seen_setups))]
             self.dirty.add("seen")
-        self._remember(new)
+        self._remember(new, _slot(sender, slot_device))
         return Whisper(pin.identity, plaintext, pin.trust, new_session, new.version == 2)
+
+    @property
+    def person(self) -> PublicIdentity:
+        """Whose device this is: our own identity, or on a linked device the person's
+        identity (set when it was linked). What safety numbers are computed with."""
+        return self._person if self._person is not None else self.identity.public()
+
+    def set_person(self, person: PublicIdentity) -> None:
+        """Make this a linked device of `person` (keeps `identity`, the device's own)."""
+        self._person = person
+        self.dirty.add("person")
 
     def _responder_state(self, header: Header) -> RatchetState:
         """A fresh session from the setup in `header`; raises `DecryptionError`."""
@@ -520,8 +690,10 @@ class Conversations:
             version=setup.version,
         )
 
-    def _remember(self, state: RatchetState) -> None:
-        peer = fold_nick(state.peer)
+    def _remember(self, state: RatchetState, slot: str | None = None) -> None:
+        """Keep `state` as the newest session of `slot` (default: the peer's identity
+        device)."""
+        peer = fold_nick(state.peer) if slot is None else slot
         self._sessions[state.sid] = state
         sids = [s for s in self._active.get(peer, []) if s != state.sid] + [state.sid]
         for old in sids[:-SESSIONS_PER_PEER]:
@@ -545,6 +717,7 @@ class Conversations:
                 "prekeys",
                 "index",
                 "seen",
+                *(["person"] if self._person is not None else []),
                 *(_PIN_PREFIX + peer.encode().hex() for peer in self.pins),
                 *(f"session:{s.hex()}" for s in self._sessions),
             }
@@ -567,6 +740,8 @@ class Conversations:
                 "sig": _b64(self.identity.sig_private),
                 "dh": _b64(self.identity.dh.private),
             }
+        if name == "person":
+            return None if self._person is None else _ident_to(self._person)
         if name == "prekeys":
             s = self.secrets
             return {
@@ -594,6 +769,14 @@ class Conversations:
             }
             if p.request is not None:
                 saved["request"] = p.request
+            if p.devices is not None:
+                saved["devices"] = {
+                    "version": p.devices.version,
+                    "devices": [[d.device, _b64(d.sig_key)] for d in p.devices.devices],
+                    "signature": _b64(p.devices.signature),
+                }
+            if p.max_devices_version:
+                saved["max_devices_version"] = p.max_devices_version
             return saved
         if name == "index":
             return {peer: [s.hex() for s in sids] for peer, sids in self._active.items()}
@@ -644,14 +827,17 @@ class Conversations:
         conv._next_request = requests[-1][0] + 1 if requests else 1
         if "seen" in records:
             conv._seen_setups = dict.fromkeys(_load(records, "seen", _seen_from))
+        if "person" in records:
+            conv._person = _load(records, "person", _person_from)
         for name in records:
             if name.startswith(_SESSION_PREFIX):
                 state = _load(records, name, functools.partial(_session_from, name=name))
                 conv._sessions[state.sid] = state
         if "index" in records:
-            for peer, sids in _load(records, "index", _index_from).items():
-                # Only sessions that were saved, and are with this peer.
-                conv._active[peer] = [
+            for slot, sids in _load(records, "index", _index_from).items():
+                # Only sessions that were saved, and are with this slot's peer.
+                peer = slot.partition("/")[0]
+                conv._active[slot] = [
                     s for s in sids if s in conv._sessions and fold_nick(conv._sessions[s].peer) == peer
                 ]
         return conv
@@ -777,7 +963,52 @@ def _pin_from(saved: object, peer: str) -> Pin:
     request = f.integer("request") if isinstance(saved, dict) and "request" in saved else None
     # Absent in pins saved before post-quantum setup.
     max_kpk_id = f.integer("max_kpk_id") if f.has("max_kpk_id") else 0
-    return Pin(identity, trust, pending, f.flag("was_verified"), f.integer("max_spk_id"), request, max_kpk_id)
+    # Absent in pins saved before linked devices, and for peers with none.
+    devices = _devices_from(f.object("devices"), peer, identity) if f.has("devices") else None
+    max_devices_version = f.integer("max_devices_version") if f.has("max_devices_version") else 0
+    if devices is not None and devices.version > max_devices_version:
+        raise ValueError(f"{peer}: its device list is newer than the newest seen")
+    return Pin(
+        identity,
+        trust,
+        pending,
+        f.flag("was_verified"),
+        f.integer("max_spk_id"),
+        request,
+        max_kpk_id,
+        devices,
+        max_devices_version,
+    )
+
+
+def _devices_from(f: SavedFields, peer: str, identity: PublicIdentity) -> DeviceList:
+    """A pin's device list, checked again against the key it pins (a keystore edited by
+    hand must not slip a device in)."""
+    devices = []
+    for i, entry in enumerate(f.items("devices")):
+        where = f"{f.where('devices')}[{i}]"
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ValueError(f"{where}: expected [device id, key]")
+        devices.append(Device(entry[0], saved_key(entry[1], where, KEY_BYTES)))
+    listed = DeviceList(
+        user=peer,
+        version=f.integer("version"),
+        devices=tuple(devices),
+        signature=f.key("signature", SIG_BYTES),
+    )
+    try:
+        listed.check(identity.sig_key)
+    except DeviceListError as exc:
+        raise ValueError(f"{f.where('devices')}: {exc}") from None
+    return listed
+
+
+def _person_from(d: object) -> PublicIdentity:
+    f = SavedFields(d, "person")
+    person = _ident_from(f)
+    if not person.binding_valid():
+        raise ValueError("person: its keys are not bound to each other")
+    return person
 
 
 def _index_from(d: object) -> dict[str, list[bytes]]:
@@ -785,7 +1016,10 @@ def _index_from(d: object) -> dict[str, list[bytes]]:
         raise ValueError("expected an object of peers")
     index = {}
     for peer, sids in d.items():
-        where = _folded_nick(peer, "peer")
+        nick, _, device = peer.partition("/") if isinstance(peer, str) else (peer, "", "")
+        where = _folded_nick(nick, "peer")
+        if device and not is_valid_device(device):
+            raise ValueError(f"{where}: {device!r} is not a device id")
         if not isinstance(sids, list):
             raise ValueError(f"{where}: expected a list of session ids")
         index[peer] = [_sid_from(s, f"{where}[{i}]") for i, s in enumerate(sids)]

@@ -10,6 +10,7 @@ __all__ = [
     "KeystoreError",
     "MalformedPlaintext",
     "NotTrusted",
+    "UnknownDevice",
 ]
 
 
@@ -58,3 +59,14 @@ class NotTrusted(E2EError):
 
 class KeystoreError(E2EError):
     """The keystore cannot be opened: wrong passphrase, tampering, or a bad format."""
+
+
+class UnknownDevice(E2EError):
+    """A whisper from a device of `peer` that no device list we accepted names (or from
+    a device of someone we have no key for yet). Nothing changed: fetch their keys (which
+    carry their list), accept it, and decrypt again."""
+
+    def __init__(self, peer: str, device: str) -> None:
+        super().__init__(f"{peer}'s device {device} is not in a device list we have")
+        self.peer = peer
+        self.device = device
