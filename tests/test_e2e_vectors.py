@@ -8,6 +8,7 @@ protocol code fails here: the vectors are frozen (tests/vectors/README.md).
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import json
@@ -37,14 +38,33 @@ from securechat.e2e.bundle import (
     verify_bundle,
 )
 from securechat.e2e.conversations import Conversations
-from securechat.e2e.errors import BundleError, DecryptionError, KeystoreError
+from securechat.e2e.devices import (
+    MAX_DEVICES,
+    Device,
+    DeviceList,
+    DeviceListError,
+    device_list_message,
+    sign_device_list,
+)
+from securechat.e2e.errors import BundleError, DecryptionError, E2EError, KeystoreError
 from securechat.e2e.identity import Identity, PublicIdentity
 from securechat.e2e.login import RENAME_LABEL, login_message, rename_message
+from securechat.e2e.pairing import (
+    CODE_DIGITS,
+    MAX_ATTEMPTS,
+    ExistingDevice,
+    NewDevice,
+    PairingError,
+    PairingState,
+    WrongCode,
+)
 from securechat.e2e.primitives import (
     VERSION_LABEL,
     DhKeyPair,
     KemKeyPair,
+    aead_decrypt,
     aead_encrypt,
+    ed25519_public,
     ed25519_sign,
     ed25519_verify,
     hkdf_sha256,
@@ -143,6 +163,11 @@ def test_the_generator_reproduces_the_frozen_files_byte_for_byte(tmp_path: Path)
     # Frozen: a second run refuses to overwrite, and leaves the files alone.
     (tmp_path / "x3dh.json").write_text("{}")
     assert generator.main(["--out", str(tmp_path)]) == 1
+    assert (tmp_path / "x3dh.json").read_text() == "{}"
+    # --missing adds the files not there yet (a new step's vectors) and touches no other.
+    (tmp_path / "pairing.json").unlink()
+    assert generator.main(["--out", str(tmp_path), "--missing", "--kem-from", str(VECTORS)]) == 0
+    assert (tmp_path / "pairing.json").read_bytes() == (VECTORS / "pairing.json").read_bytes()
     assert (tmp_path / "x3dh.json").read_text() == "{}"
 
 
@@ -866,3 +891,439 @@ def test_keystore_sealing() -> None:
     for case in d["record_rejected"]:
         with pytest.raises(KeystoreError):
             ks.unseal(data_key, case["name"], b(case["sealed"]))
+
+
+# -- device_list.json --------------------------------------------------------------------
+
+
+def _devices(entries: list[dict[str, Any]]) -> tuple[Device, ...]:
+    return tuple(Device(e["device"], b(e["sig_key"])) for e in entries)
+
+
+def _flip(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :]
+
+
+def _check_labels(d: dict[str, Any]) -> None:
+    """Each `*_label` names the fixed value beside it: SHA-256 of the prefixed label."""
+    for key, value in d.items():
+        if key.endswith("_label"):
+            assert sha256(("securechat-e2e test vectors/" + value).encode()).hex() == d[key[: -len("_label")]]
+
+
+def check_device_list(d: dict[str, Any]) -> None:
+    alice = identity_of(d["signer"])
+    _check_labels(d)
+    _check_labels(d["signer"])
+    assert alice.sig_key.hex() == d["identity_key"]
+    assert d["max_devices"] == MAX_DEVICES
+    laptop, phone = Device("laptop", alice.sig_key), Device("phone", ed25519_public(b(d["phone_private"])))
+    assert [(x["version"], _devices(x["devices"])) for x in d["lists"]] == [
+        (1, (laptop,)),
+        (2, (laptop, phone)),
+    ]
+    for listed in d["lists"]:
+        user, version, devices, signature = (
+            listed["user"],
+            listed["version"],
+            _devices(listed["devices"]),
+            b(listed["signature"]),
+        )
+        assert user == alice.user
+        # The message by its formula, and by the implementation.
+        fields: list[bytes | str | int] = [VERSION_LABEL, b"devices", fold_nick(user), version, len(devices)]
+        for device in devices:
+            fields += [device.device, device.sig_key]
+        message = device_list_message(user, version, devices)
+        assert message.hex() == listed["message"] == lp(*fields).hex()
+        # Ed25519 is deterministic: the signature is exact.
+        assert ed25519_sign(alice.sig_private, message) == signature
+        assert sign_device_list(alice, version, devices) == DeviceList(user, version, devices, signature)
+        DeviceList(user, version, devices, signature).check(alice.sig_key, at_least=version)
+        # Any one byte of the message or of the signature changed: it no longer verifies.
+        assert ed25519_verify(alice.sig_key, signature, message)
+        for i in range(len(message)):
+            assert not ed25519_verify(alice.sig_key, signature, _flip(message, i)), i
+        for i in range(len(signature)):
+            assert not ed25519_verify(alice.sig_key, _flip(signature, i), message), i
+    assert {c["accept"] for c in d["cases"]} == {True, False}
+    for case in d["cases"]:
+        devices = _devices(case["devices"])
+        listed = DeviceList(case["user"], case["version"], devices, b(case["signature"]))
+        if case["case"].endswith("(signed)"):
+            # Validly signed by the identity key: accepted or refused by a rule, not the signature.
+            message = device_list_message(case["user"], case["version"], devices)
+            assert ed25519_verify(alice.sig_key, listed.signature, message), case["case"]
+        if case["accept"]:
+            assert not case["rollback"], case["case"]
+            listed.check(b(case["identity_key"]), at_least=case["at_least"])
+            continue
+        with pytest.raises(DeviceListError) as refused:
+            listed.check(b(case["identity_key"]), at_least=case["at_least"])
+        # A rollback is reported as one (the server may be hiding a device) only for a list
+        # refused for its version alone: the signature is checked first, so a forged list
+        # is refused as forged, however old.
+        assert ("went back" in str(refused.value)) is case["rollback"], case["case"]
+        if case["rollback"]:
+            listed.check(b(case["identity_key"]), at_least=case["version"])
+
+
+def test_device_list() -> None:
+    check_device_list(load("device_list.json"))
+
+
+def test_device_list_cases_cover_every_rule() -> None:
+    names = {c["case"] for c in load("device_list.json")["cases"]}
+    for rule in (
+        "rolled back",
+        "version 0",
+        "version 2**63 (signed)",
+        "no devices",
+        "MAX_DEVICES + 1",
+        "own device missing",
+        "id twice",
+        "key twice",
+        "33 characters",
+        "upper-case",
+        "31 bytes",
+        "another identity key",
+        "another nick",
+        "added",
+        "removed",
+        "another order",
+        "older version than the one seen, its signature",
+        "older version than the one seen, with a device the server added",
+    ):
+        assert any(rule in name for name in names), rule
+    cases = load("device_list.json")["cases"]
+    assert [c["case"] for c in cases if c["rollback"]] == ["an older version than the one seen (rolled back)"]
+    assert sum(not c["accept"] and c["at_least"] > c["version"] and not c["rollback"] for c in cases) >= 2
+
+
+# -- pairing.json ------------------------------------------------------------------------
+
+
+def _refused(step: Any, *args: Any) -> PairingError:
+    """`step(*args)` is refused with a `PairingError` that is not a `WrongCode`."""
+    with pytest.raises(PairingError) as refused:
+        step(*args)
+    assert not isinstance(refused.value, WrongCode), refused.value
+    return refused.value
+
+
+def check_pairing(d: dict[str, Any]) -> None:
+    assert (d["max_attempts"], d["code_digits"]) == (MAX_ATTEMPTS, CODE_DIGITS) == (3, 6)
+    new_d, existing_d = d["new_device"], d["existing_device"]
+    _check_labels(new_d)
+    _check_labels(existing_d)
+    a_private, b_private = b(new_d["a_private"]), b(existing_d["b_private"])
+    payload_to_existing, payload_to_new = b(d["payload_to_existing"]), b(d["payload_to_new"])
+
+    # By the formulas.
+    basepoint = (9).to_bytes(32, "little")
+    a_public, b_public = x25519(a_private, basepoint), x25519(b_private, basepoint)
+    assert (a_public.hex(), b_public.hex()) == (new_d["a_public"], existing_d["b_public"])
+    commit_input = lp(VERSION_LABEL, b"link-commit", a_public)
+    commitment = sha256(commit_input)
+    assert (commit_input.hex(), commitment.hex()) == (d["commit_input"], d["commitment"])
+    shared = x25519(a_private, b_public)
+    assert shared == x25519(b_private, a_public)
+    assert shared.hex() == d["shared"]
+    key_info = lp(VERSION_LABEL, b"link-key", commitment, b_public, a_public)
+    k = hkdf(bytes(32), shared, key_info, 32)
+    assert (key_info.hex(), k.hex()) == (d["key_info"], d["k"])
+    code_input = lp(VERSION_LABEL, b"link-code", commitment, b_public, a_public)
+    code_hash = sha256(code_input)
+    code_int = int.from_bytes(code_hash[:8], "big")
+    code = f"{code_int % 10**6:06d}"
+    assert (code_input.hex(), code_hash.hex(), code_int, code) == (
+        d["code_input"],
+        d["code_hash"],
+        d["code_int"],
+        d["code"],
+    )
+    # The second code: as the first, from LP(V, "link-confirm", commit, B, A) (docs/e2e.md,
+    # section 6).
+    confirm_input = lp(VERSION_LABEL, b"link-confirm", commitment, b_public, a_public)
+    confirm_hash = sha256(confirm_input)
+    confirm_int = int.from_bytes(confirm_hash[:8], "big")
+    confirmation = f"{confirm_int % 10**6:06d}"
+    assert (confirm_input.hex(), confirm_hash.hex(), confirm_int, confirmation) == (
+        d["confirm_input"],
+        d["confirm_hash"],
+        d["confirm_int"],
+        d["confirmation"],
+    )
+    assert confirmation != code
+    nonce_to_existing, nonce_to_new = bytes(12), bytes(11) + b"\x01"
+    assert (nonce_to_existing.hex(), nonce_to_new.hex()) == (d["nonce_to_existing"], d["nonce_to_new"])
+    aad_to_existing = lp(VERSION_LABEL, b"link", commitment, b_public, a_public, b"to-existing")
+    aad_to_new = lp(VERSION_LABEL, b"link", commitment, b_public, a_public, b"to-new")
+    assert (aad_to_existing.hex(), aad_to_new.hex()) == (d["aad_to_existing"], d["aad_to_new"])
+    sealed = aead_encrypt(k, nonce_to_existing, payload_to_existing, aad_to_existing)
+    answer = aead_encrypt(k, nonce_to_new, payload_to_new, aad_to_new)
+    assert (sealed.hex(), answer.hex()) == (d["sealed_to_existing"], d["sealed_to_new"])
+    states = [PairingState.ANSWERED, PairingState.REVEALED, PairingState.CONFIRMED, PairingState.DONE]
+    assert d["states"] == [state.value for state in states] == ["answered", "revealed", "confirmed", "done"]
+
+    # By the implementation, drawing the vector's ephemeral keys.
+    draws = Draws(a_private)
+    new = NewDevice(draws)
+    draws.done()
+    assert new.commitment == commitment
+    draws = Draws(b_private)
+    existing = ExistingDevice(new.commitment, draws)
+    draws.done()
+    assert existing.answer == b_public
+    new_states, existing_states = [new.state], [existing.state]
+    assert new.reveal(existing.answer, payload_to_existing) == (a_public, sealed)
+    new_states.append(new.state)
+    assert new.code == code
+    existing.receive_reveal(a_public, sealed)
+    existing_states.append(existing.state)
+    assert existing.confirmation == ""  # shown only once the first code is right
+    assert existing.confirm(code) == payload_to_existing
+    existing_states.append(existing.state)
+    assert existing.confirmation == confirmation
+    assert existing.seal_answer(payload_to_new) == answer
+    existing_states.append(existing.state)
+    _refused(existing.seal_answer, payload_to_new)  # once: k seals one message each way
+    _refused(new.open_answer, answer)  # not before the second code is typed on it
+    assert new.state is PairingState.REVEALED
+    new.confirm(confirmation)
+    new_states.append(new.state)
+    assert new.open_answer(answer) == payload_to_new
+    new_states.append(new.state)
+    _refused(new.open_answer, answer)  # once
+    assert new_states == existing_states == states
+
+    # Any one byte of a sealed message, or of its AAD, changed: it does not open.
+    for ciphertext, nonce, aad in (
+        (sealed, nonce_to_existing, aad_to_existing),
+        (answer, nonce_to_new, aad_to_new),
+    ):
+        assert aead_decrypt(k, nonce, ciphertext, aad) is not None
+        for i in range(len(ciphertext)):
+            assert aead_decrypt(k, nonce, _flip(ciphertext, i), aad) is None, i
+        for i in range(len(aad)):
+            assert aead_decrypt(k, nonce, ciphertext, _flip(aad, i)) is None, i
+
+    def revealed(sealed_payload: bytes = sealed) -> ExistingDevice:
+        side = ExistingDevice(commitment, Draws(b_private))
+        side.receive_reveal(a_public, sealed_payload)
+        return side
+
+    def new_device() -> NewDevice:
+        return NewDevice(Draws(a_private))
+
+    def revealed_new() -> NewDevice:
+        side = new_device()
+        assert side.reveal(b_public, payload_to_existing) == (a_public, sealed)
+        return side
+
+    # The first code, typed on the existing device.
+    assert {t["right"] for t in d["typed"]} == {True, False}
+    for t in d["typed"]:
+        side = revealed()
+        if t["right"]:
+            assert side.confirm(t["typed"]) == payload_to_existing, t
+            assert side.confirmation == confirmation
+        else:
+            with pytest.raises(WrongCode) as refused:
+                side.confirm(t["typed"])
+            assert refused.value.attempts_left == MAX_ATTEMPTS - 1
+            assert side.state is PairingState.REVEALED
+            assert side.confirmation == ""
+    # MAX_ATTEMPTS wrong codes end the pairing: then even the right one is refused.
+    side = revealed()
+    wrong = next(t["typed"] for t in d["typed"] if not t["right"])
+    for left in range(MAX_ATTEMPTS - 1, -1, -1):
+        with pytest.raises(WrongCode) as refused:
+            side.confirm(wrong)
+        assert refused.value.attempts_left == left
+    assert side.state is PairingState.FAILED
+    _refused(side.confirm, code)
+    assert side.confirmation == ""
+
+    # The second code, typed on the new device.
+    assert {t["right"] for t in d["typed_on_new"]} == {True, False}
+    assert {"typed": code, "right": False} in d["typed_on_new"]  # its own code is not the second
+    for t in d["typed_on_new"]:
+        new_side = revealed_new()
+        if t["right"]:
+            new_side.confirm(t["typed"])
+            assert new_side.state is PairingState.CONFIRMED, t
+            assert new_side.open_answer(answer) == payload_to_new
+        else:
+            with pytest.raises(WrongCode) as refused:
+                new_side.confirm(t["typed"])
+            assert refused.value.attempts_left == MAX_ATTEMPTS - 1
+            assert new_side.state is PairingState.REVEALED
+            _refused(new_side.open_answer, answer)
+    new_side = revealed_new()
+    wrong = next(t["typed"] for t in d["typed_on_new"] if not t["right"])
+    for left in range(MAX_ATTEMPTS - 1, -1, -1):
+        with pytest.raises(WrongCode) as refused:
+            new_side.confirm(wrong)
+        assert refused.value.attempts_left == left
+    assert new_side.state is PairingState.FAILED
+    _refused(new_side.confirm, confirmation)
+    _refused(new_side.open_answer, answer)
+
+    negative = (
+        "reveal_rejected",
+        "b_rejected",
+        "second_b_rejected",
+        "low_order_rejected",
+        "sealed_rejected",
+        "answer_rejected",
+    )
+    assert all(d[name] for name in negative)
+    for case in d["reveal_rejected"]:
+        side = ExistingDevice(commitment, Draws(b_private))
+        _refused(side.receive_reveal, b(case["a_public"]), sealed)
+        assert side.state is PairingState.FAILED, case["case"]
+    for case in d["b_rejected"]:
+        new_side = new_device()
+        _refused(new_side.reveal, b(case["b_public"]), payload_to_existing)
+        assert new_side.state is PairingState.FAILED and new_side.code == "", case["case"]
+    # The new device reveals once: a second B, before or after the second code was typed,
+    # ends the pairing.
+    for case in d["second_b_rejected"]:
+        for confirmed in (False, True):
+            new_side = revealed_new()
+            if confirmed:
+                new_side.confirm(confirmation)
+            _refused(new_side.reveal, b(case["b_public"]), payload_to_existing)
+            assert new_side.state is PairingState.FAILED, case["case"]
+            _refused(new_side.confirm, confirmation)
+            _refused(new_side.open_answer, answer)
+    assert {c["b_public"] for c in d["second_b_rejected"]} >= {b_public.hex()}
+    for case in d["low_order_rejected"]:
+        key = b(case["key"])
+        assert sha256(lp(VERSION_LABEL, b"link-commit", key)).hex() == case["commitment"]
+        with pytest.raises(ValueError):
+            x25519(a_private, key)  # an all-zero DH
+        new_side = new_device()
+        _refused(new_side.reveal, key, payload_to_existing)
+        assert new_side.state is PairingState.FAILED, case["case"]
+        side = ExistingDevice(b(case["commitment"]), Draws(b_private))
+        _refused(side.receive_reveal, key, sealed)  # the commitment is kept, the key is not usable
+        assert side.state is PairingState.FAILED, case["case"]
+    for case in d["sealed_rejected"]:
+        side = revealed(b(case["sealed_to_existing"]))
+        _refused(side.confirm, code)
+        assert side.state is PairingState.FAILED and side.confirmation == "", case["case"]
+    for case in d["answer_rejected"]:
+        new_side = revealed_new()
+        new_side.confirm(confirmation)
+        _refused(new_side.open_answer, b(case["sealed_to_new"]))
+        assert new_side.state is PairingState.FAILED, case["case"]
+        _refused(new_side.open_answer, answer)  # the pairing is over: not even the real one
+
+
+def test_pairing() -> None:
+    check_pairing(load("pairing.json"))
+
+
+# -- the checks above can fail -----------------------------------------------------------
+
+
+def _changed(value: Any) -> Any:
+    """`value` with one thing changed: a hex digit, a digit of a code, a number, a flag."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    assert isinstance(value, str) and value
+    if value.isdigit() and len(value) == CODE_DIGITS:  # the pairing code
+        return value[:-1] + str((int(value[-1]) + 1) % 10)
+    if all(c in "0123456789abcdef" for c in value):
+        return value[:-1] + format(int(value[-1], 16) ^ 1, "x")
+    return value[:-1] + chr(ord(value[-1]) ^ 1)
+
+
+def _leaves(d: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(d, dict):
+        return [p for k, v in d.items() for p in _leaves(v, (*path, k))]
+    if isinstance(d, list):
+        return [p for i, v in enumerate(d) for p in _leaves(v, (*path, i))]
+    return [path]
+
+
+def _mutations(name: str) -> list[tuple[Any, ...]]:
+    """Every value of the file's positive vectors, and the verdict of every negative one."""
+    d = load(name)
+    if name == "device_list.json":
+        positive = [
+            p
+            for p in _leaves(d)
+            if p[0] in ("signer", "identity_key", "phone_private", "max_devices", "lists")
+        ]
+        verdicts = [
+            ("cases", i, verdict) for i in range(len(d["cases"])) for verdict in ("accept", "rollback")
+        ]
+        return positive + verdicts
+    typed = ("typed", "typed_on_new")
+    negative = (
+        *typed,
+        "reveal_rejected",
+        "b_rejected",
+        "second_b_rejected",
+        "low_order_rejected",
+        "sealed_rejected",
+        "answer_rejected",
+    )
+    positive = [p for p in _leaves(d) if p[0] not in ("description", "source", *negative)]
+    return positive + [(name, i, "right") for name in typed for i in range(len(d[name]))]
+
+
+@pytest.mark.parametrize("name", ["device_list.json", "pairing.json"])
+def test_every_device_and_pairing_value_is_checked(name: str) -> None:
+    """Change any one value of a positive vector, or any verdict of a negative one, and the
+    check above fails: nothing in these files is carried along unchecked."""
+    check = check_device_list if name == "device_list.json" else check_pairing
+    mutations = _mutations(name)
+    assert len(mutations) > 30
+    for path in mutations:
+        d = copy.deepcopy(load(name))
+        parent = functools.reduce(lambda node, key: node[key], path[:-1], d)
+        parent[path[-1]] = _changed(parent[path[-1]])
+        with pytest.raises((AssertionError, pytest.fail.Exception, E2EError)):
+            check(d)
+
+
+def _made_valid(d: dict[str, Any], name: str) -> None:
+    """Turn the first case of the refused list `name` into the valid value."""
+    if name == "cases":  # a forged device list: the signed list at its version, seen as before
+        case = next(c for c in d["cases"] if "forged" in c["case"])
+        signed = d["lists"][0]
+        case.update(devices=signed["devices"], signature=signed["signature"], at_least=signed["version"])
+        return
+    valid = {
+        "reveal_rejected": {"a_public": d["new_device"]["a_public"]},
+        "b_rejected": {"b_public": d["existing_device"]["b_public"]},
+        "low_order_rejected": {"key": d["new_device"]["a_public"], "commitment": d["commitment"]},
+        "sealed_rejected": {"sealed_to_existing": d["sealed_to_existing"]},
+        "answer_rejected": {"sealed_to_new": d["sealed_to_new"]},
+    }
+    d[name][0].update(valid[name])
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        ("pairing.json", "reveal_rejected"),
+        ("pairing.json", "b_rejected"),
+        ("pairing.json", "low_order_rejected"),
+        ("pairing.json", "sealed_rejected"),
+        ("pairing.json", "answer_rejected"),
+        ("device_list.json", "cases"),
+    ],
+)
+def test_a_refused_case_made_valid_is_caught(name: str, refused: str) -> None:
+    d = copy.deepcopy(load(name))
+    _made_valid(d, refused)
+    check = check_device_list if name == "device_list.json" else check_pairing
+    with pytest.raises((AssertionError, pytest.fail.Exception)):
+        check(d)

@@ -18,7 +18,7 @@ Two parties, whose every message the server relays and could change (docs/e2e.md
    constant time): the existing device opens `sealed`, signs a device list naming the new
    device, answers with the identity's public keys and that list (and what else the new
    device must start from), encrypted under k, and shows a second code, computed as the
-   first with "link-confirm" for "link-code". Not equal: a wrong code; after
+   first from LP(V, "link-confirm", commit, B, A). Not equal: a wrong code; after
    `MAX_ATTEMPTS` wrong codes the pairing is over.
 6. The person types that second code on the new device, which opens the answer only if
    it is its own second code (`MAX_ATTEMPTS` tries there too).
@@ -95,17 +95,14 @@ def _commitment(a_public: bytes) -> bytes:
     return sha256(lp(VERSION_LABEL, b"link-commit", a_public))
 
 
-def _transcript(commit: bytes, b_public: bytes, a_public: bytes) -> tuple[bytes, bytes]:
-    """(k's info, the code's hash input) for this pairing's public values."""
+def _transcript(commit: bytes, b_public: bytes, a_public: bytes) -> tuple[bytes, bytes, bytes]:
+    """(k's info, the first code's hash input, the second code's) for this pairing's
+    public values."""
     return (
         lp(VERSION_LABEL, b"link-key", commit, b_public, a_public),
         lp(VERSION_LABEL, b"link-code", commit, b_public, a_public),
+        lp(VERSION_LABEL, b"link-confirm", commit, b_public, a_public),
     )
-
-
-def _confirm_input(code_input: bytes) -> bytes:
-    """The second code's hash input: the first's, relabelled."""
-    return code_input.replace(b"link-code", b"link-confirm", 1)
 
 
 def _code(code_input: bytes) -> str:
@@ -161,7 +158,8 @@ class NewDevice:
         `code`. Once only: raises `PairingError` for a second B (a relay could search for
         one that fits a code already shown) or a malformed one."""
         if self.state is not PairingState.ANSWERED:
-            self.state = PairingState.FAILED
+            if self.state is not PairingState.DONE:  # a finished pairing stays finished
+                self.state = PairingState.FAILED
             raise PairingError("a second answer: the pairing is over")
         if len(b_public) != KEY_BYTES:
             self.state = PairingState.FAILED
@@ -172,9 +170,9 @@ class NewDevice:
         except PairingError:
             self.state = PairingState.FAILED
             raise
-        info, code_input = _transcript(self.commitment, b_public, a_public)
+        info, code_input, confirm_input = _transcript(self.commitment, b_public, a_public)
         self._key, self._b_public = _key(shared, info), b_public
-        self.code, self._confirm = _code(code_input), _code(_confirm_input(code_input))
+        self.code, self._confirm = _code(code_input), _code(confirm_input)
         self.state = PairingState.REVEALED
         aad = _aad(self.commitment, b_public, a_public, b"to-existing")
         return a_public, aead_encrypt(self._key, _NONCE_TO_EXISTING, payload, aad)
@@ -241,10 +239,10 @@ class ExistingDevice:
         except PairingError:
             self.state = PairingState.FAILED
             raise
-        info, code_input = _transcript(self._commitment, self.answer, a_public)
+        info, code_input, confirm_input = _transcript(self._commitment, self.answer, a_public)
         self._a_public, self._sealed = a_public, sealed
         self._key, self._code = _key(shared, info), _code(code_input)
-        self._confirm = _code(_confirm_input(code_input))
+        self._confirm = _code(confirm_input)
         self.state = PairingState.REVEALED
 
     def confirm(self, typed: str) -> bytes:

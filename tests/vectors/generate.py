@@ -12,7 +12,10 @@ ML-KEM ciphertexts (encapsulation draws its own randomness), is read back from t
 pqxdh.json (see --kem-from) so that a regeneration reproduces every byte; it is
 encapsulated afresh only when no frozen ciphertext exists for that public key.
 
-    .venv/bin/python tests/vectors/generate.py [--out DIR] [--force] [--kem-from DIR]
+--missing writes only the files that do not exist yet (vectors for a new step), leaving
+every frozen one untouched.
+
+    .venv/bin/python tests/vectors/generate.py [--out DIR] [--force | --missing] [--kem-from DIR]
 """
 
 from __future__ import annotations
@@ -45,9 +48,26 @@ from securechat.e2e.bundle import (
     spk_message,
     verify_bundle,
 )
+from securechat.e2e.devices import (
+    MAX_DEVICES,
+    Device,
+    DeviceList,
+    DeviceListError,
+    device_list_message,
+    sign_device_list,
+)
 from securechat.e2e.errors import BundleError, DecryptionError, KeystoreError
 from securechat.e2e.identity import Identity, PublicIdentity
 from securechat.e2e.login import RENAME_LABEL, login_message, rename_message
+from securechat.e2e.pairing import (
+    CODE_DIGITS,
+    MAX_ATTEMPTS,
+    ExistingDevice,
+    NewDevice,
+    PairingError,
+    PairingState,
+    WrongCode,
+)
 from securechat.e2e.primitives import (
     KEM_CIPHERTEXT_BYTES,
     VERSION_LABEL,
@@ -1489,6 +1509,520 @@ def gen_keystore() -> dict[str, Any]:
     )
 
 
+# -- device_list.json ------------------------------------------------------------------
+
+
+DEVICE_PHONE = "phone"
+DEVICE_LAPTOP = "laptop"  # alice's first device, whose device key is her identity key
+
+
+def device_json(device: Device) -> dict[str, Any]:
+    return {"device": device.device, "sig_key": hx(device.sig_key)}
+
+
+def device_list_formula(user: str, version: int, devices: Sequence[Device]) -> bytes:
+    fields: list[bytes | str | int] = [VERSION_LABEL, b"devices", fold_nick(user), version, len(devices)]
+    for device in devices:
+        fields += [device.device, device.sig_key]
+    return lp(*fields)
+
+
+def gen_device_list() -> dict[str, Any]:
+    a = alice()
+    ident = a.identity
+    phone_private = fixed("alice device phone ed25519")
+    laptop = Device(DEVICE_LAPTOP, ident.sig_key)
+    phone = Device(DEVICE_PHONE, ed25519_public(phone_private))
+    lists = []
+    signed: dict[int, DeviceList] = {}
+    for version, devices in ((1, (laptop,)), (2, (laptop, phone))):
+        message = device_list_message(ident.user, version, devices)
+        assert message == device_list_formula(ident.user, version, devices)
+        listed = sign_device_list(ident, version, devices)
+        assert listed.signature == ed25519_sign(a.sig_private, message)
+        assert ed25519_verify(ident.sig_key, listed.signature, message)
+        listed.check(ident.sig_key, at_least=version)
+        signed[version] = listed
+        lists.append(
+            {
+                "user": ident.user,
+                "version": version,
+                "devices": [device_json(d) for d in devices],
+                "message": hx(message),
+                "signature": hx(listed.signature),
+            }
+        )
+    current = signed[2]
+    other_key = ed25519_public(fixed("device list server's own device ed25519"))
+
+    def resigned(version: int, devices: tuple[Device, ...]) -> bytes:
+        """Signed by alice's identity key: a list refused for a rule, not its signature."""
+        return ident.sign(device_list_formula(ident.user, version, devices))
+
+    out: list[dict[str, Any]] = []
+
+    def case(
+        name: str,
+        accept: bool,
+        *,
+        user: str = ident.user,
+        version: int = current.version,
+        devices: tuple[Device, ...] = current.devices,
+        signature: bytes = current.signature,
+        at_least: int = 0,
+        identity_key: bytes = ident.sig_key,
+        rollback: bool = False,
+    ) -> None:
+        assert not (accept and rollback), name
+        try:
+            DeviceList(user, version, devices, signature).check(identity_key, at_least=at_least)
+        except DeviceListError as refused:
+            assert not accept, name
+            # Refused as a rollback exactly when signed and only older than one seen.
+            assert ("went back" in str(refused)) is rollback, name
+        else:
+            assert accept, name
+        if rollback:
+            DeviceList(user, version, devices, signature).check(identity_key, at_least=version)
+        out.append(
+            {
+                "case": name,
+                "user": user,
+                "version": version,
+                "devices": [device_json(d) for d in devices],
+                "signature": hx(signature),
+                "identity_key": hx(identity_key),
+                "at_least": at_least,
+                "accept": accept,
+                "rollback": rollback,
+            }
+        )
+
+    sig, v1 = current.signature, signed[1]
+    case("as signed", True, at_least=2)
+    case("as signed, nothing seen before", True)
+    case("a newer version than the one seen", True, at_least=1)
+    case("checked under the nick in another case (folded alike)", True, user="ALICE", at_least=2)
+    case("the only device is the identity's", True, version=1, devices=v1.devices, signature=v1.signature)
+    case(
+        "an older version than the one seen (rolled back)",
+        False,
+        version=1,
+        devices=v1.devices,
+        signature=v1.signature,
+        at_least=2,
+        rollback=True,
+    )
+    # The signature is checked before the version: a forged list is refused as forged,
+    # however old, never reported as a rollback.
+    case(
+        "an older version than the one seen, its signature bit 0 of byte 0 flipped (forged)",
+        False,
+        version=1,
+        devices=v1.devices,
+        signature=flip(v1.signature, 0),
+        at_least=2,
+    )
+    case(
+        "an older version than the one seen, with a device the server added (forged)",
+        False,
+        version=1,
+        devices=(laptop, Device("added", other_key)),
+        signature=v1.signature,
+        at_least=2,
+    )
+    case("version + 1 under the same signature", False, version=3)
+    case("checked under another nick", False, user="mallory")
+    case("checked under another identity key", False, identity_key=bob().identity.sig_key)
+    case("signature bit 0 of byte 0 (R) flipped", False, signature=flip(sig, 0))
+    case("signature bit 0 of byte 63 (S) flipped", False, signature=flip(sig, 63))
+    case("signature truncated to 63 bytes", False, signature=sig[:63])
+    case(
+        "phone key bit 0 of byte 0 flipped",
+        False,
+        devices=(laptop, Device(DEVICE_PHONE, flip(phone.sig_key, 0))),
+    )
+    case("phone renamed 'tablet'", False, devices=(laptop, Device("tablet", phone.sig_key)))
+    case("devices in another order", False, devices=(phone, laptop))
+    case("a device the server added", False, devices=(laptop, phone, Device("added", other_key)))
+    case("a device the server removed", False, devices=(laptop,))
+
+    # Signed by the identity key, each accepted or refused by one rule of the check.
+    many = tuple(
+        Device(f"d{n}", ed25519_public(fixed(f"device list d{n} ed25519"))) for n in range(1, MAX_DEVICES)
+    )
+    full = (laptop, *many)  # MAX_DEVICES devices, the identity's among them
+    over = (*full, Device("one-too-many", ed25519_public(fixed("device list one too many ed25519"))))
+    signed_cases: list[tuple[str, bool, int, tuple[Device, ...]]] = [
+        ("MAX_DEVICES devices", True, 3, full),
+        (
+            "a device id of 32 characters of a-z 0-9 _ -",
+            True,
+            3,
+            (laptop, Device("a-z_09" + "x" * 26, phone.sig_key)),
+        ),
+        ("version 2**63 - 1", True, 2**63 - 1, (laptop,)),
+        ("version 0", False, 0, (laptop,)),
+        ("version 2**63", False, 2**63, (laptop,)),
+        ("no devices", False, 3, ()),
+        ("MAX_DEVICES + 1 devices", False, 3, over),
+        ("the identity's own device missing", False, 3, (phone,)),
+        ("a device id twice", False, 3, (laptop, Device(DEVICE_LAPTOP, phone.sig_key))),
+        ("a device key twice", False, 3, (laptop, Device(DEVICE_PHONE, laptop.sig_key))),
+        ("an empty device id", False, 3, (laptop, Device("", phone.sig_key))),
+        ("a device id of 33 characters", False, 3, (laptop, Device("p" * 33, phone.sig_key))),
+        ("a device id with a space", False, 3, (laptop, Device("my phone", phone.sig_key))),
+        ("a device id with a dot", False, 3, (laptop, Device("phone.2", phone.sig_key))),
+        ("a non-ASCII device id", False, 3, (laptop, Device("t\u00e9l\u00e9phone", phone.sig_key))),
+        ("an upper-case letter in a device id", False, 3, (laptop, Device("Phone", phone.sig_key))),
+        ("a device key of 31 bytes", False, 3, (laptop, Device(DEVICE_PHONE, phone.sig_key[:31]))),
+    ]
+    for name, accept, version, named in signed_cases:
+        signature = resigned(version, named)
+        assert ed25519_verify(ident.sig_key, signature, device_list_formula(ident.user, version, named))
+        case(f"{name} (signed)", accept, version=version, devices=named, signature=signature)
+    return doc(
+        "A person's device list, signed by their identity key (docs/e2e.md, 'Device lists'). "
+        "message = LP(V, 'devices', fold(user), version, n, id_1, key_1, ..., id_n, key_n): version and "
+        "n (the number of devices) are integers, each id a string, each key a 32-byte Ed25519 public key, "
+        "in the list's order; signature = Ed25519(the identity's sig_private, message). The signer is "
+        "alice (identity.json); her first device, 'laptop', has her identity key as its device key; "
+        "'phone' has the Ed25519 key of phone_private. lists: version 1 (laptop) and version 2 (laptop, "
+        "phone). cases: a list (user, version, devices, signature) checked under the pinned identity_key "
+        "having seen versions up to at_least; it must be accepted exactly when 'accept' is true. A reader "
+        "accepts a list only if 1 <= version <= 2**63 - 1, 1 <= n <= max_devices, no id and no key is "
+        "listed twice, every id is 1-32 characters of a-z 0-9 _ - (lower case only), every key is 32 "
+        "bytes, identity_key is one of the keys, the signature (64 bytes) verifies under identity_key "
+        "over the message built with fold(user), and, checked last, version >= at_least. rollback: "
+        "true for a list refused only for being older than at_least (reported as a rollback: the "
+        "server may be hiding a device); a list whose signature does not verify is refused as forged, "
+        "never as a rollback, whatever its version.",
+        signer=identity_json(a),
+        identity_key=hx(ident.sig_key),
+        phone_private=hx(phone_private),
+        phone_private_label="alice device phone ed25519",
+        max_devices=MAX_DEVICES,
+        lists=lists,
+        cases=out,
+    )
+
+
+# -- pairing.json ----------------------------------------------------------------------
+
+
+def must_refuse(what: str, step: Callable[..., object], *args: Any) -> None:
+    """`step(*args)` raises `PairingError`, and not `WrongCode` (a refusal, not a typo)."""
+    try:
+        step(*args)
+    except WrongCode:
+        raise AssertionError(f"a wrong code, not a refusal: {what}") from None
+    except PairingError:
+        return
+    raise AssertionError(what)
+
+
+#: Low-order X25519 public keys (u as 32 bytes little-endian, as sent; the last two are
+#: not reduced mod p): X25519 of any private key with one of them is 32 zero bytes.
+LOW_ORDER_KEYS = (
+    ("u = 0", 0),
+    ("u = 1", 1),
+    (
+        "u = 325606250916557431795983626356110631294008115727848805560023387167927233504 (order 8)",
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+    ),
+    (
+        "u = 39382357235489614581723060781553021112529911719440698176882885853963445705823 (order 8)",
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    ),
+    ("u = p - 1", 2**255 - 20),
+    ("u = p", 2**255 - 19),
+    ("u = p + 1", 2**255 - 18),
+)
+
+
+def confirm_input_formula(commit: bytes, b_public: bytes, a_public: bytes) -> bytes:
+    """The second code's hash input: LP(V, "link-confirm", commit, B, A) (docs/e2e.md,
+    "Linking a device")."""
+    return lp(VERSION_LABEL, b"link-confirm", commit, b_public, a_public)
+
+
+def gen_pairing() -> dict[str, Any]:
+    a_private, b_private = fixed("pairing new device ephemeral"), fixed("pairing existing device ephemeral")
+    other_b_private = fixed("pairing another existing device ephemeral")
+    payload_to_existing = b"example payload to the existing device: the new device's id and Ed25519 key"
+    payload_to_new = (
+        b"example answer to the new device: the identity's public keys and its signed device list"
+    )
+    basepoint = (9).to_bytes(32, "little")
+
+    draws_new, draws_existing = Draws(a_private), Draws(b_private)
+    new = NewDevice(draws_new)
+    existing = ExistingDevice(new.commitment, draws_existing)
+    draws_new.done()
+    draws_existing.done()
+    states_new, states_existing = [new.state], [existing.state]
+    a_public, b_public = new._ephemeral.public, existing.answer
+    assert a_public == x25519(a_private, basepoint)
+    assert b_public == x25519(b_private, basepoint)
+    commit_input = lp(VERSION_LABEL, b"link-commit", a_public)
+    commit = sha256(commit_input)
+    assert new.commitment == commit
+
+    revealed, sealed = new.reveal(b_public, payload_to_existing)
+    states_new.append(new.state)
+    assert revealed == a_public
+    shared = x25519(a_private, b_public)
+    assert shared == x25519(b_private, a_public)
+    key_info = lp(VERSION_LABEL, b"link-key", commit, b_public, a_public)
+    k = hkdf_sha256(salt=bytes(32), ikm=shared, info=key_info, length=32)
+    code_input = lp(VERSION_LABEL, b"link-code", commit, b_public, a_public)
+    code_hash = sha256(code_input)
+    code_int = int.from_bytes(code_hash[:8], "big")
+    code = f"{code_int % 10**CODE_DIGITS:06d}"
+    assert new.code == code
+    confirm_input = confirm_input_formula(commit, b_public, a_public)
+    confirm_hash = sha256(confirm_input)
+    confirm_int = int.from_bytes(confirm_hash[:8], "big")
+    confirmation = f"{confirm_int % 10**CODE_DIGITS:06d}"
+    assert confirmation != code
+    nonce_to_existing, nonce_to_new = bytes(12), bytes(11) + b"\x01"
+    aad_to_existing = lp(VERSION_LABEL, b"link", commit, b_public, a_public, b"to-existing")
+    aad_to_new = lp(VERSION_LABEL, b"link", commit, b_public, a_public, b"to-new")
+    assert sealed == aead_encrypt(k, nonce_to_existing, payload_to_existing, aad_to_existing)
+
+    existing.receive_reveal(a_public, sealed)
+    states_existing.append(existing.state)
+    assert existing.confirmation == ""  # shown only once the first code was right
+    assert existing.confirm(code[:3] + " " + code[3:]) == payload_to_existing
+    states_existing.append(existing.state)
+    assert existing.confirmation == confirmation
+    answer = existing.seal_answer(payload_to_new)
+    states_existing.append(existing.state)
+    assert answer == aead_encrypt(k, nonce_to_new, payload_to_new, aad_to_new)
+    must_refuse("a second answer sealed", existing.seal_answer, payload_to_new)
+    must_refuse("the answer opened before the second code", new.open_answer, answer)
+    assert new.state is PairingState.REVEALED
+    new.confirm(confirmation)
+    states_new.append(new.state)
+    assert new.open_answer(answer) == payload_to_new
+    states_new.append(new.state)
+    must_refuse("the answer opened twice", new.open_answer, answer)
+    states = [PairingState.ANSWERED, PairingState.REVEALED, PairingState.CONFIRMED, PairingState.DONE]
+    assert states_new == states_existing == states
+
+    def fresh_new() -> NewDevice:
+        return NewDevice(Draws(a_private))
+
+    def revealed_new() -> NewDevice:
+        side = fresh_new()
+        assert side.reveal(b_public, payload_to_existing) == (a_public, sealed)
+        return side
+
+    def revealed_existing() -> ExistingDevice:
+        side = ExistingDevice(commit, Draws(b_private))
+        side.receive_reveal(a_public, sealed)
+        return side
+
+    wrong = f"{(code_int + 1) % 10**CODE_DIGITS:06d}"
+    typed = [
+        (code, True),
+        (f"{code[:3]} {code[3:]}", True),
+        (f" {code}\n", True),
+        (f"{code[:2]}\t{code[2:4]} {code[4:]}", True),
+        (wrong, False),
+        (f"{code[:3]}-{code[3:]}", False),
+        (code[:5], False),
+        (code + "0", False),
+        ("", False),
+    ]
+    for text, right in typed:
+        side = revealed_existing()
+        try:
+            opened = side.confirm(text)
+        except WrongCode as refused:
+            assert not right and refused.attempts_left == MAX_ATTEMPTS - 1, text
+            assert side.confirmation == "" and side.state is PairingState.REVEALED, text
+        else:
+            assert right and opened == payload_to_existing, text
+            assert side.confirmation == confirmation, text
+
+    wrong_confirmation = f"{(confirm_int + 1) % 10**CODE_DIGITS:06d}"
+    assert len({code, confirmation, wrong_confirmation}) == 3
+    typed_on_new = [
+        (confirmation, True),
+        (f"{confirmation[:3]} {confirmation[3:]}", True),
+        (f"\t{confirmation}\r\n", True),
+        (code, False),  # the first code, the one the new device shows itself
+        (wrong_confirmation, False),
+        (f"{confirmation[:3]}-{confirmation[3:]}", False),
+        (confirmation[:5], False),
+        (confirmation + "0", False),
+        ("", False),
+    ]
+    for text, right in typed_on_new:
+        new_side = revealed_new()
+        try:
+            new_side.confirm(text)
+        except WrongCode as refused:
+            assert not right and refused.attempts_left == MAX_ATTEMPTS - 1, text
+            assert new_side.state is PairingState.REVEALED, text
+        else:
+            assert right and new_side.state is PairingState.CONFIRMED, text
+            assert new_side.open_answer(answer) == payload_to_new
+
+    reveal_rejected = [
+        ("A bit 0 of byte 0 flipped (not the key committed to)", flip(a_public, 0)),
+        ("A truncated to 31 bytes", a_public[:31]),
+        ("B sent back as A", b_public),
+    ]
+    for name, candidate in reveal_rejected:
+        side = ExistingDevice(commit, Draws(b_private))
+        must_refuse(f"a reveal accepted: {name}", side.receive_reveal, candidate, sealed)
+        assert side.state is PairingState.FAILED, name
+
+    b_rejected = [
+        ("B truncated to 31 bytes", b_public[:31]),
+        ("B with a 33rd byte", b_public + b"\x00"),
+        ("empty", b""),
+    ]
+    for name, candidate in b_rejected:
+        new_side = fresh_new()
+        must_refuse(f"a B accepted: {name}", new_side.reveal, candidate, payload_to_existing)
+        assert new_side.state is PairingState.FAILED and new_side.code == "", name
+
+    other_b_public = x25519(other_b_private, basepoint)
+    second_b_rejected = [
+        ("the same B again", b_public),
+        ("the B of another existing device", other_b_public),
+    ]
+    for name, candidate in second_b_rejected:
+        for confirmed in (False, True):
+            new_side = revealed_new()
+            if confirmed:
+                new_side.confirm(confirmation)
+            must_refuse(f"a second B: {name}", new_side.reveal, candidate, payload_to_existing)
+            assert new_side.state is PairingState.FAILED, name
+            must_refuse(f"a code after a second B: {name}", new_side.confirm, confirmation)
+            must_refuse(f"an answer after a second B: {name}", new_side.open_answer, answer)
+
+    low_order_rejected = []
+    for name, u in LOW_ORDER_KEYS:
+        key = u.to_bytes(32, "little")
+        try:
+            x25519(a_private, key)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"a low-order key gave a shared secret: {name}")
+        key_commitment = sha256(lp(VERSION_LABEL, b"link-commit", key))
+        new_side = fresh_new()
+        must_refuse(f"a low-order B: {name}", new_side.reveal, key, payload_to_existing)
+        assert new_side.state is PairingState.FAILED, name
+        existing_side = ExistingDevice(key_commitment, Draws(b_private))
+        must_refuse(f"a low-order A: {name}", existing_side.receive_reveal, key, sealed)
+        assert existing_side.state is PairingState.FAILED, name
+        low_order_rejected.append({"case": name, "key": hx(key), "commitment": hx(key_commitment)})
+
+    sealed_rejected = [
+        ("bit 0 of byte 0 of the ciphertext flipped", flip(sealed, 0)),
+        ("bit 0 of the tag's last byte flipped", flip(sealed, len(sealed) - 1)),
+        ("the tag removed", sealed[:-16]),
+        ("the answer to the new device in its place", answer),
+    ]
+    for name, candidate in sealed_rejected:
+        side = ExistingDevice(commit, Draws(b_private))
+        side.receive_reveal(a_public, candidate)
+        try:
+            side.confirm(code)
+        except WrongCode:
+            raise AssertionError(f"the right code refused: {name}") from None
+        except PairingError:
+            assert side.state is PairingState.FAILED and side.confirmation == "", name
+            continue
+        raise AssertionError(f"a sealed payload accepted: {name}")
+    answer_rejected = [
+        ("bit 0 of byte 0 of the ciphertext flipped", flip(answer, 0)),
+        ("bit 0 of the tag's last byte flipped", flip(answer, len(answer) - 1)),
+        ("the sealed payload to the existing device sent back", sealed),
+        ("empty", b""),
+    ]
+    for name, candidate in answer_rejected:
+        new_side = revealed_new()
+        new_side.confirm(confirmation)
+        must_refuse(f"an answer accepted: {name}", new_side.open_answer, candidate)
+        assert new_side.state is PairingState.FAILED, name
+    return doc(
+        "Linking a device (docs/e2e.md, 'Linking a device'). The new device draws a (a_private) and "
+        "commits: commitment = SHA-256(commit_input), commit_input = LP(V, 'link-commit', A), A = "
+        "X25519(a, 9). The existing device, given the commitment, draws b (b_private) and answers B = "
+        "X25519(b, 9). The new device reveals A and sealed_to_existing = ChaCha20-Poly1305(k, "
+        "nonce_to_existing, payload_to_existing, aad_to_existing), where shared = X25519(a, B) = "
+        "X25519(b, A), k = HKDF-SHA256(salt = 0x00*32, IKM = shared, info = key_info, L = 32), key_info = "
+        "LP(V, 'link-key', commitment, B, A), aad_to_existing = LP(V, 'link', commitment, B, A, "
+        "'to-existing'), and shows code = the first 8 bytes of SHA-256(code_input) as a big-endian "
+        "integer (code_int) mod 10**6, written as 6 digits; code_input = LP(V, 'link-code', commitment, "
+        "B, A). Once that code is typed on it, the existing device opens the payload, shows the second "
+        "code, confirmation, made from confirm_input as code from code_input (confirm_hash, confirm_int); "
+        "confirm_input is LP(V, 'link-confirm', commit, B, A). It answers sealed_to_new = "
+        "ChaCha20-Poly1305(k, nonce_to_new, payload_to_new, aad_to_new), aad_to_new = LP(V, 'link', "
+        "commitment, B, A, 'to-new'), which the new device opens only once confirmation is typed on it. "
+        "states: the states each device goes through, in order, when all goes well. The payloads are "
+        "opaque to the pairing: these two are example bytes, not a format. typed: what a person types "
+        "on the existing device (for code), typed_on_new: on the new device (for confirmation), each "
+        "accepted exactly when 'right' (whitespace is ignored, nothing else; a wrong one leaves "
+        "max_attempts - 1 more tries). reveal_rejected: an A the existing device must refuse (the "
+        "pairing is then over); b_rejected: a B the new device must refuse (the pairing is then over); "
+        "second_b_rejected: a B sent to the new device after it revealed A, which it must refuse, the "
+        "pairing then over; low_order_rejected: low-order X25519 keys, each refused as B by the new "
+        "device and, given its commitment, as A by the existing device, the pairing then over; "
+        "sealed_rejected: a sealed_to_existing that must not open although the right code is typed "
+        "(the pairing is then over); answer_rejected: a sealed_to_new the new device must refuse "
+        "although confirmation was typed (the pairing is then over).",
+        max_attempts=MAX_ATTEMPTS,
+        code_digits=CODE_DIGITS,
+        new_device={
+            "a_private": hx(a_private),
+            "a_private_label": "pairing new device ephemeral",
+            "a_public": hx(a_public),
+        },
+        existing_device={
+            "b_private": hx(b_private),
+            "b_private_label": "pairing existing device ephemeral",
+            "b_public": hx(b_public),
+        },
+        commit_input=hx(commit_input),
+        commitment=hx(commit),
+        shared=hx(shared),
+        key_info=hx(key_info),
+        k=hx(k),
+        code_input=hx(code_input),
+        code_hash=hx(code_hash),
+        code_int=code_int,
+        code=code,
+        confirm_input=hx(confirm_input),
+        confirm_hash=hx(confirm_hash),
+        confirm_int=confirm_int,
+        confirmation=confirmation,
+        payload_to_existing=hx(payload_to_existing),
+        nonce_to_existing=hx(nonce_to_existing),
+        aad_to_existing=hx(aad_to_existing),
+        sealed_to_existing=hx(sealed),
+        payload_to_new=hx(payload_to_new),
+        nonce_to_new=hx(nonce_to_new),
+        aad_to_new=hx(aad_to_new),
+        sealed_to_new=hx(answer),
+        states=[state.value for state in states],
+        typed=[{"typed": t, "right": r} for t, r in typed],
+        typed_on_new=[{"typed": t, "right": r} for t, r in typed_on_new],
+        reveal_rejected=[{"case": c, "a_public": hx(v)} for c, v in reveal_rejected],
+        b_rejected=[{"case": c, "b_public": hx(v)} for c, v in b_rejected],
+        second_b_rejected=[{"case": c, "b_public": hx(v)} for c, v in second_b_rejected],
+        low_order_rejected=low_order_rejected,
+        sealed_rejected=[{"case": c, "sealed_to_existing": hx(v)} for c, v in sealed_rejected],
+        answer_rejected=[{"case": c, "sealed_to_new": hx(v)} for c, v in answer_rejected],
+    )
+
+
 # -- main ------------------------------------------------------------------------------
 
 
@@ -1506,6 +2040,8 @@ FILES = (
     "login.json",
     "safety_number.json",
     "keystore.json",
+    "device_list.json",
+    "pairing.json",
 )
 
 
@@ -1525,6 +2061,8 @@ def build(kem_from: Path | None = HERE) -> dict[str, str]:
         "login.json": gen_login(),
         "safety_number.json": gen_safety(),
         "keystore.json": gen_keystore(),
+        "device_list.json": gen_device_list(),
+        "pairing.json": gen_pairing(),
     }
     return {name: json.dumps(d, indent=2, ensure_ascii=False) + "\n" for name, d in docs.items()}
 
@@ -1534,7 +2072,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=HERE, help="where to write (default: tests/vectors)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing files (a protocol change)")
+    overwrite = parser.add_mutually_exclusive_group()
+    overwrite.add_argument(
+        "--force", action="store_true", help="overwrite existing files (a protocol change)"
+    )
+    overwrite.add_argument(
+        "--missing",
+        action="store_true",
+        help="write only the files that do not exist yet (a new step's vectors), leave the others alone",
+    )
     parser.add_argument(
         "--kem-from",
         type=Path,
@@ -1543,7 +2089,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     existing = [name for name in FILES if (args.out / name).exists()]
-    if existing and not args.force:
+    if existing and not (args.force or args.missing):
         print(
             f"refusing to overwrite frozen vectors in {args.out}: {', '.join(existing)} "
             "(they are frozen; pass --force only for a deliberate protocol change)",
@@ -1552,6 +2098,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     files = build(args.kem_from)
     assert sorted(files) == sorted(FILES)
+    if args.missing:
+        files = {name: text for name, text in files.items() if name not in existing}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (args.out / name).write_text(text, encoding="utf-8")
