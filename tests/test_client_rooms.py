@@ -303,7 +303,7 @@ def test_a_server_older_than_rooms_gets_no_joins_and_a_v1_refusal_is_explained(
         )
 
     with pytest.raises(
-        LoginRejected, match=r"older than this client, which speaks protocol 3; .*versions 1 and 2"
+        LoginRejected, match=r"older than this client, which speaks protocol 4; .*versions 1 and 2"
     ):
         scripted(refuses).connect()
 

@@ -116,7 +116,7 @@ def test_every_supported_version_is_accepted(version: int) -> None:
     conn = Connection(Role.SERVER)
     conn.receive_data(b'{"type":"hello","version":%d,"nick":"alice"}\n' % version)
     assert events_of(conn) == [Hello(version=version, nick="alice")]
-    assert SUPPORTED_VERSIONS == (1, 2, 3, 4) and PROTOCOL_VERSION == 3
+    assert SUPPORTED_VERSIONS == (1, 2, 3, 4) and PROTOCOL_VERSION == 4
 
 
 def test_wrong_version_is_fatal() -> None:

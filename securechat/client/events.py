@@ -14,6 +14,7 @@ __all__ = [
     "RenameUnconfirmed",
     "ResendPending",
     "StorageFailed",
+    "WhisperCopied",
     "WhisperFailed",
     "WhisperReceived",
 ]
@@ -35,6 +36,18 @@ class WhisperReceived:
     msg_id: str
     ts: float
     replay: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhisperCopied:
+    """A whisper you sent to `to` from another of your devices (`device`), as that device
+    sealed a copy of it for this one: shown with what you sent from here."""
+
+    to: str
+    text: str
+    msg_id: str
+    ts: float
+    device: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +153,7 @@ class Reconnected:
 #: Every event the client makes itself (as opposed to the server's frames).
 ClientMade = (
     WhisperReceived
+    | WhisperCopied
     | WhisperFailed
     | KeyChanged
     | KnownKeyRenamed

@@ -80,6 +80,9 @@ class StoredMessage:
     reason: str = ""
     #: How often the client has sent it again in a new session after a failure.
     resends: int = 0
+    #: For the copy of a whisper sealed for another of our own devices (filed under
+    #: "our-nick/device"): whom the whisper was for. "" otherwise.
+    to: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in STATES[self.direction]:
@@ -105,6 +108,7 @@ class StoredMessage:
                 "header": base64.b64encode(self.header).decode(),
                 "ciphertext": base64.b64encode(self.ciphertext).decode(),
                 "resends": self.resends,
+                **({"to": self.to} if self.to else {}),
             },
             ensure_ascii=False,
             separators=(",", ":"),
@@ -130,6 +134,7 @@ class StoredMessage:
                 ciphertext=base64.b64decode(_str(obj, "ciphertext"), validate=True),
                 reason=reason,
                 resends=int(obj.get("resends", 0)),
+                to=_str(obj, "to") if "to" in obj else "",
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"damaged message record {msg_id!r}: {exc}") from None

@@ -53,6 +53,7 @@ from .events import (
     RenameUnconfirmed,
     ResendPending,
     StorageFailed,
+    WhisperCopied,
     WhisperFailed,
     WhisperReceived,
 )
@@ -88,6 +89,7 @@ def dumps(obj: dict[str, Any]) -> str:
 
 _CLIENT_EVENT_TYPES: dict[type, str] = {
     WhisperReceived: "whisper",
+    WhisperCopied: "whisper_copied",
     WhisperFailed: "whisper_failed",
     KeyChanged: "key_changed",
     KnownKeyRenamed: "known_key_renamed",

@@ -7,6 +7,7 @@ iteration hand them out. Sending methods may be called from any thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import secrets
@@ -37,6 +38,7 @@ from ..protocol import (
     Connection,
     Delivery,
     Deop,
+    Devices,
     Entered,
     Error,
     Event,
@@ -240,6 +242,11 @@ class _BrokenLogin(ConnectError):
     """The server broke the protocol during the login (counted like a broken connection)."""
 
 
+def _copy_key(frame: Whisper) -> tuple[str, str, str]:
+    """Which copy of which whisper `frame` is: (folded recipient, device, id)."""
+    return (fold_nick(frame.to), frame.device, frame.id)
+
+
 class Client:
     """One user's connection.
 
@@ -295,7 +302,8 @@ class Client:
         self._closing = threading.Event()
         # Sent, not yet reported stored, by message id; guarded by _whisper_lock for
         # additions and resends, popped by the reader (dict operations are atomic).
-        self._unconfirmed: dict[str, Whisper] = {}
+        # Each copy of a whisper (one per device) by (folded recipient, device, id).
+        self._unconfirmed: dict[tuple[str, str, str], Whisper] = {}
         self._store_retries = 0  # store-unavailable rounds in a row; guarded by _timer_lock
         # Set by the reader when unconfirmed whispers must go out again (after a
         # reconnect); cleared by whoever holds _whisper_lock and sends them, so that no
@@ -423,7 +431,7 @@ class Client:
                 self._events.put(item)
             with self._whisper_lock:
                 for frame in self.keys.unsent():
-                    self._unconfirmed[frame.id] = frame
+                    self._unconfirmed[_copy_key(frame)] = frame
                 self._resend_unconfirmed()
         self._last_heard = time.monotonic()
         self._reader = threading.Thread(target=self._run, name=f"securechat-client-{self.nick}", daemon=True)
@@ -907,22 +915,26 @@ class Client:
                 raise self._offline()
             self._flush_resends()  # older unconfirmed whispers first
             if not keys.has_session(nick):
-                for told in keys.start_session(self._fetch(nick, timeout)):
-                    self._events.put(told)
+                # Theirs (every device in their list), and ours if another device of ours
+                # has no session yet (it gets a copy).
+                for who in keys.devices_to_fetch(nick) or [nick]:
+                    for told in keys.start_session(self._fetch(who, timeout)):
+                        self._events.put(told)
                 for failed in keys.failed_to(nick):  # older ones first, in the new session
                     self._send_kept(keys.reseal(failed))
-            # Kept in the outbox with the ratchet step, and sent again after a reconnect
+            # Kept in the outbox with the ratchet steps, and sent again after a reconnect
             # or a restart until the server says "stored": the ratchet has moved on, so
             # these exact bytes are the only way to get this text to the peer (the
-            # server drops a repeat of the same id).
-            frame = keys.seal(nick, text, secrets.token_hex(8))
-            self._send_kept(frame)
-        return frame.id
+            # server drops a repeat of the same id). One copy per device.
+            frames = keys.seal_all(nick, text, secrets.token_hex(8))
+            for frame in frames:
+                self._send_kept(frame)
+        return frames[0].id
 
     def _send_kept(self, frame: Whisper) -> None:
         """Send a whisper kept in the outbox; under `_whisper_lock`. A lost connection is
         not an error: it goes out again as soon as the client is back."""
-        self._unconfirmed[frame.id] = frame
+        self._unconfirmed[_copy_key(frame)] = frame
         with contextlib.suppress(ConnectionError):
             self.send(frame)
 
@@ -1365,7 +1377,7 @@ class Client:
         if isinstance(event, WhisperStatus):
             if not self._whisper_status(event):
                 return False  # not a whisper of ours (or old news): nothing to show
-        elif isinstance(event, Error) and event.ref in self._unconfirmed:
+        elif isinstance(event, Error) and any(key[2] == event.ref for key in list(self._unconfirmed)):
             if event.code == Code.STORE_UNAVAILABLE:
                 self._store_unavailable(self._backoff)
             elif event.code == Code.QUOTA:  # the recipient's mailbox (or ours) is full: hours, not seconds
@@ -1411,6 +1423,15 @@ class Client:
                     return False
                 self._deliver(incoming)
             return False
+        own_list = isinstance(event, Devices) and fold_nick(event.nick) == fold_nick(self.nick)
+        if isinstance(event, Devices) and own_list and self.keys is not None:
+            try:
+                self.keys.accept_own_devices(event.devices)
+            except (BundleError, KeystoreError) as exc:
+                # Not ours, or older than one we saw: the server is wrong or lying.
+                log.warning("refused our device list from the server: %s", exc)
+                self._events.put(StorageFailed(reason=f"refused our device list from the server: {exc}"))
+                return False
         if isinstance(event, Error) and not event.fatal:
             self._forget_refused_rename(event)
         self._events.put(event)
@@ -1457,6 +1478,32 @@ class Client:
                 self.send(ack)
             except ConnectionError:
                 return
+        for sender in incoming.fetch:
+            self._spawn(functools.partial(self._learn_devices, sender), f"securechat-devices-{sender}")
+
+    def _learn_devices(self, sender: str) -> None:
+        """A whisper came from a device of `sender` no list we have names: fetch their
+        keys (their list with them), then read the whispers held meanwhile. On its own
+        thread (it waits for the reader to bring the keys)."""
+        keys = self._require_keys()
+        try:
+            with self._whisper_lock:
+                for told in keys.start_session(self._fetch(sender, self._timeout)):
+                    self._events.put(told)
+            self._deliver(keys.retry_unknown(sender))
+        except KeystoreError as exc:
+            self._events.put(StorageFailed(reason=str(exc)))
+        except IdentityChanged as exc:
+            self._events.put(
+                KeyChanged(
+                    peer=sender,
+                    old_fingerprint=exc.pinned_fingerprint,
+                    new_fingerprint=exc.new_fingerprint,
+                    held=0,
+                )
+            )
+        except (E2EError, LookupError, TimeoutError, ConnectionError, ProtocolError) as exc:
+            log.info("could not learn %s's devices: %s", sender, exc)
 
     def _storage_trouble(self, exc: KeystoreError) -> None:
         """Tell the program our keystore failed a write: once per connection, not per whisper."""
@@ -1472,23 +1519,24 @@ class Client:
         if self.keys is None:
             return False  # a guest sends no whispers
         try:
+            key = (fold_nick(status.to), self.keys.device_of(status.to, status.device), status.id)
             kept = self.keys.sent_status(status)
         except KeystoreError as exc:  # a lost mark costs a resend, which the server drops
             log.info("could not record a whisper's status: %s", exc)
             kept = None
-            ours = status.id in self._unconfirmed  # the outbox cannot tell: go by what we sent
+            ours = key in self._unconfirmed  # the outbox cannot tell: go by what we sent
         else:
             ours = kept is not None
+        self._unconfirmed.pop(key, None)  # every status means the server has that copy
         if not ours:
             return False
-        frame = self._unconfirmed.get(status.id)
-        if frame is not None and fold_nick(frame.to) == fold_nick(status.to):
-            self._unconfirmed.pop(status.id, None)  # every status means the server has it
         if status.status == "stored":
             with self._timer_lock:
                 self._store_retries = 0
         if kept is not None and kept.state is MessageState.FAILED:
             self._start_recovery(status.to)
+        if kept is not None and "/" in kept.peer:
+            return False  # about a copy for another device only: the whisper's own is shown
         with self._watch_lock:
             for watcher in self._status_watchers:
                 watcher.put(status)

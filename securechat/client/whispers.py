@@ -8,6 +8,7 @@ with the ratchet state that decrypted it, before it is acknowledged (see inbox.p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import threading
@@ -26,7 +27,15 @@ from ..e2e.bundle import (
     publication,
 )
 from ..e2e.conversations import Conversations, Trust
-from ..e2e.errors import DecryptionError, IdentityChanged, KeystoreError, MalformedPlaintext
+from ..e2e.devices import DeviceListError, device_list_from
+from ..e2e.errors import (
+    BundleError,
+    DecryptionError,
+    IdentityChanged,
+    KeystoreError,
+    MalformedPlaintext,
+    UnknownDevice,
+)
 from ..e2e.identity import Identity, PublicIdentity
 from ..e2e.login import login_message, rename_message
 from ..e2e.primitives import AEAD_TAG_BYTES
@@ -35,12 +44,14 @@ from ..e2e.x3dh import respond
 from ..protocol import (
     Ack,
     Delivery,
+    DeviceListRecord,
     Keys,
     PrekeyCount,
     PublishKeys,
     Whisper,
     WhisperStatus,
     fold_nick,
+    is_valid_nick,
 )
 from ..protocol.keys import MAX_CIPHERTEXT_BYTES, MAX_KOPKS_PER_PUBLISH, MAX_OPKS_PER_PUBLISH
 from .budget import Budget
@@ -49,6 +60,7 @@ from .events import (
     KnownKeyRenamed,
     NotPostQuantum,
     RenameUnconfirmed,
+    WhisperCopied,
     WhisperFailed,
     WhisperReceived,
 )
@@ -96,10 +108,13 @@ _SENT_STATES = {
 class Incoming:
     """What to do after handling a delivery: events to show, then acks to send."""
 
-    events: list[WhisperReceived | WhisperFailed | KeyChanged | KnownKeyRenamed | NotPostQuantum] = field(
-        default_factory=list
-    )
+    events: list[
+        WhisperReceived | WhisperCopied | WhisperFailed | KeyChanged | KnownKeyRenamed | NotPostQuantum
+    ] = field(default_factory=list)
     acks: list[Ack] = field(default_factory=list)
+    #: Senders whose keys must be fetched (and given to `start_session`) before the
+    #: whispers held from an unknown device of theirs can be read (`retry_unknown`).
+    fetch: list[str] = field(default_factory=list)
 
 
 class WhisperKeys:
@@ -122,6 +137,9 @@ class WhisperKeys:
         self._lock = threading.RLock()
         self._held: dict[str, list[Delivery]] = {}  # by folded sender; guarded by _lock
         self._held_count = 0  # deliveries in _held, all peers; guarded by _lock
+        # Deliveries from a device of a sender no list we have names, by folded sender,
+        # until their keys are fetched (`retry_unknown`); guarded by _lock.
+        self._unknown: dict[str, list[Delivery]] = {}
         # One-time prekey top-ups; guarded by _lock.
         self._topups = topups if topups is not None else Budget(OPK_TOPUP_BURST, OPK_TOPUP_EVERY)
         # The nick of a rename sent and not yet answered (kept as `_RENAMING_RECORD`);
@@ -436,20 +454,79 @@ class WhisperKeys:
     # -- sending ------------------------------------------------------------------------
 
     def has_session(self, peer: str) -> bool:
+        """Whether a whisper to `peer` can be sealed for every device of theirs we know of
+        (and, for a whisper to someone else, every other device of ours) without fetching
+        keys first."""
         with self._lock:
-            return self._conv.has_session(peer)
+            targets = self._targets(peer)
+            return bool(targets) and all(self._conv.has_session(nick, d) for nick, d in targets)
+
+    def _targets(self, peer: str) -> list[tuple[str, str]]:
+        """(nick, device) of every copy a whisper to `peer` is sealed as: each of `peer`'s
+        devices ("" the identity's own), then each other device of ours. Under `_lock`."""
+        me = self._conv.identity.user
+        own = [d for d in self._conv.linked_devices(me) if d != self.device]
+        if self._conv.linked:  # a linked device: the person's too
+            own.insert(0, "")
+        if fold_nick(peer) == fold_nick(me):
+            return [(me, d) for d in own]
+        return [(peer, d) for d in ["", *self._conv.linked_devices(peer)]] + [(me, d) for d in own]
+
+    def devices_to_fetch(self, peer: str) -> list[str]:
+        """The nicks whose keys a whisper to `peer` needs fetched: `peer`'s if a device of
+        theirs has no session, ours if one of our other devices has none."""
+        with self._lock:
+            return list(
+                dict.fromkeys(nick for nick, d in self._targets(peer) if not self._conv.has_session(nick, d))
+            )
 
     def start_session(self, keys: Keys) -> list[KnownKeyRenamed]:
-        """Start a session from fetched keys. Raises `BundleError` or `IdentityChanged`.
-        Returns what the user must be told: a first contact holding a key we know under
-        another nick (its trust carried over)."""
-        bundle = bundle_from_frame(keys.nick, keys)
+        """Start sessions from fetched keys: with the device holding `keys.nick`'s identity
+        key (its bundle must carry the key we pinned, or the first one we see), then, if
+        they have a device list (signed by that key, not older than one we saw), with each
+        other device it names that has no session yet. Raises `BundleError` (including a
+        list that is not theirs or went back) or `IdentityChanged`. Returns what the user
+        must be told: a first contact holding a key we know under another nick (its trust
+        carried over)."""
+        nick = keys.nick
         with self._lock:
+            own = fold_nick(nick) == fold_nick(self._conv.identity.user)
             try:
-                self._conv.start_session(keys.nick, bundle)
+                if not own or self._conv.linked:
+                    self._conv.start_session(nick, bundle_from_frame(nick, keys))
+                if keys.devices:
+                    try:
+                        self._conv.accept_devices(nick, device_list_from(nick, keys.devices[0]))
+                    except DeviceListError as exc:
+                        raise BundleError(str(exc)) from None
+                for other in keys.others:
+                    if (own and other.device == self.device) or self._conv.has_session(nick, other.device):
+                        continue
+                    if other.device in self._conv.linked_devices(nick):
+                        self._conv.start_session(nick, bundle_from_frame(nick, other), device=other.device)
             finally:
                 self._save()  # a pending key change is recorded even when refused
             return self._known_key_renamed()
+
+    def accept_own_devices(self, listed: DeviceListRecord) -> None:
+        """Our device list, as the server sent it (`devices` at login and on a change):
+        checked against our identity (or, on a linked device, our person's) like anyone's.
+        Raises `BundleError` for a list that is not ours or went back."""
+        with self._lock:
+            me = self._conv.identity.user
+            try:
+                self._conv.own_device_list(me, device_list_from(me, listed))
+            except DeviceListError as exc:
+                raise BundleError(f"our own device list: {exc}") from None
+            finally:
+                self._save()
+
+    def device_of(self, peer: str, device: str) -> str:
+        """`device` of `peer` as the outbox files it: "" for the identity's own device
+        (the server names it by its listed id), the id for a linked one."""
+        with self._lock:
+            pin = self._conv.pin(peer)
+            return device if pin is None else pin.slot_device(device)
 
     def is_contact(self, peer: str) -> bool:
         """Whether `peer` has a settled pin of ours (see `Conversations.is_contact`)."""
@@ -502,30 +579,65 @@ class WhisperKeys:
             self._save()
 
     def seal(self, peer: str, text: str, msg_id: str, *, resends: int = 0) -> Whisper:
-        """Encrypt `text` for `peer` as message `msg_id` and keep it in the outbox (state
-        SENDING), committed with the ratchet step, so it can be sent again after any
-        reconnect or restart. Raises `IdentityChanged` or `NotTrusted` (no session), and
-        `ValueError` for a text too long once encoded (JSON escapes can grow it up to six
-        times), before any ratchet step is taken."""
-        plaintext = _plaintext(text)
-        if len(pad(plaintext)) + AEAD_TAG_BYTES > MAX_CIPHERTEXT_BYTES:
+        """`seal_all`'s copy for the device holding `peer`'s identity key (a whisper to
+        someone without linked devices, on our one device: the only copy)."""
+        return self.seal_all(peer, text, msg_id, resends=resends)[0]
+
+    def seal_all(self, peer: str, text: str, msg_id: str, *, resends: int = 0) -> list[Whisper]:
+        """Encrypt `text` as message `msg_id` once for each device of `peer` and each
+        other device of ours (`_targets`; one with no session yet is skipped: it has not
+        published keys, so nothing can reach it), and keep every copy in the outbox
+        (state SENDING), committed with the ratchet steps, so they can be sent again
+        after any reconnect or restart. The first is `peer`'s identity device's, the one
+        the user sees; the others are filed as "nick/device". Raises `IdentityChanged`
+        or `NotTrusted` (no session with `peer`), and `ValueError` for a text too long
+        once encoded (JSON escapes can grow it up to six times), before any ratchet step
+        is taken."""
+        plaintext, copy = _plaintext(text), _plaintext(text, to=peer)
+        if len(pad(copy)) + AEAD_TAG_BYTES > MAX_CIPHERTEXT_BYTES:
             raise ValueError(
                 f"text: too long to whisper ({len(plaintext)} bytes once encoded, at most "
-                f"{MAX_CIPHERTEXT_BYTES - AEAD_TAG_BYTES - PAD_BLOCK}; quotes, backslashes and control "
-                "characters count more than once)"
+                f"{MAX_CIPHERTEXT_BYTES - AEAD_TAG_BYTES - PAD_BLOCK - len(copy) + len(plaintext)}; "
+                "quotes, backslashes and control characters count more than once)"
             )
         with self._lock:
-            header, ciphertext = self._conv.encrypt(peer, plaintext)
-            kept = StoredMessage(
-                direction=Direction.OUT,
-                peer=peer,
-                msg_id=msg_id,
+            me = self._conv.identity.user
+            kept: list[StoredMessage] = []
+            for nick, device in self._targets(peer):
+                mine = fold_nick(nick) == fold_nick(me) and fold_nick(peer) != fold_nick(me)
+                if (nick, device) != (peer, "") and not self._conv.has_session(nick, device):
+                    continue
+                header, ciphertext = self._conv.encrypt(nick, copy if mine else plaintext, device=device)
+                kept.append(
+                    StoredMessage(
+                        direction=Direction.OUT,
+                        peer=_filed(nick, device),
+                        msg_id=msg_id,
+                        state=MessageState.SENDING,
+                        ts=self._clock(),
+                        text=text,
+                        header=header,
+                        ciphertext=ciphertext,
+                        resends=resends,
+                        to=peer if mine else "",
+                    )
+                )
+            self._save(kept)
+        return [_frame(m) for m in kept]
+
+    def _seal_again(self, failed: StoredMessage) -> Whisper:
+        """Encrypt a failed copy's text again for the one device it was for."""
+        nick, device = _unfiled(failed.peer)
+        plaintext = _plaintext(failed.text, to=failed.to) if failed.to else _plaintext(failed.text)
+        with self._lock:
+            header, ciphertext = self._conv.encrypt(nick, plaintext, device=device)
+            kept = dataclasses.replace(
+                failed,
                 state=MessageState.SENDING,
-                ts=self._clock(),
-                text=text,
+                reason="",
                 header=header,
                 ciphertext=ciphertext,
-                resends=resends,
+                resends=failed.resends + 1,
             )
             self._save([kept])
         return _frame(kept)
@@ -541,28 +653,43 @@ class WhisperKeys:
         None if it is not ours (or already further along: a late "stored" after "delivered")."""
         state = _SENT_STATES[status.status]
         with self._lock:
-            kept = self._storage.message(Direction.OUT, status.to, status.id)
+            pin = self._conv.pin(status.to)
+            device = status.device if pin is None else pin.slot_device(status.device)
+            kept = self._storage.message(Direction.OUT, _filed(status.to, device), status.id)
             if kept is None or kept.state is MessageState.DELIVERED:
                 return None  # not ours, or read already: nothing later can change that
             if state is MessageState.STORED and kept.state is not MessageState.SENDING:
                 return None
-            updated = kept.with_state(state, status.reason)
+            updated = [kept.with_state(state, status.reason)]
+            if device and state is MessageState.DELIVERED:
+                # Read on one of their devices: the whisper the user sees is delivered.
+                main = self._storage.message(Direction.OUT, status.to, status.id)
+                if main is not None and main.state is not MessageState.DELIVERED:
+                    updated.append(main.with_state(MessageState.DELIVERED))
             # Not flushed: if this mark is lost, the whisper is sent again and the
             # server or the recipient drops the repeat by its id.
-            self._save([updated], durable=False)
-            return updated
+            self._save(updated, durable=False)
+            return updated[-1]
 
     def failed_to(self, peer: str) -> list[StoredMessage]:
-        """Whispers to `peer` that their client could not decrypt, oldest first."""
+        """Copies of whispers to `peer` (to any device of theirs) that their client could
+        not decrypt, oldest first."""
         with self._lock:
-            return self._storage.messages(
-                direction=Direction.OUT, states=frozenset({MessageState.FAILED}), peer=peer
-            )
+            failed = [
+                m
+                for device in ["", *self._conv.linked_devices(peer)]
+                for m in self._storage.messages(
+                    direction=Direction.OUT,
+                    states=frozenset({MessageState.FAILED}),
+                    peer=_filed(peer, device),
+                )
+            ]
+        return sorted(failed, key=lambda m: m.ts)
 
     def reseal(self, failed: StoredMessage) -> Whisper:
-        """Encrypt a failed whisper's text again in the current session with its peer,
-        under the same message id (the recipient never read it), back to SENDING."""
-        return self.seal(failed.peer, failed.text, failed.msg_id, resends=failed.resends + 1)
+        """Encrypt a failed whisper's text again in the current session with the device it
+        was for, under the same message id (that device never read it), back to SENDING."""
+        return self._seal_again(failed)
 
     def history(self, peer: str, last: int) -> list[StoredMessage]:
         """The newest `last` whispers with `peer`, both ways, oldest first."""
@@ -585,7 +712,19 @@ class WhisperKeys:
             out.acks.append(Ack(id=delivery.id))  # kept before: the server just did not hear our ack
             return
         try:
-            whisper = self._conv.decrypt(delivery.sender, delivery.header, delivery.ciphertext)
+            whisper = self._conv.decrypt(
+                delivery.sender, delivery.header, delivery.ciphertext, device=delivery.device
+            )
+        except UnknownDevice:
+            # Nothing changed: kept for the server ("held": it delivers it again at the
+            # next login) and here until the sender's keys, with their list, are fetched.
+            out.acks.append(Ack(id=delivery.id, outcome="held"))
+            waiting = self._unknown.setdefault(fold_nick(delivery.sender), [])
+            if not any(d.id == delivery.id for d in waiting) and len(waiting) < HELD_PER_PEER:
+                waiting.append(delivery)
+            if fold_nick(delivery.sender) not in map(fold_nick, out.fetch):
+                out.fetch.append(delivery.sender)
+            return
         except IdentityChanged as exc:
             self._save()
             held = self._held.get(fold_nick(delivery.sender), [])
@@ -615,6 +754,9 @@ class WhisperKeys:
             out.events.append(WhisperFailed(sender=delivery.sender, reason=_FAILURE_TEXT[reason]))
             out.acks.append(Ack(id=delivery.id, outcome="failed", reason=reason))
             return
+        if fold_nick(delivery.sender) == fold_nick(self._conv.identity.user):
+            self._copied(delivery, whisper.plaintext, out)
+            return
         text = _text_of(whisper.plaintext)
         kept = StoredMessage(
             direction=Direction.IN,
@@ -636,6 +778,43 @@ class WhisperKeys:
         if whisper.new_session and not whisper.post_quantum:
             out.events.append(NotPostQuantum(peer=whisper.sender.user))
         out.events.append(_received(kept, replay=False))
+
+    def _copied(self, delivery: Delivery, plaintext: bytes, out: Incoming) -> None:
+        """A copy of what another of our devices sent: kept with our own whispers to its
+        recipient (as stored: the server has it), and shown. Under `_lock`."""
+        copy = _copy_of(plaintext)
+        if copy is None:
+            self._save()
+            out.events.append(WhisperFailed(sender=delivery.sender, reason=_FAILURE_TEXT["malformed"]))
+            out.acks.append(Ack(id=delivery.id, outcome="failed", reason="malformed"))
+            return
+        to, text = copy
+        kept = StoredMessage(
+            direction=Direction.OUT,
+            peer=to,
+            msg_id=delivery.msg_id,
+            state=MessageState.STORED,
+            ts=delivery.ts,
+            text=text,
+        )
+        if self._storage.message(Direction.OUT, to, delivery.msg_id) is None:
+            self._save([kept])
+        else:
+            self._save()
+        out.acks.append(Ack(id=delivery.id))
+        out.events.append(
+            WhisperCopied(to=to, text=text, msg_id=delivery.msg_id, ts=delivery.ts, device=delivery.device)
+        )
+
+    def retry_unknown(self, sender: str) -> Incoming:
+        """Read again the whispers held from devices of `sender` we did not know, once
+        their keys were fetched; those still unknown stay held (on the server)."""
+        out = Incoming()
+        with self._lock:
+            for delivery in self._unknown.pop(fold_nick(sender), []):
+                self._receive_locked(delivery, out)
+        out.fetch = []  # asked once: what is still unknown waits for the next login
+        return out
 
     def _failure_class(self, delivery: Delivery) -> str:
         """Why a whisper could not be decrypted, in the coarse classes of `FAILURE_REASONS`:
@@ -742,12 +921,29 @@ def _forget_all_sessions(conv: Conversations) -> None:
         conv.forget_sessions(peer)
 
 
-def _plaintext(text: str) -> bytes:
-    return json.dumps({"text": text}, ensure_ascii=False).encode()
+def _plaintext(text: str, *, to: str = "") -> bytes:
+    """{"text": TEXT}, or for the copy of a whisper to `to` sealed for another of our own
+    devices, {"text": TEXT, "to": NICK} (docs/e2e.md, "Plaintext")."""
+    body: dict[str, str] = {"text": text}
+    if to:
+        body["to"] = to
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def _filed(nick: str, device: str) -> str:
+    """The outbox's peer for a copy of a whisper to `nick`'s `device`: the nick for the
+    identity's own device (as before devices), "nick/device" for a linked one."""
+    return f"{nick}/{device}" if device else nick
+
+
+def _unfiled(peer: str) -> tuple[str, str]:
+    nick, _, device = peer.partition("/")
+    return nick, device
 
 
 def _frame(kept: StoredMessage) -> Whisper:
-    return Whisper(to=kept.peer, id=kept.msg_id, header=kept.header, ciphertext=kept.ciphertext)
+    nick, device = _unfiled(kept.peer)
+    return Whisper(to=nick, id=kept.msg_id, header=kept.header, ciphertext=kept.ciphertext, device=device)
 
 
 def _received(kept: StoredMessage, *, replay: bool) -> WhisperReceived:
@@ -760,6 +956,20 @@ def _received(kept: StoredMessage, *, replay: bool) -> WhisperReceived:
         ts=kept.ts,
         replay=replay,
     )
+
+
+def _copy_of(plaintext: bytes) -> tuple[str, str] | None:
+    """(to, text) of a copy one of our devices sealed for another, None if malformed."""
+    try:
+        obj = json.loads(plaintext)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    to, text = obj.get("to"), obj.get("text")
+    if not (isinstance(to, str) and is_valid_nick(to) and isinstance(text, str) and text):
+        return None
+    return to, text
 
 
 def _text_of(plaintext: bytes) -> str | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..protocol import (
+    DeviceKeys,
     KeyIdentity,
     Keys,
     OneTimeKemPrekeyRecord,
@@ -434,9 +435,10 @@ def _keep_retired(keys: list[_Dated], now: float) -> list[_Dated]:
     return kept
 
 
-def bundle_from_frame(nick: str, frame: PublishKeys | Keys) -> Bundle:
-    """The bundle a `publish_keys` (from `nick`) or `keys` (for `nick`) frame carries, as
-    `verify_bundle` checks it and a session starts from it."""
+def bundle_from_frame(nick: str, frame: PublishKeys | Keys | DeviceKeys) -> Bundle:
+    """The bundle a `publish_keys` (from `nick`) or `keys` (for `nick`) frame carries, or
+    one of the other devices' bundles in a `keys`, as `verify_bundle` checks it and a
+    session starts from it."""
     ident, spk = frame.identity, frame.spk
     return Bundle(
         PublicIdentity(nick, ident.sig_key, ident.dh_key, ident.dh_sig),

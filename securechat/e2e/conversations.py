@@ -624,11 +624,7 @@ class Conversations:
             state = self._responder_state(header)
         elif fold_nick(state.peer) != fold_nick(sender):
             raise DecryptionError  # the AAD would fail too; refuse before any work
-        elif (
-            known is None
-            or known.trust is Trust.CHANGED
-            or not known.vouches(slot_device, state.peer_key)
-        ):
+        elif known is None or known.trust is Trust.CHANGED or not known.vouches(slot_device, state.peer_key):
             raise DecryptionError  # a session with a key we no longer accept (or never did)
         new, plaintext = decrypt(state, header_bytes, header, ciphertext, now=now, random=self._random)
         # Only now, with the message authenticated under the key it names, may that key
@@ -661,6 +657,11 @@ class Conversations:
         """Whose device this is: our own identity, or on a linked device the person's
         identity (set when it was linked). What safety numbers are computed with."""
         return self._person if self._person is not None else self.identity.public()
+
+    @property
+    def linked(self) -> bool:
+        """True on a linked device (its identity is not the person's)."""
+        return self._person is not None
 
     def set_person(self, person: PublicIdentity) -> None:
         """Make this a linked device of `person` (keeps `identity`, the device's own)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 #: Bumped on any incompatible change to frames; the hello carries it. Version 2 added
 #: rooms (join, part, topics, registered rooms, bans, renaming); version 3 post-quantum
 #: session setup (KEM prekeys in `publish_keys`, `keys` and `prekey_count`, and ratchet
-#: headers up to 2,048 bytes).
-PROTOCOL_VERSION = 3
+#: headers up to 2,048 bytes); version 4 linked devices (see `DEVICES_VERSION`).
+PROTOCOL_VERSION = 4
 
 #: Hello versions a server accepts. A version-1 session is served `#lobby` only (see
 #: docs/protocol.md, "Rooms"); a version-2 one gets no KEM prekeys; the session reads
