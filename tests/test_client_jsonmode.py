@@ -118,6 +118,7 @@ def test_a_json_script_whispers_the_example_bot_and_gets_its_answer(
         "away": "",
         "reason": "",
         "device": "",
+        "devices": 0,
     }
     assert [s["status"] for s in statuses] in (["stored", "delivered"], ["delivered"])
     answer = script.until("whisper")

@@ -129,6 +129,7 @@ def test_whisper_is_stored_pushed_and_acked_into_delivered(setup: tuple[Relay, H
             "away": "",
             "reason": "",
             "device": "",
+            "devices": 0,
         }
     ]
     with pytest.raises(RelayError) as info:
@@ -156,6 +157,7 @@ def test_a_whisper_the_recipient_could_not_decrypt_is_reported_failed_not_delive
             "away": "",
             "reason": "unknown-prekey",
             "device": "",
+            "devices": 0,
         }
     ]
     assert relay.pending("bob") == []  # dealt with: the sender's client sends it again if it can

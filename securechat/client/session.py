@@ -1378,6 +1378,14 @@ class Client:
             if not self._whisper_status(event):
                 return False  # not a whisper of ours (or old news): nothing to show
         elif isinstance(event, Error) and any(key[2] == event.ref for key in list(self._unconfirmed)):
+            refused = [k for k in list(self._unconfirmed) if k[2] == event.ref and k[1]]
+            if event.code == Code.NO_SUCH_USER and refused:
+                # A copy for a device the server no longer has (unlinked): learn their list.
+                self._spawn(
+                    functools.partial(self._refresh_devices, refused[0][0], ""),
+                    f"securechat-devices-{refused[0][0]}",
+                )
+                return False
             if event.code == Code.STORE_UNAVAILABLE:
                 self._store_unavailable(self._backoff)
             elif event.code == Code.QUOTA:  # the recipient's mailbox (or ours) is full: hours, not seconds
@@ -1481,6 +1489,34 @@ class Client:
         for sender in incoming.fetch:
             self._spawn(functools.partial(self._learn_devices, sender), f"securechat-devices-{sender}")
 
+    def _refresh_devices(self, nick: str, msg_id: str) -> None:
+        """`nick`'s device list changed: fetch their keys, drop the unconfirmed copies for
+        devices it no longer names, and send whisper `msg_id` (if any) to the devices it
+        did not reach. On its own thread (it waits for the reader to bring the keys)."""
+        keys = self._require_keys()
+        try:
+            with self._whisper_lock:
+                for told in keys.start_session(self._fetch(nick, self._timeout)):
+                    self._events.put(told)
+                for frame in keys.drop_unlisted(nick):
+                    self._unconfirmed.pop(_copy_key(frame), None)
+                if msg_id:
+                    for frame in keys.seal_missing(nick, msg_id):
+                        self._send_kept(frame)
+        except KeystoreError as exc:
+            self._events.put(StorageFailed(reason=str(exc)))
+        except IdentityChanged as exc:
+            self._events.put(
+                KeyChanged(
+                    peer=nick,
+                    old_fingerprint=exc.pinned_fingerprint,
+                    new_fingerprint=exc.new_fingerprint,
+                    held=0,
+                )
+            )
+        except (E2EError, LookupError, TimeoutError, ConnectionError, ProtocolError) as exc:
+            log.info("could not refresh %s's devices: %s", nick, exc)
+
     def _learn_devices(self, sender: str) -> None:
         """A whisper came from a device of `sender` no list we have names: fetch their
         keys (their list with them), then read the whispers held meanwhile. On its own
@@ -1533,6 +1569,12 @@ class Client:
         if status.status == "stored":
             with self._timer_lock:
                 self._store_retries = 0
+            if self.keys.list_behind(status.to, status.devices):
+                # They linked or unlinked a device since we last fetched their keys.
+                self._spawn(
+                    functools.partial(self._refresh_devices, status.to, status.id),
+                    f"securechat-devices-{status.to}",
+                )
         if kept is not None and kept.state is MessageState.FAILED:
             self._start_recovery(status.to)
         if kept is not None and "/" in kept.peer:

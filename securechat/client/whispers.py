@@ -27,7 +27,7 @@ from ..e2e.bundle import (
     publication,
 )
 from ..e2e.conversations import Conversations, Trust
-from ..e2e.devices import DeviceListError, device_list_from
+from ..e2e.devices import Device, DeviceListError, device_list_from, device_list_record, sign_device_list
 from ..e2e.errors import (
     BundleError,
     DecryptionError,
@@ -520,6 +520,140 @@ class WhisperKeys:
                 raise BundleError(f"our own device list: {exc}") from None
             finally:
                 self._save()
+
+    def become_linked(self, person: PublicIdentity, listed: DeviceListRecord) -> None:
+        """Make these keys a linked device of `person`, whose device list `listed` names
+        this device with its key (checked, with `person`'s keys, before anything
+        changes). Raises `ValueError` if it does not."""
+        with self._lock:
+            me = self._conv.identity
+            if fold_nick(person.user) != fold_nick(me.user) or not person.binding_valid():
+                raise ValueError("the identity the other device sent is not a valid one for this nick")
+            try:
+                checked = device_list_from(me.user, listed)
+                checked.check(person.sig_key)
+            except DeviceListError as exc:
+                raise ValueError(str(exc)) from None
+            if not checked.vouches(self.device, me.sig_key):
+                raise ValueError("the device list the other device sent does not name this device")
+            self._conv.set_person(person)
+            self._conv.own_device_list(me.user, checked)
+            self._save()
+
+    @property
+    def linked(self) -> bool:
+        """True on a linked device (not the one holding the identity key)."""
+        with self._lock:
+            return self._conv.linked
+
+    def own_devices(self) -> list[tuple[str, bool]]:
+        """(device id, is it this one) of our devices as our list names them; this device
+        alone if we have no list yet."""
+        with self._lock:
+            pin = self._conv.pin(self._conv.identity.user)
+            if pin is None or pin.devices is None:
+                return [(self.device, True)]
+            mine = self._conv.identity.sig_key
+            return [(d.device, d.sig_key == mine) for d in pin.devices.devices]
+
+    def list_with(self, device: Device) -> DeviceListRecord:
+        """Our device list with `device` added, signed (on the identity device only), at
+        the next version. Raises `ValueError` if this is a linked device, or the id is
+        taken by another key."""
+        with self._lock:
+            current = self._own_list()
+            if any(d.device == device.device and d.sig_key != device.sig_key for d in current):
+                raise ValueError(f"a device named {device.device} is linked already")
+            if any(d.sig_key == device.sig_key for d in current):
+                return self._signed_list(current)
+            return self._signed_list((*current, device))
+
+    def list_without(self, device: str) -> DeviceListRecord:
+        """Our device list without `device`, signed, at the next version. Raises
+        `ValueError` for this device itself, an unknown one, or on a linked device."""
+        with self._lock:
+            current = self._own_list()
+            if device == self.device:
+                raise ValueError("this device holds your identity key: it cannot be unlinked")
+            if all(d.device != device for d in current):
+                raise ValueError(f"you have no device {device}")
+            return self._signed_list(tuple(d for d in current if d.device != device))
+
+    def _own_list(self) -> tuple[Device, ...]:
+        """Our devices as listed (this one alone without a list); under `_lock`. Raises
+        `ValueError` on a linked device: only the identity key signs lists."""
+        if self._conv.linked:
+            raise ValueError("only the device holding your identity key can link or unlink devices")
+        pin = self._conv.pin(self._conv.identity.user)
+        if pin is None or pin.devices is None:
+            return (Device(self.device, self._conv.identity.sig_key),)
+        return pin.devices.devices
+
+    def _signed_list(self, devices: tuple[Device, ...]) -> DeviceListRecord:
+        """`devices` signed at the version after the newest we saw; under `_lock`."""
+        pin = self._conv.pin(self._conv.identity.user)
+        version = (pin.max_devices_version if pin is not None else 0) + 1
+        return device_list_record(sign_device_list(self._conv.identity, version, devices))
+
+    def list_behind(self, peer: str, version: int) -> bool:
+        """True if the server holds a newer device list of `peer`'s (`version`, from a
+        `stored` status) than the newest we accepted: their keys must be fetched again."""
+        with self._lock:
+            pin = self._conv.pin(peer)
+            return pin is not None and version > pin.max_devices_version
+
+    def drop_unlisted(self, peer: str) -> list[Whisper]:
+        """Forget the unconfirmed copies of whispers to devices of `peer` their list no
+        longer names (the server refuses them); the frames dropped."""
+        with self._lock:
+            listed = set(self._conv.linked_devices(peer))
+            sending = self._storage.messages(
+                direction=Direction.OUT, states=frozenset({MessageState.SENDING})
+            )
+            gone = [
+                m
+                for m in sending
+                if fold_nick(_unfiled(m.peer)[0]) == fold_nick(peer)
+                and _unfiled(m.peer)[1]
+                and _unfiled(m.peer)[1] not in listed
+            ]
+            # Kept as delivered-to-nobody would lie; as failed would resend: left out of
+            # the outbox by marking them with the state nothing sends again.
+            self._save([m.with_state(MessageState.DELIVERED) for m in gone], durable=False)
+        return [_frame(m) for m in gone]
+
+    def seal_missing(self, peer: str, msg_id: str) -> list[Whisper]:
+        """Copies of whisper `msg_id` to `peer` for the devices (theirs, and our other
+        ones) that had no session when it was sealed, now that they have one: so that a
+        device linked meanwhile gets it too."""
+        with self._lock:
+            main = self._storage.message(Direction.OUT, peer, msg_id)
+            if main is None:
+                return []
+            me = self._conv.identity.user
+            kept: list[StoredMessage] = []
+            for nick, device in self._targets(peer):
+                filed = _filed(nick, device)
+                if self._storage.message(Direction.OUT, filed, msg_id) is not None:
+                    continue
+                if not self._conv.has_session(nick, device):
+                    continue
+                mine = fold_nick(nick) == fold_nick(me)
+                plaintext = _plaintext(main.text, to=peer) if mine else _plaintext(main.text)
+                header, ciphertext = self._conv.encrypt(nick, plaintext, device=device)
+                kept.append(
+                    dataclasses.replace(
+                        main,
+                        peer=filed,
+                        state=MessageState.SENDING,
+                        header=header,
+                        ciphertext=ciphertext,
+                        reason="",
+                        to=peer if mine else "",
+                    )
+                )
+            self._save(kept)
+        return [_frame(m) for m in kept]
 
     def device_of(self, peer: str, device: str) -> str:
         """`device` of `peer` as the outbox files it: "" for the identity's own device

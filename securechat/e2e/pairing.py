@@ -177,6 +177,11 @@ class NewDevice:
         aad = _aad(self.commitment, b_public, a_public, b"to-existing")
         return a_public, aead_encrypt(self._key, _NONCE_TO_EXISTING, payload, aad)
 
+    @property
+    def tries_left(self) -> int:
+        """Wrong second codes still allowed before the pairing is over."""
+        return self._attempts
+
     def confirm(self, typed: str) -> None:
         """The person typed the code the existing device showed once it accepted ours;
         raises `WrongCode` if it is not this pairing's second code (after `MAX_ATTEMPTS`

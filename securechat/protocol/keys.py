@@ -346,11 +346,17 @@ class WhisperStatus(Event):
     reason: str = ""
     #: The recipient's device it is about (the whisper's `device`).
     device: str = ""
+    #: With `stored` (protocol version 4): the version of the recipient's device list
+    #: the server holds (0: none). A sender that knows an older one fetches their keys
+    #: again, and sends the whisper to the devices it did not know.
+    devices: int = 0
 
     def __post_init__(self) -> None:
         _check_id("id", self.id)
         check_nick("to", self.to)
         check_device("device", self.device)
+        if self.devices < 0:
+            raise ValueError("devices: a list version is not negative")
         if self.status not in _STATUSES:
             raise ValueError(f"status: one of {sorted(_STATUSES)}")
         _check_outcome_reason(self.status == "failed", self.reason)

@@ -382,8 +382,16 @@ class Relay:
                 )
                 pushes.setdefault(id(recipient), (recipient, []))[1].append(encode(delivery))
             away = recipient.away if recipient is not None else ""
+            listed = self.devices.listed(event.to)
             results.append(
-                WhisperStatus(id=event.id, to=event.to, status="stored", away=away, device=event.device)
+                WhisperStatus(
+                    id=event.id,
+                    to=event.to,
+                    status="stored",
+                    away=away,
+                    device=event.device,
+                    devices=0 if listed is None else listed.record.version,
+                )
             )
         _push(pushes)
         return results

@@ -1,0 +1,185 @@
+"""Linking and unlinking devices with the real client over real TLS (client/linking.py),
+and whispers between a person with two devices and another with one."""
+
+from __future__ import annotations
+
+import queue
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chat import TIMEOUT
+from whisper_helpers import disk_keys, login
+
+from securechat import Client, Disconnected, LoginRejected
+from securechat.client.events import WhisperCopied, WhisperReceived
+from securechat.client.linking import LinkError, accept_link, link_new_device, unlink
+from securechat.client.whispers import WhisperKeys
+from securechat.protocol import Code, Error, WhisperStatus
+from securechat.server import Server
+
+
+def wait_for(client: Client, kind: type, timeout: float = TIMEOUT, **fields: Any) -> Any:
+    """Skip events until one of `kind` whose fields equal `fields`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        item = client.next_event(timeout=max(0.0, deadline - time.monotonic()))
+        if isinstance(item, Disconnected):
+            raise ConnectionError(f"{client.nick} disconnected: {item.reason}")
+        if isinstance(item, kind) and all(getattr(item, k) == v for k, v in fields.items()):
+            return item
+
+
+class Person:
+    """What a person does between two screens: reads a code on one, types it on the other."""
+
+    def __init__(self) -> None:
+        self.shown_on_new: queue.Queue[str] = queue.Queue()
+        self.shown_on_old: queue.Queue[str] = queue.Queue()
+        self.typos = 0  # wrong codes typed on the identity device first
+
+    def type_on_old(self, tries_left: int) -> str:
+        code = self.shown_on_new.get(timeout=TIMEOUT)
+        if self.typos:
+            self.typos -= 1
+            self.shown_on_new.put(code)  # still on the new device's screen
+            return "000000" if code != "000000" else "111111"
+        return code
+
+    def type_on_new(self, tries_left: int) -> str:
+        return self.shown_on_old.get(timeout=TIMEOUT)
+
+
+def link_phone(
+    server: Server,
+    ctx: ssl.SSLContext,
+    laptop: Client,
+    laptop_keys: WhisperKeys,
+    phone_keys: WhisperKeys,
+    person: Person | None = None,
+) -> str:
+    """Run both sides of a linking (the laptop's in a thread); the phone's device id."""
+    person = person or Person()
+    result: dict[str, Any] = {}
+
+    def old_side() -> None:
+        try:
+            result["device"] = accept_link(
+                laptop, laptop_keys, person.type_on_old, person.shown_on_old.put, timeout=TIMEOUT
+            )
+        except LinkError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=old_side)
+    thread.start()
+    guest = Client("alice-linking", context=ctx, port=server.address[1], timeout=TIMEOUT)
+    guest.connect()
+    try:
+        link_new_device(
+            guest, "alice", phone_keys, person.shown_on_new.put, person.type_on_new, timeout=TIMEOUT
+        )
+    finally:
+        guest.close()
+        thread.join(TIMEOUT)
+    if "error" in result:
+        raise result["error"]
+    return str(result["device"])
+
+
+@pytest.fixture
+def alice(server: Server, client_ctx: ssl.SSLContext, tmp_path: Path) -> tuple[Client, WhisperKeys]:
+    keys = disk_keys(tmp_path / "laptop", "alice")
+    return login(server, client_ctx, "alice", keys), keys
+
+
+def test_a_linked_phone_whispers_and_receives_as_alice_with_copies_to_the_laptop(
+    server: Server, client_ctx: ssl.SSLContext, tmp_path: Path, alice: tuple[Client, WhisperKeys]
+) -> None:
+    laptop, laptop_keys = alice
+    phone_keys = disk_keys(tmp_path / "phone", "alice")
+    device = link_phone(server, client_ctx, laptop, laptop_keys, phone_keys)
+    assert device == phone_keys.device and phone_keys.linked
+    assert [d for d, _ in laptop_keys.own_devices()] == [laptop_keys.device, phone_keys.device]
+    phone = login(server, client_ctx, "alice", phone_keys)
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
+    # bob -> alice: both of her devices get it, once each.
+    sent = bob.whisper("alice", "to all of alice's devices")
+    for device_client in (laptop, phone):
+        got = wait_for(device_client, WhisperReceived, msg_id=sent)
+        assert (got.sender, got.text) == ("bob", "to all of alice's devices")
+    wait_for(bob, WhisperStatus, id=sent, status="delivered")
+    # The phone answers bob; the laptop gets a copy of what the phone sent.
+    answer = phone.whisper("bob", "from alice's phone")
+    assert wait_for(bob, WhisperReceived, msg_id=answer).text == "from alice's phone"
+    copy = wait_for(laptop, WhisperCopied, msg_id=answer)
+    assert (copy.to, copy.text, copy.device) == ("bob", "from alice's phone", phone_keys.device)
+    # And the other way round.
+    from_laptop = laptop.whisper("bob", "from alice's laptop")
+    assert wait_for(bob, WhisperReceived, msg_id=from_laptop).text == "from alice's laptop"
+    assert wait_for(phone, WhisperCopied, msg_id=from_laptop).to == "bob"
+    # The safety number bob sees for alice is the same on both of her devices.
+    assert laptop.keys is not None and phone.keys is not None and bob.keys is not None
+    assert (
+        phone.keys.safety_number("bob") == laptop.keys.safety_number("bob") == bob.keys.safety_number("alice")
+    )
+    for client in (phone, bob, laptop):
+        client.close()
+
+
+def test_a_wrong_code_typed_three_times_links_nothing(
+    server: Server, client_ctx: ssl.SSLContext, tmp_path: Path, alice: tuple[Client, WhisperKeys]
+) -> None:
+    laptop, laptop_keys = alice
+    phone_keys = disk_keys(tmp_path / "phone", "alice")
+    person = Person()
+    person.typos = 3
+    with pytest.raises(LinkError):
+        link_phone(server, client_ctx, laptop, laptop_keys, phone_keys, person)
+    assert not phone_keys.linked
+    assert server.store.device_list("alice") is None  # nothing was published
+    with pytest.raises(LoginRejected) as refused:  # the phone's key is not alice's
+        login(server, client_ctx, "alice", phone_keys, wait_published=False)
+    assert refused.value.code == Code.NICK_REGISTERED
+
+
+def test_an_unlinked_phone_is_logged_out_and_gets_nothing_more(
+    server: Server, client_ctx: ssl.SSLContext, tmp_path: Path, alice: tuple[Client, WhisperKeys]
+) -> None:
+    laptop, laptop_keys = alice
+    phone_keys = disk_keys(tmp_path / "phone", "alice")
+    link_phone(server, client_ctx, laptop, laptop_keys, phone_keys)
+    phone = login(server, client_ctx, "alice", phone_keys)
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
+    first = bob.whisper("alice", "before")
+    wait_for(phone, WhisperReceived, msg_id=first)
+    unlink(laptop, laptop_keys, phone_keys.device)
+    gone = wait_for(phone, Error, code=Code.UNLINKED)
+    assert gone.fatal
+    after = bob.whisper("alice", "after the unlink")  # bob learns the new list with alice's keys
+    assert wait_for(laptop, WhisperReceived, msg_id=after).text == "after the unlink"
+    assert server.store.pending(f"alice/{phone_keys.device}") == []  # its copy was refused
+    phone.close()
+    bob.close()
+
+
+def test_a_device_linked_after_a_peer_fetched_keys_still_gets_that_peers_next_whisper(
+    server: Server, client_ctx: ssl.SSLContext, tmp_path: Path, alice: tuple[Client, WhisperKeys]
+) -> None:
+    # bob has a session with alice's laptop from before the phone existed: his client
+    # learns of the phone from the server's "stored" (the list's version went up), fetches
+    # alice's keys and sends that same whisper to the phone.
+    laptop, laptop_keys = alice
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
+    early = bob.whisper("alice", "before the phone")
+    wait_for(laptop, WhisperReceived, msg_id=early)
+    phone_keys = disk_keys(tmp_path / "phone", "alice")
+    link_phone(server, client_ctx, laptop, laptop_keys, phone_keys)
+    phone = login(server, client_ctx, "alice", phone_keys)
+    later = bob.whisper("alice", "after the phone was linked")
+    assert wait_for(phone, WhisperReceived, msg_id=later).text == "after the phone was linked"
+    assert wait_for(laptop, WhisperReceived, msg_id=later).text == "after the phone was linked"
+    for client in (phone, bob, laptop):
+        client.close()
