@@ -349,3 +349,57 @@ def test_after_identity_the_handoff_follows_the_new_identity_and_frees_the_old(
     pane.keys("Enter")
     pane.wait_for(r"EXIT=0")
     bob.close()
+
+
+def test_a_person_links_a_second_device_from_the_chat_screen_and_unlinks_it(
+    alice_terminal: Pane,
+    server: Server,
+    client_ctx: ssl.SSLContext,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    # Two screens as a person has them: the chat client on the laptop (alice_terminal),
+    # `securechat link` on the new machine (its own keystore place). The codes are read
+    # off one screen and typed on the other.
+    laptop = alice_terminal
+    laptop.wait_for(r"127\.0\.0\.1:\d+ \| alice \| connected")
+    laptop.type("/link")
+    laptop.keys("Enter")
+    laptop.wait_for(r"securechat link --nick alice")
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path / "desktop"),
+        "SECURECHAT_PASSPHRASE": "",
+        "TERM": "xterm-256color",
+        "NO_COLOR": "1",
+    }
+    port = ["--port", str(server.address[1]), "--cafile", cert_files["ca"]]
+    desktop = Pane([sys.executable, "-m", "securechat", "link", "--nick", "alice", *port], env)
+    try:
+        first = re.search(r"/link (\d{3} \d{3})", desktop.wait_for(r"There, type:  /link \d{3} \d{3}"))
+        assert first is not None
+        laptop.wait_for(r"type /link CODE with the 6-digit code")
+        laptop.type(f"/link {first.group(1)}")
+        laptop.keys("Enter")
+        second = re.search(r"type this code: (\d{3} \d{3})", laptop.wait_for(r"type this code: \d{3} \d{3}"))
+        assert second is not None
+        desktop.wait_for(r"Type the code it shows then")
+        desktop.type(second.group(1).replace(" ", ""))
+        desktop.keys("Enter")
+        desktop.wait_for(r"Linked: this device \(\S+\) is one of alice's 2 devices")
+        desktop.wait_for(r"EXIT=0")
+    finally:
+        desktop.close()
+    listed = server.store.device_list("alice")
+    assert listed is not None and listed[0] == 1
+    laptop.type("/devices")
+    laptop.keys("Enter")
+    screen = laptop.wait_for(r"your devices \(2\):")
+    listed_lines = re.findall(r"^\*   (\S+)( \(this one\))?\s*$", screen, re.MULTILINE)
+    assert sorted(bool(this) for _, this in listed_lines) == [False, True]  # this one and the desktop
+    device = next(name for name, this in listed_lines if not this)
+    laptop.type(f"/unlink {device}")
+    laptop.keys("Enter")
+    laptop.wait_for(rf"device {re.escape(device)} is unlinked")
+    listed = server.store.device_list("alice")
+    assert listed is not None and listed[0] == 2

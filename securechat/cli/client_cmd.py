@@ -64,6 +64,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     # No nick given: the identity this machine already has on that server (see `_known_nick`).
     send.set_defaults(run=run_send, nick=None)
 
+    link = sub.add_parser(
+        "link",
+        help="make this machine another device of your identity (type /link in your chat client first)",
+        description="Pairs this machine with the device holding NICK's identity key by two short "
+        "codes, one typed on each; the server relays them but cannot take part. Exit status: 0 "
+        "linked, 1 not linked.",
+    )
+    _connection_args(link)
+    link.set_defaults(run=run_link)
+
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -113,11 +123,21 @@ def _client(args: argparse.Namespace, *, reconnect: bool, interactive: bool = Tr
     try:
         client.connect()
     except LoginRejected as exc:
-        raise UsageError(_refused_login(args.nick, exc, made)) from None
+        raise UsageError(_refused_login(args.nick, exc, made, _linked_place(client))) from None
     return client
 
 
-def _refused_login(nick: str, refused: Exception, made: Keystore | None) -> str:
+def _linked_place(client: Client) -> Path | None:
+    """Where the keys of `client` are, if they are a linked device's (None otherwise)."""
+    from ..client.keystore import Keystore
+
+    keys = client.keys
+    if keys is None or not keys.linked or not isinstance(keys.storage, Keystore):
+        return None
+    return keys.storage.directory
+
+
+def _refused_login(nick: str, refused: Exception, made: Keystore | None, linked: Path | None = None) -> str:
     """What to tell the user when the server refused the login; removes `made` (a keystore
     created in this run for it) when the nick turned out to be someone else's.
 
@@ -130,6 +150,17 @@ def _refused_login(nick: str, refused: Exception, made: Keystore | None) -> str:
     from ..e2e.errors import KeystoreError
 
     text = f"the server refused the login: {refused}"
+    if (
+        isinstance(refused, LoginRejected)
+        and refused.code == Code.NICK_REGISTERED
+        and linked is not None
+        and made is None
+    ):
+        return (
+            f"{text}. This device's keys were linked to {nick}, and {nick}'s device list no longer "
+            f"names them (the device was unlinked). To use it as {nick} again, move {linked} away "
+            f"and run: securechat link --nick {nick}"
+        )
     if not (isinstance(refused, LoginRejected) and refused.code == Code.NICK_REGISTERED and made is not None):
         return text
     try:
@@ -242,7 +273,10 @@ def _connected(args: argparse.Namespace, *, reconnect: bool) -> Client | None:
             time.sleep(delay)  # a person waits here; Ctrl-C stops it
         except LoginRejected as exc:
             if not (reconnect and exc.code == Code.BUSY):
-                print(f"securechat: {_refused_login(args.nick, exc, made)}", file=sys.stderr)
+                print(
+                    f"securechat: {_refused_login(args.nick, exc, made, _linked_place(client))}",
+                    file=sys.stderr,
+                )
                 return None
             # Too much from our network right now (failed logins, say): later, not never.
             delay = backoff.delay(attempt)
@@ -518,3 +552,54 @@ def _no_handoff(directory: Path) -> str:
 class _KeysBusy(UsageError):
     """The keystore is held by another process (`KeystoreBusy`), said as a usage error
     where nothing can be handed to it; `send` hands its message over instead."""
+
+
+def run_link(args: argparse.Namespace) -> int:
+    """`securechat link`: new keys for this device, paired with NICK's identity device
+    over a guest connection; removed again if the linking fails."""
+    import secrets
+
+    from ..client.keystore import Keystore, default_keystore_dir
+    from ..client.linking import LinkError, link_new_device
+
+    if not is_valid_nick(args.nick):
+        raise UsageError("no nick: pass --nick NAME (the identity to link this device to)")
+    directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+    if Keystore.exists(directory):
+        raise UsageError(
+            f"this machine has keys for {args.nick} already ({directory}): it is one of "
+            f"{args.nick}'s devices. To link it anew, move that directory away first"
+        )
+    try:
+        keys = _open_keys(directory, args.nick, args.passphrase)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot make keys in {directory}: {exc}") from None
+    guest = argparse.Namespace(**{**vars(args), "nick": "link-" + secrets.token_hex(3), "guest": True})
+    client = _client(guest, reconnect=False)
+    print(
+        f"Linking this device to {args.nick}. In the chat client on the device holding "
+        f"{args.nick}'s identity, type /link (if you have not yet).",
+        flush=True,
+    )
+
+    def show(code: str) -> None:
+        print(f"There, type:  /link {code[:3]} {code[3:]}", flush=True)
+
+    def ask(tries_left: int) -> str:
+        return input(f"Type the code it shows then ({tries_left} tries): ")
+
+    try:
+        devices = link_new_device(client, args.nick, keys, show, ask)
+    except (LinkError, EOFError, KeyboardInterrupt) as exc:
+        client.close()
+        if isinstance(keys.storage, Keystore):
+            keys.storage.remove()
+        print(f"securechat: not linked: {exc or 'stopped'}", file=sys.stderr)
+        return EXIT_FAILED
+    client.close()
+    print(
+        f"Linked: this device ({keys.device}) is one of {args.nick}'s {len(devices)} devices. "
+        f"Start chatting with: securechat client --nick {args.nick}",
+        flush=True,
+    )
+    return 0

@@ -65,6 +65,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "back": ("/back", "you are back"),
     "ignore": ("/ignore NICK", "hide NICK's lines, whispers and invitations (only on your screen)"),
     "unignore": ("/unignore NICK", "stop hiding NICK"),
+    "devices": ("/devices", "your devices: this one and those linked to your identity"),
+    "link": (
+        "/link [CODE]",
+        "link a new device: /link here, `securechat link` there, then /link CODE with its code",
+    ),
+    "unlink": ("/unlink DEVICE", "remove a linked device: it gets nothing sent from now on"),
     "version": ("/version", "this client's version and the server's"),
     "help": ("/help [COMMAND|SECTION]", "list commands, or explain one"),
     "quit": ("/quit [message]", "leave the chat"),
@@ -76,6 +82,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "rooms": ("join", "part", "topic", "list", "names", "who", "invite", "me"),
     "operators": ("kick", "ban", "unban", "bans", "mode", "register", "op", "deop", "transfer"),
     "windows": ("window", "close", "clear", "lastlog"),
+    "devices": ("devices", "link", "unlink"),
     "you": ("nick", "identity", "away", "back", "ignore", "unignore", "version", "help", "quit"),
 }
 

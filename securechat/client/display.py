@@ -22,6 +22,7 @@ from ..protocol import (
     BanList,
     Bye,
     Code,
+    Devices,
     Entered,
     Error,
     Event,
@@ -47,6 +48,7 @@ from .events import (
     RenameUnconfirmed,
     ResendPending,
     StorageFailed,
+    WhisperCopied,
     WhisperFailed,
     WhisperReceived,
 )
@@ -172,7 +174,17 @@ def _lines(
         again = " (kept from before a restart)" if event.replay else ""
         head = f"{clock(event.ts)} [{lock} whisper from {theme.nick(event.sender)}, {event.trust}{again}] "
         return block(head, event.text)
+    if isinstance(event, WhisperCopied):
+        lock = "e2e" if theme.ascii_only else "\U0001f512"
+        device = sanitize(event.device)
+        head = f"{clock(event.ts)} [{lock} you to {theme.nick(event.to)}, from your device {device}] "
+        return block(head, event.text)
     stamp = clock(time.time() if now is None else now)
+    if isinstance(event, Devices):
+        names = ", ".join(sanitize(d.device) for d in event.devices.devices)
+        if fold_nick(event.nick) == fold_nick(me):
+            return [f"{stamp} * your devices (list version {event.devices.version}): {names}"]
+        return []
     if isinstance(event, WhisperFailed):
         return [
             f"{stamp} ! a whisper claiming to be from {sanitize(event.sender)} {event.reason}; it was dropped"

@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import queue
 import secrets
+import threading
 import time
 from collections.abc import Callable
 
@@ -44,7 +46,17 @@ from ..protocol import (
 from .session import Client
 from .whispers import WhisperKeys
 
-__all__ = ["LinkError", "LinkOffer", "OfferState", "accept_link", "link_new_device", "unlink"]
+__all__ = [
+    "LinkDesk",
+    "LinkError",
+    "LinkOffer",
+    "OfferState",
+    "accept_link",
+    "devices_lines",
+    "link_new_device",
+    "publish_watched",
+    "unlink",
+]
 
 #: How long the other device may take to answer a step (a person typing a code included).
 STEP_TIMEOUT = 300.0
@@ -167,8 +179,18 @@ class LinkOffer:
     and the codes the person types. Not thread-safe: one caller (the chat client's main
     thread, or `accept_link`)."""
 
-    def __init__(self, client: Client, keys: WhisperKeys, commit: Link) -> None:
+    def __init__(
+        self,
+        client: Client,
+        keys: WhisperKeys,
+        commit: Link,
+        publish: Callable[[DeviceListRecord], None] | None = None,
+    ) -> None:
+        """Answer `commit`. `publish(record)` sends a new device list and returns once the
+        server holds it (default: reading the client's events for its `devices`, for a
+        program that reads no events meanwhile)."""
         self._client, self._keys = client, keys
+        self._publish = publish or (lambda record: _publish(client, record, 10.0))
         self.peer, self.pairing = commit.peer, commit.pairing
         self.state = OfferState.ANSWERED
         try:
@@ -192,7 +214,7 @@ class LinkOffer:
             raise LinkError(f"the new device's message is broken: {exc}") from None
         self.state = OfferState.AWAITING_CODE
 
-    def confirm(self, typed: str, timeout: float = 10.0) -> str:
+    def confirm(self, typed: str) -> str:
         """The person typed the new device's code: on the right one, sign and publish a
         list naming the new device, send it its answer, and return the second code to
         show. Raises `WrongCode` (tries may be left) or `LinkError`."""
@@ -214,7 +236,7 @@ class LinkOffer:
         except (ValueError, UnicodeDecodeError) as exc:
             self._fail()
             raise LinkError(f"cannot add that device: {exc}") from None
-        _publish(self._client, self._keys, record, timeout)
+        self._publish(record)
         person = self._keys.identity.public()
         listed = json.dumps(record.to_dict(), separators=(",", ":")).encode()
         sealed = self._existing.seal_answer(lp(person.sig_key, person.dh_key, person.dh_sig, listed))
@@ -239,7 +261,7 @@ def accept_link(
     its device id. `ask_code(tries_left)` asks for the code the new device shows;
     `show_code(code)` shows the second code to type there. Raises `LinkError`."""
     commit = _wait_link(client, None, None, {"commit"}, timeout)
-    offer = LinkOffer(client, keys, commit)
+    offer = LinkOffer(client, keys, commit, lambda record: _publish(client, record, timeout))
     offer.reveal(_wait_link(client, offer.peer, offer.pairing, {"reveal"}, timeout))
     tries = 3
     while True:
@@ -258,10 +280,10 @@ def unlink(client: Client, keys: WhisperKeys, device: str, timeout: float = 10.0
         record = keys.list_without(device)
     except ValueError as exc:
         raise LinkError(str(exc)) from None
-    _publish(client, keys, record, timeout)
+    _publish(client, record, timeout)
 
 
-def _publish(client: Client, keys: WhisperKeys, record: DeviceListRecord, timeout: float) -> None:
+def _publish(client: Client, record: DeviceListRecord, timeout: float) -> None:
     """Send `record` and wait (reading the client's events) until the server has it: its
     `devices` comes back."""
     client.send(PublishDevices(devices=record))
@@ -278,3 +300,130 @@ def _publish(client: Client, keys: WhisperKeys, record: DeviceListRecord, timeou
             return
         if isinstance(event, Error) and not event.ref:
             raise LinkError(f"the server refused the device list: {event.reason}")
+
+
+def publish_watched(client: Client, record: DeviceListRecord, timeout: float = 10.0) -> None:
+    """Send `record` and wait until the server holds it, seeing the events another thread
+    reads (the chat screen's). Raises `LinkError`."""
+    with client.watch_events() as seen:
+        client.send(PublishDevices(devices=record))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = seen.get(timeout=left)
+            except queue.Empty:
+                break
+            if isinstance(event, Devices) and event.devices.version == record.version:
+                return
+            if isinstance(event, Error) and not event.ref:
+                raise LinkError(f"the server refused the device list: {event.reason}")
+    raise LinkError("the server did not confirm the new device list")
+
+
+#: How long `/link` waits for a new device's first message.
+ARMED_FOR = 300.0
+
+
+class LinkDesk:
+    """The chat screen's side of linking and unlinking (`/link`, `/unlink`, `/devices`):
+    what each command and each `link` frame does, as lines to show. `on_link` is called
+    by the screen's event thread, the commands by its input thread: every field is
+    guarded by `_lock`."""
+
+    def __init__(
+        self, client: Client, keys: WhisperKeys, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._client, self._keys, self._clock = client, keys, clock
+        self._lock = threading.Lock()
+        self._armed_until = 0.0  # guarded by _lock
+        self._offer: LinkOffer | None = None  # guarded by _lock
+
+    def link(self, arg: str) -> list[str]:
+        """`/link` (wait for a new device) or `/link CODE` (the code it shows)."""
+        code = arg.strip()
+        if self._keys.linked:
+            return ["! only the device holding your identity key can link devices: type /link there"]
+        if not code:
+            with self._lock:
+                self._armed_until, self._offer = self._clock() + ARMED_FOR, None
+            me = self._keys.identity.user
+            return [
+                f"* waiting for a new device for {ARMED_FOR / 60:.0f} minutes: on it, run",
+                f"*     securechat link --nick {me}",
+                "* then type /link CODE here with the code it shows",
+            ]
+        with self._lock:
+            offer = self._offer
+        if offer is None or offer.state is not OfferState.AWAITING_CODE:
+            return ["! no new device is waiting: type /link first, then run securechat link on it"]
+        try:
+            second = offer.confirm(code)
+        except WrongCode as exc:
+            if exc.attempts_left:
+                return [f"! wrong code ({exc.attempts_left} more tries): type the code the new device shows"]
+            with self._lock:
+                self._offer = None
+            return ["! wrong code three times: nothing was linked"]
+        except LinkError as exc:
+            with self._lock:
+                self._offer = None
+            return [f"! linking failed: {exc}"]
+        with self._lock:
+            self._offer, self._armed_until = None, 0.0
+        return [
+            f"* linked device {offer.device}. On the new device, type this code: {second[:3]} {second[3:]}",
+        ]
+
+    def on_link(self, event: Link) -> list[str]:
+        """A `link` frame came (the screen's event thread)."""
+        with self._lock:
+            offer, armed = self._offer, self._clock() < self._armed_until
+        if event.step == "commit":
+            if not armed or (offer is not None and offer.state is not OfferState.FAILED):
+                return []  # nobody asked for it: a stranger's (or a second) device is ignored
+            try:
+                new_offer = LinkOffer(
+                    self._client, self._keys, event, lambda record: publish_watched(self._client, record)
+                )
+            except PairingError:
+                return []
+            with self._lock:
+                self._offer = new_offer
+            return ["* a new device is linking..."]
+        if offer is None or event.pairing != offer.pairing or fold_nick(event.peer) != fold_nick(offer.peer):
+            return []
+        if event.step == "reveal":
+            try:
+                offer.reveal(event)
+            except LinkError as exc:
+                return [f"! linking failed: {exc}"]
+            return ["* type /link CODE with the 6-digit code the new device shows"]
+        if event.step == "abort":
+            with self._lock:
+                self._offer = None
+            return ["! the new device stopped the linking"]
+        return []
+
+    def unlink(self, device: str) -> list[str]:
+        """`/unlink DEVICE`: publish a list without it (the server logs it out)."""
+        if not device.strip():
+            return ["! usage: /unlink DEVICE (/devices lists them)"]
+        try:
+            record = self._keys.list_without(device.strip())
+            publish_watched(self._client, record)
+        except (ValueError, LinkError) as exc:
+            return [f"! not unlinked: {exc}"]
+        return [f"* device {device.strip()} is unlinked: it gets nothing sent from now on"]
+
+    def devices(self) -> list[str]:
+        """`/devices`: ours, this one marked."""
+        return devices_lines(self._keys)
+
+
+def devices_lines(keys: WhisperKeys) -> list[str]:
+    """Our devices, one line each, this one marked."""
+    listed = keys.own_devices()
+    lines = [f"* your devices ({len(listed)}):"]
+    for device, this in listed:
+        lines.append(f"*   {device}{' (this one)' if this else ''}")
+    return lines

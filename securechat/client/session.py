@@ -180,6 +180,7 @@ _FINAL_CODES = frozenset(
         Code.UNSUPPORTED_VERSION,
         Code.NICK_TAKEN,
         Code.REPLACED,  # reconnecting would displace the newer login in turn
+        Code.UNLINKED,  # this device's key is no longer its person's
     }
 )
 
@@ -1577,8 +1578,10 @@ class Client:
                 )
         if kept is not None and kept.state is MessageState.FAILED:
             self._start_recovery(status.to)
-        if kept is not None and "/" in kept.peer:
-            return False  # about a copy for another device only: the whisper's own is shown
+        if kept is not None and ("/" in kept.peer or fold_nick(kept.peer) == fold_nick(self.nick)):
+            # About a copy for another device (theirs, or one of ours: the only whispers
+            # to our own nick) only: the status of the whisper's own copy is shown.
+            return False
         with self._watch_lock:
             for watcher in self._status_watchers:
                 watcher.put(status)

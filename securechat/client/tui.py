@@ -76,6 +76,7 @@ from ..protocol import (
     Invited,
     Joined,
     Left,
+    Link,
     Message,
     Names,
     Renamed,
@@ -103,10 +104,12 @@ from .events import (
     NotPostQuantum,
     RenameUnconfirmed,
     ResendPending,
+    WhisperCopied,
     WhisperFailed,
     WhisperReceived,
 )
 from .inbox import HISTORY_SHOWN, Direction
+from .linking import LinkDesk
 from .session import Client, Disconnected
 from .state import ChatState
 from .windows import Activity, Kind, PendingFocus, Window, Windows
@@ -197,6 +200,9 @@ class _Tui:
         self._outcome: list[str] = []  # why the connection ended; the current pump writes it
         self._quitting = threading.Event()  # set by the input thread on /quit
         self._pumps: dict[Client, threading.Thread] = {}  # the input thread's (and run's)
+        # The client whose /link, /unlink and /devices it serves, and its desk; guarded
+        # by _lock (the pump thread feeds it `link` frames, the input thread commands).
+        self._desk: tuple[Client, LinkDesk] | None = None
         self.buffer = Buffer(
             completer=ChatCompleter(self._known_nicks, self._joined_rooms),
             complete_while_typing=False,  # Tab completes; typing is never interrupted
@@ -285,6 +291,12 @@ class _Tui:
             if not current and isinstance(item, (Bye, Disconnected)):
                 if isinstance(item, Disconnected):
                     return  # the nick we just left: its end is not ours
+                continue
+            if isinstance(item, Link):
+                desk = self._link_desk(source) if current else None
+                lines = desk.on_link(item) if desk is not None else []
+                if lines:
+                    self._add(None, [sanitize(line) for line in lines], Activity.HIGHLIGHT)
                 continue
             if isinstance(item, Disconnected):
                 self._outcome.append(item.reason)
@@ -415,6 +427,8 @@ class _Tui:
             return targets or [None], Activity.NONE, None
         if isinstance(item, WhisperReceived):
             return [windows.open(Kind.QUERY, item.sender)], Activity.HIGHLIGHT, "whisper"
+        if isinstance(item, WhisperCopied):
+            return [windows.open(Kind.QUERY, item.to)], Activity.ACTIVITY, None
         if isinstance(item, KnownKeyRenamed):
             # Checked: the new nick holds the old one's key, so its whisper window follows.
             windows.rename(Kind.QUERY, item.old, item.new)
@@ -724,6 +738,18 @@ class _Tui:
             self._rename(client, cmd.arg)
         elif name == "identity":
             self._identity(cmd.arg)
+        elif name in ("link", "unlink", "devices"):
+            desk = self._link_desk(client)
+            if desk is None:
+                self._refuse("! a guest has no devices: log in with an identity")
+            else:
+                lines = (
+                    desk.link(cmd.arg)
+                    if name == "link"
+                    else (desk.unlink(cmd.arg) if name == "unlink" else desk.devices())
+                )
+                for line in lines:
+                    self._say(sanitize(line))
         elif name == "version":
             with self._lock:
                 software = self.state.software
@@ -736,6 +762,16 @@ class _Tui:
             client.quit(cmd.arg)
             return _Done(quit=True)
         return _Done()
+
+    def _link_desk(self, client: Client) -> LinkDesk | None:
+        """The linking desk of `client` (made on first use; a new one after /identity);
+        None for a guest. Any thread."""
+        if client.keys is None:
+            return None
+        with self._lock:
+            if self._desk is None or self._desk[0] is not client:
+                self._desk = (client, LinkDesk(client, client.keys))
+            return self._desk[1]
 
     def _join(self, client: Client, arg: str, typed: _Typed) -> None:
         room = arg.split(" ")[0]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -187,7 +189,7 @@ class WhisperKeys:
             keystore.save(conv.records())
         device = records.get(_DEVICE_RECORD, b"").decode(errors="replace")
         if not device:
-            device = secrets.token_hex(8)
+            device = _new_device_id()
             keystore.save({_DEVICE_RECORD: device.encode()})
         keys = cls(conv, keystore, device=device)
         renaming = records.get(_RENAMING_RECORD)
@@ -1053,6 +1055,14 @@ def _forget_all_sessions(conv: Conversations) -> None:
     """End every session (after a rename: they were made under the old nick). Pins stay."""
     for peer in list(conv.pins):
         conv.forget_sessions(peer)
+
+
+def _new_device_id() -> str:
+    """A device id a person can read and type in /unlink: this machine's name (what is
+    left of it in a-z 0-9 -) and 4 random hex digits, so that two keystores on one
+    machine differ."""
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")[:20] or "device"
+    return f"{name}-{secrets.token_hex(2)}"
 
 
 def _plaintext(text: str, *, to: str = "") -> bytes:
