@@ -3,90 +3,19 @@ and whispers between a person with two devices and another with one."""
 
 from __future__ import annotations
 
-import queue
 import ssl
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from chat import TIMEOUT
+from linking_helpers import Person, link_phone, wait_for
 from whisper_helpers import disk_keys, login
 
-from securechat import Client, Disconnected, LoginRejected
+from securechat import Client, LoginRejected
 from securechat.client.events import WhisperCopied, WhisperReceived
-from securechat.client.linking import LinkError, accept_link, link_new_device, unlink
+from securechat.client.linking import LinkError, unlink
 from securechat.client.whispers import WhisperKeys
 from securechat.protocol import Code, Error, WhisperStatus
 from securechat.server import Server
-
-
-def wait_for(client: Client, kind: type, timeout: float = TIMEOUT, **fields: Any) -> Any:
-    """Skip events until one of `kind` whose fields equal `fields`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        item = client.next_event(timeout=max(0.0, deadline - time.monotonic()))
-        if isinstance(item, Disconnected):
-            raise ConnectionError(f"{client.nick} disconnected: {item.reason}")
-        if isinstance(item, kind) and all(getattr(item, k) == v for k, v in fields.items()):
-            return item
-
-
-class Person:
-    """What a person does between two screens: reads a code on one, types it on the other."""
-
-    def __init__(self) -> None:
-        self.shown_on_new: queue.Queue[str] = queue.Queue()
-        self.shown_on_old: queue.Queue[str] = queue.Queue()
-        self.typos = 0  # wrong codes typed on the identity device first
-
-    def type_on_old(self, tries_left: int) -> str:
-        code = self.shown_on_new.get(timeout=TIMEOUT)
-        if self.typos:
-            self.typos -= 1
-            self.shown_on_new.put(code)  # still on the new device's screen
-            return "000000" if code != "000000" else "111111"
-        return code
-
-    def type_on_new(self, tries_left: int) -> str:
-        return self.shown_on_old.get(timeout=TIMEOUT)
-
-
-def link_phone(
-    server: Server,
-    ctx: ssl.SSLContext,
-    laptop: Client,
-    laptop_keys: WhisperKeys,
-    phone_keys: WhisperKeys,
-    person: Person | None = None,
-) -> str:
-    """Run both sides of a linking (the laptop's in a thread); the phone's device id."""
-    person = person or Person()
-    result: dict[str, Any] = {}
-
-    def old_side() -> None:
-        try:
-            result["device"] = accept_link(
-                laptop, laptop_keys, person.type_on_old, person.shown_on_old.put, timeout=TIMEOUT
-            )
-        except LinkError as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=old_side)
-    thread.start()
-    guest = Client("alice-linking", context=ctx, port=server.address[1], timeout=TIMEOUT)
-    guest.connect()
-    try:
-        link_new_device(
-            guest, "alice", phone_keys, person.shown_on_new.put, person.type_on_new, timeout=TIMEOUT
-        )
-    finally:
-        guest.close()
-        thread.join(TIMEOUT)
-    if "error" in result:
-        raise result["error"]
-    return str(result["device"])
 
 
 @pytest.fixture
@@ -100,7 +29,7 @@ def test_a_linked_phone_whispers_and_receives_as_alice_with_copies_to_the_laptop
 ) -> None:
     laptop, laptop_keys = alice
     phone_keys = disk_keys(tmp_path / "phone", "alice")
-    device = link_phone(server, client_ctx, laptop, laptop_keys, phone_keys)
+    device = link_phone(server.address[1], client_ctx, laptop, laptop_keys, phone_keys)
     assert device == phone_keys.device and phone_keys.linked
     assert [d for d, _ in laptop_keys.own_devices()] == [laptop_keys.device, phone_keys.device]
     phone = login(server, client_ctx, "alice", phone_keys)
@@ -137,7 +66,7 @@ def test_a_wrong_code_typed_three_times_links_nothing(
     person = Person()
     person.typos = 3
     with pytest.raises(LinkError):
-        link_phone(server, client_ctx, laptop, laptop_keys, phone_keys, person)
+        link_phone(server.address[1], client_ctx, laptop, laptop_keys, phone_keys, person)
     assert not phone_keys.linked
     assert server.store.device_list("alice") is None  # nothing was published
     with pytest.raises(LoginRejected) as refused:  # the phone's key is not alice's
@@ -150,7 +79,7 @@ def test_an_unlinked_phone_is_logged_out_and_gets_nothing_more(
 ) -> None:
     laptop, laptop_keys = alice
     phone_keys = disk_keys(tmp_path / "phone", "alice")
-    link_phone(server, client_ctx, laptop, laptop_keys, phone_keys)
+    link_phone(server.address[1], client_ctx, laptop, laptop_keys, phone_keys)
     phone = login(server, client_ctx, "alice", phone_keys)
     bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
     first = bob.whisper("alice", "before")
@@ -176,7 +105,7 @@ def test_a_device_linked_after_a_peer_fetched_keys_still_gets_that_peers_next_wh
     early = bob.whisper("alice", "before the phone")
     wait_for(laptop, WhisperReceived, msg_id=early)
     phone_keys = disk_keys(tmp_path / "phone", "alice")
-    link_phone(server, client_ctx, laptop, laptop_keys, phone_keys)
+    link_phone(server.address[1], client_ctx, laptop, laptop_keys, phone_keys)
     phone = login(server, client_ctx, "alice", phone_keys)
     later = bob.whisper("alice", "after the phone was linked")
     assert wait_for(phone, WhisperReceived, msg_id=later).text == "after the phone was linked"

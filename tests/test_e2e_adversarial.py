@@ -22,12 +22,14 @@ import pytest
 from chat import TIMEOUT
 from conftest import RawTls, StartServer
 from e2e_helpers import fetched_bundle, keys_event
+from linking_helpers import link_phone, wait_for
 from malicious_relay import Frame, Leg, MaliciousRelay
-from whisper_helpers import login, memory_keys
+from whisper_helpers import disk_keys, login, memory_keys
 
 from securechat import Client
-from securechat.client.events import WhisperFailed, WhisperReceived
+from securechat.client.events import DeviceUnreachable, WhisperFailed, WhisperReceived
 from securechat.client.inbox import MemoryStorage
+from securechat.client.linking import unlink
 from securechat.client.whispers import WhisperKeys
 from securechat.e2e.conversations import Conversations
 from securechat.e2e.errors import BundleError, IdentityChanged
@@ -632,3 +634,116 @@ def test_post_compromise_a_stolen_state_stops_working_after_one_round_trip(
     alice.whisper("bob", "private again")
     assert received(bob).text == "private again"
     assert not _opens(thief, captured[-1])
+
+
+# Linked devices ---------------------------------------------------------------------------
+
+
+def linked_alice(
+    relay: MaliciousRelay, ctx: ssl.SSLContext, clients: list[Client], tmp_path: Path
+) -> tuple[Client, WhisperKeys, WhisperKeys]:
+    """alice's laptop and a phone linked to it, both logged in through the relay."""
+    laptop_keys = disk_keys(tmp_path / "laptop", "alice")
+    laptop = join(relay, ctx, clients, "alice", laptop_keys)
+    phone_keys = disk_keys(tmp_path / "phone", "alice")
+    link_phone(relay.address[1], ctx, laptop, laptop_keys, phone_keys)
+    join(relay, ctx, clients, "alice", phone_keys)
+    return laptop, laptop_keys, phone_keys
+
+
+def whisper_devices(relay: MaliciousRelay) -> list[str]:
+    """The `device` of every whisper that left a client, in order."""
+    return [
+        str(json.loads(data).get("device", ""))
+        for d, data in relay.wire
+        if d == "up" and json.loads(data)["type"] == "whisper"
+    ]
+
+
+def test_a_device_the_relay_adds_to_alices_list_gets_nothing(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client], tmp_path: Path
+) -> None:
+    linked_alice(relay, client_ctx, clients, tmp_path)
+    bob = join(relay, client_ctx, clients, "bob")
+    evil = impostor("alice")  # a device of the relay's, with keys of its own
+    evil_bundle = keys_frame(evil, "alice")
+
+    def add_evil(frame: Frame) -> Frame:
+        listed = dict(frame["devices"][0])  # type: ignore[index]
+        listed["devices"] = [
+            *listed["devices"],
+            {"device": "evil", "key": evil_bundle["identity"]["sig_key"]},
+        ]  # type: ignore[index]
+        extra = {k: evil_bundle[k] for k in ("identity", "spk", "opks", "kpk", "kopks")}
+        return {**frame, "devices": [listed], "others": [*frame["others"], {"device": "evil", **extra}]}  # type: ignore[list-item]
+
+    relay.down_hook = Once("bob", "keys", add_evil)
+    before = len(whisper_devices(relay))
+    with pytest.raises(BundleError, match="not signed"):
+        bob.whisper("alice", "the relay must not read this")
+    assert len(whisper_devices(relay)) == before  # nothing left bob's client
+
+
+def test_a_bundle_the_relay_slips_in_beside_alices_list_is_never_encrypted_to(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client], tmp_path: Path
+) -> None:
+    laptop, _, phone_keys = linked_alice(relay, client_ctx, clients, tmp_path)
+    phone = clients[-1]
+    bob = join(relay, client_ctx, clients, "bob")
+    evil_bundle = keys_frame(impostor("alice"), "alice")
+
+    def add_bundle_only(frame: Frame) -> Frame:
+        extra = {k: evil_bundle[k] for k in ("identity", "spk", "opks", "kpk", "kopks")}
+        return {**frame, "others": [*frame["others"], {"device": "evil", **extra}]}  # type: ignore[list-item]
+
+    relay.down_hook = Once("bob", "keys", add_bundle_only)
+    before = len(whisper_devices(relay))
+    sent = bob.whisper("alice", "to alice's two real devices only")
+    for device in (laptop, phone):  # both real devices have it: both copies crossed the relay
+        wait_for(device, WhisperReceived, msg_id=sent)
+    assert sorted(whisper_devices(relay)[before:]) == sorted(["", phone_keys.device])
+
+
+def test_a_device_the_relay_keeps_out_of_a_keys_answer_is_reported(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client], tmp_path: Path
+) -> None:
+    _, _, phone_keys = linked_alice(relay, client_ctx, clients, tmp_path)
+    bob = join(relay, client_ctx, clients, "bob")
+    bob.whisper("alice", "first, with both devices")  # bob accepts alice's list
+    bob.reset_session("alice")
+    relay.down_hook = Once("bob", "keys", lambda f: {**f, "others": []})  # the phone's bundle withheld
+    bob.whisper("alice", "the relay hides the phone")
+    unreachable = bob.wait_for_any(DeviceUnreachable, TIMEOUT)
+    assert isinstance(unreachable, DeviceUnreachable)
+    assert (unreachable.peer, unreachable.device) == ("alice", phone_keys.device)
+
+
+def test_a_removed_device_cannot_be_brought_back_by_serving_an_older_list(
+    relay: MaliciousRelay, client_ctx: ssl.SSLContext, clients: list[Client], tmp_path: Path
+) -> None:
+    laptop, laptop_keys, phone_keys = linked_alice(relay, client_ctx, clients, tmp_path)
+    bob = join(relay, client_ctx, clients, "bob")
+    old: list[Frame] = []
+
+    def keep(leg: Leg, frame: Frame) -> list[Frame]:
+        if leg.nick == "bob" and frame["type"] == "keys" and not old:
+            old.append(frame)
+        return [frame]
+
+    relay.down_hook = keep
+    first = bob.whisper("alice", "while the phone is alice's")
+    wait_for(laptop, WhisperReceived, msg_id=first)
+    unlink(laptop, laptop_keys, phone_keys.device)  # version 2: the laptop alone
+    second = bob.whisper("alice", "bob learns version 2 from this one's status")
+    wait_for(laptop, WhisperReceived, msg_id=second)
+    assert bob.keys is not None
+    deadline = time.monotonic() + TIMEOUT
+    while bob.keys.linked_devices("alice"):  # the refresh runs on its own thread
+        assert time.monotonic() < deadline, "bob never learned alice's new list"
+        time.sleep(0.01)
+    bob.reset_session("alice")
+    relay.down_hook = Once("bob", "keys", lambda f: {**old[0], "ref": f["ref"]})  # version 1 again
+    before = len(whisper_devices(relay))
+    with pytest.raises(BundleError, match="went back"):
+        bob.whisper("alice", "must not reach the removed phone")
+    assert len(whisper_devices(relay)) == before

@@ -40,6 +40,7 @@ from ..protocol import (
 )
 from .events import (
     ClientMade,
+    DeviceUnreachable,
     KeyChanged,
     KnownKeyRenamed,
     NotPostQuantum,
@@ -180,6 +181,11 @@ def _lines(
         head = f"{clock(event.ts)} [{lock} you to {theme.nick(event.to)}, from your device {device}] "
         return block(head, event.text)
     stamp = clock(time.time() if now is None else now)
+    if isinstance(event, DeviceUnreachable):
+        return [
+            f"{stamp} ! {sanitize(event.peer)}'s device {sanitize(event.device)} got no copy: the server "
+            "gave no keys for it (not set up yet, or kept out by the server)"
+        ]
     if isinstance(event, Devices):
         names = ", ".join(sanitize(d.device) for d in event.devices.devices)
         if fold_nick(event.nick) == fold_nick(me):

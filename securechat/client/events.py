@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ClientMade",
+    "DeviceUnreachable",
     "KeyChanged",
     "KnownKeyRenamed",
     "NotPostQuantum",
@@ -47,6 +48,16 @@ class WhisperCopied:
     text: str
     msg_id: str
     ts: float
+    device: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceUnreachable:
+    """A device `peer`'s device list names got no copy of a whisper: the server gave no
+    keys for it (it has not published any yet, or the server is keeping it out). The
+    whisper went to their other devices."""
+
+    peer: str
     device: str
 
 
@@ -154,6 +165,7 @@ class Reconnected:
 ClientMade = (
     WhisperReceived
     | WhisperCopied
+    | DeviceUnreachable
     | WhisperFailed
     | KeyChanged
     | KnownKeyRenamed

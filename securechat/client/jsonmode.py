@@ -45,6 +45,7 @@ from ..e2e.errors import E2EError
 from ..protocol import DEFAULT_ROOM, Event
 from .display import is_unsafe
 from .events import (
+    DeviceUnreachable,
     KeyChanged,
     KnownKeyRenamed,
     NotPostQuantum,
@@ -90,6 +91,7 @@ def dumps(obj: dict[str, Any]) -> str:
 _CLIENT_EVENT_TYPES: dict[type, str] = {
     WhisperReceived: "whisper",
     WhisperCopied: "whisper_copied",
+    DeviceUnreachable: "device_unreachable",
     WhisperFailed: "whisper_failed",
     KeyChanged: "key_changed",
     KnownKeyRenamed: "known_key_renamed",

@@ -82,6 +82,7 @@ from ..transport import TlsChannel
 from .backoff import Backoff
 from .events import (
     ClientMade,
+    DeviceUnreachable,
     KeyChanged,
     Reconnected,
     Reconnecting,
@@ -923,6 +924,11 @@ class Client:
                         self._events.put(told)
                 for failed in keys.failed_to(nick):  # older ones first, in the new session
                     self._send_kept(keys.reseal(failed))
+                # A device the list names that the server gave no keys for gets nothing:
+                # said, so that a server keeping a device out is noticed.
+                for who, device in keys.unreachable(nick):
+                    if device:
+                        self._events.put(DeviceUnreachable(peer=who, device=device))
             # Kept in the outbox with the ratchet steps, and sent again after a reconnect
             # or a restart until the server says "stored": the ratchet has moved on, so
             # these exact bytes are the only way to get this text to the peer (the
@@ -1380,11 +1386,14 @@ class Client:
                 return False  # not a whisper of ours (or old news): nothing to show
         elif isinstance(event, Error) and any(key[2] == event.ref for key in list(self._unconfirmed)):
             refused = [k for k in list(self._unconfirmed) if k[2] == event.ref and k[1]]
-            if event.code == Code.NO_SUCH_USER and refused:
+            if event.code == Code.NO_SUCH_USER and refused and self.keys is not None:
                 # A copy for a device the server no longer has (unlinked): learn their list.
+                keys, (to, device, _) = self.keys, refused[0]
                 self._spawn(
-                    functools.partial(self._refresh_devices, refused[0][0], ""),
-                    f"securechat-devices-{refused[0][0]}",
+                    functools.partial(
+                        self._refresh_devices, to, "", lambda: device in keys.linked_devices(to)
+                    ),
+                    f"securechat-devices-{to}",
                 )
                 return False
             if event.code == Code.STORE_UNAVAILABLE:
@@ -1490,15 +1499,18 @@ class Client:
         for sender in incoming.fetch:
             self._spawn(functools.partial(self._learn_devices, sender), f"securechat-devices-{sender}")
 
-    def _refresh_devices(self, nick: str, msg_id: str) -> None:
-        """`nick`'s device list changed: fetch their keys, drop the unconfirmed copies for
-        devices it no longer names, and send whisper `msg_id` (if any) to the devices it
-        did not reach. On its own thread (it waits for the reader to bring the keys)."""
+    def _refresh_devices(self, nick: str, msg_id: str, stale: Callable[[], bool]) -> None:
+        """`nick`'s device list changed: if it is still `stale` once this thread has the
+        whisper lock (another refresh may have fetched it meanwhile), fetch their keys;
+        then drop the unconfirmed copies for devices the list no longer names, and send
+        whisper `msg_id` (if any) to the devices it did not reach. On its own thread (it
+        waits for the reader to bring the keys)."""
         keys = self._require_keys()
         try:
             with self._whisper_lock:
-                for told in keys.start_session(self._fetch(nick, self._timeout)):
-                    self._events.put(told)
+                if stale():
+                    for told in keys.start_session(self._fetch(nick, self._timeout)):
+                        self._events.put(told)
                 for frame in keys.drop_unlisted(nick):
                     self._unconfirmed.pop(_copy_key(frame), None)
                 if msg_id:
@@ -1572,8 +1584,11 @@ class Client:
                 self._store_retries = 0
             if self.keys.list_behind(status.to, status.devices):
                 # They linked or unlinked a device since we last fetched their keys.
+                keys, to, version = self.keys, status.to, status.devices
                 self._spawn(
-                    functools.partial(self._refresh_devices, status.to, status.id),
+                    functools.partial(
+                        self._refresh_devices, to, status.id, lambda: keys.list_behind(to, version)
+                    ),
                     f"securechat-devices-{status.to}",
                 )
         if kept is not None and kept.state is MessageState.FAILED:

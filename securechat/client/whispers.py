@@ -474,6 +474,18 @@ class WhisperKeys:
             return [(me, d) for d in own]
         return [(peer, d) for d in ["", *self._conv.linked_devices(peer)]] + [(me, d) for d in own]
 
+    def linked_devices(self, peer: str) -> list[str]:
+        """`peer`'s devices other than the identity's own, as the list we accepted names
+        them (none known: [])."""
+        with self._lock:
+            return self._conv.linked_devices(peer)
+
+    def unreachable(self, peer: str) -> list[tuple[str, str]]:
+        """(nick, device) of the devices a whisper to `peer` would go to that have no
+        session (after a fetch: the server gave no keys for them)."""
+        with self._lock:
+            return [(nick, d) for nick, d in self._targets(peer) if not self._conv.has_session(nick, d)]
+
     def devices_to_fetch(self, peer: str) -> list[str]:
         """The nicks whose keys a whisper to `peer` needs fetched: `peer`'s if a device of
         theirs has no session, ours if one of our other devices has none."""
