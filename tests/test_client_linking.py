@@ -112,3 +112,26 @@ def test_a_device_linked_after_a_peer_fetched_keys_still_gets_that_peers_next_wh
     assert wait_for(laptop, WhisperReceived, msg_id=later).text == "after the phone was linked"
     for client in (phone, bob, laptop):
         client.close()
+
+
+def test_the_identity_device_reconnects_as_itself_after_linking(
+    server: Server, client_ctx: ssl.SSLContext, tmp_path: Path, alice: tuple[Client, WhisperKeys]
+) -> None:
+    # Its device id is in the list too: it must still log in as the nick's owner, get the
+    # whispers queued for the nick, and be able to link another device.
+    laptop, laptop_keys = alice
+    phone_keys = disk_keys(tmp_path / "phone", "alice")
+    link_phone(server.address[1], client_ctx, laptop, laptop_keys, phone_keys)
+    laptop.close()
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
+    sent = bob.whisper("alice", "waiting for the laptop")
+    laptop = login(server, client_ctx, "alice", laptop_keys)
+    assert wait_for(laptop, WhisperReceived, msg_id=sent).text == "waiting for the laptop"
+    assert server.store.pending(f"alice/{laptop_keys.device}") == []  # no mailbox of its own
+    tablet_keys = disk_keys(tmp_path / "tablet", "alice")
+    link_phone(server.address[1], client_ctx, laptop, laptop_keys, tablet_keys)  # a third device
+    assert sorted(d for d, _ in laptop_keys.own_devices()) == sorted(
+        [laptop_keys.device, phone_keys.device, tablet_keys.device]
+    )
+    laptop.close()
+    bob.close()

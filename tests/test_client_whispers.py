@@ -303,3 +303,73 @@ def test_each_keystore_is_one_device_with_an_id_kept_across_opens(tmp_path: Path
     assert first.device and first.device == again.device  # a restart is the same device
     assert other.device != first.device
     Hello(version=3, nick="alice", device=first.device)  # a valid id on the wire
+
+
+# -- linked devices (review findings: copies, own pin, redelivery) --------------------------
+
+
+def linked_pair() -> tuple[WhisperKeys, WhisperKeys, Conversations]:
+    """alice's laptop (identity) and phone (linked) as WhisperKeys, knowing each other's
+    list and keys, and bob's end-to-end state with a session on the laptop's side."""
+    from securechat.e2e.bundle import publication
+    from securechat.e2e.devices import Device
+    from securechat.protocol import DeviceKeys
+
+    lap_c, ph_c, bob_c = party("alice", 1), party("alice", 3), party("bob", 5)
+    laptop = WhisperKeys(lap_c, MemoryStorage(), device="laptop-1")
+    phone = WhisperKeys(ph_c, MemoryStorage(), device="phone-1")
+    listed = laptop.list_with(Device("phone-1", ph_c.identity.sig_key))
+    laptop.accept_own_devices(listed)
+    phone.become_linked(lap_c.identity.public(), listed)
+    laptop.start_session(keys_event(fetched_bundle(bob_c), "bob"))
+    pb = publication(fetched_bundle(ph_c))
+    own = dataclasses.replace(
+        keys_event(fetched_bundle(lap_c), "alice"),
+        devices=(listed,),
+        device="laptop-1",
+        others=(
+            DeviceKeys(
+                device="phone-1", identity=pb.identity, spk=pb.spk, opks=pb.opks, kpk=pb.kpk, kopks=pb.kopks
+            ),
+        ),
+    )
+    laptop.start_session(own)
+    return laptop, phone, bob_c
+
+
+def test_a_copy_delivered_again_is_recognised_not_reported_as_tampering() -> None:
+    laptop, phone, _ = linked_pair()
+    frames = laptop.seal_all("bob", "hello", "m1")
+    assert sorted((f.to, f.device) for f in frames) == [("alice", "phone-1"), ("bob", "")]
+    copy = next(f for f in frames if f.to == "alice")
+    delivery = Delivery(
+        id="7",
+        msg_id="m1",
+        sender="alice",
+        header=copy.header,
+        ciphertext=copy.ciphertext,
+        ts=1.0,
+        device="laptop-1",
+    )
+    first = phone.receive(delivery)
+    assert [type(e).__name__ for e in first.events] == ["WhisperCopied"] and first.acks[0].outcome == "read"
+    again = phone.receive(delivery)  # the ack was lost: the server delivers it again
+    assert again.events == [] and [a.outcome for a in again.acks] == ["read"]
+
+
+def test_a_server_made_copy_from_our_own_nick_is_refused_and_changes_nothing() -> None:
+    laptop, _, _ = linked_pair()
+    forger = party("alice", 99)  # the server's own "alice" key
+    forger.start_session("alice", fetched_bundle(laptop._conv))
+    header, body = forger.encrypt("alice", b'{"text": "I owe you 1000", "to": "bob"}')
+    for device in ("", "laptop-1", "phone-1"):
+        got = laptop.receive(
+            Delivery(
+                id="8", msg_id="f1", sender="alice", header=header, ciphertext=body, ts=1.0, device=device
+            )
+        )
+        assert not any(type(e).__name__ == "WhisperCopied" for e in got.events)
+    pin = laptop._conv.pin("alice")
+    assert pin is not None and pin.trust.value == "verified" and pin.pending is None
+    # Whispers to others still go: our own pin was not turned into a key change.
+    assert laptop.seal_all("bob", "still fine", "m2")

@@ -946,3 +946,42 @@ def test_a_pin_whose_saved_list_was_edited_is_refused_on_load() -> None:
     records[name] = json.dumps(saved).encode()
     with pytest.raises(ValueError, match="not signed"):
         Conversations.from_records(records)
+
+
+def test_accepting_a_changed_key_drops_the_old_keys_device_list() -> None:
+    laptop, _phone, listed = linked_alice()
+    bob = party("bob", 80)
+    bob.start_session("alice", fetched_bundle(laptop))
+    bob.accept_devices("alice", listed)
+    new_alice = party("alice", 90)  # alice starts over with a new identity
+    with pytest.raises(IdentityChanged):
+        bob.start_session("alice", fetched_bundle(new_alice))
+    bob.trust("alice")
+    assert bob.linked_devices("alice") == []  # the old key vouches for nothing now
+    fresh = sign_device_list(new_alice.identity, 1, (Device("desk", new_alice.identity.sig_key),))
+    assert bob.accept_devices("alice", fresh)  # version 1 again: a new key's own list
+    Conversations.from_records({k: v for k, v in bob.records().items() if v is not None})  # loads
+
+
+def test_the_same_list_under_another_spelling_of_the_nick_is_the_same_list() -> None:
+    laptop, _, listed = linked_alice()
+    bob = party("bob", 80)
+    bob.start_session("alice", fetched_bundle(laptop))
+    bob.accept_devices("alice", listed)
+    again = Conversations.from_records({k: v for k, v in bob.records().items() if v is not None})
+    assert not again.accept_devices("alice", dataclasses.replace(listed, user="Alice"))
+
+
+def test_a_linked_devices_key_passed_off_as_the_persons_is_never_a_key_change() -> None:
+    laptop, phone, listed = linked_alice()
+    bob = party("bob", 80)
+    bob.start_session("alice", fetched_bundle(laptop))
+    bob.accept_devices("alice", listed)
+    with pytest.raises(BundleError, match="linked device"):
+        bob.start_session("alice", fetched_bundle(phone))  # the phone's bundle as alice's own
+    phone.start_session("bob", fetched_bundle(bob))
+    header, body = phone.encrypt("bob", b'{"text": "x"}')
+    with pytest.raises(DecryptionError):
+        bob.decrypt("alice", header, body, device="")  # labelled as the identity's device
+    pin = bob.pin("alice")
+    assert pin is not None and pin.pending is None and pin.trust is Trust.UNVERIFIED

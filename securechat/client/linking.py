@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..e2e.devices import Device
+from ..e2e.devices import Device, DeviceListError
 from ..e2e.identity import PublicIdentity
 from ..e2e.pairing import ExistingDevice, NewDevice, PairingError, WrongCode
 from ..e2e.primitives import lp, unlp
@@ -233,7 +233,7 @@ class LinkOffer:
             device_bytes, key = unlp(payload, 2)
             device = Device(device_bytes.decode("ascii"), bytes(key))
             record = self._keys.list_with(device)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, DeviceListError) as exc:
             self._fail()
             raise LinkError(f"cannot add that device: {exc}") from None
         self._publish(record)
@@ -385,7 +385,7 @@ class LinkDesk:
                 new_offer = LinkOffer(
                     self._client, self._keys, event, lambda record: publish_watched(self._client, record)
                 )
-            except PairingError:
+            except (PairingError, ConnectionError):
                 return []
             with self._lock:
                 self._offer = new_offer
@@ -393,6 +393,8 @@ class LinkDesk:
         if offer is None or event.pairing != offer.pairing or fold_nick(event.peer) != fold_nick(offer.peer):
             return []
         if event.step == "reveal":
+            if offer.state is not OfferState.ANSWERED:
+                return []  # a second reveal (a relay's): the pairing went on without it
             try:
                 offer.reveal(event)
             except LinkError as exc:

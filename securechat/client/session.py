@@ -337,6 +337,11 @@ class Client:
         # JSON program attached through the handoff). Guarded by _watch_lock; filled by
         # whichever thread takes events.
         self._event_watchers: list[queue.Queue[ClientEvent]] = []
+        # Senders whose keys a `_learn_devices` thread is fetching (folded nicks): a
+        # backlog from a new device starts one fetch, not one per whisper. Guarded by
+        # `_learning_lock`, a leaf.
+        self._learning: set[str] = set()
+        self._learning_lock = threading.Lock()
         self._watch_lock = threading.Lock()
         # Connections in a row that ended `Ending.BROKEN`; reader only.
         self._broken_in_a_row = 0
@@ -1385,8 +1390,16 @@ class Client:
             if not self._whisper_status(event):
                 return False  # not a whisper of ours (or old news): nothing to show
         elif isinstance(event, Error) and any(key[2] == event.ref for key in list(self._unconfirmed)):
-            refused = [k for k in list(self._unconfirmed) if k[2] == event.ref and k[1]]
-            if event.code == Code.NO_SUCH_USER and refused and self.keys is not None:
+            copies = [k for k in list(self._unconfirmed) if k[2] == event.ref]
+            refused = [k for k in copies if k[1]]
+            # All copies share the whisper's id: the refusal is taken as a device copy's
+            # only when the whisper's own copy is not waiting for an answer too.
+            if (
+                event.code == Code.NO_SUCH_USER
+                and refused
+                and len(refused) == len(copies)
+                and self.keys is not None
+            ):
                 # A copy for a device the server no longer has (unlinked): learn their list.
                 keys, (to, device, _) = self.keys, refused[0]
                 self._spawn(
@@ -1445,7 +1458,7 @@ class Client:
         if isinstance(event, Devices) and own_list and self.keys is not None:
             try:
                 self.keys.accept_own_devices(event.devices)
-            except (BundleError, KeystoreError) as exc:
+            except (E2EError, KeystoreError) as exc:
                 # Not ours, or older than one we saw: the server is wrong or lying.
                 log.warning("refused our device list from the server: %s", exc)
                 self._events.put(StorageFailed(reason=f"refused our device list from the server: {exc}"))
@@ -1497,6 +1510,10 @@ class Client:
             except ConnectionError:
                 return
         for sender in incoming.fetch:
+            with self._learning_lock:
+                if fold_nick(sender) in self._learning:
+                    continue  # one fetch at a time per sender: it reads every held whisper
+                self._learning.add(fold_nick(sender))
             self._spawn(functools.partial(self._learn_devices, sender), f"securechat-devices-{sender}")
 
     def _refresh_devices(self, nick: str, msg_id: str, stale: Callable[[], bool]) -> None:
@@ -1539,6 +1556,8 @@ class Client:
             with self._whisper_lock:
                 for told in keys.start_session(self._fetch(sender, self._timeout)):
                     self._events.put(told)
+            with self._learning_lock:
+                self._learning.discard(fold_nick(sender))
             self._deliver(keys.retry_unknown(sender))
         except KeystoreError as exc:
             self._events.put(StorageFailed(reason=str(exc)))
@@ -1553,6 +1572,9 @@ class Client:
             )
         except (E2EError, LookupError, TimeoutError, ConnectionError, ProtocolError) as exc:
             log.info("could not learn %s's devices: %s", sender, exc)
+        finally:
+            with self._learning_lock:
+                self._learning.discard(fold_nick(sender))
 
     def _storage_trouble(self, exc: KeystoreError) -> None:
         """Tell the program our keystore failed a write: once per connection, not per whisper."""

@@ -81,6 +81,10 @@ _RENAMING_RECORD = "renaming"
 #: chosen at random once, so that every program using the keystore is the same device.
 _DEVICE_RECORD = "device"
 
+#: Seconds a device the server gave no keys for is left out of whispers before a fetch
+#: tries it again (a device that never set up, or one the server keeps out: said once).
+KEYLESS_FOR = 600.0
+
 #: Top-ups of one-time prekeys (making new ones because the server says it holds few or
 #: none): at most this many at once, then one more every `OPK_TOPUP_EVERY` seconds. An
 #: honest server asks at first login and after about 80 fetches of our keys; a hostile
@@ -142,6 +146,9 @@ class WhisperKeys:
         # Deliveries from a device of a sender no list we have names, by folded sender,
         # until their keys are fetched (`retry_unknown`); guarded by _lock.
         self._unknown: dict[str, list[Delivery]] = {}
+        # (folded nick, device) -> until when a device the server gave no keys for is left
+        # out of `_targets` (so that every whisper does not fetch again); guarded by _lock.
+        self._keyless: dict[tuple[str, str], float] = {}
         # One-time prekey top-ups; guarded by _lock.
         self._topups = topups if topups is not None else Budget(OPK_TOPUP_BURST, OPK_TOPUP_EVERY)
         # The nick of a rename sent and not yet answered (kept as `_RENAMING_RECORD`);
@@ -465,7 +472,12 @@ class WhisperKeys:
 
     def _targets(self, peer: str) -> list[tuple[str, str]]:
         """(nick, device) of every copy a whisper to `peer` is sealed as: each of `peer`'s
-        devices ("" the identity's own), then each other device of ours. Under `_lock`."""
+        devices ("" the identity's own), then each other device of ours, but those a
+        fetch found no keys for lately (`_keyless`). Under `_lock`."""
+        now = self._clock()
+        return [t for t in self._all_targets(peer) if self._keyless.get(t, 0.0) <= now]
+
+    def _all_targets(self, peer: str) -> list[tuple[str, str]]:
         me = self._conv.identity.user
         own = [d for d in self._conv.linked_devices(me) if d != self.device]
         if self._conv.linked:  # a linked device: the person's too
@@ -482,9 +494,15 @@ class WhisperKeys:
 
     def unreachable(self, peer: str) -> list[tuple[str, str]]:
         """(nick, device) of the devices a whisper to `peer` would go to that have no
-        session (after a fetch: the server gave no keys for them)."""
+        session after a fetch (the server gave no keys for them): left out of whispers
+        for `KEYLESS_FOR` seconds, then tried again."""
         with self._lock:
-            return [(nick, d) for nick, d in self._targets(peer) if not self._conv.has_session(nick, d)]
+            missing = [
+                (nick, d) for nick, d in self._targets(peer) if d and not self._conv.has_session(nick, d)
+            ]
+            for nick, d in missing:
+                self._keyless[(nick, d)] = self._clock() + KEYLESS_FOR
+            return missing
 
     def devices_to_fetch(self, peer: str) -> list[str]:
         """The nicks whose keys a whisper to `peer` needs fetched: `peer`'s if a device of
@@ -506,7 +524,7 @@ class WhisperKeys:
         with self._lock:
             own = fold_nick(nick) == fold_nick(self._conv.identity.user)
             try:
-                if not own or self._conv.linked:
+                if (not own or self._conv.linked) and not self._conv.has_session(nick):
                     self._conv.start_session(nick, bundle_from_frame(nick, keys))
                 if keys.devices:
                     try:
@@ -605,9 +623,11 @@ class WhisperKeys:
 
     def _signed_list(self, devices: tuple[Device, ...]) -> DeviceListRecord:
         """`devices` signed at the version after the newest we saw; under `_lock`."""
-        pin = self._conv.pin(self._conv.identity.user)
-        version = (pin.max_devices_version if pin is not None else 0) + 1
-        return device_list_record(sign_device_list(self._conv.identity, version, devices))
+        # The version is kept as used before the list leaves: a publish that fails is never
+        # followed by another list under the same version (e2e.md, "Device lists").
+        signed = sign_device_list(self._conv.identity, self._conv.next_devices_version(), devices)
+        self._save()
+        return device_list_record(signed)
 
     def list_behind(self, peer: str, version: int) -> bool:
         """True if the server holds a newer device list of `peer`'s (`version`, from a
@@ -812,7 +832,8 @@ class WhisperKeys:
             if device and state is MessageState.DELIVERED:
                 # Read on one of their devices: the whisper the user sees is delivered.
                 main = self._storage.message(Direction.OUT, status.to, status.id)
-                if main is not None and main.state is not MessageState.DELIVERED:
+                # Only a copy the server holds: a failed or unsent one must still be sent.
+                if main is not None and main.state is MessageState.STORED:
                     updated.append(main.with_state(MessageState.DELIVERED))
             # Not flushed: if this mark is lost, the whisper is sent again and the
             # server or the recipient drops the repeat by its id.
@@ -945,10 +966,18 @@ class WhisperKeys:
             ts=delivery.ts,
             text=text,
         )
-        if self._storage.message(Direction.OUT, to, delivery.msg_id) is None:
-            self._save([kept])
-        else:
-            self._save()
+        # And a mark under our own nick, which `_receive_locked` finds if the server
+        # delivers the copy again (its session has moved on: it would not decrypt).
+        seen = StoredMessage(
+            direction=Direction.IN,
+            peer=delivery.sender,
+            msg_id=delivery.msg_id,
+            state=MessageState.SHOWN,
+            ts=delivery.ts,
+            text="",
+        )
+        fresh = self._storage.message(Direction.OUT, to, delivery.msg_id) is None
+        self._save([kept, seen] if fresh else [seen])
         out.acks.append(Ack(id=delivery.id))
         out.events.append(
             WhisperCopied(to=to, text=text, msg_id=delivery.msg_id, ts=delivery.ts, device=delivery.device)

@@ -366,6 +366,9 @@ class Conversations:
         peer = fold_nick(pin.identity.user)
         pin.identity, pin.pending, pin.trust, pin.max_spk_id = pin.pending, None, trust, 0
         pin.max_kpk_id = 0
+        # The old key's device list vouches for nothing under the new key: the new one's
+        # list starts from scratch (e2e.md, "Device lists").
+        pin.devices, pin.max_devices_version = None, 0
         pin.was_verified = trust is Trust.VERIFIED
         self.forget_sessions(peer)  # sessions with the old key are dead
         self._answered(peer, pin)
@@ -446,7 +449,8 @@ class Conversations:
             raise IdentityChanged(peer, pin.identity.fingerprint(), pin.pending.fingerprint())
         listed.check(pin.identity.sig_key, at_least=pin.max_devices_version)
         if pin.devices is not None and listed.version == pin.devices.version:
-            if listed != pin.devices:
+            # The same list, whatever spelling of the nick it came under.
+            if (listed.devices, listed.signature) != (pin.devices.devices, pin.devices.signature):
                 raise DeviceListError(f"{peer} has two different device lists of version {listed.version}")
             return False
         gone = set(pin.linked())
@@ -461,6 +465,16 @@ class Conversations:
         """`peer`'s devices other than the identity's own, as their accepted list names them."""
         pin = self.pins.get(fold_nick(peer))
         return [] if pin is None else pin.linked()
+
+    def next_devices_version(self) -> int:
+        """The version to sign our next device list under (on the identity's device),
+        counted as seen at once, so that no two lists are ever signed under one."""
+        me = self.identity.user
+        self.own_device_list(me, None)
+        pin = self.pins[fold_nick(me)]
+        pin.max_devices_version += 1
+        self._pin_changed(fold_nick(me))
+        return pin.max_devices_version
 
     def own_device_list(self, user: str, listed: DeviceList | None) -> None:
         """Pin our own person (`user`, whose identity is ours, or on a linked device the
@@ -491,6 +505,13 @@ class Conversations:
         if pin is not None and pin.slot_device(device):
             self._start_device_session(peer, pin, bundle, pin.slot_device(device))
             return
+        if (
+            pin is not None
+            and pin.devices is not None
+            and bundle.identity.key != pin.identity.key
+            and any(d.sig_key == bundle.identity.sig_key for d in pin.devices.devices)
+        ):
+            raise BundleError(f"{peer}'s keys are a linked device's, given as their identity's")
         same_identity = pin is not None and pin.identity.key == bundle.identity.key
         verify_bundle(
             bundle,
@@ -610,7 +631,10 @@ class Conversations:
         key = _sender_key(header, state)
         # Which of their devices sent it, checked against their list before anything
         # changes: a device key is never pinned as the person's (only the identity's is).
+        own = fold_nick(sender) == fold_nick(self.identity.user)
         if known is None:
+            if own:
+                raise DecryptionError  # a copy from "our" device, and we know of none
             if device:  # perhaps a linked device: their list (and identity) first
                 raise UnknownDevice(sender, device)
             slot_device = ""
@@ -620,6 +644,13 @@ class Conversations:
                 raise UnknownDevice(sender, device)  # devices we have not heard of yet
             if slot_device and not known.vouches(slot_device, key):
                 raise UnknownDevice(sender, device)
+            if own and not known.vouches(slot_device, key):
+                raise DecryptionError  # only our own vouched devices write to us
+            if not slot_device and known.devices is not None and key != known.identity.key:
+                listed = {d.sig_key for d in known.devices.devices}
+                if key[:KEY_BYTES] in listed:
+                    # A linked device's key passed off as the person's: never a key change.
+                    raise DecryptionError
         if state is None:
             state = self._responder_state(header)
         elif fold_nick(state.peer) != fold_nick(sender):
@@ -633,7 +664,7 @@ class Conversations:
         # message decrypts again from the untouched prekeys.
         pin = (
             self._check_pin(header.setup.identity, request=True)
-            if new_session and header.setup and not slot_device
+            if new_session and header.setup and not slot_device and not own
             else self.pins[fold_nick(new.peer)]
         )
         if new.opk_to_delete is not None:

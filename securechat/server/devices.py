@@ -69,6 +69,9 @@ class DeviceDirectory:
         self._lock = threading.Lock()
         # Folded nick -> its list, or None for a person with none. Guarded by `_lock`.
         self._cache: dict[str, Listed | None] = {}
+        # Bumped by every change of a list or a nick (`publish`, `forget`), so that a read
+        # of the store that a change overtook is not cached. Guarded by `_lock`.
+        self._generation = 0
 
     def listed(self, nick: str) -> Listed | None:
         """`nick`'s device list, or None if it has none. Raises `StoreUnavailable`."""
@@ -76,12 +79,16 @@ class DeviceDirectory:
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
+            generation = self._generation
         stored = self._store.device_list(key)
         found = None if stored is None else _parse(stored[1], self._store.registered_key(key))
         with self._lock:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[key] = found
+            # A publish or a release meanwhile may have made what was read stale: then it
+            # is not cached (the next call reads again).
+            if generation == self._generation:
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.clear()
+                self._cache[key] = found
         return found
 
     def vouches(self, nick: str, device: str, key: bytes) -> bool:
@@ -128,6 +135,7 @@ class DeviceDirectory:
         )
         with self._lock:
             self._cache.pop(fold_nick(nick), None)
+            self._generation += 1
         if not stored:  # another publish got there first
             raise DevicesRefused(Code.INVALID, "publish_devices: a newer list was stored meanwhile")
         return removed
@@ -136,6 +144,7 @@ class DeviceDirectory:
         """Drop `nick` from the cache (its registration was released or renamed)."""
         with self._lock:
             self._cache.pop(fold_nick(nick), None)
+            self._generation += 1
 
 
 def _parse(line: bytes, identity_key: bytes | None) -> Listed | None:

@@ -119,6 +119,7 @@ class Relay:
         if registered is None or (bool(sig_key) and registered == sig_key):
             return True
         if self._hub.member(nick) is None and self._store.release_if_idle(nick, self._config.nick_ttl):
+            self.devices.forget(nick)  # its list went with it
             log.info("released %s: nobody logged in to it for %.0f days of service", nick, self._days_idle)
             return True
         return False
@@ -133,6 +134,8 @@ class Relay:
         `StoreUnavailable`. For the server's periodic expiry (the watchdog thread)."""
         online = self._hub.online()  # in any room, or in none
         gone = self._store.expire_nicks(self._config.nick_ttl, keep=online)
+        for nick in gone:
+            self.devices.forget(nick)  # their lists went with them
         if gone:
             log.info(
                 "released %d nicks nobody logged in to for %.0f days of service: %s%s",

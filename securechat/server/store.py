@@ -1653,6 +1653,9 @@ class SqliteStore:
             db.execute("DELETE FROM bundles WHERE nick_key IN (?, ?)", (old_key, new_key))
             db.execute("DELETE FROM opks WHERE nick_key IN (?, ?)", (old_key, new_key))
             db.execute("DELETE FROM kem_prekeys WHERE nick_key IN (?, ?)", (old_key, new_key))
+            # A device list names the nick it was signed for (and a rename is allowed only
+            # without linked devices): the client signs a new one for `new` if it wants one.
+            db.execute("DELETE FROM device_lists WHERE nick_key IN (?, ?)", (old_key, new_key))
             # Failures of whispers sent *to* `old` stay as they are: their senders know
             # those whispers by the nick they sent them to. Leftovers under `new` (it is
             # not registered, and a released nick's are deleted) give way to the renamer's.

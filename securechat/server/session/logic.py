@@ -570,8 +570,11 @@ class SessionLogic:
             hello.identity
             and hello.version >= DEVICES_VERSION
             and hello.device
+            and self._relay.registered_key(hello.nick) not in (None, hello.identity)
             and self._relay.devices.vouches(hello.nick, hello.device, hello.identity)
         ):
+            # (The device holding the identity key is listed too, under its key: it logs
+            # in as the nick's owner, below, whatever id it names.)
             # A linked device: it proves its own key, which the person's list names.
             self._linked = True
             self.state, self._served = LoginState.AWAITING_PROOF, hello
@@ -637,7 +640,11 @@ class SessionLogic:
         """Log in a linked device whose proof was good: the person is the nick's
         registered key (checked again: the list may have changed since the hello)."""
         person = self._relay.registered_key(claim.nick)
-        if person is None or not self._relay.devices.vouches(claim.nick, claim.device, claim.identity):
+        if (
+            person is None
+            or not self._relay.devices.vouches(claim.nick, claim.device, claim.identity)
+            or not self._relay.register(claim.nick, person)  # the person is seen: not idle
+        ):
             self._refuse_registered(claim.nick)
             return
         self.sig_key, self.person_key = claim.identity, person
