@@ -21,7 +21,7 @@ from whisper_helpers import login, memory_keys
 
 from securechat.cli import main
 from securechat.client.events import WhisperReceived
-from securechat.client.handoff import SOCKET_NAME, HandoffRefused, HandoffServer, hand_off
+from securechat.client.handoff import SOCKET_NAME, AttachedClient, HandoffRefused, HandoffServer, hand_off
 from securechat.client.keystore import Keystore, KeystoreBusy, default_keystore_dir
 from securechat.protocol import Message
 from securechat.server import Server
@@ -258,3 +258,41 @@ def test_a_second_json_client_under_a_held_identity_attaches_to_the_running_one(
         holder.send(type="quit")
         holder.proc.wait(TIMEOUT)
         bob.close()
+
+
+def test_a_python_program_under_a_held_identity_works_through_the_running_client(
+    server: Server,
+    client_ctx: ssl.SSLContext,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    holder = JsonClient("alice", server, cert_files["ca"], tmp_path)
+    try:
+        assert holder.until("welcome")["nick"] == "alice"
+        keystore = default_keystore_dir("127.0.0.1", server.address[1], "alice")
+        _until(lambda: (keystore / SOCKET_NAME).exists(), "the handoff socket")
+        with pytest.raises(KeystoreBusy):  # what the API finds: the keys are in use
+            Keystore.open(keystore, None)
+        with AttachedClient(keystore) as api:
+            api.whisper("bob", "from a Python program, through alice's client")
+            got = bob.wait_for_any(WhisperReceived, TIMEOUT)
+            assert isinstance(got, WhisperReceived) and (got.sender, got.text) == (
+                "alice",
+                "from a Python program, through alice's client",
+            )
+            bob.whisper("alice", "to every program of alice's")
+            deadline = time.monotonic() + TIMEOUT
+            while (event := api.next_event(max(0.0, deadline - time.monotonic())))["type"] != "whisper":
+                pass
+            assert event["text"] == "to every program of alice's"
+        holder.send(type="say", text="still here")  # detached: alice's client goes on
+        assert holder.until("message")["text"] == "still here" and holder.proc.poll() is None
+    finally:
+        holder.send(type="quit")
+        holder.proc.wait(TIMEOUT)
+        bob.close()
+    with pytest.raises(HandoffRefused):  # nothing holds the keys now: open them yourself
+        AttachedClient(keystore)

@@ -43,7 +43,7 @@ from ..e2e.errors import E2EError
 from ..protocol import DEFAULT_ROOM, Error, Message, fold_nick, fold_room
 from .session import Client
 
-__all__ = ["SOCKET_NAME", "HandoffRefused", "HandoffServer", "attach", "hand_off"]
+__all__ = ["SOCKET_NAME", "AttachedClient", "HandoffRefused", "HandoffServer", "attach", "hand_off"]
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +282,94 @@ def attach(directory: Path, stdin: TextIO, stdout: TextIO) -> int:
         return 0 if detaching.is_set() else 1  # else the holder ended it
     finally:
         conn.close()
+
+
+class AttachedClient:
+    """A Python program's way in when another process of yours holds the keystore in
+    `directory` (`Keystore.open` raised `KeystoreBusy`): it works through that process's
+    client, as `securechat client --json` does. Commands are JSON mode's objects (docs/
+    usage.md, "JSON mode"), `whisper` and `say` send the common two; events are JSON
+    mode's objects (dicts), from attaching on. `close` (or leaving `with`) detaches; the
+    holder goes on.
+
+    Raises `HandoffRefused` if nothing holds the keystore (open it yourself then). Any
+    thread may send; one thread reads events (`next_event`, iteration)."""
+
+    def __init__(self, directory: Path, timeout: float = 10.0) -> None:
+        self._conn = _connect(directory, timeout)
+        self._conn.settimeout(None)
+        # Guards writes to the connection (commands from several threads, one line each).
+        self._send_lock = threading.Lock()
+        # Filled by the reader thread; None once the holder is gone. Thread-safe itself.
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._gone = False  # set by the reading thread once None was taken
+        _send(self._conn, {"type": "attach"})
+        self._reader = threading.Thread(target=self._read, name="securechat-attached", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        """The reader thread: the holder's lines, as objects, until it closes."""
+        try:
+            with self._conn.makefile("rb") as reader:
+                for raw in iter(lambda: reader.readline(_MAX_REQUEST), b""):
+                    with contextlib.suppress(ValueError):
+                        obj = json.loads(raw)
+                        if isinstance(obj, dict):
+                            self._events.put(obj)
+        except OSError:
+            pass
+        finally:
+            self._events.put(None)
+
+    def command(self, obj: dict[str, Any]) -> None:
+        """Send one JSON-mode command. Raises `ConnectionError` once the holder is gone."""
+        line = (json.dumps(obj) + "\n").encode()
+        with self._send_lock:
+            try:
+                self._conn.sendall(line)
+            except OSError as exc:
+                raise ConnectionError(f"the client holding your keys is gone: {exc}") from None
+
+    def whisper(self, to: str, text: str) -> None:
+        """Have the holder whisper `to`; its `whisper_sent` and statuses come as events."""
+        self.command({"type": "whisper", "to": to, "text": text})
+
+    def say(self, text: str, room: str = DEFAULT_ROOM) -> None:
+        self.command({"type": "say", "text": text, "room": room})
+
+    def next_event(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next event. Raises `TimeoutError`, or `ConnectionError` once the holder is
+        gone (and at every call after)."""
+        if self._gone:
+            raise ConnectionError("the client holding your keys is gone")
+        try:
+            item = self._events.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no event within {timeout} s") from None
+        if item is None:
+            self._gone = True
+            raise ConnectionError("the client holding your keys is gone")
+        return item
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            try:
+                yield self.next_event()
+            except ConnectionError:
+                return
+
+    def close(self) -> None:
+        """Detach (the holder goes on) and wait for the reading thread."""
+        with contextlib.suppress(OSError):
+            self._conn.shutdown(socket.SHUT_RDWR)
+        self._conn.close()
+        self._reader.join()
+
+    def __enter__(self) -> AttachedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def hand_off(directory: Path, request: dict[str, Any], timeout: float) -> Iterator[dict[str, Any]]:
