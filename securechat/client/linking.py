@@ -27,7 +27,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..e2e.devices import Device, DeviceListError
 from ..e2e.identity import PublicIdentity
@@ -43,7 +43,7 @@ from ..protocol import (
     decode_line,
     fold_nick,
 )
-from .session import Client
+from .session import Client, Disconnected
 from .whispers import WhisperKeys
 
 __all__ = [
@@ -72,21 +72,13 @@ def _wait_link(
     """The next `link` frame of `pairing` (any, if None) from `peer` (anyone, if None) at
     one of `steps`, skipping other events; raises `LinkError` for an abort, a refusal
     naming the pairing, the end of the connection, or `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise LinkError("the other device did not answer in time")
-        try:
-            event = client.next_event(timeout=left)
-        except TimeoutError:
-            continue
+    for event in _events_until(client, timeout, "the other device did not answer in time"):
         if isinstance(event, Error) and pairing is not None and event.ref == pairing:
             raise LinkError(event.reason)
         if isinstance(event, Error) and event.fatal:
             raise LinkError(event.reason)
         if not isinstance(event, Link):
-            if type(event).__name__ == "Disconnected":
+            if isinstance(event, Disconnected):
                 raise LinkError("the connection ended")
             continue
         if pairing is not None and event.pairing != pairing:
@@ -97,6 +89,17 @@ def _wait_link(
             raise LinkError("the other device ended the linking")
         if event.step in steps:
             return event
+    raise AssertionError("unreachable: _events_until ends by raising")
+
+
+def _events_until(client: Client, timeout: float, late: str) -> Iterator[object]:
+    """The client's events (read here: for a program that reads none meanwhile) until
+    `timeout` seconds have passed, then `LinkError(late)`."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(TimeoutError):
+            yield client.next_event(timeout=left)
+    raise LinkError(late)
 
 
 def link_new_device(
@@ -287,15 +290,7 @@ def _publish(client: Client, record: DeviceListRecord, timeout: float) -> None:
     """Send `record` and wait (reading the client's events) until the server has it: its
     `devices` comes back."""
     client.send(PublishDevices(devices=record))
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise LinkError("the server did not confirm the new device list")
-        try:
-            event = client.next_event(timeout=left)
-        except TimeoutError:
-            continue
+    for event in _events_until(client, timeout, "the server did not confirm the new device list"):
         if isinstance(event, Devices) and event.devices.version == record.version:
             return
         if isinstance(event, Error) and not event.ref:

@@ -1522,17 +1522,48 @@ class Client:
         then drop the unconfirmed copies for devices the list no longer names, and send
         whisper `msg_id` (if any) to the devices it did not reach. On its own thread (it
         waits for the reader to bring the keys)."""
-        keys = self._require_keys()
-        try:
+
+        def refresh(keys: WhisperKeys) -> None:
             with self._whisper_lock:
                 if stale():
-                    for told in keys.start_session(self._fetch(nick, self._timeout)):
-                        self._events.put(told)
+                    self._start_sessions(keys, nick)
                 for frame in keys.drop_unlisted(nick):
                     self._unconfirmed.pop(_copy_key(frame), None)
                 if msg_id:
                     for frame in keys.seal_missing(nick, msg_id):
                         self._send_kept(frame)
+
+        self._keys_task(nick, "refresh the devices of", refresh)
+
+    def _learn_devices(self, sender: str) -> None:
+        """A whisper came from a device of `sender` no list we have names: fetch their
+        keys (their list with them), then read the whispers held meanwhile. On its own
+        thread (it waits for the reader to bring the keys)."""
+
+        def learn(keys: WhisperKeys) -> None:
+            with self._whisper_lock:
+                self._start_sessions(keys, sender)
+            with self._learning_lock:  # whispers held from now on start a fetch of their own
+                self._learning.discard(fold_nick(sender))
+            self._deliver(keys.retry_unknown(sender))
+
+        try:
+            self._keys_task(sender, "learn the devices of", learn)
+        finally:
+            with self._learning_lock:
+                self._learning.discard(fold_nick(sender))
+
+    def _start_sessions(self, keys: WhisperKeys, nick: str) -> None:
+        """Fetch `nick`'s keys and start the sessions they allow; under `_whisper_lock`."""
+        for told in keys.start_session(self._fetch(nick, self._timeout)):
+            self._events.put(told)
+
+    def _keys_task(self, nick: str, what: str, body: Callable[[WhisperKeys], None]) -> None:
+        """Run `body` (a helper thread's work with `nick`'s keys), telling the program
+        what failed instead of letting the thread die."""
+        keys = self._require_keys()
+        try:
+            body(keys)
         except KeystoreError as exc:
             self._events.put(StorageFailed(reason=str(exc)))
         except IdentityChanged as exc:
@@ -1545,36 +1576,7 @@ class Client:
                 )
             )
         except (E2EError, LookupError, TimeoutError, ConnectionError, ProtocolError) as exc:
-            log.info("could not refresh %s's devices: %s", nick, exc)
-
-    def _learn_devices(self, sender: str) -> None:
-        """A whisper came from a device of `sender` no list we have names: fetch their
-        keys (their list with them), then read the whispers held meanwhile. On its own
-        thread (it waits for the reader to bring the keys)."""
-        keys = self._require_keys()
-        try:
-            with self._whisper_lock:
-                for told in keys.start_session(self._fetch(sender, self._timeout)):
-                    self._events.put(told)
-            with self._learning_lock:
-                self._learning.discard(fold_nick(sender))
-            self._deliver(keys.retry_unknown(sender))
-        except KeystoreError as exc:
-            self._events.put(StorageFailed(reason=str(exc)))
-        except IdentityChanged as exc:
-            self._events.put(
-                KeyChanged(
-                    peer=sender,
-                    old_fingerprint=exc.pinned_fingerprint,
-                    new_fingerprint=exc.new_fingerprint,
-                    held=0,
-                )
-            )
-        except (E2EError, LookupError, TimeoutError, ConnectionError, ProtocolError) as exc:
-            log.info("could not learn %s's devices: %s", sender, exc)
-        finally:
-            with self._learning_lock:
-                self._learning.discard(fold_nick(sender))
+            log.info("could not %s %s: %s", what, nick, exc)
 
     def _storage_trouble(self, exc: KeystoreError) -> None:
         """Tell the program our keystore failed a write: once per connection, not per whisper."""

@@ -523,21 +523,7 @@ class Conversations:
         )
         pin = self._check_pin(bundle.identity)
         self._answered(fold_nick(peer), pin)  # we chose to write to them
-        try:
-            keys, setup = initiate(self.identity, bundle, self._random)
-            state = RatchetState.for_initiator(
-                sid=keys.sid,
-                ad0=keys.ad0,
-                sk=keys.sk,
-                me=self.identity.user,
-                peer=bundle.identity.user,
-                peer_key=bundle.identity.key,
-                their_spk=bundle.spk.public,
-                setup=setup,
-                random=self._random,
-            )
-        except (ValueError, DecryptionError):
-            raise BundleError(f"{peer}'s keys include an invalid (low-order) public key") from None
+        state = self._initiated(peer, bundle)
         if bundle.spk.id > pin.max_spk_id:
             pin.max_spk_id = bundle.spk.id
             self._pin_changed(fold_nick(peer))
@@ -553,9 +539,16 @@ class Conversations:
         if not pin.vouches(device, bundle.identity.key):
             raise BundleError(f"{peer}'s device {device} is not in their device list with that key")
         verify_bundle(bundle, user=peer, now=self._clock(), require_kem=True)
+        state = self._initiated(peer, bundle)
+        self._answered(fold_nick(peer), pin)
+        self._remember(state, _slot(peer, device))
+
+    def _initiated(self, peer: str, bundle: Bundle) -> RatchetState:
+        """A session started from `bundle` (verified): our setup and the first state.
+        Raises `BundleError` for a low-order key in it."""
         try:
             keys, setup = initiate(self.identity, bundle, self._random)
-            state = RatchetState.for_initiator(
+            return RatchetState.for_initiator(
                 sid=keys.sid,
                 ad0=keys.ad0,
                 sk=keys.sk,
@@ -568,8 +561,6 @@ class Conversations:
             )
         except (ValueError, DecryptionError):
             raise BundleError(f"{peer}'s keys include an invalid (low-order) public key") from None
-        self._answered(fold_nick(peer), pin)
-        self._remember(state, _slot(peer, device))
 
     def forget_sessions(self, peer: str, device: str | None = None) -> None:
         """End every session with `peer` (with `device`, only with that device's); the
