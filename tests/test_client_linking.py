@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+from chat import TIMEOUT
 from linking_helpers import Person, link_phone, wait_for
 from whisper_helpers import disk_keys, login
 
@@ -14,7 +15,7 @@ from securechat import Client, LoginRejected
 from securechat.client.events import WhisperCopied, WhisperReceived
 from securechat.client.linking import LinkError, unlink
 from securechat.client.whispers import WhisperKeys
-from securechat.protocol import Code, Error, WhisperStatus
+from securechat.protocol import Code, Error, Message, WhisperStatus
 from securechat.server import Server
 
 
@@ -135,3 +136,46 @@ def test_the_identity_device_reconnects_as_itself_after_linking(
     )
     laptop.close()
     bob.close()
+
+
+def _seen_until(client: Client, sentinel: str) -> list[object]:
+    """Every event `client` gets until the room line `sentinel`: the server handles a
+    sender's frames in order, so a whisper (or copy) sent before the line arrives before it."""
+    seen: list[object] = []
+    while True:
+        item = client.next_event(timeout=TIMEOUT)
+        if isinstance(item, Message) and item.text == sentinel:
+            return seen
+        seen.append(item)
+
+
+def test_two_devices_and_a_bot_for_alice_and_bob_every_whisper_once_on_every_device(
+    server: Server, client_ctx: ssl.SSLContext, tmp_path: Path, alice: tuple[Client, WhisperKeys]
+) -> None:
+    laptop, laptop_keys = alice
+    phone_keys, bot_keys = disk_keys(tmp_path / "phone", "alice"), disk_keys(tmp_path / "bot", "alice")
+    link_phone(server.address[1], client_ctx, laptop, laptop_keys, phone_keys)
+    link_phone(server.address[1], client_ctx, laptop, laptop_keys, bot_keys)  # the bot: a device too
+    phone, bot = login(server, client_ctx, "alice", phone_keys), login(server, client_ctx, "alice", bot_keys)
+    bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
+    devices = {"laptop": laptop, "phone": phone, "bot": bot}
+
+    def received(client: Client, sentinel: str) -> list[str]:
+        return [e.msg_id for e in _seen_until(client, sentinel) if isinstance(e, WhisperReceived)]
+
+    def copied(client: Client, sentinel: str) -> list[str]:
+        return [e.msg_id for e in _seen_until(client, sentinel) if isinstance(e, WhisperCopied)]
+
+    to_alice = [bob.whisper("alice", f"bob to alice {n}") for n in range(3)]
+    bob.say("sentinel 1")
+    for name, client in devices.items():
+        assert received(client, "sentinel 1") == to_alice, name  # each once, in order
+    for name, sender in devices.items():
+        sent = [sender.whisper("bob", f"{name} to bob {n}") for n in range(2)]
+        sender.say(f"after {name}")
+        assert received(bob, f"after {name}") == sent  # bob: each once
+        for other_name, other in devices.items():
+            if other is not sender:
+                assert copied(other, f"after {name}") == sent, (name, other_name)
+    for client in (phone, bot, bob):
+        client.close()
