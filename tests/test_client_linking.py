@@ -4,6 +4,7 @@ and whispers between a person with two devices and another with one."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,12 @@ from securechat.server import Server
 
 
 @pytest.fixture
-def alice(server: Server, client_ctx: ssl.SSLContext, tmp_path: Path) -> tuple[Client, WhisperKeys]:
+def alice(server: Server, client_ctx: ssl.SSLContext, tmp_path: Path) -> Iterator[tuple[Client, WhisperKeys]]:
+    """alice's laptop (the identity's device), logged in; closed at teardown."""
     keys = disk_keys(tmp_path / "laptop", "alice")
-    return login(server, client_ctx, "alice", keys), keys
+    laptop = login(server, client_ctx, "alice", keys)
+    yield laptop, keys
+    laptop.close()
 
 
 def test_a_linked_phone_whispers_and_receives_as_alice_with_copies_to_the_laptop(
