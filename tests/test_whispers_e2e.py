@@ -31,8 +31,7 @@ def test_alice_whispers_bob_online(server: Server, client_ctx: ssl.SSLContext) -
         "unverified",
         msg_id,
     )
-    assert alice.wait_for(WhisperStatus, TIMEOUT) == WhisperStatus(id=msg_id, to="bob", status="stored")
-    assert alice.wait_for(WhisperStatus, TIMEOUT) == WhisperStatus(id=msg_id, to="bob", status="delivered")
+    _stored_then_delivered(alice, msg_id)
     reply_to, _ = bob.reply("hi alice")
     assert reply_to == "alice"
     back = alice.wait_for_any(WhisperReceived, TIMEOUT)
