@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TypeVar
 
 from securechat import Client, Disconnected
-from securechat.protocol import Event, Message
+from securechat.protocol import Message
+
+T = TypeVar("T")
 
 TIMEOUT = 10.0
 
 
-def next_matching(client: Client, want: type[Event], timeout: float = TIMEOUT, **fields: object) -> Event:
-    """Skip events until one of type `want` whose fields equal `fields`."""
+def next_matching(client: Client, want: type[T], timeout: float = TIMEOUT, **fields: object) -> T:
+    """Skip events (frames or the client's own) until one of type `want` whose fields
+    equal `fields`."""
     deadline = time.monotonic() + timeout
     while True:
         item = client.next_event(timeout=max(0.0, deadline - time.monotonic()))

@@ -6,25 +6,13 @@ from __future__ import annotations
 import queue
 import ssl
 import threading
-import time
 from typing import Any
 
 from chat import TIMEOUT
 
-from securechat import Client, Disconnected
+from securechat import Client
 from securechat.client.linking import LinkError, accept_link, link_new_device
 from securechat.client.whispers import WhisperKeys
-
-
-def wait_for(client: Client, kind: type, timeout: float = TIMEOUT, **fields: Any) -> Any:
-    """Skip events until one of `kind` whose fields equal `fields`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        item = client.next_event(timeout=max(0.0, deadline - time.monotonic()))
-        if isinstance(item, Disconnected):
-            raise ConnectionError(f"{client.nick} disconnected: {item.reason}")
-        if isinstance(item, kind) and all(getattr(item, k) == v for k, v in fields.items()):
-            return item
 
 
 class Person:

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chat import TIMEOUT
-from linking_helpers import Person, link_phone, wait_for
+from chat import TIMEOUT, next_matching
+from linking_helpers import Person, link_phone
 from whisper_helpers import disk_keys, login
 
 from securechat import Client, LoginRejected
@@ -42,18 +42,18 @@ def test_a_linked_phone_whispers_and_receives_as_alice_with_copies_to_the_laptop
     # bob -> alice: both of her devices get it, once each.
     sent = bob.whisper("alice", "to all of alice's devices")
     for device_client in (laptop, phone):
-        got = wait_for(device_client, WhisperReceived, msg_id=sent)
+        got = next_matching(device_client, WhisperReceived, msg_id=sent)
         assert (got.sender, got.text) == ("bob", "to all of alice's devices")
-    wait_for(bob, WhisperStatus, id=sent, status="delivered")
+    next_matching(bob, WhisperStatus, id=sent, status="delivered")
     # The phone answers bob; the laptop gets a copy of what the phone sent.
     answer = phone.whisper("bob", "from alice's phone")
-    assert wait_for(bob, WhisperReceived, msg_id=answer).text == "from alice's phone"
-    copy = wait_for(laptop, WhisperCopied, msg_id=answer)
+    assert next_matching(bob, WhisperReceived, msg_id=answer).text == "from alice's phone"
+    copy = next_matching(laptop, WhisperCopied, msg_id=answer)
     assert (copy.to, copy.text, copy.device) == ("bob", "from alice's phone", phone_keys.device)
     # And the other way round.
     from_laptop = laptop.whisper("bob", "from alice's laptop")
-    assert wait_for(bob, WhisperReceived, msg_id=from_laptop).text == "from alice's laptop"
-    assert wait_for(phone, WhisperCopied, msg_id=from_laptop).to == "bob"
+    assert next_matching(bob, WhisperReceived, msg_id=from_laptop).text == "from alice's laptop"
+    assert next_matching(phone, WhisperCopied, msg_id=from_laptop).to == "bob"
     # The safety number bob sees for alice is the same on both of her devices.
     assert laptop.keys is not None and phone.keys is not None and bob.keys is not None
     assert (
@@ -88,12 +88,12 @@ def test_an_unlinked_phone_is_logged_out_and_gets_nothing_more(
     phone = login(server, client_ctx, "alice", phone_keys)
     bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
     first = bob.whisper("alice", "before")
-    wait_for(phone, WhisperReceived, msg_id=first)
+    next_matching(phone, WhisperReceived, msg_id=first)
     unlink(laptop, laptop_keys, phone_keys.device)
-    gone = wait_for(phone, Error, code=Code.UNLINKED)
+    gone = next_matching(phone, Error, code=Code.UNLINKED)
     assert gone.fatal
     after = bob.whisper("alice", "after the unlink")  # bob learns the new list with alice's keys
-    assert wait_for(laptop, WhisperReceived, msg_id=after).text == "after the unlink"
+    assert next_matching(laptop, WhisperReceived, msg_id=after).text == "after the unlink"
     assert server.store.pending(f"alice/{phone_keys.device}") == []  # its copy was refused
     phone.close()
     bob.close()
@@ -108,13 +108,13 @@ def test_a_device_linked_after_a_peer_fetched_keys_still_gets_that_peers_next_wh
     laptop, laptop_keys = alice
     bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
     early = bob.whisper("alice", "before the phone")
-    wait_for(laptop, WhisperReceived, msg_id=early)
+    next_matching(laptop, WhisperReceived, msg_id=early)
     phone_keys = disk_keys(tmp_path / "phone", "alice")
     link_phone(server.address[1], client_ctx, laptop, laptop_keys, phone_keys)
     phone = login(server, client_ctx, "alice", phone_keys)
     later = bob.whisper("alice", "after the phone was linked")
-    assert wait_for(phone, WhisperReceived, msg_id=later).text == "after the phone was linked"
-    assert wait_for(laptop, WhisperReceived, msg_id=later).text == "after the phone was linked"
+    assert next_matching(phone, WhisperReceived, msg_id=later).text == "after the phone was linked"
+    assert next_matching(laptop, WhisperReceived, msg_id=later).text == "after the phone was linked"
     for client in (phone, bob, laptop):
         client.close()
 
@@ -131,7 +131,7 @@ def test_the_identity_device_reconnects_as_itself_after_linking(
     bob = login(server, client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
     sent = bob.whisper("alice", "waiting for the laptop")
     laptop = login(server, client_ctx, "alice", laptop_keys)
-    assert wait_for(laptop, WhisperReceived, msg_id=sent).text == "waiting for the laptop"
+    assert next_matching(laptop, WhisperReceived, msg_id=sent).text == "waiting for the laptop"
     assert server.store.pending(f"alice/{laptop_keys.device}") == []  # no mailbox of its own
     tablet_keys = disk_keys(tmp_path / "tablet", "alice")
     link_phone(server.address[1], client_ctx, laptop, laptop_keys, tablet_keys)  # a third device

@@ -250,9 +250,9 @@ def test_a_text_too_long_once_encoded_is_refused_before_the_ratchet_moves() -> N
     alice.start_session(keys_event(fetched_bundle(bob._conv), "bob"))
     quotes = '"' * MAX_TEXT_BYTES  # 4 KiB of text, 8 KiB once JSON escapes it
     with pytest.raises(ValueError, match="too long to whisper"):
-        alice.seal("bob", quotes, "m1")
+        alice.seal_all("bob", quotes, "m1")
     assert alice.unsent() == []  # nothing kept that could never be sent
-    frame = alice.seal("bob", "a" * MAX_TEXT_BYTES, "m2")  # plain text of the same length fits
+    (frame,) = alice.seal_all("bob", "a" * MAX_TEXT_BYTES, "m2")  # plain text of the same length fits
     got = deliver(bob, "alice", (frame.header, frame.ciphertext), 7)
     assert isinstance(got[0], WhisperReceived) and got[0].text == "a" * MAX_TEXT_BYTES
 

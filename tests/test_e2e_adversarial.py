@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chat import TIMEOUT
+from chat import TIMEOUT, next_matching
 from conftest import RawTls, StartServer
 from e2e_helpers import fetched_bundle, keys_event
-from linking_helpers import link_phone, wait_for
+from linking_helpers import link_phone
 from malicious_relay import Frame, Leg, MaliciousRelay
 from whisper_helpers import disk_keys, login, memory_keys
 
@@ -700,7 +700,7 @@ def test_a_bundle_the_relay_slips_in_beside_alices_list_is_never_encrypted_to(
     before = len(whisper_devices(relay))
     sent = bob.whisper("alice", "to alice's two real devices only")
     for device in (laptop, phone):  # both real devices have it: both copies crossed the relay
-        wait_for(device, WhisperReceived, msg_id=sent)
+        next_matching(device, WhisperReceived, msg_id=sent)
     assert sorted(whisper_devices(relay)[before:]) == sorted(["", phone_keys.device])
 
 
@@ -732,10 +732,10 @@ def test_a_removed_device_cannot_be_brought_back_by_serving_an_older_list(
 
     relay.down_hook = keep
     first = bob.whisper("alice", "while the phone is alice's")
-    wait_for(laptop, WhisperReceived, msg_id=first)
+    next_matching(laptop, WhisperReceived, msg_id=first)
     unlink(laptop, laptop_keys, phone_keys.device)  # version 2: the laptop alone
     second = bob.whisper("alice", "bob learns version 2 from this one's status")
-    wait_for(laptop, WhisperReceived, msg_id=second)
+    next_matching(laptop, WhisperReceived, msg_id=second)
     assert bob.keys is not None
     deadline = time.monotonic() + TIMEOUT
     while bob.keys.linked_devices("alice"):  # the refresh runs on its own thread

@@ -259,7 +259,7 @@ def test_a_whisper_never_confirmed_stored_goes_out_after_the_sender_restarts(
     alice.whisper("bob", "first")  # a session, so the next whisper needs no key fetch
     _whisper_received(bob)
     # Killed between keeping the whisper and sending it: what the outbox then holds.
-    alice.keys.seal("bob", "sealed but never sent", "kept1")  # type: ignore[union-attr]
+    alice.keys.seal_all("bob", "sealed but never sent", "kept1")  # type: ignore[union-attr]
     alice.close()
     alice = login(server, client_ctx, "alice", disk_keys(tmp_path / "alice", "alice"), wait_published=False)
     got = _whisper_received(bob)

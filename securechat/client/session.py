@@ -244,6 +244,18 @@ class _BrokenLogin(ConnectError):
     """The server broke the protocol during the login (counted like a broken connection)."""
 
 
+def _key_changed(nick: str, exc: IdentityChanged, unsent: int = 0) -> KeyChanged:
+    """What the program is told when a fetch of `nick`'s keys found another identity key
+    (`unsent`: whispers to them waiting to be sent again)."""
+    return KeyChanged(
+        peer=nick,
+        old_fingerprint=exc.pinned_fingerprint,
+        new_fingerprint=exc.new_fingerprint,
+        held=0,
+        unsent=unsent,
+    )
+
+
 def _copy_key(frame: Whisper) -> tuple[str, str, str]:
     """Which copy of which whisper `frame` is: (folded recipient, device, id)."""
     return (fold_nick(frame.to), frame.device, frame.id)
@@ -1053,15 +1065,7 @@ class Client:
                     for told in keys.start_session(self._fetch(nick, self._timeout)):
                         self._events.put(told)
                 except IdentityChanged as exc:
-                    self._events.put(
-                        KeyChanged(
-                            peer=nick,
-                            old_fingerprint=exc.pinned_fingerprint,
-                            new_fingerprint=exc.new_fingerprint,
-                            held=0,
-                            unsent=len(failed),
-                        )
-                    )
+                    self._events.put(_key_changed(nick, exc, unsent=len(failed)))
                     return
                 self._flush_resends()
                 for message in again:
@@ -1567,14 +1571,7 @@ class Client:
         except KeystoreError as exc:
             self._events.put(StorageFailed(reason=str(exc)))
         except IdentityChanged as exc:
-            self._events.put(
-                KeyChanged(
-                    peer=nick,
-                    old_fingerprint=exc.pinned_fingerprint,
-                    new_fingerprint=exc.new_fingerprint,
-                    held=0,
-                )
-            )
+            self._events.put(_key_changed(nick, exc))
         except (E2EError, LookupError, TimeoutError, ConnectionError, ProtocolError) as exc:
             log.info("could not %s %s: %s", what, nick, exc)
 

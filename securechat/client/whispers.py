@@ -8,7 +8,6 @@ with the ratchet state that decrypted it, before it is acknowledged (see inbox.p
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import secrets
@@ -651,8 +650,8 @@ class WhisperKeys:
                 and _unfiled(m.peer)[1]
                 and _unfiled(m.peer)[1] not in listed
             ]
-            # Kept as delivered-to-nobody would lie; as failed would resend: left out of
-            # the outbox by marking them with the state nothing sends again.
+            # Out of the outbox: a copy the user never sees, marked with the one state
+            # nothing sends again (failed would be resent).
             self._save([m.with_state(MessageState.DELIVERED) for m in gone], durable=False)
         return [_frame(m) for m in gone]
 
@@ -665,27 +664,19 @@ class WhisperKeys:
             if main is None:
                 return []
             me = self._conv.identity.user
-            kept: list[StoredMessage] = []
-            for nick, device in self._targets(peer):
-                filed = _filed(nick, device)
-                if self._storage.message(Direction.OUT, filed, msg_id) is not None:
-                    continue
-                if not self._conv.has_session(nick, device):
-                    continue
-                mine = fold_nick(nick) == fold_nick(me)
-                plaintext = _plaintext(main.text, to=peer) if mine else _plaintext(main.text)
-                header, ciphertext = self._conv.encrypt(nick, plaintext, device=device)
-                kept.append(
-                    dataclasses.replace(
-                        main,
-                        peer=filed,
-                        state=MessageState.SENDING,
-                        header=header,
-                        ciphertext=ciphertext,
-                        reason="",
-                        to=peer if mine else "",
-                    )
+            kept = [
+                self._copy(
+                    nick,
+                    device,
+                    main.text,
+                    msg_id,
+                    to=peer if fold_nick(nick) == fold_nick(me) else "",
+                    resends=0,
                 )
+                for nick, device in self._targets(peer)
+                if self._storage.message(Direction.OUT, _filed(nick, device), msg_id) is None
+                and self._conv.has_session(nick, device)
+            ]
             self._save(kept)
         return [_frame(m) for m in kept]
 
@@ -746,11 +737,6 @@ class WhisperKeys:
             self._conv.forget_sessions(peer)
             self._save()
 
-    def seal(self, peer: str, text: str, msg_id: str, *, resends: int = 0) -> Whisper:
-        """`seal_all`'s copy for the device holding `peer`'s identity key (a whisper to
-        someone without linked devices, on our one device: the only copy)."""
-        return self.seal_all(peer, text, msg_id, resends=resends)[0]
-
     def seal_all(self, peer: str, text: str, msg_id: str, *, resends: int = 0) -> list[Whisper]:
         """Encrypt `text` as message `msg_id` once for each device of `peer` and each
         other device of ours (`_targets`; one with no session yet is skipped: it has not
@@ -772,43 +758,32 @@ class WhisperKeys:
             me = self._conv.identity.user
             kept: list[StoredMessage] = []
             for nick, device in self._targets(peer):
-                mine = fold_nick(nick) == fold_nick(me) and fold_nick(peer) != fold_nick(me)
                 if (nick, device) != (peer, "") and not self._conv.has_session(nick, device):
                     continue
-                header, ciphertext = self._conv.encrypt(nick, copy if mine else plaintext, device=device)
-                kept.append(
-                    StoredMessage(
-                        direction=Direction.OUT,
-                        peer=_filed(nick, device),
-                        msg_id=msg_id,
-                        state=MessageState.SENDING,
-                        ts=self._clock(),
-                        text=text,
-                        header=header,
-                        ciphertext=ciphertext,
-                        resends=resends,
-                        to=peer if mine else "",
-                    )
-                )
+                mine = fold_nick(nick) == fold_nick(me)
+                kept.append(self._copy(nick, device, text, msg_id, to=peer if mine else "", resends=resends))
             self._save(kept)
         return [_frame(m) for m in kept]
 
-    def _seal_again(self, failed: StoredMessage) -> Whisper:
-        """Encrypt a failed copy's text again for the one device it was for."""
-        nick, device = _unfiled(failed.peer)
-        plaintext = _plaintext(failed.text, to=failed.to) if failed.to else _plaintext(failed.text)
-        with self._lock:
-            header, ciphertext = self._conv.encrypt(nick, plaintext, device=device)
-            kept = dataclasses.replace(
-                failed,
-                state=MessageState.SENDING,
-                reason="",
-                header=header,
-                ciphertext=ciphertext,
-                resends=failed.resends + 1,
-            )
-            self._save([kept])
-        return _frame(kept)
+    def _copy(
+        self, nick: str, device: str, text: str, msg_id: str, *, to: str, resends: int
+    ) -> StoredMessage:
+        """One copy of whisper `msg_id`, encrypted for `nick`'s `device`, as the outbox
+        keeps it (SENDING); `to` names the recipient when it is a copy for another device
+        of ours. Under `_lock`; the caller saves it."""
+        header, ciphertext = self._conv.encrypt(nick, _plaintext(text, to=to), device=device)
+        return StoredMessage(
+            direction=Direction.OUT,
+            peer=_filed(nick, device),
+            msg_id=msg_id,
+            state=MessageState.SENDING,
+            ts=self._clock(),
+            text=text,
+            header=header,
+            ciphertext=ciphertext,
+            resends=resends,
+            to=to,
+        )
 
     def unsent(self) -> list[Whisper]:
         """Whispers in the outbox the server has not confirmed, oldest first."""
@@ -858,7 +833,13 @@ class WhisperKeys:
     def reseal(self, failed: StoredMessage) -> Whisper:
         """Encrypt a failed whisper's text again in the current session with the device it
         was for, under the same message id (that device never read it), back to SENDING."""
-        return self._seal_again(failed)
+        nick, device = _unfiled(failed.peer)
+        with self._lock:
+            kept = self._copy(
+                nick, device, failed.text, failed.msg_id, to=failed.to, resends=failed.resends + 1
+            )
+            self._save([kept])
+        return _frame(kept)
 
     def history(self, peer: str, last: int) -> list[StoredMessage]:
         """The newest `last` whispers with `peer`, both ways, oldest first."""
