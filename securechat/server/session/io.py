@@ -397,6 +397,11 @@ class Session:
         `_finish`. A thread per ended session cost ~200 us of CPU in a connect storm.
         """
         with self._lock:  # started and listed at once: `run` joins only started threads
+            if self._phase is _Phase.ENDED:
+                # The reader has joined its writers and is closing the socket: a frame
+                # another thread hands over now (a room line, a device list) has nowhere
+                # to go, and a writer started for it would outlive the session.
+                return
             if self._phase is not _Phase.OPEN and self._reader_id == threading.get_ident():
                 self._writer_inline = True  # the reader is closing: `_finish` writes
                 return

@@ -180,7 +180,6 @@ class SessionLogic:
         # (folded) for the device holding the identity key, "nick/device" for a linked
         # one. Set at login, and by a rename.
         self.box = ""
-        self._linked = False  # the hello claims a linked device (its key is in the list)
         self._backlog: Backlog | None = None  # queued whispers still to hand out
         self._requests = (
             TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
@@ -576,7 +575,6 @@ class SessionLogic:
             # (The device holding the identity key is listed too, under its key: it logs
             # in as the nick's owner, below, whatever id it names.)
             # A linked device: it proves its own key, which the person's list names.
-            self._linked = True
             self.state, self._served = LoginState.AWAITING_PROOF, hello
             self._nonce = self._make_nonce()
             self._reply(Challenge(nonce=self._nonce))
@@ -607,7 +605,9 @@ class SessionLogic:
                 Error(code=Code.AUTH_FAILED, reason="identity proof failed", fatal=True), reason="auth failed"
             )
             return
-        if self._linked:
+        if self._relay.registered_key(claim.nick) not in (None, claim.identity):
+            # Proven with a key the nick is not registered to: only a linked device's
+            # hello got a challenge for that (`_hello`).
             self._linked_login(claim)
             return
         # A nick nobody holds yet costs one of the network's registrations: nicks are
@@ -715,7 +715,7 @@ class SessionLogic:
                 # The device holding the identity key is "" in the hub, whatever its
                 # client calls it: a client that names no device is that device too, so
                 # a reconnect of either replaces the other's stale session.
-                device=hello.device if self._linked else "",
+                device=hello.device if self.sig_key != self.person_key else "",
             )
         except TooManyDevices:
             self._port.close(
