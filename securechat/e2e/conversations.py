@@ -103,7 +103,7 @@ class Pin:
     devices: DeviceList | None = None
     max_devices_version: int = 0
 
-    def linked(self) -> list[str]:
+    def linked_devices(self) -> list[str]:
         """The ids of their devices other than the one holding `identity`."""
         if self.devices is None:
             return []
@@ -453,9 +453,9 @@ class Conversations:
             if (listed.devices, listed.signature) != (pin.devices.devices, pin.devices.signature):
                 raise DeviceListError(f"{peer} has two different device lists of version {listed.version}")
             return False
-        gone = set(pin.linked())
+        gone = set(pin.linked_devices())
         pin.devices, pin.max_devices_version = listed, listed.version
-        gone -= set(pin.linked())
+        gone -= set(pin.linked_devices())
         for device in gone:
             self._forget_slot(_slot(peer, device))
         self._pin_changed(key)
@@ -464,7 +464,7 @@ class Conversations:
     def linked_devices(self, peer: str) -> list[str]:
         """`peer`'s devices other than the identity's own, as their accepted list names them."""
         pin = self.pins.get(fold_nick(peer))
-        return [] if pin is None else pin.linked()
+        return [] if pin is None else pin.linked_devices()
 
     def next_devices_version(self) -> int:
         """The version to sign our next device list under (on the identity's device),

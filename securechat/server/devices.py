@@ -55,7 +55,7 @@ class Listed:
     def ids(self) -> list[str]:
         return [d.device for d in self.record.devices]
 
-    def linked(self) -> list[str]:
+    def linked_devices(self) -> list[str]:
         """The devices other than the one holding the identity key."""
         return [d for d in self.ids() if d != self.master]
 

@@ -171,7 +171,7 @@ class Relay:
         not (store.py's `rename_user`). The old bundle and prekeys go; what `old` sent and
         is still queued, and its failures, move to `new`."""
         listed = self.devices.listed(old)
-        if listed is not None and listed.linked():
+        if listed is not None and listed.linked_devices():
             return RenameResult.LINKED
         result = self._store.rename_user(old, new, sig_key, self._clock())
         if result is RenameResult.DONE:
@@ -259,7 +259,7 @@ class Relay:
             raise RelayError(Code.NO_KEYS, f"{nick} has not published keys yet (they need to log in once)")
         listed = self.devices.listed(nick) if devices else None
         others: list[DeviceKeys] = []
-        for device in [] if listed is None else listed.linked():
+        for device in [] if listed is None else listed.linked_devices():
             theirs = self._take(mailbox(nick, device), kem=kem)
             if theirs is not None:  # a device that has not published yet cannot be reached
                 others.append(
