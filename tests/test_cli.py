@@ -469,7 +469,8 @@ def test_the_same_server_typed_as_localhost_or_127_0_0_1_is_one_identity(
     monkeypatch.delenv("SECURECHAT_PASSPHRASE")  # nothing new may be made now
     # Before, the second spelling made a second identity, refused as registered to another key.
     assert main(["send", "--host", "127.0.0.1", *port, "--room", "the same alice"]) == 0
-    assert len(list((tmp_path / "xdg" / "securechat").iterdir())) == 1
+    places = sorted(p.name for p in (tmp_path / "xdg" / "securechat").iterdir())
+    assert places == ["by-key", f"localhost_{server.address[1]}"]  # one place, known by its key too
 
 
 def test_send_leaves_only_once_its_keys_are_published(
@@ -496,3 +497,43 @@ def test_send_leaves_only_once_its_keys_are_published(
     assert waited == [True]  # it waited, and the server confirmed bob's keys
     assert server.store.prekey_status("bob").spk_id > 0
     assert main([*base, "--nick", "alice", "--to", "bob", "for when you are back", "--wait", "0.5"]) == 3
+
+
+def test_the_same_server_under_another_name_is_one_identity(
+    ca: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keystores are filed by the server's certificate key: a name the host rules cannot
+    tell is the same server (here this machine's own name) finds the identity made
+    under 127.0.0.1. Before, it made a second one, refused as registered to another key."""
+    import socket
+
+    import trustme
+
+    from securechat.client.keystore import Keystore
+
+    name = socket.gethostname().lower()
+    try:
+        loopback = socket.gethostbyname(name).startswith("127.")
+    except OSError:
+        loopback = False
+    if not loopback or name == "localhost":
+        pytest.skip(f"this machine's name ({name}) does not lead to 127.0.0.1")
+    assert isinstance(ca, trustme.CA)
+    leaf = ca.issue_cert(name, "localhost", "127.0.0.1")
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    context = server_context(tmp_path / "server.pem", tmp_path / "server.key")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    with Server(ServerConfig(port=0), context) as server:
+        port = server.address[1]
+        args = ["--port", str(port), "--cafile", str(tmp_path / "ca.pem"), "--nick", "alice"]
+        monkeypatch.setenv("SECURECHAT_PASSPHRASE", "")
+        assert main(["send", "--host", "127.0.0.1", *args, "--room", "made here"]) == 0
+        monkeypatch.delenv("SECURECHAT_PASSPHRASE")  # nothing new may be made now
+        assert main(["send", "--host", name, *args, "--room", "the same alice"]) == 0
+        # Without a nick too: the one identity on that server, found by its key.
+        assert main(["send", "--host", name, *args[:4], "--room", "still alice"]) == 0
+    places = sorted(p.name for p in (tmp_path / "xdg" / "securechat").iterdir())
+    assert places == ["by-key", f"localhost_{port}"]
+    assert Keystore.exists(tmp_path / "xdg" / "securechat" / places[1] / "alice")

@@ -336,3 +336,44 @@ def test_one_server_typed_two_ways_files_its_keystores_in_one_place(
     for host in ("localhost", "127.0.0.1", "::1"):
         assert default_keystore_dir(host, 7001, "carol") == base / "127.0.0.1_7001" / "carol"
     assert server_places("localhost", 7001)[0] == base / "localhost_7001"
+
+
+def test_a_server_known_by_its_key_is_one_place_under_any_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from securechat.client.keystore import remember_server
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    base = tmp_path / "securechat"
+    key = "ab" * 32
+    first = default_keystore_dir("chat.example.org", 7000, "alice", key)
+    assert first == base / "chat.example.org_7000" / "alice"
+    remember_server(key, 7000, first.parent)
+    assert (base / "by-key" / f"{key}_7000").stat().st_mode & 0o777 == 0o600
+    Keystore.create(first, None).close()
+    # Another name, the same key: the same keystore; another key there: a stranger.
+    assert default_keystore_dir("10.1.2.3", 7000, "alice", key) == first
+    assert default_keystore_dir("10.1.2.3", 7000, "alice", "cd" * 32) == base / "10.1.2.3_7000" / "alice"
+    # New identities of that server go to its place too, and the first place stays.
+    assert default_keystore_dir("10.1.2.3", 7000, "bob", key) == base / "chat.example.org_7000" / "bob"
+    remember_server(key, 7000, base / "10.1.2.3_7000")
+    assert server_places("10.1.2.3", 7000, key)[0] == first.parent
+    # Another port is another server, even with the same certificate.
+    assert server_places("chat.example.org", 7001, key)[0] == base / "chat.example.org_7001"
+
+
+def test_a_tampered_key_file_cannot_send_keystores_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from securechat.client.keystore import remember_server
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    base = tmp_path / "securechat"
+    key = "ef" * 32
+    (base / "by-key").mkdir(parents=True)
+    for content in ("../../elsewhere", "/etc", "..", "by-key", "", "\xff"):
+        (base / "by-key" / f"{key}_7000").write_text(content)
+        assert server_places("h.example", 7000, key)[0] == base / "h.example_7000", content
+    remember_server("not-a-key", 7000, base / "h.example_7000")  # ignored, nothing filed
+    remember_server(key, 7000, tmp_path / "outside_7000")  # not a place under the base: ignored
+    assert sorted(p.name for p in (base / "by-key").iterdir()) == [f"{key}_7000"]

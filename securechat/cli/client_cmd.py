@@ -179,6 +179,53 @@ def _renamed_away(new: str) -> str:
     return f'you renamed yourself to {new}; start with --nick {new} (or set nick = "{new}" in your config)'
 
 
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
+    """The TLS context for the server: trusting --cafile, else certs/ca.pem when there is
+    one, else the system's CAs. Raises `UsageError`."""
+    from ..transport import client_context
+
+    cafile = args.cafile
+    if cafile is None and (DEFAULT_CERT_DIR / "ca.pem").is_file():
+        cafile = DEFAULT_CERT_DIR / "ca.pem"
+    if cafile is not None and not cafile.is_file():
+        raise UsageError(f"CA file {cafile} not found")
+    try:
+        return client_context(cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load CA file {cafile}: {exc}") from None
+
+
+def _server_key(args: argparse.Namespace) -> str | None:
+    """The server's certificate key (client/serverkey.py), learnt once per run; None for
+    a guest (who has no keystore to file) or when the server cannot be reached."""
+    from ..client.serverkey import server_key
+
+    if args.guest:
+        return None
+    if not hasattr(args, "_server_key"):
+        check_port(args.port)
+        args._server_key = server_key(args.host, args.port, _tls_context(args))
+    key: str | None = args._server_key
+    return key
+
+
+def _keys_dir(args: argparse.Namespace) -> Path:
+    """The directory of the keystore to use: --keys, or the one filed for this server and
+    nick. The server's place is remembered under its certificate key, so the next start
+    finds this identity whichever way the host is typed."""
+    from ..client.keystore import default_keystore_dir, remember_server
+
+    if args.keys is not None:
+        directory: Path = args.keys
+        return directory
+    key = _server_key(args)
+    directory = default_keystore_dir(args.host, args.port, args.nick, key)
+    if key is not None:
+        with contextlib.suppress(OSError):  # unremembered, the host spelling still files it
+            remember_server(key, args.port, directory.parent)
+    return directory
+
+
 def _unconnected(
     args: argparse.Namespace, *, reconnect: bool, interactive: bool = True
 ) -> tuple[Client, Keystore | None]:
@@ -188,7 +235,6 @@ def _unconnected(
     from ..client.keystore import Keystore, KeystoreBusy, RoomsFile, default_keystore_dir, renamed_to
     from ..client.rooms import RoomStore
     from ..e2e.errors import KeystoreError
-    from ..transport import client_context
 
     check_port(args.port)
     if not is_valid_nick(args.nick):
@@ -197,22 +243,14 @@ def _unconnected(
             if args.nick
             else "no nick: pass --nick NAME"
         )
-    cafile = args.cafile
-    if cafile is None and (DEFAULT_CERT_DIR / "ca.pem").is_file():
-        cafile = DEFAULT_CERT_DIR / "ca.pem"
-    if cafile is not None and not cafile.is_file():
-        raise UsageError(f"CA file {cafile} not found")
-    try:
-        context = client_context(cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"cannot load CA file {cafile}: {exc}") from None
+    context = _tls_context(args)
     keys = None
     made: Keystore | None = None
     # The rooms to join again at the next start: in the keystore (sealed with it), or for
     # a guest in a rooms.json where its nick's keystore would be.
     rooms_store: RoomStore = RoomsFile(default_keystore_dir(args.host, args.port, args.nick))
     if not args.guest:
-        directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+        directory = _keys_dir(args)
         existed = Keystore.exists(directory)
         moved_to = renamed_to(directory)
         if moved_to is not None:
@@ -321,9 +359,9 @@ def _open_keys(
 
 def run_client(args: argparse.Namespace) -> int:
     if args.json and not args.guest:
-        from ..client.keystore import Keystore, default_keystore_dir
+        from ..client.keystore import Keystore
 
-        directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+        directory = _keys_dir(args)
         if Keystore.exists(directory) and Keystore.holder(directory) is not None:
             return _attach_json(directory)
     client = _connected(args, reconnect=True)
@@ -400,7 +438,7 @@ def _run_client(args: argparse.Namespace, client: Client, handoff: _Handoff) -> 
 
 
 def run_send(args: argparse.Namespace) -> int:
-    from ..client.keystore import Keystore, default_keystore_dir
+    from ..client.keystore import Keystore
     from ..e2e.errors import BundleError, IdentityChanged, NotTrusted
     from ..protocol import Message, WhisperStatus
 
@@ -408,7 +446,7 @@ def run_send(args: argparse.Namespace) -> int:
         raise UsageError("--wait: seconds, from 0 to 600")
     if args.nick is None:
         args.nick = _known_nick(args)
-    directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+    directory = _keys_dir(args)
     told_passphrase = args.passphrase is not None or "SECURECHAT_PASSPHRASE" in os.environ
     if not args.guest and not Keystore.exists(directory) and not sys.stdin.isatty() and not told_passphrase:
         # A new identity made silently by a script is one its owner never meant: the
@@ -513,7 +551,7 @@ def _known_nick(args: argparse.Namespace) -> str:
     if args.keys is not None:
         raise UsageError("with --keys, say whose keys they are: pass --nick")
     found: set[str] = set()
-    for place in server_places(args.host, args.port):
+    for place in server_places(args.host, args.port, _server_key(args)):
         with contextlib.suppress(OSError):
             found |= {d.name for d in place.iterdir() if Keystore.exists(d)}
     nicks = sorted(found)
@@ -559,12 +597,12 @@ def run_link(args: argparse.Namespace) -> int:
     over a guest connection; removed again if the linking fails."""
     import secrets
 
-    from ..client.keystore import Keystore, default_keystore_dir
+    from ..client.keystore import Keystore
     from ..client.linking import LinkError, link_new_device
 
     if not is_valid_nick(args.nick):
         raise UsageError("no nick: pass --nick NAME (the identity to link this device to)")
-    directory = args.keys or default_keystore_dir(args.host, args.port, args.nick)
+    directory = _keys_dir(args)
     if Keystore.exists(directory):
         raise UsageError(
             f"this machine has keys for {args.nick} already ({directory}): it is one of "

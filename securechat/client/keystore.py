@@ -45,7 +45,15 @@ from ..protocol import fold_nick, is_valid_nick
 from .inbox import Direction, MessageState, StoredMessage
 from .rooms import decode_rooms, encode_rooms
 
-__all__ = ["Keystore", "KeystoreBusy", "RoomsFile", "default_keystore_dir", "renamed_to", "server_places"]
+__all__ = [
+    "Keystore",
+    "KeystoreBusy",
+    "RoomsFile",
+    "default_keystore_dir",
+    "remember_server",
+    "renamed_to",
+    "server_places",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,11 @@ _LEGACY_SUFFIX = ".rec"
 #: do instead of silently making a new identity there. "~" is in no nick, so the marker
 #: can never be another nick's place.
 _RENAMED_SUFFIX = "~renamed"
+#: Beside the servers' places: one file per server certificate key and port, naming
+#: that server's place (`remember_server`). Every place ends in "_PORT", so none can
+#: be this directory.
+_BY_KEY = "by-key"
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[a-z]+(:[0-9a-f]{1,64})?")
 
 _SCHEMA = """
@@ -76,34 +89,69 @@ CREATE INDEX IF NOT EXISTS messages_by_peer ON messages (peer_tag, seq);
 """
 
 
-def default_keystore_dir(host: str, port: int, nick: str) -> Path:
+def default_keystore_dir(host: str, port: int, nick: str, server_key: str | None = None) -> Path:
     """Where `nick`'s keystore for the server at `host`:`port` lives: under the server's
-    place (`server_places`), or under an older spelling of it where a keystore already is,
+    place (`server_places`), or under another place of it where a keystore already is,
     so that an identity made before is found whichever way the host is typed."""
-    places = server_places(host, port)
+    places = server_places(host, port, server_key)
     for place in places:
         if Keystore.exists(place / nick.lower()):
             return place / nick.lower()
     return places[0] / nick.lower()
 
 
-def server_places(host: str, port: int) -> list[Path]:
-    """The directories a server's keystores are filed under, the current one first. The
-    host is taken as the user means it, so two spellings of one server do not make two
-    identities (the second refused as "registered to another key"): lower-cased (names
-    are case-insensitive), and every loopback name or address (localhost, 127.0.0.1,
-    ::1) as "localhost". The older ones are the spellings keystores were filed under
-    before (the host exactly as typed)."""
-    base = Path(os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")) / "securechat"
+def server_places(host: str, port: int, server_key: str | None = None) -> list[Path]:
+    """The directories a server's keystores are filed under, the current one first.
+
+    With the server's certificate key known (serverkey.py), the place remembered for
+    that key comes first: whatever the host was typed as, one server is one place. Then
+    the host taken as the user means it, so two spellings of one server do not make two
+    identities even before the key is known: lower-cased (names are case-insensitive),
+    and every loopback name or address (localhost, 127.0.0.1, ::1) as "localhost". Then
+    the spellings keystores were filed under before (the host exactly as typed)."""
+    base = _base()
+    places: list[Path] = []
+    remembered = _remembered(base, server_key, port)
+    if remembered is not None:
+        places.append(remembered)
     spellings = [_server_host(host), host]
     if spellings[0] == "localhost":
         spellings += ["127.0.0.1", "::1", "localhost"]
-    places: list[Path] = []
     for spelling in spellings:
         place = base / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{spelling}_{port}")
         if place not in places:
             places.append(place)
     return places
+
+
+def remember_server(server_key: str, port: int, place: Path) -> None:
+    """File `place` (a directory `server_places` gave) as the place of the server whose
+    certificate key is `server_key`, unless one is filed already: the first place a
+    server's identities were found or made in stays its place. A file in `by-key/`
+    (0600) naming the place. Raises `OSError`."""
+    base = _base()
+    if not _KEY_RE.fullmatch(server_key) or place.parent != base or _remembered(base, server_key, port):
+        return
+    (base / _BY_KEY).mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(base / _BY_KEY / f"{server_key}_{port}", place.name.encode())
+
+
+def _base() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")) / "securechat"
+
+
+def _remembered(base: Path, server_key: str | None, port: int) -> Path | None:
+    """The place filed for `server_key` by `remember_server`, if any (and sound)."""
+    if server_key is None or not _KEY_RE.fullmatch(server_key):
+        return None
+    try:
+        name = (base / _BY_KEY / f"{server_key}_{port}").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    # A name, never a path: the file cannot send a keystore outside the base.
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in {".", "..", _BY_KEY}:
+        return None
+    return base / name
 
 
 def _server_host(host: str) -> str:
