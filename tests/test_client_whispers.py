@@ -11,7 +11,7 @@ from e2e_helpers import fetched_bundle, keys_event, party
 from whisper_helpers import FAST_KDF
 
 from securechat.client.budget import Budget
-from securechat.client.events import KeyChanged, WhisperFailed, WhisperReceived
+from securechat.client.events import KeyChanged, WhisperCopied, WhisperFailed, WhisperReceived
 from securechat.client.inbox import MemoryStorage
 from securechat.client.keystore import Keystore
 from securechat.client.whispers import HELD_PER_PEER, OPK_TOPUP_BURST, OPK_TOPUP_EVERY, WhisperKeys
@@ -355,6 +355,29 @@ def test_a_copy_delivered_again_is_recognised_not_reported_as_tampering() -> Non
     assert [type(e).__name__ for e in first.events] == ["WhisperCopied"] and first.acks[0].outcome == "read"
     again = phone.receive(delivery)  # the ack was lost: the server delivers it again
     assert again.events == [] and [a.outcome for a in again.acks] == ["read"]
+
+
+def test_a_copy_not_yet_shown_when_the_client_died_is_shown_again_as_a_replay() -> None:
+    laptop, phone, _ = linked_pair()
+    copy = next(f for f in laptop.seal_all("bob", "hello", "m1") if f.to == "alice")
+    delivery = Delivery(
+        id="7",
+        msg_id="m1",
+        sender="alice",
+        header=copy.header,
+        ciphertext=copy.ciphertext,
+        ts=1.0,
+        device="laptop-1",
+    )
+    shown = phone.receive(delivery).events
+    assert [type(e).__name__ for e in shown] == ["WhisperCopied"]
+    # Killed before the program had it: the next start hands it out again, flagged.
+    (replayed,) = phone.unshown()
+    assert isinstance(replayed, WhisperCopied)
+    assert (replayed.to, replayed.text, replayed.msg_id, replayed.replay) == ("bob", "hello", "m1", True)
+    phone.mark_shown([replayed])
+    assert phone.unshown() == []
+    assert phone.receive(delivery).events == []  # and a redelivery is still recognised
 
 
 def test_a_server_made_copy_from_our_own_nick_is_refused_and_changes_nothing() -> None:

@@ -177,8 +177,12 @@ def _lines(
         return block(head, event.text)
     if isinstance(event, WhisperCopied):
         lock = "e2e" if theme.ascii_only else "\U0001f512"
-        device = sanitize(event.device)
-        head = f"{clock(event.ts)} [{lock} you to {theme.nick(event.to)}, from your device {device}] "
+        where = (
+            "from another of your devices (kept from before a restart)"
+            if event.replay
+            else f"from your device {sanitize(event.device)}"
+        )
+        head = f"{clock(event.ts)} [{lock} you to {theme.nick(event.to)}, {where}] "
         return block(head, event.text)
     stamp = clock(time.time() if now is None else now)
     if isinstance(event, DeviceUnreachable):

@@ -48,7 +48,10 @@ class WhisperCopied:
     text: str
     msg_id: str
     ts: float
+    #: The device that sent it; "" on a replay (not kept).
     device: str
+    #: As for `WhisperReceived`: kept before the client last stopped and maybe shown then.
+    replay: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -89,6 +89,7 @@ from .events import (
     RenameUnconfirmed,
     ResendPending,
     StorageFailed,
+    WhisperCopied,
     WhisperReceived,
 )
 from .inbox import HISTORY_SHOWN, MessageState, StoredMessage
@@ -332,7 +333,8 @@ class Client:
         # Unbounded underneath so that the last `Disconnected` always fits; the reader
         # keeps it to `max_events` (see `_check_room`). Thread-safe by itself.
         self._events: queue.Queue[ClientEvent] = queue.Queue()
-        self._handed: list[WhisperReceived] = []  # returned by next_event, not yet marked shown
+        # returned by next_event, not yet marked shown
+        self._handed: list[WhisperReceived | WhisperCopied] = []
         self._handed_lock = threading.Lock()  # guards _handed and _helpers
         self._whisper_lock = threading.Lock()  # one whisper (and its key fetch) at a time
         # The fetch a whisper waits for, None when none waits: set by the thread holding
@@ -1118,14 +1120,14 @@ class Client:
     def next_event(self, timeout: float | None = None) -> ClientEvent:
         """The next event. Raises `TimeoutError` if none came within `timeout` seconds.
 
-        A `WhisperReceived` counts as shown once the program asks for the next event
-        (or closes the client): one it was handling when it died is handed out again at
-        the next start, as a replay. After the `Disconnected` item, every call returns
+        A `WhisperReceived` (or `WhisperCopied`) counts as shown once the program asks
+        for the next event (or closes the client): one it was handling when it died is
+        handed out again at the next start, as a replay. After the `Disconnected` item, every call returns
         it again at once.
         """
         self._mark_handed()
         item = self._get(timeout)
-        if isinstance(item, WhisperReceived):
+        if isinstance(item, (WhisperReceived, WhisperCopied)):
             with self._handed_lock:
                 self._handed.append(item)
         return item

@@ -948,14 +948,18 @@ class WhisperKeys:
             text=text,
         )
         # And a mark under our own nick, which `_receive_locked` finds if the server
-        # delivers the copy again (its session has moved on: it would not decrypt).
+        # delivers the copy again (its session has moved on: it would not decrypt). It
+        # is NEW until the program has had the copy, like a received whisper: a client
+        # killed between this commit and showing it shows it at the next start, as a
+        # replay (`unshown`), instead of never.
         seen = StoredMessage(
             direction=Direction.IN,
             peer=delivery.sender,
             msg_id=delivery.msg_id,
-            state=MessageState.SHOWN,
+            state=MessageState.NEW,
             ts=delivery.ts,
-            text="",
+            text=text,
+            to=to,
         )
         fresh = self._storage.message(Direction.OUT, to, delivery.msg_id) is None
         self._save([kept, seen] if fresh else [seen])
@@ -996,18 +1000,26 @@ class WhisperKeys:
             return "unknown-prekey"
         return "auth-failed"
 
-    def unshown(self) -> list[WhisperReceived]:
-        """Whispers kept but not yet confirmed shown (the last run ended first), as replays."""
+    def unshown(self) -> list[WhisperReceived | WhisperCopied]:
+        """Whispers and copies kept but not yet confirmed shown (the last run ended
+        first), as replays. A copy's mark is the one with a recipient (`to`)."""
         with self._lock:
             kept = self._storage.messages(direction=Direction.IN, states=frozenset({MessageState.NEW}))
-        return [_received(m, replay=True) for m in kept]
+        return [
+            WhisperCopied(to=m.to, text=m.text, msg_id=m.msg_id, ts=m.ts, device="", replay=True)
+            if m.to
+            else _received(m, replay=True)
+            for m in kept
+        ]
 
-    def mark_shown(self, shown: Iterable[WhisperReceived]) -> None:
-        """Record that the user or program has had these whispers."""
+    def mark_shown(self, shown: Iterable[WhisperReceived | WhisperCopied]) -> None:
+        """Record that the user or program has had these whispers and copies."""
         with self._lock:
             marks = []
+            me = self._conv.identity.user
             for item in shown:
-                kept = self._storage.message(Direction.IN, item.sender, item.msg_id)
+                sender = item.sender if isinstance(item, WhisperReceived) else me
+                kept = self._storage.message(Direction.IN, sender, item.msg_id)
                 if kept is not None and kept.state is MessageState.NEW:
                     marks.append(kept.with_state(MessageState.SHOWN))
             # Not flushed: a lost mark shows the whisper once more, as a replay.
