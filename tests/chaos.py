@@ -391,6 +391,12 @@ class WhisperRecord:
     failed: str = ""
     store_unavailable: int = 0
     shows: list[bool] = field(default_factory=list)  # the replay flag of each time it was shown
+    #: The sending device (a client's label: its nick, or nick-dN for a linked device).
+    sender_label: str = ""
+    #: Per device (label): the replay flag of each time it showed the whisper, and of
+    #: each time it showed the copy (a device of the sender's other than the one sending).
+    shown_on: dict[str, list[bool]] = field(default_factory=dict)
+    copied_on: dict[str, list[bool]] = field(default_factory=dict)
     sent_at: float = 0.0  # time.monotonic() of each step, for the report on a loss
     stored_at: float = 0.0
     delivered_at: float = 0.0
@@ -420,6 +426,9 @@ class Figures:
     status_cut: int = 0
     room_said: int = 0
     room_seen: int = 0
+    #: Copies owed to the sender's other devices (acknowledged whispers only), and shown.
+    copies_owed: int = 0
+    copies_shown: int = 0
     kills: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -465,13 +474,15 @@ class Ledger:
         self.store_unavailable = 0
         self.room_said: set[str] = set()
         self.room_seen: set[str] = set()
+        #: Each person's devices: folded nick -> client labels, the identity's device first.
+        self.devices: dict[str, list[str]] = {}
         self.garbage: list[str] = []
         #: The server's clock minus ours, from the `ts` of the newest live room line or
         #: whisper shown (seconds).
         self.server_skew = 0.0
 
-    def new_whisper(self, token: str, sender: str, to: str) -> WhisperRecord:
-        rec = WhisperRecord(token, sender, to, sent_at=time.monotonic())
+    def new_whisper(self, token: str, sender: str, to: str, sender_label: str = "") -> WhisperRecord:
+        rec = WhisperRecord(token, sender, to, sent_at=time.monotonic(), sender_label=sender_label or sender)
         self.whispers[token] = rec
         return rec
 
@@ -506,6 +517,13 @@ class Ledger:
                 self.phantom += 1
             else:
                 rec.shows.append(bool(obj.get("replay", False)))
+                rec.shown_on.setdefault(client.label, []).append(bool(obj.get("replay", False)))
+        elif kind == "whisper_copied":
+            rec = self.whispers.get(str(obj.get("text", "")))
+            if rec is None or rec.sender.lower() != client.nick.lower() or rec.sender_label == client.label:
+                self.phantom += 1  # a copy of nothing this person's other device sent
+            else:
+                rec.copied_on.setdefault(client.label, []).append(bool(obj.get("replay", False)))
         elif kind == "whisper_failed":
             self.failed_lines += 1
         elif kind == "error" and obj.get("code") == "store-unavailable":
@@ -525,16 +543,31 @@ class Ledger:
     def stored_count(self) -> int:
         return sum(1 for r in self.whispers.values() if r.stored)
 
-    def queued_for(self, nick: str) -> int:
-        """Acknowledged whispers to `nick` it has not shown yet."""
-        return sum(1 for r in self.whispers.values() if r.to == nick and r.stored and not r.shows)
+    def queued_for(self, client: ClientProc) -> int:
+        """Acknowledged whispers to `client`'s person that this device has not shown yet."""
+        return sum(
+            1
+            for r in self.whispers.values()
+            if r.to.lower() == client.nick.lower() and r.stored and client.label not in r.shown_on
+        )
+
+    def owed(self, rec: WhisperRecord) -> list[tuple[str, dict[str, list[bool]]]]:
+        """Every device that must show `rec`, with where its shows are counted: each of
+        the recipient's devices (the whisper), each of the sender's other devices (the copy)."""
+        to = self.devices.get(rec.to.lower(), [rec.to])
+        own = [d for d in self.devices.get(rec.sender.lower(), []) if d != rec.sender_label]
+        return [(d, rec.shown_on) for d in to] + [(d, rec.copied_on) for d in own]
+
+    def missing(self, rec: WhisperRecord) -> list[str]:
+        """The devices that owe `rec` a show and have not shown it."""
+        return [device for device, shows in self.owed(rec) if not shows.get(device)]
 
     def unconfirmed(self) -> list[WhisperRecord]:
         """Accepted (whisper_sent) but not acknowledged stored yet."""
         return [r for r in self.whispers.values() if r.accepted and not r.stored]
 
     def unshown_acknowledged(self) -> list[WhisperRecord]:
-        return [r for r in self.whispers.values() if r.stored and not r.shows]
+        return [r for r in self.whispers.values() if r.stored and self.missing(r)]
 
     def figures(self, scenario: str) -> Figures:
         f = Figures(scenario)
@@ -545,17 +578,23 @@ class Ledger:
             f.stored += r.stored
             f.delivered += r.delivered
             f.failed += bool(r.failed)
+            # Per device: the first show may be a replay (recovered after a kill); a
+            # later show flagged replay is allowed, one not flagged is shown twice.
+            every = [*r.shown_on.values(), *r.copied_on.values()]
             if r.shows:
                 f.shown += 1
-                f.recovered += r.shows[0]
-                f.replayed += sum(1 for replay in r.shows[1:] if replay)
-                twice = sum(1 for replay in r.shows[1:] if not replay)
-                if twice:
-                    f.shown_twice += 1
-                    f.twice_tokens.append(r.token)
-            elif r.stored:
-                f.lost += 1
-                f.lost_tokens.append(r.token)
+                f.recovered += any(shows[0] for shows in every if shows)
+                f.replayed += sum(1 for shows in every for replay in shows[1:] if replay)
+            if any(not replay for shows in every for replay in shows[1:]):
+                f.shown_twice += 1
+                f.twice_tokens.append(r.token)
+            if r.stored:
+                copies = [d for d, shows in self.owed(r) if shows is r.copied_on]
+                f.copies_owed += len(copies)
+                f.copies_shown += sum(1 for d in copies if r.copied_on.get(d))
+                if self.missing(r):
+                    f.lost += 1
+                    f.lost_tokens.append(r.token)
             if r.accepted and not r.stored:
                 f.unconfirmed += 1
                 f.unconfirmed_tokens.append(r.token)
@@ -570,10 +609,13 @@ class Ledger:
 class ClientProc:
     """One user's `securechat client --json`, restartable with the same keystore directory."""
 
-    def __init__(self, chaos: Chaos, nick: str) -> None:
+    def __init__(self, chaos: Chaos, nick: str, label: str = "") -> None:
         self.chaos = chaos
         self.nick = nick
-        self.home = chaos.workdir / "users" / nick
+        #: Which of the person's devices this is: the nick for the identity's device,
+        #: nick-dN for a linked one (its own home, so its own keystore).
+        self.label = label or nick
+        self.home = chaos.workdir / "users" / self.label
         self.home.mkdir(parents=True, exist_ok=True)
         self.proc: Proc | None = None
         self.pending: deque[WhisperRecord] = deque()  # whisper commands awaiting their answer
@@ -624,7 +666,7 @@ class ClientProc:
         proc = Proc(
             argv,
             env=env,
-            log=self.chaos.workdir / f"client-{self.nick}-{self.runs}.log",
+            log=self.chaos.workdir / f"client-{self.label}-{self.runs}.log",
             on_line=on_line,
             cwd=self.chaos.workdir,
         )
@@ -660,7 +702,7 @@ class ClientProc:
             proc.reap()
             self._after_exit(proc)
             if time.monotonic() > deadline:
-                raise AssertionError(f"client {self.nick} did not log in:\n{proc.log_text()[-2000:]}")
+                raise AssertionError(f"client {self.label} did not log in:\n{proc.log_text()[-2000:]}")
             self.chaos.wait(lambda: self.chaos.server.alive(), max(0.1, deadline - time.monotonic()))
 
     def _after_exit(self, proc: Proc) -> None:
@@ -700,8 +742,8 @@ class ClientProc:
         ledger = self.chaos.ledger
         with self.send_lock:
             with ledger.cond:
-                token = token or f"w-{self.nick}-{next(self.counter)}"
-                rec = ledger.new_whisper(token, self.nick, to)
+                token = token or f"w-{self.label}-{next(self.counter)}"
+                rec = ledger.new_whisper(token, self.nick, to, self.label)
                 self.pending.append(rec)
             written = proc.write(json.dumps({"type": "whisper", "to": to, "text": token}))
         if not written:
@@ -757,7 +799,10 @@ class Chaos:
         server_wrapper: tuple[str, ...] = (),
         server_env: dict[str, str] | None = None,
         client_env: dict[str, str] | None = None,
+        devices: dict[str, int] | None = None,
     ) -> None:
+        """`devices`: how many devices a user has (default one); the extra ones are
+        linked to the user's identity at `start`, as `securechat link` does."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.cert_files = cert_files
@@ -775,7 +820,13 @@ class Chaos:
             wrapper=server_wrapper,
             env=server_env,
         )
-        self.clients = {f"u{i}": ClientProc(self, f"u{i}") for i in range(users)}
+        self.clients: dict[str, ClientProc] = {}  # by label
+        for i in range(users):
+            nick = f"u{i}"
+            for n in range((devices or {}).get(nick, 1)):
+                client = ClientProc(self, nick, nick if n == 0 else f"{nick}-d{n + 1}")
+                self.clients[client.label] = client
+                self.ledger.devices.setdefault(nick, []).append(client.label)
         self.triggers: list[Trigger] = []
         self.kills: dict[str, int] = {}
         self.kill_log: list[tuple[float, str]] = []
@@ -849,9 +900,49 @@ class Chaos:
 
     def start(self) -> None:
         self.server.start()
+        self._link_devices()
         for client in self.clients.values():
             client.start()
         self.need_publish = False
+
+    def _link_devices(self) -> None:
+        """Make the keystores of every person with several devices and link them: the
+        identity's device logs in once, then links each other device as `securechat
+        link` does (both sides of the code exchange, through this server). Their client
+        processes then start on those keystores."""
+        if all(len(labels) == 1 for labels in self.ledger.devices.values()):
+            return
+        from linking_helpers import link_phone
+        from whisper_helpers import login
+
+        from securechat.client.keystore import Keystore
+        from securechat.client.whispers import WhisperKeys
+        from securechat.transport import client_context
+
+        ctx = client_context(self.cert_files["ca"])
+
+        def keys_of(label: str, nick: str) -> WhisperKeys:
+            place = self.clients[label].home / "securechat" / f"localhost_{self.port}" / nick
+            return WhisperKeys.in_keystore(Keystore.create(place, None), nick)
+
+        for nick, labels in self.ledger.devices.items():
+            if len(labels) < 2:
+                continue
+            first = keys_of(labels[0], nick)
+            holder = login(self.port, ctx, nick, first)
+            try:
+                for label in labels[1:]:
+                    keys = keys_of(label, nick)
+                    try:
+                        link_phone(self.port, ctx, holder, first, keys, nick=nick)
+                    finally:
+                        keys.storage.close()
+            finally:
+                holder.close()
+                first.storage.close()
+
+    def devices_of(self, nick: str) -> list[ClientProc]:
+        return [self.clients[label] for label in self.ledger.devices.get(nick.lower(), [])]
 
     def close(self) -> None:
         """Stop the load and every process this run started, whatever state it is in."""
@@ -894,7 +985,7 @@ class Chaos:
                 if rng.random() < 0.1:
                     me.say()
                 else:
-                    others = [c for c in self.clients.values() if c is not me]
+                    others = [c for c in self.clients.values() if c.nick != me.nick]
                     with self.ledger.cond:
                         weights = [1.0 if (c.alive() and c.online) else self.offline_weight for c in others]
                     to = rng.choices(others, weights)[0]
@@ -926,7 +1017,8 @@ class Chaos:
         near = f"next kill {after[0][1]} at {rel(after[0][0])}" if after else "no kill after it"
         return (
             f"{rec.token} {rec.sender}->{rec.to} id={rec.msg_id} sent {rel(rec.sent_at)} "
-            f"stored {rel(rec.stored_at)} delivered {rel(rec.delivered_at)}; {near}"
+            f"stored {rel(rec.stored_at)} delivered {rel(rec.delivered_at)}; "
+            f"not shown on {self.ledger.missing(rec)}; {near}"
         )
 
     def restart_server(self) -> None:
@@ -934,7 +1026,7 @@ class Chaos:
         client to log in again by itself."""
         self.server.wait_dead()
         with self.ledger.cond:
-            before = {c.nick: c.connects for c in self.clients.values() if c.alive()}
+            before = {c.label: c.connects for c in self.clients.values() if c.alive()}
         self.server.start()
         ok = self.wait(
             lambda: all(
@@ -957,8 +1049,8 @@ class Chaos:
         server the moment its client prints the first queued whisper."""
         target = self.rng.choice([c for c in self.clients.values() if c.alive()])
         target.quit()
-        if not self.wait(lambda: self.ledger.queued_for(target.nick) >= queue, TIMEOUT * 2):
-            self.notes.append(f"drain: only {self.ledger.queued_for(target.nick)} queued for {target.nick}")
+        if not self.wait(lambda: self.ledger.queued_for(target) >= queue, TIMEOUT * 2):
+            self.notes.append(f"drain: only {self.ledger.queued_for(target)} queued for {target.label}")
         server = self.server
         trigger = self.arm(
             "drain",
@@ -983,8 +1075,7 @@ class Chaos:
             rec = self.ledger.by_id.get(str(obj.get("id", "")))
             if rec is None or rec.shows:
                 return False
-            to = self.clients.get(rec.to)
-            return to is not None and to.alive() and to.online
+            return any(to.alive() and to.online for to in self.devices_of(rec.to))
 
         trigger = self.arm("commit", match, self.server.kill9)
         if trigger.fired.wait(timeout):
@@ -1013,7 +1104,7 @@ class Chaos:
     def burst_to(self, target: ClientProc, each: int) -> None:
         """Every other live user whispers `target` `each` times without waiting for answers."""
         for sender in self.clients.values():
-            if sender is not target and sender.alive() and sender.online:
+            if sender.nick != target.nick and sender.alive() and sender.online:
                 for _ in range(each):
                     sender.whisper(target.nick, wait=False)
 
@@ -1047,7 +1138,7 @@ class Chaos:
             if obj.get("type") != "whisper_status" or obj.get("status") != "delivered":
                 return False
             rec = self.ledger.by_id.get(str(obj.get("id", "")))
-            return rec is not None and rec.to == target.nick and not rec.shows
+            return rec is not None and rec.to == target.nick and target.label not in rec.shown_on
 
         trigger = self.arm("client-ack", match, proc.kill9)
         self.burst_to(target, burst)
@@ -1060,12 +1151,34 @@ class Chaos:
         target.reap()
         target.start()
 
+    def kill_client_at_copy(self, target: ClientProc, sender: ClientProc, burst: int = 4) -> None:
+        """Kill a device (0-5 ms) after it shows a copy of a whisper its person's other
+        device `sender` sent, during a burst of such whispers; then start it again."""
+        proc = target.proc
+        assert proc is not None
+        trigger = self.arm(
+            "client-copy",
+            lambda c, obj: c is target and obj.get("type") == "whisper_copied",
+            self._jittered_kill(proc),
+        )
+        others = sorted({c.nick for c in self.clients.values() if c.nick != sender.nick})
+        for n in range(burst):
+            sender.whisper(others[n % len(others)], wait=False)
+        if trigger.fired.wait(TIMEOUT):
+            self.count("client-copy")
+        else:
+            self.disarm(trigger)
+            proc.kill9()
+            self.count("client-missed")
+        target.reap()
+        target.start()
+
     def kill_client_in_drain(self, target: ClientProc, queue: int) -> None:
         """Take the client offline, let whispers queue, restart it and kill it (0-5 ms) after
         it prints the first queued whisper; then start it again."""
         target.quit()
-        if not self.wait(lambda: self.ledger.queued_for(target.nick) >= queue, TIMEOUT * 2):
-            self.notes.append(f"client drain: only {self.ledger.queued_for(target.nick)} queued")
+        if not self.wait(lambda: self.ledger.queued_for(target) >= queue, TIMEOUT * 2):
+            self.notes.append(f"client drain: only {self.ledger.queued_for(target)} queued")
         holder: list[Proc] = []
 
         def kill() -> None:
@@ -1106,17 +1219,17 @@ class Chaos:
         self.wait(lambda: all(not c.pending for c in self.clients.values()), TIMEOUT)
         markers: list[WhisperRecord] = []
         for sender in self.clients.values():
-            for to in self.clients.values():
-                if to is sender:
-                    continue
+            for to in sorted({c.nick for c in self.clients.values() if c.nick != sender.nick}):
                 for attempt in range(5):
-                    rec = sender.whisper(to.nick, f"m-{sender.nick}-{to.nick}-{attempt}")
+                    rec = sender.whisper(to, f"m-{sender.label}-{to}-{attempt}")
                     if rec is not None and rec.accepted:
                         markers.append(rec)
                         break
                     self.wait(lambda s=sender: s.online, TIMEOUT)  # type: ignore[misc]
-        if not self.wait(lambda: all(m.shows for m in markers), max(1.0, deadline - time.monotonic())):
-            missing = [m.token for m in markers if not m.shows]
+        ledger = self.ledger
+        left = max(1.0, deadline - time.monotonic())
+        if not self.wait(lambda: not any(ledger.missing(m) for m in markers), left):
+            missing = [m.token for m in markers if ledger.missing(m)]
             self.notes.append(f"settle: markers not shown by the deadline: {missing[:5]}")
         # Every marker was whispered after everything else and shown: what is still not
         # shown gets a last, shorter chance (a resend still on its way), then counts as lost.
@@ -1134,7 +1247,7 @@ class Chaos:
         database: a message's id and state are not sealed."""
         found = []
         for rec in unconfirmed:
-            sender = self.clients.get(rec.sender)
+            sender = self.clients.get(rec.sender_label)
             if sender is None or not rec.msg_id:
                 continue
             for db_path in sender.home.rglob("keystore.db"):
@@ -1260,6 +1373,47 @@ def scenario_client_kills(
                 chaos.kill_client_at_ack(target)
         chaos.settle()
         return chaos.finish("client kill -9")
+
+
+def scenario_device_kills(
+    workdir: Path,
+    cert_files: dict[str, str],
+    *,
+    kills: int,
+    queue: int = 10,
+    load_between: int = 10,
+    pace: float = 0.25,
+    seed: int | None = None,
+) -> Figures:
+    """u0 has two devices (its identity's, u0, and a linked one, u0-d2), u1 and u2 one
+    each; every device whispers. Each whisper is owed to every device of its recipient
+    and, as a copy, to every other device of its sender, each exactly once. The faults
+    cycle: the linked device killed right after it shows a whisper during a burst to u0;
+    killed right after it shows a copy of what u0 sent; taken offline and killed as it
+    drains its queue; the identity's device killed during a burst; the server killed at a
+    random moment. Every killed process is started again on its keystore."""
+    with chaos_run(workdir, cert_files, users=3, pace=pace, seed=seed, devices={"u0": 2}) as chaos:
+        chaos.start()
+        chaos.offline_weight = 4.0
+        chaos.start_load()
+        laptop, phone = chaos.clients["u0"], chaos.clients["u0-d2"]
+        for i in range(kills):
+            if not chaos.wait_stored(load_between, TIMEOUT * 2):
+                chaos.notes.append("load stalled before a kill")
+            kind = i % 5
+            if kind == 0:
+                chaos.kill_client_live(phone)
+            elif kind == 1:
+                chaos.kill_client_at_copy(phone, laptop)
+            elif kind == 2:
+                chaos.kill_client_in_drain(phone, queue)
+            elif kind == 3:
+                chaos.kill_client_live(laptop)
+            else:
+                chaos.kill_server_random()
+                chaos.restart_server()
+        chaos.settle()
+        return chaos.finish("linked devices kill -9")
 
 
 class NotSupportedHere(Exception):
@@ -1418,9 +1572,9 @@ def scenario_damaged_database(
         senders = [chaos.clients["u0"], chaos.clients["u1"]]
         for i in range(queued):
             senders[i % 2].whisper("u2")
-        chaos.wait(lambda: chaos.ledger.queued_for("u2") >= queued, TIMEOUT)
+        chaos.wait(lambda: chaos.ledger.queued_for(chaos.clients["u2"]) >= queued, TIMEOUT)
         with chaos.ledger.cond:
-            before = chaos.ledger.queued_for("u2")
+            before = chaos.ledger.queued_for(chaos.clients["u2"])
         data_dir = chaos.server.data_dir
         name = f"db {how}"
         if how == "dir-deleted-while-running":
@@ -1454,8 +1608,8 @@ def scenario_damaged_database(
             drained = 0
             try:
                 offline.start()
-                chaos.wait(lambda: chaos.ledger.queued_for("u2") == 0, TIMEOUT)
-                drained = before - chaos.ledger.queued_for("u2")
+                chaos.wait(lambda: chaos.ledger.queued_for(chaos.clients["u2"]) == 0, TIMEOUT)
+                drained = before - chaos.ledger.queued_for(chaos.clients["u2"])
             except AssertionError as exc:
                 chaos.notes.append(f"u2 could not log in again: {exc}"[:200])
             contract["queued shown after"] = drained
@@ -1602,6 +1756,7 @@ def scenario_descriptor_limit(
         try:
             late.start()
             chaos.clients["late"] = late  # a whisper target from now on, and settled with the rest
+            chaos.ledger.devices["late"] = ["late"]
         except AssertionError as exc:
             late.reap()
             newcomer = False
@@ -1726,7 +1881,7 @@ def scenario_clock_jumps(
             chaos.wait_stored(queue, TIMEOUT * 2)
             target = chaos.rng.choice([c for c in chaos.clients.values() if c.alive()])
             target.quit()
-            chaos.wait(lambda t=target: chaos.ledger.queued_for(t.nick) >= queue, TIMEOUT * 2)
+            chaos.wait(lambda t=target: chaos.ledger.queued_for(t) >= queue, TIMEOUT * 2)
             control.write_text(offset + "\n")
             chaos.count(f"{who}{offset}")
             # The jump is seen within FAKETIME_CACHE_DURATION (1 s): let the load run across it.
@@ -1738,7 +1893,7 @@ def scenario_clock_jumps(
                 days = round(chaos.ledger.server_skew / 86400)
                 skews.append(f"{offset}:{days:+d}d")
             target.start()
-            if not chaos.wait(lambda t=target: chaos.ledger.queued_for(t.nick) == 0, TIMEOUT * 2):
+            if not chaos.wait(lambda t=target: chaos.ledger.queued_for(t) == 0, TIMEOUT * 2):
                 chaos.notes.append(f"{who} {offset}: {target.nick} did not drain its queue")
         chaos.settle()
         figures = chaos.finish("clock jumps")
@@ -1766,6 +1921,8 @@ _ROWS = [
     ("unconfirmed", "accepted, never stored"),
     ("status_cut", "stored, status print cut by a kill"),
     ("store_unavailable", "store-unavailable errors"),
+    ("copies_owed", "copies owed to own devices"),
+    ("copies_shown", "copies shown"),
     ("room_said", "room lines said"),
     ("room_seen", "room lines seen"),
     ("kills", "faults"),

@@ -42,8 +42,10 @@ def link_phone(
     laptop_keys: WhisperKeys,
     phone_keys: WhisperKeys,
     person: Person | None = None,
+    nick: str = "alice",
 ) -> str:
-    """Run both sides of a linking (the laptop's in a thread); the phone's device id."""
+    """Run both sides of a linking of `nick`'s new device (the laptop's side in a thread);
+    the phone's device id."""
     person = person or Person()
     result: dict[str, Any] = {}
 
@@ -57,11 +59,11 @@ def link_phone(
 
     thread = threading.Thread(target=old_side)
     thread.start()
-    guest = Client("alice-linking", context=ctx, port=port, timeout=TIMEOUT)
+    guest = Client(f"{nick}-linking", context=ctx, port=port, timeout=TIMEOUT)
     guest.connect()
     try:
         link_new_device(
-            guest, "alice", phone_keys, person.shown_on_new.put, person.type_on_new, timeout=TIMEOUT
+            guest, nick, phone_keys, person.shown_on_new.put, person.type_on_new, timeout=TIMEOUT
         )
     finally:
         guest.close()

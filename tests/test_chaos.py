@@ -27,6 +27,7 @@ from chaos import (
     scenario_clock_jumps,
     scenario_damaged_database,
     scenario_descriptor_limit,
+    scenario_device_kills,
     scenario_disk_full,
     scenario_server_kills,
     write_figures,
@@ -42,6 +43,7 @@ def setting(name: str, short: int, long: int) -> int:
 SERVER_KILLS = setting("SERVER_KILLS", 5, 21)
 CLIENT_KILLS = setting("CLIENT_KILLS", 3, 9)
 DISK_CYCLES = setting("DISK_CYCLES", 1, 3)
+DEVICE_KILLS = setting("DEVICE_KILLS", 5, 10)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -87,6 +89,16 @@ def test_recipient_client_kill9_loses_no_acknowledged_whisper(
     aimed = sum(n for kind, n in figures.kills.items() if kind != "client-missed")
     assert aimed >= (CLIENT_KILLS + 1) // 2, figures.kills  # most kills landed where aimed
     assert figures.stored > 0 and figures.shown > 0
+    check(figures, chaos_figures, tmp_path)
+
+
+@pytest.mark.timeout(600 if LONG else 180)
+def test_linked_devices_kill9_every_whisper_once_on_every_device(
+    cert_files: dict[str, str], tmp_path: Path, chaos_figures: list[Figures]
+) -> None:
+    figures = scenario_device_kills(tmp_path, cert_files, kills=DEVICE_KILLS)
+    assert figures.stored > 0 and figures.copies_owed > 0  # a run that tested nothing is no pass
+    assert sum(figures.kills.values()) >= DEVICE_KILLS, figures.kills
     check(figures, chaos_figures, tmp_path)
 
 

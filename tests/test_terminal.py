@@ -25,7 +25,7 @@ from securechat import Client
 from securechat.client.events import WhisperReceived
 from securechat.client.handoff import SOCKET_NAME
 from securechat.client.keystore import default_keystore_dir
-from securechat.protocol import Message
+from securechat.protocol import Message, WhisperStatus
 from securechat.server import Server, ServerConfig
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -351,17 +351,11 @@ def test_after_identity_the_handoff_follows_the_new_identity_and_frees_the_old(
     bob.close()
 
 
-def test_a_person_links_a_second_device_from_the_chat_screen_and_unlinks_it(
-    alice_terminal: Pane,
-    server: Server,
-    client_ctx: ssl.SSLContext,
-    cert_files: dict[str, str],
-    tmp_path: Path,
-) -> None:
-    # Two screens as a person has them: the chat client on the laptop (alice_terminal),
-    # `securechat link` on the new machine (its own keystore place). The codes are read
-    # off one screen and typed on the other.
-    laptop = alice_terminal
+def link_desktop(laptop: Pane, server: Server, cert_files: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Link a second device to alice, as a person does with two screens: the chat client
+    on the laptop (`laptop`), `securechat link` on the new machine (its own keystore
+    place); the codes are read off one screen and typed on the other. The new machine's
+    environment (its XDG_DATA_HOME)."""
     laptop.wait_for(r"127\.0\.0\.1:\d+ \| alice \| connected")
     laptop.type("/link")
     laptop.keys("Enter")
@@ -369,6 +363,7 @@ def test_a_person_links_a_second_device_from_the_chat_screen_and_unlinks_it(
     env = {
         **os.environ,
         "XDG_DATA_HOME": str(tmp_path / "desktop"),
+        "XDG_CONFIG_HOME": str(tmp_path / "desktop-cfg"),
         "SECURECHAT_PASSPHRASE": "",
         "TERM": "xterm-256color",
         "NO_COLOR": "1",
@@ -390,6 +385,17 @@ def test_a_person_links_a_second_device_from_the_chat_screen_and_unlinks_it(
         desktop.wait_for(r"EXIT=0")
     finally:
         desktop.close()
+    return env
+
+
+def test_a_person_links_a_second_device_from_the_chat_screen_and_unlinks_it(
+    alice_terminal: Pane,
+    server: Server,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    laptop = alice_terminal
+    link_desktop(laptop, server, cert_files, tmp_path)
     listed = server.store.device_list("alice")
     assert listed is not None and listed[0] == 1
     laptop.type("/devices")
@@ -403,3 +409,59 @@ def test_a_person_links_a_second_device_from_the_chat_screen_and_unlinks_it(
     laptop.wait_for(rf"device {re.escape(device)} is unlinked")
     listed = server.store.device_list("alice")
     assert listed is not None and listed[0] == 2
+
+
+def desktop_pane(server: Server, cert_files: dict[str, str], env: dict[str, str]) -> Pane:
+    """alice's chat client on the linked desktop (its keystore in `env`'s XDG_DATA_HOME)."""
+    port = ["--port", str(server.address[1]), "--cafile", cert_files["ca"]]
+    return Pane([sys.executable, "-m", "securechat", "client", "--nick", "alice", "--no-bell", *port], env)
+
+
+def test_two_screens_of_one_person_each_show_every_whisper_once_across_a_restart(
+    alice_terminal: Pane,
+    server: Server,
+    client_ctx: ssl.SSLContext,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    laptop = alice_terminal
+    env = link_desktop(laptop, server, cert_files, tmp_path)
+    desktop = desktop_pane(server, cert_files, env)
+    bob = login(server, client_ctx, "bob", memory_keys("bob"))
+    try:
+        desktop.wait_for(r"127\.0\.0\.1:\d+ \| alice \| connected")
+        sent = bob.whisper("alice", "one for both screens")
+        for pane in (laptop, desktop):
+            pane.wait_for(r"act: 2!$")  # bob's whisper window, opened by the whisper
+            pane.keys("M-2")
+            screen = pane.wait_for(r"whisper from bob.*\] one for both screens")
+            assert screen.count("one for both screens") == 1
+        next_matching(bob, WhisperStatus, id=sent, status="delivered")
+        # Typed on the desktop: bob gets it once, the laptop shows it as sent from the desktop.
+        desktop.type("/msg bob from the desktop")
+        desktop.keys("Enter")
+        assert next_matching(bob, WhisperReceived, text="from the desktop").sender == "alice"
+        screen = laptop.wait_for(r"you to bob, from your device \S+\] from the desktop")
+        assert screen.count("from the desktop") == 1
+        # The desktop closes; what bob sends meanwhile reaches it at its next start, once.
+        desktop.type("/quit")
+        desktop.keys("Enter")
+        desktop.wait_for(r"EXIT=0")
+        desktop.close()
+        bob.whisper("alice", "while the desktop was off")
+        laptop.wait_for(r"whisper from bob.*\] while the desktop was off")
+        desktop = desktop_pane(server, cert_files, env)
+        desktop.wait_for(r"act: 2!$")
+        desktop.keys("M-2")
+        screen = desktop.wait_for(r"whisper from bob.*\] while the desktop was off")
+        assert screen.count("while the desktop was off") == 1
+        assert not re.search(r"whisper from bob.*\] one for both screens", screen)  # not shown anew
+        bob.say("sentinel")
+        desktop.keys("M-1")
+        desktop.wait_for(r"<bob> sentinel")
+        desktop.keys("M-2")
+        screen = desktop.wait_for(r"\[2:bob \(whisper\)\]")
+        assert screen.count("while the desktop was off") == 1
+    finally:
+        desktop.close()
+        bob.close()
