@@ -124,6 +124,7 @@ def _client(args: argparse.Namespace, *, reconnect: bool, interactive: bool = Tr
         client.connect()
     except LoginRejected as exc:
         raise UsageError(_refused_login(args.nick, exc, made, _linked_place(client))) from None
+    _remember(args, client)
     return client
 
 
@@ -211,19 +212,31 @@ def _server_key(args: argparse.Namespace) -> str | None:
 
 def _keys_dir(args: argparse.Namespace) -> Path:
     """The directory of the keystore to use: --keys, or the one filed for this server and
-    nick. The server's place is remembered under its certificate key, so the next start
-    finds this identity whichever way the host is typed."""
-    from ..client.keystore import default_keystore_dir, remember_server
+    nick. Found by the host as typed when it can be; otherwise, if this machine has met
+    servers on that port before, by the server's certificate key (one extra handshake),
+    so that an identity made under another name of the same server is found."""
+    from ..client.keystore import Keystore, default_keystore_dir, remembers_servers
 
     if args.keys is not None:
         directory: Path = args.keys
         return directory
-    key = _server_key(args)
-    directory = default_keystore_dir(args.host, args.port, args.nick, key)
-    if key is not None:
+    directory = default_keystore_dir(args.host, args.port, args.nick)
+    if Keystore.exists(directory) or args.guest or not remembers_servers(args.port):
+        return directory
+    return default_keystore_dir(args.host, args.port, args.nick, _server_key(args))
+
+
+def _remember(args: argparse.Namespace, client: Client) -> None:
+    """After a login: file the place of the keystore in use under the server's
+    certificate key, so the next start finds it whatever the host is typed as."""
+    from ..client.keystore import Keystore, remember_server
+
+    keys = client.keys
+    if args.keys is not None or client.server_key is None or keys is None:
+        return
+    if isinstance(keys.storage, Keystore):
         with contextlib.suppress(OSError):  # unremembered, the host spelling still files it
-            remember_server(key, args.port, directory.parent)
-    return directory
+            remember_server(client.server_key, args.port, keys.storage.directory.parent)
 
 
 def _unconnected(
@@ -298,6 +311,7 @@ def _connected(args: argparse.Namespace, *, reconnect: bool) -> Client | None:
     while True:
         try:
             client.connect()
+            _remember(args, client)
             return client
         except ConnectError as exc:
             if not (reconnect and exc.retryable):
@@ -544,16 +558,19 @@ def _known_nick(args: argparse.Namespace) -> str:
     """`send` without --nick (nor one in the config file): a guest is $USER; otherwise the
     one identity this machine has on that server. Raises `UsageError` if there is none,
     or several, or a --keys directory (whose nick cannot be read without opening it)."""
-    from ..client.keystore import Keystore, server_places
+    from ..client.keystore import Keystore, remembers_servers, server_places
 
     if args.guest:
         return os.environ.get("USER", "")
     if args.keys is not None:
         raise UsageError("with --keys, say whose keys they are: pass --nick")
     found: set[str] = set()
-    for place in server_places(args.host, args.port, _server_key(args)):
-        with contextlib.suppress(OSError):
-            found |= {d.name for d in place.iterdir() if Keystore.exists(d)}
+    for key in (None, "by key"):
+        if key is not None and (found or not remembers_servers(args.port)):
+            break
+        for place in server_places(args.host, args.port, _server_key(args) if key else None):
+            with contextlib.suppress(OSError):
+                found |= {d.name for d in place.iterdir() if Keystore.exists(d)}
     nicks = sorted(found)
     if len(nicks) == 1:
         return nicks[0]

@@ -51,6 +51,7 @@ __all__ = [
     "RoomsFile",
     "default_keystore_dir",
     "remember_server",
+    "remembers_servers",
     "renamed_to",
     "server_places",
 ]
@@ -134,6 +135,14 @@ def remember_server(server_key: str, port: int, place: Path) -> None:
         return
     (base / _BY_KEY).mkdir(mode=0o700, parents=True, exist_ok=True)
     write_private(base / _BY_KEY / f"{server_key}_{port}", place.name.encode())
+
+
+def remembers_servers(port: int) -> bool:
+    """Whether any server on `port` has its place filed by key (`remember_server`): only
+    then can asking a server for its key find a keystore the host spelling did not."""
+    with contextlib.suppress(OSError):
+        return any(p.name.endswith(f"_{port}") for p in (_base() / _BY_KEY).iterdir())
+    return False
 
 
 def _base() -> Path:

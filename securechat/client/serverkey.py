@@ -6,10 +6,12 @@ identity made under one spelling was a stranger under another (refused as "regis
 another key"). The server's certificate key is its name: it is what TLS proves, it does
 not change with the spelling, and it stays across certificate renewals that keep the key.
 
-`server_key` learns it from a TLS handshake verified exactly as the chat connection is
-(same context, same server name): a key learnt here is one the user trusts already. The
-place a server's keystores live is then remembered per key (`remember` in keystore.py),
-so the next start under any spelling finds the same identity.
+Every chat connection learns it from its own verified handshake (`key_of_certificate`,
+`Client.server_key`), and the place the keystore in use lives is remembered under it
+(`remember_server` in keystore.py). A later start under a spelling that finds no keystore
+asks `server_key`, one extra handshake (no login) verified exactly as the chat connection
+is, and looks the key up: the same identity, whatever the spelling. A start that finds
+its keystore by the spelling makes no extra connection.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import ssl
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-__all__ = ["PROBE_TIMEOUT", "server_key"]
+__all__ = ["PROBE_TIMEOUT", "key_of_certificate", "server_key"]
 
 #: How long learning the key may take before the start goes on without it (the host
 #: spelling then files the keystore, as before keys were known).
@@ -42,8 +44,12 @@ def server_key(host: str, port: int, context: ssl.SSLContext, timeout: float = P
             der = tls.getpeercert(binary_form=True)
     except (OSError, ValueError):  # ssl.SSLError is an OSError
         return None
-    if not der:
-        return None
+    return key_of_certificate(der) if der else None
+
+
+def key_of_certificate(der: bytes) -> str | None:
+    """A server's id from its certificate (DER): SHA-256 of its SubjectPublicKeyInfo, hex.
+    None if the certificate cannot be parsed."""
     try:
         key = x509.load_der_x509_certificate(der).public_key()
     except ValueError:

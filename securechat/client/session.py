@@ -95,6 +95,7 @@ from .events import (
 from .inbox import HISTORY_SHOWN, MessageState, StoredMessage
 from .keystore import RoomsFile
 from .rooms import MemberPages, Refusal, RejoinQueue, RememberedRooms, RoomStore
+from .serverkey import key_of_certificate
 from .whispers import Incoming, WhisperKeys
 
 __all__ = ["Client", "ConnectError", "Disconnected", "LoginRejected"]
@@ -301,6 +302,10 @@ class Client:
         self.port = port
         self._context = context
         self._server_hostname = server_hostname or host
+        #: The server's certificate key (serverkey.py) from the last login's handshake;
+        #: None before one. Written by whichever thread logs in (connect, or the reader on
+        #: a reconnect), read by the program after `connect` returned.
+        self.server_key: str | None = None
         self._timeout = timeout
         self._reconnect = reconnect
         self._backoff = backoff or Backoff()
@@ -548,6 +553,8 @@ class Client:
             channel.close()
             raise ConnectError(f"{where} did not complete the login within {self._timeout:g} s")
         sock.settimeout(None)
+        der = channel.peer_certificate()
+        self.server_key = key_of_certificate(der) if der else None
         return channel, conn, welcome, nonce
 
     def _login(self, channel: TlsChannel, conn: Connection) -> tuple[Welcome, bytes]:

@@ -89,6 +89,11 @@ class TlsChannel:
         with self._tls_lock:
             return self._tls.version()
 
+    def peer_certificate(self) -> bytes | None:
+        """The peer's certificate (DER) once the handshake is done, else None."""
+        with self._tls_lock:
+            return self._tls.getpeercert(binary_form=True)
+
     def handshake(self) -> None:
         """Run the TLS handshake to completion.
 
