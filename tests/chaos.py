@@ -1108,31 +1108,48 @@ class Chaos:
                 for _ in range(each):
                     sender.whisper(target.nick, wait=False)
 
-    def kill_client_live(self, target: ClientProc, burst: int = 4, timeout: float = TIMEOUT) -> None:
-        """Kill a recipient's client (0-5 ms) after its stdout shows a whisper line, during
-        a burst of whispers to it; then start it again on the same keystore."""
+    def _aimed_client_kill(
+        self,
+        target: ClientProc,
+        name: str,
+        match: Callable[[ClientProc, Json], bool],
+        load: Callable[[], None],
+        timeout: float,
+        *,
+        at_once: bool = False,
+    ) -> None:
+        """Kill `target`'s client on the first line `match` accepts (after a 0-5 ms
+        jitter, or `at_once`), with `load` run to make that line come; counted as `name`,
+        or as client-missed if it did not come within `timeout` (killed anyway, the other
+        way). Then start it again on the same keystore."""
         proc = target.proc
         assert proc is not None
-        trigger = self.arm(
-            "client-live",
-            lambda c, obj: c is target and obj.get("type") == "whisper" and "sender" in obj,
-            self._jittered_kill(proc),
-        )
-        self.burst_to(target, burst)
+        jittered = self._jittered_kill(proc)
+        trigger = self.arm(name, match, proc.kill9 if at_once else jittered)
+        load()
         if trigger.fired.wait(timeout):
-            self.count("client-live")
+            self.count(name)
         else:
             self.disarm(trigger)
-            proc.kill9()
+            (jittered if at_once else proc.kill9)()
             self.count("client-missed")
         target.reap()
         target.start()
 
+    def kill_client_live(self, target: ClientProc, burst: int = 4, timeout: float = TIMEOUT) -> None:
+        """Kill a recipient's client (0-5 ms) after its stdout shows a whisper line, during
+        a burst of whispers to it; then start it again on the same keystore."""
+        self._aimed_client_kill(
+            target,
+            "client-live",
+            lambda c, obj: c is target and obj.get("type") == "whisper" and "sender" in obj,
+            lambda: self.burst_to(target, burst),
+            timeout,
+        )
+
     def kill_client_at_ack(self, target: ClientProc, burst: int = 4, timeout: float = TIMEOUT / 3) -> None:
         """Kill a recipient's client the moment a sender sees "delivered" (the recipient
         acknowledged it) for a whisper the recipient has not printed yet."""
-        proc = target.proc
-        assert proc is not None
 
         def match(client: ClientProc, obj: Json) -> bool:
             if obj.get("type") != "whisper_status" or obj.get("status") != "delivered":
@@ -1140,38 +1157,26 @@ class Chaos:
             rec = self.ledger.by_id.get(str(obj.get("id", "")))
             return rec is not None and rec.to == target.nick and target.label not in rec.shown_on
 
-        trigger = self.arm("client-ack", match, proc.kill9)
-        self.burst_to(target, burst)
-        if trigger.fired.wait(timeout):
-            self.count("client-ack")
-        else:
-            self.disarm(trigger)
-            self._jittered_kill(proc)()
-            self.count("client-missed")
-        target.reap()
-        target.start()
+        self._aimed_client_kill(
+            target, "client-ack", match, lambda: self.burst_to(target, burst), timeout, at_once=True
+        )
 
     def kill_client_at_copy(self, target: ClientProc, sender: ClientProc, burst: int = 4) -> None:
         """Kill a device (0-5 ms) after it shows a copy of a whisper its person's other
         device `sender` sent, during a burst of such whispers; then start it again."""
-        proc = target.proc
-        assert proc is not None
-        trigger = self.arm(
+        others = sorted({c.nick for c in self.clients.values() if c.nick != sender.nick})
+
+        def load() -> None:
+            for n in range(burst):
+                sender.whisper(others[n % len(others)], wait=False)
+
+        self._aimed_client_kill(
+            target,
             "client-copy",
             lambda c, obj: c is target and obj.get("type") == "whisper_copied",
-            self._jittered_kill(proc),
+            load,
+            TIMEOUT,
         )
-        others = sorted({c.nick for c in self.clients.values() if c.nick != sender.nick})
-        for n in range(burst):
-            sender.whisper(others[n % len(others)], wait=False)
-        if trigger.fired.wait(TIMEOUT):
-            self.count("client-copy")
-        else:
-            self.disarm(trigger)
-            proc.kill9()
-            self.count("client-missed")
-        target.reap()
-        target.start()
 
     def kill_client_in_drain(self, target: ClientProc, queue: int) -> None:
         """Take the client offline, let whispers queue, restart it and kill it (0-5 ms) after

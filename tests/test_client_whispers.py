@@ -337,12 +337,12 @@ def linked_pair() -> tuple[WhisperKeys, WhisperKeys, Conversations]:
     return laptop, phone, bob_c
 
 
-def test_a_copy_delivered_again_is_recognised_not_reported_as_tampering() -> None:
-    laptop, phone, _ = linked_pair()
+def copy_from_laptop(laptop: WhisperKeys) -> Delivery:
+    """The laptop whispers bob "hello" (m1): the copy for the phone, as the server delivers it."""
     frames = laptop.seal_all("bob", "hello", "m1")
     assert sorted((f.to, f.device) for f in frames) == [("alice", "phone-1"), ("bob", "")]
     copy = next(f for f in frames if f.to == "alice")
-    delivery = Delivery(
+    return Delivery(
         id="7",
         msg_id="m1",
         sender="alice",
@@ -351,6 +351,11 @@ def test_a_copy_delivered_again_is_recognised_not_reported_as_tampering() -> Non
         ts=1.0,
         device="laptop-1",
     )
+
+
+def test_a_copy_delivered_again_is_recognised_not_reported_as_tampering() -> None:
+    laptop, phone, _ = linked_pair()
+    delivery = copy_from_laptop(laptop)
     first = phone.receive(delivery)
     assert [type(e).__name__ for e in first.events] == ["WhisperCopied"] and first.acks[0].outcome == "read"
     again = phone.receive(delivery)  # the ack was lost: the server delivers it again
@@ -359,16 +364,7 @@ def test_a_copy_delivered_again_is_recognised_not_reported_as_tampering() -> Non
 
 def test_a_copy_not_yet_shown_when_the_client_died_is_shown_again_as_a_replay() -> None:
     laptop, phone, _ = linked_pair()
-    copy = next(f for f in laptop.seal_all("bob", "hello", "m1") if f.to == "alice")
-    delivery = Delivery(
-        id="7",
-        msg_id="m1",
-        sender="alice",
-        header=copy.header,
-        ciphertext=copy.ciphertext,
-        ts=1.0,
-        device="laptop-1",
-    )
+    delivery = copy_from_laptop(laptop)
     shown = phone.receive(delivery).events
     assert [type(e).__name__ for e in shown] == ["WhisperCopied"]
     # Killed before the program had it: the next start hands it out again, flagged.
