@@ -15,7 +15,7 @@ SSLYZE     := sslyze>=6.3,<7
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint,cluster]'
 	touch $(STAMP)
 
 # Made when missing. If pip cannot install sslyze, `make test` still runs: the scan skips.
