@@ -10,7 +10,7 @@ SCAN_VENV  := .venv-scan
 SCAN_STAMP := $(SCAN_VENV)/.installed
 SSLYZE     := sslyze>=6.3,<7
 
-.PHONY: certs run test soak chaos abuse bench lint clean
+.PHONY: certs run cluster test soak chaos abuse bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ certs: $(STAMP)
 
 run: certs
 	$(BIN)/securechat server --host 127.0.0.1 --cert certs/server.pem --key certs/server.key --data-dir var --init
+
+# A 3-node cluster on this machine, to try one: a throwaway PostgreSQL and Redis and three
+# servers on 127.0.0.1:7001-7003 (CLUSTER_PORT=N moves them); Ctrl-C stops it all.
+# docs/operations.md, "A cluster", says how to run one for real.
+cluster: certs
+	$(BIN)/python tests/cluster_up.py
 
 test: $(STAMP) $(SCAN_STAMP)
 	$(BIN)/python -m pytest -q

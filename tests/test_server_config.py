@@ -39,6 +39,11 @@ def configured(tmp_path: Path, argv: list[str], toml: str = "") -> ServerConfig:
     return server_config(parser.parse_args(["server", *argv]))
 
 
+#: Settings whose values are URLs of a kind, and what each needs beside it.
+_URLS = {"store": "postgresql://db/securechat", "cluster": "redis://cache:6379/0"}
+_NEEDS = {"cluster": ["--store", _URLS["store"]]}
+
+
 def sample(setting: FieldSetting, tmp_path: Path) -> Any:
     """A valid value of `setting` that is not its default."""
     default = setting.default
@@ -47,6 +52,8 @@ def sample(setting: FieldSetting, tmp_path: Path) -> Any:
     if setting.kind is Path:
         return tmp_path / "elsewhere"
     if setting.kind is str:
+        if setting.name in _URLS:
+            return _URLS[setting.name]
         return f"{default}x" if setting.name != "host" else "127.0.0.2"
     if setting.kind is int:
         return 3 if default is None else default + 3
@@ -108,13 +115,16 @@ def test_flag_config_file_and_default_agree_for_every_setting(tmp_path: Path) ->
             assert getattr(configured(tmp_path, [s.flag]), s.name) is not expected_default
             continue
         value = sample(s, tmp_path)
-        assert getattr(configured(tmp_path, [s.flag, as_flag(value)]), s.name) == value, s.flag
+        needs = _NEEDS.get(s.name, [])
+        assert getattr(configured(tmp_path, [*needs, s.flag, as_flag(value)]), s.name) == value, s.flag
         if s.in_file:
-            from_file = configured(tmp_path, [], f"[server]\n{s.name} = {as_toml(value)}\n")
+            from_file = configured(tmp_path, needs, f"[server]\n{s.name} = {as_toml(value)}\n")
             assert getattr(from_file, s.name) == value, s.name
             # The flag beats the file.
             other = another(value, tmp_path)
-            both = configured(tmp_path, [s.flag, as_flag(other)], f"[server]\n{s.name} = {as_toml(value)}\n")
+            both = configured(
+                tmp_path, [*needs, s.flag, as_flag(other)], f"[server]\n{s.name} = {as_toml(value)}\n"
+            )
             assert getattr(both, s.name) == other, s.name
 
 

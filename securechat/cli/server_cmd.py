@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import ssl
 import threading
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..protocol import is_valid_nick
+from ..server.cluster import ClusterUnavailable
 from ..server.datadir import DataDirRefused
+from ..server.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -169,9 +172,16 @@ def run_server(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # psycopg's pool logs every reconnect attempt (a few a second while PostgreSQL is
+    # down); the store logs the outage itself, at a bounded rate (faultlog.py).
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     config = server_config(args)
     try:
         server = Server(config, context)
+    except StoreUnavailable as exc:
+        raise UsageError(
+            f"refusing to start: cannot use the store {_redacted(config.store)}: {exc}"
+        ) from None
     except DataDirRefused as exc:
         # Says what is wrong with the data directory and how to restore it.
         raise UsageError(f"refusing to start: {exc}") from None
@@ -206,6 +216,9 @@ def _serve(server: Server, config: ServerConfig, stop_signals: set[signal.Signal
     except OSError as exc:
         server.stop()  # closes the database cleanly and marks the data directory stopped
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    except ClusterUnavailable as exc:
+        server.stop()
+        raise UsageError(f"refusing to start: {exc} (--cluster {_redacted(config.cluster)})") from None
     defaults = ServerConfig()
     if (config.message_rate, config.message_burst) != (defaults.message_rate, defaults.message_burst):
         logging.getLogger("securechat.server").warning(
@@ -284,3 +297,8 @@ def _open_store(data_dir: Path | None) -> tuple[SqliteStore, Path]:
         return SqliteStore(db), db
     except (StoreUnavailable, ValueError) as exc:
         raise UsageError(f"cannot open {db}: {exc}") from None
+
+
+def _redacted(url: str) -> str:
+    """`url` with any password replaced, for a message (secrets are never printed)."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", re.sub(r"(password=)\S+", r"\1***", url))

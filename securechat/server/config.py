@@ -111,6 +111,21 @@ def _check_together(config: ServerConfig) -> None:
         raise ValueError(
             f"max_rooms: {config.max_rooms} is fewer than the {len(config.autojoin)} autojoin rooms"
         )
+    # Nodes that kept their own SQLite would each have their own users and whispers.
+    if config.cluster and not config.store:
+        raise ValueError(
+            "cluster: the nodes of a cluster must share one store: give --store postgresql://..."
+        )
+    if config.store and not (
+        config.store.startswith(("postgresql://", "postgres://")) or "=" in config.store
+    ):
+        raise ValueError(
+            "store: a PostgreSQL URL (postgresql://...) or connection string (host=... dbname=...)"
+        )
+    if config.cluster and not config.cluster.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("cluster: a Redis URL (redis://, rediss:// or unix://)")
+    if config.node_lease <= 0:
+        raise ValueError("node_lease: must be more than 0 seconds")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +166,31 @@ class ServerConfig:
         "where the SQLite database lives. The library keeps everything in memory when "
         "there is none; the command always uses a directory",
         shown_default="$XDG_DATA_HOME/securechat/server",
+    )
+    store: str = setting(
+        "",
+        "a PostgreSQL database to keep everything in instead of SQLite in --data-dir "
+        "(postgresql://user:password@host/db?sslmode=require, or libpq's host=... dbname=...): what several "
+        "server processes share as one server (with --cluster)",
+    )
+    cluster: str = setting(
+        "",
+        "the Redis (or Valkey) that makes several server processes one server: room "
+        "fan-out, who serves which nick, node liveness (redis://, rediss:// for TLS; "
+        "redis://:password@host for AUTH). Needs --store. Empty: one process",
+    )
+    reuse_port: bool = setting(
+        False,
+        "listen with SO_REUSEPORT, so that several server processes (a cluster's nodes on "
+        "one host) share --port and the kernel spreads new connections over them; set "
+        "net.ipv4.tcp_migrate_req=1 so that a node that stops hands its waiting "
+        "connections to the others",
+    )
+    node_lease: float = setting(
+        6.0,
+        "seconds a cluster node's lease lasts: a node that cannot refresh it for 60% of "
+        "this closes its sessions (retryable) before another may take its nicks; a node "
+        "killed outright is noticed as gone within about this long",
     )
     fetch_rate: float = setting(
         1.0,

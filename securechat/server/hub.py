@@ -61,6 +61,7 @@ from ..protocol import (
     RoomEntry,
     Rooms,
     Say,
+    decode_line,
     encode,
     fit_rooms,
     fold_nick,
@@ -226,12 +227,17 @@ class Hub:
         rooms: Registry | None = None,
         store: RoomStore | None = None,
         max_devices: int = 5,
+        publish_lines: Callable[[str, bytes], None] | None = None,
     ) -> None:
         """`rooms` is the registry with the server's autojoin rooms and caps (default:
         `#lobby` only); `history` the lines kept per room; `store` where registered rooms
         are written (None: kept in memory only); `max_devices` the sessions one identity
-        may have online at once, one per device."""
+        may have online at once, one per device. `publish_lines` (a cluster node: the
+        backplane's) takes each room's batch of lines instead of the local fan-out: the
+        batch comes back, in the room's order across every node, to `deliver_lines`."""
         self._clock = clock
+        # Set once here; called under `_lock` (it only queues, never blocks).
+        self._publish_lines = publish_lines
         self._max_devices = max_devices
         self._store = store
         # One registered room's settings change at a time, across its store write (see
@@ -862,9 +868,17 @@ class Hub:
                     by_room.setdefault(fold_room(room.name), (room, []))[1].append(line)
                 said.done = True
             for folded, (room, messages) in by_room.items():
-                self._fan_out_locked(room, b"".join(encode(m) for m in messages), flushes)
+                batch = b"".join(encode(m) for m in messages)
+                if self._publish_lines is not None:
+                    # A cluster's order is the backplane's: fanned out and kept as
+                    # history when it comes back (`deliver_lines`), on every node alike.
+                    self._publish_lines(folded, batch)
+                else:
+                    self._fan_out_locked(room, batch, flushes)
                 if self._keep:
-                    self._history.setdefault(folded, deque(maxlen=self._keep)).extend(messages)
+                    if self._publish_lines is None:
+                        self._history.setdefault(folded, deque(maxlen=self._keep)).extend(messages)
+                    # Only the node where they were said writes them to the store.
                     unsaved = self._unsaved.get(folded)
                     if unsaved is None and self._persisted(room):
                         unsaved = self._unsaved[folded] = deque(maxlen=self._keep)
@@ -899,6 +913,23 @@ class Hub:
         # the clock catches up.
         self._last_ts = max(self._clock(), self._last_ts + 1e-6)
         return self._last_ts
+
+    def deliver_lines(self, room: str, batch: bytes) -> None:
+        """A cluster node: fan out a batch of folded `room`'s lines (encoded frames, as
+        `publish_lines` took them) to this node's members of the room, and keep them as
+        its history. Called by the backplane's subscriber thread, in the room's order."""
+        lines = [decode_line(raw) for raw in batch.split(b"\n") if raw]
+        try:
+            with self._lock:
+                found = self._rooms.get(room)
+                if found is not None:
+                    self._flush_presence_locked(self._owed)  # notices before the lines
+                    self._fan_out_locked(found, batch, self._owed)
+                if self._keep:
+                    history = self._history.setdefault(room, deque(maxlen=self._keep))
+                    history.extend(line for line in lines if isinstance(line, Message))
+        finally:
+            self._flush_owed()
 
     def flush_presence(self) -> None:
         """Send the pending join/leave notices (one write per member)."""

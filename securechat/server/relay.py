@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from ..e2e.bundle import KOPK_REFILL_BELOW, OPK_REFILL_BELOW, bundle_from_frame, verify_bundle
 from ..e2e.errors import BundleError
@@ -56,7 +57,23 @@ from .store import (
     mailbox,
 )
 
-__all__ = ["OPK_LOW_WATER", "Relay", "RelayError"]
+__all__ = ["OPK_LOW_WATER", "NickClaims", "Relay", "RelayError"]
+
+
+class NickClaims(Protocol):
+    """Who serves a nick across a cluster's nodes (cluster/backplane.py). Called by
+    sessions' reader threads."""
+
+    def claim(self, nick: str, key: bytes) -> bool:
+        """Claim folded `nick` for one session proving identity `key` (b"" a guest):
+        False if another node serves it (for another identity). Raises
+        `ClusterUnavailable` when the cluster cannot say."""
+        ...
+
+    def release(self, nick: str) -> None:
+        """One session holding folded `nick` ended (each True `claim` has one)."""
+        ...
+
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +103,16 @@ class Relay:
         *,
         config: ServerConfig | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        remote_push: Callable[[str, bytes], None] | None = None,
+        claims: NickClaims | None = None,
     ) -> None:
+        """`remote_push` (a cluster node: the backplane's) takes a frame for a mailbox
+        whose session is not on this node: a whisper's push, a status to its sender. It
+        only queues; the frame is sent after the commit that holds what it tells."""
+        self._remote_push = remote_push
+        #: A cluster node's claims on nicks across the nodes (None: one process, where
+        #: the hub alone says who holds a nick). Thread-safe itself.
+        self.claims = claims
         self._store = store
         self._hub = hub
         self._clock = clock
@@ -370,7 +396,7 @@ class Relay:
                 recipient = online[box]
             else:
                 recipient = online[box] = self._hub.member_of(*_split(box))
-            if recipient is not None:
+            if recipient is not None or self._remote_push is not None:
                 # Only after the commit: a whisper the recipient sees is one the server
                 # keeps, and its id names no other whisper if the commit fails. No store
                 # lock is held here, only the recipient's outbox's (docs/design.md).
@@ -383,7 +409,10 @@ class Relay:
                     ts=ts,
                     device=shown_device,
                 )
-                pushes.setdefault(id(recipient), (recipient, []))[1].append(encode(delivery))
+                if recipient is not None:
+                    pushes.setdefault(id(recipient), (recipient, []))[1].append(encode(delivery))
+                elif self._remote_push is not None:
+                    self._remote_push(box, encode(delivery))  # online on another node, or nowhere
             away = recipient.away if recipient is not None else ""
             listed = self.devices.listed(event.to)
             results.append(
@@ -483,6 +512,8 @@ class Relay:
                 statuses.setdefault(id(sender), (sender, []))[1].append(
                     encode(_status(done.msg_id, to, failed, device))
                 )
+            elif self._remote_push is not None:
+                self._remote_push(done.sender, encode(_status(done.msg_id, to, failed, device)))
         _push(statuses)
 
     def failures(self, nick: str) -> list[WhisperStatus]:

@@ -12,8 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from ..protocol import Bye, Message
+from ..protocol import Bye, Code, Error, Message, fold_nick
 from . import heap
 from .addresses import ConnectionCounts, PrefixGuards, PrefixLimits
 from .config import ServerConfig
@@ -26,6 +27,9 @@ from .rooms import Rooms
 from .session import Session
 from .store import SqliteStore, Store, StoreUnavailable
 
+if TYPE_CHECKING:
+    from .cluster.backplane import Backplane
+
 __all__ = ["DB_NAME", "Server"]
 
 #: Room history is written in batches this often, not once per line: a commit per public
@@ -37,6 +41,13 @@ _HISTORY_FLUSH_EVERY = 0.5
 _PRESENCE_FLUSH_EVERY = 0.25
 
 log = logging.getLogger(__name__)
+
+#: What a fenced cluster node's sessions are told: retryable (the client reconnects).
+_FENCED = Error(
+    code=Code.BUSY,
+    reason="this server lost touch with its cluster: reconnect (another node will take you)",
+    fatal=True,
+)
 
 
 class Server:
@@ -64,8 +75,30 @@ class Server:
         self.config = config
         self._context = context
         self._datadir: DataDir | None = None
+        #: A cluster node's backplane (None: one process). Set here, started by `start`.
+        self.cluster: Backplane | None = None
+        if config.cluster:
+            from .cluster.backplane import Backplane, BackplaneHooks
+
+            self.cluster = Backplane(
+                config.cluster,
+                BackplaneHooks(
+                    deliver_lines=self._deliver_lines,
+                    push=self._push_here,
+                    fenced=self._fenced,
+                    unfenced=lambda: None,
+                    lost_nick=self._lost_nick,
+                ),
+                lease=config.node_lease,
+            )
         if store is not None:
             self.store: Store = store
+        elif config.store:
+            from .pgstore import PostgresStore
+
+            self.store = PostgresStore(
+                config.store, clock=clock, monotonic=monotonic, log_every=config.fault_log_interval
+            )
         elif config.data_dir is not None:
             self._datadir = DataDir.open(
                 config.data_dir,
@@ -85,6 +118,7 @@ class Server:
             rooms=Rooms.from_config(config),
             store=self.store,
             max_devices=config.max_devices,
+            publish_lines=None if self.cluster is None else self.cluster.publish_lines,
         )
         #: Set (by the watchdog thread) once the data directory or database was found
         #: deleted or replaced; from then on the store refuses every operation.
@@ -101,7 +135,15 @@ class Server:
                     Message(room=room, nick=nick, text=text, ts=ts)
                     for nick, text, ts in self.store.recent_history(room, config.history_lines)
                 )
-        self._relay = Relay(self.store, self.hub, clock, config=config, monotonic=monotonic)
+        self._relay = Relay(
+            self.store,
+            self.hub,
+            clock,
+            config=config,
+            monotonic=monotonic,
+            remote_push=None if self.cluster is None else self.cluster.push,
+            claims=self.cluster,
+        )
         self._watchdog = Watchdog()
         # Set by `start` (the caller's thread) before the threads that use them exist.
         self._listen: socket.socket | None = None
@@ -148,12 +190,20 @@ class Server:
         listen = socket.socket(family, socket.SOCK_STREAM)
         try:
             listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.config.reuse_port:
+                listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             listen.bind((self.config.host, self.config.port))
             listen.listen(self.config.backlog)
             listen.setblocking(False)
         except OSError:
             listen.close()
             raise
+        if self.cluster is not None:
+            try:
+                self.cluster.start()  # raises ClusterUnavailable: no node without its Redis
+            except BaseException:
+                listen.close()
+                raise
         self._listen = listen
         self._watchdog.start()
         self._listener = threading.Thread(target=self._accept_loop, name="securechat-listener", daemon=True)
@@ -165,6 +215,37 @@ class Server:
         if self._datadir is not None:
             self._watchdog.after(self.config.datadir_check_interval, self._check_datadir)
         log.info("listening on %s:%d (TLS)", *self.address)
+
+    # -- a cluster node's hooks (cluster/backplane.py) ---------------------------------
+
+    def _deliver_lines(self, room: str, batch: bytes) -> None:
+        """A room batch in the room's cluster-wide order (the subscriber thread)."""
+        self.hub.deliver_lines(room, batch)
+
+    def _push_here(self, box: str, frame: bytes) -> None:
+        """A frame another node sent for mailbox `box`'s session here, if it is here (the
+        subscriber thread): a whisper's push or a status; the store has what it tells."""
+        nick, _, device = box.partition("/")
+        member = self.hub.member_of(nick, device)
+        if member is not None:
+            member.deliver(frame)
+
+    def _fenced(self) -> None:
+        """This node lost its lease (the lease thread): every session is closed with a
+        retryable error; its clients reconnect, to another node if a balancer sends them."""
+        with self._lock:
+            sessions = list(self._sessions)
+        log.warning("cluster: fenced: closing %d sessions", len(sessions))
+        for session in sessions:
+            session.close(_FENCED, reason="cluster lost")
+
+    def _lost_nick(self, nick: str) -> None:
+        """Another node took folded `nick` while Redis had lost this node's claim (the
+        lease thread): this node's sessions of it are closed (retryable)."""
+        with self._lock:
+            sessions = [s for s in self._sessions if s.nick is not None and fold_nick(s.nick) == nick]
+        for session in sessions:
+            session.close(_FENCED, reason="nick lost to another node")
 
     def _save_history(self) -> None:
         """Write the unsaved room lines; they stay unsaved in the hub unless this worked.
@@ -478,6 +559,8 @@ class Server:
         for session in sessions:
             session.close(Bye(reason=reason), reason=reason)
         ended = self.wait_sessions(0, timeout)
+        if self.cluster is not None:
+            self.cluster.stop()
         self._watchdog.stop()
         self._wake_r.close()
         self._wake_w.close()

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from ...protocol import (
     DEVICES_VERSION,
@@ -74,6 +74,7 @@ from ...version import SOFTWARE
 from ..addresses import PrefixGuards
 from ..authfail import NICK_REGISTERED, PROOF_FAILED, auth_failed, registration_refused
 from ..backlog import Backlog
+from ..cluster import ClusterUnavailable
 from ..config import ServerConfig
 from ..devices import DevicesRefused
 from ..hub import Hub, Member, NickTaken, RoomError, TooManyDevices
@@ -325,6 +326,8 @@ class SessionLogic:
         """The connection is over: leave the hub (announced with `reason`) if logged in."""
         if self.state is LoginState.IN and self.nick is not None:
             self._hub.leave(self._member, self.nick, reason)
+            if self._relay.claims is not None:
+                self._relay.claims.release(fold_nick(self.nick))
             log.info("%s (%s) left: %s", self.nick, self._peer, reason)
 
     # -- dispatch ---------------------------------------------------------------------
@@ -704,8 +707,52 @@ class SessionLogic:
                 bool(self.person_key) and isinstance(holder, Holder) and holder.person_key == self.person_key
             )
 
+        claims = self._relay.claims
+        if claims is not None:
+            try:
+                if not claims.claim(fold_nick(hello.nick), self.person_key):
+                    self._port.close(
+                        Error(code=Code.NICK_TAKEN, reason=f"{hello.nick} is already in use", fatal=True),
+                        reason="nick taken on another node",
+                    )
+                    return False
+            except ClusterUnavailable:
+                self._port.close(
+                    Error(
+                        code=Code.BUSY,
+                        reason="this server is out of touch with its cluster for a moment: try again",
+                        fatal=True,
+                    ),
+                    reason="cluster unavailable",
+                )
+                return False
+        joined = False
         try:
-            displaced = self._hub.join(
+            displaced = self._join(hello, welcome, same_user)
+            joined = displaced is not False
+        finally:
+            if claims is not None and not joined:
+                claims.release(fold_nick(hello.nick))
+        if displaced is False:
+            return False
+        if isinstance(displaced, Holder):
+            displaced.close(
+                Error(code=Code.REPLACED, reason="you logged in from another connection", fatal=True),
+                reason="replaced by a new login",
+            )
+        log.info("%s logged in as %s (%s)", self._peer, hello.nick, "identity" if self.sig_key else "guest")
+        return True
+
+    def _join(
+        self,
+        hello: Hello,
+        welcome: Callable[[str, tuple[str, ...]], None],
+        same_user: Callable[[object], bool],
+    ) -> Member | Literal[False] | None:
+        """`Hub.join` for `_login`: the session it displaced (or None), or False if the
+        login was refused (the session closing, with the reason sent)."""
+        try:
+            return self._hub.join(
                 self._member,
                 hello.nick,
                 welcome,
@@ -742,13 +789,6 @@ class SessionLogic:
                 Error(code=exc.code, reason=exc.reason, fatal=True), reason="refused from #lobby"
             )
             return False
-        if isinstance(displaced, Holder):
-            displaced.close(
-                Error(code=Code.REPLACED, reason="you logged in from another connection", fatal=True),
-                reason="replaced by a new login",
-            )
-        log.info("%s logged in as %s (%s)", self._peer, hello.nick, "identity" if self.sig_key else "guest")
-        return True
 
     # -- rooms and renaming ----------------------------------------------------------
 
@@ -829,16 +869,35 @@ class SessionLogic:
         if not self._relay.may_claim(new, b""):  # (an idle registration of `new` expires here)
             self._reply(Error(code=Code.NICK_REGISTERED, reason=f"{new} is registered", ref=new))
             return
+        # In a cluster, `new` is claimed across the nodes first (and given back if the
+        # rename does not happen), `old` given back once it did.
+        claims = self._relay.claims
+        try:
+            if claims is not None and not claims.claim(fold_nick(new), self.person_key):
+                self._reply(Error(code=Code.NICK_TAKEN, reason=f"{new} is already in use", ref=new))
+                return
+        except ClusterUnavailable:
+            self._reply(Error(code=Code.BUSY, reason="the cluster cannot say right now: try again", ref=new))
+            return
+        renamed = False
+        try:
+            renamed = self._rename_held(old, new)
+        finally:
+            if claims is not None:
+                claims.release(fold_nick(old if renamed else new))
+
+    def _rename_held(self, old: str, new: str) -> bool:
+        """`_rename` once `new` may be taken: True if this session is `new` now."""
         # `new` is held in the hub before the store moves the registration: a login as
         # `new` meanwhile is refused, rather than the store's move being left half done.
         try:
             self._hub.reserve(old, new)
         except NickTaken:
             self._reply(Error(code=Code.NICK_TAKEN, reason=f"{new} is already in use", ref=new))
-            return
+            return False
         except RoomError as exc:  # a room it is in bans the new nick
             self._reply(Error(code=exc.code, reason=exc.reason, ref=new))
-            return
+            return False
         try:
             result = self._relay.rename(old, new, self.sig_key) if self.sig_key else RenameResult.DONE
         except StoreUnavailable:
@@ -847,10 +906,11 @@ class SessionLogic:
         if result is not RenameResult.DONE:
             self._hub.unreserve(new)
             self._reply(_rename_refusal(result, old, new))
-            return
+            return False
         self._hub.rename(old, new)
         self.nick, self.box = new, mailbox(new)
         log.info("%s renamed to %s", old, new)
+        return True
 
     def _reply(self, event: Event) -> None:
         self.flush()  # a reply follows the echo of the lines read before it

@@ -1,0 +1,534 @@
+"""The Redis backplane: what makes N server processes one server (docs/operations.md,
+"A cluster").
+
+Redis carries only what can be rebuilt: room fan-out, who serves which nick, node
+liveness. What must last (nicks' keys, whispers, rooms) is in the shared PostgreSQL
+store. Three threads per node, none of them a session's:
+
+- the **publisher** owns the queue of outgoing work: room batches (one Lua call each,
+  which assigns the room's offset, appends to the room's capped stream and publishes,
+  all atomically: a total order per room), frames for sessions on other nodes, and
+  nick releases; it pipelines whatever queued meanwhile into one round trip. A session
+  thread never waits on Redis for a room line.
+- the **subscriber** owns the pub/sub connection: it subscribes, waits for the
+  confirmation, and only then reads each room's position and fills the gap from the
+  stream (subscribing after reading would lose what was published in between); then it
+  hands every room batch to the hub in offset order (order.py) and every frame for a
+  local session to it.
+- the **lease** thread refreshes this node's lease every third of its length. A node that
+  cannot refresh for `FENCE_AFTER` of the lease fences itself (its sessions are closed
+  with a retryable error, logins refused) before the lease can expire, so that two
+  nodes never both serve one guest nick. It also reaps: nicks claimed by nodes whose
+  lease expired are freed. It notices a Redis that restarted empty (a new or missing
+  epoch) and registers this node again, with the nicks it serves.
+
+Claims (`claim`, `release`) are the login path's: a claim is one Redis round trip on the
+logging-in session's thread, which needs the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from . import ClusterUnavailable
+from .order import RoomOrder, Verdict
+from .scripts import CLAIM, PUBLISH
+
+__all__ = ["FENCE_AFTER", "Backplane", "BackplaneHooks", "ClusterUnavailable"]
+
+log = logging.getLogger(__name__)
+
+#: The part of its lease after which a node that could not refresh it fences itself:
+#: early enough that its sessions are closed before the lease expires and another node
+#: may hand out its nicks, with a margin for a stalled thread.
+FENCE_AFTER = 0.6
+#: Redis round trips of the login path and of the threads: a Redis that does not answer
+#: within this is treated as down (the lease then runs out, and the node fences).
+_REDIS_TIMEOUT = 2.0
+#: Publisher items taken into one pipeline at most.
+_BATCH = 256
+
+
+@dataclass(frozen=True)
+class BackplaneHooks:
+    """What the backplane calls on its node. Each hook says which thread calls it."""
+
+    #: A batch of room `room` (folded), in the room's order: the encoded frames. The
+    #: subscriber thread.
+    deliver_lines: Callable[[str, bytes], None]
+    #: A frame for the session(s) reading mailbox `box` ("nick" or "nick/device") on
+    #: this node. The subscriber thread.
+    push: Callable[[str, bytes], None]
+    #: This node can no longer prove it is alive: close every session (retryable) and
+    #: refuse logins until `unfenced`. The lease thread.
+    fenced: Callable[[], None]
+    #: The lease is held again: logins may resume. The lease thread.
+    unfenced: Callable[[], None]
+    #: Redis lost this node's claim on `nick` (it restarted empty and another node took
+    #: the nick first): close this node's sessions of it. The lease thread.
+    lost_nick: Callable[[str], None]
+
+
+class Backplane:
+    """One node's link to the cluster's Redis (see the module docstring).
+
+    `start` connects and registers (raises `ClusterUnavailable` if Redis cannot be
+    reached), then starts the three threads; `stop` ends them. `publish_lines`, `push`
+    and `release` only queue (any thread); `claim` and `serves_others` make one round
+    trip on the caller's thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        hooks: BackplaneHooks,
+        *,
+        node: str | None = None,
+        lease: float = 6.0,
+        stream_length: int = 1000,
+        prefix: str = "sc:",
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node = node or os.urandom(6).hex()
+        self._hooks = hooks
+        self._lease = lease
+        self._stream_length = stream_length
+        self._p = prefix
+        self._monotonic = monotonic
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT
+        )
+        # The lease thread's own connection, whose round trips are bounded by a sixth of
+        # the lease: a Redis that hangs must not hold the thread past the moment it has
+        # to fence (`_leaser`).
+        self._lease_redis = redis.Redis.from_url(
+            url, socket_timeout=lease / 6, socket_connect_timeout=lease / 6
+        )
+        self._publish_script = self._redis.register_script(PUBLISH)
+        self._claim_script = self._redis.register_script(CLAIM)
+        self._rooms_channel = f"{prefix}rooms"
+        self._my_channel = f"{prefix}to:{self.node}"
+        self._stopping = threading.Event()
+        # Outgoing work for the publisher: ("lines", room, batch), ("push", box, frame),
+        # ("release", nick, b""). A SimpleQueue is safe for any thread.
+        self._out: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
+        # The nicks this node serves: folded nick -> (sessions holding it, identity key
+        # hex or "" for a guest). Guarded by `_lock`.
+        self._claims: dict[str, tuple[int, str]] = {}
+        self._lock = threading.Lock()
+        # The epoch this node registered under. Written by `start` and the lease thread,
+        # read bare by the others (a str swap is atomic; a stale read costs one retry).
+        self._epoch = ""
+        # Whether this node fenced itself, and when its lease was last refreshed. Owned
+        # by the lease thread; `healthy` reads `_fenced` bare (a stale read admits or
+        # refuses one login a refresh early).
+        self._fenced = False
+        self._last_refresh = 0.0
+        # Room order, and whether it has followed Redis since a first subscription:
+        # owned by the subscriber thread.
+        self._order = RoomOrder()
+        self._following = False
+        # Set by the subscriber once it is subscribed (and again after each reconnect).
+        self.subscribed = threading.Event()
+        #: How often the subscription was lost (Redis down, or it dropped this node for
+        #: falling behind) and made again. Written by the subscriber thread only.
+        self.subscriptions_lost = 0
+        self._threads: list[threading.Thread] = []
+
+    # -- the node's life --------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            self._register()
+            self._refresh()
+        except redis.RedisError as exc:
+            raise ClusterUnavailable(f"cannot reach the cluster's Redis: {exc}") from None
+        for name, target in (
+            ("publisher", self._publisher),
+            ("subscriber", self._subscriber),
+            ("lease", self._leaser),
+        ):
+            thread = threading.Thread(target=target, name=f"securechat-cluster-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """End the threads and give up this node's lease and claims (a clean stop: the
+        others need not wait for the lease to run out)."""
+        self._stopping.set()
+        self._out.put(("stop", "", b""))
+        for thread in self._threads:
+            thread.join(_REDIS_TIMEOUT * 3)
+        try:
+            with self._lock:
+                nicks = list(self._claims)
+                self._claims.clear()
+            pipe = self._redis.pipeline(transaction=False)
+            for nick in nicks:
+                pipe.hdel(self._key("nick", nick), self.node)
+            pipe.delete(self._key("nicks-of", self.node), self._key("node", self.node))
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.info("cluster: could not give up this node's lease at stop: %s", exc)
+        self._redis.close()
+        self._lease_redis.close()
+
+    @property
+    def healthy(self) -> bool:
+        """False while this node is fenced (see the module docstring)."""
+        return not self._fenced
+
+    # -- the login path ----------------------------------------------------------------
+
+    def claim(self, nick: str, key: bytes) -> bool:
+        """Claim folded `nick` for a session of this node proving identity `key` (b"" for
+        a guest): True if no other live node serves it, or only for the same identity.
+        Counted per session: each True is matched by one `release`. Raises
+        `ClusterUnavailable` (retryable) if Redis does not answer or the node is fenced."""
+        if self._fenced:
+            raise ClusterUnavailable("this node has lost the cluster for now")
+        hexkey = key.hex()
+        with self._lock:
+            held = self._claims.get(nick)
+            if held is not None and held[1] == hexkey:
+                self._claims[nick] = (held[0] + 1, hexkey)
+                return True
+        try:
+            ok = self._claim_script(
+                keys=[self._key("nick", nick), self._key("nicks-of", self.node)],
+                args=[self.node, hexkey, self._key("node", "")],
+            )
+        except redis.RedisError as exc:
+            raise ClusterUnavailable(f"the cluster's Redis did not answer: {exc}") from None
+        if not ok:
+            return False
+        with self._lock:
+            count, _ = self._claims.get(nick, (0, hexkey))
+            self._claims[nick] = (count + 1, hexkey)
+        return True
+
+    def release(self, nick: str) -> None:
+        """A session holding folded `nick` ended: when it was this node's last one, the
+        nick is freed in Redis (queued: the publisher does it)."""
+        with self._lock:
+            held = self._claims.get(nick)
+            if held is None:
+                return
+            if held[0] > 1:
+                self._claims[nick] = (held[0] - 1, held[1])
+                return
+            del self._claims[nick]
+        self._out.put(("release", nick, b""))
+
+    def nodes_of(self, nick: str) -> list[str]:
+        """The other live nodes serving folded `nick` (one round trip; any thread)."""
+        try:
+            nodes = [_text(n) for n in self._redis.hkeys(self._key("nick", nick))]
+        except redis.RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
+        return [n for n in nodes if n != self.node]
+
+    # -- outgoing ------------------------------------------------------------------------
+
+    def publish_lines(self, room: str, batch: bytes) -> None:
+        """Queue a batch of folded `room`'s lines (encoded frames) for the room's total
+        order: every node, this one too, gets it back from the subscriber in that
+        order. Any thread; never blocks on Redis."""
+        self._out.put(("lines", room, batch))
+
+    def push(self, box: str, frame: bytes) -> None:
+        """Queue `frame` for mailbox `box`'s sessions on the other nodes serving it (a
+        whisper or a status for a user logged in elsewhere). Any thread."""
+        self._out.put(("push", box, frame))
+
+    # -- the publisher thread ------------------------------------------------------------
+
+    def _publisher(self) -> None:
+        pending: list[tuple[str, str, bytes]] = []
+        failures = 0
+        while not self._stopping.is_set():
+            if not pending:
+                pending.append(self._out.get())
+            while len(pending) < _BATCH:
+                try:
+                    pending.append(self._out.get_nowait())
+                except queue.Empty:
+                    break
+            pending = [item for item in pending if item[0] != "stop"]
+            if not pending:
+                continue
+            try:
+                pending = self._send(pending)
+            except redis.RedisError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("cluster: publishing failed, holding %d items: %s", len(pending), exc)
+                self._stopping.wait(min(0.05 * failures, 1.0))
+                continue
+            failures = 0
+
+    def _send(self, items: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]]:
+        """One round trip for the room batches and releases, one more to find where the
+        pushed frames go and send them. Returns what is to be sent again (pushes whose
+        second round trip failed). Raises `redis.RedisError` if the first failed: the
+        caller sends everything again. Nothing is lost that way; but a connection lost
+        in the middle of the first may have published some room batches already, which
+        then go out twice, with two offsets (their lines shown twice: room lines are
+        not acknowledged, and this is the one case they repeat)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pushes: list[tuple[str, bytes]] = []
+        published: list[int] = []  # where in the pipeline's results each room batch is
+        commands = 0
+        for kind, name, data in items:
+            if kind == "lines":
+                published.append(commands)
+                commands += 1
+                self._publish_script(
+                    keys=[self._key("off", name), self._key("log", name), self._key("epoch")],
+                    args=[self._rooms_channel, data, self._stream_length, name],
+                    client=pipe,
+                )
+            elif kind == "release":
+                commands += 2
+                pipe.hdel(self._key("nick", name), self.node)
+                pipe.srem(self._key("nicks-of", self.node), self._key("nick", name))
+            else:
+                pushes.append((name, data))
+        for box, _ in pushes:
+            pipe.hkeys(self._key("nick", box.split("/", 1)[0]))
+        results = pipe.execute()
+        if any(results[i] is None for i in published):
+            # No epoch: Redis restarted empty. The lease thread registers this node
+            # again within a third of the lease; the lines go out under the new epoch.
+            raise redis.RedisError("the cluster's Redis lost its data: waiting to register again")
+        if not pushes:
+            return []
+        owners = results[len(results) - len(pushes) :]
+        pipe = self._redis.pipeline(transaction=False)
+        for (box, frame), nodes in zip(pushes, owners, strict=True):
+            for node in nodes:
+                node_id = _text(node)
+                if node_id != self.node:
+                    pipe.publish(self._key("to", node_id), box.encode() + b"\n" + frame)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            # The room batches went out: only the pushes are tried again (a push sent
+            # twice is a frame the client drops by its id).
+            log.info("cluster: pushing to other nodes failed, trying again: %s", exc)
+            return [("push", box, frame) for box, frame in pushes]
+        return []
+
+    # -- the subscriber thread -----------------------------------------------------------
+
+    def _subscriber(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(self._rooms_channel, self._my_channel)
+                confirmed = 0
+                deadline = self._monotonic() + _REDIS_TIMEOUT
+                while confirmed < 2:
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is not None and message["type"] == "subscribe":
+                        confirmed += 1
+                    elif self._monotonic() > deadline:
+                        raise redis.TimeoutError("no subscribe confirmation")
+                # Subscribed: whatever is published from now on reaches us. Only now
+                # read where each room is, and fill what was missed before.
+                self._catch_up()
+                self.subscribed.set()
+                failures = 0
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is not None and message["type"] == "message":
+                        self._on_message(message["channel"], message["data"])
+            except redis.RedisError as exc:
+                self.subscribed.clear()
+                self.subscriptions_lost += 1
+                failures += 1
+                if failures == 1:
+                    log.warning("cluster: subscription lost, subscribing again: %s", exc)
+                self._stopping.wait(min(0.05 * failures, 1.0))
+            finally:
+                with contextlib.suppress(redis.RedisError):
+                    pubsub.close()
+
+    def _catch_up(self) -> None:
+        """After (re)subscribing: at the first subscription, every existing room's
+        position is where this node starts; after that, every room (known or new) gets
+        what it missed from its stream. A new epoch resets the order first (every room
+        counts from 1 again)."""
+        epoch = self._redis.get(self._key("epoch"))
+        current = _text(epoch) if epoch is not None else ""
+        if current != self._order.epoch:
+            self._order.reset(current)
+        prefix = self._key("off", "")
+        names = [_text(k)[len(prefix) :] for k in self._redis.scan_iter(match=prefix + "*", count=500)]
+        values = self._redis.mget([prefix + name for name in names]) if names else []
+        for room, value in zip(names, values, strict=True):
+            if value is None:
+                continue
+            last = int(_text(value))
+            if not self._following:
+                self._order.baseline(room, last)
+            elif last >= self._order.expected(room):
+                self._fill(room, self._order.expected(room), last)
+        self._following = True
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        head, _, body = data.partition(b"\n")
+        if channel.decode() == self._my_channel:
+            self._hooks.push(head.decode(), body)
+            return
+        try:
+            epoch, offset_text, room = head.decode().split("\t")
+            offset = int(offset_text)
+        except ValueError:
+            log.warning("cluster: a malformed room batch on the channel, ignored")
+            return
+        offer = self._order.offer(epoch, room, offset)
+        if offer.verdict is Verdict.RESET:
+            log.info("cluster: Redis has a new epoch: room order starts again")
+            self._order.reset(epoch)
+            offer = self._order.offer(epoch, room, offset)
+        if offer.verdict is Verdict.DUPLICATE:
+            return
+        if offer.verdict is Verdict.GAP:
+            self._fill(room, offer.missing_from, offset - 1)
+            if self._order.expected(room) > offset:
+                return  # the fill delivered this one too
+        self._hooks.deliver_lines(room, body)
+        self._order.delivered(room, offset)
+
+    def _fill(self, room: str, first: int, last: int) -> None:
+        """Deliver `room`'s batches `first`..`last` from its stream, in order."""
+        entries = self._redis.xrange(self._key("log", room), f"{first}-0", f"{last}-0") or []
+        for entry_id, fields in entries:
+            offset = int(_text(entry_id).split("-")[0])
+            expected = self._order.expected(room)
+            if offset < expected:
+                continue
+            if offset > expected:
+                log.warning("cluster: %s lost batches %d-%d (trimmed)", room, expected, offset - 1)
+                self._order.skip_to(room, offset)
+            self._hooks.deliver_lines(room, _bytes((fields or {}).get(b"d")))
+            self._order.delivered(room, offset)
+        if self._order.expected(room) <= last:
+            log.warning("cluster: %s lost batches up to %d (trimmed from its stream)", room, last)
+            self._order.skip_to(room, last + 1)
+
+    # -- the lease thread ----------------------------------------------------------------
+
+    def _leaser(self) -> None:
+        """Refresh the lease every third of it, and fence once `FENCE_AFTER` of it went by
+        without a refresh. It wakes every sixth of the lease and each Redis round trip is
+        bounded by a sixth, so the fence comes at most about a third of the lease late:
+        before the lease runs out."""
+        next_refresh = self._monotonic()
+        while not self._stopping.wait(self._lease / 6):
+            now = self._monotonic()
+            if now >= next_refresh:
+                try:
+                    epoch = self._lease_redis.get(self._key("epoch"))
+                    if epoch is None or _text(epoch) != self._epoch:
+                        self._register()
+                    self._refresh()
+                    next_refresh = self._monotonic() + self._lease / 3
+                    self._reap()
+                except redis.RedisError as exc:
+                    log.debug("cluster: lease refresh failed: %s", exc)
+            if not self._fenced and self._monotonic() - self._last_refresh > self._lease * FENCE_AFTER:
+                log.warning(
+                    "cluster: lease not refreshed for %.1f s: fencing this node",
+                    self._monotonic() - self._last_refresh,
+                )
+                self._fenced = True
+                with self._lock:
+                    self._claims.clear()  # its sessions are being closed
+                self._hooks.fenced()
+
+    def _register(self) -> None:
+        """Take the epoch (setting one if Redis has none) and claim again, under it, the
+        nicks this node serves; a nick another node took meanwhile is lost."""
+        self._lease_redis.set(self._key("epoch"), os.urandom(8).hex(), nx=True)
+        epoch = self._lease_redis.get(self._key("epoch"))
+        self._epoch = _text(epoch) if epoch is not None else ""
+        self._lease_redis.set(self._key("node", self.node), self._epoch, px=int(self._lease * 1000))
+        with self._lock:
+            claims = dict(self._claims)
+        for nick, (_, hexkey) in claims.items():
+            ok = self._claim_script(
+                keys=[self._key("nick", nick), self._key("nicks-of", self.node)],
+                args=[self.node, hexkey, self._key("node", "")],
+                client=self._lease_redis,
+            )
+            if not ok:
+                with self._lock:
+                    self._claims.pop(nick, None)
+                self._hooks.lost_nick(nick)
+
+    def _refresh(self) -> None:
+        self._lease_redis.set(self._key("node", self.node), self._epoch, px=int(self._lease * 1000))
+        self._last_refresh = self._monotonic()
+        if self._fenced:
+            self._forget_stale_claims()
+            self._fenced = False
+            log.info("cluster: lease held again: logins resume")
+            self._hooks.unfenced()
+
+    def _forget_stale_claims(self) -> None:
+        """After a fence: the claims Redis still holds for this node that no session
+        holds any more are dropped."""
+        listed = self._lease_redis.smembers(self._key("nicks-of", self.node))
+        prefix = self._key("nick", "")
+        with self._lock:
+            held = {self._key("nick", n) for n in self._claims}
+        pipe = self._lease_redis.pipeline(transaction=False)
+        for raw in listed:
+            key = _text(raw)
+            if key.startswith(prefix) and key not in held:
+                pipe.hdel(key, self.node)
+                pipe.srem(self._key("nicks-of", self.node), key)
+        pipe.execute()
+
+    def _reap(self) -> None:
+        """Free the nicks of nodes whose lease expired (any node may do it: idempotent)."""
+        prefix = self._key("nicks-of", "")
+        for raw in self._lease_redis.scan_iter(match=prefix + "*", count=100):
+            node = raw.decode()[len(prefix) :]
+            if node == self.node or self._lease_redis.exists(self._key("node", node)):
+                continue
+            nick_keys = self._lease_redis.smembers(raw)
+            pipe = self._lease_redis.pipeline(transaction=False)
+            for nick_key in nick_keys:
+                pipe.hdel(nick_key, node)
+            pipe.delete(raw)
+            pipe.execute()
+            log.info("cluster: node %s is gone: freed its %d nick(s)", node, len(nick_keys))
+
+    def _key(self, kind: str, name: str | None = None) -> str:
+        """The Redis key (or channel) `kind`:`name` under the prefix (scripts.py)."""
+        return f"{self._p}{kind}" if name is None else f"{self._p}{kind}:{name}"
+
+
+def _text(value: object) -> str:
+    """A Redis reply (bytes: the client does not decode) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: object) -> bytes:
+    """A Redis reply as bytes (b"" for a missing one)."""
+    if isinstance(value, bytes):
+        return value
+    return b"" if value is None else str(value).encode()

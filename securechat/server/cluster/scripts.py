@@ -1,0 +1,55 @@
+"""The backplane's Lua scripts and key names: each script runs atomically in Redis.
+
+Keys (all under the backplane's prefix, "sc:" by default):
+
+- `epoch`: a random id set once (`SET NX`) by the first node; Redis forgets it with the rest
+  of its data, so a Redis restarted empty shows a new epoch.
+- `node:ID`: node ID's lease (value: the epoch), expiring unless refreshed.
+- `nick:NICK` (folded): a hash, one field per node serving the nick, valued with the
+  identity key (hex) it proved, "" for a guest.
+- `nicks-of:ID`: the nicks node ID claimed, for the reaper when its lease expires.
+- `off:ROOM`: the room's last offset; `log:ROOM`: a capped stream of its batches, entry
+  id "OFFSET-0", field `d` the batch.
+- channel `rooms`: every room batch, "EPOCH\\tOFFSET\\tROOM\\n" then the batch's frames.
+- channel `to:ID`: frames for sessions on node ID, "MAILBOX\\n" then the frame.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLAIM", "PUBLISH"]
+
+#: KEYS: off:ROOM, log:ROOM, epoch. ARGV: the rooms channel, the batch, the stream's
+#: length cap, the folded room. Returns the batch's offset, or false when Redis has no
+#: epoch (it restarted empty: the node registers again before publishing).
+PUBLISH = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then return false end
+local off = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], off .. '-0', 'd', ARGV[2])
+redis.call('PUBLISH', ARGV[1], epoch .. '\\t' .. off .. '\\t' .. ARGV[4] .. '\\n' .. ARGV[2])
+return off
+"""
+
+#: KEYS: nick:NICK, nicks-of:ME. ARGV: my node id, the identity key (hex, "" for a guest),
+#: the node lease key prefix. A nick is free if no live node serves it; it may also be
+#: shared by nodes serving the same identity (its devices, or a reconnect landing on
+#: another node), never by a guest. Fields of nodes whose lease expired are dropped on
+#: the way. Returns 1 if claimed, 0 if taken.
+CLAIM = """
+local owners = redis.call('HGETALL', KEYS[1])
+local taken = false
+for i = 1, #owners, 2 do
+  local node, key = owners[i], owners[i + 1]
+  if node ~= ARGV[1] then
+    if redis.call('EXISTS', ARGV[3] .. node) == 0 then
+      redis.call('HDEL', KEYS[1], node)
+    elseif ARGV[2] == '' or key ~= ARGV[2] then
+      taken = true
+    end
+  end
+end
+if taken then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], KEYS[1])
+return 1
+"""

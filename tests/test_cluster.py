@@ -1,0 +1,296 @@
+"""Several servers as one: three nodes sharing one PostgreSQL database and one Redis
+(cluster/backplane.py), clients spread over them, over real TLS on 127.0.0.1. The engines
+are real: a throwaway PostgreSQL (pg_fixtures.py) and `redis-server` (redis_server.py)."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chat import TIMEOUT, next_matching
+from conftest import StartServer
+from redis_server import RedisServer
+from whisper_helpers import login, memory_keys
+
+from securechat import Client, LoginRejected
+from securechat.client.events import Reconnected, WhisperReceived
+from securechat.protocol import Code, Error, Message, WhisperStatus
+from securechat.server import Server
+
+pytest.importorskip("redis", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
+
+#: Short leases, so that the fault tests take seconds: a node fences after 60% of it.
+LEASE = 1.5
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer.start(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nodes(pg_dsn: str, redis_server: RedisServer, start_server: StartServer) -> list[Server]:
+    """Three nodes of one cluster."""
+    return [start_server(store=pg_dsn, cluster=redis_server.url, node_lease=LEASE) for _ in range(3)]
+
+
+@pytest.fixture
+def clients(client_ctx: ssl.SSLContext) -> Iterator[list[Client]]:
+    made: list[Client] = []
+    yield made
+    for client in made:
+        client.close()
+
+
+def connect(
+    node: Server, ctx: ssl.SSLContext, nick: str, made: list[Client], *, reconnect: bool = False
+) -> Client:
+    client = Client(nick, context=ctx, port=node.address[1], timeout=TIMEOUT, reconnect=reconnect)
+    client.connect()
+    made.append(client)
+    return client
+
+
+def lines_until(client: Client, count: int) -> list[tuple[str, str]]:
+    """The next `count` room lines `client` sees, as (nick, text)."""
+    seen: list[tuple[str, str]] = []
+    while len(seen) < count:
+        line = next_matching(client, Message)
+        seen.append((line.nick, line.text))
+    return seen
+
+
+def test_clients_on_three_nodes_see_one_order_per_room_nothing_lost_or_twice(
+    nodes: list[Server], client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    people = [connect(nodes[i % 3], client_ctx, f"u{i}", clients) for i in range(6)]
+    for node in nodes:
+        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
+    each = 25
+    senders = [
+        threading.Thread(target=lambda c=c: [c.say(f"{c.nick} {n}") for n in range(each)]) for c in people
+    ]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join(TIMEOUT)
+    total = each * len(people)
+    seen = [lines_until(c, total) for c in people]
+    # One order for everyone, whichever node they are on.
+    assert all(s == seen[0] for s in seen), "the nodes disagree on the room's order"
+    # Nothing lost, nothing twice, and each sender's lines in the order said.
+    assert sorted(seen[0]) == sorted((c.nick, f"{c.nick} {n}") for c in people for n in range(each))
+    for c in people:
+        mine = [text for nick, text in seen[0] if nick == c.nick]
+        assert mine == [f"{c.nick} {n}" for n in range(each)]
+
+
+def test_one_guest_nick_claimed_on_three_nodes_at_once_is_won_once(
+    nodes: list[Server], client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    for round_ in range(5):
+        nick = f"racer{round_}"
+        start = threading.Barrier(3)
+        outcomes.clear()
+
+        def claim(node: Server, nick: str = nick, start: threading.Barrier = start) -> None:
+            client = Client(nick, context=client_ctx, port=node.address[1], timeout=TIMEOUT)
+            start.wait(TIMEOUT)
+            try:
+                client.connect()
+            except LoginRejected as exc:
+                with lock:
+                    outcomes.append(exc.code)
+                return
+            with lock:
+                outcomes.append("won")
+                clients.append(client)
+
+        threads = [threading.Thread(target=claim, args=(node,)) for node in nodes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert sorted(outcomes) == ["nick-taken", "nick-taken", "won"], outcomes
+
+
+def test_a_whisper_to_a_user_on_another_node_arrives_and_its_status_comes_back(
+    nodes: list[Server], client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    alice = login(nodes[0], client_ctx, "alice", memory_keys("alice"))
+    bob = login(nodes[1], client_ctx, "bob", memory_keys("bob"))
+    clients += [alice, bob]
+    sent = alice.whisper("bob", "across the cluster")
+    assert next_matching(bob, WhisperReceived, msg_id=sent).text == "across the cluster"
+    next_matching(alice, WhisperStatus, id=sent, status="delivered")  # bob's ack, from node 1 to node 0
+    # The same identity on another node is one person, as on one server: bob's second
+    # device logs in on node 2 beside the first; a guest cannot take a registered nick.
+    guest = Client("bob", context=client_ctx, port=nodes[2].address[1], timeout=TIMEOUT)
+    with pytest.raises(LoginRejected) as refused:
+        guest.connect()
+    assert refused.value.code in (Code.NICK_REGISTERED, Code.NICK_TAKEN)
+
+
+def test_redis_paused_past_the_lease_fences_every_node_and_they_serve_again_after(
+    nodes: list[Server], redis_server: RedisServer, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    people = [connect(nodes[i], client_ctx, f"p{i}", clients, reconnect=True) for i in range(3)]
+    redis_server.pause()
+    paused = time.monotonic()
+    try:
+        # No node can prove it is alive: each closes its sessions before its lease could
+        # run out (no split brain: nobody is served by a node the others think is dead).
+        for person in people:
+            assert next_matching(person, Error, timeout=LEASE * 4).code == Code.BUSY
+            assert time.monotonic() - paused < LEASE
+    finally:
+        redis_server.resume()
+    # Back: the clients reconnect by themselves and chat resumes across the nodes.
+    for person in people:
+        next_matching(person, Reconnected, timeout=TIMEOUT * 2)
+    people[0].say("after the pause")
+    for person in people:
+        assert next_matching(person, Message, timeout=TIMEOUT * 2, text="after the pause").nick == "p0"
+
+
+def test_redis_restarted_empty_nodes_register_again_with_no_duplicate_nick(
+    nodes: list[Server], redis_server: RedisServer, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    people = [connect(nodes[i], client_ctx, f"q{i}", clients) for i in range(3)]
+    people[0].say("before")
+    for person in people:
+        next_matching(person, Message, text="before")
+    redis_server.kill9()
+    redis_server.start_again()
+    # The nodes notice the new epoch, claim their nicks again, and the room order starts
+    # again: lines said now reach everyone, once, in one order.
+    for n in range(5):
+        people[n % 3].say(f"after {n}")
+    seen = [[t for _, t in lines_until(p, 5)] for p in people]
+    assert all(s == seen[0] for s in seen) and sorted(seen[0]) == sorted(f"after {n}" for n in range(5))
+    # q0 is still q0's: a guest on another node cannot take it.
+    intruder = Client("q0", context=client_ctx, port=nodes[1].address[1], timeout=TIMEOUT)
+    with pytest.raises(LoginRejected) as refused:
+        intruder.connect()
+    assert refused.value.code == Code.NICK_TAKEN
+
+
+def test_a_node_killed_outright_frees_its_nicks_within_the_lease_and_its_users_come_back(
+    start_server: StartServer,
+    pg_dsn: str,
+    redis_server: RedisServer,
+    cert_files: dict[str, str],
+    client_ctx: ssl.SSLContext,
+    tmp_path: Path,
+) -> None:
+    from server_process import ServerProcess, free_port
+
+    survivor = start_server(store=pg_dsn, cluster=redis_server.url, node_lease=LEASE)
+    port = free_port()
+    cluster_args = ("--store", pg_dsn, "--cluster", redis_server.url, "--node-lease", str(LEASE))
+    doomed = ServerProcess(port, tmp_path / "doomed", cert_files, *cluster_args)
+    ghost = Client("ghost", context=client_ctx, port=port, timeout=TIMEOUT)
+    ghost.connect()
+    watcher = Client("watcher", context=client_ctx, port=survivor.address[1], timeout=TIMEOUT)
+    watcher.connect()
+    try:
+        doomed.kill9()  # no goodbye: its lease and claims stay in Redis until they expire
+        killed = time.monotonic()
+        # The nick is free on the other node once the dead node's lease ran out: not
+        # before (it could still be serving), and not much after.
+        while True:
+            again = Client("ghost", context=client_ctx, port=survivor.address[1], timeout=TIMEOUT)
+            try:
+                again.connect()
+                break
+            except LoginRejected as exc:
+                assert exc.code == Code.NICK_TAKEN
+                assert time.monotonic() - killed < LEASE * 2, "the dead node's nick was never freed"
+                time.sleep(0.05)  # a person's retry; the moment the lease lapses has no event
+        freed_after = time.monotonic() - killed
+        # Its last refresh was at most a half lease before the kill (a third, plus the
+        # thread's wake-up), and its lease ran a whole one from there.
+        assert LEASE * 0.4 <= freed_after <= LEASE * 1.5, freed_after
+        again.say("back, on another node")
+        assert next_matching(watcher, Message, text="back, on another node").nick == "ghost"
+        again.close()
+    finally:
+        ghost.close()
+        watcher.close()
+
+
+def test_nodes_on_one_host_share_one_port_with_so_reuseport(
+    start_server: StartServer, pg_dsn: str, redis_server: RedisServer, client_ctx: ssl.SSLContext
+) -> None:
+    from server_process import free_port
+
+    port = free_port()
+    shared = [
+        start_server(port=port, reuse_port=True, store=pg_dsn, cluster=redis_server.url, node_lease=LEASE)
+        for _ in range(2)
+    ]
+    people = []
+    try:
+        for n in range(16):  # the kernel spreads them by a hash (all on one: 2 in 65,536)
+            client = Client(f"r{n}", context=client_ctx, port=port, timeout=TIMEOUT)
+            client.connect()
+            people.append(client)
+        served = [len(node.hub) for node in shared]
+        assert sum(served) == 16 and min(served) > 0, served
+        people[0].say("one port, two processes")
+        for person in people:
+            assert next_matching(person, Message, text="one port, two processes").nick == "r0"
+    finally:
+        for person in people:
+            person.close()
+
+
+def test_a_node_whose_subscription_is_dropped_for_overflow_fills_the_gap_from_the_stream(
+    nodes: list[Server], redis_server: RedisServer, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    speaker = connect(nodes[0], client_ctx, "speaker", clients)
+    listener = connect(nodes[1], client_ctx, "listener", clients)
+    for node in nodes:
+        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
+    # Redis drops any subscriber more than 1 KiB behind: every subscriber of a burst.
+    assert redis_server.command(
+        "CONFIG", "SET", "client-output-buffer-limit", '"pubsub 1kb 1kb 0"'
+    ).startswith(b"+OK")
+    count = 300
+    for n in range(count):
+        speaker.say(f"line {n:03} " + "x" * 200)
+    seen = [text for _, text in lines_until(listener, count)]
+    assert seen == [f"line {n:03} " + "x" * 200 for n in range(count)]
+    # Not a run that never overflowed: the listener's node did lose its subscription.
+    assert nodes[1].cluster is not None and nodes[1].cluster.subscriptions_lost > 0
+
+
+def test_postgresql_restarted_mid_burst_loses_no_acknowledged_whisper(
+    nodes: list[Server], postgres_server: object, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    from pg_server import PgServer
+
+    assert isinstance(postgres_server, PgServer)
+    alice = login(nodes[0], client_ctx, "alice", memory_keys("alice"))
+    bob = login(nodes[2], client_ctx, "bob", memory_keys("bob"))
+    clients += [alice, bob]
+    sent = [alice.whisper("bob", "the session is set up")]
+    burst = threading.Thread(
+        target=lambda: sent.extend(alice.whisper("bob", f"burst {n}") for n in range(40))
+    )
+    burst.start()
+    postgres_server.stop("immediate")  # a crash, while whispers are in flight
+    postgres_server.start_again()
+    burst.join(TIMEOUT)
+    # Those refused meanwhile (store-unavailable) are sent again by the client: every
+    # whisper arrives, and each acknowledged one was kept through the crash.
+    got = {next_matching(bob, WhisperReceived, timeout=TIMEOUT * 3).msg_id for _ in sent}
+    assert got == set(sent) and len(sent) == 41
