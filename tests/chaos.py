@@ -99,6 +99,9 @@ from server_process import server_argv
 #: Longest wait for any one event (a banner, a reply, a reconnect). Generous for a busy CI
 #: machine; a passing run never waits this long, since every wait ends on its event.
 TIMEOUT = 15.0
+#: A cluster node's lease in the cluster scenario (seconds): short, so that a killed
+#: node's nicks are free again soon after its clients come back through the other node.
+CLUSTER_LEASE = 2.0
 HOST = "127.0.0.1"
 TOKEN = re.compile(r"\b([wm]-[A-Za-z0-9_.-]+?-[0-9A-Za-z_.-]+)\b")
 ROOM_TOKEN = re.compile(r"^r-([A-Za-z0-9_.]+)-(\d+)$")
@@ -273,8 +276,10 @@ class ServerProc:
         extra: tuple[str, ...] = (),
         wrapper: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        name: str = "server",
     ) -> None:
         self.port = port
+        self.name = name  # its logs: NAME-N.log
         self.data_dir = data_dir
         self.cert_files = cert_files
         self.workdir = workdir
@@ -313,7 +318,7 @@ class ServerProc:
         self.proc = Proc(
             argv,
             env=env,
-            log=self.workdir / f"server-{self.starts}.log",
+            log=self.workdir / f"{self.name}-{self.starts}.log",
             on_line=self._on_line,
             cwd=self.workdir,
             stdin=False,
@@ -800,6 +805,7 @@ class Chaos:
         server_env: dict[str, str] | None = None,
         client_env: dict[str, str] | None = None,
         devices: dict[str, int] | None = None,
+        cluster: tuple[str, str] | None = None,
     ) -> None:
         """`devices`: how many devices a user has (default one); the extra ones are
         linked to the user's identity at `start`, as `securechat link` does."""
@@ -811,6 +817,20 @@ class Chaos:
         self.rng = random.Random(seed)
         self.pace = pace
         self.client_env = client_env or {}
+        # `cluster` (a PostgreSQL DSN, a Redis URL): the server is one node of two sharing
+        # the port (--reuse-port); `server` is the one the faults hit, `peer` stays up, and
+        # the clients of a killed node reconnect to whichever the kernel picks.
+        if cluster is not None:
+            server_extra = (
+                *server_extra,
+                "--store",
+                cluster[0],
+                "--cluster",
+                cluster[1],
+                "--reuse-port",
+                "--node-lease",
+                str(CLUSTER_LEASE),
+            )
         self.server = ServerProc(
             self.port,
             data_dir or workdir / "server-data",
@@ -819,6 +839,13 @@ class Chaos:
             extra=server_extra,
             wrapper=server_wrapper,
             env=server_env,
+        )
+        self.peer = (
+            None
+            if cluster is None
+            else ServerProc(
+                self.port, workdir / "peer-data", cert_files, workdir, extra=server_extra, name="peer"
+            )
         )
         self.clients: dict[str, ClientProc] = {}  # by label
         for i in range(users):
@@ -900,6 +927,8 @@ class Chaos:
 
     def start(self) -> None:
         self.server.start()
+        if self.peer is not None:
+            self.peer.start()
         self._link_devices()
         for client in self.clients.values():
             client.start()
@@ -956,6 +985,8 @@ class Chaos:
             for proc in client.all:
                 proc.reap()
         self.server.stop()
+        if self.peer is not None:
+            self.peer.stop()
 
     # -- the load --
 
@@ -1028,6 +1059,15 @@ class Chaos:
         with self.ledger.cond:
             before = {c.label: c.connects for c in self.clients.values() if c.alive()}
         self.server.start()
+        if self.peer is not None:
+            # A cluster: only the killed node's clients lost their connection, and they
+            # may be on the peer already. Each one that is offline comes back.
+            if not self.wait(
+                lambda: all(c.online or not c.alive() for c in self.clients.values()), TIMEOUT * 2
+            ):
+                late = [c.label for c in self.clients.values() if c.alive() and not c.online]
+                raise AssertionError(f"clients did not reconnect after a node restart: {late}")
+            return
         ok = self.wait(
             lambda: all(
                 self.clients[n].connects > k or not self.clients[n].alive() for n, k in before.items()
@@ -1344,6 +1384,39 @@ def scenario_server_kills(
             chaos.restart_server()
         chaos.settle()
         return chaos.finish("server kill -9")
+
+
+def scenario_cluster_kills(
+    workdir: Path,
+    cert_files: dict[str, str],
+    cluster: tuple[str, str],
+    *,
+    kills: int,
+    queue: int = 15,
+    load_between: int = 15,
+    users: int = 5,
+    pace: float = 0.25,
+    seed: int | None = None,
+) -> Figures:
+    """`scenario_server_kills` on a cluster: two nodes (PostgreSQL, Redis) sharing one port,
+    one of them SIGKILLed `kills` times (drain, commit, random) and started again; its
+    clients reconnect through the port to whichever node the kernel gives them."""
+    kinds = list(itertools.islice(itertools.cycle(["drain", "commit", "random"]), kills))
+    with chaos_run(workdir, cert_files, users=users, pace=pace, seed=seed, cluster=cluster) as chaos:
+        chaos.start()
+        chaos.start_load()
+        for kind in kinds:
+            if not chaos.wait_stored(load_between, TIMEOUT * 2):
+                chaos.notes.append("load stalled before a kill")
+            if kind == "drain":
+                chaos.kill_server_in_drain(queue)
+            elif kind == "commit":
+                chaos.kill_server_between_commit_and_ack()
+            else:
+                chaos.kill_server_random()
+            chaos.restart_server()
+        chaos.settle()
+        return chaos.finish("cluster node kill -9")
 
 
 def scenario_client_kills(

@@ -25,6 +25,7 @@ from chaos import (
     git_revision,
     scenario_client_kills,
     scenario_clock_jumps,
+    scenario_cluster_kills,
     scenario_damaged_database,
     scenario_descriptor_limit,
     scenario_device_kills,
@@ -32,6 +33,7 @@ from chaos import (
     scenario_server_kills,
     write_figures,
 )
+from redis_server import RedisServer
 
 LONG = os.environ.get("SECURECHAT_CHAOS") == "long"
 
@@ -44,6 +46,7 @@ SERVER_KILLS = setting("SERVER_KILLS", 5, 21)
 CLIENT_KILLS = setting("CLIENT_KILLS", 3, 9)
 DISK_CYCLES = setting("DISK_CYCLES", 1, 3)
 DEVICE_KILLS = setting("DEVICE_KILLS", 5, 10)
+CLUSTER_KILLS = setting("CLUSTER_KILLS", 3, 9)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -99,6 +102,20 @@ def test_linked_devices_kill9_every_whisper_once_on_every_device(
     figures = scenario_device_kills(tmp_path, cert_files, kills=DEVICE_KILLS)
     assert figures.stored > 0 and figures.copies_owed > 0  # a run that tested nothing is no pass
     assert sum(figures.kills.values()) >= DEVICE_KILLS, figures.kills
+    check(figures, chaos_figures, tmp_path)
+
+
+@pytest.mark.timeout(600 if LONG else 180)
+def test_cluster_node_kill9_loses_no_acknowledged_whisper(
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    chaos_figures: list[Figures],
+    pg_dsn: str,
+    redis_server: RedisServer,
+) -> None:
+    pytest.importorskip("redis", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
+    figures = scenario_cluster_kills(tmp_path, cert_files, (pg_dsn, redis_server.url), kills=CLUSTER_KILLS)
+    assert figures.stored > 0 and figures.shown > 0  # a run that tested nothing is no pass
     check(figures, chaos_figures, tmp_path)
 
 

@@ -28,13 +28,6 @@ LEASE = 1.5
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer.start(tmp_path / "redis")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def nodes(pg_dsn: str, redis_server: RedisServer, start_server: StartServer) -> list[Server]:
     """Three nodes of one cluster."""
     return [start_server(store=pg_dsn, cluster=redis_server.url, node_lease=LEASE) for _ in range(3)]
@@ -294,3 +287,24 @@ def test_postgresql_restarted_mid_burst_loses_no_acknowledged_whisper(
     # whisper arrives, and each acknowledged one was kept through the crash.
     got = {next_matching(bob, WhisperReceived, timeout=TIMEOUT * 3).msg_id for _ in sent}
     assert got == set(sent) and len(sent) == 41
+
+
+def test_a_whisper_committed_by_a_node_that_died_before_pushing_it_still_arrives(
+    nodes: list[Server], client_ctx: ssl.SSLContext, clients: list[Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = login(nodes[0], client_ctx, "alice", memory_keys("alice"))
+    bob = login(nodes[1], client_ctx, "bob", memory_keys("bob"))
+    clients += [alice, bob]
+    first = alice.whisper("bob", "pushed as usual")
+    assert next_matching(bob, WhisperReceived, msg_id=first).text == "pushed as usual"
+    dying = nodes[0].cluster
+    assert dying is not None
+    # Node 0 commits the next whisper and dies before its push leaves: its publisher is
+    # the part that would have sent it, and it stops with the rest of the node's link.
+    monkeypatch.setattr(nodes[0]._relay, "_remote_push", lambda box, frame: None)
+    lost_push = alice.whisper("bob", "committed, never pushed")
+    next_matching(alice, WhisperStatus, id=lost_push, status="stored")  # acknowledged: it must arrive
+    dying._stopping.set()  # its lease is no longer refreshed: it runs out as a dead node's would
+    # Another node reaps it and every node hands its sessions what waits for them again.
+    got = next_matching(bob, WhisperReceived, msg_id=lost_push, timeout=LEASE * 4)
+    assert got.text == "committed, never pushed"

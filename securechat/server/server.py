@@ -14,7 +14,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from ..protocol import Bye, Code, Error, Message, fold_nick
+from ..protocol import Bye, Code, Error, Message, encode, fold_nick
 from . import heap
 from .addresses import ConnectionCounts, PrefixGuards, PrefixLimits
 from .config import ServerConfig
@@ -88,6 +88,7 @@ class Server:
                     fenced=self._fenced,
                     unfenced=lambda: None,
                     lost_nick=self._lost_nick,
+                    node_gone=self._node_gone,
                 ),
                 lease=config.node_lease,
             )
@@ -246,6 +247,27 @@ class Server:
             sessions = [s for s in self._sessions if s.nick is not None and fold_nick(s.nick) == nick]
         for session in sessions:
             session.close(_FENCED, reason="nick lost to another node")
+
+    def _node_gone(self, node: str) -> None:
+        """Another node died (the subscriber thread): `_redeliver` runs on the watchdog
+        thread, which may read the store (the subscriber must not wait on it)."""
+        log.info("cluster: node %s is gone: handing out again what waits for the sessions here", node)
+        self._watchdog.after(0, self._redeliver)
+
+    def _redeliver(self) -> None:
+        """Hand every identity session here the whispers waiting in its mailbox again
+        (the watchdog thread). A whisper committed by a node that died before pushing it
+        would otherwise wait for its recipient's next login; one handed out twice is
+        recognised by the client by its id and acknowledged again."""
+        with self._lock:
+            sessions = [s for s in self._sessions if s.box]
+        for session in sessions:
+            try:
+                waiting = self._relay.pending(session.box)[: self.config.queue_page]
+            except StoreUnavailable:
+                return  # the store logs it; the sessions' next logins drain their queues
+            if waiting:
+                session.deliver(b"".join(encode(d) for d in waiting))
 
     def _save_history(self) -> None:
         """Write the unsaved room lines; they stay unsaved in the hub unless this worked.

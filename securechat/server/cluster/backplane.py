@@ -76,6 +76,10 @@ class BackplaneHooks:
     #: Redis lost this node's claim on `nick` (it restarted empty and another node took
     #: the nick first): close this node's sessions of it. The lease thread.
     lost_nick: Callable[[str], None]
+    #: Node `node` died without a goodbye: pushes it had not sent yet (a whisper
+    #: committed just before it died) are lost, so the sessions here should be handed
+    #: what waits for them again. The subscriber thread.
+    node_gone: Callable[[str], None]
 
 
 class Backplane:
@@ -117,6 +121,7 @@ class Backplane:
         self._claim_script = self._redis.register_script(CLAIM)
         self._rooms_channel = f"{prefix}rooms"
         self._my_channel = f"{prefix}to:{self.node}"
+        self._gone_channel = f"{prefix}gone"
         self._stopping = threading.Event()
         # Outgoing work for the publisher: ("lines", room, batch), ("push", box, frame),
         # ("release", nick, b""). A SimpleQueue is safe for any thread.
@@ -335,10 +340,10 @@ class Backplane:
         while not self._stopping.is_set():
             pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
             try:
-                pubsub.subscribe(self._rooms_channel, self._my_channel)
+                pubsub.subscribe(self._rooms_channel, self._my_channel, self._gone_channel)
                 confirmed = 0
                 deadline = self._monotonic() + _REDIS_TIMEOUT
-                while confirmed < 2:
+                while confirmed < 3:
                     message = pubsub.get_message(timeout=0.2)
                     if message is not None and message["type"] == "subscribe":
                         confirmed += 1
@@ -390,6 +395,10 @@ class Backplane:
         head, _, body = data.partition(b"\n")
         if channel.decode() == self._my_channel:
             self._hooks.push(head.decode(), body)
+            return
+        if channel.decode() == self._gone_channel:
+            if head.decode() != self.node:
+                self._hooks.node_gone(head.decode())
             return
         try:
             epoch, offset_text, room = head.decode().split("\t")
@@ -514,6 +523,9 @@ class Backplane:
             for nick_key in nick_keys:
                 pipe.hdel(nick_key, node)
             pipe.delete(raw)
+            # Every node hands its sessions what waits for them again: the dead node
+            # may have died between a whisper's commit and its push.
+            pipe.publish(self._gone_channel, node.encode())
             pipe.execute()
             log.info("cluster: node %s is gone: freed its %d nick(s)", node, len(nick_keys))
 

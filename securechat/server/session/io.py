@@ -165,6 +165,13 @@ class Session:
         return self._logic.sig_key
 
     @property
+    def box(self) -> str:
+        """The mailbox this session reads (store.py `mailbox`); "" for a guest. Written by
+        the reader (login, rename), read elsewhere as one reference read (a stale one
+        reads the old nick's mailbox, whose whispers follow the rename anyway)."""
+        return self._logic.box
+
+    @property
     def person_key(self) -> bytes:
         """Its person's identity key (see `SessionLogic.person_key`); b"" for a guest."""
         return self._logic.person_key
