@@ -10,7 +10,7 @@ SCAN_VENV  := .venv-scan
 SCAN_STAMP := $(SCAN_VENV)/.installed
 SSLYZE     := sslyze>=6.3,<7
 
-.PHONY: certs run cluster test soak chaos abuse bench lint clean
+.PHONY: certs run cluster test soak chaos abuse bench bench-cluster lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,13 @@ bench: $(STAMP)
 		( [ "$$(id -u)" = 0 ] && apt-get install -y -qq ngircd >/dev/null ) || \
 		echo "ngircd not installed (apt-get install ngircd): the comparison will skip it"
 	$(BIN)/python benchmarks/compare.py $(if $(BENCH_PORTS),--ports $(BENCH_PORTS)) $(BENCH_ARGS)
+	$(BIN)/python benchmarks/cluster.py --write $(CLUSTER_BENCH_ARGS)
+
+# Only the cluster part of `make bench` (~4 minutes): one process against one and two
+# nodes on PostgreSQL and Redis, and the model of N nodes, into docs/performance.md.
+CLUSTER_BENCH_ARGS ?= --repeat 3 --clients 100 --rate 3 --seconds 10
+bench-cluster: $(STAMP)
+	$(BIN)/python benchmarks/cluster.py --write $(CLUSTER_BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check securechat tests benchmarks
