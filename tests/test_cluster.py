@@ -308,3 +308,37 @@ def test_a_whisper_committed_by_a_node_that_died_before_pushing_it_still_arrives
     # Another node reaps it and every node hands its sessions what waits for them again.
     got = next_matching(bob, WhisperReceived, msg_id=lost_push, timeout=LEASE * 4)
     assert got.text == "committed, never pushed"
+
+
+def test_a_person_with_devices_on_three_nodes_links_whispers_and_unlinks_across_them(
+    nodes: list[Server], client_ctx: ssl.SSLContext, clients: list[Client], tmp_path: Path
+) -> None:
+    from linking_helpers import link_phone
+    from whisper_helpers import disk_keys
+
+    from securechat.client.events import WhisperCopied
+    from securechat.client.linking import unlink
+
+    laptop_keys = disk_keys(tmp_path / "laptop", "alice")
+    laptop = login(nodes[0], client_ctx, "alice", laptop_keys)
+    clients.append(laptop)
+    # The new device pairs through node 1 while the laptop is on node 0.
+    phone_keys = disk_keys(tmp_path / "phone", "alice")
+    link_phone(nodes[1].address[1], client_ctx, laptop, laptop_keys, phone_keys)
+    phone = login(nodes[2], client_ctx, "alice", phone_keys)
+    bob = login(nodes[1], client_ctx, "bob", disk_keys(tmp_path / "bob", "bob"))
+    clients += [phone, bob]
+    to_alice = bob.whisper("alice", "to both of alice's devices")
+    for device in (laptop, phone):
+        assert next_matching(device, WhisperReceived, msg_id=to_alice).text == "to both of alice's devices"
+    from_phone = phone.whisper("bob", "from the phone on node 2")
+    assert next_matching(bob, WhisperReceived, msg_id=from_phone).sender == "alice"
+    assert next_matching(laptop, WhisperCopied, msg_id=from_phone).to == "bob"
+    # Unlinked on node 0: its session on node 2 is closed, and no node lets it back in.
+    unlink(laptop, laptop_keys, phone_keys.device)
+    assert next_matching(phone, Error, code=Code.UNLINKED).fatal
+    again = Client("alice", context=client_ctx, port=nodes[1].address[1], timeout=TIMEOUT, keys=phone_keys)
+    with pytest.raises(LoginRejected):
+        again.connect()
+    after = bob.whisper("alice", "after the unlink")
+    assert next_matching(laptop, WhisperReceived, msg_id=after).text == "after the unlink"

@@ -140,6 +140,12 @@ class DeviceDirectory:
             raise DevicesRefused(Code.INVALID, "publish_devices: a newer list was stored meanwhile")
         return removed
 
+    def forget_all(self) -> None:
+        """Drop every cached list (a cluster node that may have missed news of changes)."""
+        with self._lock:
+            self._cache.clear()
+            self._generation += 1
+
     def forget(self, nick: str) -> None:
         """Drop `nick` from the cache (its registration was released or renamed)."""
         with self._lock:

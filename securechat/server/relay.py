@@ -74,6 +74,10 @@ class NickClaims(Protocol):
         """One session holding folded `nick` ended (each True `claim` has one)."""
         ...
 
+    def elsewhere(self, nick: str) -> bool:
+        """Whether another node serves folded `nick` now. Raises `ClusterUnavailable`."""
+        ...
+
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +131,16 @@ class Relay:
         self._prekeys = PrekeyLimits(config, monotonic)
         #: Each person's device list and their devices' mailboxes. Thread-safe itself.
         self.devices = DeviceDirectory(store)
+
+    def push_elsewhere(self, to: str, frame: bytes) -> bool:
+        """A cluster node: send `frame` to the other nodes serving `to`'s nick, where `to`
+        is a mailbox (that device's session), "*" and a nick (every session of that
+        person) or "!" and a nick (its device list changed: `frame` is empty). False
+        (nothing sent) for a single process. Only queues."""
+        if self._remote_push is None:
+            return False
+        self._remote_push(to, frame)
+        return True
 
     # -- login ------------------------------------------------------------------------
 

@@ -42,6 +42,9 @@ _PRESENCE_FLUSH_EVERY = 0.25
 
 log = logging.getLogger(__name__)
 
+#: What a linked device's session on this node is told when another node unlinked it.
+_UNLINKED = Error(code=Code.UNLINKED, reason="this device was unlinked", fatal=True)
+
 #: What a fenced cluster node's sessions are told: retryable (the client reconnects).
 _FENCED = Error(
     code=Code.BUSY,
@@ -89,6 +92,8 @@ class Server:
                     unfenced=lambda: None,
                     lost_nick=self._lost_nick,
                     node_gone=self._node_gone,
+                    devices_changed=self._devices_changed,
+                    resubscribed=self._forget_devices,
                 ),
                 lease=config.node_lease,
             )
@@ -223,13 +228,39 @@ class Server:
         """A room batch in the room's cluster-wide order (the subscriber thread)."""
         self.hub.deliver_lines(room, batch)
 
-    def _push_here(self, box: str, frame: bytes) -> None:
-        """A frame another node sent for mailbox `box`'s session here, if it is here (the
-        subscriber thread): a whisper's push or a status; the store has what it tells."""
-        nick, _, device = box.partition("/")
-        member = self.hub.member_of(nick, device)
+    def _push_here(self, to: str, frame: bytes) -> None:
+        """What another node sent to the sessions here (the subscriber thread), as
+        relay.py's `push_elsewhere` names them: a mailbox's session (a whisper's push, a
+        status: the store has what it tells), or every session of a person ("*nick")."""
+        if to.startswith("*"):
+            member = self.hub.member(to[1:])
+        else:
+            nick, _, device = to.partition("/")
+            member = self.hub.member_of(nick, device)
         if member is not None:
             member.deliver(frame)
+
+    def _forget_devices(self) -> None:
+        """The subscription was made again (the subscriber thread): device-list news may
+        have been missed, so every cached list is read again from the store when needed."""
+        self._relay.devices.forget_all()
+
+    def _devices_changed(self, nick: str) -> None:
+        """`nick`'s device list changed on some node (the subscriber thread): forget the
+        cached list, and close each session here of a device it no longer vouches for,
+        as the node where it was published did with its own."""
+        devices = self._relay.devices
+        devices.forget(nick)
+        with self._lock:
+            mine = [s for s in self._sessions if s.box.partition("/")[0] == nick and "/" in s.box]
+        for session in mine:
+            device = session.box.partition("/")[2]
+            try:
+                kept = devices.vouches(nick, device, session.sig_key)
+            except StoreUnavailable:
+                continue  # it is checked again at its next request; the store logs it
+            if not kept:
+                session.close(_UNLINKED, reason="unlinked")
 
     def _fenced(self) -> None:
         """This node lost its lease (the lease thread): every session is closed with a

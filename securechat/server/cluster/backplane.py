@@ -65,8 +65,8 @@ class BackplaneHooks:
     #: A batch of room `room` (folded), in the room's order: the encoded frames. The
     #: subscriber thread.
     deliver_lines: Callable[[str, bytes], None]
-    #: A frame for the session(s) reading mailbox `box` ("nick" or "nick/device") on
-    #: this node. The subscriber thread.
+    #: A frame another node sent here: for the session reading mailbox `to` ("nick" or
+    #: "nick/device"), or for every session of a person ("*nick"). The subscriber thread.
     push: Callable[[str, bytes], None]
     #: This node can no longer prove it is alive: close every session (retryable) and
     #: refuse logins until `unfenced`. The lease thread.
@@ -80,6 +80,12 @@ class BackplaneHooks:
     #: committed just before it died) are lost, so the sessions here should be handed
     #: what waits for them again. The subscriber thread.
     node_gone: Callable[[str], None]
+    #: Folded `nick`'s device list changed (on any node): forget what is cached of it,
+    #: and close this node's sessions of devices it no longer names. The subscriber thread.
+    devices_changed: Callable[[str], None]
+    #: The subscription was made (again): news may have been missed meanwhile, so what
+    #: is cached of the store's device lists is to be forgotten. The subscriber thread.
+    resubscribed: Callable[[], None]
 
 
 class Backplane:
@@ -121,7 +127,9 @@ class Backplane:
         self._claim_script = self._redis.register_script(CLAIM)
         self._rooms_channel = f"{prefix}rooms"
         self._my_channel = f"{prefix}to:{self.node}"
-        self._gone_channel = f"{prefix}gone"
+        # News for every node: "gone\tNODE" (a node died), "devices\tNICK" (a person's
+        # device list changed: every node's cached copy is stale, whoever it serves).
+        self._all_channel = f"{prefix}all"
         self._stopping = threading.Event()
         # Outgoing work for the publisher: ("lines", room, batch), ("push", box, frame),
         # ("release", nick, b""). A SimpleQueue is safe for any thread.
@@ -234,6 +242,11 @@ class Backplane:
             del self._claims[nick]
         self._out.put(("release", nick, b""))
 
+    def elsewhere(self, nick: str) -> bool:
+        """Whether another live node serves folded `nick` (one round trip; any thread).
+        Raises `ClusterUnavailable`."""
+        return bool(self.nodes_of(nick))
+
     def nodes_of(self, nick: str) -> list[str]:
         """The other live nodes serving folded `nick` (one round trip; any thread)."""
         try:
@@ -251,8 +264,13 @@ class Backplane:
         self._out.put(("lines", room, batch))
 
     def push(self, box: str, frame: bytes) -> None:
-        """Queue `frame` for mailbox `box`'s sessions on the other nodes serving it (a
-        whisper or a status for a user logged in elsewhere). Any thread."""
+        """Queue `frame` for the other nodes serving `box`'s nick: a mailbox (a whisper
+        or a status for that device's session), or "*" and a nick (every session of the
+        person); "!" and a nick goes to every node, as `devices_changed` (relay.py's
+        `push_elsewhere`). Any thread."""
+        if box.startswith("!"):
+            self._out.put(("devices", box[1:], b""))
+            return
         self._out.put(("push", box, frame))
 
     # -- the publisher thread ------------------------------------------------------------
@@ -302,6 +320,9 @@ class Backplane:
                     args=[self._rooms_channel, data, self._stream_length, name],
                     client=pipe,
                 )
+            elif kind == "devices":
+                commands += 1
+                pipe.publish(self._all_channel, f"devices\t{name}".encode())
             elif kind == "release":
                 commands += 2
                 pipe.hdel(self._key("nick", name), self.node)
@@ -309,7 +330,7 @@ class Backplane:
             else:
                 pushes.append((name, data))
         for box, _ in pushes:
-            pipe.hkeys(self._key("nick", box.split("/", 1)[0]))
+            pipe.hkeys(self._key("nick", box.lstrip("*").split("/", 1)[0]))
         results = pipe.execute()
         if any(results[i] is None for i in published):
             # No epoch: Redis restarted empty. The lease thread registers this node
@@ -340,7 +361,7 @@ class Backplane:
         while not self._stopping.is_set():
             pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
             try:
-                pubsub.subscribe(self._rooms_channel, self._my_channel, self._gone_channel)
+                pubsub.subscribe(self._rooms_channel, self._my_channel, self._all_channel)
                 confirmed = 0
                 deadline = self._monotonic() + _REDIS_TIMEOUT
                 while confirmed < 3:
@@ -352,6 +373,9 @@ class Backplane:
                 # Subscribed: whatever is published from now on reaches us. Only now
                 # read where each room is, and fill what was missed before.
                 self._catch_up()
+                # News sent while this node was not subscribed is lost: what it cached
+                # from the store may be stale.
+                self._hooks.resubscribed()
                 self.subscribed.set()
                 failures = 0
                 while not self._stopping.is_set():
@@ -396,9 +420,12 @@ class Backplane:
         if channel.decode() == self._my_channel:
             self._hooks.push(head.decode(), body)
             return
-        if channel.decode() == self._gone_channel:
-            if head.decode() != self.node:
-                self._hooks.node_gone(head.decode())
+        if channel.decode() == self._all_channel:
+            kind, _, name = head.decode().partition("\t")
+            if kind == "gone" and name != self.node:
+                self._hooks.node_gone(name)
+            elif kind == "devices":
+                self._hooks.devices_changed(name)
             return
         try:
             epoch, offset_text, room = head.decode().split("\t")
@@ -525,7 +552,7 @@ class Backplane:
             pipe.delete(raw)
             # Every node hands its sessions what waits for them again: the dead node
             # may have died between a whisper's commit and its push.
-            pipe.publish(self._gone_channel, node.encode())
+            pipe.publish(self._all_channel, f"gone\t{node}".encode())
             pipe.execute()
             log.info("cluster: node %s is gone: freed its %d nick(s)", node, len(nick_keys))
 

@@ -512,9 +512,15 @@ class SessionLogic:
                     Error(code=Code.UNLINKED, reason="this device was unlinked", fatal=True),
                     reason="unlinked",
                 )
+        listing = encode(Devices(nick=self.nick, devices=event.devices))
         everyone = self._hub.member(self.nick)
         if everyone is not None:
-            everyone.deliver(encode(Devices(nick=self.nick, devices=event.devices)))
+            everyone.deliver(listing)
+        # In a cluster, the person's sessions on other nodes too: those of removed
+        # devices are closed there, the others sent the list.
+        folded = fold_nick(self.nick)
+        if self._relay.push_elsewhere("!" + folded, b""):
+            self._relay.push_elsewhere("*" + folded, listing)
 
     def _link(self, event: Link) -> None:
         """Relay one pairing message: a new device's (commitment, reveal) to the device
@@ -525,6 +531,13 @@ class SessionLogic:
             return
         to_identity = event.step in ("commit", "reveal")
         target = self._hub.member_of(event.peer, "") if to_identity else self._hub.member(event.peer)
+        relayed = encode(dataclasses.replace(event, peer=self.nick))
+        if target is None and self._online_elsewhere(event.peer):
+            # A cluster: the peer is on another node (the device holding the identity
+            # key is its mailbox "nick"; a linking guest, every session of its nick).
+            folded = fold_nick(event.peer)
+            self._relay.push_elsewhere(folded if to_identity else "*" + folded, relayed)
+            return
         if target is None:
             self._reply(
                 Error(
@@ -535,7 +548,18 @@ class SessionLogic:
                 )
             )
             return
-        target.deliver(encode(dataclasses.replace(event, peer=self.nick)))
+        target.deliver(relayed)
+
+    def _online_elsewhere(self, nick: str) -> bool:
+        """Whether another node of a cluster serves `nick` (False for one process, and
+        when the cluster cannot say)."""
+        claims = self._relay.claims
+        if claims is None:
+            return False
+        try:
+            return claims.elsewhere(fold_nick(nick))
+        except ClusterUnavailable:
+            return False
 
     # -- logging in -------------------------------------------------------------------
 
