@@ -18,7 +18,7 @@ from whisper_helpers import login, memory_keys
 
 from securechat import Client, LoginRejected
 from securechat.client.events import Reconnected, WhisperReceived
-from securechat.protocol import Code, Error, Message, WhisperStatus
+from securechat.protocol import Code, Error, Left, Message, WhisperStatus
 from securechat.server import Server
 
 pytest.importorskip("redis", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
@@ -212,6 +212,8 @@ def test_a_node_killed_outright_frees_its_nicks_within_the_lease_and_its_users_c
         # Its last refresh was at most a half lease before the kill (a third, plus the
         # thread's wake-up), and its lease ran a whole one from there.
         assert LEASE * 0.4 <= freed_after <= LEASE * 1.5, freed_after
+        # The watcher saw it leave when its node was found dead, not before its lease ran out.
+        assert next_matching(watcher, Left, nick="ghost").reason == "its server was lost"
         again.say("back, on another node")
         assert next_matching(watcher, Message, text="back, on another node").nick == "ghost"
         again.close()
@@ -342,3 +344,43 @@ def test_a_person_with_devices_on_three_nodes_links_whispers_and_unlinks_across_
         again.connect()
     after = bob.whisper("alice", "after the unlink")
     assert next_matching(laptop, WhisperReceived, msg_id=after).text == "after the unlink"
+
+
+def test_members_on_other_nodes_are_shown_entering_leaving_and_in_the_member_list(
+    nodes: list[Server], client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    from securechat.protocol import Entered, Joined, Left, Names, Who
+
+    alice = connect(nodes[0], client_ctx, "alice", clients)
+    for node in nodes:
+        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
+    bob = connect(nodes[1], client_ctx, "bob", clients)
+    assert next_matching(alice, Joined, nick="bob").room == "#lobby"  # from node 1, through Redis
+    # A node's member list names everyone, wherever they are served.
+    carol = connect(nodes[2], client_ctx, "carol", clients)
+    entered = next_matching(carol, Entered, room="#lobby")
+    assert set(entered.users) == {"alice", "bob", "carol"}
+    alice.send(Who(room="#lobby"))
+    assert set(next_matching(alice, Names).users) == {"alice", "bob", "carol"}
+    bob.close()
+    assert next_matching(alice, Left, nick="bob").room == "#lobby"
+    assert next_matching(carol, Left, nick="bob").room == "#lobby"
+    alice.send(Who(room="#lobby"))
+    assert set(next_matching(alice, Names).users) == {"alice", "carol"}
+
+
+def test_a_rename_on_one_node_is_shown_on_the_others(
+    nodes: list[Server], client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    from securechat.protocol import Joined, Names, Who
+
+    alice = connect(nodes[0], client_ctx, "alice", clients)
+    for node in nodes:
+        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
+    bob = connect(nodes[1], client_ctx, "bob", clients)
+    next_matching(alice, Joined, nick="bob")
+    bob.rename("robert")
+    assert next_matching(alice, Left, nick="bob").reason == "now known as robert"
+    next_matching(alice, Joined, nick="robert")
+    alice.send(Who(room="#lobby"))
+    assert set(next_matching(alice, Names).users) == {"alice", "robert"}

@@ -50,7 +50,6 @@ from ..protocol import (
     BanList,
     Code,
     Entered,
-    Event,
     Invited,
     Joined,
     Left,
@@ -228,16 +227,24 @@ class Hub:
         store: RoomStore | None = None,
         max_devices: int = 5,
         publish_lines: Callable[[str, bytes], None] | None = None,
+        publish_presence: Callable[[str, str, bool, bytes], None] | None = None,
     ) -> None:
         """`rooms` is the registry with the server's autojoin rooms and caps (default:
         `#lobby` only); `history` the lines kept per room; `store` where registered rooms
         are written (None: kept in memory only); `max_devices` the sessions one identity
         may have online at once, one per device. `publish_lines` (a cluster node: the
         backplane's) takes each room's batch of lines instead of the local fan-out: the
-        batch comes back, in the room's order across every node, to `deliver_lines`."""
+        batch comes back, in the room's order across every node, to `deliver_lines`.
+        `publish_presence(room, nick, joined, frame)` (the same) tells the other nodes a
+        member of this one entered (`joined`) or left a room; theirs come back to
+        `deliver_lines` too, and make them members this node shows (`names`, `entered`)."""
         self._clock = clock
-        # Set once here; called under `_lock` (it only queues, never blocks).
+        # Set once here; called under `_lock` (they only queue, never block).
         self._publish_lines = publish_lines
+        self._publish_presence = publish_presence
+        # A cluster node's view of the members other nodes serve: folded room ->
+        # folded nick -> (nick as shown, node). Guarded by `_lock`.
+        self._remote: dict[str, dict[str, tuple[str, str]]] = {}
         self._max_devices = max_devices
         self._store = store
         # One registered room's settings change at a time, across its store write (see
@@ -509,6 +516,10 @@ class Hub:
                         continue
                     told.add(id(other))
                     other.member.deliver(v1_frames if other.version == 1 else renamed)
+                # Other nodes of a cluster see the rename as the old nick leaving and
+                # the new one entering, in the room's order.
+                self._tell_cluster(room, Left(room=room.name, nick=old_shown, reason=f"now known as {new}"))
+                self._tell_cluster(room, Joined(room=room.name, nick=new))
             # `reserve` checked the bans, but the store moved the registration since,
             # without the lock: a ban set meanwhile is enforced now.
             for room in rooms:
@@ -914,22 +925,73 @@ class Hub:
         self._last_ts = max(self._clock(), self._last_ts + 1e-6)
         return self._last_ts
 
-    def deliver_lines(self, room: str, batch: bytes) -> None:
-        """A cluster node: fan out a batch of folded `room`'s lines (encoded frames, as
-        `publish_lines` took them) to this node's members of the room, and keep them as
-        its history. Called by the backplane's subscriber thread, in the room's order."""
-        lines = [decode_line(raw) for raw in batch.split(b"\n") if raw]
+    def deliver_lines(self, room: str, batch: bytes, origin: str = "", mine: bool = True) -> None:
+        """A cluster node: a batch of folded `room`'s frames in the room's order, as node
+        `origin` published it (`mine`: this node did), from the backplane's subscriber
+        thread. Lines are fanned out to this node's members of the room and kept as its
+        history; another node's `joined`/`left` make its member one this node shows and
+        are fanned out too (this node's own were sent already, by its presence flush)."""
+        frames = [raw for raw in batch.split(b"\n") if raw]
+        events = [decode_line(raw) for raw in frames]
         try:
             with self._lock:
+                out: list[bytes] = []
+                lines: list[Message] = []
+                for raw, event in zip(frames, events, strict=True):
+                    if isinstance(event, Message):
+                        lines.append(event)
+                    elif isinstance(event, (Joined, Left)):
+                        if mine:
+                            continue
+                        self._remote_presence_locked(room, event, origin)
+                    out.append(raw + b"\n")
                 found = self._rooms.get(room)
-                if found is not None:
+                if found is not None and out:
                     self._flush_presence_locked(self._owed)  # notices before the lines
-                    self._fan_out_locked(found, batch, self._owed)
-                if self._keep:
-                    history = self._history.setdefault(room, deque(maxlen=self._keep))
-                    history.extend(line for line in lines if isinstance(line, Message))
+                    self._fan_out_locked(found, b"".join(out), self._owed)
+                if self._keep and lines:
+                    self._history.setdefault(room, deque(maxlen=self._keep)).extend(lines)
         finally:
             self._flush_owed()
+
+    def remote_member(self, room: str, nick: str, node: str) -> None:
+        """A cluster node: `nick` is in folded `room` on node `node` (what a node learns at
+        its first subscription, from Redis; later changes come to `deliver_lines`)."""
+        with self._lock:
+            self._remote.setdefault(room, {})[fold_nick(nick)] = (nick, node)
+
+    def drop_node(self, node: str) -> None:
+        """A cluster node: node `node` died; its members are gone from every room, and this
+        node's members of those rooms are told so (the backplane's subscriber thread)."""
+        try:
+            with self._lock:
+                for folded_room, members in list(self._remote.items()):
+                    gone = [key for key, (_, where) in members.items() if where == node]
+                    found = self._rooms.get(folded_room)
+                    for key in gone:
+                        shown, _ = members.pop(key)
+                        if found is not None:
+                            left = Left(room=found.name, nick=shown, reason="its server was lost")
+                            self._fan_out_locked(found, encode(left), self._owed)
+                    if not members:
+                        del self._remote[folded_room]
+        finally:
+            self._flush_owed()
+
+    def _remote_presence_locked(self, room: str, event: Joined | Left, node: str) -> None:
+        members = self._remote.setdefault(room, {})
+        if isinstance(event, Joined):
+            members[fold_nick(event.nick)] = (event.nick, node)
+        else:
+            members.pop(fold_nick(event.nick), None)
+            if not members:
+                del self._remote[room]
+
+    def _tell_cluster(self, room: Room, event: Joined | Left) -> None:
+        """A cluster node: one of this node's members entered or left `room` (under the
+        lock; only queues)."""
+        if self._publish_presence is not None:
+            self._publish_presence(fold_room(room.name), event.nick, isinstance(event, Joined), encode(event))
 
     def flush_presence(self) -> None:
         """Send the pending join/leave notices (one write per member)."""
@@ -1029,8 +1091,13 @@ class Hub:
         """`Registry.users(room)`: the members' nicks by folded nick, copied from the
         sorted list the registry keeps as members come and go (a sort per login was
         ~0.5 ms at 2,000 members; bringing a sorted copy up to date by the difference,
-        as the hub did next, still cost ~0.4 ms: five passes over the room)."""
-        return tuple(room.shown)
+        as the hub did next, still cost ~0.4 ms: five passes over the room). A cluster
+        node adds the members other nodes serve."""
+        remote = self._remote.get(fold_room(room.name))
+        if not remote:
+            return tuple(room.shown)
+        extra = [shown for key, (shown, _) in remote.items() if key not in room.members]
+        return tuple(sorted([*room.shown, *extra], key=fold_nick))
 
     def _away(self, room: Room) -> tuple[str, ...]:
         """The members of `room` who set an away message, in the order of `_users`.
@@ -1045,7 +1112,9 @@ class Hub:
     def _announce_entry(self, room: Room, nick: str, member: Member) -> None:
         folded = fold_room(room.name)
         pending = self._presence.setdefault(folded, [])
-        pending.append(encode(Joined(room=room.name, nick=nick)))
+        joined = Joined(room=room.name, nick=nick)
+        pending.append(encode(joined))
+        self._tell_cluster(room, joined)
         # What it is sent on entering lists everyone, itself included: it needs only the
         # notices after its own.
         self._newcomers.setdefault(folded, {})[id(member)] = len(pending)
@@ -1109,10 +1178,12 @@ class Hub:
         """Someone left `room` at once (not a disconnect): the rest get `left` now."""
         self._flush_presence_locked()
         self._fan_out_locked(room, encode(left))
+        self._tell_cluster(room, left)
         self._forget_if_vanished(room)
 
-    def _notice(self, room: Room, event: Event) -> None:
+    def _notice(self, room: Room, event: Left) -> None:
         self._presence.setdefault(fold_room(room.name), []).append(encode(event))
+        self._tell_cluster(room, event)
 
     def _forget_if_vanished(self, room: Room) -> None:
         if self._rooms.vanished(room):

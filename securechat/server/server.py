@@ -87,6 +87,7 @@ class Server:
                 config.cluster,
                 BackplaneHooks(
                     deliver_lines=self._deliver_lines,
+                    remote_member=self._remote_member,
                     push=self._push_here,
                     fenced=self._fenced,
                     unfenced=lambda: None,
@@ -125,6 +126,7 @@ class Server:
             store=self.store,
             max_devices=config.max_devices,
             publish_lines=None if self.cluster is None else self.cluster.publish_lines,
+            publish_presence=None if self.cluster is None else self.cluster.publish_presence,
         )
         #: Set (by the watchdog thread) once the data directory or database was found
         #: deleted or replaced; from then on the store refuses every operation.
@@ -224,9 +226,13 @@ class Server:
 
     # -- a cluster node's hooks (cluster/backplane.py) ---------------------------------
 
-    def _deliver_lines(self, room: str, batch: bytes) -> None:
+    def _deliver_lines(self, room: str, batch: bytes, origin: str, mine: bool) -> None:
         """A room batch in the room's cluster-wide order (the subscriber thread)."""
-        self.hub.deliver_lines(room, batch)
+        self.hub.deliver_lines(room, batch, origin, mine)
+
+    def _remote_member(self, room: str, nick: str, node: str) -> None:
+        """Who another node has in a room, as this node starts (the subscriber thread)."""
+        self.hub.remote_member(room, nick, node)
 
     def _push_here(self, to: str, frame: bytes) -> None:
         """What another node sent to the sessions here (the subscriber thread), as
@@ -283,6 +289,7 @@ class Server:
         """Another node died (the subscriber thread): `_redeliver` runs on the watchdog
         thread, which may read the store (the subscriber must not wait on it)."""
         log.info("cluster: node %s is gone: handing out again what waits for the sessions here", node)
+        self.hub.drop_node(node)
         self._watchdog.after(0, self._redeliver)
 
     def _redeliver(self) -> None:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import redis
 
+from ...protocol import fold_nick
 from . import ClusterUnavailable
 from .order import RoomOrder, Verdict
 from .scripts import CLAIM, PUBLISH
@@ -62,9 +63,13 @@ _BATCH = 256
 class BackplaneHooks:
     """What the backplane calls on its node. Each hook says which thread calls it."""
 
-    #: A batch of room `room` (folded), in the room's order: the encoded frames. The
+    #: A batch of room `room` (folded), in the room's order: the encoded frames, the
+    #: node that published them, and whether that is this node. The subscriber thread.
+    deliver_lines: Callable[[str, bytes, str, bool], None]
+    #: At this node's first subscription: `nick` is in folded `room` on node `node`
+    #: (later changes come as `joined`/`left` frames in `deliver_lines`). The
     #: subscriber thread.
-    deliver_lines: Callable[[str, bytes], None]
+    remote_member: Callable[[str, str, str], None]
     #: A frame another node sent here: for the session reading mailbox `to` ("nick" or
     #: "nick/device"), or for every session of a person ("*nick"). The subscriber thread.
     push: Callable[[str, bytes], None]
@@ -177,9 +182,13 @@ class Backplane:
     def stop(self) -> None:
         """End the threads and give up this node's lease and claims (a clean stop: the
         others need not wait for the lease to run out)."""
-        self._stopping.set()
+        # The publisher sends what was queued before this (the sessions' last `left`s),
+        # then ends; the other threads end on the flag.
         self._out.put(("stop", "", b""))
-        for thread in self._threads:
+        if self._threads:
+            self._threads[0].join(_REDIS_TIMEOUT * 3)
+        self._stopping.set()
+        for thread in self._threads[1:]:
             thread.join(_REDIS_TIMEOUT * 3)
         try:
             with self._lock:
@@ -190,6 +199,7 @@ class Backplane:
                 pipe.hdel(self._key("nick", nick), self.node)
             pipe.delete(self._key("nicks-of", self.node), self._key("node", self.node))
             pipe.execute()
+            self._forget_node(self.node)  # its members in Redis, and the news to the others
         except redis.RedisError as exc:
             log.info("cluster: could not give up this node's lease at stop: %s", exc)
         self._redis.close()
@@ -263,6 +273,12 @@ class Backplane:
         order. Any thread; never blocks on Redis."""
         self._out.put(("lines", room, batch))
 
+    def publish_presence(self, room: str, nick: str, joined: bool, frame: bytes) -> None:
+        """Queue news that `nick`, a member on this node, entered (`joined`) or left
+        folded `room`: the `joined`/`left` frame goes out in the room's order, and Redis
+        keeps who is in the room for nodes that start later. Any thread; never blocks."""
+        self._out.put(("joined" if joined else "left", f"{room}\t{nick}", frame))
+
     def push(self, box: str, frame: bytes) -> None:
         """Queue `frame` for the other nodes serving `box`'s nick: a mailbox (a whisper
         or a status for that device's session), or "*" and a nick (every session of the
@@ -278,16 +294,21 @@ class Backplane:
     def _publisher(self) -> None:
         pending: list[tuple[str, str, bytes]] = []
         failures = 0
-        while not self._stopping.is_set():
-            if not pending:
+        stopping = False
+        while True:
+            if not pending and not stopping:
                 pending.append(self._out.get())
-            while len(pending) < _BATCH:
+            while len(pending) < _BATCH and not stopping:
                 try:
                     pending.append(self._out.get_nowait())
                 except queue.Empty:
                     break
-            pending = [item for item in pending if item[0] != "stop"]
+            if any(item[0] == "stop" for item in pending):
+                stopping = True  # what was queued before it goes out first
+                pending = [item for item in pending if item[0] != "stop"]
             if not pending:
+                if stopping:
+                    return
                 continue
             try:
                 pending = self._send(pending)
@@ -295,6 +316,8 @@ class Backplane:
                 failures += 1
                 if failures == 1:
                     log.warning("cluster: publishing failed, holding %d items: %s", len(pending), exc)
+                if stopping and failures > 3:
+                    return  # a stopping node gives up; its lease runs out for the others
                 self._stopping.wait(min(0.05 * failures, 1.0))
                 continue
             failures = 0
@@ -311,15 +334,26 @@ class Backplane:
         pushes: list[tuple[str, bytes]] = []
         published: list[int] = []  # where in the pipeline's results each room batch is
         commands = 0
+        origin = self.node.encode() + b"\n"
         for kind, name, data in items:
-            if kind == "lines":
+            if kind in ("lines", "joined", "left"):
+                room, _, nick = name.partition("\t")
                 published.append(commands)
                 commands += 1
                 self._publish_script(
-                    keys=[self._key("off", name), self._key("log", name), self._key("epoch")],
-                    args=[self._rooms_channel, data, self._stream_length, name],
+                    keys=[self._key("off", room), self._key("log", room), self._key("epoch")],
+                    args=[self._rooms_channel, origin + data, self._stream_length, room],
                     client=pipe,
                 )
+                if kind != "lines":
+                    commands += 2
+                    entry = f"{room}\t{nick}"
+                    if kind == "joined":
+                        pipe.hset(self._key("members", room), fold_nick(nick), f"{self.node}\t{nick}")
+                        pipe.sadd(self._key("rooms-of", self.node), entry)
+                    else:
+                        pipe.hdel(self._key("members", room), fold_nick(nick))
+                        pipe.srem(self._key("rooms-of", self.node), entry)
             elif kind == "devices":
                 commands += 1
                 pipe.publish(self._all_channel, f"devices\t{name}".encode())
@@ -413,7 +447,19 @@ class Backplane:
                 self._order.baseline(room, last)
             elif last >= self._order.expected(room):
                 self._fill(room, self._order.expected(room), last)
+        if not self._following:
+            self._load_members()
         self._following = True
+
+    def _load_members(self) -> None:
+        """At the first subscription: who is in which room on the other live nodes."""
+        prefix = self._key("members", "")
+        for raw in self._redis.scan_iter(match=prefix + "*", count=500):
+            room = _text(raw)[len(prefix) :]
+            for value in self._redis.hvals(raw):
+                node, _, nick = _text(value).partition("\t")
+                if node != self.node and self._redis.exists(self._key("node", node)):
+                    self._hooks.remote_member(room, nick, node)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         head, _, body = data.partition(b"\n")
@@ -444,8 +490,14 @@ class Backplane:
             self._fill(room, offer.missing_from, offset - 1)
             if self._order.expected(room) > offset:
                 return  # the fill delivered this one too
-        self._hooks.deliver_lines(room, body)
+        self._deliver(room, body)
         self._order.delivered(room, offset)
+
+    def _deliver(self, room: str, batch: bytes) -> None:
+        """Hand a room batch ("ORIGIN\n" then frames) to the hub."""
+        origin, _, frames = batch.partition(b"\n")
+        node = origin.decode(errors="replace")
+        self._hooks.deliver_lines(room, frames, node, node == self.node)
 
     def _fill(self, room: str, first: int, last: int) -> None:
         """Deliver `room`'s batches `first`..`last` from its stream, in order."""
@@ -458,7 +510,7 @@ class Backplane:
             if offset > expected:
                 log.warning("cluster: %s lost batches %d-%d (trimmed)", room, expected, offset - 1)
                 self._order.skip_to(room, offset)
-            self._hooks.deliver_lines(room, _bytes((fields or {}).get(b"d")))
+            self._deliver(room, _bytes((fields or {}).get(b"d")))
             self._order.delivered(room, offset)
         if self._order.expected(room) <= last:
             log.warning("cluster: %s lost batches up to %d (trimmed from its stream)", room, last)
@@ -550,11 +602,26 @@ class Backplane:
             for nick_key in nick_keys:
                 pipe.hdel(nick_key, node)
             pipe.delete(raw)
-            # Every node hands its sessions what waits for them again: the dead node
-            # may have died between a whisper's commit and its push.
-            pipe.publish(self._all_channel, f"gone\t{node}".encode())
             pipe.execute()
+            # Its members leave their rooms, and every node hands its sessions what waits
+            # for them again: it may have died between a whisper's commit and its push.
+            self._forget_node(node)
             log.info("cluster: node %s is gone: freed its %d nick(s)", node, len(nick_keys))
+
+    def _forget_node(self, node: str) -> None:
+        """Take `node`'s members out of the rooms Redis lists, and tell every node it is
+        gone (`node_gone`: they drop its members and hand out mailboxes again)."""
+        entries = self._lease_redis.smembers(self._key("rooms-of", node))
+        pipe = self._lease_redis.pipeline(transaction=False)
+        for raw in entries:
+            room, _, nick = _text(raw).partition("\t")
+            key = self._key("members", room)
+            held = self._lease_redis.hget(key, fold_nick(nick))
+            if held is not None and _text(held).startswith(node + "\t"):
+                pipe.hdel(key, fold_nick(nick))
+        pipe.delete(self._key("rooms-of", node))
+        pipe.publish(self._all_channel, f"gone\t{node}".encode())
+        pipe.execute()
 
     def _key(self, kind: str, name: str | None = None) -> str:
         """The Redis key (or channel) `kind`:`name` under the prefix (scripts.py)."""
