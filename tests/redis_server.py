@@ -36,23 +36,25 @@ def _free_port() -> int:
 class RedisServer:
     """One `redis-server` process (see the module docstring)."""
 
-    def __init__(self, binary: str, directory: Path, port: int) -> None:
+    def __init__(self, binary: str, directory: Path, port: int, password: str = "") -> None:
         self._binary = binary
         self.directory = directory
         self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
+        self.password = password
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
         self._proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     @classmethod
-    def start(cls, directory: Path) -> RedisServer:
+    def start(cls, directory: Path, password: str = "") -> RedisServer:
+        """`password`: clients must AUTH with it (requirepass)."""
         binary = shutil.which("redis-server") or (
             "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
         )
         if binary is None:
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         directory.mkdir(parents=True, exist_ok=True)
-        server = cls(binary, directory, _free_port())
+        server = cls(binary, directory, _free_port(), password)
         server.start_again()
         return server
 
@@ -77,6 +79,7 @@ class RedisServer:
                 "no",
                 "--protected-mode",
                 "no",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -101,13 +104,18 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                answer = s.recv(64)
+                # With a password, "-NOAUTH" also says it is up and answering.
+                return answer.startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
     def command(self, *words: str) -> bytes:
         """One command, as a client sends it (inline form); the raw reply."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=5.0) as s:
+            if self.password:
+                s.sendall(f"AUTH {self.password}\r\n".encode())
+                s.recv(64)
             s.sendall(" ".join(words).encode() + b"\r\n")
             return s.recv(65536)
 

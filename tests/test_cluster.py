@@ -384,3 +384,30 @@ def test_a_rename_on_one_node_is_shown_on_the_others(
     next_matching(alice, Joined, nick="robert")
     alice.send(Who(room="#lobby"))
     assert set(next_matching(alice, Names).users) == {"alice", "robert"}
+
+
+def test_a_redis_with_a_password_serves_and_a_wrong_password_is_refused_without_printing_it(
+    start_server: StartServer,
+    pg_dsn: str,
+    cert_files: dict[str, str],
+    client_ctx: ssl.SSLContext,
+    clients: list[Client],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from securechat.cli import main
+
+    guarded = RedisServer.start(tmp_path / "guarded", password="s3cret-pass")
+    try:
+        node = start_server(store=pg_dsn, cluster=guarded.url, node_lease=LEASE)
+        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
+        connect(node, client_ctx, "authed", clients).say("through a Redis that wants AUTH")
+        wrong = guarded.url.replace("s3cret-pass", "not-the-pass")
+        argv = ["server", "--port", "0", "--cert", cert_files["cert"], "--key", cert_files["key"]]
+        argv += ["--data-dir", str(tmp_path / "refused"), "--init", "--store", pg_dsn, "--cluster", wrong]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "refusing to start" in err and "cannot reach the cluster's Redis" in err
+        assert "not-the-pass" not in err and "***" in err
+    finally:
+        guarded.stop()
