@@ -1365,41 +1365,11 @@ def scenario_server_kills(
     users: int = 5,
     pace: float = 0.25,
     seed: int | None = None,
+    cluster: tuple[str, str] | None = None,
 ) -> Figures:
     """The server SIGKILLed `kills` times under a mixed load; kinds cycle drain, commit,
-    random, so at least half are aimed."""
-    kinds = list(itertools.islice(itertools.cycle(["drain", "commit", "random"]), kills))
-    with chaos_run(workdir, cert_files, users=users, pace=pace, seed=seed) as chaos:
-        chaos.start()
-        chaos.start_load()
-        for kind in kinds:
-            if not chaos.wait_stored(load_between, TIMEOUT * 2):
-                chaos.notes.append("load stalled before a kill")
-            if kind == "drain":
-                chaos.kill_server_in_drain(queue)
-            elif kind == "commit":
-                chaos.kill_server_between_commit_and_ack()
-            else:
-                chaos.kill_server_random()
-            chaos.restart_server()
-        chaos.settle()
-        return chaos.finish("server kill -9")
-
-
-def scenario_cluster_kills(
-    workdir: Path,
-    cert_files: dict[str, str],
-    cluster: tuple[str, str],
-    *,
-    kills: int,
-    queue: int = 15,
-    load_between: int = 15,
-    users: int = 5,
-    pace: float = 0.25,
-    seed: int | None = None,
-) -> Figures:
-    """`scenario_server_kills` on a cluster: two nodes (PostgreSQL, Redis) sharing one port,
-    one of them SIGKILLed `kills` times (drain, commit, random) and started again; its
+    random, so at least half are aimed. With `cluster` (a PostgreSQL DSN, a Redis URL):
+    two nodes sharing one port, one of them killed and started again each time; its
     clients reconnect through the port to whichever node the kernel gives them."""
     kinds = list(itertools.islice(itertools.cycle(["drain", "commit", "random"]), kills))
     with chaos_run(workdir, cert_files, users=users, pace=pace, seed=seed, cluster=cluster) as chaos:
@@ -1416,7 +1386,7 @@ def scenario_cluster_kills(
                 chaos.kill_server_random()
             chaos.restart_server()
         chaos.settle()
-        return chaos.finish("cluster node kill -9")
+        return chaos.finish("server kill -9" if cluster is None else "cluster node kill -9")
 
 
 def scenario_client_kills(

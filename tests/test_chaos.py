@@ -25,7 +25,6 @@ from chaos import (
     git_revision,
     scenario_client_kills,
     scenario_clock_jumps,
-    scenario_cluster_kills,
     scenario_damaged_database,
     scenario_descriptor_limit,
     scenario_device_kills,
@@ -114,7 +113,9 @@ def test_cluster_node_kill9_loses_no_acknowledged_whisper(
     redis_server: RedisServer,
 ) -> None:
     pytest.importorskip("redis", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
-    figures = scenario_cluster_kills(tmp_path, cert_files, (pg_dsn, redis_server.url), kills=CLUSTER_KILLS)
+    figures = scenario_server_kills(
+        tmp_path, cert_files, kills=CLUSTER_KILLS, cluster=(pg_dsn, redis_server.url)
+    )
     assert figures.stored > 0 and figures.shown > 0  # a run that tested nothing is no pass
     check(figures, chaos_figures, tmp_path)
 

@@ -50,6 +50,12 @@ def connect(
     return client
 
 
+def all_subscribed(nodes: list[Server]) -> None:
+    """Wait until every node's subscriber is subscribed (its first catch-up done)."""
+    for node in nodes:
+        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
+
+
 def lines_until(client: Client, count: int) -> list[tuple[str, str]]:
     """The next `count` room lines `client` sees, as (nick, text)."""
     seen: list[tuple[str, str]] = []
@@ -63,8 +69,7 @@ def test_clients_on_three_nodes_see_one_order_per_room_nothing_lost_or_twice(
     nodes: list[Server], client_ctx: ssl.SSLContext, clients: list[Client]
 ) -> None:
     people = [connect(nodes[i % 3], client_ctx, f"u{i}", clients) for i in range(6)]
-    for node in nodes:
-        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
+    all_subscribed(nodes)
     each = 25
     senders = [
         threading.Thread(target=lambda c=c: [c.say(f"{c.nick} {n}") for n in range(each)]) for c in people
@@ -253,8 +258,7 @@ def test_a_node_whose_subscription_is_dropped_for_overflow_fills_the_gap_from_th
 ) -> None:
     speaker = connect(nodes[0], client_ctx, "speaker", clients)
     listener = connect(nodes[1], client_ctx, "listener", clients)
-    for node in nodes:
-        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
+    all_subscribed(nodes)
     # Redis drops any subscriber more than 1 KiB behind: every subscriber of a burst.
     assert redis_server.command(
         "CONFIG", "SET", "client-output-buffer-limit", '"pubsub 1kb 1kb 0"'
@@ -352,8 +356,7 @@ def test_members_on_other_nodes_are_shown_entering_leaving_and_in_the_member_lis
     from securechat.protocol import Entered, Joined, Left, Names, Who
 
     alice = connect(nodes[0], client_ctx, "alice", clients)
-    for node in nodes:
-        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
+    all_subscribed(nodes)
     bob = connect(nodes[1], client_ctx, "bob", clients)
     assert next_matching(alice, Joined, nick="bob").room == "#lobby"  # from node 1, through Redis
     # A node's member list names everyone, wherever they are served.
@@ -375,8 +378,7 @@ def test_a_rename_on_one_node_is_shown_on_the_others(
     from securechat.protocol import Joined, Names, Who
 
     alice = connect(nodes[0], client_ctx, "alice", clients)
-    for node in nodes:
-        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
+    all_subscribed(nodes)
     bob = connect(nodes[1], client_ctx, "bob", clients)
     next_matching(alice, Joined, nick="bob")
     bob.rename("robert")

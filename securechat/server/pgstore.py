@@ -72,6 +72,7 @@ from .store import (
     _TO,
     _TOTAL,
     NewWhisper,
+    OneAtATime,
     PrekeyStatus,
     QueuedWhisper,
     QueueLimits,
@@ -333,7 +334,7 @@ def _connection_options(dsn: str) -> dict[str, Any]:
     return options
 
 
-class PostgresStore:
+class PostgresStore(OneAtATime):
     """`Store` on a PostgreSQL database that several server processes may share.
 
     `dsn` is a libpq connection string or URI; the database (or the first schema of its
@@ -899,24 +900,6 @@ class PostgresStore:
 
     # -- the queue ---------------------------------------------------------------------
 
-    def enqueue(
-        self,
-        recipient: str,
-        msg_id: str,
-        sender: str,
-        header: bytes,
-        ciphertext: bytes,
-        ts: float,
-        *,
-        limits: QueueLimits | None = None,
-        registered_only: bool = False,
-    ) -> int:
-        whisper = NewWhisper(recipient, msg_id, sender, header, ciphertext, ts)
-        (outcome,) = self.enqueue_many([whisper], limits=limits, registered_only=registered_only)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
     def enqueue_many(
         self,
         whispers: Sequence[NewWhisper],
@@ -965,12 +948,6 @@ class PostgresStore:
             _Mode.READ,
         )
         return row is not None
-
-    def ack(
-        self, recipient: str, whisper_id: int, failed: str = "", *, keep_failures: int | None = None
-    ) -> QueuedWhisper | None:
-        (done,) = self.ack_many(recipient, [(whisper_id, failed)], keep_failures=keep_failures)
-        return done
 
     def ack_many(
         self, recipient: str, acks: Sequence[tuple[int, str]], *, keep_failures: int | None = None

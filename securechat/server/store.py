@@ -974,7 +974,53 @@ def _stored_service_clock(db: sqlite3.Connection) -> float:
     return max(float(row[0]) if row else 0.0, float(newest or 0.0))
 
 
-class SqliteStore:
+class OneAtATime:
+    """`enqueue` and `ack` as one-element `enqueue_many` and `ack_many`: the one way both
+    stores (SQLite here, PostgreSQL in pgstore.py) do them. A store overrides the two
+    batch methods; these two follow."""
+
+    def enqueue_many(
+        self,
+        whispers: Sequence[NewWhisper],
+        *,
+        limits: QueueLimits | None = None,
+        registered_only: bool = False,
+    ) -> list[int | QuotaExceeded | UnknownRecipient]:
+        raise NotImplementedError
+
+    def ack_many(
+        self, recipient: str, acks: Sequence[tuple[int, str]], *, keep_failures: int | None = None
+    ) -> list[QueuedWhisper | None]:
+        raise NotImplementedError
+
+    def enqueue(
+        self,
+        recipient: str,
+        msg_id: str,
+        sender: str,
+        header: bytes,
+        ciphertext: bytes,
+        ts: float,
+        *,
+        limits: QueueLimits | None = None,
+        registered_only: bool = False,
+    ) -> int:
+        """As `Store.enqueue`: raises what the one-element batch answered instead of an id."""
+        whisper = NewWhisper(recipient, msg_id, sender, header, ciphertext, ts)
+        (outcome,) = self.enqueue_many([whisper], limits=limits, registered_only=registered_only)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def ack(
+        self, recipient: str, whisper_id: int, failed: str = "", *, keep_failures: int | None = None
+    ) -> QueuedWhisper | None:
+        """As `Store.ack`."""
+        (done,) = self.ack_many(recipient, [(whisper_id, failed)], keep_failures=keep_failures)
+        return done
+
+
+class SqliteStore(OneAtATime):
     """`Store` on one SQLite database in WAL mode, one connection behind a lock.
 
     `path` None keeps everything in memory (tests, or a server that should forget).
@@ -1443,24 +1489,6 @@ class SqliteStore:
         spk_id, created = row if row else (0, 0)
         return PrekeyStatus(int(count), spk_id, created, int(kem_count), kpk[0] if kpk else 0)
 
-    def enqueue(
-        self,
-        recipient: str,
-        msg_id: str,
-        sender: str,
-        header: bytes,
-        ciphertext: bytes,
-        ts: float,
-        *,
-        limits: QueueLimits | None = None,
-        registered_only: bool = False,
-    ) -> int:
-        whisper = NewWhisper(recipient, msg_id, sender, header, ciphertext, ts)
-        (outcome,) = self.enqueue_many([whisper], limits=limits, registered_only=registered_only)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
     def enqueue_many(
         self,
         whispers: Sequence[NewWhisper],
@@ -1498,12 +1526,6 @@ class SqliteStore:
                 "SELECT MAX(id) FROM queue WHERE recipient=?", (fold_nick(recipient),)
             ).fetchone()
         return int(newest or 0)
-
-    def ack(
-        self, recipient: str, whisper_id: int, failed: str = "", *, keep_failures: int | None = None
-    ) -> QueuedWhisper | None:
-        (done,) = self.ack_many(recipient, [(whisper_id, failed)], keep_failures=keep_failures)
-        return done
 
     def ack_many(
         self, recipient: str, acks: Sequence[tuple[int, str]], *, keep_failures: int | None = None
