@@ -537,3 +537,23 @@ def test_the_same_server_under_another_name_is_one_identity(
     places = sorted(p.name for p in (tmp_path / "xdg" / "securechat").iterdir())
     assert places == ["by-key", f"localhost_{port}"]
     assert Keystore.exists(tmp_path / "xdg" / "securechat" / places[1] / "alice")
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://u:s3cr%t!@h/db", "s3cr%t!"),
+        ("postgresql://u:p@ss@h/db", "p@ss"),
+        ("postgresql://u:caf%C3%A9@h/db", "café"),
+        ("host=h password=secret dbname=x", "secret"),
+        ("host=h password='q w' dbname=x", "q w"),
+        ("redis://:pw-1@h:6379/0", "pw-1"),
+        ("rediss://user:pw-2@h/0", "pw-2"),
+    ],
+)
+def test_a_store_or_cluster_password_is_never_printed(url: str, secret: str) -> None:
+    from securechat.cli.server_cmd import _redacted, _without_secrets
+
+    assert secret not in _redacted(url) and "***" in _redacted(url)
+    # Nor when an error quotes it, as written or decoded.
+    assert secret not in _without_secrets(f"cannot parse {secret!r} in the URL", url)

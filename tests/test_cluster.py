@@ -413,3 +413,46 @@ def test_a_redis_with_a_password_serves_and_a_wrong_password_is_refused_without_
         assert "not-the-pass" not in err and "***" in err
     finally:
         guarded.stop()
+
+
+def test_a_node_frozen_past_its_lease_fences_when_it_wakes_instead_of_serving_on(
+    start_server: StartServer,
+    pg_dsn: str,
+    redis_server: RedisServer,
+    cert_files: dict[str, str],
+    client_ctx: ssl.SSLContext,
+    tmp_path: Path,
+) -> None:
+    import os
+    import signal
+
+    from server_process import ServerProcess, free_port
+
+    survivor = start_server(store=pg_dsn, cluster=redis_server.url, node_lease=LEASE)
+    port = free_port()
+    frozen = ServerProcess(
+        port, tmp_path / "frozen", cert_files, "--store", pg_dsn, "--cluster", redis_server.url,
+        "--node-lease", str(LEASE),
+    )  # fmt: skip
+    sleeper = Client("sleeper", context=client_ctx, port=port, timeout=TIMEOUT)
+    sleeper.connect()
+    try:
+        os.kill(frozen.proc.pid, signal.SIGSTOP)  # a paused VM, a swap storm
+        # The others find it dead once its lease ran out and free its nick.
+        taker = Client("sleeper", context=client_ctx, port=survivor.address[1], timeout=TIMEOUT)
+        deadline = time.monotonic() + LEASE * 4
+        while True:
+            try:
+                taker.connect()
+                break
+            except LoginRejected:
+                assert time.monotonic() < deadline, "the frozen node's nick was never freed"
+                time.sleep(0.05)  # a person's retry; the lease's end has no event to wait on
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+        # Awake, it must not go on serving a nick another node now serves.
+        assert next_matching(sleeper, Error, timeout=LEASE * 4).code == Code.BUSY
+        taker.close()
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+        sleeper.close()
+        frozen.kill9()

@@ -180,7 +180,8 @@ def run_server(args: argparse.Namespace) -> int:
         server = Server(config, context)
     except StoreUnavailable as exc:
         raise UsageError(
-            f"refusing to start: cannot use the store {_redacted(config.store)}: {exc}"
+            f"refusing to start: cannot use the store {_redacted(config.store)}: "
+            f"{_without_secrets(str(exc), config.store)}"
         ) from None
     except DataDirRefused as exc:
         # Says what is wrong with the data directory and how to restore it.
@@ -218,7 +219,10 @@ def _serve(server: Server, config: ServerConfig, stop_signals: set[signal.Signal
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     except ClusterUnavailable as exc:
         server.stop()
-        raise UsageError(f"refusing to start: {exc} (--cluster {_redacted(config.cluster)})") from None
+        raise UsageError(
+            f"refusing to start: {_without_secrets(str(exc), config.cluster)} "
+            f"(--cluster {_redacted(config.cluster)})"
+        ) from None
     defaults = ServerConfig()
     if (config.message_rate, config.message_burst) != (defaults.message_rate, defaults.message_burst):
         logging.getLogger("securechat.server").warning(
@@ -301,4 +305,35 @@ def _open_store(data_dir: Path | None) -> tuple[SqliteStore, Path]:
 
 def _redacted(url: str) -> str:
     """`url` with any password replaced, for a message (secrets are never printed)."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", re.sub(r"(password=)\S+", r"\1***", url))
+    for secret in _secrets(url):
+        url = url.replace(secret, "***")
+    return url
+
+
+def _secrets(url: str) -> list[str]:
+    """The passwords in a PostgreSQL or Redis URL or libpq string, as written and decoded,
+    longest first (so that no part of one is left when another is replaced)."""
+    from urllib.parse import unquote, urlsplit
+
+    found = [q or bare for q, bare in re.findall(r"password\s*=\s*(?:'([^']*)'|(\S+))", url)]
+    try:
+        password = urlsplit(url).password if "://" in url else None
+    except ValueError:
+        password = None
+    if not password and "://" in url:
+        # urlsplit takes the last "@" as the end of the credentials: a password with an
+        # "@" in it is all that lies between the first ":" after the scheme and it.
+        rest = url.split("://", 1)[1]
+        password = rest.rpartition("@")[0].partition(":")[2] if "@" in rest else None
+    if password:
+        found += [password, unquote(password)]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def _without_secrets(text: str, *urls: str) -> str:
+    """`text` (an error's message, which may quote a URL's parts) with the passwords of
+    `urls` replaced."""
+    for url in urls:
+        for secret in _secrets(url):
+            text = text.replace(secret, "***")
+    return text

@@ -14,6 +14,8 @@ folded nick for the device holding the identity key and "nick/device" for a link
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..e2e.devices import DeviceListError, device_list_from
@@ -64,11 +66,20 @@ class DeviceDirectory:
     """Thread-safe: the cache is guarded by `_lock`; the store has its own. Sessions'
     reader threads call it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, *, ttl: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """`ttl`: seconds a cached list is trusted (None: until this process changes it).
+        A cluster node sets one: other nodes change lists too, and their news can be lost
+        (a node dying between its commit and its news), so what is cached must not be
+        trusted for long."""
         self._store = store
+        self._ttl = ttl
+        self._clock = clock
         self._lock = threading.Lock()
-        # Folded nick -> its list, or None for a person with none. Guarded by `_lock`.
-        self._cache: dict[str, Listed | None] = {}
+        # Folded nick -> (when read, its list or None for a person with none). Guarded
+        # by `_lock`.
+        self._cache: dict[str, tuple[float, Listed | None]] = {}
         # Bumped by every change of a list or a nick (`publish`, `forget`), so that a read
         # of the store that a change overtook is not cached. Guarded by `_lock`.
         self._generation = 0
@@ -77,8 +88,9 @@ class DeviceDirectory:
         """`nick`'s device list, or None if it has none. Raises `StoreUnavailable`."""
         key = fold_nick(nick)
         with self._lock:
-            if key in self._cache:
-                return self._cache[key]
+            cached = self._cache.get(key)
+            if cached is not None and (self._ttl is None or self._clock() - cached[0] < self._ttl):
+                return cached[1]
             generation = self._generation
         stored = self._store.device_list(key)
         found = None if stored is None else _parse(stored[1], self._store.registered_key(key))
@@ -88,7 +100,7 @@ class DeviceDirectory:
             if generation == self._generation:
                 if len(self._cache) >= _CACHE_MAX:
                     self._cache.clear()
-                self._cache[key] = found
+                self._cache[key] = (self._clock(), found)
         return found
 
     def vouches(self, nick: str, device: str, key: bytes) -> bool:

@@ -949,7 +949,9 @@ class Hub:
                 if found is not None and out:
                     self._flush_presence_locked(self._owed)  # notices before the lines
                     self._fan_out_locked(found, b"".join(out), self._owed)
-                if self._keep and lines:
+                # History only of rooms this node has: one that vanishes here takes its
+                # history with it (`_forget_if_vanished`), as on a single server.
+                if self._keep and lines and found is not None:
                     self._history.setdefault(room, deque(maxlen=self._keep)).extend(lines)
         finally:
             self._flush_owed()
@@ -959,6 +961,12 @@ class Hub:
         its first subscription, from Redis; later changes come to `deliver_lines`)."""
         with self._lock:
             self._remote.setdefault(room, {})[fold_nick(nick)] = (nick, node)
+
+    def forget_remote(self) -> None:
+        """A cluster node: forget which members other nodes have (its subscription was
+        made again; `remote_member` tells them again from Redis)."""
+        with self._lock:
+            self._remote.clear()
 
     def drop_node(self, node: str) -> None:
         """A cluster node: node `node` died; its members are gone from every room, and this

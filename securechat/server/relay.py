@@ -57,7 +57,11 @@ from .store import (
     mailbox,
 )
 
-__all__ = ["OPK_LOW_WATER", "NickClaims", "Relay", "RelayError"]
+__all__ = ["DEVICE_LIST_TTL", "OPK_LOW_WATER", "NickClaims", "Relay", "RelayError"]
+
+#: Seconds a cluster node trusts its cached copy of a device list: the longest a removed
+#: device could still log in through a node that missed the news of its removal.
+DEVICE_LIST_TTL = 5.0
 
 
 class NickClaims(Protocol):
@@ -129,8 +133,9 @@ class Relay:
             total_bytes=config.queue_max_bytes,
         )
         self._prekeys = PrekeyLimits(config, monotonic)
-        #: Each person's device list and their devices' mailboxes. Thread-safe itself.
-        self.devices = DeviceDirectory(store)
+        #: Each person's device list and their devices' mailboxes. Thread-safe itself. A
+        #: cluster node trusts a cached list for a few seconds only (devices.py).
+        self.devices = DeviceDirectory(store, ttl=None if claims is None else DEVICE_LIST_TTL)
 
     def push_elsewhere(self, to: str, frame: bytes) -> bool:
         """A cluster node: send `frame` to the other nodes serving `to`'s nick, where `to`

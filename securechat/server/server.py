@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import selectors
 import socket
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..protocol import Bye, Code, Error, Message, encode, fold_nick
 from . import heap
 from .addresses import ConnectionCounts, PrefixGuards, PrefixLimits
+from .cluster import ClusterUnavailable
 from .config import ServerConfig
 from .datadir import DB_NAME, DataDir
 from .deadlines import Watchdog
@@ -94,7 +96,7 @@ class Server:
                     lost_nick=self._lost_nick,
                     node_gone=self._node_gone,
                     devices_changed=self._devices_changed,
-                    resubscribed=self._forget_devices,
+                    resubscribed=self._resubscribed,
                 ),
                 lease=config.node_lease,
             )
@@ -209,8 +211,13 @@ class Server:
         if self.cluster is not None:
             try:
                 self.cluster.start()  # raises ClusterUnavailable: no node without its Redis
+                # No session before the first subscription: lines published before it
+                # would be history to this node, never shown to its users.
+                if not self.cluster.subscribed.wait(self.config.node_lease * 2):
+                    raise ClusterUnavailable("could not subscribe to the cluster's Redis")
             except BaseException:
                 listen.close()
+                self.cluster.stop()
                 raise
         self._listen = listen
         self._watchdog.start()
@@ -246,15 +253,24 @@ class Server:
         if member is not None:
             member.deliver(frame)
 
-    def _forget_devices(self) -> None:
-        """The subscription was made again (the subscriber thread): device-list news may
-        have been missed, so every cached list is read again from the store when needed."""
+    def _resubscribed(self) -> None:
+        """The subscription was made again (the subscriber thread): news may have been
+        missed meanwhile. Cached device lists are read again when needed, the members
+        other nodes have are read again from Redis (the backplane does it next), and the
+        sessions here are handed their mailboxes again (a node may have died unseen)."""
         self._relay.devices.forget_all()
+        self.hub.forget_remote()
+        self._watchdog.after(0, self._redeliver)
 
     def _devices_changed(self, nick: str) -> None:
-        """`nick`'s device list changed on some node (the subscriber thread): forget the
-        cached list, and close each session here of a device it no longer vouches for,
-        as the node where it was published did with its own."""
+        """`nick`'s device list changed on some node (the subscriber thread): the check
+        reads the store, so it runs on the watchdog thread (`_close_unlisted`)."""
+        self._relay.devices.forget(nick)
+        self._watchdog.after(0, functools.partial(self._close_unlisted, nick))
+
+    def _close_unlisted(self, nick: str) -> None:
+        """Close each session here of a device `nick`'s list no longer vouches for, as the
+        node where it was published did with its own (the watchdog thread)."""
         devices = self._relay.devices
         devices.forget(nick)
         with self._lock:
@@ -290,6 +306,8 @@ class Server:
         thread, which may read the store (the subscriber must not wait on it)."""
         log.info("cluster: node %s is gone: handing out again what waits for the sessions here", node)
         self.hub.drop_node(node)
+        # It may have died between a device list's commit and the news of it.
+        self._relay.devices.forget_all()
         self._watchdog.after(0, self._redeliver)
 
     def _redeliver(self) -> None:

@@ -5,10 +5,10 @@ Redis carries only what can be rebuilt: room fan-out, who serves which nick, nod
 liveness. What must last (nicks' keys, whispers, rooms) is in the shared PostgreSQL
 store. Three threads per node, none of them a session's:
 
-- the **publisher** owns the queue of outgoing work: room batches (one Lua call each,
-  which assigns the room's offset, appends to the room's capped stream and publishes,
-  all atomically: a total order per room), frames for sessions on other nodes, and
-  nick releases; it pipelines whatever queued meanwhile into one round trip. A session
+- the **publisher** owns the queue of outgoing work: room batches and presence (one Lua
+  call each, which assigns the room's offset, appends to the room's capped stream and
+  publishes, all atomically: a total order per room), frames for sessions on other
+  nodes, device-list news; it pipelines whatever queued meanwhile into one round trip. A session
   thread never waits on Redis for a room line.
 - the **subscriber** owns the pub/sub connection: it subscribes, waits for the
   confirmation, and only then reads each room's position and fills the gap from the
@@ -22,8 +22,13 @@ store. Three threads per node, none of them a session's:
   lease expired are freed. It notices a Redis that restarted empty (a new or missing
   epoch) and registers this node again, with the nicks it serves.
 
-Claims (`claim`, `release`) are the login path's: a claim is one Redis round trip on the
-logging-in session's thread, which needs the answer.
+Claims (`claim`, `release`) are the login path's: each is one Redis round trip on the
+session's reader thread (a login needs the answer), one at a time per node.
+
+Redis must not restore old data under the same epoch (run it without persistence, as
+docs/operations.md says): a room's offsets going back would make the nodes take new
+batches for ones they delivered. A node that sees one go back by more than a stream's
+length says so and starts the room again from there rather than stay silent.
 """
 
 from __future__ import annotations
@@ -66,9 +71,8 @@ class BackplaneHooks:
     #: A batch of room `room` (folded), in the room's order: the encoded frames, the
     #: node that published them, and whether that is this node. The subscriber thread.
     deliver_lines: Callable[[str, bytes, str, bool], None]
-    #: At this node's first subscription: `nick` is in folded `room` on node `node`
-    #: (later changes come as `joined`/`left` frames in `deliver_lines`). The
-    #: subscriber thread.
+    #: After each subscription: `nick` is in folded `room` on node `node` (later changes
+    #: come as `joined`/`left` frames in `deliver_lines`). The subscriber thread.
     remote_member: Callable[[str, str, str], None]
     #: A frame another node sent here: for the session reading mailbox `to` ("nick" or
     #: "nick/device"), or for every session of a person ("*nick"). The subscriber thread.
@@ -88,8 +92,9 @@ class BackplaneHooks:
     #: Folded `nick`'s device list changed (on any node): forget what is cached of it,
     #: and close this node's sessions of devices it no longer names. The subscriber thread.
     devices_changed: Callable[[str], None]
-    #: The subscription was made (again): news may have been missed meanwhile, so what
-    #: is cached of the store's device lists is to be forgotten. The subscriber thread.
+    #: The subscription was made again: news may have been missed meanwhile, so what is
+    #: held of other nodes (cached device lists, their members, whether one died) is to
+    #: be forgotten or checked again. The subscriber thread.
     resubscribed: Callable[[], None]
 
 
@@ -136,13 +141,17 @@ class Backplane:
         # device list changed: every node's cached copy is stale, whoever it serves).
         self._all_channel = f"{prefix}all"
         self._stopping = threading.Event()
-        # Outgoing work for the publisher: ("lines", room, batch), ("push", box, frame),
-        # ("release", nick, b""). A SimpleQueue is safe for any thread.
+        # Outgoing work for the publisher: ("lines", room, batch), ("joined"/"left",
+        # "room\tnick", frame), ("push", to, frame), ("devices", nick, b""), ("stop", ...).
+        # A SimpleQueue is safe for any thread.
         self._out: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
         # The nicks this node serves: folded nick -> (sessions holding it, identity key
         # hex or "" for a guest). Guarded by `_lock`.
         self._claims: dict[str, tuple[int, str]] = {}
         self._lock = threading.Lock()
+        # Held by `claim` and `release` across their Redis round trip (taken before
+        # `_lock`, never under it): one change of this node's claims at a time.
+        self._claiming = threading.Lock()
         # The epoch this node registered under. Written by `start` and the lease thread,
         # read bare by the others (a str swap is atomic; a stale read costs one retry).
         self._epoch = ""
@@ -161,6 +170,7 @@ class Backplane:
         #: falling behind) and made again. Written by the subscriber thread only.
         self.subscriptions_lost = 0
         self._threads: list[threading.Thread] = []
+        self._stopped = False  # guarded by `_lock`: `stop` runs once
 
     # -- the node's life --------------------------------------------------------------
 
@@ -181,7 +191,11 @@ class Backplane:
 
     def stop(self) -> None:
         """End the threads and give up this node's lease and claims (a clean stop: the
-        others need not wait for the lease to run out)."""
+        others need not wait for the lease to run out). A second call does nothing."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
         # The publisher sends what was queued before this (the sessions' last `left`s),
         # then ends; the other threads end on the flag.
         self._out.put(("stop", "", b""))
@@ -220,37 +234,49 @@ class Backplane:
         if self._fenced:
             raise ClusterUnavailable("this node has lost the cluster for now")
         hexkey = key.hex()
-        with self._lock:
-            held = self._claims.get(nick)
-            if held is not None and held[1] == hexkey:
-                self._claims[nick] = (held[0] + 1, hexkey)
-                return True
-        try:
-            ok = self._claim_script(
-                keys=[self._key("nick", nick), self._key("nicks-of", self.node)],
-                args=[self.node, hexkey, self._key("node", "")],
-            )
-        except redis.RedisError as exc:
-            raise ClusterUnavailable(f"the cluster's Redis did not answer: {exc}") from None
-        if not ok:
-            return False
-        with self._lock:
-            count, _ = self._claims.get(nick, (0, hexkey))
-            self._claims[nick] = (count + 1, hexkey)
-        return True
+        # One claim or release at a time on this node, across its Redis round trip: a
+        # release's HDEL arriving after a newer claim's HSET would undo that claim.
+        with self._claiming:
+            with self._lock:
+                held = self._claims.get(nick)
+                if held is not None and held[1] == hexkey:
+                    self._claims[nick] = (held[0] + 1, hexkey)
+                    return True
+            try:
+                ok = self._claim_script(
+                    keys=[self._key("nick", nick), self._key("nicks-of", self.node)],
+                    args=[self.node, hexkey, self._key("node", "")],
+                )
+            except redis.RedisError as exc:
+                raise ClusterUnavailable(f"the cluster's Redis did not answer: {exc}") from None
+            if not ok:
+                return False
+            with self._lock:
+                count, _ = self._claims.get(nick, (0, hexkey))
+                self._claims[nick] = (count + 1, hexkey)
+            return True
 
     def release(self, nick: str) -> None:
         """A session holding folded `nick` ended: when it was this node's last one, the
-        nick is freed in Redis (queued: the publisher does it)."""
-        with self._lock:
-            held = self._claims.get(nick)
-            if held is None:
-                return
-            if held[0] > 1:
-                self._claims[nick] = (held[0] - 1, held[1])
-                return
-            del self._claims[nick]
-        self._out.put(("release", nick, b""))
+        nick is freed in Redis (one round trip, on the caller's thread: the session's
+        reader as it ends). A Redis that does not answer leaves the claim to the reaper
+        (once this node's lease runs out) or to the next fence's clean-up."""
+        with self._claiming:
+            with self._lock:
+                held = self._claims.get(nick)
+                if held is None:
+                    return
+                if held[0] > 1:
+                    self._claims[nick] = (held[0] - 1, held[1])
+                    return
+                del self._claims[nick]
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.hdel(self._key("nick", nick), self.node)
+                pipe.srem(self._key("nicks-of", self.node), self._key("nick", nick))
+                pipe.execute()
+            except redis.RedisError as exc:
+                log.info("cluster: could not free %s in Redis: %s", nick, exc)
 
     def elsewhere(self, nick: str) -> bool:
         """Whether another live node serves folded `nick` (one round trip; any thread).
@@ -316,7 +342,7 @@ class Backplane:
                 failures += 1
                 if failures == 1:
                     log.warning("cluster: publishing failed, holding %d items: %s", len(pending), exc)
-                if stopping and failures > 3:
+                if (stopping and failures > 3) or self._stopping.is_set():
                     return  # a stopping node gives up; its lease runs out for the others
                 self._stopping.wait(min(0.05 * failures, 1.0))
                 continue
@@ -357,10 +383,6 @@ class Backplane:
             elif kind == "devices":
                 commands += 1
                 pipe.publish(self._all_channel, f"devices\t{name}".encode())
-            elif kind == "release":
-                commands += 2
-                pipe.hdel(self._key("nick", name), self.node)
-                pipe.srem(self._key("nicks-of", self.node), self._key("nick", name))
             else:
                 pushes.append((name, data))
         for box, _ in pushes:
@@ -405,17 +427,23 @@ class Backplane:
                     elif self._monotonic() > deadline:
                         raise redis.TimeoutError("no subscribe confirmation")
                 # Subscribed: whatever is published from now on reaches us. Only now
-                # read where each room is, and fill what was missed before.
+                # read where each room is, and fill what was missed before. News sent
+                # while this node was not subscribed is lost: what it holds of other
+                # nodes may be stale, and is read again.
+                if self._following:
+                    self._hooks.resubscribed()
                 self._catch_up()
-                # News sent while this node was not subscribed is lost: what it cached
-                # from the store may be stale.
-                self._hooks.resubscribed()
                 self.subscribed.set()
                 failures = 0
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None and message["type"] == "message":
-                        self._on_message(message["channel"], message["data"])
+                        try:
+                            self._on_message(message["channel"], message["data"])
+                        except redis.RedisError:
+                            raise
+                        except Exception:  # one bad message must not end the subscription
+                            log.exception("cluster: a message from Redis could not be handled; skipped")
             except redis.RedisError as exc:
                 self.subscribed.clear()
                 self.subscriptions_lost += 1
@@ -447,12 +475,14 @@ class Backplane:
                 self._order.baseline(room, last)
             elif last >= self._order.expected(room):
                 self._fill(room, self._order.expected(room), last)
-        if not self._following:
-            self._load_members()
+            elif last + 1 < self._order.expected(room):
+                log.warning("cluster: %s went back to offset %d: taking it from there", room, last)
+                self._order.skip_to(room, last + 1)
+        self._load_members()
         self._following = True
 
     def _load_members(self) -> None:
-        """At the first subscription: who is in which room on the other live nodes."""
+        """After each subscription: who is in which room on the other live nodes."""
         prefix = self._key("members", "")
         for raw in self._redis.scan_iter(match=prefix + "*", count=500):
             room = _text(raw)[len(prefix) :]
@@ -485,7 +515,12 @@ class Backplane:
             self._order.reset(epoch)
             offer = self._order.offer(epoch, room, offset)
         if offer.verdict is Verdict.DUPLICATE:
-            return
+            if offset + self._stream_length >= self._order.expected(room):
+                return  # read already, from the channel or the stream
+            # Far behind anything the stream could repeat: the room's offsets went back
+            # (a Redis restored from old data). Its count starts again here.
+            log.warning("cluster: %s went back to offset %d: taking it from there", room, offset)
+            self._order.skip_to(room, offset)
         if offer.verdict is Verdict.GAP:
             self._fill(room, offer.missing_from, offset - 1)
             if self._order.expected(room) > offset:
@@ -522,29 +557,38 @@ class Backplane:
         """Refresh the lease every third of it, and fence once `FENCE_AFTER` of it went by
         without a refresh. It wakes every sixth of the lease and each Redis round trip is
         bounded by a sixth, so the fence comes at most about a third of the lease late:
-        before the lease runs out."""
+        before the lease runs out. The fence is checked before each refresh: a node that
+        was frozen (SIGSTOP, a paused VM) past its lease fences on waking, even though
+        its next refresh would work, since the others may have taken its nicks meanwhile."""
         next_refresh = self._monotonic()
         while not self._stopping.wait(self._lease / 6):
-            now = self._monotonic()
-            if now >= next_refresh:
-                try:
-                    epoch = self._lease_redis.get(self._key("epoch"))
-                    if epoch is None or _text(epoch) != self._epoch:
-                        self._register()
-                    self._refresh()
-                    next_refresh = self._monotonic() + self._lease / 3
-                    self._reap()
-                except redis.RedisError as exc:
-                    log.debug("cluster: lease refresh failed: %s", exc)
-            if not self._fenced and self._monotonic() - self._last_refresh > self._lease * FENCE_AFTER:
-                log.warning(
-                    "cluster: lease not refreshed for %.1f s: fencing this node",
-                    self._monotonic() - self._last_refresh,
-                )
-                self._fenced = True
-                with self._lock:
-                    self._claims.clear()  # its sessions are being closed
-                self._hooks.fenced()
+            try:
+                self._lease_round(next_refresh)
+            except redis.RedisError as exc:
+                log.debug("cluster: lease refresh failed: %s", exc)
+            except Exception:  # a hook's failure must not end the node's lease
+                log.exception("cluster: the lease thread's round failed")
+            if self._monotonic() >= next_refresh:
+                next_refresh = self._monotonic() + self._lease / 3
+
+    def _lease_round(self, next_refresh: float) -> None:
+        """One wake-up of the lease thread: fence if due, then refresh if due."""
+        if not self._fenced and self._monotonic() - self._last_refresh > self._lease * FENCE_AFTER:
+            log.warning(
+                "cluster: lease not refreshed for %.1f s: fencing this node",
+                self._monotonic() - self._last_refresh,
+            )
+            self._fenced = True
+            with self._lock:
+                self._claims.clear()  # its sessions are being closed
+            self._hooks.fenced()
+        if self._monotonic() < next_refresh:
+            return
+        epoch = self._lease_redis.get(self._key("epoch"))
+        if epoch is None or _text(epoch) != self._epoch:
+            self._register()
+        self._refresh()
+        self._reap()
 
     def _register(self) -> None:
         """Take the epoch (setting one if Redis has none) and claim again, under it, the
