@@ -160,8 +160,15 @@ def test_redis_paused_past_the_lease_fences_every_node_and_they_serve_again_afte
 
 
 def test_redis_restarted_empty_nodes_register_again_with_no_duplicate_nick(
-    nodes: list[Server], redis_server: RedisServer, client_ctx: ssl.SSLContext, clients: list[Client]
+    nodes: list[Server],
+    redis_server: RedisServer,
+    client_ctx: ssl.SSLContext,
+    clients: list[Client],
+    start_server: StartServer,
+    pg_dsn: str,
 ) -> None:
+    from securechat.protocol import Entered
+
     people = [connect(nodes[i], client_ctx, f"q{i}", clients) for i in range(3)]
     people[0].say("before")
     for person in people:
@@ -174,6 +181,15 @@ def test_redis_restarted_empty_nodes_register_again_with_no_duplicate_nick(
         people[n % 3].say(f"after {n}")
     seen = [[t for _, t in lines_until(p, 5)] for p in people]
     assert all(s == seen[0] for s in seen) and sorted(seen[0]) == sorted(f"after {n}" for n in range(5))
+    # Redis keeps each room's members again (each node tells it once it registered under
+    # the new epoch): a node started then lists everyone.
+    deadline = time.monotonic() + TIMEOUT
+    while redis_server.command("HLEN", "sc:members:#lobby").strip() != b":3":
+        assert time.monotonic() < deadline, "the nodes never told Redis their members again"
+        time.sleep(0.05)  # Redis offers no event for a hash's length
+    late = start_server(store=pg_dsn, cluster=redis_server.url, node_lease=LEASE)
+    dave = connect(late, client_ctx, "dave", clients)
+    assert set(next_matching(dave, Entered, room="#lobby").users) == {"q0", "q1", "q2", "dave"}
     # q0 is still q0's: a guest on another node cannot take it.
     intruder = Client("q0", context=client_ctx, port=nodes[1].address[1], timeout=TIMEOUT)
     with pytest.raises(LoginRejected) as refused:

@@ -940,10 +940,10 @@ class Hub:
                 for raw, event in zip(frames, events, strict=True):
                     if isinstance(event, Message):
                         lines.append(event)
-                    elif isinstance(event, (Joined, Left)):
-                        if mine:
-                            continue
-                        self._remote_presence_locked(room, event, origin)
+                    elif isinstance(event, (Joined, Left)) and (
+                        mine or not self._remote_presence_locked(room, event, origin)
+                    ):
+                        continue  # ours went out already; one that changes nothing is no news
                     out.append(raw + b"\n")
                 found = self._rooms.get(room)
                 if found is not None and out:
@@ -986,14 +986,29 @@ class Hub:
         finally:
             self._flush_owed()
 
-    def _remote_presence_locked(self, room: str, event: Joined | Left, node: str) -> None:
+    def _remote_presence_locked(self, room: str, event: Joined | Left, node: str) -> bool:
+        """Apply another node's `joined`/`left`; False if it changed nothing (a member
+        announced again, after Redis lost its data: not news to show)."""
         members = self._remote.setdefault(room, {})
+        key = fold_nick(event.nick)
         if isinstance(event, Joined):
-            members[fold_nick(event.nick)] = (event.nick, node)
+            news = members.get(key) != (event.nick, node)
+            members[key] = (event.nick, node)
         else:
-            members.pop(fold_nick(event.nick), None)
-            if not members:
-                del self._remote[room]
+            news = members.pop(key, None) is not None
+        if not members:
+            del self._remote[room]
+        return news
+
+    def announce_members(self) -> None:
+        """A cluster node: tell the other nodes again who is in each room here (the
+        backplane registered again after Redis lost its data). The lease thread."""
+        with self._lock:
+            for room in self._rooms.all():
+                for folded in room.members:
+                    entry = self._members.get(folded)
+                    if entry is not None:
+                        self._tell_cluster(room, Joined(room=room.name, nick=entry.nick))
 
     def _tell_cluster(self, room: Room, event: Joined | Left) -> None:
         """A cluster node: one of this node's members entered or left `room` (under the

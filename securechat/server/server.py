@@ -97,6 +97,7 @@ class Server:
                     node_gone=self._node_gone,
                     devices_changed=self._devices_changed,
                     resubscribed=self._resubscribed,
+                    registered=self._announce_members,
                 ),
                 lease=config.node_lease,
             )
@@ -236,6 +237,11 @@ class Server:
     def _deliver_lines(self, room: str, batch: bytes, origin: str, mine: bool) -> None:
         """A room batch in the room's cluster-wide order (the subscriber thread)."""
         self.hub.deliver_lines(room, batch, origin, mine)
+
+    def _announce_members(self) -> None:
+        """Registered again after Redis lost its data (the lease thread): the others are
+        told again who is in each room here."""
+        self.hub.announce_members()
 
     def _remote_member(self, room: str, nick: str, node: str) -> None:
         """Who another node has in a room, as this node starts (the subscriber thread)."""

@@ -96,6 +96,9 @@ class BackplaneHooks:
     #: held of other nodes (cached device lists, their members, whether one died) is to
     #: be forgotten or checked again. The subscriber thread.
     resubscribed: Callable[[], None]
+    #: This node registered under a new epoch (Redis lost its data): tell the others
+    #: again who is in each room here (`publish_presence`). The lease thread.
+    registered: Callable[[], None]
 
 
 class Backplane:
@@ -592,7 +595,9 @@ class Backplane:
 
     def _register(self) -> None:
         """Take the epoch (setting one if Redis has none) and claim again, under it, the
-        nicks this node serves; a nick another node took meanwhile is lost."""
+        nicks this node serves; a nick another node took meanwhile is lost. Under a new
+        epoch (Redis lost its data), also who is in each room here."""
+        before = self._epoch
         self._lease_redis.set(self._key("epoch"), os.urandom(8).hex(), nx=True)
         epoch = self._lease_redis.get(self._key("epoch"))
         self._epoch = _text(epoch) if epoch is not None else ""
@@ -609,6 +614,8 @@ class Backplane:
                 with self._lock:
                     self._claims.pop(nick, None)
                 self._hooks.lost_nick(nick)
+        if before and before != self._epoch:
+            self._hooks.registered()
 
     def _refresh(self) -> None:
         self._lease_redis.set(self._key("node", self.node), self._epoch, px=int(self._lease * 1000))
