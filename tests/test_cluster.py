@@ -56,6 +56,22 @@ def all_subscribed(nodes: list[Server]) -> None:
         assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
 
 
+def log_in_once_free(node: Server, ctx: ssl.SSLContext, nick: str, within: float) -> tuple[Client, float]:
+    """Log in as `nick` on `node`, again and again while another node's claim on it holds
+    (as a person retries: the moment a lease lapses has no event to wait on); the client
+    and the seconds it took. Fails if the nick is still taken after `within` seconds."""
+    started = time.monotonic()
+    while True:
+        client = Client(nick, context=ctx, port=node.address[1], timeout=TIMEOUT)
+        try:
+            client.connect()
+            return client, time.monotonic() - started
+        except LoginRejected as exc:
+            assert exc.code == Code.NICK_TAKEN, exc
+            assert time.monotonic() - started < within, f"{nick} was never freed"
+            time.sleep(0.05)
+
+
 def lines_until(client: Client, count: int) -> list[tuple[str, str]]:
     """The next `count` room lines `client` sees, as (nick, text)."""
     seen: list[tuple[str, str]] = []
@@ -217,19 +233,9 @@ def test_a_node_killed_outright_frees_its_nicks_within_the_lease_and_its_users_c
     watcher.connect()
     try:
         doomed.kill9()  # no goodbye: its lease and claims stay in Redis until they expire
-        killed = time.monotonic()
         # The nick is free on the other node once the dead node's lease ran out: not
         # before (it could still be serving), and not much after.
-        while True:
-            again = Client("ghost", context=client_ctx, port=survivor.address[1], timeout=TIMEOUT)
-            try:
-                again.connect()
-                break
-            except LoginRejected as exc:
-                assert exc.code == Code.NICK_TAKEN
-                assert time.monotonic() - killed < LEASE * 2, "the dead node's nick was never freed"
-                time.sleep(0.05)  # a person's retry; the moment the lease lapses has no event
-        freed_after = time.monotonic() - killed
+        again, freed_after = log_in_once_free(survivor, client_ctx, "ghost", within=LEASE * 2)
         # Its last refresh was at most a half lease before the kill (a third, plus the
         # thread's wake-up), and its lease ran a whole one from there.
         assert LEASE * 0.4 <= freed_after <= LEASE * 1.5, freed_after
@@ -455,15 +461,7 @@ def test_a_node_frozen_past_its_lease_fences_when_it_wakes_instead_of_serving_on
     try:
         os.kill(frozen.proc.pid, signal.SIGSTOP)  # a paused VM, a swap storm
         # The others find it dead once its lease ran out and free its nick.
-        taker = Client("sleeper", context=client_ctx, port=survivor.address[1], timeout=TIMEOUT)
-        deadline = time.monotonic() + LEASE * 4
-        while True:
-            try:
-                taker.connect()
-                break
-            except LoginRejected:
-                assert time.monotonic() < deadline, "the frozen node's nick was never freed"
-                time.sleep(0.05)  # a person's retry; the lease's end has no event to wait on
+        taker, _ = log_in_once_free(survivor, client_ctx, "sleeper", within=LEASE * 4)
         os.kill(frozen.proc.pid, signal.SIGCONT)
         # Awake, it must not go on serving a nick another node now serves.
         assert next_matching(sleeper, Error, timeout=LEASE * 4).code == Code.BUSY
