@@ -244,7 +244,9 @@ class Hub:
         self._publish_presence = publish_presence
         # A cluster node's view of the members other nodes serve: folded room ->
         # folded nick -> (nick as shown, node). Guarded by `_lock`.
-        self._remote: dict[str, dict[str, tuple[str, str]]] = {}
+        # folded nick -> node -> nick as shown (a person may be on several nodes: their
+        # devices). Guarded by `_lock`.
+        self._remote: dict[str, dict[str, dict[str, str]]] = {}
         self._max_devices = max_devices
         self._store = store
         # One registered room's settings change at a time, across its store write (see
@@ -960,7 +962,7 @@ class Hub:
         """A cluster node: `nick` is in folded `room` on node `node` (what a node learns at
         its first subscription, from Redis; later changes come to `deliver_lines`)."""
         with self._lock:
-            self._remote.setdefault(room, {})[fold_nick(nick)] = (nick, node)
+            self._remote.setdefault(room, {}).setdefault(fold_nick(nick), {})[node] = nick
 
     def forget_remote(self) -> None:
         """A cluster node: forget which members other nodes have (its subscription was
@@ -974,11 +976,15 @@ class Hub:
         try:
             with self._lock:
                 for folded_room, members in list(self._remote.items()):
-                    gone = [key for key, (_, where) in members.items() if where == node]
                     found = self._rooms.get(folded_room)
-                    for key in gone:
-                        shown, _ = members.pop(key)
-                        if found is not None:
+                    for key, nodes in list(members.items()):
+                        shown = nodes.pop(node, None)
+                        if shown is None:
+                            continue
+                        if not nodes:
+                            del members[key]
+                        # Shown as gone only if no other node, nor this one, has them.
+                        if found is not None and not nodes and key not in found.members:
                             left = Left(room=found.name, nick=shown, reason="its server was lost")
                             self._fan_out_locked(found, encode(left), self._owed)
                     if not members:
@@ -987,15 +993,21 @@ class Hub:
             self._flush_owed()
 
     def _remote_presence_locked(self, room: str, event: Joined | Left, node: str) -> bool:
-        """Apply another node's `joined`/`left`; False if it changed nothing (a member
-        announced again, after Redis lost its data: not news to show)."""
+        """Apply another node's `joined`/`left`; False if it is no news to this node's
+        members: a member announced again (after Redis lost its data), or a person who
+        was (or still is) in the room through another node or this one, their devices."""
         members = self._remote.setdefault(room, {})
         key = fold_nick(event.nick)
+        found = self._rooms.get(room)
+        here = found is not None and key in found.members
+        nodes = members.setdefault(key, {})
         if isinstance(event, Joined):
-            news = members.get(key) != (event.nick, node)
-            members[key] = (event.nick, node)
+            news = not nodes and not here
+            nodes[node] = event.nick
         else:
-            news = members.pop(key, None) is not None
+            news = nodes.pop(node, None) is not None and not nodes and not here
+        if not nodes:
+            del members[key]
         if not members:
             del self._remote[room]
         return news
@@ -1119,7 +1131,7 @@ class Hub:
         remote = self._remote.get(fold_room(room.name))
         if not remote:
             return tuple(room.shown)
-        extra = [shown for key, (shown, _) in remote.items() if key not in room.members]
+        extra = [next(iter(nodes.values())) for key, nodes in remote.items() if key not in room.members]
         return tuple(sorted([*room.shown, *extra], key=fold_nick))
 
     def _away(self, room: Room) -> tuple[str, ...]:
@@ -1136,7 +1148,8 @@ class Hub:
         folded = fold_room(room.name)
         pending = self._presence.setdefault(folded, [])
         joined = Joined(room=room.name, nick=nick)
-        pending.append(encode(joined))
+        if not self._elsewhere(room, nick):  # in the room already, through another node
+            pending.append(encode(joined))
         self._tell_cluster(room, joined)
         # What it is sent on entering lists everyone, itself included: it needs only the
         # notices after its own.
@@ -1205,8 +1218,13 @@ class Hub:
         self._forget_if_vanished(room)
 
     def _notice(self, room: Room, event: Left) -> None:
-        self._presence.setdefault(fold_room(room.name), []).append(encode(event))
+        if not self._elsewhere(room, event.nick):  # still in the room, through another node
+            self._presence.setdefault(fold_room(room.name), []).append(encode(event))
         self._tell_cluster(room, event)
+
+    def _elsewhere(self, room: Room, nick: str) -> bool:
+        """A cluster node: whether another node has `nick` in `room` (under the lock)."""
+        return fold_nick(nick) in self._remote.get(fold_room(room.name), {})
 
     def _forget_if_vanished(self, room: Room) -> None:
         if self._rooms.vanished(room):
