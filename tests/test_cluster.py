@@ -333,7 +333,7 @@ def test_a_whisper_committed_by_a_node_that_died_before_pushing_it_still_arrives
     assert dying is not None
     # Node 0 commits the next whisper and dies before its push leaves: its publisher is
     # the part that would have sent it, and it stops with the rest of the node's link.
-    monkeypatch.setattr(nodes[0]._relay, "_remote_push", lambda box, frame: None)
+    monkeypatch.setattr(dying, "push", lambda box, frame: None)
     lost_push = alice.whisper("bob", "committed, never pushed")
     next_matching(alice, WhisperStatus, id=lost_push, status="stored")  # acknowledged: it must arrive
     dying._stopping.set()  # its lease is no longer refreshed: it runs out as a dead node's would

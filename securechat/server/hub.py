@@ -242,9 +242,8 @@ class Hub:
         # Set once here; called under `_lock` (they only queue, never block).
         self._publish_lines = publish_lines
         self._publish_presence = publish_presence
-        # A cluster node's view of the members other nodes serve: folded room ->
-        # folded nick -> (nick as shown, node). Guarded by `_lock`.
-        # folded nick -> node -> nick as shown (a person may be on several nodes: their
+        # A cluster node's view of the members other nodes serve: folded room -> folded
+        # nick -> node -> nick as shown (a person may be on several nodes: their
         # devices). Guarded by `_lock`.
         self._remote: dict[str, dict[str, dict[str, str]]] = {}
         self._max_devices = max_devices
@@ -927,7 +926,7 @@ class Hub:
         self._last_ts = max(self._clock(), self._last_ts + 1e-6)
         return self._last_ts
 
-    def deliver_lines(self, room: str, batch: bytes, origin: str = "", mine: bool = True) -> None:
+    def deliver_lines(self, room: str, batch: bytes, origin: str, mine: bool) -> None:
         """A cluster node: a batch of folded `room`'s frames in the room's order, as node
         `origin` published it (`mine`: this node did), from the backplane's subscriber
         thread. Lines are fanned out to this node's members of the room and kept as its
@@ -959,8 +958,8 @@ class Hub:
             self._flush_owed()
 
     def remote_member(self, room: str, nick: str, node: str) -> None:
-        """A cluster node: `nick` is in folded `room` on node `node` (what a node learns at
-        its first subscription, from Redis; later changes come to `deliver_lines`)."""
+        """A cluster node: `nick` is in folded `room` on node `node` (what a node reads from
+        Redis after each subscription; later changes come to `deliver_lines`)."""
         with self._lock:
             self._remote.setdefault(room, {}).setdefault(fold_nick(nick), {})[node] = nick
 

@@ -57,16 +57,16 @@ from .store import (
     mailbox,
 )
 
-__all__ = ["DEVICE_LIST_TTL", "OPK_LOW_WATER", "NickClaims", "Relay", "RelayError"]
+__all__ = ["DEVICE_LIST_TTL", "OPK_LOW_WATER", "ClusterLink", "Relay", "RelayError"]
 
 #: Seconds a cluster node trusts its cached copy of a device list: the longest a removed
 #: device could still log in through a node that missed the news of its removal.
 DEVICE_LIST_TTL = 5.0
 
 
-class NickClaims(Protocol):
-    """Who serves a nick across a cluster's nodes (cluster/backplane.py). Called by
-    sessions' reader threads."""
+class ClusterLink(Protocol):
+    """A cluster node's link to the other nodes (cluster/backplane.py): who serves which
+    nick, and frames for sessions on other nodes. Called by sessions' reader threads."""
 
     def claim(self, nick: str, key: bytes) -> bool:
         """Claim folded `nick` for one session proving identity `key` (b"" a guest):
@@ -80,6 +80,20 @@ class NickClaims(Protocol):
 
     def elsewhere(self, nick: str) -> bool:
         """Whether another node serves folded `nick` now. Raises `ClusterUnavailable`."""
+        ...
+
+    def push(self, box: str, frame: bytes) -> None:
+        """Send `frame` to mailbox `box`'s session on whichever other node has it (a
+        whisper's push, a status): sent after the commit that holds what it tells. Only
+        queues."""
+        ...
+
+    def push_person(self, nick: str, frame: bytes) -> None:
+        """Send `frame` to every session of folded `nick` on the other nodes. Only queues."""
+        ...
+
+    def devices_changed(self, nick: str) -> None:
+        """Tell every node folded `nick`'s device list changed. Only queues."""
         ...
 
 
@@ -111,16 +125,12 @@ class Relay:
         *,
         config: ServerConfig | None = None,
         monotonic: Callable[[], float] = time.monotonic,
-        remote_push: Callable[[str, bytes], None] | None = None,
-        claims: NickClaims | None = None,
+        cluster: ClusterLink | None = None,
     ) -> None:
-        """`remote_push` (a cluster node: the backplane's) takes a frame for a mailbox
-        whose session is not on this node: a whisper's push, a status to its sender. It
-        only queues; the frame is sent after the commit that holds what it tells."""
-        self._remote_push = remote_push
-        #: A cluster node's claims on nicks across the nodes (None: one process, where
-        #: the hub alone says who holds a nick). Thread-safe itself.
-        self.claims = claims
+        """`cluster`: a cluster node's link to the others (None: one process, where the
+        hub alone says who holds a nick and where every session is)."""
+        #: Thread-safe itself; set once here.
+        self.cluster = cluster
         self._store = store
         self._hub = hub
         self._clock = clock
@@ -135,17 +145,7 @@ class Relay:
         self._prekeys = PrekeyLimits(config, monotonic)
         #: Each person's device list and their devices' mailboxes. Thread-safe itself. A
         #: cluster node trusts a cached list for a few seconds only (devices.py).
-        self.devices = DeviceDirectory(store, ttl=None if claims is None else DEVICE_LIST_TTL)
-
-    def push_elsewhere(self, to: str, frame: bytes) -> bool:
-        """A cluster node: send `frame` to the other nodes serving `to`'s nick, where `to`
-        is a mailbox (that device's session), "*" and a nick (every session of that
-        person) or "!" and a nick (its device list changed: `frame` is empty). False
-        (nothing sent) for a single process. Only queues."""
-        if self._remote_push is None:
-            return False
-        self._remote_push(to, frame)
-        return True
+        self.devices = DeviceDirectory(store, ttl=None if cluster is None else DEVICE_LIST_TTL)
 
     # -- login ------------------------------------------------------------------------
 
@@ -415,7 +415,7 @@ class Relay:
                 recipient = online[box]
             else:
                 recipient = online[box] = self._hub.member_of(*_split(box))
-            if recipient is not None or self._remote_push is not None:
+            if recipient is not None or self.cluster is not None:
                 # Only after the commit: a whisper the recipient sees is one the server
                 # keeps, and its id names no other whisper if the commit fails. No store
                 # lock is held here, only the recipient's outbox's (docs/design.md).
@@ -430,8 +430,8 @@ class Relay:
                 )
                 if recipient is not None:
                     pushes.setdefault(id(recipient), (recipient, []))[1].append(encode(delivery))
-                elif self._remote_push is not None:
-                    self._remote_push(box, encode(delivery))  # online on another node, or nowhere
+                elif self.cluster is not None:
+                    self.cluster.push(box, encode(delivery))  # online on another node, or nowhere
             away = recipient.away if recipient is not None else ""
             listed = self.devices.listed(event.to)
             results.append(
@@ -531,8 +531,8 @@ class Relay:
                 statuses.setdefault(id(sender), (sender, []))[1].append(
                     encode(_status(done.msg_id, to, failed, device))
                 )
-            elif self._remote_push is not None:
-                self._remote_push(done.sender, encode(_status(done.msg_id, to, failed, device)))
+            elif self.cluster is not None:
+                self.cluster.push(done.sender, encode(_status(done.msg_id, to, failed, device)))
         _push(statuses)
 
     def failures(self, nick: str) -> list[WhisperStatus]:

@@ -91,8 +91,8 @@ class Server:
                     deliver_lines=self._deliver_lines,
                     remote_member=self._remote_member,
                     push=self._push_here,
+                    push_person=self._push_person_here,
                     fenced=self._fenced,
-                    unfenced=lambda: None,
                     lost_nick=self._lost_nick,
                     node_gone=self._node_gone,
                     devices_changed=self._devices_changed,
@@ -152,8 +152,7 @@ class Server:
             clock,
             config=config,
             monotonic=monotonic,
-            remote_push=None if self.cluster is None else self.cluster.push,
-            claims=self.cluster,
+            cluster=self.cluster,
         )
         self._watchdog = Watchdog()
         # Set by `start` (the caller's thread) before the threads that use them exist.
@@ -247,15 +246,17 @@ class Server:
         """Who another node has in a room, as this node starts (the subscriber thread)."""
         self.hub.remote_member(room, nick, node)
 
-    def _push_here(self, to: str, frame: bytes) -> None:
-        """What another node sent to the sessions here (the subscriber thread), as
-        relay.py's `push_elsewhere` names them: a mailbox's session (a whisper's push, a
-        status: the store has what it tells), or every session of a person ("*nick")."""
-        if to.startswith("*"):
-            member = self.hub.member(to[1:])
-        else:
-            nick, _, device = to.partition("/")
-            member = self.hub.member_of(nick, device)
+    def _push_here(self, box: str, frame: bytes) -> None:
+        """A frame another node sent to mailbox `box`'s session here, if it is here (the
+        subscriber thread): a whisper's push, a status; the store has what it tells."""
+        member = self.hub.member_of(*box.partition("/")[::2])
+        if member is not None:
+            member.deliver(frame)
+
+    def _push_person_here(self, nick: str, frame: bytes) -> None:
+        """A frame another node sent to every session of `nick` here (the subscriber
+        thread): a device list, a pairing answer to a linking guest."""
+        member = self.hub.member(nick)
         if member is not None:
             member.deliver(frame)
 
@@ -278,7 +279,6 @@ class Server:
         """Close each session here of a device `nick`'s list no longer vouches for, as the
         node where it was published did with its own (the watchdog thread)."""
         devices = self._relay.devices
-        devices.forget(nick)
         with self._lock:
             mine = [s for s in self._sessions if s.box.partition("/")[0] == nick and "/" in s.box]
         for session in mine:

@@ -60,6 +60,9 @@ FENCE_AFTER = 0.6
 #: Redis round trips of the login path and of the threads: a Redis that does not answer
 #: within this is treated as down (the lease then runs out, and the node fences).
 _REDIS_TIMEOUT = 2.0
+#: What starts a `to:NODE` message's address when it is for every session of a person
+#: rather than one mailbox ("~" is in no nick).
+_PERSON = "~"
 #: Publisher items taken into one pipeline at most.
 _BATCH = 256
 
@@ -74,14 +77,15 @@ class BackplaneHooks:
     #: After each subscription: `nick` is in folded `room` on node `node` (later changes
     #: come as `joined`/`left` frames in `deliver_lines`). The subscriber thread.
     remote_member: Callable[[str, str, str], None]
-    #: A frame another node sent here: for the session reading mailbox `to` ("nick" or
-    #: "nick/device"), or for every session of a person ("*nick"). The subscriber thread.
+    #: A frame another node sent for the session reading mailbox `box` ("nick" or
+    #: "nick/device") here. The subscriber thread.
     push: Callable[[str, bytes], None]
-    #: This node can no longer prove it is alive: close every session (retryable) and
-    #: refuse logins until `unfenced`. The lease thread.
+    #: A frame another node sent for every session of folded `nick` here. The subscriber
+    #: thread.
+    push_person: Callable[[str, bytes], None]
+    #: This node can no longer prove it is alive: close every session (retryable). Its
+    #: logins are refused (`claim` raises) until its lease is held again. The lease thread.
     fenced: Callable[[], None]
-    #: The lease is held again: logins may resume. The lease thread.
-    unfenced: Callable[[], None]
     #: Redis lost this node's claim on `nick` (it restarted empty and another node took
     #: the nick first): close this node's sessions of it. The lease thread.
     lost_nick: Callable[[str], None]
@@ -159,7 +163,7 @@ class Backplane:
         # read bare by the others (a str swap is atomic; a stale read costs one retry).
         self._epoch = ""
         # Whether this node fenced itself, and when its lease was last refreshed. Owned
-        # by the lease thread; `healthy` reads `_fenced` bare (a stale read admits or
+        # by the lease thread; `claim` reads `_fenced` bare (a stale read admits or
         # refuses one login a refresh early).
         self._fenced = False
         self._last_refresh = 0.0
@@ -222,11 +226,6 @@ class Backplane:
         self._redis.close()
         self._lease_redis.close()
 
-    @property
-    def healthy(self) -> bool:
-        """False while this node is fenced (see the module docstring)."""
-        return not self._fenced
-
     # -- the login path ----------------------------------------------------------------
 
     def claim(self, nick: str, key: bytes) -> bool:
@@ -284,15 +283,11 @@ class Backplane:
     def elsewhere(self, nick: str) -> bool:
         """Whether another live node serves folded `nick` (one round trip; any thread).
         Raises `ClusterUnavailable`."""
-        return bool(self.nodes_of(nick))
-
-    def nodes_of(self, nick: str) -> list[str]:
-        """The other live nodes serving folded `nick` (one round trip; any thread)."""
         try:
             nodes = [_text(n) for n in self._redis.hkeys(self._key("nick", nick))]
         except redis.RedisError as exc:
             raise ClusterUnavailable(str(exc)) from None
-        return [n for n in nodes if n != self.node]
+        return any(n != self.node for n in nodes)
 
     # -- outgoing ------------------------------------------------------------------------
 
@@ -309,14 +304,18 @@ class Backplane:
         self._out.put(("joined" if joined else "left", f"{room}\t{nick}", frame))
 
     def push(self, box: str, frame: bytes) -> None:
-        """Queue `frame` for the other nodes serving `box`'s nick: a mailbox (a whisper
-        or a status for that device's session), or "*" and a nick (every session of the
-        person); "!" and a nick goes to every node, as `devices_changed` (relay.py's
-        `push_elsewhere`). Any thread."""
-        if box.startswith("!"):
-            self._out.put(("devices", box[1:], b""))
-            return
+        """Queue `frame` for mailbox `box`'s session on the other nodes serving its nick (a
+        whisper or a status for a user logged in elsewhere). Any thread."""
         self._out.put(("push", box, frame))
+
+    def push_person(self, nick: str, frame: bytes) -> None:
+        """Queue `frame` for every session of folded `nick` on the other nodes. Any thread."""
+        self._out.put(("push", _PERSON + nick, frame))
+
+    def devices_changed(self, nick: str) -> None:
+        """Queue news for every node that folded `nick`'s device list changed (each
+        forgets its cached copy and closes its sessions of removed devices). Any thread."""
+        self._out.put(("devices", nick, b""))
 
     # -- the publisher thread ------------------------------------------------------------
 
@@ -389,7 +388,7 @@ class Backplane:
             else:
                 pushes.append((name, data))
         for box, _ in pushes:
-            pipe.hkeys(self._key("nick", box.lstrip("*").split("/", 1)[0]))
+            pipe.hkeys(self._key("nick", box.removeprefix(_PERSON).split("/", 1)[0]))
         results = pipe.execute()
         if any(results[i] is None for i in published):
             # No epoch: Redis restarted empty. The lease thread registers this node
@@ -497,7 +496,11 @@ class Backplane:
     def _on_message(self, channel: bytes, data: bytes) -> None:
         head, _, body = data.partition(b"\n")
         if channel.decode() == self._my_channel:
-            self._hooks.push(head.decode(), body)
+            to = head.decode()
+            if to.startswith(_PERSON):
+                self._hooks.push_person(to.removeprefix(_PERSON), body)
+            else:
+                self._hooks.push(to, body)
             return
         if channel.decode() == self._all_channel:
             kind, _, name = head.decode().partition("\t")
@@ -624,7 +627,6 @@ class Backplane:
             self._forget_stale_claims()
             self._fenced = False
             log.info("cluster: lease held again: logins resume")
-            self._hooks.unfenced()
 
     def _forget_stale_claims(self) -> None:
         """After a fence: the claims Redis still holds for this node that no session

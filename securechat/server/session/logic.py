@@ -326,8 +326,8 @@ class SessionLogic:
         """The connection is over: leave the hub (announced with `reason`) if logged in."""
         if self.state is LoginState.IN and self.nick is not None:
             self._hub.leave(self._member, self.nick, reason)
-            if self._relay.claims is not None:
-                self._relay.claims.release(fold_nick(self.nick))
+            if self._relay.cluster is not None:
+                self._relay.cluster.release(fold_nick(self.nick))
             log.info("%s (%s) left: %s", self.nick, self._peer, reason)
 
     # -- dispatch ---------------------------------------------------------------------
@@ -518,9 +518,10 @@ class SessionLogic:
             everyone.deliver(listing)
         # In a cluster, the person's sessions on other nodes too: those of removed
         # devices are closed there, the others sent the list.
-        folded = fold_nick(self.nick)
-        if self._relay.push_elsewhere("!" + folded, b""):
-            self._relay.push_elsewhere("*" + folded, listing)
+        cluster = self._relay.cluster
+        if cluster is not None:
+            cluster.devices_changed(fold_nick(self.nick))
+            cluster.push_person(fold_nick(self.nick), listing)
 
     def _link(self, event: Link) -> None:
         """Relay one pairing message: a new device's (commitment, reveal) to the device
@@ -535,8 +536,12 @@ class SessionLogic:
         if target is None and self._online_elsewhere(event.peer):
             # A cluster: the peer is on another node (the device holding the identity
             # key is its mailbox "nick"; a linking guest, every session of its nick).
+            assert self._relay.cluster is not None  # `_online_elsewhere` said so
             folded = fold_nick(event.peer)
-            self._relay.push_elsewhere(folded if to_identity else "*" + folded, relayed)
+            if to_identity:
+                self._relay.cluster.push(folded, relayed)
+            else:
+                self._relay.cluster.push_person(folded, relayed)
             return
         if target is None:
             self._reply(
@@ -553,7 +558,7 @@ class SessionLogic:
     def _online_elsewhere(self, nick: str) -> bool:
         """Whether another node of a cluster serves `nick` (False for one process, and
         when the cluster cannot say)."""
-        claims = self._relay.claims
+        claims = self._relay.cluster
         if claims is None:
             return False
         try:
@@ -731,7 +736,7 @@ class SessionLogic:
                 bool(self.person_key) and isinstance(holder, Holder) and holder.person_key == self.person_key
             )
 
-        claims = self._relay.claims
+        claims = self._relay.cluster
         if claims is not None:
             try:
                 if not claims.claim(fold_nick(hello.nick), self.person_key):
@@ -895,7 +900,7 @@ class SessionLogic:
             return
         # In a cluster, `new` is claimed across the nodes first (and given back if the
         # rename does not happen), `old` given back once it did.
-        claims = self._relay.claims
+        claims = self._relay.cluster
         try:
             if claims is not None and not claims.claim(fold_nick(new), self.person_key):
                 self._reply(Error(code=Code.NICK_TAKEN, reason=f"{new} is already in use", ref=new))
