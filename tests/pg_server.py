@@ -87,10 +87,6 @@ class PgServer:
     def dsn_for(self, dbname: str) -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
 
-    @property
-    def socket_dir(self) -> Path:
-        return self.root
-
     @classmethod
     def start(cls) -> PgServer:
         """initdb a new cluster in a temporary directory and start it (pg_ctl -w).
@@ -172,11 +168,6 @@ class PgServer:
     def start_again(self) -> None:
         """Start the stopped (or killed) server again on the same port and directory."""
         self._pg_ctl_start()
-
-    def restart(self) -> None:
-        """A fast stop, then a start."""
-        self.stop("fast")
-        self.start_again()
 
     def kill9(self) -> None:
         """SIGKILL the postmaster, as a crash would, and wait until its backends have

@@ -224,16 +224,20 @@ def test_a_reader_paging_while_three_processes_write_misses_no_whisper(
     reader = stores()
     done = threading.Event()
     read: list[int] = []
+    pages_while_writing = 0  # non-empty pages read before the writers finished
 
     def write(i: int) -> None:
         for n in range(40):
             writers[i % 3].enqueue("bob", f"m{n}", f"s{i}", b"h", b"c", 1.0)
 
     def read_pages() -> None:
+        nonlocal pages_while_writing
         last = 0
         while True:
             finished = done.is_set()  # read once more after the writers are done
             page = reader.pending("bob", after=last)
+            if page and not finished:
+                pages_while_writing += 1
             read.extend(q.id for q in page)
             last = max([last, *(q.id for q in page)])
             if finished:
@@ -250,6 +254,8 @@ def test_a_reader_paging_while_three_processes_write_misses_no_whisper(
     everything = [q.id for q in reader.pending("bob")]
     assert len(everything) == 12 * 40
     assert read == everything  # each once, in order, none skipped
+    # Not a run where the reader only read after the writes: it paged while they went on.
+    assert pages_while_writing >= 2, pages_while_writing
 
 
 def test_free_text_with_nul_characters_is_kept(stores: Callable[..., PostgresStore]) -> None:

@@ -67,6 +67,7 @@ from .store import (
     _BACKUP_TAKEN,
     _EXPIRE_BATCH,
     _FROM,
+    _NO_ID_ABOVE,
     _SERVICE_CLOCK,
     _STORE_ID,
     _TO,
@@ -84,6 +85,7 @@ from .store import (
     StoreUnavailable,
     UnknownRecipient,
     _over_quota,
+    _owner,
     mailbox,
 )
 
@@ -119,8 +121,6 @@ _CONNECT_TIMEOUT = "5"
 #: aborted it: nothing took effect), or that found its pooled connection dead.
 _ATTEMPTS = 3
 
-#: Above every queue id (bigint's largest): `pending` with no upper bound.
-_NO_ID_ABOVE = 2**63 - 1
 _NO_ID_BELOW = -(2**63)
 
 # Each migration takes the schema from version N-1 to N, in one transaction.
@@ -273,11 +273,6 @@ def _room_lock(key: str) -> int:
     return _lock_key("room", key)
 
 
-def _owner(box: str) -> str:
-    """The folded nick a mailbox ("nick" or "nick/device", folded) belongs to."""
-    return box.partition("/")[0]
-
-
 def _text_in(value: str) -> bytes:
     return value.encode("utf-8")
 
@@ -319,7 +314,9 @@ def _connection_options(dsn: str) -> dict[str, Any]:
     try:
         given = conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        raise StoreUnavailable(f"cannot use the database DSN: {exc}") from exc
+        # Not the parser's words: they quote the part that did not parse, which can be
+        # the password.
+        raise StoreUnavailable(f"the database DSN does not parse ({type(exc).__name__})") from None
     options: dict[str, Any] = {"autocommit": True}
     defaults = {
         "connect_timeout": _CONNECT_TIMEOUT,
