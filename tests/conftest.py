@@ -17,7 +17,7 @@ from securechat import Client
 from securechat.server import Server, ServerConfig
 from securechat.transport import client_context, server_context
 
-pytest_plugins = ["pg_fixtures", "redis_fixtures"]
+pytest_plugins = ["pg_fixtures", "redis_fixtures", "room_peers", "cluster_nodes"]
 
 # Wait limits for events in tests: generous, because CI machines stall; a passing
 # test never waits this long, since every wait ends on the event itself.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from chat import TIMEOUT, next_matching
+from cluster_nodes import LEASE, all_subscribed
 from conftest import StartServer
 from redis_server import RedisServer
 from whisper_helpers import login, memory_keys
@@ -22,15 +23,6 @@ from securechat.protocol import Code, Error, Left, Message, WhisperStatus
 from securechat.server import Server
 
 pytest.importorskip("redis", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
-
-#: Short leases, so that the fault tests take seconds: a node fences after 60% of it.
-LEASE = 1.5
-
-
-@pytest.fixture
-def nodes(pg_dsn: str, redis_server: RedisServer, start_server: StartServer) -> list[Server]:
-    """Three nodes of one cluster."""
-    return [start_server(store=pg_dsn, cluster=redis_server.url, node_lease=LEASE) for _ in range(3)]
 
 
 @pytest.fixture
@@ -48,12 +40,6 @@ def connect(
     client.connect()
     made.append(client)
     return client
-
-
-def all_subscribed(nodes: list[Server]) -> None:
-    """Wait until every node's subscriber is subscribed (its first catch-up done)."""
-    for node in nodes:
-        assert node.cluster is not None and node.cluster.subscribed.wait(TIMEOUT)
 
 
 def log_in_once_free(node: Server, ctx: ssl.SSLContext, nick: str, within: float) -> tuple[Client, float]:
