@@ -62,9 +62,7 @@ def link_phone(
     guest = Client(f"{nick}-linking", context=ctx, port=port, timeout=TIMEOUT)
     guest.connect()
     try:
-        link_new_device(
-            guest, nick, phone_keys, person.shown_on_new.put, person.type_on_new, timeout=TIMEOUT
-        )
+        link_new_device(guest, nick, phone_keys, person.shown_on_new.put, person.type_on_new, timeout=TIMEOUT)
     finally:
         guest.close()
         thread.join(TIMEOUT)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from securechat.server.hub import Hub, Member, NickTaken, NoSuchRoom, RoomError
+from securechat.server.rooms import Rooms as Registry
 from securechat.server.store import StoredRoom, StoreUnavailable
 
 
@@ -1074,3 +1075,68 @@ def test_a_person_online_from_several_devices_cannot_rename() -> None:
     device_login(hub, "alice", KEY_A, "desktop")
     with pytest.raises(RoomError, match="other devices"):
         hub.reserve("alice", "alicia")
+
+
+class Wire:
+    """The room order of a cluster's backplane, in process: what the hubs publish is kept
+    in one list, and `deliver` hands each item to every hub in that order, as the
+    backplane's subscriber does (the hub that published it is told it was its own)."""
+
+    def __init__(self) -> None:
+        self.hubs: dict[str, Hub] = {}
+        self.queued: list[tuple[str, str, str, bytes]] = []  # (node, kind, room, data)
+
+    def hub(self, node: str) -> Hub:
+        hub = Hub(
+            clock=lambda: 42.0,
+            rooms=Registry(autojoin=("#lobby",)),
+            publish_lines=lambda room, batch: self.queued.append((node, "lines", room, batch)),
+            publish_presence=lambda room, nick, joined, frame: self.queued.append((node, "lines", room, frame)),
+            publish_news=lambda room, news, keep: self.queued.append((node, "news", room, news)),
+        )
+        self.hubs[node] = hub
+        return hub
+
+    def deliver(self) -> None:
+        while self.queued:
+            origin, kind, room, data = self.queued.pop(0)
+            for node, hub in self.hubs.items():
+                if kind == "lines":
+                    hub.deliver_lines(room, data, origin, node == origin)
+                else:
+                    hub.room_news(room, data, origin, node == origin, True)
+
+
+def topic_of(hub: Hub, room: str) -> str:
+    [entry] = hub.list_rooms(room).rooms
+    return entry.topic
+
+
+def test_cluster_nodes_changing_one_room_at_once_end_with_the_same_settings() -> None:
+    wire = Wire()
+    a, b = wire.hub("a"), wire.hub("b")
+    join(a, "alice", version=2, key=b"\x01" * 32)
+    join(b, "bob", version=2, key=b"\x02" * 32)
+    a.enter("alice", "#x")
+    wire.deliver()
+    b.enter("bob", "#x")  # made on b from what a told: alice's room
+    wire.deliver()
+    with pytest.raises(RoomError, match="only the identity that created"):
+        b.register_room("bob", "#x")
+    # Both change the topic before either hears of the other's change: the later in the
+    # room's order wins on both, not each its own or each the other's.
+    a.set_topic("alice", "#x", "from a")
+    b.set_topic("bob", "#x", "from b")
+    wire.deliver()
+    assert topic_of(a, "#x") == topic_of(b, "#x") == "from b"
+
+
+def test_news_that_is_not_room_news_is_refused_and_changes_nothing() -> None:
+    wire = Wire()
+    a = wire.hub("a")
+    join(a, "alice", version=2)
+    a.enter("alice", "#x")
+    wire.deliver()
+    with pytest.raises(ValueError, match="not room news"):
+        a.room_news("#x", b'{"kind": "state", "state": {"name": "#x"}}', "b", False, True)
+    assert topic_of(a, "#x") == ""

@@ -66,6 +66,7 @@ from ..protocol import (
     fold_nick,
     fold_room,
 )
+from .roomnews import BAN, INVITE, NewsKind, RoomNews, SharedState
 from .rooms import Ban, BanKind, NoSuchRoom, Room, RoomError, Settings, search
 from .rooms import Rooms as Registry
 from .store import StoredBan, StoredRoom
@@ -228,6 +229,7 @@ class Hub:
         max_devices: int = 5,
         publish_lines: Callable[[str, bytes], None] | None = None,
         publish_presence: Callable[[str, str, bool, bytes], None] | None = None,
+        publish_news: Callable[[str, bytes, bool], None] | None = None,
     ) -> None:
         """`rooms` is the registry with the server's autojoin rooms and caps (default:
         `#lobby` only); `history` the lines kept per room; `store` where registered rooms
@@ -237,15 +239,28 @@ class Hub:
         batch comes back, in the room's order across every node, to `deliver_lines`.
         `publish_presence(room, nick, joined, frame)` (the same) tells the other nodes a
         member of this one entered (`joined`) or left a room; theirs come back to
-        `deliver_lines` too, and make them members this node shows (`names`, `entered`)."""
+        `deliver_lines` too, and make them members this node shows (`names`, `entered`).
+        `publish_news(room, news, keep)` (the same) sends roomnews.py's news of a room in
+        its order (`keep`: Redis keeps it as the room's latest state, for nodes that
+        start later); every node's, this one's too, come back to `room_news`."""
         self._clock = clock
         # Set once here; called under `_lock` (they only queue, never block).
         self._publish_lines = publish_lines
         self._publish_presence = publish_presence
+        self._publish_news = publish_news
         # A cluster node's view of the members other nodes serve: folded room -> folded
         # nick -> node -> nick as shown (a person may be on several nodes: their
         # devices). Guarded by `_lock`.
         self._remote: dict[str, dict[str, dict[str, str]]] = {}
+        # A cluster node's copy of the shared state (roomnews.py) of rooms other nodes
+        # have members of and this one has none: what a room made here for a newcomer
+        # starts from. Guarded by `_lock`.
+        self._shared: dict[str, SharedState] = {}
+        # A cluster node's state news per folded room published and not yet back from
+        # the backplane: while some are, the other nodes' news of the room is not
+        # applied (this node's comes later in the room's order, and wins). Guarded by
+        # `_lock`.
+        self._unconfirmed: dict[str, int] = {}
         self._max_devices = max_devices
         self._store = store
         # One registered room's settings change at a time, across its store write (see
@@ -366,12 +381,11 @@ class Hub:
             autojoin = (DEFAULT_ROOM,) if version == 1 else self._rooms.autojoin
             for name in autojoin:
                 try:
-                    room, already = self._rooms.join(name, nick, key, now, autojoin=True)
+                    room, already = self._enter_locked(name, nick, key, now, member, autojoin=True)
                 except RoomError:
                     continue
                 if not already:
                     entered.append(room)
-                    self._announce_entry(room, nick, member)
             welcome = next(
                 (r for r in map(self._rooms.get, autojoin) if r is not None and fold_nick(nick) in r.members),
                 None,
@@ -438,7 +452,8 @@ class Hub:
             self._members_generation += 1
             self._away_nicks.discard(folded)
             if not entry.key:
-                self._rooms.forget_guest(nick)
+                for room in self._rooms.forget_guest(nick):
+                    self._share_locked(room)
             for room in self._rooms.quit(nick):
                 self._newcomers.get(fold_room(room.name), {}).pop(id(member), None)
                 self._notice(room, Left(room=room.name, nick=entry.nick, reason=reason))
@@ -503,6 +518,9 @@ class Hub:
             if fold_nick(old) in self._away_nicks:
                 self._away_nicks.discard(fold_nick(old))
                 self._away_nicks.add(fold_nick(new))
+            if not entry.key and fold_nick(old) != fold_nick(new):
+                for room in self._rooms.forget_guest(old):  # as `rename` would, told
+                    self._share_locked(room)
             rooms = self._rooms.rename(old, new)
             renamed = encode(Renamed(old=old_shown, new=new))
             told: set[int] = {id(entry)}
@@ -538,10 +556,40 @@ class Hub:
         nothing announced."""
         with self._lock:
             entry = self._online(nick)
-            room, already = self._rooms.join(name, nick, entry.key, self._clock())
-            if not already:
-                self._announce_entry(room, entry.nick, entry.member)
+            room, already = self._enter_locked(name, entry.nick, entry.key, self._clock(), entry.member)
             self._send_entry(room, entry.member, entry.version, history=not already)
+
+    def _enter_locked(
+        self, name: str, nick: str, key: bytes, now: float, member: Member, *, autojoin: bool = False
+    ) -> tuple[Room, bool]:
+        """`Rooms.join` (under the lock), and the newcomer announced if it was not in the
+        room. A cluster node makes a room that other nodes have members of from its
+        shared state there, and tells the others (after the newcomer, so that they
+        know the room has a member) of a room made here and of an invitation used."""
+        if self._publish_news is None:
+            room, already = self._rooms.join(name, nick, key, now, autojoin=autojoin)
+            if not already:
+                self._announce_entry(room, nick, member)
+            return room, already
+        folded = fold_room(name)
+        existing = self._rooms.get(name)
+        state = self._shared.get(folded) if existing is None and self._remote.get(folded) else None
+        room, already = self._rooms.join(
+            name, nick, key, now, autojoin=autojoin, seed=None if state is None else state.apply
+        )
+        if not already:
+            self._announce_entry(room, nick, member)
+            self._shared.pop(folded, None)  # the room here holds it from now on
+            invites = (
+                len(existing.invites)
+                if existing is not None
+                else None
+                if state is None
+                else len(state.invites)
+            )
+            if invites is None or invites != len(room.invites):  # made here, or an invitation used
+                self._share_locked(room)
+        return room, already
 
     def part(self, nick: str, name: str, reason: str = "") -> None:
         """`nick` leaves room `name`; every member, the leaver included, gets `left`."""
@@ -554,11 +602,27 @@ class Hub:
             entry.member.deliver(encode(left))
             self._after_leaving(room, left)
 
-    def kick(self, nick: str, name: str, target: str, reason: str = "") -> None:
+    def kick(
+        self, nick: str, name: str, target: str, reason: str = "", remote_key: bytes | None = None
+    ) -> None:
         """An operator's kick: everyone in the room, the kicked member too, gets `left`
-        with `by`."""
+        with `by`. `remote_key` (a cluster node): the identity key (b"" a guest) of
+        `target` if another node serves it; a member of the room there is put out by
+        that node, which announces it."""
         with self._lock:
             entry = self._online(nick)
+            found = self._rooms.get(name)
+            if (
+                self._publish_news is not None
+                and found is not None
+                and remote_key is not None
+                and fold_nick(target) not in found.members
+                and self._elsewhere(found, target)
+            ):
+                room = self._rooms.check_kick(name, nick, target, remote_key)
+                news = RoomNews(NewsKind.KICK, by=entry.nick, target=target, reason=reason)
+                self._publish_news(fold_room(room.name), news.encode(), False)
+                return
             room, shown = self._rooms.kick(name, nick, target)
             self._put_out(room, shown, by=entry.nick, reason=reason)
 
@@ -571,11 +635,12 @@ class Hub:
             banner = self._online(nick).nick
             for shown in self._rooms.put_out_banned(room):
                 self._put_out(room, shown, by=banner, reason="banned")
+            self._share_locked(room, what=BAN, by=banner)  # the other nodes put out theirs
 
         self._settle(nick, name, lambda: self._rooms.add_ban(name, nick, mask, mask_key), put_out)
 
     def unban(self, nick: str, name: str, mask: str) -> None:
-        self._settle(nick, name, lambda: self._rooms.unban(name, nick, mask), lambda room: None)
+        self._settle(nick, name, lambda: self._rooms.unban(name, nick, mask), self._share_locked)
 
     def ban_list(self, nick: str, name: str) -> BanList:
         with self._lock:
@@ -584,18 +649,23 @@ class Hub:
                 room=room.name, bans=tuple(BanEntry(mask=b.shown, kind=b.kind.value, by=b.by) for b in bans)
             )
 
-    def invite(self, nick: str, name: str, invitee: str) -> None:
-        """`nick` invites `invitee` (who must be online): both get `invited`."""
+    def invite(self, nick: str, name: str, invitee: str, remote_key: bytes | None = None) -> None:
+        """`nick` invites `invitee` (who must be online): both get `invited`.
+        `remote_key` (a cluster node): the identity key (b"" a guest) of `invitee` if
+        another node serves it; that node tells them."""
         with self._lock:
             entry = self._online(nick)
             guest = self._members.get(fold_nick(invitee))
-            if guest is None:
+            if guest is None and remote_key is None:
                 raise RoomError(Code.NO_SUCH_USER, f"{invitee} is not online")
-            room = self._rooms.invite(name, nick, guest.nick, guest.key, self._clock())
-            frame = encode(Invited(room=room.name, nick=guest.nick, by=entry.nick))
+            shown, key = (invitee, remote_key) if guest is None else (guest.nick, guest.key)
+            assert key is not None
+            room = self._rooms.invite(name, nick, shown, key, self._clock())
+            frame = encode(Invited(room=room.name, nick=shown, by=entry.nick))
             entry.member.deliver(frame)
-            if guest is not entry and guest.version > 1:
+            if guest is not None and guest is not entry and guest.version > 1:
                 guest.member.deliver(frame)
+            self._share_locked(room, what=INVITE, by=entry.nick, target=shown)
 
     # -- room settings ---------------------------------------------------------------
 
@@ -742,6 +812,7 @@ class Hub:
                 for name in released:
                     room = self._rooms.release(name)
                     if room is not None:
+                        self._share_locked(room)
                         self._forget_if_vanished(room)
                         if not self._persisted(room):
                             self._unsaved.pop(fold_room(room.name), None)
@@ -957,6 +1028,73 @@ class Hub:
         finally:
             self._flush_owed()
 
+    def room_news(self, room: str, data: bytes, origin: str, mine: bool, live: bool) -> None:
+        """A cluster node: roomnews.py's news of folded `room` from node `origin` (`mine`:
+        this node), in the room's order (the backplane's subscriber thread); `live` is
+        False for a room's latest state read from Redis after a subscription (applied,
+        not announced). Raises `ValueError` for news that does not decode."""
+        news = RoomNews.decode(data)
+        try:
+            with self._lock:
+                if news.kind is NewsKind.KICK:
+                    self._kicked_here_locked(room, news, mine)
+                else:
+                    self._state_news_locked(room, news, mine, live)
+        finally:
+            self._flush_owed()
+
+    def _kicked_here_locked(self, room: str, news: RoomNews, mine: bool) -> None:
+        """Another node's member kicked a member of `room` this node serves."""
+        found = self._rooms.get(room)
+        if mine or found is None:
+            return
+        shown = self._rooms.put_out(found, news.target)
+        if shown is not None:  # else it left meanwhile
+            self._put_out(found, shown, by=news.by, reason=news.reason)
+
+    def _state_news_locked(self, room: str, news: RoomNews, mine: bool, live: bool) -> None:
+        """A room's new shared state: applied unless this node has news of its own on
+        the way (roomnews.py), then announced to this node's members."""
+        state = news.state
+        assert state is not None  # RoomNews.decode checked
+        pending = self._unconfirmed.get(room, 0)
+        if mine and pending:
+            pending -= 1
+            if pending:
+                self._unconfirmed[room] = pending
+            else:
+                del self._unconfirmed[room]
+        found = self._rooms.get(room)
+        if not mine and not pending:
+            if found is not None and found.registered and not state.owner:
+                self._rooms.release(found.name)  # released by its node's store
+                self._forget_if_vanished(found)
+                found = self._rooms.get(room)
+            if found is None and state.owner:  # a registered room exists on every node
+                found = self._rooms.load(
+                    state.name,
+                    owner=state.owner,
+                    topic=state.topic,
+                    invite_only=state.invite_only,
+                    operators=state.operators,
+                    bans=state.bans,
+                )
+            if found is not None:
+                state.apply(found)
+            elif self._remote.get(room):
+                self._shared[room] = state
+        if not live or found is None:
+            return
+        if news.what == BAN and not mine:
+            for shown in self._rooms.put_out_banned(found):
+                self._put_out(found, shown, by=news.by, reason="banned")
+        elif news.what == INVITE and not mine:
+            invitee = self._members.get(fold_nick(news.target))
+            if invitee is not None and invitee.version > 1:
+                invitee.member.deliver(encode(Invited(room=found.name, nick=invitee.nick, by=news.by)))
+        elif news.what not in ("", BAN, INVITE):
+            self._announce_change(found, news.by, news.what)
+
     def remote_member(self, room: str, nick: str, node: str) -> None:
         """A cluster node: `nick` is in folded `room` on node `node` (what a node reads from
         Redis after each subscription; later changes come to `deliver_lines`)."""
@@ -968,6 +1106,7 @@ class Hub:
         made again; `remote_member` tells them again from Redis)."""
         with self._lock:
             self._remote.clear()
+            self._unconfirmed.clear()  # what comes back of it is applied as any news
 
     def drop_node(self, node: str) -> None:
         """A cluster node: node `node` died; its members are gone from every room, and this
@@ -988,6 +1127,7 @@ class Hub:
                             self._fan_out_locked(found, encode(left), self._owed)
                     if not members:
                         del self._remote[folded_room]
+                        self._shared.pop(folded_room, None)
         finally:
             self._flush_owed()
 
@@ -1009,6 +1149,7 @@ class Hub:
             del members[key]
         if not members:
             del self._remote[room]
+            self._shared.pop(room, None)  # in no node's rooms: it is gone
         return news
 
     def announce_members(self) -> None:
@@ -1182,9 +1323,17 @@ class Hub:
             member.deliver(b"".join(frames))
 
     def _changed(self, room: Room, nick: str, what: str) -> None:
-        """Tell every member (version 2) the room's whole new state after a change."""
-        self._flush_presence_locked()
+        """Tell every member (version 2) the room's whole new state after a change (a
+        cluster node: every node's members, in the room's order, by `room_news`)."""
         shown = self._members[fold_nick(nick)].nick
+        if self._publish_news is not None:
+            self._share_locked(room, what=what, by=shown)
+        else:
+            self._announce_change(room, shown, what)
+
+    def _announce_change(self, room: Room, shown: str, what: str) -> None:
+        """`room_changed` (`what`, by `shown`) to this node's members (version 2)."""
+        self._flush_presence_locked()
         frame = encode(
             RoomChanged(
                 room=room.name,
@@ -1221,6 +1370,17 @@ class Hub:
             self._presence.setdefault(fold_room(room.name), []).append(encode(event))
         self._tell_cluster(room, event)
 
+    def _share_locked(self, room: Room, *, what: str = "", by: str = "", target: str = "") -> None:
+        """A cluster node: send `room`'s shared state after a change made here (`what`,
+        by `by`; `target` an invitee) to every node, this one too, in the room's order
+        (under the lock; only queues). A single server: nothing."""
+        if self._publish_news is None:
+            return
+        folded = fold_room(room.name)
+        self._unconfirmed[folded] = self._unconfirmed.get(folded, 0) + 1
+        news = RoomNews(NewsKind.STATE, by=by, what=what, target=target, state=SharedState.of(room))
+        self._publish_news(folded, news.encode(), True)
+
     def _elsewhere(self, room: Room, nick: str) -> bool:
         """A cluster node: whether another node has `nick` in `room` (under the lock)."""
         return fold_nick(nick) in self._remote.get(fold_room(room.name), {})
@@ -1228,6 +1388,8 @@ class Hub:
     def _forget_if_vanished(self, room: Room) -> None:
         if self._rooms.vanished(room):
             folded = fold_room(room.name)
+            if self._remote.get(folded):  # it goes on elsewhere: kept for a newcomer here
+                self._shared[folded] = SharedState.of(room)
             self._history.pop(folded, None)
             self._unsaved.pop(folded, None)
             self._presence.pop(folded, None)

@@ -82,6 +82,11 @@ class ClusterLink(Protocol):
         """Whether another node serves folded `nick` now. Raises `ClusterUnavailable`."""
         ...
 
+    def holder(self, nick: str) -> bytes | None:
+        """The identity key (b"" a guest) of whoever another node serves as folded `nick`,
+        None if no other node does. Raises `ClusterUnavailable`."""
+        ...
+
     def push(self, box: str, frame: bytes) -> None:
         """Send `frame` to mailbox `box`'s session on whichever other node has it (a
         whisper's push, a status): sent after the commit that holds what it tells. Only

@@ -297,7 +297,14 @@ class Rooms:
     # -- membership -------------------------------------------------------------------
 
     def join(
-        self, name: str, nick: str, key: bytes, now: float, *, autojoin: bool = False
+        self,
+        name: str,
+        nick: str,
+        key: bytes,
+        now: float,
+        *,
+        autojoin: bool = False,
+        seed: Callable[[Room], None] | None = None,
     ) -> tuple[Room, bool]:
         """Put `nick` (holding `key`) in room `name`, creating it if needed. Returns the room
         and whether `nick` was already there (then nothing changed).
@@ -306,6 +313,10 @@ class Rooms:
         a ban (which wins over an invitation), invite-only without an invitation. An
         autojoin is never refused for the person's cap (the configuration chose it), but
         the autojoin rooms they are in count towards it like any other.
+
+        `seed` (a cluster node: the room exists on other nodes, not yet here) gives a room
+        made here its shared state before the checks, so that it is entered as it is
+        elsewhere: by its creator there, with its bans and invitations.
         """
         folded_nick = fold_nick(nick)
         folded = fold_room(name)
@@ -321,6 +332,10 @@ class Rooms:
             if len(self._rooms) >= self.max_rooms:
                 raise RoomError(Code.QUOTA, f"this server has {len(self._rooms)} rooms, its most")
             room = Room(name=name, creator=key)
+            if seed is not None:
+                seed(room)
+                self._check_may_enter(room, folded_nick, key, now)
+                room.invites.pop(key or folded_nick, None)  # used
             self._rooms[folded] = room
         else:
             self._check_may_enter(room, folded_nick, key, now)
@@ -407,14 +422,17 @@ class Rooms:
             if self.banned(room, fold_nick(new), key):
                 raise RoomError(Code.BANNED, f"cannot change nick while banned in {room.name}")
 
-    def forget_guest(self, nick: str) -> None:
+    def forget_guest(self, nick: str) -> list[Room]:
         """The guest `nick` left (or renamed): its invitations end, so that the next guest
-        of that nick finds none. (An identity user's are by key: a no-op for them.)"""
+        of that nick finds none. (An identity user's are by key: a no-op for them.) The
+        rooms whose invitations changed."""
         folded = fold_nick(nick)
+        changed = []
         for name in self._guest_invites.pop(folded, ()):
             room = self._rooms.get(name)
-            if room is not None:
-                room.invites.pop(folded, None)
+            if room is not None and room.invites.pop(folded, None) is not None:
+                changed.append(room)
+        return changed
 
     def rename(self, old: str, new: str) -> list[Room]:
         """`old` is now called `new` (not held by anyone present). Membership and what the
@@ -538,15 +556,32 @@ class Rooms:
     def kick(self, name: str, nick: str, target: str) -> tuple[Room, str]:
         """`nick` removes `target` from room `name`. Returns the room and the target's nick
         as shown. The owner cannot be kicked."""
-        room = self._member_room(name, nick)
-        self._require_moderator(room, nick, "kick")
+        room = self.check_kick(name, nick, target, None)
         shown = room.members.get(fold_nick(target))
         if shown is None:
             raise RoomError(Code.NOT_IN_ROOM, f"{target} is not in {room.name}")
-        if self._people[fold_nick(target)].key == room.owner:
-            raise RoomError(Code.NOT_OPERATOR, f"the owner of {room.name} cannot be kicked")
+        self.check_kick(name, nick, target, self._people[fold_nick(target)].key)
         self._remove(room, fold_nick(target))
         return room, shown
+
+    def check_kick(self, name: str, nick: str, target: str, target_key: bytes | None) -> Room:
+        """Raise the `RoomError` that `nick` kicking `target` (holding `target_key`, None
+        if not known yet) from room `name` would, changing nothing; the room. A cluster
+        node checks a kick of a member another node serves with this, and that node puts
+        them out (`put_out`)."""
+        room = self._member_room(name, nick)
+        self._require_moderator(room, nick, "kick")
+        if target_key is not None and target_key == room.owner:
+            raise RoomError(Code.NOT_OPERATOR, f"the owner of {room.name} cannot be kicked")
+        return room
+
+    def put_out(self, room: Room, nick: str) -> str | None:
+        """Remove `nick` from `room` (a kick checked by another node); its nick as shown,
+        or None if it is not a member (it left meanwhile)."""
+        shown = room.members.get(fold_nick(nick))
+        if shown is not None:
+            self._remove(room, fold_nick(nick))
+        return shown
 
     def ban(self, name: str, nick: str, mask: str, mask_key: bytes | None) -> tuple[Room, list[str]]:
         """`nick` bans `mask` from room `name`. `mask_key` is the identity key `mask` is

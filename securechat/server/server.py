@@ -89,6 +89,7 @@ class Server:
                 config.cluster,
                 BackplaneHooks(
                     deliver_lines=self._deliver_lines,
+                    room_news=self._room_news,
                     remote_member=self._remote_member,
                     push=self._push_here,
                     push_person=self._push_person_here,
@@ -130,6 +131,7 @@ class Server:
             max_devices=config.max_devices,
             publish_lines=None if self.cluster is None else self.cluster.publish_lines,
             publish_presence=None if self.cluster is None else self.cluster.publish_presence,
+            publish_news=None if self.cluster is None else self.cluster.publish_news,
         )
         #: Set (by the watchdog thread) once the data directory or database was found
         #: deleted or replaced; from then on the store refuses every operation.
@@ -236,6 +238,10 @@ class Server:
     def _deliver_lines(self, room: str, batch: bytes, origin: str, mine: bool) -> None:
         """A room batch in the room's cluster-wide order (the subscriber thread)."""
         self.hub.deliver_lines(room, batch, origin, mine)
+
+    def _room_news(self, room: str, news: bytes, origin: str, mine: bool, live: bool) -> None:
+        """News of a room (roomnews.py) in its cluster-wide order (the subscriber thread)."""
+        self.hub.room_news(room, news, origin, mine, live)
 
     def _announce_members(self) -> None:
         """Registered again after Redis lost its data (the lease thread): the others are

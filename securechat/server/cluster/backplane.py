@@ -63,6 +63,8 @@ _REDIS_TIMEOUT = 2.0
 #: What starts a `to:NODE` message's address when it is for every session of a person
 #: rather than one mailbox ("~" is in no nick).
 _PERSON = "~"
+#: What follows a room batch's origin when the batch is room news, not frames.
+_NEWS = b"news"
 #: Publisher items taken into one pipeline at most.
 _BATCH = 256
 
@@ -74,6 +76,11 @@ class BackplaneHooks:
     #: A batch of room `room` (folded), in the room's order: the encoded frames, the
     #: node that published them, and whether that is this node. The subscriber thread.
     deliver_lines: Callable[[str, bytes, str, bool], None]
+    #: News of folded `room` (server/roomnews.py), in the room's order: the news, the
+    #: node that published it, whether that is this node, and whether it is live (False:
+    #: the room's latest state read from Redis after a subscription, not to be
+    #: announced). Raises `ValueError` for news it cannot read. The subscriber thread.
+    room_news: Callable[[str, bytes, str, bool, bool], None]
     #: After each subscription: `nick` is in folded `room` on node `node` (later changes
     #: come as `joined`/`left` frames in `deliver_lines`). The subscriber thread.
     remote_member: Callable[[str, str, str], None]
@@ -149,7 +156,8 @@ class Backplane:
         self._all_channel = f"{prefix}all"
         self._stopping = threading.Event()
         # Outgoing work for the publisher: ("lines", room, batch), ("joined"/"left",
-        # "room\tnick", frame), ("push", to, frame), ("devices", nick, b""), ("stop", ...).
+        # "room\tnick", frame), ("state"/"news", room, news), ("push", to, frame),
+        # ("devices", nick, b""), ("stop", ...).
         # A SimpleQueue is safe for any thread.
         self._out: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
         # The nicks this node serves: folded nick -> (sessions holding it, identity key
@@ -289,6 +297,19 @@ class Backplane:
             raise ClusterUnavailable(str(exc)) from None
         return any(n != self.node for n in nodes)
 
+    def holder(self, nick: str) -> bytes | None:
+        """The identity key (b"" for a guest) of whoever another live node serves as
+        folded `nick`, None if no other node does (one round trip; any thread). Raises
+        `ClusterUnavailable`."""
+        try:
+            owners = self._redis.hgetall(self._key("nick", nick))
+        except redis.RedisError as exc:
+            raise ClusterUnavailable(str(exc)) from None
+        for node, key in owners.items():
+            if _text(node) != self.node:
+                return bytes.fromhex(_text(key))
+        return None
+
     # -- outgoing ------------------------------------------------------------------------
 
     def publish_lines(self, room: str, batch: bytes) -> None:
@@ -302,6 +323,12 @@ class Backplane:
         folded `room`: the `joined`/`left` frame goes out in the room's order, and Redis
         keeps who is in the room for nodes that start later. Any thread; never blocks."""
         self._out.put(("joined" if joined else "left", f"{room}\t{nick}", frame))
+
+    def publish_news(self, room: str, news: bytes, keep: bool) -> None:
+        """Queue news of folded `room` (server/roomnews.py) for the room's order, like
+        `publish_lines`; `keep`: it is the room's new shared state, which Redis keeps for
+        nodes that subscribe later. Any thread; never blocks."""
+        self._out.put(("state" if keep else "news", room, news))
 
     def push(self, box: str, frame: bytes) -> None:
         """Queue `frame` for mailbox `box`'s session on the other nodes serving its nick (a
@@ -363,17 +390,29 @@ class Backplane:
         published: list[int] = []  # where in the pipeline's results each room batch is
         commands = 0
         origin = self.node.encode() + b"\n"
+        origin_news = self.node.encode() + b"\t" + _NEWS + b"\n"
         for kind, name, data in items:
-            if kind in ("lines", "joined", "left"):
+            if kind in ("lines", "joined", "left", "state", "news"):
                 room, _, nick = name.partition("\t")
                 published.append(commands)
                 commands += 1
                 self._publish_script(
-                    keys=[self._key("off", room), self._key("log", room), self._key("epoch")],
-                    args=[self._rooms_channel, origin + data, self._stream_length, room],
+                    keys=[
+                        self._key("off", room),
+                        self._key("log", room),
+                        self._key("epoch"),
+                        self._key("state", room),
+                    ],
+                    args=[
+                        self._rooms_channel,
+                        (origin_news if kind in ("state", "news") else origin) + data,
+                        self._stream_length,
+                        room,
+                        "1" if kind == "state" else "",
+                    ],
                     client=pipe,
                 )
-                if kind != "lines":
+                if kind in ("joined", "left"):
                     commands += 2
                     entry = f"{room}\t{nick}"
                     if kind == "joined":
@@ -481,6 +520,7 @@ class Backplane:
                 log.warning("cluster: %s went back to offset %d: taking it from there", room, last)
                 self._order.skip_to(room, last + 1)
         self._load_members()
+        self._load_states()
         self._following = True
 
     def _load_members(self) -> None:
@@ -492,6 +532,20 @@ class Backplane:
                 node, _, nick = _text(value).partition("\t")
                 if node != self.node and self._redis.exists(self._key("node", node)):
                     self._hooks.remote_member(room, nick, node)
+
+    def _load_states(self) -> None:
+        """After each subscription: every room's latest shared state (roomnews.py)."""
+        prefix = self._key("state", "")
+        names = [_text(k) for k in self._redis.scan_iter(match=prefix + "*", count=500)]
+        for key, value in zip(names, self._redis.mget(names) if names else [], strict=True):
+            if value is None:
+                continue
+            head, _, news = _bytes(value).partition(b"\n")
+            node = head.decode(errors="replace").partition("\t")[0]
+            try:
+                self._hooks.room_news(key[len(prefix) :], news, node, node == self.node, False)
+            except ValueError as exc:
+                log.warning("cluster: a room's state in Redis could not be read (%s); skipped", exc)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         head, _, body = data.partition(b"\n")
@@ -535,10 +589,18 @@ class Backplane:
         self._order.delivered(room, offset)
 
     def _deliver(self, room: str, batch: bytes) -> None:
-        """Hand a room batch ("ORIGIN\n" then frames) to the hub."""
-        origin, _, frames = batch.partition(b"\n")
+        """Hand a room batch ("ORIGIN\n" then frames, or "ORIGIN\tnews\n" then news) to
+        the hub."""
+        head, _, body = batch.partition(b"\n")
+        origin, _, tag = head.partition(b"\t")
         node = origin.decode(errors="replace")
-        self._hooks.deliver_lines(room, frames, node, node == self.node)
+        if tag == _NEWS:
+            try:
+                self._hooks.room_news(room, body, node, node == self.node, True)
+            except ValueError as exc:
+                log.warning("cluster: news of %s could not be read (%s); skipped", room, exc)
+        else:
+            self._hooks.deliver_lines(room, body, node, node == self.node)
 
     def _fill(self, room: str, first: int, last: int) -> None:
         """Deliver `room`'s batches `first`..`last` from its stream, in order."""

@@ -10,7 +10,10 @@ Keys (all under the backplane's prefix, "sc:" by default):
 - `nicks-of:ID`: the nicks node ID claimed, for the reaper when its lease expires.
 - `off:ROOM`: the room's last offset; `log:ROOM`: a capped stream of its batches, entry
   id "OFFSET-0", field `d` the batch.
-- channel `rooms`: every room batch, "EPOCH\\tOFFSET\\tROOM\\n" then the batch's frames.
+- `state:ROOM`: the room's latest shared state (server/roomnews.py), as its batch.
+- `members:ROOM`: who is in the room on which node; `rooms-of:ID`: node ID's entries there.
+- channel `rooms`: every room batch, "EPOCH\\tOFFSET\\tROOM\\n" then the batch: a line
+  "ORIGIN" (the node that published it) then its frames, or "ORIGIN\\tnews" then room news.
 - channel `to:ID`: frames for sessions on node ID, "MAILBOX\\n" then the frame.
 """
 
@@ -18,14 +21,17 @@ from __future__ import annotations
 
 __all__ = ["CLAIM", "PUBLISH"]
 
-#: KEYS: off:ROOM, log:ROOM, epoch. ARGV: the rooms channel, the batch, the stream's
-#: length cap, the folded room. Returns the batch's offset, or false when Redis has no
-#: epoch (it restarted empty: the node registers again before publishing).
+#: KEYS: off:ROOM, log:ROOM, epoch, state:ROOM. ARGV: the rooms channel, the batch, the
+#: stream's length cap, the folded room, "1" if the batch is the room's new shared state
+#: (kept as `state:ROOM`, in the same order as published) else "". Returns the batch's
+#: offset, or false when Redis has no epoch (it restarted empty: the node registers
+#: again before publishing).
 PUBLISH = """
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then return false end
 local off = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], off .. '-0', 'd', ARGV[2])
+if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[2]) end
 redis.call('PUBLISH', ARGV[1], epoch .. '\\t' .. off .. '\\t' .. ARGV[4] .. '\\n' .. ARGV[2])
 return off
 """

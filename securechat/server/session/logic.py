@@ -845,9 +845,9 @@ class SessionLogic:
             elif isinstance(event, SetTopic):
                 hub.set_topic(nick, event.room, event.topic)
             elif isinstance(event, Invite):
-                hub.invite(nick, event.room, event.nick)
+                hub.invite(nick, event.room, event.nick, self._served_elsewhere(event.nick))
             elif isinstance(event, Kick):
-                hub.kick(nick, event.room, event.nick, event.reason)
+                hub.kick(nick, event.room, event.nick, event.reason, self._served_elsewhere(event.nick))
             elif isinstance(event, Ban):
                 # A plain nick that is registered is banned by its key (store lookup,
                 # outside the hub's lock).
@@ -867,6 +867,18 @@ class SessionLogic:
                 change(nick, event.room, event.nick, key)
         except RoomError as exc:
             self._reply(Error(code=exc.code, reason=exc.reason, ref=_request_ref(event)))
+
+    def _served_elsewhere(self, nick: str) -> bytes | None:
+        """A cluster node: the identity key (b"" a guest) of `nick` if another node serves
+        it (one Redis round trip, before the hub's lock); None if none does, or on a
+        single server. Raises `RoomError` (busy) when the cluster cannot say."""
+        cluster = self._relay.cluster
+        if cluster is None:
+            return None
+        try:
+            return cluster.holder(fold_nick(nick))
+        except ClusterUnavailable:
+            raise RoomError(Code.BUSY, "the cluster cannot say right now: try again") from None
 
     def _charge_registration(self) -> str:
         """Take one of the network's registrations for a room (a registered room is kept
