@@ -1084,25 +1084,27 @@ class Wire:
 
     def __init__(self) -> None:
         self.hubs: dict[str, Hub] = {}
-        self.queued: list[tuple[str, str, str, bytes]] = []  # (node, kind, room, data)
+        self.queued: list[tuple[str, str, str, bytes, bytes]] = []  # (node, kind, room, data, key)
 
     def hub(self, node: str) -> Hub:
         hub = Hub(
             clock=lambda: 42.0,
             rooms=Registry(autojoin=("#lobby",)),
-            publish_lines=lambda room, batch: self.queued.append((node, "lines", room, batch)),
-            publish_presence=lambda room, nick, joined, frame: self.queued.append((node, "lines", room, frame)),
-            publish_news=lambda room, news, keep: self.queued.append((node, "news", room, news)),
+            publish_lines=lambda room, batch: self.queued.append((node, "lines", room, batch, b"")),
+            publish_presence=lambda room, nick, joined, frame, key: self.queued.append(
+                (node, "lines", room, frame, key)
+            ),
+            publish_news=lambda room, news, keep: self.queued.append((node, "news", room, news, b"")),
         )
         self.hubs[node] = hub
         return hub
 
     def deliver(self) -> None:
         while self.queued:
-            origin, kind, room, data = self.queued.pop(0)
+            origin, kind, room, data, key = self.queued.pop(0)
             for node, hub in self.hubs.items():
                 if kind == "lines":
-                    hub.deliver_lines(room, data, origin, node == origin)
+                    hub.deliver_lines(room, data, origin, node == origin, key)
                 else:
                     hub.room_news(room, data, origin, node == origin, True)
 

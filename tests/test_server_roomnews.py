@@ -12,7 +12,10 @@ from securechat.server.rooms import Ban, BanKind, Room
 def full_room() -> Room:
     room = Room(name="#Ops", creator=b"\x01" * 32, topic="t\u00e9pic", invite_only=True, owner=b"\x01" * 32)
     room.operators = {b"\x02" * 32, b"\x03" * 32}
-    room.bans = [Ban(BanKind.KEY, b"\x04" * 32, "mallory", "alice"), Ban(BanKind.PATTERN, "guest*", "Guest*", "bob")]
+    room.bans = [
+        Ban(BanKind.KEY, b"\x04" * 32, "mallory", "alice"),
+        Ban(BanKind.PATTERN, "guest*", "Guest*", "bob"),
+    ]
     room.invites = {b"\x05" * 32: 1000.5, "guest9": 2000.0}
     return room
 
@@ -33,7 +36,9 @@ def test_applying_a_state_gives_a_room_its_settings_and_invitations_not_its_memb
         source.invite_only,
         source.owner,
     )
-    assert other.operators == source.operators and other.bans == source.bans and other.invites == source.invites
+    assert (
+        other.operators == source.operators and other.bans == source.bans and other.invites == source.invites
+    )
     assert other.members == {"zed": "Zed"}
     # The copy is the room's own: changing the source changes nothing there.
     source.bans.clear()

@@ -228,7 +228,7 @@ class Hub:
         store: RoomStore | None = None,
         max_devices: int = 5,
         publish_lines: Callable[[str, bytes], None] | None = None,
-        publish_presence: Callable[[str, str, bool, bytes], None] | None = None,
+        publish_presence: Callable[[str, str, bool, bytes, bytes], None] | None = None,
         publish_news: Callable[[str, bytes, bool], None] | None = None,
     ) -> None:
         """`rooms` is the registry with the server's autojoin rooms and caps (default:
@@ -237,8 +237,9 @@ class Hub:
         may have online at once, one per device. `publish_lines` (a cluster node: the
         backplane's) takes each room's batch of lines instead of the local fan-out: the
         batch comes back, in the room's order across every node, to `deliver_lines`.
-        `publish_presence(room, nick, joined, frame)` (the same) tells the other nodes a
-        member of this one entered (`joined`) or left a room; theirs come back to
+        `publish_presence(room, nick, joined, frame, key)` (the same) tells the other nodes
+        a member of this one (holding identity `key`) entered (`joined`) or left a room;
+        theirs come back to
         `deliver_lines` too, and make them members this node shows (`names`, `entered`).
         `publish_news(room, news, keep)` (the same) sends roomnews.py's news of a room in
         its order (`keep`: Redis keeps it as the room's latest state, for nodes that
@@ -249,9 +250,9 @@ class Hub:
         self._publish_presence = publish_presence
         self._publish_news = publish_news
         # A cluster node's view of the members other nodes serve: folded room -> folded
-        # nick -> node -> nick as shown (a person may be on several nodes: their
-        # devices). Guarded by `_lock`.
-        self._remote: dict[str, dict[str, dict[str, str]]] = {}
+        # nick -> node -> (nick as shown, identity key or b"") (a person may be on
+        # several nodes: their devices). Guarded by `_lock`.
+        self._remote: dict[str, dict[str, dict[str, tuple[str, bytes]]]] = {}
         # A cluster node's copy of the shared state (roomnews.py) of rooms other nodes
         # have members of and this one has none: what a room made here for a newcomer
         # starts from. Guarded by `_lock`.
@@ -842,8 +843,8 @@ class Hub:
                 room=found.name,
                 users=users,
                 away=self._away(found),
-                owner=self._rooms.owner_nick(found),
-                operators=self._rooms.operator_nicks(found),
+                owner=self._owner_nick(found),
+                operators=self._operator_nicks(found),
             )
 
     def is_in(self, nick: str, room: str) -> bool:
@@ -997,12 +998,13 @@ class Hub:
         self._last_ts = max(self._clock(), self._last_ts + 1e-6)
         return self._last_ts
 
-    def deliver_lines(self, room: str, batch: bytes, origin: str, mine: bool) -> None:
+    def deliver_lines(self, room: str, batch: bytes, origin: str, mine: bool, key: bytes = b"") -> None:
         """A cluster node: a batch of folded `room`'s frames in the room's order, as node
         `origin` published it (`mine`: this node did), from the backplane's subscriber
         thread. Lines are fanned out to this node's members of the room and kept as its
         history; another node's `joined`/`left` make its member one this node shows and
-        are fanned out too (this node's own were sent already, by its presence flush)."""
+        are fanned out too (this node's own were sent already, by its presence flush).
+        `key`: the identity key the member a `joined` announces holds (b"" a guest)."""
         frames = [raw for raw in batch.split(b"\n") if raw]
         events = [decode_line(raw) for raw in frames]
         try:
@@ -1013,7 +1015,7 @@ class Hub:
                     if isinstance(event, Message):
                         lines.append(event)
                     elif isinstance(event, (Joined, Left)) and (
-                        mine or not self._remote_presence_locked(room, event, origin)
+                        mine or not self._remote_presence_locked(room, event, origin, key)
                     ):
                         continue  # ours went out already; one that changes nothing is no news
                     out.append(raw + b"\n")
@@ -1095,11 +1097,12 @@ class Hub:
         elif news.what not in ("", BAN, INVITE):
             self._announce_change(found, news.by, news.what)
 
-    def remote_member(self, room: str, nick: str, node: str) -> None:
-        """A cluster node: `nick` is in folded `room` on node `node` (what a node reads from
-        Redis after each subscription; later changes come to `deliver_lines`)."""
+    def remote_member(self, room: str, nick: str, node: str, key: bytes) -> None:
+        """A cluster node: `nick`, holding identity `key` (b"" a guest), is in folded
+        `room` on node `node` (what a node reads from Redis after each subscription;
+        later changes come to `deliver_lines`)."""
         with self._lock:
-            self._remote.setdefault(room, {}).setdefault(fold_nick(nick), {})[node] = nick
+            self._remote.setdefault(room, {}).setdefault(fold_nick(nick), {})[node] = (nick, key)
 
     def forget_remote(self) -> None:
         """A cluster node: forget which members other nodes have (its subscription was
@@ -1116,14 +1119,14 @@ class Hub:
                 for folded_room, members in list(self._remote.items()):
                     found = self._rooms.get(folded_room)
                     for key, nodes in list(members.items()):
-                        shown = nodes.pop(node, None)
-                        if shown is None:
+                        held = nodes.pop(node, None)
+                        if held is None:
                             continue
                         if not nodes:
                             del members[key]
                         # Shown as gone only if no other node, nor this one, has them.
                         if found is not None and not nodes and key not in found.members:
-                            left = Left(room=found.name, nick=shown, reason="its server was lost")
+                            left = Left(room=found.name, nick=held[0], reason="its server was lost")
                             self._fan_out_locked(found, encode(left), self._owed)
                     if not members:
                         del self._remote[folded_room]
@@ -1131,22 +1134,22 @@ class Hub:
         finally:
             self._flush_owed()
 
-    def _remote_presence_locked(self, room: str, event: Joined | Left, node: str) -> bool:
+    def _remote_presence_locked(self, room: str, event: Joined | Left, node: str, key: bytes) -> bool:
         """Apply another node's `joined`/`left`; False if it is no news to this node's
         members: a member announced again (after Redis lost its data), or a person who
         was (or still is) in the room through another node or this one, their devices."""
         members = self._remote.setdefault(room, {})
-        key = fold_nick(event.nick)
+        folded = fold_nick(event.nick)
         found = self._rooms.get(room)
-        here = found is not None and key in found.members
-        nodes = members.setdefault(key, {})
+        here = found is not None and folded in found.members
+        nodes = members.setdefault(folded, {})
         if isinstance(event, Joined):
             news = not nodes and not here
-            nodes[node] = event.nick
+            nodes[node] = (event.nick, key)
         else:
             news = nodes.pop(node, None) is not None and not nodes and not here
         if not nodes:
-            del members[key]
+            del members[folded]
         if not members:
             del self._remote[room]
             self._shared.pop(room, None)  # in no node's rooms: it is gone
@@ -1166,7 +1169,10 @@ class Hub:
         """A cluster node: one of this node's members entered or left `room` (under the
         lock; only queues)."""
         if self._publish_presence is not None:
-            self._publish_presence(fold_room(room.name), event.nick, isinstance(event, Joined), encode(event))
+            joined = isinstance(event, Joined)
+            entry = self._members.get(fold_nick(event.nick)) if joined else None
+            key = b"" if entry is None else entry.key
+            self._publish_presence(fold_room(room.name), event.nick, joined, encode(event), key)
 
     def flush_presence(self) -> None:
         """Send the pending join/leave notices (one write per member)."""
@@ -1271,8 +1277,39 @@ class Hub:
         remote = self._remote.get(fold_room(room.name))
         if not remote:
             return tuple(room.shown)
-        extra = [next(iter(nodes.values())) for key, nodes in remote.items() if key not in room.members]
+        extra = [next(iter(nodes.values()))[0] for key, nodes in remote.items() if key not in room.members]
         return tuple(sorted([*room.shown, *extra], key=fold_nick))
+
+    def _owner_nick(self, room: Room) -> str:
+        """`Registry.owner_nick`; a cluster node also looks at the members other nodes
+        serve."""
+        here = self._rooms.owner_nick(room)
+        if here or not room.owner:
+            return here
+        held = self._remote_holders(room, frozenset((room.owner,)))
+        return held[0] if held else ""
+
+    def _operator_nicks(self, room: Room) -> tuple[str, ...]:
+        """`Registry.operator_nicks`; a cluster node adds the operators other nodes serve."""
+        here = self._rooms.operator_nicks(room)
+        if not room.operators or not self._remote.get(fold_room(room.name)):
+            return here
+        there = self._remote_holders(room, frozenset(room.operators))
+        return tuple(sorted({fold_nick(n): n for n in (*here, *there)}.values(), key=fold_nick))
+
+    def _remote_holders(self, room: Room, keys: frozenset[bytes]) -> list[str]:
+        """The nicks other nodes serve in `room` holding one of `keys`, not members here."""
+        remote = self._remote.get(fold_room(room.name), {})
+        return sorted(
+            (
+                shown
+                for folded, nodes in remote.items()
+                if folded not in room.members
+                for shown, key in itertools.islice(nodes.values(), 1)
+                if key in keys
+            ),
+            key=fold_nick,
+        )
 
     def _away(self, room: Room) -> tuple[str, ...]:
         """The members of `room` who set an away message, in the order of `_users`.
@@ -1309,8 +1346,8 @@ class Hub:
                         topic=room.topic,
                         invite_only=room.invite_only,
                         registered=room.registered,
-                        owner=self._rooms.owner_nick(room),
-                        operators=self._rooms.operator_nicks(room),
+                        owner=self._owner_nick(room),
+                        operators=self._operator_nicks(room),
                     )
                 )
             )
@@ -1342,8 +1379,8 @@ class Hub:
                 topic=room.topic,
                 invite_only=room.invite_only,
                 registered=room.registered,
-                owner=self._rooms.owner_nick(room),
-                operators=self._rooms.operator_nicks(room),
+                owner=self._owner_nick(room),
+                operators=self._operator_nicks(room),
             )
         )
         self._fan_out_locked(room, frame, version_1=False)

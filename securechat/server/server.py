@@ -235,9 +235,9 @@ class Server:
 
     # -- a cluster node's hooks (cluster/backplane.py) ---------------------------------
 
-    def _deliver_lines(self, room: str, batch: bytes, origin: str, mine: bool) -> None:
+    def _deliver_lines(self, room: str, batch: bytes, origin: str, mine: bool, key: bytes) -> None:
         """A room batch in the room's cluster-wide order (the subscriber thread)."""
-        self.hub.deliver_lines(room, batch, origin, mine)
+        self.hub.deliver_lines(room, batch, origin, mine, key)
 
     def _room_news(self, room: str, news: bytes, origin: str, mine: bool, live: bool) -> None:
         """News of a room (roomnews.py) in its cluster-wide order (the subscriber thread)."""
@@ -248,9 +248,9 @@ class Server:
         told again who is in each room here."""
         self.hub.announce_members()
 
-    def _remote_member(self, room: str, nick: str, node: str) -> None:
+    def _remote_member(self, room: str, nick: str, node: str, key: bytes) -> None:
         """Who another node has in a room, as this node starts (the subscriber thread)."""
-        self.hub.remote_member(room, nick, node)
+        self.hub.remote_member(room, nick, node, key)
 
     def _push_here(self, box: str, frame: bytes) -> None:
         """A frame another node sent to mailbox `box`'s session here, if it is here (the

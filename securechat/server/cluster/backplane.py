@@ -65,6 +65,8 @@ _REDIS_TIMEOUT = 2.0
 _PERSON = "~"
 #: What follows a room batch's origin when the batch is room news, not frames.
 _NEWS = b"news"
+#: What follows a `joined` batch's origin, then the identity key (hex) its member holds.
+_KEY = b"key"
 #: Publisher items taken into one pipeline at most.
 _BATCH = 256
 
@@ -74,16 +76,18 @@ class BackplaneHooks:
     """What the backplane calls on its node. Each hook says which thread calls it."""
 
     #: A batch of room `room` (folded), in the room's order: the encoded frames, the
-    #: node that published them, and whether that is this node. The subscriber thread.
-    deliver_lines: Callable[[str, bytes, str, bool], None]
+    #: node that published them, whether that is this node, and (a `joined`) the
+    #: identity key its member holds, b"" for a guest. The subscriber thread.
+    deliver_lines: Callable[[str, bytes, str, bool, bytes], None]
     #: News of folded `room` (server/roomnews.py), in the room's order: the news, the
     #: node that published it, whether that is this node, and whether it is live (False:
     #: the room's latest state read from Redis after a subscription, not to be
     #: announced). Raises `ValueError` for news it cannot read. The subscriber thread.
     room_news: Callable[[str, bytes, str, bool, bool], None]
-    #: After each subscription: `nick` is in folded `room` on node `node` (later changes
-    #: come as `joined`/`left` frames in `deliver_lines`). The subscriber thread.
-    remote_member: Callable[[str, str, str], None]
+    #: After each subscription: `nick` (holding the identity key given, b"" a guest) is
+    #: in folded `room` on node `node` (later changes come as `joined`/`left` frames in
+    #: `deliver_lines`). The subscriber thread.
+    remote_member: Callable[[str, str, str, bytes], None]
     #: A frame another node sent for the session reading mailbox `box` ("nick" or
     #: "nick/device") here. The subscriber thread.
     push: Callable[[str, bytes], None]
@@ -318,11 +322,12 @@ class Backplane:
         order. Any thread; never blocks on Redis."""
         self._out.put(("lines", room, batch))
 
-    def publish_presence(self, room: str, nick: str, joined: bool, frame: bytes) -> None:
-        """Queue news that `nick`, a member on this node, entered (`joined`) or left
-        folded `room`: the `joined`/`left` frame goes out in the room's order, and Redis
-        keeps who is in the room for nodes that start later. Any thread; never blocks."""
-        self._out.put(("joined" if joined else "left", f"{room}\t{nick}", frame))
+    def publish_presence(self, room: str, nick: str, joined: bool, frame: bytes, key: bytes) -> None:
+        """Queue news that `nick`, a member on this node holding identity `key` (b"" a
+        guest), entered (`joined`) or left folded `room`: the `joined`/`left` frame goes
+        out in the room's order, and Redis keeps who is in the room for nodes that start
+        later. Any thread; never blocks."""
+        self._out.put(("joined" if joined else "left", f"{room}\t{nick}\t{key.hex()}", frame))
 
     def publish_news(self, room: str, news: bytes, keep: bool) -> None:
         """Queue news of folded `room` (server/roomnews.py) for the room's order, like
@@ -393,7 +398,13 @@ class Backplane:
         origin_news = self.node.encode() + b"\t" + _NEWS + b"\n"
         for kind, name, data in items:
             if kind in ("lines", "joined", "left", "state", "news"):
-                room, _, nick = name.partition("\t")
+                room, _, rest = name.partition("\t")
+                nick, _, keyhex = rest.partition("\t")
+                head = origin
+                if kind in ("state", "news"):
+                    head = origin_news
+                elif kind == "joined" and keyhex:
+                    head = self.node.encode() + b"\t" + _KEY + b"\t" + keyhex.encode() + b"\n"
                 published.append(commands)
                 commands += 1
                 self._publish_script(
@@ -405,7 +416,7 @@ class Backplane:
                     ],
                     args=[
                         self._rooms_channel,
-                        (origin_news if kind in ("state", "news") else origin) + data,
+                        head + data,
                         self._stream_length,
                         room,
                         "1" if kind == "state" else "",
@@ -416,7 +427,9 @@ class Backplane:
                     commands += 2
                     entry = f"{room}\t{nick}"
                     if kind == "joined":
-                        pipe.hset(self._key("members", room), fold_nick(nick), f"{self.node}\t{nick}")
+                        pipe.hset(
+                            self._key("members", room), fold_nick(nick), f"{self.node}\t{nick}\t{keyhex}"
+                        )
                         pipe.sadd(self._key("rooms-of", self.node), entry)
                     else:
                         pipe.hdel(self._key("members", room), fold_nick(nick))
@@ -529,9 +542,10 @@ class Backplane:
         for raw in self._redis.scan_iter(match=prefix + "*", count=500):
             room = _text(raw)[len(prefix) :]
             for value in self._redis.hvals(raw):
-                node, _, nick = _text(value).partition("\t")
+                node, _, rest = _text(value).partition("\t")
+                nick, _, keyhex = rest.partition("\t")
                 if node != self.node and self._redis.exists(self._key("node", node)):
-                    self._hooks.remote_member(room, nick, node)
+                    self._hooks.remote_member(room, nick, node, bytes.fromhex(keyhex))
 
     def _load_states(self) -> None:
         """After each subscription: every room's latest shared state (roomnews.py)."""
@@ -599,8 +613,14 @@ class Backplane:
                 self._hooks.room_news(room, body, node, node == self.node, True)
             except ValueError as exc:
                 log.warning("cluster: news of %s could not be read (%s); skipped", room, exc)
-        else:
-            self._hooks.deliver_lines(room, body, node, node == self.node)
+            return
+        key = b""
+        if tag.startswith(_KEY + b"\t"):
+            try:
+                key = bytes.fromhex(tag[len(_KEY) + 1 :].decode())
+            except ValueError:
+                log.warning("cluster: a member's key in %s could not be read; shown as a guest's", room)
+        self._hooks.deliver_lines(room, body, node, node == self.node, key)
 
     def _fill(self, room: str, first: int, last: int) -> None:
         """Deliver `room`'s batches `first`..`last` from its stream, in order."""

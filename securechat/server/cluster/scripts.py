@@ -11,9 +11,12 @@ Keys (all under the backplane's prefix, "sc:" by default):
 - `off:ROOM`: the room's last offset; `log:ROOM`: a capped stream of its batches, entry
   id "OFFSET-0", field `d` the batch.
 - `state:ROOM`: the room's latest shared state (server/roomnews.py), as its batch.
-- `members:ROOM`: who is in the room on which node; `rooms-of:ID`: node ID's entries there.
+- `members:ROOM`: a hash, folded nick -> "NODE\\tNICK\\tKEY" (the node serving that member,
+  the nick as shown, its identity key in hex or "" for a guest); `rooms-of:ID`: node ID's
+  "ROOM\\tNICK" entries there.
 - channel `rooms`: every room batch, "EPOCH\\tOFFSET\\tROOM\\n" then the batch: a line
-  "ORIGIN" (the node that published it) then its frames, or "ORIGIN\\tnews" then room news.
+  "ORIGIN" (the node that published it) then its frames, or "ORIGIN\\tnews" then room news;
+  a `joined` of an identity's member starts "ORIGIN\\tkey\\tKEY" (its key in hex).
 - channel `to:ID`: frames for sessions on node ID, "MAILBOX\\n" then the frame.
 """
 
