@@ -15,11 +15,14 @@ from chat import TIMEOUT, next_matching
 from cluster_nodes import LEASE, all_subscribed
 from conftest import StartServer
 from redis_server import RedisServer
+from room_peers import Peer
+from room_peers import login as peer_login
 from whisper_helpers import login, memory_keys
 
 from securechat import Client, LoginRejected
 from securechat.client.events import Reconnected, WhisperReceived
-from securechat.protocol import Code, Error, Left, Message, WhisperStatus
+from securechat.e2e.identity import Identity
+from securechat.protocol import Code, Error, Left, Message, Names, WhisperStatus, Who
 from securechat.server import Server
 
 pytest.importorskip("redis", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
@@ -469,3 +472,19 @@ def test_a_node_frozen_past_its_lease_fences_when_it_wakes_instead_of_serving_on
         os.kill(frozen.proc.pid, signal.SIGCONT)
         sleeper.close()
         frozen.kill9()
+
+
+def test_a_reconnect_landing_on_another_node_replaces_the_stale_session_at_once(
+    nodes: list[Server], client_ctx: ssl.SSLContext, peers: list[Peer]
+) -> None:
+    all_subscribed(nodes)
+    alice = Identity.generate("alice")
+    # A connection its client gave up on (a laptop that changed networks): the server
+    # has not noticed yet, and would not until the keepalive.
+    stale = peer_login(peers, nodes[0], client_ctx, "alice", identity=alice)
+    fresh = peer_login(peers, nodes[1], client_ctx, "alice", identity=alice)
+    error = stale.expect(Error)
+    assert (error.code, error.fatal) == (Code.REPLACED, True)
+    # The new session is the one served: it is in the room, under its nick.
+    fresh.send(Who(room="#lobby"))
+    assert "alice" in fresh.expect(Names, room="#lobby").users

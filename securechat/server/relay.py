@@ -97,6 +97,11 @@ class ClusterLink(Protocol):
         """Send `frame` to every session of folded `nick` on the other nodes. Only queues."""
         ...
 
+    def replaced(self, box: str) -> None:
+        """Tell the other nodes serving mailbox `box`'s nick that its session logged in
+        here: theirs of it are stale, and closed. Only queues."""
+        ...
+
     def devices_changed(self, nick: str) -> None:
         """Tell every node folded `nick`'s device list changed. Only queues."""
         ...

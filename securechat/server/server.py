@@ -27,6 +27,7 @@ from .hub import Hub
 from .relay import Relay
 from .rooms import Rooms
 from .session import Session
+from .session.logic import REPLACED
 from .store import SqliteStore, Store, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class Server:
                     lost_nick=self._lost_nick,
                     node_gone=self._node_gone,
                     devices_changed=self._devices_changed,
+                    replaced=self._replaced_here,
                     resubscribed=self._resubscribed,
                     registered=self._announce_members,
                 ),
@@ -274,6 +276,15 @@ class Server:
         self._relay.devices.forget_all()
         self.hub.forget_remote()
         self._watchdog.after(0, self._redeliver)
+
+    def _replaced_here(self, box: str, since: float) -> None:
+        """Mailbox `box`'s session logged in on another node at `since` (the subscriber
+        thread): a session of it here that logged in before is stale (its client
+        reconnected elsewhere before this node noticed), and is closed as replaced."""
+        with self._lock:
+            stale = [s for s in self._sessions if s.box == box and s.logged_in_at <= since]
+        for session in stale:
+            session.close(REPLACED, reason="replaced by a login on another node")
 
     def _devices_changed(self, nick: str) -> None:
         """`nick`'s device list changed on some node (the subscriber thread): the check

@@ -67,6 +67,9 @@ _PERSON = "~"
 _NEWS = b"news"
 #: What follows a `joined` batch's origin, then the identity key (hex) its member holds.
 _KEY = b"key"
+#: What starts a `to:NODE` message's address when it says the session of that mailbox
+#: logged in on the sending node ("^" is in no nick); its body is when (wall clock).
+_REPLACED = "^"
 #: Publisher items taken into one pipeline at most.
 _BATCH = 256
 
@@ -104,6 +107,10 @@ class BackplaneHooks:
     #: committed just before it died) are lost, so the sessions here should be handed
     #: what waits for them again. The subscriber thread.
     node_gone: Callable[[str], None]
+    #: The session reading mailbox `box` logged in again on another node at `since`
+    #: (wall clock): close this node's sessions of it that logged in before, as a
+    #: single server replaces a stale session at a reconnect. The subscriber thread.
+    replaced: Callable[[str, float], None]
     #: Folded `nick`'s device list changed (on any node): forget what is cached of it,
     #: and close this node's sessions of devices it no longer names. The subscriber thread.
     devices_changed: Callable[[str], None]
@@ -344,6 +351,11 @@ class Backplane:
         """Queue `frame` for every session of folded `nick` on the other nodes. Any thread."""
         self._out.put(("push", _PERSON + nick, frame))
 
+    def replaced(self, box: str) -> None:
+        """Queue news for the other nodes serving mailbox `box`'s nick that its session
+        logged in here now: theirs of it are stale (`BackplaneHooks.replaced`). Any thread."""
+        self._out.put(("push", _REPLACED + box, repr(time.time()).encode()))
+
     def devices_changed(self, nick: str) -> None:
         """Queue news for every node that folded `nick`'s device list changed (each
         forgets its cached copy and closes its sessions of removed devices). Any thread."""
@@ -440,7 +452,7 @@ class Backplane:
             else:
                 pushes.append((name, data))
         for box, _ in pushes:
-            pipe.hkeys(self._key("nick", box.removeprefix(_PERSON).split("/", 1)[0]))
+            pipe.hkeys(self._key("nick", box.lstrip(_PERSON + _REPLACED).split("/", 1)[0]))
         results = pipe.execute()
         if any(results[i] is None for i in published):
             # No epoch: Redis restarted empty. The lease thread registers this node
@@ -565,7 +577,14 @@ class Backplane:
         head, _, body = data.partition(b"\n")
         if channel.decode() == self._my_channel:
             to = head.decode()
-            if to.startswith(_PERSON):
+            if to.startswith(_REPLACED):
+                try:
+                    since = float(body)
+                except ValueError:
+                    log.warning("cluster: a malformed replacement notice, ignored")
+                    return
+                self._hooks.replaced(to.removeprefix(_REPLACED), since)
+            elif to.startswith(_PERSON):
                 self._hooks.push_person(to.removeprefix(_PERSON), body)
             else:
                 self._hooks.push(to, body)

@@ -133,6 +133,10 @@ class Session:
         # The `last_heard` a keepalive ping was sent for: owned by the watchdog thread.
         # A frame since then moves `last_heard`, which re-arms the ping.
         self._pinged_for: float | None = None
+        #: When (wall clock) it logged in; 0.0 before. Written once by the reader thread
+        #: (`_logged_in`), read by a cluster's subscriber thread as one float read: a
+        #: stale 0.0 only lets a replacement notice close it (`Server._replaced_here`).
+        self.logged_in_at = 0.0
         self._logic = SessionLogic(
             self,
             self,
@@ -293,6 +297,7 @@ class Session:
         a deadline and reports to the server, whose lock is taken under the hub's)."""
         if self._login_deadline is not None:
             self._login_deadline.cancel()
+        self.logged_in_at = time.time()
         self._on_login(self)
 
     # -- the reader thread ----------------------------------------------------------

@@ -82,9 +82,13 @@ from ..ratelimit import TokenBucket
 from ..relay import Relay, RelayError
 from ..store import RenameResult, StoreUnavailable, mailbox
 
-__all__ = ["Holder", "LoginState", "Port", "SessionLogic"]
+__all__ = ["REPLACED", "Holder", "LoginState", "Port", "SessionLogic"]
 
 log = logging.getLogger(__name__)
+
+#: What a session is told as it is closed because its user logged in again (from the
+#: same device: here, or on another node of a cluster).
+REPLACED = Error(code=Code.REPLACED, reason="you logged in from another connection", fatal=True)
 
 
 class LoginState(enum.Enum):
@@ -765,10 +769,11 @@ class SessionLogic:
         if displaced is False:
             return False
         if isinstance(displaced, Holder):
-            displaced.close(
-                Error(code=Code.REPLACED, reason="you logged in from another connection", fatal=True),
-                reason="replaced by a new login",
-            )
+            displaced.close(REPLACED, reason="replaced by a new login")
+        if claims is not None and self.box:
+            # A stale session of this mailbox on another node (the reconnect landed
+            # elsewhere) is replaced there as it would be here.
+            claims.replaced(self.box)
         log.info("%s logged in as %s (%s)", self._peer, hello.nick, "identity" if self.sig_key else "guest")
         return True
 
