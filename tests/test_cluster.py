@@ -488,3 +488,54 @@ def test_a_reconnect_landing_on_another_node_replaces_the_stale_session_at_once(
     # The new session is the one served: it is in the room, under its nick.
     fresh.send(Who(room="#lobby"))
     assert "alice" in fresh.expect(Names, room="#lobby").users
+
+
+def test_the_device_cap_counts_a_persons_devices_on_every_node(
+    pg_dsn: str,
+    redis_server: RedisServer,
+    start_server: StartServer,
+    client_ctx: ssl.SSLContext,
+    clients: list[Client],
+    tmp_path: Path,
+) -> None:
+    from linking_helpers import link_phone
+    from whisper_helpers import disk_keys
+
+    nodes = [
+        start_server(store=pg_dsn, cluster=redis_server.url, node_lease=LEASE, max_devices=2)
+        for _ in range(3)
+    ]
+    all_subscribed(nodes)
+    laptop_keys = disk_keys(tmp_path / "laptop", "alice")
+    laptop = login(nodes[0], client_ctx, "alice", laptop_keys)
+    clients.append(laptop)
+    phone_keys, tablet_keys = disk_keys(tmp_path / "phone", "alice"), disk_keys(tmp_path / "tablet", "alice")
+    link_phone(nodes[1].address[1], client_ctx, laptop, laptop_keys, phone_keys)
+    link_phone(nodes[1].address[1], client_ctx, laptop, laptop_keys, tablet_keys)
+    phone = login(nodes[1], client_ctx, "alice", phone_keys)
+    clients.append(phone)
+    # Two devices online (on two nodes): a third is refused on a third node, as one
+    # server would refuse it.
+    tablet = Client("alice", context=client_ctx, port=nodes[2].address[1], timeout=TIMEOUT, keys=tablet_keys)
+    with pytest.raises(LoginRejected) as refused:
+        tablet.connect()
+    assert refused.value.code == Code.QUOTA
+    # The same device logging in again elsewhere is not a third one.
+    again = login(nodes[2], client_ctx, "alice", phone_keys)
+    clients.append(again)
+    assert next_matching(phone, Error, code=Code.REPLACED).fatal
+    # Once a device has logged out, the tablet gets in. (Its release reaches Redis as
+    # its node ends the session: no event a client sees, so it retries, with a deadline.)
+    again.close()
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        tablet = Client(
+            "alice", context=client_ctx, port=nodes[2].address[1], timeout=TIMEOUT, keys=tablet_keys
+        )
+        try:
+            tablet.connect()
+            break
+        except LoginRejected as exc:
+            assert exc.code == Code.QUOTA and time.monotonic() < deadline, exc
+            time.sleep(0.05)
+    clients.append(tablet)

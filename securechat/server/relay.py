@@ -78,6 +78,16 @@ class ClusterLink(Protocol):
         """One session holding folded `nick` ended (each True `claim` has one)."""
         ...
 
+    def claim_device(self, key: bytes, device: str, most: int) -> bool:
+        """Count device `device` ("" the one holding the identity key) of the person
+        proving `key` as online: False if `most` others are, on any node. Raises
+        `ClusterUnavailable` when the cluster cannot say."""
+        ...
+
+    def release_device(self, key: bytes, device: str) -> None:
+        """One session of that device ended (each True `claim_device` has one)."""
+        ...
+
     def elsewhere(self, nick: str) -> bool:
         """Whether another node serves folded `nick` now. Raises `ClusterUnavailable`."""
         ...

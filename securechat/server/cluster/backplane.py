@@ -47,7 +47,7 @@ import redis
 from ...protocol import fold_nick
 from . import ClusterUnavailable
 from .order import RoomOrder, Verdict
-from .scripts import CLAIM, PUBLISH
+from .scripts import CLAIM, CLAIM_DEVICE, PUBLISH, RELEASE_DEVICE
 
 __all__ = ["FENCE_AFTER", "Backplane", "BackplaneHooks", "ClusterUnavailable"]
 
@@ -160,6 +160,8 @@ class Backplane:
         )
         self._publish_script = self._redis.register_script(PUBLISH)
         self._claim_script = self._redis.register_script(CLAIM)
+        self._claim_device_script = self._redis.register_script(CLAIM_DEVICE)
+        self._release_device_script = self._redis.register_script(RELEASE_DEVICE)
         self._rooms_channel = f"{prefix}rooms"
         self._my_channel = f"{prefix}to:{self.node}"
         # News for every node: "gone\tNODE" (a node died), "devices\tNICK" (a person's
@@ -174,6 +176,10 @@ class Backplane:
         # The nicks this node serves: folded nick -> (sessions holding it, identity key
         # hex or "" for a guest). Guarded by `_lock`.
         self._claims: dict[str, tuple[int, str]] = {}
+        # The devices this node serves: (identity key hex, device field) -> sessions of
+        # it here (more than one only while a reconnect replaces a stale one). Guarded
+        # by `_lock`.
+        self._devices: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         # Held by `claim` and `release` across their Redis round trip (taken before
         # `_lock`, never under it): one change of this node's claims at a time.
@@ -234,10 +240,20 @@ class Backplane:
             with self._lock:
                 nicks = list(self._claims)
                 self._claims.clear()
+                devices = list(self._devices)
+                self._devices.clear()
             pipe = self._redis.pipeline(transaction=False)
             for nick in nicks:
                 pipe.hdel(self._key("nick", nick), self.node)
-            pipe.delete(self._key("nicks-of", self.node), self._key("node", self.node))
+            for hexkey, field in devices:
+                self._release_device_script(
+                    keys=[self._key("devices", hexkey)], args=[self.node, field], client=pipe
+                )
+            pipe.delete(
+                self._key("nicks-of", self.node),
+                self._key("devices-of", self.node),
+                self._key("node", self.node),
+            )
             pipe.execute()
             self._forget_node(self.node)  # its members in Redis, and the news to the others
         except redis.RedisError as exc:
@@ -298,6 +314,46 @@ class Backplane:
                 pipe.execute()
             except redis.RedisError as exc:
                 log.info("cluster: could not free %s in Redis: %s", nick, exc)
+
+    def claim_device(self, key: bytes, device: str, most: int) -> bool:
+        """Count device `device` (its id; "" for the one holding identity `key`) of the
+        person proving `key` as online here: False if the person has `most` other
+        devices online on the live nodes (this one included). Counted per session, as
+        `claim`: each True is matched by one `release_device`. One round trip on the
+        caller's thread. Raises `ClusterUnavailable`."""
+        entry = (key.hex(), "d" + device)
+        with self._claiming:
+            try:
+                ok = self._claim_device_script(
+                    keys=[self._key("devices", entry[0]), self._key("devices-of", self.node)],
+                    args=[self.node, entry[1], most, self._key("node", "")],
+                )
+            except redis.RedisError as exc:
+                raise ClusterUnavailable(f"the cluster's Redis did not answer: {exc}") from None
+            if not ok:
+                return False
+            with self._lock:
+                self._devices[entry] = self._devices.get(entry, 0) + 1
+            return True
+
+    def release_device(self, key: bytes, device: str) -> None:
+        """A session of device `device` of the person proving `key` ended: when it was
+        this node's last one, the device is no longer counted as online here (one round
+        trip; a Redis that does not answer leaves it to the next fence's clean-up, or
+        to this node's lease running out)."""
+        entry = (key.hex(), "d" + device)
+        with self._claiming:
+            with self._lock:
+                count = self._devices.get(entry, 0)
+                if count > 1:
+                    self._devices[entry] = count - 1
+                    return
+                if not self._devices.pop(entry, 0):
+                    return
+            try:
+                self._release_device_script(keys=[self._key("devices", entry[0])], args=[self.node, entry[1]])
+            except redis.RedisError as exc:
+                log.info("cluster: could not count a device as gone in Redis: %s", exc)
 
     def elsewhere(self, nick: str) -> bool:
         """Whether another live node serves folded `nick` (one round trip; any thread).
@@ -688,6 +744,7 @@ class Backplane:
             self._fenced = True
             with self._lock:
                 self._claims.clear()  # its sessions are being closed
+                self._devices.clear()
             self._hooks.fenced()
         if self._monotonic() < next_refresh:
             return
@@ -708,6 +765,12 @@ class Backplane:
         self._lease_redis.set(self._key("node", self.node), self._epoch, px=int(self._lease * 1000))
         with self._lock:
             claims = dict(self._claims)
+            devices = list(self._devices)
+        pipe = self._lease_redis.pipeline(transaction=False)
+        for hexkey, field in devices:  # counted again as they were (no cap applies)
+            pipe.hset(self._key("devices", hexkey), field, self.node)
+            pipe.sadd(self._key("devices-of", self.node), self._key("devices", hexkey))
+        pipe.execute()
         for nick, (_, hexkey) in claims.items():
             ok = self._claim_script(
                 keys=[self._key("nick", nick), self._key("nicks-of", self.node)],
@@ -743,6 +806,19 @@ class Backplane:
                 pipe.hdel(key, self.node)
                 pipe.srem(self._key("nicks-of", self.node), key)
         pipe.execute()
+        # And the devices it counted as online here that no session holds any more.
+        prefix = self._key("devices", "")
+        with self._lock:
+            serving = set(self._devices)
+        for raw in self._lease_redis.smembers(self._key("devices-of", self.node)):
+            key = _text(raw)
+            fields = self._lease_redis.hgetall(key)
+            for field, node in fields.items():
+                entry = (key[len(prefix) :], _text(field))
+                if _text(node) == self.node and entry not in serving:
+                    self._release_device_script(
+                        keys=[key], args=[self.node, entry[1]], client=self._lease_redis
+                    )
 
     def _reap(self) -> None:
         """Free the nicks of nodes whose lease expired (any node may do it: idempotent)."""
@@ -755,7 +831,8 @@ class Backplane:
             pipe = self._lease_redis.pipeline(transaction=False)
             for nick_key in nick_keys:
                 pipe.hdel(nick_key, node)
-            pipe.delete(raw)
+            # Its devices' fields go at the next claim of each person (CLAIM_DEVICE).
+            pipe.delete(raw, self._key("devices-of", node))
             pipe.execute()
             # Its members leave their rooms, and every node hands its sessions what waits
             # for them again: it may have died between a whisper's commit and its push.

@@ -11,6 +11,9 @@ Keys (all under the backplane's prefix, "sc:" by default):
 - `off:ROOM`: the room's last offset; `log:ROOM`: a capped stream of its batches, entry
   id "OFFSET-0", field `d` the batch.
 - `state:ROOM`: the room's latest shared state (server/roomnews.py), as its batch.
+- `devices:KEY` (an identity key, hex): a hash, "d" + device id -> the node serving that
+  device of the person ("d" alone: the device holding the identity key); `devices-of:ID`:
+  the `devices:KEY` hashes node ID wrote to, for its clean-up after a fence.
 - `members:ROOM`: a hash, folded nick -> "NODE\\tNICK\\tKEY" (the node serving that member,
   the nick as shown, its identity key in hex or "" for a guest); `rooms-of:ID`: node ID's
   "ROOM\\tNICK" entries there.
@@ -22,7 +25,7 @@ Keys (all under the backplane's prefix, "sc:" by default):
 
 from __future__ import annotations
 
-__all__ = ["CLAIM", "PUBLISH"]
+__all__ = ["CLAIM", "CLAIM_DEVICE", "PUBLISH", "RELEASE_DEVICE"]
 
 #: KEYS: off:ROOM, log:ROOM, epoch, state:ROOM. ARGV: the rooms channel, the batch, the
 #: stream's length cap, the folded room, "1" if the batch is the room's new shared state
@@ -60,5 +63,36 @@ end
 if taken then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], KEYS[1])
+return 1
+"""
+
+#: KEYS: devices:KEY, devices-of:ME. ARGV: my node id, the device's field, the most
+#: devices one person may have online, the node lease key prefix. Counts the person's
+#: other devices on live nodes (dropping fields of dead ones); if fewer than the most,
+#: the device is this node's (taken over from another node if it was there: a
+#: reconnect) and 1 is returned, else 0.
+CLAIM_DEVICE = """
+local fields = redis.call('HGETALL', KEYS[1])
+local others = 0
+for i = 1, #fields, 2 do
+  local device, node = fields[i], fields[i + 1]
+  if redis.call('EXISTS', ARGV[4] .. node) == 0 then
+    redis.call('HDEL', KEYS[1], device)
+  elseif device ~= ARGV[2] then
+    others = others + 1
+  end
+end
+if others >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[2], KEYS[1])
+return 1
+"""
+
+#: KEYS: devices:KEY. ARGV: my node id, the device's field. The device is no longer
+#: online here: its field goes, unless another node took it over meanwhile.
+RELEASE_DEVICE = """
+if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[1] then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+end
 return 1
 """

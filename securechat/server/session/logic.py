@@ -79,13 +79,17 @@ from ..config import ServerConfig
 from ..devices import DevicesRefused
 from ..hub import Hub, Member, NickTaken, RoomError, TooManyDevices
 from ..ratelimit import TokenBucket
-from ..relay import Relay, RelayError
+from ..relay import ClusterLink, Relay, RelayError
 from ..store import RenameResult, StoreUnavailable, mailbox
 
 __all__ = ["REPLACED", "Holder", "LoginState", "Port", "SessionLogic"]
 
 log = logging.getLogger(__name__)
 
+#: What a login is told when its node cannot reach the rest of its cluster.
+_CLUSTER_BUSY = Error(
+    code=Code.BUSY, reason="this server is out of touch with its cluster for a moment: try again", fatal=True
+)
 #: What a session is told as it is closed because its user logged in again (from the
 #: same device: here, or on another node of a cluster).
 REPLACED = Error(code=Code.REPLACED, reason="you logged in from another connection", fatal=True)
@@ -185,6 +189,9 @@ class SessionLogic:
         # (folded) for the device holding the identity key, "nick/device" for a linked
         # one. Set at login, and by a rename.
         self.box = ""
+        # A cluster node: the device this session counts as online for its person
+        # across the nodes (`ClusterLink.claim_device`), None if none.
+        self._counted_device: str | None = None
         self._backlog: Backlog | None = None  # queued whispers still to hand out
         self._requests = (
             TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
@@ -332,6 +339,8 @@ class SessionLogic:
             self._hub.leave(self._member, self.nick, reason)
             if self._relay.cluster is not None:
                 self._relay.cluster.release(fold_nick(self.nick))
+                if self._counted_device is not None:
+                    self._relay.cluster.release_device(self.person_key, self._counted_device)
             log.info("%s (%s) left: %s", self.nick, self._peer, reason)
 
     # -- dispatch ---------------------------------------------------------------------
@@ -750,14 +759,10 @@ class SessionLogic:
                     )
                     return False
             except ClusterUnavailable:
-                self._port.close(
-                    Error(
-                        code=Code.BUSY,
-                        reason="this server is out of touch with its cluster for a moment: try again",
-                        fatal=True,
-                    ),
-                    reason="cluster unavailable",
-                )
+                self._port.close(_CLUSTER_BUSY, reason="cluster unavailable")
+                return False
+            if self.person_key and not self._count_device(claims, hello):
+                claims.release(fold_nick(hello.nick))
                 return False
         joined = False
         try:
@@ -766,6 +771,9 @@ class SessionLogic:
         finally:
             if claims is not None and not joined:
                 claims.release(fold_nick(hello.nick))
+                if self._counted_device is not None:
+                    claims.release_device(self.person_key, self._counted_device)
+                    self._counted_device = None
         if displaced is False:
             return False
         if isinstance(displaced, Holder):
@@ -776,6 +784,36 @@ class SessionLogic:
             claims.replaced(self.box)
         log.info("%s logged in as %s (%s)", self._peer, hello.nick, "identity" if self.sig_key else "guest")
         return True
+
+    def _count_device(self, claims: ClusterLink, hello: Hello) -> bool:
+        """A cluster node: count this session's device as online for its person across
+        the nodes; False (the session closing, with the reason) if the person has
+        `max_devices` others online, or the cluster cannot say."""
+        device = self._device(hello)
+        try:
+            counted = claims.claim_device(self.person_key, device, self._config.max_devices)
+        except ClusterUnavailable:
+            self._port.close(_CLUSTER_BUSY, reason="cluster unavailable")
+            return False
+        if not counted:
+            self._port.close(self._too_many_devices(hello), reason="too many devices")
+            return False
+        self._counted_device = device
+        return True
+
+    def _device(self, hello: Hello) -> str:
+        """The device `hello` logs in as: "" for the one holding the identity key,
+        whatever its client calls it (a client that names no device is that device too,
+        so a reconnect of either replaces the other's stale session)."""
+        return hello.device if self.sig_key != self.person_key else ""
+
+    def _too_many_devices(self, hello: Hello) -> Error:
+        return Error(
+            code=Code.QUOTA,
+            reason=f"{hello.nick} is online from {self._config.max_devices} devices already "
+            "(this server's limit): log one of them out first",
+            fatal=True,
+        )
 
     def _join(
         self,
@@ -793,21 +831,10 @@ class SessionLogic:
                 may_replace=same_user,
                 key=self.person_key,
                 version=hello.version,
-                # The device holding the identity key is "" in the hub, whatever its
-                # client calls it: a client that names no device is that device too, so
-                # a reconnect of either replaces the other's stale session.
-                device=hello.device if self.sig_key != self.person_key else "",
+                device=self._device(hello),
             )
         except TooManyDevices:
-            self._port.close(
-                Error(
-                    code=Code.QUOTA,
-                    reason=f"{hello.nick} is online from {self._config.max_devices} devices already "
-                    "(this server's limit): log one of them out first",
-                    fatal=True,
-                ),
-                reason="too many devices",
-            )
+            self._port.close(self._too_many_devices(hello), reason="too many devices")
             return False
         except NickTaken:
             self._port.close(
