@@ -164,3 +164,26 @@ def test_a_node_started_later_knows_the_rooms_settings(
     entered = enter(guest, "#plain")
     assert entered.topic == "set before the node started"
     assert guest.refused(Join(room="#kept")).code == "invite-only"
+
+
+def test_a_newcomer_on_another_node_is_shown_the_rooms_recent_lines(
+    nodes: list[Server], client_ctx: ssl.SSLContext, peers: list[Peer]
+) -> None:
+    all_subscribed(nodes)
+    ann = login(peers, nodes[0], client_ctx, "ann")
+    ben = login(peers, nodes[1], client_ctx, "ben")
+    ann.request(Join(room="#talk"))
+    for n in range(3):
+        ann.send(Say(room="#talk", text=f"line {n}"))
+    ann.expect(Message, room="#talk", text="line 2")  # back from Redis: every node has had it
+    settle(ann, ben)
+    ben.send(Join(room="#talk"))
+    ben.expect(Entered, room="#talk")
+    shown = [ben.expect(Message, room="#talk") for _ in range(3)]
+    assert [(m.text, m.history) for m in shown] == [(f"line {n}", True) for n in range(3)]
+    # Gone with the room: once its last member anywhere left, a new #talk has none.
+    ann.request(Part(room="#talk"))
+    ben.request(Part(room="#talk"))
+    settle(ben, ann)
+    frames = ann.request(Join(room="#talk"))
+    assert [f for f in frames if isinstance(f, Message) and f.room == "#talk"] == []

@@ -1023,9 +1023,10 @@ class Hub:
                 if found is not None and out:
                     self._flush_presence_locked(self._owed)  # notices before the lines
                     self._fan_out_locked(found, b"".join(out), self._owed)
-                # History only of rooms this node has: one that vanishes here takes its
-                # history with it (`_forget_if_vanished`), as on a single server.
-                if self._keep and lines and found is not None:
+                # History of the rooms that exist: this node's, and those other nodes
+                # have members of (a newcomer here is shown it, as on a single server).
+                # A room gone everywhere takes its history with it (`_gone_locked`).
+                if self._keep and lines and (found is not None or self._remote.get(room)):
                     self._history.setdefault(room, deque(maxlen=self._keep)).extend(lines)
         finally:
             self._flush_owed()
@@ -1108,6 +1109,10 @@ class Hub:
         """A cluster node: forget which members other nodes have (its subscription was
         made again; `remote_member` tells them again from Redis)."""
         with self._lock:
+            for room in self._remote:
+                # Rooms only others have: their state is read again, their history
+                # starts again from the next line (what was missed cannot be trusted).
+                self._gone_locked(room)
             self._remote.clear()
             self._unconfirmed.clear()  # what comes back of it is applied as any news
 
@@ -1130,7 +1135,7 @@ class Hub:
                             self._fan_out_locked(found, encode(left), self._owed)
                     if not members:
                         del self._remote[folded_room]
-                        self._shared.pop(folded_room, None)
+                        self._gone_locked(folded_room)
         finally:
             self._flush_owed()
 
@@ -1152,8 +1157,15 @@ class Hub:
             del members[folded]
         if not members:
             del self._remote[room]
-            self._shared.pop(room, None)  # in no node's rooms: it is gone
+            self._gone_locked(room)
         return news
+
+    def _gone_locked(self, room: str) -> None:
+        """A cluster node: the last member other nodes had of folded `room` left; if it
+        has none here either, the room is gone, with what this node kept of it."""
+        if self._rooms.get(room) is None:
+            self._shared.pop(room, None)
+            self._history.pop(room, None)
 
     def announce_members(self) -> None:
         """A cluster node: tell the other nodes again who is in each room here (the
@@ -1427,7 +1439,8 @@ class Hub:
             folded = fold_room(room.name)
             if self._remote.get(folded):  # it goes on elsewhere: kept for a newcomer here
                 self._shared[folded] = SharedState.of(room)
-            self._history.pop(folded, None)
+            else:
+                self._history.pop(folded, None)
             self._unsaved.pop(folded, None)
             self._presence.pop(folded, None)
             self._newcomers.pop(folded, None)
