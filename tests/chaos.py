@@ -6,7 +6,8 @@ processes (each with its own XDG_DATA_HOME keystore directory and an empty
 SECURECHAT_PASSPHRASE), drives a mixed load through their stdin, reads every line they
 print, and injects real faults: SIGKILL of the server or of a client (aimed at the narrow
 windows where a loss could hide, or at random moments), a full tmpfs under the database,
-a damaged database, a low descriptor limit, clock jumps.
+a damaged database, a low descriptor limit, clock jumps; for a cluster of three nodes on
+PostgreSQL and Redis, SIGKILL of a node, and Redis killed (started again empty) or frozen.
 
 Every whisper carries a unique token as its text (``w-<sender>-<n>``; end markers
 ``m-<sender>-<to>``), so what a sender was told can be matched with what its recipient
@@ -92,9 +93,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from server_process import server_argv
+
+if TYPE_CHECKING:
+    from redis_server import RedisServer
 
 #: Longest wait for any one event (a banner, a reply, a reconnect). Generous for a busy CI
 #: machine; a passing run never waits this long, since every wait ends on its event.
@@ -817,9 +821,10 @@ class Chaos:
         self.rng = random.Random(seed)
         self.pace = pace
         self.client_env = client_env or {}
-        # `cluster` (a PostgreSQL DSN, a Redis URL): the server is one node of two sharing
-        # the port (--reuse-port); `server` is the one the faults hit, `peer` stays up, and
-        # the clients of a killed node reconnect to whichever the kernel picks.
+        # `cluster` (a PostgreSQL DSN, a Redis URL): the server is one node of three
+        # sharing the port (--reuse-port); `server` is the one the node faults hit, the
+        # `peers` stay up, and the clients of a killed node reconnect to whichever the
+        # kernel picks.
         if cluster is not None:
             server_extra = (
                 *server_extra,
@@ -840,12 +845,20 @@ class Chaos:
             wrapper=server_wrapper,
             env=server_env,
         )
-        self.peer = (
-            None
+        self.peers = (
+            []
             if cluster is None
-            else ServerProc(
-                self.port, workdir / "peer-data", cert_files, workdir, extra=server_extra, name="peer"
-            )
+            else [
+                ServerProc(
+                    self.port,
+                    workdir / f"peer{n}-data",
+                    cert_files,
+                    workdir,
+                    extra=server_extra,
+                    name=f"peer{n}",
+                )
+                for n in (1, 2)
+            ]
         )
         self.clients: dict[str, ClientProc] = {}  # by label
         for i in range(users):
@@ -927,8 +940,8 @@ class Chaos:
 
     def start(self) -> None:
         self.server.start()
-        if self.peer is not None:
-            self.peer.start()
+        for peer in self.peers:
+            peer.start()
         self._link_devices()
         for client in self.clients.values():
             client.start()
@@ -985,8 +998,8 @@ class Chaos:
             for proc in client.all:
                 proc.reap()
         self.server.stop()
-        if self.peer is not None:
-            self.peer.stop()
+        for peer in self.peers:
+            peer.stop()
 
     # -- the load --
 
@@ -1059,14 +1072,10 @@ class Chaos:
         with self.ledger.cond:
             before = {c.label: c.connects for c in self.clients.values() if c.alive()}
         self.server.start()
-        if self.peer is not None:
+        if self.peers:
             # A cluster: only the killed node's clients lost their connection, and they
-            # may be on the peer already. Each one that is offline comes back.
-            if not self.wait(
-                lambda: all(c.online or not c.alive() for c in self.clients.values()), TIMEOUT * 2
-            ):
-                late = [c.label for c in self.clients.values() if c.alive() and not c.online]
-                raise AssertionError(f"clients did not reconnect after a node restart: {late}")
+            # may be on a peer already. Each one that is offline comes back.
+            self.wait_all_online("a node restart")
             return
         ok = self.wait(
             lambda: all(
@@ -1077,6 +1086,12 @@ class Chaos:
         if not ok:
             late = [n for n, k in before.items() if self.clients[n].connects <= k]
             raise AssertionError(f"clients did not reconnect after a server restart: {late}")
+
+    def wait_all_online(self, after: str) -> None:
+        """Wait until every live client is logged in (a cluster: on whichever node)."""
+        if not self.wait(lambda: all(c.online or not c.alive() for c in self.clients.values()), TIMEOUT * 2):
+            late = [c.label for c in self.clients.values() if c.alive() and not c.online]
+            raise AssertionError(f"clients did not reconnect after {after}: {late}")
 
     def kill_server_random(self, low: float = 0.1, high: float = 1.5) -> None:
         # The moment is chosen at random on purpose (this is the unaimed kill).
@@ -1387,6 +1402,48 @@ def scenario_server_kills(
             chaos.restart_server()
         chaos.settle()
         return chaos.finish("server kill -9" if cluster is None else "cluster node kill -9")
+
+
+def scenario_redis_faults(
+    workdir: Path,
+    cert_files: dict[str, str],
+    *,
+    faults: int,
+    pg_dsn: str,
+    redis: RedisServer,
+    load_between: int = 15,
+    users: int = 5,
+    pace: float = 0.25,
+    seed: int | None = None,
+) -> Figures:
+    """Three nodes under a mixed load while their Redis fails `faults` times, in turn:
+    killed with SIGKILL and started again empty after a random outage of up to twice
+    the node lease (the nodes fence if it outlasts 60% of it), or frozen with SIGSTOP
+    past the lease (every node fences) and thawed. Their clients reconnect; no whisper
+    acknowledged may be lost or shown twice."""
+    kinds = list(itertools.islice(itertools.cycle(["redis kill -9", "redis frozen"]), faults))
+    with chaos_run(
+        workdir, cert_files, users=users, pace=pace, seed=seed, cluster=(pg_dsn, redis.url)
+    ) as chaos:
+        chaos.start()
+        chaos.start_load()
+        for kind in kinds:
+            if not chaos.wait_stored(load_between, TIMEOUT * 2):
+                chaos.notes.append("load stalled before a Redis fault")
+            if kind == "redis kill -9":
+                redis.kill9()
+                # The outage's length is chosen at random on purpose: shorter and
+                # longer than the moment the nodes fence.
+                chaos.stopping.wait(chaos.rng.uniform(0.1, 2 * CLUSTER_LEASE))
+                redis.start_again()
+            else:
+                redis.pause()
+                chaos.stopping.wait(1.5 * CLUSTER_LEASE)
+                redis.resume()
+            chaos.count(kind)
+            chaos.wait_all_online(kind)
+        chaos.settle()
+        return chaos.finish("cluster Redis faults")
 
 
 def scenario_client_kills(

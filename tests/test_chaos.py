@@ -29,6 +29,7 @@ from chaos import (
     scenario_descriptor_limit,
     scenario_device_kills,
     scenario_disk_full,
+    scenario_redis_faults,
     scenario_server_kills,
     write_figures,
 )
@@ -46,6 +47,7 @@ CLIENT_KILLS = setting("CLIENT_KILLS", 3, 9)
 DISK_CYCLES = setting("DISK_CYCLES", 1, 3)
 DEVICE_KILLS = setting("DEVICE_KILLS", 5, 10)
 CLUSTER_KILLS = setting("CLUSTER_KILLS", 3, 9)
+REDIS_FAULTS = setting("REDIS_FAULTS", 2, 6)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -117,6 +119,23 @@ def test_cluster_node_kill9_loses_no_acknowledged_whisper(
         tmp_path, cert_files, kills=CLUSTER_KILLS, cluster=(pg_dsn, redis_server.url)
     )
     assert figures.stored > 0 and figures.shown > 0  # a run that tested nothing is no pass
+    check(figures, chaos_figures, tmp_path)
+
+
+@pytest.mark.timeout(600 if LONG else 180)
+def test_cluster_redis_killed_or_frozen_loses_no_acknowledged_whisper(
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    chaos_figures: list[Figures],
+    pg_dsn: str,
+    redis_server: RedisServer,
+) -> None:
+    pytest.importorskip("redis", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
+    figures = scenario_redis_faults(
+        tmp_path, cert_files, faults=REDIS_FAULTS, pg_dsn=pg_dsn, redis=redis_server
+    )
+    assert figures.stored > 0 and figures.shown > 0  # a run that tested nothing is no pass
+    assert sum(figures.kills.values()) >= REDIS_FAULTS, figures.kills
     check(figures, chaos_figures, tmp_path)
 
 
