@@ -180,8 +180,8 @@ def redis_costs(redis: RedisServer, calls: int = 20_000, batch_bytes: int = 200)
         for start in range(0, calls, 500):
             pipe = client.pipeline(transaction=False)
             for _ in range(min(500, calls - start)):
-                script(keys=["bench:off:#r", "bench:log:#r", "bench:epoch"],
-                       args=["bench:rooms", payload, 1000, "#r"], client=pipe)  # fmt: skip
+                script(keys=["bench:off:#r", "bench:log:#r", "bench:epoch", "bench:state:#r"],
+                       args=["bench:rooms", payload, 1000, "#r", ""], client=pipe)  # fmt: skip
             pipe.execute()
         info = client.info("cpu")
         after = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])

@@ -539,3 +539,18 @@ def test_the_device_cap_counts_a_persons_devices_on_every_node(
             assert exc.code == Code.QUOTA and time.monotonic() < deadline, exc
             time.sleep(0.05)
     clients.append(tablet)
+
+
+def test_room_lines_flow_on_after_redis_forgets_the_publish_script(
+    nodes: list[Server], redis_server: RedisServer, client_ctx: ssl.SSLContext, clients: list[Client]
+) -> None:
+    alice = connect(nodes[0], client_ctx, "alice", clients)
+    bob = connect(nodes[1], client_ctx, "bob", clients)
+    all_subscribed(nodes)
+    alice.say("before")
+    assert next_matching(bob, Message, text="before").nick == "alice"
+    # The publisher calls the script by its hash; an operator's SCRIPT FLUSH (or a Redis
+    # that lost it) makes Redis answer NOSCRIPT, and the node loads it again.
+    assert redis_server.command("SCRIPT", "FLUSH").startswith(b"+OK")
+    alice.say("after")
+    assert next_matching(bob, Message, text="after").nick == "alice"

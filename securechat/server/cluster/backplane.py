@@ -475,21 +475,21 @@ class Backplane:
                     head = self.node.encode() + b"\t" + _KEY + b"\t" + keyhex.encode() + b"\n"
                 published.append(commands)
                 commands += 1
-                self._publish_script(
-                    keys=[
-                        self._key("off", room),
-                        self._key("log", room),
-                        self._key("epoch"),
-                        self._key("state", room),
-                    ],
-                    args=[
-                        self._rooms_channel,
-                        head + data,
-                        self._stream_length,
-                        room,
-                        "1" if kind == "state" else "",
-                    ],
-                    client=pipe,
+                # EVALSHA itself, not the Script object: a pipeline holding a Script
+                # asks Redis first whether it has it (one more round trip per batch).
+                # `_register` loads it; one Redis lost (NOSCRIPT) is loaded again below.
+                pipe.evalsha(
+                    self._publish_script.sha,
+                    4,
+                    self._key("off", room),
+                    self._key("log", room),
+                    self._key("epoch"),
+                    self._key("state", room),
+                    self._rooms_channel,
+                    head + data,
+                    self._stream_length,
+                    room,
+                    "1" if kind == "state" else "",
                 )
                 if kind in ("joined", "left"):
                     commands += 2
@@ -509,7 +509,13 @@ class Backplane:
                 pushes.append((name, data))
         for box, _ in pushes:
             pipe.hkeys(self._key("nick", box.lstrip(_PERSON + _REPLACED).split("/", 1)[0]))
-        results = pipe.execute()
+        try:
+            results = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            # Redis lost its scripts (restarted, or SCRIPT FLUSH): no batch went out.
+            # The rest of the pipeline did, and is the same again when sent again.
+            self._redis.script_load(PUBLISH)
+            raise
         if any(results[i] is None for i in published):
             # No epoch: Redis restarted empty. The lease thread registers this node
             # again within a third of the lease; the lines go out under the new epoch.
@@ -759,6 +765,7 @@ class Backplane:
         nicks this node serves; a nick another node took meanwhile is lost. Under a new
         epoch (Redis lost its data), also who is in each room here."""
         before = self._epoch
+        self._lease_redis.script_load(PUBLISH)  # the publisher calls it by its hash
         self._lease_redis.set(self._key("epoch"), os.urandom(8).hex(), nx=True)
         epoch = self._lease_redis.get(self._key("epoch"))
         self._epoch = _text(epoch) if epoch is not None else ""
