@@ -1104,7 +1104,7 @@ class Wire:
             origin, kind, room, data, key = self.queued.pop(0)
             for node, hub in self.hubs.items():
                 if kind == "lines":
-                    hub.deliver_lines(room, data, origin, node == origin, key)
+                    hub.deliver_lines(room, [(data, origin, node == origin, key)])
                 else:
                     hub.room_news(room, data, origin, node == origin, True)
 

@@ -998,27 +998,30 @@ class Hub:
         self._last_ts = max(self._clock(), self._last_ts + 1e-6)
         return self._last_ts
 
-    def deliver_lines(self, room: str, batch: bytes, origin: str, mine: bool, key: bytes = b"") -> None:
-        """A cluster node: a batch of folded `room`'s frames in the room's order, as node
-        `origin` published it (`mine`: this node did), from the backplane's subscriber
-        thread. Lines are fanned out to this node's members of the room and kept as its
-        history; another node's `joined`/`left` make its member one this node shows and
-        are fanned out too (this node's own were sent already, by its presence flush).
-        `key`: the identity key the member a `joined` announces holds (b"" a guest)."""
-        frames = [raw for raw in batch.split(b"\n") if raw]
-        events = [decode_line(raw) for raw in frames]
+    def deliver_lines(self, room: str, segments: Sequence[tuple[bytes, str, bool, bytes]]) -> None:
+        """A cluster node: consecutive batches of folded `room`'s frames in the room's
+        order, each (frames, the node that published it, whether this node did, the
+        identity key the member a `joined` announces holds), from the backplane's
+        subscriber thread. Lines are fanned out to this node's members of the room (all
+        the batches in one write per member) and kept as its history; another node's
+        `joined`/`left` make its member one this node shows and are fanned out too (this
+        node's own were sent already, by its presence flush)."""
         try:
             with self._lock:
                 out: list[bytes] = []
                 lines: list[Message] = []
-                for raw, event in zip(frames, events, strict=True):
-                    if isinstance(event, Message):
-                        lines.append(event)
-                    elif isinstance(event, (Joined, Left)) and (
-                        mine or not self._remote_presence_locked(room, event, origin, key)
-                    ):
-                        continue  # ours went out already; one that changes nothing is no news
-                    out.append(raw + b"\n")
+                for batch, origin, mine, key in segments:
+                    for raw in batch.split(b"\n"):
+                        if not raw:
+                            continue
+                        event = decode_line(raw)
+                        if isinstance(event, Message):
+                            lines.append(event)
+                        elif isinstance(event, (Joined, Left)) and (
+                            mine or not self._remote_presence_locked(room, event, origin, key)
+                        ):
+                            continue  # ours went out already; one that changes nothing is no news
+                        out.append(raw + b"\n")
                 found = self._rooms.get(room)
                 if found is not None and out:
                     self._flush_presence_locked(self._owed)  # notices before the lines

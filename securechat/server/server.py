@@ -237,9 +237,9 @@ class Server:
 
     # -- a cluster node's hooks (cluster/backplane.py) ---------------------------------
 
-    def _deliver_lines(self, room: str, batch: bytes, origin: str, mine: bool, key: bytes) -> None:
-        """A room batch in the room's cluster-wide order (the subscriber thread)."""
-        self.hub.deliver_lines(room, batch, origin, mine, key)
+    def _deliver_lines(self, room: str, segments: list[tuple[bytes, str, bool, bytes]]) -> None:
+        """Room batches in the room's cluster-wide order (the subscriber thread)."""
+        self.hub.deliver_lines(room, segments)
 
     def _room_news(self, room: str, news: bytes, origin: str, mine: bool, live: bool) -> None:
         """News of a room (roomnews.py) in its cluster-wide order (the subscriber thread)."""

@@ -78,10 +78,11 @@ _BATCH = 256
 class BackplaneHooks:
     """What the backplane calls on its node. Each hook says which thread calls it."""
 
-    #: A batch of room `room` (folded), in the room's order: the encoded frames, the
-    #: node that published them, whether that is this node, and (a `joined`) the
-    #: identity key its member holds, b"" for a guest. The subscriber thread.
-    deliver_lines: Callable[[str, bytes, str, bool, bytes], None]
+    #: Consecutive batches of room `room` (folded), in the room's order, each: the encoded
+    #: frames, the node that published them, whether that is this node, and (a
+    #: `joined`) the identity key its member holds, b"" for a guest. The subscriber
+    #: thread.
+    deliver_lines: Callable[[str, list[tuple[bytes, str, bool, bytes]]], None]
     #: News of folded `room` (server/roomnews.py), in the room's order: the news, the
     #: node that published it, whether that is this node, and whether it is live (False:
     #: the room's latest state read from Redis after a subscription, not to be
@@ -196,6 +197,10 @@ class Backplane:
         # owned by the subscriber thread.
         self._order = RoomOrder()
         self._following = False
+        # Line batches read and not yet handed to the hub: consecutive ones of one room,
+        # handed over together (`_hand_over`) once something else comes or nothing more
+        # has arrived. Owned by the subscriber thread.
+        self._held: list[tuple[str, bytes, str, bool, bytes]] = []
         # Set by the subscriber once it is subscribed (and again after each reconnect).
         self.subscribed = threading.Event()
         #: How often the subscription was lost (Redis down, or it dropped this node for
@@ -439,7 +444,7 @@ class Backplane:
                     return
                 continue
             try:
-                pending = self._send(pending)
+                pending = self._send(_merged(pending))
             except redis.RedisError as exc:
                 failures += 1
                 if failures == 1:
@@ -565,14 +570,19 @@ class Backplane:
                 failures = 0
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=0.5)
-                    if message is not None and message["type"] == "message":
-                        try:
-                            self._on_message(message["channel"], message["data"])
-                        except redis.RedisError:
-                            raise
-                        except Exception:  # one bad message must not end the subscription
-                            log.exception("cluster: a message from Redis could not be handled; skipped")
+                    if message is None:
+                        continue
+                    # What else has arrived is read too: consecutive batches of one room
+                    # then reach each member in one write (`_held`).
+                    messages = [message]
+                    while len(messages) < _BATCH and (more := pubsub.get_message(timeout=0.0)) is not None:
+                        messages.append(more)
+                    for message in messages:
+                        if message["type"] == "message":
+                            self._guarded(self._on_message, message["channel"], message["data"])
+                    self._guarded(self._hand_over)
             except redis.RedisError as exc:
+                self._guarded(self._hand_over)  # counted as delivered: they must not be lost
                 self.subscribed.clear()
                 self.subscriptions_lost += 1
                 failures += 1
@@ -606,6 +616,7 @@ class Backplane:
             elif last + 1 < self._order.expected(room):
                 log.warning("cluster: %s went back to offset %d: taking it from there", room, last)
                 self._order.skip_to(room, last + 1)
+        self._hand_over()
         self._load_members()
         self._load_states()
         self._following = True
@@ -635,8 +646,27 @@ class Backplane:
             except ValueError as exc:
                 log.warning("cluster: a room's state in Redis could not be read (%s); skipped", exc)
 
+    def _guarded(self, handle: Callable[..., None], *args: bytes) -> None:
+        """`handle(*args)`, where one bad message must not end the subscription."""
+        try:
+            handle(*args)
+        except redis.RedisError:
+            raise
+        except Exception:
+            log.exception("cluster: a message from Redis could not be handled; skipped")
+
+    def _hand_over(self) -> None:
+        """Hand the held line batches (all of one room, in its order) to the hub."""
+        if self._held:
+            room = self._held[0][0]
+            segments = [(frames, node, mine, key) for _, frames, node, mine, key in self._held]
+            self._held.clear()
+            self._hooks.deliver_lines(room, segments)
+
     def _on_message(self, channel: bytes, data: bytes) -> None:
         head, _, body = data.partition(b"\n")
+        if channel.decode() != self._rooms_channel:
+            self._hand_over()  # what was held goes first
         if channel.decode() == self._my_channel:
             to = head.decode()
             if to.startswith(_REPLACED):
@@ -689,6 +719,8 @@ class Backplane:
         head, _, body = batch.partition(b"\n")
         origin, _, tag = head.partition(b"\t")
         node = origin.decode(errors="replace")
+        if self._held and (tag == _NEWS or self._held[0][0] != room):
+            self._hand_over()
         if tag == _NEWS:
             try:
                 self._hooks.room_news(room, body, node, node == self.node, True)
@@ -701,7 +733,7 @@ class Backplane:
                 key = bytes.fromhex(tag[len(_KEY) + 1 :].decode())
             except ValueError:
                 log.warning("cluster: a member's key in %s could not be read; shown as a guest's", room)
-        self._hooks.deliver_lines(room, body, node, node == self.node, key)
+        self._held.append((room, body, node, node == self.node, key))
 
     def _fill(self, room: str, first: int, last: int) -> None:
         """Deliver `room`'s batches `first`..`last` from its stream, in order."""
@@ -864,6 +896,27 @@ class Backplane:
     def _key(self, kind: str, name: str | None = None) -> str:
         """The Redis key (or channel) `kind`:`name` under the prefix (scripts.py)."""
         return f"{self._p}{kind}" if name is None else f"{self._p}{kind}:{name}"
+
+
+def _merged(items: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]]:
+    """`items` with each room's consecutive line batches made one (nothing else of that
+    room between them), so that they cost one publish and reach each member in one write
+    on every node. The order of each room's items is kept."""
+    merged: list[tuple[str, str, bytes]] = []
+    open_lines: dict[str, int] = {}  # room -> index in `merged` of its batch still open
+    for item in items:
+        kind, name, data = item
+        room = name.partition("\t")[0]
+        if kind == "lines":
+            at = open_lines.get(room)
+            if at is not None:
+                merged[at] = (kind, name, merged[at][2] + data)
+                continue
+            open_lines[room] = len(merged)
+        elif kind in ("joined", "left", "state", "news"):
+            open_lines.pop(room, None)  # a later batch must not jump ahead of it
+        merged.append(item)
+    return merged
 
 
 def _text(value: object) -> str:
