@@ -554,3 +554,28 @@ def test_room_lines_flow_on_after_redis_forgets_the_publish_script(
     assert redis_server.command("SCRIPT", "FLUSH").startswith(b"+OK")
     alice.say("after")
     assert next_matching(bob, Message, text="after").nick == "alice"
+
+
+def test_a_redis_that_would_bring_back_old_data_after_a_restart_is_refused_at_start(
+    pg_dsn: str,
+    redis_server: RedisServer,
+    cert_files: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from securechat.cli import main
+
+    argv = ["server", "--port", "0", "--cert", cert_files["cert"], "--key", cert_files["key"], "--init"]
+    argv += ["--store", pg_dsn, "--cluster", redis_server.url]
+    # Snapshots on (Debian's redis.conf has them): a restart would restore old offsets,
+    # claims and members under the same epoch.
+    assert redis_server.command("CONFIG", "SET", "save", '"3600 1"').startswith(b"+OK")
+    assert main([*argv, "--data-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to start" in err and "persistence" in err and "save" in err
+    # The append-only file likewise.
+    assert redis_server.command("CONFIG", "SET", "save", '""').startswith(b"+OK")
+    assert redis_server.command("CONFIG", "SET", "appendonly", "yes").startswith(b"+OK")
+    assert main([*argv, "--data-dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to start" in err and "appendonly" in err

@@ -213,6 +213,7 @@ class Backplane:
 
     def start(self) -> None:
         try:
+            self._check_no_persistence()
             self._register()
             self._refresh()
         except redis.RedisError as exc:
@@ -225,6 +226,24 @@ class Backplane:
             thread = threading.Thread(target=target, name=f"securechat-cluster-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _check_no_persistence(self) -> None:
+        """Raise `ClusterUnavailable` if this Redis would bring back old data after a
+        restart (RDB snapshots, or the append-only file): under the same epoch, its
+        rooms' offsets would go back and its claims and members come back stale. A
+        Redis whose CONFIG is not open to clients (a managed one) is checked only for
+        the append-only file, which INFO shows."""
+        fix = "run it with --save '' --appendonly no (docs/operations.md, \"A cluster\")"
+        if int(self._redis.info("persistence").get("aof_enabled", 0)):
+            raise ClusterUnavailable(f"the cluster's Redis keeps an append-only file (appendonly yes): {fix}")
+        try:
+            save = _text(self._redis.config_get("save").get("save", ""))
+        except redis.ResponseError:
+            return
+        if save.strip():
+            raise ClusterUnavailable(
+                f"the cluster's Redis saves snapshots (save {save}), it must run without persistence: {fix}"
+            )
 
     def stop(self) -> None:
         """End the threads and give up this node's lease and claims (a clean stop: the
