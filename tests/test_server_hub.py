@@ -1142,3 +1142,91 @@ def test_news_that_is_not_room_news_is_refused_and_changes_nothing() -> None:
     with pytest.raises(ValueError, match="not room news"):
         a.room_news("#x", b'{"kind": "state", "state": {"name": "#x"}}', "b", False, True)
     assert topic_of(a, "#x") == ""
+
+
+def test_a_node_that_made_a_change_then_subscribed_again_ends_as_the_others_do() -> None:
+    wire = Wire()
+    a, b = wire.hub("a"), wire.hub("b")
+    join(a, "alice", version=2, key=b"\x01" * 32)
+    join(b, "bob", version=2, key=b"\x02" * 32)
+    a.enter("alice", "#x")
+    wire.deliver()
+    b.enter("bob", "#x")
+    wire.deliver()
+    b.set_topic("bob", "#x", "from b")  # first in the room's order
+    a.set_topic("alice", "#x", "from a")  # a's own, still on the way when...
+    a.resubscribed()  # ...a's subscription is made again: it forgets it was on the way
+    wire.deliver()
+    assert topic_of(a, "#x") == topic_of(b, "#x") == "from a"
+
+
+def test_a_registration_is_not_undone_by_a_change_made_before_its_news_arrived() -> None:
+    wire = Wire()
+    a, b = wire.hub("a"), wire.hub("b")
+    join(a, "alice", version=2, key=b"\x01" * 32)
+    join(b, "bob", version=2, key=b"\x02" * 32)
+    a.enter("alice", "#x")
+    wire.deliver()
+    b.enter("bob", "#x")
+    wire.deliver()
+    a.register_room("alice", "#x")
+    b.set_topic("bob", "#x", "set as it was registered")  # b has not heard yet
+    wire.deliver()
+    for hub in (a, b):
+        names = hub.names("alice" if hub is a else "bob", "#x")
+        assert names.owner == "alice", hub
+        assert topic_of(hub, "#x") == "set as it was registered"
+
+
+def test_a_kick_puts_the_person_out_on_every_node_their_devices_are_on() -> None:
+    wire = Wire()
+    a, b = wire.hub("a"), wire.hub("b")
+    bob_key = b"\x02" * 32
+    join(a, "alice", version=2, key=b"\x01" * 32)
+    a.enter("alice", "#x")
+    a.register_room("alice", "#x")
+    wire.deliver()
+    # bob's laptop on a, his phone on b: one person, in #x through both.
+    join(a, "bob", version=2, key=bob_key)
+    phone, _ = join(b, "bob", version=2, key=bob_key)
+    a.enter("bob", "#x")
+    b.enter("bob", "#x")
+    wire.deliver()
+    a.kick("alice", "#x", "bob", "out", remote_key=bob_key)
+    wire.deliver()
+    assert not a.is_in("bob", "#x") and not b.is_in("bob", "#x")
+    assert {"type": "left", "room": "#x", "nick": "bob", "reason": "out", "by": "alice"} in phone.seen()
+
+
+def test_a_guests_invitation_made_on_another_node_ends_when_the_guest_leaves() -> None:
+    wire = Wire()
+    a, b = wire.hub("a"), wire.hub("b")
+    join(a, "alice", version=2, key=b"\x01" * 32)
+    a.enter("alice", "#x")
+    a.register_room("alice", "#x")
+    a.set_invite_only("alice", "#x", True)
+    guest, _ = join(b, "guest1", version=2)
+    wire.deliver()
+    a.invite("alice", "#x", "guest1", remote_key=b"")  # guest1 is served by b
+    wire.deliver()
+    assert any(f.get("type") == "invited" for f in guest.seen())
+    b.leave(guest, "guest1")  # gone: the next guest1, on either node, finds no invitation
+    wire.deliver()
+    for hub in (a, b):
+        join(hub, "guest1", version=2)
+        with pytest.raises(RoomError, match="invite-only"):
+            hub.enter("guest1", "#x")
+        hub.leave(hub.member("guest1"), "guest1")  # type: ignore[arg-type]
+        wire.deliver()
+
+
+def test_a_room_other_nodes_have_is_not_made_anew_while_its_state_is_unknown() -> None:
+    wire = Wire()
+    a = wire.hub("a")
+    join(a, "mallory", version=2, key=b"\x03" * 32)
+    wire.deliver()
+    # After a subscription: alice, on another node, is in #x; its state has not come yet.
+    a.remote_members([("#x", "alice", "b", b"\x01" * 32)])
+    with pytest.raises(RoomError, match="try again"):
+        a.enter("mallory", "#x")
+    assert [q for q in wire.queued if q[2] == "#x"] == []  # no news of a room made here

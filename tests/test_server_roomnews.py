@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from securechat.server.roomnews import BAN, NewsKind, RoomNews, SharedState
+from securechat.server.roomnews import BAN, NewsKind, RoomNews, SharedState, held_name, held_of
 from securechat.server.rooms import Ban, BanKind, Room
 
 
@@ -77,3 +77,17 @@ def test_a_kick_carries_who_whom_and_why() -> None:
 def test_anything_else_is_refused_as_not_room_news(data: bytes) -> None:
     with pytest.raises(ValueError, match="not room news"):
         RoomNews.decode(data)
+
+
+def test_an_ended_invitation_names_its_holder_a_key_or_a_guest() -> None:
+    for held in (b"\x07" * 32, "guest9"):
+        news = RoomNews(NewsKind.UNINVITE, target=held_name(held))
+        assert held_of(RoomNews.decode(news.encode()).target) == held
+    with pytest.raises(ValueError, match="not room news"):
+        RoomNews.decode(b'{"kind": "uninvite", "target": "nobody"}')
+
+
+def test_a_state_without_an_invitation_keeps_the_others() -> None:
+    state = SharedState.of(full_room())
+    assert dict(state.without("guest9").invites) == {b"\x05" * 32: 1000.5}
+    assert dict(state.without(b"\x05" * 32).invites) == {"guest9": 2000.0}

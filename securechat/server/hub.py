@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -55,6 +56,7 @@ from ..protocol import (
     Left,
     Message,
     Names,
+    RemoteProtocolError,
     Renamed,
     RoomChanged,
     RoomEntry,
@@ -66,12 +68,14 @@ from ..protocol import (
     fold_nick,
     fold_room,
 )
-from .roomnews import BAN, INVITE, NewsKind, RoomNews, SharedState
+from .roomnews import BAN, INVITE, RELEASED, NewsKind, RoomNews, SharedState, held_name, held_of
 from .rooms import Ban, BanKind, NoSuchRoom, Room, RoomError, Settings, search
 from .rooms import Rooms as Registry
 from .store import StoredBan, StoredRoom
 
 __all__ = ["Hub", "Member", "NickTaken", "NoSuchRoom", "RoomError", "RoomStore", "TooManyDevices"]
+
+log = logging.getLogger(__name__)
 
 
 class NickTaken(Exception):
@@ -453,8 +457,7 @@ class Hub:
             self._members_generation += 1
             self._away_nicks.discard(folded)
             if not entry.key:
-                for room in self._rooms.forget_guest(nick):
-                    self._share_locked(room)
+                self._guest_gone_locked(nick)
             for room in self._rooms.quit(nick):
                 self._newcomers.get(fold_room(room.name), {}).pop(id(member), None)
                 self._notice(room, Left(room=room.name, nick=entry.nick, reason=reason))
@@ -520,8 +523,7 @@ class Hub:
                 self._away_nicks.discard(fold_nick(old))
                 self._away_nicks.add(fold_nick(new))
             if not entry.key and fold_nick(old) != fold_nick(new):
-                for room in self._rooms.forget_guest(old):  # as `rename` would, told
-                    self._share_locked(room)
+                self._guest_gone_locked(old)  # as `rename` would, and told
             rooms = self._rooms.rename(old, new)
             renamed = encode(Renamed(old=old_shown, new=new))
             told: set[int] = {id(entry)}
@@ -574,22 +576,25 @@ class Hub:
             return room, already
         folded = fold_room(name)
         existing = self._rooms.get(name)
-        state = self._shared.get(folded) if existing is None and self._remote.get(folded) else None
+        state = None
+        if existing is None and self._remote.get(folded):
+            state = self._shared.get(folded)
+            if state is None:  # its state is on the way (a subscription made again)
+                raise RoomError(Code.BUSY, f"{name} is being set up on this server: try again in a moment")
+        held = key or fold_nick(nick)  # the invitation it would use
+        invited = held in (existing.invites if existing is not None else dict(state.invites) if state else {})
         room, already = self._rooms.join(
             name, nick, key, now, autojoin=autojoin, seed=None if state is None else state.apply
         )
         if not already:
             self._announce_entry(room, nick, member)
-            self._shared.pop(folded, None)  # the room here holds it from now on
-            invites = (
-                len(existing.invites)
-                if existing is not None
-                else None
-                if state is None
-                else len(state.invites)
-            )
-            if invites is None or invites != len(room.invites):  # made here, or an invitation used
-                self._share_locked(room)
+            if existing is None and state is None:
+                self._share_locked(room)  # made here
+            if state is not None:
+                self._shared.pop(folded, None)  # the room here holds it from now on
+                self._rooms.index_guest_invites(room)
+            if invited and held not in room.invites:
+                self._uninvite_locked(room.name, held)
         return room, already
 
     def part(self, nick: str, name: str, reason: str = "") -> None:
@@ -626,6 +631,10 @@ class Hub:
                 return
             room, shown = self._rooms.kick(name, nick, target)
             self._put_out(room, shown, by=entry.nick, reason=reason)
+            if self._publish_news is not None and self._elsewhere(room, target):
+                # The same person in the room through another node (their devices).
+                news = RoomNews(NewsKind.KICK, by=entry.nick, target=target, reason=reason)
+                self._publish_news(fold_room(room.name), news.encode(), False)
 
     def ban(self, nick: str, name: str, mask: str, mask_key: bytes | None) -> None:
         """An operator's ban (rooms.py says how `mask` is read; `mask_key` is the identity
@@ -789,6 +798,8 @@ class Hub:
                     room.restore(after)
                     if fold_nick(nick) in self._members:
                         done(room)
+                    else:  # gone meanwhile: nothing to announce, but the other nodes are told
+                        self._share_locked(room)
                     return
             # Refused by the network's budget, or emptied and made again by someone else
             # meanwhile (the registration was of a room that is gone, and must not take
@@ -813,7 +824,7 @@ class Hub:
                 for name in released:
                     room = self._rooms.release(name)
                     if room is not None:
-                        self._share_locked(room)
+                        self._share_locked(room, what=RELEASED)
                         self._forget_if_vanished(room)
                         if not self._persisted(room):
                             self._unsaved.pop(fold_room(room.name), None)
@@ -1014,7 +1025,13 @@ class Hub:
                     for raw in batch.split(b"\n"):
                         if not raw:
                             continue
-                        event = decode_line(raw)
+                        try:
+                            event = decode_line(raw)
+                        except RemoteProtocolError:  # one bad frame (a newer node's?) costs only itself
+                            log.warning(
+                                "cluster: a frame of %s from node %s could not be read; skipped", room, origin
+                            )
+                            continue
                         if isinstance(event, Message):
                             lines.append(event)
                         elif isinstance(event, (Joined, Left)) and (
@@ -1044,6 +1061,8 @@ class Hub:
             with self._lock:
                 if news.kind is NewsKind.KICK:
                     self._kicked_here_locked(room, news, mine)
+                elif news.kind is NewsKind.UNINVITE:
+                    self._uninvited_locked(room, held_of(news.target))
                 else:
                     self._state_news_locked(room, news, mine, live)
         finally:
@@ -1071,53 +1090,96 @@ class Hub:
             else:
                 del self._unconfirmed[room]
         found = self._rooms.get(room)
-        if not mine and not pending:
-            if found is not None and found.registered and not state.owner:
-                self._rooms.release(found.name)  # released by its node's store
-                self._forget_if_vanished(found)
-                found = self._rooms.get(room)
-            if found is None and state.owner:  # a registered room exists on every node
-                found = self._rooms.load(
-                    state.name,
-                    owner=state.owner,
-                    topic=state.topic,
-                    invite_only=state.invite_only,
-                    operators=state.operators,
-                    bans=state.bans,
-                )
+        if not pending:  # this node's own too: what another's skipped meanwhile is undone so
+            if found is not None and found.registered and not state.owner and news.what != RELEASED:
+                # Made before the registration was known there: it does not undo it. Its
+                # own change is kept, and the whole is sent again: the node that made it
+                # may have skipped the registration's news (its own was on the way).
+                state.apply_unregistered(found)
+                self._rooms.index_guest_invites(found)
+                self._share_locked(found)
+            else:
+                if found is not None and found.registered and not state.owner:
+                    self._rooms.release(found.name)  # released by its node's store
+                    if not self._persisted(found):
+                        self._unsaved.pop(room, None)
+                    self._forget_if_vanished(found)
+                    found = self._rooms.get(room)
+                if found is None and state.owner:  # a registered room exists on every node
+                    found = self._rooms.load(
+                        state.name,
+                        owner=state.owner,
+                        topic=state.topic,
+                        invite_only=state.invite_only,
+                        operators=state.operators,
+                        bans=state.bans,
+                    )
+                if found is not None:
+                    state.apply(found)
+                    self._rooms.index_guest_invites(found)
+                elif self._remote.get(room):
+                    self._shared[room] = state
             if found is not None:
-                state.apply(found)
-            elif self._remote.get(room):
-                self._shared[room] = state
-        if not live or found is None:
-            return
-        if news.what == BAN and not mine:
-            for shown in self._rooms.put_out_banned(found):
-                self._put_out(found, shown, by=news.by, reason="banned")
-        elif news.what == INVITE and not mine:
+                # Members its bans cover leave, whatever the news was (a state read
+                # from Redis may carry a ban whose own news this node never had).
+                for shown in self._rooms.put_out_banned(found):
+                    self._put_out(found, shown, by=news.by, reason="banned")
+        if news.what == INVITE and not mine and live:
+            # Told wherever the invitee is, whether or not the room has members there.
             invitee = self._members.get(fold_nick(news.target))
             if invitee is not None and invitee.version > 1:
-                invitee.member.deliver(encode(Invited(room=found.name, nick=invitee.nick, by=news.by)))
-        elif news.what not in ("", BAN, INVITE):
+                name = state.name if found is None else found.name
+                invitee.member.deliver(encode(Invited(room=name, nick=invitee.nick, by=news.by)))
+        if live and found is not None and news.what not in ("", BAN, INVITE, RELEASED):
             self._announce_change(found, news.by, news.what)
 
-    def remote_member(self, room: str, nick: str, node: str, key: bytes) -> None:
-        """A cluster node: `nick`, holding identity `key` (b"" a guest), is in folded
-        `room` on node `node` (what a node reads from Redis after each subscription;
-        later changes come to `deliver_lines`)."""
-        with self._lock:
-            self._remote.setdefault(room, {}).setdefault(fold_nick(nick), {})[node] = (nick, key)
+    def _uninvited_locked(self, room: str, held: bytes | str) -> None:
+        """Invitation `held` of folded `room` ended on another node (used, or its guest
+        left); on this one too."""
+        found = self._rooms.get(room)
+        if found is not None:
+            found.invites.pop(held, None)
+        elif room in self._shared:
+            self._shared[room] = self._shared[room].without(held)
 
-    def forget_remote(self) -> None:
-        """A cluster node: forget which members other nodes have (its subscription was
-        made again; `remote_member` tells them again from Redis)."""
+    def _uninvite_locked(self, name: str, held: bytes | str) -> None:
+        """A cluster node: invitation `held` of room `name` ended here: so it does on the
+        other nodes (news of what changed, not a whole state: see roomnews.py)."""
+        if self._publish_news is not None:
+            news = RoomNews(NewsKind.UNINVITE, target=held_name(held))
+            self._publish_news(fold_room(name), news.encode(), False)
+
+    def _guest_gone_locked(self, nick: str) -> None:
+        """Guest `nick` left (or renamed): its invitations end, in the rooms here and in
+        those only other nodes have (a cluster node tells them)."""
+        folded = fold_nick(nick)
+        for room in self._rooms.forget_guest(nick):
+            self._uninvite_locked(room.name, folded)
+        for folded_room, state in list(self._shared.items()):
+            if any(held == folded for held, _ in state.invites):
+                self._shared[folded_room] = state.without(folded)
+                self._uninvite_locked(state.name, folded)
+
+    def remote_members(self, members: Iterable[tuple[str, str, str, bytes]]) -> None:
+        """A cluster node: who other nodes have in which room, read from Redis after each
+        subscription (later changes come to `deliver_lines`): (folded room, nick, node,
+        identity key or b""). Replaces what this node held of them at once, so that no
+        newcomer meanwhile finds a room other nodes have looking new. A room this node
+        held others' members of and no longer does is gone, with what it kept of it."""
+        remote: dict[str, dict[str, dict[str, tuple[str, bytes]]]] = {}
+        for room, nick, node, key in members:
+            remote.setdefault(room, {}).setdefault(fold_nick(nick), {})[node] = (nick, key)
         with self._lock:
-            for room in self._remote:
-                # Rooms only others have: their state is read again, their history
-                # starts again from the next line (what was missed cannot be trusted).
+            gone = self._remote.keys() - remote.keys()
+            self._remote = remote
+            for room in gone:
                 self._gone_locked(room)
-            self._remote.clear()
-            self._unconfirmed.clear()  # what comes back of it is applied as any news
+
+    def resubscribed(self) -> None:
+        """A cluster node: its subscription was made again; what comes back of its own
+        news is applied as any news (roomnews.py), whatever it counted as on the way."""
+        with self._lock:
+            self._unconfirmed.clear()
 
     def drop_node(self, node: str) -> None:
         """A cluster node: node `node` died; its members are gone from every room, and this
@@ -1171,14 +1233,17 @@ class Hub:
             self._history.pop(room, None)
 
     def announce_members(self) -> None:
-        """A cluster node: tell the other nodes again who is in each room here (the
-        backplane registered again after Redis lost its data). The lease thread."""
+        """A cluster node: tell the other nodes again who is in each room here, and each
+        such room's shared state (the backplane registered again after Redis lost its
+        data, states included). The lease thread."""
         with self._lock:
             for room in self._rooms.all():
                 for folded in room.members:
                     entry = self._members.get(folded)
                     if entry is not None:
                         self._tell_cluster(room, Joined(room=room.name, nick=entry.nick))
+                if room.members:
+                    self._share_locked(room)
 
     def _tell_cluster(self, room: Room, event: Joined | Left) -> None:
         """A cluster node: one of this node's members entered or left `room` (under the

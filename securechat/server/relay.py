@@ -78,14 +78,14 @@ class ClusterLink(Protocol):
         """One session holding folded `nick` ended (each True `claim` has one)."""
         ...
 
-    def claim_device(self, key: bytes, device: str, most: int) -> bool:
+    def claim_device(self, key: bytes, device: str, most: int) -> int | None:
         """Count device `device` ("" the one holding the identity key) of the person
-        proving `key` as online: False if `most` others are, on any node. Raises
-        `ClusterUnavailable` when the cluster cannot say."""
+        proving `key` as online for one session: a token, or None if `most` others are,
+        on any node. Raises `ClusterUnavailable` when the cluster cannot say."""
         ...
 
-    def release_device(self, key: bytes, device: str) -> None:
-        """One session of that device ended (each True `claim_device` has one)."""
+    def release_device(self, key: bytes, device: str, token: int) -> None:
+        """The session holding `token` (from `claim_device`) of that device ended."""
         ...
 
     def elsewhere(self, nick: str) -> bool:

@@ -1,5 +1,6 @@
 """What the nodes of a cluster tell each other of a room beside its lines and members:
-its shared state after each change, and kicks of members another node serves.
+its shared state after each change of its settings, an invitation used or ended, and
+kicks of members another node serves.
 
 A room's shared state (`SharedState`) is everything about it that is not membership:
 who made it, its settings, its invitations. The node where a change is made applies it,
@@ -7,13 +8,18 @@ then publishes the whole state in the room's order (the backplane), and every no
 applies it when it comes back in that order; a node that has news of its own for the room
 still on the way skips the others' (its own come later in the order, and win), so all
 nodes end with the same state. Two changes made on two nodes within one round trip are
-thus one wins as a whole, as with two writes of a registered room's row.
+thus one wins as a whole, as with two writes of a registered room's row; except that a
+room's registration is undone only by news that says so (`RELEASED`), never by a change
+made before the news of it arrived. Routine events (an invitation used, a guest gone) are
+sent as what changed (`UNINVITE`), not as a whole state that could undo an operator's
+change made meanwhile.
 
 Pure: an encoding and its checks, no I/O. The hub (hub.py) makes and applies the news.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from enum import Enum
@@ -21,19 +27,23 @@ from enum import Enum
 from ..protocol.rooms import ROOM_CHANGES
 from .rooms import Ban, BanKind, Room
 
-__all__ = ["BAN", "INVITE", "NewsKind", "RoomNews", "SharedState"]
+__all__ = ["BAN", "INVITE", "RELEASED", "NewsKind", "RoomNews", "SharedState", "held_name", "held_of"]
 
 #: A state's `what` when a ban was added: every node puts out its members it covers.
 BAN = "ban"
 #: A state's `what` when someone was invited: their node tells them.
 INVITE = "invite"
-_WHATS = frozenset(ROOM_CHANGES) | {BAN, INVITE, ""}
+#: A state's `what` when the room is no longer registered (its owner was away too long).
+RELEASED = "released"
+_WHATS = frozenset(ROOM_CHANGES) | {BAN, INVITE, RELEASED, ""}
 
 
 class NewsKind(Enum):
-    """A room's new shared state, or a kick of a member served by another node."""
+    """A room's new shared state, an invitation that ended (used, or its guest gone), or
+    a kick of a member served by another node."""
 
     STATE = "state"
+    UNINVITE = "uninvite"
     KICK = "kick"
 
 
@@ -66,16 +76,41 @@ class SharedState:
 
     def apply(self, room: Room) -> None:
         """Make `room`'s shared state this one (its members are not part of it)."""
-        room.creator, room.topic, room.invite_only = self.creator, self.topic, self.invite_only
-        room.owner, room.operators, room.bans = self.owner, set(self.operators), list(self.bans)
-        room.invites = dict(self.invites)
+        room.creator, room.topic, room.invites = self.creator, self.topic, dict(self.invites)
+        room.invite_only, room.owner = self.invite_only, self.owner
+        room.operators, room.bans = set(self.operators), list(self.bans)
+
+    def apply_unregistered(self, room: Room) -> None:
+        """`apply` to a registered `room` of a state made before its registration was
+        known: its topic and invitations, not who owns and runs it."""
+        room.topic, room.invites = self.topic, dict(self.invites)
+
+    def without(self, held: bytes | str) -> SharedState:
+        """This state with invitation `held` (a key, or a guest's folded nick) ended."""
+        return dataclasses.replace(self, invites=tuple((h, t) for h, t in self.invites if h != held))
+
+
+def held_name(held: bytes | str) -> str:
+    """An invitation's holder (a key, or a guest's folded nick) as `UNINVITE` news names it."""
+    return f"key:{held.hex()}" if isinstance(held, bytes) else f"guest:{held}"
+
+
+def held_of(name: str) -> bytes | str:
+    """`held_name`'s inverse; raises `ValueError` for anything else."""
+    kind, _, value = name.partition(":")
+    if kind == "key":
+        return bytes.fromhex(value)
+    if kind == "guest" and value:
+        return value
+    raise ValueError("not an invitation's holder")
 
 
 @dataclass(frozen=True)
 class RoomNews:
     """One piece of news of a room. For a STATE: `state`, and `what` changed (a
-    `room-changed` what to announce, `BAN`, `INVITE`, or "" for nothing to announce) by
-    `by`; `target` is the invitee of an INVITE. For a KICK: `by` kicked `target` with
+    `room-changed` what to announce, `BAN`, `INVITE`, `RELEASED`, or "" for nothing to
+    announce) by `by`; `target` is the invitee of an INVITE. For an UNINVITE: `target`
+    is the invitation's holder (`held_name`). For a KICK: `by` kicked `target` with
     `reason` (the kicking node checked that they may)."""
 
     kind: NewsKind
@@ -128,6 +163,11 @@ class RoomNews:
             raise ValueError(f"not room news: {type(exc).__name__}") from None
         if news.what not in _WHATS or (kind is NewsKind.STATE) != (news.state is not None):
             raise ValueError("not room news: a state without its state, or an unknown change")
+        if kind is NewsKind.UNINVITE:
+            try:
+                held_of(news.target)
+            except ValueError:
+                raise ValueError("not room news: an invitation without its holder") from None
         return news
 
 

@@ -434,6 +434,13 @@ class Rooms:
                 changed.append(room)
         return changed
 
+    def index_guest_invites(self, room: Room) -> None:
+        """`room`'s invitations were set from elsewhere (a cluster's shared state): its
+        guests' ones are indexed, so that `forget_guest` ends them here too."""
+        for held in room.invites:
+            if isinstance(held, str):
+                self._guest_invites.setdefault(held, set()).add(fold_room(room.name))
+
     def rename(self, old: str, new: str) -> list[Room]:
         """`old` is now called `new` (not held by anyone present). Membership and what the
         person may do (by key) are unchanged; a guest's invitations end (`forget_guest`).

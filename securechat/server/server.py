@@ -91,7 +91,7 @@ class Server:
                 BackplaneHooks(
                     deliver_lines=self._deliver_lines,
                     room_news=self._room_news,
-                    remote_member=self._remote_member,
+                    remote_members=self._remote_members,
                     push=self._push_here,
                     push_person=self._push_person_here,
                     fenced=self._fenced,
@@ -250,9 +250,10 @@ class Server:
         told again who is in each room here."""
         self.hub.announce_members()
 
-    def _remote_member(self, room: str, nick: str, node: str, key: bytes) -> None:
-        """Who another node has in a room, as this node starts (the subscriber thread)."""
-        self.hub.remote_member(room, nick, node, key)
+    def _remote_members(self, members: list[tuple[str, str, str, bytes]]) -> None:
+        """Who other nodes have in which room, after each subscription (the subscriber
+        thread)."""
+        self.hub.remote_members(members)
 
     def _push_here(self, box: str, frame: bytes) -> None:
         """A frame another node sent to mailbox `box`'s session here, if it is here (the
@@ -270,11 +271,16 @@ class Server:
 
     def _resubscribed(self) -> None:
         """The subscription was made again (the subscriber thread): news may have been
-        missed meanwhile. Cached device lists are read again when needed, the members
-        other nodes have are read again from Redis (the backplane does it next), and the
-        sessions here are handed their mailboxes again (a node may have died unseen)."""
+        missed meanwhile. Cached device lists are read again when needed, and the linked
+        devices here checked against them (news of an unlink may have been missed); the
+        members other nodes have are read again from Redis (the backplane does it next);
+        the sessions here are handed their mailboxes again (a node may have died unseen)."""
         self._relay.devices.forget_all()
-        self.hub.forget_remote()
+        self.hub.resubscribed()
+        with self._lock:
+            linked = {s.box.partition("/")[0] for s in self._sessions if "/" in s.box}
+        for nick in linked:
+            self._watchdog.after(0, functools.partial(self._close_unlisted, nick))
         self._watchdog.after(0, self._redeliver)
 
     def _replaced_here(self, box: str, since: float) -> None:
@@ -282,7 +288,8 @@ class Server:
         thread): a session of it here that logged in before is stale (its client
         reconnected elsewhere before this node noticed), and is closed as replaced."""
         with self._lock:
-            stale = [s for s in self._sessions if s.box == box and s.logged_in_at <= since]
+            # A session still logging in (0.0) is newer than any notice: it is kept.
+            stale = [s for s in self._sessions if s.box == box and 0 < s.logged_in_at <= since]
         for session in stale:
             session.close(REPLACED, reason="replaced by a login on another node")
 

@@ -34,6 +34,7 @@ length says so and starts the room again from there rather than stay silent.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -88,10 +89,10 @@ class BackplaneHooks:
     #: the room's latest state read from Redis after a subscription, not to be
     #: announced). Raises `ValueError` for news it cannot read. The subscriber thread.
     room_news: Callable[[str, bytes, str, bool, bool], None]
-    #: After each subscription: `nick` (holding the identity key given, b"" a guest) is
-    #: in folded `room` on node `node` (later changes come as `joined`/`left` frames in
-    #: `deliver_lines`). The subscriber thread.
-    remote_member: Callable[[str, str, str, bytes], None]
+    #: After each subscription: who is in which room on the other live nodes, each
+    #: (folded room, nick, node, the identity key it holds or b""), all at once (later
+    #: changes come as `joined`/`left` frames in `deliver_lines`). The subscriber thread.
+    remote_members: Callable[[list[tuple[str, str, str, bytes]]], None]
     #: A frame another node sent for the session reading mailbox `box` ("nick" or
     #: "nick/device") here. The subscriber thread.
     push: Callable[[str, bytes], None]
@@ -177,10 +178,14 @@ class Backplane:
         # The nicks this node serves: folded nick -> (sessions holding it, identity key
         # hex or "" for a guest). Guarded by `_lock`.
         self._claims: dict[str, tuple[int, str]] = {}
-        # The devices this node serves: (identity key hex, device field) -> sessions of
-        # it here (more than one only while a reconnect replaces a stale one). Guarded
-        # by `_lock`.
-        self._devices: dict[tuple[str, str], int] = {}
+        # The devices this node serves: (identity key hex, device field) -> the tokens of
+        # its sessions here (more than one only while a reconnect replaces a stale one;
+        # by token, so that a session fenced earlier cannot give back a later one's).
+        # Guarded by `_lock`, as are the next two.
+        self._devices: dict[tuple[str, str], set[int]] = {}
+        self._tokens = itertools.count(1)
+        # Devices whose release Redis did not take: tried again by the lease thread.
+        self._unreleased: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         # Held by `claim` and `release` across their Redis round trip (taken before
         # `_lock`, never under it): one change of this node's claims at a time.
@@ -339,11 +344,11 @@ class Backplane:
             except redis.RedisError as exc:
                 log.info("cluster: could not free %s in Redis: %s", nick, exc)
 
-    def claim_device(self, key: bytes, device: str, most: int) -> bool:
+    def claim_device(self, key: bytes, device: str, most: int) -> int | None:
         """Count device `device` (its id; "" for the one holding identity `key`) of the
-        person proving `key` as online here: False if the person has `most` other
-        devices online on the live nodes (this one included). Counted per session, as
-        `claim`: each True is matched by one `release_device`. One round trip on the
+        person proving `key` as online here for one session: its token, or None if the
+        person has `most` other devices online on the live nodes (this one included).
+        Each token is given back once, by `release_device`. One round trip on the
         caller's thread. Raises `ClusterUnavailable`."""
         entry = (key.hex(), "d" + device)
         with self._claiming:
@@ -355,29 +360,50 @@ class Backplane:
             except redis.RedisError as exc:
                 raise ClusterUnavailable(f"the cluster's Redis did not answer: {exc}") from None
             if not ok:
-                return False
+                return None
             with self._lock:
-                self._devices[entry] = self._devices.get(entry, 0) + 1
-            return True
+                token = next(self._tokens)
+                self._devices.setdefault(entry, set()).add(token)
+                self._unreleased.discard(entry)
+            return token
 
-    def release_device(self, key: bytes, device: str) -> None:
-        """A session of device `device` of the person proving `key` ended: when it was
-        this node's last one, the device is no longer counted as online here (one round
-        trip; a Redis that does not answer leaves it to the next fence's clean-up, or
-        to this node's lease running out)."""
+    def release_device(self, key: bytes, device: str, token: int) -> None:
+        """The session holding `token` (`claim_device`) of device `device` of the person
+        proving `key` ended: when it was this node's last one of the device, the device
+        is no longer counted as online here (one round trip; one Redis does not take is
+        tried again by the lease thread). A token a fence took back already: nothing."""
         entry = (key.hex(), "d" + device)
         with self._claiming:
             with self._lock:
-                count = self._devices.get(entry, 0)
-                if count > 1:
-                    self._devices[entry] = count - 1
+                tokens = self._devices.get(entry)
+                if tokens is None or token not in tokens:
                     return
-                if not self._devices.pop(entry, 0):
+                tokens.discard(token)
+                if tokens:
                     return
-            try:
-                self._release_device_script(keys=[self._key("devices", entry[0])], args=[self.node, entry[1]])
-            except redis.RedisError as exc:
-                log.info("cluster: could not count a device as gone in Redis: %s", exc)
+                del self._devices[entry]
+            self._release_devices([entry])
+
+    def _release_devices(self, entries: list[tuple[str, str]]) -> None:
+        """Tell Redis these devices are no longer online here (unless taken over by
+        another node meanwhile); those it does not take wait in `_unreleased`."""
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for hexkey, field in entries:
+                pipe.evalsha(
+                    self._release_device_script.sha, 1, self._key("devices", hexkey), self.node, field
+                )
+            pipe.execute()
+        except redis.exceptions.NoScriptError:
+            self._redis.script_load(RELEASE_DEVICE)
+            self._defer_release(entries)
+        except redis.RedisError as exc:
+            log.info("cluster: could not count %d device(s) as gone in Redis: %s", len(entries), exc)
+            self._defer_release(entries)
+
+    def _defer_release(self, entries: list[tuple[str, str]]) -> None:
+        with self._lock:
+            self._unreleased.update(e for e in entries if e not in self._devices)
 
     def elsewhere(self, nick: str) -> bool:
         """Whether another live node serves folded `nick` (one round trip; any thread).
@@ -536,8 +562,10 @@ class Backplane:
         try:
             results = pipe.execute()
         except redis.exceptions.NoScriptError:
-            # Redis lost its scripts (restarted, or SCRIPT FLUSH): no batch went out.
-            # The rest of the pipeline did, and is the same again when sent again.
+            # Redis lost its scripts (restarted, or SCRIPT FLUSH): the batches did not go
+            # out (unless another node loaded the script again in the middle of this
+            # pipeline: those go out twice, as with a connection lost mid-pipeline). The
+            # rest of the pipeline did, and is the same again when sent again.
             self._redis.script_load(PUBLISH)
             raise
         if any(results[i] is None for i in published):
@@ -588,18 +616,16 @@ class Backplane:
                 self.subscribed.set()
                 failures = 0
                 while not self._stopping.is_set():
-                    message = pubsub.get_message(timeout=0.5)
+                    # While line batches are held, only what has arrived already is
+                    # read: consecutive batches of one room then reach each member in
+                    # one write (`_held`), and none waits for the next to come.
+                    message = pubsub.get_message(timeout=0.0 if self._held else 0.5)
                     if message is None:
-                        continue
-                    # What else has arrived is read too: consecutive batches of one room
-                    # then reach each member in one write (`_held`).
-                    messages = [message]
-                    while len(messages) < _BATCH and (more := pubsub.get_message(timeout=0.0)) is not None:
-                        messages.append(more)
-                    for message in messages:
-                        if message["type"] == "message":
-                            self._guarded(self._on_message, message["channel"], message["data"])
-                    self._guarded(self._hand_over)
+                        self._guarded(self._hand_over)
+                    elif message["type"] == "message":
+                        self._guarded(self._on_message, message["channel"], message["data"])
+                        if len(self._held) >= _BATCH:
+                            self._guarded(self._hand_over)
             except redis.RedisError as exc:
                 self._guarded(self._hand_over)  # counted as delivered: they must not be lost
                 self.subscribed.clear()
@@ -643,13 +669,18 @@ class Backplane:
     def _load_members(self) -> None:
         """After each subscription: who is in which room on the other live nodes."""
         prefix = self._key("members", "")
+        members: list[tuple[str, str, str, bytes]] = []
+        alive: dict[str, bool] = {}
         for raw in self._redis.scan_iter(match=prefix + "*", count=500):
             room = _text(raw)[len(prefix) :]
             for value in self._redis.hvals(raw):
                 node, _, rest = _text(value).partition("\t")
                 nick, _, keyhex = rest.partition("\t")
-                if node != self.node and self._redis.exists(self._key("node", node)):
-                    self._hooks.remote_member(room, nick, node, bytes.fromhex(keyhex))
+                if node not in alive:
+                    alive[node] = node != self.node and bool(self._redis.exists(self._key("node", node)))
+                if alive[node]:
+                    members.append((room, nick, node, bytes.fromhex(keyhex)))
+        self._hooks.remote_members(members)
 
     def _load_states(self) -> None:
         """After each subscription: every room's latest shared state (roomnews.py)."""
@@ -810,13 +841,19 @@ class Backplane:
             self._register()
         self._refresh()
         self._reap()
+        with self._lock:
+            unreleased, self._unreleased = list(self._unreleased), set()
+        if unreleased:
+            self._release_devices(unreleased)
 
     def _register(self) -> None:
         """Take the epoch (setting one if Redis has none) and claim again, under it, the
         nicks this node serves; a nick another node took meanwhile is lost. Under a new
         epoch (Redis lost its data), also who is in each room here."""
         before = self._epoch
-        self._lease_redis.script_load(PUBLISH)  # the publisher calls it by its hash
+        # The publisher and `_release_devices` call these by their hash.
+        self._lease_redis.script_load(PUBLISH)
+        self._lease_redis.script_load(RELEASE_DEVICE)
         self._lease_redis.set(self._key("epoch"), os.urandom(8).hex(), nx=True)
         epoch = self._lease_redis.get(self._key("epoch"))
         self._epoch = _text(epoch) if epoch is not None else ""
@@ -829,6 +866,10 @@ class Backplane:
             pipe.hset(self._key("devices", hexkey), field, self.node)
             pipe.sadd(self._key("devices-of", self.node), self._key("devices", hexkey))
         pipe.execute()
+        with self._lock:  # released meanwhile: counted again above, so given back again
+            released = [entry for entry in devices if entry not in self._devices]
+        if released:
+            self._release_devices(released)
         for nick, (_, hexkey) in claims.items():
             ok = self._claim_script(
                 keys=[self._key("nick", nick), self._key("nicks-of", self.node)],

@@ -190,8 +190,8 @@ class SessionLogic:
         # one. Set at login, and by a rename.
         self.box = ""
         # A cluster node: the device this session counts as online for its person
-        # across the nodes (`ClusterLink.claim_device`), None if none.
-        self._counted_device: str | None = None
+        # across the nodes, and its token (`ClusterLink.claim_device`); None if none.
+        self._counted_device: tuple[str, int] | None = None
         self._backlog: Backlog | None = None  # queued whispers still to hand out
         self._requests = (
             TokenBucket(config.message_rate, config.message_burst) if config.message_rate > 0 else None
@@ -340,7 +340,7 @@ class SessionLogic:
             if self._relay.cluster is not None:
                 self._relay.cluster.release(fold_nick(self.nick))
                 if self._counted_device is not None:
-                    self._relay.cluster.release_device(self.person_key, self._counted_device)
+                    self._relay.cluster.release_device(self.person_key, *self._counted_device)
             log.info("%s (%s) left: %s", self.nick, self._peer, reason)
 
     # -- dispatch ---------------------------------------------------------------------
@@ -772,7 +772,7 @@ class SessionLogic:
             if claims is not None and not joined:
                 claims.release(fold_nick(hello.nick))
                 if self._counted_device is not None:
-                    claims.release_device(self.person_key, self._counted_device)
+                    claims.release_device(self.person_key, *self._counted_device)
                     self._counted_device = None
         if displaced is False:
             return False
@@ -791,14 +791,14 @@ class SessionLogic:
         `max_devices` others online, or the cluster cannot say."""
         device = self._device(hello)
         try:
-            counted = claims.claim_device(self.person_key, device, self._config.max_devices)
+            token = claims.claim_device(self.person_key, device, self._config.max_devices)
         except ClusterUnavailable:
             self._port.close(_CLUSTER_BUSY, reason="cluster unavailable")
             return False
-        if not counted:
+        if token is None:
             self._port.close(self._too_many_devices(hello), reason="too many devices")
             return False
-        self._counted_device = device
+        self._counted_device = (device, token)
         return True
 
     def _device(self, hello: Hello) -> str:
