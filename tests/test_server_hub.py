@@ -1109,12 +1109,8 @@ class Wire:
                     hub.room_news(room, data, origin, node == origin, True)
 
 
-def topic_of(hub: Hub, room: str) -> str:
-    [entry] = hub.list_rooms(room).rooms
-    return entry.topic
-
-
-def test_cluster_nodes_changing_one_room_at_once_end_with_the_same_settings() -> None:
+def alice_and_bob_in_x() -> tuple[Wire, Hub, Hub]:
+    """Two nodes: alice on `a` made #x, bob on `b` entered it there."""
     wire = Wire()
     a, b = wire.hub("a"), wire.hub("b")
     join(a, "alice", version=2, key=b"\x01" * 32)
@@ -1123,6 +1119,16 @@ def test_cluster_nodes_changing_one_room_at_once_end_with_the_same_settings() ->
     wire.deliver()
     b.enter("bob", "#x")  # made on b from what a told: alice's room
     wire.deliver()
+    return wire, a, b
+
+
+def topic_of(hub: Hub, room: str) -> str:
+    [entry] = hub.list_rooms(room).rooms
+    return entry.topic
+
+
+def test_cluster_nodes_changing_one_room_at_once_end_with_the_same_settings() -> None:
+    wire, a, b = alice_and_bob_in_x()
     with pytest.raises(RoomError, match="only the identity that created"):
         b.register_room("bob", "#x")
     # Both change the topic before either hears of the other's change: the later in the
@@ -1145,14 +1151,7 @@ def test_news_that_is_not_room_news_is_refused_and_changes_nothing() -> None:
 
 
 def test_a_node_that_made_a_change_then_subscribed_again_ends_as_the_others_do() -> None:
-    wire = Wire()
-    a, b = wire.hub("a"), wire.hub("b")
-    join(a, "alice", version=2, key=b"\x01" * 32)
-    join(b, "bob", version=2, key=b"\x02" * 32)
-    a.enter("alice", "#x")
-    wire.deliver()
-    b.enter("bob", "#x")
-    wire.deliver()
+    wire, a, b = alice_and_bob_in_x()
     b.set_topic("bob", "#x", "from b")  # first in the room's order
     a.set_topic("alice", "#x", "from a")  # a's own, still on the way when...
     a.resubscribed()  # ...a's subscription is made again: it forgets it was on the way
@@ -1161,14 +1160,7 @@ def test_a_node_that_made_a_change_then_subscribed_again_ends_as_the_others_do()
 
 
 def test_a_registration_is_not_undone_by_a_change_made_before_its_news_arrived() -> None:
-    wire = Wire()
-    a, b = wire.hub("a"), wire.hub("b")
-    join(a, "alice", version=2, key=b"\x01" * 32)
-    join(b, "bob", version=2, key=b"\x02" * 32)
-    a.enter("alice", "#x")
-    wire.deliver()
-    b.enter("bob", "#x")
-    wire.deliver()
+    wire, a, b = alice_and_bob_in_x()
     a.register_room("alice", "#x")
     b.set_topic("bob", "#x", "set as it was registered")  # b has not heard yet
     wire.deliver()
