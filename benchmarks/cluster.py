@@ -238,35 +238,40 @@ def report(runs: list[Run], args: argparse.Namespace, costs: list[dict[int, floa
 def model(by_mode: dict[str, list[Run]], args: argparse.Namespace, redis_per: dict[int, float]) -> str:
     """Deliveries/s at N nodes, from the measured costs (see the printed text)."""
     m = args.clients  # members of the room; every line reaches m - 1 of them
-    single = statistics.median(r.node_us for r in by_mode["single"])  # local fan-out, per delivery
+    single = statistics.median(r.node_us for r in by_mode["single"])  # one process, per delivery
     node1 = statistics.median(r.node_us for r in by_mode["cluster-1"])
-    # What the hop adds to a node per line: publishing it and taking it back from the
-    # subscription (per line, as one node does both for every line in cluster-1).
-    hop_per_line = max(0.0, (node1 - single) * (m - 1))
+    node2 = statistics.median(r.node_us for r in by_mode["cluster-2"])
+    # A node's cost per line of the cluster, whoever said it and however few of its
+    # members hear it: its subscriber's hand-off. Two nodes fan out to the same members
+    # and publish the same lines as one; what they spend more is one more hand-off of
+    # every line. The rest of one node's cost is per delivery (the fan-out, and the
+    # publishing, which each node does for its own senders).
+    handoff = max(0.0, (node2 - node1) * (m - 1))
+    fanout = node1 - handoff / (m - 1)
     # Redis per line: running the script once, plus one publish per subscribed node
     # (the slope of the measured cost from 0 to 4 subscribers).
     script = redis_per[0]
     per_subscriber = max(0.0, (redis_per[4] - redis_per[0]) / 4)
     rows = [
-        "Costs behind the model, from the medians above: local fan-out "
-        f"{single:.2f} us per delivery (single); the hop adds {hop_per_line:.0f} us of node CPU per "
-        f"line (cluster-1 minus single, per line); Redis spends {script:.1f} us per line for the "
-        f"script and {per_subscriber:.1f} us more per subscribed node (the publish costs above). "
+        "Costs behind the model, from the medians above: one process spends "
+        f"{single:.2f} us per delivery; a node of the cluster spends {handoff:.0f} us per line "
+        f"of the cluster for its subscriber's hand-off (cluster-2 minus cluster-1, per line: the "
+        f"second node's one extra hand-off of every line), and {fanout:.2f} us per delivery for the "
+        f"rest (its fan-out, its share of the publishing); Redis spends {script:.1f} us per line for "
+        f"the script and {per_subscriber:.1f} us more per subscribed node (the publish costs above). "
         "In the runs Redis's CPU per line is higher than the script's alone: at these rates its "
         "fixed costs (event loop, the nodes' leases) are not spread over many lines.",
         "",
         f"Model: a room of {m} members spread evenly over N nodes of one core each, every line "
-        "reaching all members. A node spends, per line, the subscriber's hand-off and its "
-        f"share of the publishing (together {hop_per_line:.0f} us, counted whole: a "
-        "conservative bound) plus the local fan-out to its m/N members; Redis (one core) spends "
-        "the script plus one publish per node. Lines/s = min(N nodes' limit, Redis's limit); "
-        "deliveries/s = lines/s x m.",
+        f"reaching all members. A node spends, per line, the hand-off ({handoff:.0f} us) plus the "
+        f"rest for its m/N members; Redis (one core) spends the script plus one publish per node. "
+        "Lines/s = min(N nodes' limit, Redis's limit); deliveries/s = lines/s x m.",
         "",
         "| nodes | node limit (lines/s) | Redis limit (lines/s) | deliveries/s | limited by |",
         "|---|---|---|---|---|",
     ]
     for n in (1, 2, 4, 8, 16):
-        node_us = hop_per_line + single * m / n
+        node_us = handoff + fanout * m / n
         node_lines = 1e6 / node_us if node_us else float("inf")
         redis_us = script + per_subscriber * n
         redis_lines = 1e6 / redis_us if redis_us else float("inf")
