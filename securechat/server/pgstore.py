@@ -84,6 +84,8 @@ from .store import (
     StoredRoom,
     StoreUnavailable,
     UnknownRecipient,
+    _kem_opks_added,
+    _opks_kept,
     _over_quota,
     _owner,
     mailbox,
@@ -739,8 +741,7 @@ class PostgresStore(OneAtATime):
             chosen = opks
             if max_held is not None:
                 held = {int(r[0]) for r in cur.execute("SELECT id FROM opks WHERE nick_key = %s", (key,))}
-                fresh = [opk for opk in opks if opk.id not in held][: max(0, max_held - len(held))]
-                chosen = tuple(opk for opk in opks if opk.id in held) + tuple(fresh)
+                chosen = _opks_kept(opks, held, max_held)
             cur.execute(
                 "INSERT INTO bundles VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (nick_key) DO UPDATE SET "
@@ -1205,9 +1206,7 @@ def _publish_kem(
         int(r[0])
         for r in cur.execute("SELECT id FROM kem_prekeys WHERE nick_key = %s AND NOT last_resort", (key,))
     }
-    fresh = list({k.id: k for k in kopks if k.id not in held and k.id != kpk.id}.values())
-    if max_held is not None:
-        fresh = fresh[: max(0, max_held - len(held))]
+    fresh = _kem_opks_added(kopks, held, kpk.id, max_held)
     if fresh:
         cur.execute(
             "INSERT INTO kem_prekeys SELECT %s, id, false, 0, pub, sig "

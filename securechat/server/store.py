@@ -695,6 +695,25 @@ def _statements(script: str) -> Iterator[str]:
             statement = ""
 
 
+def _opks_kept(
+    offered: tuple[OneTimePrekeyRecord, ...], held: set[int], max_held: int
+) -> tuple[OneTimePrekeyRecord, ...]:
+    """The one-time prekeys a publish writes (both engines' rule): those offered that are
+    held already, then new ones while fewer than `max_held` are held."""
+    fresh = [opk for opk in offered if opk.id not in held][: max(0, max_held - len(held))]
+    return tuple(opk for opk in offered if opk.id in held) + tuple(fresh)
+
+
+def _kem_opks_added(
+    offered: tuple[OneTimeKemPrekeyRecord, ...], held: set[int], last_resort: int, max_held: int | None
+) -> list[OneTimeKemPrekeyRecord]:
+    """The KEM one-time prekeys a publish adds (both engines' rule): new ids only (not
+    held, not the last-resort key's; a repeated id once), while fewer than `max_held` are
+    held."""
+    fresh = list({k.id: k for k in offered if k.id not in held and k.id != last_resort}.values())
+    return fresh if max_held is None else fresh[: max(0, max_held - len(held))]
+
+
 def _publish_kem(
     db: sqlite3.Connection,
     key: str,
@@ -715,9 +734,7 @@ def _publish_kem(
     held = {
         row[0] for row in db.execute("SELECT id FROM kem_prekeys WHERE nick_key=? AND last_resort=0", (key,))
     }
-    fresh = list({k.id: k for k in kopks if k.id not in held and k.id != kpk.id}.values())
-    if max_held is not None:
-        fresh = fresh[: max(0, max_held - len(held))]
+    fresh = _kem_opks_added(kopks, held, kpk.id, max_held)
     db.executemany(
         "INSERT OR IGNORE INTO kem_prekeys VALUES (?, ?, 0, 0, ?, ?)",
         [(key, k.id, k.public, k.signature) for k in fresh],
@@ -1378,8 +1395,7 @@ class SqliteStore(OneAtATime):
                 db.execute("DELETE FROM kem_prekeys WHERE nick_key=?", (key,))
             if max_held is not None:
                 held = {row[0] for row in db.execute("SELECT id FROM opks WHERE nick_key=?", (key,))}
-                fresh = [opk for opk in opks if opk.id not in held][: max(0, max_held - len(held))]
-                opks = tuple(opk for opk in opks if opk.id in held) + tuple(fresh)
+                opks = _opks_kept(opks, held, max_held)
             _publish_kem(db, key, kpk, kopks, max_kem_held)
             db.execute(
                 "INSERT OR REPLACE INTO bundles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
