@@ -17,6 +17,7 @@ from conftest import StartServer
 from redis_server import RedisServer
 from room_peers import Peer
 from room_peers import login as peer_login
+from server_process import ServerProcess, free_port
 from whisper_helpers import login, memory_keys
 
 from securechat import Client, LoginRejected
@@ -59,6 +60,13 @@ def log_in_once_free(node: Server, ctx: ssl.SSLContext, nick: str, within: float
             assert exc.code == Code.NICK_TAKEN, exc
             assert time.monotonic() - started < within, f"{nick} was never freed"
             time.sleep(0.05)
+
+
+def node_process(work: Path, cert_files: dict[str, str], pg_dsn: str, redis: RedisServer) -> ServerProcess:
+    """A node of the cluster as a process of its own (to kill or freeze), on a free port."""
+    return ServerProcess(
+        free_port(), work, cert_files, "--store", pg_dsn, "--cluster", redis.url, "--node-lease", str(LEASE)
+    )
 
 
 def lines_until(client: Client, count: int) -> list[tuple[str, str]]:
@@ -210,12 +218,9 @@ def test_a_node_killed_outright_frees_its_nicks_within_the_lease_and_its_users_c
     client_ctx: ssl.SSLContext,
     tmp_path: Path,
 ) -> None:
-    from server_process import ServerProcess, free_port
-
     survivor = start_server(store=pg_dsn, cluster=redis_server.url, node_lease=LEASE)
-    port = free_port()
-    cluster_args = ("--store", pg_dsn, "--cluster", redis_server.url, "--node-lease", str(LEASE))
-    doomed = ServerProcess(port, tmp_path / "doomed", cert_files, *cluster_args)
+    doomed = node_process(tmp_path / "doomed", cert_files, pg_dsn, redis_server)
+    port = doomed.port
     ghost = Client("ghost", context=client_ctx, port=port, timeout=TIMEOUT)
     ghost.connect()
     watcher = Client("watcher", context=client_ctx, port=survivor.address[1], timeout=TIMEOUT)
@@ -245,8 +250,6 @@ def test_a_node_killed_outright_frees_its_nicks_within_the_lease_and_its_users_c
 def test_nodes_on_one_host_share_one_port_with_so_reuseport(
     start_server: StartServer, pg_dsn: str, redis_server: RedisServer, client_ctx: ssl.SSLContext
 ) -> None:
-    from server_process import free_port
-
     port = free_port()
     shared = [
         start_server(port=port, reuse_port=True, store=pg_dsn, cluster=redis_server.url, node_lease=LEASE)
@@ -450,14 +453,9 @@ def test_a_node_frozen_past_its_lease_fences_when_it_wakes_instead_of_serving_on
     import os
     import signal
 
-    from server_process import ServerProcess, free_port
-
     survivor = start_server(store=pg_dsn, cluster=redis_server.url, node_lease=LEASE)
-    port = free_port()
-    frozen = ServerProcess(
-        port, tmp_path / "frozen", cert_files, "--store", pg_dsn, "--cluster", redis_server.url,
-        "--node-lease", str(LEASE),
-    )  # fmt: skip
+    frozen = node_process(tmp_path / "frozen", cert_files, pg_dsn, redis_server)
+    port = frozen.port
     sleeper = Client("sleeper", context=client_ctx, port=port, timeout=TIMEOUT)
     sleeper.connect()
     try:
