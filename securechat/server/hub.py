@@ -582,7 +582,10 @@ class Hub:
             if state is None:  # its state is on the way (a subscription made again)
                 raise RoomError(Code.BUSY, f"{name} is being set up on this server: try again in a moment")
         held = key or fold_nick(nick)  # the invitation it would use
-        invited = held in (existing.invites if existing is not None else dict(state.invites) if state else {})
+        if existing is not None:
+            invited = held in existing.invites
+        else:
+            invited = state is not None and any(h == held for h, _ in state.invites)
         room, already = self._rooms.join(
             name, nick, key, now, autojoin=autojoin, seed=None if state is None else state.apply
         )

@@ -902,10 +902,11 @@ class SessionLogic:
 
     def _served_elsewhere(self, nick: str) -> bytes | None:
         """A cluster node: the identity key (b"" a guest) of `nick` if another node serves
-        it (one Redis round trip, before the hub's lock); None if none does, or on a
-        single server. Raises `RoomError` (busy) when the cluster cannot say."""
+        it (one Redis round trip, before the hub's lock); None if none does, if this node
+        serves it (the hub then knows all it needs), or on a single server. Raises
+        `RoomError` (busy) when the cluster cannot say."""
         cluster = self._relay.cluster
-        if cluster is None:
+        if cluster is None or self._hub.member(nick) is not None:
             return None
         try:
             return cluster.holder(fold_nick(nick))
